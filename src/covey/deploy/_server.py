@@ -45,7 +45,7 @@ from covey.server._outputs import RunOutputs, write_outputs
 from covey.server._resume import resume_point, resumed_seed, same_settings, same_strategy
 from covey.server._retry import RoundRetries, retry_hint
 from covey.server._roundfiles import check_storable
-from covey.server._saver import BackgroundSaver, flushing
+from covey.server._saver import BackgroundSaver, call_pending, flushing
 from covey.server._state import load_state, state_types
 from covey.server._store import RunStore
 from covey.server._sync import RoundLoop
@@ -123,7 +123,9 @@ def serve(
         heartbeat: Seconds between heartbeats; silent clients are dropped after six.
         max_clients: Most clients connected at once; at least the strategy's
             ``min_available_clients`` and ``min_fit_clients``.
-        on_round: Called with each finished round's record (or a list of such functions).
+        on_round: Called with each finished round's record (or a list of such functions);
+            with ``run_dir``, a resume first calls it with the saved round whose
+            callbacks had not all returned (one raised, or the server was killed).
         on_listen: Called with the bound port once the server listens.
         data_port: Also listen on this TCP port (0: a free one) for data connections:
             clients move the arrays of tasks and replies there as raw bytes, beside
@@ -234,6 +236,7 @@ def serve(
         del initial_weights, start_weights, template
         if run.history is None:
             loop.history.config = run.config
+        run.call_pending(on_round)  # the stopped run's last round, first
         _run_loop(loop, rounds, run.start)
         run.end(None, names)
         if_over = run.resumed_with_no_round_left(rounds)  # killed after its last round's save
@@ -317,6 +320,8 @@ class _Run:
     outputs: RunOutputs | None = None
     new_rounds: int | None = None
     """A resumed run's new round count, recorded once it trains (or ends) at it."""
+    returned: int | None = None
+    """The last round whose ``on_round`` callbacks returned."""
 
     def record_rounds(self) -> bool:
         """Record a resumed run's new round count in ``run.sqlite`` and its history.
@@ -362,14 +367,27 @@ class _Run:
                 if self.background is None:
                     self.background = BackgroundSaver(self.store, keep_last=keep_last)
                 loop = self.loop
-                self.background.submit_round(record, loop.weights, loop.agg_state, self.types)
+                self.background.submit_round(
+                    record,
+                    loop.weights,
+                    loop.agg_state,
+                    self.types,
+                    pending_callbacks=on_round is not None,  # a resume calls them if left
+                )
                 if self.outputs is None:
                     self.outputs = RunOutputs(self.store.run_dir, plot=plot)
                 self.outputs.round_done(self.loop.history)
             if on_round is not None:
                 on_round(record)
+            self.returned = record.round
 
         return round_done
+
+    def call_pending(self, on_round: RoundCallback | None) -> None:
+        """Call ``on_round`` with the saved round a stopped run left its callbacks pending in."""
+        if self.store is not None:
+            called = call_pending(self.store, self.history, self.start, on_round)
+            self.returned = self.returned if called is None else called
 
     def flushing(self, strategy: Strategy) -> Strategy:
         """``strategy`` whose aggregation first waits for the save in flight, if any."""
@@ -398,15 +416,22 @@ class _Run:
             with contextlib.suppress(*(() if exc is None else (Exception,))):
                 self.background.flush()
         if exc is None:
+            self.callbacks_returned()
             self.store.set_status("finished")
             return
         try:  # on a full disk this fails too: the error that stopped the run is raised
+            self.callbacks_returned()
             if self.loop is not None and self.loop.applied > (self.store.last_round() or 0):
                 self.store.owe_release()  # a model it changed and did not save may have left
             self.store.set_status("failed")
             self.store.log_event("server", "stopped", describe(exc))
         except OSError as err:
             logger.error("could not record in %s why the run stopped: %s", self.store.run_dir, err)
+
+    def callbacks_returned(self) -> None:
+        """Record in the store that the callbacks of the rounds run so far returned."""
+        if self.store is not None and self.returned is not None:
+            self.store.callbacks_returned(self.returned)
 
     @property
     def folder(self) -> Path | None:

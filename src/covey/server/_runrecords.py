@@ -7,13 +7,14 @@ These live in the ``run``, ``clients`` and ``events`` tables of ``run.sqlite``;
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from typing import Any, Final, Literal
 
 from covey.core._runstep import step_of_settings
 from covey.server._rundb import RunDB
 
-__all__ = ["UNCOUNTED_KEY", "RunRecords", "Status"]
+__all__ = ["PENDING_KEY", "UNCOUNTED_KEY", "RunRecords", "Status", "settle_saved"]
 
 Status = Literal["running", "finished", "failed"]
 """The state of a run: still going, done, or stopped by an error."""
@@ -26,6 +27,30 @@ the run's last saved round.
 
 Each may have sent a round's model it had not saved (a release the saved privacy
 ledger does not count); saving a round clears it, its ledger having charged them."""
+
+PENDING_KEY: Final = "on_round_pending"
+"""The meta key naming the saved round whose ``on_round`` callbacks may not all have returned.
+
+Written in the transaction that saves the round (a run with callbacks), replaced by the
+next round's save and removed as the run ends once they returned: a run stopped by a
+callback that raised, or killed before they returned, leaves it, and its resume calls
+them with that round's saved record before going on."""
+
+
+def settle_saved(conn: sqlite3.Connection, round: int, pending_callbacks: bool) -> None:
+    """In the transaction saving ``round``: clear the meta values a saved round settles.
+
+    The uncounted releases (its record's ledger has charged what dead servers may
+    have released) and the previous round's pending callbacks (they returned before
+    this round ran); ``pending_callbacks`` marks this round's, yet to be called.
+    """
+    conn.execute("DELETE FROM meta WHERE key = ?", (UNCOUNTED_KEY,))
+    if pending_callbacks:
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (PENDING_KEY, str(round))
+        )
+    else:
+        conn.execute("DELETE FROM meta WHERE key = ?", (PENDING_KEY,))
 
 
 class RunRecords:
@@ -147,6 +172,32 @@ class RunRecords:
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                 (UNCOUNTED_KEY, str(owed + 1)),
             )
+
+    @property
+    def pending_callbacks(self) -> int | None:
+        """The saved round whose ``on_round`` callbacks may not all have returned, or None.
+
+        See :data:`PENDING_KEY`.
+        """
+        with self._db.reading() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (PENDING_KEY,)).fetchone()
+        if row is None:
+            return None
+        if not str(row[0]).isdigit():
+            raise ValueError(f"run.sqlite is damaged: its meta value {PENDING_KEY} is {row[0]!r}")
+        return int(row[0])
+
+    def callbacks_returned(self, round: int) -> None:
+        """Record that the ``on_round`` callbacks of ``round`` and every round before returned.
+
+        Writes only when a round up to ``round`` is marked pending (:data:`PENDING_KEY`).
+        """
+        with self._db.reading() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (PENDING_KEY,)).fetchone()
+        if row is None or (str(row[0]).isdigit() and int(row[0]) > round):
+            return
+        with self._db.transaction() as conn:
+            conn.execute("DELETE FROM meta WHERE key = ?", (PENDING_KEY,))
 
     def info(self) -> dict[str, Any]:
         """``created_at``, ``updated_at`` (Unix time), ``covey_version`` and ``status``."""

@@ -21,8 +21,9 @@ from typing import Any
 
 from covey.aggregate import Contribution, Step
 from covey.aggregate._base import WRAPS
-from covey.core._history import RoundRecord
+from covey.core._history import History, RoundRecord
 from covey.core._weights import Weights
+from covey.server._callbacks import RoundCallback
 from covey.server._state import dump_state
 from covey.server._store import RunStore
 from covey.strategies._strategy import Strategy
@@ -67,6 +68,8 @@ class BackgroundSaver:
         weights: Weights,
         agg_state: Any,
         types: Mapping[str, type] | None,
+        *,
+        pending_callbacks: bool = False,
     ) -> None:
         """Start saving a loop's completed round: its record, model and aggregation state.
 
@@ -76,13 +79,16 @@ class BackgroundSaver:
             agg_state: The loop's aggregation state after the round.
             types: The named tuple types a resume rebuilds (see
                 :func:`~covey.server._state.state_types`).
+            pending_callbacks: The run has ``on_round`` callbacks, called with the
+                round while it is saved: the save marks them as yet to return
+                (see :meth:`RunStore.save_round`).
 
         Raises:
             covey.server.StateError: the state holds what cannot be stored.
             Exception: what the previous save raised, if it failed.
         """
         state = dump_state(agg_state, types)
-        self.submit(record.round, weights, asdict(record), state)
+        self.submit(record.round, weights, asdict(record), state, pending_callbacks)
 
     def submit(
         self,
@@ -90,6 +96,7 @@ class BackgroundSaver:
         weights: Weights,
         record: Mapping[str, Any] | None,
         server_state: bytes | None = None,
+        pending_callbacks: bool = False,
     ) -> None:
         """Start saving ``round``; waits for the previous save first.
 
@@ -105,7 +112,7 @@ class BackgroundSaver:
         self.round = round
         self._thread = threading.Thread(
             target=self._save,
-            args=(round, arrays, record, server_state),
+            args=(round, arrays, record, server_state, pending_callbacks),
             name=f"covey-save-round-{round}",
             daemon=True,
         )
@@ -117,9 +124,17 @@ class BackgroundSaver:
         weights: Weights,
         record: Mapping[str, Any] | None,
         server_state: bytes | None,
+        pending_callbacks: bool,
     ) -> None:
         try:
-            self.store.save_round(round, weights, record, server_state, keep_last=self.keep_last)
+            self.store.save_round(
+                round,
+                weights,
+                record,
+                server_state,
+                keep_last=self.keep_last,
+                pending_callbacks=pending_callbacks,
+            )
         except BaseException as exc:  # noqa: BLE001 - handed to the loop's thread by flush()
             self._error = exc
 
@@ -165,3 +180,44 @@ def flushing(strategy: Strategy, saver: Callable[[], BackgroundSaver | None]) ->
 
     setattr(update, WRAPS, inner)  # once a contribution passed, it is ``inner``
     return replace_strategy(strategy, aggregator=Step(inner.init, update))
+
+
+def call_pending(
+    store: RunStore,
+    history: History | None,
+    start: int,
+    on_round: RoundCallback | None,
+) -> int | None:
+    """Call ``on_round`` with the saved round whose callbacks the stopped run left unfinished.
+
+    A run stopped by a callback that raised, or killed before its callbacks
+    returned, left that round marked in its store (:attr:`RunStore.pending_callbacks`);
+    the resumed run calls them with the round's saved record before it goes on,
+    as the stopped run would have. A round marked but not resumed after (its files
+    did not survive: it is run again) is not called here.
+
+    Args:
+        store: The resumed run's store.
+        history: The rounds the run resumes with.
+        start: The first round the resumed run runs.
+        on_round: The run's callback, if any.
+
+    Returns:
+        The round whose callbacks returned now, or None if none was called.
+    """
+    if on_round is None or history is None:
+        return None
+    pending = store.pending_callbacks
+    if pending is None or pending != start - 1:
+        return None
+    record = next((r for r in reversed(history.rounds) if r.round == pending), None)
+    if record is None:
+        return None
+    logger.info(
+        "calling on_round with %s %d again: its callbacks had not all returned when the run "
+        "stopped",
+        store.step,
+        pending,
+    )
+    on_round(record)
+    return pending

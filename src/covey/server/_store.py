@@ -63,7 +63,7 @@ from covey.server._roundfiles import (
     write_weights,
 )
 from covey.server._rundb import DB_NAME, NewerFormatError, RunDB, hold_run
-from covey.server._runrecords import UNCOUNTED_KEY, RunRecords, Status
+from covey.server._runrecords import RunRecords, Status, settle_saved
 
 __all__ = ["RunStore", "Status"]
 
@@ -244,6 +244,7 @@ class RunStore(RunRecords):
         server_state: bytes | None = None,
         *,
         keep_last: int | None = None,
+        pending_callbacks: bool = False,
     ) -> None:
         """Save a completed round atomically: its global weights, record and server state.
 
@@ -261,6 +262,8 @@ class RunStore(RunRecords):
             keep_last: If given, delete the weights files of all but the newest
                 ``keep_last`` rounds, and their aggregation states (their rows and
                 records remain).
+            pending_callbacks: Mark the round's ``on_round`` callbacks as yet to return
+                (:attr:`pending_callbacks`), in the same transaction.
 
         Raises:
             ValueError: ``round`` is not newer than the last saved round, the
@@ -303,8 +306,7 @@ class RunStore(RunRecords):
                         " VALUES (?, ?, ?, ?, ?, ?)",
                         (round, name, digest, record_text, server_state, time.time()),
                     )
-                    # its record's ledger has charged what dead servers may have released
-                    conn.execute("DELETE FROM meta WHERE key = ?", (UNCOUNTED_KEY,))
+                    settle_saved(conn, round, pending_callbacks)
                 committed = True
             except (OSError, SafetensorError) as exc:
                 raise save_error(round, final, exc, self.step) from exc

@@ -33,11 +33,12 @@ from covey.compress import Scheme, TopK
 from covey.core._files import MAX_SETTINGS_BYTES, read_regular
 from covey.core._history import History, RoundRecord
 from covey.core._weights import Weights, WeightsSpec
+from covey.server._callbacks import RoundCallback
 from covey.server._kept import SIMULATION_KEEPS
 from covey.server._resume import resume_point, same_strategy, strategy_changes
 from covey.server._roundfiles import WEIGHTS_DIR, check_storable
 from covey.server._rundb import DB_NAME
-from covey.server._saver import BackgroundSaver, flushing
+from covey.server._saver import BackgroundSaver, call_pending, flushing
 from covey.server._state import StateError, load_state, state_types
 from covey.server._store import RunStore
 from covey.sim._options import RAY_SETTINGS
@@ -106,6 +107,10 @@ class SimCheckpoint:
     unstorable: bool = False
     new_run: tuple[Path, dict[str, Any]] | None = None
     """The folder and settings of a new run's store, made by :meth:`begin`."""
+    callbacks: bool = False
+    """The run has ``on_round`` callbacks: each save marks them pending until the next."""
+    returned: int | None = None
+    """The last round whose ``on_round`` callbacks returned."""
 
     def begin(self) -> None:
         """Make a new run's store, once its clients are up.
@@ -155,7 +160,9 @@ class SimCheckpoint:
         if self.background is None:
             self.background = BackgroundSaver(self.store, keep_last=self.keep_last)
         try:
-            self.background.submit_round(record, weights, agg_state, self.types)
+            self.background.submit_round(
+                record, weights, agg_state, self.types, pending_callbacks=self.callbacks
+            )
         except StateError as exc:
             self.unstorable = True
             logger.warning(
@@ -165,6 +172,12 @@ class SimCheckpoint:
                 self.store.run_dir,
                 exc,
             )
+
+    def call_pending(self, on_round: RoundCallback | None) -> None:
+        """Call ``on_round`` with the saved round a stopped run left its callbacks pending in."""
+        if self.store is not None:
+            called = call_pending(self.store, self.history, self.start, on_round)
+            self.returned = self.returned if called is None else called
 
     def end(self, exc: BaseException | None, *, close_only: bool = False) -> None:
         """Wait for the last save and mark the run finished or failed; close the store.
@@ -183,6 +196,8 @@ class SimCheckpoint:
                 with contextlib.suppress(*(() if exc is None else (Exception,))):
                     self.background.flush()
             try:
+                if self.returned is not None:
+                    self.store.callbacks_returned(self.returned)
                 self.store.set_status("finished" if exc is None else "failed")
             except OSError as err:
                 if exc is None:

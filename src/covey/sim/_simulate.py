@@ -264,7 +264,9 @@ def simulate(
             default) sets no limit: a client that never returns holds the run.
         progress: Draw a progress bar, updated once per round.
         on_round: Called with each round's record as it finishes (or a list of such
-            functions, called in order).
+            functions, called in order). With ``run_dir``, at least once per round
+            across a stop: a resume first calls it with the saved round whose
+            callbacks had not all returned (one raised, or the process was killed).
         run_dir: If given, ``history.json`` is written there after every round (a
             file over 1 MiB as often as keeps that under 5% of the run's time),
             ``run.json`` (strategy, rounds, start time, status) at start and end, and
@@ -386,6 +388,7 @@ def simulate(
         )
         del initial_weights  # the checkpoint holds the model to start from
         meta = checkpoint.run_meta(meta_path, meta)
+        checkpoint.callbacks = on_round is not None  # a resume calls a round's left pending
         # Worker processes start here: if anything fails before the run starts, they stop.
         transport = _backend(
             backend,
@@ -436,6 +439,7 @@ def simulate(
                 history_file.write(loop.history)
             for callback in callbacks:
                 callback(record)
+            checkpoint.returned = record.round
 
         # Everything alive now (imported libraries, the user's data) outlives the run:
         # keep the collector from scanning it again and again while rounds allocate.
@@ -459,6 +463,7 @@ def simulate(
             loop = _loop(strategy, loop_transport, checkpoint, options, round_done)
             running.append(loop)
             loop.history.config = checkpoint.config
+            checkpoint.call_pending(on_round)  # the stopped run's last round, first
             with kept_history(loop.history, history_path):  # however the run ends
                 loop.run(rounds, start=checkpoint.start)
             checkpoint.end(None)
