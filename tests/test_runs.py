@@ -143,6 +143,34 @@ def test_runs_list_and_show(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert "error: no run 'nope'" in missing.output
 
 
+def test_runs_list_names_the_round_of_a_metric_from_before_the_last_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run stopped after round 4 that evaluated every 3 rounds showed round 3's loss
+    # as if it were round 4's.
+    monkeypatch.setenv("COLUMNS", "200")
+    evaluated = {0: 2.3, 3: 0.412}
+    records = [
+        RoundRecord(rnd, central_loss=evaluated.get(rnd), central_metrics={"accuracy": 0.625})
+        if rnd in evaluated
+        else RoundRecord(rnd, fit_participants=[0, 1])
+        for rnd in range(5)
+    ]
+    config = {"backend": "inline", "rounds": 6, "strategy": {"name": "FedAvg"}}
+    for name, history in (("stale", History(records, config=config)), ("fresh", _history())):
+        (tmp_path / name).mkdir()
+        write_outputs(tmp_path / name, history, plot=False)
+    listed = CliRunner().invoke(app, ["runs", "list", "--dir", str(tmp_path)])
+    assert listed.exit_code == 0, listed.output
+    rows = {line.split()[0]: line for line in listed.output.splitlines() if line.strip()}
+    assert "4/6" in rows["stale"]
+    assert "0.6250 (r3)" in rows["stale"]
+    assert "0.4120 (r3)" in rows["stale"]
+    assert "0.7000" in rows["fresh"]  # its last round's: no round said
+    assert "(r" not in rows["fresh"]
+    assert "(rN): the latest value was measured at round N, before the run's last" in listed.output
+
+
 def test_runs_show_gives_the_delta_of_the_epsilon_it_shows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

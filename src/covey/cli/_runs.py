@@ -88,13 +88,25 @@ RunsDir = Annotated[
 ]
 
 
-def _last(history: History, name: str) -> str:
+def _last(history: History, name: str, earlier: list[bool] | None = None) -> str:
+    """The latest value of the metric ``name``, with its round if not the run's last.
+
+    A run that evaluates every few rounds (``evaluate_every``) or stopped before its
+    last evaluation has its latest value from an earlier round: ``0.4120 (r3)``
+    (``u3``: an update of an asynchronous run), and ``earlier`` is told, for the
+    line under the table that says what ``(r3)`` means.
+    """
     from covey.core._history import metric_points
 
     for source in ("central", "evaluate"):
         values = metric_points(history, name, source)
         if values:
-            return f"{values[-1][1]:.4f}"
+            rnd, value = values[-1]
+            if rnd == history.rounds[-1].round:
+                return f"{value:.4f}"
+            if earlier is not None:
+                earlier.append(True)
+            return f"{value:.4f} ({step_of(history)[0]}{rnd})"
     return "-"
 
 
@@ -241,9 +253,17 @@ def list_runs(
         )
     damaged: list[str] = []
     stopped: list[str] = []  # simulations that can go on, and how
+    earlier: list[bool] = []  # a metric shown is from before its run's last round
     for name, folder, history in found:
-        table.add_row(*_row(name, folder, history, damaged, stopped, len(steps) > 1))
+        table.add_row(*_row(name, folder, history, damaged, stopped, len(steps) > 1, earlier))
     print_table(table)
+    if earlier:
+        marks = "/".join(f"({step[0]}N)" for step in steps)
+        units = " or ".join(f"{step} N" for step in steps)
+        console.print(
+            f"{marks}: the latest value was measured at {units}, before the run's last",
+            soft_wrap=True,
+        )
     for why in damaged:
         console.print(f"[red]unreadable[/]: {escape(why)}")
     for how in stopped:
@@ -258,6 +278,7 @@ def _row(
     damaged: list[str],
     stopped: list[str],
     mixed: bool = False,
+    earlier: list[bool] | None = None,
 ) -> list[str]:
     """The cells of a run's row in ``covey runs list``; what to say below the table is added.
 
@@ -268,6 +289,7 @@ def _row(
         damaged: Why runs cannot be read (said below the table).
         stopped: How runs that stopped go on, as markup lines (said below the table).
         mixed: Runs of both units are listed: the count names its own (``3/8 updates``).
+        earlier: Told when a metric shown is from before the run's last round.
     """
     modified = _modified(folder)
     if history is None:  # killed (or still) setting up: nothing of it to read yet
@@ -294,8 +316,8 @@ def _row(
         status,
         f"{last}/{planned}" + (f" {step_of(history)}s" if mixed else ""),
         str(clients),
-        _last(history, "accuracy"),
-        _last(history, "loss"),
+        _last(history, "accuracy", earlier),
+        _last(history, "loss", earlier),
         modified,
     ]
 
