@@ -52,6 +52,12 @@ def private(config):
         noise_multiplier=1.0, clip=0.5, delta=1e-5, target_epsilon=5.0,
     )
     return ServerApp(strategy, app.initial_weights, rounds=5, evaluate_fn=evaluate)
+
+
+def waits_for_three(config):
+    app = make_server(config)
+    strategy = covey.FedAvg(min_fit_clients=3, min_evaluate_clients=0, min_available_clients=3)
+    return ServerApp(strategy, app.initial_weights)
 """
 
 
@@ -255,6 +261,30 @@ def test_a_run_dir_holding_a_run_points_to_how_to_continue_it(project: Path) -> 
     assert "--set \"address='127.0.0.1:0'\" --set \"run-dir='held'\"" in said
     assert "--set wait-timeout=1 --set rounds=1`" in said
     assert "--run-dir" not in said  # `covey run` has no such flag
+
+
+@pytest.mark.parametrize(
+    ("server", "said_waits"),
+    [
+        (None, "it waits for 2 clients: start each, with its own --cid K (0, 1) and --name"),
+        (
+            "outside_fed.server_app:waits_for_three",
+            "it waits for 3 clients: start each, with its own --cid K (0, 1, ... 2) and --name",
+        ),
+    ],
+)
+def test_a_served_project_says_how_many_clients_it_waits_for(
+    project: Path, tmp_path: Path, server: str | None, said_waits: str
+) -> None:
+    # It said "start each client with ... --cid K": not how many the first round waits for.
+    args = ["--set", "address='127.0.0.1:0'", "--set", f"run-dir={str(tmp_path / 'run')!r}"]
+    args += ["--set", "wait-timeout=1", "--set", "rounds=1"]
+    if server is not None:
+        args += ["--set", f"server-app={server!r}"]
+    code, said = _cli("run", str(project), "--federation", "local", *args)
+    assert code == 1, said  # no client came within the wait-timeout
+    assert said_waits in said, said
+    assert "covey client --app outside_fed.client_app:client_fn --cid K --name NAME" in said
 
 
 def test_a_run_stopped_by_an_error_keeps_the_last_complete_rounds_model(project: Path) -> None:

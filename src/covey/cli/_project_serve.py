@@ -101,7 +101,9 @@ def serve_project(
     console.print(
         f"[bold]covey run --federation {escape(name)}[/]: "
         + ("serving" if resume is None else escape(f"resuming {run_dir}, serving"))
-        + f" {escape(settings.project.name)} on {escape(address)}; start each client with\n"
+        + f" {escape(settings.project.name)} on {escape(address)}; "
+        + escape(_waits_for(server_app.strategy))
+        + "\n"
         + escape(
             f"  covey client --app {settings.run['client_app'].rsplit(':', 1)[0]}:client_fn "
             f"--cid K --name NAME --server {dial} "
@@ -130,6 +132,24 @@ def serve_project(
         **times,
     }
     _serve(server_app, {}, flags)
+
+
+def _waits_for(strategy: Any) -> str:
+    """How many clients the served run waits for, and how to start them.
+
+    A synchronous round waits for ``min_available_clients`` and ``min_fit_clients``
+    connected; an asynchronous (FedBuff) run for ``min_available_clients``.
+    """
+    wanted = [int(getattr(strategy, "min_available_clients", 1) or 0)]
+    if not getattr(strategy, "asynchronous", False):
+        wanted.append(int(getattr(strategy, "min_fit_clients", 0) or 0))
+    count = max(1, *wanted)
+    if count == 1:
+        return "it waits for 1 client: start it (and any more, each with its own --cid K) with"
+    cids = "0, 1" if count == 2 else f"0, 1, ... {count - 1}"
+    return (
+        f"it waits for {count} clients: start each, with its own --cid K ({cids}) and --name, with"
+    )
 
 
 def _check_rounds_left(run_dir: Path, server_app: Any, rounds: Any) -> None:
