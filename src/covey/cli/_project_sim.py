@@ -395,11 +395,35 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
     except Exception as exc:
         _refused_resume(exc, resume, models)
         # The app's own function raised: the error is reported as any other (covey.cli.main).
-        kept = keep_model(run_dir, models, console)
-        if kept is not None:
-            console.print(escape(f"run stopped: {kept}"), soft_wrap=True)
+        _stopped_by_error(run_dir, models, new=resume is None)
         raise
     _finished(settings.project.name, run_dir, result)
+
+
+def _stopped_by_error(run_dir: Path, models: RoundModels, *, new: bool) -> None:
+    """Keep the model of the last round done, or forget a ``new`` run that did none."""
+    kept = keep_model(run_dir, models, console)
+    if kept is not None:
+        console.print(escape(f"run stopped: {kept}"), soft_wrap=True)
+    elif new:
+        _forget_unstarted(run_dir)
+
+
+def _forget_unstarted(run_dir: Path) -> None:
+    """Remove the new run folder of a run that failed before it wrote anything but its set-up.
+
+    Its ``run.sqlite`` could not be made (a path too deep for SQLite, a full disk),
+    say: its ``project.json`` and ``run.lock`` alone showed a run interrupted during
+    set-up. The folder goes only if it holds nothing else.
+    """
+    try:
+        names = {path.name for path in run_dir.iterdir()}
+        if names <= {SETTINGS_FILE, "run.lock"}:
+            for name in names:
+                (run_dir / name).unlink()
+            run_dir.rmdir()
+    except OSError:
+        pass  # the error that stopped the run is the one to report
 
 
 def _nothing_left(name: str, run_dir: Path, rounds: int) -> bool:

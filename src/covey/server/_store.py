@@ -44,6 +44,7 @@ from covey.core._history import History, RoundRecord
 from covey.core._version import covey_version
 from covey.core._weights import Array, Weights, WeightsSpec
 from covey.server._kept import check_keep_last, kept_rounds, prune, pruned_error
+from covey.server._newrun import NewRunFolder
 from covey.server._roundfiles import (
     WEIGHTS_DIR,
     check_finite,
@@ -116,6 +117,8 @@ class RunStore(RunRecords):
         Raises:
             FileExistsError: ``run_dir`` already holds a run (or is a file).
             TypeError: ``config`` is not a JSON-serializable dict.
+            OSError: The run cannot be written there (a full disk, a path too deep
+                for SQLite); what was made for it is removed, and nothing else.
         """
         path = Path(run_dir)
         if not isinstance(config, dict):
@@ -124,30 +127,19 @@ class RunStore(RunRecords):
             config_text = json.dumps(config, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"config must be JSON-serializable: {exc}") from exc
-        if path.exists() and not path.is_dir():
-            raise FileExistsError(f"cannot create a run in {path}: it exists and is a file")
-        db_path = path / DB_NAME
-        if db_path.exists():
-            raise FileExistsError(
-                f"a covey run already exists in {path}; resume it with RunStore.open "
-                "or choose another directory"
-            )
+        before, lock_fd, held = NewRunFolder(path), None, False  # refused if it holds a run
         weights_dir = path / WEIGHTS_DIR
-        if weights_dir.is_dir() and any(weights_dir.glob("*.safetensors")):
-            raise FileExistsError(
-                f"cannot create a run in {path}: {weights_dir} already holds weights files"
-            )
-        path.mkdir(parents=True, exist_ok=True)
-        # Held before anything is written: a folder another process writes a run
-        # in (a simulation holds it too) is refused untouched.
-        lock_fd = hold_run(path) if exclusive else None
         try:
+            path.mkdir(parents=True, exist_ok=True)
+            # Held before anything is written: a folder another process writes a run
+            # in (a simulation holds it too) is refused untouched.
+            lock_fd, held = (hold_run(path) if exclusive else None), True
             weights_dir.mkdir(exist_ok=True)
-            # Built under a temporary name and linked into place, so a crash during
-            # create never leaves a half-made run.sqlite behind.
-            RunDB.create(path, config_text, covey_version())
+            RunDB.create(path, config_text, covey_version())  # never left half made
             db, config_text = RunDB.open(path)
         except BaseException:
+            if not (path / DB_NAME).exists():  # none made: take back the folder's set-up
+                before.take_back(lock=held and exclusive, weights=held)
             if lock_fd is not None:
                 os.close(lock_fd)
             raise
