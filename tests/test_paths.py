@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from _clirun import covey, in_tmp  # noqa: F401 - in_tmp is a fixture
+from _deeppath import deep_folder
 from covey.cli._project import ProjectSettings
 from covey.cli._runsdir import project_runs
 from covey.deploy._cli import SERVER_KEYS
@@ -80,23 +80,13 @@ def test_new_prints_a_cd_that_a_folder_starting_with_a_dash_does_not_break() -> 
     assert "next: cd x/other && covey run" in out
 
 
-def _deep(root: Path, length: int) -> Path:
-    """A folder under ``root`` whose absolute path is ``length`` bytes long."""
-    folder = root.absolute()
-    while len(str(folder)) < length:
-        folder /= "d" * min(200, length - len(str(folder)) - 1)
-    folder.mkdir(parents=True)
-    assert len(os.fsencode(folder)) == length
-    return folder
-
-
 def test_a_run_folder_too_deep_for_sqlite_is_refused_saying_so(tmp_path: Path) -> None:
     # SQLite said only "unable to open database file" of a run folder ~480 bytes deep,
     # though every folder on the way was there and writable.
-    deep = _deep(tmp_path / "a", 500)
+    deep = deep_folder(tmp_path / "a", 500)
     with pytest.raises(OSError, match=r"512 bytes or more.*500 bytes.*choose a shorter one"):
         RunDB.create(deep, "{}", "0.0.0")
     assert list(deep.iterdir()) == []  # no temporary file left
-    near = _deep(tmp_path / "b", 400)
+    near = deep_folder(tmp_path / "b", 400)
     RunDB.create(near, "{}", "0.0.0")
     assert (near / DB_NAME).is_file()

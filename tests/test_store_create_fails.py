@@ -9,7 +9,6 @@ run stays, empty; a second try at the same path, the cause fixed, works.
 from __future__ import annotations
 
 import errno
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +17,11 @@ import pytest
 from typer.testing import CliRunner
 
 import covey
+from _deeppath import deep_folder
 from covey.cli import app
 from covey.server import RunStore, _rundb
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _deep(root: Path, length: int) -> Path:
-    """A folder under ``root`` whose absolute path is ``length`` bytes long."""
-    folder = root.absolute()
-    while len(str(folder)) < length:
-        folder /= "d" * min(200, length - len(str(folder)) - 1)
-    folder.mkdir(parents=True)
-    assert len(os.fsencode(folder)) == length
-    return folder
 
 
 def _full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,7 +37,7 @@ def _full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_run_folder_too_deep_for_sqlite_is_left_as_it_was(
     tmp_path: Path, exclusive: bool
 ) -> None:
-    deep = _deep(tmp_path / "a", 480)
+    deep = deep_folder(tmp_path / "a", 480)
     run = deep / "runs" / "run"  # both made by create
     with pytest.raises(OSError, match=r"512 bytes or more.*choose a shorter one"):
         RunStore.create(run, config={}, exclusive=exclusive)
@@ -129,7 +119,7 @@ def test_a_project_run_whose_run_cannot_be_created_leaves_no_run_folder(
     assert made.exit_code == 0, made.output
     root = tmp_path / "deep-fed"
     monkeypatch.syspath_prepend(str(root))
-    runs = _deep(tmp_path / "runs", 480)
+    runs = deep_folder(tmp_path / "runs", 480)
     run = ["run", str(root), "--set", "rounds=1", "--set", "clients=2"]
     result = runner.invoke(app, [*run, "--set", f"runs-dir={str(runs)!r}"])
     assert result.exit_code == 1, result.output
