@@ -48,6 +48,14 @@ docs: $(DEV_STAMP)
 test: lint typecheck docs chromium
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
+# The wire messages: regenerate covey_pb2.py/.pyi after editing covey.proto
+# (tests/test_proto_generated.py fails while they differ).
+PROTO_DIR := src/covey/transport/grpc/proto
+.PHONY: proto
+proto: $(DEV_STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I $(PROTO_DIR) --python_out=$(PROTO_DIR) \
+		--pyi_out=$(PROTO_DIR) covey.proto
+
 clean:
 	rm -rf $(VENV) $(FLOWER_VENV) build dist site .mypy_cache .pytest_cache .ruff_cache
 
