@@ -42,7 +42,8 @@ class RoundRecord:
     ``privacy`` is the budget spent so far, ``{"epsilon": ..., "delta": ...}``,
     in a differentially private run (None otherwise). ``bytes_sent`` and
     ``bytes_received`` count the array bytes the server sent to and received
-    from clients in the round (in an asynchronous run, in the global update).
+    from clients in the round (in an asynchronous run, in the global update; a
+    round a deployed server ran again counts every attempt's).
 
     Attributes:
         round: The round number (in an asynchronous run, the global update).
