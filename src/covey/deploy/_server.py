@@ -41,6 +41,7 @@ from covey.server._base import (
     checked_callbacks,
 )
 from covey.server._factory import Loop, open_loop, run_config
+from covey.server._lasteval import add_counts
 from covey.server._outputs import RunOutputs, write_outputs
 from covey.server._resume import resume_point, resumed_seed, same_settings, same_strategy
 from covey.server._retry import RoundRetries, retry_hint
@@ -359,7 +360,7 @@ class _Run:
         def round_done(record: RoundRecord) -> None:
             self.record_rounds()  # before the round's history.json says it
             if counter is not None:
-                record.bytes_sent, record.bytes_received = counter.take_counts()
+                add_counts(record, counter.take_counts())
             if self.loop is not None:  # the record is the history's last
                 names.name_history(self.loop.history)
             if self.store is not None and self.loop is not None:

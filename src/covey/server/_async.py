@@ -32,6 +32,7 @@ from covey.server._applied import SENT, AppliedRounds
 from covey.server._base import EvaluateFn, RoundCallback, _LoopBase
 from covey.server._configs import client_configs, fit_config
 from covey.server._idviews import Union, without
+from covey.server._lasteval import evaluate_saved_last
 from covey.server._passing import KeptWhere
 from covey.server._roundmetrics import RoundMetrics
 from covey.strategies._checks import chose_none, name_of, not_among, picked_ids, selected
@@ -137,6 +138,8 @@ class AsyncLoop(_LoopBase):
             record = RoundRecord(round=0)
             self._central(record)
             self._finish(record)
+        if start > updates:  # resumed with no update left: its last one gets its evaluation
+            evaluate_saved_last(self, updates, federated=False)
         self._wait_for_clients()
         version = max(0, start - 1)
         # The clock of the records counts seconds of the run: a transport's clock may

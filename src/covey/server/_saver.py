@@ -24,6 +24,7 @@ from covey.aggregate._base import WRAPS
 from covey.core._history import History, RoundRecord
 from covey.core._weights import Weights
 from covey.server._callbacks import RoundCallback
+from covey.server._lasteval import save_evaluation
 from covey.server._state import dump_state
 from covey.server._store import RunStore
 from covey.strategies._strategy import Strategy
@@ -61,6 +62,8 @@ class BackgroundSaver:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.round = 0  # the round saved last, or in flight
+        # A resumed run's last saved round, which may come again evaluated (see _lasteval).
+        self._resumed = store.last_round()
 
     def submit_round(
         self,
@@ -72,6 +75,10 @@ class BackgroundSaver:
         pending_callbacks: bool = False,
     ) -> None:
         """Start saving a loop's completed round: its record, model and aggregation state.
+
+        The run's last saved round, given again as a resumed run evaluates it
+        (:mod:`covey.server._lasteval`), has its record written over the saved one,
+        at once; its model and state are the saved ones already.
 
         Args:
             record: The round's record (the round number is its ``round``).
@@ -87,6 +94,10 @@ class BackgroundSaver:
             covey.server.StateError: the state holds what cannot be stored.
             Exception: what the previous save raised, if it failed.
         """
+        if record.round == self._resumed:  # the saved round, evaluated now: its record only
+            self.flush()
+            save_evaluation(self.store, asdict(record), pending_callbacks=pending_callbacks)
+            return
         state = dump_state(agg_state, types)
         self.submit(record.round, weights, asdict(record), state, pending_callbacks)
 

@@ -24,6 +24,7 @@ from covey.server._applied import AppliedRounds
 from covey.server._base import EvaluateFn, FederationError, RoundCallback, _first_line, _LoopBase
 from covey.server._configs import client_configs, evaluate_config, fit_config
 from covey.server._direct import fit_directly
+from covey.server._lasteval import evaluate_saved_last
 from covey.server._means import weighted_loss
 from covey.server._passing import KeptWhere
 from covey.server._retry import RoundRetries, run_retried, shortfall
@@ -140,6 +141,8 @@ class RoundLoop(_LoopBase):
                 self.run_round(rnd)
             else:
                 run_retried(self, rnd, self.retries)
+        if start > rounds:  # resumed with no round left: its last one gets its evaluation
+            evaluate_saved_last(self, rounds)
         for hook in hooks:
             hook.finish(self.history, self.agg_state)
         return self.history

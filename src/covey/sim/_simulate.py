@@ -21,6 +21,7 @@ from covey.core._weights import Array, Weights, WeightsError, copy, made, native
 from covey.server._base import EvaluateFn, RoundCallback, checked_callbacks
 from covey.server._factory import Loop, open_loop, run_config
 from covey.server._kept import SIMULATION_KEEPS
+from covey.server._lasteval import add_counts
 from covey.sim import _frozen
 from covey.sim._checkpoint import SimCheckpoint, check_resumable, open_checkpoint
 from covey.sim._clock import Availability, ClientClock, ClockedTransport, clients_setup
@@ -182,7 +183,7 @@ def _compression(scheme: Scheme | None) -> dict[str, str]:
 
 def _count_bytes(counter: CompressedTransport, record: RoundRecord) -> None:
     """Move the bytes counted since the last round into ``record``."""
-    record.bytes_sent, record.bytes_received = counter.take_counts()
+    add_counts(record, counter.take_counts())
 
 
 def _loop(
