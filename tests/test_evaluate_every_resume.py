@@ -294,3 +294,30 @@ def test_a_served_fedbuff_run_resumed_with_its_saved_update_as_its_last_evaluate
     from_json, from_db, status = _saved(run_dir)
     assert from_json == from_db == [_plain(r) for r in result.history.to_dict()["rounds"]]
     assert status == "finished"
+
+
+@pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
+def test_a_served_run_evaluating_centrally_alone_needs_no_client_back(tmp_path: Path) -> None:
+    strategy = covey.FedAvg(
+        evaluate_every=2, fraction_evaluate=0.0, min_fit_clients=1, min_available_clients=1
+    )
+    run_dir = tmp_path / "run"
+
+    def stop(record: RoundRecord) -> None:
+        if record.round == 3:
+            raise Stop("stopped after round 3")
+
+    served = Served(strategy, 6, run_dir=run_dir, evaluate_fn=_central([]), on_round=stop)
+    joined = Joined(served.port, name="site")
+    with pytest.raises(Stop):
+        served.join(60)
+    joined.join(30)
+    central: list[int] = []  # no client connects to the resumed run
+    served = Served(
+        strategy, 3, run_dir=run_dir, resume=True, evaluate_fn=_central(central), wait_timeout=1
+    )
+    result = served.join(60)
+    assert central == [3]
+    assert result.history.rounds[-1].central_loss == 24.0
+    assert result.history.rounds[-1].evaluate_participants == []
+    assert _saved(run_dir)[1][-1]["central_loss"] == 24.0

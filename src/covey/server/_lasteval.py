@@ -79,9 +79,10 @@ def evaluate_saved_last(loop: _LoopBase, rounds: int, *, federated: bool = True)
 
 def _federated(loop: Any, rnd: int, record: RoundRecord) -> None:
     """The federated evaluation of round ``rnd`` by the clients of a round loop."""
-    wait = getattr(loop.transport, "wait_for_clients", None)
-    if wait is not None:  # deployed: its clients are connecting again (too few: said, skipped)
-        wait(loop.strategy.min_available_clients, loop.wait_timeout)
+    strategy, wait = loop.strategy, getattr(loop.transport, "wait_for_clients", None)
+    wanted = max(strategy.min_available_clients, 1)
+    if wait is not None and strategy.client_count("evaluate", wanted) > 0:
+        wait(wanted, loop.wait_timeout)  # deployed: clients reconnect (too few: said, skipped)
     loop._federated_evaluate(rnd, record)
 
 
