@@ -42,12 +42,13 @@ from covey.xgboost import (
     initial_model,
 )
 
+THREADS = 1  # each client trains, and the server evaluates, on one thread
 PARAMS = {
     "objective": "binary:logistic",
     "base_score": 0.5,  # every client boosts from the same start
     "max_depth": 3,
     "eta": 0.3,
-    "nthread": 1,
+    "nthread": THREADS,
 }
 ROUNDS = 10
 
@@ -100,7 +101,7 @@ class Clients:
         _, x_test, y_test = self.data
 
         def central(round: int, weights: covey.Weights) -> tuple[float, dict[str, float]]:
-            loss, metrics = evaluate_booster(weights, x_test, y_test)
+            loss, metrics = evaluate_booster(weights, x_test, y_test, nthread=THREADS)
             return loss, {"accuracy": float(metrics["accuracy"])}
 
         return central

@@ -27,6 +27,7 @@ from covey.xgboost import (  # noqa: E402
     round_robin,
     to_weights,
 )
+from covey.xgboost._model import booster_from_bytes  # noqa: E402
 
 BINARY = {"objective": "binary:logistic", "base_score": 0.5, "max_depth": 2, "nthread": 1}
 
@@ -434,3 +435,59 @@ def test_the_client_builds_its_data_and_predicts_on_the_params_threads(
     XGBoostClient(x, y, {**BINARY, "nthread": "3"})
     XGBoostClient(x, y, {k: v for k, v in BINARY.items() if k != "nthread"})
     assert made == [3, None]
+
+
+def _nthread(booster: object) -> str:
+    config = json.loads(booster.save_config())  # type: ignore[attr-defined]
+    return str(config["learner"]["generic_param"]["nthread"])
+
+
+def test_a_booster_loaded_from_weights_runs_on_the_params_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A model's JSON holds no ``nthread``: every booster loaded for the params is given theirs."""
+    start = initial_model(BINARY, 4, capacity=1 << 16)
+    assert _nthread(booster_from_weights(start, BINARY)) == "1"
+    assert _nthread(booster_from_weights(start, {**BINARY, "nthread": "3"})) == "3"
+    assert _nthread(booster_from_bytes(from_weights(start), {"nthread": 2})) == "2"
+    started: list[str] = []
+    real = xgb.train
+
+    def recording(*args: object, **kwargs: object) -> object:
+        started.append(_nthread(kwargs["xgb_model"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(xgb, "train", recording)
+    x, y = _data(0)
+    client = XGBoostClient(x, y, BINARY)
+    fitted = client.fit(start, {"round": 1}).weights
+    assert started == ["1"]
+    assert fitted is not None
+    predicted: list[str] = []
+    predict = xgb.Booster.predict
+
+    def predicting(self: object, *args: object, **kwargs: object) -> object:
+        predicted.append(_nthread(self))
+        return predict(self, *args, **kwargs)
+
+    monkeypatch.setattr(xgb.Booster, "predict", predicting)
+    client.evaluate(fitted, {})
+    evaluate_booster(fitted, x, y, nthread=2)
+    assert predicted == ["1", "2"]
+
+
+def test_a_trained_booster_is_evaluated_on_its_own_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without ``nthread``, evaluate_booster builds its data on the threads the booster has."""
+    x, y = _data(0)
+    trained = xgb.train(BINARY, xgb.DMatrix(x, label=y, nthread=1), num_boost_round=2)
+    made: list[object] = []
+    real = xgb.DMatrix
+
+    def recording(*args: object, **kwargs: object) -> object:
+        made.append(kwargs.get("nthread"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(xgb, "DMatrix", recording)
+    evaluate_booster(trained, x, y)
+    evaluate_booster(to_weights(trained.save_raw("json"), 1 << 16), x, y)
+    assert made == [1, None]

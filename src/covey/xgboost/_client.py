@@ -61,7 +61,8 @@ def evaluate_booster(
             bytes (:func:`covey.xgboost.from_weights`).
         x: Features.
         y: Labels or targets.
-        nthread: The threads XGBoost predicts with (None: XGBoost's default, every core).
+        nthread: The threads XGBoost predicts with (None: the booster's own ``nthread``,
+            XGBoost's default of every core for a booster loaded from weights or bytes).
 
     Returns:
         ``(loss, metrics)``.
@@ -72,10 +73,11 @@ def evaluate_booster(
             classes (whole numbers ``0..num_class - 1``; ``[0, 1]`` for binary).
     """
     xgb = xgboost_module()
+    own = None if nthread is None else {"nthread": nthread}
     if isinstance(booster, Mapping):
-        booster = booster_from_weights(booster)
+        booster = booster_from_weights(booster, own)
     elif isinstance(booster, bytes | bytearray | memoryview):
-        booster = booster_from_bytes(booster)
+        booster = booster_from_bytes(booster, own)
     elif not isinstance(booster, xgb.Booster):
         raise TypeError(
             f"evaluate_booster() needs an xgboost.Booster, the weights holding one or the "
@@ -86,6 +88,8 @@ def evaluate_booster(
     _check_rows(x_arr, y_arr, "x", "y")
     if nthread is not None:
         booster.set_param({"nthread": nthread})
+    else:
+        nthread = _threads_of(booster)
     data = xgb.DMatrix(x_arr, nthread=nthread)
     pred = np.asarray(booster.predict(data), dtype=np.float64)
     objective = _objective(booster)
@@ -105,6 +109,13 @@ def evaluate_booster(
         loss = -np.mean(y_arr * np.log(p) + (1.0 - y_arr) * np.log(1.0 - p))
         return float(loss), {"accuracy": float(np.mean((pred > 0.5) == (y_arr > 0.5)))}
     return float(np.mean((pred - y_arr) ** 2)), {}
+
+
+def _threads_of(booster: Any) -> int | None:
+    """The ``nthread`` a booster was configured with, or None for XGBoost's default (0)."""
+    generic = json.loads(booster.save_config())["learner"].get("generic_param", {})
+    value = str(generic.get("nthread", "0"))
+    return int(value) if value.isdecimal() and int(value) > 0 else None
 
 
 def _check_rows(x: npt.NDArray[Any], y: npt.NDArray[Any], x_name: str, y_name: str) -> None:
@@ -254,7 +265,7 @@ class XGBoostClient(Client):
         rounds = config.get("local_rounds", self.local_rounds)
         if isinstance(rounds, bool) or not isinstance(rounds, int | np.integer) or rounds < 1:
             raise ValueError(f"config 'local_rounds' must be an int >= 1, got {rounds!r}")
-        start = booster_from_weights(weights)
+        start = booster_from_weights(weights, self.params)
         _check_features(start, int(self.train.num_col()), "x_train")
         _check_targets(start, self.targets)
         booster = xgb.train(self.params, self.train, num_boost_round=int(rounds), xgb_model=start)
@@ -271,6 +282,6 @@ class XGBoostClient(Client):
         Returns:
             The loss, the number of examples and the metrics of :func:`evaluate_booster`.
         """
-        booster = booster_from_weights(weights)
+        booster = booster_from_weights(weights, self.params)
         loss, metrics = evaluate_booster(booster, self.x_test, self.y_test, nthread=self.nthread)
         return EvaluateResult(loss=loss, num_examples=len(self.y_test), metrics=metrics)

@@ -138,26 +138,42 @@ def num_trees(model: bytes) -> int:
     return len(parse(model)["learner"]["gradient_booster"]["model"]["trees"])
 
 
-def load_booster(model: bytes) -> Any:
-    """An ``xgboost.Booster`` from JSON bytes; a model XGBoost refuses raises WeightsError."""
+def load_booster(model: bytes, nthread: int | None = None) -> Any:
+    """An ``xgboost.Booster`` from JSON bytes; a model XGBoost refuses raises WeightsError.
+
+    ``nthread``: the threads the booster predicts and trains on (None: XGBoost's
+    default). A model's JSON holds none, so a booster loaded without it would
+    run on every core whatever its training was given.
+    """
     xgb = xgboost_module()
+    params = {} if nthread is None else {"nthread": nthread}
     try:
-        return xgb.Booster(model_file=bytearray(model))
+        return xgb.Booster(params, model_file=bytearray(model))
     except xgb.core.XGBoostError as exc:
         raise WeightsError(f"XGBoost cannot load the model: {_first_line(exc)}") from None
 
 
-def booster_from_weights(weights: Weights) -> Any:
+def booster_from_weights(weights: Weights, params: Mapping[str, Any] | None = None) -> Any:
     """An ``xgboost.Booster`` loaded from ``weights`` (for prediction or more training).
 
     Every tree is checked first (see ``covey.xgboost._validate``): XGBoost
     trusts the JSON it loads, and a malformed tree would crash the process.
+
+    Args:
+        weights: The model's weights (see :func:`to_weights`).
+        params: The XGBoost parameters the booster runs with: their ``nthread``
+            is set on it (the model's JSON holds none; without it the booster
+            predicts on every core). None: XGBoost's default.
     """
-    return booster_from_bytes(from_weights(weights))
+    return booster_from_bytes(from_weights(weights), params)
 
 
-def booster_from_bytes(model: bytes | bytearray | memoryview) -> Any:
+def booster_from_bytes(
+    model: bytes | bytearray | memoryview, params: Mapping[str, Any] | None = None
+) -> Any:
     """An ``xgboost.Booster`` from serialized JSON (what :func:`from_weights` gives), checked first.
+
+    ``params``: as for :func:`booster_from_weights`, their ``nthread`` set on the booster.
 
     Raises:
         WeightsError: the bytes are no booster, or one of its trees is malformed.
@@ -165,7 +181,7 @@ def booster_from_bytes(model: bytes | bytearray | memoryview) -> Any:
     model = bytes(model)
     doc = parse(model)
     check_model(doc, "the model")
-    return load_booster(model)
+    return load_booster(model, None if params is None else threads(params))
 
 
 def threads(params: Mapping[str, Any]) -> int | None:
