@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -13,8 +14,10 @@ from covey.aggregate import Aggregate, AggregationError, Begin, Contribution, En
 from covey.core._weights import Weights, WeightsError
 from covey.strategies import Strategy
 from covey.strategies._options import StrategyOptions, preset
-from covey.xgboost._model import MODEL, from_weights, load_booster, parse, to_weights
-from covey.xgboost._validate import check_model, new_trees
+from covey.xgboost._model import MODEL, from_weights, load_booster, num_trees, parse, to_weights
+from covey.xgboost._validate import check_model, new_trees, output_groups
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["XGBoostBagging", "XGBoostCyclic", "bagging", "cyclic", "merge_trees", "round_robin"]
 
@@ -133,6 +136,56 @@ def _accepted(params: Weights, contribution: Contribution) -> tuple[bytes, bytes
     return model, merged
 
 
+def _check_max_trees(max_trees: Any) -> int | None:
+    """``max_trees`` as given, if it is None or a whole number of trees of at least 1."""
+    if max_trees is None:
+        return None
+    if isinstance(max_trees, bool) or not isinstance(max_trees, int | np.integer):
+        raise TypeError(
+            "max_trees must be an int (the most trees the global booster keeps) or None "
+            f"(no bound), got {type(max_trees).__name__} {max_trees!r:.80}"
+        )
+    if max_trees < 1:
+        raise ValueError(
+            f"max_trees must be at least 1 (the most trees the global booster keeps), "
+            f"got {max_trees}"
+        )
+    return int(max_trees)
+
+
+def _start_within(params: Weights, max_trees: int) -> None:
+    """Refuse a global model that already holds more than ``max_trees``, or a cap of no iteration.
+
+    Raises:
+        WeightsError: naming the model's trees, or the trees of one boosting iteration.
+    """
+    doc = parse(from_weights(params))
+    trees = len(_model(doc)["trees"])
+    if trees > max_trees:
+        raise WeightsError(
+            f"initial weights: the booster holds {trees} trees, more than max_trees={max_trees}: "
+            "raise max_trees or start from a smaller booster"
+        )
+    groups = output_groups(doc["learner"]["learner_model_param"])
+    if groups > max_trees:
+        raise WeightsError(
+            f"max_trees={max_trees} holds no boosting iteration of this model, which grows "
+            f"{groups} trees per iteration (one per class and target): raise max_trees"
+        )
+
+
+def _capped(params: Weights, event: End, clients: int, examples: int, trees: int) -> Aggregate:
+    """The round's aggregate when its trees would take the booster past ``max_trees``: unchanged."""
+    logger.info(
+        "round %d: the clients' %d new trees would take the booster past max_trees; "
+        "the global model is kept as it is",
+        event.round,
+        trees,
+    )
+    info = {**event.info, "max_trees_reached": True, "trees_left_out": trees}
+    return Aggregate(event.round, clients, examples, weights=params, info=info)
+
+
 class _RoundState(NamedTuple):
     """The round's global model and the ``(examples, model bytes)`` of each accepted client."""
 
@@ -140,7 +193,7 @@ class _RoundState(NamedTuple):
     models: tuple[tuple[int, bytes], ...] = ()
 
 
-def bagging(*, weighted: bool = True) -> Step:
+def bagging(*, weighted: bool = True, max_trees: int | None = None) -> Step:
     """An aggregation step that merges the trees each client grew into one booster.
 
     Every client boosts the global model on its own data and sends the result;
@@ -149,19 +202,34 @@ def bagging(*, weighted: bool = True) -> Step:
     or by ``1 / clients``, so the round's step is the mean of the clients'
     boosting steps.
 
+    Each round adds (clients x local rounds x classes) trees, so the booster,
+    and the time to evaluate it, grows without end unless ``max_trees`` bounds
+    it: a round whose new trees would take the booster past ``max_trees``
+    leaves the global model unchanged (whole rounds only, so each round stays
+    the mean of its clients' steps; the round's ``aggregate_info`` holds
+    ``max_trees_reached`` and the ``trees_left_out``). Earlier trees are never
+    dropped: each boosting step fits what the steps before it left.
+
     Args:
         weighted: Weigh clients by their number of examples (else equally).
+        max_trees: The most trees the global booster holds (None: no bound).
 
     Returns:
         A reducer step emitting the merged model as the round's aggregate.
+
+    Raises:
+        TypeError, ValueError: ``max_trees`` is not None or an int of at least 1.
 
     References:
         Chen and Guestrin, "XGBoost: A Scalable Tree Boosting System", KDD 2016;
         Breiman, "Bagging Predictors", Machine Learning 24, 1996.
     """
+    cap = _check_max_trees(max_trees)
 
     def init(params: Weights) -> _RoundState:
         check_start(params)
+        if cap is not None:
+            _start_within(params, cap)
         return _RoundState()
 
     def update(state: _RoundState, event: Event) -> tuple[_RoundState, tuple[Event, ...]]:
@@ -183,8 +251,14 @@ def bagging(*, weighted: bool = True) -> Step:
             ]
             capacity = int(np.asarray(state.params[MODEL]).size)
             try:
-                merged = merge_trees(from_weights(state.params), factors)
+                base = from_weights(state.params)
+                merged = merge_trees(base, factors)
                 load_booster(merged)  # XGBoost itself must accept what clients sent
+                if cap is not None and (trees := num_trees(merged)) > cap:
+                    added = trees - num_trees(base)
+                    return _RoundState(), (
+                        _capped(state.params, event, len(state.models), total, added),
+                    )
                 new = to_weights(merged, capacity)
             except (WeightsError, ValueError) as exc:
                 raise AggregationError(str(exc)) from exc
@@ -257,11 +331,17 @@ def round_robin(candidates: Sequence[int], round: int, rng: np.random.Generator)
     return [ordered[(round - 1) % len(ordered)]]
 
 
-def XGBoostBagging(*, weighted: bool = True, **options: Any) -> Strategy:
+def XGBoostBagging(
+    *, weighted: bool = True, max_trees: int | None = None, **options: Any
+) -> Strategy:
     """Federated gradient-boosted trees by bagging: every client's new trees join one booster.
 
     Args:
         weighted: Weigh each client's trees by its share of the examples.
+        max_trees: The most trees the global booster holds (None, the default: no
+            bound). Each round adds every client's new trees; once a round's would
+            take the booster past ``max_trees`` the global model stays as it is
+            (see :func:`bagging`).
         **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
 
     Returns:
@@ -271,7 +351,10 @@ def XGBoostBagging(*, weighted: bool = True, **options: Any) -> Strategy:
         Chen and Guestrin, "XGBoost: A Scalable Tree Boosting System", KDD 2016.
     """
     checked: StrategyOptions = options  # type: ignore[assignment]
-    return preset("XGBoostBagging", bagging(weighted=weighted), checked)
+    step = bagging(weighted=weighted, max_trees=max_trees)
+    if max_trees is None:
+        return preset("XGBoostBagging", step, checked)
+    return preset("XGBoostBagging", step, checked, max_trees=int(max_trees))
 
 
 def XGBoostCyclic(**options: Any) -> Strategy:

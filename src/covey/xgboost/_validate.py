@@ -16,7 +16,7 @@ from typing import Any
 
 from covey.core._weights import WeightsError
 
-__all__ = ["check_model", "check_tree", "new_trees"]
+__all__ = ["check_model", "check_tree", "new_trees", "output_groups"]
 
 _ROOT_PARENT = 2147483647  # XGBoost's marker for "no parent"
 _NODE_ARRAYS = (
@@ -145,7 +145,7 @@ def _check_counts(params: Any) -> None:
                 f"the global model's learner_model_param {key!r} is {value!r}: XGBoost "
                 f"writes a whole number of at least {least}, as a string"
             )
-    outputs = _outputs(params)
+    outputs = output_groups(params)
     if outputs > MAX_OUTPUTS:
         raise WeightsError(
             f"the global model's learner_model_param has num_class {params.get('num_class')!r} "
@@ -155,7 +155,7 @@ def _check_counts(params: Any) -> None:
     _check_base_score(params.get("base_score"), outputs)
 
 
-def _outputs(params: dict[str, Any]) -> int:
+def output_groups(params: dict[str, Any]) -> int:
     """The model's outputs (output groups): classes (or 1) times targets."""
     return max(int(params.get("num_class", "0")), 1) * max(int(params.get("num_target", "1")), 1)
 
@@ -244,7 +244,7 @@ def new_trees(
             f"{what} has {len(trees)} trees, fewer than the global model's {known}: "
             "it does not extend it"
         )
-    groups = _outputs(params)
+    groups = output_groups(params)
     if not isinstance(info, list) or len(info) != len(trees):
         raise WeightsError(f"{what}: tree_info does not hold one group per tree")
     if any(not isinstance(g, int) or not 0 <= g < groups for g in info):

@@ -1,0 +1,127 @@
+"""covey.xgboost: ``max_trees`` bounds the booster bagging grows, round after round."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+
+xgb = pytest.importorskip("xgboost")
+
+from covey.xgboost import (  # noqa: E402
+    XGBoostBagging,
+    XGBoostClient,
+    bagging,
+    evaluate_booster,
+    from_weights,
+    initial_model,
+    num_trees,
+)
+
+BINARY = {"objective": "binary:logistic", "base_score": 0.5, "max_depth": 2, "nthread": 1}
+MULTI = {**BINARY, "objective": "multi:softprob", "num_class": 3}
+CLIENTS, LOCAL = 3, 2
+
+
+def _cancer() -> tuple[list[tuple[Any, Any]], Any, Any]:
+    from sklearn.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    order = np.random.default_rng(0).permutation(len(y))
+    x, y = x[order], y[order].astype(np.float64)
+    cut = int(0.75 * len(y))
+    shares = [(x[s], y[s]) for s in np.array_split(np.arange(cut), CLIENTS)]
+    return shares, x[cut:], y[cut:]
+
+
+def _run(
+    strategy: covey.Strategy, params: dict[str, Any], shares: list[tuple[Any, Any]], rounds: int
+) -> covey.sim.SimulationResult:
+    start = initial_model(params, num_features=shares[0][0].shape[1], capacity=1 << 21)
+    return covey.simulate(
+        lambda cid: XGBoostClient(*shares[cid], params, local_rounds=LOCAL),
+        len(shares),
+        rounds,
+        strategy,
+        start,
+        backend="inline",
+        seed=0,
+    )
+
+
+def test_max_trees_bounds_the_bagged_booster_over_rounds_and_it_stays_accurate() -> None:
+    shares, x_test, y_test = _cancer()
+    per_round = CLIENTS * LOCAL  # 6 trees a round
+    free = _run(XGBoostBagging(fraction_evaluate=0.0), BINARY, shares, 6)
+    capped = _run(XGBoostBagging(fraction_evaluate=0.0, max_trees=23), BINARY, shares, 6)
+    assert num_trees(from_weights(free.weights)) == 6 * per_round
+    # Whole rounds only: three rounds (18 trees) fit under 23, a fourth would not.
+    assert num_trees(from_weights(capped.weights)) == 3 * per_round
+    assert not capped.history.failures()
+    info = [r.aggregate_info for r in capped.history.rounds[1:]]
+    assert [i.get("max_trees_reached", False) for i in info] == [False] * 3 + [True] * 3
+    assert {i["trees_left_out"] for i in info[3:]} == {per_round}
+    assert capped.history.rounds[-1].aggregated
+    _, free_metrics = evaluate_booster(free.weights, x_test, y_test, nthread=1)
+    loss, metrics = evaluate_booster(capped.weights, x_test, y_test, nthread=1)
+    assert float(metrics["accuracy"]) > 0.9
+    assert float(metrics["accuracy"]) >= float(free_metrics["accuracy"]) - 0.05
+    assert loss < 0.3
+    strategy = XGBoostBagging(max_trees=23)
+    assert strategy.describe()["hyperparameters"] == {"max_trees": 23}
+    assert XGBoostBagging().describe()["hyperparameters"] == {}
+
+
+def test_max_trees_counts_every_class_tree() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(180, 4))
+    y = ((x[:, 0] > 0).astype(int) + (x[:, 1] > 0.3)).astype(np.float64)
+    shares = [(x[i::CLIENTS], y[i::CLIENTS]) for i in range(CLIENTS)]
+    # 3 clients x 2 local rounds x 3 classes = 18 trees a round.
+    result = _run(XGBoostBagging(fraction_evaluate=0.0, max_trees=40), MULTI, shares, 4)
+    assert num_trees(from_weights(result.weights)) == 36
+    assert [r.aggregated for r in result.history.rounds[1:]] == [True] * 4
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [
+        (0, ValueError, "max_trees must be at least 1"),
+        (-5, ValueError, "max_trees must be at least 1"),
+        (True, TypeError, "max_trees must be an int .* got bool True"),
+        (2.5, TypeError, "max_trees must be an int .* got float 2.5"),
+        ("10", TypeError, "max_trees must be an int .* got str '10'"),
+    ],
+)
+def test_nonsense_max_trees_is_refused_naming_it(
+    value: object, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        XGBoostBagging(max_trees=value)  # type: ignore[arg-type]
+    with pytest.raises(error, match=message):
+        bagging(max_trees=value)  # type: ignore[arg-type]
+
+
+def test_a_start_past_max_trees_or_a_cap_below_one_iteration_is_refused_before_round_1() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 4))
+    y = (x[:, 0] > 0).astype(np.float64)
+    built: list[int] = []
+
+    def client_fn(cid: int) -> XGBoostClient:
+        built.append(cid)
+        return XGBoostClient(x, y, BINARY)
+
+    grown = XGBoostClient(x, y, BINARY, local_rounds=5).fit(
+        initial_model(BINARY, 4, capacity=1 << 16), {"round": 1}
+    )
+    assert grown.weights is not None
+    with pytest.raises(covey.WeightsError, match=r"holds 5 trees, more than max_trees=4"):
+        covey.simulate(client_fn, 2, 1, XGBoostBagging(max_trees=4), grown.weights)
+    multi = initial_model(MULTI, 4, capacity=1 << 16)
+    with pytest.raises(covey.WeightsError, match=r"max_trees=2 holds no boosting iteration.* 3 "):
+        covey.simulate(client_fn, 2, 1, XGBoostBagging(max_trees=2), multi)
+    assert built == []
