@@ -491,3 +491,41 @@ def test_a_trained_booster_is_evaluated_on_its_own_threads(monkeypatch: pytest.M
     evaluate_booster(trained, x, y)
     evaluate_booster(to_weights(trained.save_raw("json"), 1 << 16), x, y)
     assert made == [1, None]
+
+
+class _Declaring(XGBoostClient):
+    """A client that trains honestly, then declares its model ``size`` bytes long."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(*_data(9), BINARY)
+        self.size = size
+
+    def fit(self, weights: covey.Weights, config: Config) -> covey.FitResult:
+        trained = super().fit(weights, config).weights
+        assert trained is not None
+        forged = {"model": trained["model"], "size": np.array([self.size], dtype=np.int64)}
+        return covey.FitResult(weights=forged, num_examples=60)
+
+
+@pytest.mark.parametrize("size", [10**12, -1, 2**63 - 1])
+@pytest.mark.parametrize("name", ["bagging", "cyclic"])
+def test_a_reply_declaring_a_size_past_its_buffer_fails_that_client_alone(
+    name: str, size: int
+) -> None:
+    strategy = XGBoostBagging if name == "bagging" else XGBoostCyclic
+    result = covey.simulate(
+        lambda cid: _Declaring(size) if cid == 1 else XGBoostClient(*_data(cid), BINARY),
+        num_clients=3,
+        rounds=3,
+        strategy=strategy(fraction_evaluate=0.0),
+        initial_weights=initial_model(BINARY, 4, capacity=1 << 16),
+        backend="inline",
+    )
+    failures = [f for r in result.history.rounds[1:] for f in r.fit_failures]
+    assert failures
+    assert [f.cid for f in failures] == [1] * len(failures)
+    refused = f"'size' is {size}, outside the model buffer's 0..65536"
+    assert all(refused in f.error for f in failures)
+    assert all("error" not in r.aggregate_info for r in result.history.rounds[1:])
+    assert num_trees(from_weights(result.weights)) == (3 * 2 if name == "bagging" else 2)
+    booster_from_weights(result.weights, BINARY).predict(xgb.DMatrix(_data(0)[0]))
