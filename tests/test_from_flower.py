@@ -612,14 +612,18 @@ def test_a_ray_actor_refuses_the_replies_of_a_chunk_whose_lent_weights_changed()
     host = ClientHost(lambda cid: Scribbler(cid), None)
     encoded = _codec.encode({"w": np.zeros(4)})  # a bytearray: writable behind the view
     items: list[Any] = [(cid, "fit", 1, {}, None) for cid in (0, 1, 2)]
-    replies = host.run(7, encoded, items)
+    replies = [r for sent in host.run(7, encoded, items) for r in sent]
     assert [r.cid for r in replies] == [0, 1, 2]
     assert all(not r.ok for r in replies)
     assert all("changed in place" in (r.error or "") for r in replies)
     assert "clients 0, 1, 2" in (replies[0].error or "")
     # A chunk of honest clients is answered normally: the weights are decoded afresh.
     fresh = _codec.encode({"w": np.zeros(4)})
-    honest = host.run(8, fresh, [(cid, "fit", 2, {}, None) for cid in (0, 2)])
+    honest = [
+        r
+        for sent in host.run(8, fresh, [(cid, "fit", 2, {}, None) for cid in (0, 2)])
+        for r in sent
+    ]
     assert all(r.ok for r in honest)
     assert [r.result.weights["w"].tolist() for r in honest] == [[1.0] * 4] * 2
 

@@ -7,8 +7,8 @@ always runs in the same actor, which builds it with ``client_fn`` where it runs
 (data is loaded there, never shipped from the driver) and keeps the most recent
 ``client_cache`` clients warm. Per round the global weights are encoded once and
 put in the object store; every actor maps them read-only without copying. An
-actor runs its clients in small chunks, so replies stream back and the round
-loop folds them in client-id order as they come.
+actor runs its clients in chunks and streams their replies back as they finish
+(``_rayhost``); the round loop folds them in client-id order as they come.
 
 The weights go out in covey's codec; tasks, clients and replies travel in Ray's
 own serialization, so a Ray cluster must be trusted like the machine it runs on.
@@ -18,25 +18,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
-import traceback
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from covey.clients._build import build_client
-from covey.clients._client import ClientFn, run_task
+from covey.clients._client import ClientFn
 from covey.core import _codec
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights, fingerprint
-from covey.sim._inline import exited, lent_weights_changed
+from covey.sim._rayhost import ClientHost, Item
 from covey.sim._rayplan import (
     Resources,
     actors_for,
     check_fits,
+    death_cause,
     died,
     ray_need,
     start_failed,
@@ -45,92 +43,20 @@ from covey.sim._rayplan import (
 )
 from covey.sim._raystart import ray_module, start_or_join, watch_local
 from covey.sim._raywatch import unwatch
-from covey.sim._sendable import Unsent, as_received, as_sent
-from covey.sim._worker import _sendable
+from covey.sim._sendable import Unsent
 from covey.transport._base import LONGEST_WAIT
 
 logger = logging.getLogger("covey")
 
-_Item = tuple[int, str, int, Mapping[str, Any], Any]
-
-#: Clients an actor runs per call: replies come back at least this often. A large
-#: round uses larger chunks (up to MAX_CHUNK), about CHUNKS_PER_ACTOR calls per actor.
-CHUNK = 16
+#: Clients an actor runs per call (their replies stream back as they finish: see
+#: covey.sim._rayhost.FLUSH_SECONDS); each call costs about a millisecond of its own.
+#: A large round uses larger chunks (up to MAX_CHUNK), about CHUNKS_PER_ACTOR per actor.
+CHUNK = 64
 MAX_CHUNK = 256
-CHUNKS_PER_ACTOR = 32
+CHUNKS_PER_ACTOR = 8
 #: Most bytes of model a chunk's clients are sent (a chunk of fit replies holds as much):
 #: a large model goes a few clients, or one, per call.
 CHUNK_BYTES = 64 * 2**20
-
-
-class ClientHost:
-    """The body of one actor: builds clients where it runs and answers their tasks.
-
-    Args:
-        client_fn: ``cid -> Client``, called in the actor the first time ``cid`` runs
-            there (and again if the client was evicted from the cache).
-        cache: Most clients kept built; None keeps every client built here.
-    """
-
-    def __init__(self, client_fn: ClientFn, cache: int | None) -> None:
-        self._client_fn = client_fn
-        self._cache = cache
-        self._clients: OrderedDict[int, Any] = OrderedDict()
-        self._weights: tuple[Any, Weights | None, tuple[int, ...]] = (None, None, ())
-
-    def where(self) -> tuple[int, str]:
-        """``(pid, node id)`` of this actor."""
-        import ray
-
-        return os.getpid(), str(ray.get_runtime_context().get_node_id())
-
-    def _client(self, cid: int) -> Any:
-        client = self._clients.get(cid)
-        if client is None:
-            client = build_client(self._client_fn, cid)
-            if self._cache != 0:
-                self._clients[cid] = client
-                if self._cache is not None and len(self._clients) > self._cache:
-                    self._clients.popitem(last=False)
-        else:
-            self._clients.move_to_end(cid)
-        return client
-
-    def run(
-        self, token: int, encoded: Any, items: list[_Item], sent: tuple[int, ...] = ()
-    ) -> list[Reply]:
-        """Run each ``(cid, kind, round, config, payload)`` item; one reply per item.
-
-        ``sent`` is the fingerprint of the weights as the driver encoded them: the
-        object store's buffer is shared by the actors of a node, so one that a
-        client changed is seen changed by every later call, here and in them.
-        """
-        weights: Weights | None = None
-        if encoded is not None:
-            if self._weights[0] != token:
-                # A read-only view of the object store's buffer: no copy.
-                decoded = _codec.decode(memoryview(encoded), verify=False)
-                self._weights = (token, decoded, sent or fingerprint(decoded))
-            weights = self._weights[1]
-        replies, tasks = [], {}
-        for cid, kind, rnd, config, payload in items:
-            tasks[cid] = task = Task(kind, rnd, config, weights, as_sent(payload))
-            try:
-                # A reply whose arrays no pickle carries would fail its whole call.
-                reply = as_received(_sendable(run_task(self._client(cid), cid, task), task))
-            except Exception:  # noqa: BLE001 - a failing client_fn or task is that client's error
-                reply = Reply(cid, kind, error=traceback.format_exc())
-            except KeyboardInterrupt:  # Ray cancelling the call: not the client's
-                raise
-            except BaseException as exc:  # noqa: BLE001 - sys.exit(), a CancelledError
-                # The client's alone: left to end the actor, it would fail every client
-                # of this call and the ones the actor holds, as if the actor had died.
-                reply = Reply(cid, kind, error=traceback.format_exc() + exited(exc, kind))
-            replies.append(reply)
-        if weights is not None and fingerprint(weights) != self._weights[2]:
-            why = "their replies are refused (the server's model is unchanged)"
-            return [Reply(r.cid, r.kind, error=lent_weights_changed(tasks, why)) for r in replies]
-        return replies
 
 
 class RayTransport:
@@ -191,6 +117,10 @@ class RayTransport:
             except BaseException:
                 self.close()
                 raise
+        # An actor streams its replies: those it sent outlive it if it dies mid-call.
+        stream = ray.method(num_returns="streaming")
+        stream(ClientHost.run)
+        stream(ClientHost.where)
         self._host = ray.remote(ClientHost)
         self._spec: dict[str, tuple[dict[str, float], int]] = {}
         users: dict[str, int] = {}
@@ -253,7 +183,7 @@ class RayTransport:
 
     def _await_ready(self, keys: Sequence[tuple[str, int]]) -> None:
         ray = self._ray
-        refs = {self._actors[g][i].where.remote(): (g, i) for g, i in keys}
+        refs = {self._actors[g][i].where.remote(): (g, i) for g, i in keys}  # streams
         ready, waiting = ray.wait(list(refs), num_returns=len(refs), timeout=self._start_timeout)
         if waiting:
             g, _ = refs[waiting[0]]
@@ -264,7 +194,7 @@ class RayTransport:
             )
         for ref in ready:
             try:
-                pid, node = ray.get(ref)
+                pid, node = ray.get(next(ref))
             except ray.exceptions.RayActorError as exc:
                 raise RuntimeError(start_failed(self._client_fn, exc)) from exc
             self._where[refs[ref]] = (int(pid), str(node))
@@ -319,14 +249,14 @@ class RayTransport:
     def exchange(
         self, tasks: Mapping[int, Task], *, timeout: float | None = None
     ) -> Iterator[Reply]:
-        """Send each actor its clients' tasks in chunks; yield replies as chunks complete.
+        """Send each actor its clients' tasks in chunks; yield replies as the actors send them.
 
         A task whose config or payload a deployed server could not send fails its
         client instead (:func:`~covey.sim._sendable.unsent`), as on every backend.
         """
         self._revive()
         deadline = None if timeout is None else time.monotonic() + timeout
-        homes: dict[tuple[str, int, int], list[_Item]] = {}
+        homes: dict[tuple[str, int, int], list[Item]] = {}
         refs: dict[int, tuple[Any, int, tuple[int, ...]]] = {0: (None, 0, ())}
         tokens: dict[int, int] = {}  # id(weights) -> token: each model goes out once
         unsendable: list[Reply] = []  # a task a deployed server could not send fails its client
@@ -364,6 +294,8 @@ class RayTransport:
             yield from self._collect(pending, held, tasks, deadline)
             late = True  # _collect returns with calls pending only when the deadline passed
             for g, i, cids in list(pending.values()):
+                if not cids:  # answered in full, its end not yet seen
+                    continue
                 why = unanswered(f"{g}/{i}" if g else str(i), cids, timeout)
                 yield from (Reply(cid, tasks[cid].kind, error=why) for cid in cids)
         finally:
@@ -377,7 +309,7 @@ class RayTransport:
         rounds: its actor is replaced at the next exchange and its clients are
         rebuilt there.
         """
-        busy = sorted({(g, i) for g, i, _ in pending.values()})
+        busy = sorted({(g, i) for g, i, cids in pending.values() if cids})
         for g, i in busy:
             actor = self._actors[g][i]
             if actor is None:
@@ -408,8 +340,8 @@ class RayTransport:
         # An actor runs its calls in order: wait only on each actor's oldest call,
         # so one wait costs O(actors), not O(calls in flight).
         queues: dict[tuple[str, int], deque[Any]] = {}
-        for ref, (g, i, _) in pending.items():
-            queues.setdefault((g, i), deque()).append(ref)
+        for stream, (g, i, _) in pending.items():
+            queues.setdefault((g, i), deque()).append(stream)
         while queues:
             heads = {q[0]: key for key, q in queues.items()}
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -417,22 +349,45 @@ class RayTransport:
             ready, _ = ray.wait(list(heads), num_returns=1, timeout=wait)
             if not ready and (remaining is None or remaining <= LONGEST_WAIT):
                 return  # deadline: the loop records the missing clients
-            for ref in ready:
-                key = heads[ref]
-                queues[key].popleft()
-                if not queues[key]:
-                    del queues[key]
-                g, i, cids = pending.pop(ref)
-                try:
-                    replies = ray.get(ref, timeout=max(1.0, min(remaining or 60.0, LONGEST_WAIT)))
-                except ray.exceptions.RayActorError as exc:
-                    yield from self._dead(g, i, cids, held[(g, i)], tasks, exc)
-                    continue
-                except ray.exceptions.RayError as exc:
-                    for cid in cids:
-                        yield Reply(cid, tasks[cid].kind, error=f"Ray failed: {exc}")
-                    continue
-                yield from replies
+            for stream in ready:
+                over = yield from self._take(stream, pending, held, tasks, remaining)
+                if over:
+                    key = heads[stream]
+                    queues[key].popleft()
+                    if not queues[key]:
+                        del queues[key]
+                    del pending[stream]
+
+    def _take(
+        self,
+        stream: Any,
+        pending: Mapping[Any, tuple[str, int, list[int]]],
+        held: Mapping[tuple[str, int], list[int]],
+        tasks: Mapping[int, Task],
+        remaining: float | None,
+    ) -> Generator[Reply, None, bool]:
+        """Yield the replies a call's stream has ready; return whether the call is over.
+
+        The call's clients still unanswered are left in ``pending``.
+        """
+        ray = self._ray
+        g, i, cids = pending[stream]
+        while stream.next_ready():
+            ref = next(stream, None)
+            if ref is None:  # the stream's end
+                return True
+            try:
+                replies = ray.get(ref, timeout=max(1.0, min(remaining or 60.0, LONGEST_WAIT)))
+            except ray.exceptions.RayActorError as exc:
+                yield from self._dead(g, i, cids, held[(g, i)], tasks, exc)
+                return True
+            except ray.exceptions.RayError as exc:
+                for cid in cids:
+                    yield Reply(cid, tasks[cid].kind, error=f"Ray failed: {exc}")
+                return True
+            del cids[: len(replies)]
+            yield from replies
+        return bool(stream.is_finished())
 
     def _dead(
         self,
@@ -456,7 +411,7 @@ class RayTransport:
                 shown,
             )
             self._actors[g][i] = None
-        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        cause = death_cause(exc)
         actor = f"Ray actor {g + '/' if g else ''}{i} (pid {pid})"
         for cid in cids:
             yield Reply(cid, tasks[cid].kind, error=died(actor, cid, cids, first, held, cause))

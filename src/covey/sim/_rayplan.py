@@ -230,30 +230,53 @@ def check_joined(address: str, joined: str) -> None:
 def unanswered(actor: str, cids: Sequence[int], timeout: float | None) -> str:
     """The failure of clients whose actor call was still unanswered at the deadline."""
     return (
-        f"no reply in time: Ray actor {actor} had not answered the call of clients "
-        f"{', '.join(map(str, cids))} after the timeout of {timeout:g} s (an actor answers "
-        "for the clients of one call together; it is stopped and replaced)"
+        f"no reply in time: Ray actor {actor} had not answered clients "
+        f"{', '.join(map(str, cids))} of a call after the timeout of {timeout:g} s (it sends "
+        "the replies of clients that finish in quick succession together; it is stopped "
+        "and replaced)"
     )
 
 
-def died(
-    actor: str, cid: int, call: Sequence[int], first: bool, held: Sequence[int], cause: str
-) -> str:
-    """The failure of client ``cid`` of an actor's ``call`` that ended with the actor's death.
+def death_cause(exc: BaseException) -> str:
+    """What Ray says of an actor's death: its first line and why the actor is dead.
 
-    Only a call of one client tells which client the actor died running: a call runs
-    its clients one after another and answers for them together. ``first`` is the
-    call the actor was running; its later calls never started.
+    Ray's error names the worker's exit type and detail (``SYSTEM_ERROR``, a lost
+    connection), not its exit code or signal, which it does not report.
     """
-    shown = ", ".join(map(str, call[:10])) + (" ..." if len(call) > 10 else "")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = lines[0] if lines else type(exc).__name__
+    because = re.search(
+        r"The actor is dead because (.*?)(?:\s+(?:Some common causes|There are some potential)|$)",
+        text,
+        re.S,
+    )
+    if because is None:
+        return first
+    why = " ".join(because.group(1).split())
+    return f"{first.rstrip('.')}: {why[:400]}" + ("..." if len(why) > 400 else "")
+
+
+def died(
+    actor: str, cid: int, unanswered: Sequence[int], first: bool, held: Sequence[int], cause: str
+) -> str:
+    """The failure of client ``cid`` of an actor's call that ended with the actor's death.
+
+    ``unanswered`` are the clients of that call whose replies never came. ``first``
+    is the call the actor was running: it runs a call's clients one after another
+    and sends the replies of those that finish in quick succession together, so it
+    was running one of them; its later calls never started.
+    """
+    shown = ", ".join(map(str, unanswered[:10])) + (" ..." if len(unanswered) > 10 else "")
     if not first:
         what = f"before running client {cid}, queued behind the call it died in"
-    elif len(call) == 1:
+    elif len(unanswered) == 1:
         what = f"running client {cid}"
     else:
         what = (
-            f"in its call of clients {shown}, which runs them one after another and answers "
-            "for them together: the one it was running is not known, and the replies of "
-            "all of them are lost"
+            f"running one of clients {shown}, those of its call it had not answered: it "
+            "runs them one after another and sends the replies of those that finish in "
+            "quick succession together, so the ones before the client it was running "
+            "finished but their replies are lost, and the ones after it never started"
         )
     return f"{actor} died {what}; it held {len(held)} clients this round: {cause}"
