@@ -320,7 +320,9 @@ class _LoopBase:
             )
             return None
         try:
-            return contribution(cid, result, self.spec, staleness=staleness, sent=sent)
+            return contribution(
+                cid, result, self.spec, staleness=staleness, sent=sent, who=self.who(cid)
+            )
         except WeightsError as exc:
             self._record_failure(record.fit_failures, Failure(cid, "fit", str(exc)))
             return None

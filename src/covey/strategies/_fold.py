@@ -34,6 +34,7 @@ def contribution(
     *,
     staleness: int = 0,
     sent: Weights | None = None,
+    who: str | None = None,
 ) -> Contribution:
     """Check one client's fit result against the model's spec and make it a contribution.
 
@@ -43,6 +44,8 @@ def contribution(
         spec: Names, shapes and dtypes of the global model.
         staleness: Global updates since the client was sent ``sent`` (asynchronous mode).
         sent: The model the client trained from, when ``staleness > 0``.
+        who: The client as errors name it (a deployed client's chosen name);
+            ``client <cid>`` by default.
 
     Returns:
         The contribution (full weights from a stale client become a delta relative
@@ -53,19 +56,20 @@ def contribution(
             or holds a non-finite value.
     """
     weights, delta = result.weights, result.delta
+    who = who or f"client {cid}"
     # conformity() first: the message of check() is built only for a bad update.
     if weights is not None:
         bounded = spec.conformity(weights)
         if bounded is None:
-            spec.check(weights, what=f"client {cid}'s weights")
+            spec.check(weights, what=f"{who}'s weights")
     else:
         bounded = spec.conformity(delta)
         if bounded is None:
-            spec.check(delta, what=f"client {cid}'s delta")
+            spec.check(delta, what=f"{who}'s delta")
     extras = result.extras
     if extras:
         for name, extra in extras.items():
-            spec.check(extra, what=f"client {cid}'s extra {name!r}")
+            spec.check(extra, what=f"{who}'s extra {name!r}")
     if weights is not None and staleness > 0:
         # The client trained from an older model: its update is relative to that one.
         if sent is None:
