@@ -320,9 +320,9 @@ class _LoopBase:
             )
             return None
         try:
-            return contribution(
-                cid, result, self.spec, staleness=staleness, sent=sent, who=self.who(cid)
-            )
+            # The name alone (None when unnamed): ``client <cid>`` is made only for an error.
+            who = self.client_names.get(cid) or self.history.clients.get(cid)
+            return contribution(cid, result, self.spec, staleness=staleness, sent=sent, who=who)
         except WeightsError as exc:
             self._record_failure(record.fit_failures, Failure(cid, "fit", str(exc)))
             return None
