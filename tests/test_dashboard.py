@@ -325,17 +325,23 @@ def test_the_list_of_runs_polled_again_walks_no_rounds_of_an_unchanged_run(
     # The page asks for the list every 5 s: each time every round of every run was
     # walked again for its best value, though no file had changed.
     from covey.dashboard import _runs as runs_module
+    from covey.dashboard import _tally as tally_module
 
     _simulate(tmp_path / "a", rounds=2)
     _simulate(tmp_path / "b", rounds=1)
     walked: list[int] = []
-    best = runs_module.best_metric
+    best, tally = runs_module.best_metric, tally_module.tally_of
 
     def counted(rounds: list[dict[str, Any]]) -> Any:
         walked.append(len(rounds))
         return best(rounds)
 
+    def tallied(rounds: list[dict[str, Any]]) -> Any:
+        walked.append(len(rounds))
+        return tally(rounds)
+
     monkeypatch.setattr(runs_module, "best_metric", counted)
+    monkeypatch.setattr(tally_module, "tally_of", tallied)
     with DashboardServer(tmp_path) as server:
         lists = [_get(server.url + "api/runs")["runs"] for _ in range(6)]
     assert all(rows == lists[0] for rows in lists), lists

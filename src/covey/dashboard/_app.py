@@ -55,6 +55,7 @@ from covey.dashboard._runs import (
     signature,
     summary,
 )
+from covey.dashboard._tally import grown
 
 KEEPALIVE: Final = 15.0
 """Seconds between keep-alive comments on an idle event stream."""
@@ -133,7 +134,9 @@ class RunCache:
 
     A run's row in the list (:func:`~covey.dashboard._runs.summary`) is kept with
     it: the page asks for the list every few seconds, which then costs no walk
-    through every round of every run.
+    through every round of every run. A run read again after new rounds grows
+    the best value and clients' rounds of its previous read with them
+    (:func:`~covey.dashboard._tally.grown`), not walking its older rounds again.
     """
 
     def __init__(self, root: Path | None = None) -> None:
@@ -152,6 +155,10 @@ class RunCache:
         if hit is not None and hit[0] == sig and hit[1].id == run_id:
             return hit[1]
         run = read_run(run_id, path, root=self.root, histories=self._histories)
+        old = None if hit is None else hit[1]  # a run that grew: its last tally grown
+        run.tally = grown(
+            None if old is None else old.tally, [] if old is None else old.rounds, run.rounds
+        )
         with self._lock:
             self._runs[path] = (sig, run)
         return run

@@ -21,15 +21,12 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from covey.core._interrupt import shown_status
-from covey.core._jsonvalues import as_float
-from covey.core._metricnames import stored_name
 from covey.core._runstep import last_finished_step, step_of_settings
 from covey.dashboard._historycache import HistoryCache, parse_history
 from covey.dashboard._runid import run_id as run_id
@@ -40,11 +37,14 @@ from covey.dashboard._runjson import (
 from covey.dashboard._runjson import (
     read_from_store,
     read_run_json,
-    tagged_float,
     within,
 )
 from covey.dashboard._runstore import STORE, read_store_within
 from covey.dashboard._runstore import later_rounds as later_rounds
+from covey.dashboard._tally import Tally, tally_of
+from covey.dashboard._tally import as_number as as_number
+from covey.dashboard._tally import best_metric as best_metric
+from covey.dashboard._tally import metric_value as metric_value
 from covey.server._rundb import is_held
 from covey.server._served import how_to_continue, killed_server_reason
 from covey.sim._rundir import (
@@ -87,6 +87,9 @@ class Run:
             None when it was read.
         step: What its round numbers count: ``"update"`` in an asynchronous (FedBuff)
             run, as the settings of its ``history.json`` or store say, else ``"round"``.
+        tally: Its best value and clients' rounds, kept by a reader that grows them
+            with the new rounds of a run read again (:func:`~covey.dashboard._tally.grown`);
+            None: walked from ``rounds`` when asked for.
     """
 
     id: str
@@ -98,6 +101,7 @@ class Run:
     events: list[tuple[float, str, str, str]] = field(default_factory=list)
     warning: str | None = None
     step: str = "round"
+    tally: Tally | None = field(default=None, compare=False, repr=False)
 
     @property
     def status(self) -> str:
@@ -322,56 +326,6 @@ def _all_rounds_done(run: Run) -> bool:
     return bool(max(int(r["round"]) for r in run.rounds) >= planned)
 
 
-def as_number(value: Any) -> float | None:
-    """``value`` as a float (NaN and infinities included), or None if it is no number.
-
-    A non-finite number is read as the tag :func:`covey.History.save` writes
-    (``{"__float__": "nan"}``); an integer too big for a float is an infinity.
-    """
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return as_float(value)
-    return tagged_float(value)
-
-
-def best_metric(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The run's best value: highest accuracy, else lowest loss (central before federated)."""
-    for source, name, better in (
-        ("central", "accuracy", max),
-        ("evaluate", "accuracy", max),
-        ("central", "loss", min),
-        ("evaluate", "loss", min),
-    ):
-        points = [
-            (v, r["round"])
-            for r in rounds
-            if (v := metric_value(r, source, name)) is not None and math.isfinite(v)
-        ]
-        if points:
-            value, at = better(points, key=lambda p: p[0])
-            label = "test" if source == "central" else "federated"
-            return {"name": f"{label} {name}", "value": value, "round": at}
-    return None
-
-
-def metric_value(record: dict[str, Any], source: str, name: str) -> float | None:
-    """One metric of a round dict (NaN or an infinity included); ``name="loss"`` is the loss.
-
-    Metrics are named as :meth:`covey.History.metric` reads them: from
-    ``"central"`` and ``"evaluate"``, a metric named ``loss`` is ``"loss_metric"``.
-
-    Args:
-        record: A round as stored in ``history.json``.
-        source: ``"central"``, ``"evaluate"`` or ``"fit"``.
-        name: The metric.
-    """
-    if name == "loss" and source in ("central", "evaluate"):
-        return as_number(record.get(f"{source}_loss"))
-    metrics = record.get(f"{source}_metrics")
-    return as_number(metrics.get(stored_name(name, source))) if isinstance(metrics, dict) else None
-
-
 def strategy_name(meta: dict[str, Any]) -> str:
     """The strategy's name: a string, or the ``name`` of a described strategy."""
     value = meta.get("strategy")
@@ -388,7 +342,10 @@ def summary(run: Run) -> dict[str, Any]:
     ``step`` what its round numbers count: ``"update"`` in an asynchronous (FedBuff)
     run, else ``"round"``, as the page names them.
     """
-    done = max((r["round"] for r in run.rounds), default=None)
+    if run.tally is None:
+        done = max((r["round"] for r in run.rounds), default=None)
+    else:
+        done = run.tally.done()
     started = run.meta.get("started") or run.meta.get("created_at")
     reason = run.meta.get("stopped_reason")
     return {
@@ -399,7 +356,7 @@ def summary(run: Run) -> dict[str, Any]:
         "strategy": strategy_name(run.meta),
         "rounds_done": done,
         "rounds_planned": run.meta.get("rounds"),
-        "best": best_metric(run.rounds),
+        "best": best_metric(run.rounds) if run.tally is None else run.tally.best(),
         "started": started,
         "updated": run.meta.get("updated_at"),
         "note": reason if isinstance(reason, str) else None,
@@ -445,15 +402,11 @@ def clients_table(run: Run) -> list[dict[str, Any]]:
             row["connected"] = True
         elif event in _DISCONNECT:
             row["connected"] = False
-    by_id = {row["id"]: row for row in by_name.values() if row["id"] is not None}
-    for record in run.rounds:
-        for key, column in (
-            ("fit_participants", "fit_rounds"),
-            ("evaluate_participants", "evaluate_rounds"),
-        ):
-            for cid in record.get(key) or []:
-                if cid in by_id:
-                    by_id[cid][column].append(record["round"])
+    counted = tally_of(run.rounds) if run.tally is None else run.tally
+    for row in by_name.values():
+        if row["id"] is not None:
+            for column in ("fit_rounds", "evaluate_rounds"):
+                row[column] = counted.client_rounds(column, row["id"])
     if run.status != "running":
         for row in by_name.values():
             row["connected"] = False
