@@ -40,7 +40,7 @@ def _value(record: dict[str, Any], source: str, name: str) -> float | None:
         raw = record.get(f"{source}_metrics", {}).get(name)
     if isinstance(raw, dict):
         return float(raw["__float__"])
-    return None if raw is None else float(raw)
+    return None if raw is None or isinstance(raw, bool) else float(raw)
 
 
 def _best_walked(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -119,6 +119,16 @@ def test_a_tally_grown_twice_from_one_read_walks_the_second_run_whole() -> None:
     _same_as_walked(grown_a, a)
     _same_as_walked(grown_b, b)
     _same_as_walked(first, rounds)
+
+
+def test_rounds_read_again_that_equal_the_old_only_as_python_compares_are_walked_again() -> None:
+    # true == 1 and -0.0 == 0.0 in Python, but not to the best value.
+    old = [{"round": 0, "central_metrics": {"accuracy": 1}, "central_loss": 0.0}]
+    new = [{"round": 0, "central_metrics": {"accuracy": True}, "central_loss": -0.0}]
+    tally = tally_module.grown(tally_module.tally_of(old), old, new)
+    _same_as_walked(tally, new)
+    assert tally.best() == {"name": "test loss", "value": -0.0, "round": 0}
+    assert math.copysign(1.0, tally.best()["value"]) == -1.0  # type: ignore[index]
 
 
 def test_rounds_out_of_order_are_tallied_whole() -> None:

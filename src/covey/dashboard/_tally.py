@@ -142,6 +142,25 @@ def _better(best: list[tuple[float, int] | None], rounds: Sequence[dict[str, Any
         best[i] = found
 
 
+def _read(record: dict[str, Any]) -> tuple[Any, ...]:
+    """What a tally reads of a round: its number, metrics (with their sign) and clients."""
+    values = tuple(
+        None if v is None or not math.isfinite(v) else (v, math.copysign(1.0, v))
+        for v in (metric_value(record, source, name) for source, name, _ in _CANDIDATES)
+    )
+    clients = (tuple(record.get(key) or ()) for key, _ in _TAKING_PART)
+    return (record["round"], values, *clients)
+
+
+def _same(old: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]]) -> bool:
+    """Whether a tally of ``new`` is that of ``old``: the same rounds, or read as the same.
+
+    Rounds read again from a file are other objects: ``==`` would take ``true``
+    for ``1`` and ``-0.0`` for ``0.0``, which a tally tells apart.
+    """
+    return all(a is b or _read(a) == _read(b) for a, b in zip(old, new, strict=True))
+
+
 def tally_of(rounds: Sequence[dict[str, Any]]) -> Tally:
     """The tally of ``rounds`` (a run's, in round order), walking every one of them."""
     clients = _Clients()
@@ -170,7 +189,7 @@ def grown(
     was not grown into another run since; otherwise :func:`tally_of` walks them all.
     """
     n = len(old)
-    if before is None or before.count != n or len(rounds) < n or rounds[:n] != old:
+    if before is None or before.count != n or len(rounds) < n or not _same(old, rounds[:n]):
         return tally_of(rounds)
     new = rounds[n:]
     numbers = [r["round"] for r in new]
