@@ -179,3 +179,27 @@ def test_without_tls_the_site_and_the_query_warn_of_queries_not_a_model(
         "serving WITHOUT TLS: anyone who can reach 127.0.0.1:2 can join and see the query "
         "and the sites' answers"
     )
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no flock on Windows")
+def test_a_site_deletes_the_ledger_copies_a_kill_mid_write_left(tmp_path: Path) -> None:
+    # A site killed between writing its ledger's temporary copy and renaming it over the
+    # ledger left the copy beside it, and every restart kept it: one more per such kill.
+    ledger = tmp_path / "a.covey-budget.json"
+    ledger.write_text("{}")
+    stale = tmp_path / ".a.covey-budget.json.0123456789ab.tmp"
+    stale.write_text('{"format": 1, "epsilon": null')
+    others = [
+        tmp_path / ".a.covey-budget.json.notes.tmp",  # not one of its copies
+        tmp_path / ".b.covey-budget.json.0123456789ab.tmp",  # another site's ledger
+    ]
+    for other in others:
+        other.write_text("kept")
+    held = hold_ledger(ledger)
+    assert held is not None
+    try:
+        assert not stale.exists()
+        assert all(other.read_text() == "kept" for other in others)
+        assert ledger.read_text() == "{}"
+    finally:
+        os.close(held)

@@ -142,9 +142,11 @@ def hold_ledger(path: Path) -> int | None:
     Raises:
         OSError: Another process holds the ledger (its pid is named).
     """
+    from covey.analytics._ledger_file import remove_stale_temporaries
+
     if not path.parent.is_dir():
         return None
-    return hold_lock(
+    held = hold_lock(
         path.with_name(path.name + ".lock"),
         lambda pid: (
             f"the ledger file {path} is in use by another covey site (pid {pid}): "
@@ -152,6 +154,9 @@ def hold_ledger(path: Path) -> int | None:
             "one its own --ledger (or --name)"
         ),
     )
+    if held is not None:  # no other site writes this ledger: its temporaries are stale
+        remove_stale_temporaries(path)
+    return held
 
 
 _REJOIN_PAUSE = 1.0  # seconds a site waits before joining the next query server

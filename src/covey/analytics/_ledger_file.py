@@ -10,12 +10,14 @@ over the old one, so a site killed mid-write keeps the previous ledger.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
 from covey.analytics._dp import Budget, recorded_spent
-from covey.core._files import atomic_write
+from covey.core._files import TMP_SUFFIX, atomic_write
 
 FORMAT = 1
 """The format of the ledger files this covey writes (files without one are of format 1)."""
@@ -122,10 +124,24 @@ def save_budget(budget: Budget, path: Path) -> None:
     atomic_write(path, json.dumps(data, indent=1), mode=0o600)
 
 
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete the temporary copies of ``path`` a site killed mid-write left beside it.
+
+    :func:`save_budget` writes ``.NAME.<12 hex digits>.tmp`` and renames it over the
+    ledger; a kill between the two leaves the copy (the ledger itself is whole).
+    Call it only while no other process may be writing ``path`` (its lock held).
+    """
+    stale = re.compile(re.escape(f".{path.name}.") + "[0-9a-f]{12}" + re.escape(TMP_SUFFIX))
+    for candidate in path.parent.glob(f".{glob_escape(path.name)}.*{TMP_SUFFIX}"):
+        if stale.fullmatch(candidate.name) and candidate.is_file():
+            candidate.unlink(missing_ok=True)
+
+
 __all__: Sequence[str] = [
     "FORMAT",
     "MAX_LEDGER_BYTES",
     "NewerLedgerError",
     "load_budget",
+    "remove_stale_temporaries",
     "save_budget",
 ]
