@@ -315,6 +315,20 @@ def test_policy_checks_its_own_settings() -> None:
         Policy(epsilon=0)
 
 
+def test_a_domain_too_long_or_with_a_repeat_says_how_not_every_value() -> None:
+    # A domain of 5,000 codes was refused with the whole list in the message (tens of
+    # kilobytes), not its length; a repeat among them was not named.
+    with pytest.raises(ValueError, match=r"got 5000 values$") as long:
+        Policy(domains={"code": list(range(5000))})
+    assert len(str(long.value)) < 100
+    with pytest.raises(ValueError, match="got 0 values"):
+        Policy(domains={"code": []})
+    with pytest.raises(ValueError, match=r"it lists 'F' twice$"):
+        Policy(domains={"sex": ["F", "M", "F"]})
+    with pytest.raises(ValueError, match=r"it lists 1 and True, one value$"):
+        Policy(domains={"flag": [1, 0, True]})
+
+
 @pytest.mark.parametrize(
     "bound", ["05", b"09", {0: "a", 5: "b"}, {0: 1, 5: 2}, (0, 5, 9), (0, True)]
 )

@@ -35,10 +35,20 @@ def _check_domain(col: str, values: Any) -> None:
     for v in values:  # before the set of them: a list among them is not hashable
         if isinstance(v, float) or not isinstance(v, str | int):
             raise TypeError(f"domains[{col!r}] values must be str, int or bool, got {v!r}")
-    if not 1 <= len(values) <= MAX_DOMAIN or len(set(values)) != len(values):
+    if not 1 <= len(values) <= MAX_DOMAIN:  # the count, not a list of thousands of values
         raise ValueError(
-            f"domains[{col!r}] must hold 1 to {MAX_DOMAIN} distinct values, got {values!r}"
+            f"domains[{col!r}] must hold 1 to {MAX_DOMAIN} distinct values, "
+            f"got {len(values)} values"
         )
+    seen: set[Any] = set()
+    for v in values:
+        if v in seen:  # True is 1 to a set, as to SQL's GROUP BY
+            twice = next(w for w in values if w == v)
+            what = f"{v!r} twice" if twice is v else f"{twice!r} and {v!r}, one value"
+            raise ValueError(
+                f"domains[{col!r}] must hold 1 to {MAX_DOMAIN} distinct values; it lists {what}"
+            )
+        seen.add(v)
 
 
 def _check_bound(col: str, bound: Any) -> None:
