@@ -504,6 +504,18 @@ def test_a_where_the_sites_cannot_run_is_refused_with_their_reason(secure: bool)
     assert "stage mask" not in message
 
 
+def test_a_where_whose_literals_overflow_is_refused_naming_the_where() -> None:
+    # Refused only as "(OutOfRange error in DuckDB)", naming neither the clause nor why.
+    frame = pd.DataFrame({"id": np.arange(20), "age": np.full(20, 40.0)})
+    policy = Policy(bounds={"age": (0, 120)}, min_group_size=1)
+    sites = [Site({"p": frame}, policy, name=n) for n in "ab"]
+    with pytest.raises(PolicyError) as info:
+        query(sites, "SELECT SUM(age) FROM p WHERE id > 9223372036854775807 + 1", secure=False)
+    assert (
+        "arithmetic on the literals in WHERE id > 9223372036854775807 + 1 overflows their type"
+    ) in str(info.value)
+
+
 @pytest.mark.parametrize("secure", [False, True])
 def test_a_site_whose_column_has_another_type_in_where_is_left_out_as_in_select(
     secure: bool,

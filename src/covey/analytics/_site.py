@@ -421,12 +421,13 @@ class Site(Client):
             # DuckDB's message may quote a row's value (a failed cast): name only its kind
             kind = type(exc).__name__.removesuffix("Exception") or "Error"
             # a literal of another type than its column fails to convert or to bind
-            typed = p.where is not None and kind in ("Conversion", "Binder")
-            hint = (
-                f": check that the literals in WHERE {p.where} have the types of their columns"
-                if typed
-                else ""
-            )
+            hint = ""
+            if p.where is not None and kind in ("Conversion", "Binder"):
+                hint = (
+                    f": check that the literals in WHERE {p.where} have the types of their columns"
+                )
+            elif p.where is not None and kind == "OutOfRange":  # on literals: rows never fail
+                hint = f": arithmetic on the literals in WHERE {p.where} overflows their type"
             raise QueryError(
                 f"this site could not run the query ({kind} error in DuckDB){hint}"
             ) from None
