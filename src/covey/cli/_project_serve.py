@@ -98,6 +98,7 @@ def serve_project(
     record_federation(run_dir, settings.project, name, settings.overrides)  # the latest start's
     host, _, port = address.rpartition(":")
     dial = f"{host}:PORT" if port == "0" else address  # port 0: the one printed once it listens
+    app = settings.run["client_app"].rsplit(":", 1)[0]
     console.print(
         f"[bold]covey run --federation {escape(name)}[/]: "
         + ("serving" if resume is None else escape(f"resuming {run_dir}, serving"))
@@ -105,8 +106,8 @@ def serve_project(
         + escape(_waits_for(server_app.strategy))
         + "\n"
         + escape(
-            f"  covey client --app {settings.run['client_app'].rsplit(':', 1)[0]}:client_fn "
-            f"--cid K --name NAME --server {dial} "
+            f"  covey client --app {shlex.quote(app + ':client_fn')} "
+            f"--cid K --name NAME --server {shlex.quote(dial)} "
             + ("--insecure" if insecure else f"--certs {shlex.quote(str(certs))}")
         ),
         soft_wrap=True,

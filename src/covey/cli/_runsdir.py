@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import tomllib
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def find_run(run: str, runs_dir: Path) -> Path:
         _not_started(candidate)
     fail(
         f"no run {run!r}: give a run folder holding {History.FILE_NAME}, or a name "
-        f"listed by `covey runs list --dir {runs_dir}`"
+        f"listed by `covey runs list --dir {shlex.quote(str(runs_dir))}`"
     )
 
 

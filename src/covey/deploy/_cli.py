@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -71,7 +72,8 @@ def _taking_arguments(spec: str, fn: Any, flag: str = "--app") -> str:
         return (
             f"{flag} {spec} is a project's server factory, taking its config; "
             "`covey server --app` needs a ServerApp or a function of no arguments returning "
-            f"one: give --app {module}:server_app (a project's own), or serve the project "
+            f"one: give --app {shlex.quote(module + ':server_app')} (a project's own), or "
+            "serve the project "
             "with `covey run --federation NAME`"
         )
     return (
@@ -159,8 +161,8 @@ def _run_folder(run_dir: Path | None, resume: Path | None) -> Path:
     kept = [n for n in ("run.sqlite", "history.json", "run.json") if (run_dir / n).exists()]
     if "run.sqlite" in kept and "run.json" not in kept:  # a served run (a simulation has both)
         fail(
-            f"--run-dir {run_dir} already holds a run; continue it with --resume {run_dir} "
-            "or give another folder"
+            f"--run-dir {run_dir} already holds a run; continue it with "
+            f"--resume {shlex.quote(str(run_dir))} or give another folder"
         )
     if kept:
         fail(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shlex
 from pathlib import Path
 
 from covey.deploy._keymode import warn_if_open
@@ -108,6 +109,14 @@ def file_name_problem(client_id: object) -> str | None:
     return None
 
 
+def _issue_command(client_id: str, directory: Path) -> str:
+    """``covey certs issue CLIENT_ID --dir DIR``, quoted for a shell (``--`` before a ``-name``)."""
+    name = shlex.quote(client_id)
+    if client_id.startswith("-"):  # read as an option otherwise
+        return f"covey certs issue --dir {shlex.quote(str(directory))} -- {name}"
+    return f"covey certs issue {name} --dir {shlex.quote(str(directory))}"
+
+
 def tls_from_certs(
     directory: str | Path, client_id: str, *, server_name: str | None = None
 ) -> ClientTLS:
@@ -135,6 +144,6 @@ def tls_from_certs(
         if not path.exists():
             raise FileNotFoundError(
                 f"{path} not found; issue the client's certificate with "
-                f"`covey certs issue {client_id} --dir {d}`"
+                f"`{_issue_command(client_id, d)}`"
             )
     return client_tls(d / "ca.pem", cert, key, server_name=server_name)

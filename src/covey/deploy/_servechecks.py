@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shlex
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,8 @@ def check_new_run_dir(run_dir: str | os.PathLike[str]) -> None:
         return
     served = "run.sqlite" in kept and "run.json" not in kept  # a simulation writes run.json
     more = (
-        f": continue it with serve(..., resume=True) (covey server --resume {folder}), or "
+        ": continue it with serve(..., resume=True) "
+        f"(covey server --resume {shlex.quote(str(folder))}), or "
         if served
         else "; a new run would write over it: "
     )
@@ -89,7 +91,8 @@ def reopen(run_dir: str | os.PathLike[str]) -> RunStore:
         raise ValueError(
             f"run_dir {opened.run_dir} holds a simulation, not a served run: continue it "
             f"with covey.simulate(..., run_dir=..., resume=True) (a project's with `covey "
-            f"run --resume {opened.run_dir}`); to train its model on with real clients, "
+            f"run --resume {shlex.quote(str(opened.run_dir))}`); to train its model on with "
+            "real clients, "
             f"serve it as a new run in a folder of its own, its weights (in {last}/, read "
             "with covey.server.RunStore) as the initial weights"
         )

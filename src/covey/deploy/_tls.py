@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shlex
 from pathlib import Path
 
 from covey.deploy._keymode import warn_if_open
@@ -53,13 +54,13 @@ def tls_from_dir(directory: str | Path) -> ServerTLS:
         tls.cert,
         str(d / "server.pem"),
         "no client would accept it; renew it "
-        f"with `covey certs renew-server --dir {d}` (where ca.key is)",
+        f"with `covey certs renew-server --dir {shlex.quote(str(d))}` (where ca.key is)",
     )
     check_purpose(
         tls.cert,
         str(d / "server.pem"),
         "server",
-        f"renew it with `covey certs renew-server --dir {d}` (where ca.key is)",
+        f"renew it with `covey certs renew-server --dir {shlex.quote(str(d))}` (where ca.key is)",
     )
     check_issued(
         tls.cert,
@@ -67,7 +68,7 @@ def tls_from_dir(directory: str | Path) -> ServerTLS:
         str(d / "server.pem"),
         str(d / "ca.pem"),
         "give the server the server.pem and server.key of this federation, or a new pair "
-        f"with `covey certs renew-server --dir {d}` (where ca.key is)",
+        f"with `covey certs renew-server --dir {shlex.quote(str(d))}` (where ca.key is)",
     )
     load_revoked(d)  # a damaged list refuses the start, not every client that joins
     warn_if_open(d / "server.key", "the server's private key")

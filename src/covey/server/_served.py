@@ -79,8 +79,8 @@ def how_to_continue(path: Path) -> str:
             "are kept in the run folder)"
         )
     return (
-        f"`covey server --resume {path}` and the --app (or --config) and --certs (or "
-        "--insecure) it was started with"
+        f"`covey server --resume {shlex.quote(str(path))}` and the --app (or --config) and "
+        "--certs (or --insecure) it was started with"
     )
 
 

@@ -25,6 +25,7 @@ import contextlib
 import datetime as _dt
 import json
 import logging
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -315,7 +316,7 @@ def _open(folder: Path, rounds: int) -> RunStore:
         if store.config.get("kind") != "simulated":
             raise ValueError(
                 f"run_dir {folder} holds a deployed run, not a simulation: continue it "
-                f"with `covey server --resume {folder}`"
+                f"with `covey server --resume {shlex.quote(str(folder))}`"
             )
         refused = _rounds_refusal(folder, store, rounds)
         if refused is not None:
