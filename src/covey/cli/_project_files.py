@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from covey.core._files import MAX_SETTINGS_BYTES, read_given
 from covey.deploy._cli_errors import fail
 
 __all__ = ["project_above", "read_project", "same_kind", "toml_key", "unknown_keys"]
@@ -75,8 +76,11 @@ def unknown_keys(
 def read_project(project: Path) -> dict[str, Any]:
     """The ``[tool.covey]`` table of ``project/pyproject.toml``."""
     path = project / "pyproject.toml"
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    try:  # a named pipe no process writes is refused, not waited on
+        raw = read_given(path, MAX_SETTINGS_BYTES)
+        if len(raw) > MAX_SETTINGS_BYTES:
+            fail(f"{path}: larger than {MAX_SETTINGS_BYTES:,} bytes; not a project's settings")
+        data = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         above = project_above(project)
         where = (
@@ -86,7 +90,9 @@ def read_project(project: Path) -> dict[str, Any]:
             else "; run in a project made by `covey new NAME`"
         )
         fail(f"no pyproject.toml in {project}{where}")
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except OSError as exc:
+        fail(f"{path}: cannot read it ({exc.strerror or exc})")
+    except tomllib.TOMLDecodeError as exc:
         fail(f"{path}: cannot read it ({exc})")
     except UnicodeDecodeError as exc:  # a binary file, another encoding: a mistake, exit 2
         fail(f"{path}: cannot read it (byte {exc.start} is not UTF-8 text); a TOML file is UTF-8")

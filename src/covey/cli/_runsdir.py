@@ -6,6 +6,7 @@ import shlex
 import tomllib
 from pathlib import Path
 
+from covey.core._files import MAX_SETTINGS_BYTES, read_given
 from covey.deploy._cli_errors import fail
 from covey.server._rundb import LOCK_NAME, is_held
 from covey.sim._rundir import interrupted_set_up_reason, is_set_up_only
@@ -25,8 +26,8 @@ def project_runs(runs_dir: Path) -> Path:
     if runs_dir != Path("runs"):
         return runs_dir
     try:
-        with open("pyproject.toml", "rb") as f:
-            table = tomllib.load(f).get("tool", {}).get("covey", {})
+        raw = read_given("pyproject.toml", MAX_SETTINGS_BYTES)  # a named pipe: not waited on
+        table = tomllib.loads(raw.decode("utf-8")).get("tool", {}).get("covey", {})
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
         return runs_dir  # no project here (or one `covey run` would refuse): runs/
     given = table.get("runs-dir", table.get("runs_dir")) if isinstance(table, dict) else None

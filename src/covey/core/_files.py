@@ -210,6 +210,49 @@ def read_regular(path: str | Path, limit: int | None = None) -> bytes:
         return data
 
 
+def read_given(path: str | Path, limit: int) -> bytes:
+    """Up to ``limit + 1`` bytes of a file the user named, never waiting on a pipe no one writes.
+
+    A regular file, a pipe a process writes (``--config <(...)``, ``/dev/stdin`` from
+    a pipe) and a device such as ``/dev/zero`` are read; the caller refuses more
+    than ``limit`` bytes. A named pipe would make a plain ``open`` wait for a
+    writer for ever: it is opened without waiting and refused when no process
+    writes it. A terminal (``/dev/stdin`` at a prompt) is refused as well.
+
+    Raises:
+        OSError: its ``strerror`` says what is wrong (a folder is an
+            ``IsADirectoryError``), its ``filename`` is ``path``.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_BINARY", 0))
+    with os.fdopen(fd, "rb", buffering=0, closefd=True) as handle:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if os.isatty(fd):
+            raise OSError(errno.ENOTTY, "a terminal, not a file: give the file itself", str(path))
+        first = b""
+        if stat.S_ISFIFO(mode):
+            try:
+                first = os.read(fd, limit + 1)
+            except BlockingIOError:  # a writer, nothing written yet: wait for it
+                pass
+            else:
+                if not first:
+                    raise OSError(
+                        errno.ENXIO,
+                        "a named pipe that no process writes, not a file: give the file itself",
+                        str(path),
+                    )
+        os.set_blocking(fd, True)
+        data = bytearray(first)
+        while len(data) <= limit:
+            chunk = handle.read(limit + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return bytes(data)
+
+
 def regular_reader(fd: int) -> tuple[BinaryIO, int] | None:
     """A binary reader of the open file ``fd`` and its size; None if it is no regular file.
 

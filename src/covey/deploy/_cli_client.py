@@ -72,7 +72,7 @@ def _make_client(spec: str, cid: Any, flag: str = "--app") -> Any:
 
 def _client_tls(s: dict[str, Any], flags: dict[str, Any]) -> Any:
     """The client's TLS material from ``--certs`` + ``--name`` or ``--ca/--cert/--key``."""
-    from covey.deploy._client import client_tls, file_name_problem, tls_from_certs
+    from covey.deploy._client import file_name_problem, tls_from_certs
 
     certs_dir = _pick(flags["certs"], s, "certs", None)
     ca = _pick(flags["ca"], s, "ca", None)
@@ -106,7 +106,8 @@ def _client_tls(s: dict[str, Any], flags: dict[str, Any]) -> Any:
             return tls_from_certs(certs_dir, flags["name"], server_name=flags["server_name"])
         if ca is not None:
             cert, key = _pick(flags["cert"], s, "cert", None), _pick(flags["key"], s, "key", None)
-            return client_tls(ca, cert, key, server_name=flags["server_name"])
+            named = {"--ca": ca, "--cert": cert, "--key": key}
+            return _named_tls(named, flags["server_name"])
     except (OSError, ValueError) as exc:
         fail(str(exc))
     if flags["server_name"] is not None:
@@ -120,6 +121,23 @@ def _client_tls(s: dict[str, Any], flags: dict[str, Any]) -> Any:
             "or --ca/--cert/--key, or --insecure for a local experiment"
         )
     return None
+
+
+def _named_tls(given: dict[str, Any], server_name: str | None) -> Any:
+    """:func:`client_tls` of the ``--ca``, ``--cert`` and ``--key`` files.
+
+    A file that cannot be read is refused naming its flag as well as its path.
+    """
+    from covey.deploy._client import client_tls
+
+    try:
+        return client_tls(given["--ca"], given["--cert"], given["--key"], server_name=server_name)
+    except OSError as exc:
+        said = str(exc)  # "cannot read the CA certificate PATH: why"
+        flag = next((f for f, p in given.items() if p is not None and f" {p}: " in said), None)
+        if flag is None:
+            raise
+        fail(f"{flag}: {exc}")
 
 
 _TLS_KEYS = {"certs", "ca", "cert", "key", "server_name"}

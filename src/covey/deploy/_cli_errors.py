@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 
+from covey.core._files import read_given
 from covey.deploy._shown import escape
 
 __all__ = [
@@ -281,7 +282,8 @@ def read_toml_file(path: Path, wanted: str) -> dict[str, Any]:
     """The TOML table of the file at ``path``, read up to :data:`MAX_CONFIG_BYTES`.
 
     Args:
-        path: The file (a pipe such as ``<(...)`` is read as a file is).
+        path: The file (a pipe such as ``<(...)`` is read as a file is; a named pipe
+            that no process writes is refused).
         wanted: What the file should be, e.g. ``"the TOML file of the command's settings"``,
             said after a file too large or not text.
 
@@ -289,9 +291,8 @@ def read_toml_file(path: Path, wanted: str) -> dict[str, Any]:
         TomlFileError: Naming what is wrong with the file, without its path (the caller
             puts the flag and the path before it).
     """
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
+    try:  # a named pipe no process writes is refused, not waited on
+        raw = read_given(path, MAX_CONFIG_BYTES)
     except OSError as exc:
         raise TomlFileError(f"cannot read it ({exc.strerror or exc})") from None
     if len(raw) > MAX_CONFIG_BYTES:

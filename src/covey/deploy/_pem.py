@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, PublicKeyAlgorithmOID
 
+from covey.core._files import read_given
 from covey.transport.grpc._strength import weakness
 
 __all__ = [
@@ -70,9 +71,8 @@ def read_pem(path: str | Path, what: str) -> bytes:
         OSError: It cannot be read (the error names it and what it holds).
         ValueError: It is larger than :data:`MAX_PEM_BYTES`.
     """
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_PEM_BYTES + 1)
+    try:  # a named pipe no process writes is refused, not waited on
+        data = read_given(path, MAX_PEM_BYTES)
     except OSError as exc:
         raise cannot_read(exc, what, path) from None
     if len(data) > MAX_PEM_BYTES:

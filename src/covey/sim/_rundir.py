@@ -18,7 +18,7 @@ from pathlib import Path
 from shlex import quote
 from typing import TYPE_CHECKING, Any
 
-from covey.core._files import atomic_write
+from covey.core._files import MAX_SETTINGS_BYTES, atomic_write, read_given
 from covey.core._interrupt import as_interrupt, interrupt_in
 from covey.server._rundb import DB_NAME, LOCK_NAME, hold_run, is_held
 
@@ -246,7 +246,8 @@ def _project_of(folder: Path) -> Path | None:
     """The ``covey run`` project ``folder`` is a run of (a ``[tool.covey]`` just above), or None."""
     for parent in list(folder.resolve().parents)[:4]:
         with contextlib.suppress(OSError, UnicodeDecodeError):
-            if "[tool.covey]" in (parent / "pyproject.toml").read_text(encoding="utf-8"):
+            text = read_given(parent / "pyproject.toml", MAX_SETTINGS_BYTES)  # never waits
+            if "[tool.covey]" in text.decode("utf-8"):
                 return parent
     return None
 
