@@ -54,11 +54,33 @@ def test_config_file_paths_under_the_home_folder_are_read_as_a_shell_would(
     tmp_path: Path, home: Path, section: str
 ) -> None:
     config = tmp_path / "fed.toml"
-    keys = ["certs"] + (["run_dir", "port_file"] if section == "server" else ["ca", "key"])
+    server = ["run_dir", "port_file", "tensorboard", "mlflow"]
+    keys = ["certs"] + (server if section == "server" else ["ca", "key"])
     config.write_text(f"[{section}]\n" + "".join(f'{k} = "~/{k}"\n' for k in keys))
     settings = read_settings(config, section, SERVER_KEYS if section == "server" else CLIENT_KEYS)
     for key in keys:
         assert Path(settings[key]) == home / key
+
+
+def test_a_projects_tracker_folders_are_read_as_its_other_paths(tmp_path: Path, home: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    trackers = 'tensorboard = "~/tb"\nmlflow = "mlruns"\nmlflow-experiment = "~x"\n'
+    (project / "pyproject.toml").write_text(PYPROJECT + trackers)
+    settings = ProjectSettings(project, [], None)
+    settings.take_trackers((None, None, None), None)
+    given = settings.trackers["trackers"]
+    assert given == {
+        "tensorboard": str(home / "tb"),
+        "mlflow": str(project / "mlruns"),  # relative: the project's
+        "mlflow_experiment": "~x",  # a name, not a path
+    }
+    again = ProjectSettings(project, ["mlflow=file:./mlruns"], None)
+    again.take_trackers((None, None, None), None)
+    assert again.trackers["trackers"]["mlflow"] == "file:./mlruns"  # a URI, as it is
+    settings.take_trackers(("tb", None, None), None)  # the command line's, as the shell gave it
+    assert settings.trackers["trackers"]["tensorboard"] == "tb"
+    assert settings.trackers["tracker_names"]["tensorboard"] == "--tensorboard"
 
 
 def test_config_file_names_without_a_tilde_are_kept_as_written(tmp_path: Path) -> None:

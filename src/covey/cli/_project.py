@@ -31,6 +31,12 @@ from covey.cli._template import FILES
 from covey.core._files import atomic_write
 from covey.deploy._cli_errors import fail, load_object
 from covey.deploy._cli_tables import output_console
+from covey.deploy._cli_trackers import (
+    TRACKER_KEYS,
+    MLflowExperimentFlag,
+    MLflowFlag,
+    TensorBoardFlag,
+)
 
 __all__ = ["ProjectSettings", "new_command", "read_project", "run_command"]
 
@@ -41,6 +47,7 @@ RUN_KEYS = {"server_app", "client_app", "clients", "rounds", "backend", "seed", 
 RUN_KEYS.add("start_method")  # the process backend's, see covey.simulate
 RUN_KEYS.add("keep_last")  # the simulated run's; a federation table has its own
 RUN_KEYS |= {"client_resources", "ray_address"}  # the Ray backend's, see covey.simulate
+RUN_KEYS.update(TRACKER_KEYS)  # the simulated run's; a federation table has its own
 
 FEDERATION_KEYS = {
     "address",
@@ -57,6 +64,7 @@ FEDERATION_KEYS = {
     "keep_last",
     "max_clients",
     "data_port",
+    *TRACKER_KEYS,
 }
 """Keys of a ``[tool.covey.federations.NAME]`` table (the flags of ``covey server``)."""
 
@@ -181,6 +189,8 @@ class ProjectSettings:
         """The ``[tool.covey]`` keys ``--set`` gave (``rounds``, say)."""
         self.given_config: set[str] = set()
         """The ``[tool.covey.config]`` keys ``--set`` gave."""
+        self.trackers: dict[str, Any] = {"experiment": project.name}
+        """The trackers the run logs to (see :meth:`take_trackers`)."""
         for item in overrides:
             self._override(item)
         for key in ("server_app", "client_app"):
@@ -290,6 +300,29 @@ class ProjectSettings:
         """A path setting, relative to the project folder (``~`` is the home folder)."""
         return None if value is None else self.project / Path(str(value)).expanduser()
 
+    def take_trackers(self, flags: tuple[str | None, ...], federation: str | None) -> None:
+        """Set :attr:`trackers`: the command line's tracker ``flags``, else the table's.
+
+        ``flags``: ``--tensorboard``, ``--mlflow`` and ``--mlflow-experiment``;
+        ``federation``: the federation served for (its table's keys), or None. A
+        table's folder (``tensorboard``, an ``mlflow`` that is no URI) is relative to
+        the project folder, as its other paths are.
+        """
+        table = self.run if self.federation is None else self.federation
+        where = (
+            "[tool.covey]" if self.federation is None else f"[tool.covey.federations.{federation}]"
+        )
+        given: dict[str, Any] = {}
+        names: dict[str, str] = {}
+        for key, flag in zip(TRACKER_KEYS, flags, strict=True):
+            value = table.get(key) if flag is None else flag
+            names[key] = f"--{toml_key(key)}" if flag is not None else f"{toml_key(key)} ({where})"
+            if flag is None and isinstance(value, str) and key != "mlflow_experiment":
+                uri = "://" in value or value.lower().startswith("file:")
+                value = value if uri else str(self.path(value))
+            given[key] = value
+        self.trackers |= {"trackers": given, "tracker_names": names}
+
 
 def run_command(
     project: Annotated[Path, typer.Argument(help="The project folder.")] = Path(),
@@ -317,6 +350,9 @@ def run_command(
             "with the settings it was started with (a served run: with --federation).",
         ),
     ] = None,
+    tensorboard: TensorBoardFlag = None,
+    mlflow: MLflowFlag = None,
+    mlflow_experiment: MLflowExperimentFlag = None,
 ) -> None:
     """Run the project in this folder: a simulation, or a server for a real federation."""
     if resume is not None:
@@ -330,6 +366,7 @@ def run_command(
     settings = ProjectSettings(project.resolve(), overrides or [], federation)
     if resume is not None and (kept := kept_settings(resume)) is not None:
         settings.restore(kept)  # the app gets the settings the run was started with
+    settings.take_trackers((tensorboard, mlflow, mlflow_experiment), federation)
     if str(settings.project) not in sys.path:
         sys.path.insert(0, str(settings.project))
     make_server = load_object(

@@ -131,6 +131,7 @@ def serve_project(
         "data_port": data_port,
         "resume_hint": hint,
         **times,
+        **settings.trackers,
     }
     _serve(server_app, {}, flags)
 
@@ -193,8 +194,8 @@ def _check_paths(fed: dict[str, Any], where: str) -> None:
 
 def _served_run_dir(settings: Any, name: str, where: str, resume: Path | None) -> Path:
     """The run folder: the one resumed, ``run-dir``, or a new one under ``runs-dir``."""
-    from covey.deploy._cli import _run_folder
     from covey.deploy._cli_errors import fresh_run_dir
+    from covey.deploy._cli_resume import run_folder
 
     fed = settings.federation
     run_dir = settings.path(fed.get("run_dir"))
@@ -222,7 +223,7 @@ def _served_run_dir(settings: Any, name: str, where: str, resume: Path | None) -
             f"run-dir {run_dir} {where} already holds a run; give another folder, or "
             f"continue that run with `{hint}`"
         )
-    return _run_folder(run_dir, None)  # refuses other files a new run would write over
+    return run_folder(run_dir, None)  # refuses other files a new run would write over
 
 
 def _switch(fed: dict[str, Any], key: str, where: str) -> bool | None:

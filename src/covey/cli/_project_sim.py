@@ -21,11 +21,12 @@ from covey.cli._model import (
     restore_model,
     save_model,
 )
-from covey.cli._project_stop import interrupted_note
+from covey.cli._project_stop import forget_unstarted, interrupted_note
 from covey.core._files import MAX_SETTINGS_BYTES, atomic_write, read_json_object, read_regular
 from covey.core._interrupt import interrupts_as_such, stopping_on_sigterm
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import output_console
+from covey.deploy._cli_trackers import open_trackers
 
 __all__ = [
     "SETTINGS_FILE",
@@ -349,6 +350,10 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
         if _nothing_left(settings.project.name, run_dir, rounds):
             return
     _same_run(settings, run_dir, resume is not None, rounds)
+    trackers = open_trackers(  # refused before the simulation starts
+        {**settings.trackers, "run": run_dir, "resuming": resume is not None},
+        None if resume is not None else functools.partial(forget_unstarted, run_dir),
+    )
     console.print(
         f"[bold]covey run[/]: {clients} simulated clients, {rounds} rounds ({backend} backend)"
         + ("" if resume is None else escape(f", resuming {run_dir}")),
@@ -358,7 +363,7 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
     try:
         # SIGTERM (a batch scheduler's or `docker stop`'s stop) as Ctrl-C; and an error
         # Ctrl-C caused (an ImportError, say) as Ctrl-C
-        with stopping_on_sigterm(), interrupts_as_such():
+        with stopping_on_sigterm(), interrupts_as_such(), trackers:
             result = covey.simulate(
                 functools.partial(
                     _client, make_client, settings.run["client_app"], settings.app_config()
@@ -373,7 +378,7 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
                 start_method=start_method,
                 seed=int(run.get("seed", server_app.seed)),
                 progress=True,
-                on_round=models.finished,
+                on_round=[models.finished, trackers],
                 run_dir=run_dir,
                 resume=resume is not None,
                 compression=server_app.compression,
@@ -406,24 +411,7 @@ def _stopped_by_error(run_dir: Path, models: RoundModels, *, new: bool) -> None:
     if kept is not None:
         console.print(escape(f"run stopped: {kept}"), soft_wrap=True)
     elif new:
-        _forget_unstarted(run_dir)
-
-
-def _forget_unstarted(run_dir: Path) -> None:
-    """Remove the new run folder of a run that failed before it wrote anything but its set-up.
-
-    Its ``run.sqlite`` could not be made (a path too deep for SQLite, a full disk),
-    say: its ``project.json`` and ``run.lock`` alone showed a run interrupted during
-    set-up. The folder goes only if it holds nothing else.
-    """
-    try:
-        names = {path.name for path in run_dir.iterdir()}
-        if names <= {SETTINGS_FILE, "run.lock"}:
-            for name in names:
-                (run_dir / name).unlink()
-            run_dir.rmdir()
-    except OSError:
-        pass  # the error that stopped the run is the one to report
+        forget_unstarted(run_dir)
 
 
 def _nothing_left(name: str, run_dir: Path, rounds: int) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["interrupted_note"]
+__all__ = ["forget_unstarted", "interrupted_note"]
 
 
 def resumed_after(run_dir: Path) -> str:
@@ -44,3 +44,23 @@ def interrupted_note(run_dir: Path, kept: str | None, exc: KeyboardInterrupt) ->
         f"{said}: the simulation in {run_dir} stopped (its history.json keeps the "
         f"rounds done{'; ' + kept if kept else ''}); {how}"
     )
+
+
+def forget_unstarted(run_dir: Path) -> None:
+    """Remove the new run folder of a run that failed before it wrote anything but its set-up.
+
+    Its ``run.sqlite`` could not be made (a path too deep for SQLite, a full disk),
+    say, or a tracker it was given was refused: its ``project.json`` and ``run.lock``
+    alone showed a run interrupted during set-up. The folder goes only if it holds
+    nothing else.
+    """
+    from covey.cli._project_sim import SETTINGS_FILE
+
+    try:
+        names = {path.name for path in run_dir.iterdir()}
+        if names <= {SETTINGS_FILE, "run.lock"}:
+            for name in names:
+                (run_dir / name).unlink()
+            run_dir.rmdir()
+    except OSError:
+        pass  # the error that stopped the run is the one to report

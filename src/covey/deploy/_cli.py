@@ -26,8 +26,15 @@ from covey.deploy._cli_errors import (
     required_params,
 )
 from covey.deploy._cli_logs import setup_logging
-from covey.deploy._cli_resume import recorded_rounds, resume_hint, saved_model
+from covey.deploy._cli_resume import recorded_rounds, resume_hint, run_folder, saved_model
 from covey.deploy._cli_security import _security, tls_choice
+from covey.deploy._cli_trackers import (
+    TRACKER_KEYS,
+    MLflowExperimentFlag,
+    MLflowFlag,
+    TensorBoardFlag,
+    tracker_flags,
+)
 from covey.deploy._shown import BriefHighlighter, escape
 from covey.server._served import FEDERATION_FILE
 
@@ -57,6 +64,7 @@ SERVER_KEYS = {
     "keep_last",
     "max_clients",
     "data_port",
+    *TRACKER_KEYS,
 }
 """The settings a ``--config`` file may give ``covey server`` (its flags)."""
 
@@ -125,57 +133,11 @@ def _server_app(spec: str | None, resume: Path | None = None, flag: str = "--app
     return obj
 
 
-def _run_folder(run_dir: Path | None, resume: Path | None) -> Path:
-    """The run folder: the one to resume, the one given, or a fresh one under ``runs/``."""
-    from covey.deploy._cli_errors import fresh_run_dir
-
-    if resume is not None:
-        if run_dir is not None and run_dir.resolve() != resume.resolve():
-            fail(
-                f"give --run-dir {run_dir} (a new run) or --resume {resume} (continue that "
-                "one), not both"
-            )
-        if (resume / "run.sqlite").exists() and not (resume / "run.sqlite").is_file():
-            fail(f"--resume {resume}: its run.sqlite is not a file (a folder?); no run to continue")
-        if not (resume / "run.sqlite").is_file():
-            fail(f"--resume {resume}: no covey run there (no run.sqlite); start one with --run-dir")
-        if (resume / "run.json").is_file():  # served on, its folder would hold two kinds of run
-            from covey.sim._rundir import how_to_resume
-
-            fail(
-                f"--resume {resume} holds a simulated run; `covey server` continues deployed "
-                f"runs only: continue it with {how_to_resume(resume)}, or serve a new run "
-                "(--run-dir) from its model"
-            )
-        return resume
-    if run_dir is None:
-        return fresh_run_dir("runs", "server", "the run folder (leave out --run-dir: runs/)")
-    below = next((p for p in run_dir.parents if p.exists() and not p.is_dir()), None)
-    if below is not None:
-        fail(f"--run-dir {run_dir}: {below} is a file, not a folder; give a folder's path")
-    if run_dir.exists() and not run_dir.is_dir():
-        fail(
-            f"--run-dir {run_dir} is a file; give a new or empty folder, or leave --run-dir "
-            "out for a fresh folder under runs/"
-        )
-    kept = [n for n in ("run.sqlite", "history.json", "run.json") if (run_dir / n).exists()]
-    if "run.sqlite" in kept and "run.json" not in kept:  # a served run (a simulation has both)
-        fail(
-            f"--run-dir {run_dir} already holds a run; continue it with "
-            f"--resume {shlex.quote(str(run_dir))} or give another folder"
-        )
-    if kept:
-        fail(
-            f"--run-dir {run_dir} already holds a run ({', '.join(kept)}), which a new run "
-            "would write over; give another folder"
-        )
-    return run_dir
-
-
 def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
     """Serve the app with the console reporting, then say how the run ended."""
     import covey
     from covey.core._files import write_output
+    from covey.deploy._cli_trackers import open_trackers
     from covey.deploy._console import ServerConsole
     from covey.deploy._server import serve
     from covey.transport.grpc._listen import ListenError
@@ -198,9 +160,10 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
             write_output(port_file, str(port))
 
     plot = bool(s.get("plot", True)) if flags["plot"] is None else bool(flags["plot"])
+    trackers = open_trackers(flags, lambda: _forget(run, flags))  # refused before listening
     try:
         stop_on_sigterm()
-        with interrupts_as_such():  # an error Ctrl-C caused (an ImportError, say): Ctrl-C
+        with interrupts_as_such(), trackers:  # an error Ctrl-C caused (ImportError): Ctrl-C
             result = serve(
                 server_app.strategy,
                 _rounds(server_app, flags),
@@ -220,7 +183,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
                 round_retries=flags.get("round_retries") or 0,
                 wait_timeout=_pick(flags["wait_timeout"], s, "wait_timeout", 300.0),
                 heartbeat=_pick(flags["heartbeat"], s, "heartbeat", 5.0),
-                on_round=shown.on_round,
+                on_round=[shown.on_round, trackers],
                 on_listen=listening,
                 on_event=shown.on_event,
                 client_names=names,
@@ -405,6 +368,9 @@ def server_command(
             "the model's bytes there, beside the gRPC stream (faster for large models)."
         ),
     ] = None,
+    tensorboard: TensorBoardFlag = None,
+    mlflow: MLflowFlag = None,
+    mlflow_experiment: MLflowExperimentFlag = None,
 ) -> None:
     """Run the server of a federation over gRPC (mutual TLS unless --insecure)."""
     s = read_settings(config, "server", SERVER_KEYS)
@@ -446,6 +412,7 @@ def server_command(
         "data_port": port_number(
             _pick(data_port, s, "data_port", None), s.name(data_port, "data_port", "--data-port")
         ),
+        **tracker_flags((tensorboard, mlflow, mlflow_experiment), s),
     }
     if server_app.main is not None:  # the app's own loop: no rounds, no run folder
         from covey.deploy._cli_own import refuse_round_flags, serve_own
@@ -454,13 +421,14 @@ def server_command(
         own |= {"plot": plot}
         own |= {"round_timeout": round_timeout, "round_retries": round_retries}
         own |= {"wait_timeout": wait_timeout, "compression": compression, "keep_last": keep_last}
+        own |= dict(zip(TRACKER_KEYS, (tensorboard, mlflow, mlflow_experiment), strict=True))
         refuse_round_flags(_pick(app, s, "app", None), own, s)
         return serve_own(server_app, flags, console)
     # Only once every flag is checked: a fresh run folder is made here.
     # Those of --config are read again from it; the command line's are repeated.
     typed = {"round_timeout": round_timeout, "round_retries": round_retries}
     typed |= {"wait_timeout": wait_timeout, "heartbeat": heartbeat}
-    flags["run"] = _run_folder(given, resume_dir)
+    flags["run"] = run_folder(given, resume_dir)
     flags["made_run_dir"] = given is None and resume_dir is None
     flags["resuming"] = resume_dir is not None
     flags["resume_hint"] = resume_hint(
@@ -474,6 +442,7 @@ def server_command(
         keep_last=flags["keep_last"],
         max_clients=None if flags["max_clients"] == 1000 else flags["max_clients"],
         data_port=flags["data_port"],
+        trackers=dict(zip(TRACKER_KEYS, (tensorboard, mlflow, mlflow_experiment), strict=True)),
         timing={key: flags[key] for key, value in typed.items() if value is not None},
     )
     _serve(server_app, s, flags)

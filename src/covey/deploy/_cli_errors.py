@@ -337,11 +337,12 @@ _SWITCHES = {"insecure", "plot", "verbose"}
 """The ``--config`` keys of on/off flags: a TOML ``true`` or ``false``."""
 
 _TEXTS = {"app", "address", "certs", "run_dir", "resume", "port_file", "server", "name"}
-_TEXTS |= {"ca", "cert", "key", "server_name"}
+_TEXTS |= {"ca", "cert", "key", "server_name", "tensorboard", "mlflow", "mlflow_experiment"}
 """The ``--config`` keys of flags taking text (a path, an address, a name): a TOML string."""
 
-_PATHS = {"certs", "run_dir", "resume", "port_file", "ca", "cert", "key"}
-"""The ``--config`` keys of paths: a leading ``~`` is the home folder, as in a shell."""
+_PATHS = {"certs", "run_dir", "resume", "port_file", "ca", "cert", "key", "tensorboard", "mlflow"}
+"""The ``--config`` keys of paths: a leading ``~`` is the home folder, as in a shell (an
+``mlflow`` tracking URI is left as it is)."""
 
 
 def _quoted_number(value: Any) -> bool:

@@ -25,6 +25,9 @@ ROUND_FLAGS = (
     "compression",
     "keep_last",
     "plot",
+    "tensorboard",  # the trackers log rounds
+    "mlflow",
+    "mlflow_experiment",
 )
 
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from shlex import quote
 
-__all__ = ["recorded_rounds", "resume_hint", "saved_model", "saved_round"]
+__all__ = ["recorded_rounds", "resume_hint", "run_folder", "saved_model", "saved_round"]
 
 
 def saved_round(run: Path) -> bool:
@@ -89,12 +89,14 @@ def resume_hint(
     max_clients: int | None = None,
     data_port: int | None = None,
     timing: Mapping[str, float | int | None] | None = None,
+    trackers: Mapping[str, str | None] | None = None,
 ) -> str:
     """The ``covey server --resume`` command that continues ``run`` as it was started.
 
     ``timing`` holds the settings the run folder does not keep (``round_timeout``,
     ``round_retries``, ``wait_timeout``, ``heartbeat``): each one given is repeated,
-    so the resumed server keeps the deadlines of the one it continues. With a
+    so the resumed server keeps the deadlines of the one it continues; so are the
+    ``trackers`` given (``--tensorboard``, ``--mlflow``), which it logs to again. With a
     ``config`` file, read again on resume, the TLS choice is repeated only if the
     command line made it (``tls_given``), and then in full: ``--no-insecure`` beside
     ``--certs``, so that a file saying ``insecure = true`` does not win on resume.
@@ -125,4 +127,52 @@ def resume_hint(
             whole = float(value).is_integer() and abs(value) < 1e15
             exact = str(int(value)) if whole else repr(float(value))
             parts.append(f"--{key.replace('_', '-')} {exact}")
+    parts += [f"--{k.replace('_', '-')} {quote(str(v))}" for k, v in (trackers or {}).items() if v]
     return " ".join(p for p in parts if p)
+
+
+def run_folder(run_dir: Path | None, resume: Path | None) -> Path:
+    """The run folder: the one to resume, the one given, or a fresh one under ``runs/``."""
+    from covey.deploy._cli_errors import fail, fresh_run_dir
+
+    if resume is not None:
+        if run_dir is not None and run_dir.resolve() != resume.resolve():
+            fail(
+                f"give --run-dir {run_dir} (a new run) or --resume {resume} (continue that "
+                "one), not both"
+            )
+        if (resume / "run.sqlite").exists() and not (resume / "run.sqlite").is_file():
+            fail(f"--resume {resume}: its run.sqlite is not a file (a folder?); no run to continue")
+        if not (resume / "run.sqlite").is_file():
+            fail(f"--resume {resume}: no covey run there (no run.sqlite); start one with --run-dir")
+        if (resume / "run.json").is_file():  # served on, its folder would hold two kinds of run
+            from covey.sim._rundir import how_to_resume
+
+            fail(
+                f"--resume {resume} holds a simulated run; `covey server` continues deployed "
+                f"runs only: continue it with {how_to_resume(resume)}, or serve a new run "
+                "(--run-dir) from its model"
+            )
+        return resume
+    if run_dir is None:
+        return fresh_run_dir("runs", "server", "the run folder (leave out --run-dir: runs/)")
+    below = next((p for p in run_dir.parents if p.exists() and not p.is_dir()), None)
+    if below is not None:
+        fail(f"--run-dir {run_dir}: {below} is a file, not a folder; give a folder's path")
+    if run_dir.exists() and not run_dir.is_dir():
+        fail(
+            f"--run-dir {run_dir} is a file; give a new or empty folder, or leave --run-dir "
+            "out for a fresh folder under runs/"
+        )
+    kept = [n for n in ("run.sqlite", "history.json", "run.json") if (run_dir / n).exists()]
+    if "run.sqlite" in kept and "run.json" not in kept:  # a served run (a simulation has both)
+        fail(
+            f"--run-dir {run_dir} already holds a run; continue it with "
+            f"--resume {quote(str(run_dir))} or give another folder"
+        )
+    if kept:
+        fail(
+            f"--run-dir {run_dir} already holds a run ({', '.join(kept)}), which a new run "
+            "would write over; give another folder"
+        )
+    return run_dir

@@ -1,0 +1,237 @@
+"""``--tensorboard`` and ``--mlflow``: the trackers ``covey server`` and ``covey run`` log to.
+
+Both commands take the same three settings (flags, ``--config`` keys, keys of a
+project's tables): ``tensorboard`` (a folder of event files), ``mlflow`` (a
+tracking URI or a folder) and ``mlflow_experiment``. The loggers are opened, and
+so refused, before the server listens or the simulation starts, and closed as
+the run ends, fails or is interrupted. The MLflow run's id is kept in the run
+folder (:data:`TRACKERS_FILE`), so that a resumed run goes on logging to it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+from covey.deploy._cli_errors import fail
+
+if TYPE_CHECKING:  # covey.core brings NumPy, which `covey --help` goes without
+    from covey.core import RoundRecord
+
+__all__ = [
+    "TRACKERS_FILE",
+    "TRACKER_KEYS",
+    "MLflowExperimentFlag",
+    "MLflowFlag",
+    "TensorBoardFlag",
+    "Trackers",
+    "open_trackers",
+]
+
+TRACKER_KEYS = ("tensorboard", "mlflow", "mlflow_experiment")
+"""The settings naming a run's trackers, as flags (``--mlflow-experiment``) and keys."""
+
+TRACKERS_FILE = "trackers.json"
+"""Where a run folder keeps the MLflow run its rounds were logged to (``--mlflow``)."""
+
+TensorBoardFlag = Annotated[
+    str | None,
+    typer.Option(
+        "--tensorboard",
+        metavar="DIR",
+        help="Log each round to TensorBoard event files in this folder (covey[tensorboard]).",
+    ),
+]
+MLflowFlag = Annotated[
+    str | None,
+    typer.Option(
+        "--mlflow",
+        metavar="URI",
+        help="Log each round to MLflow: a tracking URI, or a folder for a local store, e.g. "
+        "file:./mlruns (covey[mlflow]).",
+    ),
+]
+MLflowExperimentFlag = Annotated[
+    str | None,
+    typer.Option(
+        "--mlflow-experiment",
+        metavar="NAME",
+        help="The MLflow experiment of --mlflow (default: the project's name, or covey).",
+    ),
+]
+
+
+def _is_uri(text: str) -> bool:
+    """Whether ``text`` is a tracking URI (``file:...``, ``http://...``), not a folder."""
+    return "://" in text or text.lower().startswith("file:")
+
+
+def _store_key(store: str) -> str:
+    """``store`` as compared with the one a resumed run logged to.
+
+    A folder, or a ``file:`` URI of a relative path (MLflow's, from the working
+    folder), is resolved: the same store, from any folder.
+    """
+    if not _is_uri(store):
+        return str(Path(store).expanduser().resolve())
+    if store.lower().startswith("file:") and not store[5:].startswith("//"):
+        return str(Path(store[5:]).resolve())
+    return store
+
+
+class Trackers:
+    """A run's trackers: a round callback, and a context closing them as the run ends.
+
+    Leaving the ``with`` block closes each logger; the MLflow run ends as
+    FINISHED, FAILED (an error) or KILLED (interrupted).
+    """
+
+    def __init__(self, loggers: list[Any], run_dir: Path, kept: dict[str, str] | None) -> None:
+        """``kept``: what to keep in ``run_dir`` after the first round logged (MLflow's run)."""
+        self.loggers = loggers
+        self._run_dir = run_dir
+        self._kept = kept
+
+    def __call__(self, record: RoundRecord) -> None:
+        """Log the round to every tracker; after the first, keep the MLflow run's id."""
+        for logger in self.loggers:
+            logger(record)
+        if self._kept is not None:
+            from covey.core._files import atomic_write
+
+            atomic_write(self._run_dir / TRACKERS_FILE, json.dumps({"mlflow": self._kept}))
+            self._kept = None
+
+    def close(self, status: str = "FINISHED") -> None:
+        """Close every logger (an MLflow run ends with ``status``)."""
+        for logger in self.loggers:
+            if hasattr(logger, "run_id"):
+                logger.close(status)
+            else:
+                logger.close()
+
+    def __enter__(self) -> Trackers:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close("FINISHED")
+        else:
+            self.close("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+
+
+def _text(value: Any, name: str, example: str) -> str | None:
+    """A setting's value as text, or None; refused when it is not text."""
+    if value is None:
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    if not isinstance(value, str) or not value.strip():
+        fail(f"{name} = {value!r}: give it as text, e.g. {example}")
+    return value
+
+
+def _kept_run_id(run_dir: Path, store: str, experiment: str) -> str | None:
+    """The MLflow run a resumed run logged to, if it was in ``store`` and ``experiment``."""
+    from covey.core._files import MAX_SETTINGS_BYTES, read_json_object
+
+    kept = read_json_object(run_dir / TRACKERS_FILE, MAX_SETTINGS_BYTES) or {}
+    mlflow = kept.get("mlflow")
+    if not isinstance(mlflow, dict) or not isinstance(mlflow.get("run_id"), str):
+        return None
+    if mlflow.get("store") != _store_key(store) or mlflow.get("experiment") != experiment:
+        return None  # another store or experiment: a run of its own there
+    return str(mlflow["run_id"])
+
+
+def tracker_flags(values: tuple[Any, ...], s: Any) -> dict[str, Any]:
+    """The ``flags`` of :func:`open_trackers` that name the trackers.
+
+    ``values``: the command line's of :data:`TRACKER_KEYS` (None: not given), else
+    those of ``s`` (a ``--config`` file's settings).
+    """
+    given = {k: v if v is not None else s.get(k) for k, v in zip(TRACKER_KEYS, values, strict=True)}
+    names = {
+        k: s.name(v, k, "--" + k.replace("_", "-"))
+        for k, v in zip(TRACKER_KEYS, values, strict=True)
+    }
+    return {"trackers": given, "tracker_names": names}
+
+
+def open_trackers(flags: dict[str, Any], refused: Callable[[], Any] | None = None) -> Trackers:
+    """Open the trackers ``flags`` names for the run in ``flags["run"]``, or fail (status 2).
+
+    Args:
+        flags: ``trackers``: the value of each of :data:`TRACKER_KEYS` (None: not given);
+            ``tracker_names``: where each came from (``--tensorboard``, a file's key),
+            for errors; ``run``: the run's folder; ``resuming``: whether the run is
+            resumed (its MLflow run goes on); ``experiment``: the MLflow experiment
+            when ``mlflow_experiment`` is not given (default ``covey``).
+        refused: Called before failing (to remove a run folder made for this run).
+    """
+    given: dict[str, Any] = flags.get("trackers") or {}
+    names = {k: "--" + k.replace("_", "-") for k in TRACKER_KEYS}
+    names |= flags.get("tracker_names") or {}
+    run_dir: Path = flags["run"]
+    resuming = bool(flags["resuming"])
+    experiment = str(flags.get("experiment") or "covey")
+    tensorboard = _text(given.get("tensorboard"), names["tensorboard"], '"tb/run-1"')
+    store = _text(given.get("mlflow"), names["mlflow"], '"file:./mlruns"')
+    chosen = _text(given.get("mlflow_experiment"), names["mlflow_experiment"], '"digits"')
+    loggers: list[Any] = []
+
+    def refuse(said: str) -> NoReturn:
+        Trackers(loggers, run_dir, None).close("KILLED")
+        if refused is not None:
+            refused()
+        fail(said)
+
+    def opened(key: str, make: Callable[[], Any]) -> Any:
+        try:
+            return make()
+        except (ImportError, OSError, ValueError) as exc:  # ImportError: the extra to install
+            refuse(f"{names[key]}: {exc}")
+
+    if chosen is not None and store is None:
+        refuse(f"{names['mlflow_experiment']} names an MLflow experiment: give --mlflow URI too")
+    if tensorboard is not None:
+        loggers.append(opened("tensorboard", lambda: _tensorboard(tensorboard)))
+    if store is None:
+        return Trackers(loggers, run_dir, None)
+    experiment = experiment if chosen is None else chosen
+    run_id = _kept_run_id(run_dir, store, experiment) if resuming else None
+    mlflow = opened("mlflow", lambda: _mlflow(store, experiment, run_dir.name, run_id))
+    loggers.append(mlflow)
+    kept = {"store": _store_key(store), "experiment": experiment, "run_id": mlflow.run_id}
+    return Trackers(loggers, run_dir, None if run_id is not None else kept)
+
+
+def _tensorboard(folder: str) -> Any:
+    """A TensorBoard logger writing to ``folder``."""
+    from covey.trackers import TensorBoardLogger
+
+    return TensorBoardLogger(Path(folder).expanduser())
+
+
+def _mlflow(store: str, experiment: str, run_name: str, run_id: str | None) -> Any:
+    """An MLflow logger of ``store``; an error of MLflow's own as a ``ValueError``."""
+    from covey.trackers import MLflowLogger
+
+    path = store if _is_uri(store) else Path(store).expanduser()
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return MLflowLogger(path, experiment=experiment, run_name=run_name, run_id=run_id)
+    except MlflowException as exc:
+        said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"MLflow cannot log to {store!r}: {said}") from exc
