@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import importlib
-import inspect
 import traceback
 from collections.abc import Callable
 from dataclasses import replace
@@ -20,6 +19,12 @@ import numpy as np
 from covey.clients._current import TASK as _TASK
 from covey.clients._current import within
 from covey.clients._hints import hint
+from covey.clients._mistakes import (
+    TUPLE_EVALUATE,
+    ResultRefused,
+    check_signature,
+    not_a_fit_result,
+)
 from covey.core._interrupt import as_interrupt, interrupt_in
 from covey.core._messages import Config, EvaluateResult, FitResult, Reply, Task
 from covey.core._weights import Weights
@@ -153,46 +158,11 @@ def _fit(client: Any, task: Task) -> FitResult:
         config = _config(task) if task.config or task.payload is not None else {"round": task.round}
         result = client.fit(dict(task.weights), config)
     except TypeError as exc:
-        _check_signature(client, "fit", exc)
+        check_signature(client, "fit", exc)
         raise
     if type(result) is not FitResult and not isinstance(result, FitResult):
-        raise TypeError(
-            f"{type(client).__name__}.fit() returned {type(result).__name__}, "
-            "expected covey.FitResult" + (_TUPLE_FIT if isinstance(result, tuple) else "")
-        )
+        raise not_a_fit_result(client, result)
     return result
-
-
-def _check_signature(client: Any, method: str, exc: TypeError) -> None:
-    """Raise a TypeError saying how covey calls ``method`` if its signature cannot take that.
-
-    Called when the call raised ``exc``: a ``fit(self, weights)`` gets Python's
-    "takes 2 positional arguments but 3 were given", which says nothing of the config.
-    """
-    bound = getattr(client, method)
-    try:
-        signature = inspect.signature(bound)
-    except (TypeError, ValueError):  # a builtin or a C method: nothing to say
-        return
-    try:
-        signature.bind(None, None)
-    except TypeError:
-        raise TypeError(
-            f"{type(client).__name__}.{method}({', '.join(signature.parameters)}) cannot be "
-            f"called as {method}(weights, config): covey gives it the weights and the "
-            f"round's config (a dict holding 'round'); define it as "
-            f"def {method}(self, weights, config)"
-        ) from exc
-
-
-_TUPLE_FIT = (
-    ": return covey.FitResult(weights={name: array}, num_examples=n, metrics={...}) "
-    "rather than a (parameters, num_examples, metrics) tuple"
-)
-_TUPLE_EVALUATE = (
-    ": return covey.EvaluateResult(loss=loss, num_examples=n, metrics={...}) "
-    "rather than a (loss, num_examples, metrics) tuple"
-)
 
 
 def _evaluate(client: Any, task: Task) -> EvaluateResult:
@@ -201,12 +171,12 @@ def _evaluate(client: Any, task: Task) -> EvaluateResult:
     try:
         result = client.evaluate(dict(task.weights), _config(task))  # as in _fit
     except TypeError as exc:
-        _check_signature(client, "evaluate", exc)
+        check_signature(client, "evaluate", exc)
         raise
     if not isinstance(result, EvaluateResult):
         raise TypeError(
             f"{type(client).__name__}.evaluate() returned {type(result).__name__}, "
-            "expected covey.EvaluateResult" + (_TUPLE_EVALUATE if isinstance(result, tuple) else "")
+            "expected covey.EvaluateResult" + (TUPLE_EVALUATE if isinstance(result, tuple) else "")
         )
     return result
 
@@ -319,9 +289,10 @@ def task_kinds() -> tuple[str, ...]:
 def run_task(client: Any, cid: int, task: Task) -> Reply:
     """Perform ``task`` on ``client`` and return its :class:`Reply`; never raises.
 
-    An exception inside the client becomes ``Reply.error`` with the traceback; one
-    that Ctrl-C caused (as the client imported a compiled module, say) is raised
-    as the ``KeyboardInterrupt`` it was: the run's, not the client's.
+    An exception inside the client becomes ``Reply.error`` with the traceback (a
+    result covey's own check refuses, its message alone); one that Ctrl-C caused
+    (as the client imported a compiled module, say) is raised as the
+    ``KeyboardInterrupt`` it was: the run's, not the client's.
     """
     kind = task.kind
     handler = _HANDLERS.get(kind) or _handler(kind)  # no frame for a loaded kind
@@ -385,6 +356,8 @@ def _failed(cid: int, kind: str, exc: Exception) -> Reply:
     """
     if interrupt_in(exc) is not None:
         raise as_interrupt(exc) from exc
+    if isinstance(exc, ResultRefused):  # worded as the server refuses a plain update
+        return Reply(cid, kind, error=str(exc))
     return Reply(cid, kind, error=traceback.format_exc() + hint(exc))
 
 

@@ -78,7 +78,9 @@ class CountedAsyncTransport(CountingWrapper):
             spec = self._spec
             if spec is None or not spec.conforms(task.weights, finite=False):
                 spec = self._spec = WeightsSpec.of(task.weights)
-            sent = compressed_task(task, self._carried, self.seed, cid, self.run)
+            name = getattr(self.inner, "client_name", None)  # a deployed client's, in its errors
+            who = name(cid) if name is not None else None
+            sent = compressed_task(task, self._carried, self.seed, cid, self.run, who)
             self._specs[cid] = spec
         self.inner.submit(cid, sent, timeout=timeout)
         size = self._sent[cid] = _task_nbytes(task)

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from covey.clients._client import lend, register_builtin
+from covey.clients._mistakes import ResultRefused, call_fit
+from covey.compress._ownscheme import check_parts, decoded
 from covey.compress._plain import (
     check_scheme,
     encoded_from_plain,
@@ -34,7 +36,7 @@ from covey.compress._plain import (
 from covey.compress._schemes import Encoded, Scheme, TopK, topk_with_feedback
 from covey.core._messages import FitResult, Reply, Task, fit_nbytes
 from covey.core._replay import ByRound
-from covey.core._weights import Weights, WeightsSpec, subtract
+from covey.core._weights import Weights, WeightsError, WeightsSpec, subtract
 
 KIND = "fit_compressed"
 CONFIG_KEY = "covey.compression"
@@ -47,7 +49,8 @@ class CompressedFitPayload:
 
     On the task it is plain data, so it crosses a network as JSON and arrays:
     ``task.config[CONFIG_KEY]`` is ``{"scheme": spec, "seed": seed, "cid": cid}``,
-    with ``"run": token`` when the server names its run (``spec`` as
+    with ``"run": token`` when the server names its run and ``"name": name``
+    when it names the client (a deployed client's chosen name; ``spec`` as
     :func:`~covey.compress.scheme_named` reads it, e.g. ``"topk:0.01"``)
     and ``task.payload`` is the fit task's own payload, the arrays broadcast
     with it. A scheme of one's own has no spec and travels as the object, which
@@ -60,6 +63,8 @@ class CompressedFitPayload:
         extras: The ``"fit"`` task's own payload (broadcast arrays), or None.
         run: A token naming the run: a client object's top-k residuals of another
             run are dropped (a simulation's clients may outlive it). None: one run.
+        name: The client as the server names it, in a refused update's error
+            (a deployed client's chosen name); None: ``client <cid>``.
     """
 
     scheme: Scheme
@@ -67,10 +72,12 @@ class CompressedFitPayload:
     cid: int
     extras: Any = None
     run: str | None = None
+    name: str | None = None
 
     def task(self, fit: Task) -> Task:
         """The ``"fit_compressed"`` task that asks for ``fit``'s work, compressed."""
-        return compressed_task(fit, _scheme_value(self.scheme), self.seed, self.cid, self.run)
+        scheme = _scheme_value(self.scheme)
+        return compressed_task(fit, scheme, self.seed, self.cid, self.run, self.name)
 
     @classmethod
     def of(cls, task: Task) -> tuple[CompressedFitPayload, dict[str, Any]]:
@@ -91,11 +98,13 @@ class CompressedFitPayload:
         for what, n in (("seed", seed), ("cid", cid)):
             if not isinstance(n, int) or isinstance(n, bool) or n < 0:
                 raise ValueError(f"config[{CONFIG_KEY!r}][{what!r}] must be an integer >= 0")
-        run = head.get("run")
-        if run is not None and not isinstance(run, str):
-            raise ValueError(f"config[{CONFIG_KEY!r}]['run'] must be a string")
+        run, name = head.get("run"), head.get("name")
+        for what, text in (("run", run), ("name", name)):
+            if text is not None and not isinstance(text, str):
+                raise ValueError(f"config[{CONFIG_KEY!r}][{what!r}] must be a string")
         config = {k: v for k, v in task.config.items() if k != CONFIG_KEY}
-        return cls(scheme, seed, cid, task.payload, run), config  # type: ignore[arg-type]
+        payload = cls(scheme, seed, cid, task.payload, run, name)  # type: ignore[arg-type]
+        return payload, config
 
 
 def _known_scheme(spec: str) -> Scheme:
@@ -118,11 +127,18 @@ def _scheme_value(scheme: Scheme) -> Any:
     return spec if spec is not None else scheme
 
 
-def compressed_task(fit: Task, scheme: Any, seed: int, cid: int, run: str | None = None) -> Task:
-    """The ``"fit_compressed"`` task for ``fit``; ``scheme`` as :func:`_scheme_value` gives it."""
+def compressed_task(
+    fit: Task, scheme: Any, seed: int, cid: int, run: str | None = None, name: str | None = None
+) -> Task:
+    """The ``"fit_compressed"`` task for ``fit``; ``scheme`` as :func:`_scheme_value` gives it.
+
+    ``name``: the client as the server names it (None: a simulated client, ``client <cid>``).
+    """
     head: dict[str, Any] = {"scheme": scheme, "seed": seed, "cid": cid}
     if run is not None:
         head["run"] = run
+    if name is not None:
+        head["name"] = name
     return Task(KIND, fit.round, {**fit.config, CONFIG_KEY: head}, fit.weights, fit.payload)
 
 
@@ -166,22 +182,17 @@ def _fit_compressed(client: Any, task: Task) -> dict[str, Any]:
     config["round"] = task.round
     if payload.extras is not None:
         config["extras"] = payload.extras
-    result = client.fit(lend(client, weights_in), config)  # weights_in used below
-    if not isinstance(result, FitResult):
-        raise TypeError(
-            f"{type(client).__name__}.fit() returned {type(result).__name__}, "
-            "expected covey.FitResult"
-        )
+    result = call_fit(client, lend(client, weights_in), config)  # weights_in used below
     # Checked as the server checks an uncompressed update: the encodings are flat, so
     # the server could not tell an update of another shape (or dtype) of the same size.
     spec = WeightsSpec.of(weights_in)
     delta = result.delta
     if delta is None:
         weights: Weights = result.weights  # type: ignore[assignment]
-        spec.check(weights, what=f"client {payload.cid}'s weights", finite=False)
+        _check_update(spec, weights, "weights", payload)
         delta = subtract(weights, weights_in)
     else:
-        spec.check(delta, what=f"client {payload.cid}'s delta", finite=False)
+        _check_update(spec, delta, "delta", payload)
     scheme = payload.scheme
     if isinstance(scheme, TopK):
         residual = _residuals_of(client, payload.run).setdefault(payload.cid, ByRound())
@@ -191,50 +202,26 @@ def _fit_compressed(client: Any, task: Task) -> dict[str, Any]:
         rng = np.random.default_rng([payload.seed, task.round, payload.cid])
         parts = scheme.encode(delta, rng)
         if scheme_spec(scheme) is None:  # a scheme of one's own: its mistakes named
-            _check_parts(scheme, parts)
+            check_parts(scheme, parts)
     encoded = Encoded(scheme.name, parts, result.num_examples, dict(result.metrics), result.extras)
     return encoded_to_plain(encoded)
 
 
-def _check_parts(scheme: Scheme, parts: Any) -> None:
-    """Refuse what a scheme of one's own encoded if it is not ``{name: {part: array}}``.
+def _check_update(
+    spec: WeightsSpec, update: Weights, what: str, payload: CompressedFitPayload
+) -> None:
+    """Refuse ``update`` (the client's weights or delta) unless it matches ``spec``.
 
-    A scheme returning None failed the client with "'NoneType' object has no
-    attribute 'items'", naming neither the scheme nor what it should return.
+    Refused with the words the server gives a plain update it refuses, naming the
+    client as the server does (``site-1's weights: ...``), with no traceback.
     """
-    what = f"{type(scheme).__name__}.encode(delta, rng)"
-    if not isinstance(parts, Mapping):
-        raise TypeError(
-            f"{what} must return {{name: {{part: array}}}} for each array of the update, "
-            f"got {type(parts).__name__}"
-        )
-    for name, arrays in parts.items():
-        if not isinstance(arrays, Mapping):
-            raise TypeError(f"{what} gave {name!r} a {type(arrays).__name__}, not {{part: array}}")
-        for key, array in arrays.items():
-            if not isinstance(array, np.ndarray):
-                raise TypeError(
-                    f"{what} gave {name!r} part {key!r} a {type(array).__name__}, not a NumPy array"
-                )
-
-
-def _decoded(scheme: Scheme, parts: Any, spec: WeightsSpec) -> Any:
-    """``scheme.decode(parts, spec)``; for a scheme of one's own, its mistakes named.
-
-    What such a decoder raises (a ``KeyError`` on one client's parts stopped the
-    whole run) is a ``ValueError`` naming it, and so the failure of that client's
-    update alone; a decoder returning no mapping is named too.
-    """
-    if scheme_spec(scheme) is not None:  # covey's own: its errors already name the array
-        return scheme.decode(parts, spec)
-    what = f"{type(scheme).__name__}.decode(parts, spec)"
+    if spec.conforms(update, finite=False):
+        return
+    who = payload.name or f"client {payload.cid}"
     try:
-        delta = scheme.decode(parts, spec)
-    except Exception as exc:  # the scheme's own error, for this update only
-        raise ValueError(f"{what} raised {type(exc).__name__}: {exc}") from exc
-    if not isinstance(delta, Mapping):
-        raise TypeError(f"{what} must return a dict of names to arrays, got {type(delta).__name__}")
-    return delta
+        spec.check(update, what=f"{who}'s {what}", finite=False)
+    except WeightsError as exc:
+        raise ResultRefused(str(exc)) from None
 
 
 register_builtin(KIND, _fit_compressed)
@@ -307,7 +294,7 @@ def decode_reply(reply: Reply, scheme: Scheme | None, spec: WeightsSpec | None) 
         if spec is None or scheme is None:
             raise TypeError(f"a {KIND} reply from client {reply.cid}, which was sent no such task")
         encoded = encoded_from_plain(reply.result, scheme, spec)
-        delta = _decoded(scheme, encoded.parts, spec)
+        delta = decoded(scheme, encoded.parts, spec)
         result = FitResult(
             delta=delta,
             num_examples=encoded.num_examples,
@@ -466,6 +453,7 @@ class CompressedTransport(CountingWrapper):
         # configs each client has a task of its own, all carrying the same model.
         sizes: dict[tuple[str, int, int], int] = {}
         task_bytes: dict[int, int] = {}
+        name = getattr(self.inner, "client_name", None)  # a deployed client's, in its errors
         for cid, task in tasks.items():
             key = (task.kind, id(task.weights), id(task.payload))
             size = sizes.get(key)
@@ -476,7 +464,8 @@ class CompressedTransport(CountingWrapper):
             if task.kind == "fit" and self._carried is not None and task.weights is not None:
                 if id(task.weights) not in specs:
                     specs[id(task.weights)] = WeightsSpec.of(task.weights)
-                out[cid] = compressed_task(task, self._carried, self.seed, cid, self.run)
+                who = name(cid) if name is not None else None
+                out[cid] = compressed_task(task, self._carried, self.seed, cid, self.run, who)
             else:
                 out[cid] = task
         reached = getattr(self.inner, "reached", None)

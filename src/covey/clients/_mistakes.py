@@ -1,0 +1,79 @@
+"""How a client's own mistakes are named: a ``fit`` that cannot be called, a result of another kind.
+
+Every task handler that calls ``client.fit`` names them alike, so a client gets
+the same message whether its update travels plain, compressed or masked.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from covey.core._messages import Config, FitResult
+from covey.core._weights import Weights
+
+TUPLE_FIT = (
+    ": return covey.FitResult(weights={name: array}, num_examples=n, metrics={...}) "
+    "rather than a (parameters, num_examples, metrics) tuple"
+)
+TUPLE_EVALUATE = (
+    ": return covey.EvaluateResult(loss=loss, num_examples=n, metrics={...}) "
+    "rather than a (loss, num_examples, metrics) tuple"
+)
+
+
+class ResultRefused(Exception):
+    """A client's result that covey's own check of it refuses, as the server refuses an update.
+
+    Its failed reply is the message alone, as the server words a refused plain
+    update (``client 1's weights: 'w' has shape (7,), expected (6,)``): the
+    mistake is in what the client returned, not in the code that raised, so no
+    traceback or class path is put before it.
+    """
+
+
+def check_signature(client: Any, method: str, exc: TypeError) -> None:
+    """Raise a TypeError saying how covey calls ``method`` if its signature cannot take that.
+
+    Called when the call raised ``exc``: a ``fit(self, weights)`` gets Python's
+    "takes 2 positional arguments but 3 were given", which says nothing of the config.
+    """
+    bound = getattr(client, method)
+    try:
+        signature = inspect.signature(bound)
+    except (TypeError, ValueError):  # a builtin or a C method: nothing to say
+        return
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        raise TypeError(
+            f"{type(client).__name__}.{method}({', '.join(signature.parameters)}) cannot be "
+            f"called as {method}(weights, config): covey gives it the weights and the "
+            f"round's config (a dict holding 'round'); define it as "
+            f"def {method}(self, weights, config)"
+        ) from exc
+
+
+def not_a_fit_result(client: Any, result: object) -> TypeError:
+    """The error for a ``fit`` that returned ``result``, no :class:`~covey.FitResult`."""
+    return TypeError(
+        f"{type(client).__name__}.fit() returned {type(result).__name__}, "
+        "expected covey.FitResult" + (TUPLE_FIT if isinstance(result, tuple) else "")
+    )
+
+
+def call_fit(client: Any, weights: Weights, config: Config) -> FitResult:
+    """``client.fit(weights, config)``, its result checked as a ``"fit"`` task checks it.
+
+    Raises:
+        TypeError: ``fit`` cannot be called so (saying how covey calls it), or it
+            returned no :class:`~covey.FitResult` (a tuple: saying what to return).
+    """
+    try:
+        result = client.fit(weights, config)
+    except TypeError as exc:
+        check_signature(client, "fit", exc)
+        raise
+    if not isinstance(result, FitResult):
+        raise not_a_fit_result(client, result)
+    return result

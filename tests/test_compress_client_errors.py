@@ -1,0 +1,97 @@
+"""A compressing client's mistakes read as an uncompressed client's, on every simulated backend.
+
+A compressing client checks its update itself (the encodings are flat: the server
+could not tell a wrong shape of the same size), so its failures were worded
+otherwise: ``covey.core._weights.WeightsError: client 1's weights: ...`` with a
+class path, and a tuple returned from ``fit`` without the hint saying what to return.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from covey import FitResult
+from covey.sim._simulate import Backend
+
+
+class WrongWeights(covey.Client):
+    """Client 1 sends weights of another shape."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        if self.cid == 1:
+            return FitResult(weights={"w": np.zeros(7)}, num_examples=1)
+        return FitResult(weights={"w": weights["w"] + 1}, num_examples=1)
+
+
+class WrongDelta(WrongWeights):
+    """Client 1 sends a delta of another dtype."""
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        if self.cid == 1:
+            return FitResult(delta={"w": np.zeros(6, np.int64)}, num_examples=1)
+        return FitResult(delta={"w": np.ones(6)}, num_examples=1)
+
+
+class Tuple(WrongWeights):
+    """Client 1 returns Flower's tuple."""
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> Any:
+        if self.cid == 1:
+            return [weights["w"]], 1, {}
+        return FitResult(weights={"w": weights["w"] + 1}, num_examples=1)
+
+
+class NoConfig(covey.Client):
+    """A fit that takes no config."""
+
+    def fit(self, weights: Any) -> FitResult:  # type: ignore[override]
+        return FitResult(weights=weights, num_examples=1)
+
+
+def _failures(make: Any, backend: Backend, compression: str | None) -> list[str]:
+    strategy = covey.FedAvg(min_fit_clients=1, fraction_evaluate=0.0)
+    result = covey.simulate(
+        make, 2, 1, strategy, {"w": np.zeros(6)}, backend=backend, compression=compression
+    )
+    return [f"{f.cid}: {f.error}" for f in result.history.rounds[-1].fit_failures]
+
+
+@pytest.mark.parametrize("backend", ["inline", "process"])
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        (WrongWeights, "1: client 1's weights: 'w' has shape (7,), expected (6,)"),
+        (WrongDelta, "1: client 1's delta: 'w' has dtype int64, expected float64"),
+        (
+            Tuple,
+            "1: TypeError: Tuple.fit() returned tuple, expected covey.FitResult: return "
+            "covey.FitResult(weights={name: array}, num_examples=n, metrics={...}) rather "
+            "than a (parameters, num_examples, metrics) tuple",
+        ),
+    ],
+)
+def test_a_compressing_clients_mistake_reads_as_an_uncompressed_ones(
+    make: Any, said: str, backend: Backend
+) -> None:
+    assert _failures(make, backend, None) == [said]
+    assert _failures(make, backend, "q8") == [said]
+
+
+def _every_client_fails(compression: str | None) -> str:
+    """Client 0's failure in a run where every client's fit takes no config."""
+    with pytest.raises(covey.FederationError) as info:
+        _failures(lambda cid: NoConfig(), "inline", compression)
+    return info.value.history.rounds[-1].fit_failures[0].error
+
+
+def test_a_compressing_clients_fit_without_config_is_told_how_covey_calls_it() -> None:
+    plain = _every_client_fails(None)
+    assert "define it as def fit(self, weights, config)" in plain
+    assert _every_client_fails("q8") == plain
