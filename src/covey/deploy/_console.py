@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 
 from covey.core._history import RoundRecord
 from covey.deploy._shown import escape
+from covey.server._callbacks import replayed_round
 
 __all__ = ["MOST_NAMED", "ServerConsole"]
 
@@ -129,6 +130,13 @@ class ServerConsole:
     def on_round(self, record: RoundRecord) -> None:
         """A finished round (or update): participants, durations, metrics and failures by name."""
         step = self.step
+        if replayed_round() == record.round:  # a resumed run's saved round, called again
+            metrics = ", ".join(_metrics(record))
+            self.line(
+                f"resuming after {step} {record.round}, saved before the run stopped"
+                + (f" ({metrics})" if metrics else "")
+            )
+            return
         if record.round == 0:
             self.line(f"{step} 0 (initial model): {', '.join(_metrics(record)) or 'no metrics'}")
             return

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 
 from covey.core._history import RoundRecord
 from covey.core._messages import Scalar
@@ -16,6 +17,19 @@ from covey.strategies._checks import name_of
 
 EvaluateFn = Callable[[int, Weights], "tuple[float, Mapping[str, Scalar]] | None"]
 RoundCallback = Callable[[RoundRecord], None]
+
+REPLAYED: ContextVar[int | None] = ContextVar("covey_replayed_round", default=None)
+"""The saved round a resumed run calls its ``on_round`` callbacks with again, while it does.
+
+A run stopped before a round's callbacks all returned calls them again as it
+resumes (see :func:`covey.server._saver.call_pending`); a console reading this
+says the round is the saved one the run resumes after, not one just run.
+"""
+
+
+def replayed_round() -> int | None:
+    """The saved round ``on_round`` is being called with again as a run resumes; else None."""
+    return REPLAYED.get()
 
 
 def check_evaluate_fn(evaluate_fn: object) -> None:

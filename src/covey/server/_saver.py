@@ -23,7 +23,7 @@ from covey.aggregate import Contribution, Step
 from covey.aggregate._base import WRAPS
 from covey.core._history import History, RoundRecord
 from covey.core._weights import Weights
-from covey.server._callbacks import RoundCallback
+from covey.server._callbacks import REPLAYED, RoundCallback
 from covey.server._lasteval import save_evaluation
 from covey.server._state import dump_state
 from covey.server._store import RunStore
@@ -230,5 +230,9 @@ def call_pending(
         store.step,
         pending,
     )
-    on_round(record)
+    token = REPLAYED.set(pending)  # a console says it is the saved round, not a new one
+    try:
+        on_round(record)
+    finally:
+        REPLAYED.reset(token)
     return pending
