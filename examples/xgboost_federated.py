@@ -90,11 +90,19 @@ class Clients:
 
     def bagging(self) -> covey.Strategy:
         # Every client trains every round, once all of them joined.
-        return XGBoostBagging(fraction_evaluate=0.0, min_available_clients=self.num_clients)
+        return XGBoostBagging(
+            local_rounds=self.local_rounds,
+            fraction_evaluate=0.0,
+            min_available_clients=self.num_clients,
+        )
 
     def cyclic(self) -> covey.Strategy:
         # One client a round, in turn, once all of them joined.
-        return XGBoostCyclic(fraction_evaluate=0.0, min_available_clients=self.num_clients)
+        return XGBoostCyclic(
+            local_rounds=self.local_rounds,
+            fraction_evaluate=0.0,
+            min_available_clients=self.num_clients,
+        )
 
     def central(self) -> Callable[[int, covey.Weights], tuple[float, dict[str, float]]]:
         """The server's ``evaluate_fn``: held-out log loss and accuracy of each round's booster."""

@@ -170,7 +170,7 @@ def test_bagging_grows_every_clients_trees_each_round() -> None:
         _client,
         num_clients=3,
         rounds=2,
-        strategy=XGBoostBagging(),
+        strategy=XGBoostBagging(local_rounds=2),
         initial_weights=initial_model(BINARY, 4, capacity=1 << 16),
     )
     assert not result.history.failures()
@@ -183,7 +183,7 @@ def test_cyclic_takes_clients_in_turn() -> None:
         _client,
         num_clients=3,
         rounds=4,
-        strategy=XGBoostCyclic(fraction_evaluate=0.0),
+        strategy=XGBoostCyclic(local_rounds=2, fraction_evaluate=0.0),
         initial_weights=initial_model(BINARY, 4, capacity=1 << 16),
     )
     assert [r.fit_participants for r in result.history.rounds[1:]] == [[0], [1], [2], [0]]
@@ -198,7 +198,7 @@ def test_cyclic_step_refuses_several_clients_in_a_round() -> None:
         _client,
         num_clients=2,
         rounds=1,
-        strategy=Strategy(aggregator=cyclic(), fraction_evaluate=0.0),
+        strategy=Strategy(aggregator=cyclic(local_rounds=2), fraction_evaluate=0.0),
         initial_weights=start,
     )
     record = result.history.rounds[1]
@@ -211,7 +211,7 @@ def _one_round(capacity: int) -> SimulationResult:
         _client,
         num_clients=2,
         rounds=1,
-        strategy=XGBoostBagging(fraction_evaluate=0.0),
+        strategy=XGBoostBagging(local_rounds=2, fraction_evaluate=0.0),
         initial_weights=initial_model(BINARY, 4, capacity=capacity),
     )
 

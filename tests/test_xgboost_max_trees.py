@@ -55,8 +55,10 @@ def _run(
 def test_max_trees_bounds_the_bagged_booster_over_rounds_and_it_stays_accurate() -> None:
     shares, x_test, y_test = _cancer()
     per_round = CLIENTS * LOCAL  # 6 trees a round
-    free = _run(XGBoostBagging(fraction_evaluate=0.0), BINARY, shares, 6)
-    capped = _run(XGBoostBagging(fraction_evaluate=0.0, max_trees=23), BINARY, shares, 6)
+    free = _run(XGBoostBagging(local_rounds=LOCAL, fraction_evaluate=0.0), BINARY, shares, 6)
+    capped = _run(
+        XGBoostBagging(local_rounds=LOCAL, fraction_evaluate=0.0, max_trees=23), BINARY, shares, 6
+    )
     assert num_trees(from_weights(free.weights)) == 6 * per_round
     # Whole rounds only: three rounds (18 trees) fit under 23, a fourth would not.
     assert num_trees(from_weights(capped.weights)) == 3 * per_round
@@ -81,7 +83,8 @@ def test_max_trees_counts_every_class_tree() -> None:
     y = ((x[:, 0] > 0).astype(int) + (x[:, 1] > 0.3)).astype(np.float64)
     shares = [(x[i::CLIENTS], y[i::CLIENTS]) for i in range(CLIENTS)]
     # 3 clients x 2 local rounds x 3 classes = 18 trees a round.
-    result = _run(XGBoostBagging(fraction_evaluate=0.0, max_trees=40), MULTI, shares, 4)
+    strategy = XGBoostBagging(local_rounds=LOCAL, fraction_evaluate=0.0, max_trees=40)
+    result = _run(strategy, MULTI, shares, 4)
     assert num_trees(from_weights(result.weights)) == 36
     assert [r.aggregated for r in result.history.rounds[1:]] == [True] * 4
 

@@ -50,8 +50,8 @@ def _compare(x: Any, y: Any, params: dict[str, Any]) -> dict[str, tuple[float, f
 
     out: dict[str, tuple[float, float]] = {}
     for name, strategy in (
-        ("bagging", XGBoostBagging(fraction_evaluate=0.0)),
-        ("cyclic", XGBoostCyclic(fraction_evaluate=0.0)),
+        ("bagging", XGBoostBagging(local_rounds=LOCAL, fraction_evaluate=0.0)),
+        ("cyclic", XGBoostCyclic(local_rounds=LOCAL, fraction_evaluate=0.0)),
     ):
         result = covey.simulate(
             lambda cid: XGBoostClient(*shares[cid], params, local_rounds=LOCAL),

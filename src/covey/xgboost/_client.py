@@ -194,7 +194,9 @@ class XGBoostClient(Client):
     ``x_train, y_train`` and sends the whole booster back (the server keeps the
     trees it added). ``evaluate`` reports :func:`evaluate_booster` on the test data.
 
-    The fit config may override ``"local_rounds"`` per round.
+    The fit config's ``"local_rounds"`` wins over the client's own:
+    :func:`~covey.xgboost.XGBoostBagging` and :func:`~covey.xgboost.XGBoostCyclic`
+    send theirs every round, and refuse a model that adds another number of trees.
 
     Args:
         x_train: Local training features.
@@ -203,7 +205,7 @@ class XGBoostClient(Client):
         x_test: Local test features (None, with ``y_test`` None: evaluate on the
             training data).
         y_test: Local test labels.
-        local_rounds: Boosting rounds per fit.
+        local_rounds: Boosting rounds per fit when the fit config sets none.
 
     Example:
         >>> import numpy as np
@@ -255,7 +257,8 @@ class XGBoostClient(Client):
 
         Args:
             weights: The global booster (see :func:`covey.xgboost.to_weights`).
-            config: The round's config; ``"local_rounds"`` is read from it.
+            config: The round's config; its ``"local_rounds"``, if set, wins over the
+                client's own.
 
         Returns:
             The whole booster as weights of the same capacity, and the number of

@@ -6,6 +6,7 @@ import copy
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -14,8 +15,9 @@ from covey.aggregate import Aggregate, AggregationError, Begin, Contribution, En
 from covey.core._weights import Weights, WeightsError
 from covey.strategies import Strategy
 from covey.strategies._options import StrategyOptions, preset
+from covey.xgboost._limits import check_count, check_local_rounds, check_max_trees, start_within
 from covey.xgboost._model import MODEL, from_weights, load_booster, num_trees, parse, to_weights
-from covey.xgboost._validate import check_model, new_trees, output_groups
+from covey.xgboost._validate import check_model, new_trees, trees_per_iteration
 
 logger = logging.getLogger(__name__)
 
@@ -61,16 +63,29 @@ def merge_trees(base: bytes, clients: Sequence[tuple[bytes, float]]) -> bytes:
     return _merge(base, clients, [f"client model {i}" for i in range(len(clients))])
 
 
-def _merge(base: bytes, clients: Sequence[tuple[bytes, float]], names: Sequence[str]) -> bytes:
-    """:func:`merge_trees`, each client's model named in errors by ``names``."""
+def _merge(
+    base: bytes,
+    clients: Sequence[tuple[bytes, float]],
+    names: Sequence[str],
+    local_rounds: int | None = None,
+) -> bytes:
+    """:func:`merge_trees`, each client's model named in errors by ``names``.
+
+    ``local_rounds``: each client's model must add exactly this many boosting
+    iterations' trees (None: any number).
+    """
     doc = parse(base)
+    per = None if local_rounds is None else trees_per_iteration(doc)
     merged = _model(doc)
     params = doc["learner"]["learner_model_param"]
     objective = (doc["learner"].get("objective") or {}).get("name")
     indptr: list[int] = list(merged["iteration_indptr"])
     known = len(merged["trees"])
     for (model, factor), what in zip(clients, names, strict=True):
-        trees, info, ends = _new_trees(parse(model, what), params, known, what, objective)
+        client = parse(model, what)
+        trees, info, ends = _new_trees(client, params, known, what, objective)
+        if local_rounds is not None and per is not None:
+            check_count(client, len(trees), local_rounds, per, what)
         start = len(merged["trees"])
         for tree in trees:
             new = _scale_leaves(tree, factor)
@@ -116,12 +131,15 @@ def check_start(params: Weights) -> None:
         raise WeightsError(f"initial weights: {exc}") from None
 
 
-def _accepted(params: Weights, contribution: Contribution) -> tuple[bytes, bytes]:
+def _accepted(
+    params: Weights, contribution: Contribution, local_rounds: int
+) -> tuple[bytes, bytes]:
     """A client's model bytes, and the global model plus its new trees, if they can join.
 
     Checked when the client's reply arrives, so that a client whose trees cannot
-    join (another objective or booster, a malformed or non-finite tree) fails
-    alone and the round goes on with the others.
+    join (another objective or booster, a malformed or non-finite tree, another
+    number of trees than ``local_rounds`` boosting rounds grow) fails alone and
+    the round goes on with the others.
 
     Raises:
         AggregationError: What is wrong with this client's model (the round loop
@@ -129,49 +147,11 @@ def _accepted(params: Weights, contribution: Contribution) -> tuple[bytes, bytes
     """
     try:
         model = from_weights(contribution.as_weights(params))
-        merged = _merge(from_weights(params), [(model, 1.0)], ["the client's model"])
+        merged = _merge(from_weights(params), [(model, 1.0)], ["the client's model"], local_rounds)
         load_booster(merged)
     except (WeightsError, ValueError) as exc:
         raise AggregationError(str(exc)) from exc
     return model, merged
-
-
-def _check_max_trees(max_trees: Any) -> int | None:
-    """``max_trees`` as given, if it is None or a whole number of trees of at least 1."""
-    if max_trees is None:
-        return None
-    if isinstance(max_trees, bool) or not isinstance(max_trees, int | np.integer):
-        raise TypeError(
-            "max_trees must be an int (the most trees the global booster keeps) or None "
-            f"(no bound), got {type(max_trees).__name__} {max_trees!r:.80}"
-        )
-    if max_trees < 1:
-        raise ValueError(
-            f"max_trees must be at least 1 (the most trees the global booster keeps), "
-            f"got {max_trees}"
-        )
-    return int(max_trees)
-
-
-def _start_within(params: Weights, max_trees: int) -> None:
-    """Refuse a global model that already holds more than ``max_trees``, or a cap of no iteration.
-
-    Raises:
-        WeightsError: naming the model's trees, or the trees of one boosting iteration.
-    """
-    doc = parse(from_weights(params))
-    trees = len(_model(doc)["trees"])
-    if trees > max_trees:
-        raise WeightsError(
-            f"initial weights: the booster holds {trees} trees, more than max_trees={max_trees}: "
-            "raise max_trees or start from a smaller booster"
-        )
-    groups = output_groups(doc["learner"]["learner_model_param"])
-    if groups > max_trees:
-        raise WeightsError(
-            f"max_trees={max_trees} holds no boosting iteration of this model, which grows "
-            f"{groups} trees per iteration (one per class and target): raise max_trees"
-        )
 
 
 def _capped(params: Weights, event: End, clients: int, examples: int, trees: int) -> Aggregate:
@@ -193,7 +173,7 @@ class _RoundState(NamedTuple):
     models: tuple[tuple[int, bytes], ...] = ()
 
 
-def bagging(*, weighted: bool = True, max_trees: int | None = None) -> Step:
+def bagging(*, weighted: bool = True, max_trees: int | None = None, local_rounds: int = 1) -> Step:
     """An aggregation step that merges the trees each client grew into one booster.
 
     Every client boosts the global model on its own data and sends the result;
@@ -210,26 +190,35 @@ def bagging(*, weighted: bool = True, max_trees: int | None = None) -> Step:
     ``max_trees_reached`` and the ``trees_left_out``). Earlier trees are never
     dropped: each boosting step fits what the steps before it left.
 
+    Each client's model must add exactly ``local_rounds`` boosting rounds' trees
+    (one per class and target, times ``num_parallel_tree``, each round): a model
+    adding more or fewer is refused as it arrives, that client's fit failing
+    alone. :func:`XGBoostBagging` sends ``local_rounds`` in every fit config; a
+    :class:`~covey.Strategy` of one's own with this step must send it too.
+
     Args:
         weighted: Weigh clients by their number of examples (else equally).
         max_trees: The most trees the global booster holds (None: no bound).
+        local_rounds: The boosting rounds each client runs per round.
 
     Returns:
         A reducer step emitting the merged model as the round's aggregate.
 
     Raises:
-        TypeError, ValueError: ``max_trees`` is not None or an int of at least 1.
+        TypeError, ValueError: ``max_trees`` is not None or an int of at least 1, or
+            ``local_rounds`` is not an int of at least 1.
 
     References:
         Chen and Guestrin, "XGBoost: A Scalable Tree Boosting System", KDD 2016;
         Breiman, "Bagging Predictors", Machine Learning 24, 1996.
     """
-    cap = _check_max_trees(max_trees)
+    cap = check_max_trees(max_trees)
+    rounds = check_local_rounds(local_rounds)
 
     def init(params: Weights) -> _RoundState:
         check_start(params)
         if cap is not None:
-            _start_within(params, cap)
+            start_within(params, cap)
         return _RoundState()
 
     def update(state: _RoundState, event: Event) -> tuple[_RoundState, tuple[Event, ...]]:
@@ -238,7 +227,7 @@ def bagging(*, weighted: bool = True, max_trees: int | None = None) -> Step:
         if isinstance(event, Contribution):
             if state.params is None:
                 raise AggregationError("a contribution arrived before the round began")
-            model, _ = _accepted(state.params, event)
+            model, _ = _accepted(state.params, event, rounds)
             return state._replace(models=(*state.models, (event.num_examples, model))), ()
         if isinstance(event, End):
             if state.params is None or not state.models:
@@ -271,7 +260,7 @@ def bagging(*, weighted: bool = True, max_trees: int | None = None) -> Step:
     return Step(init, update)
 
 
-def cyclic() -> Step:
+def cyclic(*, local_rounds: int = 1) -> Step:
     """An aggregation step for cyclic training: the one client's model becomes the global one.
 
     Each round one client (see :func:`round_robin`) boosts the global model on
@@ -280,14 +269,24 @@ def cyclic() -> Step:
     A client whose trees cannot extend the global model (no booster, another
     objective, features or classes, a dart booster, non-finite values) is
     refused as its reply arrives: its fit fails, naming why, and the global
-    model stays the latest valid booster, which the next client boosts.
+    model stays the latest valid booster, which the next client boosts. So is
+    a model adding another number of trees than ``local_rounds`` boosting
+    rounds grow (one per class and target, times ``num_parallel_tree``, each
+    round); :func:`XGBoostCyclic` sends ``local_rounds`` in every fit config.
+
+    Args:
+        local_rounds: The boosting rounds the client runs per round.
 
     Returns:
         A reducer step; a round with more than one accepted contribution is an error.
 
+    Raises:
+        TypeError, ValueError: ``local_rounds`` is not an int of at least 1.
+
     References:
         Chen and Guestrin, "XGBoost: A Scalable Tree Boosting System", KDD 2016.
     """
+    rounds = check_local_rounds(local_rounds)
 
     def init(params: Weights) -> _RoundState:
         check_start(params)
@@ -301,7 +300,7 @@ def cyclic() -> Step:
                 raise AggregationError("a contribution arrived before the round began")
             # The global model's own trees come from the server's copy, the new ones
             # from the client, checked: the same booster an honest client sent.
-            _, merged = _accepted(state.params, event)
+            _, merged = _accepted(state.params, event, rounds)
             return state._replace(models=(*state.models, (event.num_examples, merged))), ()
         if isinstance(event, End):
             if state.params is None or not state.models:
@@ -332,7 +331,7 @@ def round_robin(candidates: Sequence[int], round: int, rng: np.random.Generator)
 
 
 def XGBoostBagging(
-    *, weighted: bool = True, max_trees: int | None = None, **options: Any
+    *, weighted: bool = True, max_trees: int | None = None, local_rounds: int = 1, **options: Any
 ) -> Strategy:
     """Federated gradient-boosted trees by bagging: every client's new trees join one booster.
 
@@ -342,6 +341,10 @@ def XGBoostBagging(
             bound). Each round adds every client's new trees; once a round's would
             take the booster past ``max_trees`` the global model stays as it is
             (see :func:`bagging`).
+        local_rounds: The boosting rounds every client runs each round, sent as the
+            fit config's ``"local_rounds"`` (it wins over an
+            :class:`~covey.xgboost.XGBoostClient`'s own; ``on_fit_config`` may not
+            set it). A client's model adding another number of trees is refused.
         **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
 
     Returns:
@@ -351,13 +354,27 @@ def XGBoostBagging(
         Chen and Guestrin, "XGBoost: A Scalable Tree Boosting System", KDD 2016.
     """
     checked: StrategyOptions = options  # type: ignore[assignment]
-    step = bagging(weighted=weighted, max_trees=max_trees)
-    if max_trees is None:
-        return preset("XGBoostBagging", step, checked)
-    return preset("XGBoostBagging", step, checked, max_trees=int(max_trees))
+    step = bagging(weighted=weighted, max_trees=max_trees, local_rounds=local_rounds)
+    settings = {} if max_trees is None else {"max_trees": int(max_trees)}
+    return _sending_rounds(preset("XGBoostBagging", step, checked, **settings), local_rounds)
 
 
-def XGBoostCyclic(**options: Any) -> Strategy:
+def _sending_rounds(strategy: Strategy, local_rounds: int) -> Strategy:
+    """``strategy``, recording ``local_rounds`` and sending it in every fit config.
+
+    Recorded among the hyperparameters unless 1 (runs before the option had
+    none and boosted as their clients' own ``local_rounds`` said, 1 by default).
+    A fixed entry: an ``on_fit_config`` setting it too is refused.
+    """
+    rounds = int(local_rounds)
+    settings = dict(strategy.hyperparameters)
+    if rounds != 1:
+        settings["local_rounds"] = rounds
+    entries = {**strategy.fit_config_entries, "local_rounds": rounds}
+    return replace(strategy, hyperparameters=settings, fit_config_entries=entries)
+
+
+def XGBoostCyclic(*, local_rounds: int = 1, **options: Any) -> Strategy:
     """Federated gradient-boosted trees by cyclic training: clients boost the model in turn.
 
     One client per round, chosen by :func:`round_robin`; federated evaluation
@@ -367,6 +384,8 @@ def XGBoostCyclic(**options: Any) -> Strategy:
     goes on with the next client.
 
     Args:
+        local_rounds: The boosting rounds the client runs each round, sent as the fit
+            config's ``"local_rounds"`` (see :func:`XGBoostBagging`).
         **options: :class:`~covey.Strategy` options except ``selector``,
             ``fraction_fit`` and ``min_fit_clients``, which cyclic training fixes.
 
@@ -385,4 +404,5 @@ def XGBoostCyclic(**options: Any) -> Strategy:
         "fraction_fit": 0.0,
         "min_fit_clients": 0,  # the selector picks one; its failure keeps the model
     }
-    return preset("XGBoostCyclic", cyclic(), checked)
+    step = cyclic(local_rounds=local_rounds)
+    return _sending_rounds(preset("XGBoostCyclic", step, checked), local_rounds)

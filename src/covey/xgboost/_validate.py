@@ -16,7 +16,14 @@ from typing import Any
 
 from covey.core._weights import WeightsError
 
-__all__ = ["check_model", "check_tree", "new_trees", "output_groups"]
+__all__ = [
+    "check_model",
+    "check_tree",
+    "new_trees",
+    "output_groups",
+    "parallel_trees",
+    "trees_per_iteration",
+]
 
 _ROOT_PARENT = 2147483647  # XGBoost's marker for "no parent"
 _NODE_ARRAYS = (
@@ -158,6 +165,37 @@ def _check_counts(params: Any) -> None:
 def output_groups(params: dict[str, Any]) -> int:
     """The model's outputs (output groups): classes (or 1) times targets."""
     return max(int(params.get("num_class", "0")), 1) * max(int(params.get("num_target", "1")), 1)
+
+
+def parallel_trees(model: Any, what: str) -> int:
+    """The ``num_parallel_tree`` a model's ``gbtree_model_param`` records (1 if it records none).
+
+    Raises:
+        WeightsError: naming ``what``, if it is no whole number from 1 to :data:`MAX_OUTPUTS`.
+    """
+    param = model.get("gbtree_model_param") if isinstance(model, dict) else None
+    value = param.get("num_parallel_tree", "1") if isinstance(param, dict) else "1"
+    text = value if isinstance(value, str) else ""
+    if not (text.isdecimal() and text.isascii() and len(text) <= 9) or not (
+        1 <= int(text) <= MAX_OUTPUTS
+    ):
+        raise WeightsError(
+            f"{what}'s gbtree_model_param 'num_parallel_tree' is {str(value)[:80]!r}: XGBoost "
+            f"writes a whole number from 1 to {MAX_OUTPUTS}, as a string"
+        )
+    return int(text)
+
+
+def trees_per_iteration(doc: dict[str, Any]) -> tuple[int, int]:
+    """The output groups of a parsed booster and its ``num_parallel_tree``.
+
+    One boosting iteration grows one tree per output group (class and target)
+    and parallel tree: their product.
+    """
+    params = doc["learner"]["learner_model_param"]
+    _check_counts(params)
+    model = doc["learner"]["gradient_booster"]["model"]
+    return output_groups(params), parallel_trees(model, "the global model")
 
 
 def _check_base_score(text: Any, outputs: int) -> None:
