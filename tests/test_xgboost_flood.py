@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,10 @@ def test_parallel_trees_count_as_the_initial_model_records_them() -> None:
 
 
 @pytest.mark.parametrize("kind", [XGBoostBagging, XGBoostCyclic])
-def test_the_strategys_local_rounds_win_over_the_clients_own(kind: Any) -> None:
+def test_the_strategys_local_rounds_win_over_the_clients_own(
+    kind: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="covey")
     result = covey.simulate(
         lambda cid: XGBoostClient(*_data(cid), BINARY, local_rounds=5),
         num_clients=CLIENTS,
@@ -158,6 +162,12 @@ def test_the_strategys_local_rounds_win_over_the_clients_own(kind: Any) -> None:
     assert not result.history.failures()
     per_round = CLIENTS * LOCAL if kind is XGBoostBagging else LOCAL
     assert num_trees(from_weights(result.weights)) == 2 * per_round
+    told = [r.getMessage() for r in caplog.records if "wins over this client's" in r.getMessage()]
+    # Each client is told once (not every round) what it boosts and how to have its own;
+    # cyclic training runs one client a round.
+    assert len(told) == (CLIENTS if kind is XGBoostBagging else 2)
+    assert f"the server's local_rounds={LOCAL} wins over this client's local_rounds=5" in told[0]
+    assert "give the strategy local_rounds=5" in told[0]
     with pytest.raises(ValueError, match=r"on_fit_config set 'local_rounds' in round 1"):
         covey.simulate(
             lambda cid: XGBoostClient(*_data(cid), BINARY),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,8 @@ from covey.xgboost._model import (
 )
 
 __all__ = ["XGBoostClient", "evaluate_booster", "initial_model"]
+
+logger = logging.getLogger("covey")
 
 
 def initial_model(
@@ -251,6 +254,7 @@ class XGBoostClient(Client):
             self.x_test, self.y_test = np.asarray(x_test), np.asarray(y_test)
             _check_rows(self.x_test, self.y_test, "x_test", "y_test")
         self.local_rounds = local_rounds
+        self._told_rounds = False
 
     def fit(self, weights: Weights, config: Config) -> FitResult:
         """Boost the global model ``local_rounds`` rounds on local data.
@@ -268,6 +272,15 @@ class XGBoostClient(Client):
         rounds = config.get("local_rounds", self.local_rounds)
         if isinstance(rounds, bool) or not isinstance(rounds, int | np.integer) or rounds < 1:
             raise ValueError(f"config 'local_rounds' must be an int >= 1, got {rounds!r}")
+        if rounds != self.local_rounds and not self._told_rounds:
+            self._told_rounds = True  # once per client: the server's value holds every round
+            logger.warning(
+                "XGBoostClient: the server's local_rounds=%d wins over this client's "
+                "local_rounds=%d; give the strategy local_rounds=%d to boost that many",
+                rounds,
+                self.local_rounds,
+                self.local_rounds,
+            )
         start = booster_from_weights(weights, self.params)
         _check_features(start, int(self.train.num_col()), "x_train")
         _check_targets(start, self.targets)
