@@ -191,6 +191,8 @@ class ProjectSettings:
         """The ``[tool.covey.config]`` keys ``--set`` gave."""
         self.trackers: dict[str, Any] = {"experiment": project.name}
         """The trackers the run logs to (see :meth:`take_trackers`)."""
+        self.tracker_flags: dict[str, str] = {}
+        """The tracker flags given on the command line, for a printed command that repeats them."""
         for item in overrides:
             self._override(item)
         for key in ("server_app", "client_app"):
@@ -314,6 +316,9 @@ class ProjectSettings:
         )
         given: dict[str, Any] = {}
         names: dict[str, str] = {}
+        self.tracker_flags = {
+            key: flag for key, flag in zip(TRACKER_KEYS, flags, strict=True) if flag is not None
+        }
         for key, flag in zip(TRACKER_KEYS, flags, strict=True):
             value = table.get(key) if flag is None else flag
             names[key] = f"--{toml_key(key)}" if flag is not None else f"{toml_key(key)} ({where})"

@@ -43,9 +43,12 @@ def project_resume_hint(settings: Any, name: str, run_dir: Path) -> str:
     """The ``covey run --federation NAME --resume DIR`` that continues ``run_dir``, quoted.
 
     It repeats this run's ``--set`` items: the app's settings are kept in the run
-    folder, but the federation's (``round-timeout``, ``data-port``...) are not.
+    folder, but the federation's (``round-timeout``, ``data-port``...) are not; and
+    the tracker flags given (``--tensorboard``, ``--mlflow``), as they were given.
     """
-    return resume_command(settings.project, name, run_dir, settings.overrides)
+    return resume_command(
+        settings.project, name, run_dir, settings.overrides, settings.tracker_flags
+    )
 
 
 def serve_project(
@@ -95,7 +98,10 @@ def serve_project(
     same_settings(run_dir, settings.app_config(), resume is not None, rounds or server_app.rounds)
     if resume is not None:  # refused before the header says it resumes
         _check_rounds_left(run_dir, server_app, rounds)
-    record_federation(run_dir, settings.project, name, settings.overrides)  # the latest start's
+    from covey.deploy._cli_trackers import pasted_anywhere
+
+    trackers = pasted_anywhere(settings.tracker_flags)  # for a command pasted in another folder
+    record_federation(run_dir, settings.project, name, settings.overrides, trackers)
     host, _, port = address.rpartition(":")
     dial = f"{host}:PORT" if port == "0" else address  # port 0: the one printed once it listens
     app = settings.run["client_app"].rsplit(":", 1)[0]

@@ -395,7 +395,9 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
         raise typer.Exit(1) from None
     except KeyboardInterrupt as exc:
         kept = keep_model(run_dir, models, console)
-        console.print(escape(interrupted_note(run_dir, kept, exc)), soft_wrap=True)
+        console.print(
+            escape(interrupted_note(run_dir, kept, exc, settings.tracker_flags)), soft_wrap=True
+        )
         raise typer.Exit(143 if exc.args == ("SIGTERM",) else 130) from None
     except Exception as exc:
         _refused_resume(exc, resume, models)

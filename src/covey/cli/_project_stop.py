@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = ["forget_unstarted", "interrupted_note"]
@@ -20,12 +21,25 @@ def resumed_after(run_dir: Path) -> str:
     return resumed_from("round", last)
 
 
-def interrupted_note(run_dir: Path, kept: str | None, exc: KeyboardInterrupt) -> str:
+def interrupted_note(
+    run_dir: Path,
+    kept: str | None,
+    exc: KeyboardInterrupt,
+    trackers: Mapping[str, str] | None = None,
+) -> str:
     """What a simulation stopped by Ctrl-C or SIGTERM left in ``run_dir``, and what goes on.
 
-    ``kept`` says where the model after its last complete round is, if anywhere.
+    ``kept`` says where the model after its last complete round is, if anywhere;
+    ``trackers``, the tracker flags the command line gave (``--tensorboard``...),
+    which the command that resumes the run repeats.
     """
-    from covey.sim._rundir import resume_command
+    from covey.server._served import tracker_words
+    from covey.sim._rundir import resume_command as bare
+
+    def resume_command(folder: Path) -> str:
+        command = bare(folder)  # `covey run ... --resume DIR` for a project's run
+        words = tracker_words(trackers) if command.startswith("covey run") else []
+        return " ".join([command, *words])
 
     said = "interrupted" if exc.args != ("SIGTERM",) else "interrupted (SIGTERM)"
     if not (run_dir / "history.json").is_file():  # as its model loaded or its clients started

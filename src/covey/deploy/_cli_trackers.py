@@ -31,6 +31,7 @@ __all__ = [
     "TensorBoardFlag",
     "Trackers",
     "open_trackers",
+    "pasted_anywhere",
 ]
 
 TRACKER_KEYS = ("tensorboard", "mlflow", "mlflow_experiment")
@@ -82,6 +83,21 @@ def _store_key(store: str) -> str:
     if store.lower().startswith("file:") and not store[5:].startswith("//"):
         return str(Path(store[5:]).resolve())
     return store
+
+
+def pasted_anywhere(flags: dict[str, str]) -> dict[str, str]:
+    """The tracker ``flags`` as a command pasted in any folder gives them: folders made absolute.
+
+    A ``--tensorboard`` folder, or an ``--mlflow`` folder or ``file:`` URI of a
+    relative path, is resolved; any other tracking URI is kept as it is.
+    """
+    pasted = dict(flags)
+    if "tensorboard" in pasted:
+        pasted["tensorboard"] = str(Path(pasted["tensorboard"]).expanduser().resolve())
+    store = pasted.get("mlflow")
+    if store is not None and (not _is_uri(store) or store.lower().startswith("file:")):
+        pasted["mlflow"] = _store_key(store)
+    return pasted
 
 
 class Trackers:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
 
 from covey.core._files import atomic_write, read_json_object
@@ -20,6 +21,7 @@ __all__ = [
     "project_command",
     "record_federation",
     "resume_command",
+    "tracker_words",
 ]
 
 FEDERATION_FILE = "federation.json"
@@ -27,22 +29,55 @@ FEDERATION_FILE = "federation.json"
 
 _MOST_BYTES = 64 * 1024
 
+_TRACKER_KEYS = ("tensorboard", "mlflow", "mlflow_experiment")
+"""The settings of the trackers a run logs to, each a flag (``--mlflow-experiment``)."""
 
-def record_federation(run_dir: Path, project: Path, name: str, sets: list[str]) -> None:
-    """Keep in ``run_dir`` that its run serves ``project``'s federation ``name`` with ``sets``."""
-    text = json.dumps({"project": str(project), "federation": name, "set": list(sets)})
+
+def record_federation(
+    run_dir: Path,
+    project: Path,
+    name: str,
+    sets: list[str],
+    trackers: Mapping[str, str] | None = None,
+) -> None:
+    """Keep in ``run_dir`` that its run serves ``project``'s federation ``name`` with ``sets``.
+
+    ``trackers``: the tracker flags given on the command line (``tensorboard``...),
+    repeated by the command that continues the run.
+    """
+    kept = {"project": str(project), "federation": name, "set": list(sets)}
+    text = json.dumps(kept | {"trackers": dict(trackers or {})})
     atomic_write(run_dir / FEDERATION_FILE, text)
 
 
-def resume_command(project: Path, name: str, run_dir: Path, sets: list[str]) -> str:
+def tracker_words(trackers: Mapping[str, str] | None) -> list[str]:
+    """``--tensorboard DIR``, ``--mlflow URI``... of ``trackers``, each value quoted for a shell."""
+    given = trackers or {}
+    return [
+        f"--{key.replace('_', '-')} {shlex.quote(given[key])}"
+        for key in _TRACKER_KEYS
+        if given.get(key)
+    ]
+
+
+def resume_command(
+    project: Path,
+    name: str,
+    run_dir: Path,
+    sets: list[str],
+    trackers: Mapping[str, str] | None = None,
+) -> str:
     """``covey run PROJECT --federation NAME --resume RUN_DIR --set ...``, quoted for a shell.
 
-    The project is left out when it is the current folder.
+    The project is left out when it is the current folder. The tracker flags in
+    ``trackers`` (``--tensorboard``, ``--mlflow``...) are repeated, so that the
+    resumed run logs where the run it continues did.
     """
     here = Path(project) == Path.cwd().resolve()
     parts = ["covey run"] + ([] if here else [shlex.quote(str(project))])
     parts += ["--federation", shlex.quote(name), "--resume", shlex.quote(str(run_dir))]
     parts += [f"--set {_word(item)}" for item in sets]
+    parts += tracker_words(trackers)
     return " ".join(parts)
 
 
@@ -67,7 +102,12 @@ def project_command(path: Path) -> str | None:
         return None
     if not isinstance(sets, list) or not all(isinstance(item, str) for item in sets):
         return None
-    return resume_command(Path(project), name, path, sets)
+    trackers = kept.get("trackers", {})  # none in the folder of an older covey's run
+    if not isinstance(trackers, dict) or not all(
+        key in _TRACKER_KEYS and isinstance(value, str) for key, value in trackers.items()
+    ):
+        return None
+    return resume_command(Path(project), name, path, sets, trackers)
 
 
 def how_to_continue(path: Path) -> str:
@@ -75,8 +115,8 @@ def how_to_continue(path: Path) -> str:
     command = project_command(path)
     if command is not None:
         return (
-            f"`{command}` (with the --set items of its latest start; the app's settings "
-            "are kept in the run folder)"
+            f"`{command}` (with the --set items and tracker flags of its latest start; the "
+            "app's settings are kept in the run folder)"
         )
     return (
         f"`covey server --resume {shlex.quote(str(path))}` and the --app (or --config) and "
