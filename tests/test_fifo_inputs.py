@@ -17,7 +17,14 @@ from covey.deploy._cli_errors import TomlFileError, read_toml_file
 from covey.deploy._client import client_tls
 from covey.deploy._pem import read_pem
 from covey.deploy._tls import tls_from_dir
-from covey.deploy.certs import init_federation, issue_client
+from covey.deploy.certs import (
+    init_federation,
+    issue_client,
+    list_clients,
+    load_revoked,
+    renew_server,
+    revoke,
+)
 
 __all__ = ["in_tmp"]
 
@@ -131,3 +138,72 @@ def test_a_pipe_a_process_writes_is_read_as_a_file(tmp_path: Path) -> None:
         }
     finally:
         os.close(read_end)
+
+
+def _federation(tmp_path: Path) -> Path:
+    fed = tmp_path / "fed"
+    init_federation(fed, hosts=["localhost"])
+    issue_client(fed, "site-1")
+    return fed
+
+
+def test_listing_clients_takes_a_named_pipe_for_a_certificate_as_unreadable(
+    tmp_path: Path,
+) -> None:
+    fed = _federation(tmp_path)
+    pipe = _fifo(fed / "clients" / "site-2.pem")
+    listed = _unblocked(lambda: list_clients(fed), pipe)
+    assert [(c.client_id, c.status) for c in listed] == [
+        ("site-1", "valid"),
+        ("site-2", "unreadable"),
+    ]
+
+
+def test_a_revocation_list_that_is_a_named_pipe_is_refused(tmp_path: Path) -> None:
+    fed = _federation(tmp_path)
+    (fed / "revoked.json").unlink()
+    pipe = _fifo(fed / "revoked.json")
+    refused = _unblocked(lambda: load_revoked(fed), pipe)
+    assert isinstance(refused, OSError), refused
+    assert str(refused) == (
+        f"cannot read the revocation list {pipe}: a named pipe that no process writes, "
+        "not a file: give the file itself"
+    )
+
+
+def test_a_revocation_list_too_large_is_refused(tmp_path: Path) -> None:
+    from covey.deploy.certs._revocation import MAX_REVOKED_BYTES
+
+    fed = _federation(tmp_path)
+    (fed / "revoked.json").write_bytes(b" " * (MAX_REVOKED_BYTES + 1))
+    with pytest.raises(ValueError, match=r"revoked\.json is larger than 16,777,216 bytes"):
+        load_revoked(fed)
+
+
+def test_issuing_over_a_named_pipe_certificate_is_refused_naming_it(tmp_path: Path) -> None:
+    fed = _federation(tmp_path)
+    pipe = _fifo(fed / "clients" / "site-2.pem")
+    refused = _unblocked(lambda: issue_client(fed, "site-2"), pipe)
+    assert isinstance(refused, OSError), refused
+    assert f"cannot read the client certificate {pipe}: a named pipe" in str(refused)
+
+
+def test_revoking_a_serial_passes_over_a_named_pipe_in_clients(tmp_path: Path) -> None:
+    fed = _federation(tmp_path)
+    (site,) = list_clients(fed)
+    pipe = _fifo(fed / "clients" / "a-pipe.pem")  # read before site-1.pem
+    serial = site.serial
+    assert serial is not None
+    assert _unblocked(lambda: revoke(fed, serial), pipe) == serial
+    assert serial in load_revoked(fed)
+
+
+def test_renewing_the_server_with_a_named_pipe_for_its_certificate_is_refused(
+    tmp_path: Path,
+) -> None:
+    fed = _federation(tmp_path)
+    (fed / "server.pem").unlink()
+    pipe = _fifo(fed / "server.pem")
+    refused = _unblocked(lambda: renew_server(fed), pipe)
+    assert isinstance(refused, ValueError), refused
+    assert f"cannot read the hosts of {pipe}: give them (--host)" in str(refused)

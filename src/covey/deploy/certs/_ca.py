@@ -14,6 +14,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from covey.core._files import atomic_write, fsync_dir
+from covey.deploy._pem import read_pem
 from covey.deploy.certs._common import (
     BACKDATE,
     CA_CERT,
@@ -218,7 +219,9 @@ def renew_server(
 def _current_hosts(root: Path) -> list[str]:
     """The DNS names and IP addresses of the current server certificate."""
     try:
-        cert = x509.load_pem_x509_certificate((root / SERVER_CERT).read_bytes())
+        cert = x509.load_pem_x509_certificate(
+            read_pem(root / SERVER_CERT, "the server certificate")
+        )
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (OSError, ValueError, x509.ExtensionNotFound):
         raise ValueError(

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from covey.deploy._keymode import warn_if_open
+from covey.deploy._pem import read_pem
 
 KeyType: TypeAlias = Literal["ec", "rsa", "ed25519"]
 """Kinds of key :func:`~covey.deploy.certs.init_federation` can make.
@@ -186,12 +187,14 @@ def load_ca(root: Path) -> tuple[x509.Certificate, PrivateKey]:
             f"the CA private key {key_path} is missing: certificates can only be "
             "issued where ca.key is (it may have been moved offline)"
         )
+    cert_pem = read_pem(root / CA_CERT, "the CA certificate")
+    key_pem = read_pem(key_path, "the CA private key")
     try:
-        cert = x509.load_pem_x509_certificate((root / CA_CERT).read_bytes())
+        cert = x509.load_pem_x509_certificate(cert_pem)
     except ValueError:
         raise ValueError(f"{root / CA_CERT} is not a PEM certificate") from None
     try:
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        key = serialization.load_pem_private_key(key_pem, password=None)
     except TypeError:  # what cryptography raises for a key that needs a password
         raise ValueError(
             f"{key_path} is encrypted (protected by a password); covey needs an unencrypted "

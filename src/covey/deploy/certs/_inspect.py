@@ -10,6 +10,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from covey.deploy._pem import read_pem
 from covey.deploy.certs._common import (
     CA_CERT,
     CLIENTS_DIRNAME,
@@ -129,7 +130,7 @@ def list_clients(directory: str | os.PathLike[str]) -> list[IssuedClient]:
         FileNotFoundError: The directory or its CA is missing.
     """
     root = existing_federation(directory)
-    ca_pem = (root / CA_CERT).read_bytes()
+    ca_pem = read_pem(root / CA_CERT, "the CA certificate")
     revoked = load_revoked(root)
     now = utc_now()
     found: list[IssuedClient] = []
@@ -138,7 +139,7 @@ def list_clients(directory: str | os.PathLike[str]) -> list[IssuedClient]:
     for path in paths:
         client_id = path.name[: -len(".pem")]
         try:
-            data = path.read_bytes()
+            data = read_pem(path, "a client certificate")
             cert = x509.load_pem_x509_certificate(data)
         except (OSError, ValueError):
             found.append(IssuedClient(client_id, None, None, None, False, "unreadable", path))

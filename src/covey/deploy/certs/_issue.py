@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from covey.core._files import atomic_write
+from covey.deploy._pem import read_pem
 from covey.deploy.certs._common import (
     BACKDATE,
     CA_CERT,
@@ -108,7 +109,7 @@ def issue_client(
         old_serial: int | None = None
         if paths.cert.exists():
             try:
-                old = x509.load_pem_x509_certificate(paths.cert.read_bytes())
+                old = x509.load_pem_x509_certificate(read_pem(paths.cert, "the client certificate"))
             except ValueError:
                 if not overwrite:
                     raise FileExistsError(

@@ -10,8 +10,8 @@ from typing import Any
 
 from cryptography import x509
 
-from covey.core._files import atomic_write
-from covey.deploy._pem import cannot_read
+from covey.core._files import atomic_write, read_given
+from covey.deploy._pem import cannot_read, read_pem
 from covey.deploy.certs._common import (
     CERT_MODE,
     CLIENTS_DIRNAME,
@@ -25,6 +25,9 @@ from covey.deploy.certs._common import (
 )
 
 __all__ = ["add_revoked", "is_revoked", "load_revoked", "revoke", "write_revoked"]
+
+MAX_REVOKED_BYTES = 16 << 20
+"""The largest revocation list read (some 150,000 revoked certificates)."""
 
 
 def revoke(directory: str | os.PathLike[str], client_id_or_serial: str | int) -> int:
@@ -65,7 +68,7 @@ def revoke(directory: str | os.PathLike[str], client_id_or_serial: str | int) ->
                 raise FileNotFoundError(
                     f"no certificate for client {client_id!r} in {root / CLIENTS_DIRNAME}"
                 )
-            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            cert = x509.load_pem_x509_certificate(read_pem(cert_path, "a client certificate"))
             serial = cert.serial_number
             common_name = subject_common_name(cert)
         else:
@@ -125,8 +128,8 @@ def is_revoked(
 def _read_revoked(root: Path) -> list[dict[str, Any]]:
     """Read and check the revocation list, serials as hex strings."""
     path = root / REVOKED
-    try:
-        text = path.read_text(encoding="utf-8")
+    try:  # a named pipe no process writes is refused, not waited on
+        data = read_given(path, MAX_REVOKED_BYTES)
     except FileNotFoundError:
         raise FileNotFoundError(
             f"revocation list {path} is missing: copy {REVOKED} into {root} from the "
@@ -135,8 +138,13 @@ def _read_revoked(root: Path) -> list[dict[str, Any]]:
         ) from None
     except OSError as exc:  # a folder in its place, a file this user cannot read
         raise cannot_read(exc, "the revocation list", path) from None
+    if len(data) > MAX_REVOKED_BYTES:
+        raise ValueError(
+            f"revocation list {path} is larger than {MAX_REVOKED_BYTES:,} bytes: not the "
+            f"{REVOKED} `covey certs revoke` writes"
+        )
     try:
-        entries = json.loads(text)
+        entries = json.loads(data.decode("utf-8"))
         if not isinstance(entries, list):
             raise TypeError("not a list")
         cleaned: list[dict[str, Any]] = []
@@ -179,7 +187,7 @@ def _common_name_of_serial(root: Path, serial: int) -> str | None:
     clients = root / CLIENTS_DIRNAME
     for path in sorted(clients.glob("*.pem")) if clients.is_dir() else []:
         try:
-            cert = x509.load_pem_x509_certificate(path.read_bytes())
+            cert = x509.load_pem_x509_certificate(read_pem(path, "a client certificate"))
         except (OSError, ValueError):
             continue
         if cert.serial_number == serial:
