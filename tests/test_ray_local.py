@@ -11,6 +11,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -494,6 +495,49 @@ def test_a_local_ray_ends_with_its_driver_killed_with_sigkill(tmp_path: Any) -> 
         driver.wait()
         if driver.stderr:
             driver.stderr.close()
+        for process in ray:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+
+
+def test_ctrl_c_while_the_local_ray_starts_stops_it(tmp_path: Any) -> None:
+    # Ctrl-C in ray.init, once Ray's processes had started: the driver ended with a
+    # segmentation fault, or left Ray's dashboard and runtime-env agents running for
+    # a minute or more. Held back until Ray has started, it stops that Ray as usual.
+    pids = tmp_path / "pids"
+    script = (
+        "import os, signal, psutil, numpy as np, ray, covey\n"
+        "from ray._private import services\n"
+        "get_node = services.get_node\n"
+        "def interrupted(*args, **kwargs):\n"
+        "    kids = psutil.Process().children(recursive=True)\n"
+        f"    open({str(pids)!r}, 'w').write(' '.join(str(p.pid) for p in kids))\n"
+        "    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: Ray's processes started, not joined\n"
+        "    return get_node(*args, **kwargs)\n"
+        "services.get_node = interrupted\n"
+        "covey.simulate(lambda cid: None, 2, 1, None, {'w': np.zeros(2)}, backend='ray')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    driver = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    started = pids.read_text().split()  # the Ray's processes, as ray.init was interrupted
+    ray: list[psutil.Process] = []
+    for pid in started:
+        with contextlib.suppress(psutil.Error):
+            ray.append(psutil.Process(int(pid)))  # those still running
+    try:
+        assert started, driver.stderr[-2000:]
+        assert driver.stderr.rstrip().endswith("KeyboardInterrupt"), driver.stderr[-2000:]
+        assert driver.returncode == -signal.SIGINT, driver.stderr[-2000:]
+        left = ray
+        for _ in range(300):  # at most 30 s: Ray's agents lived on for a minute
+            left = [p for p in left if _running(p)]
+            if not left:
+                break
+            time.sleep(0.1)
+        assert not left, f"the Ray's processes outlived their driver: {[p.pid for p in left]}"
+    finally:
         for process in ray:
             with contextlib.suppress(psutil.Error):
                 process.kill()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import subprocess
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
@@ -100,23 +101,31 @@ class RayTransport:
         if client_cache is not None and client_cache < 0:
             raise ValueError(f"client_cache must be >= 0 or None, got {client_cache}")
         self._owns_ray = start_or_join(ray, address, init_args)
-        # A local Ray of its own ends with this process, even one killed with SIGKILL.
-        self._watchdog = watch_local(ray) if self._owns_ray and local else None
         self._ray = ray
-        self._clients = range(num_clients)
-        self._group_of = client_group
-        self._client_fn = client_fn
-        self._cache = client_cache
-        self._start_timeout = start_timeout
-        self._token = 0
-        self._published: tuple[Weights | None, Any] = (None, None)
+        self._watchdog: subprocess.Popen[bytes] | None = None
+        self._actors: dict[str, list[Any]] = {}
+        try:  # however it ends (Ctrl-C too), a Ray started here is stopped
+            # A local Ray of its own ends with this process, even one killed with SIGKILL.
+            self._watchdog = watch_local(ray) if self._owns_ray and local else None
+            self._clients = range(num_clients)
+            self._group_of = client_group
+            self._client_fn = client_fn
+            self._cache = client_cache
+            self._start_timeout = start_timeout
+            self._token = 0
+            self._published: tuple[Weights | None, Any] = (None, None)
+            self._start_actors(groups, num_actors, local)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_actors(
+        self, groups: Mapping[str, dict[str, float]], num_actors: int | None, local: bool
+    ) -> None:
+        ray = self._ray
         total = ray.cluster_resources()
         if self._owns_ray and local:
-            try:
-                check_fits(groups, total)
-            except BaseException:
-                self.close()
-                raise
+            check_fits(groups, total)
         # An actor streams its replies: those it sent outlive it if it dies mid-call.
         stream = ray.method(num_returns="streaming")
         stream(ClientHost.run)
@@ -131,18 +140,13 @@ class RayTransport:
             count = actors_for(need, total, users)
             if num_actors is not None:
                 count = min(count, num_actors)
-            self._spec[name] = (need, max(1, min(count, num_clients)))
-        self._actors: dict[str, list[Any]] = {}
+            self._spec[name] = (need, max(1, min(count, len(self._clients))))
         self._where: dict[tuple[str, int], tuple[int, str]] = {}
-        try:
-            for name in self._spec:
-                self._actors[name] = [self._start(name, i) for i in range(self._spec[name][1])]
-            self._await_ready(
-                [(g, i) for g, actors in self._actors.items() for i in range(len(actors))]
-            )
-        except BaseException:
-            self.close()
-            raise
+        for name in self._spec:
+            self._actors[name] = [self._start(name, i) for i in range(self._spec[name][1])]
+        self._await_ready(
+            [(g, i) for g, actors in self._actors.items() for i in range(len(actors))]
+        )
 
     @staticmethod
     def _groups(

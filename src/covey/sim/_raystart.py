@@ -7,11 +7,14 @@ watchdog (:mod:`covey.sim._raywatch`) ends the others.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from covey.core._extras import MissingExtraError
@@ -50,8 +53,50 @@ def start_or_join(ray: Any, address: str | None, init_args: Mapping[str, Any] | 
         "log_to_driver": True,
     }
     kwargs.update(init_args or {})
-    ray.init(**kwargs)
+    with held_signals() as held:
+        ray.init(**kwargs)
+    try:
+        for handler, signum in held:
+            handler(signum, None)  # Ctrl-C's raises KeyboardInterrupt, now that Ray can stop
+    except BaseException:
+        ray.shutdown()
+        raise
     return True
+
+
+@contextlib.contextmanager
+def held_signals() -> Iterator[list[tuple[Any, int]]]:
+    """Hold SIGINT and SIGTERM back while the block runs; the list has those that came.
+
+    Each as ``(handler, signal number)``, the Python handler it was to run. Ray
+    interrupted while it starts (Ctrl-C in ``ray.init``) left its agents running
+    for a minute or more, or ended the process with a segmentation fault: held,
+    the signal is handled once Ray has started and can be stopped. A second one is
+    handled at once (a Ray that does not start is interrupted). Signals whose
+    handler is not Python's (the default action, ignored), and signals outside
+    the main thread, are left as they are.
+    """
+    held: list[tuple[Any, int]] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+    before: dict[int, Any] = {}
+
+    def hold(signum: int, frame: Any) -> None:
+        held.append((before[signum], signum))
+        signal.signal(signum, before[signum])  # a second one is not held: a Ray stuck starting
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if callable(handler):
+            before[sig] = handler
+            signal.signal(sig, hold)
+    try:
+        yield held
+    finally:
+        for signum, handler in before.items():
+            if signal.getsignal(signum) is hold:
+                signal.signal(signum, handler)
 
 
 def watch_local(ray: Any) -> subprocess.Popen[bytes] | None:
