@@ -126,7 +126,9 @@ def keep_model(
         console: Where to say why the model could not be written.
         history: The run's history (from its error); None reads the run's ``history.json``.
         weights: The model the error carries (a FederationError's), used when the
-            round's own is no longer kept.
+            round's own is no longer kept. Without either (a round the app's
+            ``evaluate_fn`` did not see, as ``evaluate_every`` skips it), the model
+            is the one the run folder saved for the round.
         to: The file to write the model to; None: ``model.safetensors`` in ``run_dir``.
 
     Returns:
@@ -144,10 +146,26 @@ def keep_model(
     model = models.after(done)
     if model is None:
         model = weights
+    if model is None and done > 0:  # a round not evaluated (evaluate_every): its checkpoint
+        model = _saved_model(run_dir, done)
     path = to or run_dir / MODEL_FILE
     if done <= 0 or model is None or not save_model(run_dir, done, model, console, path):
         return None
     return f"the model after round {done}, the last complete one, is in {path}"
+
+
+def _saved_model(run_dir: Path, done: int) -> Weights | None:
+    """The model after round ``done`` as the run folder's checkpoint keeps it, if it does."""
+    from safetensors import SafetensorError
+
+    from covey.server._store import RunStore
+
+    try:
+        with RunStore.open(run_dir) as store:
+            weights, _, _ = store.load_round(done)
+    except (OSError, ValueError, KeyError, SafetensorError):
+        return None  # not saved (a run without a checkpoint), or damaged: nothing to write
+    return weights
 
 
 def model_round(path: Path) -> int | None:
