@@ -219,3 +219,34 @@ def test_an_app_s_own_loop_refuses_the_trackers() -> None:
             f"error: {flag}: --app own_loop:app runs a server loop of its own (ServerApp "
             "main=), which has no rounds and keeps no run folder; leave it out"
         )
+
+
+@pytest.mark.parametrize("again", ["folder", "file:./", "file:///", "file://localhost/"])
+def test_a_resume_naming_the_same_local_store_otherwise_goes_on_in_the_same_mlflow_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, again: str
+) -> None:
+    from covey.core import RoundRecord
+    from covey.deploy._cli_trackers import open_trackers
+
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    store = tmp_path / "ml runs"
+
+    def opened(given: str, resuming: bool) -> Any:
+        flags = {"trackers": {"mlflow": given}, "run": run_dir, "resuming": resuming}
+        return open_trackers(flags)
+
+    with opened("ml runs", resuming=False) as trackers:
+        trackers(RoundRecord(round=1, central_loss=0.5))
+    if again == "folder":
+        given = str(store)
+    elif again == "file:./":
+        given = "file:./ml runs"
+    else:
+        given = again + store.as_uri()[len("file:///") :]
+    with opened(given, resuming=True) as trackers:
+        trackers(RoundRecord(round=2, central_loss=0.25))
+    ((client, run),) = _mlflow_runs(store, "covey", monkeypatch)
+    assert run.info.status == "FINISHED"
+    assert _mlflow_steps(client, run, "central/loss") == [1, 2]

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from urllib.parse import unquote, urlsplit
 
 import typer
 
@@ -75,14 +76,21 @@ def _is_uri(text: str) -> bool:
 def _store_key(store: str) -> str:
     """``store`` as compared with the one a resumed run logged to.
 
-    A folder, or a ``file:`` URI of a relative path (MLflow's, from the working
-    folder), is resolved: the same store, from any folder.
+    A folder, or a ``file:`` URI (of a relative path, MLflow's from the working
+    folder, or of an absolute one, ``file:///...``), is resolved: the same store,
+    however it is named and from any folder.
     """
     if not _is_uri(store):
         return str(Path(store).expanduser().resolve())
-    if store.lower().startswith("file:") and not store[5:].startswith("//"):
-        return str(Path(store[5:]).resolve())
-    return store
+    if not store.lower().startswith("file:"):
+        return store
+    path = store[5:]
+    if path.startswith("//"):  # file:///abs/mlruns, file://localhost/abs/mlruns
+        parsed = urlsplit(store)
+        if parsed.netloc not in ("", "localhost"):
+            return store
+        path = unquote(parsed.path)
+    return str(Path(path).resolve())
 
 
 def pasted_anywhere(flags: dict[str, str]) -> dict[str, str]:
