@@ -250,3 +250,24 @@ def test_a_resume_naming_the_same_local_store_otherwise_goes_on_in_the_same_mlfl
     ((client, run),) = _mlflow_runs(store, "covey", monkeypatch)
     assert run.info.status == "FINISHED"
     assert _mlflow_steps(client, run, "central/loss") == [1, 2]
+
+
+def test_a_new_run_into_a_tensorboard_folder_of_another_run_is_warned_of(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from covey.core import RoundRecord
+    from covey.deploy._cli_trackers import open_trackers
+
+    def run(name: str, resuming: bool = False) -> str:
+        run_dir = tmp_path / name
+        run_dir.mkdir(exist_ok=True)
+        flags = {"trackers": {"tensorboard": str(tmp_path / "tb")}, "run": run_dir}
+        with open_trackers({**flags, "resuming": resuming}) as trackers:
+            trackers(RoundRecord(round=1, central_loss=0.5))
+        return " ".join(capsys.readouterr().err.split())
+
+    assert run("first") == ""  # a new folder
+    assert run("first", resuming=True) == ""  # the same run, resumed
+    said = run("second")
+    assert said.startswith(f"warning: --tensorboard {tmp_path / 'tb'} already holds the event")
+    assert "give each run a folder of its own" in said

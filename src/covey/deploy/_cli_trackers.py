@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 from urllib.parse import unquote, urlsplit
 
 import typer
+from rich.markup import escape
 
 from covey.deploy._cli_errors import fail
 
@@ -229,7 +230,10 @@ def open_trackers(flags: dict[str, Any], refused: Callable[[], Any] | None = Non
     if chosen is not None and store is None:
         refuse(f"{names['mlflow_experiment']} names an MLflow experiment: give --mlflow URI too")
     if tensorboard is not None:
+        others = not resuming and _holds_events(Path(tensorboard).expanduser())
         loggers.append(opened("tensorboard", lambda: _tensorboard(tensorboard)))
+        if others:
+            _warn_other_runs(loggers[-1].logdir, names["tensorboard"])
     if store is None:
         return Trackers(loggers, run_dir, None)
     experiment = experiment if chosen is None else chosen
@@ -238,6 +242,32 @@ def open_trackers(flags: dict[str, Any], refused: Callable[[], Any] | None = Non
     loggers.append(mlflow)
     kept = {"store": _store_key(store), "experiment": experiment, "run_id": mlflow.run_id}
     return Trackers(loggers, run_dir, None if run_id is not None else kept)
+
+
+def _holds_events(folder: Path) -> bool:
+    """Whether ``folder`` holds TensorBoard event files (of an earlier run)."""
+    try:
+        return any(p.name.startswith("events.out.tfevents.") for p in folder.iterdir())
+    except OSError:  # missing (made by the logger), or refused as the logger opens it
+        return False
+
+
+def _warn_other_runs(folder: Path, name: str) -> None:
+    """Warn that a new run's TensorBoard ``folder`` holds the event files of another run.
+
+    TensorBoard reads a folder's files as one run's: the new run's first step
+    is taken for a restart, and the earlier run's steps from there on are no
+    longer shown (they stay in their files).
+    """
+    from covey.deploy._cli_errors import console
+
+    console.print(
+        f"[yellow]warning:[/] {escape(name)} {escape(str(folder))} already holds the event "
+        "files of another run: TensorBoard shows one run per folder, and hides the earlier "
+        "run's steps from this run's first one on; give each run a folder of its own (the "
+        "earlier run's files stay as they are)",
+        soft_wrap=True,
+    )
 
 
 def _tensorboard(folder: str) -> Any:
