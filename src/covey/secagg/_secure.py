@@ -26,18 +26,17 @@ from typing import Any, Literal
 import numpy as np
 
 from covey.aggregate import Begin, Broadcast, Contribution, run_round
-from covey.aggregate._flat import int_change, signed
-from covey.clients._client import lend
-from covey.core._messages import FitResult, Task, plain
-from covey.core._weights import Weights, WeightsSpec
+from covey.core._messages import Task, plain
 from covey.privacy import ClippedSum
-from covey.secagg._ddp import client_clip, clip_update, dp_plan
+from covey.secagg._ddp import client_clip, dp_plan
 from covey.secagg._dp import Noise
 from covey.secagg._driver import SecAggAbort, secure_sum
+from covey.secagg._fit_input import fit_input
+from covey.secagg._fit_input import layout as _layout
 from covey.secagg._handlers import register_builtin_input
 from covey.secagg._options import check_directory, check_options, check_parts
 from covey.secagg._params import ThreatModel
-from covey.secagg._ring import MAX_BITS, RangeError, out_of_range, quantize, ring_bits, scale
+from covey.secagg._ring import MAX_BITS, RangeError, ring_bits, scale
 from covey.strategies._fitround import FitOutcome
 from covey.strategies._names import FLOWER_SECAGG_OPTIONS, a_strategy, flower_keywords
 from covey.strategies._strategy import Strategy
@@ -50,101 +49,7 @@ DEFAULT_THREAT = ThreatModel(corrupt_rate=0.05, dropout_rate=0.15)
 _CHECKED_CLIENTS = 1000  # secure() refuses settings whose sum over this many clients would wrap
 
 
-def _layout(weights: Weights) -> list[tuple[str, tuple[int, ...], int]]:
-    return [(name, weights[name].shape, int(weights[name].size)) for name in sorted(weights)]
-
-
-def _fit_input(client: Any, task: Task, spec: Any) -> np.ndarray:
-    """The client's side of a secure fit: train, quantize, pre-scale, append count and metrics."""
-    if task.weights is None:
-        raise ValueError("a secure fit task carries no weights")
-    config = dict(task.config)
-    config["round"] = task.round
-    result = client.fit(lend(client, task.weights), config)  # task.weights used below
-    if not isinstance(result, FitResult):
-        raise TypeError(f"{type(client).__name__}.fit() returned {type(result).__name__}")
-    # The checks of an unsecured round, before anything is masked: a wrong name, shape or
-    # dtype, or a NaN, is named here, not met as a length mismatch in the protocol.
-    values, what = (
-        (result.delta, "the fit result's delta")
-        if result.delta is not None
-        else (result.weights, "the fit result's weights")
-    )
-    model = WeightsSpec.of(task.weights)
-    if not model.conforms(values):
-        model.check(values, what=what)
-    n = result.num_examples
-    if n > int(spec["max_examples"]):
-        raise RangeError(
-            f"num_examples={n} exceeds max_examples={spec['max_examples']} of secure aggregation"
-        )
-    weight = n if spec["weighted"] else 1
-    clip, bits = float(spec["clip"]), int(spec["bits"])
-    deltas: list[np.ndarray] = []
-    for name, _, _ in _layout(task.weights):
-        if result.delta is not None:
-            # An unsigned array's delta is a change modulo 2**bits (5 -> 3 is sent as 254):
-            # its value is the signed reading, as the unsecured mean reads it.
-            delta = np.asarray(signed({name: np.asarray(result.delta[name])})[name], np.float64)
-        elif result.weights is not None:
-            delta = _weights_change(result.weights[name], task.weights[name], clip)
-        else:
-            raise ValueError("a fit result carries neither weights nor a delta")
-        deltas.append(delta.ravel())
-    if spec.get("l2_clip") is not None:
-        deltas = clip_update(deltas, float(spec["l2_clip"]), clip, bits)
-    parts = []
-    for (name, _, _), delta in zip(_layout(task.weights), deltas, strict=True):
-        try:
-            parts.append(quantize(delta, clip, bits) * weight)
-        except RangeError as exc:  # name the array: an index alone is ambiguous
-            raise out_of_range(name, task.weights[name], exc) from None
-    tail = [n, *_metric_tail(result.metrics, spec["metrics"], n, bits)]
-    parts.append(np.asarray(tail, dtype=np.int64))
-    return np.concatenate(parts)
-
-
-register_builtin_input(FIT_INPUT, _fit_input)
-
-
-def _metric_tail(metrics: Any, bounds: Mapping[str, float], n: int, bits: int) -> list[int]:
-    """Each declared metric as (quantized value times ``n``, ``n``), or (0, 0) when absent."""
-    tail: list[int] = []
-    for name, bound in bounds.items():
-        value = metrics.get(name)
-        # Numbers as the unsecured mean takes them, NumPy scalars (a float32 loss) included.
-        if isinstance(value, bool | np.bool_) or not isinstance(
-            value, int | float | np.integer | np.floating
-        ):
-            tail += [0, 0]
-            continue
-        if not abs(float(value)) <= float(bound):  # also NaN; the value stays out of it
-            raise RangeError(
-                f"fit metric {name!r} is not within its secure-aggregation bound "
-                f"[-{bound:g}, {bound:g}]: raise the bound in secure(metrics=...)"
-            )
-        tail += [int(quantize(np.array([float(value)]), float(bound), bits)[0]) * n, n]
-    return tail
-
-
-def _weights_change(new: Any, old: Any, clip: float) -> np.ndarray:
-    """New weights minus the global ones, a change of at most ``clip`` read as such.
-
-    ``old + d`` rounded to a float dtype is off by up to half a unit in the last
-    place, so a change of exactly ``clip`` can read as a hair more (0.7 + 1.0 is
-    1.7000002 in float32, minus 0.7 gives 1.0000001); within that spacing the
-    value is put back on the bound. A larger change stays as it is and fails.
-    """
-    new_arr, old_arr = np.asarray(new), np.asarray(old)
-    if new_arr.dtype.kind in "iu":  # exact for a change to a value past 2**53
-        return int_change(new_arr, old_arr)
-    # asarray: for 0-d arrays the difference is a NumPy scalar, which takes no assignment.
-    delta = np.asarray(new_arr.astype(np.float64) - old_arr.astype(np.float64))
-    if new_arr.dtype.kind == "f":
-        slack = np.abs(np.spacing(new_arr)).astype(np.float64)
-        near = (np.abs(delta) > clip) & (np.abs(delta) <= clip + slack)
-        delta[near] = np.copysign(clip, delta[near])
-    return delta
+register_builtin_input(FIT_INPUT, fit_input)
 
 
 def _probe(strategy: Strategy) -> str | None:
