@@ -334,7 +334,7 @@ def secure_sum(
                 round,
                 dict(configs[v] if configs is not None and v in configs else config or {}),
                 weights,
-                {**common, "shares": {str(u): b for u, b in inbox[v].items()}},
+                {**common, **_name_of(transport, v), "shares": _sealed(inbox[v])},
             )
             for v in inbox
         }
@@ -448,6 +448,16 @@ def _collect_masked(
         if cid not in answered:
             state.dropped.setdefault(cid, "no reply in time")
     return state
+
+
+def _name_of(transport: _KeepsNames, v: int) -> dict[str, str]:
+    """``{"name": name}`` for a client the transport names (a deployed client's, in its errors)."""
+    name = transport.client_name(v)
+    return {} if name is None else {"name": name}
+
+
+def _sealed(inbox: Mapping[int, bytes]) -> dict[str, bytes]:
+    return {str(u): b for u, b in inbox.items()}
 
 
 def _mappings(replies: Mapping[int, Any]) -> dict[int, Mapping[str, Any]]:

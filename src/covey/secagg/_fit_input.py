@@ -1,7 +1,11 @@
 """A secure fit's client side: train, check the update, quantize it and append its tail.
 
 The input function of :func:`~covey.secagg.secure` (registered as
-``covey.secagg.fit``): its vector is what the client masks.
+``covey.secagg.fit``): its vector is what the client masks. The client's own
+mistakes are named as a plain fit names them (:mod:`covey.clients._mistakes`):
+a ``fit`` returning a tuple is told what to return, and an update of another
+layout reads ``client 1's weights: ...`` (a deployed client's name when the
+server sends it), the message alone, before anything is masked.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import numpy as np
 
 from covey.aggregate._flat import int_change, signed
 from covey.clients._client import lend
-from covey.core._messages import FitResult, Task
-from covey.core._weights import Weights, WeightsSpec
+from covey.clients._current import current_task
+from covey.clients._mistakes import ResultRefused, call_fit
+from covey.core._messages import Task
+from covey.core._weights import Weights, WeightsError, WeightsSpec
 from covey.secagg._ddp import clip_update
 from covey.secagg._ring import RangeError, out_of_range, quantize
 
@@ -24,25 +30,41 @@ def layout(weights: Weights) -> list[tuple[str, tuple[int, ...], int]]:
     return [(name, weights[name].shape, int(weights[name].size)) for name in sorted(weights)]
 
 
+def _who(task: Task) -> str:
+    """The client as the server names it: its name if the task carries one, else its id."""
+    name = task.payload.get("name") if isinstance(task.payload, Mapping) else None
+    if isinstance(name, str) and name:
+        return name
+    now = current_task()
+    return "the fit result" if now is None else f"client {now.cid}"
+
+
+def _check_update(task: Task, weights_in: Weights, values: Any, what: str) -> None:
+    """Refuse an update of another layout (or with a NaN) as the server refuses a plain one.
+
+    Checked before anything is masked: a wrong name, shape or dtype is named
+    here, not met as a length mismatch in the protocol.
+    """
+    model = WeightsSpec.of(weights_in)
+    if model.conforms(values):
+        return
+    try:
+        model.check(values, what=f"{_who(task)}'s {what}")
+    except WeightsError as exc:
+        raise ResultRefused(str(exc)) from None
+
+
 def fit_input(client: Any, task: Task, spec: Any) -> np.ndarray:
     """The client's side of a secure fit: train, quantize, pre-scale, append count and metrics."""
     if task.weights is None:
         raise ValueError("a secure fit task carries no weights")
     config = dict(task.config)
     config["round"] = task.round
-    result = client.fit(lend(client, task.weights), config)  # task.weights used below
-    if not isinstance(result, FitResult):
-        raise TypeError(f"{type(client).__name__}.fit() returned {type(result).__name__}")
-    # The checks of an unsecured round, before anything is masked: a wrong name, shape or
-    # dtype, or a NaN, is named here, not met as a length mismatch in the protocol.
-    values, what = (
-        (result.delta, "the fit result's delta")
-        if result.delta is not None
-        else (result.weights, "the fit result's weights")
-    )
-    model = WeightsSpec.of(task.weights)
-    if not model.conforms(values):
-        model.check(values, what=what)
+    result = call_fit(client, lend(client, task.weights), config)  # task.weights used below
+    if result.delta is not None:
+        _check_update(task, task.weights, result.delta, "delta")
+    else:
+        _check_update(task, task.weights, result.weights, "weights")
     n = result.num_examples
     if n > int(spec["max_examples"]):
         raise RangeError(

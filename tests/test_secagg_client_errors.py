@@ -1,0 +1,145 @@
+"""A secure fit's client mistakes read as a plain fit's, before anything is masked.
+
+The secure client checks its update itself, so its failures were worded
+otherwise: ``covey.core._weights.WeightsError: the fit result's weights: ...``
+with a class path and no client named, and a tuple returned from ``fit``
+without the hint saying what to return.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from covey import FitResult
+from covey.secagg import ThreatModel, secure
+from covey.sim._simulate import Backend
+
+
+class WrongWeights(covey.Client):
+    """Client 1 sends weights of another shape."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        if self.cid == 1:
+            return FitResult(weights={"w": np.zeros(7)}, num_examples=1)
+        return FitResult(weights={"w": weights["w"] + 0.5}, num_examples=1)
+
+
+class WrongDelta(WrongWeights):
+    """Client 1 sends a delta of another dtype."""
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        if self.cid == 1:
+            return FitResult(delta={"w": np.zeros(6, np.int64)}, num_examples=1)
+        return FitResult(delta={"w": np.full(6, 0.5)}, num_examples=1)
+
+
+class Tuple(WrongWeights):
+    """Client 1 returns Flower's tuple."""
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> Any:
+        if self.cid == 1:
+            return [weights["w"]], 1, {}
+        return FitResult(weights={"w": weights["w"] + 0.5}, num_examples=1)
+
+
+class NoConfig(covey.Client):
+    """A fit that takes no config."""
+
+    def fit(self, weights: Any) -> FitResult:  # type: ignore[override]
+        return FitResult(weights=weights, num_examples=1)
+
+
+def _strategy(secured: bool) -> covey.Strategy:
+    strategy = covey.FedAvg(min_fit_clients=1, min_available_clients=3, fraction_evaluate=0.0)
+    if not secured:
+        return strategy
+    with pytest.warns(UserWarning, match="honest-but-curious"):
+        return secure(strategy, clip_range=1.0, threat=ThreatModel(0.0, 0.0))
+
+
+def _failures(make: Any, backend: Backend, secured: bool) -> list[str]:
+    result = covey.simulate(make, 4, 1, _strategy(secured), {"w": np.zeros(6)}, backend=backend)
+    return [f"{f.cid}: {f.error}" for f in result.history.rounds[-1].fit_failures]
+
+
+@pytest.mark.parametrize("backend", ["inline", "process"])
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        (WrongWeights, "1: client 1's weights: 'w' has shape (7,), expected (6,)"),
+        (WrongDelta, "1: client 1's delta: 'w' has dtype int64, expected float64"),
+        (
+            Tuple,
+            "1: TypeError: Tuple.fit() returned tuple, expected covey.FitResult: return "
+            "covey.FitResult(weights={name: array}, num_examples=n, metrics={...}) rather "
+            "than a (parameters, num_examples, metrics) tuple",
+        ),
+    ],
+)
+def test_a_secure_clients_mistake_reads_as_a_plain_ones(
+    make: Any, said: str, backend: Backend
+) -> None:
+    assert _failures(make, backend, secured=False) == [said]
+    assert _failures(make, backend, secured=True) == [said]
+
+
+def test_a_secure_clients_fit_without_config_is_told_how_covey_calls_it() -> None:
+    make: Any = NoConfig  # not a ClientLike: its fit takes no config
+    with pytest.raises(covey.FederationError) as info:
+        covey.simulate(lambda cid: make(), 4, 1, _strategy(True), {"w": np.zeros(6)})
+    assert "define it as def fit(self, weights, config)" in str(info.value)
+
+
+class Sends(covey.Client):
+    """Sends the global weights plus a half, or, with ``wrong``, an array of another shape."""
+
+    def __init__(self, wrong: bool) -> None:
+        self.wrong = wrong
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        if self.wrong:
+            return FitResult(weights={"w": np.zeros(7)}, num_examples=1)
+        return FitResult(weights={"w": weights["w"] + 0.5}, num_examples=1)
+
+
+def test_a_deployed_secure_clients_wrong_weights_are_named_by_its_name() -> None:
+    sites: list[threading.Thread] = []
+    names = (("hospital-a", False), ("hospital-b", True), ("hospital-c", False))
+
+    def start_sites(port: int) -> None:
+        for name, wrong in names:
+            site = threading.Thread(
+                target=covey.deploy.connect,
+                args=(Sends(wrong), f"127.0.0.1:{port}"),
+                kwargs={"insecure": True, "name": name},
+                daemon=True,
+            )
+            site.start()
+            sites.append(site)
+
+    try:
+        result = covey.deploy.serve(
+            _strategy(True),
+            1,
+            {"w": np.zeros(6)},
+            "127.0.0.1:0",
+            insecure=True,
+            on_listen=start_sites,
+            wait_timeout=30.0,
+            plot=False,
+        )
+    finally:
+        for site in sites:
+            site.join(timeout=30)
+    (failure,) = result.history.rounds[-1].fit_failures
+    assert failure.name == "hospital-b"
+    assert failure.error == "hospital-b's weights: 'w' has shape (7,), expected (6,)"
+    np.testing.assert_allclose(result.weights["w"], np.full(6, 0.5), atol=1e-3)
