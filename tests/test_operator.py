@@ -256,12 +256,13 @@ def _commands(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[
         yield from _commands(sub, (*path, name))
 
 
-def test_help_texts_show_their_brackets() -> None:
+@pytest.mark.parametrize("columns", ["400", "60"])  # rich's table, and plain narrow help
+def test_help_texts_show_their_brackets(columns: str) -> None:
     import typer.main
 
     checked = 0
     for path, command in _commands(typer.main.get_command(app)):
-        shown = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "400"})
+        shown = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": columns})
         text = " ".join(shown.output.replace("│", " ").split())
         for param in command.params:
             for word in (getattr(param, "help", None) or "").split():
@@ -269,6 +270,7 @@ def test_help_texts_show_their_brackets() -> None:
                     shown_as = word.replace("\\[", "[")  # an escaped bracket shows as one
                     assert shown_as in text, f"covey {' '.join(path)} --help lost {word!r}"
                     checked += 1
+        assert "\\[" not in text, f"covey {' '.join(path)} --help shows a backslash"
     assert checked >= 2
 
 

@@ -41,9 +41,16 @@ class HelpCommand(TyperCommand):
         if mode is None or columns >= NARROW:
             super().format_help(ctx, formatter)
             return
-        # typer's plain help, click's, wrapped to the width rich found (a margin of 2)
+        # typer's plain help, click's, wrapped to the width rich found (a margin of 2);
+        # a bracket escaped from rich's markup (``\\[policy]``) is shown as a bracket.
+        escaped = [p for p in self.params if "\\[" in (getattr(p, "help", None) or "")]
+        helps = [p.help for p in escaped]  # type: ignore[attr-defined]
         self.rich_markup_mode, formatter.width = None, max(columns - 2, 30)
         try:
+            for param in escaped:
+                param.help = param.help.replace("\\[", "[")  # type: ignore[attr-defined]
             super().format_help(ctx, formatter)
         finally:
             self.rich_markup_mode = mode
+            for param, text in zip(escaped, helps, strict=True):
+                param.help = text  # type: ignore[attr-defined]

@@ -47,7 +47,7 @@ TensorBoardFlag = Annotated[
     typer.Option(
         "--tensorboard",
         metavar="DIR",
-        help="Log each round to TensorBoard event files in this folder (covey[tensorboard]).",
+        help="Log each round to TensorBoard event files in this folder (covey\\[tensorboard]).",
     ),
 ]
 MLflowFlag = Annotated[
@@ -56,7 +56,7 @@ MLflowFlag = Annotated[
         "--mlflow",
         metavar="URI",
         help="Log each round to MLflow: a tracking URI, or a folder for a local store, e.g. "
-        "file:./mlruns (covey[mlflow]).",
+        "file:./mlruns (covey\\[mlflow]).",
     ),
 ]
 MLflowExperimentFlag = Annotated[
