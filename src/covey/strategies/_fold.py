@@ -56,20 +56,20 @@ def contribution(
             or holds a non-finite value.
     """
     weights, delta = result.weights, result.delta
-    who = who or f"client {cid}"
-    # conformity() first: the message of check() is built only for a bad update.
+    # conformity() first: the message of check() (and the name in it) is built only
+    # for a bad update.
     if weights is not None:
         bounded = spec.conformity(weights)
         if bounded is None:
-            spec.check(weights, what=f"{who}'s weights")
+            spec.check(weights, what=f"{who or f'client {cid}'}'s weights")
     else:
         bounded = spec.conformity(delta)
         if bounded is None:
-            spec.check(delta, what=f"{who}'s delta")
+            spec.check(delta, what=f"{who or f'client {cid}'}'s delta")
     extras = result.extras
     if extras:
         for name, extra in extras.items():
-            spec.check(extra, what=f"{who}'s extra {name!r}")
+            spec.check(extra, what=f"{who or f'client {cid}'}'s extra {name!r}")
     if weights is not None and staleness > 0:
         # The client trained from an older model: its update is relative to that one.
         if sent is None:
