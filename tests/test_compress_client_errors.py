@@ -14,45 +14,8 @@ import numpy as np
 import pytest
 
 import covey
-from covey import FitResult
+from _mistaken import NoConfig, Tuple, WrongDelta, WrongWeights
 from covey.sim._simulate import Backend
-
-
-class WrongWeights(covey.Client):
-    """Client 1 sends weights of another shape."""
-
-    def __init__(self, cid: int) -> None:
-        self.cid = cid
-
-    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
-        if self.cid == 1:
-            return FitResult(weights={"w": np.zeros(7)}, num_examples=1)
-        return FitResult(weights={"w": weights["w"] + 1}, num_examples=1)
-
-
-class WrongDelta(WrongWeights):
-    """Client 1 sends a delta of another dtype."""
-
-    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
-        if self.cid == 1:
-            return FitResult(delta={"w": np.zeros(6, np.int64)}, num_examples=1)
-        return FitResult(delta={"w": np.ones(6)}, num_examples=1)
-
-
-class Tuple(WrongWeights):
-    """Client 1 returns Flower's tuple."""
-
-    def fit(self, weights: Any, config: dict[str, Any]) -> Any:
-        if self.cid == 1:
-            return [weights["w"]], 1, {}
-        return FitResult(weights={"w": weights["w"] + 1}, num_examples=1)
-
-
-class NoConfig(covey.Client):
-    """A fit that takes no config."""
-
-    def fit(self, weights: Any) -> FitResult:  # type: ignore[override]
-        return FitResult(weights=weights, num_examples=1)
 
 
 def _failures(make: Any, backend: Backend, compression: str | None) -> list[str]:

@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 import numpy as np
 import pytest
 
 import covey
-from covey import FitResult
+from _mistaken import Sends
 from covey.clients._client import run_task
 from covey.compress import CompressedFitPayload, scheme_named
 from covey.compress._counted import CountedAsyncTransport
 from covey.core._messages import Task
 from covey.deploy import connect, serve
-
-
-class Sends(covey.Client):
-    """Sends the global weights plus one, or, with ``wrong``, an array of another shape."""
-
-    def __init__(self, wrong: bool) -> None:
-        self.wrong = wrong
-
-    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
-        if self.wrong:
-            return FitResult(weights={"w": np.zeros(7)}, num_examples=1)
-        return FitResult(weights={"w": weights["w"] + 1}, num_examples=1)
 
 
 def _served(compression: str | None) -> covey.deploy.ServeResult:

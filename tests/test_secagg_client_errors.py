@@ -8,6 +8,7 @@ without the hint saying what to return.
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any
 
@@ -15,46 +16,9 @@ import numpy as np
 import pytest
 
 import covey
-from covey import FitResult
+from _mistaken import NoConfig, Sends, Tuple, WrongDelta, WrongWeights
 from covey.secagg import ThreatModel, secure
 from covey.sim._simulate import Backend
-
-
-class WrongWeights(covey.Client):
-    """Client 1 sends weights of another shape."""
-
-    def __init__(self, cid: int) -> None:
-        self.cid = cid
-
-    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
-        if self.cid == 1:
-            return FitResult(weights={"w": np.zeros(7)}, num_examples=1)
-        return FitResult(weights={"w": weights["w"] + 0.5}, num_examples=1)
-
-
-class WrongDelta(WrongWeights):
-    """Client 1 sends a delta of another dtype."""
-
-    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
-        if self.cid == 1:
-            return FitResult(delta={"w": np.zeros(6, np.int64)}, num_examples=1)
-        return FitResult(delta={"w": np.full(6, 0.5)}, num_examples=1)
-
-
-class Tuple(WrongWeights):
-    """Client 1 returns Flower's tuple."""
-
-    def fit(self, weights: Any, config: dict[str, Any]) -> Any:
-        if self.cid == 1:
-            return [weights["w"]], 1, {}
-        return FitResult(weights={"w": weights["w"] + 0.5}, num_examples=1)
-
-
-class NoConfig(covey.Client):
-    """A fit that takes no config."""
-
-    def fit(self, weights: Any) -> FitResult:  # type: ignore[override]
-        return FitResult(weights=weights, num_examples=1)
 
 
 def _strategy(secured: bool) -> covey.Strategy:
@@ -66,7 +30,8 @@ def _strategy(secured: bool) -> covey.Strategy:
 
 
 def _failures(make: Any, backend: Backend, secured: bool) -> list[str]:
-    result = covey.simulate(make, 4, 1, _strategy(secured), {"w": np.zeros(6)}, backend=backend)
+    half = functools.partial(make, step=0.5)  # inside the clipping range
+    result = covey.simulate(half, 4, 1, _strategy(secured), {"w": np.zeros(6)}, backend=backend)
     return [f"{f.cid}: {f.error}" for f in result.history.rounds[-1].fit_failures]
 
 
@@ -98,18 +63,6 @@ def test_a_secure_clients_fit_without_config_is_told_how_covey_calls_it() -> Non
     assert "define it as def fit(self, weights, config)" in str(info.value)
 
 
-class Sends(covey.Client):
-    """Sends the global weights plus a half, or, with ``wrong``, an array of another shape."""
-
-    def __init__(self, wrong: bool) -> None:
-        self.wrong = wrong
-
-    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
-        if self.wrong:
-            return FitResult(weights={"w": np.zeros(7)}, num_examples=1)
-        return FitResult(weights={"w": weights["w"] + 0.5}, num_examples=1)
-
-
 def test_a_deployed_secure_clients_wrong_weights_are_named_by_its_name() -> None:
     sites: list[threading.Thread] = []
     names = (("hospital-a", False), ("hospital-b", True), ("hospital-c", False))
@@ -118,7 +71,7 @@ def test_a_deployed_secure_clients_wrong_weights_are_named_by_its_name() -> None
         for name, wrong in names:
             site = threading.Thread(
                 target=covey.deploy.connect,
-                args=(Sends(wrong), f"127.0.0.1:{port}"),
+                args=(Sends(wrong, step=0.5), f"127.0.0.1:{port}"),
                 kwargs={"insecure": True, "name": name},
                 daemon=True,
             )
