@@ -61,3 +61,16 @@ class Sends(covey.Client):
         if self.wrong:
             return FitResult(weights={"w": np.zeros(7)}, num_examples=1)
         return FitResult(weights={"w": weights["w"] + self.step}, num_examples=1)
+
+
+#: Each erring client with the failure its client 1 must give, as ``"cid: error"``.
+MISTAKES = [
+    (WrongWeights, "1: client 1's weights: 'w' has shape (7,), expected (6,)"),
+    (WrongDelta, "1: client 1's delta: 'w' has dtype int64, expected float64"),
+    (
+        Tuple,
+        "1: TypeError: Tuple.fit() returned tuple, expected covey.FitResult: return "
+        "covey.FitResult(weights={name: array}, num_examples=n, metrics={...}) rather "
+        "than a (parameters, num_examples, metrics) tuple",
+    ),
+]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import covey
-from _mistaken import NoConfig, Tuple, WrongDelta, WrongWeights
+from _mistaken import MISTAKES, NoConfig
 from covey.sim._simulate import Backend
 
 
@@ -29,16 +29,7 @@ def _failures(make: Any, backend: Backend, compression: str | None) -> list[str]
 @pytest.mark.parametrize("backend", ["inline", "process"])
 @pytest.mark.parametrize(
     ("make", "said"),
-    [
-        (WrongWeights, "1: client 1's weights: 'w' has shape (7,), expected (6,)"),
-        (WrongDelta, "1: client 1's delta: 'w' has dtype int64, expected float64"),
-        (
-            Tuple,
-            "1: TypeError: Tuple.fit() returned tuple, expected covey.FitResult: return "
-            "covey.FitResult(weights={name: array}, num_examples=n, metrics={...}) rather "
-            "than a (parameters, num_examples, metrics) tuple",
-        ),
-    ],
+    MISTAKES,
 )
 def test_a_compressing_clients_mistake_reads_as_an_uncompressed_ones(
     make: Any, said: str, backend: Backend

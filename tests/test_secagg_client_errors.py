@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import covey
-from _mistaken import NoConfig, Sends, Tuple, WrongDelta, WrongWeights
+from _mistaken import MISTAKES, NoConfig, Sends
 from covey.secagg import ThreatModel, secure
 from covey.sim._simulate import Backend
 
@@ -38,16 +38,7 @@ def _failures(make: Any, backend: Backend, secured: bool) -> list[str]:
 @pytest.mark.parametrize("backend", ["inline", "process"])
 @pytest.mark.parametrize(
     ("make", "said"),
-    [
-        (WrongWeights, "1: client 1's weights: 'w' has shape (7,), expected (6,)"),
-        (WrongDelta, "1: client 1's delta: 'w' has dtype int64, expected float64"),
-        (
-            Tuple,
-            "1: TypeError: Tuple.fit() returned tuple, expected covey.FitResult: return "
-            "covey.FitResult(weights={name: array}, num_examples=n, metrics={...}) rather "
-            "than a (parameters, num_examples, metrics) tuple",
-        ),
-    ],
+    MISTAKES,
 )
 def test_a_secure_clients_mistake_reads_as_a_plain_ones(
     make: Any, said: str, backend: Backend
