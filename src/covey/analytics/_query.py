@@ -32,6 +32,7 @@ from covey.analytics import _dp
 from covey.analytics._compute import MAX_GROUPS
 from covey.analytics._exchange import Federation, StageResult, transport_for
 from covey.analytics._options import DISTINCT_BUCKETS, check_query
+from covey.analytics._select import answer_columns
 from covey.analytics._site import ROW_CAP, fixed_point_scale, secure_bound, sensitivity
 from covey.analytics._sql import Aggregate, Plan
 from covey.analytics._sqltext import QueryError
@@ -354,16 +355,8 @@ class _Query:
         self, columns: dict[str, Any], suppressed: np.ndarray, precision: dict[str, Any]
     ) -> pd.DataFrame:
         keys = list(itertools.product(*(self.decl["domains"][c] for c in self.plan.group_by)))
-        data: dict[str, Any] = {}
-        for i, col in enumerate(self.plan.group_by):
-            data[col] = [k[i] for k in keys]
-        for name, values in columns.items():
-            cells = list(values) if not isinstance(values, np.ndarray) else values.astype(float)
-            if isinstance(cells, np.ndarray):
-                data[name] = np.where(suppressed, np.nan, cells)
-            else:
-                data[name] = [np.nan if s else c for c, s in zip(cells, suppressed, strict=True)]
-        df = pd.DataFrame(data)
+        data = answer_columns(self.plan.outputs, self.plan.aggregates, keys, columns, suppressed)
+        df = pd.DataFrame(data, index=pd.RangeIndex(len(keys)))
         privacy = None
         if self.multiplier is not None:
             if self.opt["secure"]:  # a masked answer carries no spent: ask the sites after
@@ -436,8 +429,10 @@ def query(
         analyst: An :class:`Analyst` whose budget this query is charged to (DP only).
 
     Returns:
-        A DataFrame: group keys, then one column per aggregate named by its SQL
-        text; a suppressed group's values are NaN. ``df.attrs`` holds the sites
+        A DataFrame of the SELECT list's columns in its order, each named by
+        its alias, a group column as SELECT spells it, an aggregate by its SQL
+        text (a GROUP BY column not selected comes first); a suppressed group's
+        values are NaN. ``df.attrs`` holds the sites
         that answered, refusals, the suppressed groups, the precision of
         approximate answers, clipped counts and the privacy cost.
 

@@ -23,7 +23,8 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
 from covey.analytics import _sqlclauses
-from covey.analytics._sqltext import DIALECT, QueryError, SqlText, fold
+from covey.analytics._select import Output, refuse_empty_names, select_list
+from covey.analytics._sqltext import DIALECT, QueryError, SqlText
 
 MAX_WHERE_DEPTH = 500  # how deep a WHERE may nest: DuckDB at the sites reads at most 1000
 KEPT_PLANS = 128  # the plans a process keeps, of the texts it parsed last
@@ -62,6 +63,8 @@ class Plan:
         where_columns: Columns the condition reads.
         group_by: GROUP BY columns, in order.
         aggregates: The aggregates, in SELECT order.
+        outputs: The answer's columns, in order: a GROUP BY column SELECT leaves out,
+            then the SELECT list's items (see :func:`~covey.analytics._select.select_list`).
     """
 
     sql: str
@@ -70,6 +73,7 @@ class Plan:
     where_columns: tuple[str, ...]
     group_by: tuple[str, ...]
     aggregates: tuple[Aggregate, ...]
+    outputs: tuple[Output, ...]
 
     def columns(self) -> set[str]:
         """Every column the query reads."""
@@ -412,6 +416,7 @@ def _plan(sql: str) -> Plan:
     loc = SqlText(sql)
     loc.check_nesting()
     tree = _parse(sql, loc)
+    refuse_empty_names(tree, loc)
     _sqlclauses.refuse_clauses(tree, loc)
     table = _sqlclauses.table(tree, loc)
     group_by = _sqlclauses.group_by(tree, loc)
@@ -419,33 +424,5 @@ def _plan(sql: str) -> Plan:
     if where is not None and _depth(where.this) > MAX_WHERE_DEPTH:
         raise QueryError(f"WHERE nests too deeply (over {MAX_WHERE_DEPTH} levels); simplify it")
     where_sql, where_cols = _check_where(where.this, loc) if where is not None else (None, ())
-    texts = loc.select_texts()
-    aggregates: list[Aggregate] = []
-    for i, item in enumerate(tree.expressions):
-        node, alias = (item.this, item.alias) if isinstance(item, exp.Alias) else (item, None)
-        if isinstance(node, exp.Star):
-            raise QueryError(f"SELECT *{loc.where('*')} is row-level output and is not supported")
-        if isinstance(node, exp.Column):
-            folded = [fold(g) for g in group_by]
-            if fold(str(node.name)) not in folded:
-                raise QueryError(
-                    f"the column {node.name}{loc.where(node.name)} is neither aggregated nor in "
-                    "GROUP BY; row-level output is not supported"
-                )
-            # the answer's column is named as SELECT spells it (GROUP BY sex, SELECT SEX)
-            group_by[folded.index(fold(str(node.name)))] = str(node.name)
-            continue
-        text = texts[i] if i < len(texts) and texts[i] else node.sql(DIALECT)
-        name = str(alias) if alias else text.strip()
-        aggregates.append(_aggregate(node, name, loc, text.strip()))
-    if not aggregates:
-        raise QueryError("the query has no aggregate; row-level output is not supported")
-    names = [a.name for a in aggregates]
-    if len(set(names)) != len(names):
-        raise QueryError(f"two aggregates share a name: {names}; give them aliases")
-    for name in names:
-        if name in group_by:  # the answer's column of that name holds the group keys
-            raise QueryError(
-                f"the alias {name!r} is the name of a GROUP BY column; give another alias"
-            )
-    return Plan(sql, table, where_sql, where_cols, tuple(group_by), tuple(aggregates))
+    aggregates, outputs = select_list(tree, loc, group_by, _aggregate)
+    return Plan(sql, table, where_sql, where_cols, tuple(group_by), tuple(aggregates), outputs)
