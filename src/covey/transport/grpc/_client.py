@@ -256,6 +256,8 @@ class _Session:
                 return Download(header, size, self.buffers)
             else:
                 self.tasks.put((self.cid, header, None, True))
+        elif body == "heartbeat" and message.heartbeat.HasField("refusal"):
+            self.shared.told.heard(message.heartbeat.refusal)  # this site's reply refused
         elif body == "goodbye" and not self.refused:  # else this client's refusal is the end
             raise _Goodbye(_wire.clipped_error(message.goodbye.reason, 1000))  # a peer's text
         return None

@@ -30,7 +30,7 @@ class TaskStream:
     heartbeat: float
 
     def _send(self, conn: Connection) -> Generator[bytes, None, bool]:
-        """The response stream: heartbeats, goodbyes, task headers and their chunk frames.
+        """The response stream: heartbeats, refusals, goodbyes, task headers and their chunk frames.
 
         Only this generator writes to the stream, so a task's chunk frames are never
         interleaved with anything else. Returns whether it ended after a goodbye.
@@ -50,6 +50,9 @@ class TaskStream:
             if item[0] == "goodbye":
                 yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason=item[1])))
                 goodbye = True
+                continue
+            if item[0] == "told":  # a refusal of its reply (see _told), a frame made already
+                yield item[1]
                 continue
             if not (yield from self._task(conn, *item[1:])):
                 return False

@@ -28,6 +28,7 @@ from covey.transport.grpc._listen import ListenError
 from covey.transport.grpc._registry import CLOSE, FREED, NO_MODEL, Registry, ReplyLimits, Sink
 from covey.transport.grpc._service import SILENCE, FederationService, ServerTLS, start_server
 from covey.transport.grpc._stream import MAX_INFLIGHT_BYTES
+from covey.transport.grpc._told import refusal_frame
 from covey.transport.grpc._wirecheck import reply_limit
 
 __all__ = ["DataPortError", "GrpcServerTransport", "ServerTLS"]
@@ -255,6 +256,26 @@ class GrpcServerTransport:
         a run take such a task's bytes back (see :class:`~covey.compress.CompressedTransport`).
         """
         return cid not in self._unreached
+
+    def refused(
+        self, cid: int, rnd: int, reason: str, *, stage: str = "fit", unit: str = ""
+    ) -> None:
+        """Tell client ``cid`` that its reply of round ``rnd`` was refused, and why (see ``_told``).
+
+        Sent after what its stream had queued before, on its connection of now; a
+        client not connected is told nothing (its refusal is in the server's log).
+
+        Args:
+            cid: The client.
+            rnd: The round (``unit``: the update) of the task its refused reply answered.
+            reason: Why, without the client's name (cut to ``REFUSAL_CHARS`` characters).
+            stage: What was refused: ``"fit"`` (an update) or ``"evaluate"``.
+            unit: What ``rnd`` counts: ``"update"``, or empty for rounds.
+        """
+        with self._lock:
+            conn = self._fleet.get(cid)
+        if conn is not None and conn.alive:
+            conn.outbound.put(("told", refusal_frame(rnd, reason, stage, unit)))
 
     def _send(self, cid: int, task: Task, blob: _codec.Encoded | None, sink: Sink) -> str:
         """Send ``task`` to client ``cid``, its reply to go to ``sink``.

@@ -22,6 +22,7 @@ from typing import Any
 from covey.transport.grpc._frames import reply_frames
 from covey.transport.grpc._refusal import RetryBudget
 from covey.transport.grpc._tasks import ConnectResult, perform_task
+from covey.transport.grpc._told import Told
 
 __all__ = [
     "TASK_WAIT",
@@ -53,6 +54,7 @@ class Shared:
         self._current = 0
         self._lane = threading.Lock()  # held by the thread running a task on the client
         self.running = ""  # which task runs, and on which thread ("" when none)
+        self.told = Told()  # the rounds it replied in, for the server's refusals of them
 
     def begin(self) -> int:
         """A new session's token; the sessions before it are abandoned."""
@@ -136,6 +138,8 @@ def _perform(session: Any, task: str, cid: int, header: Any, buffer: Any, intact
             header.task_id, reply, session.lanes.up, sent, header.reply_bytes, task
         )
         session.outbound.put(frames)
+        if reply.ok:  # the server may refuse it: it then says so, naming its round
+            session.shared.told.replied(header.unit, header.round)
 
 
 def wait_for_task_thread(

@@ -85,10 +85,24 @@ class ReplyHeader(_message.Message):
     def __init__(self, task_id: _Optional[int] = ..., kind: _Optional[str] = ..., error: _Optional[str] = ..., result: _Optional[bytes] = ..., weights_size: _Optional[int] = ..., extras_size: _Optional[int] = ..., data_lane: _Optional[bool] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("data_ready",)
+    __slots__ = ("data_ready", "refusal")
     DATA_READY_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
     data_ready: bool
-    def __init__(self, data_ready: _Optional[bool] = ...) -> None: ...
+    refusal: Refusal
+    def __init__(self, data_ready: _Optional[bool] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ...) -> None: ...
+
+class Refusal(_message.Message):
+    __slots__ = ("round", "unit", "stage", "reason")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    unit: str
+    stage: str
+    reason: str
+    def __init__(self, round: _Optional[int] = ..., unit: _Optional[str] = ..., stage: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Goodbye(_message.Message):
     __slots__ = ("reason",)
