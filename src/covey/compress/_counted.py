@@ -64,8 +64,9 @@ class CountedAsyncTransport(CountingWrapper):
         self.seed = seed
         self.run = run
         self._carried = None if scheme is None else _scheme_value(scheme)
-        # The layout of the model each client's compressed task carried, until it replies.
-        self._specs: dict[int, WeightsSpec] = {}
+        # The layout of the model each client's compressed task carried and the task's
+        # update, until it replies.
+        self._specs: dict[int, tuple[WeightsSpec, int]] = {}
         self._spec: WeightsSpec | None = None
         # The bytes of each client's latest task, taken back if it never reached the client.
         self._sent: dict[int, int] = {}
@@ -81,7 +82,7 @@ class CountedAsyncTransport(CountingWrapper):
             name = getattr(self.inner, "client_name", None)  # a deployed client's, in its errors
             who = name(cid) if name is not None else None
             sent = compressed_task(task, self._carried, self.seed, cid, self.run, who)
-            self._specs[cid] = spec
+            self._specs[cid] = (spec, task.round)
         self.inner.submit(cid, sent, timeout=timeout)
         size = self._sent[cid] = _task_nbytes(task)
         self.bytes_sent += size
@@ -97,7 +98,11 @@ class CountedAsyncTransport(CountingWrapper):
             self.bytes_sent -= size  # held back while the client was busy, never sent
         if reply.kind == KIND:
             self.bytes_received += plain_nbytes(reply.result)
-            return decode_reply(reply, self.scheme, self._specs.pop(reply.cid, None))
+            spec, rnd = self._specs.pop(reply.cid, (None, 0))
+            decoded = decode_reply(reply, self.scheme, spec)
+            if decoded.error is not None and reply.error is None and spec is not None:
+                self.refused(reply.cid, rnd, decoded.error, unit="update")  # its site is told
+            return decoded
         if reply.error is None and reply.result is not None:
             self.bytes_received += _result_nbytes(reply.result)
         return reply

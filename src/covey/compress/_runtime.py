@@ -273,6 +273,14 @@ class CountingWrapper:
         joins: Callable[[int], int] | None = getattr(self.inner, "joins", None)
         return joins
 
+    def refused(
+        self, cid: int, rnd: int, reason: str, *, stage: str = "fit", unit: str = ""
+    ) -> None:
+        """Tell client ``cid`` its reply of round ``rnd`` was refused, where the inner one can."""
+        tell = getattr(self.inner, "refused", None)
+        if tell is not None:  # a network's: a simulated client has no operator to tell
+            tell(cid, rnd, reason, stage=stage, unit=unit)
+
     def take_counts(self) -> tuple[int, int]:
         """``(bytes sent, bytes received)`` since the last call, and reset them."""
         counts = (self.bytes_sent, self.bytes_received)
@@ -476,7 +484,10 @@ class CompressedTransport(CountingWrapper):
                 self._count(reply.cid, None, plain_nbytes(reply.result))
                 sent = tasks.get(reply.cid)
                 spec = None if sent is None or sent.kind != "fit" else specs.get(id(sent.weights))
-                yield decode_reply(reply, self.scheme, spec)
+                decoded = decode_reply(reply, self.scheme, spec)
+                if decoded.error is not None and reply.error is None and sent is not None:
+                    self.refused(reply.cid, sent.round, decoded.error)  # its site is told
+                yield decoded
             else:
                 self._count(reply.cid, None, _result_nbytes(reply.result))
                 yield reply

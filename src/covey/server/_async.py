@@ -252,8 +252,9 @@ class AsyncLoop(_LoopBase):
                 self._took_properties(reply, flight, rnd)
                 continue
             tau = self._models - flight.version  # an update that failed made no new model
+            self._answering = (reply.cid, flight.round)  # a refusal names the task's update
             contribution = self._contribution(reply, record, staleness=tau, sent=flight.weights)
-            contribution = metrics.admit(contribution, self._record_failure, record.fit_failures)
+            contribution = metrics.admit(contribution, self._refuser(record), record.fit_failures)
             too_stale = strategy.max_staleness is not None and tau > strategy.max_staleness
             if contribution is not None and not too_stale:
                 state, folded = self._fold_or_stop(state, contribution, record)

@@ -31,6 +31,7 @@ from covey.server._callbacks import checked_callbacks as checked_callbacks
 from covey.server._callbacks import round_callback as round_callback
 from covey.server._central import central_evaluation
 from covey.server._saver import SaveError
+from covey.server._told import tell_refused, unnamed
 from covey.strategies._fold import contribution, dropped_why, find_aggregate
 from covey.strategies._strategy import Strategy
 
@@ -145,6 +146,9 @@ class _LoopBase:
         """Each client's chosen name by id, kept up to date by a deployed server."""
         self.last_round: int | None = None
         """The run's last round (or update), which is evaluated whatever ``evaluate_every``."""
+        # (client, round) of the task whose reply is being taken, when that round is not
+        # its record's (an asynchronous run's stale reply): its refusal names it.
+        self._answering: tuple[int, int] | None = None
 
     def who(self, cid: int) -> str:
         """Client ``cid`` as people call it in logs and errors: its name, else ``client <cid>``."""
@@ -314,9 +318,10 @@ class _LoopBase:
             return None
         result = reply.result
         if not isinstance(result, FitResult):
-            self._record_failure(
+            self._refuse(
                 record.fit_failures,
                 Failure(cid, "fit", f"reply is {type(result).__name__}, expected FitResult"),
+                record,
             )
             return None
         try:
@@ -324,7 +329,9 @@ class _LoopBase:
             who = self.client_names.get(cid) or self.history.clients.get(cid)
             return contribution(cid, result, self.spec, staleness=staleness, sent=sent, who=who)
         except WeightsError as exc:
-            self._record_failure(record.fit_failures, Failure(cid, "fit", str(exc)))
+            said = str(exc)  # the client is told it without its name
+            told = unnamed(said, who or f"client {cid}")
+            self._refuse(record.fit_failures, Failure(cid, "fit", said), record, told)
             return None
 
     def _fold_or_stop(
@@ -361,7 +368,7 @@ class _LoopBase:
             state, out = self.strategy.aggregator.feed(state, contribution)
         except AggregationError as exc:
             why = f"refused by the aggregation step: {exc}"
-            self._record_failure(record.fit_failures, Failure(contribution.cid, "fit", why))
+            self._refuse(record.fit_failures, Failure(contribution.cid, "fit", why), record)
             return state, False
         finally:  # _add_seconds without its frame: this runs once per client
             durations = record.durations
@@ -369,7 +376,7 @@ class _LoopBase:
         left = dropped_why(out, contribution.cid) if out else None
         if left is not None:  # a step left it out (SCAFFOLD without its extra): no participant
             why = f"left out by the aggregation: {left}"
-            self._record_failure(record.fit_failures, Failure(contribution.cid, "fit", why))
+            self._refuse(record.fit_failures, Failure(contribution.cid, "fit", why), record)
             return state, False
         return state, True
 
@@ -392,6 +399,27 @@ class _LoopBase:
                 failure.stage,
                 printable(failure.error),
             )
+
+    def _refuse(
+        self,
+        failures: list[Failure],
+        failure: Failure,
+        record: RoundRecord,
+        told: str | None = None,
+    ) -> None:
+        """Record a reply this server refused as its client's failure, and tell the client.
+
+        ``told`` is the reason as the client reads it (default: ``failure.error``).
+        """
+        self._record_failure(failures, failure)
+        rnd = record.round
+        if self._answering is not None and self._answering[0] == failure.cid:
+            rnd = self._answering[1]
+        tell_refused(getattr(self, "transport", None), failure, rnd, self._step, told)
+
+    def _refuser(self, record: RoundRecord) -> Callable[[list[Failure], Failure], None]:
+        """:meth:`_refuse` for the replies of ``record``'s round, for ``RoundMetrics.admit``."""
+        return lambda failures, failure: self._refuse(failures, failure, record)
 
     def _apply(self, state: Any, rnd: int, record: RoundRecord) -> None:
         """End the aggregation chain for ``rnd`` and apply its aggregate; time it."""

@@ -301,7 +301,7 @@ class RoundLoop(_LoopBase):
         A step that fails on the update stops the run (:class:`FederationError`).
         """
         contribution = self._contribution(reply, record)
-        contribution = metrics.admit(contribution, self._record_failure, record.fit_failures)
+        contribution = metrics.admit(contribution, self._refuser(record), record.fit_failures)
         if contribution is None:
             reply.release()
             return state
@@ -446,7 +446,7 @@ class RoundLoop(_LoopBase):
                     record.evaluate_failures, Failure(reply.cid, "evaluate", _first_line(err), err)
                 )
             elif (why := _unusable(res) or results.refusal(res.metrics)) is not None:
-                self._record_failure(record.evaluate_failures, Failure(reply.cid, "evaluate", why))
+                self._refuse(record.evaluate_failures, Failure(reply.cid, "evaluate", why), record)
             else:
                 record.evaluate_participants.append(reply.cid)
                 record.evaluate_examples += res.num_examples
