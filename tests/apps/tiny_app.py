@@ -13,15 +13,21 @@ from covey.deploy import ServerApp
 
 
 class TinyClient(covey.Client):
-    """Adds one to every weight (after ``COVEY_TINY_DELAY`` seconds)."""
+    """Adds one to every weight (after ``COVEY_TINY_DELAY`` seconds), or sends nine, ``wrong``."""
+
+    def __init__(self, wrong: bool = False) -> None:
+        self.wrong = wrong
 
     def fit(self, weights: Any, config: Any) -> covey.FitResult:
         time.sleep(float(os.environ.get("COVEY_TINY_DELAY", "0")))
+        if self.wrong:  # the server refuses it: the model has eight
+            return covey.FitResult(weights={"w": np.zeros(9)}, num_examples=1)
         return covey.FitResult(weights={k: v + 1 for k, v in weights.items()}, num_examples=1)
 
 
 def client_fn(cid: int) -> TinyClient:
-    return TinyClient()
+    """Client ``cid``; the one ``COVEY_TINY_WRONG`` names sends weights of the wrong shape."""
+    return TinyClient(wrong=str(cid) == os.environ.get("COVEY_TINY_WRONG"))
 
 
 def initial() -> dict[str, Any]:
