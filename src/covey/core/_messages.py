@@ -19,7 +19,7 @@ import numpy as np
 from covey.core._metricvalues import FLOAT_MAX, item_of, own_metrics, too_large
 from covey.core._metricvalues import MAX_METRICS as MAX_METRICS
 from covey.core._signature import InitSignature
-from covey.core._weights import Weights, unnamed_hint
+from covey.core._weights import Weights, flower_hint, unnamed_hint
 
 Scalar = bool | int | float | str | bytes
 _R = TypeVar("_R")
@@ -278,11 +278,10 @@ def _arrays(weights: object, what: str) -> Weights:
         if isinstance(value, np.generic):
             convert = True
             continue
-        hint = (
-            " (convert tensors with .detach().cpu().numpy())"
-            if hasattr(value, "detach")
-            else " (wrap it with np.asarray)"
-        )
+        if hasattr(value, "detach"):
+            hint = " (convert tensors with .detach().cpu().numpy())"
+        else:
+            hint = flower_hint(value) or " (wrap it with np.asarray)"
         raise TypeError(f"{what}[{name!r}] is {type(value).__name__}, expected a NumPy array{hint}")
     if not convert:
         return weights

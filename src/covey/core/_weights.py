@@ -35,6 +35,8 @@ def unnamed_hint(weights: object) -> str:
             ": a safetensors.safe_open handle reads the file, it is not its arrays; read "
             "them with safetensors.numpy.load_file(path)"
         )
+    if _made_by(weights, "flwr"):
+        return flower_hint(weights)
     if _made_by(weights, "torch"):
         return ": give the model's weights, covey.torch.to_weights(model, copy=True)"
     if _made_by(weights, "sklearn"):
@@ -75,10 +77,35 @@ def made(initial_weights: Weights | Callable[[], Weights] | None) -> Weights | N
     return given  # type: ignore[no-any-return]
 
 
-def tensor_hint(value: object) -> str:
-    """For a torch tensor where a NumPy array belongs, how to convert a state_dict."""
-    if type(value).__module__.split(".")[0] != "torch":
+def flower_hint(value: object) -> str:
+    """For Flower's ``Parameters``, ``ArrayRecord`` or ``Array`` where NumPy arrays belong.
+
+    Says how to get the arrays out of it; "" for anything that is not Flower's.
+    """
+    if not _made_by(value, "flwr"):
         return ""
+    if hasattr(value, "tensors") and hasattr(value, "tensor_type"):
+        return (
+            ": Flower's Parameters hold serialized bytes; covey takes named NumPy arrays, "
+            "e.g. dict(zip(names, flwr.common.parameters_to_ndarrays(parameters)))"
+        )
+    if callable(getattr(value, "to_numpy_ndarrays", None)) or callable(
+        getattr(value, "numpy", None)
+    ):
+        return (
+            ": Flower's Array holds serialized bytes and its .numpy() is the NumPy array; "
+            "an ArrayRecord's arrays are {name: a.numpy() for name, a in record.items()}"
+        )
+    return ""
+
+
+def tensor_hint(value: object) -> str:
+    """For a torch tensor where a NumPy array belongs, how to convert a state_dict.
+
+    Flower's ``Array`` is told how to read its array (:func:`flower_hint`).
+    """
+    if type(value).__module__.split(".")[0] != "torch":
+        return flower_hint(value)
     return (
         ": convert a torch state_dict (from torch.load or safetensors.torch.load_file) "
         "with covey.torch.to_weights(state_dict, copy=True)"
