@@ -80,3 +80,72 @@ def test_the_hinted_conversion_of_an_array_record_is_taken() -> None:
     taken = FitResult(weights=weights, num_examples=1).weights
     assert taken is not None
     assert taken["w"].tolist() == [1.0, 1.0, 1.0]
+
+
+class Returns(covey.Client):
+    """Returns ``value`` from fit and evaluate alike."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> Any:
+        return self.value(weights)
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> Any:
+        return self.value(weights)
+
+
+@pytest.mark.parametrize(
+    ("value", "instead"),
+    [
+        (lambda w: {"weights": dict(w), "num_examples": 3}, "rather than a dict"),
+        (lambda w: None, "returned nothing: is its return statement missing?"),
+        (lambda w: [dict(w), 3], ""),
+    ],
+    ids=["dict", "none", "list"],
+)
+def test_fit_returning_no_fit_result_is_told_what_to_return(value: Any, instead: str) -> None:
+    with pytest.raises(covey.FederationError) as info:
+        covey.simulate(
+            lambda cid: Returns(value),
+            2,
+            1,
+            covey.FedAvg(fraction_evaluate=0.0, accept_failures=False),
+            {"w": np.zeros(2)},
+        )
+    errors = [f.error for r in info.value.history.rounds for f in r.fit_failures]
+    assert errors
+    for error in errors:
+        assert "return covey.FitResult(weights={name: array}, num_examples=n" in error, error
+        assert instead in error, error
+
+
+def test_evaluate_returning_a_dict_is_told_to_return_an_evaluate_result() -> None:
+    class FitsWell(Returns):
+        def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+            return FitResult(weights=dict(weights), num_examples=1)
+
+    result = covey.simulate(
+        lambda cid: FitsWell(lambda w: {"loss": 0.5, "num_examples": 3}),
+        2,
+        1,
+        covey.FedAvg(min_evaluate_clients=0),
+        {"w": np.zeros(2)},
+    )
+    failures = result.history.rounds[1].evaluate_failures
+    assert len(failures) == 2
+    for failure in failures:
+        assert "return covey.EvaluateResult(loss=loss, num_examples=n" in failure.error
+        assert "rather than a dict" in failure.error
+
+
+def test_a_fitting_client_is_unchanged() -> None:
+    class Fine(covey.Client):
+        def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+            return FitResult(weights={"w": weights["w"] + 1}, num_examples=1)
+
+        def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+            return EvaluateResult(loss=0.0, num_examples=1)
+
+    result = covey.simulate(lambda cid: Fine(), 2, 1, covey.FedAvg(), {"w": np.zeros(2)})
+    assert result.weights["w"].tolist() == [1.0, 1.0]

@@ -20,10 +20,10 @@ from covey.clients._current import TASK as _TASK
 from covey.clients._current import within
 from covey.clients._hints import hint
 from covey.clients._mistakes import (
-    TUPLE_EVALUATE,
     ResultRefused,
     check_signature,
     not_a_fit_result,
+    not_a_result,
 )
 from covey.core._interrupt import as_interrupt, interrupt_in
 from covey.core._messages import Config, EvaluateResult, FitResult, Reply, Task
@@ -174,10 +174,7 @@ def _evaluate(client: Any, task: Task) -> EvaluateResult:
         check_signature(client, "evaluate", exc)
         raise
     if not isinstance(result, EvaluateResult):
-        raise TypeError(
-            f"{type(client).__name__}.evaluate() returned {type(result).__name__}, "
-            "expected covey.EvaluateResult" + (TUPLE_EVALUATE if isinstance(result, tuple) else "")
-        )
+        raise not_a_result(client, "evaluate", result)
     return result
 
 

@@ -7,19 +7,45 @@ the same message whether its update travels plain, compressed or masked.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 from covey.core._messages import Config, FitResult
 from covey.core._weights import Weights
 
-TUPLE_FIT = (
-    ": return covey.FitResult(weights={name: array}, num_examples=n, metrics={...}) "
-    "rather than a (parameters, num_examples, metrics) tuple"
-)
-TUPLE_EVALUATE = (
-    ": return covey.EvaluateResult(loss=loss, num_examples=n, metrics={...}) "
-    "rather than a (loss, num_examples, metrics) tuple"
-)
+_RECORDS = {
+    "fit": (
+        "FitResult",
+        "weights={name: array}, num_examples=n, metrics={...}",
+        "(parameters, num_examples, metrics)",
+    ),
+    "evaluate": (
+        "EvaluateResult",
+        "loss=loss, num_examples=n, metrics={...}",
+        "(loss, num_examples, metrics)",
+    ),
+}
+
+
+def not_a_result(client: Any, method: str, result: object) -> TypeError:
+    """The error for a ``fit`` or ``evaluate`` that returned ``result``, not covey's record.
+
+    It says what to return instead: Flower's tuple, a dict of the record's
+    entries and a missing ``return`` (None) are each named as such.
+    """
+    record, fields, flower = _RECORDS[method]
+    if isinstance(result, tuple):
+        instead = f" rather than a {flower} tuple"
+    elif isinstance(result, Mapping):
+        instead = " rather than a dict"
+    elif result is None:
+        instead = f" (the {method} method returned nothing: is its return statement missing?)"
+    else:
+        instead = ""
+    return TypeError(
+        f"{type(client).__name__}.{method}() returned {type(result).__name__}, expected "
+        f"covey.{record}: return covey.{record}({fields}){instead}"
+    )
 
 
 class ResultRefused(Exception):
@@ -56,10 +82,7 @@ def check_signature(client: Any, method: str, exc: TypeError) -> None:
 
 def not_a_fit_result(client: Any, result: object) -> TypeError:
     """The error for a ``fit`` that returned ``result``, no :class:`~covey.FitResult`."""
-    return TypeError(
-        f"{type(client).__name__}.fit() returned {type(result).__name__}, "
-        "expected covey.FitResult" + (TUPLE_FIT if isinstance(result, tuple) else "")
-    )
+    return not_a_result(client, "fit", result)
 
 
 def call_fit(client: Any, weights: Weights, config: Config) -> FitResult:
