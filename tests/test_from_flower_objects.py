@@ -149,3 +149,19 @@ def test_a_fitting_client_is_unchanged() -> None:
 
     result = covey.simulate(lambda cid: Fine(), 2, 1, covey.FedAvg(), {"w": np.zeros(2)})
     assert result.weights["w"].tolist() == [1.0, 1.0]
+
+
+def test_flower_s_evaluate_only_sampling_is_told_covey_s_way() -> None:
+    with pytest.raises(ValueError, match="would train no client") as info:
+        covey.FedAvg(fraction_fit=0.0, min_fit_clients=0)
+    assert "simulate(evaluate_fn=..., rounds=0)" in str(info.value)
+    # ... and that way works: the given model is judged at round 0, nothing trains.
+    result = covey.simulate(
+        lambda cid: covey.Client(),
+        2,
+        0,
+        covey.FedAvg(),
+        {"w": np.zeros(2)},
+        evaluate_fn=lambda rnd, w: (0.25, {}),
+    )
+    assert result.history.metric("loss") == [(0, 0.25)]

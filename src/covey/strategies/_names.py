@@ -18,6 +18,13 @@ from typing import Any, ParamSpec, TypeVar
 P = ParamSpec("P")
 R = TypeVar("R")
 
+#: Why ``fraction_fit=0`` with ``min_fit_clients=0`` is refused, and covey's evaluate-only way.
+TRAINS_NO_CLIENT = (
+    "fraction_fit=0 and min_fit_clients=0 would train no client: covey has no evaluate-only "
+    "run (Flower's fraction_fit=0.0 with min_fit_clients=0); to judge a given model, evaluate "
+    "it on the server with simulate(evaluate_fn=..., rounds=0)"
+)
+
 #: Flower's strategy options (its legacy and its message API) and covey's counterparts.
 FLOWER_OPTIONS = {
     "on_fit_config_fn": "on_fit_config",

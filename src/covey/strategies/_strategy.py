@@ -46,7 +46,7 @@ from covey.strategies._clients import (
 from covey.strategies._fitround import FitRound, takes_configs
 from covey.strategies._fold import fold
 from covey.strategies._metrics import MetricsFn, weighted_metrics
-from covey.strategies._names import refuse_flower_methods, unknown_options
+from covey.strategies._names import TRAINS_NO_CLIENT, refuse_flower_methods, unknown_options
 from covey.strategies._numbers import check_numbers
 from covey.strategies._subclass import parameters, subclass_options
 
@@ -166,7 +166,7 @@ class Strategy:
         self._check_functions()
         chooses = self.selector is not None and self.buffer_size is None  # picks its own
         if self.fraction_fit == 0.0 and self.min_fit_clients == 0 and not chooses:
-            raise ValueError("fraction_fit=0 and min_fit_clients=0 would train no client")
+            raise ValueError(TRAINS_NO_CLIENT)
         if not isinstance(self.aggregator, Step):
             raise TypeError(
                 f"aggregator must be a covey.aggregate.Step, got {type(self.aggregator).__name__}"
