@@ -139,18 +139,6 @@ def test_evaluate_returning_a_dict_is_told_to_return_an_evaluate_result() -> Non
         assert "rather than a dict" in failure.error
 
 
-def test_a_fitting_client_is_unchanged() -> None:
-    class Fine(covey.Client):
-        def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
-            return FitResult(weights={"w": weights["w"] + 1}, num_examples=1)
-
-        def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
-            return EvaluateResult(loss=0.0, num_examples=1)
-
-    result = covey.simulate(lambda cid: Fine(), 2, 1, covey.FedAvg(), {"w": np.zeros(2)})
-    assert result.weights["w"].tolist() == [1.0, 1.0]
-
-
 def test_flower_s_evaluate_only_sampling_is_told_covey_s_way() -> None:
     with pytest.raises(ValueError, match="would train no client") as info:
         covey.FedAvg(fraction_fit=0.0, min_fit_clients=0)
@@ -165,3 +153,36 @@ def test_flower_s_evaluate_only_sampling_is_told_covey_s_way() -> None:
         evaluate_fn=lambda rnd, w: (0.25, {}),
     )
     assert result.history.metric("loss") == [(0, 0.25)]
+
+
+def test_a_fitting_client_is_unchanged() -> None:
+    class Fine(covey.Client):
+        def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+            return FitResult(weights={"w": weights["w"] + 1}, num_examples=1)
+
+        def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+            return EvaluateResult(loss=0.0, num_examples=1)
+
+    result = covey.simulate(lambda cid: Fine(), 2, 1, covey.FedAvg(), {"w": np.zeros(2)})
+    assert result.weights["w"].tolist() == [1.0, 1.0]
+
+
+class Decaying(covey.Strategy):
+    """A Flower user's strategy class, to be passed uncalled."""
+
+    def fit_config(self, round: int) -> dict[str, Any]:
+        return {"lr": 0.1 / round}
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        (covey.Strategy, "not the class Strategy itself: call it, covey.Strategy(...)"),
+        (Decaying, "not the class Decaying itself: call it, Decaying(...)"),
+    ],
+    ids=["Strategy", "subclass"],
+)
+def test_a_strategy_class_given_uncalled_is_told_to_call_it(given: Any, said: str) -> None:
+    with pytest.raises(TypeError, match=r"strategy must be a covey\.Strategy") as info:
+        covey.simulate(lambda cid: covey.Client(), 2, 1, given, {"w": np.zeros(2)})
+    assert said in str(info.value)

@@ -310,6 +310,9 @@ def a_strategy(value: Any) -> Any:
         preset = by_case[close[0]] if close else "FedAvg"
         raise TypeError(f"{start}, not the string {value!r}: pass covey.{preset}()")
     name = getattr(value, "__name__", None)
-    if callable(value) and name in (*presets, "Strategy"):
+    if isinstance(value, type) and issubclass(value, Strategy):  # Strategy, or a subclass
+        where = "covey." if value is Strategy else ""
+        raise TypeError(f"{start}, not the class {name} itself: call it, {where}{name}(...)")
+    if callable(value) and name in presets:
         raise TypeError(f"{start}, not the function {name} itself: call it, covey.{name}()")
     raise TypeError(f"{start} (e.g. covey.FedAvg()), got {type(value).__name__}")
