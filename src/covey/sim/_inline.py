@@ -105,8 +105,10 @@ def lent_weights_changed(tasks: Mapping[int, Task], consequence: str) -> str:
         f"round {first.round}: the global weights changed in place while clients {who} ran "
         f"their {first.kind} task. A client wrote into the read-only arrays it was given "
         "through a library that ignores NumPy's read-only flag (torch.from_numpy, ctypes, "
-        f"a compiled extension), so later clients trained from a changed model; {consequence}. "
+        "a compiled extension such as scikit-learn's SGD estimators, which train their coef_ "
+        f"in place), so later clients trained from a changed model; {consequence}. "
         "Copy before writing: torch.tensor(array) rather than torch.from_numpy(array), "
+        "model.coef_ = weights['coef'].copy() (or covey.sklearn.set_params), "
         "or array.copy()" + (_INITIAL_VIEWS if first.round == 1 else "")
     )
 

@@ -50,8 +50,9 @@ logger = logging.getLogger("covey")
 _SEGFAULT_HINT = (
     ": a segmentation fault (in the client's code or a library it called). One common "
     "cause: a write into the read-only global weights, which the worker maps read-only "
-    "while torch.from_numpy, ctypes or a compiled extension ignore NumPy's read-only flag; "
-    "copy before writing (torch.tensor(array), array.copy())"
+    "while torch.from_numpy, ctypes or a compiled extension (scikit-learn's SGD estimators "
+    "train their coef_ in place) ignore NumPy's read-only flag; copy before writing "
+    "(torch.tensor(array), model.coef_ = weights['coef'].copy(), array.copy())"
 )
 
 
