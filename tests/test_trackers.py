@@ -196,6 +196,52 @@ def test_mlflow_run_resumes_with_a_param_mlflow_cut_to_its_limit(tmp_path: Path)
         MLflowLogger(store, experiment="e", run_id=first.run_id, params=changed)
 
 
+def test_a_resumed_mlflow_run_logs_no_point_it_already_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A resumed run calls its callbacks again with the round whose callbacks had not
+    # all returned: MLflow kept both points of that round (TensorBoard shows one).
+    pytest.importorskip("mlflow", reason="the mlflow extra is needed")
+    from mlflow.tracking import MlflowClient
+
+    from covey.trackers import MLflowLogger
+
+    store = tmp_path / "mlruns"
+    nan = float("nan")
+    with MLflowLogger(store) as first:
+        first(RoundRecord(round=1, central_loss=0.5))
+        first(RoundRecord(round=2, central_loss=0.25, central_metrics={"acc": nan, "f1": 0.5}))
+    client = MlflowClient(tracking_uri=store.resolve().as_uri())
+    reads: list[str] = []
+    history = MlflowClient.get_metric_history
+
+    def counted(self: Any, run_id: str, key: str) -> Any:
+        reads.append(key)
+        return history(self, run_id, key)
+
+    monkeypatch.setattr(MlflowClient, "get_metric_history", counted)
+    with MLflowLogger(store, run_id=first.run_id) as again:
+        again(RoundRecord(round=2, central_loss=0.25, central_metrics={"acc": nan, "f1": 0.5}))
+        again(RoundRecord(round=3, central_loss=0.125, central_metrics={"acc": 0.75}))
+        again(RoundRecord(round=3, central_loss=0.1))  # round 3 run again: its new value
+    assert len(reads) == len(set(reads))  # each metric's history is read once
+    assert {"central/acc", "central/f1", "central/loss"} <= set(reads)
+    monkeypatch.undo()
+
+    def points(tag: str) -> list[tuple[int, float]]:
+        return sorted((m.step, m.value) for m in client.get_metric_history(first.run_id, tag))
+
+    assert points("central/loss") == [(1, 0.5), (2, 0.25), (3, 0.1), (3, 0.125)]
+    assert points("central/f1") == [(2, 0.5)]
+    acc = points("central/acc")
+    assert [step for step, _ in acc] == [2, 3]
+    assert np.isnan(acc[0][1])
+    # A round of the stopped run run again with other values is logged: MLflow shows it.
+    with MLflowLogger(store, run_id=first.run_id) as third:
+        third(RoundRecord(round=1, central_loss=0.4))
+    assert points("central/loss")[:2] == [(1, 0.4), (1, 0.5)]
+
+
 def test_mlflow_run_marked_failed_when_the_federation_fails(tmp_path: Path) -> None:
     pytest.importorskip("mlflow", reason="the mlflow extra is needed")
     from mlflow.tracking import MlflowClient

@@ -94,6 +94,33 @@ def test_covey_run_logs_each_round_and_a_resume_goes_on_in_the_same_trackers(
 
 
 @pytest.mark.slow
+def test_a_round_called_again_on_resume_is_logged_once_to_mlflow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from covey.server._runrecords import PENDING_KEY
+
+    assert _cli("new", "demo", cwd=tmp_path).returncode == 0
+    root = tmp_path / "demo"
+    trackers = ("--mlflow", "file:./mlruns", "--tensorboard", "tb")
+    out = _cli("run", "--set", "rounds=2", *trackers, cwd=root)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (run_dir,) = (root / "runs").iterdir()
+    # As a run killed after its trackers logged round 2 but before its callbacks all
+    # returned: the resumed run calls them again with round 2's saved record.
+    with sqlite3.connect(run_dir / "run.sqlite") as conn:
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, '2')", (PENDING_KEY,))
+    conn.close()
+    out = _cli("run", "--resume", str(run_dir), "--set", "rounds=3", *trackers, cwd=root)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert _steps(root / "tb", "clients/fit") == [1, 2, 3]
+    ((client, run),) = _mlflow_runs(root / "mlruns", "demo", monkeypatch)
+    assert _mlflow_steps(client, run, "clients/fit") == [1, 2, 3]  # round 2 once
+    assert _mlflow_steps(client, run, "central/loss") == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_covey_server_logs_each_round_of_two_clients(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

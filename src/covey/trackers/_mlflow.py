@@ -198,7 +198,10 @@ class MLflowLogger:
         run_id: Continue this MLflow run instead of starting one, e.g. when a
             deployed run is resumed (``serve(..., resume=True)``): the rounds
             after the checkpoint are logged to the same run. Its params stay;
-            ``params`` adds new ones and must not change a logged value.
+            ``params`` adds new ones and must not change a logged value. A point
+            the run already holds (a metric's value at a round) is not logged
+            again (a resumed run calls its callbacks again with the round whose
+            callbacks had not all returned); a round run again with other values is.
 
     Raises:
         ValueError: MLflow cannot use ``store`` (e.g. a database URI without the
@@ -237,6 +240,7 @@ class MLflowLogger:
         given = {str(k): str(v) for k, v in (params or {}).items()}
         names = mlflow_names(given, group=False)
         self._held: set[str] = set()
+        self._before: dict[str, dict[int, list[float]]] = {}  # the held points, read once
         wanted = {names[k]: v for k, v in given.items()}
         if run_id is None:
             self.run_id: str = self.client.create_run(experiment_id, run_name=run_name).info.run_id
@@ -331,7 +335,11 @@ class MLflowLogger:
         stamp = int(time.time() * 1000)
         scalars = round_scalars(record, nonfinite=True)
         names = self._names_of(scalars)
-        metrics = [Metric(names[tag], value, stamp, record.round) for tag, value in scalars.items()]
+        metrics = [
+            Metric(names[tag], value, stamp, record.round)
+            for tag, value in scalars.items()
+            if not self._logged_before(names[tag], record.round, value)
+        ]
         if not metrics:
             return
         try:
@@ -344,6 +352,23 @@ class MLflowLogger:
             for tag, value in scalars.items():
                 if not math.isfinite(value):
                     self._warn_nonfinite(tag, value, record.round)
+
+    def _logged_before(self, name: str, step: int, value: float) -> bool:
+        """Whether the continued run (``run_id``) holds ``value`` for ``name`` at ``step``.
+
+        A resumed run calls its callbacks again with the saved round whose callbacks
+        had not all returned when it stopped: a point MLflow already holds is not
+        logged twice. A round run again (its values differ) is logged. Each metric
+        the run held is read once, the first time it is logged.
+        """
+        if name not in self._held:
+            return False
+        if name not in self._before:
+            points: dict[int, list[float]] = {}
+            for metric in self.client.get_metric_history(self.run_id, name):
+                points.setdefault(int(metric.step), []).append(float(metric.value))
+            self._before[name] = points
+        return any(_same_value(v, value) for v in self._before[name].get(step, ()))
 
     def _warn_nonfinite(self, tag: str, value: float, round: int) -> None:
         """Say, once per metric, that this store refused ``tag``'s non-finite value."""
@@ -406,6 +431,11 @@ class MLflowLogger:
         tb: TracebackType | None,
     ) -> None:
         self.close("FINISHED" if exc_type is None else "FAILED")
+
+
+def _same_value(held: float, given: float) -> bool:
+    """Whether a metric's value MLflow holds is ``given`` (a NaN is the same as a NaN)."""
+    return held == given or (math.isnan(held) and math.isnan(given))
 
 
 def _same(held: str, given: str) -> bool:
