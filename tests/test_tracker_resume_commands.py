@@ -5,7 +5,13 @@ A resume pasted without ``--tensorboard`` or ``--mlflow`` logged nowhere.
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +19,9 @@ import pytest
 from typer.testing import CliRunner
 
 from covey.cli import app
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _procs import until_listening
 
 TRACKERS = [
     "--tensorboard",
@@ -124,3 +133,197 @@ def test_an_interrupted_simulation_s_resume_command_repeats_the_tracker_flags(
     command = command[: command.index("`")]
     assert _words_after(command, "--tensorboard") == TRACKERS
     assert shlex.split(command)[:4] == ["covey", "run", str(project), "--resume"]
+
+
+def _absolute() -> list[str]:
+    """:data:`TRACKERS` as the run folder keeps them: folders made absolute."""
+    return [
+        *("--tensorboard", str(Path("tb logs/run 1").resolve())),
+        *("--mlflow", str(Path("ml runs").resolve())),
+        *("--mlflow-experiment", "my exp"),
+    ]
+
+
+def _quoted(text: str, start: str) -> str:
+    """The first command in backquotes in ``text`` that starts with ``start``."""
+    said = " ".join(text.split())
+    command = said[said.index(f"`{start}") + 1 :]
+    return command[: command.index("`")]
+
+
+def _env(*paths: Path) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "COLUMNS": "400",
+        "PYTHONPATH": os.pathsep.join([*map(str, paths), *sys.path]),
+    }
+    env.pop("MLFLOW_ALLOW_FILE_STORE", None)  # the logger's to turn on
+    return env
+
+
+@pytest.mark.slow
+def test_runs_show_and_the_dashboard_repeat_a_stopped_server_s_tracker_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: they gave `covey server --resume run` alone, so the pasted resume logged nowhere.
+    from covey.dashboard._runs import discover_runs, read_run, summary
+
+    monkeypatch.chdir(tmp_path)
+    port_file = tmp_path / "port"
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "covey", "server", "--app", "tiny_app:server_app"),
+            *("--insecure", "--address", "127.0.0.1:0", "--port-file", str(port_file)),
+            *("--run-dir", "run", "--wait-timeout", "60", "--no-plot", *TRACKERS),
+        ],
+        cwd=tmp_path,
+        env=_env(Path(__file__).parent / "apps"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        until_listening(server, port_file)
+        server.send_signal(signal.SIGINT)  # waiting for its clients: no round logged
+        _, err = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+    assert server.returncode == 130, err
+    stopped = _quoted(err, "covey server --resume")
+    assert _words_after(stopped, "--tensorboard") == TRACKERS  # as given on the command line
+    shown = CliRunner().invoke(app, ["runs", "show", "run", "--dir", "."], env={"COLUMNS": "400"})
+    assert shown.exit_code == 0, shown.output
+    resume = _quoted(shown.output, "covey server --resume")
+    assert shlex.split(resume)[:4] == ["covey", "server", "--resume", "run"]
+    assert _words_after(resume, "--tensorboard") == _absolute()
+    (found,) = discover_runs(tmp_path)
+    note = summary(read_run(*found))["note"]
+    assert _words_after(_quoted(note, "covey server --resume"), "--tensorboard") == _absolute()
+
+
+@pytest.mark.slow
+def test_runs_show_repeats_a_stopped_simulation_s_tracker_flags(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: `covey runs show` and the dashboard gave `covey run --resume DIR` alone.
+    from covey.dashboard._runs import discover_runs, read_run, summary
+
+    out = _stop_simulation(project, signal.SIGINT, "demo", "--set", "rounds=100000", *TRACKERS)
+    (run,) = project.glob("runs/*")
+    stopped = _quoted(out, "covey run")
+    assert _words_after(stopped, "--tensorboard") == TRACKERS
+    shown = CliRunner().invoke(app, ["runs", "show", run.name, "--dir", str(run.parent)])
+    assert shown.exit_code == 0, shown.output
+    resume = _quoted(shown.output, "covey run")
+    assert shlex.split(resume)[:4] == ["covey", "run", str(project), "--resume"]
+    assert _words_after(resume, "--tensorboard") == _absolute()
+    ((_, path),) = discover_runs(run.parent)
+    note = summary(read_run(run.name, path))["note"]
+    assert _words_after(_quoted(note, "covey run"), "--tensorboard") == _absolute()
+    # Resumed with the flags and killed (kill -9): `covey runs list` gives them too.
+    _stop_simulation(project, signal.SIGKILL, "demo", "--resume", str(run), *TRACKERS)
+    listed = CliRunner().invoke(app, ["runs", "list", "--dir", str(run.parent)])
+    assert listed.exit_code == 0, listed.output
+    assert "stopped" in listed.output
+    assert _words_after(_quoted(listed.output, "covey run"), "--tensorboard") == _absolute()
+
+
+def _stop_simulation(project: Path, sig: signal.Signals, *args: str) -> str:
+    """Run ``covey run ARGS`` in a process, send ``sig`` once a round is done; its output."""
+    done = {path: path.stat().st_mtime_ns for path in project.glob("runs/*/history.json")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "covey", "run", *args],
+        cwd=project.parent,
+        env=_env(project),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        start_new_session=True,
+    )
+
+    def a_round_done() -> bool:
+        now = {path: path.stat().st_mtime_ns for path in project.glob("runs/*/history.json")}
+        return any(done.get(path) != stamp for path, stamp in now.items())
+
+    try:
+        deadline = time.monotonic() + 120
+        while not a_round_done() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert a_round_done(), "no round finished within 120 s"
+        os.killpg(proc.pid, sig)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    assert proc.returncode == (130 if sig == signal.SIGINT else -sig), out
+    return out.decode(errors="replace")
+
+
+def test_trackers_json_keeps_the_flags_of_the_latest_start_and_its_mlflow_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("mlflow", reason="the mlflow extra is needed")
+    from covey.core import RoundRecord
+    from covey.deploy._cli_trackers import TRACKERS_FILE, open_trackers
+    from covey.server._served import how_to_continue, recorded_trackers
+    from covey.sim._rundir import resume_command
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+
+    def start(resuming: bool, **given: str) -> None:
+        flags = {"trackers": given, "tracker_flags": given, "run": run, "resuming": resuming}
+        with open_trackers(flags) as trackers:
+            trackers(RoundRecord(round=1, central_loss=0.5))
+
+    start(False, mlflow="ml runs", mlflow_experiment="my exp")
+    first = json.loads((run / TRACKERS_FILE).read_text())
+    assert first["flags"] == {"mlflow": str(tmp_path / "ml runs"), "mlflow_experiment": "my exp"}
+    # A trackers.json of an older covey keeps the MLflow run alone: no flag to repeat.
+    (run / TRACKERS_FILE).write_text(json.dumps({"mlflow": first["mlflow"]}))
+    assert recorded_trackers(run) == {}
+    assert how_to_continue(run).startswith(f"`covey server --resume {run}` and the --app")
+    # Resumed with the same store, the run goes on in its MLflow run and keeps the flags.
+    start(True, mlflow=str(tmp_path / "ml runs"), mlflow_experiment="my exp", tensorboard="tb")
+    kept = json.loads((run / TRACKERS_FILE).read_text())
+    assert kept["mlflow"] == first["mlflow"]
+    assert recorded_trackers(run) == {
+        "tensorboard": str(tmp_path / "tb"),
+        "mlflow": str(tmp_path / "ml runs"),
+        "mlflow_experiment": "my exp",
+    }
+    # Resumed without flags: none are repeated, and the MLflow run is still the one to go on in.
+    start(True)
+    assert json.loads((run / TRACKERS_FILE).read_text()) == {"mlflow": first["mlflow"], "flags": {}}
+    assert resume_command(run) == f"covey.simulate(..., run_dir={str(run)!r}, resume=True)"
+    (run / TRACKERS_FILE).write_text('{"flags": {"tensorboard": 3}}')  # damaged
+    assert recorded_trackers(run) == {}
+    # A run with no tracker keeps no file.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    with open_trackers({"run": bare, "resuming": False, "tracker_flags": {}}) as trackers:
+        trackers(RoundRecord(round=1, central_loss=0.5))
+    assert not (bare / TRACKERS_FILE).exists()
+
+
+def test_a_run_interrupted_before_its_first_round_keeps_its_tracker_flags(tmp_path: Path) -> None:
+    from covey.deploy._cli_trackers import open_trackers
+    from covey.server._served import recorded_trackers
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.sqlite").write_bytes(b"")  # the run started
+    given = {"tensorboard": str(tmp_path / "tb")}
+    flags = {"trackers": {}, "tracker_flags": given, "run": run, "resuming": False}
+    with pytest.raises(KeyboardInterrupt), open_trackers(flags):
+        raise KeyboardInterrupt
+    assert recorded_trackers(run) == given
+    unstarted = tmp_path / "unstarted"  # refused before it started: nothing is written
+    unstarted.mkdir()
+    with pytest.raises(KeyboardInterrupt), open_trackers({**flags, "run": unstarted}):
+        raise KeyboardInterrupt
+    assert list(unstarted.iterdir()) == []

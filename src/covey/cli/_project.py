@@ -327,6 +327,7 @@ class ProjectSettings:
                 value = value if uri else str(self.path(value))
             given[key] = value
         self.trackers |= {"trackers": given, "tracker_names": names}
+        self.trackers["tracker_flags"] = self.tracker_flags  # kept in the run folder
 
 
 def run_command(

@@ -73,7 +73,7 @@ def check_resume_folder(resume: Path, project: Path) -> None:
             f"new run with {again}"
         )
     if (resume / "run.sqlite").is_file() and not (resume / "run.json").exists():
-        from covey.server._served import project_command
+        from covey.server._served import how_to_continue, project_command
 
         # A simulation writes run.json before run.sqlite; a served run never does.
         command = project_command(resume)
@@ -82,7 +82,7 @@ def check_resume_folder(resume: Path, project: Path) -> None:
             if command is not None
             else f"--resume {resume} holds a served run: continue it with `covey run "
             f"--federation NAME --resume {shlex.quote(str(resume))}` (NAME: the federation "
-            "it was served for), or `covey server --resume` and the app it was started with"
+            f"it was served for), or with {how_to_continue(resume)}"
         )
 
 

@@ -33,13 +33,10 @@ def interrupted_note(
     ``trackers``, the tracker flags the command line gave (``--tensorboard``...),
     which the command that resumes the run repeats.
     """
-    from covey.server._served import tracker_words
-    from covey.sim._rundir import resume_command as bare
+    from covey.sim._rundir import resume_command as command
 
-    def resume_command(folder: Path) -> str:
-        command = bare(folder)  # `covey run ... --resume DIR` for a project's run
-        words = tracker_words(trackers) if command.startswith("covey run") else []
-        return " ".join([command, *words])
+    def resume_command(folder: Path) -> str:  # the flags of this start, as they were given
+        return command(folder, trackers or {})
 
     said = "interrupted" if exc.args != ("SIGTERM",) else "interrupted (SIGTERM)"
     if not (run_dir / "history.json").is_file():  # as its model loaded or its clients started

@@ -127,7 +127,9 @@ def resume_hint(
             whole = float(value).is_integer() and abs(value) < 1e15
             exact = str(int(value)) if whole else repr(float(value))
             parts.append(f"--{key.replace('_', '-')} {exact}")
-    parts += [f"--{k.replace('_', '-')} {quote(str(v))}" for k, v in (trackers or {}).items() if v]
+    from covey.server._served import tracker_words
+
+    parts += tracker_words(trackers)
     return " ".join(p for p in parts if p)
 
 

@@ -5,7 +5,9 @@ project's tables): ``tensorboard`` (a folder of event files), ``mlflow`` (a
 tracking URI or a folder) and ``mlflow_experiment``. The loggers are opened, and
 so refused, before the server listens or the simulation starts, and closed as
 the run ends, fails or is interrupted. The MLflow run's id is kept in the run
-folder (:data:`TRACKERS_FILE`), so that a resumed run goes on logging to it.
+folder (:data:`TRACKERS_FILE`), so that a resumed run goes on logging to it, and
+so are the tracker flags the command line gave, so that the command that
+continues the run (``covey runs show``, the dashboard) repeats them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import typer
 from rich.markup import escape
 
 from covey.deploy._cli_errors import fail
+from covey.server._served import TRACKERS_FILE
 
 if TYPE_CHECKING:  # covey.core brings NumPy, which `covey --help` goes without
     from covey.core import RoundRecord
@@ -39,8 +42,6 @@ __all__ = [
 TRACKER_KEYS = ("tensorboard", "mlflow", "mlflow_experiment")
 """The settings naming a run's trackers, as flags (``--mlflow-experiment``) and keys."""
 
-TRACKERS_FILE = "trackers.json"
-"""Where a run folder keeps the MLflow run its rounds were logged to (``--mlflow``)."""
 
 TensorBoardFlag = Annotated[
     str | None,
@@ -116,29 +117,65 @@ class Trackers:
     FINISHED, FAILED (an error) or KILLED (interrupted).
     """
 
-    def __init__(self, loggers: list[Any], run_dir: Path, kept: dict[str, str] | None) -> None:
-        """``kept``: what to keep in ``run_dir`` after the first round logged (MLflow's run)."""
+    def __init__(
+        self,
+        loggers: list[Any],
+        run_dir: Path,
+        kept: dict[str, str] | None,
+        flags: dict[str, str] | None = None,
+    ) -> None:
+        """What to keep in ``run_dir`` (:data:`TRACKERS_FILE`) once the run has started.
+
+        ``kept``: the new MLflow run, if one was started (a resumed run's stays);
+        ``flags``: the tracker flags the command line gave, repeated by the command
+        that continues the run (None: the file is left as it is).
+        """
         self.loggers = loggers
         self._run_dir = run_dir
         self._kept = kept
+        self._flags = flags
+        self._recorded = flags is None and kept is None
 
     def __call__(self, record: RoundRecord) -> None:
-        """Log the round to every tracker; after the first, keep the MLflow run's id."""
+        """Log the round to every tracker; after the first, keep the MLflow run and the flags."""
         for logger in self.loggers:
             logger(record)
-        if self._kept is not None:
-            from covey.core._files import atomic_write
+        self._record()
 
-            atomic_write(self._run_dir / TRACKERS_FILE, json.dumps({"mlflow": self._kept}))
-            self._kept = None
+    def _record(self) -> None:
+        """Keep the MLflow run and the tracker flags in the run folder, once.
+
+        The file keeps the MLflow run a resumed run goes on logging to (unless
+        another was started) and the flags of the run's latest start, none if it
+        had none; a run that gave none and keeps no file gets none.
+        """
+        if self._recorded:
+            return
+        self._recorded = True
+        from covey.core._files import MAX_SETTINGS_BYTES, atomic_write, read_json_object
+
+        path = self._run_dir / TRACKERS_FILE
+        held = read_json_object(path, MAX_SETTINGS_BYTES)
+        mlflow = self._kept if self._kept is not None else (held or {}).get("mlflow")
+        wanted = {"mlflow": mlflow} if mlflow is not None else {}
+        wanted["flags"] = dict(self._flags or {})
+        if wanted != held and (held is not None or mlflow is not None or wanted["flags"]):
+            atomic_write(path, json.dumps(wanted))
 
     def close(self, status: str = "FINISHED") -> None:
-        """Close every logger (an MLflow run ends with ``status``)."""
+        """Close every logger (an MLflow run ends with ``status``).
+
+        A run interrupted before it logged a round keeps its tracker flags too, if
+        it started (its ``run.sqlite`` is there): the command that continues it
+        repeats them.
+        """
         for logger in self.loggers:
             if hasattr(logger, "run_id"):
                 logger.close(status)
             else:
                 logger.close()
+        if status == "KILLED" and (self._run_dir / "run.sqlite").is_file():
+            self._record()
 
     def __enter__(self) -> Trackers:
         return self
@@ -190,7 +227,8 @@ def tracker_flags(values: tuple[Any, ...], s: Any) -> dict[str, Any]:
         k: s.name(v, k, "--" + k.replace("_", "-"))
         for k, v in zip(TRACKER_KEYS, values, strict=True)
     }
-    return {"trackers": given, "tracker_names": names}
+    typed = {k: str(v) for k, v in zip(TRACKER_KEYS, values, strict=True) if v is not None}
+    return {"trackers": given, "tracker_names": names, "tracker_flags": typed}
 
 
 def open_trackers(flags: dict[str, Any], refused: Callable[[], Any] | None = None) -> Trackers:
@@ -201,7 +239,10 @@ def open_trackers(flags: dict[str, Any], refused: Callable[[], Any] | None = Non
             ``tracker_names``: where each came from (``--tensorboard``, a file's key),
             for errors; ``run``: the run's folder; ``resuming``: whether the run is
             resumed (its MLflow run goes on); ``experiment``: the MLflow experiment
-            when ``mlflow_experiment`` is not given (default ``covey``).
+            when ``mlflow_experiment`` is not given (default ``covey``);
+            ``tracker_flags``: those of :data:`TRACKER_KEYS` the command line gave,
+            kept in the run folder (folders made absolute) for the command that
+            continues the run.
         refused: Called before failing (to remove a run folder made for this run).
     """
     given: dict[str, Any] = flags.get("trackers") or {}
@@ -234,14 +275,15 @@ def open_trackers(flags: dict[str, Any], refused: Callable[[], Any] | None = Non
         loggers.append(opened("tensorboard", lambda: _tensorboard(tensorboard)))
         if others:
             _warn_other_runs(loggers[-1].logdir, names["tensorboard"])
+    typed = pasted_anywhere(dict(flags.get("tracker_flags") or {}))
     if store is None:
-        return Trackers(loggers, run_dir, None)
+        return Trackers(loggers, run_dir, None, typed)
     experiment = experiment if chosen is None else chosen
     run_id = _kept_run_id(run_dir, store, experiment) if resuming else None
     mlflow = opened("mlflow", lambda: _mlflow(store, experiment, run_dir.name, run_id))
     loggers.append(mlflow)
     kept = {"store": _store_key(store), "experiment": experiment, "run_id": mlflow.run_id}
-    return Trackers(loggers, run_dir, None if run_id is not None else kept)
+    return Trackers(loggers, run_dir, None if run_id is not None else kept, typed)
 
 
 def _holds_events(folder: Path) -> bool:

@@ -2,7 +2,9 @@
 
 A run served by ``covey run --federation NAME`` keeps the project and the
 federation it was served for in its folder (:data:`FEDERATION_FILE`), so the
-command that continues it can be named when its server is gone.
+command that continues it can be named when its server is gone. Any run given
+tracker flags (``--tensorboard DIR``...) keeps them in :data:`TRACKERS_FILE`, so
+that the command that continues it, served or simulated, repeats them.
 """
 
 from __future__ import annotations
@@ -16,16 +18,24 @@ from covey.core._files import atomic_write, read_json_object
 
 __all__ = [
     "FEDERATION_FILE",
+    "TRACKERS_FILE",
     "how_to_continue",
     "killed_server_reason",
     "project_command",
     "record_federation",
+    "recorded_trackers",
     "resume_command",
     "tracker_words",
 ]
 
 FEDERATION_FILE = "federation.json"
 """The project folder and federation name of a run served by ``covey run --federation``."""
+
+TRACKERS_FILE = "trackers.json"
+"""What a run folder keeps of its trackers: the MLflow run its rounds were logged to
+(``mlflow``: its store, experiment and run id), and the tracker flags of its latest
+start (``flags``: ``tensorboard``, ``mlflow``, ``mlflow_experiment``, folders made
+absolute), which the command that continues it repeats."""
 
 _MOST_BYTES = 64 * 1024
 
@@ -50,14 +60,37 @@ def record_federation(
     atomic_write(run_dir / FEDERATION_FILE, text)
 
 
-def tracker_words(trackers: Mapping[str, str] | None) -> list[str]:
-    """``--tensorboard DIR``, ``--mlflow URI``... of ``trackers``, each value quoted for a shell."""
+def tracker_words(trackers: Mapping[str, str | None] | None) -> list[str]:
+    """``--tensorboard DIR``, ``--mlflow URI``... of ``trackers``, each value quoted for a shell.
+
+    Every printed command that continues a run repeats its tracker flags with these
+    words, in this order.
+
+    Example:
+        >>> tracker_words({"mlflow": "file:./ml runs", "tensorboard": "tb"})
+        ['--tensorboard tb', "--mlflow 'file:./ml runs'"]
+    """
     given = trackers or {}
     return [
-        f"--{key.replace('_', '-')} {shlex.quote(given[key])}"
+        f"--{key.replace('_', '-')} {shlex.quote(str(given[key]))}"
         for key in _TRACKER_KEYS
         if given.get(key)
     ]
+
+
+def recorded_trackers(path: Path) -> dict[str, str]:
+    """The tracker flags the run in ``path`` was last started with, as :data:`TRACKERS_FILE` keeps.
+
+    Empty when it keeps none: no file, one an older covey wrote (the MLflow run
+    alone), or a damaged one.
+    """
+    kept = read_json_object(path / TRACKERS_FILE, _MOST_BYTES) or {}
+    flags = kept.get("flags", {})
+    if not isinstance(flags, dict) or not all(
+        key in _TRACKER_KEYS and isinstance(value, str) for key, value in flags.items()
+    ):
+        return {}
+    return dict(flags)
 
 
 def resume_command(
@@ -118,9 +151,11 @@ def how_to_continue(path: Path) -> str:
             f"`{command}` (with the --set items and tracker flags of its latest start; the "
             "app's settings are kept in the run folder)"
         )
+    command = " ".join(
+        [f"covey server --resume {shlex.quote(str(path))}", *tracker_words(recorded_trackers(path))]
+    )
     return (
-        f"`covey server --resume {shlex.quote(str(path))}` and the --app (or --config) and "
-        "--certs (or --insecure) it was started with"
+        f"`{command}` and the --app (or --config) and --certs (or --insecure) it was started with"
     )
 
 

@@ -25,7 +25,6 @@ import contextlib
 import datetime as _dt
 import json
 import logging
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from covey.server._resume import resume_point, same_strategy, strategy_changes
 from covey.server._roundfiles import WEIGHTS_DIR, check_storable
 from covey.server._rundb import DB_NAME
 from covey.server._saver import BackgroundSaver, call_pending, flushing
+from covey.server._served import how_to_continue
 from covey.server._state import StateError, load_state, state_types
 from covey.server._store import RunStore
 from covey.sim._options import RAY_SETTINGS
@@ -316,7 +316,7 @@ def _open(folder: Path, rounds: int) -> RunStore:
         if store.config.get("kind") != "simulated":
             raise ValueError(
                 f"run_dir {folder} holds a deployed run, not a simulation: continue it "
-                f"with `covey server --resume {shlex.quote(str(folder))}`"
+                f"with {how_to_continue(folder)}"
             )
         refused = _rounds_refusal(folder, store, rounds)
         if refused is not None:

@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from shlex import quote
 from typing import TYPE_CHECKING, Any
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from covey.core._files import MAX_SETTINGS_BYTES, atomic_write, read_given
 from covey.core._interrupt import as_interrupt, interrupt_in
 from covey.server._rundb import DB_NAME, LOCK_NAME, hold_run, is_held
+from covey.server._served import recorded_trackers, tracker_words
 
 if TYPE_CHECKING:  # NumPy is slow to load for `covey runs list`
     from covey.core._history import History
@@ -252,15 +253,25 @@ def _project_of(folder: Path) -> Path | None:
     return None
 
 
-def resume_command(folder: Path) -> str:
-    """What continues the simulation in ``folder``: ``covey run --resume`` for a project's."""
+def resume_command(folder: Path, trackers: Mapping[str, str] | None = None) -> str:
+    """What continues the simulation in ``folder``: ``covey run --resume`` for a project's.
+
+    A ``covey run`` repeats the tracker flags ``trackers`` (``--tensorboard DIR``...),
+    by default those the run folder keeps of its latest start
+    (:func:`~covey.server._served.recorded_trackers`).
+    """
     project = _project_of(folder)
-    if project is None and (folder / "project.json").is_file():  # moved out of its project
-        return f"covey run <its project's folder> --resume {quote(str(folder))}"
-    if project is None:
+    if project is None and not (folder / "project.json").is_file():
         return f"covey.simulate(..., run_dir={str(folder)!r}, resume=True)"
-    here = project == Path.cwd().resolve()
-    return f"covey run {'' if here else quote(str(project)) + ' '}--resume {quote(str(folder))}"
+    if project is None:  # moved out of its project
+        command = f"covey run <its project's folder> --resume {quote(str(folder))}"
+    else:
+        here = project == Path.cwd().resolve()
+        command = (
+            f"covey run {'' if here else quote(str(project)) + ' '}--resume {quote(str(folder))}"
+        )
+    words = tracker_words(recorded_trackers(folder) if trackers is None else trackers)
+    return " ".join([command, *words])
 
 
 def new_run_command(folder: Path) -> str:
