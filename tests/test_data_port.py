@@ -308,7 +308,10 @@ def test_a_token_with_another_clients_certificate_is_refused(tmp_path: Path) -> 
     transport._service.data.offer = kept  # type: ignore[union-attr,method-assign]
     lanes = _lane.open_lane
 
+    tried = threading.Event()
+
     def never(*args: Any, **kwargs: Any) -> socket.socket:
+        tried.set()
         raise OSError("this client opens none (test)")
 
     try:
@@ -319,6 +322,9 @@ def test_a_token_with_another_clients_certificate_is_refused(tmp_path: Path) -> 
         while not tokens:
             assert time.monotonic() < deadline, "no data-port token was offered to alice"
             time.sleep(0.01)
+        # alice gives up her lanes before the real ones are back: else she might open
+        # them with her token herself, and it would be no one's by the test's turn
+        assert tried.wait(20), "alice never tried to open her data connections"
         _lane.open_lane = lanes
         mallory = _lane.client_context(
             (fed / "ca.pem").read_bytes(),
