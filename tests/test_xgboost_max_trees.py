@@ -1,4 +1,4 @@
-"""covey.xgboost: ``max_trees`` bounds the booster bagging grows, round after round."""
+"""covey.xgboost: ``max_trees`` bounds the booster bagging or cyclic training grows."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ xgb = pytest.importorskip("xgboost")
 from covey.xgboost import (  # noqa: E402
     XGBoostBagging,
     XGBoostClient,
+    XGBoostCyclic,
     bagging,
+    cyclic,
     evaluate_booster,
     from_weights,
     initial_model,
@@ -77,6 +79,22 @@ def test_max_trees_bounds_the_bagged_booster_over_rounds_and_it_stays_accurate()
     assert XGBoostBagging().describe()["hyperparameters"] == {}
 
 
+def test_max_trees_bounds_the_cyclic_booster_as_the_bagged_one() -> None:
+    shares, x_test, y_test = _cancer()
+    capped = _run(
+        XGBoostCyclic(local_rounds=LOCAL, fraction_evaluate=0.0, max_trees=7), BINARY, shares, 6
+    )
+    # LOCAL trees a round, one client: three rounds (6 trees) fit under 7, a fourth would not.
+    assert num_trees(from_weights(capped.weights)) == 3 * LOCAL
+    assert not capped.history.failures()
+    info = [r.aggregate_info for r in capped.history.rounds[1:]]
+    assert [i.get("max_trees_reached", False) for i in info] == [False] * 3 + [True] * 3
+    assert {i["trees_left_out"] for i in info[3:]} == {LOCAL}
+    _, metrics = evaluate_booster(capped.weights, x_test, y_test, nthread=1)
+    assert float(metrics["accuracy"]) > 0.85
+    assert XGBoostCyclic(max_trees=7).describe()["hyperparameters"] == {"max_trees": 7}
+
+
 def test_max_trees_counts_every_class_tree() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(180, 4))
@@ -106,6 +124,10 @@ def test_nonsense_max_trees_is_refused_naming_it(
         XGBoostBagging(max_trees=value)  # type: ignore[arg-type]
     with pytest.raises(error, match=message):
         bagging(max_trees=value)  # type: ignore[arg-type]
+    with pytest.raises(error, match=message):
+        XGBoostCyclic(max_trees=value)  # type: ignore[arg-type]
+    with pytest.raises(error, match=message):
+        cyclic(max_trees=value)  # type: ignore[arg-type]
 
 
 def test_a_start_past_max_trees_or_a_cap_below_one_iteration_is_refused_before_round_1() -> None:
@@ -122,9 +144,12 @@ def test_a_start_past_max_trees_or_a_cap_below_one_iteration_is_refused_before_r
         initial_model(BINARY, 4, capacity=1 << 16), {"round": 1}
     )
     assert grown.weights is not None
-    with pytest.raises(covey.WeightsError, match=r"holds 5 trees, more than max_trees=4"):
-        covey.simulate(client_fn, 2, 1, XGBoostBagging(max_trees=4), grown.weights)
     multi = initial_model(MULTI, 4, capacity=1 << 16)
-    with pytest.raises(covey.WeightsError, match=r"max_trees=2 holds no boosting iteration.* 3 "):
-        covey.simulate(client_fn, 2, 1, XGBoostBagging(max_trees=2), multi)
+    for kind in (XGBoostBagging, XGBoostCyclic):
+        with pytest.raises(covey.WeightsError, match=r"holds 5 trees, more than max_trees=4"):
+            covey.simulate(client_fn, 2, 1, kind(max_trees=4), grown.weights)
+        with pytest.raises(
+            covey.WeightsError, match=r"max_trees=2 holds no boosting iteration.* 3 "
+        ):
+            covey.simulate(client_fn, 2, 1, kind(max_trees=2), multi)
     assert built == []

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 
+from covey.aggregate import Aggregate, End
 from covey.core._weights import Weights, WeightsError
-from covey.xgboost._model import from_weights, parse
+from covey.xgboost._model import from_weights, num_trees, parse
 from covey.xgboost._validate import parallel_trees, trees_per_iteration
 
-__all__ = ["check_count", "check_local_rounds", "check_max_trees", "start_within"]
+__all__ = ["check_count", "check_local_rounds", "check_max_trees", "past_cap", "start_within"]
+
+logger = logging.getLogger(__name__)
 
 
 def check_count(
@@ -101,3 +105,35 @@ def start_within(params: Weights, max_trees: int) -> None:
             f"{groups * parallel} trees per iteration (one per class and target, "
             f"num_parallel_tree={parallel} each): raise max_trees"
         )
+
+
+def past_cap(
+    cap: int | None,
+    params: Weights,
+    base: bytes,
+    merged: bytes,
+    event: End,
+    clients: int,
+    examples: int,
+) -> Aggregate | None:
+    """The round's aggregate if ``merged`` holds more than ``cap`` trees: the global model, kept.
+
+    Whole rounds only: a round whose new trees would take the booster past
+    ``max_trees`` adds none of them (its ``aggregate_info`` holds
+    ``max_trees_reached`` and the ``trees_left_out``). None: the round's model fits.
+    """
+    if cap is None:
+        return None
+    trees = num_trees(merged)
+    if trees <= cap:
+        return None
+    added = trees - num_trees(base)
+    logger.info(
+        "round %d: the clients' %d new trees would take the booster past max_trees=%d; "
+        "the global model is kept as it is",
+        event.round,
+        added,
+        cap,
+    )
+    info = {**event.info, "max_trees_reached": True, "trees_left_out": added}
+    return Aggregate(event.round, clients, examples, weights=params, info=info)

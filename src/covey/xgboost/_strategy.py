@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple
@@ -15,11 +14,15 @@ from covey.aggregate import Aggregate, AggregationError, Begin, Contribution, En
 from covey.core._weights import Weights, WeightsError
 from covey.strategies import Strategy
 from covey.strategies._options import StrategyOptions, preset
-from covey.xgboost._limits import check_count, check_local_rounds, check_max_trees, start_within
-from covey.xgboost._model import MODEL, from_weights, load_booster, num_trees, parse, to_weights
+from covey.xgboost._limits import (
+    check_count,
+    check_local_rounds,
+    check_max_trees,
+    past_cap,
+    start_within,
+)
+from covey.xgboost._model import MODEL, from_weights, load_booster, parse, to_weights
 from covey.xgboost._validate import check_model, new_trees, trees_per_iteration
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["XGBoostBagging", "XGBoostCyclic", "bagging", "cyclic", "merge_trees", "round_robin"]
 
@@ -154,18 +157,6 @@ def _accepted(
     return model, merged
 
 
-def _capped(params: Weights, event: End, clients: int, examples: int, trees: int) -> Aggregate:
-    """The round's aggregate when its trees would take the booster past ``max_trees``: unchanged."""
-    logger.info(
-        "round %d: the clients' %d new trees would take the booster past max_trees; "
-        "the global model is kept as it is",
-        event.round,
-        trees,
-    )
-    info = {**event.info, "max_trees_reached": True, "trees_left_out": trees}
-    return Aggregate(event.round, clients, examples, weights=params, info=info)
-
-
 class _RoundState(NamedTuple):
     """The round's global model and the ``(examples, model bytes)`` of each accepted client."""
 
@@ -243,11 +234,9 @@ def bagging(*, weighted: bool = True, max_trees: int | None = None, local_rounds
                 base = from_weights(state.params)
                 merged = merge_trees(base, factors)
                 load_booster(merged)  # XGBoost itself must accept what clients sent
-                if cap is not None and (trees := num_trees(merged)) > cap:
-                    added = trees - num_trees(base)
-                    return _RoundState(), (
-                        _capped(state.params, event, len(state.models), total, added),
-                    )
+                kept = past_cap(cap, state.params, base, merged, event, len(state.models), total)
+                if kept is not None:
+                    return _RoundState(), (kept,)
                 new = to_weights(merged, capacity)
             except (WeightsError, ValueError) as exc:
                 raise AggregationError(str(exc)) from exc
@@ -260,7 +249,7 @@ def bagging(*, weighted: bool = True, max_trees: int | None = None, local_rounds
     return Step(init, update)
 
 
-def cyclic(*, local_rounds: int = 1) -> Step:
+def cyclic(*, max_trees: int | None = None, local_rounds: int = 1) -> Step:
     """An aggregation step for cyclic training: the one client's model becomes the global one.
 
     Each round one client (see :func:`round_robin`) boosts the global model on
@@ -274,22 +263,34 @@ def cyclic(*, local_rounds: int = 1) -> Step:
     rounds grow (one per class and target, times ``num_parallel_tree``, each
     round); :func:`XGBoostCyclic` sends ``local_rounds`` in every fit config.
 
+    Each round adds (local rounds x classes) trees, so the booster grows
+    without end unless ``max_trees`` bounds it, as :func:`bagging`'s does: a
+    round whose client's trees would take the booster past ``max_trees``
+    leaves the global model unchanged (the round's ``aggregate_info`` holds
+    ``max_trees_reached`` and the ``trees_left_out``). Earlier trees are never
+    dropped: each later tree fits what they left.
+
     Args:
+        max_trees: The most trees the global booster holds (None: no bound).
         local_rounds: The boosting rounds the client runs per round.
 
     Returns:
         A reducer step; a round with more than one accepted contribution is an error.
 
     Raises:
-        TypeError, ValueError: ``local_rounds`` is not an int of at least 1.
+        TypeError, ValueError: ``max_trees`` is not None or an int of at least 1, or
+            ``local_rounds`` is not an int of at least 1.
 
     References:
         Chen and Guestrin, "XGBoost: A Scalable Tree Boosting System", KDD 2016.
     """
+    cap = check_max_trees(max_trees)
     rounds = check_local_rounds(local_rounds)
 
     def init(params: Weights) -> _RoundState:
         check_start(params)
+        if cap is not None:
+            start_within(params, cap)
         return _RoundState()
 
     def update(state: _RoundState, event: Event) -> tuple[_RoundState, tuple[Event, ...]]:
@@ -312,8 +313,12 @@ def cyclic(*, local_rounds: int = 1) -> Step:
                 )
             [(examples, merged)] = state.models
             try:
+                base = from_weights(state.params)
+                kept = past_cap(cap, state.params, base, merged, event, 1, examples)
+                if kept is not None:
+                    return _RoundState(), (kept,)
                 weights = to_weights(merged, int(np.asarray(state.params[MODEL]).size))
-            except ValueError as exc:
+            except (WeightsError, ValueError) as exc:
                 raise AggregationError(str(exc)) from exc
             out = Aggregate(event.round, 1, examples, weights=weights, info=dict(event.info))
             return _RoundState(), (out,)
@@ -374,7 +379,9 @@ def _sending_rounds(strategy: Strategy, local_rounds: int) -> Strategy:
     return replace(strategy, hyperparameters=settings, fit_config_entries=entries)
 
 
-def XGBoostCyclic(*, local_rounds: int = 1, **options: Any) -> Strategy:
+def XGBoostCyclic(
+    *, max_trees: int | None = None, local_rounds: int = 1, **options: Any
+) -> Strategy:
     """Federated gradient-boosted trees by cyclic training: clients boost the model in turn.
 
     One client per round, chosen by :func:`round_robin`; federated evaluation
@@ -384,6 +391,10 @@ def XGBoostCyclic(*, local_rounds: int = 1, **options: Any) -> Strategy:
     goes on with the next client.
 
     Args:
+        max_trees: The most trees the global booster holds (None, the default: no
+            bound). Each round adds its client's new trees; once a round's would
+            take the booster past ``max_trees`` the global model stays as it is
+            (see :func:`cyclic`).
         local_rounds: The boosting rounds the client runs each round, sent as the fit
             config's ``"local_rounds"`` (see :func:`XGBoostBagging`).
         **options: :class:`~covey.Strategy` options except ``selector``,
@@ -404,5 +415,6 @@ def XGBoostCyclic(*, local_rounds: int = 1, **options: Any) -> Strategy:
         "fraction_fit": 0.0,
         "min_fit_clients": 0,  # the selector picks one; its failure keeps the model
     }
-    step = cyclic(local_rounds=local_rounds)
-    return _sending_rounds(preset("XGBoostCyclic", step, checked), local_rounds)
+    step = cyclic(max_trees=max_trees, local_rounds=local_rounds)
+    settings = {} if max_trees is None else {"max_trees": int(max_trees)}
+    return _sending_rounds(preset("XGBoostCyclic", step, checked, **settings), local_rounds)
