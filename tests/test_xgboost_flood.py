@@ -225,11 +225,14 @@ def test_nonsense_local_rounds_is_refused_naming_it(
 
 
 def test_local_rounds_is_recorded_and_a_resume_with_another_is_refused(tmp_path: Path) -> None:
-    assert XGBoostBagging(local_rounds=3).describe()["hyperparameters"] == {"local_rounds": 3}
-    assert XGBoostCyclic(local_rounds=3).describe()["hyperparameters"] == {"local_rounds": 3}
-    assert XGBoostCyclic().describe()["hyperparameters"] == {}
+    bagged = XGBoostBagging(local_rounds=3).describe()["hyperparameters"]
+    assert bagged == {"weighted": True, "max_trees": None, "local_rounds": 3}
+    cyclic = XGBoostCyclic(local_rounds=3).describe()["hyperparameters"]
+    assert cyclic == {"max_trees": None, "local_rounds": 3}
+    # 1, the default, is recorded too: a resume with another is refused as well.
+    assert XGBoostCyclic().describe()["hyperparameters"] == {"max_trees": None, "local_rounds": 1}
     both = XGBoostBagging(local_rounds=3, max_trees=60).describe()["hyperparameters"]
-    assert both == {"max_trees": 60, "local_rounds": 3}
+    assert both == {"weighted": True, "max_trees": 60, "local_rounds": 3}
     run = tmp_path / "run"
 
     def simulate(rounds: int, local_rounds: int, resume: bool) -> covey.sim.SimulationResult:

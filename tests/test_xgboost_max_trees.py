@@ -75,8 +75,8 @@ def test_max_trees_bounds_the_bagged_booster_over_rounds_and_it_stays_accurate()
     assert float(metrics["accuracy"]) >= float(free_metrics["accuracy"]) - 0.05
     assert loss < 0.3
     strategy = XGBoostBagging(max_trees=23)
-    assert strategy.describe()["hyperparameters"] == {"max_trees": 23}
-    assert XGBoostBagging().describe()["hyperparameters"] == {}
+    assert strategy.describe()["hyperparameters"]["max_trees"] == 23
+    assert XGBoostBagging().describe()["hyperparameters"]["max_trees"] is None
 
 
 def test_max_trees_bounds_the_cyclic_booster_as_the_bagged_one() -> None:
@@ -92,7 +92,8 @@ def test_max_trees_bounds_the_cyclic_booster_as_the_bagged_one() -> None:
     assert {i["trees_left_out"] for i in info[3:]} == {LOCAL}
     _, metrics = evaluate_booster(capped.weights, x_test, y_test, nthread=1)
     assert float(metrics["accuracy"]) > 0.85
-    assert XGBoostCyclic(max_trees=7).describe()["hyperparameters"] == {"max_trees": 7}
+    recorded = XGBoostCyclic(max_trees=7).describe()["hyperparameters"]
+    assert recorded == {"max_trees": 7, "local_rounds": 1}
 
 
 def test_max_trees_counts_every_class_tree() -> None:

@@ -24,9 +24,17 @@ from covey.core._weights import Weights, WeightsSpec, made
 from covey.server._rundb import DB_NAME
 from covey.server._state import check_state
 from covey.server._store import RunStore
+from covey.strategies._recorded import unrecorded_before
 from covey.strategies._strategy import Strategy
 
-__all__ = ["ResumePoint", "resume_point", "same_settings", "same_strategy", "strategy_changes"]
+__all__ = [
+    "ResumePoint",
+    "resume_point",
+    "same_settings",
+    "same_strategy",
+    "strategy_changes",
+    "warn_of_unrecorded",
+]
 
 logger = logging.getLogger("covey")
 
@@ -190,7 +198,9 @@ def strategy_changes(stored: Any, strategy: Strategy, parts: tuple[str, ...]) ->
 
     Both are compared as JSON gives them back (tuples as lists). A setting the
     stored run does not record (written by an older covey) counts as unchanged
-    when the strategy leaves it unset (None).
+    when the strategy leaves it unset (None), or when the preset declares it
+    recorded only since (``covey.strategies._recorded``: the run's own value is
+    not known; :func:`warn_of_unrecorded` names it).
 
     Returns:
         One phrase per difference, e.g. ``"secagg.bits 16 (the run's) is 12 now"``.
@@ -198,6 +208,7 @@ def strategy_changes(stored: Any, strategy: Strategy, parts: tuple[str, ...]) ->
     if not isinstance(stored, dict):  # a run that recorded no strategy: nothing to compare
         return []
     given = json.loads(json.dumps(strategy.describe(), default=str))
+    later = unrecorded_before(strategy.name)
     changes = []
     for part in parts:
         if isinstance(stored.get(part), str):  # the aggregator (None: an older covey's run)
@@ -208,7 +219,8 @@ def strategy_changes(stored: Any, strategy: Strategy, parts: tuple[str, ...]) ->
             continue
         old, new = _flat(stored[part]), _flat(given.get(part) or {})
         for key in sorted(set(old) | set(new)):
-            if key not in old and new.get(key) is None:
+            unknown = part == "hyperparameters" and key in later
+            if key not in old and (new.get(key) is None or unknown):
                 continue
             if old.get(key) != new.get(key):
                 changes.append(f"{key} {old.get(key)!r} (the run's) is {new.get(key)!r} now")
@@ -235,6 +247,32 @@ def same_settings(opened: RunStore | None, strategy: Strategy) -> None:
         )
     for change in strategy_changes(stored, strategy, ("options",)):
         logger.warning("resuming %s with another option: %s", opened.run_dir, change)
+    warn_of_unrecorded(opened, strategy)
+
+
+def warn_of_unrecorded(opened: RunStore, strategy: Strategy) -> None:
+    """Warn, naming each, of the hyperparameters the run did not record and resumes with now.
+
+    A run of an older covey did not record some settings its preset records now
+    (``covey.strategies._recorded``); its own value is not known, so the resume
+    goes on with the strategy's and says so, with what such a run did.
+    """
+    stored = opened.config.get("strategy")
+    kept = stored.get("hyperparameters") if isinstance(stored, dict) else None
+    if not isinstance(kept, dict):  # a run that recorded no strategy: nothing to compare
+        return
+    for key, before in unrecorded_before(strategy.name).items():
+        if key in kept or key not in strategy.hyperparameters:
+            continue
+        logger.warning(
+            "resuming %s, whose run recorded no %s (it was started by an older covey), with "
+            "%s=%r: %s",
+            opened.run_dir,
+            key,
+            key,
+            strategy.hyperparameters[key],
+            before,
+        )
 
 
 def resumed_seed(opened: RunStore | None, seed: int) -> int:

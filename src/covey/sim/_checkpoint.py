@@ -35,7 +35,12 @@ from covey.core._history import History, RoundRecord
 from covey.core._weights import Weights, WeightsSpec
 from covey.server._callbacks import RoundCallback
 from covey.server._kept import SIMULATION_KEEPS
-from covey.server._resume import resume_point, same_strategy, strategy_changes
+from covey.server._resume import (
+    resume_point,
+    same_strategy,
+    strategy_changes,
+    warn_of_unrecorded,
+)
 from covey.server._roundfiles import WEIGHTS_DIR, check_storable
 from covey.server._rundb import DB_NAME
 from covey.server._saver import BackgroundSaver, call_pending, flushing
@@ -423,6 +428,7 @@ def _check_same(store: RunStore, strategy: Strategy, config: dict[str, Any]) -> 
             f"it was started with: {'; '.join(changes)}. Resume it as it was started, or "
             "give a new run a folder of its own"
         )
+    warn_of_unrecorded(store, strategy)
 
 
 def _warn_of_client_state(strategy: Strategy, keeps_clients: bool, start: int) -> None:

@@ -14,6 +14,7 @@ from covey.aggregate import Aggregate, AggregationError, Begin, Contribution, En
 from covey.core._weights import Weights, WeightsError
 from covey.strategies import Strategy
 from covey.strategies._options import StrategyOptions, preset
+from covey.strategies._recorded import recorded_since
 from covey.xgboost._limits import (
     check_count,
     check_local_rounds,
@@ -360,23 +361,48 @@ def XGBoostBagging(
     """
     checked: StrategyOptions = options  # type: ignore[assignment]
     step = bagging(weighted=weighted, max_trees=max_trees, local_rounds=local_rounds)
-    settings = {} if max_trees is None else {"max_trees": int(max_trees)}
-    return _sending_rounds(preset("XGBoostBagging", step, checked, **settings), local_rounds)
+    settings = {"weighted": bool(weighted), **_trees(max_trees, local_rounds)}
+    return _sending_rounds(preset("XGBoostBagging", step, checked, **settings))
 
 
-def _sending_rounds(strategy: Strategy, local_rounds: int) -> Strategy:
-    """``strategy``, recording ``local_rounds`` and sending it in every fit config.
+def _trees(max_trees: int | None, local_rounds: int) -> dict[str, Any]:
+    """The hyperparameters both strategies record: ``max_trees`` and ``local_rounds``, checked.
 
-    Recorded among the hyperparameters unless 1 (runs before the option had
-    none and boosted as their clients' own ``local_rounds`` said, 1 by default).
+    Every one is recorded, so that a run resumed with another is refused naming
+    it; a run of an older covey that recorded no ``local_rounds`` (or ``weighted``)
+    resumes with the strategy's and warns, naming it (see ``recorded_since``).
+    """
+    return {
+        "max_trees": check_max_trees(max_trees),
+        "local_rounds": check_local_rounds(local_rounds),
+    }
+
+
+def _sending_rounds(strategy: Strategy) -> Strategy:
+    """``strategy``, sending its ``local_rounds`` in every fit config.
+
     A fixed entry: an ``on_fit_config`` setting it too is refused.
     """
-    rounds = int(local_rounds)
-    settings = dict(strategy.hyperparameters)
-    if rounds != 1:
-        settings["local_rounds"] = rounds
+    rounds = strategy.hyperparameters["local_rounds"]
     entries = {**strategy.fit_config_entries, "local_rounds": rounds}
-    return replace(strategy, hyperparameters=settings, fit_config_entries=entries)
+    return replace(strategy, fit_config_entries=entries)
+
+
+# What a run of covey 0.1.0, which recorded neither, did: said when such a run resumes.
+_CLIENTS_ROUNDS = (
+    "the server sent no local_rounds then, so its clients boosted as many rounds as their "
+    "own local_rounds said (1 by default), and now the strategy's wins over theirs: if the "
+    "run's clients boosted more rounds, resume it with the strategy's local_rounds set to "
+    "theirs to train on as it did"
+)
+recorded_since("XGBoostBagging", "local_rounds", _CLIENTS_ROUNDS)
+recorded_since("XGBoostCyclic", "local_rounds", _CLIENTS_ROUNDS)
+recorded_since(
+    "XGBoostBagging",
+    "weighted",
+    "resume it with the weighted it was started with (True, each client's trees weighed by "
+    "its share of the examples, unless it was started with weighted=False)",
+)
 
 
 def XGBoostCyclic(
@@ -416,5 +442,6 @@ def XGBoostCyclic(
         "min_fit_clients": 0,  # the selector picks one; its failure keeps the model
     }
     step = cyclic(max_trees=max_trees, local_rounds=local_rounds)
-    settings = {} if max_trees is None else {"max_trees": int(max_trees)}
-    return _sending_rounds(preset("XGBoostCyclic", step, checked, **settings), local_rounds)
+    return _sending_rounds(
+        preset("XGBoostCyclic", step, checked, **_trees(max_trees, local_rounds))
+    )

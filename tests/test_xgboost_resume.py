@@ -1,0 +1,155 @@
+"""covey.xgboost: a resumed run keeps every hyperparameter it recorded, and an older run resumes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+
+xgb = pytest.importorskip("xgboost")
+
+from covey.xgboost import (  # noqa: E402
+    XGBoostBagging,
+    XGBoostClient,
+    XGBoostCyclic,
+    from_weights,
+    initial_model,
+    num_trees,
+)
+
+BINARY = {"objective": "binary:logistic", "base_score": 0.5, "max_depth": 2, "nthread": 1}
+
+
+def _data(cid: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(cid)
+    x = rng.normal(size=(40 + 20 * cid, 4))
+    return x, (x[:, 0] > 0) * 1.0
+
+
+def _simulate(
+    run: Path, strategy: covey.Strategy, rounds: int, resume: bool, client_rounds: int = 1
+) -> covey.sim.SimulationResult:
+    return covey.simulate(
+        lambda cid: XGBoostClient(*_data(cid), BINARY, local_rounds=client_rounds),
+        num_clients=2,
+        rounds=rounds,
+        strategy=strategy,
+        initial_weights=initial_model(BINARY, 4, capacity=1 << 18),
+        backend="inline",
+        seed=0,
+        run_dir=run,
+        resume=resume,
+    )
+
+
+def _as_an_older_covey_recorded(run: Path, *unrecorded: str) -> dict[str, Any]:
+    """Drop ``unrecorded`` from the run's recorded hyperparameters, as an older covey wrote them."""
+    with sqlite3.connect(run / "run.sqlite") as conn:
+        [(text,)] = conn.execute("SELECT config FROM run WHERE id = 1").fetchall()
+        config = json.loads(text)
+        kept = config["strategy"]["hyperparameters"]
+        for key in unrecorded:
+            del kept[key]
+        conn.execute("UPDATE run SET config = ? WHERE id = 1", (json.dumps(config),))
+    conn.close()
+    return dict(kept)
+
+
+def _options() -> dict[str, Any]:
+    return {"fraction_evaluate": 0.0}
+
+
+def test_weighted_is_recorded_and_a_resume_with_another_is_refused(tmp_path: Path) -> None:
+    recorded = XGBoostBagging(weighted=False, fraction_evaluate=0.0).describe()
+    assert recorded["hyperparameters"]["weighted"] is False
+    run = tmp_path / "run"
+    _simulate(run, XGBoostBagging(**_options()), 1, False)
+    message = r"cannot be resumed with other settings.*weighted True \(the run's\) is False now"
+    with pytest.raises(ValueError, match=message):
+        _simulate(run, XGBoostBagging(weighted=False, **_options()), 2, True)
+    _simulate(run, XGBoostBagging(**_options()), 2, True)
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_a_run_that_recorded_no_weighted_resumes_with_either_and_says_so(
+    tmp_path: Path, weighted: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="covey")
+    run = tmp_path / "run"
+    _simulate(run, XGBoostBagging(weighted=weighted, **_options()), 1, False)
+    assert _as_an_older_covey_recorded(run, "weighted") == {"max_trees": None, "local_rounds": 1}
+    resumed = _simulate(run, XGBoostBagging(weighted=weighted, **_options()), 2, True)
+    assert [r.aggregated for r in resumed.history.rounds[1:]] == [True, True]
+    said = [r.getMessage() for r in caplog.records if "recorded no weighted" in r.getMessage()]
+    assert len(said) == 1
+    assert f"with weighted={weighted}" in said[0]
+    assert "resume it with the weighted it was started with" in said[0]
+
+
+@pytest.mark.parametrize("kind", [XGBoostBagging, XGBoostCyclic])
+def test_a_run_whose_clients_chose_local_rounds_resumes_warning_of_the_strategys(
+    tmp_path: Path, kind: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An older covey sent no local_rounds: its clients boosted their own, 2, and the
+    # run recorded none.
+    caplog.set_level(logging.WARNING, logger="covey")
+    run = tmp_path / "run"
+    _simulate(run, kind(local_rounds=2, **_options()), 1, False, client_rounds=2)
+    _as_an_older_covey_recorded(run, "local_rounds")
+    # Resumed as it was written, the strategy's default of 1 now wins over the clients' 2:
+    # the resume says so, naming local_rounds and how to keep the run's.
+    _simulate(run, kind(**_options()), 2, True, client_rounds=2)
+    said = [r.getMessage() for r in caplog.records if "recorded no local_rounds" in r.getMessage()]
+    assert len(said) == 1
+    assert "with local_rounds=1" in said[0]
+    assert "their own local_rounds" in said[0]
+    assert "resume it with the strategy's local_rounds set to theirs" in said[0]
+    # Given the clients' local_rounds, it trains on as it did.
+    caplog.clear()
+    resumed = _simulate(run, kind(local_rounds=2, **_options()), 3, True, client_rounds=2)
+    per_round = 2 * (2 if kind is XGBoostBagging else 1)
+    assert num_trees(from_weights(resumed.weights)) == per_round * 2 + per_round // 2
+    assert not resumed.history.failures()
+    assert any("recorded no local_rounds" in r.getMessage() for r in caplog.records)
+
+
+def test_a_run_that_recorded_its_local_rounds_resumes_without_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="covey")
+    run = tmp_path / "run"
+    _simulate(run, XGBoostCyclic(**_options()), 1, False)
+    with pytest.raises(ValueError, match=r"local_rounds 1 \(the run's\) is 2 now"):
+        _simulate(run, XGBoostCyclic(local_rounds=2, **_options()), 2, True)
+    with pytest.raises(ValueError, match=r"max_trees None \(the run's\) is 10 now"):
+        _simulate(run, XGBoostCyclic(max_trees=10, **_options()), 2, True)
+    _simulate(run, XGBoostCyclic(**_options()), 2, True)
+    assert not [r for r in caplog.records if "recorded no" in r.getMessage()]
+
+
+def test_a_deployed_run_that_recorded_neither_resumes_warning_of_both(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from covey.server._resume import same_settings
+    from covey.server._store import RunStore
+
+    caplog.set_level(logging.WARNING, logger="covey")
+    older = XGBoostBagging(local_rounds=2).describe()
+    older["hyperparameters"] = {}  # as an older covey recorded XGBoostBagging()
+    with RunStore.create(tmp_path / "run", config={"strategy": older}) as store:
+        same_settings(store, XGBoostBagging(weighted=False, local_rounds=2))
+        with pytest.raises(ValueError, match=r"max_trees None \(the run's\) is 5 now"):
+            same_settings(store, XGBoostBagging(max_trees=5))
+    said = [r.getMessage() for r in caplog.records if "recorded no" in r.getMessage()]
+    assert len(said) == 2
+    assert "recorded no local_rounds" in said[0]
+    assert "with local_rounds=2" in said[0]
+    assert "recorded no weighted" in said[1]
+    assert "with weighted=False" in said[1]
