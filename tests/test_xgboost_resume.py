@@ -19,6 +19,7 @@ from covey.xgboost import (  # noqa: E402
     XGBoostBagging,
     XGBoostClient,
     XGBoostCyclic,
+    bagging,
     from_weights,
     initial_model,
     num_trees,
@@ -75,6 +76,17 @@ def test_weighted_is_recorded_and_a_resume_with_another_is_refused(tmp_path: Pat
     with pytest.raises(ValueError, match=message):
         _simulate(run, XGBoostBagging(weighted=False, **_options()), 2, True)
     _simulate(run, XGBoostBagging(**_options()), 2, True)
+
+
+@pytest.mark.parametrize("value", ["no", "False", None, 0, 1])
+def test_a_weighted_that_is_not_true_or_false_is_refused_naming_it(value: object) -> None:
+    # Any text reads as true and None as false: weighted="False" would weigh clients.
+    for make in (XGBoostBagging, bagging):
+        with pytest.raises(TypeError, match=rf"weighted must be True or False, got {value!r}"):
+            make(weighted=value)
+    assert (
+        XGBoostBagging(weighted=np.bool_(False)).describe()["hyperparameters"]["weighted"] is False
+    )
 
 
 @pytest.mark.parametrize("weighted", [True, False])

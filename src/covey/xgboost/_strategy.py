@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from covey.aggregate import Aggregate, AggregationError, Begin, Contribution, End, Event, Step
+from covey.aggregate._flat import check_switch
 from covey.core._weights import Weights, WeightsError
 from covey.strategies import Strategy
 from covey.strategies._options import StrategyOptions, preset
@@ -197,13 +198,14 @@ def bagging(*, weighted: bool = True, max_trees: int | None = None, local_rounds
         A reducer step emitting the merged model as the round's aggregate.
 
     Raises:
-        TypeError, ValueError: ``max_trees`` is not None or an int of at least 1, or
-            ``local_rounds`` is not an int of at least 1.
+        TypeError, ValueError: ``weighted`` is not True or False, ``max_trees`` is not
+            None or an int of at least 1, or ``local_rounds`` is not an int of at least 1.
 
     References:
         Chen and Guestrin, "XGBoost: A Scalable Tree Boosting System", KDD 2016;
         Breiman, "Bagging Predictors", Machine Learning 24, 1996.
     """
+    weighted = check_switch(weighted, "weighted")
     cap = check_max_trees(max_trees)
     rounds = check_local_rounds(local_rounds)
 
@@ -361,7 +363,7 @@ def XGBoostBagging(
     """
     checked: StrategyOptions = options  # type: ignore[assignment]
     step = bagging(weighted=weighted, max_trees=max_trees, local_rounds=local_rounds)
-    settings = {"weighted": bool(weighted), **_trees(max_trees, local_rounds)}
+    settings = {"weighted": check_switch(weighted, "weighted"), **_trees(max_trees, local_rounds)}
     return _sending_rounds(preset("XGBoostBagging", step, checked, **settings))
 
 
