@@ -83,10 +83,9 @@ def test_a_weighted_that_is_not_true_or_false_is_refused_naming_it(value: object
     # Any text reads as true and None as false: weighted="False" would weigh clients.
     for make in (XGBoostBagging, bagging):
         with pytest.raises(TypeError, match=rf"weighted must be True or False, got {value!r}"):
-            make(weighted=value)
-    assert (
-        XGBoostBagging(weighted=np.bool_(False)).describe()["hyperparameters"]["weighted"] is False
-    )
+            make(weighted=value)  # type: ignore[arg-type]
+    numpys = XGBoostBagging(weighted=np.bool_(False))  # type: ignore[arg-type]
+    assert numpys.describe()["hyperparameters"]["weighted"] is False
 
 
 @pytest.mark.parametrize("weighted", [True, False])
