@@ -1,0 +1,128 @@
+"""A live run's history.json rewritten: only its rounds whose text changed are parsed again."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("starlette", reason="the dashboard extra is needed")
+
+from covey.dashboard import RunReadError
+from covey.dashboard._historycache import HistoryCache, parse_history
+
+
+def _record(rng: random.Random, k: int) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "round": k,
+        "central_loss": rng.choice([0.5, 1.0, -0.0, 0.0, float("nan"), float("inf"), 7]),
+        "fit_participants": [rng.randrange(5) for _ in range(rng.randrange(3))],
+    }
+    if rng.random() < 0.3:
+        record["central_metrics"] = {"accuracy": rng.choice([True, 1, 0.25, "text"])}
+    if rng.random() < 0.1:
+        record["note"] = rng.choice(["site-é", "a \\ b", 'quote "x"'])
+    return record
+
+
+class _File:
+    """A history.json written again and again, each version a file of its own to the cache."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.stamp = 1_000_000_000_000_000_000
+
+    def write(self, text: str) -> None:
+        self.path.write_text(text, encoding="utf-8")
+        self.stamp += 1_000_000  # a time of its own, whatever the clock's resolution
+        os.utime(self.path, ns=(self.stamp, self.stamp))
+
+
+def _parsed(cache: HistoryCache, path: Path) -> str:
+    """What ``cache`` reads of ``path``, said exactly (True is no 1, -0.0 no 0.0), or why not."""
+    try:
+        return repr(cache.read(path))
+    except RunReadError as exc:
+        return f"error: {exc}"
+
+
+def _whole(path: Path) -> str:
+    try:
+        return repr(parse_history(path))
+    except RunReadError as exc:
+        return f"error: {exc}"
+
+
+def _text(rng: random.Random, rounds: list[dict[str, Any]], head: int) -> str:
+    """A history holding ``rounds``, written one of the ways a run's file may be."""
+    body: dict[str, Any] = {"config": {"rounds": 99, "head": head}, "rounds": rounds}
+    if rng.random() < 0.2:  # the rounds before another key
+        body = {"rounds": rounds, "stopped_reason": None, "clients": {"0": "site-0"}}
+    indent = rng.choice([2, 2, 2, None, 0])
+    text = json.dumps(body, indent=indent, ensure_ascii=rng.random() < 0.9)
+    damage = rng.random()
+    if damage < 0.04:
+        text = text[: rng.randrange(len(text))]  # cut short by a kill
+    elif damage < 0.06:
+        text = text.replace('"round": 1,', '"round": "one",', 1)
+    elif damage < 0.08:
+        text = text.replace('"fit_participants": [', '"fit_participants": ["x", ', 1)
+    elif damage < 0.1:
+        text = text[:-1] + ', "rounds": []}'  # the rounds given twice: the last counts
+    elif damage < 0.12:
+        text += " x"
+    return text
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_history_rewritten_at_random_reads_as_a_whole_parse(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    file = _File(tmp_path / "history.json")
+    cache = HistoryCache()
+    rounds: list[dict[str, Any]] = []
+    head = 0
+    for _ in range(150):
+        pick = rng.random()
+        if pick < 0.5 or not rounds:  # new rounds after the old ones
+            rounds = rounds + [_record(rng, len(rounds) + i) for i in range(rng.randrange(3))]
+        elif pick < 0.65:  # the newest round written again
+            rounds = [*rounds[:-1], _record(rng, len(rounds) - 1)]
+        elif pick < 0.8:  # a resumed run redid its last rounds
+            at = rng.randrange(len(rounds))
+            rounds = rounds[:at] + [_record(rng, k) for k in range(at, len(rounds))]
+        elif pick < 0.9:  # a history cut short
+            rounds = rounds[: rng.randrange(len(rounds))]
+        else:  # the settings changed (a resume's new round count), the rounds kept
+            head += 1
+        file.write(_text(rng, rounds, head))
+        assert _parsed(cache, file.path) == _whole(file.path)
+
+
+def test_a_rewritten_historys_unchanged_rounds_are_not_parsed_again(tmp_path: Path) -> None:
+    # A history.json is written anew (a new file) at each write: parsing all of it again
+    # took seconds at 20,000 rounds, though mostly only its newest rounds had changed.
+    rng = random.Random(3)
+    rounds = [_record(rng, k) for k in range(20)]
+    file = _File(tmp_path / "history.json")
+    cache = HistoryCache()
+    file.write(json.dumps({"config": {}, "rounds": rounds}, indent=2))
+    _, first = cache.read(file.path)
+
+    resumed = [*rounds[:15], *(_record(rng, k) for k in range(15, 22))]
+    file.write(json.dumps({"config": {"rounds": 30}, "rounds": resumed}, indent=2))
+    data, again = cache.read(file.path)
+    assert all(a is b for a, b in zip(again[:15], first[:15], strict=True))
+    assert repr((data, again)) == repr(parse_history(file.path))
+
+    changed = json.loads(file.path.read_text())
+    changed["rounds"][3]["fit_participants"] = [4]  # an older round changed: parsed from it
+    file.write(json.dumps(changed, indent=2))
+    _, third = cache.read(file.path)
+    assert all(a is b for a, b in zip(third[:3], again[:3], strict=True))
+    assert third[3] is not again[3]
+    assert third[3]["fit_participants"] == [4]
+    assert repr(third) == repr(parse_history(file.path)[1])
