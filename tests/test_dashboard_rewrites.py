@@ -1,19 +1,24 @@
-"""A live run's history.json rewritten: only its rounds whose text changed are parsed again."""
+"""A live run's history.json rewritten, and its clients changed: read and sent only in part."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import urllib.request
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 pytest.importorskip("starlette", reason="the dashboard extra is needed")
 
-from covey.dashboard import RunReadError
+from _sse import next_event
+from covey.core import RoundRecord
+from covey.dashboard import DashboardServer, RunReadError
 from covey.dashboard._historycache import HistoryCache, parse_history
+from covey.server import RunStore
 
 
 def _record(rng: random.Random, k: int) -> dict[str, Any]:
@@ -126,3 +131,68 @@ def test_a_rewritten_historys_unchanged_rounds_are_not_parsed_again(tmp_path: Pa
     assert third[3] is not again[3]
     assert third[3]["fit_participants"] == [4]
     assert repr(third) == repr(parse_history(file.path)[1])
+
+
+def _stream_events(stream: Any, kinds: set[str]) -> Any:
+    while True:
+        kind, data = next_event(stream, within=30)
+        if kind in kinds:
+            return kind, data
+
+
+def _merged(clients: list[dict[str, Any]], change: dict[str, Any]) -> list[dict[str, Any]]:
+    """The clients a page holds after an update, merged as its script merges them."""
+    if "clients" in change:
+        return list(change["clients"])
+    clients = list(clients)
+    for i, row in change["client_rows"]:
+        clients[i] = row
+    return clients
+
+
+def test_a_live_update_sends_only_the_clients_whose_rows_changed(tmp_path: Path) -> None:
+    # Each update sent every client's row (800 KB a round for 1,000 clients), though
+    # only the round's participants had changed.
+    run = tmp_path / "fed"
+    store = RunStore.create(run, config={"rounds": 9, "strategy": "FedAvg"})
+    try:
+        ids = [store.client_id(f"site-{i}") for i in range(30)]
+        for i in range(30):
+            store.log_event(f"site-{i}", "join", "ipv4:127.0.0.1:5000")
+        store.save_round(0, {"w": np.ones(2)}, RoundRecord(round=0, fit_participants=ids[:10]))
+        with (
+            DashboardServer(tmp_path, poll=0.05) as server,
+            urllib.request.urlopen(server.url + "api/stream?id=fed", timeout=30) as stream,  # noqa: S310
+        ):
+            kind, first = next_event(stream, within=30)
+            assert kind == "run"
+            clients, names = first["clients"], first["client_names"]
+            assert len(clients) == 30
+
+            record = RoundRecord(round=1, fit_participants=[ids[3], ids[12]])
+            store.save_round(1, {"w": np.ones(2)}, record)
+            kind, change = _stream_events(stream, {"update", "run"})
+            assert kind == "update"
+            assert [r["round"] for r in change["new_rounds"]] == [1]
+            assert "clients" not in change
+            assert "client_names" not in change
+            assert sorted(row["name"] for _, row in change["client_rows"]) == ["site-12", "site-3"]
+            clients = _merged(clients, change)
+
+            store.log_event("site-5", "leave", "heartbeat lost")  # a row changed, no round
+            kind, change = _stream_events(stream, {"update", "run"})
+            assert [row["name"] for _, row in change["client_rows"]] == ["site-5"]
+            clients = _merged(clients, change)
+
+            store.client_id("site-new")  # a client came: the whole table, and the names
+            store.log_event("site-new", "join", "ipv4:127.0.0.1:5001")
+            kind, change = _stream_events(stream, {"update", "run"})
+            assert len(change["clients"]) == 31
+            assert change["client_names"] != names
+            clients = _merged(clients, change)
+
+            with urllib.request.urlopen(server.url + "api/run?id=fed&view=first") as page:  # noqa: S310
+                whole = json.loads(page.read())
+            assert clients == whole["clients"]
+    finally:
+        store.close()

@@ -48,6 +48,7 @@ from covey.dashboard._runs import (
     Run,
     RunReadError,
     Signature,
+    clients_table,
     detail,
     discover_runs,
     is_run,
@@ -212,24 +213,48 @@ def _index(request: Request, name: str) -> int:
     return int(text)
 
 
-def _delta(old: Run, new: Run, row: dict[str, Any] | None = None) -> dict[str, Any] | None:
+_Shown = tuple[dict[str, str], list[dict[str, Any]]]
+"""What a live page holds of a run's clients: their names by id, and their rows."""
+
+
+def _clients_shown(view: dict[str, Any]) -> _Shown:
+    return view["client_names"], view["clients"]
+
+
+def _delta(
+    old: Run, new: Run, row: dict[str, Any] | None = None, shown: _Shown | None = None
+) -> dict[str, Any] | None:
     """What changed from ``old`` to ``new``, or None if the page must be redrawn whole.
 
     ``row``: :func:`~covey.dashboard._runs.summary` of ``new`` if made already.
+    ``shown``: the clients the page holds (None: it gets them all).
 
     Rounds the page holds that changed (a round that a resumed run redid after
     a crash, with other numbers) redraw it whole, as do rounds that went away.
+    Of the clients, only the rows that changed go (``client_rows``: their index
+    and row), and their names only if they changed; the whole table goes
+    (``clients``) if a client came or went or the page holds none.
     """
     known = old.rounds
     if new.rounds[: len(known)] != known:
         return None
-    return {
+    names = {str(k): v for k, v in new.clients.items()}
+    rows = page_clients(clients_table(new)) if new.kind == "deployed" else []
+    change: dict[str, Any] = {
         "summary": summary(new) if row is None else row,
         "meta": new.meta,
         "new_rounds": new.rounds[len(known) :],
-        "client_names": {str(k): v for k, v in new.clients.items()},
-        "clients": page_clients(detail(new)["clients"]),
     }
+    if shown is None or names != shown[0]:
+        change["client_names"] = names
+    held = None if shown is None else shown[1]
+    if held is not None and [r["name"] for r in held] == [r["name"] for r in rows]:
+        change["client_rows"] = [
+            [i, r] for i, (r, was) in enumerate(zip(rows, held, strict=True)) if r != was
+        ]
+    else:
+        change["clients"] = rows
+    return change
 
 
 async def _events(
@@ -243,6 +268,7 @@ async def _events(
     last_sig = None
     last: Run | None = None
     last_row: dict[str, Any] = {}
+    shown: _Shown | None = None  # the clients the page holds
     failed = False
     idle = 0.0
     while not closing.is_set():
@@ -257,7 +283,8 @@ async def _events(
                     raise RunReadError(f"the run folder {path} is gone (deleted or moved)")
                 run = await run_in_threadpool(cache.read, run_id, path)
                 row = await run_in_threadpool(cache.summary, run)
-                message = _message(last, run, None if last is None else (last_row, row))
+                rows = None if last is None else (last_row, row)
+                message, now = _message(last, run, rows, shown)
             except (RunReadError, RecursionError) as exc:
                 failed = True
                 said = _too_deep(path) if isinstance(exc, RecursionError) else str(exc)
@@ -265,6 +292,7 @@ async def _events(
             else:
                 if message:
                     yield message
+                    shown = now
                 elif failed:
                     yield "event: ok\ndata: {}\n\n"
                 failed = False
@@ -278,19 +306,39 @@ async def _events(
 
 
 def _message(
-    old: Run | None, new: Run, rows: tuple[dict[str, Any], dict[str, Any]] | None = None
-) -> str:
+    old: Run | None,
+    new: Run,
+    rows: tuple[dict[str, Any], dict[str, Any]] | None = None,
+    shown: _Shown | None = None,
+) -> tuple[str, _Shown]:
     """The event telling the page how ``old`` became ``new`` ("" if nothing it shows changed).
 
     ``rows``: :func:`~covey.dashboard._runs.summary` of ``old`` and ``new`` if made already.
+    ``shown``: the clients the page holds (None: it gets them all, as :func:`_delta` says).
+
+    Returns:
+        The event, and the clients the page holds once it got it.
     """
     old_row, new_row = (None, None) if rows is None else rows
-    if old is None or (change := _delta(old, new, new_row)) is None:
-        return f"event: run\ndata: {_json(first_view(new))}\n\n"
+    if old is None or (change := _delta(old, new, new_row, shown)) is None:
+        view = first_view(new)
+        return f"event: run\ndata: {_json(view)}\n\n", _clients_shown(view)
     old_row = summary(old) if old_row is None else old_row
     if change["new_rounds"] or change["summary"] != old_row or new.events != old.events:
-        return f"event: update\ndata: {_json(change)}\n\n"
-    return ""
+        held = _merged(change, shown)
+        return f"event: update\ndata: {_json(change)}\n\n", held
+    return "", (shown or ({}, []))
+
+
+def _merged(change: dict[str, Any], shown: _Shown | None) -> _Shown:
+    """The clients a page holding ``shown`` holds once it merged ``change`` (as app.js does)."""
+    names = change.get("client_names", {} if shown is None else shown[0])
+    if "clients" in change:
+        return names, change["clients"]
+    rows = list([] if shown is None else shown[1])
+    for i, row in change["client_rows"]:
+        rows[i] = row
+    return names, rows
 
 
 def create_app(

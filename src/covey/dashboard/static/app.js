@@ -371,8 +371,12 @@ function showRun(id) {
   stream.addEventListener("update", (e) => {
     clearError();
     const change = JSON.parse(e.data);
-    Object.assign(run, change.summary, { meta: change.meta, clients: change.clients,
-      client_names: change.client_names });
+    Object.assign(run, change.summary, { meta: change.meta });
+    // An update holds the clients' names only if they changed, and of the clients the whole
+    // table (one came or went) or the rows that changed, by their place in it.
+    if (change.client_names) run.client_names = change.client_names;
+    if (change.clients) run.clients = change.clients;
+    for (const [i, row] of change.client_rows || []) run.clients[i] = row;
     run.rounds.push(...change.new_rounds);
     run.rounds.splice(0, Math.max(0, run.rounds.length - TABLE_ROWS));  // the table has its rows
     run.chart.push(...change.new_rounds);
