@@ -16,8 +16,10 @@ pytest.importorskip("starlette", reason="the dashboard extra is needed")
 
 from _sse import next_event
 from covey.core import RoundRecord
-from covey.dashboard import DashboardServer, RunReadError
+from covey.dashboard import DashboardServer, RunReadError, read_run
+from covey.dashboard._app import RunCache
 from covey.dashboard._historycache import HistoryCache, parse_history
+from covey.dashboard._runs import clients_table, detail, summary
 from covey.server import RunStore
 
 
@@ -105,6 +107,31 @@ def test_a_history_rewritten_at_random_reads_as_a_whole_parse(tmp_path: Path, se
             head += 1
         file.write(_text(rng, rounds, head))
         assert _parsed(cache, file.path) == _whole(file.path)
+
+
+def test_a_run_whose_history_is_rewritten_at_random_shows_what_a_fresh_read_does(
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(11)
+    run = tmp_path / "run"
+    run.mkdir()
+    file = _File(run / "history.json")
+    cache = RunCache(tmp_path)
+    rounds: list[dict[str, Any]] = []
+    for _ in range(120):
+        pick = rng.random()
+        if pick < 0.5 or not rounds:
+            rounds = rounds + [_record(rng, len(rounds) + i) for i in range(rng.randrange(3))]
+        elif pick < 0.75:
+            at = rng.randrange(len(rounds))
+            rounds = rounds[:at] + [_record(rng, k) for k in range(at, len(rounds))]
+        else:
+            rounds = rounds[: rng.randrange(len(rounds))]
+        file.write(json.dumps({"config": {"rounds": 99}, "rounds": rounds}, indent=2))
+        shown, fresh = cache.read("run", run), read_run("run", run)
+        assert repr(cache.summary(shown)) == repr(summary(fresh))
+        assert repr(clients_table(shown)) == repr(clients_table(fresh))
+        assert repr(detail(shown)) == repr(detail(fresh))
 
 
 def test_a_rewritten_historys_unchanged_rounds_are_not_parsed_again(tmp_path: Path) -> None:

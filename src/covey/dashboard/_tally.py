@@ -4,16 +4,18 @@ A live run is read again at every new round. Walking all its rounds again for
 its best value and for the rounds each client took part in took time growing
 with the run (at 20,000 rounds of 1,000 clients, most of a second a round). A
 :class:`Tally` of a run read before is grown with the rounds added since, when
-the run's rounds are those it had with new ones after them; otherwise (a
-resumed run that redid rounds, a history cut short, another run in the
-folder) it is made again from all the rounds, as :func:`tally_of` makes it.
+the run's rounds are those it had with new ones after them. A run whose first
+rounds are those it had, then others (a resumed run that redid rounds, a
+history cut short) gets a copy of it cut to those first rounds, grown with the
+others; another run in the folder is walked whole, as :func:`tally_of` does.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from bisect import bisect_right
+from array import array
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from itertools import pairwise
 from typing import Any, Final
@@ -71,16 +73,21 @@ def metric_value(record: dict[str, Any], source: str, name: str) -> float | None
 
 
 class _Clients:
-    """The rounds each client id took part in, for a run and the runs it grew into.
+    """The rounds each client id took part in, and where the best values improved.
 
-    Its lists only grow, in round order: a :class:`Tally` reads the rounds up to
-    its own last round, so the tallies of a run's earlier reads stay as they were.
+    For a run and the runs it grew into: its lists only grow, in round order, and
+    a :class:`Tally` reads them up to its own last round (or its count of rounds),
+    so the tallies of a run's earlier reads stay as they were.
     """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.tip = 0  # how many of the run's rounds the lists hold
         self.rounds: dict[str, dict[int, list[int]]] = {column: {} for _, column in _TAKING_PART}
+        # per candidate: the rounds (by index) where its best value improved, and it then
+        self.improved: list[tuple[array[int], list[tuple[float, int]]]] = [
+            (array("q"), []) for _ in _CANDIDATES
+        ]
 
     def add(self, rounds: Sequence[dict[str, Any]]) -> None:
         for record in rounds:
@@ -89,7 +96,41 @@ class _Clients:
                 lists = self.rounds[column]
                 for cid in record.get(key) or ():
                     lists.setdefault(cid, []).append(number)
+        for (at, found), (source, name, better) in zip(self.improved, _CANDIDATES, strict=True):
+            best = found[-1][0] if found else None
+            for i, record in enumerate(rounds, self.tip):
+                value = metric_value(record, source, name)
+                if value is None or not math.isfinite(value):
+                    continue
+                if best is None or better(value, best):  # a tie keeps the earlier round
+                    best = value
+                    at.append(i)
+                    found.append((value, record["round"]))
         self.tip += len(rounds)
+
+    def best(self, count: int) -> list[tuple[float, int] | None]:
+        """Per candidate, its best value in the first ``count`` rounds, and the round of it."""
+        kept = (bisect_left(at, count) for at, _ in self.improved)
+        return [
+            found[n - 1] if n else None for n, (_, found) in zip(kept, self.improved, strict=True)
+        ]
+
+    def cut(self, count: int, last: int) -> _Clients:
+        """A copy holding the first ``count`` rounds only (``last``: the highest number of them)."""
+        copy = _Clients()
+        with self.lock:
+            for column, lists in self.rounds.items():
+                into = copy.rounds[column]
+                for cid, numbers in lists.items():
+                    n = bisect_right(numbers, last)
+                    if n:
+                        into[cid] = numbers[:n]
+            for (at, found), (to_at, to_found) in zip(self.improved, copy.improved, strict=True):
+                n = bisect_left(at, count)
+                to_at.extend(at[:n])
+                to_found.extend(found[:n])
+        copy.tip = count
+        return copy
 
 
 class Tally:
@@ -152,15 +193,6 @@ def _read(record: dict[str, Any]) -> tuple[Any, ...]:
     return (record["round"], values, *clients)
 
 
-def _same(old: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]]) -> bool:
-    """Whether a tally of ``new`` is that of ``old``: the same rounds, or read as the same.
-
-    Rounds read again from a file are other objects: ``==`` would take ``true``
-    for ``1`` and ``-0.0`` for ``0.0``, which a tally tells apart.
-    """
-    return all(a is b or _read(a) == _read(b) for a, b in zip(old, new, strict=True))
-
-
 def tally_of(rounds: Sequence[dict[str, Any]]) -> Tally:
     """The tally of ``rounds`` (a run's, in round order), walking every one of them."""
     clients = _Clients()
@@ -168,9 +200,7 @@ def tally_of(rounds: Sequence[dict[str, Any]]) -> Tally:
     numbers = [r["round"] for r in rounds]
     if any(b <= a for a, b in pairwise(numbers)):
         clients.tip = -1  # not in round order (no run's rounds): never grown, read whole
-    best: list[tuple[float, int] | None] = [None] * len(_CANDIDATES)
-    _better(best, rounds)
-    return Tally(clients, len(rounds), max(numbers, default=-1), best)
+    return Tally(clients, len(rounds), max(numbers, default=-1), clients.best(len(rounds)))
 
 
 def best_metric(rounds: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -180,26 +210,46 @@ def best_metric(rounds: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     return Tally(_Clients(), len(rounds), -1, best).best()
 
 
+def _kept(old: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]]) -> int:
+    """How many first rounds of ``new`` are ``old``'s, or read as the same by a tally.
+
+    Rounds read again from a file are other objects: ``==`` would take ``true``
+    for ``1`` and ``-0.0`` for ``0.0``, which a tally tells apart.
+    """
+    for i, (a, b) in enumerate(zip(old, new, strict=False)):
+        if a is not b and _read(a) != _read(b):
+            return i
+    return min(len(old), len(new))
+
+
 def grown(
     before: Tally | None, old: Sequence[dict[str, Any]], rounds: Sequence[dict[str, Any]]
 ) -> Tally:
     """The tally of ``rounds``, made from ``before`` (the tally of ``old``) when it can be.
 
-    It can be when ``rounds`` are ``old`` followed by newer rounds, and ``before``
-    was not grown into another run since; otherwise :func:`tally_of` walks them all.
+    It can be when ``rounds`` are ``old``'s first rounds (at least one) followed by
+    newer rounds; ``before`` is grown in place if they are all of ``old`` and it was
+    not grown into another run since, else a copy of it cut to those first rounds.
+    Otherwise :func:`tally_of` walks them all.
     """
     n = len(old)
-    if before is None or before.count != n or len(rounds) < n or not _same(old, rounds[:n]):
+    if before is None or before.count != n or before._clients.tip < 0:
         return tally_of(rounds)
-    new = rounds[n:]
+    kept = _kept(old, rounds)
+    if not kept:
+        return tally_of(rounds)  # another run, or none of its rounds left
+    last = old[kept - 1]["round"]
+    new = rounds[kept:]
     numbers = [r["round"] for r in new]
-    if any(b <= a for a, b in pairwise([before.last, *numbers])):
+    if any(b <= a for a, b in pairwise([last, *numbers])):
         return tally_of(rounds)  # not in round order after the old ones: not a run that grew
     clients = before._clients
     with clients.lock:
-        if clients.tip != n:  # grown into another run already
-            return tally_of(rounds)
+        grow = kept == n and clients.tip == n  # not grown into another run already
+        if grow:
+            clients.add(new)
+    if not grow:
+        clients = clients.cut(kept, last)
         clients.add(new)
-    best = list(before._best)
-    _better(best, new)
-    return Tally(clients, len(rounds), numbers[-1] if numbers else before.last, best)
+    count = len(rounds)
+    return Tally(clients, count, numbers[-1] if numbers else last, clients.best(count))
