@@ -90,6 +90,16 @@ def test_a_resumed_simulation_keeps_counting_rounds_from_the_first(tmp_path: Pat
         _simulate(9, 2, run_dir=run_dir, resume=True)
 
 
+def test_a_resume_with_another_evaluate_every_names_the_default_it_left(tmp_path: Path) -> None:
+    """A run that left it at 1 does not record it, and the refusal still says 1, not None."""
+    _simulate(2, 1, run_dir=tmp_path / "every")
+    with pytest.raises(ValueError, match=r"evaluate_every 1 \(the run's\) is 2 now"):
+        _simulate(4, 2, run_dir=tmp_path / "every", resume=True)
+    _simulate(2, 3, run_dir=tmp_path / "third")
+    with pytest.raises(ValueError, match=r"evaluate_every 3 \(the run's\) is 1 now"):
+        _simulate(4, 1, run_dir=tmp_path / "third", resume=True)
+
+
 def test_fedbuff_evaluates_centrally_every_n_updates() -> None:
     seen: list[int] = []
     covey.simulate(

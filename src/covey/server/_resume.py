@@ -193,6 +193,10 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+_UNRECORDED = {"evaluate_every": 1}
+"""Options a strategy records only when they differ from their default, with that default."""
+
+
 def strategy_changes(stored: Any, strategy: Strategy, parts: tuple[str, ...]) -> list[str]:
     """Each of ``parts`` of ``strategy.describe()`` that differs from the ``stored`` one.
 
@@ -217,7 +221,9 @@ def strategy_changes(stored: Any, strategy: Strategy, parts: tuple[str, ...]) ->
             continue
         if not isinstance(stored.get(part), dict):
             continue
-        old, new = _flat(stored[part]), _flat(given.get(part) or {})
+        unrecorded = _UNRECORDED if part == "options" else {}
+        old = {**unrecorded, **_flat(stored[part])}
+        new = {**unrecorded, **_flat(given.get(part) or {})}
         for key in sorted(set(old) | set(new)):
             unknown = part == "hyperparameters" and key in later
             if key not in old and (new.get(key) is None or unknown):
