@@ -545,6 +545,39 @@ def test_a_state_factory_used_twice_in_a_chain_is_stored_and_read_back() -> None
     assert [count.n for count in back[:2]] == [1, 1]
 
 
+def test_a_numpy_float64_in_a_state_is_read_back_as_one() -> None:
+    """np.float64 is a float, but it scales a float32 array to float64 where a float does not."""
+    from covey.server._state import dump_state, load_state, state_types
+
+    template = _Velocity(np.float64(1.0), None)
+    state = _Velocity(np.float64(0.9), {"lr": np.float64(np.nan), "f": 0.5, "n": np.float32(2)})
+    back = load_state(dump_state(state, state_types(template)), template)
+    assert type(back.velocity) is np.float64
+    assert back.velocity == 0.9
+    assert type(back.params["lr"]) is np.float64
+    assert np.isnan(back.params["lr"])
+    assert type(back.params["f"]) is float
+    assert type(back.params["n"]) is np.float32
+
+
+def test_a_non_finite_numpy_float64_stored_by_its_repr_is_read_back() -> None:
+    """How runs saved it before: ``np.float64(inf)``, which ``float()`` cannot read."""
+    import json
+
+    import safetensors.numpy
+
+    from covey.server._state import _digest, load_state
+
+    tree = {"__tuple__": None, "items": [{"__float__": "np.float64(-inf)"}, {"__float__": "nan"}]}
+    meta = json.dumps({"format": 2, "tree": tree, "sha256": _digest(tree, {})})
+    data = safetensors.numpy.save({}, metadata={"covey-state": meta})
+    low, nan = load_state(data, ())
+    assert type(low) is np.float64
+    assert low == -np.inf
+    assert type(nan) is float
+    assert np.isnan(nan)
+
+
 def test_a_state_stored_by_another_aggregation_step_is_refused_saying_so() -> None:
     from covey.server._state import dump_state, load_state
 

@@ -19,14 +19,14 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 import covey
-from covey.aggregate import Step, chain, server_adam, server_sgd, weighted_mean
+from covey.aggregate import Aggregate, Begin, Step, chain, server_adam, server_sgd, weighted_mean
 from covey.cli import app
 from covey.dashboard._runs import read_run, summary
 from covey.server._store import RunStore
@@ -527,3 +527,54 @@ def test_a_simulation_refused_before_it_starts_leaves_no_run_behind(tmp_path: Pa
         _sim(mine, initial_weights=[np.ones(3)])
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
     assert _sim(tmp_path / "runs" / "a").history.rounds[-1].round == 2  # the folder is free
+
+
+class _Scaled(NamedTuple):
+    scale: Any
+    params: Any
+
+
+def _decaying() -> Step:
+    """A server step scaling the mean update by a NumPy scalar it keeps, 0.9 less each round."""
+
+    def update(state: _Scaled, event: Any) -> Any:
+        if isinstance(event, Begin):
+            return state._replace(params=event.params), (event,)
+        if isinstance(event, Aggregate):
+            delta = {k: v * state.scale for k, v in event.as_delta(state.params).items()}
+            out = Aggregate(event.round, event.num_clients, event.num_examples, delta=delta)
+            return _Scaled(state.scale * 0.9, None), (out,)
+        return state, (event,)
+
+    return Step(lambda params: _Scaled(np.float64(1.0), None), update)
+
+
+class _Seeded(covey.Client):
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: covey.Weights, config: dict[str, Any]) -> covey.FitResult:
+        rng = np.random.default_rng([self.cid, config["round"]])
+        new = {k: (v + rng.normal(size=v.shape)).astype(v.dtype) for k, v in weights.items()}
+        return covey.FitResult(weights=new, num_examples=1 + self.cid)
+
+
+def test_a_step_keeping_a_numpy_scalar_resumes_to_the_same_bits(tmp_path: Path) -> None:
+    """np.float64 times a float32 array is float64, a float's is float32: the scalar stays one."""
+
+    def simulate(run: Path | None, **options: Any) -> covey.sim.SimulationResult:
+        strategy = covey.Strategy(
+            aggregator=chain(weighted_mean(), _decaying()), fraction_evaluate=0.0
+        )
+        model = {"w": np.ones(1000, np.float32)}
+        return covey.simulate(_Seeded, 4, 4, strategy, model, run_dir=run, **options)
+
+    def stop(record: covey.core.RoundRecord) -> None:
+        if record.round == 2:
+            raise RuntimeError("stopped here")
+
+    with pytest.raises(RuntimeError, match="stopped here"):
+        simulate(tmp_path / "run", on_round=stop)
+    resumed = simulate(tmp_path / "run", resume=True)
+    whole = simulate(None)
+    assert resumed.weights["w"].tobytes() == whole.weights["w"].tobytes()

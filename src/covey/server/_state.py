@@ -50,10 +50,13 @@ class _Writer:
     def tree(self, value: Any) -> Any:
         if value is None or isinstance(value, bool | str | int):
             return value
-        if isinstance(value, float):
-            return value if math.isfinite(value) else {"__float__": repr(value)}
+        # Before float, which np.float64 is: read back as a float, it would scale a
+        # float32 array to float32 where it scaled it to float64 (and a non-finite one's
+        # repr, np.float64(nan), is no float's).
         if isinstance(value, np.generic):
             return {"__scalar__": self.array(np.asarray(value))}
+        if isinstance(value, float):
+            return value if math.isfinite(value) else {"__float__": repr(value)}
         if isinstance(value, np.ndarray):
             return {"__array__": self.array(value)}
         if isinstance(value, tuple) and hasattr(value, "_fields"):
@@ -207,6 +210,17 @@ def _named_tuples(template: Any, found: dict[str, type]) -> dict[str, type]:
     return found
 
 
+_OLD_FLOAT64 = "np.float64("
+"""How covey stored a non-finite np.float64 before it kept NumPy scalars as such."""
+
+
+def _non_finite(text: Any) -> float:
+    """The non-finite float stored as ``text``: its repr (``nan``, ``inf``, ``-inf``)."""
+    if isinstance(text, str) and text.startswith(_OLD_FLOAT64) and text.endswith(")"):
+        return np.float64(text[len(_OLD_FLOAT64) : -1])
+    return float(text)
+
+
 class _Reader:
     def __init__(self, arrays: Mapping[str, np.ndarray[Any, Any]], types: dict[str, type]) -> None:
         self.arrays = arrays
@@ -218,7 +232,7 @@ class _Reader:
         if not isinstance(value, dict):
             return value
         if "__float__" in value:
-            return float(value["__float__"])
+            return _non_finite(value["__float__"])
         if "__array__" in value:
             return self.array(value["__array__"])
         if "__scalar__" in value:
