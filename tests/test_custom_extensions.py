@@ -560,6 +560,35 @@ def test_a_numpy_float64_in_a_state_is_read_back_as_one() -> None:
     assert type(back.params["n"]) is np.float32
 
 
+def test_a_counter_a_defaultdict_and_an_ordered_dict_in_a_state_are_read_back_as_such() -> None:
+    """Read back as dicts, a resumed run's ``counts[cid] += 1`` would raise KeyError."""
+    import collections
+
+    from covey.server._state import dump_state, load_state, state_types
+
+    template = _Velocity(None, None)
+    counts: collections.defaultdict[int, int] = collections.defaultdict(int, {3: 2})
+    seen: collections.defaultdict[str, list[int]] = collections.defaultdict(list, {"a": [1]})
+    mixed = {
+        "counts": counts,
+        "seen": seen,
+        "tally": collections.Counter({"x": 2}),
+        "order": collections.OrderedDict([("b", 1), ("a", 2)]),
+        "bare": collections.defaultdict(None, {1: 1}),
+    }
+    back = load_state(dump_state(_Velocity(mixed, {"plain": 1}), state_types(template)), template)
+    assert back.velocity == mixed
+    assert {k: type(v) for k, v in back.velocity.items()} == {k: type(v) for k, v in mixed.items()}
+    back.velocity["counts"][7] += 1
+    back.velocity["seen"]["b"].append(2)
+    assert back.velocity["tally"]["y"] == 0
+    assert back.velocity["bare"].default_factory is None
+    assert list(back.velocity["order"]) == ["b", "a"]
+    assert type(back.params) is dict
+    odd = collections.defaultdict(lambda: 5, {1: 1})  # a factory of one's own: a dict, as before
+    assert type(load_state(dump_state(_Velocity(odd, None)), template).velocity) is dict
+
+
 def test_a_non_finite_numpy_float64_stored_by_its_repr_is_read_back() -> None:
     """How runs saved it before: ``np.float64(inf)``, which ``float()`` cannot read."""
     import json

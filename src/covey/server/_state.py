@@ -14,6 +14,7 @@ refused rather than resumed from as a slightly different optimizer state.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import math
@@ -40,6 +41,44 @@ class StateError(ValueError):
 
 def _type_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+_FACTORIES: dict[str, type] = {t.__name__: t for t in (int, float, str, bool, list, dict, set)}
+"""The default factories of a ``defaultdict`` a state keeps as one (others: a dict)."""
+
+
+def _mapping_kind(value: Mapping[Any, Any]) -> str | None:
+    """What a resumed run rebuilds ``value`` as, beside a dict (None: a dict).
+
+    A ``Counter`` or ``defaultdict`` read back as a dict would raise ``KeyError`` where
+    the run never stopped counted on from 0; an ``OrderedDict`` would lack its methods.
+    """
+    if isinstance(value, collections.Counter):
+        return "Counter"
+    if isinstance(value, collections.OrderedDict):
+        return "OrderedDict"
+    if isinstance(value, collections.defaultdict):
+        factory = value.default_factory
+        name = "" if factory is None else getattr(factory, "__name__", "?")
+        if factory is None or _FACTORIES.get(name) is factory:
+            return f"defaultdict:{name}"
+    return None
+
+
+def _mapping(items: dict[Any, Any], node: Mapping[str, Any]) -> Any:
+    """``items`` as the mapping type stored in ``node``'s ``kind``."""
+    kind = node.get("kind")
+    if kind is None:
+        return items
+    if kind == "Counter":
+        return collections.Counter(items)
+    if kind == "OrderedDict":
+        return collections.OrderedDict(items)
+    if isinstance(kind, str) and kind.startswith("defaultdict:"):
+        name = kind.removeprefix("defaultdict:")
+        if name == "" or name in _FACTORIES:
+            return collections.defaultdict(_FACTORIES.get(name), items)
+    raise StateError(f"unknown mapping in a stored state: {str(kind)[:40]!r}")
 
 
 class _Writer:
@@ -74,7 +113,9 @@ class _Writer:
         if isinstance(value, list):
             return [self.tree(v) for v in value]
         if isinstance(value, Mapping):
-            return {"__dict__": [[self.tree(k), self.tree(v)] for k, v in value.items()]}
+            node = {"__dict__": [[self.tree(k), self.tree(v)] for k, v in value.items()]}
+            kind = _mapping_kind(value)
+            return node if kind is None else {**node, "kind": kind}
         if isinstance(value, set | frozenset):
             items = sorted(value, key=repr)
             return {
@@ -241,7 +282,7 @@ class _Reader:
             items = [self.tree(v) for v in value["__set__"]]
             return frozenset(items) if value.get("frozen") else set(items)
         if "__dict__" in value:
-            return {self.tree(k): self.tree(v) for k, v in value["__dict__"]}
+            return _mapping({self.tree(k): self.tree(v) for k, v in value["__dict__"]}, value)
         if "__tuple__" in value:
             items = [self.tree(v) for v in value["items"]]
             name = value["__tuple__"]
