@@ -63,12 +63,17 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _new_demo(tmp_path: Path) -> Path:
+    """A project made by ``covey new demo`` in ``tmp_path``: its folder."""
+    assert _cli("new", "demo", cwd=tmp_path).returncode == 0
+    return tmp_path / "demo"
+
+
 @pytest.mark.slow
 def test_covey_run_logs_each_round_and_a_resume_goes_on_in_the_same_trackers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert _cli("new", "demo", cwd=tmp_path).returncode == 0
-    root = tmp_path / "demo"
+    root = _new_demo(tmp_path)
     toml = root / "pyproject.toml"
     toml.write_text(
         toml.read_text().replace("[tool.covey]\n", '[tool.covey]\ntensorboard = "tb"\n')
@@ -101,8 +106,7 @@ def test_a_round_called_again_on_resume_is_logged_once_to_mlflow(
 
     from covey.server._runrecords import PENDING_KEY
 
-    assert _cli("new", "demo", cwd=tmp_path).returncode == 0
-    root = tmp_path / "demo"
+    root = _new_demo(tmp_path)
     trackers = ("--mlflow", "file:./mlruns", "--tensorboard", "tb")
     out = _cli("run", "--set", "rounds=2", *trackers, cwd=root)
     assert out.returncode == 0, out.stdout + out.stderr

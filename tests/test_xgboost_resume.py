@@ -78,6 +78,35 @@ def test_weighted_is_recorded_and_a_resume_with_another_is_refused(tmp_path: Pat
     _simulate(run, XGBoostBagging(**_options()), 2, True)
 
 
+def _older_run(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    strategy: covey.Strategy,
+    client_rounds: int = 1,
+) -> tuple[Path, dict[str, Any]]:
+    """A run of one round recorded as an older covey did: its folder and hyperparameters left.
+
+    It lacks ``local_rounds`` when the clients boost ``client_rounds`` of their own,
+    else ``weighted``. Warnings are captured from here on.
+    """
+    caplog.set_level(logging.WARNING, logger="covey")
+    run = tmp_path / "run"
+    _simulate(run, strategy, 1, False, client_rounds=client_rounds)
+    left_out = "local_rounds" if client_rounds != 1 else "weighted"
+    return run, _as_an_older_covey_recorded(run, left_out)
+
+
+def _said(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    """The messages logged that hold ``text``."""
+    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+
+def _said_once(caplog: pytest.LogCaptureFixture, text: str) -> str:
+    """The one message logged that holds ``text``."""
+    (said,) = _said(caplog, text)
+    return said
+
+
 @pytest.mark.parametrize("value", ["no", "False", None, 0, 1])
 def test_a_weighted_that_is_not_true_or_false_is_refused_naming_it(value: object) -> None:
     # Any text reads as true and None as false: weighted="False" would weigh clients.
@@ -92,16 +121,13 @@ def test_a_weighted_that_is_not_true_or_false_is_refused_naming_it(value: object
 def test_a_run_that_recorded_no_weighted_resumes_with_either_and_says_so(
     tmp_path: Path, weighted: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="covey")
-    run = tmp_path / "run"
-    _simulate(run, XGBoostBagging(weighted=weighted, **_options()), 1, False)
-    assert _as_an_older_covey_recorded(run, "weighted") == {"max_trees": None, "local_rounds": 1}
+    run, kept = _older_run(tmp_path, caplog, XGBoostBagging(weighted=weighted, **_options()))
+    assert kept == {"max_trees": None, "local_rounds": 1}
     resumed = _simulate(run, XGBoostBagging(weighted=weighted, **_options()), 2, True)
     assert [r.aggregated for r in resumed.history.rounds[1:]] == [True, True]
-    said = [r.getMessage() for r in caplog.records if "recorded no weighted" in r.getMessage()]
-    assert len(said) == 1
-    assert f"with weighted={weighted}" in said[0]
-    assert "resume it with the weighted it was started with" in said[0]
+    said = _said_once(caplog, "recorded no weighted")
+    assert f"with weighted={weighted}" in said
+    assert "resume it with the weighted it was started with" in said
 
 
 @pytest.mark.parametrize("kind", [XGBoostBagging, XGBoostCyclic])
@@ -110,18 +136,14 @@ def test_a_run_whose_clients_chose_local_rounds_resumes_warning_of_the_strategys
 ) -> None:
     # An older covey sent no local_rounds: its clients boosted their own, 2, and the
     # run recorded none.
-    caplog.set_level(logging.WARNING, logger="covey")
-    run = tmp_path / "run"
-    _simulate(run, kind(local_rounds=2, **_options()), 1, False, client_rounds=2)
-    _as_an_older_covey_recorded(run, "local_rounds")
+    run, _ = _older_run(tmp_path, caplog, kind(local_rounds=2, **_options()), client_rounds=2)
     # Resumed as it was written, the strategy's default of 1 now wins over the clients' 2:
     # the resume says so, naming local_rounds and how to keep the run's.
     _simulate(run, kind(**_options()), 2, True, client_rounds=2)
-    said = [r.getMessage() for r in caplog.records if "recorded no local_rounds" in r.getMessage()]
-    assert len(said) == 1
-    assert "with local_rounds=1" in said[0]
-    assert "their own local_rounds" in said[0]
-    assert "resume it with the strategy's local_rounds set to theirs" in said[0]
+    said = _said_once(caplog, "recorded no local_rounds")
+    assert "with local_rounds=1" in said
+    assert "their own local_rounds" in said
+    assert "resume it with the strategy's local_rounds set to theirs" in said
     # Given the clients' local_rounds, it trains on as it did.
     caplog.clear()
     resumed = _simulate(run, kind(local_rounds=2, **_options()), 3, True, client_rounds=2)
@@ -142,7 +164,7 @@ def test_a_run_that_recorded_its_local_rounds_resumes_without_a_warning(
     with pytest.raises(ValueError, match=r"max_trees None \(the run's\) is 10 now"):
         _simulate(run, XGBoostCyclic(max_trees=10, **_options()), 2, True)
     _simulate(run, XGBoostCyclic(**_options()), 2, True)
-    assert not [r for r in caplog.records if "recorded no" in r.getMessage()]
+    assert not _said(caplog, "recorded no")
 
 
 def test_a_deployed_run_that_recorded_neither_resumes_warning_of_both(
@@ -158,7 +180,7 @@ def test_a_deployed_run_that_recorded_neither_resumes_warning_of_both(
         same_settings(store, XGBoostBagging(weighted=False, local_rounds=2))
         with pytest.raises(ValueError, match=r"max_trees None \(the run's\) is 5 now"):
             same_settings(store, XGBoostBagging(max_trees=5))
-    said = [r.getMessage() for r in caplog.records if "recorded no" in r.getMessage()]
+    said = _said(caplog, "recorded no")
     assert len(said) == 2
     assert "recorded no local_rounds" in said[0]
     assert "with local_rounds=2" in said[0]
