@@ -57,6 +57,25 @@ def test_numeric_arrays_still_travel() -> None:
     assert back["mask"].dtype == np.bool_
 
 
+@pytest.mark.parametrize(
+    ("value", "tag"),
+    [
+        (np.float64("nan"), "nan"),
+        (np.float64("-inf"), "-inf"),
+        (np.float32("inf"), "inf"),
+        (np.float16("-inf"), "-inf"),
+    ],
+)
+def test_a_non_finite_numpy_float_travels_as_its_tag(value: Any, tag: str) -> None:
+    # np.float64 is a float, and its repr is np.float64(nan): no tag a peer reads.
+    data = _wire.dumps({"loss": value, "seen": [value]})
+    assert json.loads(data) == {"loss": {"__float__": tag}, "seen": [{"__float__": tag}]}
+    back = _wire.loads(data)
+    assert repr(back["loss"]) == repr(back["seen"][0]) == tag
+    head, _ = _wire.result_to_wire({"reply": value}, _wire.WireLimits())
+    assert repr(_wire.result_from_wire(head, None)["reply"]) == tag
+
+
 def test_sizes_a_peer_declares_are_capped() -> None:
     limits = _wire.WireLimits(max_bytes=10_000, max_depth=8, max_string=100, max_elements=50)
     with pytest.raises(_wire.WireError, match="nested deeper"):

@@ -90,8 +90,8 @@ def _to_json(value: Any, max_string: int | None = None, elements: _Elements | No
     _check_length(value, max_string)
     if isinstance(value, bool) or value is None or isinstance(value, str | int):
         return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else {"__float__": repr(value)}
+    if isinstance(value, float):  # np.float64 too, whose repr is np.float64(nan): no tag
+        return value if math.isfinite(value) else {"__float__": repr(float(value))}
     if isinstance(value, bytes | bytearray | memoryview):
         return {"__bytes__": base64.b64encode(bytes(value)).decode()}
     if isinstance(value, np.generic):
