@@ -59,6 +59,19 @@ def test_aggregate_equals_the_same_round_run_through_simulate(name: str) -> None
         np.testing.assert_array_equal(value, simulated.weights[key])
 
 
+def test_aggregate_given_flower_tuples_says_what_to_give_as_a_client_is_told() -> None:
+    initial = _model()
+    flower = ([np.zeros((2, 3)), np.zeros(3, np.float32), np.array(0.0)], 3, {"loss": 0.5})
+    hint = (
+        r"result 1 is tuple, expected covey\.FitResult: give each client's result as "
+        r"covey\.FitResult\(weights=\{name: array\}, num_examples=n, metrics=\{\.\.\.\}\) "
+        r"rather than a \(parameters, num_examples, metrics\) tuple$"
+    )
+    good = covey.FitResult(weights=initial, num_examples=1)
+    with pytest.raises(TypeError, match=hint):
+        covey.FedAvg().aggregate(initial, [good, flower])  # type: ignore[list-item]
+
+
 def test_aggregate_refuses_what_a_round_refuses() -> None:
     initial = _model()
     wrong_shape = covey.FitResult(

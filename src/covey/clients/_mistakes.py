@@ -7,24 +7,11 @@ the same message whether its update travels plain, compressed or masked.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
 from typing import Any
 
 from covey.core._messages import Config, FitResult
+from covey.core._recordhint import RECORDS, record_instead
 from covey.core._weights import Weights
-
-_RECORDS = {
-    "fit": (
-        "FitResult",
-        "weights={name: array}, num_examples=n, metrics={...}",
-        "(parameters, num_examples, metrics)",
-    ),
-    "evaluate": (
-        "EvaluateResult",
-        "loss=loss, num_examples=n, metrics={...}",
-        "(loss, num_examples, metrics)",
-    ),
-}
 
 
 def not_a_result(client: Any, method: str, result: object) -> TypeError:
@@ -33,18 +20,15 @@ def not_a_result(client: Any, method: str, result: object) -> TypeError:
     It says what to return instead: Flower's tuple, a dict of the record's
     entries and a missing ``return`` (None) are each named as such.
     """
-    record, fields, flower = _RECORDS[method]
-    if isinstance(result, tuple):
-        instead = f" rather than a {flower} tuple"
-    elif isinstance(result, Mapping):
-        instead = " rather than a dict"
-    elif result is None:
-        instead = f" (the {method} method returned nothing: is its return statement missing?)"
-    else:
-        instead = ""
+    record = RECORDS[method][0]
+    missing = (
+        f" (the {method} method returned nothing: is its return statement missing?)"
+        if result is None
+        else ""
+    )
     return TypeError(
         f"{type(client).__name__}.{method}() returned {type(result).__name__}, expected "
-        f"covey.{record}: return covey.{record}({fields}){instead}"
+        f"covey.{record}: return {record_instead(method, result)}{missing}"
     )
 
 

@@ -24,6 +24,7 @@ from covey.aggregate import (
 )
 from covey.aggregate._base import mark_bounded
 from covey.core._messages import FitResult
+from covey.core._recordhint import record_instead
 from covey.core._weights import Array, Weights, WeightsSpec, freeze, native, subtract
 
 
@@ -201,7 +202,10 @@ def fold(
     refuse_dropped_at_begin(out, round)  # as a round loop does
     for cid, result in enumerate(results):
         if not isinstance(result, FitResult):
-            raise TypeError(f"result {cid} is {type(result).__name__}, expected covey.FitResult")
+            raise TypeError(
+                f"result {cid} is {type(result).__name__}, expected covey.FitResult: give "
+                f"each client's result as {record_instead('fit', result)}"
+            )
         state, out = aggregator.feed(state, contribution(cid, result, spec))
         dropped_why(out, cid)  # a Dropped naming another client is refused, as in a round
     end = End(round)
