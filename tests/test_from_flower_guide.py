@@ -22,3 +22,14 @@ def test_only_flower_code_and_its_command_are_skipped() -> None:
     assert len(skipped) == 2
     assert all("Flower" in (b.skip or "") for b in skipped)
     assert sum(b.lang == "python" for b in blocks(GUIDE) if b.skip is None) >= 6
+
+
+def test_the_guide_names_the_datasets_covey_data_loads() -> None:
+    import covey.data
+
+    text = GUIDE.read_text(encoding="utf-8")
+    said = " ".join(text.split("- Flower Datasets (`flwr_datasets`):")[1].split("\n- ")[0].split())
+    loaders = sorted(name for name in covey.data.__all__ if name.startswith("load_"))
+    assert loaders == ["load_breast_cancer", "load_digits"]  # name a new one in the guide
+    assert all(f"`{name}`" in said for name in loaders)
+    assert "the ones that ship with scikit-learn" not in said
