@@ -117,6 +117,9 @@ class _Writer:
             kind = _mapping_kind(value)
             return node if kind is None else {**node, "kind": kind}
         if isinstance(value, set | frozenset):
+            # Sorted, so equal sets store alike. Read back, a set iterates in Python's
+            # order, not the one it had (strings hash differently in each process):
+            # docs/strategies.md tells a step that needs an order to keep a list.
             items = sorted(value, key=repr)
             return {
                 "__set__": [self.tree(v) for v in items],
