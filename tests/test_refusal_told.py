@@ -220,3 +220,34 @@ def test_an_asynchronous_encoded_update_the_server_cannot_decode_is_told() -> No
     assert all(e.startswith("refused the encoded update: ") for e in errors)
     assert inner.inner.told
     assert all(cid == 1 and unit == "update" for cid, _, _, _, unit in inner.inner.told)
+
+
+def test_a_refusal_that_comes_back_before_the_task_thread_goes_on_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The reply is on the stream once it is queued: the server may refuse it, and the
+    # client read the refusal, before the thread that queued it runs again.
+    from types import SimpleNamespace
+
+    from covey.transport.grpc import _taskthread
+
+    reply = Reply(0, "fit", result=covey.FitResult(weights={"w": np.zeros(2)}, num_examples=1))
+    monkeypatch.setattr(_taskthread, "perform_task", lambda *args: (reply, None))
+    shared = _taskthread.Shared()
+    heard: list[bool] = []
+    refusal = _refusal(refusal_frame(3, "weights: 'w' has shape (2,), expected (4,)"))
+    session = SimpleNamespace(
+        shared=shared,
+        token=shared.begin(),
+        client=None,
+        limits=None,
+        lanes=SimpleNamespace(up=None),
+        outbound=SimpleNamespace(put=lambda frames: heard.append(shared.told.heard(refusal))),
+    )
+    header = pb.TaskHeader(task_id=1, kind="fit", round=3)
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        _taskthread._perform(session, "fit task of round 3", 0, header, None, True)
+    assert heard == [True]
+    assert [r.getMessage() for r in caplog.records] == [
+        "round 3: the server refused this site's update: weights: 'w' has shape (2,), expected (4,)"
+    ]

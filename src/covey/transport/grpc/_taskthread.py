@@ -137,9 +137,10 @@ def _perform(session: Any, task: str, cid: int, header: Any, buffer: Any, intact
         frames = reply_frames(
             header.task_id, reply, session.lanes.up, sent, header.reply_bytes, task
         )
-        session.outbound.put(frames)
-        if reply.ok:  # the server may refuse it: it then says so, naming its round
+        if reply.ok:  # the server may refuse it: it then says so, naming its round (noted
+            # before the reply is queued: the refusal may be read before this thread goes on)
             session.shared.told.replied(header.unit, header.round)
+        session.outbound.put(frames)
 
 
 def wait_for_task_thread(
