@@ -251,3 +251,31 @@ def test_a_refusal_that_comes_back_before_the_task_thread_goes_on_is_logged(
     assert [r.getMessage() for r in caplog.records] == [
         "round 3: the server refused this site's update: weights: 'w' has shape (2,), expected (4,)"
     ]
+
+
+class NoLoss(covey.Client):
+    """Client 1 reports no ``loss`` metric, which q-FedAvg's aggregation step needs."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> covey.FitResult:
+        metrics = {} if self.cid == 1 else {"loss": 0.5}
+        return covey.FitResult(delta={"w": np.ones(6)}, num_examples=1, metrics=metrics)
+
+
+def test_a_refusal_by_the_aggregation_step_names_the_site_as_this_site() -> None:
+    # The step names the client by the server's id for it, which is not the site's own
+    # --cid (site-1 may be the server's client 0): the site reads "this site" instead.
+    transport = Telling([0, 1, 11])
+    transport._handler = lambda cid, task: run_task(NoLoss(cid), cid, task)
+    strategy = covey.QFedAvg(min_fit_clients=2, fraction_evaluate=0.0)
+    history = RoundLoop(strategy, transport, {"w": np.zeros(6)}).run(1)
+    (failure,) = history.rounds[1].fit_failures
+    assert "qfedavg: client 1 reported no numeric 'loss' metric" in failure.error  # as it was
+    ((cid, rnd, said, stage, _),) = transport.told
+    assert (cid, rnd, stage) == (1, 1, "fit")
+    assert said.startswith(
+        "refused by the aggregation step: qfedavg: this site reported no numeric 'loss' metric"
+    )
+    assert "client 1" not in said

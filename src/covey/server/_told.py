@@ -5,18 +5,22 @@ non-finite value, a loss that is no number, too many metric names, an update an
 aggregation step refuses) and record it as that client's failure. A deployed
 server also tells the client (``refused`` of the gRPC transport), so the site's
 operator reads why in its own log: the reason as the server's log says it, but
-without the client's name, and the round of the task the reply answered.
+without the client's name, and the round of the task the reply answered. An
+aggregation step's reason names the client by the server's id for it
+(``qfedavg: client 0 reported ...``), which is not the site's own ``--cid``:
+the client reads ``this site`` there.
 Simulated clients have no operator of their own: their transports have no
 ``refused``, and nothing is sent.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from covey.core._history import Failure
 
-__all__ = ["tell_refused", "unnamed"]
+__all__ = ["as_told", "tell_refused", "unnamed"]
 
 
 def unnamed(error: str, who: str) -> str:
@@ -45,4 +49,18 @@ def tell_refused(
     if tell is None:
         return
     unit = "update" if step == "update" else ""
-    tell(failure.cid, rnd, failure.error if told is None else told, stage=failure.stage, unit=unit)
+    said = failure.error if told is None else told
+    tell(failure.cid, rnd, as_told(said, failure.cid), stage=failure.stage, unit=unit)
+
+
+def as_told(reason: str, cid: int) -> str:
+    """``reason`` as client ``cid`` reads it: ``this site`` where it names ``client <cid>``.
+
+    The server's id for a client is its own numbering, not the ``--cid`` the
+    site gave, so the site is not told it.
+
+    Example:
+        >>> as_told("qfedavg: client 0 reported no numeric 'loss' metric", 0)
+        "qfedavg: this site reported no numeric 'loss' metric"
+    """
+    return re.sub(rf"\bclient {cid}(?![0-9])", "this site", reason)
