@@ -168,6 +168,13 @@ def test_a_server_sends_at_most_its_cap_of_a_reason() -> None:
     assert (refusal.round, refusal.stage, refusal.unit) == (2, "evaluate", "")
 
 
+def test_a_reason_holding_a_lone_surrogate_is_sent_escaped() -> None:
+    # A client's name or metric may hold one (from undecodable bytes): the reason
+    # quoting it must still make a frame, or the round loop telling it would fail.
+    refusal = _refusal(refusal_frame(1, "metric 'loss\udcff' is no number"))
+    assert refusal.reason == "metric 'loss\\udcff' is no number"
+
+
 def test_a_client_of_an_older_covey_takes_a_refusal_for_a_heartbeat(tmp_path: Path) -> None:
     # covey.proto as it was before Refusal: such a client reads the frame as a heartbeat
     # and goes on (a body it did not know would have ended its connection).

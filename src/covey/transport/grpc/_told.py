@@ -43,8 +43,11 @@ _WHAT = {"fit": "update", "evaluate": "evaluation"}
 
 def refusal_frame(rnd: int, reason: str, stage: str = "fit", unit: str = "") -> bytes:
     """The control frame that tells a client its reply of round ``rnd`` was refused, and why."""
+    # A lone surrogate (from a name or a metric of the client's) cannot be sent as UTF-8:
+    # escaped, so the round loop that tells it never fails on it.
+    sendable = reason.encode("utf-8", "backslashreplace").decode("utf-8")
     refusal = pb.Refusal(
-        round=rnd, unit=unit, stage=stage, reason=_wire.clipped_error(reason, REFUSAL_CHARS)
+        round=rnd, unit=unit, stage=stage, reason=_wire.clipped_error(sendable, REFUSAL_CHARS)
     )
     return control(pb.ServerMessage(heartbeat=pb.Heartbeat(refusal=refusal)))
 
