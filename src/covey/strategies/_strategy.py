@@ -366,12 +366,10 @@ class Strategy:
             ValueError: if ``round`` is below 1 (``TypeError`` if it is no int, a bool say).
             covey.WeightsError: if a result does not match ``global_weights``.
             covey.AggregationError: if the results cannot be combined.
-            TypeError: if a result is no :class:`~covey.FitResult` (a Flower
-                ``(parameters, num_examples, metrics)`` tuple is told what to give, as a
-                client returning one is), or if the step emits a
-                :class:`~covey.aggregate.Dropped` naming another client than the
-                contribution it was given, or one at ``Begin`` or ``End``, as a round of
-                :func:`covey.simulate` refuses them.
+            TypeError: if a result is no :class:`~covey.FitResult` (a Flower tuple is
+                told what to give), or if the step emits a :class:`~covey.aggregate.Dropped`
+                naming another client than the contribution it was given, or one at
+                ``Begin`` or ``End``, as a round of :func:`covey.simulate` refuses them.
 
         Example:
             >>> import numpy as np, covey
