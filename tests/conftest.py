@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -68,3 +69,19 @@ def shm_files(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         if name.startswith(mine)
     ]
     assert not leaked, f"shared-memory files left behind: {sorted(set(leaked))}"
+
+
+@pytest.fixture
+def served_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The flags ``covey server`` serves with (its run not started), in ``tmp_path``.
+
+    ``tests/apps`` is importable (``--app tiny_app:server_app``); clear the dict
+    between commands.
+    """
+    from covey.deploy import _cli
+
+    flags: dict[str, Any] = {}
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "apps"))
+    monkeypatch.setattr(_cli, "_serve", lambda app, s, given: flags.update(given))
+    return flags

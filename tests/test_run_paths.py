@@ -175,20 +175,8 @@ def test_the_resume_command_keeps_keep_last() -> None:
     assert hint == "covey server --resume runs/s --app myfed:server_app --insecure --keep-last 2"
 
 
-@pytest.fixture
-def seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """The flags ``covey server`` serves with, its run not started, in ``tmp_path``."""
-    from covey.deploy import _cli
-
-    flags: dict[str, Any] = {}
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(Path(__file__).parent / "apps"))
-    monkeypatch.setattr(_cli, "_serve", lambda app, s, given: flags.update(given))
-    return flags
-
-
 def test_the_resume_command_keeps_the_deadlines_the_run_folder_does_not(
-    tmp_path: Path, seen: dict[str, Any]
+    tmp_path: Path, served_flags: dict[str, Any]
 ) -> None:
     import shlex
 
@@ -198,28 +186,28 @@ def test_the_resume_command_keeps_the_deadlines_the_run_folder_does_not(
     timing = ["--round-timeout", "4.5", "--round-retries", "2", "--wait-timeout", "900"]
     result = CliRunner().invoke(app, [*base, *timing, "--heartbeat", "0.25"])
     assert result.exit_code == 0, result.output
-    assert shlex.split(seen["resume_hint"])[7:] == [*timing, "--heartbeat", "0.25"]
-    seen.clear()
+    assert shlex.split(served_flags["resume_hint"])[7:] == [*timing, "--heartbeat", "0.25"]
+    served_flags.clear()
     result = CliRunner().invoke(app, [*base[:-1], "run-2"])
     assert result.exit_code == 0, result.output
-    assert "timeout" not in seen["resume_hint"]
-    assert "--round-retries" not in seen["resume_hint"]
+    assert "timeout" not in served_flags["resume_hint"]
+    assert "--round-retries" not in served_flags["resume_hint"]
     # A --config file is read again on resume: only the command line's are repeated.
     settings = tmp_path / "server.toml"
     settings.write_text("[server]\nround_timeout = 7.0\n")
-    seen.clear()
+    served_flags.clear()
     given = [*base[:-1], "run-3", "--config", str(settings), "--heartbeat", "0.5"]
     result = CliRunner().invoke(app, given)
     assert result.exit_code == 0, result.output
-    assert seen["round_timeout"] == 7.0
-    hint = shlex.split(seen["resume_hint"])
+    assert served_flags["round_timeout"] == 7.0
+    hint = shlex.split(served_flags["resume_hint"])
     assert hint[4:6] == ["--config", str(settings)]
     assert hint[-2:] == ["--heartbeat", "0.5"]
     assert "--round-timeout" not in hint
 
 
 def test_the_resume_command_repeats_a_tls_choice_the_command_line_made_over_the_file(
-    tmp_path: Path, seen: dict[str, Any]
+    tmp_path: Path, served_flags: dict[str, Any]
 ) -> None:
     import shlex
 
@@ -231,24 +219,24 @@ def test_the_resume_command_repeats_a_tls_choice_the_command_line_made_over_the_
     base = ["server", "--app", "tiny_app:server_app", "--config", "server.toml"]
     result = CliRunner().invoke(app, [*base, "--no-insecure", "--certs", "fed", "--run-dir", "a"])
     assert result.exit_code == 0, result.output
-    assert seen["tls"] is not None
-    hint = shlex.split(seen["resume_hint"])
+    assert served_flags["tls"] is not None
+    hint = shlex.split(served_flags["resume_hint"])
     assert hint[hint.index("--no-insecure") : hint.index("--no-insecure") + 3] == [
         *("--no-insecure", "--certs", "fed"),
     ]
-    seen.clear()  # the file's own choice is read from it again: not repeated
+    served_flags.clear()  # the file's own choice is read from it again: not repeated
     result = CliRunner().invoke(app, [*base, "--run-dir", "b"])
     assert result.exit_code == 0, result.output
-    assert seen["tls"] is None
-    assert "insecure" not in seen["resume_hint"]
-    seen.clear()
+    assert served_flags["tls"] is None
+    assert "insecure" not in served_flags["resume_hint"]
+    served_flags.clear()
     result = CliRunner().invoke(app, [*base, "--insecure", "--run-dir", "c"])
     assert result.exit_code == 0, result.output
-    assert "--insecure" in shlex.split(seen["resume_hint"])
+    assert "--insecure" in shlex.split(served_flags["resume_hint"])
 
 
 def test_the_command_line_s_tls_choice_wins_over_the_file_s_certs(
-    tmp_path: Path, seen: dict[str, Any]
+    tmp_path: Path, served_flags: dict[str, Any]
 ) -> None:
     import shlex
 
@@ -260,9 +248,9 @@ def test_the_command_line_s_tls_choice_wins_over_the_file_s_certs(
     base = ["server", "--app", "tiny_app:server_app", "--config", "server.toml"]
     result = CliRunner().invoke(app, [*base, "--insecure", "--run-dir", "a"])
     assert result.exit_code == 0, result.output
-    assert seen["tls"] is None
-    assert seen["certs"] is None
-    hint = shlex.split(seen["resume_hint"])
+    assert served_flags["tls"] is None
+    assert served_flags["certs"] is None
+    hint = shlex.split(served_flags["resume_hint"])
     assert "--insecure" in hint
     assert "--certs" not in hint
     # The hint pasted gets past the TLS choice (to the run folder, here never started).
@@ -271,10 +259,10 @@ def test_the_command_line_s_tls_choice_wins_over_the_file_s_certs(
     assert "error: --resume a: no covey run there (no run.sqlite)" in resumed.output
     # --certs on the command line overrides the file's insecure = true the same way.
     (tmp_path / "server.toml").write_text("[server]\ninsecure = true\n")
-    seen.clear()
+    served_flags.clear()
     result = CliRunner().invoke(app, [*base, "--certs", "fed", "--run-dir", "b"])
     assert result.exit_code == 0, result.output
-    assert seen["tls"] is not None
+    assert served_flags["tls"] is not None
     # Both on the command line are still refused.
     result = CliRunner().invoke(app, [*base, "--certs", "fed", "--insecure", "--run-dir", "c"])
     assert result.exit_code == 2, result.output

@@ -283,22 +283,14 @@ def test_a_round_where_many_clients_fail_logs_a_few_by_name_and_counts_the_rest(
     assert all("28 more clients failed in fit" in m for m in counted), counted
 
 
-def test_the_printed_resume_command_keeps_max_clients(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_printed_resume_command_keeps_max_clients(served_flags: dict[str, Any]) -> None:
     # Resumed without it, a fleet of 1,500 went back to 1,000 slots: 500 turned away as full.
-    from covey.deploy import _cli
-
-    seen: dict[str, Any] = {}
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(Path(__file__).parent / "apps"))
-    monkeypatch.setattr(_cli, "_serve", lambda app, s, flags: seen.update(flags))
     base = ["server", "--app", "tiny_app:server_app", "--insecure", "--run-dir", "run"]
     result = CliRunner().invoke(app, [*base, "--max-clients", "1500"])
     assert result.exit_code == 0, result.output
-    assert seen["max_clients"] == 1500
-    assert "--max-clients 1500" in seen["resume_hint"]
-    seen.clear()
+    assert served_flags["max_clients"] == 1500
+    assert "--max-clients 1500" in served_flags["resume_hint"]
+    served_flags.clear()
     result = CliRunner().invoke(app, base)  # the default is not repeated
     assert result.exit_code == 0, result.output
-    assert "--max-clients" not in seen["resume_hint"]
+    assert "--max-clients" not in served_flags["resume_hint"]

@@ -91,18 +91,12 @@ def test_a_served_run_of_an_older_covey_is_continued_without_trackers(tmp_path: 
 
 
 def test_covey_server_s_resume_command_repeats_the_tracker_flags(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    served_flags: dict[str, Any],
 ) -> None:
-    from covey.deploy import _cli
-
-    seen: dict[str, Any] = {}
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(Path(__file__).parent / "apps"))
-    monkeypatch.setattr(_cli, "_serve", lambda server_app, s, flags: seen.update(flags))
     given = ["server", "--app", "tiny_app:server_app", "--insecure", "--run-dir", "run"]
     result = CliRunner().invoke(app, [*given, *TRACKERS])
     assert result.exit_code == 0, result.output
-    assert _words_after(seen["resume_hint"], "--tensorboard") == TRACKERS
+    assert _words_after(served_flags["resume_hint"], "--tensorboard") == TRACKERS
 
 
 def test_an_interrupted_simulation_s_resume_command_repeats_the_tracker_flags(
