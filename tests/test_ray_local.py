@@ -483,12 +483,7 @@ def test_a_local_ray_ends_with_its_driver_killed_with_sigkill(tmp_path: Any) -> 
         assert ray
         driver.kill()
         driver.wait()
-        left = ray
-        for _ in range(300):  # at most 30 s: Ray's agents lived on for a minute
-            left = [p for p in left if _running(p)]
-            if not left:
-                break
-            time.sleep(0.1)
+        left = _outliving(ray)
         assert not left, f"the Ray's processes outlived their driver: {[p.pid for p in left]}"
     finally:
         driver.kill()
@@ -530,12 +525,7 @@ def test_ctrl_c_while_the_local_ray_starts_stops_it(tmp_path: Any) -> None:
         assert started, driver.stderr[-2000:]
         assert driver.stderr.rstrip().endswith("KeyboardInterrupt"), driver.stderr[-2000:]
         assert driver.returncode == -signal.SIGINT, driver.stderr[-2000:]
-        left = ray
-        for _ in range(300):  # at most 30 s: Ray's agents lived on for a minute
-            left = [p for p in left if _running(p)]
-            if not left:
-                break
-            time.sleep(0.1)
+        left = _outliving(ray)
         assert not left, f"the Ray's processes outlived their driver: {[p.pid for p in left]}"
     finally:
         for process in ray:
@@ -549,6 +539,17 @@ def _running(process: psutil.Process) -> bool:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def _outliving(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``processes`` still running after at most 30 s (Ray's agents lived a minute)."""
+    left = processes
+    for _ in range(300):
+        left = [p for p in left if _running(p)]
+        if not left:
+            break
+        time.sleep(0.1)
+    return left
 
 
 def test_a_ray_address_other_than_the_ray_joined_already_is_refused() -> None:
