@@ -297,6 +297,52 @@ def test_a_client_does_not_take_the_memory_a_server_announces() -> None:
     assert peak[0] - before < 128 * 1024 * 1024, (before, peak[0])
 
 
+def test_a_servers_status_text_is_logged_escaped_and_cut() -> None:
+    # Logged raw at each retry: escape sequences and forged log lines from a hostile server.
+    from covey.transport.grpc._refusal import details_of
+
+    said = details_of(SimpleNamespace(details=lambda: "D\x1b[1m\nFAKE ERROR forged\n" * 400))
+    assert "\x1b" not in said
+    assert "\n" not in said
+    assert "\\x1b[1m\\nFAKE" in said
+    assert "characters left out" in said
+    assert len(said) < 1500  # 1,000 characters of it, each escaped
+
+
+def test_a_client_holds_a_few_tasks_while_one_runs_not_all_a_server_sends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Tasks sent while one ran were all queued: 951 headers of 7 MB configs took 6 GB.
+    from covey.clients._client import _HANDLERS
+    from covey.transport.grpc._client import QUEUED_TASKS
+
+    running, release = threading.Event(), threading.Event()
+
+    def hold(client: Any, task: Any) -> dict[str, int]:
+        running.set()
+        release.wait(30)
+        return {}
+
+    monkeypatch.setitem(_HANDLERS, "test.hold", hold)
+    config = b'{"pad": "' + b"x" * 100_000 + b'"}'
+
+    def script() -> Iterator[bytes]:
+        yield control(pb.ServerMessage(task=pb.TaskHeader(task_id=1, kind="test.hold", round=1)))
+        assert running.wait(30)
+        for task_id in range(2, 2 + 10 * QUEUED_TASKS):
+            task = pb.TaskHeader(task_id=task_id, kind="test.hold", round=1, config=config)
+            yield control(pb.ServerMessage(task=task))
+        time.sleep(5)  # the client has hung up before
+
+    server = _HostileServer(script)
+    try:
+        with pytest.raises(ConnectionError, match=rf"tasks waited .* at most {QUEUED_TASKS}"):
+            connect(Fit(), f"127.0.0.1:{server.port}", insecure=True, max_attempts=1)
+    finally:
+        release.set()
+        server.close()
+
+
 @pytest.mark.parametrize("heartbeat", [float("inf"), 1e300, 1e10, 1e-9, -1.0, float("nan")])
 def test_a_client_refuses_a_welcome_stating_a_heartbeat_no_server_can_keep(
     heartbeat: float,

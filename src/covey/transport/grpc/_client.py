@@ -80,6 +80,7 @@ logger = logging.getLogger("covey")
 
 SILENCE = 6  # heartbeat intervals of silence after which the peer is taken for gone
 CANCEL_GRACE = 10.0  # seconds a cancelled call has to end before it is given up
+QUEUED_TASKS = 4  # tasks held while one runs: a server sends the next once it is answered
 
 _END = object()
 _WAKE = object()  # re-read the heartbeat interval
@@ -241,6 +242,12 @@ class _Session:
             header = message.task
             if self.refused:
                 return None
+            if self.tasks.qsize() >= QUEUED_TASKS:  # before its config or bytes are held
+                raise ConnectionError(
+                    f"the server sent a task while {self.tasks.qsize()} of its tasks waited for "
+                    "this client's current one (a server sends one at a time; at most "
+                    f"{QUEUED_TASKS} are held)"
+                )
             try:
                 size = self.limits.check(header)
             except ConnectionError as exc:  # its model will not shrink: leave for good

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import grpc
 from cryptography import x509
 
+from covey.core._text import printable
+
 __all__ = [
     "HANDSHAKE_STRIKES",
     "RUN_OVER",
@@ -42,6 +44,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("covey")
+_DETAILS_CHARS = 1000  # of a status text a peer wrote (gRPC allows 16 KB), as logged
 
 #: TLS handshakes the server closed in a row before a client takes it as a refusal.
 HANDSHAKE_STRIKES = 3
@@ -159,7 +162,11 @@ def details_of(exc: BaseException) -> str:
         'ipv6:[::1]:9092: Connection refused'
     """
     details = str(exc.details() if hasattr(exc, "details") else exc) or ""
-    return details.replace("%5B", "[").replace("%5D", "]")
+    if len(details) > _DETAILS_CHARS:  # a peer's status text, logged with each retry
+        left_out = len(details) - _DETAILS_CHARS
+        half = _DETAILS_CHARS // 2
+        details = f"{details[:half]} [... {left_out} characters left out ...] {details[-half:]}"
+    return printable(details.replace("%5B", "[").replace("%5D", "]"))
 
 
 def permanent_cause(exc: grpc.RpcError, server_name: str | None = None) -> str | None:
