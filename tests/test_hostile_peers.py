@@ -301,7 +301,7 @@ def test_a_servers_status_text_is_logged_escaped_and_cut() -> None:
     # Logged raw at each retry: escape sequences and forged log lines from a hostile server.
     from covey.transport.grpc._refusal import details_of
 
-    said = details_of(SimpleNamespace(details=lambda: "D\x1b[1m\nFAKE ERROR forged\n" * 400))
+    said = details_of(ValueError("D\x1b[1m\nFAKE ERROR forged\n" * 400))
     assert "\x1b" not in said
     assert "\n" not in said
     assert "\\x1b[1m\\nFAKE" in said
