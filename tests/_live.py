@@ -38,6 +38,44 @@ def stand_in(join: Any, workers: int = 2) -> tuple[grpc.Server, int]:
     return server, port
 
 
+def served_to(sites: Any, strategy: Any, model: Any, **kwargs: Any) -> ServeResult:
+    """One round served on 127.0.0.1 to ``sites``, ``(name, client)`` pairs joining as it listens.
+
+    Each site is ``covey.deploy.connect`` on a thread of its own, joined before returning;
+    ``kwargs`` go to ``serve``.
+    """
+    from covey.deploy import connect as join
+
+    threads: list[threading.Thread] = []
+
+    def start(port: int) -> None:
+        for name, client in sites:
+            site = threading.Thread(
+                target=join,
+                args=(client, f"127.0.0.1:{port}"),
+                kwargs={"insecure": True, "name": name},
+                daemon=True,
+            )
+            site.start()
+            threads.append(site)
+
+    try:
+        return serve(
+            strategy,
+            1,
+            model,
+            "127.0.0.1:0",
+            insecure=True,
+            on_listen=start,
+            wait_timeout=30.0,
+            plot=False,
+            **kwargs,
+        )
+    finally:
+        for site in threads:
+            site.join(timeout=30)
+
+
 def next_reply(transport: Any, within: float = 60.0) -> Any:
     """The transport's next reply to a submitted task, polled for up to ``within`` s."""
     end = time.monotonic() + within

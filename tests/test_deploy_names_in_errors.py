@@ -2,51 +2,23 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
 import covey
+from _live import served_to
 from _mistaken import Sends
 from covey.clients._client import run_task
 from covey.compress import CompressedFitPayload, scheme_named
 from covey.compress._counted import CountedAsyncTransport
 from covey.core._messages import Task
-from covey.deploy import connect, serve
 
 
 def _served(compression: str | None) -> covey.deploy.ServeResult:
     """One round served to hospital-a (right) and hospital-b (wrong shape), with ``compression``."""
-    sites: list[threading.Thread] = []
-
-    def start_sites(port: int) -> None:
-        for name, wrong in (("hospital-a", False), ("hospital-b", True)):
-            site = threading.Thread(
-                target=connect,
-                args=(Sends(wrong), f"127.0.0.1:{port}"),
-                kwargs={"insecure": True, "name": name},
-                daemon=True,
-            )
-            site.start()
-            sites.append(site)
-
+    sites = [("hospital-a", Sends(False)), ("hospital-b", Sends(True))]
     strategy = covey.FedAvg(min_fit_clients=1, min_available_clients=2, fraction_evaluate=0.0)
-    try:
-        return serve(
-            strategy,
-            1,
-            {"w": np.zeros(6)},
-            "127.0.0.1:0",
-            insecure=True,
-            on_listen=start_sites,
-            wait_timeout=30.0,
-            plot=False,
-            compression=compression,
-        )
-    finally:
-        for site in sites:
-            site.join(timeout=30)
+    return served_to(sites, strategy, {"w": np.zeros(6)}, compression=compression)
 
 
 def test_a_deployed_clients_wrong_weights_are_named_by_its_name() -> None:

@@ -9,13 +9,13 @@ without the hint saying what to return.
 from __future__ import annotations
 
 import functools
-import threading
 from typing import Any
 
 import numpy as np
 import pytest
 
 import covey
+from _live import served_to
 from _mistaken import MISTAKES, NoConfig, Sends
 from covey.secagg import ThreatModel, secure
 from covey.sim._simulate import Backend
@@ -55,34 +55,9 @@ def test_a_secure_clients_fit_without_config_is_told_how_covey_calls_it() -> Non
 
 
 def test_a_deployed_secure_clients_wrong_weights_are_named_by_its_name() -> None:
-    sites: list[threading.Thread] = []
     names = (("hospital-a", False), ("hospital-b", True), ("hospital-c", False))
-
-    def start_sites(port: int) -> None:
-        for name, wrong in names:
-            site = threading.Thread(
-                target=covey.deploy.connect,
-                args=(Sends(wrong, step=0.5), f"127.0.0.1:{port}"),
-                kwargs={"insecure": True, "name": name},
-                daemon=True,
-            )
-            site.start()
-            sites.append(site)
-
-    try:
-        result = covey.deploy.serve(
-            _strategy(True),
-            1,
-            {"w": np.zeros(6)},
-            "127.0.0.1:0",
-            insecure=True,
-            on_listen=start_sites,
-            wait_timeout=30.0,
-            plot=False,
-        )
-    finally:
-        for site in sites:
-            site.join(timeout=30)
+    sites = [(name, Sends(wrong, step=0.5)) for name, wrong in names]
+    result = served_to(sites, _strategy(True), {"w": np.zeros(6)})
     (failure,) = result.history.rounds[-1].fit_failures
     assert failure.name == "hospital-b"
     assert failure.error == "hospital-b's weights: 'w' has shape (7,), expected (6,)"

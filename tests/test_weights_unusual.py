@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import covey
+from _live import served_to
 from covey import EvaluateResult, FitResult, clients
 from covey.deploy import connect, serve
 from covey.secagg import secure
@@ -277,35 +278,8 @@ def test_a_compressed_update_takes_a_long_non_ascii_weight_name(backend: Any) ->
 
 
 def _serve_with_sites(model: dict[str, Any], **kwargs: Any) -> Any:
-    sites: list[threading.Thread] = []
-
-    def start_sites(port: int) -> None:
-        for cid in range(2):
-            site = threading.Thread(
-                target=connect,
-                args=(Nudge(), f"127.0.0.1:{port}"),
-                kwargs={"insecure": True, "name": f"site-{cid}"},
-                daemon=True,
-            )
-            site.start()
-            sites.append(site)
-
     strategy = covey.FedAvg(min_fit_clients=2, min_available_clients=2, fraction_evaluate=0.0)
-    try:
-        return serve(
-            strategy,
-            1,
-            model,
-            "127.0.0.1:0",
-            insecure=True,
-            on_listen=start_sites,
-            wait_timeout=30.0,
-            plot=False,
-            **kwargs,
-        )
-    finally:
-        for site in sites:
-            site.join(timeout=30)
+    return served_to([(f"site-{cid}", Nudge()) for cid in range(2)], strategy, model, **kwargs)
 
 
 @pytest.mark.slow
