@@ -823,6 +823,65 @@ def test_a_subclass_with_an_init_of_its_own_records_its_parameters(tmp_path: Pat
     assert resumed.history.rounds[-1].round == 2
 
 
+@dataclass(frozen=True)
+class _Prox(covey.Strategy):
+    """A subclass with a field of its own, which may hold a NumPy number."""
+
+    proximal_mu: Any = 0.0
+
+
+@pytest.mark.parametrize(
+    ("value", "same", "other", "said"),
+    [
+        (np.float64("nan"), float("nan"), np.float64("inf"), "'nan' (the run's) is 'inf' now"),
+        (np.float64("-inf"), float("-inf"), np.float64(1.0), "'-inf' (the run's) is 1.0 now"),
+        (np.float32(0.1), 0.1, np.float32(0.2), "0.1 (the run's) is 0.2 now"),
+        (np.int64(3), 3, np.int64(4), "3 (the run's) is 4 now"),
+    ],
+)
+def test_a_subclass_field_holding_a_numpy_number_is_recorded_by_value(
+    tmp_path: Path, value: Any, same: Any, other: Any, said: str
+) -> None:
+    # Before: np.float64(nan) was recorded as 'np.float64(nan)', so a resume with
+    # float("nan") was refused; np.float32 and np.int64 were recorded by type name
+    # ('float32'), so a resume with another value went on with it unsaid.
+    import json
+
+    def prox(mu: Any) -> _Prox:
+        return _Prox(proximal_mu=mu, fraction_evaluate=0.0)
+
+    for k, again in enumerate((value, same, other)):
+        run = tmp_path / f"run{k}"
+        covey.simulate(_Shift, 3, 1, prox(value), _init(), run_dir=run)
+        if k == 0:
+            history = json.loads((run / "history.json").read_text())
+            recorded = history["config"]["strategy"]["options"]["proximal_mu"]
+            assert recorded == prox(same).describe()["options"]["proximal_mu"]
+            assert recorded in ("nan", "-inf", 0.1, 3)
+        if again is other:
+            with pytest.raises(ValueError, match=re.escape(f"strategy proximal_mu {said}")):
+                covey.simulate(_Shift, 3, 2, prox(again), _init(), run_dir=run, resume=True)
+        else:
+            resumed = covey.simulate(_Shift, 3, 2, prox(again), _init(), run_dir=run, resume=True)
+            assert resumed.history.rounds[-1].round == 2
+
+
+def test_a_preset_given_numpy_numbers_keeps_a_run_folder(tmp_path: Path) -> None:
+    # Before: FedAdam(eta=np.float32(0.1)) could not start a run folder ("config must be
+    # JSON-serializable: Object of type float32 is not JSON serializable").
+    run = tmp_path / "run"
+
+    def adam(eta: Any) -> covey.Strategy:
+        return covey.FedAdam(eta=eta, tau=np.float64(1e-3), fraction_evaluate=0.0)
+
+    covey.simulate(_Shift, 3, 1, adam(np.float32(0.1)), _init(), run_dir=run)
+    assert adam(np.float32(0.1)).describe()["hyperparameters"]["eta"] == 0.1
+    with pytest.raises(ValueError, match=re.escape("strategy eta 0.1 (the run's) is 0.2 now")):
+        covey.simulate(_Shift, 3, 2, adam(np.float32(0.2)), _init(), run_dir=run, resume=True)
+    resumed = covey.simulate(_Shift, 3, 2, adam(np.float32(0.1)), _init(), run_dir=run, resume=True)
+    assert resumed.history.rounds[-1].round == 2
+
+
 def _pick_site(candidates: Any, round: int, rng: Any) -> Any:
     return [c for c in candidates if {"a": 1}["site"]]  # a lookup that fails
 

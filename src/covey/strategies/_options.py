@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any, TypedDict
 
 from covey.aggregate import Step
+from covey.aggregate._flat import written_fraction
+from covey.core._messages import plain
 from covey.strategies._clients import ClientConfigFn
 from covey.strategies._metrics import MetricsFn
 from covey.strategies._names import unknown_options
@@ -36,9 +38,12 @@ def preset(
 ) -> Strategy:
     """A :class:`Strategy` named ``name`` with ``aggregator``, the user's ``options``.
 
-    ``hyperparameters`` are the preset's own arguments, kept for :meth:`Strategy.describe`.
+    ``hyperparameters`` are the preset's own arguments, kept for :meth:`Strategy.describe`;
+    a NumPy number as the Python one (``np.float32(0.1)`` as ``0.1``), which the run's
+    record can hold.
     """
     unknown = set(options) - set(StrategyOptions.__annotations__)
     if unknown:
         raise unknown_options(name, unknown, {*StrategyOptions.__annotations__, *hyperparameters})
-    return Strategy(aggregator=aggregator, name=name, hyperparameters=hyperparameters, **options)
+    kept = {k: plain(written_fraction(v)) for k, v in hyperparameters.items()}
+    return Strategy(aggregator=aggregator, name=name, hyperparameters=kept, **options)

@@ -14,6 +14,9 @@ import math
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from covey.aggregate._flat import written_fraction
+from covey.core._messages import plain
+
 if TYPE_CHECKING:
     from covey.strategies._strategy import Strategy
 
@@ -69,8 +72,11 @@ def subclass_options(strategy: Strategy, base: type[Strategy]) -> dict[str, Any]
 
     Its own fields, and the public attributes an ``__init__`` of its own set
     (``object.__setattr__(self, "base_lr", base_lr)``), so that a resumed run
-    with other values is refused as for a field. Values that are not JSON
-    scalars are given by type name (a float that is not finite by its repr).
+    with other values is refused as for a field. A NumPy number is recorded as
+    the Python one (``np.int64(3)`` as ``3``, ``np.float32(0.1)`` as the ``0.1``
+    it prints as), not by its type's name. Values that are not JSON scalars are
+    given by type name (a float that is not finite as ``"nan"``, ``"inf"``,
+    NumPy's too).
     """
     kind = type(strategy)
     out: dict[str, Any] = {"class": f"{kind.__module__}.{kind.__qualname__}"}
@@ -81,9 +87,9 @@ def subclass_options(strategy: Strategy, base: type[Strategy]) -> dict[str, Any]
     own = names - {f.name for f in fields(base)}
     own |= {k for k in vars(strategy) if k not in names and not k.startswith("_")}
     for name in sorted(own):
-        value = getattr(strategy, name)
+        value = plain(written_fraction(getattr(strategy, name)))
         if isinstance(value, float) and not math.isfinite(value):
-            value = repr(value)  # JSON has no NaN or infinity
+            value = repr(float(value))  # JSON has no NaN or infinity; np.float64's repr differs
         scalar = value is None or isinstance(value, bool | int | float | str)
         out[name] = value if scalar else type(value).__name__
     return out
