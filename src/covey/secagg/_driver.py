@@ -42,13 +42,23 @@ class SecAggAbort(RuntimeError):
             ``share``, ``mask``, ``consistency`` (with signed keys: too few
             clients signed the survivor list; nothing was revealed) or ``unmask``.
         dropped: Clients that dropped out or were excluded, with why.
+        refused: Those of them whose reply the server refused, or whose masked
+            input came too late, with why in words that client may be told (see
+            :class:`SecureSumResult`).
     """
 
-    def __init__(self, reason: str, stage: str, dropped: Mapping[int, str]) -> None:
+    def __init__(
+        self,
+        reason: str,
+        stage: str,
+        dropped: Mapping[int, str],
+        refused: Mapping[int, str] | None = None,
+    ) -> None:
         super().__init__(f"secure aggregation aborted in stage {stage}: {reason}")
         self.reason = reason
         self.stage = stage
         self.dropped = dict(dropped)
+        self.refused = dict(refused or {})
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,11 @@ class SecureSumResult:
             refused (malformed, not theirs to hold, or false and outvoted by the
             other holders), with why; their own vector is still in ``total``,
             which the refused shares did not change.
+        refused: The clients left out (in ``dropped`` or ``excluded``) because the
+            server refused a reply of theirs (malformed keys, shares or masked
+            input, keys not signed) or their masked input came too late, with
+            why as that client may be told: of its own reply only, nothing of
+            another client's. A client's own failure is not here: it knows it.
     """
 
     total: np.ndarray
@@ -81,6 +96,7 @@ class SecureSumResult:
     seconds: dict[str, float] = field(default_factory=dict)
     suspects: dict[int, str] = field(default_factory=dict)
     silent: dict[int, str] = field(default_factory=dict)
+    refused: dict[int, str] = field(default_factory=dict)
 
 
 # -- the server side ---------------------------------------------------------------------
@@ -279,6 +295,7 @@ def secure_sum(
     transport = _KeepsNames(transport, cid_list)
     failures: dict[int, str] = {}
     seconds: dict[str, float] = {}
+    took: dict[str, set[int]] = {}  # the clients each stage took a reply from, and the late
     session = state.session
     stage = "advertise"
     try:
@@ -288,6 +305,7 @@ def secure_sum(
             for u, s in setups.items()
         }
         replies = _exchange(transport, tasks, timeout, failures)
+        took["advertise"] = set(replies)
         if signed:
             for u, r in replies.items():
                 if not (isinstance(r, Mapping) and "sig" in r and "name" in r):
@@ -311,6 +329,7 @@ def secure_sum(
             for u in keys
         }
         replies = _exchange(transport, tasks, timeout, failures)
+        took["share"] = set(replies)
         state, inbox = ss.route_shares(state, _mappings(replies))
         seconds["share"] = time.perf_counter() - t0
 
@@ -338,7 +357,7 @@ def secure_sum(
             )
             for v in inbox
         }
-        state = _collect_masked(transport, tasks, timeout, state)
+        state = _collect_masked(transport, tasks, timeout, state, took)
         state, alive, dropped = ss.request_unmask(state)
         seconds["mask"] = time.perf_counter() - t0
         if len(alive) < min_survivors:  # a sum the caller would refuse is never revealed
@@ -367,7 +386,8 @@ def secure_sum(
     except cs.ProtocolAbort as exc:
         # A client's own error says more than the stage's summary ("no key shares").
         why = {**state.left, **state.dropped, **failures, **state.suspects}
-        raise SecAggAbort(_named(str(exc), transport), stage, why) from None
+        refused = ss.refusals(state, took, failures)
+        raise SecAggAbort(_named(str(exc), transport), stage, why, refused) from None
     excluded = {u: failures.get(u, why) for u, why in state.left.items()}
     for u in cid_list:
         if u not in state.routed and u not in excluded:
@@ -379,8 +399,9 @@ def secure_sum(
         for u, why in ((u, "not asked to unmask") for u in alive)
         if u in failures or u not in revealers
     }
+    refused = ss.refusals(state, took, failures)
     return SecureSumResult(
-        total, alive, dropped_why, excluded, graph, bits, seconds, suspects, silent
+        total, alive, dropped_why, excluded, graph, bits, seconds, suspects, silent, refused
     )
 
 
@@ -430,9 +451,15 @@ def _collect_masked(
     tasks: Mapping[int, Task],
     timeout: float | None,
     state: ss.ServerState,
+    took: dict[str, set[int]],
 ) -> ss.ServerState:
-    """Send the masked-input tasks and add each masked vector to the server's state."""
+    """Send the masked-input tasks and add each masked vector to the server's state.
+
+    Notes in ``took`` the clients whose reply came (``"mask"``) and those whose
+    did not in time (``"late"``).
+    """
     answered: set[int] = set()
+    took["mask"] = set()
     for reply in transport.exchange(tasks, timeout=timeout):
         if reply.cid not in tasks:
             continue
@@ -441,12 +468,13 @@ def _collect_masked(
             said = _named(_first_line(reply.error or "failed"), transport)
             state.dropped.setdefault(reply.cid, said)
             continue
+        took["mask"].add(reply.cid)
         res = reply.result
         masked = res.get("masked") if isinstance(res, Mapping) else None
         state = ss.add_masked(state, reply.cid, masked)
-    for cid in tasks:  # said as in the other stages, not "no masked input"
-        if cid not in answered:
-            state.dropped.setdefault(cid, "no reply in time")
+    took["late"] = set(tasks) - answered
+    for cid in took["late"]:  # said as in the other stages, not "no masked input"
+        state.dropped.setdefault(cid, "no reply in time")
     return state
 
 

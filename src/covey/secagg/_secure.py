@@ -176,6 +176,7 @@ class _Secure:
                 failures=tuple(exc.dropped.items()),
                 info={"secagg_abort": exc.reason, "secagg_stage": exc.stage},
                 error=str(exc),
+                refused=tuple(exc.refused.items()),
             )
         total = res.total
         examples = int(total[model])
@@ -227,8 +228,17 @@ class _Secure:
             else Contribution(-1, examples, delta=delta)
         )
         suspects = tuple((c, f"in secure aggregation: {why}") for c, why in res.suspects.items())
+        refused = tuple(res.refused.items())  # each such client is told why
         return FitOutcome(
-            (contribution,), tuple(res.survivors), examples, metrics, failures, info, None, suspects
+            (contribution,),
+            tuple(res.survivors),
+            examples,
+            metrics,
+            failures,
+            info,
+            None,
+            suspects,
+            refused,
         )
 
 

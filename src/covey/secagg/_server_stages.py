@@ -178,6 +178,35 @@ def unverified(
     return refused
 
 
+def refusals(
+    state: ServerState, took: Mapping[str, set[int]], failures: Mapping[int, str]
+) -> dict[int, str]:
+    """Why the server left out each client whose own reply it refused, as that client is told.
+
+    ``took`` holds the clients each stage took a reply from (``"advertise"``,
+    ``"share"``, ``"mask"``) and those whose masked input did not come in time
+    (``"late"``); ``failures`` the reasons the server gave before the stage's
+    own checks (keys not signed). A client refused in a stage is left out of it:
+    its keys (``advertise``), its shares (``share``) or its masked input
+    (``mask``) are not in the sum. The reason speaks of that client's reply
+    alone, never of another client's; a client's own failure is not told (it
+    knows it), nor is a survivor (its input is in the sum).
+    """
+    out: dict[int, str] = {}
+    left = {**state.left, **failures}
+    stages = (
+        ("advertise", took.get("advertise", set()) - set(state.keys), left),
+        ("share", took.get("share", set()) - set(state.routed), state.left),
+        ("mask", (took.get("mask", set()) | took.get("late", set())) - set(state.masked), None),
+    )
+    for stage, refused, why in stages:
+        for u in sorted(refused):
+            said = state.dropped.get(u) if why is None else why.get(u)
+            if said is not None:
+                out[u] = f"secure aggregation left this site out in stage {stage}: {said}"
+    return out
+
+
 def _need(state: ServerState, count: int, what: str) -> None:
     if count < state.plan.threshold:
         raise ProtocolAbort(

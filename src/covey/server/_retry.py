@@ -27,7 +27,14 @@ from covey.server._base import FederationError
 if TYPE_CHECKING:
     from covey.server._sync import RoundLoop
 
-__all__ = ["RETRY_HINT", "RoundRetries", "retry_hint", "run_retried", "shortfall"]
+__all__ = [
+    "RETRY_HINT",
+    "RoundRetries",
+    "failures_said",
+    "retry_hint",
+    "run_retried",
+    "shortfall",
+]
 
 logger = logging.getLogger("covey")
 
@@ -108,3 +115,18 @@ def retry_hint(exc: BaseException, loop: object) -> None:
     failures = rounds[-1].fit_failures
     if failures and all(retries.lost(f) for f in failures):
         exc.add_note(RETRY_HINT)
+
+
+def failures_said(failures: list[Failure], who: Callable[[int], str]) -> str:
+    """A round's failures in one line; clients that failed alike share one entry.
+
+    A client bug fails every client with the same words: said once, not once a client.
+    """
+    groups: dict[str, list[str]] = {}
+    for failure in failures:
+        groups.setdefault(failure.error, []).append(who(failure.cid))
+    said = []
+    for error, names in list(groups.items())[:5]:
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        said.append(f"{', '.join(names[:5])}{more}: {error}")
+    return "; ".join(said) + (" ..." if len(groups) > 5 else "")

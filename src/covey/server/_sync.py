@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from covey.aggregate import Begin
@@ -27,7 +27,12 @@ from covey.server._direct import fit_directly
 from covey.server._lasteval import evaluate_saved_last
 from covey.server._means import weighted_loss
 from covey.server._passing import KeptWhere
-from covey.server._retry import RoundRetries, run_retried, shortfall
+from covey.server._retry import (
+    RoundRetries,
+    failures_said,
+    run_retried,
+    shortfall,
+)
 from covey.server._roundmetrics import RoundMetrics
 from covey.strategies._checks import clients_there, poisson_note, stop_reason, too_few_to_fit
 from covey.strategies._clients import client_info
@@ -285,7 +290,7 @@ class RoundLoop(_LoopBase):
             raise shortfall(
                 self._fail(
                     f"round {rnd}: {ok} of {len(cids)} sampled clients replied, {why}; "
-                    "failures: " + _failures_said(record.fit_failures, self.who)
+                    "failures: " + failures_said(record.fit_failures, self.who)
                 )
             )
         record.fit_metrics = strategy.combined_metrics("fit", metrics, rnd) if metrics else {}
@@ -372,8 +377,12 @@ class RoundLoop(_LoopBase):
         record.aggregate_info.update(outcome.info)
         for cid, what in outcome.warnings:
             logger.warning("round %d: %s %s", rnd, self.who(cid), what)
+        told = dict(outcome.refused)  # a reply the exchange refused: its client is told why
         for cid, why in outcome.failures:
-            self._record_failure(record.fit_failures, Failure(cid, "fit", why))
+            if cid in told:
+                self._refuse(record.fit_failures, Failure(cid, "fit", why), record, told[cid])
+            else:
+                self._record_failure(record.fit_failures, Failure(cid, "fit", why))
         # The rule of a round through the transport: with accept_failures off, every
         # sampled client must take part (a dropout the exchange recovered from included).
         strict = not self.strategy.accept_failures
@@ -388,7 +397,7 @@ class RoundLoop(_LoopBase):
             record.aggregate_info.setdefault("error", error)
             self.history.rounds.append(record)
             if record.fit_failures:
-                error += "; failures: " + _failures_said(record.fit_failures, self.who)
+                error += "; failures: " + failures_said(record.fit_failures, self.who)
             raise shortfall(self._fail(f"round {rnd}: {error}"))
         update = self.strategy.aggregator.feed
         for contribution in outcome.contributions:
@@ -482,18 +491,3 @@ def _unusable(result: Any) -> str | None:
     if result.num_examples and not math.isfinite(result.loss):
         return f"its loss is {result.loss}, not a finite number"
     return None
-
-
-def _failures_said(failures: list[Failure], who: Callable[[int], str]) -> str:
-    """A round's failures in one line; clients that failed alike share one entry.
-
-    A client bug fails every client with the same words: said once, not once a client.
-    """
-    groups: dict[str, list[str]] = {}
-    for failure in failures:
-        groups.setdefault(failure.error, []).append(who(failure.cid))
-    said = []
-    for error, names in list(groups.items())[:5]:
-        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
-        said.append(f"{', '.join(names[:5])}{more}: {error}")
-    return "; ".join(said) + (" ..." if len(groups) > 5 else "")

@@ -33,6 +33,9 @@ class FitOutcome(NamedTuple):
         warnings: ``(cid, what)`` for each thing a client did that the round got
             past (a share it revealed that the exchange refused): the loop logs
             each, naming the client.
+        refused: ``(cid, why)`` for each of ``failures`` that the exchange refused
+            a reply of (not the client's own failure): the loop tells that client
+            ``why`` where its transport can (a deployed site reads it in its log).
     """
 
     contributions: tuple[Contribution, ...] = ()
@@ -43,6 +46,7 @@ class FitOutcome(NamedTuple):
     info: Mapping[str, Any] = MappingProxyType({})
     error: str | None = None
     warnings: tuple[tuple[int, str], ...] = ()
+    refused: tuple[tuple[int, str], ...] = ()
 
 
 FitRound = Callable[[Any, Sequence[int], Any, "float | None"], FitOutcome]
