@@ -8,6 +8,7 @@ here measures time: slowness is simulated (``client_durations``) or absent.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,36 @@ def test_a_round_short_of_min_fit_clients_stops_the_run_and_says_why(tmp_path: P
     assert all("past the round deadline of 3.5 s" in f.error for f in last.fit_failures)
     assert {"fit", "total"} <= set(last.durations)
     np.testing.assert_array_equal(caught.value.weights["w"], np.zeros(2))  # untouched
+    assert "one straggler" not in str(caught.value)  # it sampled 6, more than 5
+
+
+@pytest.mark.parametrize("fraction_fit", [1.0, 0.5])
+def test_a_straggler_of_a_round_sampling_only_min_fit_clients_is_said_to_stop_it(
+    fraction_fit: float,
+) -> None:
+    # Documented (a round needs min_fit_clients replies), but the message said only
+    # "1 of 2 sampled clients replied": not that sampling no more than the minimum lets
+    # one straggler end the run, nor what to set.
+    clients = round(2 / fraction_fit)
+    strategy = covey.FedAvg(fraction_fit=fraction_fit, fraction_evaluate=0.0)  # min_fit 2
+    with pytest.raises(covey.FederationError) as caught:
+        covey.simulate(
+            Counting,
+            clients,
+            2,
+            strategy,
+            {"w": np.zeros(2)},
+            client_durations=lambda cid, rng: 5.0 if cid else 1.0,  # client 0 in time
+            round_deadline=3.0,
+        )
+    said = str(caught.value)
+    assert re.match(
+        "round 1: [01] of 2 sampled clients replied, fewer than min_fit_clients=2; a round "
+        "sampling no more than min_fit_clients stops at one straggler: sample more clients "
+        r"\(fraction_fit\), lower min_fit_clients or allow more time \(round_deadline\); "
+        r"failures: client \d.*: straggler: ",
+        said,
+    ), said
 
 
 def _alternate(cid: int, rnd: int) -> bool:

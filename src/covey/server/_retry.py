@@ -130,3 +130,25 @@ def failures_said(failures: list[Failure], who: Callable[[int], str]) -> str:
         more = f" and {len(names) - 5} more" if len(names) > 5 else ""
         said.append(f"{', '.join(names[:5])}{more}: {error}")
     return "; ".join(said) + (" ..." if len(groups) > 5 else "")
+
+
+_LATE = ("straggler:", "no reply in time", "busy:")
+"""How a failure that missed the round's deadline starts (simulated, deployed, still busy)."""
+
+
+def deadline_hint(failures: list[Failure], sampled: int, min_fit_clients: int) -> str:
+    """What to set when a round that sampled no more than ``min_fit_clients`` lost a straggler.
+
+    Such a round needs every sampled client's reply, so one client past the
+    deadline stops the run (as documented); ``round_retries`` does not apply (it
+    runs again only rounds that lost connections alone). Empty when the round
+    sampled more, or no failure missed the deadline.
+    """
+    late = [f.error for f in failures if f.error.startswith(_LATE)]
+    if sampled > min_fit_clients or not late:
+        return ""
+    more = "round_deadline" if any(e.startswith("straggler:") for e in late) else "--round-timeout"
+    return (
+        "a round sampling no more than min_fit_clients stops at one straggler: sample more "
+        f"clients (fraction_fit), lower min_fit_clients or allow more time ({more})"
+    )

@@ -29,6 +29,7 @@ from covey.server._means import weighted_loss
 from covey.server._passing import KeptWhere
 from covey.server._retry import (
     RoundRetries,
+    deadline_hint,
     failures_said,
     run_retried,
     shortfall,
@@ -287,6 +288,8 @@ class RoundLoop(_LoopBase):
                 if strategy.accept_failures
                 else "and accept_failures=False"
             )
+            hint = deadline_hint(record.fit_failures, len(cids), strategy.min_fit_clients)
+            why += f"; {hint}" if hint and strategy.accept_failures else ""  # before the names
             raise shortfall(
                 self._fail(
                     f"round {rnd}: {ok} of {len(cids)} sampled clients replied, {why}; "
