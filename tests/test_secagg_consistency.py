@@ -359,6 +359,34 @@ def test_with_the_directory_the_server_leaves_out_a_bad_signature() -> None:
     assert result.suspects == {4: "sent a survivor-list signature not by 'site-4'"}
 
 
+def test_with_the_directory_a_site_whose_keys_do_not_verify_is_told_why() -> None:
+    # Left out at the advertisement, it was named in the server's log only: now the
+    # result hands on why, in words of its own keys, for the round loop to tell it.
+    sites = _sites(6)
+    directory = {
+        site.secagg_identity.name: site.secagg_identity.peers[site.secagg_identity.name]
+        for site in sites.values()
+    }
+    server = Server(sites)
+    real = server.inner.exchange
+
+    def forged(tasks: Mapping[int, Task], *, timeout: float | None = None) -> Iterator[Reply]:
+        for reply in real(tasks, timeout=timeout):
+            if reply.kind == "secagg.advertise" and reply.cid == 3:
+                reply = Reply(
+                    reply.cid, reply.kind, {**reply.result, "sig": _flip(reply.result["sig"])}
+                )
+            yield reply
+
+    server.inner.exchange = forged  # type: ignore[method-assign]
+    result = _run(server, directory=directory)
+    assert 3 in result.excluded
+    assert result.refused == {
+        3: "secure aggregation left this site out in stage advertise: keys not signed by "
+        "'site-3' (its key in the directory)"
+    }
+
+
 def test_a_malformed_signature_makes_its_sender_a_suspect_and_a_dropout_does_not() -> None:
     sites = _sites(8)  # threshold 6
     server = Server(sites)
