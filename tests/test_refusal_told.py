@@ -154,6 +154,25 @@ def test_a_hostile_servers_refusal_is_cut_short_and_shown_safely(
     assert len(said) < REFUSAL_CHARS + 200
 
 
+def test_a_refusal_all_of_escapes_is_cut_once_escaped_and_its_stage_is_never_quoted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Cut to 2,000 characters first, then escaped: each tag character took ten, 20,000 a line.
+    told = Told()
+    told.replied("", 1)
+    told.replied("", 2)
+    tags = "\U000e0001" * 10**5
+    stage = "\x1b[2J" * 1000  # no stage a server sends
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        assert told.heard(pb.Refusal(round=1, stage="fit", reason=tags))
+        assert told.heard(pb.Refusal(round=2, stage=stage, reason="too big"))
+    first, second = [r.getMessage() for r in caplog.records]
+    assert first.startswith("round 1: the server refused this site's update: \\U000e0001")
+    assert "characters left out" in first
+    assert len(first) < REFUSAL_CHARS + 200
+    assert second == "round 2: the server refused this site's reply: too big"
+
+
 def test_a_client_keeps_the_rounds_of_its_last_replies_only() -> None:
     told = Told()
     for rnd in range(1, REPLIES_KEPT + 11):

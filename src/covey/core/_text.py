@@ -10,8 +10,9 @@ here, each such character is written as its Python escape (a backslash, then
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterable
 
-__all__ = ["printable"]
+__all__ = ["clipped", "printable"]
 
 _UNSAFE = frozenset(("Cc", "Cf", "Cs", "Zl", "Zp"))
 """Control and format characters (bidirectional overrides), lone surrogates, line and
@@ -27,7 +28,53 @@ def printable(text: str) -> str:
     """
     if text.isascii() and text.isprintable():
         return text
-    return "".join(
-        c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) in _UNSAFE else c
-        for c in text
-    )
+    return "".join(map(_shown, text))
+
+
+def clipped(text: str, limit: int) -> str:
+    r"""``text`` as :func:`printable` writes it, cut to at most ``limit`` characters and a note.
+
+    A peer's text is escaped first, then cut: each character escaped takes up to 10, so
+    text cut first could still fill a log line ten times over. What is kept is its
+    start and its end (the end often says what went wrong), no escape cut in two;
+    the note in between counts the characters of ``text`` left out.
+
+    Example:
+        >>> print(clipped("a" * 6 + chr(27) * 4 + "b" * 6, limit=8))
+        aaaa [... 8 characters left out ...] bbbb
+    """
+    if len(text) <= limit and text.isascii() and text.isprintable():
+        return text  # the common case: a covey peer's own words
+    if len(text) <= limit:
+        whole = printable(text)
+        if len(whole) <= limit:
+            return whole
+    half = limit // 2
+    head = _fitting(text, half)
+    tail = _fitting(reversed(text[len(head) :]), limit - half)
+    left_out = len(text) - len(head) - len(tail)
+    start, end = "".join(head), "".join(reversed(tail))
+    return f"{start} [... {left_out} characters left out ...] {end}" if left_out else start + end
+
+
+def _shown(char: str) -> str:
+    """``char`` as :func:`printable` writes it: itself, or its escape if it is unsafe."""
+    if unicodedata.category(char) in _UNSAFE:
+        return char.encode("unicode_escape").decode("ascii")
+    return char
+
+
+def _fitting(chars: Iterable[str], room: int) -> list[str]:
+    """The escapes (see :func:`printable`) of the leading ``chars`` that fit in ``room`` characters.
+
+    One escape a character: as many as there are characters taken.
+    """
+    pieces: list[str] = []
+    used = 0
+    for char in chars:
+        piece = _shown(char)
+        used += len(piece)
+        if used > room:
+            break
+        pieces.append(piece)
+    return pieces

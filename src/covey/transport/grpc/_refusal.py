@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import grpc
 from cryptography import x509
 
-from covey.core._text import printable
+from covey.core._text import clipped
 
 __all__ = [
     "HANDSHAKE_STRIKES",
@@ -162,11 +162,8 @@ def details_of(exc: BaseException) -> str:
         'ipv6:[::1]:9092: Connection refused'
     """
     details = str(exc.details() if hasattr(exc, "details") else exc) or ""
-    if len(details) > _DETAILS_CHARS:  # a peer's status text, logged with each retry
-        left_out = len(details) - _DETAILS_CHARS
-        half = _DETAILS_CHARS // 2
-        details = f"{details[:half]} [... {left_out} characters left out ...] {details[-half:]}"
-    return printable(details.replace("%5B", "[").replace("%5D", "]"))
+    # A peer's status text, logged with each retry: escaped, then cut.
+    return clipped(details.replace("%5B", "[").replace("%5D", "]"), _DETAILS_CHARS)
 
 
 def permanent_cause(exc: grpc.RpcError, server_name: str | None = None) -> str | None:

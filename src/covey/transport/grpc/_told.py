@@ -23,7 +23,7 @@ import logging
 import threading
 from collections import OrderedDict
 
-from covey.core._text import printable
+from covey.core._text import clipped
 from covey.transport.grpc import _wire
 from covey.transport.grpc._frames import control
 from covey.transport.grpc.proto import covey_pb2 as pb
@@ -91,7 +91,7 @@ class Told:
             else:
                 self._replied[key] = left - 1
         what = _WHAT.get(refusal.stage, "reply")
-        reason = printable(_wire.clipped_error(refusal.reason, REFUSAL_CHARS))
+        reason = clipped(refusal.reason, REFUSAL_CHARS)  # escaped, then cut
         logger.warning("%s %d: the server refused this site's %s: %s", unit, rnd, what, reason)
         return True
 
