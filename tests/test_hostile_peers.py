@@ -226,17 +226,20 @@ def test_a_stream_that_says_nothing_is_ended_after_the_hello_deadline() -> None:
 class _HostileServer:
     """A server that welcomes a client and then sends the frames ``script(hello)`` yields."""
 
-    def __init__(self, script: Any, heartbeat: float = 0.5) -> None:
+    def __init__(self, script: Any, heartbeat: float = 0.5, name: str = "victim") -> None:
         self.script = script
         self.heartbeat = heartbeat
+        self.name = name
+        self.joins = 0
         self.replies: list[pb.ReplyHeader] = []
         self.replied = threading.Condition()
         self.server, self.port = stand_in(self._join, workers=4)
 
     def _join(self, requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
         next(requests)
+        self.joins += 1
         welcome = pb.Welcome(
-            cid=0, name="victim", heartbeat_interval=self.heartbeat, protocol=PROTOCOL
+            cid=0, name=self.name, heartbeat_interval=self.heartbeat, protocol=PROTOCOL
         )
         yield control(pb.ServerMessage(welcome=welcome))
         threading.Thread(target=self._read, args=(requests,), daemon=True).start()
@@ -307,6 +310,62 @@ def test_a_servers_status_text_is_logged_escaped_and_cut() -> None:
     assert "\\x1b[1m\\nFAKE" in said
     assert "characters left out" in said
     assert len(said) < 1500  # 1,000 characters of it, each escaped
+
+
+#: Text a hostile server writes: a terminal's escape sequences, a forged log line, bidi overrides.
+_HOSTILE = "\x1b]0;owned\x07\x1b[2J\nERROR forged line\u202e" + "\U000e0001" * 50_000
+
+
+def _safe(lines: list[str], most: int) -> None:
+    """Each line holds no character a terminal acts on, and at most ``most`` characters."""
+    for line in lines:
+        assert not any(c in line for c in "\x1b\x07\n\u202e\U000e0001"), line[:200]
+        assert len(line) <= most, len(line)
+
+
+def test_a_task_kind_a_server_makes_up_is_logged_escaped_and_cut(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Its kind was logged as sent: 50,000 characters of escape sequences per line.
+    kind = _HOSTILE
+
+    def script() -> Iterator[bytes]:
+        yield control(pb.ServerMessage(task=pb.TaskHeader(task_id=1, kind=kind, round=1)))
+        server.wait_replies(1)
+        yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason="over")))
+
+    server = _HostileServer(script)
+    try:
+        with caplog.at_level("DEBUG", logger="covey"):
+            connect(Fit(), f"127.0.0.1:{server.port}", insecure=True, max_attempts=1)
+    finally:
+        server.close()
+    (reply,) = server.replies
+    assert reply.kind == kind  # answered as the task it was: no handler for it
+    assert "unknown task kind" in reply.error
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("task \\x1b]0;owned\\x07") for line in lines), lines
+    _safe(lines, 2000)
+
+
+def test_a_servers_name_and_goodbye_are_logged_escaped_and_cut(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Cut, but logged with their escape sequences and line breaks as sent.
+    def script() -> Iterator[bytes]:
+        yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason=_HOSTILE)))
+
+    server = _HostileServer(script, name=_HOSTILE)
+    try:
+        with caplog.at_level("INFO", logger="covey"):
+            done = connect(Fit(), f"127.0.0.1:{server.port}", insecure=True, max_attempts=1)
+    finally:
+        server.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("connected as \\x1b]0;owned") for line in lines), lines
+    assert any("said goodbye: \\x1b]0;owned" in line for line in lines), lines
+    _safe(lines, 1200)
+    _safe([done.reason], 1100)  # what `covey client` prints
 
 
 def test_a_client_holds_a_few_tasks_while_one_runs_not_all_a_server_sends(

@@ -295,7 +295,8 @@ def run_task(client: Any, cid: int, task: Task) -> Reply:
     handler = _HANDLERS.get(kind) or _handler(kind)  # no frame for a loaded kind
     if handler is None:
         where = "where this client runs: register it in a module the client's code imports"
-        error = f"unknown task kind {kind!r}: no handler is registered for it {where}"
+        named = repr(kind[:100]) + ("..." if len(kind) > 100 else "")  # maybe a server's
+        error = f"unknown task kind {named}: no handler is registered for it {where}"
         return Reply(cid, kind, error=error + " (covey.clients.register_task)")
     if client is None:  # the commonest slip: a client_fn without its return
         return Reply(cid, kind, error=f"client_fn({cid}) returned None, expected a covey.Client")

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from covey.core import _codec
+from covey.core._text import clipped
 from covey.core._weights import WeightsSpec
 from covey.transport.grpc import _wire
 from covey.transport.grpc.proto import covey_pb2 as pb
@@ -41,6 +42,7 @@ __all__ = [
     "kinds_problem",
     "nan_at",
     "own_name",
+    "shown_kind",
     "stated_properties",
     "welcome_heartbeat",
 ]
@@ -129,15 +131,16 @@ class TaskLimits:
     def check_weights(self, kind: str, weights: Any) -> None:
         """Refuse (WeightsError) a task's weights that do not match the model given to connect."""
         if self.spec is not None and weights is not None:
-            self.spec.check(weights, what=f"the weights of the server's {kind} task")
+            what = f"the weights of the server's {shown_kind(kind)} task"
+            self.spec.check(weights, what=what)
 
     def check(self, header: pb.TaskHeader) -> int:
         """The bytes a task announces, refused (ConnectionError) over the limit."""
         size = int(header.weights_size) + int(header.extras_size)
         if size > self.max_bytes:
             raise ConnectionError(
-                f"the server announced a {header.kind} task of {size} bytes, more than this "
-                f"client accepts ({self.max_bytes} bytes); refusing it"
+                f"the server announced a {shown_kind(header.kind)} task of {size} bytes, more "
+                f"than this client accepts ({self.max_bytes} bytes); refusing it"
             )
         return size
 
@@ -302,6 +305,15 @@ def kinds_problem(kinds: Sequence[str]) -> str | None:
             f"of {MAX_NAME}"
         )
     return None
+
+
+def shown_kind(kind: str) -> str:
+    """A task kind a server sent, as the client's log names it: escaped, cut to :data:`MAX_NAME`.
+
+    A client lists the kinds it runs in its ``Hello``, none longer; a server's
+    task may still name any string, up to megabytes of escape sequences.
+    """
+    return clipped(kind, MAX_NAME)
 
 
 def own_name(name: str, tls: object | None) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 
 from covey.clients._client import task_kinds
+from covey.core._text import clipped
 from covey.core._version import covey_version
 from covey.core._weights import WeightsSpec
 from covey.transport.grpc import _wire
@@ -266,7 +267,7 @@ class _Session:
         elif body == "heartbeat" and message.heartbeat.HasField("refusal"):
             self.shared.told.heard(message.heartbeat.refusal)  # this site's reply refused
         elif body == "goodbye" and not self.refused:  # else this client's refusal is the end
-            raise _Goodbye(_wire.clipped_error(message.goodbye.reason, 1000))  # a peer's text
+            raise _Goodbye(clipped(message.goodbye.reason, 1000))  # a peer's text
         return None
 
     def _welcome(self, welcome: pb.Welcome, result: ConnectResult) -> None:
@@ -281,7 +282,7 @@ class _Session:
             self.outbound.put(_WAKE)
         logger.info(
             "connected as %s (id %d) to %s",
-            _wire.clipped_error(welcome.name, 300),
+            clipped(welcome.name, 300),  # a peer's text
             self.cid,
             server_named(welcome.version),
         )

@@ -29,7 +29,7 @@ from covey.core._messages import DeferredReply, Reply
 from covey.core._pages import trim_heap
 from covey.core._version import covey_version
 from covey.transport.grpc import _lane, _wire
-from covey.transport.grpc._checks import welcome_heartbeat
+from covey.transport.grpc._checks import shown_kind, welcome_heartbeat
 from covey.transport.grpc._refusal import VERSION_CHARS, Refused, server_named, stated_version
 from covey.transport.grpc._stream import CHUNK_BYTES, Buffers, Upload, chunks, feed, lazy_buffer
 from covey.transport.grpc._wirecheck import reply_bytes_error
@@ -265,7 +265,8 @@ def reply_frames(
             size = (0 if blob is None else len(blob)) + (0 if extras is None else len(extras))
             if most and size > most:  # the server would drop the connection for it
                 blob = extras = None
-                reply = _unsendable(reply, reply_bytes_error(reply.kind, size, most), task)
+                error = reply_bytes_error(shown_kind(reply.kind), size, most)
+                reply = _unsendable(reply, error, task)
     if not reply.ok:
         header = pb.ReplyHeader(task_id=task_id, kind=reply.kind, error=reply.error or "failed")
         yield control(pb.ClientMessage(reply=header))
@@ -298,7 +299,7 @@ def reply_frames(
 
 def _unsendable(reply: Reply, error: str, task: str) -> Reply:
     """The failed reply that replaces ``reply`` when its result cannot be sent; logged."""
-    logger.warning("the %s failed: %s", task or f"{reply.kind} task", error)
+    logger.warning("the %s failed: %s", task or f"{shown_kind(reply.kind)} task", error)
     return Reply(reply.cid, reply.kind, error=error)
 
 
@@ -322,7 +323,7 @@ class Download:
         try:
             self.buffer = lazy_buffer(size) if buffers is None else buffers.take(size)
         except MemoryError as exc:
-            raise ConnectionError(f"refusing a {header.kind} task: {exc}") from None
+            raise ConnectionError(f"refusing a {shown_kind(header.kind)} task: {exc}") from None
         self.filled = 0
         # Checksums computed as the bytes arrive, while they are in the cache: the
         # arrays are then decoded without reading the whole message once more.
@@ -346,7 +347,7 @@ class Download:
         if end > len(self.buffer):
             raise ConnectionError(
                 f"the server sent more bytes than the {len(self.buffer)} its "
-                f"{self.header.kind} task announced"
+                f"{shown_kind(self.header.kind)} task announced"
             )
         self._check(data)
         self.buffer[self.filled : end] = data

@@ -20,7 +20,7 @@ from covey.core import _codec
 from covey.core._messages import Reply, Task
 from covey.core._weights import WeightsError
 from covey.transport.grpc import _wire
-from covey.transport.grpc._checks import TaskLimits, check_config
+from covey.transport.grpc._checks import TaskLimits, check_config, shown_kind
 from covey.transport.grpc._frames import control
 from covey.transport.grpc._stream import split_blobs
 from covey.transport.grpc._wirecheck import result_limits
@@ -126,7 +126,7 @@ def perform_task(
     if not reply.ok:
         logger.warning(
             "task %s of %s %d failed: %s",
-            header.kind,
+            shown_kind(header.kind),
             "update" if header.unit == "update" else "round",  # no unit: an older server's
             header.round,
             (reply.error or "").strip().splitlines()[-1:],

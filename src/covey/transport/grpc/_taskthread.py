@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from covey.transport.grpc._checks import shown_kind
 from covey.transport.grpc._frames import reply_frames
 from covey.transport.grpc._refusal import RetryBudget
 from covey.transport.grpc._tasks import ConnectResult, perform_task
@@ -115,7 +116,7 @@ def serve_tasks(session: Any, end: object) -> None:
         cid, header, buffer, intact = item
         del item
         unit = "update" if header.unit == "update" else "round"  # no unit: an older server's
-        task = f"{header.kind} task of {unit} {header.round}"
+        task = f"{shown_kind(header.kind)} task of {unit} {header.round}"
         with session.shared.alone(task, session.ended) as free:
             if free:
                 _perform(session, task, cid, header, buffer, intact)
