@@ -402,6 +402,81 @@ def test_a_client_holds_a_few_tasks_while_one_runs_not_all_a_server_sends(
         server.close()
 
 
+def test_a_client_gives_up_on_a_server_that_welcomes_it_and_hangs_up_at_once() -> None:
+    # Each welcome reset the retry budget: the client reconnected (and logged) for ever.
+    stop = threading.Event()
+
+    def script() -> Iterator[bytes]:
+        if server.joins >= 40:  # the old client, which never gives up: ended here
+            stop.set()
+        yield from ()
+
+    server = _HostileServer(script)
+    try:
+        with pytest.raises(ConnectionError) as gave_up:
+            connect(
+                Fit(),
+                f"127.0.0.1:{server.port}",
+                insecure=True,
+                max_attempts=5,
+                backoff=0.01,
+                max_backoff=0.02,
+                stop=stop,
+            )
+    finally:
+        stop.set()
+        server.close()
+    said = str(gave_up.value)
+    assert said.startswith(f"could not stay connected to 127.0.0.1:{server.port} after 5 attempt")
+    assert "welcomed this client 5 time(s) in a row but ended each" in said
+    assert "the server closed the stream" in said
+    assert server.joins == 5
+
+
+def test_a_session_that_performs_a_task_resets_the_clients_retry_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A server that loses each connection after a task, as one restarted under its clients:
+    # the client goes on serving it however often that happens.
+    from covey.clients._client import _HANDLERS
+
+    monkeypatch.setitem(_HANDLERS, "test.done", lambda client, task: {})
+
+    def script() -> Iterator[bytes]:
+        if server.joins > 6:
+            yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason="over")))
+            return
+        yield control(pb.ServerMessage(task=pb.TaskHeader(task_id=1, kind="test.done", round=1)))
+        server.wait_replies(server.joins)
+
+    server = _HostileServer(script)
+    try:
+        done = connect(
+            Fit(), f"127.0.0.1:{server.port}", insecure=True, max_attempts=2, backoff=0.01
+        )
+    finally:
+        server.close()
+    assert (done.reason, done.tasks, done.sessions) == ("over", 6, 7)
+
+
+def test_a_session_connected_a_minute_resets_the_retry_budget() -> None:
+    from covey.transport.grpc._refusal import STEADY_SECONDS, RetryBudget
+
+    budget = RetryBudget(max_attempts=3)
+    for _ in range(2):
+        budget.attempt_deadline()
+        budget.session_ended(STEADY_SECONDS / 2, performed=0)
+        assert budget.next_delay() is not None
+    assert (budget.failures, budget.dropped) == (2, 2)
+    budget.attempt_deadline()
+    budget.session_ended(STEADY_SECONDS, performed=0)  # got through: a new budget
+    assert (budget.failures, budget.dropped) == (0, 0)
+    budget.attempt_deadline()
+    budget.session_ended(1.0, performed=1)
+    assert budget.next_delay() is not None
+    assert budget.failures == 1
+
+
 @pytest.mark.parametrize("heartbeat", [float("inf"), 1e300, 1e10, 1e-9, -1.0, float("nan")])
 def test_a_client_refuses_a_welcome_stating_a_heartbeat_no_server_can_keep(
     heartbeat: float,

@@ -18,14 +18,26 @@ from typing import Any
 import grpc
 
 from covey.transport.grpc._refusal import (
+    STEADY_SECONDS,
     Refused,
+    RetryBudget,
     handshake_closed,
     permanent_cause,
     transient_text,
 )
 from covey.transport.grpc._tasks import ConnectResult
 
-__all__ = ["CLOSED", "CLOSE_GRACE", "Goodbye", "close_channel", "end_of"]
+__all__ = [
+    "CLOSED",
+    "CLOSE_GRACE",
+    "Goodbye",
+    "attempt_failure",
+    "close_channel",
+    "end_of",
+    "given_up",
+    "log_retry",
+    "retry_delay",
+]
 
 logger = logging.getLogger("covey")
 
@@ -89,3 +101,80 @@ def end_of(session: Any, channel: Any, result: ConnectResult, stop: threading.Ev
         return str(session.unanswered or exc) or type(exc).__name__
     finally:
         close_channel(channel, stop=stop)
+
+
+def attempt_failure(welcomed: bool, sessions: int) -> str:
+    """How an attempt ended, in a retry message: a session lost, or no session at all."""
+    if welcomed:
+        return "connection to {} lost"
+    return "could not connect to {}" if sessions == 0 else "could not reconnect to {}"
+
+
+def log_retry(failures: int, failure: str, address: str, error: str, delay: float) -> None:
+    """Log a failed attempt: each of the first 5 failures in a row, then the 8th, 16th, 32nd...
+
+    ``failure`` is :func:`attempt_failure`'s phrase: a client that never reached its
+    server says it could not connect, not that a connection was lost. A client
+    (or an analytics site) left waiting for a server retries every
+    ``max_backoff`` seconds for as long as it waits; the others go to DEBUG.
+    """
+    loud = failures <= 5 or failures & (failures - 1) == 0
+    level = logging.WARNING if loud else logging.DEBUG
+    what = failure.format(address)
+    if failures == 1:
+        logger.log(level, "%s (%s); retrying in %.1f s", what, error, delay)
+        return
+    logger.log(
+        level,
+        "%s (%s); retrying in %.1f s (%d failed attempts in a row%s)",
+        what,
+        error,
+        delay,
+        failures,
+        "" if failures < 5 else "; logged again at the next power of two",
+    )
+
+
+def given_up(address: str, failures: int, sessions: int, error: str, dropped: int = 0) -> str:
+    """Why a client stopped retrying: it never reached its server, or lost it for good.
+
+    ``dropped`` of the ``failures`` were sessions the server welcomed and ended
+    before they got anywhere (see :meth:`RetryBudget.session_ended`).
+    """
+    failed = "could not connect to" if sessions == 0 else "could not stay connected to"
+    if dropped:
+        failed = "could not stay connected to"
+        error = (
+            f"the server welcomed this client {dropped} time(s) in a row but ended each of "
+            f"those connections before a task was performed on it or {STEADY_SECONDS:.0f} s "
+            f"had passed (last: {error})"
+        )
+    return f"{failed} {address} after {failures} attempt(s): {error}"
+
+
+def retry_delay(
+    budget: RetryBudget,
+    session: Any,
+    result: ConnectResult,
+    performed: int,
+    address: str,
+    error: str,
+) -> float:
+    """The delay before the next attempt, once ``session`` ended with ``error``; logged.
+
+    ``performed`` is ``result.tasks`` as the session started: a session the server
+    welcomed got through if it performed a task or stayed connected a while
+    (:meth:`RetryBudget.session_ended`).
+
+    Raises:
+        ConnectionError: the retry budget is spent, naming why.
+    """
+    if session.welcomed:
+        budget.session_ended(time.monotonic() - session.welcomed_at, result.tasks - performed)
+    delay = budget.next_delay()
+    if delay is None:
+        failures, dropped = budget.failures, budget.dropped
+        raise ConnectionError(given_up(address, failures, result.sessions, error, dropped))
+    failure = attempt_failure(session.welcomed, result.sessions)
+    log_retry(budget.failures, failure, address, error, delay)
+    return delay

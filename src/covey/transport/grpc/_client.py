@@ -26,6 +26,7 @@ from covey.transport.grpc import _wire
 from covey.transport.grpc._attempt import CLOSED as _CLOSED
 from covey.transport.grpc._attempt import Goodbye as _Goodbye
 from covey.transport.grpc._attempt import end_of as _session
+from covey.transport.grpc._attempt import retry_delay
 from covey.transport.grpc._checks import (
     MAX_TASK_BYTES,
     TaskLimits,
@@ -56,10 +57,7 @@ from covey.transport.grpc._options import (
 from covey.transport.grpc._refusal import (
     Refused,
     RetryBudget,
-    attempt_failure,
     end_if_refused,
-    given_up,
-    log_retry,
     server_named,
     unanswered,
 )
@@ -135,6 +133,7 @@ class _Session:
         # The host the server's certificate is checked against, when not the address's.
         self.server_name: str | None = None
         self.welcomed = False
+        self.welcomed_at = 0.0  # when (a monotonic time)
         self.refused = ""  # why this client refused a task, and so the server
         self.cid = -1
         self.worker: threading.Thread | None = None
@@ -272,7 +271,7 @@ class _Session:
 
     def _welcome(self, welcome: pb.Welcome, result: ConnectResult) -> None:
         heartbeat = welcome_heartbeat_of(welcome)  # or Refused, at once: it would not change
-        self.welcomed = True
+        self.welcomed, self.welcomed_at = True, time.monotonic()
         self.cid = int(welcome.cid)
         with self.shared.changing(self.token) as live:  # None: a call given up
             if live is not None:
@@ -420,7 +419,9 @@ def connect(
             capped at the model's size.
         max_task_bytes: Most bytes one task may announce (without ``spec``).
         max_attempts: Give up after this many failed connection attempts in a row
-            (None: no count limit; ``retry_for`` still applies).
+            (None: no count limit; ``retry_for`` still applies). A session the server
+            ends before a task was performed on it, and within a minute
+            (:data:`~._refusal.STEADY_SECONDS`), counts as one.
         retry_for: Give up after this many seconds of failed attempts in a row
             (None: keep trying).
         backoff: First reconnection delay in seconds; doubles each failure, with jitter.
@@ -473,6 +474,7 @@ def connect(
             session.server_name = tls.server_name if tls is not None else None
             session.lanes = ClientLanes(host, pems, session.server_name)
             session.answer_by = budget.attempt_deadline()  # within what is left of retry_for
+            performed = result.tasks
             error = _session(session, open_channel(address, tls, options), result, stop)
             shared.abandon(session.token)  # had the call not even started
             if session.welcomed:  # a connection attempt that failed is no session
@@ -482,16 +484,9 @@ def connect(
             running = session.worker
             if stop.is_set():
                 break
-            if session.welcomed:
-                budget.success()
             strikes = strikes + 1 if error.startswith(_CLOSED) else 0  # with TLS or without
             end_if_refused(strikes, tls.cert if tls is not None else None, insecure=tls is None)
-            delay = budget.next_delay()
-            if delay is None:
-                raise ConnectionError(given_up(address, budget.failures, result.sessions, error))
-            failure = attempt_failure(session.welcomed, result.sessions)
-            log_retry(budget.failures, failure, address, error, delay)
-            stop.wait(delay)
+            stop.wait(retry_delay(budget, session, result, performed, address, error))
         return result
     finally:
         left_behind(shared)  # a task still running is not waited for

@@ -26,15 +26,13 @@ from covey.core._text import clipped
 __all__ = [
     "HANDSHAKE_STRIKES",
     "RUN_OVER",
+    "STEADY_SECONDS",
     "VERSION_CHARS",
     "Refused",
     "RetryBudget",
-    "attempt_failure",
     "compatible",
     "details_of",
-    "given_up",
     "handshake_closed",
-    "log_retry",
     "permanent_cause",
     "server_named",
     "stated_version",
@@ -319,38 +317,6 @@ def _validity(certificate: bytes | None) -> tuple[_dt.datetime, _dt.datetime] | 
     return cert.not_valid_before_utc, cert.not_valid_after_utc
 
 
-def attempt_failure(welcomed: bool, sessions: int) -> str:
-    """How an attempt ended, in a retry message: a session lost, or no session at all."""
-    if welcomed:
-        return "connection to {} lost"
-    return "could not connect to {}" if sessions == 0 else "could not reconnect to {}"
-
-
-def log_retry(failures: int, failure: str, address: str, error: str, delay: float) -> None:
-    """Log a failed attempt: each of the first 5 failures in a row, then the 8th, 16th, 32nd...
-
-    ``failure`` is :func:`attempt_failure`'s phrase: a client that never reached its
-    server says it could not connect, not that a connection was lost. A client
-    (or an analytics site) left waiting for a server retries every
-    ``max_backoff`` seconds for as long as it waits; the others go to DEBUG.
-    """
-    loud = failures <= 5 or failures & (failures - 1) == 0
-    level = logging.WARNING if loud else logging.DEBUG
-    what = failure.format(address)
-    if failures == 1:
-        logger.log(level, "%s (%s); retrying in %.1f s", what, error, delay)
-        return
-    logger.log(
-        level,
-        "%s (%s); retrying in %.1f s (%d failed attempts in a row%s)",
-        what,
-        error,
-        delay,
-        failures,
-        "" if failures < 5 else "; logged again at the next power of two",
-    )
-
-
 def end_if_refused(strikes: int, certificate: bytes | None, *, insecure: bool) -> None:
     """Stop retrying once no later attempt could get through.
 
@@ -379,10 +345,8 @@ def unanswered(seconds: float) -> str:
     )
 
 
-def given_up(address: str, failures: int, sessions: int, error: str) -> str:
-    """Why a client stopped retrying: it never reached its server, or lost it for good."""
-    failed = "could not connect to" if sessions == 0 else "could not stay connected to"
-    return f"{failed} {address} after {failures} attempt(s): {error}"
+STEADY_SECONDS = 60.0
+"""How long a session stays connected to count as good without performing a task."""
 
 
 @dataclass
@@ -403,6 +367,7 @@ class RetryBudget:
     failures: int = 0
     since: float | None = None
     started: float | None = None  # when the attempt under way started
+    dropped: int = 0  # of the failures, sessions welcomed and ended before they got anywhere
     rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
@@ -432,8 +397,24 @@ class RetryBudget:
 
     def success(self) -> None:
         """A session got through: the next failure starts a new budget."""
-        self.failures = 0
+        self.failures = self.dropped = 0
         self.since = self.started = None
+
+    def session_ended(self, lasted: float, performed: int) -> None:
+        """A session the server welcomed ended, after ``lasted`` seconds and ``performed`` tasks.
+
+        It got through if it performed a task, or stayed connected for
+        :data:`STEADY_SECONDS`: the next failure then starts a new budget. A session
+        the server ended sooner counts as a failed attempt, its time as connected
+        left out: a server that welcomes each client and then drops it (a crash
+        loop, a hostile peer) is given up after ``retry_for`` (or ``max_attempts``)
+        as one that cannot be reached is, rather than reconnected to for ever.
+        """
+        if performed or lasted >= STEADY_SECONDS:
+            self.success()
+            return
+        self.dropped += 1
+        self.started = None  # failing from now on, not from when it connected
 
     def attempt_deadline(self) -> float | None:
         """Note that an attempt starts; when it must have got through (a monotonic time).
