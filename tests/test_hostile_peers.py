@@ -477,13 +477,16 @@ def test_a_session_connected_a_minute_resets_the_retry_budget() -> None:
     assert budget.failures == 1
 
 
-@pytest.mark.parametrize("heartbeat", [float("inf"), 1e300, 1e10, 1e-9, -1.0, float("nan")])
+@pytest.mark.parametrize(
+    "heartbeat", [float("inf"), 1e300, 1e10, 86400.0, 601.0, 1e-9, -1.0, float("nan")]
+)
 def test_a_client_refuses_a_welcome_stating_a_heartbeat_no_server_can_keep(
     heartbeat: float,
 ) -> None:
     # An infinite or huge interval failed every session in the client's request stream
     # (OverflowError, retried for ever); a tiny one made it give up on the server
-    # "silent for 0 s" at once and reconnect in a loop.
+    # "silent for 0 s" at once and reconnect in a loop. A day was taken: the client
+    # then trusted a server silent for up to six days.
     def script() -> Iterator[bytes]:
         time.sleep(3.0)
         yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason="over")))
@@ -494,12 +497,15 @@ def test_a_client_refuses_a_welcome_stating_a_heartbeat_no_server_can_keep(
             connect(Fit(), f"127.0.0.1:{server.port}", insecure=True, retry_for=10.0, backoff=0.1)
     finally:
         server.close()
-    assert "0.01 to 86400 s" in str(refused.value)
+    assert "0.01 to 600 s this client accepts" in str(refused.value)
 
 
 def test_a_server_refuses_a_heartbeat_its_clients_would_refuse() -> None:
-    for heartbeat in (1e10, 0.001):
-        with pytest.raises(ValueError, match=r"heartbeat must be between 0\.01 and 86400 seconds"):
+    from covey.transport.grpc._checks import welcome_heartbeat
+
+    assert welcome_heartbeat(600.0) == 600.0  # ten minutes: taken
+    for heartbeat in (1e10, 3600.0, 0.001):
+        with pytest.raises(ValueError, match=r"heartbeat must be between 0\.01 and 600 seconds"):
             GrpcServerTransport("127.0.0.1:0", heartbeat=heartbeat)
 
 

@@ -336,7 +336,8 @@ def server_command(
     heartbeat: Annotated[
         float | None,
         typer.Option(
-            help="Seconds between heartbeats; silent clients are dropped after six (default 5)."
+            help="Seconds between heartbeats, 0.01 to 600; silent clients are dropped after six "
+            "(default 5)."
         ),
     ] = None,
     port_file: Annotated[

@@ -326,12 +326,16 @@ def own_name(name: str, tls: object | None) -> str:
     return name
 
 
-HEARTBEATS = (0.01, 86400.0)
+HEARTBEATS = (0.01, 600.0)
 """The heartbeat intervals covey takes, in seconds: a server states one in its ``Welcome``.
 
-Above a day, waiting for the next beat overflows the system's timeouts (the
-stream then fails with an ``OverflowError``); below 0.01 s a client gives up on
-a server that has said nothing for six intervals at once, and reconnects for ever.
+A client takes a server silent for six intervals for gone: the interval a server
+states is how long a client trusts a connection that no longer carries anything.
+Up to ten minutes, that is an hour at most; a server stating a day (a hostile
+one) held its clients on a dead connection for six days. Below 0.01 s a client
+gives up on a server that has said nothing for six intervals at once, and
+reconnects for ever. A server refuses to serve with an interval its clients
+would refuse.
 """
 
 
@@ -346,7 +350,8 @@ def check_heartbeat(heartbeat: float) -> None:
     low, high = HEARTBEATS
     if not low <= heartbeat <= high:
         raise ValueError(
-            f"heartbeat must be between {low:g} and {high:g} seconds (a day), got {heartbeat!r}"
+            f"heartbeat must be between {low:g} and {high:g} seconds (ten minutes), "
+            f"got {heartbeat!r}"
         )
 
 
@@ -362,7 +367,8 @@ def welcome_heartbeat(stated: float) -> float | None:
     if not low <= stated <= high:  # NaN included
         raise ValueError(
             f"the server sent a Welcome stating a heartbeat interval of {stated!r} s, outside "
-            f"the {low:g} to {high:g} s a covey server states; check that the address is a "
-            "covey server's"
+            f"the {low:g} to {high:g} s this client accepts (a server silent for six of them "
+            "is taken for gone); check that the address is a covey server's, and that it "
+            "runs this covey release"
         )
     return stated
