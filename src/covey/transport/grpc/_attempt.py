@@ -1,4 +1,4 @@
-"""How one connection attempt of a client ended, and its channel closed within a bound.
+"""How one connection attempt of a client ended, its channel closed within a bound, and what next.
 
 gRPC ends a cancelled call only once its core has completed the call's pending
 operations, and closes a channel only once its own threads let go of it; a
@@ -144,10 +144,10 @@ def given_up(address: str, failures: int, sessions: int, error: str, dropped: in
     failed = "could not connect to" if sessions == 0 else "could not stay connected to"
     if dropped:
         failed = "could not stay connected to"
-        error = (
-            f"the server welcomed this client {dropped} time(s) in a row but ended each of "
-            f"those connections before a task was performed on it or {STEADY_SECONDS:.0f} s "
-            f"had passed (last: {error})"
+        error += (
+            f"; {dropped} of those attempts reached a server that welcomed this client, then "
+            f"ended the connection before a task was performed on it or {STEADY_SECONDS:.0f} s "
+            "had passed"
         )
     return f"{failed} {address} after {failures} attempt(s): {error}"
 
