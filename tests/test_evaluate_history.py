@@ -88,6 +88,28 @@ def test_a_federated_evaluation_that_rounds_down_to_no_client_is_refused_by_name
         result.history.metric("loss", "evaluate")
 
 
+class FailsToEvaluate(Plain):
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+        raise RuntimeError("no test data here")
+
+
+def test_a_metric_of_evaluations_that_all_failed_says_they_failed_not_that_none_ran() -> None:
+    # The hint said a run with fraction_evaluate=0 records none, and the run had asked for them.
+    result = covey.simulate(
+        lambda cid: FailsToEvaluate(), 2, 2, covey.FedAvg(), {"w": np.zeros(2)}, progress=False
+    )
+    with pytest.raises(ValueError, match="every federated evaluate task failed") as caught:
+        result.history.metric("loss", "evaluate")
+    said = str(caught.value)
+    assert "4 failure(s)" in said
+    assert "history.rounds[i].evaluate_failures" in said
+    assert "client 0: RuntimeError: no test data here" in said
+    assert "fraction_evaluate=0" not in said
+    # Fits that took part but gave no metric are not called failed.
+    with pytest.raises(ValueError, match="the clients' training metrics"):
+        result.history.metric("accuracy", "fit")
+
+
 def test_a_deployed_run_says_when_fraction_evaluate_rounds_down_to_no_client(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

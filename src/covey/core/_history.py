@@ -371,13 +371,29 @@ _SOURCE_HINTS = {
 }
 
 
+def _nothing_recorded(history: History, source: Source) -> str:
+    """Why no round of ``history`` records anything from ``source``: failed tasks, or a hint."""
+    if source != "central":
+        stage = "evaluate" if source == "evaluate" else "fit"
+        failures = [f for r in history.rounds for f in getattr(r, f"{stage}_failures")]
+        took_part = any(getattr(r, f"{stage}_participants") for r in history.rounds)
+        if failures and not took_part:
+            first = failures[0]
+            return (
+                f"every federated {stage} task failed: {len(failures)} failure(s), each "
+                f"in its round's {stage}_failures (history.rounds[i].{stage}_failures); "
+                f"the first, {first.who}: {first.error}"
+            )
+    return f"source={source!r} is {_SOURCE_HINTS[source]}"
+
+
 def _not_recorded(history: History, name: str, source: Source, *, nan: bool = False) -> str:
     """Why :meth:`History.metric` or :meth:`History.best_round` has no value of ``name``."""
     recorded = recorded_names(history, source)
     there = (
         f"it records {recorded} there"
         if recorded
-        else f"it records nothing there (source={source!r} is {_SOURCE_HINTS[source]})"
+        else f"it records nothing there ({_nothing_recorded(history, source)})"
     )
     message = f"no round records {name!r}{' (NaN aside)' if nan else ''} from source={source!r}: "
     message += there
