@@ -46,8 +46,27 @@ def check_float(params: Weights, what: str) -> None:
     if bad:
         raise TypeError(
             f"{what} cannot add noise to non-floating-point arrays {bad}: noising them "
-            "would round the noise away; keep integer state out of the model"
+            "would round the noise away; keep integer state out of the model" + _counters(bad)
         )
+
+
+_TRACKED = "num_batches_tracked"
+"""The name of a torch BatchNorm's buffer counting the batches it trained on."""
+
+
+def _counters(names: list[str]) -> str:
+    """How to take torch BatchNorm's integer counters among ``names`` out of a model."""
+    counters = [str(n) for n in names if str(n).rpartition(".")[2] == _TRACKED]
+    if not counters:
+        return ""
+    return (
+        f". {counters[0]!r}{' and the like' if len(counters) > 1 else ''} is a torch "
+        f"BatchNorm's {_TRACKED} buffer, an integer count of the batches it trained on: "
+        f"set m.{_TRACKED} = None on each BatchNorm layer m before taking the model's "
+        "weights, which drops it from the state_dict (BatchNorm reads it only with "
+        "momentum=None), or build the layers with track_running_stats=False, or use "
+        "GroupNorm instead"
+    )
 
 
 def norm(values: Weights) -> float:
