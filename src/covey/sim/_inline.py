@@ -101,23 +101,52 @@ def lent_weights_changed(tasks: Mapping[int, Task], consequence: str) -> str:
     first = next(iter(tasks.values()))
     cids = sorted(tasks)
     who = ", ".join(str(c) for c in cids[:10]) + (", ..." if len(cids) > 10 else "")
+    later = _LATER.get(first.kind, f"ran their {first.kind} task on a changed model")
     return (
         f"round {first.round}: the global weights changed in place while clients {who} ran "
         f"their {first.kind} task. A client wrote into the read-only arrays it was given "
         "through a library that ignores NumPy's read-only flag (torch.from_numpy, ctypes, "
         "a compiled extension such as scikit-learn's SGD estimators, which train their coef_ "
-        f"in place), so later clients trained from a changed model; {consequence}. "
+        f"in place), so later clients {later}; {consequence}. "
         "Copy before writing: torch.tensor(array) rather than torch.from_numpy(array), "
         "model.coef_ = weights['coef'].copy() (or covey.sklearn.set_params), "
-        "or array.copy()" + (_INITIAL_VIEWS if first.round == 1 else "")
+        "or array.copy()"
+        + _batch_norm(first.weights or {}, first.kind)
+        + (_INITIAL_VIEWS.format(use=_USE.get(first.kind, "use")) if first.round == 1 else "")
     )
 
 
+_LATER = {"fit": "trained from a changed model", "evaluate": "evaluated a changed model"}
+"""What the clients after the writer did with the changed weights, by task kind."""
+
+_USE = {"fit": "train", "evaluate": "evaluate (or train)"}
+
 _INITIAL_VIEWS = (
     ". In the first round the weights are initial_weights as given: if they are views of "
-    "a model the clients go on to train (covey.torch.to_weights(model) shares the tensors' "
-    "memory), that training wrote into them; give to_weights(model, copy=True)"
+    "a model the clients go on to {use} (covey.torch.to_weights(model) shares the tensors' "
+    "memory), writing into that model wrote into them; give to_weights(model, copy=True)"
 )
+
+_RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
+"""The buffers a torch BatchNorm layer updates in place at every forward pass in train mode."""
+
+
+def _batch_norm(weights: Weights, kind: str) -> str:
+    """The likely cause when ``weights`` hold a torch BatchNorm's running statistics."""
+    stats = [str(n) for n in weights if str(n).rpartition(".")[2] in _RUNNING_STATS]
+    if not stats:
+        return ""
+    hint = (
+        f". The model has BatchNorm running statistics ({stats[0]!r}"
+        f"{', ...' if len(stats) > 1 else ''}), a likely cause: a BatchNorm layer in train "
+        "mode updates them in place at every forward pass, so a model whose buffers share "
+        "the given arrays' memory (torch.from_numpy, load_state_dict(..., assign=True)) "
+        "writes into them; copy the weights into the model (covey.torch.load_weights, "
+        "load_state_dict without assign=True)"
+    )
+    if kind == "evaluate":
+        hint += ", and call model.eval() before evaluating, as covey.torch.evaluate_model does"
+    return hint
 
 
 def inline_transport(
