@@ -10,10 +10,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from covey.core import Task  # noqa: E402
 from covey.sim._inline import lent_weights_changed  # noqa: E402
-from covey.torch import to_weights  # noqa: E402
+from covey.torch import TorchClient, evaluate_model, to_weights  # noqa: E402
 
 
 class Net(nn.Module):
@@ -23,6 +24,78 @@ class Net(nn.Module):
 
     def forward(self, x: Any) -> Any:
         return self.fc(x)
+
+
+def _data(dtype: Any = torch.float32) -> DataLoader[Any]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 4, generator=g, dtype=dtype)
+    return DataLoader(TensorDataset(x, torch.randint(0, 3, (16,), generator=g)), batch_size=8)
+
+
+def _sgd(params: Any) -> Any:
+    return torch.optim.SGD(params, lr=0.1)
+
+
+def test_a_float64_batch_for_a_float32_model_names_the_dtypes_and_the_fix() -> None:
+    # It raised torch's "mat1 and mat2 must have the same dtype", naming neither fix.
+    client = TorchClient(Net(), nn.CrossEntropyLoss(), _sgd, _data(torch.float64))
+    weights = client.initial_weights()
+    for run in (client.fit, client.evaluate):
+        with pytest.raises(TypeError, match=r"inputs are torch\.float64.*weights torch\.float32"):
+            run(weights, {"round": 1})
+    with pytest.raises(TypeError) as caught:
+        client.fit(weights, {"round": 1})
+    assert ".float()" in str(caught.value)
+    assert "model.double()" in str(caught.value)
+    assert "torch.set_default_dtype" in str(caught.value)
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    # The same data for a float64 model trains.
+    model = Net().double()
+    TorchClient(model, nn.CrossEntropyLoss(), _sgd, _data(torch.float64)).fit(
+        to_weights(model, copy=True), {"round": 1}
+    )
+
+
+def test_an_error_of_another_kind_with_float64_data_is_torchs_own() -> None:
+    def loss(out: Any, y: Any) -> Any:
+        raise RuntimeError("the loss broke")
+
+    client = TorchClient(Net().double(), loss, _sgd, _data(torch.float64))
+    with pytest.raises(RuntimeError, match="the loss broke"):
+        client.fit(client.initial_weights(), {"round": 1})
+
+
+def test_a_model_class_is_refused_naming_the_instance_to_give() -> None:
+    # It raised AttributeError: 'torch.device' object has no attribute '_apply'.
+    with pytest.raises(TypeError, match=r"model is the class Net: give an instance, Net\(\)"):
+        TorchClient(Net, nn.CrossEntropyLoss(), _sgd, _data())
+
+
+@pytest.mark.parametrize("start", [True, False])
+def test_evaluate_model_leaves_the_model_in_the_mode_it_found_it(start: bool) -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.5))
+    model.train(start)
+    model[1].train(not start)  # a layer kept in another mode than the model's
+    evaluate_model(model, nn.CrossEntropyLoss(), _data())
+    assert model.training is start
+    assert model[0].training is start
+    assert model[1].training is not start
+
+
+def test_evaluate_model_leaves_the_mode_when_it_fails() -> None:
+    model = Net().train()
+    with pytest.raises(TypeError, match="float64"):
+        evaluate_model(model, nn.CrossEntropyLoss(), _data(torch.float64))
+    assert model.training
+
+
+def test_evaluate_model_gives_the_same_numbers_in_either_mode() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    model(torch.randn(8, 4))  # some running statistics
+    model.eval()
+    first = evaluate_model(model, nn.CrossEntropyLoss(), _data())
+    model.train()
+    assert evaluate_model(model, nn.CrossEntropyLoss(), _data()) == first
 
 
 def _task(kind: str, rnd: int, weights: dict[str, Any]) -> dict[int, Task]:
@@ -98,3 +171,46 @@ def test_central_dp_names_batch_norms_counter_and_how_to_drop_it() -> None:
     with pytest.raises(TypeError) as caught:
         dp.aggregator.init({"w": np.zeros(3), "c": np.zeros(2, np.int64)})
     assert "BatchNorm" not in str(caught.value)
+
+
+def _dpsgd(model: Any, loader: Any) -> Any:
+    pytest.importorskip("opacus")
+    from covey.privacy import DPSGD
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    return DPSGD(
+        model, optimizer, loader, noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-5, seed=0
+    )
+
+
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_dpsgd_refuses_a_loss_that_is_not_the_batchs_mean(reduction: str) -> None:
+    # reduction="sum" trained, with Opacus told the mean: each example's gradient was scaled
+    # by the batch's size before its clip, and the sum was reported as the mean loss.
+    dp = _dpsgd(Net(), _data())
+    with pytest.raises(ValueError, match=rf"reduction='{reduction}'.*loss_reduction='mean'"):
+        dp.train(1, nn.CrossEntropyLoss(reduction=reduction), round=1)
+    assert dp.ledger.rounds == 0  # refused before any step
+    assert np.isfinite(dp.train(1, nn.CrossEntropyLoss(), round=1))
+
+
+def test_dpsgd_names_a_float64_batch_for_a_float32_model() -> None:
+    dp = _dpsgd(Net(), _data(torch.float64))
+    with pytest.raises(TypeError, match=r"inputs are torch\.float64.*\.float\(\)") as caught:
+        dp.train(1, round=1)
+    assert isinstance(caught.value.__cause__, RuntimeError)
+
+
+def test_dpsgd_refuses_a_dataset_or_a_class_naming_what_to_give() -> None:
+    # A Dataset raised AttributeError inside Opacus; a model class, inside covey.
+    data = _data().dataset
+    with pytest.raises(TypeError, match=r"data_loader is a TensorDataset: give a torch\.utils"):
+        _dpsgd(Net(), data)
+    with pytest.raises(TypeError, match=r"DataLoader\(dataset, batch_size=64\)"):
+        _dpsgd(Net(), data)
+    with pytest.raises(TypeError, match="data_loader is a list"):
+        _dpsgd(Net(), list(_data()))
+    from covey.privacy import DPSGD
+
+    with pytest.raises(TypeError, match="module is the class Net: give an instance"):
+        DPSGD(Net, None, _data(), noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-5)

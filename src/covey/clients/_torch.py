@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from covey.core._extras import MissingExtraError
@@ -83,3 +84,59 @@ def snapshot(module: Any) -> dict[str, Any]:
     """Detached copies of a module's parameters, e.g. the global model before local training."""
     torch_module()
     return {name: p.detach().clone() for name, p in named_parameters(module).items()}
+
+
+def _float_dtype(module: Any) -> Any:
+    """The dtype of ``module``'s first floating-point parameter or buffer; None if it has none."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
+
+
+def _floats(value: Any) -> list[Any]:
+    """The floating-point tensors in ``value``: a tensor, or a list, tuple or dict of them."""
+    torch = torch_module()
+    if isinstance(value, torch.Tensor):
+        return [value] if value.is_floating_point() else []
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    if isinstance(value, list | tuple):
+        return [t for v in value for t in _floats(v)]
+    return []
+
+
+def dtype_mismatch(module: Any, inputs: Any, targets: Any) -> str | None:
+    """Say which of a batch's floating-point tensors differ from ``module``'s dtype; else None."""
+    want = _float_dtype(module)
+    if want is None:
+        return None
+    for what, value in (("inputs", inputs), ("targets", targets)):
+        other = sorted({str(t.dtype) for t in _floats(value) if t.dtype != want})
+        if other:
+            return (
+                f"the batch's {what} are {' and '.join(other)}, the model's weights {want}, and "
+                "torch computes a layer in one dtype: convert the data, .float() on the "
+                "tensors (NumPy arrays are float64: torch.from_numpy(x).float()), or the "
+                "model, model.double() (or torch.set_default_dtype(torch.float64) before "
+                "building it)"
+            )
+    return None
+
+
+@contextmanager
+def dtypes_named(module: Any, inputs: Any, targets: Any) -> Iterator[None]:
+    """Run a step of ``module`` on a batch; torch's error for a batch of another dtype is named.
+
+    Raises:
+        TypeError: the step raised torch's RuntimeError about dtypes, and the batch
+            holds floating-point tensors of a dtype other than the model's (float64
+            data for a float32 model, say); the original error is its ``__cause__``.
+    """
+    try:
+        yield
+    except RuntimeError as exc:
+        message = dtype_mismatch(module, inputs, targets) if "type" in str(exc).lower() else None
+        if message is None:
+            raise
+        raise TypeError(f"{message} (torch: {exc})") from exc

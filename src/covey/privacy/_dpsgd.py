@@ -26,7 +26,7 @@ else:
 
 from covey.clients._current import current_task
 from covey.clients._quiet import ignoring
-from covey.clients._torch import torch_module
+from covey.clients._torch import dtypes_named, torch_module
 from covey.core._extras import MissingExtraError
 from covey.core._messages import finite, shown
 from covey.privacy._accounting import Accountant, Ledger, check_noise_multiplier, round_event
@@ -66,6 +66,38 @@ def _check_layers(module: Any) -> None:
         )
 
 
+def _check_objects(torch: Any, module: Any, optimizer: Any, data_loader: Any) -> None:
+    """Refuse a class given for an object, or data that is no DataLoader, naming what to give."""
+    for what, value in (("module", module), ("optimizer", optimizer)):
+        if isinstance(value, type):
+            name = value.__name__
+            raise TypeError(f"{what} is the class {name}: give an instance of it")
+    if not isinstance(data_loader, torch.utils.data.DataLoader):
+        data = "a Dataset" if isinstance(data_loader, torch.utils.data.Dataset) else "data"
+        raise TypeError(
+            f"data_loader is a {type(data_loader).__name__}: give a torch.utils.data.DataLoader "
+            f"(of {data}, e.g. DataLoader(dataset, batch_size=64)), whose batch_size Opacus "
+            "turns into the rate it samples each example at (1 / len(data_loader))"
+        )
+
+
+def _check_reduction(loss_fn: Any) -> None:
+    """Refuse a loss not averaged over the batch: Opacus is told the mean.
+
+    Opacus scales each example's gradient by the batch's size for a mean loss;
+    a summed one would be clipped at ``max_grad_norm`` after growing by that
+    factor, and its noise would be scaled for a mean.
+    """
+    reduction = getattr(loss_fn, "reduction", "mean")
+    if reduction != "mean":
+        raise ValueError(
+            f"loss_fn has reduction={reduction!r}, and DP-SGD here takes the mean loss over "
+            "a batch (Opacus is told loss_reduction='mean', which its clipping and noise "
+            f"assume): give {type(loss_fn).__name__}(reduction='mean'), torch's default; the "
+            "optimizer's step averages the clipped gradients over the expected batch size"
+        )
+
+
 def _stream(seed: int, *keys: int) -> int:
     """A 32-bit seed for torch, drawn from ``(seed, *keys)``."""
     return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
@@ -101,9 +133,10 @@ class DPSGD:
             must be ones Opacus trains (no BatchNorm: a ValueError names them);
             in eval mode or training mode, as it is left.
         optimizer: Its optimizer.
-        data_loader: The client's training data; batches are redrawn by Poisson
-            sampling with rate ``1 / len(data_loader)`` (Opacus' rate, which the
-            ledger accounts).
+        data_loader: The client's training data, a ``torch.utils.data.DataLoader``
+            (a Dataset is refused: its batch size sets the rate); batches are
+            redrawn by Poisson sampling with rate ``1 / len(data_loader)``
+            (Opacus' rate, which the ledger accounts).
         noise_multiplier: Noise standard deviation over ``max_grad_norm``.
         max_grad_norm: The per-example gradient clip.
         delta: The delta the client reports its epsilon at (below 1 / examples).
@@ -165,6 +198,7 @@ class DPSGD:
         check_noise_multiplier(noise_multiplier)
         check_delta(delta)
         _check_client(client)
+        _check_objects(torch, module, optimizer, data_loader)
         if len(data_loader) == 0:
             raise ValueError("the data loader holds no examples to train on")
         try:
@@ -252,7 +286,11 @@ class DPSGD:
 
         Args:
             epochs: Passes over the data (Poisson-sampled batches).
-            loss_fn: The loss (default: cross entropy).
+            loss_fn: The loss (default: cross entropy), the mean over a batch:
+                Opacus is told ``loss_reduction="mean"``, so a loss module with
+                ``reduction="sum"`` or ``"none"`` is refused with a ValueError.
+                A batch of floating-point data in another dtype than the model's
+                (float64 for a float32 model) raises a TypeError saying so.
             round: The round being trained (``config["round"]`` in ``fit``).
                 None: the round of the task the client is performing (covey's
                 runtime tells it, simulated and deployed alike). With a ``seed``,
@@ -272,6 +310,8 @@ class DPSGD:
             isinstance(round, bool) or not isinstance(round, int) or round < 0
         ):
             raise ValueError(f"round must be an int >= 0 or None, got {round!r}")
+        if loss_fn is not None:
+            _check_reduction(loss_fn)
         task = current_task()
         if round is None and task is not None:
             round = task.round
@@ -288,15 +328,16 @@ class DPSGD:
             for _ in range(epochs):
                 for x, y in self.data_loader:
                     self.optimizer.zero_grad(set_to_none=True)
-                    out = self.module(x)
-                    # Poisson sampling can draw an empty batch. It still takes its step, of
-                    # noise alone, as the accountant assumes: a skipped step would leave the
-                    # model unchanged and so tell that no example was drawn.
-                    loss = loss_fn(out, y) if len(y) else out.sum()
-                    # Opacus' per-example hooks fire on the first layer, whose input
-                    # needs no gradient; torch warns of it, harmlessly.
-                    with ignoring(message="Full backward hook is firing"):
-                        loss.backward()
+                    with dtypes_named(self.module, x, y):
+                        out = self.module(x)
+                        # Poisson sampling can draw an empty batch. It still takes its step,
+                        # of noise alone, as the accountant assumes: a skipped step would
+                        # leave the model unchanged and so tell that no example was drawn.
+                        loss = loss_fn(out, y) if len(y) else out.sum()
+                        # Opacus' per-example hooks fire on the first layer, whose input
+                        # needs no gradient; torch warns of it, harmlessly.
+                        with ignoring(message="Full backward hook is firing"):
+                            loss.backward()
                     steps += 1  # counted before it changes the model: never one too few
                     self.optimizer.step()
                     if len(y):

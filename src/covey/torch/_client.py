@@ -18,7 +18,7 @@ from covey.clients import (
     torch_tensors,
 )
 from covey.clients._scaffold import server_control
-from covey.clients._torch import torch_device, torch_module
+from covey.clients._torch import dtypes_named, torch_device, torch_module
 from covey.core import Config, EvaluateResult, FitResult, Metrics
 from covey.core._qfair import loss_before_fit
 from covey.core._weights import Array, Weights, subtract
@@ -47,12 +47,13 @@ def _summed(loss_fn: Any) -> bool:
 
 
 def _check_arguments(
-    torch: Any, loss_fn: Any, optimizer_fn: Any, train_loader: Any, test_loader: Any
+    torch: Any, model: Any, loss_fn: Any, optimizer_fn: Any, train_loader: Any, test_loader: Any
 ) -> None:
     """Refuse the usual slips in :class:`TorchClient`'s arguments, naming what to give."""
-    if isinstance(loss_fn, type):
-        name = loss_fn.__name__
-        raise TypeError(f"loss_fn is the class {name}: give an instance, {name}()")
+    for what, value in (("model", model), ("loss_fn", loss_fn)):
+        if isinstance(value, type):
+            name = value.__name__
+            raise TypeError(f"{what} is the class {name}: give an instance, {name}()")
     if isinstance(optimizer_fn, torch.optim.Optimizer):
         raise TypeError(
             f"optimizer_fn is an optimizer ({type(optimizer_fn).__name__}): give a function of the "
@@ -171,6 +172,8 @@ def evaluate_model(
     ``NLLLoss``, -100 by default: padding) count neither in the mean loss, which
     weighs each batch by the targets its loss averaged over, nor in the accuracy.
 
+    The model evaluates in eval mode and is left in the mode it was in, layer by layer.
+
     Args:
         model: The ``torch.nn.Module``, already on ``device``.
         loss_fn: ``(outputs, targets) -> scalar tensor``, the mean over a batch
@@ -187,18 +190,26 @@ def evaluate_model(
     regression, probabilities = _regression_or_probabilities(loss_fn)
     summed = _summed(loss_fn)
     threshold = 0.5 if probabilities else 0.0
+    modes = [(m, m.training) for m in model.modules()]  # each layer's mode, put back after
     model.eval()
     losses, correct = _LossMean(summed), 0
     classify = not regression
-    with torch.no_grad():
-        for batch in loader:
-            x, y = move(split(batch), device)
-            out = model(x)
-            kept = losses.add(loss_fn, loss_fn(out, y), y)
-            if classify:
-                hits = _correct(out, y, threshold, kept)
-                classify = hits is not None
-                correct += hits or 0
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                x, y = move(split(batch), device)
+                with dtypes_named(model, x, y):
+                    out = model(x)
+                    loss = loss_fn(out, y)
+                kept = losses.add(loss_fn, loss, y)
+                if classify:
+                    hits = _correct(out, y, threshold, kept)
+                    classify = hits is not None
+                    correct += hits or 0
+    finally:
+        model.train(modes[0][1])
+        for module, training in modes:  # a layer kept in another mode than the model's
+            module.training = training
     mean = losses.mean()
     if losses.seen == 0:
         raise ValueError("the data loader gave no examples to evaluate")
@@ -300,7 +311,10 @@ class TorchClient(Client):
     The fit config may override ``"epochs"`` (an int) per round.
 
     Args:
-        model: The model; its layout defines the weights (``state_dict`` order).
+        model: The model, an instance (a class is refused); its layout defines the
+            weights (``state_dict`` order). Batches of floating-point data in
+            another dtype (float64 for a float32 model) make ``fit`` and
+            ``evaluate`` raise a TypeError naming both dtypes and the fixes.
         loss_fn: ``(outputs, targets) -> scalar tensor``, e.g.
             ``torch.nn.CrossEntropyLoss()``; the mean over a batch (or the sum,
             for a loss with ``reduction="sum"``; ``reduction="none"`` is refused).
@@ -346,7 +360,7 @@ class TorchClient(Client):
         torch = torch_module()
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
-        _check_arguments(torch, loss_fn, optimizer_fn, train_loader, test_loader)
+        _check_arguments(torch, model, loss_fn, optimizer_fn, train_loader, test_loader)
         self.device = torch_device(device)
         self.model = model.to(self.device)
         self.loss_fn = loss_fn
@@ -401,8 +415,9 @@ class TorchClient(Client):
             for batch in self.train_loader:
                 x, y = move(split(batch), self.device)
                 optimizer.zero_grad()
-                loss = self.loss_fn(trained_output(self.model, x, y, self.train_loader), y)
-                loss.backward()
+                with dtypes_named(self.model, x, y):
+                    loss = self.loss_fn(trained_output(self.model, x, y, self.train_loader), y)
+                    loss.backward()
                 if gradients is not None:
                     gradients.add()
                 if anchor is not None:  # a summed loss is len(y) times the mean: so is the term
