@@ -321,3 +321,81 @@ def test_a_run_interrupted_before_its_first_round_keeps_its_tracker_flags(tmp_pa
     with pytest.raises(KeyboardInterrupt), open_trackers({**flags, "run": unstarted}):
         raise KeyboardInterrupt
     assert list(unstarted.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_simulation_killed_before_its_first_round_keeps_its_tracker_flags(
+    project: Path,
+) -> None:
+    # Before: trackers.json was written after the first round logged, so a run killed
+    # (kill -9) before it was resumed without its trackers.
+    from covey.server._served import recorded_trackers
+
+    app_file = project / "demo" / "server_app.py"
+    source = app_file.read_text()
+    head = "def evaluate(rnd: int, weights: covey.Weights) -> tuple[float, dict[str, Any]]:\n"
+    assert head in source
+    # round 0's central evaluation never ends: the run is killed before any round finishes
+    app_file.write_text(source.replace(head, head + "    import time\n\n    time.sleep(600)\n"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "covey", "run", "demo", *TRACKERS],
+        cwd=project.parent,
+        env=_env(project),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(project.glob("runs/*/run.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(project.glob("runs/*/run.json")), "the run did not start within 120 s"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    (run,) = project.glob("runs/*")
+    assert (
+        not (run / "history.json").exists()
+        or '"round": 1' not in (run / "history.json").read_text()
+    )
+    assert recorded_trackers(run) == {
+        "tensorboard": str(Path("tb logs/run 1").resolve()),
+        "mlflow": str(Path("ml runs").resolve()),
+        "mlflow_experiment": "my exp",
+    }
+    given = ["runs", "show", run.name, "--dir", str(run.parent)]
+    shown = CliRunner().invoke(app, given, env={"COLUMNS": "400"})
+    assert shown.exit_code == 0, shown.output
+    assert "`covey run" in shown.output, shown.output
+    assert _words_after(_quoted(shown.output, "covey run"), "--tensorboard") == _absolute()
+
+
+def test_a_run_that_fails_before_its_first_round_keeps_the_trackers_json_it_had(
+    tmp_path: Path,
+) -> None:
+    from covey.deploy._cli_trackers import TRACKERS_FILE, open_trackers
+    from covey.server._served import recorded_trackers
+
+    run = tmp_path / "run"
+    run.mkdir()
+    given = {"tensorboard": str(tmp_path / "tb")}
+    flags = {"trackers": {}, "tracker_flags": given, "run": run, "resuming": True}
+    (run / TRACKERS_FILE).write_text(json.dumps({"flags": {"mlflow_experiment": "kept"}}))
+
+    def refused_start() -> None:
+        with open_trackers(flags) as trackers:
+            trackers.started()
+            assert recorded_trackers(run) == given  # kept as the run starts
+            raise ValueError("refused")
+
+    with pytest.raises(ValueError, match="refused"):
+        refused_start()
+    assert recorded_trackers(run) == {"mlflow_experiment": "kept"}
+    (run / TRACKERS_FILE).unlink()
+    with pytest.raises(ValueError, match="refused"):
+        refused_start()
+    assert not (run / TRACKERS_FILE).exists()
+

@@ -364,6 +364,7 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
         # SIGTERM (a batch scheduler's or `docker stop`'s stop) as Ctrl-C; and an error
         # Ctrl-C caused (an ImportError, say) as Ctrl-C
         with stopping_on_sigterm(), interrupts_as_such(), trackers:
+            trackers.started()  # its folder holds its settings: a kill keeps the flags
             result = covey.simulate(
                 functools.partial(
                     _client, make_client, settings.run["client_app"], settings.app_config()

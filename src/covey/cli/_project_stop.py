@@ -66,10 +66,11 @@ def forget_unstarted(run_dir: Path) -> None:
     nothing else.
     """
     from covey.cli._project_sim import SETTINGS_FILE
+    from covey.server._served import TRACKERS_FILE
 
     try:
         names = {path.name for path in run_dir.iterdir()}
-        if names <= {SETTINGS_FILE, "run.lock"}:
+        if names <= {SETTINGS_FILE, "run.lock", TRACKERS_FILE}:
             for name in names:
                 (run_dir / name).unlink()
             run_dir.rmdir()

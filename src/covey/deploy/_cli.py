@@ -154,6 +154,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
 
     def listening(port: int) -> None:
         listened.append(port)
+        trackers.started()  # the run is open in its folder: a kill from here on keeps the flags
         shown.line(f"covey server listening on port {port} (run folder {run})")
         shown.waiting()  # before the port file: clients that read it have not joined yet
         if port_file is not None:

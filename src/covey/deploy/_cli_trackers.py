@@ -135,11 +135,32 @@ class Trackers:
         self._kept = kept
         self._flags = flags
         self._recorded = flags is None and kept is None
+        self._logged = False
+        self._before: bytes | None = None  # the file as the run's start found it
+        self._started = False
 
     def __call__(self, record: RoundRecord) -> None:
         """Log the round to every tracker; after the first, keep the MLflow run and the flags."""
+        self._logged = True
         for logger in self.loggers:
             logger(record)
+        self._record()
+
+    def started(self) -> None:
+        """Keep the MLflow run and the tracker flags now: the run has started in its folder.
+
+        A run killed (``kill -9``) before it logged a round then keeps them too. A run
+        that fails (an error, not an interruption) before it logs a round gets back
+        the file it had, as one that never started.
+        """
+        if self._recorded:
+            return
+        path = self._run_dir / TRACKERS_FILE
+        try:
+            self._before = path.read_bytes() if path.is_file() else None
+        except OSError:
+            return  # unreadable: kept after the first round, as before
+        self._started = True
         self._record()
 
     def _record(self) -> None:
@@ -167,7 +188,8 @@ class Trackers:
 
         A run interrupted before it logged a round keeps its tracker flags too, if
         it started (its ``run.sqlite`` is there): the command that continues it
-        repeats them.
+        repeats them. One that failed before it logged a round after
+        :meth:`started` gets back the file it found.
         """
         for logger in self.loggers:
             if hasattr(logger, "run_id"):
@@ -176,6 +198,21 @@ class Trackers:
                 logger.close()
         if status == "KILLED" and (self._run_dir / "run.sqlite").is_file():
             self._record()
+        elif status == "FAILED" and self._started and not self._logged:
+            self._unstart()
+
+    def _unstart(self) -> None:
+        """Put back the file :meth:`started` found (none: remove the one it wrote)."""
+        from covey.core._files import atomic_write
+
+        path = self._run_dir / TRACKERS_FILE
+        try:
+            if self._before is None:
+                path.unlink(missing_ok=True)
+            else:
+                atomic_write(path, self._before)
+        except OSError:
+            pass  # the error that stopped the run is the one to report
 
     def __enter__(self) -> Trackers:
         return self
