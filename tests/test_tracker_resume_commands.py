@@ -399,3 +399,49 @@ def test_a_run_that_fails_before_its_first_round_keeps_the_trackers_json_it_had(
         refused_start()
     assert not (run / TRACKERS_FILE).exists()
 
+
+def test_runs_list_gives_a_stopped_deployed_run_the_command_that_continues_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: `covey runs list` gave the command of stopped simulations alone; a deployed
+    # run whose server was killed was listed "stopped" with no word of how to go on.
+    import numpy as np
+
+    from covey.core import RoundRecord
+    from covey.server import RunStore
+    from covey.server._served import TRACKERS_FILE, record_federation
+
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    served, project_run = runs / "served", runs / "project"
+    for run in (served, project_run):
+        config = {"rounds": 5, "strategy": "FedAvg", "backend": "grpc"}
+        store = RunStore.create(run, config=config)
+        try:
+            for rnd in range(2):
+                store.save_round(rnd, {"w": np.ones(2)}, RoundRecord(round=rnd, central_loss=1.0))
+        finally:
+            store.close()
+        (run / "run.lock").write_text("12345")  # its server was killed: held by no process
+    flags = {"tensorboard": str(tmp_path / "tb logs"), "mlflow_experiment": "my exp"}
+    (served / TRACKERS_FILE).write_text(json.dumps({"flags": flags}))
+    record_federation(project_run, tmp_path / "proj", "local", ["rounds=9"], flags)
+    listed = CliRunner().invoke(app, ["runs", "list", "--dir", "runs"], env={"COLUMNS": "400"})
+    assert listed.exit_code == 0, listed.output
+    server = _quoted(listed.output, "covey server --resume")
+    assert shlex.split(server) == [
+        *("covey", "server", "--resume", "runs/served"),
+        *("--tensorboard", str(tmp_path / "tb logs"), "--mlflow-experiment", "my exp"),
+    ]
+    project = _quoted(listed.output, "covey run")
+    assert shlex.split(project) == [
+        *("covey", "run", str(tmp_path / "proj"), "--federation", "local"),
+        *("--resume", "runs/project", "--set", "rounds=9"),
+        *("--tensorboard", str(tmp_path / "tb logs"), "--mlflow-experiment", "my exp"),
+    ]
+    # `covey runs show` gives the same commands.
+    for run, start in ((served, "covey server --resume"), (project_run, "covey run")):
+        given = ["runs", "show", str(run.relative_to(tmp_path))]
+        shown = CliRunner().invoke(app, given, env={"COLUMNS": "400"})
+        assert shown.exit_code == 0, shown.output
+        assert _quoted(shown.output, start) == (server if run == served else project)

@@ -32,6 +32,7 @@ from covey.cli._rounds import (
 )
 from covey.cli._runsdir import STORE, find_run, project_runs
 from covey.cli._runstatus import (
+    continue_command,
     damaged_run_json,
     run_status,
     unopenable_run_json,
@@ -47,7 +48,6 @@ from covey.deploy._shown import escape
 from covey.server._rundb import is_held
 from covey.sim._rundir import (
     SET_UP_FILES,
-    how_to_resume,
     interrupted_set_up_reason,
     is_set_up_only,
 )
@@ -252,7 +252,7 @@ def list_runs(
             justify="left" if column == "run" else "right",
         )
     damaged: list[str] = []
-    stopped: list[str] = []  # simulations that can go on, and how
+    stopped: list[str] = []  # runs that can go on, and how
     earlier: list[bool] = []  # a metric shown is from before its run's last round
     for name, folder, history in found:
         table.add_row(*_row(name, folder, history, damaged, stopped, len(steps) > 1, earlier))
@@ -308,8 +308,9 @@ def _row(
     status = run_status(folder, history)
     if status == "unreadable":  # its run.json or run.sqlite: say why below the table
         damaged.append(damaged_run_json(folder) or unreadable_store(folder / "run.sqlite"))
-    if status == "stopped" and (folder / "run.sqlite").is_file() and backend != "grpc":
-        stopped.append(f"stopped[/]: {escape(f'{name}: continue it with {how_to_resume(folder)}')}")
+    how = continue_command(folder) if status == "stopped" else None
+    if how is not None:  # a simulation, or a deployed run whose server is gone
+        stopped.append(f"stopped[/]: {escape(f'{name}: continue it with {how}')}")
     return [
         escape(name),
         "deployed" if backend == "grpc" else f"simulated ({backend})",

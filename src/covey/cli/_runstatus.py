@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # imported where used: NumPy is slow to load for `covey --hel
     from covey.core._history import History
 
 __all__ = [
+    "continue_command",
     "damaged_run_json",
     "run_status",
     "unopenable_run_json",
@@ -80,10 +81,20 @@ def _resumable(folder: Path, step: str, last: int | None) -> str:
 
     ``last``: its last finished ``step`` (None: none), which the resume goes on after.
     """
+    how = continue_command(folder)
+    return "" if how is None else f"; continue it {resumed_from(step, last)} with {how}"
+
+
+def continue_command(folder: Path) -> str | None:
+    """The command that continues the run in ``folder`` from its checkpoint, quoted; or None.
+
+    A simulation (its ``run.json``) goes on with ``covey run --resume``, a served run
+    with its project's ``covey run --federation`` or ``covey server --resume``; each
+    with the tracker flags of its latest start. None: no checkpoint (``run.sqlite``).
+    """
     if not (folder / "run.sqlite").is_file():
-        return ""
-    how = how_to_resume(folder) if (folder / "run.json").is_file() else how_to_continue(folder)
-    return f"; continue it {resumed_from(step, last)} with {how}"
+        return None
+    return how_to_resume(folder) if (folder / "run.json").is_file() else how_to_continue(folder)
 
 
 def unreadable_store(db: Path) -> str:
