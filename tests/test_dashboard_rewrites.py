@@ -30,10 +30,15 @@ def _record(rng: random.Random, k: int) -> dict[str, Any]:
         "fit_participants": [rng.randrange(5) for _ in range(rng.randrange(3))],
     }
     if rng.random() < 0.3:
-        record["central_metrics"] = {"accuracy": rng.choice([True, 1, 0.25, "text"])}
+        name = rng.choice(["accuracy", "précision", "精度", "f1"])
+        record["central_metrics"] = {name: rng.choice([True, 1, 0.25, "text", "日本"])}
     if rng.random() < 0.1:
-        record["note"] = rng.choice(["site-é", "a \\ b", 'quote "x"'])
+        record["note"] = rng.choice(_NOTES)
     return record
+
+
+_NOTES = ["site-é", "a \\ b", 'quote "x"', "東京-1", "🦊 fox", "\u2028", "\ud800 alone"]
+"""Texts a round may hold: non-ASCII of 2, 3 and 4 bytes, a line separator, a lone surrogate."""
 
 
 class _File:
@@ -44,7 +49,8 @@ class _File:
         self.stamp = 1_000_000_000_000_000_000
 
     def write(self, text: str) -> None:
-        self.path.write_text(text, encoding="utf-8")
+        # a lone surrogate as json.loads reads it back from bytes (it decodes "surrogatepass")
+        self.path.write_bytes(text.encode("utf-8", "surrogatepass"))
         self.stamp += 1_000_000  # a time of its own, whatever the clock's resolution
         os.utime(self.path, ns=(self.stamp, self.stamp))
 
@@ -68,9 +74,9 @@ def _text(rng: random.Random, rounds: list[dict[str, Any]], head: int) -> str:
     """A history holding ``rounds``, written one of the ways a run's file may be."""
     body: dict[str, Any] = {"config": {"rounds": 99, "head": head}, "rounds": rounds}
     if rng.random() < 0.2:  # the rounds before another key
-        body = {"rounds": rounds, "stopped_reason": None, "clients": {"0": "site-0"}}
+        body = {"rounds": rounds, "stopped_reason": None, "clients": {"0": "site-0", "1": "日本"}}
     indent = rng.choice([2, 2, 2, None, 0])
-    text = json.dumps(body, indent=indent, ensure_ascii=rng.random() < 0.9)
+    text = json.dumps(body, indent=indent, ensure_ascii=rng.random() < 0.5)
     damage = rng.random()
     if damage < 0.04:
         text = text[: rng.randrange(len(text))]  # cut short by a kill
@@ -157,6 +163,40 @@ def test_a_rewritten_historys_unchanged_rounds_are_not_parsed_again(tmp_path: Pa
     assert all(a is b for a, b in zip(third[:3], again[:3], strict=True))
     assert third[3] is not again[3]
     assert third[3]["fit_participants"] == [4]
+    assert repr(third) == repr(parse_history(file.path)[1])
+
+
+@pytest.mark.parametrize("indent", [2, None])
+def test_a_rewritten_non_ascii_historys_unchanged_rounds_are_not_parsed_again(
+    tmp_path: Path, indent: int | None
+) -> None:
+    # A history.json holding any non-ASCII text (a client named "東京-1", a metric
+    # "précision") was parsed whole at every write: only ASCII files were taken apart.
+    def record(k: int) -> dict[str, Any]:
+        return {"round": k, "central_metrics": {"précision": 0.5}, "note": _NOTES[k % 7]}
+
+    file = _File(tmp_path / "history.json")
+    cache = HistoryCache()
+    head = {"config": {"name": "étude 日本"}, "clients": {"0": "🦊"}}
+    file.write(
+        json.dumps(
+            {**head, "rounds": [record(k) for k in range(10)]}, indent=indent, ensure_ascii=False
+        )
+    )
+    _, first = cache.read(file.path)
+    rounds = [record(k) for k in range(13)]
+    rounds[11]["note"] = "ç" * 5  # of other lengths in bytes than in characters
+    head["config"]["name"] = "étude 日本 encore"  # the text before the rounds grew
+    file.write(json.dumps({**head, "rounds": rounds}, indent=indent, ensure_ascii=False))
+    data, again = cache.read(file.path)
+    assert all(a is b for a, b in zip(again[:10], first, strict=True))
+    assert repr((data, again)) == repr(parse_history(file.path))
+    changed = json.loads(file.path.read_bytes())
+    changed["rounds"][4]["note"] = "東京-2"  # an older round changed: parsed from it
+    file.write(json.dumps(changed, indent=indent, ensure_ascii=False))
+    _, third = cache.read(file.path)
+    assert all(a is b for a, b in zip(third[:4], again[:4], strict=True))
+    assert third[4] is not again[4]
     assert repr(third) == repr(parse_history(file.path)[1])
 
 

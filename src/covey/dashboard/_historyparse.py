@@ -10,8 +10,10 @@ and the rounds whose bytes (and all before them in the array) are the same are
 taken as parsed, the rest parsed anew. JSON is read left to right: the same
 bytes from the array's ``[`` give the same values, so the result is the one
 ``json.loads`` gives. A file this reader does not take apart exactly as
-``json.loads`` does (not ASCII, not an object, two ``rounds`` keys, anything
-unexpected) gets ``None``, and is parsed whole.
+``json.loads`` does (not UTF-8, not an object, two ``rounds`` keys, anything
+unexpected) gets ``None``, and is parsed whole. A file that is not ASCII (a
+client's or a metric's name in another script) is taken apart by characters
+and compared by bytes: each item's byte length is counted as it is parsed.
 """
 
 from __future__ import annotations
@@ -82,15 +84,50 @@ def _skip(text: str, at: int) -> int:
     return _WHITESPACE.match(text, at).end()  # type: ignore[union-attr]  # matches "" at worst
 
 
-def _array(text: str, raw: bytes, start: int, old: Layout | None) -> tuple[Layout, int, int]:
-    """The array whose ``[`` is at ``start``; the offset past its ``]``, and the items reused."""
-    kept = 0 if old is None else _same_items(raw, start, old)
+class _Text:
+    """A file's text and its bytes, and the byte offset of a character offset in it.
+
+    In an ASCII file the two are the same; in another, the bytes of the text
+    between two offsets are counted by encoding it again (UTF-8 gives back the
+    bytes it was decoded from, the surrogates JSON decoding lets through too).
+    """
+
+    def __init__(self, raw: bytes, text: str) -> None:
+        self.raw, self.text, self.view = raw, text, memoryview(raw)
+        self.ascii = len(raw) == len(text)
+
+    def encoded(self, start: int, end: int) -> int:
+        """How many bytes the characters ``start`` to ``end`` take in the file."""
+        if self.ascii:
+            return end - start
+        return len(self.text[start:end].encode("utf-8", "surrogatepass"))
+
+    def decoded(self, start: int, size: int) -> int:
+        """How many characters the ``size`` bytes from byte ``start`` are."""
+        if self.ascii:
+            return size
+        return len(self.raw[start : start + size].decode("utf-8", "surrogatepass"))
+
+    def digest(self, byte: int, size: int) -> bytes:
+        """The hash of the ``size`` bytes from byte ``byte``."""
+        return _digest(self.view[byte : byte + size])
+
+
+def _array(file: _Text, start: int, old: Layout | None) -> tuple[Layout, int, int]:
+    """The array whose ``[`` is at ``start``; the offset past its ``]``, and the items reused.
+
+    Offsets in the text are of characters, those a layout keeps of bytes (the same
+    in an ASCII file): a file is compared with the last one by its bytes.
+    """
+    text = file.text
+    first = file.encoded(0, start)  # the byte of the "["
+    kept = 0 if old is None else _same_items(file.raw, first, old)
     items = [] if old is None else old.items[:kept]
     ends = array("q") if old is None else old.ends[:kept]
     digests = [b"" if old is None else old.digests[: kept * _DIGEST]]
-    view = memoryview(raw)
-    before = ends[-1] if kept else 0
-    at = _skip(text, start + (before if kept else 1))
+    before = ends[-1] if kept else 0  # bytes from the "[" past the items so far
+    chars = file.decoded(first, before) if kept else 0  # the same, in characters
+    at = _skip(text, start + (chars if kept else 1))
     if not kept and text[at : at + 1] == "]":
         return Layout(items, ends, b""), at + 1, 0
     if kept:  # after an item: the next one, or the array's end
@@ -102,9 +139,11 @@ def _array(text: str, raw: bytes, start: int, old: Layout | None) -> tuple[Layou
     while True:
         value, end = _DECODER.raw_decode(text, at)
         items.append(value)
-        ends.append(end - start)
-        digests.append(_digest(view[start + before : end]))
-        before = end - start
+        size = file.encoded(start + chars, end)
+        digests.append(file.digest(first + before, size))
+        before += size
+        chars = end - start
+        ends.append(before)
         at = _skip(text, end)
         if text[at : at + 1] == "]":
             return Layout(items, ends, b"".join(digests)), at + 1, kept
@@ -113,8 +152,9 @@ def _array(text: str, raw: bytes, start: int, old: Layout | None) -> tuple[Layou
         at = _skip(text, at + 1)
 
 
-def _object(text: str, raw: bytes, old: Layout | None) -> tuple[dict[str, Any], Layout, int]:
-    """The top object of ``text``, its ``rounds`` array taken apart; the items reused."""
+def _object(file: _Text, old: Layout | None) -> tuple[dict[str, Any], Layout, int]:
+    """The top object of the file, its ``rounds`` array taken apart; the items reused."""
+    text = file.text
     at = _skip(text, 0)
     if text[at : at + 1] != "{":
         raise _NotWalked
@@ -132,7 +172,7 @@ def _object(text: str, raw: bytes, old: Layout | None) -> tuple[dict[str, Any], 
         if key == "rounds":
             if found is not None or text[at : at + 1] != "[":
                 raise _NotWalked  # two of them, or no array: parsed whole
-            layout, at, kept = _array(text, raw, at, old)
+            layout, at, kept = _array(file, at, old)
             found = (layout, kept)
             value: Any = layout.items
         else:
@@ -157,10 +197,10 @@ def parse_reusing(raw: bytes, old: Layout | None) -> tuple[dict[str, Any], Layou
         many of its first items are ``old``'s (the same objects); None if the file
         is not one this reader takes apart, or is not JSON: parse it whole.
     """
-    if not raw.isascii() or json.detect_encoding(raw) != "utf-8":
-        return None  # byte offsets are not those of the text, or another encoding
-    text = raw.decode("ascii")
+    if json.detect_encoding(raw) != "utf-8":
+        return None  # another encoding (a UTF-8 BOM, UTF-16): parsed whole
     try:
-        return _object(text, raw, old)
+        text = raw.decode("utf-8", "surrogatepass")  # as json.loads decodes bytes
+        return _object(_Text(raw, text), old)
     except (_NotWalked, ValueError, RecursionError):  # JSONDecodeError is a ValueError
-        return None
+        return None  # UnicodeDecodeError too: not UTF-8
