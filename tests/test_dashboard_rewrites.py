@@ -148,6 +148,8 @@ def test_a_rewritten_historys_unchanged_rounds_are_not_parsed_again(tmp_path: Pa
     file = _File(tmp_path / "history.json")
     cache = HistoryCache()
     file.write(json.dumps({"config": {}, "rounds": rounds}, indent=2))
+    cache.read(file.path)  # a first read parses whole: a file written again is taken apart
+    file.write(json.dumps({"config": {}, "rounds": rounds}, indent=2))
     _, first = cache.read(file.path)
 
     resumed = [*rounds[:15], *(_record(rng, k) for k in range(15, 22))]
@@ -183,6 +185,8 @@ def test_a_rewritten_non_ascii_historys_unchanged_rounds_are_not_parsed_again(
             {**head, "rounds": [record(k) for k in range(10)]}, indent=indent, ensure_ascii=False
         )
     )
+    cache.read(file.path)  # parsed whole
+    file.write(file.path.read_bytes().decode("utf-8", "surrogatepass"))
     _, first = cache.read(file.path)
     rounds = [record(k) for k in range(13)]
     rounds[11]["note"] = "ç" * 5  # of other lengths in bytes than in characters
@@ -198,6 +202,38 @@ def test_a_rewritten_non_ascii_historys_unchanged_rounds_are_not_parsed_again(
     assert all(a is b for a, b in zip(third[:4], again[:4], strict=True))
     assert third[4] is not again[4]
     assert repr(third) == repr(parse_history(file.path)[1])
+
+
+def test_a_history_read_for_the_first_time_is_parsed_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Taking a file apart round by round (for the next version to reuse) costs more than
+    # json.loads: the first read of a run of 20,000 rounds took 0.15 s longer for it,
+    # though most files (finished runs') are never written again.
+    from covey.dashboard import _historycache
+
+    walked: list[Any] = []
+    parse = _historycache.parse_reusing
+
+    def counted(raw: bytes, old: Any) -> Any:
+        walked.append(old)
+        return parse(raw, old)
+
+    monkeypatch.setattr(_historycache, "parse_reusing", counted)
+    rng = random.Random(5)
+    rounds = [_record(rng, k) for k in range(5)]
+    file = _File(tmp_path / "history.json")
+    cache = HistoryCache()
+    file.write(json.dumps({"config": {}, "rounds": rounds}))
+    assert repr(cache.read(file.path)) == repr(parse_history(file.path))
+    assert walked == []
+    file.write(json.dumps({"config": {}, "rounds": [*rounds, _record(rng, 5)]}))
+    _, again = cache.read(file.path)  # written again: taken apart for the next version
+    assert walked == [None]
+    file.write(json.dumps({"config": {}, "rounds": [*rounds, _record(rng, 5), _record(rng, 6)]}))
+    _, third = cache.read(file.path)
+    assert walked[1] is not None
+    assert all(a is b for a, b in zip(third[:5], again[:5], strict=True))
 
 
 def _stream_events(stream: Any, kinds: set[str]) -> Any:

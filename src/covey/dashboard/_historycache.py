@@ -46,13 +46,15 @@ def _parse_whole(history: Path, raw: bytes) -> tuple[dict[str, Any], list[dict[s
 
 
 def _parse(
-    history: Path, raw: bytes, old: Layout | None
+    history: Path, raw: bytes, old: Layout | None, walk: bool = True
 ) -> tuple[dict[str, Any], list[dict[str, Any]], Layout | None]:
     """:func:`parse_history` of the bytes ``raw``, reusing the rounds of ``old`` they hold.
 
-    The layout returned is None if the file was parsed whole (it cannot be taken apart).
+    ``walk``: take the file apart round by round, for a layout the next version of
+    the file is compared with; else it is parsed whole, as fast as ``json.loads``
+    parses it. The layout returned is None if the file was parsed whole.
     """
-    walked = parse_reusing(raw, old)
+    walked = parse_reusing(raw, old) if walk else None
     if walked is not None:
         data, layout, kept = walked
         try:  # the rounds reused were checked when first read
@@ -87,7 +89,8 @@ class HistoryCache:
         """:func:`parse_history` of ``history``, parsed again only if the file changed.
 
         A file that changed is parsed reusing the rounds of its last read whose text
-        it still holds, the same bytes at the same place in its ``rounds``.
+        it still holds, the same bytes at the same place in its ``rounds``; the first
+        read of a file is a whole parse, which a later version reuses nothing of.
         """
         before = _key(history)
         with self._lock:
@@ -95,7 +98,12 @@ class HistoryCache:
             if hit is not None and before is not None and hit[0] == before:
                 self._parsed.move_to_end(history)
                 return hit[1], hit[2]
-        data, rounds, layout = _parse(history, read_bytes(history), None if hit is None else hit[3])
+        # A file read for the first time is parsed whole: most are never written again
+        # (a finished run's), and taking one apart costs more than json.loads. One that
+        # changed since is being written: it is taken apart, for the next version to reuse.
+        raw = read_bytes(history)
+        old = None if hit is None else hit[3]
+        data, rounds, layout = _parse(history, raw, old, walk=hit is not None)
         if before is not None and _key(history) == before:  # not changed while it was read
             with self._lock:
                 self._parsed[history] = (before, data, rounds, layout)
