@@ -269,11 +269,20 @@ def test_deployed_run_in_browser(browser: Any, tmp_path: Path) -> None:
             assert "st-mary" in browser.find_element(By.ID, "round-1").text
             browser.set_window_size(1400, 1500)  # down to the clients table
             _screenshot(browser, tmp_path, "dashboard-deployed.png")
+            # An update draws again only the clients' rows that changed, in the same table.
+            browser.execute_script("document.getElementById('clients').dataset.drawn = 'once'")
             go_on.set()
             server.join(120)
             wait.until(lambda d: d.find_element(By.ID, "status").text == "finished")
             wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#clients .dot.on"))
             assert browser.find_elements(By.ID, "round-3")
+            table = browser.find_element(By.ID, "clients")
+            assert table.get_attribute("data-drawn") == "once"  # not drawn whole again
+            rows = table.find_elements(By.CSS_SELECTOR, "tbody tr")
+            shown = {r.get_attribute("data-client"): r.text for r in rows}
+            assert sorted(shown) == ["city-general", "north-clinic", "st-mary"]
+            assert all("not connected" in text for text in shown.values())
+            assert all(text.split()[-1] == "3" for text in shown.values()), shown  # fit rounds
     finally:
         go_on.set()
         server.join(120)

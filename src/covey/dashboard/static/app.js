@@ -243,14 +243,18 @@ function roundRow(run, r) {
     <td class="num">${b || "–"}</td><td>${priv}</td></tr>`;
 }
 
-function clientsTable(run) {
-  if (run.kind !== "deployed") return "";
-  const rows = run.clients.map((c) => `<tr data-client="${esc(c.name)}">
+function clientRow(c) {
+  return `<tr data-client="${esc(c.name)}">
     <td><span class="dot ${c.connected ? "on" : ""}"></span>${c.connected ? "connected" : "not connected"}</td>
     <td>${esc(c.name)}</td><td class="num">${esc(c.id ?? "–")}</td><td>${when(c.last_seen)}</td>
     <td>${esc(c.last_event ?? "–")}</td>
     <td class="num">${c.fit_count ?? c.fit_rounds.length}</td><td class="small">${
-      (c.fit_count > c.fit_rounds.length ? "…, " : "") + esc(c.fit_rounds.join(", "))}</td></tr>`).join("");
+      (c.fit_count > c.fit_rounds.length ? "…, " : "") + esc(c.fit_rounds.join(", "))}</td></tr>`;
+}
+
+function clientsTable(run) {
+  if (run.kind !== "deployed") return "";
+  const rows = run.clients.map(clientRow).join("");
   return `<h2>Clients</h2><div class="scroll"><table id="clients"><thead><tr><th>state</th><th>name</th>
     <th>id</th><th>last seen</th><th>last event</th><th>fit ${stepOf(run)}s</th><th>which</th></tr></thead>
     <tbody>${rows}</tbody></table></div>`;
@@ -360,6 +364,28 @@ function renderRun(run) {
   drawChartsNow(run);
 }
 
+// The clients' table after an update: only the rows that changed are drawn again, by
+// their place in it (rows); the whole table when it came whole (rows null: a
+// client came or went) or when the page's table does not match the run's clients.
+function updateClients(run, rows) {
+  const box = document.getElementById("clients-box");
+  const body = box.querySelector("#clients tbody");
+  const header = box.querySelector("#clients thead th:nth-child(6)");
+  const same = body && header && header.textContent === `fit ${stepOf(run)}s`
+    && body.rows.length === run.clients.length
+    && rows !== null && rows.every(([i]) => Number.isInteger(i) && i >= 0 && i < body.rows.length);
+  if (run.kind !== "deployed" || !same) {
+    box.innerHTML = clientsTable(run);
+    return;
+  }
+  for (const [i] of rows) {
+    const row = body.rows[i];
+    const drawn = document.createElement("tbody");
+    drawn.innerHTML = clientRow(run.clients[i]);
+    row.replaceWith(drawn.firstElementChild);
+  }
+}
+
 function showRun(id) {
   let run = null;
   main.innerHTML = "<p>Loading…</p>";
@@ -376,7 +402,8 @@ function showRun(id) {
     // table (one came or went) or the rows that changed, by their place in it.
     if (change.client_names) run.client_names = change.client_names;
     if (change.clients) run.clients = change.clients;
-    for (const [i, row] of change.client_rows || []) run.clients[i] = row;
+    const changedRows = change.client_rows || [];
+    for (const [i, row] of changedRows) run.clients[i] = row;
     run.rounds.push(...change.new_rounds);
     run.rounds.splice(0, Math.max(0, run.rounds.length - TABLE_ROWS));  // the table has its rows
     run.chart.push(...change.new_rounds);
@@ -385,7 +412,7 @@ function showRun(id) {
     }
     document.getElementById("facts-box").innerHTML = facts(run);
     appendRows(run, change.new_rounds);
-    document.getElementById("clients-box").innerHTML = clientsTable(run);
+    updateClients(run, change.clients ? null : changedRows);
     drawChartsSoon(run);
   });
   stream.addEventListener("error", (e) => {
