@@ -445,3 +445,49 @@ def test_runs_list_gives_a_stopped_deployed_run_the_command_that_continues_it(
         shown = CliRunner().invoke(app, given, env={"COLUMNS": "400"})
         assert shown.exit_code == 0, shown.output
         assert _quoted(shown.output, start) == (server if run == served else project)
+
+
+@pytest.mark.slow
+def test_a_resumed_server_killed_before_its_first_round_keeps_its_tracker_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: a resumed server killed (kill -9) while it waited for its clients kept the
+    # flags of the start before (none here): its next resume logged nowhere.
+    from covey.server._served import how_to_continue, recorded_trackers
+
+    monkeypatch.chdir(tmp_path)
+    port_file = tmp_path / "port"
+
+    def killed_once_listening(*args: str) -> None:
+        port_file.unlink(missing_ok=True)
+        server = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "covey", "server", "--app", "tiny_app:server_app"),
+                *("--insecure", "--address", "127.0.0.1:0", "--port-file", str(port_file)),
+                *("--wait-timeout", "60", "--no-plot", *args),
+            ],
+            cwd=tmp_path,
+            env=_env(Path(__file__).parent / "apps"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            until_listening(server, port_file)
+            server.kill()  # waiting for its clients: no round of this start logged
+            server.communicate(timeout=60)
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait(10)
+
+    killed_once_listening("--run-dir", "run")
+    assert recorded_trackers(tmp_path / "run") == {}
+    killed_once_listening("--resume", "run", *TRACKERS)
+    assert recorded_trackers(tmp_path / "run") == {
+        "tensorboard": str(tmp_path / "tb logs/run 1"),
+        "mlflow": str(tmp_path / "ml runs"),
+        "mlflow_experiment": "my exp",
+    }
+    resume = _quoted(how_to_continue(tmp_path / "run"), "covey server --resume")
+    assert _words_after(resume, "--tensorboard") == _absolute()
