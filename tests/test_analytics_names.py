@@ -115,3 +115,46 @@ def test_two_tables_sql_reads_as_one_name_are_refused() -> None:
     frame = pd.DataFrame({"x": [1.0]})
     with pytest.raises(ValueError, match=r"tables 'Visits' and 'visits' are one name to SQL"):
         Site({"Visits": frame, "visits": frame}, Policy(min_group_size=1))
+
+
+def test_a_column_of_the_empty_name_is_refused_naming_the_site_and_column(
+    tmp_path: Path,
+) -> None:
+    # DuckDB loaded the column "" as C0: a query could name it by no name the site has
+    frame = pd.DataFrame({"age": [1.0, 2.0], "": [3.0, 4.0]})
+    frame.to_parquet(tmp_path / "t.parquet")
+    policy = Policy(min_group_size=1)
+    for source in (frame, str(tmp_path / "t.parquet")):
+        message = r"^site 'north': table 't': column 2 has the empty name '', which SQL cannot"
+        with pytest.raises(ValueError, match=message):
+            Site({"t": source}, policy, name="north")
+    # A CSV line's trailing comma leaves its header an empty last cell: still loaded, as
+    # DuckDB's reader loads it (a column column2 of no value).
+    (tmp_path / "t.csv").write_text("age,sex,\n30,F,\n40,M,\n")
+    site = Site({"t": str(tmp_path / "t.csv")}, Policy(bounds={"age": (0, 100)}, min_group_size=1))
+    assert query([site], "SELECT SUM(age) FROM t", secure=False)["SUM(age)"].tolist() == [70.0]
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_an_unaliased_aggregate_is_named_by_its_text_as_written_on_one_line(secure: bool) -> None:
+    # Not as DuckDB names it (avg(age), count_star()): as the analyst wrote it, each
+    # run of white space one space (a query over lines named a column "sum(\n Age)").
+    frames = _frames()
+    policy = Policy(bounds={"Age": (0, 120), "age at dx": (0, 10)}, min_group_size=5)
+    sites = [Site({"patients": f}, policy, name=f"s{i}") for i, f in enumerate(frames)]
+    sql = (
+        'SELECT AVG(Age), avg( "age at dx" ),\n  sum(\n\tage) , COUNT(*), count(*)/* n */ '
+        "FROM patients"
+    )
+    got = query(sites, sql, secure=secure)
+    names = ["AVG(Age)", 'avg( "age at dx" )', "sum( age)", "COUNT(*)", "count(*)"]
+    assert list(got.columns) == names
+    want = _pooled(frames, sql)
+    assert list(want.columns) == [
+        "avg(Age)",
+        'avg("age at dx")',
+        "sum(age)",
+        "count_star()",
+        "count_star()_1",  # pandas' name for DuckDB's second count_star()
+    ]
+    assert got.iloc[0].tolist() == pytest.approx(want.iloc[0].tolist(), rel=1e-9)

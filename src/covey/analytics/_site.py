@@ -235,7 +235,10 @@ class Site(Client):
         self.name = name
         self.policy = policy
         # described once, as loaded: the tables never change afterwards
-        self._con, self._columns = open_tables(tables)
+        try:
+            self._con, self._columns = open_tables(tables)
+        except ValueError as exc:  # a table refused, named with its site among many
+            raise ValueError(f"site {name!r}: {exc}") from None
         self._tables = set(tables)
         self.ledger_file = None if ledger is None else Path(ledger)
         limit, delta = (policy.epsilon, policy.delta) if policy else (None, 1e-6)

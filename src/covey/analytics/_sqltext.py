@@ -7,6 +7,7 @@ and so do the bounds on nesting checked before the query is parsed.
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 
 from sqlglot.errors import TokenError
 from sqlglot.tokens import Token, Tokenizer, TokenType  # type: ignore[attr-defined]
@@ -116,7 +117,12 @@ class SqlText:
         return given
 
     def select_texts(self) -> list[str]:
-        """The text of each SELECT item as written (top-level commas split them)."""
+        """The text of each SELECT item as written (top-level commas split them).
+
+        Each run of spaces and line breaks between two of its tokens is one space,
+        so that an item written over lines names a column on one line; all else
+        (case, a space or none, comments, quoted names) is kept as written.
+        """
         items: list[list[Token]] = [[]]
         depth, started = 0, False
         for tok in self.tokens:
@@ -135,4 +141,15 @@ class SqlText:
                 items.append([])
                 continue
             items[-1].append(tok)
-        return [self.sql[t[0].start : t[-1].end + 1] if t else "" for t in items]
+        return [self._joined(t) for t in items]
+
+    def _joined(self, tokens: list[Token]) -> str:
+        """The text of ``tokens`` as written, each run of white space between two one space."""
+        if not tokens:
+            return ""
+        parts = [self.sql[tokens[0].start : tokens[0].end + 1]]
+        for before, tok in pairwise(tokens):
+            gap = self.sql[before.end + 1 : tok.start]
+            parts.append(" " if gap.isspace() else gap)
+            parts.append(self.sql[tok.start : tok.end + 1])
+        return "".join(parts)

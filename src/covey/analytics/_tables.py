@@ -38,15 +38,24 @@ def table_name(name: str) -> str:
 
 
 def check_names(table: str, names: Any) -> None:
-    """Refuse a table whose column names SQL cannot tell apart.
+    """Refuse a table whose column names SQL cannot tell apart, or that SQL cannot name.
 
     DuckDB reads ``age`` and ``Age`` as one name, and loading such columns (or two
     columns of exactly one name) renames one of them (``Age_1``), which may already
-    be another column's name: a query would read other data than it names.
+    be another column's name: a query would read other data than it names. It
+    renames a column of the empty name too (``C0``), which SQL cannot name
+    (DuckDB refuses the identifier ``""``). A CSV header's empty cell is left to
+    DuckDB's reader, which names its column ``column<i>`` (a trailing comma on
+    every line makes one).
     """
     seen: dict[str, str] = {}
-    for raw in names:
+    for i, raw in enumerate(names):
         name = str(raw)
+        if not name:
+            raise ValueError(
+                f"table {table!r}: column {i + 1} has the empty name '', which SQL cannot "
+                "name (DuckDB would load it renamed); give it a name"
+            )
         other = seen.get(fold(name))
         if other == name:
             raise ValueError(f"table {table!r} has two columns named {name!r}; rename one of them")
@@ -147,6 +156,8 @@ def _file_columns(con: duckdb.DuckDBPyConnection, path: Path) -> list[str]:
     # the header row read as data, split as DuckDB's reader of the table splits it
     reader = f"read_csv({_string(str(path))}, header = false, all_varchar = true)"
     row = con.execute(f"SELECT * FROM {reader} LIMIT 1").fetchone()  # noqa: S608
+    # an empty cell (None) names no column: DuckDB's reader calls it column<i>, as a
+    # trailing comma on every line makes one (refused, it would break such files)
     return [str(v) for v in (row or ()) if v is not None]
 
 
