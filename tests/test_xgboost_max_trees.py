@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,21 +56,36 @@ def _run(
     )
 
 
-def test_max_trees_bounds_the_bagged_booster_over_rounds_and_it_stays_accurate() -> None:
+def _stopped_after(result: covey.sim.SimulationResult, round: int, cap: int) -> None:
+    """``result``'s run stopped after ``round``, whose booster left no room for another's trees."""
+    assert [r.round for r in result.history.rounds] == list(range(round + 1))
+    info = [r.aggregate_info for r in result.history.rounds[1:]]
+    assert [i.get("max_trees_full", False) for i in info] == [False] * (round - 1) + [True]
+    assert not any(i.get("max_trees_reached") for i in info)  # no round trained for nothing
+    reason = result.history.stopped_reason or ""
+    assert reason.startswith(f"max_trees={cap} reached: after round {round} the booster has no")
+
+
+def test_max_trees_bounds_the_bagged_booster_over_rounds_and_it_stays_accurate(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     shares, x_test, y_test = _cancer()
     per_round = CLIENTS * LOCAL  # 6 trees a round
     free = _run(XGBoostBagging(local_rounds=LOCAL, fraction_evaluate=0.0), BINARY, shares, 6)
+    caplog.set_level(logging.INFO, logger="covey")
     capped = _run(
         XGBoostBagging(local_rounds=LOCAL, fraction_evaluate=0.0, max_trees=23), BINARY, shares, 6
     )
     assert num_trees(from_weights(free.weights)) == 6 * per_round
-    # Whole rounds only: three rounds (18 trees) fit under 23, a fourth would not.
+    # Whole rounds only: three rounds (18 trees) fit under 23, a fourth would not, so the
+    # run stops before it: no client trains for trees that would be left out.
     assert num_trees(from_weights(capped.weights)) == 3 * per_round
     assert not capped.history.failures()
-    info = [r.aggregate_info for r in capped.history.rounds[1:]]
-    assert [i.get("max_trees_reached", False) for i in info] == [False] * 3 + [True] * 3
-    assert {i["trees_left_out"] for i in info[3:]} == {per_round}
-    assert capped.history.rounds[-1].aggregated
+    _stopped_after(capped, 3, 23)
+    assert any(
+        r.levelno == logging.INFO and "stopping before round 4: max_trees=23 reached" in r.message
+        for r in caplog.records
+    )
     _, free_metrics = evaluate_booster(free.weights, x_test, y_test, nthread=1)
     loss, metrics = evaluate_booster(capped.weights, x_test, y_test, nthread=1)
     assert float(metrics["accuracy"]) > 0.9
@@ -79,6 +96,22 @@ def test_max_trees_bounds_the_bagged_booster_over_rounds_and_it_stays_accurate()
     assert XGBoostBagging().describe()["hyperparameters"]["max_trees"] is None
 
 
+def test_the_bagging_step_alone_leaves_out_each_round_past_max_trees() -> None:
+    # A Strategy of one's own with the step has no run hook to stop it: each round
+    # past the cap keeps the global model, saying so.
+    shares, _, _ = _cancer()
+    step = bagging(local_rounds=LOCAL, max_trees=23)
+    own = covey.Strategy(aggregator=step, fraction_evaluate=0.0)
+    capped = _run(own, BINARY, shares, 6)
+    assert num_trees(from_weights(capped.weights)) == 3 * CLIENTS * LOCAL
+    info = [r.aggregate_info for r in capped.history.rounds[1:]]
+    assert [i.get("max_trees_reached", False) for i in info] == [False] * 3 + [True] * 3
+    assert {i["trees_left_out"] for i in info[3:]} == {CLIENTS * LOCAL}
+    assert [i.get("max_trees_full", False) for i in info] == [False] * 2 + [True] * 4
+    assert capped.history.rounds[-1].aggregated
+    assert capped.history.stopped_reason is None
+
+
 def test_max_trees_bounds_the_cyclic_booster_as_the_bagged_one() -> None:
     shares, x_test, y_test = _cancer()
     capped = _run(
@@ -87,13 +120,38 @@ def test_max_trees_bounds_the_cyclic_booster_as_the_bagged_one() -> None:
     # LOCAL trees a round, one client: three rounds (6 trees) fit under 7, a fourth would not.
     assert num_trees(from_weights(capped.weights)) == 3 * LOCAL
     assert not capped.history.failures()
-    info = [r.aggregate_info for r in capped.history.rounds[1:]]
-    assert [i.get("max_trees_reached", False) for i in info] == [False] * 3 + [True] * 3
-    assert {i["trees_left_out"] for i in info[3:]} == {LOCAL}
+    _stopped_after(capped, 3, 7)
     _, metrics = evaluate_booster(capped.weights, x_test, y_test, nthread=1)
     assert float(metrics["accuracy"]) > 0.85
     recorded = XGBoostCyclic(max_trees=7).describe()["hyperparameters"]
     assert recorded == {"max_trees": 7, "local_rounds": 1}
+
+
+def test_a_booster_filled_to_max_trees_exactly_stops_the_run_and_its_resume(
+    tmp_path: Path,
+) -> None:
+    shares, _, _ = _cancer()
+    start = initial_model(BINARY, num_features=shares[0][0].shape[1], capacity=1 << 21)
+
+    def run(rounds: int, resume: bool) -> covey.sim.SimulationResult:
+        return covey.simulate(
+            lambda cid: XGBoostClient(*shares[cid], BINARY, local_rounds=LOCAL),
+            len(shares),
+            rounds,
+            XGBoostCyclic(local_rounds=LOCAL, fraction_evaluate=0.0, max_trees=4),
+            start,
+            backend="inline",
+            seed=0,
+            run_dir=tmp_path / "run",
+            resume=resume,
+        )
+
+    # Two rounds fill the booster to 4 trees: the run stops before a third.
+    _stopped_after(run(5, False), 2, 4)
+    # Resumed, it stops again at once: no client trains.
+    resumed = run(6, True)
+    _stopped_after(resumed, 2, 4)
+    assert num_trees(from_weights(resumed.weights)) == 4
 
 
 def test_max_trees_counts_every_class_tree() -> None:
@@ -105,7 +163,8 @@ def test_max_trees_counts_every_class_tree() -> None:
     strategy = XGBoostBagging(local_rounds=LOCAL, fraction_evaluate=0.0, max_trees=40)
     result = _run(strategy, MULTI, shares, 4)
     assert num_trees(from_weights(result.weights)) == 36
-    assert [r.aggregated for r in result.history.rounds[1:]] == [True] * 4
+    assert [r.aggregated for r in result.history.rounds[1:]] == [True] * 2
+    assert (result.history.stopped_reason or "").startswith("max_trees=40 reached")
 
 
 @pytest.mark.parametrize(

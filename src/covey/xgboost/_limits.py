@@ -8,11 +8,21 @@ from typing import Any
 import numpy as np
 
 from covey.aggregate import Aggregate, End
+from covey.core._history import History, RoundRecord
 from covey.core._weights import Weights, WeightsError
 from covey.xgboost._model import from_weights, num_trees, parse
 from covey.xgboost._validate import parallel_trees, trees_per_iteration
 
-__all__ = ["check_count", "check_local_rounds", "check_max_trees", "past_cap", "start_within"]
+__all__ = [
+    "FULL",
+    "CapHook",
+    "check_count",
+    "check_local_rounds",
+    "check_max_trees",
+    "mark_full",
+    "past_cap",
+    "start_within",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -137,3 +147,66 @@ def past_cap(
     )
     info = {**event.info, "max_trees_reached": True, "trees_left_out": added}
     return Aggregate(event.round, clients, examples, weights=params, info=info)
+
+
+FULL = "max_trees_full"
+"""Set (True) in the ``aggregate_info`` of a round after which the next could add no tree."""
+
+
+def mark_full(
+    out: Aggregate, cap: int | None, model: bytes, local_rounds: int, clients: int
+) -> Aggregate:
+    """``out``, its info holding :data:`FULL` if another round would take ``model`` past ``cap``.
+
+    A round with as many ``clients`` as this one adds ``local_rounds`` boosting
+    rounds of one tree per output group and parallel tree, per client: if they
+    do not fit under ``cap``, the next round would train for nothing (its trees
+    left out whole), so the run stops (see :class:`CapHook`). Always so after a
+    round whose trees were left out.
+    """
+    if cap is None:
+        return out
+    doc = parse(model)
+    groups, parallel = trees_per_iteration(doc)
+    trees = len(doc["learner"]["gradient_booster"]["model"]["trees"])
+    if trees + clients * local_rounds * groups * parallel > cap:
+        out.info[FULL] = True
+    return out
+
+
+class CapHook:
+    """Stops a run (a :class:`covey.core.RunHook`) once its booster can take no more rounds.
+
+    The round after which another with as many clients would take the booster
+    past ``max_trees`` records :data:`FULL` in its ``aggregate_info``; the run
+    stops before the next round, whose trees would be left out, instead of having
+    the clients train for nothing (``history.stopped_reason`` says so, and the
+    round loop logs it). A resumed run reads the mark from its history and stops again.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._full: int | None = None  # the round whose aggregate filled the booster
+
+    def start(self, state: Any, seed: int | None, history: History) -> Any:
+        """Find, on resume, the round that filled the booster (if one did)."""
+        self._full = next((r.round for r in history.rounds if r.aggregate_info.get(FULL)), None)
+        return state
+
+    def before_round(self, round: int, state: Any) -> str | None:
+        """Stop the run if the booster is full."""
+        if self._full is None:
+            return None
+        return (
+            f"max_trees={self.cap} reached: after round {self._full} the booster has no room "
+            "for another round's trees, so no client trains again (to grow more, start a new "
+            "run from its model with a larger max_trees)"
+        )
+
+    def after_round(self, record: RoundRecord, state: Any) -> None:
+        """Note the round that filled the booster."""
+        if self._full is None and record.aggregate_info.get(FULL):
+            self._full = record.round
+
+    def finish(self, history: History, state: Any) -> None:
+        """Nothing to say: the loop logs why it stopped."""

@@ -17,9 +17,11 @@ from covey.strategies import Strategy
 from covey.strategies._options import StrategyOptions, preset
 from covey.strategies._recorded import recorded_since
 from covey.xgboost._limits import (
+    CapHook,
     check_count,
     check_local_rounds,
     check_max_trees,
+    mark_full,
     past_cap,
     start_within,
 )
@@ -237,16 +239,15 @@ def bagging(*, weighted: bool = True, max_trees: int | None = None, local_rounds
                 base = from_weights(state.params)
                 merged = merge_trees(base, factors)
                 load_booster(merged)  # XGBoost itself must accept what clients sent
-                kept = past_cap(cap, state.params, base, merged, event, len(state.models), total)
+                clients = len(state.models)
+                kept = past_cap(cap, state.params, base, merged, event, clients, total)
                 if kept is not None:
-                    return _RoundState(), (kept,)
+                    return _RoundState(), (mark_full(kept, cap, base, rounds, clients),)
                 new = to_weights(merged, capacity)
+                out = Aggregate(event.round, clients, total, weights=new, info=dict(event.info))
+                return _RoundState(), (mark_full(out, cap, merged, rounds, clients),)
             except (WeightsError, ValueError) as exc:
                 raise AggregationError(str(exc)) from exc
-            out = Aggregate(
-                event.round, len(state.models), total, weights=new, info=dict(event.info)
-            )
-            return _RoundState(), (out,)
         return state, (event,)
 
     return Step(init, update)
@@ -319,12 +320,12 @@ def cyclic(*, max_trees: int | None = None, local_rounds: int = 1) -> Step:
                 base = from_weights(state.params)
                 kept = past_cap(cap, state.params, base, merged, event, 1, examples)
                 if kept is not None:
-                    return _RoundState(), (kept,)
+                    return _RoundState(), (mark_full(kept, cap, base, rounds, 1),)
                 weights = to_weights(merged, int(np.asarray(state.params[MODEL]).size))
+                out = Aggregate(event.round, 1, examples, weights=weights, info=dict(event.info))
+                return _RoundState(), (mark_full(out, cap, merged, rounds, 1),)
             except (WeightsError, ValueError) as exc:
                 raise AggregationError(str(exc)) from exc
-            out = Aggregate(event.round, 1, examples, weights=weights, info=dict(event.info))
-            return _RoundState(), (out,)
         return state, (event,)
 
     return Step(init, update)
@@ -381,13 +382,17 @@ def _trees(max_trees: int | None, local_rounds: int) -> dict[str, Any]:
 
 
 def _sending_rounds(strategy: Strategy) -> Strategy:
-    """``strategy``, sending its ``local_rounds`` in every fit config.
+    """``strategy``, sending its ``local_rounds`` in every fit config, stopping at ``max_trees``.
 
-    A fixed entry: an ``on_fit_config`` setting it too is refused.
+    A fixed entry: an ``on_fit_config`` setting it too is refused. With a
+    ``max_trees``, the run stops (:class:`~covey.xgboost._limits.CapHook`) before
+    a round once the booster has no room for another round's trees.
     """
     rounds = strategy.hyperparameters["local_rounds"]
     entries = {**strategy.fit_config_entries, "local_rounds": rounds}
-    return replace(strategy, fit_config_entries=entries)
+    cap = strategy.hyperparameters["max_trees"]
+    hooks = strategy.hooks if cap is None else (*strategy.hooks, CapHook(cap))
+    return replace(strategy, fit_config_entries=entries, hooks=hooks)
 
 
 # What a run of covey 0.1.0, which recorded neither, did: said when such a run resumes.
