@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -51,10 +52,15 @@ def _simulate(
 
 
 def _as_an_older_covey_recorded(run: Path, *unrecorded: str) -> dict[str, Any]:
-    """Drop ``unrecorded`` from the run's recorded hyperparameters, as an older covey wrote them."""
+    """Drop ``unrecorded`` from the run's recorded hyperparameters, as an older covey wrote them.
+
+    Its aggregator is recorded as that covey did too: by the step's function name.
+    """
     with sqlite3.connect(run / "run.sqlite") as conn:
         [(text,)] = conn.execute("SELECT config FROM run WHERE id = 1").fetchall()
         config = json.loads(text)
+        step = "bagging" if config["strategy"]["name"] == "XGBoostBagging" else "cyclic"
+        config["strategy"]["aggregator"] = f"{step}.<locals>.update"
         kept = config["strategy"]["hyperparameters"]
         for key in unrecorded:
             del kept[key]
@@ -176,6 +182,7 @@ def test_a_deployed_run_that_recorded_neither_resumes_warning_of_both(
     caplog.set_level(logging.WARNING, logger="covey")
     older = XGBoostBagging(local_rounds=2).describe()
     older["hyperparameters"] = {}  # as an older covey recorded XGBoostBagging()
+    older["aggregator"] = "bagging.<locals>.update"
     with RunStore.create(tmp_path / "run", config={"strategy": older}) as store:
         same_settings(store, XGBoostBagging(weighted=False, local_rounds=2))
         with pytest.raises(ValueError, match=r"max_trees None \(the run's\) is 5 now"):
@@ -186,3 +193,75 @@ def test_a_deployed_run_that_recorded_neither_resumes_warning_of_both(
     assert "with local_rounds=2" in said[0]
     assert "recorded no weighted" in said[1]
     assert "with weighted=False" in said[1]
+
+
+def test_a_run_that_recorded_no_weighted_warns_at_its_first_resume_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run, _ = _older_run(tmp_path, caplog, XGBoostBagging(**_options()))
+    _simulate(run, XGBoostBagging(**_options()), 2, True)
+    assert len(_said(caplog, "recorded no weighted")) == 1
+    # Resumed again with the same value: said already, so nothing is said.
+    caplog.clear()
+    resumed = _simulate(run, XGBoostBagging(**_options()), 3, True)
+    assert not _said(caplog, "recorded no")
+    assert [r.aggregated for r in resumed.history.rounds[1:]] == [True] * 3
+    # The run's own record is left as it was: its value is still not known, and a
+    # resume with the other (as the warning advises) goes on, warning of it.
+    with sqlite3.connect(run / "run.sqlite") as conn:
+        [(text,)] = conn.execute("SELECT config FROM run WHERE id = 1").fetchall()
+    conn.close()
+    config = json.loads(text)
+    assert "weighted" not in config["strategy"]["hyperparameters"]
+    assert config["resumed_unrecorded"] == {"weighted": True}
+    _simulate(run, XGBoostBagging(weighted=False, **_options()), 4, True)
+    assert "with weighted=False" in _said_once(caplog, "recorded no weighted")
+
+
+def test_a_deployed_run_that_recorded_neither_warns_of_them_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from covey.server._resume import same_settings
+    from covey.server._store import RunStore
+
+    caplog.set_level(logging.WARNING, logger="covey")
+    older = XGBoostBagging(local_rounds=2).describe()
+    older["hyperparameters"] = {}  # as an older covey recorded XGBoostBagging()
+    older["aggregator"] = "bagging.<locals>.update"
+    with RunStore.create(tmp_path / "run", config={"strategy": older}) as store:
+        same_settings(store, XGBoostBagging(local_rounds=2))
+    with RunStore.open(tmp_path / "run", exclusive=True) as store:
+        same_settings(store, XGBoostBagging(local_rounds=2))
+        assert store.config["strategy"] == older
+    assert len(_said(caplog, "recorded no")) == 2  # the first resume's two warnings
+
+
+def test_the_aggregator_is_recorded_by_its_call_and_an_older_runs_name_resumes(
+    tmp_path: Path,
+) -> None:
+    from covey.server._resume import strategy_changes
+
+    numpys: dict[str, Any] = {"max_trees": np.int64(40), "weighted": np.bool_(False)}
+    bagged = XGBoostBagging(**numpys).describe()
+    assert bagged["aggregator"] == "bagging(weighted=False, max_trees=40, local_rounds=1)"
+    cyclic = XGBoostCyclic(local_rounds=3).describe()["aggregator"]
+    assert cyclic == "cyclic(max_trees=None, local_rounds=3)"
+    run = tmp_path / "run"
+    _simulate(run, XGBoostBagging(**_options()), 1, False)
+    kept = json.loads((run / "history.json").read_text())["config"]["strategy"]
+    assert kept["aggregator"] == "bagging(weighted=True, max_trees=None, local_rounds=1)"
+    # A run of an older covey recorded the step's function name: it resumes.
+    with sqlite3.connect(run / "run.sqlite") as conn:
+        [(text,)] = conn.execute("SELECT config FROM run WHERE id = 1").fetchall()
+        config = json.loads(text)
+        config["strategy"]["aggregator"] = "bagging.<locals>.update"
+        conn.execute("UPDATE run SET config = ? WHERE id = 1", (json.dumps(config),))
+    conn.close()
+    resumed = _simulate(run, XGBoostBagging(**_options()), 2, True)
+    assert [r.aggregated for r in resumed.history.rounds[1:]] == [True, True]
+    # Another step is still refused; and the cyclic step's old name is not the bagging one's.
+    other = dataclasses.replace(covey.FedAvg(), name="XGBoostBagging")
+    changes = strategy_changes(config["strategy"], other, ("aggregator",))
+    assert changes == ["aggregator 'bagging.<locals>.update' (the run's) is 'weighted_mean()' now"]
+    config["strategy"]["name"] = "XGBoostCyclic"
+    assert strategy_changes(config["strategy"], XGBoostCyclic(), ("aggregator",))

@@ -12,6 +12,7 @@ since its clients would only fail in the first round.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -24,10 +25,11 @@ from covey.core._weights import Weights, WeightsSpec, made
 from covey.server._rundb import DB_NAME
 from covey.server._state import check_state
 from covey.server._store import RunStore
-from covey.strategies._recorded import unrecorded_before
+from covey.strategies._recorded import formerly_described, unrecorded_before
 from covey.strategies._strategy import Strategy
 
 __all__ = [
+    "UNRECORDED",
     "ResumePoint",
     "resume_point",
     "same_settings",
@@ -216,7 +218,7 @@ def strategy_changes(stored: Any, strategy: Strategy, parts: tuple[str, ...]) ->
     changes = []
     for part in parts:
         if isinstance(stored.get(part), str):  # the aggregator (None: an older covey's run)
-            if stored[part] != given.get(part):
+            if stored[part] != given.get(part) and not _formerly(stored[part], strategy, given):
                 changes.append(f"{part} {stored[part]!r} (the run's) is {given.get(part)!r} now")
             continue
         if not isinstance(stored.get(part), dict):
@@ -231,6 +233,13 @@ def strategy_changes(stored: Any, strategy: Strategy, parts: tuple[str, ...]) ->
             if old.get(key) != new.get(key):
                 changes.append(f"{key} {old.get(key)!r} (the run's) is {new.get(key)!r} now")
     return changes
+
+
+def _formerly(stored: str, strategy: Strategy, given: dict[str, Any]) -> bool:
+    """Whether ``stored`` is how an older covey recorded the aggregator ``given`` names now."""
+    step = formerly_described(strategy.name).get(stored)
+    now = given.get("aggregator")
+    return step is not None and isinstance(now, str) and now.startswith(f"{step}(")
 
 
 def same_settings(opened: RunStore | None, strategy: Strategy) -> None:
@@ -256,20 +265,35 @@ def same_settings(opened: RunStore | None, strategy: Strategy) -> None:
     warn_of_unrecorded(opened, strategy)
 
 
+UNRECORDED = "resumed_unrecorded"
+"""The run settings' key of the hyperparameters its run did not record and a resume warned
+of, each with the value it resumed with (a later resume with the same says nothing)."""
+
+
 def warn_of_unrecorded(opened: RunStore, strategy: Strategy) -> None:
     """Warn, naming each, of the hyperparameters the run did not record and resumes with now.
 
     A run of an older covey did not record some settings its preset records now
     (``covey.strategies._recorded``); its own value is not known, so the resume
-    goes on with the strategy's and says so, with what such a run did.
+    goes on with the strategy's and says so, with what such a run did. Said once
+    per run and value: the value is noted in the run's settings (:data:`UNRECORDED`),
+    and a later resume with the same one says nothing, one with another warns again.
+    The run's own record stays as it was: its value is still not known, and a
+    resume with another (the one the warning advises) is not refused.
     """
     stored = opened.config.get("strategy")
     kept = stored.get("hyperparameters") if isinstance(stored, dict) else None
     if not isinstance(kept, dict):  # a run that recorded no strategy: nothing to compare
         return
+    said = opened.config.get(UNRECORDED)
+    said = dict(said) if isinstance(said, dict) else {}
+    now = {}
     for key, before in unrecorded_before(strategy.name).items():
         if key in kept or key not in strategy.hyperparameters:
             continue
+        now[key] = json.loads(json.dumps(strategy.hyperparameters[key], default=str))
+        if key in said and said[key] == now[key]:
+            continue  # an earlier resume of the run said it
         logger.warning(
             "resuming %s, whose run recorded no %s (it was started by an older covey), with "
             "%s=%r: %s",
@@ -279,6 +303,9 @@ def warn_of_unrecorded(opened: RunStore, strategy: Strategy) -> None:
             strategy.hyperparameters[key],
             before,
         )
+    if any(key not in said or said[key] != value for key, value in now.items()):
+        with contextlib.suppress(OSError):  # a run that cannot be written is refused later
+            opened.update_config({UNRECORDED: {**said, **now}})
 
 
 def resumed_seed(opened: RunStore | None, seed: int) -> int:

@@ -12,10 +12,11 @@ import numpy as np
 
 from covey.aggregate import Aggregate, AggregationError, Begin, Contribution, End, Event, Step
 from covey.aggregate._flat import check_switch
+from covey.aggregate._order import DESCRIBED
 from covey.core._weights import Weights, WeightsError
 from covey.strategies import Strategy
 from covey.strategies._options import StrategyOptions, preset
-from covey.strategies._recorded import recorded_since
+from covey.strategies._recorded import described_since, recorded_since
 from covey.xgboost._limits import (
     CapHook,
     check_count,
@@ -161,6 +162,16 @@ def _accepted(
     return model, merged
 
 
+def _described(step: Step, said: str) -> Step:
+    """``step``, recorded in a run's record as ``said``: its call, every setting checked.
+
+    Runs of an older covey recorded the function's name (``bagging.<locals>.update``):
+    they resume (see ``covey.strategies._recorded.described_since``).
+    """
+    setattr(step.update, DESCRIBED, said)
+    return step
+
+
 class _RoundState(NamedTuple):
     """The round's global model and the ``(examples, model bytes)`` of each accepted client."""
 
@@ -250,7 +261,8 @@ def bagging(*, weighted: bool = True, max_trees: int | None = None, local_rounds
                 raise AggregationError(str(exc)) from exc
         return state, (event,)
 
-    return Step(init, update)
+    said = f"bagging(weighted={weighted!r}, max_trees={cap!r}, local_rounds={rounds!r})"
+    return _described(Step(init, update), said)
 
 
 def cyclic(*, max_trees: int | None = None, local_rounds: int = 1) -> Step:
@@ -328,7 +340,7 @@ def cyclic(*, max_trees: int | None = None, local_rounds: int = 1) -> Step:
                 raise AggregationError(str(exc)) from exc
         return state, (event,)
 
-    return Step(init, update)
+    return _described(Step(init, update), f"cyclic(max_trees={cap!r}, local_rounds={rounds!r})")
 
 
 def round_robin(candidates: Sequence[int], round: int, rng: np.random.Generator) -> list[int]:
@@ -404,6 +416,8 @@ _CLIENTS_ROUNDS = (
 )
 recorded_since("XGBoostBagging", "local_rounds", _CLIENTS_ROUNDS)
 recorded_since("XGBoostCyclic", "local_rounds", _CLIENTS_ROUNDS)
+described_since("XGBoostBagging", "bagging.<locals>.update", "bagging")
+described_since("XGBoostCyclic", "cyclic.<locals>.update", "cyclic")
 recorded_since(
     "XGBoostBagging",
     "weighted",
