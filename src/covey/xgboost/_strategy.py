@@ -194,7 +194,10 @@ def bagging(*, weighted: bool = True, max_trees: int | None = None, local_rounds
     leaves the global model unchanged (whole rounds only, so each round stays
     the mean of its clients' steps; the round's ``aggregate_info`` holds
     ``max_trees_reached`` and the ``trees_left_out``). Earlier trees are never
-    dropped: each boosting step fits what the steps before it left.
+    dropped: each boosting step fits what the steps before it left. A round
+    after which another of as many clients would pass ``max_trees`` holds
+    ``max_trees_full`` in its ``aggregate_info`` (:func:`XGBoostBagging` then
+    stops the run).
 
     Each client's model must add exactly ``local_rounds`` boosting rounds' trees
     (one per class and target, times ``num_parallel_tree``, each round): a model
@@ -284,7 +287,9 @@ def cyclic(*, max_trees: int | None = None, local_rounds: int = 1) -> Step:
     round whose client's trees would take the booster past ``max_trees``
     leaves the global model unchanged (the round's ``aggregate_info`` holds
     ``max_trees_reached`` and the ``trees_left_out``). Earlier trees are never
-    dropped: each later tree fits what they left.
+    dropped: each later tree fits what they left. A round after which the next
+    would pass ``max_trees`` holds ``max_trees_full`` in its ``aggregate_info``
+    (:func:`XGBoostCyclic` then stops the run).
 
     Args:
         max_trees: The most trees the global booster holds (None: no bound).
@@ -361,7 +366,9 @@ def XGBoostBagging(
         max_trees: The most trees the global booster holds (None, the default: no
             bound). Each round adds every client's new trees; once a round's would
             take the booster past ``max_trees`` the global model stays as it is
-            (see :func:`bagging`).
+            (see :func:`bagging`), and once the next round's would, the run stops
+            before it (``history.stopped_reason`` says so): no client trains for
+            trees that would be left out.
         local_rounds: The boosting rounds every client runs each round, sent as the
             fit config's ``"local_rounds"`` (it wins over an
             :class:`~covey.xgboost.XGBoostClient`'s own; ``on_fit_config`` may not
@@ -439,9 +446,9 @@ def XGBoostCyclic(
 
     Args:
         max_trees: The most trees the global booster holds (None, the default: no
-            bound). Each round adds its client's new trees; once a round's would
-            take the booster past ``max_trees`` the global model stays as it is
-            (see :func:`cyclic`).
+            bound). Each round adds its client's new trees; once the next round's
+            would take the booster past ``max_trees``, the run stops before it
+            (see :func:`XGBoostBagging`).
         local_rounds: The boosting rounds the client runs each round, sent as the fit
             config's ``"local_rounds"`` (see :func:`XGBoostBagging`).
         **options: :class:`~covey.Strategy` options except ``selector``,
