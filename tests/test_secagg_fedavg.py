@@ -276,3 +276,23 @@ def test_a_client_lost_in_the_unmasking_is_named_though_its_update_counts(
     assert "left after its masked input was taken (it is in the sum)" in failure.error
     assert "the phone went offline" in failure.error
     np.testing.assert_allclose(safe.weights["w"], plain.weights["w"], atol=2 / scale(CLIP, BITS))
+
+
+class ZeroDim(Toy):
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        result = super().fit(weights, config)
+        # loss.detach().numpy() gives a 0-d array, which the plain mean reads as its number
+        metrics: dict[str, Any] = {"loss": np.array(float(self.cid)), "count": np.array(self.cid)}
+        return covey.FitResult(weights=result.weights, num_examples=self.n, metrics=metrics)
+
+
+def test_a_metric_sent_as_a_0d_array_is_averaged_as_without_secure_aggregation() -> None:
+    bounds = {"loss": 100.0, "count": 100.0}
+    plain = covey.simulate(ZeroDim, 6, 1, covey.FedAvg(fraction_evaluate=0.0), _init(), seed=0)
+    strategy = _secure(covey.FedAvg(fraction_evaluate=0.0), metrics=bounds)
+    safe = covey.simulate(ZeroDim, 6, 1, strategy, _init(), seed=0)
+    expected = plain.history[1].fit_metrics
+    assert sorted(expected) == ["count", "loss"]
+    assert sorted(safe.history[1].fit_metrics) == ["count", "loss"]
+    for name in bounds:
+        assert safe.history[1].fit_metrics[name] == pytest.approx(expected[name], abs=1e-2)

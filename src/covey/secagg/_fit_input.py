@@ -101,6 +101,8 @@ def _metric_tail(metrics: Any, bounds: Mapping[str, float], n: int, bits: int) -
     tail: list[int] = []
     for name, bound in bounds.items():
         value = metrics.get(name)
+        if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+            value = value.item()  # a 0-d array is its number, as the unsecured mean reads it
         # Numbers as the unsecured mean takes them, NumPy scalars (a float32 loss) included.
         if isinstance(value, bool | np.bool_) or not isinstance(
             value, int | float | np.integer | np.floating
