@@ -94,3 +94,17 @@ def test_serve_refuses_compression_for_a_secured_strategy() -> None:
         strategy = secure(covey.FedAvg(fraction_evaluate=0.0), clip_range=1.0)
     with pytest.raises(ValueError, match="compression does not apply to SecureFedAvg"):
         covey.serve(strategy, 1, {"a": np.zeros(3)}, "127.0.0.1:0", insecure=True, compression="q8")
+
+
+def test_a_fit_metrics_function_of_ones_own_is_refused_as_it_would_never_be_called() -> None:
+    """The server sees only the means secure(metrics=...) names: the function would be skipped."""
+
+    def per_client(results: Any) -> dict[str, Any]:
+        return {"losses": [m["loss"] for _, m in results]}
+
+    strategy = covey.FedAvg(fraction_evaluate=0.0, fit_metrics=per_client)
+    with pytest.raises(ValueError, match=r"fit_metrics .*per_client would never be called"):
+        secure(strategy, clip_range=1.0, metrics={"loss": 10.0})
+    with warnings.catch_warnings():  # the default fit_metrics and evaluate_metrics are kept
+        warnings.simplefilter("ignore", UserWarning)
+        secure(covey.FedAvg(evaluate_metrics=per_client), clip_range=1.0)

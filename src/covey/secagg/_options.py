@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 from covey.secagg._dp import Noise
 from covey.secagg._params import ThreatModel
 from covey.secagg._ring import smallest_range
+from covey.strategies._checks import name_of
+from covey.strategies._metrics import weighted_metrics
 
 
 def check_options(
@@ -114,3 +117,19 @@ def check_directory(directory: object, signed: bool) -> None:
             raise ValueError(
                 f"directory entry {name!r} must be a name and its raw 32-byte Ed25519 public key"
             )
+
+
+def check_fit_metrics(fit_metrics: Callable[..., Any]) -> None:
+    """Refuse a strategy's ``fit_metrics`` of its own, which secure aggregation never calls.
+
+    The server sees only the example-weighted means of the metrics named in
+    ``secure(metrics=...)``, never a client's metrics: a function combining them
+    would be left out silently, and the round record what it did not compute.
+    """
+    if fit_metrics is not weighted_metrics:
+        raise ValueError(
+            f"the strategy's fit_metrics {name_of(fit_metrics)} would never be called: "
+            "under secure aggregation the server sees no client's metrics, only the "
+            "example-weighted mean of each metric named in secure(metrics={name: bound}); "
+            "leave fit_metrics out, and name the metrics to average there"
+        )

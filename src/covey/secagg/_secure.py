@@ -34,7 +34,12 @@ from covey.secagg._driver import SecAggAbort, secure_sum
 from covey.secagg._fit_input import fit_input
 from covey.secagg._fit_input import layout as _layout
 from covey.secagg._handlers import register_builtin_input
-from covey.secagg._options import check_directory, check_options, check_parts
+from covey.secagg._options import (
+    check_directory,
+    check_fit_metrics,
+    check_options,
+    check_parts,
+)
 from covey.secagg._params import ThreatModel
 from covey.secagg._ring import MAX_BITS, RangeError, ring_bits, scale
 from covey.strategies._fitround import FitOutcome
@@ -300,8 +305,9 @@ def secure(
 
     Raises:
         ValueError: For a strategy that needs individual updates (median, Krum, ...),
-            an asynchronous one, a ring that cannot hold the sum, or DP that needs
-            individual updates (server-side clipping, DP-FTRL).
+            an asynchronous one, a ring that cannot hold the sum, DP that needs
+            individual updates (server-side clipping, DP-FTRL), or a ``fit_metrics``
+            function of one's own, which would never see a client's metrics.
 
     Example:
         >>> import warnings, covey
@@ -319,6 +325,7 @@ def secure(
         raise ValueError("secure aggregation needs synchronous rounds, not FedBuff's buffer")
     if strategy.fit_round is not None:
         raise ValueError("the strategy already runs a custom fit exchange")
+    check_fit_metrics(strategy.fit_metrics)
     clip_range, max_examples = plain(clip_range), plain(max_examples)
     check_options(clip_range, max_examples, complete, signed, reducer)
     check_parts(threat, noise, metrics, bits)
