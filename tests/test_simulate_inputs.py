@@ -136,6 +136,12 @@ def _run_with_evaluate_fn(run_dir: Any, evaluate_fn: Any) -> None:
         ((True, {}), "evaluate_fn's loss must be a number, got bool"),
         ((np.bool_(False), {}), "evaluate_fn's loss must be a number, got bool"),
         ((0.5, {"confusion": np.eye(2)}), "evaluate_fn's metric 'confusion' must be a scalar"),
+        # a name that is no str was told "metric 3 must be a scalar ..., got int": its value's type
+        (
+            (0.5, {3: 0.9}),
+            "evaluate_fn's metrics must be named by strings, got int 3 as a name "
+            "(write {'3': ...})",
+        ),
     ],
 )
 def test_a_bad_evaluate_fn_result_names_what_is_wrong(

@@ -77,7 +77,12 @@ def _central_result(out: object) -> tuple[float, dict[str, Scalar]]:
     checked: dict[str, Scalar] = {}
     for key, value in metrics.items():
         value = item_of(value)  # NumPy scalars, 0-d arrays and tensors
-        if not isinstance(key, str) or not isinstance(value, _SCALARS):
+        if not isinstance(key, str):
+            raise TypeError(
+                f"evaluate_fn's metrics must be named by strings, got {type(key).__name__} "
+                f"{key!r:.40} as a name (write {{{str(key)!r:.40}: ...}})"
+            )
+        if not isinstance(value, _SCALARS):
             raise TypeError(
                 f"evaluate_fn's metric {key!r} must be a scalar named by a string, "
                 f"got {type(value).__name__}"
