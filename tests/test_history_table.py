@@ -59,6 +59,24 @@ def test_best_round_names_what_is_recorded_when_the_metric_is_not() -> None:
         nan_only.best_round("accuracy")
 
 
+def test_best_round_of_a_metric_recorded_as_no_number_says_what_it_holds() -> None:
+    # It said "no round records 'per_client' ...: it records ['per_client'] there".
+    metrics: dict[str, Any] = {"per_client": [0.5, 0.7], "ok": True, "acc": 0.6}
+    h = covey.History([RoundRecord(1, evaluate_metrics=metrics)])
+    with pytest.raises(ValueError, match="per_client") as caught:
+        h.best_round("per_client", source="evaluate")
+    assert str(caught.value) == (
+        "no round records 'per_client' as a number from source='evaluate': it holds list "
+        "there, and History.metric and best_round read numbers (read it from "
+        "history.rounds[i].evaluate_metrics)"
+    )
+    with pytest.raises(ValueError, match="'ok' as a number from source='evaluate': it holds bool"):
+        h.best_round("ok", source="evaluate")
+    nan_only = covey.History([RoundRecord(1, central_metrics={"accuracy": math.nan})])
+    with pytest.raises(ValueError, match=r"\(NaN aside\) from source='central': it is NaN wher"):
+        nan_only.best_round("accuracy")
+
+
 def test_to_pandas_has_one_row_per_round_and_one_column_per_numeric_metric() -> None:
     frame = history().to_pandas()
     assert isinstance(frame, pd.DataFrame)

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from covey.core._extras import import_feature
 from covey.core._files import TooLargeError, atomic_write, read_regular
 from covey.core._jsonvalues import from_jsonable, jsonable
-from covey.core._metricnames import FLOWER_ATTRIBUTES, SOURCES, Source, metric_items, metric_value
+from covey.core._metricnames import (
+    FLOWER_ATTRIBUTES,
+    SOURCES,
+    Source,
+    metric_items,
+    metric_value,
+)
 from covey.core._roundrecord import Failure, RoundRecord, round_from_json, unknown_fields
 from covey.core._version import covey_version
 
@@ -390,6 +396,8 @@ def _nothing_recorded(history: History, source: Source) -> str:
 def _not_recorded(history: History, name: str, source: Source, *, nan: bool = False) -> str:
     """Why :meth:`History.metric` or :meth:`History.best_round` has no value of ``name``."""
     recorded = recorded_names(history, source)
+    if name in recorded:  # recorded, but never as a number (or only as NaN)
+        return _no_number(history, name, source)
     there = (
         f"it records {recorded} there"
         if recorded
@@ -404,6 +412,27 @@ def _not_recorded(history: History, name: str, source: Source, *, nan: bool = Fa
     if name not in recorded and (close := difflib.get_close_matches(name, recorded, n=1)):
         message += f"; did you mean {close[0]!r}?"
     return message
+
+
+_FIELDS = {"central": "central_metrics", "evaluate": "evaluate_metrics", "fit": "fit_metrics"}
+
+
+def _no_number(history: History, name: str, source: Source) -> str:
+    """Why a metric ``history`` records from ``source`` has no value to read: NaN, or no number."""
+    values = [v for r in history.rounds for m, v in metric_items(r, source) if m == name]
+    kinds = sorted({type(v).__name__ for v in values if isinstance(v, bool) or not _number(v)})
+    if not kinds:
+        said = f"no round records {name!r} (NaN aside) from source={source!r}"
+        return f"{said}: it is NaN wherever recorded"
+    return (
+        f"no round records {name!r} as a number from source={source!r}: it holds "
+        f"{' and '.join(kinds)} there, and History.metric and best_round read numbers "
+        f"(read it from history.rounds[i].{_FIELDS[source]})"
+    )
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float)
 
 
 def _head(history: History) -> dict[str, Any]:
