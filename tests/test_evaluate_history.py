@@ -49,6 +49,66 @@ def test_numpy_scalars_from_custom_metrics_read_the_same_before_and_after_json(
     assert type(result.history[1].evaluate_metrics["i32"]) is int
 
 
+def per_client_metrics(results: Any) -> dict[str, Any]:
+    """Each client's values kept whole, as code that tabulates them for a paper writes them."""
+    accuracy = [m.get("accuracy", 1.0) for _, m in results]  # fit reports none
+    return {
+        "by_client": dict(enumerate(accuracy)),  # keyed by ints
+        "pair": (min(accuracy), max(accuracy)),
+        "all": np.array(accuracy, dtype=np.float32),
+        "nested": {"mean": np.float32(0.5), "counts": [np.int64(n) for n, _ in results]},
+    }
+
+
+def test_per_client_metrics_read_the_same_live_loaded_and_resumed(tmp_path: Path) -> None:
+    # The live record kept int keys, tuples, arrays and NumPy scalars nested in the metrics,
+    # which history.json gives back as str keys, lists and numbers: by_client[0] read live
+    # was by_client["0"] once loaded, and a resumed run's history mixed the two.
+    def strategy() -> covey.Strategy:
+        return covey.FedAvg(
+            fraction_fit=1.0, evaluate_metrics=per_client_metrics, fit_metrics=per_client_metrics
+        )
+
+    def stop_after_1(record: RoundRecord) -> None:
+        if record.round == 1:
+            raise RuntimeError("stopped")
+
+    result = covey.simulate(lambda cid: Plain(), 3, 2, strategy(), {"w": np.zeros(2)})
+    live: dict[str, Any] = result.history[1].evaluate_metrics
+    assert live == {
+        "by_client": {"0": 1.0, "1": 1.0, "2": 1.0},
+        "pair": [1.0, 1.0],
+        "all": [1.0, 1.0, 1.0],
+        "nested": {"mean": 0.5, "counts": [10, 10, 10]},
+    }
+    assert type(live["nested"]["mean"]) is float
+    assert type(live["nested"]["counts"][0]) is int
+    with pytest.raises(RuntimeError, match="stopped"):
+        covey.simulate(
+            lambda cid: Plain(),
+            3,
+            2,
+            strategy(),
+            {"w": np.zeros(2)},
+            run_dir=tmp_path,
+            on_round=stop_after_1,
+        )
+    resumed = covey.simulate(
+        lambda cid: Plain(),
+        3,
+        2,
+        strategy(),
+        {"w": np.zeros(2)},
+        run_dir=tmp_path,
+        resume=True,
+    )
+    saved = covey.History.load(tmp_path)
+    for history in (resumed.history, saved):
+        for rnd in (1, 2):
+            assert history[rnd].evaluate_metrics == live
+            assert history[rnd].fit_metrics == result.history[rnd].fit_metrics
+
+
 class Raises(covey.Client):
     """Fails both tasks with a message of several lines, raised while handling another error."""
 

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from covey.core._jsonvalues import jsonable
+from covey.core._jsonvalues import from_jsonable, jsonable
 from covey.core._messages import Config, Metrics
 
 _S = TypeVar("_S", bound=Callable[..., Any])
@@ -271,10 +271,15 @@ def checked_config(value: Any, what: str) -> Config:
 
 
 def checked_metrics(value: Any, what: str, round: int | None = None) -> Metrics:
-    """A copy of the metrics ``what`` returned, NumPy scalars made Python scalars.
+    """A copy of the metrics ``what`` returned, as the history reads them back from its JSON.
 
     A ``np.float32`` kept as such would be left out by :meth:`covey.History.metric`
-    during the run yet found in the same history read back from ``history.json``.
+    during the run yet found in the same history read back from ``history.json``;
+    so would, at any depth, a dict keyed by client ids (read back keyed by
+    strings), a tuple (a list), a NumPy array (a list of numbers) or scalar. The
+    round's record holds from the start what ``history.json``, a resumed run's
+    saved rounds and the dashboard give, so that a run's history reads the same
+    live, loaded and resumed.
 
     Raises:
         TypeError: naming ``what``, if the metrics are no dict keyed by names, or hold a
@@ -289,11 +294,12 @@ def checked_metrics(value: Any, what: str, round: int | None = None) -> Metrics:
         for key, metric in value.items()
     }
     try:
-        jsonable(metrics)
+        stored = jsonable(metrics)
     except (TypeError, RecursionError) as exc:
         where = "" if round is None else f" in round {round}"
         raise TypeError(f"{what}{where} returned a value the history cannot keep: {exc}") from None
-    return metrics
+    kept: Metrics = from_jsonable(stored)
+    return kept
 
 
 def _zero_d(value: Any) -> bool:

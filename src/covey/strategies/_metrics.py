@@ -14,7 +14,9 @@ MetricsFn = Callable[[Sequence[tuple[int, Metrics]]], Mapping[str, Any]]
 """``[(num_examples, metrics), ...] -> metrics``: combines the clients' metrics of a round.
 
 It may return any mapping of names to values the history can keep as JSON (a
-``dict[str, float]``, or a list of each client's values under one name).
+``dict[str, float]``, or a list of each client's values under one name). The
+round records them as ``history.json`` reads them back: a dict's keys as
+strings, a tuple or a NumPy array as a list, a NumPy scalar as a Python number.
 """
 
 
