@@ -371,3 +371,50 @@ def test_history_load_refuses_a_file_over_its_cap_before_reading_it(tmp_path: Pa
         f.truncate(MAX_HISTORY_BYTES + 1)  # sparse: no disk, no memory
     with pytest.raises(ValueError, match=r"more than History\.load reads \(268,435,456, max_byt"):
         covey.History.load(huge)
+
+
+class TagNamed(covey.Client):
+    """Client 1 names a metric as history.json tags bytes: its round could not be saved."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        metrics = {"__bytes__": 1.0} if self.cid == 1 else {"loss": 0.5}
+        return FitResult(weights=dict(weights), num_examples=10, metrics=metrics)
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+        metrics = {"__float__": 2.0} if self.cid == 1 else {"accuracy": 1.0}
+        return EvaluateResult(loss=0.5, num_examples=10, metrics=metrics)
+
+
+def test_a_metric_named_as_a_history_tag_fails_that_client_not_the_run(tmp_path: Path) -> None:
+    # One client's metric named "__bytes__" stopped the run: "saving a round failed: record
+    # of round 1 is not a RoundRecord dict: fromhex() argument must be str, not float".
+    strategy = covey.FedAvg(fraction_fit=1.0, min_fit_clients=2)
+    result = covey.simulate(TagNamed, 3, 1, strategy, {"w": np.zeros(2)}, run_dir=tmp_path)
+    record = covey.History.load(tmp_path)[1]
+    assert record.fit_participants == [0, 2]
+    assert record.evaluate_participants == [0, 2]
+    for failure in record.failures:
+        assert failure.cid == 1
+        assert "names a metric '__" in failure.error
+        assert "a name the history keeps for its own tags" in failure.error
+    assert result.history[1].fit_metrics == {"loss": 0.5}
+
+
+def test_evaluate_fn_and_metrics_functions_are_refused_a_value_read_back_as_a_tag() -> None:
+    def central(rnd: int, weights: Any) -> Any:
+        return 0.5, {"__float__": 1.0}
+
+    with pytest.raises(ValueError, match="evaluate_fn's metric '__float__' has a name the hist"):
+        covey.simulate(
+            lambda cid: Plain(), 2, 1, covey.FedAvg(), {"w": np.zeros(2)}, evaluate_fn=central
+        )
+
+    def tagged(results: Any) -> dict[str, Any]:
+        return {"meta": [{"__bytes__": "zz"}]}
+
+    strategy = covey.FedAvg(evaluate_metrics=tagged)
+    with pytest.raises(TypeError, match=r"its metrics\['meta'\]\[0\] is a dict of the one key"):
+        covey.simulate(lambda cid: Plain(), 2, 1, strategy, {"w": np.zeros(2)})

@@ -6,7 +6,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["as_float", "check_info", "from_jsonable", "jsonable"]
+__all__ = ["TAGS", "as_float", "check_info", "from_jsonable", "jsonable"]
+
+TAGS = frozenset({"__bytes__", "__float__"})
+"""The keys of the one-key objects :func:`jsonable` writes bytes and NaN or infinite floats as:
+a dict of one such key is read back as bytes or a float, so no metric may be named so."""
 
 
 def as_float(value: int | float) -> float:
@@ -66,7 +70,7 @@ def jsonable(value: Any) -> Any:
 def from_jsonable(value: Any) -> Any:
     """Undo :func:`jsonable`'s tags."""
     if isinstance(value, dict):
-        if len(value) == 1 and "__bytes__" in value:
+        if len(value) == 1 and "__bytes__" in value:  # see TAGS
             return bytes.fromhex(value["__bytes__"])
         if len(value) == 1 and "__float__" in value:
             return float(value["__float__"])

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from covey.core._jsonvalues import TAGS
 from covey.core._weights import is_unicode_text
 
 MAX_METRICS = 1000
@@ -82,6 +83,12 @@ def own_metrics(value: object, what: str) -> dict[str, Any]:
     for name, metric in value.items():
         if type(name) is not str:
             raise TypeError(f"{what} names a metric by {type(name).__name__} {name!r}, not a str")
+        if name in TAGS:
+            raise ValueError(
+                f"{what} names a metric {name!r}, a name the history keeps for its own tags "
+                "(bytes and NaN or infinite floats are written to history.json as a dict of "
+                "that one key): choose another name"
+            )
         if not name.isascii() and not is_unicode_text(name):
             raise ValueError(
                 f"{what} names a metric {name!r}, which is not valid Unicode text (it holds a "

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from covey.core._jsonvalues import TAGS
 from covey.core._messages import Scalar
 from covey.core._metricvalues import FLOAT_MAX, item_of
 from covey.core._weights import Weights, fingerprint
@@ -81,6 +82,12 @@ def _central_result(out: object) -> tuple[float, dict[str, Scalar]]:
             raise TypeError(
                 f"evaluate_fn's metrics must be named by strings, got {type(key).__name__} "
                 f"{key!r:.40} as a name (write {{{str(key)!r:.40}: ...}})"
+            )
+        if key in TAGS:
+            raise ValueError(
+                f"evaluate_fn's metric {key!r} has a name the history keeps for its own tags "
+                "(bytes and NaN or infinite floats are written to history.json as a dict of "
+                "that one key): choose another name"
             )
         if not isinstance(value, _SCALARS):
             raise TypeError(
