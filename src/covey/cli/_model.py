@@ -47,10 +47,21 @@ class RoundModels:
         self.evaluate_fn = evaluate_fn
         self.models: dict[int, Weights] = {}
 
-    def evaluate(self, rnd: int, weights: Weights) -> Any:
-        """Keep the model after ``rnd``, then evaluate it with the app's function, if any."""
-        self.models[rnd] = weights
-        return None if self.evaluate_fn is None else self.evaluate_fn(rnd, weights)
+    @property
+    def evaluate(self) -> EvaluateFn:
+        """Keep the model after ``rnd``, then evaluate it with the app's function, if any.
+
+        The function stands for the app's: an error it raises is noted with the
+        app's function's name (it is the function's ``__wrapped__``), not this one's.
+        """
+
+        def evaluate(rnd: int, weights: Weights) -> Any:
+            self.models[rnd] = weights
+            return None if self.evaluate_fn is None else self.evaluate_fn(rnd, weights)
+
+        if self.evaluate_fn is not None:
+            evaluate.__wrapped__ = self.evaluate_fn  # type: ignore[attr-defined]
+        return evaluate
 
     def finished(self, record: RoundRecord) -> None:
         """Round ``record.round`` finished: the models of the rounds before it are let go."""

@@ -38,7 +38,16 @@ def selects_evaluation(selector: Any) -> bool:
 
 
 def name_of(fn: Any) -> str:
-    """A function's qualified name (or its type's, for a callable object)."""
+    """A function's qualified name (or its type's, for a callable object).
+
+    A function standing for another (its ``__wrapped__``, as ``functools.wraps``
+    sets it) is named by the function it wraps.
+    """
+    for _ in range(100):  # a chain of wrappers, never a cycle
+        inner = getattr(fn, "__wrapped__", None)
+        if inner is None or inner is fn:
+            break
+        fn = inner
     return str(getattr(fn, "__qualname__", None) or type(fn).__name__)
 
 
