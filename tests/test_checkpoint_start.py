@@ -39,3 +39,41 @@ def test_covey_run_names_the_apps_evaluate_fn_refusing_a_checkpoint_of_another_m
     # Before, the note named covey's own wrapper: "raised by evaluate_fn RoundModels.evaluate".
     assert "(raised by evaluate_fn evaluate in round 0)" in said, said
     assert "RoundModels" not in said
+
+
+_APP = """
+import numpy as np
+import covey
+from covey.deploy import ServerApp
+
+
+def load_checkpoint():
+    with open({path!r}, "rb") as f:
+        data = f.read()
+    raise {error}(f"{{len(data)}} bytes that hold no model")
+
+
+def server_app():
+    return ServerApp(strategy=covey.FedAvg(), initial_weights=load_checkpoint, rounds=1)
+"""
+
+
+def test_covey_server_names_the_initial_weights_function_that_raised(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "model.bin"
+    checkpoint.write_bytes(b"\x80\x04junk")
+    for error, code in (("ValueError", 2), ("RuntimeError", 1)):
+        module = f"start_{error.lower()}"
+        (tmp_path / f"{module}.py").write_text(_APP.format(path=str(checkpoint), error=error))
+        flags = ["--insecure", "--address", "127.0.0.1:0", "--run-dir", str(tmp_path / module)]
+        done = subprocess.run(
+            [sys.executable, "-m", "covey", "server", "--app", f"{module}:server_app", *flags],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+            env={**os.environ, "COLUMNS": "200", "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+        said = " ".join((done.stdout + done.stderr).split())
+        assert done.returncode == code, said
+        # Before, only "error: 6 bytes that hold no model", from who knows where.
+        assert "6 bytes that hold no model (raised by initial_weights load_checkpoint())" in said

@@ -11,7 +11,7 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast, overload
+from typing import Any, Final, cast, overload
 
 import numpy as np
 from numpy.typing import NDArray
@@ -61,6 +61,9 @@ def _made_by(value: object, library: str) -> bool:
     return any(c.__module__.split(".")[0] == library for c in type(value).__mro__)
 
 
+_MADE_BY: Final = "raised by initial_weights "
+
+
 @overload
 def made(initial_weights: Weights | Callable[[], Weights]) -> Weights: ...
 @overload
@@ -70,10 +73,17 @@ def made(initial_weights: Weights | Callable[[], Weights] | None) -> Weights | N
 
     A torch model is callable too, but it is not such a function: it is returned
     as it is, for the layout check to refuse it naming how to get its weights.
+    What the function raises (a checkpoint file it cannot read) gets a note naming it.
     """
     given: Any = initial_weights
     if callable(given) and not _made_by(given, "torch"):
-        return given()  # type: ignore[no-any-return]
+        try:
+            return given()  # type: ignore[no-any-return]
+        except Exception as exc:  # the app's own error, told where it came from
+            if not any(str(n).startswith(_MADE_BY) for n in getattr(exc, "__notes__", ())):
+                name = getattr(given, "__qualname__", None) or type(given).__name__
+                exc.add_note(f"{_MADE_BY}{name}()")  # once: ServerApp.weights calls made too
+            raise
     return given  # type: ignore[no-any-return]
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from covey.compress import Scheme
 from covey.core._history import History
 from covey.core._signature import InitSignature
-from covey.core._weights import Array, Weights
+from covey.core._weights import Array, Weights, made
 from covey.server._base import EvaluateFn
 from covey.strategies._names import FLOWER_SERVER_APP, unknown_options
 from covey.strategies._strategy import Strategy
@@ -68,7 +68,7 @@ class ServerApp:
         w = self.initial_weights
         if w is None:
             raise ValueError("this ServerApp runs its own main: it has no initial_weights")
-        return w() if callable(w) else w
+        return made(w)  # what a function raises is noted with its name
 
 
 def main_problem(app: ServerApp) -> str | None:

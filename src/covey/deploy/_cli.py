@@ -208,9 +208,12 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         fail(f"{flags.get('address_flag', flag)}: {exc}")
     except (covey.FederationError, ValueError, OSError) as exc:
         _forget(run, flags)
-        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         from covey.server._retry import RETRY_HINT  # not at import: `--help` stays light
 
+        # The notes say where it came from (the app's evaluate_fn, its initial_weights).
+        notes = [n for n in getattr(exc, "__notes__", ()) if isinstance(n, str) and n.strip()]
+        said = str(exc) + "".join(f" ({' '.join(n.split())})" for n in notes if n != RETRY_HINT)
+        console.print(f"[red]error:[/] {escape(said)}", soft_wrap=True)
         if RETRY_HINT in getattr(exc, "__notes__", ()):
             console.print(escape(f"hint: {RETRY_HINT}"), soft_wrap=True)
         if listened:  # refused before listening: the run did not start, nor stop
