@@ -186,3 +186,25 @@ def test_the_best_round_loads_as_the_simulation_guide_shows(tmp_path: Path) -> N
         assert record is not None
         with pytest.raises(TypeError, match=r"got the tuple \(\d+, .*best_round gives"):
             store.load_round((best, value))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("declared", "said"),
+    [(2**62, "more than a terabyte long"), (200_000_000, "200,000,000 bytes long")],
+)
+def test_a_weights_file_declaring_a_huge_header_is_refused_in_words(
+    tmp_path: Path, declared: int, said: str
+) -> None:
+    import struct
+
+    from covey.server import RunStore
+
+    with RunStore.create(tmp_path / "run", config={}) as store:
+        store.save_round(0, logistic_init(3, 2), None)
+    path = tmp_path / "run" / "weights" / "round-00000.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(struct.pack("<Q", declared) + data[8:])
+    # Before, "its header would be more than a terabyte bytes long".
+    with RunStore.open(tmp_path / "run") as store, pytest.raises(ValueError, match="corrupt") as no:
+        store.load_round(0)
+    assert f"its header would be {said}, in a file of {len(data):,} bytes" in str(no.value)

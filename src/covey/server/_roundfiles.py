@@ -340,9 +340,9 @@ def _check_size(round: int, path: Path, handle: BinaryIO, size: int, step: str) 
         raise ValueError(f"{where} is truncated: it holds {size} bytes, not even a header")
     (length,) = struct.unpack("<Q", head)
     if length > MAX_HEADER_BYTES or 8 + length > size:
-        shown = f"{length:,}" if length < 1 << 40 else "more than a terabyte"
+        shown = f"{length:,} bytes" if length < 1 << 40 else "more than a terabyte"
         raise ValueError(
-            f"{where} is corrupt or truncated: its header would be {shown} bytes "
+            f"{where} is corrupt or truncated: its header would be {shown} "
             f"long, in a file of {size:,} bytes"
         )
     try:
