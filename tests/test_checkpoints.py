@@ -188,6 +188,38 @@ def test_the_best_round_loads_as_the_simulation_guide_shows(tmp_path: Path) -> N
             store.load_round((best, value))  # type: ignore[arg-type]
 
 
+def test_an_xgboost_checkpoint_in_ubjson_is_named_so() -> None:
+    xgb = pytest.importorskip("xgboost")
+    from covey.xgboost import XGBoostBagging, XGBoostClient, initial_model, to_weights
+
+    params = {"objective": "binary:logistic", "base_score": 0.5, "max_depth": 2, "nthread": 1}
+    x = np.random.default_rng(0).normal(size=(40, 4))
+    y = (x[:, 0] > 0).astype(int)
+    booster = xgb.train(params, xgb.DMatrix(x, label=y), num_boost_round=2)
+    said = r"UBJSON format \(save_raw\(\)'s default\), not JSON.*booster\.save_raw\('json'\)"
+    # Before, to_weights took save_raw()'s UBJSON, and the run was refused as "not an
+    # XGBoost JSON model ... (a model's bytes averaged by a strategy for arrays, such as
+    # FedAvg ...)", of a run no strategy had touched yet.
+    with pytest.raises(ValueError, match=said):
+        to_weights(booster.save_raw(), 1 << 16)
+    start = {k: v.copy() for k, v in initial_model(params, 4, capacity=1 << 16).items()}
+    raw = np.frombuffer(bytes(booster.save_raw("ubj")), dtype=np.uint8)
+    start["model"][: raw.size] = raw
+    start["size"][0] = raw.size
+    strategy = XGBoostBagging(fraction_evaluate=0.0)
+    fed = (lambda cid: XGBoostClient(x, y, params), 2, 1, strategy)
+    with pytest.raises(covey.WeightsError, match=r"initial weights: the model is in .*" + said):
+        covey.simulate(*fed, start)
+    # A damaged JSON start is not said to be averaged either.
+    start = {k: v.copy() for k, v in initial_model(params, 4, capacity=1 << 16).items()}
+    start["model"][:8] = ord("A")
+    with pytest.raises(covey.WeightsError, match="not an XGBoost JSON model") as refused:
+        covey.simulate(*fed, start)
+    assert "FedAvg" not in str(refused.value)
+    result = covey.simulate(*fed, to_weights(booster.save_raw("json"), 1 << 16))  # as it says
+    assert [r.round for r in result.history.rounds] == [0, 1]
+
+
 @pytest.mark.parametrize(
     ("declared", "said"),
     [(2**62, "more than a terabyte long"), (200_000_000, "200,000,000 bytes long")],

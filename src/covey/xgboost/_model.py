@@ -58,11 +58,14 @@ def to_weights(model: bytes | bytearray | memoryview, capacity: int) -> dict[str
         ``{"model": uint8[capacity], "size": int64[1]}``.
 
     Raises:
-        ValueError: The model is larger than ``capacity``.
+        ValueError: The model is larger than ``capacity``, or in XGBoost's binary
+            UBJSON format (``save_raw()``'s default) rather than JSON.
     """
     data = memoryview(model).cast("B")
     if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
         raise ValueError(f"capacity must be a positive int, got {capacity!r}")
+    if _ubjson(data[:2].tobytes()):
+        raise ValueError(f"the booster is {_UBJSON}")
     if data.nbytes > capacity:
         raise ValueError(
             f"the booster takes {data.nbytes} bytes, more than the federation's capacity of "
@@ -94,13 +97,14 @@ def from_weights(weights: Weights) -> bytes:
     return buffer[:n].tobytes()
 
 
-def parse(model: bytes, what: str | None = None) -> dict[str, Any]:
+def parse(model: bytes, what: str | None = None, *, averaged: bool = True) -> dict[str, Any]:
     """The JSON document of a serialized booster, with a clear error if it is not one.
 
     ``what`` names a client's model in errors (``"client model 2"``); without it
-    the model is the global one, whose bytes a strategy for arrays may have averaged.
+    the model is the global one, whose bytes a strategy for arrays may have averaged
+    (``averaged=False``: the initial weights, which no strategy has touched yet).
     """
-    hint, prefix = (_AVERAGED, "") if what is None else ("", f"{what}: ")
+    hint, prefix = (_AVERAGED if averaged else "", "") if what is None else ("", f"{what}: ")
     try:
         doc = json.loads(model)
         booster = doc["learner"]["gradient_booster"]
@@ -109,12 +113,28 @@ def parse(model: bytes, what: str | None = None) -> dict[str, Any]:
     except WeightsError as exc:
         raise WeightsError(f"{prefix}{exc}") from None
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        if _ubjson(model[:2]):  # no averaging makes these bytes: say what they are
+            raise WeightsError(f"{prefix}the model is {_UBJSON}") from None
         raise WeightsError(
             f"{prefix}not an XGBoost JSON model of a tree booster: {exc}{hint}"
         ) from None
     if not isinstance(trees, list):
         raise WeightsError(f"{prefix}not an XGBoost JSON model: 'trees' is not a list{hint}")
     return doc  # type: ignore[no-any-return]
+
+
+_UBJSON = (
+    "in XGBoost's binary UBJSON format (save_raw()'s default), not JSON, which covey.xgboost "
+    "carries: give booster.save_raw('json') (or a model saved as .json)"
+)
+
+
+def _ubjson(head: bytes) -> bool:
+    """Whether a model's first bytes open a UBJSON object (a type marker after ``{``).
+
+    No JSON text has one of those letters after its opening brace.
+    """
+    return head[:1] == b"{" and head[1:2] in (b"L", b"l", b"i", b"I", b"U", b"$", b"#")
 
 
 def _check_booster(booster: Any) -> None:

@@ -132,7 +132,7 @@ def check_start(params: Weights) -> None:
     """
     try:
         model = from_weights(params)
-        doc = parse(model)
+        doc = parse(model, averaged=False)  # a damaged checkpoint, not an averaged model
         check_model(doc, "the model")
         load_booster(model)
     except (WeightsError, KeyError, TypeError) as exc:
