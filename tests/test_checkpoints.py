@@ -220,6 +220,32 @@ def test_an_xgboost_checkpoint_in_ubjson_is_named_so() -> None:
     assert [r.round for r in result.history.rounds] == [0, 1]
 
 
+def test_an_xgboost_start_of_other_classes_than_the_clients_is_named() -> None:
+    pytest.importorskip("xgboost")
+    from covey.xgboost import XGBoostBagging, XGBoostClient, initial_model
+
+    binary = {"objective": "binary:logistic", "base_score": 0.5, "max_depth": 2, "nthread": 1}
+    three = {**binary, "objective": "multi:softprob", "num_class": 3}
+    x = np.random.default_rng(0).normal(size=(40, 4))
+    y = (x[:, 0] > 0).astype(int)
+    said = (
+        r"the global model has 3 classes \(objective 'multi:softprob'\), this client's params "
+        r"no classes \(objective 'binary:logistic'\): start the federation from a model made "
+        r"with the clients' params"
+    )
+    # Before, XGBoost's own "Check failed: info.labels.Size() == preds.Size() (40 vs. 120)".
+    with pytest.raises(covey.FederationError, match=r"WeightsError: " + said):
+        covey.simulate(
+            lambda cid: XGBoostClient(x, y, binary),
+            2,
+            1,
+            XGBoostBagging(fraction_evaluate=0.0),
+            initial_model(three, 4, capacity=1 << 16),
+        )
+    fitted = XGBoostClient(x, y % 3, three).fit(initial_model(three, 4, capacity=1 << 16), {})
+    assert fitted.num_examples == 40
+
+
 @pytest.mark.parametrize(
     ("declared", "said"),
     [(2**62, "more than a terabyte long"), (200_000_000, "200,000,000 bytes long")],

@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from covey.clients import Client
 from covey.core import Config, EvaluateResult, FitResult, Metrics
-from covey.core._weights import Array, Weights
+from covey.core._weights import Array, Weights, WeightsError
 from covey.xgboost._model import (
     MODEL,
     booster_from_bytes,
@@ -185,6 +185,29 @@ def _check_targets(booster: Any, targets: int) -> None:
         )
 
 
+def _check_classes(booster: Any, params: Mapping[str, Any]) -> None:
+    """Refuse a global model of another number of classes than ``params`` train (a C++ trace).
+
+    A start made for three classes boosted with a binary objective fails inside
+    XGBoost on the labels' shape; checked only when the client's params name an
+    objective or classes (else XGBoost keeps the model's own).
+    """
+    if "objective" not in params and "num_class" not in params:
+        return
+    learner = json.loads(booster.save_config())["learner"]
+    has = int(float(learner["learner_model_param"].get("num_class", 0)))
+    objective = str(params.get("objective", learner["objective"]["name"]))
+    wants = int(params.get("num_class", 0)) if objective.startswith("multi:") else 0
+    if max(has, 1) != max(wants, 1):
+        model = f"{has} classes" if has > 1 else "no classes"
+        ours = f"{wants} classes" if wants > 1 else "no classes"
+        raise WeightsError(
+            f"the global model has {model} (objective {learner['objective']['name']!r}), "
+            f"this client's params {ours} (objective {objective!r}): start the federation "
+            "from a model made with the clients' params (initial_model(params, ...))"
+        )
+
+
 def _objective(booster: Any) -> str:
     config = json.loads(booster.save_config())
     return str(config["learner"]["objective"]["name"])
@@ -284,6 +307,7 @@ class XGBoostClient(Client):
         start = booster_from_weights(weights, self.params)
         _check_features(start, int(self.train.num_col()), "x_train")
         _check_targets(start, self.targets)
+        _check_classes(start, self.params)
         booster = xgb.train(self.params, self.train, num_boost_round=int(rounds), xgb_model=start)
         model = to_weights(booster.save_raw("json"), int(np.asarray(weights[MODEL]).size))
         return FitResult(weights=model, num_examples=self.num_examples)
