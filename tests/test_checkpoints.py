@@ -123,6 +123,8 @@ def test_a_weights_file_is_synced_and_readable_as_the_run_folder(
         ("json", r"not an XGBoost JSON model"),
         ("size", r"'size' is 1000000000, outside the model buffer"),
         ("names", r"XGBoost weights need 'model' and 'size'"),
+        # Before, accepted: every client's int64 reply was then refused as another dtype.
+        ("int32", r"'size' is int32, the clients reply with int64"),
     ],
 )
 def test_an_xgboost_checkpoint_that_is_no_booster_is_refused_before_round_1(
@@ -137,6 +139,8 @@ def test_an_xgboost_checkpoint_that_is_no_booster_is_refused_before_round_1(
         start["model"][:8] = ord("A")
     elif damage == "size":
         start["size"][0] = 10**9
+    elif damage == "int32":
+        start["size"] = start["size"].astype(np.int32)
     else:
         start = {"weight": start["model"], "size": start["size"]}
     built: list[int] = []

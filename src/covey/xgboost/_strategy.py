@@ -26,7 +26,7 @@ from covey.xgboost._limits import (
     past_cap,
     start_within,
 )
-from covey.xgboost._model import MODEL, from_weights, load_booster, parse, to_weights
+from covey.xgboost._model import MODEL, SIZE, from_weights, load_booster, parse, to_weights
 from covey.xgboost._validate import check_model, new_trees, trees_per_iteration
 
 __all__ = ["XGBoostBagging", "XGBoostCyclic", "bagging", "cyclic", "merge_trees", "round_robin"]
@@ -132,11 +132,25 @@ def check_start(params: Weights) -> None:
     """
     try:
         model = from_weights(params)
+        _int64_size(params)
         doc = parse(model, averaged=False)  # a damaged checkpoint, not an averaged model
         check_model(doc, "the model")
         load_booster(model)
     except (WeightsError, KeyError, TypeError) as exc:
         raise WeightsError(f"initial weights: {exc}") from None
+
+
+def _int64_size(params: Weights) -> None:
+    """Refuse a ``size`` of another integer dtype: every client's reply holds an int64 one.
+
+    The global model keeps its dtypes, so each reply would be refused as not matching it.
+    """
+    size = np.asarray(params[SIZE])
+    if size.dtype != np.int64:
+        raise WeightsError(
+            f"{SIZE!r} is {size.dtype}, the clients reply with int64 (as to_weights makes "
+            f"it): give {SIZE!r} as int64"
+        )
 
 
 def _accepted(
