@@ -6,7 +6,16 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["TAGS", "as_float", "check_info", "from_jsonable", "jsonable"]
+__all__ = [
+    "TAGS",
+    "as_float",
+    "check_info",
+    "from_jsonable",
+    "jsonable",
+    "read_back",
+    "tag_in",
+    "tagged",
+]
 
 TAGS = frozenset({"__bytes__", "__float__"})
 """The keys of the one-key objects :func:`jsonable` writes bytes and NaN or infinite floats as:
@@ -26,12 +35,15 @@ def check_info(info: Any, event: str, round: int) -> None:
 
     The round loop copies ``info`` into the round's ``aggregate_info``: a list or
     None there failed as ``'NoneType' object is not iterable``, naming nothing, and
-    a value JSON cannot hold (a set, an object) failed only when the run was saved.
-    Each value is converted as the history does (:func:`jsonable`): once a round.
+    a value JSON cannot hold (a set, an object) failed only when the run was saved,
+    as did a dict of the one key ``__bytes__`` or ``__float__`` (:data:`TAGS`), which
+    ``history.json`` reads back as bytes or a float. Each value is converted as the
+    history does (:func:`jsonable`): once a round.
 
     Raises:
         TypeError: naming the event and its round, if ``info`` is not a mapping or
-            one of its values cannot be written to the history.
+            one of its values cannot be written to the history (or read back as written),
+            and where in it.
     """
     if not isinstance(info, Mapping):
         raise TypeError(
@@ -39,10 +51,52 @@ def check_info(info: Any, event: str, round: int) -> None:
             f"records it in aggregate_info), got {type(info).__name__}"
         )
     for key, value in info.items():
+        where = f"{event}(round={round}).info[{key!r}]"
         try:
             jsonable(value)
+            tag = tag_in(value, where)
         except (TypeError, ValueError, RecursionError) as exc:
-            raise TypeError(f"{event}(round={round}).info[{key!r}]: {exc}") from None
+            raise TypeError(f"{where}: {exc}") from None
+        if tag is not None:
+            raise TypeError(tagged(*tag))
+
+
+def read_back(value: Any) -> Any:
+    """``value`` as ``history.json`` gives it back: keys as strings, tuples and arrays as lists.
+
+    NumPy scalars become Python numbers. ``value`` must be what :func:`jsonable` writes
+    and hold no dict :func:`tag_in` finds.
+    """
+    return from_jsonable(jsonable(value))
+
+
+def tag_in(value: Any, path: str) -> tuple[str, str] | None:
+    """``(where, key)`` of a dict in ``value`` that history.json reads back as bytes or a float.
+
+    ``path`` names ``value`` (``its metrics``, then ``its metrics['name'][0]`` and so on).
+    """
+    if isinstance(value, Mapping):
+        if len(value) == 1 and (key := next(iter(value))) in TAGS:
+            return path, str(key)
+        items: Any = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = tag_in(item, f"{path}[{key!r}]")
+        if found is not None:
+            return found
+    return None
+
+
+def tagged(where: str, key: str) -> str:
+    """Why the history cannot keep ``where``, a dict of the one key ``key`` (of :data:`TAGS`)."""
+    return (
+        f"{where} is a dict of the one key {key!r}, the form history.json writes bytes and NaN "
+        "or infinite floats in, so it would be read back as such a value: name that entry "
+        "otherwise"
+    )
 
 
 def jsonable(value: Any) -> Any:

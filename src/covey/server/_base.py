@@ -20,6 +20,7 @@ import numpy as np
 
 from covey.aggregate import AggregationError, Contribution, End
 from covey.core._history import Failure, History, RoundRecord
+from covey.core._jsonvalues import read_back
 from covey.core._messages import FitResult, Reply
 from covey.core._metricnames import renamed_metrics
 from covey.core._text import printable
@@ -456,7 +457,7 @@ class _LoopBase:
                 logger.warning("%s %d: %s is unchanged: %s", self._step, rnd, self._model, why)
                 record.aggregate_info.setdefault("error", why)
             return
-        record.aggregate_info.update(aggregate.info)
+        record.aggregate_info.update(read_back(aggregate.info))  # as history.json gives it
         try:
             # A sum past the dtype's range is an Inf the check below refuses, keeping
             # the model: not a warning (an error under -W error that would stop the run).

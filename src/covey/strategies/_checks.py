@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from covey.core._jsonvalues import TAGS, from_jsonable, jsonable
+from covey.core._jsonvalues import from_jsonable, jsonable, tag_in, tagged
 from covey.core._messages import Config, Metrics
 
 _S = TypeVar("_S", bound=Callable[..., Any])
@@ -305,37 +305,13 @@ def checked_metrics(value: Any, what: str, round: int | None = None) -> Metrics:
     where = "" if round is None else f" in round {round}"
     try:
         stored = jsonable(metrics)
-        tag = _tag_in(metrics, "its metrics")
+        tag = tag_in(metrics, "its metrics")
     except (TypeError, RecursionError) as exc:
         raise TypeError(f"{what}{where} returned a value the history cannot keep: {exc}") from None
     if tag is not None:
-        raise TypeError(
-            f"{what}{where} returned a value the history cannot keep: {tag[0]} is a dict of "
-            f"the one key {tag[1]!r}, the form history.json writes bytes and NaN or infinite "
-            "floats in, so it would be read back as such a value: name that entry otherwise"
-        )
+        raise TypeError(f"{what}{where} returned a value the history cannot keep: {tagged(*tag)}")
     kept: Metrics = from_jsonable(stored)
     return kept
-
-
-def _tag_in(value: Any, path: str) -> tuple[str, str] | None:
-    """``(where, key)`` of a dict in ``value`` that history.json reads back as bytes or a float.
-
-    ``path`` names ``value`` (``its metrics``, then ``its metrics['name'][0]`` and so on).
-    """
-    if isinstance(value, Mapping):
-        if len(value) == 1 and (key := next(iter(value))) in TAGS:
-            return path, str(key)
-        items: Any = value.items()
-    elif isinstance(value, list | tuple):
-        items = enumerate(value)
-    else:
-        return None
-    for key, item in items:
-        found = _tag_in(item, f"{path}[{key!r}]")
-        if found is not None:
-            return found
-    return None
 
 
 def _zero_d(value: Any) -> bool:
