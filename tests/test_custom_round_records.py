@@ -1,7 +1,8 @@
-"""What an aggregation step of one's own reports, as the round records it."""
+"""What a fit exchange or an aggregation step of one's own reports, as the round records it."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ import pytest
 import covey
 from _steps import Shift as _Shift
 from _steps import reporting as _reporting
-from covey.aggregate import Aggregate, End, chain, mean
+from covey.aggregate import Aggregate, Contribution, End, chain, mean
+from covey.strategies import FitOutcome
 
 
 def _init() -> dict[str, np.ndarray]:
@@ -35,8 +37,84 @@ READ_BACK = {
 }
 
 
+def _own_round(metrics: Any, info: Any) -> Any:
+    """A fit exchange of one's own: every sampled client contributes a delta of ones."""
+
+    def own_round(transport: Any, cids: Any, task: Any, timeout: Any) -> FitOutcome:
+        ones = {k: np.ones_like(v) for k, v in task.weights.items()}
+        contributions = tuple(Contribution(cid, 1, delta=ones) for cid in cids)
+        return FitOutcome(contributions, tuple(cids), len(cids), metrics=metrics, info=info)
+
+    return own_round
+
+
 def _strategy(**options: Any) -> covey.Strategy:
     return covey.Strategy(fraction_evaluate=0.0, **options)
+
+
+def test_a_fit_round_of_ones_own_refuses_a_fit_metrics_it_would_never_call() -> None:
+    # Before: the strategy was made, and its fit_metrics silently never called (the
+    # round recorded the fit_round's metrics instead).
+    def gather(results: Any) -> dict[str, Any]:
+        return {"n": len(results)}
+
+    own_round = _own_round({}, {})
+    said = (
+        r"the strategy's fit_metrics .*gather would never be called: fit_round .*own_round "
+        r"combines the round's fit metrics itself \(FitOutcome.metrics\)"
+    )
+    with pytest.raises(ValueError, match=said):
+        covey.Strategy(fit_round=own_round, fit_metrics=gather)
+    with pytest.raises(ValueError, match=said):
+        dataclasses.replace(covey.FedAvg(fit_metrics=gather), fit_round=own_round)
+    covey.Strategy(fit_round=own_round, evaluate_metrics=gather)  # evaluation is the loop's
+
+
+def test_a_fit_rounds_metrics_and_info_read_the_same_live_and_loaded(tmp_path: Path) -> None:
+    # Before: the live record kept the fit_round's int keys, tuples and NumPy values,
+    # which history.json gives back as str keys, lists and numbers.
+    strategy = _strategy(fit_round=_own_round(PER_CLIENT, {"mine": PER_CLIENT}))
+    result = covey.simulate(_Shift, 2, 1, strategy, _init(), run_dir=tmp_path)
+    live = result.history[1]
+    assert live.fit_metrics == READ_BACK
+    assert live.aggregate_info["mine"] == READ_BACK
+    by_client: dict[str, Any] = live.fit_metrics["by_client"]  # type: ignore[assignment]
+    assert type(by_client["0"]) is float
+    loaded = covey.History.load(tmp_path)[1]
+    assert (loaded.fit_metrics, loaded.aggregate_info) == (live.fit_metrics, live.aggregate_info)
+
+
+@pytest.mark.parametrize(
+    ("metrics", "info", "said"),
+    [
+        (
+            {"meta": [{"__float__": "1"}]},
+            {},
+            r"fit_round .*own_round in round 1 returned a value the history cannot keep: its "
+            r"metrics\['meta'\]\[0\] is a dict of the one key '__float__'",
+        ),
+        (
+            {},
+            {"meta": {"__bytes__": "zz"}},
+            r"fit_round .*own_round: FitOutcome\(round=1\)\.info\['meta'\] is a dict of the one "
+            r"key '__bytes__', the form history.json writes bytes",
+        ),
+        (
+            {},
+            {"seen": {1, 2}},
+            r"fit_round .*own_round: FitOutcome\(round=1\)\.info\['seen'\]: cannot write a "
+            r"value of type set",
+        ),
+    ],
+)
+def test_a_fit_round_reporting_what_the_history_cannot_keep_is_named(
+    metrics: Any, info: Any, said: str
+) -> None:
+    # Before: recorded unchecked; a "__float__" dict was read back from history.json as
+    # the float 1.0, a "__bytes__" one or a set failed only when the run was saved.
+    strategy = _strategy(fit_round=_own_round(metrics, info))
+    with pytest.raises(TypeError, match=said):
+        covey.simulate(_Shift, 2, 1, strategy, _init())
 
 
 @pytest.mark.parametrize("at", [End, Aggregate])

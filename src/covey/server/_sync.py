@@ -37,7 +37,7 @@ from covey.server._retry import (
 from covey.server._roundmetrics import RoundMetrics
 from covey.strategies._checks import clients_there, poisson_note, stop_reason, too_few_to_fit
 from covey.strategies._clients import client_info
-from covey.strategies._fitround import FitOutcome
+from covey.strategies._fitround import FitOutcome, outcome_info, outcome_metrics
 from covey.strategies._fold import refuse_dropped_at_begin
 from covey.strategies._strategy import Strategy
 from covey.transport._base import Transport
@@ -377,7 +377,7 @@ class RoundLoop(_LoopBase):
         self, rnd: int, record: RoundRecord, state: Any, outcome: FitOutcome, sampled: int
     ) -> None:
         """Aggregate what a custom fit exchange (``strategy.fit_round``) returned."""
-        record.aggregate_info.update(outcome.info)
+        record.aggregate_info.update(outcome_info(self.strategy.fit_round, outcome.info, rnd))
         for cid, what in outcome.warnings:
             logger.warning("round %d: %s %s", rnd, self.who(cid), what)
         told = dict(outcome.refused)  # a reply the exchange refused: its client is told why
@@ -407,7 +407,7 @@ class RoundLoop(_LoopBase):
             state, _ = update(state, contribution)
         record.fit_participants.extend(outcome.participants)
         record.fit_examples += outcome.num_examples
-        record.fit_metrics = dict(outcome.metrics)
+        record.fit_metrics = outcome_metrics(self.strategy.fit_round, outcome.metrics, rnd)
         self._apply(state, rnd, record)
 
     # -- evaluation ---------------------------------------------------------------------

@@ -43,7 +43,7 @@ from covey.strategies._clients import (
     per_client_configs,
     round_config,
 )
-from covey.strategies._fitround import FitRound, takes_configs
+from covey.strategies._fitround import FitRound, check_fit_round
 from covey.strategies._fold import fold
 from covey.strategies._metrics import MetricsFn, weighted_metrics
 from covey.strategies._names import TRAINS_NO_CLIENT, refuse_flower_methods, unknown_options
@@ -111,6 +111,7 @@ class Strategy:
             the clients and returns a :class:`FitOutcome` (set by
             :func:`covey.secagg.secure`; None: one fit task per client). With
             per-client configs it is also passed ``configs=``, each client's whole config.
+            It combines the round's fit metrics itself, so ``fit_metrics`` is refused beside it.
         fit_config_entries: Entries every fit task's config carries besides those of
             :meth:`fit_config`, even when a subclass overrides it (set by
             :func:`covey.privacy.central` for ``"dp_clip"``).
@@ -192,8 +193,7 @@ class Strategy:
         """
         for attr in CALLS:
             check_call(getattr(self, attr), attr)
-        if self.fit_round is not None and self.sends_client_configs("fit"):
-            takes_configs(self.fit_round, self.source("client_fit_config", "on_client_fit_config"))
+        check_fit_round(self)
         check_hooks(self.hooks)
         if not isinstance(self.accept_failures, bool):
             raise TypeError(f"accept_failures must be True or False, got {self.accept_failures!r}")
