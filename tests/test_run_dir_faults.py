@@ -116,3 +116,57 @@ def test_a_failed_simulation_keeps_the_failed_round_and_why(
     monkeypatch.setenv("COLUMNS", "250")
     listed = CliRunner().invoke(app, ["runs", "list", "--dir", str(tmp_path / "runs")])
     assert "broken simulated (inline) failed 2/4" in " ".join(listed.output.split())
+
+
+_KILLED_AFTER_STORE = """
+import os, signal, sys
+import numpy as np
+import covey
+import covey.sim._simulate as simulate_module
+
+def killed(path, meta):  # the run's run.sqlite is made, its run.json not yet written
+    os.kill(os.getpid(), signal.SIGKILL)
+
+simulate_module.write_run_meta = killed
+
+class C(covey.Client):
+    def fit(self, weights, config):
+        return covey.FitResult(weights=dict(weights), num_examples=1)
+
+covey.simulate(lambda cid: C(), 2, 2, covey.FedAvg(fraction_evaluate=0.0),
+               {"w": np.zeros(2)}, run_dir=sys.argv[1])
+"""
+
+
+def test_a_simulation_killed_before_its_run_json_is_told_from_a_served_run(
+    tmp_path: Path,
+) -> None:
+    script, run_dir = tmp_path / "run.py", tmp_path / "run"
+    script.write_text(textwrap.dedent(_KILLED_AFTER_STORE))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.run(
+        [sys.executable, str(script), str(run_dir)], env=env, timeout=120, check=False
+    )
+    assert child.returncode == -signal.SIGKILL
+    assert (run_dir / "run.sqlite").is_file()
+    assert not (run_dir / "run.json").exists()
+    shown = CliRunner().invoke(app, ["runs", "show", str(run_dir)], env={"COLUMNS": "250"})
+    listed = CliRunner().invoke(app, ["runs", "list", str(tmp_path)], env={"COLUMNS": "250"})
+    run = read_run("run", run_dir)
+    for said in (shown.output, listed.output, run.meta["stopped_reason"]):
+        assert "covey server" not in said
+        assert f"covey.simulate(..., run_dir={str(run_dir)!r}, resume=True)" in said
+    assert shown.output.startswith(f"{run_dir}: stopped")
+    assert "the simulation's process was killed" in shown.output
+    assert run.kind == "simulated"
+    # The command it names continues the run, from its start.
+    result = covey.simulate(
+        lambda cid: Same(),
+        2,
+        2,
+        covey.FedAvg(fraction_evaluate=0.0),
+        {"w": np.zeros(2)},
+        run_dir=run_dir,
+        resume=True,
+    )
+    assert [r.round for r in result.history.rounds][-1] == 2

@@ -18,6 +18,7 @@ from rich.markup import escape
 from covey.cli._project_files import toml_key
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import output_console
+from covey.server._readcopy import is_simulation
 from covey.server._served import record_federation, resume_command
 
 __all__ = ["check_served_folder", "project_resume_hint", "serve_project"]
@@ -27,7 +28,7 @@ console = output_console()
 
 def check_served_folder(resume: Path) -> None:
     """Refuse ``--federation NAME --resume`` of a folder that holds no served run."""
-    if (resume / "run.json").is_file():  # a simulation's (a served run writes none)
+    if is_simulation(resume):  # run.json, or its run.sqlite's kind: a served run has neither
         fail(
             f"--resume {resume} holds a simulated run; continue it without --federation: "
             f"`covey run --resume {shlex.quote(str(resume))}`"

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from covey.cli._rounds import last_finished, step_of
 from covey.core._interrupt import shown_status
 from covey.dashboard._runjson import RunReadError, read_run_json
+from covey.server._readcopy import is_simulation
 from covey.server._rundb import is_held, open_read_only, schema_refusal
 from covey.server._served import how_to_continue, killed_server_reason
 from covey.sim._rundir import how_to_resume, resumed_from, stopped_simulation_reason
@@ -44,7 +45,7 @@ def why_stopped(folder: Path, status: str, history: History) -> str | None:
         if reason:  # "interrupted (SIGINT)" names itself
             said = reason if status == "interrupted" else f"failed: {reason}"
             return f"{said}{_resumable(folder, step, last)}"
-    if status == "stopped" and (folder / "run.json").is_file():
+    if status == "stopped" and is_simulation(folder):
         return f"stopped: {stopped_simulation_reason(folder, step, last)}"
     if status == "stopped" and (folder / "run.sqlite").is_file():
         return f"stopped: {killed_server_reason(folder)}"
@@ -57,7 +58,7 @@ def _stopped_reason(folder: Path, history: History) -> str | None:
     A server stopped before it wrote ``history.json`` logged it in its store only.
     """
     reason = _run_json(folder).get("stopped_reason") or history.stopped_reason
-    if not reason and not (folder / "run.json").is_file():
+    if not reason and not is_simulation(folder):
         reason = _logged_stop(folder / "run.sqlite")
     return reason if isinstance(reason, str) and reason else None
 
@@ -88,13 +89,14 @@ def _resumable(folder: Path, step: str, last: int | None) -> str:
 def continue_command(folder: Path) -> str | None:
     """The command that continues the run in ``folder`` from its checkpoint, quoted; or None.
 
-    A simulation (its ``run.json``) goes on with ``covey run --resume``, a served run
-    with its project's ``covey run --federation`` or ``covey server --resume``; each
-    with the tracker flags of its latest start. None: no checkpoint (``run.sqlite``).
+    A simulation (its ``run.json``, or the kind its ``run.sqlite`` records) goes on
+    with ``covey run --resume``, a served run with its project's ``covey run
+    --federation`` or ``covey server --resume``; each with the tracker flags of its
+    latest start. None: no checkpoint (``run.sqlite``).
     """
     if not (folder / "run.sqlite").is_file():
         return None
-    return how_to_resume(folder) if (folder / "run.json").is_file() else how_to_continue(folder)
+    return how_to_resume(folder) if is_simulation(folder) else how_to_continue(folder)
 
 
 def unreadable_store(db: Path) -> str:

@@ -45,6 +45,7 @@ from covey.dashboard._tally import Tally, tally_of
 from covey.dashboard._tally import as_number as as_number
 from covey.dashboard._tally import best_metric as best_metric
 from covey.dashboard._tally import metric_value as metric_value
+from covey.server._readcopy import is_simulation
 from covey.server._rundb import is_held
 from covey.server._served import how_to_continue, killed_server_reason
 from covey.sim._rundir import (
@@ -221,7 +222,7 @@ def read_run(
     if is_set_up_only(path):
         return _set_up_run(run_id, path)
     db = path / STORE
-    simulated = (path / META).is_file() or not db.is_file()  # a simulation keeps run.json
+    simulated = is_simulation(path) or not db.is_file()  # run.json, or run.sqlite's kind
     run = Run(run_id, path, "simulated" if simulated else "deployed")
     history = path / HISTORY
     if has_history(path) and damaged is None:  # no regular file: unreadable

@@ -147,7 +147,9 @@ def run_folder(run_dir: Path | None, resume: Path | None) -> Path:
             fail(f"--resume {resume}: its run.sqlite is not a file (a folder?); no run to continue")
         if not (resume / "run.sqlite").is_file():
             fail(f"--resume {resume}: no covey run there (no run.sqlite); start one with --run-dir")
-        if (resume / "run.json").is_file():  # served on, its folder would hold two kinds of run
+        from covey.server._readcopy import is_simulation
+
+        if is_simulation(resume):  # served on, its folder would hold two kinds of run
             from covey.sim._rundir import how_to_resume
 
             fail(
@@ -167,7 +169,9 @@ def run_folder(run_dir: Path | None, resume: Path | None) -> Path:
             "out for a fresh folder under runs/"
         )
     kept = [n for n in ("run.sqlite", "history.json", "run.json") if (run_dir / n).exists()]
-    if "run.sqlite" in kept and "run.json" not in kept:  # a served run (a simulation has both)
+    from covey.server._readcopy import is_simulation
+
+    if "run.sqlite" in kept and not is_simulation(run_dir):  # a served run
         fail(
             f"--run-dir {run_dir} already holds a run; continue it with "
             f"--resume {quote(str(run_dir))} or give another folder"

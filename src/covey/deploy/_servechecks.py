@@ -15,6 +15,7 @@ from covey.core._files import a_folder
 from covey.core._messages import MAX_ROUNDS
 from covey.core._metricvalues import fits_a_float
 from covey.server._kept import check_keep_last
+from covey.server._readcopy import is_simulation
 from covey.server._roundfiles import WEIGHTS_DIR
 from covey.server._rundb import LOCK_NAME, is_held
 from covey.server._store import RunStore
@@ -43,7 +44,7 @@ def check_new_run_dir(run_dir: str | os.PathLike[str]) -> None:
     kept = [name for name in RUN_FILES if (folder / name).exists()]
     if not kept:
         return
-    served = "run.sqlite" in kept and "run.json" not in kept  # a simulation writes run.json
+    served = "run.sqlite" in kept and not is_simulation(folder)
     more = (
         ": continue it with serve(..., resume=True) "
         f"(covey server --resume {shlex.quote(str(folder))}), or "

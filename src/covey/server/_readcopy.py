@@ -10,17 +10,25 @@ deleted when the connection closes.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
 import stat
 import tempfile
 import weakref
-from contextlib import suppress
+from contextlib import closing, suppress
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["LOCK_NAME", "cannot_write", "is_held", "open_copy", "open_read_only"]
+__all__ = [
+    "LOCK_NAME",
+    "cannot_write",
+    "is_held",
+    "is_simulation",
+    "open_copy",
+    "open_read_only",
+]
 
 LOCK_NAME: Final = "run.lock"
 """Held (``flock``) by the one server process that runs the run."""
@@ -160,3 +168,24 @@ def cannot_write(exc: sqlite3.Error) -> bool:
     return name.startswith(
         ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_FULL", "SQLITE_IOERR")
     )
+
+
+def is_simulation(folder: Path) -> bool:
+    """Whether the run in ``folder`` is a simulation's; False for a served run, or none.
+
+    A simulation writes ``run.json``, but only once its ``run.sqlite`` is made: a
+    simulation killed in between is told by the ``"kind": "simulated"`` its
+    ``run.sqlite`` records, in the transaction that made it. A ``run.sqlite`` that
+    cannot be read says nothing of its kind (its readers name what is wrong).
+    """
+    if (folder / "run.json").is_file():
+        return True
+    db = folder / "run.sqlite"
+    if not db.is_file():
+        return False
+    with suppress(sqlite3.Error, OSError, ValueError, RecursionError):
+        with closing(open_read_only(db)) as conn:
+            row = conn.execute("SELECT config FROM run WHERE id = 1").fetchone()
+        config = json.loads(str(row[0])) if row is not None else None
+        return isinstance(config, dict) and config.get("kind") == "simulated"
+    return False
