@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from _childenv import child_pythonpath
 from _procs import CoveyProcesses
 from covey.server._store import RunStore
 
@@ -71,7 +72,7 @@ class Federation(CoveyProcesses):
         self.markers.mkdir(exist_ok=True)
         self.n = clients
         environ = dict(os.environ)
-        environ["PYTHONPATH"] = os.pathsep.join([str(APPS), environ.get("PYTHONPATH", "")])
+        environ["PYTHONPATH"] = child_pythonpath(APPS)
         environ.update(
             {
                 "COVEY_RM_STRATEGY": strategy,

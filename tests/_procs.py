@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _childenv import child_pythonpath
+
 
 class CoveyProcesses:
     """Starts covey commands in ``tmp`` with ``env``; :meth:`close` kills what still runs."""
@@ -52,7 +54,8 @@ def interrupt_tiny_server(tmp: Path, sig: signal.Signals) -> tuple[int, str, Pat
     Returns its exit code, its standard error and its run folder.
     """
     apps = Path(__file__).parent / "apps"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(apps), *sys.path]), "COLUMNS": "250"}
+    path = child_pythonpath(apps, base=os.pathsep.join(sys.path))
+    env = {**os.environ, "PYTHONPATH": path, "COLUMNS": "250"}
     port_file, run = tmp / "port", tmp / "run"
     server = subprocess.Popen(
         [
@@ -88,7 +91,7 @@ def python_json(code: str, *args: str) -> Any:
     """
     child = subprocess.run(
         [sys.executable, "-c", code, *args],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        env={**os.environ, "PYTHONPATH": child_pythonpath(base=os.pathsep.join(sys.path))},
         capture_output=True,
         text=True,
         timeout=120,

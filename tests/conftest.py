@@ -11,6 +11,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
+from _childenv import child_pythonpath
+
+# Children (``covey`` commands, scripts) import covey from this checkout, whatever
+# their working folder and however relative this process's PYTHONPATH was.
+os.environ["PYTHONPATH"] = child_pythonpath()
+
 # No timing assertions anywhere: hypothesis must not fail a slow example either.
 settings.register_profile(
     "covey",

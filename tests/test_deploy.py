@@ -31,6 +31,7 @@ APPS = Path(__file__).parent / "apps"
 sys.path.insert(0, str(APPS))
 import digits_app  # noqa: E402
 
+from _childenv import child_pythonpath  # noqa: E402
 from _procs import CoveyProcesses  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -69,7 +70,7 @@ class Federation(CoveyProcesses):
         self.markers = tmp / "markers"
         self.markers.mkdir()
         environ = dict(os.environ)
-        environ["PYTHONPATH"] = os.pathsep.join([str(APPS), environ.get("PYTHONPATH", "")])
+        environ["PYTHONPATH"] = child_pythonpath(APPS)
         environ["COVEY_TEST_MARKERS"] = str(self.markers)
         environ.update(env)
         super().__init__(tmp, environ)
