@@ -480,6 +480,31 @@ def test_a_session_connected_a_minute_resets_the_retry_budget() -> None:
     assert budget.failures == 1
 
 
+def test_the_time_connected_to_a_server_is_not_counted_against_retry_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A client started before its server waits 50 s for the other clients, then the server
+    # crashes: the client gave up at once, its wait counted as seconds of failure.
+    from covey.transport.grpc import _refusal
+
+    clock = [0.0]
+    monkeypatch.setattr(_refusal, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    budget = _refusal.RetryBudget(retry_for=8.0)
+    budget.attempt_deadline()
+    clock[0] = 1.0
+    assert budget.next_delay() is not None  # no server yet: failing since 0
+    clock[0] = 6.0
+    budget.attempt_deadline()  # the server is up and welcomes the client at 6 s
+    clock[0] = 56.0
+    budget.session_ended(50.0, performed=0)  # and crashes before a round
+    assert budget.next_delay() is not None  # 6 s of failure, not 56
+    clock[0] = 58.0
+    budget.attempt_deadline()
+    clock[0] = 59.0
+    assert budget.next_delay() is None  # 9 s of failure: given up
+    assert (budget.failures, budget.dropped) == (3, 1)
+
+
 @pytest.mark.parametrize(
     "heartbeat", [float("inf"), 1e300, 1e10, 86400.0, 601.0, 1e-9, -1.0, float("nan")]
 )

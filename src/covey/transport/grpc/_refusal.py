@@ -415,6 +415,8 @@ class RetryBudget:
             return
         self.dropped += 1
         self.started = None  # failing from now on, not from when it connected
+        if self.since is not None:  # failing before it connected: not while connected
+            self.since += lasted
 
     def attempt_deadline(self) -> float | None:
         """Note that an attempt starts; when it must have got through (a monotonic time).
