@@ -213,3 +213,18 @@ def test_a_start_past_max_trees_or_a_cap_below_one_iteration_is_refused_before_r
         ):
             covey.simulate(client_fn, 2, 1, kind(max_trees=2), multi)
     assert built == []
+
+
+def test_covey_server_says_why_a_run_stopped_before_its_rounds() -> None:
+    # `covey server --rounds 10` of a run max_trees stopped after round 2 printed only
+    # "run finished after round 2": the reason was in history.json and `covey runs show`.
+    from covey.deploy._cli import _endings
+    from covey.deploy._console import ServerConsole
+
+    shares, _, _ = _cancer()
+    result = _run(XGBoostBagging(local_rounds=LOCAL, max_trees=15), BINARY, shares, 10)
+    _stopped_after(result, 2, 15)
+    lines: list[str] = []
+    _endings(result.history, ServerConsole(lines.append, 3, {}))
+    said = " ".join(lines)
+    assert "stopped early after round 2: max_trees=15 reached: after round 2 the booster" in said

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from covey.core._interrupt import interrupts_as_such, stop_on_sigterm
+from covey.core._runstep import last_finished_step
 from covey.deploy._cli_errors import (
     Settings,
     address_flag,
@@ -245,9 +246,18 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
 
 
 def _endings(history: Any, shown: Any) -> None:
-    """Name the rounds that did not aggregate; exit with status 1 if none did."""
+    """Say why the run stopped early, name the rounds that did not aggregate; exit 1 if none did.
+
+    A run ended by its strategy before its last round (``max_trees``, a privacy
+    budget) says why, as ``covey runs show`` does, rather than only that it finished.
+    """
     from covey.server._outputs import not_aggregated
 
+    if history.stopped_reason:
+        last = last_finished_step([r.round for r in history.rounds], history.stopped_reason)
+        step = shown.step
+        early = f"stopped early after {step} {last}" if last else f"stopped before any {step} finished"
+        shown.line(f"[yellow]{escape(f'{early}: {history.stopped_reason}')}[/]")
     said = not_aggregated(history)
     if said is not None:
         shown.line(f"[yellow]{escape(said)}[/]")
