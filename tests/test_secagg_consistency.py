@@ -206,6 +206,29 @@ def _without(table: dict[str, bytes], key: str) -> dict[str, bytes]:
     return {k: v for k, v in table.items() if k != key}
 
 
+def _directory(sites: Mapping[int, Site]) -> dict[str, Any]:
+    """Each site's signing key under its name, as a directory of the federation gives it."""
+    return {
+        site.secagg_identity.name: site.secagg_identity.peers[site.secagg_identity.name]
+        for site in sites.values()
+    }
+
+
+def _rewrite_reply(
+    server: Server, kind: str, cid: int, rewrite: Callable[[dict[str, Any]], dict[str, Any]]
+) -> None:
+    """Make the reply of kind ``kind`` from client ``cid`` carry ``rewrite(result)``."""
+    real = server.inner.exchange
+
+    def rewritten(tasks: Mapping[int, Task], *, timeout: float | None = None) -> Iterator[Reply]:
+        for reply in real(tasks, timeout=timeout):
+            if reply.kind == kind and reply.cid == cid:
+                reply = Reply(reply.cid, reply.kind, rewrite(reply.result))
+            yield reply
+
+    server.inner.exchange = rewritten  # type: ignore[method-assign]
+
+
 def _flip(sig: bytes) -> bytes:
     return sig[:-1] + bytes([sig[-1] ^ 1])
 
@@ -337,21 +360,9 @@ def test_too_many_dropouts_in_the_consistency_check_stop_before_anything_is_reve
 
 def test_with_the_directory_the_server_leaves_out_a_bad_signature() -> None:
     sites = _sites(6)
-    directory = {
-        site.secagg_identity.name: site.secagg_identity.peers[site.secagg_identity.name]
-        for site in sites.values()
-    }
     server = Server(sites)
-    real = server.inner.exchange
-
-    def corrupt(tasks: Mapping[int, Task], *, timeout: float | None = None) -> Iterator[Reply]:
-        for reply in real(tasks, timeout=timeout):
-            if reply.kind == "secagg.consistency" and reply.cid == 4:
-                reply = Reply(reply.cid, reply.kind, {"sig": _flip(reply.result["sig"])})
-            yield reply
-
-    server.inner.exchange = corrupt  # type: ignore[method-assign]
-    result = _run(server, directory=directory)
+    _rewrite_reply(server, "secagg.consistency", 4, lambda r: {"sig": _flip(r["sig"])})
+    result = _run(server, directory=_directory(sites))
     np.testing.assert_array_equal(result.total, _exact(sites))
     assert not any(c == 4 and t.kind == "secagg.unmask" for c, t in server.sent)
     assert server.errors("secagg.unmask") == {}
@@ -363,23 +374,9 @@ def test_with_the_directory_a_site_whose_keys_do_not_verify_is_told_why() -> Non
     # Left out at the advertisement, it was named in the server's log only: now the
     # result hands on why, in words of its own keys, for the round loop to tell it.
     sites = _sites(6)
-    directory = {
-        site.secagg_identity.name: site.secagg_identity.peers[site.secagg_identity.name]
-        for site in sites.values()
-    }
     server = Server(sites)
-    real = server.inner.exchange
-
-    def forged(tasks: Mapping[int, Task], *, timeout: float | None = None) -> Iterator[Reply]:
-        for reply in real(tasks, timeout=timeout):
-            if reply.kind == "secagg.advertise" and reply.cid == 3:
-                reply = Reply(
-                    reply.cid, reply.kind, {**reply.result, "sig": _flip(reply.result["sig"])}
-                )
-            yield reply
-
-    server.inner.exchange = forged  # type: ignore[method-assign]
-    result = _run(server, directory=directory)
+    _rewrite_reply(server, "secagg.advertise", 3, lambda r: {**r, "sig": _flip(r["sig"])})
+    result = _run(server, directory=_directory(sites))
     assert 3 in result.excluded
     assert result.refused == {
         3: "secure aggregation left this site out in stage advertise: keys not signed by "

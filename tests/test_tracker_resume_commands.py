@@ -164,20 +164,8 @@ def test_runs_show_and_the_dashboard_repeat_a_stopped_server_s_tracker_flags(
 
     monkeypatch.chdir(tmp_path)
     port_file = tmp_path / "port"
-    server = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "covey", "server", "--app", "tiny_app:server_app"),
-            *("--insecure", "--address", "127.0.0.1:0", "--port-file", str(port_file)),
-            *("--run-dir", "run", "--wait-timeout", "60", "--no-plot", *TRACKERS),
-        ],
-        cwd=tmp_path,
-        env=_env(Path(__file__).parent / "apps"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    server = _listening(tmp_path, port_file, "--run-dir", "run", *TRACKERS)
     try:
-        until_listening(server, port_file)
         server.send_signal(signal.SIGINT)  # waiting for its clients: no round logged
         _, err = server.communicate(timeout=60)
     finally:
@@ -222,6 +210,29 @@ def test_runs_show_repeats_a_stopped_simulation_s_tracker_flags(
     assert listed.exit_code == 0, listed.output
     assert "stopped" in listed.output
     assert _words_after(_quoted(listed.output, "covey run"), "--tensorboard") == _absolute()
+
+
+def _listening(folder: Path, port_file: Path, *args: str) -> subprocess.Popen[str]:
+    """``covey server`` of the tiny app in ``folder`` given ``args``, once it listens."""
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "covey", "server", "--app", "tiny_app:server_app"),
+            *("--insecure", "--address", "127.0.0.1:0", "--port-file", str(port_file)),
+            *("--wait-timeout", "60", "--no-plot", *args),
+        ],
+        cwd=folder,
+        env=_env(Path(__file__).parent / "apps"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        until_listening(server, port_file)
+    except BaseException:
+        server.kill()
+        server.wait(10)
+        raise
+    return server
 
 
 def _stop_simulation(project: Path, sig: signal.Signals, *args: str) -> str:
@@ -460,20 +471,8 @@ def test_a_resumed_server_killed_before_its_first_round_keeps_its_tracker_flags(
 
     def killed_once_listening(*args: str) -> None:
         port_file.unlink(missing_ok=True)
-        server = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "covey", "server", "--app", "tiny_app:server_app"),
-                *("--insecure", "--address", "127.0.0.1:0", "--port-file", str(port_file)),
-                *("--wait-timeout", "60", "--no-plot", *args),
-            ],
-            cwd=tmp_path,
-            env=_env(Path(__file__).parent / "apps"),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        server = _listening(tmp_path, port_file, *args)
         try:
-            until_listening(server, port_file)
             server.kill()  # waiting for its clients: no round of this start logged
             server.communicate(timeout=60)
         finally:

@@ -173,16 +173,22 @@ def test_a_run_that_recorded_its_local_rounds_resumes_without_a_warning(
     assert not _said(caplog, "recorded no")
 
 
+def _older_deployed(caplog: pytest.LogCaptureFixture) -> dict[str, Any]:
+    """XGBoostBagging(local_rounds=2) as an older covey recorded it; warnings caught."""
+    caplog.set_level(logging.WARNING, logger="covey")
+    older = XGBoostBagging(local_rounds=2).describe()
+    older["hyperparameters"] = {}  # as an older covey recorded XGBoostBagging()
+    older["aggregator"] = "bagging.<locals>.update"
+    return older
+
+
 def test_a_deployed_run_that_recorded_neither_resumes_warning_of_both(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from covey.server._resume import same_settings
     from covey.server._store import RunStore
 
-    caplog.set_level(logging.WARNING, logger="covey")
-    older = XGBoostBagging(local_rounds=2).describe()
-    older["hyperparameters"] = {}  # as an older covey recorded XGBoostBagging()
-    older["aggregator"] = "bagging.<locals>.update"
+    older = _older_deployed(caplog)
     with RunStore.create(tmp_path / "run", config={"strategy": older}) as store:
         same_settings(store, XGBoostBagging(weighted=False, local_rounds=2))
         with pytest.raises(ValueError, match=r"max_trees None \(the run's\) is 5 now"):
@@ -224,10 +230,7 @@ def test_a_deployed_run_that_recorded_neither_warns_of_them_once(
     from covey.server._resume import same_settings
     from covey.server._store import RunStore
 
-    caplog.set_level(logging.WARNING, logger="covey")
-    older = XGBoostBagging(local_rounds=2).describe()
-    older["hyperparameters"] = {}  # as an older covey recorded XGBoostBagging()
-    older["aggregator"] = "bagging.<locals>.update"
+    older = _older_deployed(caplog)
     with RunStore.create(tmp_path / "run", config={"strategy": older}) as store:
         same_settings(store, XGBoostBagging(local_rounds=2))
     with RunStore.open(tmp_path / "run", exclusive=True) as store:
