@@ -101,6 +101,17 @@ def python_json(code: str, *args: str) -> Any:
     return json.loads(child.stdout)
 
 
+def run_one_round(project: Path) -> subprocess.CompletedProcess[str]:
+    """``covey run PROJECT --set rounds=1`` in a terminal 200 columns wide, output kept."""
+    return subprocess.run(
+        [sys.executable, "-m", "covey", "run", str(project), "--set", "rounds=1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
 def until_listening(server: subprocess.Popen[str], port_file: Path) -> str:
     """The port ``server`` writes to ``port_file`` once it listens (60 s at most)."""
     for _ in range(600):

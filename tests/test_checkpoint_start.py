@@ -9,6 +9,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from _procs import run_one_round
 from covey.cli import app
 
 
@@ -26,13 +27,7 @@ def test_covey_run_names_the_apps_evaluate_fn_refusing_a_checkpoint_of_another_m
     server_app.write_text(
         text.replace(started, "initial_weights=logistic_init(features // 2, classes),")
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "covey", "run", str(project), "--set", "rounds=1"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    done = run_one_round(project)
     said = " ".join(done.stderr.split())
     assert done.returncode == 1, done.stdout + done.stderr
     assert "weight 'W' has shape (32, 10)" in said

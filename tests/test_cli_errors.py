@@ -15,6 +15,7 @@ from _clirun import (
     in_tmp,  # noqa: F401 - the fixture, used by pytestmark
     last_line,
 )
+from _procs import run_one_round
 
 pytestmark = pytest.mark.usefixtures("in_tmp")
 
@@ -623,13 +624,7 @@ def test_an_error_of_the_server_apps_own_names_the_server_app(tmp_path: Path) ->
     head = '    """The server app (``covey run`` calls this with the project settings)."""\n'
     assert head in text
     server.write_text(text.replace(head, head + '    raise OSError("header too large")\n'))
-    done = subprocess.run(
-        [sys.executable, "-m", "covey", "run", str(project), "--set", "rounds=1"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    done = run_one_round(project)
     assert done.returncode == 1, done.stdout + done.stderr
     assert " ".join(done.stderr.split()) == (
         "error: OSError: header too large (raised by server-app "
