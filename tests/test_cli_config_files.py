@@ -167,7 +167,8 @@ def test_a_policy_file_too_large_is_refused_unread(tmp_path: Path) -> None:
         (
             "server",
             '[server]\napp = "digits_app:server_app"\ninsecure = true\nround-timeout = -1\n',
-            "error: server.round-timeout in fed.toml must be a number above 0, got -1",
+            "error: server.round-timeout in fed.toml must be a finite number of seconds, above 0, "
+            "got -1",
         ),
         (
             "server",

@@ -338,14 +338,31 @@ def test_a_query_on_a_busy_port_says_so() -> None:
     ("args", "message"),
     [
         (["server", "--rounds", "-2"], "--rounds must be a whole number 0 or more, got -2"),
-        (["server", "--round-timeout", "-1"], "--round-timeout must be a number above 0, got -1.0"),
-        (["server", "--heartbeat", "0"], "--heartbeat must be a number above 0, got 0.0"),
-        (["server", "--wait-timeout", "nan"], "--wait-timeout must be a number above 0, got nan"),
+        (
+            ["server", "--round-timeout", "-1"],
+            "--round-timeout must be a finite number of seconds, above 0, got -1.0",
+        ),
+        (
+            ["server", "--heartbeat", "0"],
+            "--heartbeat must be a finite number of seconds, above 0, got 0.0",
+        ),
+        (
+            ["server", "--wait-timeout", "nan"],
+            "--wait-timeout must be a finite number of seconds, above 0, got nan",
+        ),
         (
             ["server", "--config", "bad.toml"],
             "server.rounds in bad.toml must be a whole number 0 or more, got 'ten'",
         ),
-        (["client", "--retry-for", "nan"], "--retry-for must be a number 0 or more, got nan"),
+        (
+            ["client", "--retry-for", "nan"],
+            "--retry-for must be a finite number of seconds, 0 or more, got nan",
+        ),
+        # "inf" is a float to the command line; it read "must be a number 0 or more, got inf".
+        (
+            ["client", "--retry-for", "inf"],
+            "--retry-for must be a finite number of seconds, 0 or more, got inf",
+        ),
         (["client", "--max-attempts", "0"], "--max-attempts must be a whole number above 0, got 0"),
         (
             ["client", "--config", "bad.toml"],

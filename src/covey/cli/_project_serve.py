@@ -72,7 +72,7 @@ def serve_project(
     insecure = bool(_switch(fed, "insecure", where))
     plot = _switch(fed, "plot", where)
     times = {
-        key: number(fed.get(key), f"{toml_key(key)} {where}")
+        key: number(fed.get(key), f"{toml_key(key)} {where}", seconds=True)
         for key in ("round_timeout", "wait_timeout", "heartbeat")
     }
     keep_last = number(fed.get("keep_last"), f"keep-last {where}", integer=True)

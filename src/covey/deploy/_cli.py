@@ -256,7 +256,9 @@ def _endings(history: Any, shown: Any) -> None:
     if history.stopped_reason:
         last = last_finished_step([r.round for r in history.rounds], history.stopped_reason)
         step = shown.step
-        early = f"stopped early after {step} {last}" if last else f"stopped before any {step} finished"
+        early = (
+            f"stopped early after {step} {last}" if last else f"stopped before any {step} finished"
+        )
         shown.line(f"[yellow]{escape(f'{early}: {history.stopped_reason}')}[/]")
     said = not_aggregated(history)
     if said is not None:
@@ -416,10 +418,10 @@ def server_command(
         "tls": tls,
         "insecure": insecure,
         "rounds": _number(rounds, s, "rounds", integer=True, zero=True),
-        "round_timeout": _number(round_timeout, s, "round_timeout"),
+        "round_timeout": _number(round_timeout, s, "round_timeout", seconds=True),
         "round_retries": _number(round_retries, s, "round_retries", integer=True, zero=True),
-        "wait_timeout": _number(wait_timeout, s, "wait_timeout"),
-        "heartbeat": _number(heartbeat, s, "heartbeat"),
+        "wait_timeout": _number(wait_timeout, s, "wait_timeout", seconds=True),
+        "heartbeat": _number(heartbeat, s, "heartbeat", seconds=True),
         "plot": plot,
         "compression": scheme,
         "keep_last": _number(keep_last, s, "keep_last", integer=True),

@@ -229,7 +229,7 @@ def client_command(
         fail("give --server HOST:PORT, the address the server listens on")
     address = address_flag(address, s.name(server, "server", "--server"), listen=False)
     attempts = _number(max_attempts, s, "max_attempts", integer=True)
-    retry = _number(retry_for, s, "retry_for", 600.0, zero=True)
+    retry = _number(retry_for, s, "retry_for", 600.0, zero=True, seconds=True)
     the_cid = _number(cid, s, "cid", integer=True, zero=True)
     task_cap = _task_cap(
         _pick(max_task_mb, s, "max_task_mb", None),

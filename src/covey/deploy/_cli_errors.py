@@ -388,7 +388,9 @@ def compression_spec(spec: Any, flag: str = "--compression") -> str | None:
     return spec
 
 
-def number(value: Any, flag: str, *, integer: bool = False, zero: bool = False) -> Any:
+def number(
+    value: Any, flag: str, *, integer: bool = False, zero: bool = False, seconds: bool = False
+) -> Any:
     """``value`` of ``flag`` (or of its ``--config`` key), checked; None passes.
 
     Args:
@@ -396,6 +398,8 @@ def number(value: Any, flag: str, *, integer: bool = False, zero: bool = False) 
         flag: The flag, named in the error.
         integer: Whether it must be a whole number.
         zero: Whether 0 is allowed (else it must be above 0).
+        seconds: Whether it is a time in seconds (named so in the error, which
+            says "finite": ``inf`` is a float the command line takes, not "forever").
 
     Returns:
         ``value``, a finite number of the right kind and range.
@@ -411,6 +415,8 @@ def number(value: Any, flag: str, *, integer: bool = False, zero: bool = False) 
         or (value == 0 and not zero)
     ):
         what = "a whole number" if integer else "a number"
+        if seconds:
+            what = "a finite number of seconds,"
         fail(f"{flag} must be {what} {'0 or more' if zero else 'above 0'}, got {value!r}")
     return value
 
