@@ -349,6 +349,33 @@ def test_a_stopped_run_names_the_last_round_that_finished(
     assert said in early
 
 
+@pytest.mark.parametrize(
+    ("rounds", "reason", "count"),
+    [
+        ([0, 1], "round 1: the aggregation step failed", "0/3"),  # it read 1/3
+        ([0, 1, 2], "round 2: 0 of 5 sampled clients replied", "1/3"),
+        ([0, 1], "privacy budget: round 2 would spend epsilon", "1/3"),
+    ],
+)
+def test_runs_list_counts_the_rounds_that_finished_as_show_does(
+    tmp_path: Path, rounds: list[int], reason: str, count: str
+) -> None:
+    history = History(
+        [RoundRecord(r) for r in rounds],
+        config={"backend": "grpc", "rounds": 3},
+        stopped_reason=reason,
+    )
+    _show(tmp_path, "run", history)
+    listed = CliRunner().invoke(app, ["runs", "list", str(tmp_path)], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0, listed.output
+    row = next(
+        line.split()
+        for line in listed.output.splitlines()
+        if line.split()[:2] == ["run", "deployed"]
+    )
+    assert count in row, row
+
+
 def test_a_killed_servers_run_says_what_its_resume_needs(tmp_path: Path) -> None:
     # `covey server --resume RUN` alone is refused (it needs the app and the security
     # the server was started with, which the run does not record): the hint says so.

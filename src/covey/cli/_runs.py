@@ -302,7 +302,9 @@ def _row(
         damaged.append(history)
         return [escape(name), "-", "unreadable", *["-"] * 4, modified]
     backend = history.config.get("backend", "-")
-    last = history.rounds[-1].round if history.rounds else "-"
+    # As ``covey runs show`` counts: a round the run failed in (its record kept) did not finish.
+    done = last_finished(history)
+    last = "-" if done is None else done
     planned = history.config.get("rounds", "?")
     clients = history.config.get("num_clients") or len(history.clients) or "-"
     status = run_status(folder, history)
