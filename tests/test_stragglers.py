@@ -234,3 +234,13 @@ def test_a_synchronous_round_records_the_simulated_time_it_took(
     )
     clocks = [r.aggregate_info["clock"] for r in result.history.rounds[1:]]
     assert clocks == [per_round, 2 * per_round, 3 * per_round]
+
+
+@pytest.mark.parametrize("error", ["no reply in time", "busy: still training round 1"])
+def test_a_deployed_rounds_deadline_hint_names_serves_setting_and_the_flag(error: str) -> None:
+    # It named --round-timeout alone, which a serve(round_timeout=...) user never typed.
+    from covey.core._history import Failure
+    from covey.server._retry import deadline_hint
+
+    hint = deadline_hint([Failure(1, "fit", error)], sampled=2, min_fit_clients=2)
+    assert hint.endswith("allow more time (round_timeout / --round-timeout)"), hint

@@ -147,7 +147,10 @@ def deadline_hint(failures: list[Failure], sampled: int, min_fit_clients: int) -
     late = [f.error for f in failures if f.error.startswith(_LATE)]
     if sampled > min_fit_clients or not late:
         return ""
-    more = "round_deadline" if any(e.startswith("straggler:") for e in late) else "--round-timeout"
+    # A deployed round's deadline is serve(round_timeout=...) or covey server's flag: the
+    # server is not told which the user gave, so both are named.
+    deployed = "round_timeout / --round-timeout"
+    more = "round_deadline" if any(e.startswith("straggler:") for e in late) else deployed
     return (
         "a round sampling no more than min_fit_clients stops at one straggler: sample more "
         f"clients (fraction_fit), lower min_fit_clients or allow more time ({more})"
