@@ -490,3 +490,35 @@ def test_a_resumed_server_killed_before_its_first_round_keeps_its_tracker_flags(
     }
     resume = _quoted(how_to_continue(tmp_path / "run"), "covey server --resume")
     assert _words_after(resume, "--tensorboard") == _absolute()
+
+
+def test_a_resume_without_the_recorded_tracker_flags_warns_it_logs_to_no_tracker(
+    project: Path,
+) -> None:
+    # Resumed without --tensorboard, the run went on logging to no tracker, unsaid.
+    from covey.server._served import TRACKERS_FILE
+
+    def covey_run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "covey", "run", "demo", *args],
+            cwd=project.parent,
+            env=_env(project),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    first = covey_run("--set", "rounds=1")
+    assert first.returncode == 0, first.stdout + first.stderr
+    (run,) = project.glob("runs/*")
+    kept = {"flags": {"tensorboard": str(project / "tb")}}  # as a start with the flag keeps it
+    (run / TRACKERS_FILE).write_text(json.dumps(kept))
+    resumed = covey_run("--resume", str(run), "--set", "rounds=2")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    said = " ".join((resumed.stdout + resumed.stderr).split())
+    assert (
+        f"without the tracker flags its latest start was given (--tensorboard {project / 'tb'})"
+        in said
+    )
+    assert "this start logs to no tracker" in said
+    assert not (project / "tb").exists()  # the trackers used are as they were: none

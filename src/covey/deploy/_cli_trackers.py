@@ -13,6 +13,7 @@ continues the run (``covey runs show``, the dashboard) repeats them.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -27,6 +28,8 @@ from covey.server._served import TRACKERS_FILE
 
 if TYPE_CHECKING:  # covey.core brings NumPy, which `covey --help` goes without
     from covey.core import RoundRecord
+
+logger = logging.getLogger("covey")
 
 __all__ = [
     "TRACKERS_FILE",
@@ -288,6 +291,8 @@ def open_trackers(flags: dict[str, Any], refused: Callable[[], Any] | None = Non
     run_dir: Path = flags["run"]
     resuming = bool(flags["resuming"])
     experiment = str(flags.get("experiment") or "covey")
+    if resuming and not any(given.get(key) is not None for key in TRACKER_KEYS):
+        _warn_untracked(run_dir)
     tensorboard = _text(given.get("tensorboard"), names["tensorboard"], '"tb/run-1"')
     store = _text(given.get("mlflow"), names["mlflow"], '"file:./mlruns"')
     chosen = _text(given.get("mlflow_experiment"), names["mlflow_experiment"], '"digits"')
@@ -321,6 +326,25 @@ def open_trackers(flags: dict[str, Any], refused: Callable[[], Any] | None = Non
     loggers.append(mlflow)
     kept = {"store": _store_key(store), "experiment": experiment, "run_id": mlflow.run_id}
     return Trackers(loggers, run_dir, None if run_id is not None else kept, typed)
+
+
+def _warn_untracked(run_dir: Path) -> None:
+    """Warn that a run resumed without tracker flags logs to none, though it was started with some.
+
+    A resume goes on with the trackers its start names, none of them kept from
+    the run's earlier starts; the flags the latest one was given are in
+    :data:`TRACKERS_FILE`, which this start writes over.
+    """
+    from covey.server._served import recorded_trackers, tracker_words
+
+    words = tracker_words(recorded_trackers(run_dir))
+    if words:
+        logger.warning(
+            "resuming %s without the tracker flags its latest start was given (%s): this start "
+            "logs to no tracker; give them again to go on logging where the run did",
+            run_dir,
+            " ".join(words),
+        )
 
 
 def _holds_events(folder: Path) -> bool:
