@@ -132,7 +132,7 @@ def test_a_run_that_cannot_reach_its_minimum_stops_and_records_why(tmp_path: Pat
     assert str(caught.value).endswith(
         "fewer than min_fit_clients=3; a round sampling no more than min_fit_clients stops at "
         "one straggler: sample more clients (fraction_fit), lower min_fit_clients or allow more "
-        "time (--round-timeout); failures: slow: no reply in time"
+        "time (round_timeout / --round-timeout); failures: slow: no reply in time"
     )
     assert history.stopped_reason == str(caught.value)
     assert sorted(history.clients.values()) == ["a", "b", "slow"]
