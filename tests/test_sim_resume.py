@@ -278,6 +278,48 @@ def test_a_resume_with_another_aggregator_of_ones_own_is_refused_naming_it(
     assert resumed.history.rounds[-1].round == 3
 
 
+def _adam(eta: Any, beta1: Any) -> covey.Strategy:
+    return covey.FedAdam(eta=eta, beta1=beta1, fraction_evaluate=0.0)
+
+
+@pytest.mark.parametrize(
+    ("started", "now"),
+    [
+        (_adam(np.float64(0.1), np.float32(0.9)), _adam(0.1, 0.9)),
+        (_adam(0.1, 0.9), _adam(np.float64(0.1), np.float32(0.9))),
+    ],
+    ids=["numpy-then-python", "python-then-numpy"],
+)
+def test_a_resume_with_numpy_or_python_numbers_of_the_same_value_goes_on(
+    tmp_path: Path, started: covey.Strategy, now: covey.Strategy
+) -> None:
+    # The aggregator was recorded with NumPy's repr, server_adam(eta=np.float64(0.1), ...),
+    # so the same rates given as Python floats were refused as another aggregator.
+    assert "np." not in started.describe()["aggregator"]
+    _stopped(tmp_path / "run", strategy=started)
+    with pytest.raises(ValueError, match=r"strategy aggregator .*server_adam\(eta=0.5, beta1=0.9"):
+        _sim(tmp_path / "run", 3, resume=True, strategy=_adam(np.float64(0.5), 0.9))
+    assert _sim(tmp_path / "run", 3, resume=True, strategy=now).history.rounds[-1].round == 3
+
+
+def test_a_run_whose_aggregator_was_recorded_with_numpy_reprs_resumes_with_the_same_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from covey.aggregate import _order
+
+    with monkeypatch.context() as older:  # an older covey wrote NumPy's repr
+        older.setattr(_order, "_python", lambda value: value, raising=False)
+        started = _adam(np.float64(0.1), np.float32(0.9))
+        assert "eta=np.float64(0.1), beta1=np.float32(0.9)" in started.describe()["aggregator"]
+        _stopped(tmp_path / "run", strategy=started)
+    with pytest.raises(ValueError, match=r"strategy aggregator .*np.float64\(0.1\).*eta=0.5"):
+        _sim(tmp_path / "run", 3, resume=True, strategy=_adam(0.5, 0.9))
+    assert (
+        _sim(tmp_path / "run", 3, resume=True, strategy=_adam(0.1, 0.9)).history.rounds[-1].round
+        == 3
+    )
+
+
 def test_a_resumed_simulation_is_marked_running_while_it_runs(tmp_path: Path) -> None:
     import sqlite3
 

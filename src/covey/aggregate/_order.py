@@ -18,6 +18,11 @@ from collections.abc import Callable
 from itertools import pairwise
 from typing import Any, TypeVar, cast
 
+import numpy as np
+
+from covey.aggregate._flat import written_fraction
+from covey.core._messages import plain
+
 __all__ = [
     "CLIENT",
     "REDUCER",
@@ -64,10 +69,27 @@ def described(factory: _F) -> _F:
 
 
 def _said(value: Any) -> str:
-    """An argument as text: a function by its qualified name, anything else by its repr."""
+    """An argument as text: a function by its qualified name, anything else by its repr.
+
+    A NumPy number is written as the Python one it equals (``np.float64(0.1)`` as
+    ``0.1``, ``np.float32(0.1)`` as the ``0.1`` it prints as, ``np.True_`` as
+    ``True``), in a tuple or list too, so that a step given either is described
+    alike and a run started with one resumes with the other.
+    """
     if callable(value):
         return str(getattr(value, "__qualname__", type(value).__qualname__))
-    return repr(value)
+    return repr(_python(value))
+
+
+def _python(value: Any) -> Any:
+    """``value`` with its NumPy numbers (in a tuple or list too) as Python ones."""
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.generic):
+        return plain(written_fraction(value))
+    if type(value) in (tuple, list):
+        return type(value)(_python(item) for item in value)
+    return value
 
 
 def describe_step(step: Any) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import sqlite3
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -218,7 +219,8 @@ def strategy_changes(stored: Any, strategy: Strategy, parts: tuple[str, ...]) ->
     changes = []
     for part in parts:
         if isinstance(stored.get(part), str):  # the aggregator (None: an older covey's run)
-            if stored[part] != given.get(part) and not _formerly(stored[part], strategy, given):
+            same = _numpy_free(stored[part]) == _numpy_free(given.get(part))
+            if not same and not _formerly(stored[part], strategy, given):
                 changes.append(f"{part} {stored[part]!r} (the run's) is {given.get(part)!r} now")
             continue
         if not isinstance(stored.get(part), dict):
@@ -233,6 +235,23 @@ def strategy_changes(stored: Any, strategy: Strategy, parts: tuple[str, ...]) ->
             if old.get(key) != new.get(key):
                 changes.append(f"{key} {old.get(key)!r} (the run's) is {new.get(key)!r} now")
     return changes
+
+
+_NUMPY_NUMBER = re.compile(
+    r"(?<![\w.])np\.(?:u?int(?:8|16|32|64)|float(?:16|32|64))\(([-+.\w]+)\)|(?<![\w.])np\.(True|False)_"
+)
+"""A NumPy number as an older covey wrote it in an aggregator's text: ``np.float64(0.1)``."""
+
+
+def _numpy_free(text: Any) -> Any:
+    """``text`` with each NumPy number in it as the Python one it equals.
+
+    An older covey wrote an aggregator's NumPy arguments by their repr
+    (``np.float64(0.1)``), covey writes them as the number (``0.1``) now.
+    """
+    if not isinstance(text, str):
+        return text
+    return _NUMPY_NUMBER.sub(lambda match: match.group(1) or match.group(2), text)
 
 
 def _formerly(stored: str, strategy: Strategy, given: dict[str, Any]) -> bool:
