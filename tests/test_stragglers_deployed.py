@@ -18,7 +18,7 @@ import pytest
 
 import covey
 from _live import Joined, Raw, Served
-from covey.core._messages import Scalar
+from covey.core._messages import Reply, Scalar
 from covey.server._store import RunStore
 from covey.transport.grpc import _client
 from covey.transport.grpc._frames import PROTOCOL, server_message
@@ -575,3 +575,83 @@ def test_a_reply_cut_off_by_the_end_of_the_run_is_told_at_info(
         registry.abandoned(conn, 42, 0, 1024)  # type: ignore[arg-type]
     levels = [r.levelno for r in caplog.records if "closed (its round or the run)" in r.message]
     assert levels == [logging.WARNING, logging.INFO]
+
+
+def test_a_client_busy_with_an_earlier_task_fails_its_evaluation_at_once() -> None:
+    # Its fit of round 1 missed a short deadline and still runs; the evaluation that
+    # follows has a deadline far longer than the test's bound. Waiting for the busy
+    # client until that deadline (as the server did) would cost all of it for nothing.
+    gate = threading.Event()
+    sites = {name: Evaluating(name) for name in ("a", "slow")}
+    sites["slow"].gate = gate
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0)
+    joined = [Joined(transport.port, site, name=name) for name, site in sites.items()]
+    weights = {"w": np.zeros(2)}
+    try:
+        assert transport.wait_for_clients(2, 30)
+        ids = {transport.client_name(cid): cid for cid in transport.clients()}
+        fit = covey.core.Task("fit", 1, {"round": 1}, weights)
+        replies = list(transport.exchange({cid: fit for cid in ids.values()}, timeout=0.5))
+        assert [r.cid for r in replies] == [ids["a"]]  # the slow one's fit still runs
+        assert sites["slow"].started.wait(30)
+        evaluate = covey.core.Task("evaluate", 1, {}, weights)
+        tasks = {cid: evaluate for cid in ids.values()}
+        got: list[Reply] = []
+        worker = threading.Thread(
+            target=lambda: got.extend(transport.exchange(tasks, timeout=300.0)), daemon=True
+        )
+        worker.start()
+        worker.join(30)  # shorter than the straggler's gate holds it (Site.fit)
+        assert not worker.is_alive(), "the evaluation waited for the busy client"
+        assert not gate.is_set()
+        answered = {r.cid: r for r in got}
+        assert answered[ids["a"]].ok, answered[ids["a"]].error
+        busy = answered[ids["slow"]]
+        assert (busy.kind, busy.error) == (
+            "evaluate",
+            "busy: still working on its fit task, whose time ran out, when this evaluation "
+            "began, so it was not asked to evaluate (a client runs one task at a time)",
+        )
+        assert not transport.reached(ids["slow"])  # never sent: its bytes do not count
+        assert transport.reached(ids["a"])
+    finally:
+        gate.set()
+        transport.close("the run is over")
+        for client in joined:
+            client.join(30)
+    assert sites["slow"].evaluations == 0  # it was never sent the evaluation
+    assert sites["a"].evaluations == 1
+
+
+def test_a_served_run_records_a_straggler_busy_for_the_evaluation_of_its_round() -> None:
+    gate = threading.Event()
+    strategy = _strategy(
+        min_fit_clients=2, min_available_clients=3, fraction_evaluate=1.0, min_evaluate_clients=2
+    )
+    served = Served(strategy, 1, round_timeout=1.0)
+    sites = {name: Evaluating(name) for name in SIZES}  # "b" fails its evaluation
+    sites["slow"].gate = gate
+    joined = [Joined(served.port, site, name=name) for name, site in sites.items()]
+    try:
+        result = served.join(60)
+        assert not gate.is_set()  # the run ended with the straggler still in its fit
+    finally:
+        gate.set()
+        for client in joined:
+            client.join(30)
+    (record,) = result.history.rounds[1:]
+    assert [(f.name, f.stage, f.error) for f in record.fit_failures] == [
+        ("slow", "fit", "no reply in time")
+    ]
+    failed = sorted((f.name, f.stage, f.error) for f in record.evaluate_failures)
+    assert failed == [
+        ("b", "evaluate", "OSError: the test set is not mounted"),
+        (
+            "slow",
+            "evaluate",
+            "busy: still working on its fit task, whose time ran out, when this evaluation "
+            "began, so it was not asked to evaluate (a client runs one task at a time)",
+        ),
+    ]
+    assert [result.history.name_of(c) for c in record.evaluate_participants] == ["a"]
+    assert sites["slow"].evaluations == 0

@@ -48,6 +48,14 @@ def _busy(kind: str) -> str:
     )
 
 
+def _busy_now(kind: str) -> str:
+    """Why a client still working on a task of a closed exchange was not sent an evaluate task."""
+    return (
+        f"busy: still working on its {kind} task, whose time ran out, when this evaluation "
+        "began, so it was not asked to evaluate (a client runs one task at a time)"
+    )
+
+
 _HELD = (
     "busy: still working on an earlier task when this one's time ran out, so it was never "
     "sent (a client runs one task at a time)"
@@ -174,15 +182,7 @@ class GrpcServerTransport:
         replies = sink.replies
         try:
             expecting = set(tasks)
-            # Clients still working on a task of a closed round (stragglers) get theirs
-            # once they are free, within this exchange's deadline: never two at once.
-            deferred: dict[int, tuple[Task, _codec.Encoded | None, str]] = {}
-            for cid in sorted(tasks):
-                task = tasks[cid]
-                blob = self._encode(task.weights)
-                busy = self._send(cid, task, blob, sink)
-                if busy:
-                    deferred[cid] = (task, blob, busy)
+            deferred = self._send_all(tasks, sink)
             while expecting:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -218,6 +218,31 @@ class GrpcServerTransport:
             self._broadcast = (None, None)
             self._extras = (None, None)
             self._reply_limits = (None, NO_MODEL)
+
+    def _send_all(
+        self, tasks: Mapping[int, Task], sink: Sink
+    ) -> dict[int, tuple[Task, _codec.Encoded | None, str]]:
+        """Send each task that can go now, its reply to go to ``sink``; those held back.
+
+        Clients still working on a task of a closed round (stragglers) get theirs
+        once they are free, within the exchange's deadline: never two at once. An
+        evaluate task is not held for them (an evaluation is not worth a whole
+        deadline): it fails at once as busy, never sent.
+
+        Returns:
+            ``cid -> (task, weights, kind of the task it still works on)`` of the held tasks.
+        """
+        deferred: dict[int, tuple[Task, _codec.Encoded | None, str]] = {}
+        for cid in sorted(tasks):
+            task = tasks[cid]
+            blob = self._encode(task.weights)
+            busy = self._send(cid, task, blob, sink)
+            if busy and task.kind == "evaluate":
+                self._unreached.add(cid)
+                sink.replies.put(Reply(cid, task.kind, error=_busy_now(busy)))
+            elif busy:
+                deferred[cid] = (task, blob, busy)
+        return deferred
 
     def spill_to(self, folder: str | Path | None) -> None:
         """Keep replies too large for memory in ``folder`` (None: the system's temporary one)."""
