@@ -169,10 +169,14 @@ def quantize(values: np.ndarray, clip: float, bits: int) -> np.ndarray:
             "raise clip_range or clip the update yourself"
         )
     rng = np.random.default_rng(np.frombuffer(os.urandom(16), dtype=np.uint64))
-    # floor(s + U) with U uniform in [0, 1) rounds s up with probability frac(s).
-    scaled = np.asarray(rng.random(x.shape), dtype=np.float64)  # an array, whatever the stubs say
-    scaled += x * scale(clip, bits)
-    np.floor(scaled, out=scaled)
+    # floor(v) + 1 with probability frac(v): floor(v + U) would round v + U to the
+    # next integer for U within half a unit in the last place of 1, so that an
+    # integer v far from 0 (48 bits) was sometimes stepped up.
+    scaled = x * scale(clip, bits)
+    low = np.floor(scaled)
+    scaled -= low
+    low += rng.random(x.shape) < scaled
+    scaled = low
     top = (1 << (bits - 1)) - 1
     np.clip(scaled, -top, top, out=scaled)  # only float rounding at exactly +-clip can step past
     return scaled.astype(np.int64)
