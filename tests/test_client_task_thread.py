@@ -22,7 +22,7 @@ from covey.core._messages import Reply
 from covey.transport.grpc import _client, _taskthread
 from covey.transport.grpc._frames import PROTOCOL
 from covey.transport.grpc._server import GrpcServerTransport
-from covey.transport.grpc._tasks import ConnectResult
+from covey.transport.grpc._tasks import UNKNOWN_KIND, ConnectResult
 from covey.transport.grpc._wire import WireLimits
 from covey.transport.grpc.proto import covey_pb2 as pb
 
@@ -261,3 +261,25 @@ def test_a_server_times_out_a_task_queued_behind_a_hung_one_and_then_calls_the_c
         hung.release.set()
         transport.close("the run is over")
         client.join(30)
+
+
+def test_tasks_of_kinds_the_client_has_no_handler_for_are_counted_under_one_key() -> None:
+    # Counted by the kind the server named: a server naming a new kind in each task grew
+    # the client's count without bound, by keys of its own text (escape sequences too).
+    shared = _taskthread.Shared(ConnectResult())
+    limits = _client.TaskLimits.of(None, 1 << 20)
+    session = _client._Session(covey.Client(), "c", {}, 5.0, limits, None, shared)
+    session.worker = threading.Thread(target=_taskthread.serve_tasks, args=(session, _client._END))
+    session.worker.start()
+    made_up = [f"\x1b[2Jkind {i}" for i in range(50)]
+    for task_id, kind in enumerate(["properties", *made_up, "properties"], start=1):
+        header = pb.TaskHeader(task_id=task_id, kind=kind, round=1, config=b"{}")
+        session.tasks.put((0, header, None, True))
+    for _ in range(600):  # until every task ran (a bound, not a timing)
+        if shared.result.tasks == 52:
+            break
+        session.worker.join(0.05)
+    session.close()
+    session.worker.join(30)
+    assert shared.result.tasks == 52
+    assert shared.result.kinds == {"properties": 2, UNKNOWN_KIND: 50}

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from covey.clients._client import hand_over, not_an_exception, run_task
+from covey.clients._client import hand_over, not_an_exception, run_task, task_kinds
 from covey.core import _codec
 from covey.core._messages import Reply, Task
 from covey.core._weights import WeightsError
@@ -27,7 +27,9 @@ from covey.transport.grpc._wirecheck import result_limits
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 __all__ = [
+    "UNKNOWN_KIND",
     "ConnectResult",
+    "counted_kind",
     "perform_task",
     "received_task",
     "refuse_task",
@@ -59,6 +61,20 @@ def run_on_task_thread(client: Any, cid: int, task: Task) -> Reply:
         return Reply(cid, task.kind, error=traceback.format_exc() + hint)
 
 
+UNKNOWN_KIND = "(unknown)"
+"""The key :attr:`ConnectResult.kinds` counts tasks of kinds without a handler under."""
+
+
+def counted_kind(kind: str) -> str:
+    """The key a task of ``kind`` is counted under: itself if this runtime performs it.
+
+    A server's task may name any kind; counted by name, a server sending a
+    thousand made-up kinds would grow the count by a thousand keys, each text of
+    its choosing.
+    """
+    return kind if kind in task_kinds() else UNKNOWN_KIND
+
+
 @dataclass
 class ConnectResult:
     """How a client's participation ended.
@@ -69,7 +85,9 @@ class ConnectResult:
         sessions: How many times it connected (the server welcomed it); failed
             connection attempts do not count.
         cid: The id the server gave it.
-        kinds: How many tasks of each kind (``"fit"``, ``"evaluate"``, ...) it performed.
+        kinds: How many tasks of each kind (``"fit"``, ``"evaluate"``, ...) it performed;
+            tasks of a kind this client has no handler for (a server may name any, each
+            failed) are counted together under :data:`UNKNOWN_KIND`.
     """
 
     reason: str = ""

@@ -22,7 +22,7 @@ from typing import Any
 from covey.transport.grpc._checks import shown_kind
 from covey.transport.grpc._frames import reply_frames
 from covey.transport.grpc._refusal import RetryBudget
-from covey.transport.grpc._tasks import ConnectResult, perform_task
+from covey.transport.grpc._tasks import ConnectResult, counted_kind, perform_task
 from covey.transport.grpc._told import Told
 
 __all__ = [
@@ -129,12 +129,13 @@ def serve_tasks(session: Any, end: object) -> None:
 
 def _perform(session: Any, task: str, cid: int, header: Any, buffer: Any, intact: bool) -> None:
     reply, sent = perform_task(session.client, cid, header, buffer, intact, session.limits)
+    kind = counted_kind(header.kind)  # a server's text: by name only if this client runs it
     with session.shared.changing(session.token) as live:
         if live is None:  # its session is over: the reply has no connection to go to
             logger.info("the %s ended after its connection was lost; its result is abandoned", task)
             return
         live.tasks += 1
-        live.kinds[header.kind] = live.kinds.get(header.kind, 0) + 1
+        live.kinds[kind] = live.kinds.get(kind, 0) + 1
         frames = reply_frames(
             header.task_id, reply, session.lanes.up, sent, header.reply_bytes, task
         )
