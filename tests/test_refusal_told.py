@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -305,3 +306,29 @@ def test_a_refusal_by_the_aggregation_step_names_the_site_as_this_site() -> None
         "refused by the aggregation step: qfedavg: this site reported no numeric 'loss' metric"
     )
     assert "client 1" not in said
+
+
+@pytest.mark.parametrize(
+    "reason", ["y" * 2500, "é" * 10**5, "weights: " + "\x1b" * 900 + "z" * 1500]
+)
+def test_a_long_refusal_is_shown_with_one_note_counting_what_was_left_out(
+    reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The server cut it to 2,000 characters and a note of its own, the client cut that again
+    # to 2,000: the server's note was left out, and the client's counted its characters alone.
+    told = Told()
+    told.replied("", 1)
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        assert told.heard(_refusal(refusal_frame(1, reason)))
+    (said,) = [r.getMessage() for r in caplog.records]
+    shown = said.removeprefix("round 1: the server refused this site's update: ")
+    assert len(shown) <= REFUSAL_CHARS
+    (note,) = re.findall(r" \[\.\.\. (\d+) characters left out \.\.\.\] ", shown)
+    head, tail = shown.split(f" [... {note} characters left out ...] ")
+    kept = sum(len(_unescaped(part)) for part in (head, tail))
+    assert int(note) + kept == len(reason)
+
+
+def _unescaped(shown: str) -> str:
+    """The text ``shown`` escaped, as it was."""
+    return shown.encode("ascii", "backslashreplace").decode("unicode_escape")

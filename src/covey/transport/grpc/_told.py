@@ -24,11 +24,10 @@ import threading
 from collections import OrderedDict
 
 from covey.core._text import clipped
-from covey.transport.grpc import _wire
 from covey.transport.grpc._frames import control
 from covey.transport.grpc.proto import covey_pb2 as pb
 
-__all__ = ["REFUSAL_CHARS", "REPLIES_KEPT", "Told", "refusal_frame"]
+__all__ = ["REFUSAL_CHARS", "REPLIES_KEPT", "Told", "refusal_frame", "sent_reason"]
 
 logger = logging.getLogger("covey")
 
@@ -43,13 +42,32 @@ _WHAT = {"fit": "update", "evaluate": "evaluation"}
 
 def refusal_frame(rnd: int, reason: str, stage: str = "fit", unit: str = "") -> bytes:
     """The control frame that tells a client its reply of round ``rnd`` was refused, and why."""
-    # A lone surrogate (from a name or a metric of the client's) cannot be sent as UTF-8:
-    # escaped, so the round loop that tells it never fails on it.
-    sendable = reason.encode("utf-8", "backslashreplace").decode("utf-8")
-    refusal = pb.Refusal(
-        round=rnd, unit=unit, stage=stage, reason=_wire.clipped_error(sendable, REFUSAL_CHARS)
-    )
+    refusal = pb.Refusal(round=rnd, unit=unit, stage=stage, reason=sent_reason(reason))
     return control(pb.ServerMessage(heartbeat=pb.Heartbeat(refusal=refusal)))
+
+
+_NOTE_ROOM = 64
+"""Characters a cut reason keeps free for :func:`~covey.core._text.clipped`'s note."""
+
+
+def sent_reason(reason: str) -> str:
+    r"""``reason`` as a server sends it: escaped, and at most :data:`REFUSAL_CHARS` characters.
+
+    A lone surrogate (from a name or a metric of the client's) cannot be sent as
+    UTF-8: escaped, so the round loop that tells it never fails on it. The note of
+    what a cut left out is counted in the cap, so the client, which cuts what it
+    shows to :data:`REFUSAL_CHARS` too, shows it as it came: one note, counting
+    all the characters left out.
+
+    Example:
+        >>> said = sent_reason("x" * 5000)
+        >>> len(said) <= REFUSAL_CHARS, said.count("left out")
+        (True, 1)
+    """
+    whole = clipped(reason, REFUSAL_CHARS)
+    if len(whole) <= REFUSAL_CHARS:
+        return whole
+    return clipped(reason, REFUSAL_CHARS - _NOTE_ROOM)
 
 
 class Told:
