@@ -430,8 +430,7 @@ def test_a_client_gives_up_on_a_server_that_welcomes_it_and_hangs_up_at_once() -
     assert said.startswith(f"could not stay connected to 127.0.0.1:{server.port} after 5 attempt")
     assert said.endswith(
         "the server closed the stream; 5 of those attempts reached a server that welcomed "
-        "this client, then ended the connection before a task was performed on it or 60 s "
-        "had passed"
+        "this client, then ended the connection before it sent a task or 60 s had passed"
     )
     assert server.joins == 5
 
@@ -460,6 +459,49 @@ def test_a_session_that_performs_a_task_resets_the_clients_retry_budget(
     finally:
         server.close()
     assert (done.reason, done.tasks, done.sessions) == ("over", 6, 7)
+
+
+def test_a_server_killed_while_its_clients_train_does_not_spend_their_retry_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A server restarted while its clients trained: each session had been sent a task but
+    # performed none before its connection went, so it counted as a failed attempt and the
+    # client gave up after max_attempts restarts (or a retry_for spent on a slow start).
+    from covey.clients._client import _HANDLERS
+    from covey.transport.grpc import _client as grpc_client
+    from covey.transport.grpc import _taskthread
+
+    monkeypatch.setattr(_taskthread, "TASK_WAIT", 0.05)  # the hung fit is not waited for
+    monkeypatch.setattr(grpc_client._Session.close, "__defaults__", (0.1,))
+    release = threading.Event()
+    started = threading.Semaphore(0)
+
+    def train(client: Any, task: Any) -> dict[str, int]:
+        started.release()
+        release.wait(60)
+        return {}
+
+    monkeypatch.setitem(_HANDLERS, "test.train", train)
+
+    def script() -> Iterator[bytes]:
+        if server.joins > 4:
+            yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason="over")))
+            return
+        header = pb.TaskHeader(task_id=server.joins, kind="test.train", round=1)
+        yield control(pb.ServerMessage(task=header))
+        if server.joins == 1:  # the first session's task runs (the others wait for it)
+            assert started.acquire(timeout=30)
+        # and the server is killed in the middle of the round
+
+    server = _HostileServer(script)
+    try:
+        done = connect(
+            Fit(), f"127.0.0.1:{server.port}", insecure=True, max_attempts=2, backoff=0.01
+        )
+    finally:
+        release.set()
+        server.close()
+    assert (done.reason, done.tasks, done.sessions) == ("over", 0, 5)
 
 
 def test_a_session_connected_a_minute_resets_the_retry_budget() -> None:

@@ -146,8 +146,7 @@ def given_up(address: str, failures: int, sessions: int, error: str, dropped: in
         failed = "could not stay connected to"
         error += (
             f"; {dropped} of those attempts reached a server that welcomed this client, then "
-            f"ended the connection before a task was performed on it or {STEADY_SECONDS:.0f} s "
-            "had passed"
+            f"ended the connection before it sent a task or {STEADY_SECONDS:.0f} s had passed"
         )
     return f"{failed} {address} after {failures} attempt(s): {error}"
 
@@ -163,14 +162,16 @@ def retry_delay(
     """The delay before the next attempt, once ``session`` ended with ``error``; logged.
 
     ``performed`` is ``result.tasks`` as the session started: a session the server
-    welcomed got through if it performed a task or stayed connected a while
-    (:meth:`RetryBudget.session_ended`).
+    welcomed got through if the server sent it a task (performed or not: a server
+    killed while its clients train is restarting, not failing) or it stayed
+    connected a while (:meth:`RetryBudget.session_ended`).
 
     Raises:
         ConnectionError: the retry budget is spent, naming why.
     """
     if session.welcomed:
-        budget.session_ended(time.monotonic() - session.welcomed_at, result.tasks - performed)
+        tasks = max(result.tasks - performed, session.received)
+        budget.session_ended(time.monotonic() - session.welcomed_at, tasks)
     delay = budget.next_delay()
     if delay is None:
         failures, dropped = budget.failures, budget.dropped

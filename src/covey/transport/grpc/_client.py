@@ -135,6 +135,7 @@ class _Session:
         self.welcomed = False
         self.welcomed_at = 0.0  # when (a monotonic time)
         self.refused = ""  # why this client refused a task, and so the server
+        self.received = 0  # tasks the server sent it that it took (their headers checked)
         self.cid = -1
         self.worker: threading.Thread | None = None
         # Tasks run on their own thread, so the stream keeps being read (and the
@@ -253,6 +254,7 @@ class _Session:
             except ConnectionError as exc:  # its model will not shrink: leave for good
                 self.refused = refuse_task(header, str(exc), self.outbound.put, _END, self)
                 return None
+            self.received += 1  # the server chose this client for a task: it got through
             if size and header.data_lane:  # its bytes come on the data connection
                 if self.lanes.down is None:
                     raise ConnectionError("the server sent a task's bytes on no data connection")
@@ -420,7 +422,7 @@ def connect(
         max_task_bytes: Most bytes one task may announce (without ``spec``).
         max_attempts: Give up after this many failed connection attempts in a row
             (None: no count limit; ``retry_for`` still applies). A session the server
-            ends before a task was performed on it, and within a minute
+            ends before it sent a task, and within a minute
             (:data:`~._refusal.STEADY_SECONDS`), counts as one.
         retry_for: Give up after this many seconds of failed attempts in a row
             (None: keep trying).

@@ -403,7 +403,11 @@ class RetryBudget:
     def session_ended(self, lasted: float, performed: int) -> None:
         """A session the server welcomed ended, after ``lasted`` seconds and ``performed`` tasks.
 
-        It got through if it performed a task, or stayed connected for
+        ``performed`` counts the tasks the server sent on it, whether or not they
+        were performed: a server that chose this client for a round got somewhere,
+        and one killed while its clients train is a server restarting, which the
+        client follows with a full budget. It got through if the server sent it a
+        task, or it stayed connected for
         :data:`STEADY_SECONDS`: the next failure then starts a new budget. A session
         the server ended sooner counts as a failed attempt, its time as connected
         left out: a server that welcomes each client and then drops it (a crash
