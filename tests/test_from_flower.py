@@ -565,6 +565,33 @@ def test_process_backend_a_write_into_the_mapped_model_names_the_likely_cause() 
     assert [f.cid for f in failures] == [1]
     assert "segmentation fault" in failures[0].error
     assert "read-only" in failures[0].error
+    assert "BatchNorm" not in failures[0].error  # its model has no running statistics
+
+
+class NormScribbler(AddOne):
+    """Writes into a BatchNorm's running mean as a layer in train mode does, behind NumPy."""
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        if self.cid == 1:
+            faulthandler.disable()  # in the forked worker only
+            _write_behind_numpy_s_back(weights["1.running_mean"])
+        return super().fit(weights, config)
+
+
+@pytest.mark.slow
+def test_process_backend_a_write_into_batch_norm_statistics_names_train_mode() -> None:
+    # The inline and Ray backends named BatchNorm's running statistics as the likely cause,
+    # a process worker's segmentation fault did not.
+    strategy = covey.FedAvg(fraction_evaluate=0.0, min_fit_clients=1)
+    model = {"0.weight": np.zeros(4), "1.running_mean": np.zeros(4), "1.running_var": np.ones(4)}
+    result = covey.simulate(NormScribbler, 3, 1, strategy, model, backend="process", num_workers=2)
+    failures = result.history.rounds[1].fit_failures
+    assert [f.cid for f in failures] == [1]
+    said = failures[0].error
+    assert "segmentation fault" in said
+    assert "BatchNorm running statistics ('1.running_mean', ...)" in said
+    assert "a BatchNorm layer in train mode updates them in place" in said
+    assert said.endswith("running this client")
 
 
 def test_multikrum_preset_weighs_by_examples_when_asked_as_flower_s_does() -> None:

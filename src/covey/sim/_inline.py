@@ -111,7 +111,7 @@ def lent_weights_changed(tasks: Mapping[int, Task], consequence: str) -> str:
         "Copy before writing: torch.tensor(array) rather than torch.from_numpy(array), "
         "model.coef_ = weights['coef'].copy() (or covey.sklearn.set_params), "
         "or array.copy()"
-        + _batch_norm(first.weights or {}, first.kind)
+        + batch_norm_hint(first.weights or {}, first.kind)
         + (_INITIAL_VIEWS.format(use=_USE.get(first.kind, "use")) if first.round == 1 else "")
     )
 
@@ -131,8 +131,13 @@ _RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
 """The buffers a torch BatchNorm layer updates in place at every forward pass in train mode."""
 
 
-def _batch_norm(weights: Weights, kind: str) -> str:
-    """The likely cause when ``weights`` hold a torch BatchNorm's running statistics."""
+def batch_norm_hint(weights: Weights, kind: str) -> str:
+    """The likely cause when ``weights`` hold a torch BatchNorm's running statistics.
+
+    Named by every backend's error for a write into the read-only global weights:
+    the inline and Ray backends' (:func:`lent_weights_changed`), and the segmentation
+    fault of a process worker, whose mapping the operating system protects.
+    """
     stats = [str(n) for n in weights if str(n).rpartition(".")[2] in _RUNNING_STATS]
     if not stats:
         return ""

@@ -35,6 +35,7 @@ from covey.core._codec import CodecError
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights
 from covey.sim import _logs, _pace, _shm, _start
+from covey.sim._inline import batch_norm_hint
 from covey.sim._pool import Worker as _Worker
 from covey.sim._pool import cleanup as _cleanup
 from covey.sim._pool import never_started as _never_started
@@ -219,8 +220,12 @@ class ProcessTransport:
                 _shm.sweep(worker.prefix)
                 self._workers[i] = _Worker(self._ctx, self._client_fn, i, self._pool, self._budget)
 
-    def _lost(self, w: int, why: str) -> str:
-        """Reap worker ``w``, whose pipe closed or spoke nonsense, and remove its files."""
+    def _lost(self, w: int, why: str, task: Task | None = None) -> str:
+        """Reap worker ``w``, whose pipe closed or spoke nonsense, and remove its files.
+
+        ``task``: the one it was running, whose weights a segmentation fault may
+        have been a write into (BatchNorm running statistics, say: the hint names them).
+        """
         worker = self._workers[w]
         process = worker.process
         process.join(5.0 if why == "died" else 0.0)
@@ -231,7 +236,11 @@ class ProcessTransport:
         _shm.sweep(worker.prefix)
         if why == "died" and not worker.started.value:
             return _never_started(self._ctx.get_start_method(), process.exitcode)
-        hint = _SEGFAULT_HINT if process.exitcode == -signal.SIGSEGV else ""
+        hint = ""
+        if process.exitcode == -signal.SIGSEGV:
+            hint = _SEGFAULT_HINT
+            if task is not None:
+                hint += batch_norm_hint(task.weights or {}, task.kind)
         return f"worker process {why} (exit code {process.exitcode}{hint})"
 
     def _stop_late(
@@ -399,8 +408,9 @@ class ProcessTransport:
                 except (EOFError, OSError, WireError) as exc:
                     # Its pipe closed, so the worker is exiting: reap it now, so that its
                     # exit code is known and the next exchange sees it dead and replaces it.
-                    error = self._lost(w, "died" if not isinstance(exc, WireError) else "failed")
                     running = next(iter(pending[w]))
+                    ended = "died" if not isinstance(exc, WireError) else "failed"
+                    error = self._lost(w, ended, tasks[running])
                     started = bool(self._workers[w].started.value)
                     for cid in sorted(pending[w]):
                         why = (
