@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import duckdb
@@ -128,11 +129,75 @@ def test_a_column_of_the_empty_name_is_refused_naming_the_site_and_column(
         message = r"^site 'north': table 't': column 2 has the empty name '', which SQL cannot"
         with pytest.raises(ValueError, match=message):
             Site({"t": source}, policy, name="north")
-    # A CSV line's trailing comma leaves its header an empty last cell: still loaded, as
-    # DuckDB's reader loads it (a column column2 of no value).
+    # A CSV line's trailing comma leaves its header an empty last cell over a column of
+    # no value: loaded without it (DuckDB's reader named it column2).
     (tmp_path / "t.csv").write_text("age,sex,\n30,F,\n40,M,\n")
     site = Site({"t": str(tmp_path / "t.csv")}, Policy(bounds={"age": (0, 100)}, min_group_size=1))
     assert query([site], "SELECT SUM(age) FROM t", secure=False)["SUM(age)"].tolist() == [70.0]
+    with pytest.raises(PolicyError, match="column2"):
+        query([site], "SELECT COUNT(column2) FROM t", secure=False)
+
+
+@pytest.mark.parametrize(
+    ("header", "cell", "auto"),
+    [
+        ("age,,city", "an empty cell", "column1"),
+        ("age, ,city", "only white space, ' '", "column1"),
+        ('age,"",city', "an empty cell", "column1"),
+        ("age,\u00a0,city", "only white space, '\\xa0'", "C1"),
+    ],
+)
+def test_a_csv_header_cell_naming_no_column_of_values_is_refused(
+    tmp_path: Path, header: str, cell: str, auto: str
+) -> None:
+    # DuckDB's reader loaded the column under a name of its own (column1), which a
+    # query could read though the file's owner never gave it
+    path = tmp_path / "north.csv"
+    path.write_text(f"{header}\n30,7,Oslo\n40,,Bergen\n", encoding="utf-8")
+    message = (
+        rf"^site 'north': table 't': column 2 of the header of {re.escape(str(path))} has no "
+        rf"name \({re.escape(cell)}\) but holds values in 1 row\(s\), which DuckDB would load "
+        rf"as a column '{auto}' the file does not name; give it a name in the header"
+    )
+    with pytest.raises(ValueError, match=message):
+        Site({"t": str(path)}, Policy(min_group_size=1), name="north")
+    # the same column holding no value is left out, as a trailing comma's
+    path.write_text(f"{header}\n30,,Oslo\n40,,Bergen\n", encoding="utf-8")
+    site = Site({"t": str(path)}, Policy(min_group_size=1), name="north")
+    assert list(site._columns["t"]) == ["age", "city"]
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("age, age", "table 't' has two columns named 'age'; rename one of them (columns 1 and 2"),
+        ("x,age,AGE ", "the columns 'age' and 'AGE', which SQL reads as one name"),
+    ],
+)
+def test_csv_header_names_duckdb_would_rename_are_refused_naming_positions(
+    tmp_path: Path, header: str, message: str
+) -> None:
+    # DuckDB trims the spaces around a header's name and renamed the second 'age' age_1
+    path = tmp_path / "t.csv"
+    row = ",".join(["1"] * (header.count(",") + 1))
+    path.write_text(f"{header}\n{row}\n{row}\n")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Site({"t": str(path)}, Policy(min_group_size=1), name="north")
+
+
+def test_a_csv_header_keeps_its_names_spaces_around_them_trimmed(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("age, city ,âge,column1\n30,Oslo,1.5,2\n")
+    site = Site({"t": str(path)}, Policy(min_group_size=1), name="north")
+    assert list(site._columns["t"]) == ["age", "city", "âge", "column1"]
+
+
+def test_an_empty_csv_file_is_refused_not_loaded_as_column0(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    for text in ("", "\n\n"):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=r"^site 'n': table 't': .* is empty; give at least"):
+            Site({"t": str(path)}, Policy(min_group_size=1), name="n")
 
 
 @pytest.mark.parametrize("secure", [False, True])

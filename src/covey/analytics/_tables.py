@@ -7,7 +7,7 @@ through Python's ``sqlite3``.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,34 +37,40 @@ def table_name(name: str) -> str:
     return '"' + name + '"'
 
 
-def check_names(table: str, names: Any) -> None:
+def check_names(
+    table: str, names: Any, source: str = "", positions: Sequence[int] | None = None
+) -> None:
     """Refuse a table whose column names SQL cannot tell apart, or that SQL cannot name.
 
     DuckDB reads ``age`` and ``Age`` as one name, and loading such columns (or two
     columns of exactly one name) renames one of them (``Age_1``), which may already
     be another column's name: a query would read other data than it names. It
     renames a column of the empty name too (``C0``), which SQL cannot name
-    (DuckDB refuses the identifier ``""``). A CSV header's empty cell is left to
-    DuckDB's reader, which names its column ``column<i>`` (a trailing comma on
-    every line makes one).
+    (DuckDB refuses the identifier ``""``). ``source``, when given, says where the
+    names are (a CSV file's header), and each refusal names the columns' positions
+    (``positions``, counting from 0: where each of ``names`` is in the file).
     """
-    seen: dict[str, str] = {}
-    for i, raw in enumerate(names):
-        name = str(raw)
+    seen: dict[str, tuple[int, str]] = {}
+    where = f" ({source})" if source else ""
+    for k, raw in enumerate(names):
+        name, i = str(raw), k if positions is None else positions[k]
         if not name:
             raise ValueError(
                 f"table {table!r}: column {i + 1} has the empty name '', which SQL cannot "
-                "name (DuckDB would load it renamed); give it a name"
+                f"name (DuckDB would load it renamed){where}; give it a name"
             )
-        other = seen.get(fold(name))
+        j, other = seen.get(fold(name), (-1, None))
+        at = f" (columns {j + 1} and {i + 1} of {source})" if source else ""
         if other == name:
-            raise ValueError(f"table {table!r} has two columns named {name!r}; rename one of them")
+            raise ValueError(
+                f"table {table!r} has two columns named {name!r}; rename one of them{at}"
+            )
         if other is not None:
             raise ValueError(
                 f"table {table!r} has the columns {other!r} and {name!r}, which SQL reads as "
-                "one name (names ignore the case of ASCII letters); rename one of them"
+                f"one name (names ignore the case of ASCII letters); rename one of them{at}"
             )
-        seen[fold(name)] = name
+        seen[fold(name)] = (i, name)
 
 
 def _string(text: str) -> str:
@@ -147,18 +153,12 @@ def _failing_column(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame) -> Any:
     return None
 
 
-def _file_columns(con: duckdb.DuckDBPyConnection, path: Path) -> list[str]:
-    """The column names a Parquet or CSV file gives, before DuckDB renames any."""
-    if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
+def _parquet(con: duckdb.DuckDBPyConnection, name: str, path: Path) -> None:
+    import pyarrow.parquet as pq
 
-        return list(pq.read_schema(path).names)
-    # the header row read as data, split as DuckDB's reader of the table splits it
-    reader = f"read_csv({_string(str(path))}, header = false, all_varchar = true)"
-    row = con.execute(f"SELECT * FROM {reader} LIMIT 1").fetchone()  # noqa: S608
-    # an empty cell (None) names no column: DuckDB's reader calls it column<i>, as a
-    # trailing comma on every line makes one (refused, it would break such files)
-    return [str(v) for v in (row or ()) if v is not None]
+    check_names(name, pq.read_schema(path).names)
+    reader = f"read_parquet({_string(str(path))})"
+    con.execute(f"CREATE TABLE {table_name(name)} AS SELECT * FROM {reader}")  # noqa: S608
 
 
 def _nan_to_null(con: duckdb.DuckDBPyConnection, name: str, kinds: Mapping[str, str]) -> None:
@@ -224,16 +224,14 @@ def open_tables(
                 raise FileNotFoundError(f"table {name!r}: no file at {path}")
             suffix = path.suffix.lower()
             if suffix == ".parquet":
-                reader = f"read_parquet({_string(str(path))})"
+                _parquet(con, name, path)
             elif suffix == ".csv":
-                reader = f"read_csv({_string(str(path))}, header = true)"
+                load_csv(con, name, path)
             else:
                 raise ValueError(
                     f"table {name!r}: {path} is neither .parquet nor .csv "
                     "(use sqlite:///path for a SQLite database)"
                 )
-            check_names(name, _file_columns(con, path))
-            con.execute(f"CREATE TABLE {table_name(name)} AS SELECT * FROM {reader}")  # noqa: S608
         else:
             raise TypeError(
                 f"table {name!r}: expected a DataFrame, a .parquet/.csv path or "
@@ -253,3 +251,94 @@ def columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
     """``{column: DuckDB type}`` of ``table``."""
     rows = con.execute(f"DESCRIBE {table_name(table)}").fetchall()
     return {str(r[0]): str(r[1]) for r in rows}
+
+
+def _header_cells(con: duckdb.DuckDBPyConnection, text: str) -> list[str | None]:
+    """A CSV file's header row, each cell as written (None: empty), split as DuckDB splits it.
+
+    The row is read as data in the dialect DuckDB's sniffer finds for the file with
+    a header (delimiter, quotes, escapes, comment, the lines it skips above it).
+    """
+    sniff = f"sniff_csv({text}, header = true)"
+    d, q, e, c, skip = con.execute(
+        f"SELECT Delimiter, Quote, Escape, Comment, SkipRows FROM {sniff}"  # noqa: S608
+    ).fetchone() or (",", '"', '"', "", 0)
+    dialect = ", ".join(
+        f"{k} = {_string('' if v == '(empty)' else str(v))}"
+        for k, v in (("delim", d), ("quote", q), ("escape", e), ("comment", c))
+    )
+    reader = f"read_csv({text}, header = false, all_varchar = true, skip = {int(skip)}, {dialect})"
+    row = con.execute(f"SELECT * FROM {reader} LIMIT 1").fetchone()  # noqa: S608
+    return list(row or ())
+
+
+def load_csv(con: duckdb.DuckDBPyConnection, name: str, path: Path) -> None:
+    """Load a CSV file as table ``name``, under the names its header gives, or refuse it.
+
+    DuckDB's reader names a column whose header cell is empty or white space
+    ``column<i>`` (or ``C<i>``), and one whose name an earlier column has (in any
+    case of its ASCII letters) ``<name>_1``: names the data's owner never gave, and
+    the second may be another column's. Such a header is refused, naming the file
+    and the column's position, unless an unnamed column holds no value in any row
+    (a trailing comma on every line makes one): that one is left out. The spaces
+    DuckDB trims around a name (``age, city`` names ``city``) are trimmed.
+    """
+    if _blank(path):
+        raise ValueError(f"table {name!r}: {path} is empty; give at least its header row")
+    text = _string(str(path))
+    try:
+        cells = _header_cells(con, text)
+        reader = f"read_csv({text}, header = true)"
+        con.execute(f"CREATE TABLE {table_name(name)} AS SELECT * FROM {reader}")  # noqa: S608
+    except duckdb.Error as exc:
+        why = str(exc).strip().splitlines()[0]
+        raise ValueError(f"table {name!r}: {path} cannot be read as CSV: {why}") from None
+    loaded = list(columns(con, name))
+    where = f"the header of {path}"
+    if len(cells) != len(loaded):
+        raise ValueError(
+            f"table {name!r}: DuckDB reads {len(loaded)} columns from {path} but "
+            f"{len(cells)} cells in its header row; check the file's delimiter and quotes"
+        )
+    unnamed = [i for i, cell in enumerate(cells) if cell is None or not cell.strip()]
+    counts = _value_counts(con, name, [loaded[i] for i in unnamed])
+    for i, n in zip(unnamed, counts, strict=True):
+        if n:
+            cell = "an empty cell" if cells[i] is None else f"only white space, {cells[i]!r}"
+            raise ValueError(
+                f"table {name!r}: column {i + 1} of {where} has no name ({cell}) but holds "
+                f"values in {n} row(s), which DuckDB would load as a column {loaded[i]!r} "
+                "the file does not name; give it a name in the header, or leave it out"
+            )
+    kept = [i for i in range(len(cells)) if i not in unnamed]
+    if not kept:
+        raise ValueError(f"table {name!r}: {where} names no column; give the columns' names")
+    named = [str(cells[i]) for i in kept]
+    given = [loaded[i] if loaded[i] == c else c.strip() for i, c in zip(kept, named, strict=True)]
+    check_names(name, given, where, kept)
+    for i, cell in zip(kept, named, strict=True):
+        if loaded[i] not in (cell, cell.strip()):
+            raise ValueError(
+                f"table {name!r}: DuckDB's reader names column {i + 1} of {where} "
+                f"{loaded[i]!r}, not {cell!r}; rename it in the header"
+            )
+    for i in unnamed:
+        con.execute(f"ALTER TABLE {table_name(name)} DROP COLUMN {quote(loaded[i])}")
+
+
+def _blank(path: Path) -> bool:
+    """Whether a file holds nothing but white space (DuckDB reads it as a column ``column0``)."""
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 16):
+            if chunk.strip():
+                return False
+    return True
+
+
+def _value_counts(con: duckdb.DuckDBPyConnection, name: str, cols: Sequence[str]) -> list[int]:
+    """How many rows of table ``name`` hold a value in each of ``cols``."""
+    if not cols:
+        return []
+    counts = ", ".join(f"COUNT({quote(c)})" for c in cols)
+    row = con.execute(f"SELECT {counts} FROM {table_name(name)}").fetchone()  # noqa: S608
+    return [int(n) for n in row or ()]
