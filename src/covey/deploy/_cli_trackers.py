@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -243,6 +244,16 @@ def _text(value: Any, name: str, example: str) -> str | None:
     return value
 
 
+def _kept_experiment(run_dir: Path) -> str | None:
+    """The MLflow experiment :data:`TRACKERS_FILE` says the run logged to, if it says one."""
+    from covey.core._files import MAX_SETTINGS_BYTES, read_json_object
+
+    kept = read_json_object(run_dir / TRACKERS_FILE, MAX_SETTINGS_BYTES) or {}
+    mlflow = kept.get("mlflow")
+    found = mlflow.get("experiment") if isinstance(mlflow, dict) else None
+    return found if isinstance(found, str) else None
+
+
 def _kept_run_id(run_dir: Path, store: str, experiment: str) -> str | None:
     """The MLflow run a resumed run logged to, if it was in ``store`` and ``experiment``."""
     from covey.core._files import MAX_SETTINGS_BYTES, read_json_object
@@ -291,11 +302,14 @@ def open_trackers(flags: dict[str, Any], refused: Callable[[], Any] | None = Non
     run_dir: Path = flags["run"]
     resuming = bool(flags["resuming"])
     experiment = str(flags.get("experiment") or "covey")
-    if resuming and not any(given.get(key) is not None for key in TRACKER_KEYS):
-        _warn_untracked(run_dir)
     tensorboard = _text(given.get("tensorboard"), names["tensorboard"], '"tb/run-1"')
     store = _text(given.get("mlflow"), names["mlflow"], '"file:./mlruns"')
     chosen = _text(given.get("mlflow_experiment"), names["mlflow_experiment"], '"digits"')
+    if resuming:
+        now = {"tensorboard": tensorboard, "mlflow": store, "mlflow_experiment": chosen}
+        if store is not None:
+            now["mlflow_experiment"] = experiment if chosen is None else chosen
+        _warn_unresumed(run_dir, {k: v for k, v in now.items() if v is not None}, names)
     loggers: list[Any] = []
 
     def refuse(said: str) -> NoReturn:
@@ -328,23 +342,64 @@ def open_trackers(flags: dict[str, Any], refused: Callable[[], Any] | None = Non
     return Trackers(loggers, run_dir, None if run_id is not None else kept, typed)
 
 
-def _warn_untracked(run_dir: Path) -> None:
-    """Warn that a run resumed without tracker flags logs to none, though it was started with some.
+def _warn_unresumed(run_dir: Path, now: dict[str, str], names: dict[str, str]) -> None:
+    """Warn of each tracker a resume does not go on logging to, as the run's latest start did.
 
     A resume goes on with the trackers its start names, none of them kept from
     the run's earlier starts; the flags the latest one was given are in
-    :data:`TRACKERS_FILE`, which this start writes over.
+    :data:`TRACKERS_FILE`, which this start writes over. ``now``: this start's
+    trackers (``mlflow_experiment`` the experiment it logs to, given or not);
+    ``names``: where each setting came from. A tracker left out is named, and so
+    is one given another folder or store (or an MLflow run another experiment):
+    the run's rounds from here on are logged apart from its earlier ones.
     """
     from covey.server._served import recorded_trackers, tracker_words
 
-    words = tracker_words(recorded_trackers(run_dir))
-    if words:
+    recorded = recorded_trackers(run_dir)
+    if not recorded:
+        return
+    latest = " ".join(tracker_words(recorded))
+    if not now:
         logger.warning(
             "resuming %s without the tracker flags its latest start was given (%s): this start "
             "logs to no tracker; give them again to go on logging where the run did",
             run_dir,
-            " ".join(words),
+            latest,
         )
+        return
+    here = pasted_anywhere(now)
+    missing = {k: v for k, v in recorded.items() if k not in here}
+    if missing:
+        logger.warning(
+            "resuming %s without %s, which its latest start was given (%s): this start does "
+            "not log there; give %s again to go on logging where the run did",
+            run_dir,
+            " ".join(tracker_words(missing)),
+            latest,
+            "it" if len(missing) == 1 else "them",
+        )
+    before = dict(recorded)
+    if "mlflow" in before and "mlflow_experiment" not in before:  # its default experiment
+        before["mlflow_experiment"] = _kept_experiment(run_dir) or now.get("mlflow_experiment", "")
+    for key, was in before.items():
+        if key in here and here[key] != was:
+            logger.warning(
+                "resuming %s with %s %s, where its latest start had %s: %s",
+                run_dir,
+                names[key],
+                shlex.quote(now[key]),
+                " ".join(tracker_words({key: was})),
+                _MOVED[key],
+            )
+
+
+_MOVED = {
+    "tensorboard": "this start logs its rounds to that folder, apart from the earlier rounds",
+    "mlflow": "this start logs its rounds to a new MLflow run in that store, apart from the "
+    "earlier rounds",
+    "mlflow_experiment": "this start logs its rounds to a new MLflow run in that experiment, "
+    "apart from the earlier rounds",
+}
 
 
 def _holds_events(folder: Path) -> bool:
