@@ -18,7 +18,17 @@ __all__ = ["DATETIME", "FRACTIONAL", "NUMERIC", "WHOLE", "instant", "key", "text
 FRACTIONAL = ("FLOAT", "DOUBLE", "REAL", "DECIMAL")
 WHOLE = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT")
 NUMERIC = (*WHOLE, *("U" + t for t in WHOLE), *FRACTIONAL, "BOOLEAN")
-DATETIME = ("DATE", "TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS", "DATETIME")
+DATETIME = (
+    "DATE",
+    "TIMESTAMP",
+    "TIMESTAMP_S",
+    "TIMESTAMP_MS",
+    "TIMESTAMP_NS",
+    "DATETIME",
+    "TIMESTAMP WITH TIME ZONE",
+    "TIMESTAMPTZ",
+)
+"""Types of instants; a TIMESTAMP WITH TIME ZONE is read as its time in UTC (the sites' zone)."""
 
 
 def key(value: Any, kind: str = "") -> str:
@@ -43,12 +53,17 @@ def instant(value: Any) -> datetime.datetime | None:
 
     ``'2024-01-31'`` is that day's midnight, whether a site stores it as DATE or as
     TIMESTAMP (pandas' datetime64), whose texts differ (``2024-01-31 00:00:00``).
+    A value with a UTC offset (``'2024-01-31T08:00:00+01:00'``) names its time in
+    UTC, as a TIMESTAMP WITH TIME ZONE column is read (a pandas ``datetime64`` of a
+    time zone); one without names that time in UTC in such a column.
     """
     try:
         got = datetime.datetime.fromisoformat(str(value))
     except ValueError:
         return None
-    return got if got.tzinfo is None else None
+    if got.tzinfo is None:
+        return got
+    return got.astimezone(datetime.UTC).replace(tzinfo=None)
 
 
 def text_of(col: str, kind: str, *, numbers: bool = False) -> str:
@@ -67,12 +82,10 @@ def text_of(col: str, kind: str, *, numbers: bool = False) -> str:
     if kind.upper() == "BOOLEAN":
         return f"CAST(CAST({quote(col)} AS INTEGER) AS VARCHAR)"
     if kind.upper() in DATETIME and kind.upper() != "DATE":
-        day = f"CAST({quote(col)} AS DATE)"
-        midnight = f"CAST({quote(col)} AS TIMESTAMP) = CAST({day} AS TIMESTAMP)"
-        return (
-            f"CASE WHEN {midnight} THEN CAST({day} AS VARCHAR) "
-            f"ELSE CAST({quote(col)} AS VARCHAR) END"
-        )
+        stamp = f"CAST({quote(col)} AS TIMESTAMP)"  # with a time zone: its time in UTC
+        day = f"CAST({stamp} AS DATE)"
+        midnight = f"{stamp} = CAST({day} AS TIMESTAMP)"
+        return f"CASE WHEN {midnight} THEN CAST({day} AS VARCHAR) ELSE CAST({stamp} AS VARCHAR) END"
     text = f"CAST({quote(col)} AS VARCHAR)"
     if not kind.upper().startswith(FRACTIONAL):
         return text

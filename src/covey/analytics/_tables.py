@@ -240,6 +240,9 @@ def open_tables(
     schemas = {name: columns(con, name) for name in tables}
     for name in tables:
         _nan_to_null(con, name, schemas[name])
+    # a TIMESTAMP WITH TIME ZONE is read in UTC at every site, whatever the machine's
+    # time zone: else WHERE d < '2024-01-02' and each value's day differ by site
+    con.execute("SET GLOBAL TimeZone = 'UTC'")  # the cursors' too
     # the tables are in memory now: whatever a query says, DuckDB reads no file
     # (read_csv('/etc/passwd'), ATTACH, COPY) and no setting can turn that back on
     con.execute("SET enable_external_access = false")
