@@ -6,6 +6,7 @@ through Python's ``sqlite3``.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,6 +16,9 @@ import duckdb
 import pandas as pd
 
 from covey.analytics._sqltext import TABLE_NAME, fold
+from covey.core._text import clipped
+
+logger = logging.getLogger("covey")
 
 SQLITE_PREFIX = "sqlite:///"
 MAX_NAME = 255
@@ -193,13 +197,14 @@ def load_tables(tables: Mapping[str, Any]) -> duckdb.DuckDBPyConnection:
 
 
 def open_tables(
-    tables: Mapping[str, Any],
+    tables: Mapping[str, Any], site: str = ""
 ) -> tuple[duckdb.DuckDBPyConnection, dict[str, dict[str, str]]]:
     """:func:`load_tables`, and each table's ``{column: DuckDB type}`` (see :func:`columns`).
 
     Each table is described once, as loaded: no statement run on the connection
     afterwards can change a table (external access and the configuration are
-    locked, and a site runs only the SELECTs it writes itself).
+    locked, and a site runs only the SELECTs it writes itself). ``site``: the
+    site's name, for the warnings loading a table may give.
     """
     if not isinstance(tables, Mapping) or not tables:
         raise ValueError("a site needs at least one table: tables={name: source}")
@@ -226,7 +231,7 @@ def open_tables(
             if suffix == ".parquet":
                 _parquet(con, name, path)
             elif suffix == ".csv":
-                load_csv(con, name, path)
+                load_csv(con, name, path, site)
             else:
                 raise ValueError(
                     f"table {name!r}: {path} is neither .parquet nor .csv "
@@ -256,11 +261,17 @@ def columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
     return {str(r[0]): str(r[1]) for r in rows}
 
 
-def _header_cells(con: duckdb.DuckDBPyConnection, text: str) -> list[str | None]:
+def _header_cells(
+    con: duckdb.DuckDBPyConnection, label: str, path: Path, text: str
+) -> list[str | None]:
     """A CSV file's header row, each cell as written (None: empty), split as DuckDB splits it.
 
     The row is read as data in the dialect DuckDB's sniffer finds for the file with
     a header (delimiter, quotes, escapes, comment, the lines it skips above it).
+    Lines it skips that hold its delimiter are warned of: a row with more fields
+    than the header makes the sniffer take it for the header, skipping the file's
+    own header and the rows above (``a,b`` then ``1,2`` then ``3,4,5`` loads as the
+    columns ``3``, ``4`` and ``5``).
     """
     sniff = f"sniff_csv({text}, header = true)"
     d, q, e, c, skip = con.execute(
@@ -270,12 +281,43 @@ def _header_cells(con: duckdb.DuckDBPyConnection, text: str) -> list[str | None]
         f"{k} = {_string('' if v == '(empty)' else str(v))}"
         for k, v in (("delim", d), ("quote", q), ("escape", e), ("comment", c))
     )
+    _check_skipped(label, path, int(skip), str(d))
     reader = f"read_csv({text}, header = false, all_varchar = true, skip = {int(skip)}, {dialect})"
     row = con.execute(f"SELECT * FROM {reader} LIMIT 1").fetchone()  # noqa: S608
     return list(row or ())
 
 
-def load_csv(con: duckdb.DuckDBPyConnection, name: str, path: Path) -> None:
+def _check_skipped(label: str, path: Path, skip: int, delim: str) -> None:
+    """Warn that DuckDB skips lines of fields above what it takes for a CSV's header (see above).
+
+    A title above the header (``Report, 2024``) is skipped so too, so it is not
+    refused; the warning says which line DuckDB takes for the header.
+    """
+    if not skip or not delim or delim == "(empty)":
+        return
+    with path.open(encoding="utf-8", errors="replace", newline="") as f:
+        lines = [f.readline() for _ in range(skip + 1)]
+    fields = [number for number, line in enumerate(lines[:skip], start=1) if delim in line]
+    if fields:
+        logger.warning(
+            "%s: DuckDB's reader skips %s of %s (line %d: %s) and takes line %d for "
+            "the header (%s); if the lines skipped are the header and rows, a row has more "
+            "fields than the header: give every row as many fields as the header",
+            label,
+            f"line {skip}" if skip == 1 else f"lines 1 to {skip}",
+            path,
+            fields[0],
+            _shown(lines[fields[0] - 1]),
+            skip + 1,
+            _shown(lines[skip]),
+        )
+
+
+def _shown(line: str) -> str:
+    return repr(clipped(line.rstrip("\r\n"), 100))
+
+
+def load_csv(con: duckdb.DuckDBPyConnection, name: str, path: Path, site: str = "") -> None:
     """Load a CSV file as table ``name``, under the names its header gives, or refuse it.
 
     DuckDB's reader names a column whose header cell is empty or white space
@@ -290,7 +332,8 @@ def load_csv(con: duckdb.DuckDBPyConnection, name: str, path: Path) -> None:
         raise ValueError(f"table {name!r}: {path} is empty; give at least its header row")
     text = _string(str(path))
     try:
-        cells = _header_cells(con, text)
+        label = f"site {site!r}: table {name!r}" if site else f"table {name!r}"
+        cells = _header_cells(con, label, path, text)
         reader = f"read_csv({text}, header = true)"
         con.execute(f"CREATE TABLE {table_name(name)} AS SELECT * FROM {reader}")  # noqa: S608
     except duckdb.Error as exc:
