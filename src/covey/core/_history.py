@@ -7,7 +7,7 @@ import json
 import math
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -21,6 +21,7 @@ from covey.core._metricnames import (
     metric_items,
     metric_value,
 )
+from covey.core._recordvalues import record_json
 from covey.core._roundrecord import Failure, RoundRecord, round_from_json, unknown_fields
 from covey.core._version import covey_version
 
@@ -245,7 +246,7 @@ class History:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {**_head(self), "rounds": [jsonable(asdict(r)) for r in self.rounds]}
+        return {**_head(self), "rounds": [record_json(r) for r in self.rounds]}
 
     def to_json(self, indent: int | None = 2) -> str:
         """The history as JSON text."""

@@ -20,9 +20,9 @@ import numpy as np
 
 from covey.aggregate import AggregationError, Contribution, End
 from covey.core._history import Failure, History, RoundRecord
-from covey.core._jsonvalues import read_back
 from covey.core._messages import FitResult, Reply
 from covey.core._metricnames import renamed_metrics
+from covey.core._recordvalues import recorded_info
 from covey.core._text import printable
 from covey.core._weights import Array, Weights, WeightsError, WeightsSpec, freeze, native
 from covey.server._callbacks import EvaluateFn as EvaluateFn
@@ -442,6 +442,8 @@ class _LoopBase:
             end = End(rnd, step=self._step)
             state, out = self.strategy.aggregator.feed(state, end)
             aggregate = find_aggregate(out, end)
+            # As history.json gives it; refused here if changed since it was checked.
+            info = {} if aggregate is None else recorded_info(aggregate.info, "Aggregate", rnd)
         except AggregationError as exc:
             logger.error(
                 "%s %d: aggregation failed, %s is unchanged: %s", self._step, rnd, self._model, exc
@@ -457,7 +459,7 @@ class _LoopBase:
                 logger.warning("%s %d: %s is unchanged: %s", self._step, rnd, self._model, why)
                 record.aggregate_info.setdefault("error", why)
             return
-        record.aggregate_info.update(read_back(aggregate.info))  # as history.json gives it
+        record.aggregate_info.update(info)
         try:
             # A sum past the dtype's range is an Inf the check below refuses, keeping
             # the model: not a warning (an error under -W error that would stop the run).

@@ -12,6 +12,7 @@ from contextvars import ContextVar
 
 from covey.core._history import RoundRecord
 from covey.core._messages import Scalar
+from covey.core._recordvalues import settle, written
 from covey.core._weights import Weights
 from covey.strategies._checks import name_of
 
@@ -99,11 +100,14 @@ def _noted(callback: RoundCallback, what: str) -> RoundCallback:
     """``callback``, an error it raises noted with ``what``, its name and the round."""
 
     def call(record: RoundRecord) -> None:
+        before = written(record)
         try:
             callback(record)
         except Exception as exc:  # the user's error, told where it came from
             exc.add_note(f"raised by {what} {name_of(callback)} in round {record.round}")
             raise
+        # What it wrote into the record, kept as history.json reads it back.
+        settle(record, before, f"{what} {name_of(callback)} in round {record.round}")
 
     return call
 

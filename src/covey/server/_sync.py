@@ -19,6 +19,7 @@ from covey.aggregate import Begin
 from covey.aggregate._base import broadcast_extras, min_contributions
 from covey.core._history import Failure, History, RoundRecord
 from covey.core._messages import EvaluateResult, Reply, Task
+from covey.core._recordvalues import settle, written
 from covey.core._weights import Weights
 from covey.server._applied import AppliedRounds
 from covey.server._base import EvaluateFn, FederationError, RoundCallback, _first_line, _LoopBase
@@ -175,8 +176,10 @@ class RoundLoop(_LoopBase):
         self._central(record)
         record.durations["central"] = time.perf_counter() - t2
         record.durations["total"] = time.perf_counter() - t0  # replaces the fit's
-        for hook in self.strategy.hooks:
+        for hook in self.strategy.hooks:  # what it writes, kept as history.json reads it
+            before = written(record)
             hook.after_round(record, self.agg_state)
+            settle(record, before, f"run hook {type(hook).__name__}.after_round(record, state)")
         self._finish(record)
         return record
 
