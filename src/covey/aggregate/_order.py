@@ -82,14 +82,27 @@ def _said(value: Any) -> str:
 
 
 def _python(value: Any) -> Any:
-    """``value`` with its NumPy numbers (in a tuple or list too) as Python ones."""
+    """``value`` with its NumPy numbers (in a tuple or list too) as Python ones.
+
+    A complex NumPy number is the Python complex it prints as; a long double (real
+    or complex) the Python number it equals, when one does (else it keeps its repr).
+    """
     if isinstance(value, np.bool_):
         return bool(value)
+    if isinstance(value, np.longdouble | np.clongdouble):
+        same = complex(value) if isinstance(value, np.clongdouble) else float(value)
+        return same if same == value or value != value else value  # NaN != NaN
+    if isinstance(value, np.complexfloating):
+        return complex(str(value))  # complex64(0.1+0.2j) as the 0.1+0.2j it prints as
     if isinstance(value, np.generic):
         return plain(written_fraction(value))
     if type(value) in (tuple, list):
         return type(value)(_python(item) for item in value)
     return value
+
+
+python_number = _python
+"""What a step's description writes a NumPy number as (see :func:`_said`)."""
 
 
 def describe_step(step: Any) -> str:

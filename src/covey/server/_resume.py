@@ -20,6 +20,9 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import numpy as np
+
+from covey.aggregate._order import python_number
 from covey.core._history import History
 from covey.core._hooks import RESUMED_AFTER_CRASH
 from covey.core._weights import Weights, WeightsSpec, made
@@ -239,19 +242,42 @@ def strategy_changes(stored: Any, strategy: Strategy, parts: tuple[str, ...]) ->
 
 _NUMPY_NUMBER = re.compile(
     r"(?<![\w.])np\.(?:u?int(?:8|16|32|64)|float(?:16|32|64))\(([-+.\w]+)\)|(?<![\w.])np\.(True|False)_"
+    r"|(?<![\w.])np\.(complex(?:64|128)|longdouble|clongdouble)\('?([-+.\w]+)'?\)"
 )
-"""A NumPy number as an older covey wrote it in an aggregator's text: ``np.float64(0.1)``."""
+"""A NumPy number as an older covey wrote it in an aggregator's text: ``np.float64(0.1)``,
+``np.complex128(1+2j)``, ``np.longdouble('0.5')``."""
+
+_NUMPY_TYPES = {
+    "complex64": np.complex64,
+    "complex128": np.complex128,
+    "longdouble": np.longdouble,
+    "clongdouble": np.clongdouble,
+}
+
+
+def _as_python(match: re.Match[str]) -> str:
+    """The text of the Python number a :data:`_NUMPY_NUMBER` match equals, as covey writes it."""
+    if match.group(3) is None:
+        return match.group(1) or match.group(2)
+    kind, digits = _NUMPY_TYPES[match.group(3)], match.group(4)
+    try:
+        long = kind in (np.longdouble, np.clongdouble)  # read as NumPy reads its own repr
+        number = kind(digits) if long else kind(complex(digits))
+    except ValueError:  # not a number after all: compared as written
+        return match.group(0)
+    return repr(python_number(number))
 
 
 def _numpy_free(text: Any) -> Any:
     """``text`` with each NumPy number in it as the Python one it equals.
 
     An older covey wrote an aggregator's NumPy arguments by their repr
-    (``np.float64(0.1)``), covey writes them as the number (``0.1``) now.
+    (``np.float64(0.1)``, ``np.complex128(1+2j)``), covey writes them as the number
+    (``0.1``, ``(1+2j)``) now; a long double that no Python float equals keeps its repr.
     """
     if not isinstance(text, str):
         return text
-    return _NUMPY_NUMBER.sub(lambda match: match.group(1) or match.group(2), text)
+    return _NUMPY_NUMBER.sub(_as_python, text)
 
 
 def _formerly(stored: str, strategy: Strategy, given: dict[str, Any]) -> bool:
