@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import math
+import re
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +22,82 @@ def _init() -> dict[str, np.ndarray]:
     return {"w": np.zeros((2, 2), np.float32)}
 
 
+@dataclass(frozen=True)
+class _Prox(covey.Strategy):
+    """A subclass with a field of its own, which may hold a NumPy number."""
+
+    proximal_mu: Any = 0.0
+
+
+def _older_subclass_options(strategy: Any, base: Any) -> dict[str, Any]:
+    """How an older covey recorded a subclass's own fields: NumPy's repr or type name."""
+    kind = type(strategy)
+    out: dict[str, Any] = {"class": f"{kind.__module__}.{kind.__qualname__}"}
+    own = {f.name for f in fields(strategy)} - {f.name for f in fields(base)}
+    for name in sorted(own):
+        value = getattr(strategy, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            value = repr(value)
+        scalar = value is None or isinstance(value, bool | int | float | str)
+        out[name] = value if scalar else type(value).__name__
+    return out
+
+
+def _prox(mu: Any) -> _Prox:
+    return _Prox(proximal_mu=mu, fraction_evaluate=0.0)
+
+
+def _older_run(run: Path, strategy: covey.Strategy, monkeypatch: pytest.MonkeyPatch) -> None:
+    from covey.strategies import _strategy
+
+    with monkeypatch.context() as older:
+        older.setattr(_strategy, "subclass_options", _older_subclass_options)
+        covey.simulate(Shift, 3, 1, strategy, _init(), run_dir=run)
+
+
 def _resumed(run: Path, strategy: covey.Strategy) -> int:
     result = covey.simulate(Shift, 3, 2, strategy, _init(), run_dir=run, resume=True)
     return result.history.rounds[-1].round
+
+
+@pytest.mark.parametrize(
+    ("started", "same", "other", "said"),
+    [
+        (np.float64("nan"), float("nan"), 1.0, "'np.float64(nan)' (the run's) is 1.0 now"),
+        (np.float64("-inf"), np.float64("-inf"), 1.0, "'np.float64(-inf)' (the run's) is 1.0"),
+    ],
+)
+def test_an_older_runs_numpy_repr_of_a_subclass_field_resumes_with_the_same_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, started: Any, same: Any, other: Any, said: str
+) -> None:
+    # Before: the run recorded 'np.float64(nan)', covey records 'nan' now: refused.
+    for k, again in enumerate((same, other)):
+        run = tmp_path / f"run{k}"
+        _older_run(run, _prox(started), monkeypatch)
+        if again is other:
+            with pytest.raises(ValueError, match=re.escape(f"strategy proximal_mu {said}")):
+                _resumed(run, _prox(again))
+        else:
+            assert _resumed(run, _prox(again)) == 2
+
+
+def test_an_older_runs_numpy_type_name_of_a_subclass_field_resumes_with_that_type(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: the run recorded 'float32' (its value unknown), covey records 0.5 now: refused.
+    run = tmp_path / "run"
+    _older_run(run, _prox(np.float32(0.5)), monkeypatch)
+    said = (
+        "strategy proximal_mu 'float32' (the run's) is 0.5 now (an older covey recorded only "
+        "the type of the run's NumPy float32: give the field as a float32 again to resume)"
+    )
+    with pytest.raises(ValueError, match=re.escape(said)):
+        _resumed(run, _prox(0.5))  # a Python float: refused, as the older covey did
+    with pytest.raises(ValueError, match=re.escape("'float32' (the run's) is 3 now")):
+        _resumed(run, _prox(np.int64(3)))
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        assert _resumed(run, _prox(np.float32(0.5))) == 2
+    assert "recorded the strategy's proximal_mu only as a NumPy float32" in caplog.text
 
 
 @described

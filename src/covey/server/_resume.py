@@ -235,9 +235,57 @@ def strategy_changes(stored: Any, strategy: Strategy, parts: tuple[str, ...]) ->
             unknown = part == "hyperparameters" and key in later
             if key not in old and (new.get(key) is None or unknown):
                 continue
-            if old.get(key) != new.get(key):
-                changes.append(f"{key} {old.get(key)!r} (the run's) is {new.get(key)!r} now")
+            if old.get(key) != new.get(key) and not (
+                part == "options" and _formerly_field(strategy, key, old.get(key))
+            ):
+                changes.append(
+                    f"{key} {old.get(key)!r} (the run's) is {new.get(key)!r} now"
+                    + _type_only(old.get(key))
+                )
     return changes
+
+
+_NUMPY_NOT_FINITE = re.compile(r"np\.float(?:16|32|64)\((-?(?:nan|inf))\)")
+"""A subclass field's NaN or infinity as an older covey wrote it: ``np.float64(nan)``."""
+
+
+def _numpy_type(text: Any) -> bool:
+    """Whether ``text`` names a NumPy number type (``"float32"``, ``"int64"``)."""
+    kind = getattr(np, text, None) if isinstance(text, str) and text.isidentifier() else None
+    return isinstance(kind, type) and issubclass(kind, np.number)
+
+
+def _formerly_field(strategy: Strategy, key: str, stored: Any) -> bool:
+    """Whether ``stored`` is how an older covey recorded the subclass field ``key`` it has now.
+
+    Such a covey wrote a NumPy NaN or infinity by its repr (``'np.float64(nan)'``:
+    the ``'nan'`` covey writes now) and a NumPy number other than a float64 by its
+    type's name alone (``'float32'``): a field holding a number of that type now
+    resumes as it did then, with a warning that the run's value is not known.
+    """
+    now = getattr(strategy, key, None) if "." not in key else None
+    if isinstance(stored, str) and (match := _NUMPY_NOT_FINITE.fullmatch(stored)):
+        return isinstance(now, float | np.floating) and repr(float(now)) == match.group(1)
+    if not (_numpy_type(stored) and isinstance(now, np.number) and type(now).__name__ == stored):
+        return False
+    logger.warning(
+        "the run recorded the strategy's %s only as a NumPy %s (an older covey did not record "
+        "its value), so it cannot tell whether %r is the run's: resuming with it",
+        key,
+        stored,
+        now,
+    )
+    return True
+
+
+def _type_only(stored: Any) -> str:
+    """A note for a refused subclass field an older covey recorded by its NumPy type alone."""
+    if not _numpy_type(stored):
+        return ""
+    return (
+        f" (an older covey recorded only the type of the run's NumPy {stored}: give the "
+        f"field as a {stored} again to resume)"
+    )
 
 
 _NUMPY_NUMBER = re.compile(
