@@ -13,6 +13,8 @@ import covey
 
 xgb = pytest.importorskip("xgboost")
 
+from covey.aggregate import chain, skip_nonfinite  # noqa: E402
+from covey.aggregate._base import run_hooks, step_hooks  # noqa: E402
 from covey.xgboost import (  # noqa: E402
     XGBoostBagging,
     XGBoostClient,
@@ -23,6 +25,7 @@ from covey.xgboost import (  # noqa: E402
     from_weights,
     initial_model,
     num_trees,
+    round_robin,
 )
 
 BINARY = {"objective": "binary:logistic", "base_score": 0.5, "max_depth": 2, "nthread": 1}
@@ -96,20 +99,61 @@ def test_max_trees_bounds_the_bagged_booster_over_rounds_and_it_stays_accurate(
     assert XGBoostBagging().describe()["hyperparameters"]["max_trees"] is None
 
 
-def test_the_bagging_step_alone_leaves_out_each_round_past_max_trees() -> None:
-    # A Strategy of one's own with the step has no run hook to stop it: each round
-    # past the cap keeps the global model, saying so.
+def test_the_bagging_step_alone_stops_the_run_as_its_preset_does() -> None:
+    # A Strategy of one's own with the step, alone or in a chain, stops before the
+    # round whose trees would be left out, as XGBoostBagging does.
     shares, _, _ = _cancer()
-    step = bagging(local_rounds=LOCAL, max_trees=23)
-    own = covey.Strategy(aggregator=step, fraction_evaluate=0.0)
-    capped = _run(own, BINARY, shares, 6)
-    assert num_trees(from_weights(capped.weights)) == 3 * CLIENTS * LOCAL
-    info = [r.aggregate_info for r in capped.history.rounds[1:]]
-    assert [i.get("max_trees_reached", False) for i in info] == [False] * 3 + [True] * 3
-    assert {i["trees_left_out"] for i in info[3:]} == {CLIENTS * LOCAL}
-    assert [i.get("max_trees_full", False) for i in info] == [False] * 2 + [True] * 4
-    assert capped.history.rounds[-1].aggregated
-    assert capped.history.stopped_reason is None
+    for step in (
+        bagging(local_rounds=LOCAL, max_trees=23),
+        chain(skip_nonfinite(), bagging(local_rounds=LOCAL, max_trees=23)),
+    ):
+        own = covey.Strategy(aggregator=step, fraction_evaluate=0.0)
+        capped = _run(own, BINARY, shares, 6)
+        assert num_trees(from_weights(capped.weights)) == 3 * CLIENTS * LOCAL
+        assert not capped.history.failures()
+        _stopped_after(capped, 3, 23)
+    # The preset's strategy carries the hook once, through its step.
+    preset = XGBoostBagging(max_trees=23)
+    assert run_hooks(preset.hooks, preset.aggregator) == step_hooks(preset.aggregator)
+    assert len(step_hooks(preset.aggregator)) == 1
+    assert step_hooks(bagging()) == ()
+
+
+def test_the_cyclic_step_alone_stops_the_run_and_its_resume(tmp_path: Path) -> None:
+    shares, _, _ = _cancer()
+    start = initial_model(BINARY, num_features=shares[0][0].shape[1], capacity=1 << 21)
+
+    def run(rounds: int, resume: bool) -> covey.sim.SimulationResult:
+        own = covey.Strategy(
+            aggregator=cyclic(local_rounds=LOCAL, max_trees=4),
+            selector=round_robin,
+            fraction_fit=0.0,
+            min_fit_clients=0,
+            fraction_evaluate=0.0,
+        )
+        return covey.simulate(
+            lambda cid: XGBoostClient(*shares[cid], BINARY, local_rounds=LOCAL),
+            len(shares),
+            rounds,
+            own,
+            start,
+            backend="inline",
+            seed=0,
+            run_dir=tmp_path / "run",
+            resume=resume,
+        )
+
+    _stopped_after(run(5, False), 2, 4)
+    resumed = run(6, True)  # the step's hook reads the mark from the run's history
+    _stopped_after(resumed, 2, 4)
+    assert num_trees(from_weights(resumed.weights)) == 4
+
+
+def test_a_capped_step_in_an_asynchronous_strategy_is_refused_naming_max_trees() -> None:
+    # FedBuff runs no hook: the cap could not stop the run.
+    with pytest.raises(ValueError, match=r"max_trees\) need synchronous rounds"):
+        covey.Strategy(aggregator=bagging(max_trees=10), buffer_size=2, fraction_evaluate=0.0)
+    covey.Strategy(aggregator=bagging(), buffer_size=2, fraction_evaluate=0.0)  # no cap, no hook
 
 
 def test_max_trees_bounds_the_cyclic_booster_as_the_bagged_one() -> None:

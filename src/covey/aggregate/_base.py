@@ -26,7 +26,7 @@ a step that passes a contribution on leaves that state as it was (AggregationErr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -406,6 +406,33 @@ def federation_size(step: Step) -> int | None:
     """The federation size ``step`` was written for, if it says (see for_federation)."""
     size = getattr(innermost(step), _FEDERATION, None)
     return size if isinstance(size, int) and not isinstance(size, bool) else None
+
+
+_HOOKS = "_covey_run_hooks"
+
+
+def carrying(step: Step, *hooks: Any) -> Step:
+    """``step``, carrying run hooks (:class:`covey.core.RunHook`) the round loop calls.
+
+    A step whose rule reaches past one round (XGBoost's ``max_trees`` stopping the
+    run) brings its hook with it, so a strategy of one's own with the step, in a
+    chain or alone, runs it as the preset does.
+    """
+    setattr(step.update, _HOOKS, (*getattr(step.update, _HOOKS, ()), *hooks))
+    return step
+
+
+def step_hooks(step: Step) -> tuple[Any, ...]:
+    """The run hooks ``step`` carries (see :func:`carrying`), a chain's steps' in order."""
+    update = innermost(step)
+    inner = (hook for part in getattr(update, STEPS, ()) for hook in step_hooks(part))
+    return (*getattr(update, _HOOKS, ()), *inner)
+
+
+def run_hooks(hooks: Sequence[Any], step: Step) -> tuple[Any, ...]:
+    """The run hooks a round loop calls: a strategy's ``hooks``, then those its ``step`` carries."""
+    own = tuple(hooks)
+    return (*own, *(h for h in step_hooks(step) if all(h is not o for o in own)))
 
 
 def requiring(step: Step, count: int, why: str) -> Step:

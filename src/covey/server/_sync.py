@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from covey.aggregate import Begin
-from covey.aggregate._base import broadcast_extras, min_contributions
+from covey.aggregate._base import broadcast_extras, min_contributions, run_hooks
 from covey.core._history import Failure, History, RoundRecord
 from covey.core._messages import EvaluateResult, Reply, Task
 from covey.core._recordvalues import settle, written
@@ -128,7 +128,7 @@ class RoundLoop(_LoopBase):
         A run hook of the strategy may stop the run before a round: the rounds done
         are kept and ``history.stopped_reason`` says why.
         """
-        hooks = self.strategy.hooks
+        hooks = run_hooks(self.strategy.hooks, self.strategy.aggregator)
         self.last_round = rounds
         for hook in hooks:
             self.agg_state = hook.start(
@@ -176,7 +176,8 @@ class RoundLoop(_LoopBase):
         self._central(record)
         record.durations["central"] = time.perf_counter() - t2
         record.durations["total"] = time.perf_counter() - t0  # replaces the fit's
-        for hook in self.strategy.hooks:  # what it writes, kept as history.json reads it
+        # what each writes, kept as history.json reads it
+        for hook in run_hooks(self.strategy.hooks, self.strategy.aggregator):
             before = written(record)
             hook.after_round(record, self.agg_state)
             settle(record, before, f"run hook {type(hook).__name__}.after_round(record, state)")

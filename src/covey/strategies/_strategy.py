@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from covey.aggregate import Step, chain, weighted_mean
+from covey.aggregate._base import run_hooks
 from covey.aggregate._flat import floor_fraction
 from covey.aggregate._order import check_reduces, describe_step
 from covey.core._hooks import RunHook
@@ -177,8 +178,8 @@ class Strategy:
             raise TypeError(
                 f"where must be a dict of property values or a predicate, got {self.where!r}"
             )
-        if self.hooks and self.buffer_size is not None:
-            raise ValueError("run hooks (e.g. privacy accounting) need synchronous rounds")
+        if self.buffer_size is not None and run_hooks(self.hooks, self.aggregator):
+            raise ValueError("run hooks (privacy accounting, a max_trees) need synchronous rounds")
         if self.buffer_size is not None and self.fraction_evaluate > 0.0:
             raise ValueError(
                 "asynchronous mode (buffer_size) runs no federated evaluation rounds: set "

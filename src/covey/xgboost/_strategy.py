@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from covey.aggregate import Aggregate, AggregationError, Begin, Contribution, End, Event, Step
+from covey.aggregate._base import carrying
 from covey.aggregate._flat import check_switch
 from covey.aggregate._order import DESCRIBED
 from covey.core._weights import Weights, WeightsError
@@ -193,6 +194,16 @@ class _RoundState(NamedTuple):
     models: tuple[tuple[int, bytes], ...] = ()
 
 
+def _capping(step: Step, cap: int | None) -> Step:
+    """``step``, carrying the run hook that stops the run once ``cap`` trees leave no room.
+
+    Whatever strategy runs the step (a preset, or a ``Strategy`` of one's own with
+    it alone or in a chain), the run stops before a round whose trees could not
+    join the booster (see :class:`~covey.xgboost._limits.CapHook`).
+    """
+    return step if cap is None else carrying(step, CapHook(cap))
+
+
 def bagging(*, weighted: bool = True, max_trees: int | None = None, local_rounds: int = 1) -> Step:
     """An aggregation step that merges the trees each client grew into one booster.
 
@@ -210,8 +221,8 @@ def bagging(*, weighted: bool = True, max_trees: int | None = None, local_rounds
     ``max_trees_reached`` and the ``trees_left_out``). Earlier trees are never
     dropped: each boosting step fits what the steps before it left. A round
     after which another of as many clients would pass ``max_trees`` holds
-    ``max_trees_full`` in its ``aggregate_info`` (:func:`XGBoostBagging` then
-    stops the run).
+    ``max_trees_full`` in its ``aggregate_info``, and the run stops before the
+    next round, whatever strategy runs the step (the step carries the run hook).
 
     Each client's model must add exactly ``local_rounds`` boosting rounds' trees
     (one per class and target, times ``num_parallel_tree``, each round): a model
@@ -279,7 +290,7 @@ def bagging(*, weighted: bool = True, max_trees: int | None = None, local_rounds
         return state, (event,)
 
     said = f"bagging(weighted={weighted!r}, max_trees={cap!r}, local_rounds={rounds!r})"
-    return _described(Step(init, update), said)
+    return _capping(_described(Step(init, update), said), cap)
 
 
 def cyclic(*, max_trees: int | None = None, local_rounds: int = 1) -> Step:
@@ -302,8 +313,8 @@ def cyclic(*, max_trees: int | None = None, local_rounds: int = 1) -> Step:
     leaves the global model unchanged (the round's ``aggregate_info`` holds
     ``max_trees_reached`` and the ``trees_left_out``). Earlier trees are never
     dropped: each later tree fits what they left. A round after which the next
-    would pass ``max_trees`` holds ``max_trees_full`` in its ``aggregate_info``
-    (:func:`XGBoostCyclic` then stops the run).
+    would pass ``max_trees`` holds ``max_trees_full`` in its ``aggregate_info``,
+    and the run stops before it, whatever strategy runs the step.
 
     Args:
         max_trees: The most trees the global booster holds (None: no bound).
@@ -359,7 +370,8 @@ def cyclic(*, max_trees: int | None = None, local_rounds: int = 1) -> Step:
                 raise AggregationError(str(exc)) from exc
         return state, (event,)
 
-    return _described(Step(init, update), f"cyclic(max_trees={cap!r}, local_rounds={rounds!r})")
+    said = f"cyclic(max_trees={cap!r}, local_rounds={rounds!r})"
+    return _capping(_described(Step(init, update), said), cap)
 
 
 def round_robin(candidates: Sequence[int], round: int, rng: np.random.Generator) -> list[int]:
@@ -415,17 +427,14 @@ def _trees(max_trees: int | None, local_rounds: int) -> dict[str, Any]:
 
 
 def _sending_rounds(strategy: Strategy) -> Strategy:
-    """``strategy``, sending its ``local_rounds`` in every fit config, stopping at ``max_trees``.
+    """``strategy``, sending its ``local_rounds`` in every fit config.
 
-    A fixed entry: an ``on_fit_config`` setting it too is refused. With a
-    ``max_trees``, the run stops (:class:`~covey.xgboost._limits.CapHook`) before
-    a round once the booster has no room for another round's trees.
+    A fixed entry: an ``on_fit_config`` setting it too is refused. (The step
+    carries the run hook that stops the run at ``max_trees``.)
     """
     rounds = strategy.hyperparameters["local_rounds"]
     entries = {**strategy.fit_config_entries, "local_rounds": rounds}
-    cap = strategy.hyperparameters["max_trees"]
-    hooks = strategy.hooks if cap is None else (*strategy.hooks, CapHook(cap))
-    return replace(strategy, fit_config_entries=entries, hooks=hooks)
+    return replace(strategy, fit_config_entries=entries)
 
 
 # What a run of covey 0.1.0, which recorded neither, did: said when such a run resumes.
