@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 import covey
 from covey.core import Config
+from covey.core._weights import WeightsError
 
 xgb = pytest.importorskip("xgboost")
 
@@ -55,7 +57,9 @@ def _federation(
     def client(cid: int) -> XGBoostClient:
         if cid == bad_cid and sends is not None:
             return _Forging(sends)
-        return XGBoostClient(*_data(cid), {**BINARY, **bad} if cid == bad_cid else BINARY)
+        if cid == bad_cid:
+            return _Unchecked(*_data(cid), {**BINARY, **bad})
+        return XGBoostClient(*_data(cid), BINARY)
 
     return covey.simulate(
         client,
@@ -65,6 +69,21 @@ def _federation(
         initial_weights=initial_model(BINARY, 4, capacity=1 << 16),
         backend="inline",
     )
+
+
+class _Unchecked(XGBoostClient):
+    """Boosts the global model with its params as XGBoost does, without XGBoostClient's checks.
+
+    As a client of one's own would: what it sends is the server's to refuse.
+    """
+
+    def fit(self, weights: covey.Weights, config: Config) -> covey.FitResult:
+        start = booster_from_weights(weights, self.params)
+        rounds = int(config.get("local_rounds", 1))
+        booster = xgb.train(self.params, self.train, num_boost_round=rounds, xgb_model=start)
+        size = int(np.asarray(weights["model"]).size)
+        model = to_weights(booster.save_raw("json"), size)
+        return covey.FitResult(weights=model, num_examples=self.num_examples)
 
 
 #: Client settings whose trees no strategy can merge, and what the failure says.
@@ -115,6 +134,67 @@ def test_cyclic_fails_a_client_whose_trees_cannot_join_and_keeps_the_model(
         assert "error" not in record.aggregate_info
     # Client 2 boosted the booster of round 1, the latest valid one: no tree is lost.
     assert num_trees(from_weights(result.weights)) == 2
+
+
+#: Params an XGBoostClient refuses before it boosts, and what its failure says.
+TRAINED_WITH = [
+    (
+        {"objective": "binary:logitraw"},
+        "objective 'binary:logitraw', the global model with 'binary:logistic'",
+    ),
+    ({"base_score": 0.3}, "base_score 0.3, the global model with 0.5:"),
+    ({"booster": "dart"}, "booster 'dart', the global model with 'gbtree'"),
+]
+
+
+@pytest.mark.parametrize(("bad", "message"), TRAINED_WITH, ids=["objective", "base_score", "dart"])
+def test_a_client_of_another_objective_fails_alone_before_it_boosts(
+    bad: dict[str, object], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, the client boosted (and sent its model) every round only for the server
+    # to refuse its trees as they arrived.
+    start = initial_model(BINARY, 4, capacity=1 << 16)
+    client = XGBoostClient(*_data(1), {**BINARY, **bad})
+
+    def boosted(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the client boosted")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(xgb, "train", boosted)
+        with pytest.raises(
+            WeightsError, match="this client's params train with " + re.escape(message)
+        ):
+            client.fit(start, {"round": 1})
+    for strategy in (XGBoostBagging(fraction_evaluate=0.0), XGBoostCyclic(fraction_evaluate=0.0)):
+        result = covey.simulate(
+            lambda cid: XGBoostClient(*_data(cid), {**BINARY, **bad} if cid == 1 else BINARY),
+            num_clients=3,
+            rounds=3,
+            strategy=strategy,
+            initial_weights=start,
+            backend="inline",
+        )
+        failures = result.history.failures()
+        assert [(r, f.cid) for r, f in failures] == (
+            [(1, 1), (2, 1), (3, 1)] if strategy.name == "XGBoostBagging" else [(2, 1)]
+        )
+        assert all(message in f.error for _, f in failures)
+        assert len(result.history.rounds) == 4  # the run goes on with the others
+
+
+def test_params_that_train_as_the_global_model_boost() -> None:
+    # An alias, a base_score written otherwise, or params naming none of them: no refusal.
+    regression = {"objective": "reg:squarederror", "base_score": 0.5, "max_depth": 2, "nthread": 1}
+    start = initial_model(regression, 4, capacity=1 << 16)
+    for params in ({**regression, "base_score": "0.5"}, {"max_depth": 2, "nthread": 1}):
+        trained = XGBoostClient(*_data(1), params).fit(start, {"round": 1})
+        assert trained.weights is not None
+        assert num_trees(from_weights(trained.weights)) == 1
+    # A model of three classes holds a base_score per class: the params' one value is each.
+    multi = {**BINARY, "objective": "multi:softprob", "num_class": 3}
+    trained = XGBoostClient(*_data(1), multi).fit(initial_model(multi, 4), {"round": 1})
+    assert trained.weights is not None
+    assert num_trees(from_weights(trained.weights)) == 3
 
 
 class _Forging(XGBoostClient):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ from covey.xgboost._model import (
     to_weights,
     xgboost_module,
 )
+from covey.xgboost._validate import _scores
 
 __all__ = ["XGBoostClient", "evaluate_booster", "initial_model"]
 
@@ -208,6 +209,49 @@ def _check_classes(booster: Any, params: Mapping[str, Any]) -> None:
         )
 
 
+def _base_scores(text: Any) -> Any:
+    """A ``base_score``'s distinct values: one set for every class and target is one value."""
+    scores = _scores(text)
+    return tuple(sorted(set(scores))) if isinstance(scores, tuple) else scores
+
+
+_TRAINED_WITH: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "objective": lambda learner: learner["objective"]["name"],
+    "base_score": lambda learner: _base_scores(learner["learner_model_param"].get("base_score")),
+    "booster": lambda learner: learner["gradient_booster"]["name"],
+}
+"""The params a client's trees must share with the global model, read from a learner's config."""
+
+
+def _check_trained_with(booster: Any, params: Mapping[str, Any]) -> None:
+    """Refuse, before boosting, params whose trees the server would refuse as they arrive.
+
+    Another objective, ``base_score`` or booster than the global model's grows
+    trees that do not join it: the client would train (and send its model) every
+    round for nothing. Read from XGBoost's own config once ``params`` are set on
+    the booster (an alias such as ``reg:linear`` is the objective it names);
+    params that set none of them keep the model's.
+    """
+    given = {key: params[key] for key in _TRAINED_WITH if key in params}
+    if not given:
+        return
+    model = json.loads(booster.save_config())["learner"]
+    booster.set_param(given)
+    ours = json.loads(booster.save_config())["learner"]
+    for key, read in _TRAINED_WITH.items():
+        theirs, mine = read(model), read(ours)
+        if theirs != mine:
+            shown = repr(theirs)
+            if key == "base_score" and isinstance(theirs, tuple):
+                shown = ", ".join(map("{:g}".format, theirs))
+            raise WeightsError(
+                f"this client's params train with {key} {params[key]!r}, the global model "
+                f"with {shown}: the server refuses trees grown so; give every client the "
+                f"global model's {key} (start the federation from initial_model(params, ...) "
+                "with the clients' params)"
+            )
+
+
 def _objective(booster: Any) -> str:
     config = json.loads(booster.save_config())
     return str(config["learner"]["objective"]["name"])
@@ -308,6 +352,7 @@ class XGBoostClient(Client):
         _check_features(start, int(self.train.num_col()), "x_train")
         _check_targets(start, self.targets)
         _check_classes(start, self.params)
+        _check_trained_with(start, self.params)
         booster = xgb.train(self.params, self.train, num_boost_round=int(rounds), xgb_model=start)
         model = to_weights(booster.save_raw("json"), int(np.asarray(weights[MODEL]).size))
         return FitResult(weights=model, num_examples=self.num_examples)
