@@ -19,6 +19,7 @@ from covey.xgboost import (  # noqa: E402
     XGBoostBagging,
     XGBoostClient,
     XGBoostCyclic,
+    bagging,
     booster_from_weights,
     empty_booster,
     evaluate_booster,
@@ -609,3 +610,25 @@ def test_a_reply_declaring_a_size_past_its_buffer_fails_that_client_alone(
     assert all("error" not in r.aggregate_info for r in result.history.rounds[1:])
     assert num_trees(from_weights(result.weights)) == (3 * 2 if name == "bagging" else 2)
     booster_from_weights(result.weights, BINARY).predict(xgb.DMatrix(_data(0)[0]))
+
+
+def test_a_stale_reply_of_asynchronous_rounds_is_refused_naming_why() -> None:
+    # Before, a reply trained from an older booster was rebuilt against the newer one and
+    # refused as "not an XGBoost JSON model ...: 'utf-8' codec can't decode byte".
+    strategy = covey.Strategy(
+        aggregator=bagging(), buffer_size=2, fraction_evaluate=0.0, min_fit_clients=2
+    )
+    result = covey.simulate(
+        lambda cid: XGBoostClient(*_data(cid), BINARY),
+        num_clients=4,
+        rounds=4,
+        strategy=strategy,
+        initial_weights=initial_model(BINARY, 4, capacity=1 << 16),
+        backend="inline",
+        seed=0,
+    )
+    failures = [f for _, f in result.history.failures()]
+    assert failures  # clients still training when the buffer filled reply from an older model
+    for failure in failures:
+        assert "update(s) older than the global one" in failure.error
+        assert "synchronous rounds (no buffer_size)" in failure.error

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from covey.aggregate import Aggregate, End
+from covey.aggregate import Aggregate, End, Step
+from covey.aggregate._base import carrying
 from covey.core._history import History, RoundRecord
 from covey.core._weights import Weights, WeightsError
 from covey.xgboost._model import from_weights, num_trees, parse
@@ -16,6 +17,7 @@ from covey.xgboost._validate import parallel_trees, trees_per_iteration
 __all__ = [
     "FULL",
     "CapHook",
+    "capping",
     "check_count",
     "check_local_rounds",
     "check_max_trees",
@@ -210,3 +212,13 @@ class CapHook:
 
     def finish(self, history: History, state: Any) -> None:
         """Nothing to say: the loop logs why it stopped."""
+
+
+def capping(step: Step, cap: int | None) -> Step:
+    """``step``, carrying the run hook that stops the run once ``cap`` trees leave no room.
+
+    Whatever strategy runs the step (a preset, or a ``Strategy`` of one's own with
+    it alone or in a chain), the run stops before a round whose trees could not
+    join the booster (see :class:`CapHook`).
+    """
+    return step if cap is None else carrying(step, CapHook(cap))

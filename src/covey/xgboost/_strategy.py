@@ -11,7 +11,6 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from covey.aggregate import Aggregate, AggregationError, Begin, Contribution, End, Event, Step
-from covey.aggregate._base import carrying
 from covey.aggregate._flat import check_switch
 from covey.aggregate._order import DESCRIBED
 from covey.core._weights import Weights, WeightsError
@@ -19,7 +18,7 @@ from covey.strategies import Strategy
 from covey.strategies._options import StrategyOptions, preset
 from covey.strategies._recorded import described_since, recorded_since
 from covey.xgboost._limits import (
-    CapHook,
+    capping,
     check_count,
     check_local_rounds,
     check_max_trees,
@@ -168,6 +167,12 @@ def _accepted(
         AggregationError: What is wrong with this client's model (the round loop
             records the client's fit as failed).
     """
+    if contribution.staleness:  # asynchronous rounds (buffer_size)
+        raise AggregationError(
+            f"the client's model grew from a booster {contribution.staleness} update(s) older "
+            "than the global one, whose trees it extends: its own cannot join this one; run "
+            "XGBoost in synchronous rounds (no buffer_size)"
+        )
     try:
         model = from_weights(contribution.as_weights(params))
         merged = _merge(from_weights(params), [(model, 1.0)], ["the client's model"], local_rounds)
@@ -192,16 +197,6 @@ class _RoundState(NamedTuple):
 
     params: Weights | None = None
     models: tuple[tuple[int, bytes], ...] = ()
-
-
-def _capping(step: Step, cap: int | None) -> Step:
-    """``step``, carrying the run hook that stops the run once ``cap`` trees leave no room.
-
-    Whatever strategy runs the step (a preset, or a ``Strategy`` of one's own with
-    it alone or in a chain), the run stops before a round whose trees could not
-    join the booster (see :class:`~covey.xgboost._limits.CapHook`).
-    """
-    return step if cap is None else carrying(step, CapHook(cap))
 
 
 def bagging(*, weighted: bool = True, max_trees: int | None = None, local_rounds: int = 1) -> Step:
@@ -290,7 +285,7 @@ def bagging(*, weighted: bool = True, max_trees: int | None = None, local_rounds
         return state, (event,)
 
     said = f"bagging(weighted={weighted!r}, max_trees={cap!r}, local_rounds={rounds!r})"
-    return _capping(_described(Step(init, update), said), cap)
+    return capping(_described(Step(init, update), said), cap)
 
 
 def cyclic(*, max_trees: int | None = None, local_rounds: int = 1) -> Step:
@@ -371,7 +366,7 @@ def cyclic(*, max_trees: int | None = None, local_rounds: int = 1) -> Step:
         return state, (event,)
 
     said = f"cyclic(max_trees={cap!r}, local_rounds={rounds!r})"
-    return _capping(_described(Step(init, update), said), cap)
+    return capping(_described(Step(init, update), said), cap)
 
 
 def round_robin(candidates: Sequence[int], round: int, rng: np.random.Generator) -> list[int]:
