@@ -675,7 +675,7 @@ def test_a_subclass_is_described_with_its_class_overrides_and_fields(tmp_path: P
     assert options["class"] == f"{__name__}._Cosine"
     assert options["fit_config"] == "_Cosine.fit_config"
     assert (options["total"], options["base_lr"], options["floor"]) == (5, 0.1, "nan")
-    assert options["table"] == "tuple"
+    assert options["table"] == [1.0]
     assert "class" not in covey.FedAvg().describe()["options"]
 
 

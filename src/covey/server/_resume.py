@@ -31,6 +31,7 @@ from covey.server._state import check_state
 from covey.server._store import RunStore
 from covey.strategies._recorded import formerly_described, unrecorded_before
 from covey.strategies._strategy import Strategy
+from covey.strategies._subclass import OVERRIDABLE, former_record, own_attributes
 
 __all__ = [
     "UNRECORDED",
@@ -203,14 +204,22 @@ _UNRECORDED = {"evaluate_every": 1}
 """Options a strategy records only when they differ from their default, with that default."""
 
 
-def strategy_changes(stored: Any, strategy: Strategy, parts: tuple[str, ...]) -> list[str]:
+def strategy_changes(
+    stored: Any,
+    strategy: Strategy,
+    parts: tuple[str, ...],
+    keys: Callable[[str], bool] | None = None,
+) -> list[str]:
     """Each of ``parts`` of ``strategy.describe()`` that differs from the ``stored`` one.
 
     Both are compared as JSON gives them back (tuples as lists). A setting the
     stored run does not record (written by an older covey) counts as unchanged
     when the strategy leaves it unset (None), or when the preset declares it
     recorded only since (``covey.strategies._recorded``: the run's own value is
-    not known; :func:`warn_of_unrecorded` names it).
+    not known; :func:`warn_of_unrecorded` names it). A subclass's attribute an
+    older covey recorded by its type's name (a tuple as ``"tuple"``) counts as
+    unchanged while it holds a value of that type. ``keys``, if given, says
+    which of the flattened keys (``base_lr``, ``where.site``) to compare.
 
     Returns:
         One phrase per difference, e.g. ``"secagg.bits 16 (the run's) is 12 now"``.
@@ -231,7 +240,11 @@ def strategy_changes(stored: Any, strategy: Strategy, parts: tuple[str, ...]) ->
         unrecorded = _UNRECORDED if part == "options" else {}
         old = {**unrecorded, **_flat(stored[part])}
         new = {**unrecorded, **_flat(given.get(part) or {})}
+        if part == "options":
+            _drop_formerly_recorded(old, new, strategy)
         for key in sorted(set(old) | set(new)):
+            if keys is not None and not keys(key):
+                continue
             unknown = part == "hyperparameters" and key in later
             if key not in old and (new.get(key) is None or unknown):
                 continue
@@ -288,6 +301,41 @@ def _type_only(stored: Any) -> str:
     )
 
 
+def _drop_formerly_recorded(old: dict[str, Any], new: dict[str, Any], strategy: Strategy) -> None:
+    """Leave out of ``old`` and ``new`` the subclass attributes ``old`` has by type name.
+
+    An older covey recorded a subclass's tuple, list, dict or array attribute by its
+    type's name alone (``"tuple"``): its value then is not known, and one of that
+    type is taken as the run's, as that covey took it.
+    """
+    if type(strategy) is Strategy:
+        return
+    for name in own_attributes(strategy, Strategy):
+        value = getattr(strategy, name)
+        former = former_record(value)
+        if old.get(name) != former or not isinstance(former, str) or former == value:
+            continue
+        del old[name]
+        for key in [k for k in new if k == name or k.startswith(f"{name}.")]:
+            del new[key]
+
+
+def subclass_key(strategy: Strategy, stored: Any) -> Callable[[str], bool]:
+    """Whether an option key describes a subclass: its class, an override, an attribute of its own.
+
+    The keys the started run recorded count too (a resume with a plain
+    ``Strategy`` differs in ``class``). A run that recorded no ``class`` (an older
+    covey's, or one started with a plain ``Strategy``) has none.
+    """
+    options = stored.get("options") if isinstance(stored, dict) else None
+    if not isinstance(options, dict) or "class" not in options:
+        return lambda key: False
+    own = {"class", *OVERRIDABLE}
+    if type(strategy) is not Strategy:
+        own |= own_attributes(strategy, Strategy)
+    return lambda key: key.split(".", 1)[0] in own
+
+
 _NUMPY_NUMBER = re.compile(
     r"(?<![\w.])np\.(?:u?int(?:8|16|32|64)|float(?:16|32|64))\(([-+.\w]+)\)|(?<![\w.])np\.(True|False)_"
     r"|(?<![\w.])np\.(complex(?:64|128)|longdouble|clongdouble)\('?([-+.\w]+)'?\)"
@@ -340,20 +388,23 @@ def same_settings(opened: RunStore | None, strategy: Strategy) -> None:
 
     Hyperparameters (a server optimizer's rates, the secure-aggregation range,
     bits and graph, DP's noise, clip and sampling) decide what the saved state
-    and privacy ledger mean, so they must stay; options (fraction and minimums
-    of clients) may change between a run's servers and are logged.
+    and privacy ledger mean, so they must stay, and so must a subclass's class,
+    overrides and attributes of its own (its ``base_lr``); options (fraction and
+    minimums of clients) may change between a run's servers and are logged.
     """
     if opened is None:
         return
     stored = opened.config.get("strategy")
+    own = subclass_key(strategy, stored)
     changed = strategy_changes(stored, strategy, ("hyperparameters", "aggregator"))
+    changed += strategy_changes(stored, strategy, ("options",), keys=own)
     if changed:
         raise ValueError(
             f"the run in {opened.run_dir} cannot be resumed with other strategy settings "
             f"than it was started with: {'; '.join(changed)}. Resume it with the settings "
             "it was started with, or start a new run in another folder"
         )
-    for change in strategy_changes(stored, strategy, ("options",)):
+    for change in strategy_changes(stored, strategy, ("options",), keys=lambda k: not own(k)):
         logger.warning("resuming %s with another option: %s", opened.run_dir, change)
     warn_of_unrecorded(opened, strategy)
 
