@@ -294,9 +294,16 @@ def checked_metrics(value: Any, what: str, round: int | None = None) -> Metrics:
         TypeError: naming ``what``, if the metrics are no dict keyed by names, or hold a
             value the history cannot keep (a run folder would fail to save the round).
     """
-    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+    if not isinstance(value, Mapping):
         raise TypeError(
             f"{what} must return a dict of metric names to values, got {str(value)[:80]!r}"
+        )
+    named = next((key for key in value if not isinstance(key, str)), None)
+    if named is not None or any(not isinstance(key, str) for key in value):
+        raise TypeError(
+            f"{what} must return a dict of metric names to values, got {str(value)[:80]!r}: "
+            f"its key {named!r:.40} ({type(named).__name__}) is no name; metric names are "
+            "str (keep values keyed by client under one name: {'accuracy': {3: 0.9, ...}})"
         )
     metrics = {
         key: metric.item() if isinstance(metric, np.generic) or _zero_d(metric) else metric
