@@ -91,7 +91,16 @@ def reducer(combine: Combine) -> Step:
                 return _Held(), ()
             ordered = sorted(state.contributions, key=lambda c: c.cid)
             # NumPy scalars as 0-d arrays (arithmetic on a 0-d array gives one), as a client's
-            new = native(combine(state.params, ordered))
+            try:
+                new = native(combine(state.params, ordered))
+            except ValueError as exc:  # NumPy's "assignment destination is read-only"
+                if "read-only" in str(exc):
+                    exc.add_note(
+                        f"{label} wrote into its inputs: the global weights it is given are "
+                        "read-only; build the new weights as new arrays (np.median(...), "
+                        "x + y, x.copy())"
+                    )
+                raise
             try:
                 WeightsSpec.of(state.params).check(new, what=f"the result of {label}")
             except WeightsError as exc:  # the loop records it and keeps the model

@@ -1,4 +1,4 @@
-"""A round's metrics function keyed by client ids is told that metric names are str."""
+"""Errors of a round's own functions (metrics, a reducer) say what is wrong and where."""
 
 from __future__ import annotations
 
@@ -34,3 +34,22 @@ def test_metrics_under_one_name_keyed_by_client_ids_are_kept() -> None:
     strategy = covey.Strategy(fit_metrics=lambda results: {"n": _by_client(results)})
     result = covey.simulate(Shift, 3, 1, strategy, {"w": np.zeros(2)})
     assert result.history.rounds[-1].fit_metrics == {"n": {"0": 1, "1": 2, "2": 3}}
+
+
+def _in_place(params: Any, contributions: Any) -> Any:
+    for name in params:
+        params[name] += contributions[0].as_delta(params)[name]
+    return params
+
+
+def test_a_reducer_function_writing_into_the_weights_is_told_they_are_read_only() -> None:
+    # Before: "round 1: aggregation raised ValueError: output array is read-only",
+    # with no word of which function wrote where, nor what to do instead.
+    strategy = covey.Strategy(aggregator=covey.aggregate.reducer(_in_place), fraction_evaluate=0.0)
+    with pytest.raises(covey.FederationError) as caught:
+        covey.simulate(Shift, 3, 1, strategy, {"w": np.zeros(2)})
+    cause = caught.value.__cause__
+    assert isinstance(cause, ValueError)
+    assert any("reducer(_in_place) wrote into its inputs" in note for note in cause.__notes__), (
+        cause.__notes__
+    )
