@@ -882,6 +882,33 @@ def test_a_preset_given_numpy_numbers_keeps_a_run_folder(tmp_path: Path) -> None
     assert resumed.history.rounds[-1].round == 2
 
 
+@pytest.mark.parametrize("wrapper", ["central", "secure"])
+def test_a_wrappers_numpy_numbers_keep_a_run_folder(wrapper: str, tmp_path: Path) -> None:
+    # Before: central(..., clip=np.float32(1.0)) and secure(..., noise=Noise(...,
+    # clip=np.float32(1.0))) could not start a run folder: their nested settings kept
+    # the NumPy numbers ("Object of type float32 is not JSON serializable").
+    from covey.privacy import central
+    from covey.secagg import Noise, secure
+
+    run, f32 = tmp_path / "run", np.float32
+
+    def wrapped(clip: Any) -> covey.Strategy:
+        plain = covey.FedAvg(fraction_evaluate=0.0)
+        if wrapper == "central":
+            return central(plain, noise_multiplier=f32(0.5), clip=clip, delta=np.float64(1e-5))
+        noise = Noise("gaussian", sigma=f32(4.0), clip=clip, delta=np.float64(1e-5))
+        with pytest.warns(UserWarning, match="honest-but-curious"):
+            return secure(plain, clip_range=f32(4.0), noise=noise)
+
+    covey.simulate(_Shift, 3, 1, wrapped(f32(1.0)), _init(), run_dir=run)
+    settings = wrapped(f32(1.0)).describe()["hyperparameters"]
+    assert "float32" not in repr(settings)
+    with pytest.raises(ValueError, match=r"clip 1\.0 \(the run's\) is 2\.0 now"):
+        covey.simulate(_Shift, 3, 2, wrapped(f32(2.0)), _init(), run_dir=run, resume=True)
+    resumed = covey.simulate(_Shift, 3, 2, wrapped(f32(1.0)), _init(), run_dir=run, resume=True)
+    assert resumed.history.rounds[-1].round == 2
+
+
 def _pick_site(candidates: Any, round: int, rng: Any) -> Any:
     return [c for c in candidates if {"a": 1}["site"]]  # a lookup that fails
 

@@ -277,6 +277,7 @@ def test_noise_settings_given_as_numpy_numbers_are_taken_and_strings_named() -> 
     f32: Any = np.float32  # read from a float32 array or config, say
     noise = Noise("gaussian", f32(100.0), clip=f32(1.0), delta=f32(1e-5))
     assert noise.sigma == 100.0
+    assert type(noise.clip) is float  # a ledger's events and the run's record hold it
     with pytest.raises(ValueError, match="sigma must be a finite number >= 0, got '100'"):
         Noise("gaussian", "100")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="target_epsilon must be a number > 0 and finite, got '8'"):

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from covey.core._messages import real
+from covey.core._messages import plain, real
 from covey.privacy._accounting import Accountant, check_target_epsilon
 
 Mechanism = Literal["skellam", "gaussian"]
@@ -67,6 +67,8 @@ class Noise:
     accountant: Accountant = "rdp"
 
     def __post_init__(self) -> None:
+        for name in ("sigma", "clip", "delta", "target_epsilon"):  # np.float32(1.0) as 1.0
+            object.__setattr__(self, name, plain(getattr(self, name)))
         if self.mechanism not in ("skellam", "gaussian"):
             raise ValueError(f"mechanism must be 'skellam' or 'gaussian', got {self.mechanism!r}")
         if not (real(self.sigma) and math.isfinite(self.sigma)) or self.sigma < 0:

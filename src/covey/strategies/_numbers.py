@@ -8,7 +8,7 @@ from typing import Any
 from covey.aggregate._flat import written_fraction
 from covey.core._messages import MAX_ROUNDS, plain
 
-__all__ = ["NUMBERS", "check_numbers"]
+__all__ = ["NUMBERS", "check_numbers", "plain_tree"]
 
 NUMBERS = (
     "fraction_fit",
@@ -73,3 +73,17 @@ def _check_evaluate_every(every: object) -> None:
             f"evaluate_every must be an int from 1 to {MAX_ROUNDS:,} (evaluate every that "
             f"many rounds; 1: every round), got {every!r}"
         )
+
+
+def plain_tree(value: Any) -> Any:
+    """``value`` with each NumPy number in its dicts, lists and tuples as the Python one.
+
+    For a strategy's ``hyperparameters``, which a wrapper nests (``secure()``'s
+    ``"secagg"``, central DP's ``"dp"``) from the numbers its user gave: a run's
+    record holds ``1.0`` where ``np.float32(1.0)`` was given.
+    """
+    if isinstance(value, dict):
+        return {k: plain_tree(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(plain_tree(v) for v in value)
+    return plain(value)

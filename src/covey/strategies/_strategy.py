@@ -48,7 +48,7 @@ from covey.strategies._fitround import FitRound, check_fit_round
 from covey.strategies._fold import fold
 from covey.strategies._metrics import MetricsFn, weighted_metrics
 from covey.strategies._names import TRAINS_NO_CLIENT, refuse_flower_methods, unknown_options
-from covey.strategies._numbers import check_numbers
+from covey.strategies._numbers import check_numbers, plain_tree
 from covey.strategies._subclass import parameters, subclass_options
 
 ConfigFn = Callable[[int], Config]
@@ -339,7 +339,7 @@ class Strategy:
             options.update(subclass_options(self, Strategy))
         return {
             "name": self.name,
-            "hyperparameters": dict(self.hyperparameters),
+            "hyperparameters": plain_tree(dict(self.hyperparameters)),
             "options": options,
             "aggregator": describe_step(self.aggregator),
         }
