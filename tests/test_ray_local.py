@@ -799,6 +799,7 @@ def test_a_group_not_in_client_resources_is_shown_as_client_group_returned_it() 
     # It said "client_group(3) is '1'", as if the group '1' were missing: 1 was returned.
     transport = RayTransport.__new__(RayTransport)  # the lookup alone, without a Ray
     transport._spec = {"1": ({"CPU": 1.0}, 2), "b": ({"CPU": 1.0}, 1)}
+    transport._retired = set()
     transport._group_of = lambda cid: 1 if cid == 3 else "c"  # type: ignore[assignment, return-value]
     assert transport._home(3) == ("1", 1)  # a key 1 of client_resources is the group "1"
     with pytest.raises(ValueError, match=r"^client_group\(4\) returned 'c' \(str\), not one of"):

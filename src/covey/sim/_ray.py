@@ -142,6 +142,9 @@ class RayTransport:
                 count = min(count, num_actors)
             self._spec[name] = (need, max(1, min(count, len(self._clients))))
         self._where: dict[tuple[str, int], tuple[int, str]] = {}
+        # Slots whose replacement the cluster had no room for (a node left): their
+        # clients run in the group's other actors.
+        self._retired: set[tuple[str, int]] = set()
         for name in self._spec:
             self._actors[name] = [self._start(name, i) for i in range(self._spec[name][1])]
         self._await_ready(
@@ -185,17 +188,21 @@ class RayTransport:
                 raise
             raise TypeError(unpicklable(self._client_fn, exc)) from exc
 
-    def _await_ready(self, keys: Sequence[tuple[str, int]]) -> None:
+    def _await_ready(self, keys: Sequence[tuple[str, int]], *, retire: bool = False) -> None:
+        """Wait for the actors of ``keys`` to start; with ``retire``, go on without late ones."""
         ray = self._ray
         refs = {self._actors[g][i].where.remote(): (g, i) for g, i in keys}  # streams
         ready, waiting = ray.wait(list(refs), num_returns=len(refs), timeout=self._start_timeout)
         if waiting:
             g, _ = refs[waiting[0]]
-            raise RuntimeError(
+            why = (
                 f"{len(waiting)} of {len(refs)} Ray actors did not start within "
                 f"{self._start_timeout} s; each needs {self._spec[g][0]} and the cluster has "
                 f"{ray.cluster_resources()} (available now: {ray.available_resources()})"
             )
+            if not retire:
+                raise RuntimeError(why)
+            self._retire([refs[ref] for ref in waiting], why)
         for ref in ready:
             try:
                 pid, node = ray.get(next(ref))
@@ -206,7 +213,9 @@ class RayTransport:
     @property
     def num_workers(self) -> int:
         """The number of actors over all groups."""
-        return sum(len(a) for a in self._actors.values())
+        return sum(
+            (g, i) not in self._retired for g, a in self._actors.items() for i in range(len(a))
+        )
 
     def clients(self) -> Sequence[int]:
         """Ids of the simulated clients."""
@@ -221,7 +230,11 @@ class RayTransport:
                 f"client_group({cid}) returned {named!r} ({type(named).__name__}), not one of "
                 f"the groups of client_resources {sorted(self._spec)}"
             )
-        return group, cid % self._spec[group][1]
+        count = self._spec[group][1]
+        slot = cid % count
+        while (group, slot) in self._retired:  # its clients go to the next slot left
+            slot = (slot + 1) % count
+        return group, slot
 
     def _publish(self, weights: Weights | None) -> tuple[int, Any, int, tuple[int, ...]]:
         """``(token, object ref, bytes, fingerprint)`` of ``weights`` in the object store."""
@@ -240,7 +253,7 @@ class RayTransport:
             (g, i)
             for g, actors in self._actors.items()
             for i, actor in enumerate(actors)
-            if actor is None
+            if actor is None and (g, i) not in self._retired
         ]
         for g, i in dead:
             logger.warning(
@@ -248,7 +261,32 @@ class RayTransport:
             )
             self._actors[g][i] = self._start(g, i)
         if dead:
-            self._await_ready(dead)
+            self._await_ready(dead, retire=True)
+
+    def _retire(self, keys: Sequence[tuple[str, int]], why: str) -> None:
+        """Give up the actor slots ``keys`` (no room in the cluster): the others take their clients.
+
+        Raises:
+            RuntimeError: ``why``, if a group is left with no actor.
+        """
+        for g, i in keys:
+            with contextlib.suppress(Exception):
+                self._ray.kill(self._actors[g][i], no_restart=True)  # cancels its placement
+            self._actors[g][i] = None
+            self._retired.add((g, i))
+        for g in sorted({g for g, _ in keys}):
+            left = [i for i in range(self._spec[g][1]) if (g, i) not in self._retired]
+            if not left:
+                raise RuntimeError(f"{why}; no actor of the run is left to run its clients")
+            gone = sorted(i for gg, i in self._retired if gg == g)
+            logger.warning(
+                "%s: the run goes on with %d actor(s)%s (a node left the cluster?); the "
+                "clients of slot(s) %s are rebuilt in the others",
+                why,
+                len(left),
+                f" for group {g!r}" if g else "",
+                ", ".join(map(str, gone)),
+            )
 
     def exchange(
         self, tasks: Mapping[int, Task], *, timeout: float | None = None
