@@ -8,6 +8,7 @@ the processes this test process started).
 from __future__ import annotations
 
 import contextlib
+import http.server
 import importlib.util
 import logging
 import os
@@ -18,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -32,7 +34,7 @@ from covey import FitResult
 from covey.core import _codec
 from covey.core._messages import Task
 from covey.sim._ray import RayTransport
-from covey.sim._rayplan import check_fits
+from covey.sim._rayplan import check_fits, not_grpc
 
 pytestmark = pytest.mark.slow
 
@@ -423,6 +425,64 @@ def test_a_cluster_address_where_nothing_listens_is_refused_at_once() -> None:
     assert f"refused: no Ray cluster answers at ray_address='127.0.0.1:{port}'" in out.stdout
     assert "Connection refused" in out.stdout
     assert "ray start --head" in out.stdout
+
+
+def test_a_cluster_address_where_no_ray_head_answers_is_refused_at_once() -> None:
+    # An HTTP server there (such as Ray's dashboard): Ray retried it for more than ten minutes.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"127.0.0.1:{server.server_address[1]}"
+    script = (
+        "import numpy as np, covey\n"
+        "class C(covey.Client):\n"
+        "    def fit(self, weights, config):\n"
+        "        return covey.FitResult(weights=dict(weights), num_examples=1)\n"
+        "try:\n"
+        f"    covey.simulate(lambda cid: C(), 2, 1, None, {{'w': np.zeros(2)}}, backend='ray',\n"
+        f"                   ray_address='{address}')\n"
+        "except ConnectionError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=90
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"simulate() still waited for a Ray at the HTTP server {address} after 90 s")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (
+        f"refused: something listens at ray_address='{address}', but no Ray head node" in out.stdout
+    )
+    assert "it answered '<!DOCTYPE HTML>', not as a gRPC server" in out.stdout
+    assert "ray start --head" in out.stdout
+
+
+class Quiet(http.server.BaseHTTPRequestHandler):
+    """An HTTP/1 server's handler that logs nothing."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_grpc_servers_pass_the_probe_and_silent_ones_do_not() -> None:
+    import grpc
+
+    server = grpc.server(ThreadPoolExecutor(1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            assert not_grpc(sock, 10.0) is None
+    finally:
+        server.stop(0)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        with socket.create_connection(silent.getsockname(), timeout=10) as sock:
+            assert not_grpc(sock, 0.5) == "it accepted a connection but sent nothing within 0.5 s"
 
 
 def test_a_ray_client_address_where_nothing_listens_is_refused_at_once() -> None:

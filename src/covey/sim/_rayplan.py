@@ -7,7 +7,9 @@ import nor start Ray).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import re
 import socket
 from collections.abc import Mapping, Sequence
@@ -155,11 +157,13 @@ def check_reachable(address: str, timeout: float = 10.0) -> None:
     ``ray.init`` retries such an address for more than ten minutes before it fails;
     one TCP connection to the head's port says at once whether anything listens
     there. A Ray Client address (``ray://host[:port]``, port 10001 by default) is
-    checked the same way: Ray would wait 30 s for it and then not name it.
-    ``"auto"``, ``"local"`` and other schemes are left to Ray.
+    checked the same way: Ray would wait 30 s for it and then not name it. A
+    server there that is no gRPC server (Ray's dashboard, another service) is
+    refused too: Ray would retry it as long (unless ``RAY_USE_TLS`` is set, when
+    the head answers only TLS). ``"auto"``, ``"local"`` and other schemes are left to Ray.
 
     Raises:
-        ConnectionError: naming the address and why nothing answered there.
+        ConnectionError: naming the address and why no Ray head answered there.
         ValueError: for an empty address, or a port that is not a number.
     """
     if not address.strip():
@@ -183,25 +187,73 @@ def check_reachable(address: str, timeout: float = 10.0) -> None:
             "such as '127.0.0.1:6379'"
         )
     host = host.strip("[]") or "127.0.0.1"
+    head = (
+        "the port of the head node's Ray Client server (10001 by default)"
+        if client
+        else "the address and port of the head node (the --port of `ray start --head`, "
+        "6379 by default; not the dashboard's port)"
+    )
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            pass
+        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+            other = None if _tls() else not_grpc(sock, timeout)
     except OSError as exc:
         if isinstance(exc, TimeoutError):
             why = f"no answer within {timeout:g} s"
         else:
             why = exc.strerror or str(exc) or type(exc).__name__
-        head = (
-            "the port of the head node's Ray Client server (10001 by default)"
-            if client
-            else "the address and port of the head node (the --port of `ray start --head`, "
-            "6379 by default)"
-        )
         raise ConnectionError(
             f"no Ray cluster answers at ray_address={address!r} ({why}): give {head}, "
             "check that it is running and reachable from here, or leave ray_address out to "
             "start a local Ray for this run"
         ) from exc
+    if other is not None:  # Ray would retry it for more than ten minutes, then fail
+        raise ConnectionError(
+            f"something listens at ray_address={address!r}, but no Ray head node (which "
+            f"speaks gRPC): {other}. Give {head}, or leave ray_address out to start a "
+            "local Ray for this run"
+        )
+
+
+#: An HTTP/2 client's connection preface and an empty SETTINGS frame: a gRPC
+#: server answers with a SETTINGS frame of its own.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def _tls() -> bool:
+    """Whether Ray talks TLS (``RAY_USE_TLS``): its head then answers no plain HTTP/2."""
+    return os.environ.get("RAY_USE_TLS", "0").strip().lower() not in ("", "0", "false")
+
+
+def not_grpc(sock: socket.socket, timeout: float) -> str | None:
+    """Why the server at the other end of ``sock`` is no gRPC server, or None if it is one.
+
+    The HTTP/2 connection preface is sent; a gRPC server answers with a SETTINGS
+    frame (9 bytes of frame header, type 4), anything else (an HTTP/1 server such
+    as Ray's dashboard, a server that says nothing) is told apart.
+    """
+    sock.settimeout(timeout)
+    got = b""
+    try:
+        sock.sendall(_HTTP2_PREFACE)
+        while len(got) < 9:
+            more = sock.recv(9 - len(got))
+            if not more:
+                break
+            got += more
+    except TimeoutError:
+        if not got:
+            return f"it accepted a connection but sent nothing within {timeout:g} s"
+    except OSError as exc:
+        return f"it dropped the connection ({exc.strerror or exc})"
+    if len(got) == 9 and got[3] == 4:
+        return None
+    if not got:
+        return "it closed the connection without answering"
+    with contextlib.suppress(OSError):  # a little more of its answer, to show what it is
+        sock.settimeout(0.5)
+        got += sock.recv(40)
+    first = (got.splitlines() or [got])[0][:60]
+    return f"it answered {first.decode('ascii', 'backslashreplace')!r}, not as a gRPC server"
 
 
 def check_joined(address: str, joined: str) -> None:
