@@ -49,7 +49,9 @@ test: lint typecheck docs chromium
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 # The wire messages: regenerate covey_pb2.py/.pyi after editing covey.proto
-# (tests/test_proto_generated.py fails while they differ).
+# (tests/test_proto_generated.py fails while they differ). The code names the
+# protobuf its grpcio-tools was made for, and protobuf refuses to load it with an
+# older one: the test fails too when that is newer than pyproject's protobuf floor.
 PROTO_DIR := src/covey/transport/grpc/proto
 .PHONY: proto
 proto: $(DEV_STAMP)

@@ -6,6 +6,7 @@ the ``.proto`` file without it would leave the wire using the old messages.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from google.protobuf import descriptor_pb2
@@ -48,3 +49,23 @@ def test_an_edited_proto_is_told_apart(tmp_path: Path) -> None:
         head + sep + "\n  bool edited_in_test = 99;" + tail, encoding="utf-8"
     )
     assert _compiled(edited, tmp_path / "set.pb") != _checked_in()
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def test_the_checked_in_code_runs_on_the_oldest_protobuf_covey_allows() -> None:
+    # protobuf refuses code generated for a newer protobuf than the one installed: code
+    # regenerated with a newer grpcio-tools would break every install at the old floor.
+    generated = Path(covey_pb2.__file__).read_text(encoding="utf-8")
+    made = re.search(r"^# Protobuf Python Version: ([\d.]+)$", generated, re.M)
+    assert made, "covey_pb2.py names no protobuf version"
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text(encoding="utf-8")
+    floor = re.search(r'"protobuf>=([\d.]+)', pyproject)
+    assert floor, "pyproject.toml names no lowest protobuf"
+    assert _version(made.group(1)) <= _version(floor.group(1)), (
+        f"covey_pb2.py was generated for protobuf {made.group(1)}, newer than the lowest "
+        f"covey allows ({floor.group(1)}): raise that floor in pyproject.toml, or "
+        "regenerate with the grpcio-tools that made the checked-in code"
+    )
