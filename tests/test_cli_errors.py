@@ -706,3 +706,26 @@ def test_an_app_in_a_folder_that_an_installed_package_shadows_names_both(tmp_pat
     code, out = covey("client", "--app", "mine.nothere:client_fn", *base)
     assert code == 2, out
     assert "rename" not in last_line(out)
+
+
+@pytest.mark.parametrize(
+    ("module", "example"),
+    [
+        ("./digits_app", ", e.g. digits_app:server_app"),
+        (".digits_app", ", e.g. digits_app:server_app"),
+        ("apps/digits_app.py", ", e.g. apps.digits_app:server_app"),
+        ("..", ""),
+    ],
+)
+def test_an_app_given_as_a_path_or_a_relative_name_is_refused_naming_the_flag(
+    module: str, example: str
+) -> None:
+    # A relative name made import_module raise TypeError: "error: TypeError: the 'package'
+    # argument is required to perform a relative import", exit 1, as for a bug of covey's.
+    code, out = covey("server", "--app", f"{module}:server_app", "--insecure")
+    assert code == 2, out
+    assert last_line(out) == (
+        f"error: --app {module}:server_app: MODULE is a module's dotted name, not a path or a "
+        f"relative name{example}; run from the folder holding it or add that folder to PYTHONPATH"
+    )
+    assert "TypeError" not in out

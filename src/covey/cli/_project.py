@@ -29,7 +29,8 @@ from covey.cli._project_files import (
 )
 from covey.cli._template import FILES
 from covey.core._files import atomic_write
-from covey.deploy._cli_errors import fail, load_object
+from covey.deploy._cli_apps import load_object
+from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import output_console
 from covey.deploy._cli_trackers import (
     TRACKER_KEYS,

@@ -12,19 +12,18 @@ from rich.console import Console
 
 from covey.core._interrupt import interrupts_as_such, stop_on_sigterm
 from covey.core._runstep import last_finished_step
+from covey.deploy._cli_apps import load_object, required_params
 from covey.deploy._cli_errors import (
     Settings,
     address_flag,
     compression_spec,
     fail,
     folder_flag,
-    load_object,
     no_empty_folder,
     number,
     output_file,
     port_number,
     read_settings,
-    required_params,
 )
 from covey.deploy._cli_logs import setup_logging
 from covey.deploy._cli_resume import recorded_rounds, resume_hint, run_folder, saved_model

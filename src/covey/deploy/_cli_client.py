@@ -8,13 +8,12 @@ from typing import Annotated, Any
 import typer
 
 from covey.deploy._cli import _number, _pick, console
+from covey.deploy._cli_apps import load_object, required_params
 from covey.deploy._cli_errors import (
     address_flag,
     fail,
-    load_object,
     number,
     read_settings,
-    required_params,
 )
 from covey.deploy._cli_logs import setup_logging
 from covey.deploy._cli_options import ServerName
