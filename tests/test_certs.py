@@ -469,3 +469,28 @@ def test_grpc_mutual_tls(tmp_path: Path) -> None:
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     finally:
         server.stop(None)
+
+
+@pytest.mark.parametrize(
+    ("args", "what"),
+    [
+        (["init", "--days", "100000000"], "days"),
+        (["init", "--server-days", "3000000"], "server_days"),
+        (["issue", "alice", "--days", "99999999"], "days"),
+        (["renew-server", "--days", "99999999999999999999"], "days"),
+    ],
+)
+def test_cli_refuses_a_validity_past_the_year_9999(
+    tmp_path: Path, args: list[str], what: str
+) -> None:
+    # The date overflowed: "error: OverflowError: date value out of range", exit 1.
+    d = tmp_path / "fed"
+    if args[0] != "init":
+        assert runner.invoke(certs_app, ["init", "--dir", str(d)]).exit_code == 0
+    result = runner.invoke(certs_app, [*args, "--dir", str(d)])
+    assert result.exit_code == 2, result.output
+    assert f"error: {what} must be at most " in result.output
+    assert "no certificate is valid past 9999-12-31" in result.output
+    assert "OverflowError" not in result.output
+    if args[0] == "init":
+        assert not (d / "ca.key").exists()

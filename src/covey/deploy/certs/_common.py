@@ -76,10 +76,20 @@ def utc_now() -> _dt.datetime:
     return _dt.datetime.now(_dt.UTC).replace(microsecond=0)
 
 
+# The last moment an X.509 certificate can be valid until (its GeneralizedTime ends at 9999).
+_LAST_MOMENT = _dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=_dt.UTC)
+
+
 def check_days(days: int, what: str) -> None:
-    """Reject a validity that is not a positive whole number of days."""
+    """Reject a validity that is not a positive whole number of days, or ends after 9999."""
     if isinstance(days, bool) or not isinstance(days, int) or days < 1:
         raise ValueError(f"{what} must be a positive number of days, not {days!r}")
+    most = (_LAST_MOMENT - utc_now()).days - 1  # a day to spare for the clock moving on
+    if days > most:  # the date overflowed: "OverflowError: date value out of range", exit 1
+        raise ValueError(
+            f"{what} must be at most {most} days (no certificate is valid past 9999-12-31), "
+            f"not {days}"
+        )
 
 
 def generate_key(key_type: str, rsa_bits: int) -> PrivateKey:
