@@ -24,8 +24,8 @@ from rich.text import Text
 
 from covey.core._files import hold_lock, write_output
 from covey.core._interrupt import interrupts_as_such, stop_on_sigterm
-from covey.deploy._cli_errors import TomlFileError, read_toml_file
-from covey.deploy._cli_options import ServerName
+from covey.deploy._cli_errors import TomlFileError, file_flag, read_toml_file
+from covey.deploy._cli_options import ClientCerts, PortFile, ServerCerts, ServerName
 from covey.deploy._cli_tables import output_console
 from covey.deploy._leave import LEAVE_GRACE, Leaving, leaving
 from covey.deploy._shown import escape
@@ -170,11 +170,13 @@ def site_command(
     server: Annotated[str, typer.Option(help="The query server's host:port.")],
     policy: Annotated[
         Path | None,
-        typer.Option(help="TOML file with the site's \\[policy]; none: answer nothing."),
+        typer.Option(
+            help="TOML file with the site's \\[policy]; none: answer nothing.",
+            parser=file_flag("--policy"),
+            metavar="PATH",
+        ),
     ] = None,
-    certs: Annotated[
-        Path | None, typer.Option(help="Federation folder holding ca.pem and clients/NAME.*")
-    ] = None,
+    certs: ClientCerts = None,
     name: Annotated[str | None, typer.Option(help="The site's id (its certificate name).")] = None,
     insecure: Annotated[bool, typer.Option(help="Connect without TLS.")] = False,
     server_name: ServerName = None,
@@ -183,7 +185,9 @@ def site_command(
         Path | None,
         typer.Option(
             help="JSON file keeping the site's DP budget across restarts "
-            "(default: NAME.covey-budget.json next to the first table)."
+            "(default: NAME.covey-budget.json next to the first table).",
+            parser=file_flag("--ledger"),
+            metavar="PATH",
         ),
     ] = None,
 ) -> None:
@@ -398,9 +402,7 @@ def query_command(
     sql: Annotated[str, typer.Argument(help="The SELECT to answer.")],
     server: Annotated[str, typer.Option(help="host:port this query server listens on.")],
     sites: Annotated[int, typer.Option(min=1, help="Sites to wait for (secure: 2 or more).")] = 1,
-    certs: Annotated[
-        Path | None, typer.Option(help="Federation folder from `covey certs init`.")
-    ] = None,
+    certs: ServerCerts = None,
     insecure: Annotated[bool, typer.Option(help="Serve without TLS (local tests only).")] = False,
     secure: Annotated[bool, typer.Option(help="Sum answers by secure aggregation.")] = True,
     epsilon: Annotated[float | None, typer.Option(help="DP budget of this query.")] = None,
@@ -409,9 +411,15 @@ def query_command(
     ] = None,
     wait_timeout: Annotated[float, typer.Option(help="Seconds to wait for the sites.")] = 300.0,
     timeout: Annotated[float, typer.Option(help="Seconds per stage.")] = 120.0,
-    port_file: Annotated[Path | None, typer.Option(help="Write the bound port here.")] = None,
+    port_file: PortFile = None,
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write it, with sites, privacy, as JSON.")
+        Path | None,
+        typer.Option(
+            "--json",
+            help="Also write it, with sites, privacy, as JSON.",
+            parser=file_flag("--json"),
+            metavar="PATH",
+        ),
     ] = None,
 ) -> None:
     """Listen for sites, answer one SQL query over their tables, print the result."""

@@ -22,7 +22,7 @@ import covey
 from covey.cli._stdout import StdoutError, checked_stdout, stop_writing
 from covey.core._extras import MissingExtraError, extra_for
 from covey.core._interrupt import interrupt_in, interrupts_as_such, stopping_on_sigterm
-from covey.deploy._cli_errors import folder_flag
+from covey.deploy._cli_errors import file_flag, folder_flag
 from covey.deploy._cli_help import HelpCommand
 from covey.deploy._cli_tables import output_console
 
@@ -92,7 +92,9 @@ def demo(
         Path | None,
         typer.Option(
             help="Also write the final model to this file (safetensors); a run stopped early "
-            "(Ctrl-C, an error) writes the model after its last complete round."
+            "(Ctrl-C, an error) writes the model after its last complete round.",
+            parser=file_flag("--out"),
+            metavar="PATH",
         ),
     ] = None,
 ) -> None:

@@ -30,7 +30,7 @@ from covey.cli._project_files import (
 from covey.cli._template import FILES
 from covey.core._files import atomic_write
 from covey.deploy._cli_apps import load_object
-from covey.deploy._cli_errors import fail
+from covey.deploy._cli_errors import fail, folder_flag
 from covey.deploy._cli_tables import output_console
 from covey.deploy._cli_trackers import (
     TRACKER_KEYS,
@@ -355,6 +355,8 @@ def run_command(
             "--resume",
             help="Continue the stopped run in this folder after its last complete round, "
             "with the settings it was started with (a served run: with --federation).",
+            parser=folder_flag("--resume"),
+            metavar="PATH",
         ),
     ] = None,
     tensorboard: TensorBoardFlag = None,

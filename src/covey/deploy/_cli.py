@@ -18,6 +18,7 @@ from covey.deploy._cli_errors import (
     address_flag,
     compression_spec,
     fail,
+    file_flag,
     folder_flag,
     no_empty_folder,
     number,
@@ -26,6 +27,7 @@ from covey.deploy._cli_errors import (
     read_settings,
 )
 from covey.deploy._cli_logs import setup_logging
+from covey.deploy._cli_options import PortFile, ServerCerts
 from covey.deploy._cli_resume import recorded_rounds, resume_hint, run_folder, saved_model
 from covey.deploy._cli_security import _security, tls_choice
 from covey.deploy._cli_trackers import (
@@ -305,7 +307,12 @@ def server_command(
             "its own instead of rounds (the round and run-folder flags do not apply)."
         ),
     ] = None,
-    config: Annotated[Path | None, typer.Option(help="TOML file with these settings.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="TOML file with these settings.", parser=file_flag("--config"), metavar="PATH"
+        ),
+    ] = None,
     address: Annotated[
         str | None,
         typer.Option(
@@ -313,9 +320,7 @@ def server_command(
         ),
     ] = None,
     rounds: Annotated[int | None, typer.Option(help="Rounds to run (overrides the app).")] = None,
-    certs: Annotated[
-        Path | None, typer.Option(help="Federation folder from `covey certs init`.")
-    ] = None,
+    certs: ServerCerts = None,
     insecure: Annotated[
         bool | None,
         typer.Option("--insecure/--no-insecure", help="Serve without TLS (local tests only)."),
@@ -355,9 +360,7 @@ def server_command(
             "(default 5)."
         ),
     ] = None,
-    port_file: Annotated[
-        Path | None, typer.Option(help="Write the bound port here (with port 0).")
-    ] = None,
+    port_file: PortFile = None,
     plot: Annotated[
         bool | None, typer.Option("--plot/--no-plot", help="Draw plot.png after each round.")
     ] = None,

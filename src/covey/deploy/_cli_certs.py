@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from covey.deploy import certs as _certs
-from covey.deploy._cli_errors import fail
+from covey.deploy._cli_errors import fail, folder_flag
 from covey.deploy._cli_help import HelpCommand
 from covey.deploy._cli_tables import output_console, print_table
 
@@ -96,7 +96,14 @@ def _federation_dir(directory: Path) -> Path:
 
 _DirOption = Annotated[
     Path,
-    typer.Option("--dir", "-d", help="The federation directory.", show_default=False),
+    typer.Option(
+        "--dir",
+        "-d",
+        help="The federation directory.",
+        show_default=False,
+        parser=folder_flag("--dir"),
+        metavar="PATH",
+    ),
 ]
 
 

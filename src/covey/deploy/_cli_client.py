@@ -12,11 +12,12 @@ from covey.deploy._cli_apps import load_object, required_params
 from covey.deploy._cli_errors import (
     address_flag,
     fail,
+    file_flag,
     number,
     read_settings,
 )
 from covey.deploy._cli_logs import setup_logging
-from covey.deploy._cli_options import ServerName
+from covey.deploy._cli_options import ClientCerts, ServerName
 from covey.deploy._leave import Leaving, end_now, leaving
 from covey.deploy._shown import escape
 
@@ -179,17 +180,29 @@ def client_command(
     ] = None,
     server: Annotated[str | None, typer.Option(help="The server's host:port.")] = None,
     cid: Annotated[int | None, typer.Option(help="Passed to client_fn(cid).")] = None,
-    config: Annotated[Path | None, typer.Option(help="TOML file with these settings.")] = None,
-    certs: Annotated[
-        Path | None, typer.Option(help="Federation folder holding ca.pem and clients/NAME.*")
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="TOML file with these settings.", parser=file_flag("--config"), metavar="PATH"
+        ),
     ] = None,
+    certs: ClientCerts = None,
     name: Annotated[
         str | None,
         typer.Option(help="This client's name in the federation (its certificate's name)."),
     ] = None,
-    ca: Annotated[Path | None, typer.Option(help="CA certificate (PEM).")] = None,
-    cert: Annotated[Path | None, typer.Option(help="Client certificate (PEM).")] = None,
-    key: Annotated[Path | None, typer.Option(help="Client private key (PEM).")] = None,
+    ca: Annotated[
+        Path | None,
+        typer.Option(help="CA certificate (PEM).", parser=file_flag("--ca"), metavar="PATH"),
+    ] = None,
+    cert: Annotated[
+        Path | None,
+        typer.Option(help="Client certificate (PEM).", parser=file_flag("--cert"), metavar="PATH"),
+    ] = None,
+    key: Annotated[
+        Path | None,
+        typer.Option(help="Client private key (PEM).", parser=file_flag("--key"), metavar="PATH"),
+    ] = None,
     insecure: Annotated[
         bool | None, typer.Option("--insecure/--no-insecure", help="Connect without TLS.")
     ] = None,

@@ -19,6 +19,7 @@ __all__ = [
     "Settings",
     "compression_spec",
     "fail",
+    "file_flag",
     "folder_flag",
     "fresh_run_dir",
     "no_empty_folder",
@@ -57,6 +58,21 @@ def folder_flag(flag: str) -> Callable[[str], Path]:
 
     def parse(value: str) -> Path:
         no_empty_folder(value, flag)
+        return Path(value)
+
+    return parse
+
+
+def file_flag(flag: str) -> Callable[[str], Path]:
+    """A Typer parser of the file ``flag`` takes, refusing empty text.
+
+    Typer reads ``""`` as ``Path("")``, which is ``.``: ``--config ""`` (a shell
+    variable never set) was reported as ``--config .``, a folder never given.
+    """
+
+    def parse(value: str) -> Path:
+        if value == "":
+            fail(f'{flag} is empty (""); give a file, or leave it out')
         return Path(value)
 
     return parse
@@ -167,10 +183,13 @@ def read_settings(config: Path | None, section: str, known: set[str]) -> Setting
                 f"--config {config}: {key} = {_toml_value(value)} in [{section}]: must be text "
                 f'in quotes, e.g. {key} = "{value}"'
             )
-    for key in _PATHS & settings.keys():  # no shell reads the file: ~ is the home folder
-        settings[key] = os.path.expanduser(settings[key])
     spelled = {k.replace("-", "_"): k for k in table}
     nested = section if table is not data else None
+    for key in _PATHS & settings.keys():  # no shell reads the file: ~ is the home folder
+        if settings[key] == "" and key in _EMPTY:  # Path("") is the current folder
+            where = f"{nested + '.' if nested else ''}{spelled.get(key, key)} in {config}"
+            fail(f'{where} is empty (""); give a {_EMPTY[key]}, or leave it out')
+        settings[key] = os.path.expanduser(settings[key])
     return Settings(settings, config=config, section=nested, spelled=spelled)
 
 
@@ -247,6 +266,10 @@ _TEXTS |= {"ca", "cert", "key", "server_name", "tensorboard", "mlflow", "mlflow_
 _PATHS = {"certs", "run_dir", "resume", "port_file", "ca", "cert", "key", "tensorboard", "mlflow"}
 """The ``--config`` keys of paths: a leading ``~`` is the home folder, as in a shell (an
 ``mlflow`` tracking URI is left as it is)."""
+
+_EMPTY = {"certs": "folder", "run_dir": "folder", "resume": "folder"}
+_EMPTY |= {"port_file": "file", "ca": "file", "cert": "file", "key": "file"}
+"""The ``--config`` keys of paths refused empty (``""`` is the current folder), and their kind."""
 
 
 def _quoted_number(value: Any) -> bool:
