@@ -48,3 +48,11 @@ def test_help_names_every_option_in_full_at_60_columns(path: tuple[str, ...]) ->
 def test_help_keeps_its_boxes_on_a_wide_terminal() -> None:
     assert "╭─ Options" in _help(("server",), 120)
     assert "╭─ Options" not in _help(("server",), 60)
+
+
+@pytest.mark.parametrize("path", sorted(COMMANDS), ids=lambda p: " ".join(p) or "covey")
+def test_usage_brackets_an_optional_argument_once(path: tuple[str, ...]) -> None:
+    # `covey runs list` gave its metavar with brackets, which the usage line adds:
+    # "Usage: covey runs list [OPTIONS] [[FOLDER]]".
+    usage = next(line for line in _help(path, 100).splitlines() if "Usage:" in line)
+    assert "[[" not in usage, usage

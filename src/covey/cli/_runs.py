@@ -215,7 +215,7 @@ def list_runs(
             help="The folder holding run folders (as --dir; default runs/).",
             show_default=False,
             parser=folder_flag("FOLDER"),
-            metavar="[FOLDER]",
+            metavar="FOLDER",
         ),
     ] = None,
     runs_dir: RunsDir = Path("runs"),
