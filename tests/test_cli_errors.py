@@ -152,6 +152,16 @@ def test_demo_with_a_learning_rate_that_trains_nothing(lr: str) -> None:
     assert not Path("runs").exists()  # nothing was started
 
 
+def test_demo_with_an_infinite_alpha_is_refused_as_such() -> None:
+    # Dirichlet(inf) was refused by the split and said as "raise --alpha or lower --clients".
+    code, out = covey("demo", "--alpha", "inf")
+    assert code == 2, out
+    assert last_line(out) == (
+        "error: --alpha inf: the Dirichlet concentration must be a finite number above 0"
+    )
+    assert not Path("runs").exists()  # nothing was started
+
+
 @pytest.mark.parametrize("command", ["demo", "server"])
 def test_run_dir_on_an_existing_file(tmp_path: Path, command: str) -> None:
     (tmp_path / "taken").write_text("not a folder")

@@ -116,6 +116,8 @@ def demo(
         fail(f"--start-method {start_method}: {why}")
     if not (math.isfinite(lr) and lr > 0):
         fail(f"--lr {lr}: the learning rate must be a number above 0")
+    if not math.isfinite(alpha):  # the split refused it, said as "raise --alpha"
+        fail(f"--alpha {alpha}: the Dirichlet concentration must be a finite number above 0")
     output_file(out, "--out", device=False)
     most = len(load_digits(seed=seed).y_train) // 2
     if clients > most:
