@@ -739,3 +739,22 @@ def test_an_app_given_as_a_path_or_a_relative_name_is_refused_naming_the_flag(
         f"relative name{example}; run from the folder holding it or add that folder to PYTHONPATH"
     )
     assert "TypeError" not in out
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        (["--heartbeat", "0.001"], "--heartbeat must be between 0.01 and 600 seconds"),
+        (["--config", "fed.toml"], "server.heartbeat in fed.toml must be between 0.01 and 600"),
+    ],
+)
+def test_a_heartbeat_out_of_range_names_its_flag_or_key(
+    tmp_path: Path, given: list[str], said: str
+) -> None:
+    # It said "heartbeat must be between 0.01 and 600 seconds", naming no flag or file.
+    (tmp_path / "fed.toml").write_text("[server]\nheartbeat = 1000\n")
+    base = ["server", "--app", "digits_app:server_app", "--insecure", "--address", "127.0.0.1:0"]
+    code, out = covey(*base, *given)
+    assert code == 2, out
+    assert last_line(out).startswith(f"error: {said}")
+    assert not Path("runs").exists()

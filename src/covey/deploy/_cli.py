@@ -423,7 +423,7 @@ def server_command(
         "round_timeout": _number(round_timeout, s, "round_timeout", seconds=True),
         "round_retries": _number(round_retries, s, "round_retries", integer=True, zero=True),
         "wait_timeout": _number(wait_timeout, s, "wait_timeout", seconds=True),
-        "heartbeat": _number(heartbeat, s, "heartbeat", seconds=True),
+        "heartbeat": _heartbeat(heartbeat, s),
         "plot": plot,
         "compression": scheme,
         "keep_last": _number(keep_last, s, "keep_last", integer=True),
@@ -480,6 +480,20 @@ def _number(given: Any, s: Settings, key: str, default: Any = None, **kind: bool
     """
     flag = "--" + key.replace("_", "-")
     return number(_pick(given, s, key, default), s.name(given, key, flag), **kind)
+
+
+def _heartbeat(given: float | None, s: Settings) -> float | None:
+    """``--heartbeat`` (or the file's key), checked against its range as serve() checks it."""
+    from covey.transport.grpc._checks import check_heartbeat
+
+    value: float | None = _number(given, s, "heartbeat", seconds=True)
+    if value is not None:
+        try:
+            check_heartbeat(value)
+        except ValueError as exc:  # said "heartbeat must be ...", naming no flag
+            said = str(exc).removeprefix("heartbeat ")
+            fail(f"{s.name(given, 'heartbeat', '--heartbeat')} {said}")
+    return value
 
 
 def _path(value: Any) -> Path | None:
