@@ -890,7 +890,8 @@ def test_a_wrappers_numpy_numbers_keep_a_run_folder(wrapper: str, tmp_path: Path
     from covey.privacy import central
     from covey.secagg import Noise, secure
 
-    run, f32 = tmp_path / "run", np.float32
+    run = tmp_path / "run"
+    f32: Any = np.float32  # read from a float32 array or config, say
 
     def wrapped(clip: Any) -> covey.Strategy:
         plain = covey.FedAvg(fraction_evaluate=0.0)
