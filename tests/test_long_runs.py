@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import covey
-import covey.core._history as history_module
 import covey.core._historyfile as historyfile_module
+import covey.core._recordvalues as recordvalues_module
 from _live import Joined, Served
 from covey.core._history import History, RoundRecord
 from covey.core._historyfile import HistoryFile
@@ -36,7 +36,7 @@ def _count_records_serialized(monkeypatch: pytest.MonkeyPatch) -> list[int]:
             calls[0] += 1
         return dataclasses.asdict(obj)
 
-    monkeypatch.setattr(history_module, "asdict", counting)
+    monkeypatch.setattr(recordvalues_module, "asdict", counting)
     return calls
 
 
