@@ -57,6 +57,15 @@ def check_new_run_dir(run_dir: str | os.PathLike[str]) -> None:
     )
 
 
+def reopened(run_dir: str | os.PathLike[str] | None, resume: bool) -> RunStore | None:
+    """The store of the served run to resume, or None for a new run (its folder checked)."""
+    if resume and run_dir is None:
+        raise ValueError("resume=True needs run_dir")
+    if run_dir is not None and not resume:
+        check_new_run_dir(run_dir)
+    return reopen(run_dir) if resume and run_dir is not None else None
+
+
 def reopen(run_dir: str | os.PathLike[str]) -> RunStore:
     """The store of the served run in ``run_dir``, held to resume it.
 

@@ -22,7 +22,6 @@ from covey.deploy._names import ClientNames, LateStore
 from covey.deploy._over import tell_returning_clients
 from covey.deploy._servechecks import (
     check_capacity,
-    check_new_run_dir,
     check_resumable,
     check_retries,
     check_settings,
@@ -30,7 +29,7 @@ from covey.deploy._servechecks import (
     kept_last,
     record_keep_last,
     record_tls,
-    reopen,
+    reopened,
     served_scheme,
     stored_address,
 )
@@ -165,7 +164,7 @@ def serve(
     strategy = a_strategy(strategy)
     check_capacity(strategy, max_clients)
     check_retries(strategy, round_retries)
-    opened = _reopen(run_dir, resume)
+    opened = reopened(run_dir, resume)
     try:  # a refusal from here on lets go of the reopened run (and its lock)
         same_strategy(opened, strategy)
         same_settings(opened, strategy)
@@ -265,15 +264,6 @@ def _run_loop(loop: Loop, rounds: int, start: int) -> None:
             loop.run(rounds, start=start)
         except ServerDiskError as exc:
             raise loop.server_failed(exc) from exc
-
-
-def _reopen(run_dir: str | Path | None, resume: bool) -> RunStore | None:
-    """The store of the run to resume, or None for a new run (its folder checked)."""
-    if resume and run_dir is None:
-        raise ValueError("resume=True needs run_dir")
-    if run_dir is not None and not resume:
-        check_new_run_dir(run_dir)
-    return reopen(run_dir) if resume and run_dir is not None else None
 
 
 def _listen(
