@@ -16,7 +16,7 @@ from typing import Any
 from covey.core._jsonvalues import from_jsonable, jsonable, tag_in, tagged
 from covey.core._roundrecord import RoundRecord
 
-__all__ = ["Written", "record_json", "recorded_info", "settle", "written"]
+__all__ = ["Written", "changed", "record_json", "recorded_info", "settle", "written"]
 
 _DICTS = ("fit_metrics", "aggregate_info", "evaluate_metrics", "central_metrics", "durations")
 _NUMBERS = (
@@ -38,6 +38,25 @@ def written(record: RoundRecord) -> Written:
     entries = {name: dict(fields[name]) for name in _DICTS}
     privacy = record.privacy
     return fields, entries, privacy, None if privacy is None else dict(privacy)
+
+
+def _differs(now: Any, then: dict[Any, Any]) -> bool:
+    """Whether dict ``now`` gained, lost or replaced an entry since it held ``then``'s."""
+    return len(now) != len(then) or any(k not in then or then[k] is not v for k, v in now.items())
+
+
+def changed(record: RoundRecord, before: Written) -> bool:
+    """Whether a call wrote into ``record`` since :func:`written` gave ``before``.
+
+    An entry of its dicts added, removed or replaced, a field given another
+    object: what :func:`settle` converts, found as cheaply (nothing per client).
+    """
+    fields, entries, privacy, privacy_entries = before
+    if record.privacy is not privacy or any(getattr(record, n) is not v for n, v in fields.items()):
+        return True
+    if any(_differs(getattr(record, name), entries[name]) for name in _DICTS):
+        return True
+    return privacy_entries is not None and _differs(privacy, privacy_entries)
 
 
 def _kept(value: Any, where: str, who: str) -> Any:

@@ -15,6 +15,7 @@ from covey.compress._counted import CountedAsyncTransport
 from covey.core._history import History, RoundRecord
 from covey.core._interrupt import interrupts_as_such
 from covey.core._messages import plain
+from covey.core._recordvalues import written
 from covey.core._weights import Weights, WeightsSpec, made, native
 from covey.deploy._app import ServeResult
 from covey.deploy._goodbye import describe, goodbye_of, reason_of
@@ -45,7 +46,7 @@ from covey.server._outputs import RunOutputs, write_outputs
 from covey.server._resume import resume_point, resumed_seed, same_settings, same_strategy
 from covey.server._retry import RoundRetries, retry_hint
 from covey.server._roundfiles import check_storable
-from covey.server._saver import BackgroundSaver, call_pending, flushing
+from covey.server._saver import BackgroundSaver, call_pending, flushing, rewritten
 from covey.server._state import load_state, state_types
 from covey.server._store import RunStore
 from covey.server._sync import RoundLoop
@@ -313,6 +314,8 @@ class _Run:
     """A resumed run's new round count, recorded once it trains (or ends) at it."""
     returned: int | None = None
     """The last round whose ``on_round`` callbacks returned."""
+    rewrite: dict[str, Any] | None = None
+    """A saved round's record as its callbacks left it, saved with the next round or at the end."""
 
     def record_rounds(self) -> bool:
         """Record a resumed run's new round count in ``run.sqlite`` and its history.
@@ -357,19 +360,23 @@ class _Run:
                 # Round r is written while round r + 1 trains (one save in flight at most).
                 if self.background is None:
                     self.background = BackgroundSaver(self.store, keep_last=keep_last)
-                loop = self.loop
+                loop, rewrite, self.rewrite = self.loop, self.rewrite, None
                 self.background.submit_round(
                     record,
                     loop.weights,
                     loop.agg_state,
                     self.types,
                     pending_callbacks=on_round is not None,  # a resume calls them if left
+                    returned=rewrite,  # what the last round's callbacks wrote into it
                 )
                 if self.outputs is None:
                     self.outputs = RunOutputs(self.store.run_dir, plot=plot)
                 self.outputs.round_done(self.loop.history)
             if on_round is not None:
+                before = written(record)
                 on_round(record)
+                if self.store is not None:  # saved with the next round, or as the run ends
+                    self.rewrite = rewritten(record, before)
             self.returned = record.round
 
         return round_done
@@ -378,7 +385,8 @@ class _Run:
         """Call ``on_round`` with the saved round a stopped run left its callbacks pending in."""
         if self.store is not None:
             called = call_pending(self.store, self.history, self.start, on_round)
-            self.returned = self.returned if called is None else called
+            if called is not None:
+                self.returned, self.rewrite = called
 
     def flushing(self, strategy: Strategy) -> Strategy:
         """``strategy`` whose aggregation first waits for the save in flight, if any."""
@@ -422,7 +430,7 @@ class _Run:
     def callbacks_returned(self) -> None:
         """Record in the store that the callbacks of the rounds run so far returned."""
         if self.store is not None and self.returned is not None:
-            self.store.callbacks_returned(self.returned)
+            self.store.callbacks_returned(self.returned, self.rewrite)
 
     @property
     def folder(self) -> Path | None:

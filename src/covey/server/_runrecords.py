@@ -9,12 +9,22 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Mapping
 from typing import Any, Final, Literal
 
 from covey.core._runstep import step_of_settings
+from covey.server._roundfiles import record_json
 from covey.server._rundb import RunDB
 
-__all__ = ["PENDING_KEY", "UNCOUNTED_KEY", "RunRecords", "Status", "settle_saved"]
+__all__ = [
+    "PENDING_KEY",
+    "UNCOUNTED_KEY",
+    "Rewrite",
+    "RunRecords",
+    "Status",
+    "rewrite_of",
+    "settle_saved",
+]
 
 Status = Literal["running", "finished", "failed"]
 """The state of a run: still going, done, or stopped by an error."""
@@ -36,15 +46,45 @@ next round's save and removed as the run ends once they returned: a run stopped 
 callback that raised, or killed before they returned, leaves it, and its resume calls
 them with that round's saved record before going on."""
 
+Rewrite = tuple[int, str]
+"""A saved round and its record's JSON text, as its ``on_round`` callbacks left it."""
 
-def settle_saved(conn: sqlite3.Connection, round: int, pending_callbacks: bool) -> None:
+
+def rewrite_of(record: Mapping[str, Any] | None) -> Rewrite | None:
+    """The round and JSON text of ``record``, a saved round's after its callbacks; or None.
+
+    Raises:
+        ValueError: it is not a round record (see :func:`record_json`).
+    """
+    if record is None:
+        return None
+    rnd = record.get("round")
+    if not isinstance(rnd, int):
+        raise ValueError(f"a round record's round must be an integer, got {rnd!r}")
+    return rnd, record_json(rnd, record)
+
+
+def _rewrite(conn: sqlite3.Connection, returned: Rewrite | None) -> bool:
+    """Write ``returned`` over its saved round's record; whether that round is saved."""
+    if returned is None:
+        return True
+    rnd, text = returned
+    return conn.execute("UPDATE rounds SET record = ? WHERE round = ?", (text, rnd)).rowcount > 0
+
+
+def settle_saved(
+    conn: sqlite3.Connection, round: int, pending_callbacks: bool, returned: Rewrite | None = None
+) -> None:
     """In the transaction saving ``round``: clear the meta values a saved round settles.
 
     The uncounted releases (its record's ledger has charged what dead servers may
     have released) and the previous round's pending callbacks (they returned before
     this round ran); ``pending_callbacks`` marks this round's, yet to be called.
+    ``returned``: an earlier round's record as its callbacks left it (what they
+    wrote into it), written over the one saved before they ran.
     """
     conn.execute("DELETE FROM meta WHERE key = ?", (UNCOUNTED_KEY,))
+    _rewrite(conn, returned)
     if pending_callbacks:
         conn.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (PENDING_KEY, str(round))
@@ -187,17 +227,22 @@ class RunRecords:
             raise ValueError(f"run.sqlite is damaged: its meta value {PENDING_KEY} is {row[0]!r}")
         return int(row[0])
 
-    def callbacks_returned(self, round: int) -> None:
+    def callbacks_returned(self, round: int, record: Mapping[str, Any] | None = None) -> None:
         """Record that the ``on_round`` callbacks of ``round`` and every round before returned.
 
         Writes only when a round up to ``round`` is marked pending (:data:`PENDING_KEY`).
+        ``record``: a saved round's record as its callbacks left it, written over the
+        saved one in the same transaction; if that round is not saved, the mark stays
+        (a resume calls the pending round's callbacks again, as they were).
         """
+        returned = rewrite_of(record)
         with self._db.reading() as conn:
             row = conn.execute("SELECT value FROM meta WHERE key = ?", (PENDING_KEY,)).fetchone()
         if row is None or (str(row[0]).isdigit() and int(row[0]) > round):
             return
         with self._db.transaction() as conn:
-            conn.execute("DELETE FROM meta WHERE key = ?", (PENDING_KEY,))
+            if _rewrite(conn, returned):
+                conn.execute("DELETE FROM meta WHERE key = ?", (PENDING_KEY,))
 
     def info(self) -> dict[str, Any]:
         """``created_at``, ``updated_at`` (Unix time), ``covey_version`` and ``status``."""

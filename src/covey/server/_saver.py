@@ -22,6 +22,7 @@ from typing import Any
 from covey.aggregate import Contribution, Step
 from covey.aggregate._base import WRAPS
 from covey.core._history import History, RoundRecord
+from covey.core._recordvalues import Written, changed, written
 from covey.core._weights import Weights
 from covey.server._callbacks import REPLAYED, RoundCallback
 from covey.server._lasteval import save_evaluation
@@ -73,6 +74,7 @@ class BackgroundSaver:
         types: Mapping[str, type] | None,
         *,
         pending_callbacks: bool = False,
+        returned: Mapping[str, Any] | None = None,
     ) -> None:
         """Start saving a loop's completed round: its record, model and aggregation state.
 
@@ -89,17 +91,20 @@ class BackgroundSaver:
             pending_callbacks: The run has ``on_round`` callbacks, called with the
                 round while it is saved: the save marks them as yet to return
                 (see :meth:`RunStore.save_round`).
+            returned: The record of the round saved before, as its callbacks left it
+                (:func:`rewritten`), written over that round's saved one with this save.
 
         Raises:
             covey.server.StateError: the state holds what cannot be stored.
             Exception: what the previous save raised, if it failed.
         """
         if record.round == self._resumed:  # the saved round, evaluated now: its record only
+            # (``returned`` is this round's as its callbacks left it: ``record`` holds it)
             self.flush()
             save_evaluation(self.store, asdict(record), pending_callbacks=pending_callbacks)
             return
         state = dump_state(agg_state, types)
-        self.submit(record.round, weights, asdict(record), state, pending_callbacks)
+        self.submit(record.round, weights, asdict(record), state, pending_callbacks, returned)
 
     def submit(
         self,
@@ -108,6 +113,7 @@ class BackgroundSaver:
         record: Mapping[str, Any] | None,
         server_state: bytes | None = None,
         pending_callbacks: bool = False,
+        returned: Mapping[str, Any] | None = None,
     ) -> None:
         """Start saving ``round``; waits for the previous save first.
 
@@ -123,7 +129,7 @@ class BackgroundSaver:
         self.round = round
         self._thread = threading.Thread(
             target=self._save,
-            args=(round, arrays, record, server_state, pending_callbacks),
+            args=(round, arrays, record, server_state, pending_callbacks, returned),
             name=f"covey-save-round-{round}",
             daemon=True,
         )
@@ -136,6 +142,7 @@ class BackgroundSaver:
         record: Mapping[str, Any] | None,
         server_state: bytes | None,
         pending_callbacks: bool,
+        returned: Mapping[str, Any] | None,
     ) -> None:
         try:
             self.store.save_round(
@@ -145,6 +152,7 @@ class BackgroundSaver:
                 server_state,
                 keep_last=self.keep_last,
                 pending_callbacks=pending_callbacks,
+                returned=returned,
             )
         except BaseException as exc:  # noqa: BLE001 - handed to the loop's thread by flush()
             self._error = exc
@@ -193,12 +201,28 @@ def flushing(strategy: Strategy, saver: Callable[[], BackgroundSaver | None]) ->
     return replace_strategy(strategy, aggregator=Step(inner.init, update))
 
 
+def rewritten(record: RoundRecord, before: Written) -> dict[str, Any] | None:
+    """``record`` as a dict to save again if its callbacks wrote into it since ``before``.
+
+    The round's save holds its record as it was before its ``on_round`` callbacks
+    ran; what they wrote (see :func:`~covey.core._recordvalues.settle`) is written
+    over it with the next round's save, or as the run ends
+    (:meth:`RunStore.callbacks_returned`), so a resumed run loads the round as
+    the run never stopped holds it. None: they wrote nothing (nothing to save).
+    """
+    return asdict(record) if changed(record, before) else None
+
+
+Called = tuple[int, dict[str, Any] | None]
+"""The round :func:`call_pending` called the callbacks with, and its record to save again."""
+
+
 def call_pending(
     store: RunStore,
     history: History | None,
     start: int,
     on_round: RoundCallback | None,
-) -> int | None:
+) -> Called | None:
     """Call ``on_round`` with the saved round whose callbacks the stopped run left unfinished.
 
     A run stopped by a callback that raised, or killed before its callbacks
@@ -214,7 +238,8 @@ def call_pending(
         on_round: The run's callback, if any.
 
     Returns:
-        The round whose callbacks returned now, or None if none was called.
+        The round whose callbacks returned now and its record to save again
+        (:func:`rewritten`), or None if none was called.
     """
     if on_round is None or history is None:
         return None
@@ -231,8 +256,9 @@ def call_pending(
         pending,
     )
     token = REPLAYED.set(pending)  # a console says it is the saved round, not a new one
+    before = written(record)
     try:
         on_round(record)
     finally:
         REPLAYED.reset(token)
-    return pending
+    return pending, rewritten(record, before)

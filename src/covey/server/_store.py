@@ -64,7 +64,7 @@ from covey.server._roundfiles import (
     write_weights,
 )
 from covey.server._rundb import DB_NAME, NewerFormatError, RunDB, hold_run
-from covey.server._runrecords import RunRecords, Status, settle_saved
+from covey.server._runrecords import RunRecords, Status, rewrite_of, settle_saved
 
 __all__ = ["RunStore", "Status"]
 
@@ -237,6 +237,7 @@ class RunStore(RunRecords):
         *,
         keep_last: int | None = None,
         pending_callbacks: bool = False,
+        returned: Mapping[str, Any] | None = None,
     ) -> None:
         """Save a completed round atomically: its global weights, record and server state.
 
@@ -256,6 +257,8 @@ class RunStore(RunRecords):
                 records remain).
             pending_callbacks: Mark the round's ``on_round`` callbacks as yet to return
                 (:attr:`pending_callbacks`), in the same transaction.
+            returned: An earlier round's record dict as its callbacks left it, written
+                over that round's saved record in the same transaction.
 
         Raises:
             ValueError: ``round`` is not newer than the last saved round, the
@@ -270,6 +273,7 @@ class RunStore(RunRecords):
         check_keep_last(keep_last)
         spec = WeightsSpec.of(weights)
         record_text = None if record is None else record_json(round, record)
+        again = rewrite_of(returned)
         if server_state is not None:
             if not isinstance(server_state, bytes | bytearray | memoryview):
                 raise TypeError(
@@ -298,7 +302,7 @@ class RunStore(RunRecords):
                         " VALUES (?, ?, ?, ?, ?, ?)",
                         (round, name, digest, record_text, server_state, time.time()),
                     )
-                    settle_saved(conn, round, pending_callbacks)
+                    settle_saved(conn, round, pending_callbacks, again)
                 committed = True
             except (OSError, SafetensorError) as exc:
                 raise save_error(round, final, exc, self.step) from exc

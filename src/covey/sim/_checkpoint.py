@@ -32,6 +32,7 @@ from typing import Any
 from covey.compress import Scheme, TopK
 from covey.core._files import MAX_SETTINGS_BYTES, read_regular
 from covey.core._history import History, RoundRecord
+from covey.core._recordvalues import Written
 from covey.core._weights import Weights, WeightsSpec
 from covey.server._callbacks import RoundCallback
 from covey.server._kept import SIMULATION_KEEPS
@@ -43,7 +44,7 @@ from covey.server._resume import (
 )
 from covey.server._roundfiles import WEIGHTS_DIR, check_storable
 from covey.server._rundb import DB_NAME
-from covey.server._saver import BackgroundSaver, call_pending, flushing
+from covey.server._saver import BackgroundSaver, call_pending, flushing, rewritten
 from covey.server._served import how_to_continue
 from covey.server._state import StateError, load_state, state_types
 from covey.server._store import RunStore
@@ -117,6 +118,8 @@ class SimCheckpoint:
     """The run has ``on_round`` callbacks: each save marks them pending until the next."""
     returned: int | None = None
     """The last round whose ``on_round`` callbacks returned."""
+    rewrite: dict[str, Any] | None = None
+    """A saved round's record as its callbacks left it, saved with the next round or at the end."""
 
     def begin(self) -> None:
         """Make a new run's store, once its clients are up.
@@ -165,11 +168,18 @@ class SimCheckpoint:
             return
         if self.background is None:
             self.background = BackgroundSaver(self.store, keep_last=self.keep_last)
+        rewrite, self.rewrite = self.rewrite, None
         try:
             self.background.submit_round(
-                record, weights, agg_state, self.types, pending_callbacks=self.callbacks
+                record,
+                weights,
+                agg_state,
+                self.types,
+                pending_callbacks=self.callbacks,
+                returned=rewrite,
             )
         except StateError as exc:
+            self.rewrite = rewrite  # saved as the run ends
             self.unstorable = True
             logger.warning(
                 "round %d and later are not checkpointed in %s (a resume goes on after "
@@ -183,7 +193,18 @@ class SimCheckpoint:
         """Call ``on_round`` with the saved round a stopped run left its callbacks pending in."""
         if self.store is not None:
             called = call_pending(self.store, self.history, self.start, on_round)
-            self.returned = self.returned if called is None else called
+            if called is not None:
+                self.returned, self.rewrite = called
+
+    def called(self, record: RoundRecord, before: Written) -> None:
+        """The round's callbacks returned: what they wrote since ``before`` is saved next.
+
+        Only a round this run saved: one not checkpointed (see :meth:`save`) keeps
+        the last saved round's to save.
+        """
+        self.returned = record.round
+        if self.store is not None and not self.unstorable:
+            self.rewrite = rewritten(record, before)
 
     def end(self, exc: BaseException | None, *, close_only: bool = False) -> None:
         """Wait for the last save and mark the run finished or failed; close the store.
@@ -203,7 +224,7 @@ class SimCheckpoint:
                     self.background.flush()
             try:
                 if self.returned is not None:
-                    self.store.callbacks_returned(self.returned)
+                    self.store.callbacks_returned(self.returned, self.rewrite)
                 self.store.set_status("finished" if exc is None else "failed")
             except OSError as err:
                 if exc is None:

@@ -17,6 +17,7 @@ from covey.core._files import a_folder
 from covey.core._history import History, RoundRecord
 from covey.core._historyfile import HistoryFile
 from covey.core._messages import plain
+from covey.core._recordvalues import written
 from covey.core._weights import Array, Weights, WeightsError, copy, made, native
 from covey.server._base import EvaluateFn, RoundCallback, checked_callbacks
 from covey.server._factory import Loop, open_loop, run_config
@@ -438,9 +439,10 @@ def simulate(
             checkpoint.save(record, loop.weights, loop.agg_state)  # while round r + 1 trains
             if history_file is not None:
                 history_file.write(loop.history)
+            before = written(record)
             for callback in callbacks:
                 callback(record)
-            checkpoint.returned = record.round
+            checkpoint.called(record, before)  # what they wrote is saved with the next round
 
         # Everything alive now (imported libraries, the user's data) outlives the run:
         # keep the collector from scanning it again and again while rounds allocate.
