@@ -125,3 +125,90 @@ def test_results_take_metrics_as_any_mapping_or_none() -> None:
     assert type(evaluated.metrics) is dict
     assert covey.FitResult(delta={}, num_examples=1, metrics=None).metrics == {}
     assert covey.EvaluateResult(loss=0.5, num_examples=1, metrics=None).metrics == {}
+
+
+NUMPY_NUMBERS = """
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+import covey
+from covey import privacy
+from covey.secagg import secure
+
+f32, i64 = np.float32, np.int64
+
+
+class Client(covey.Client):
+    def fit(self, weights: covey.Weights, config: covey.Config) -> covey.FitResult:
+        return covey.FitResult(
+            delta={"w": np.ones(2)},
+            num_examples=i64(5),
+            metrics={"train_loss": f32(0.5), "steps": i64(3), "ok": np.bool_(True)},
+        )
+
+    def evaluate(self, weights: covey.Weights, config: covey.Config) -> covey.EvaluateResult:
+        return covey.EvaluateResult(loss=f32(0.25), num_examples=i64(5), metrics={"a": f32(1)})
+
+
+def central(rnd: int, weights: covey.Weights) -> tuple[np.float32, dict[str, np.float32]]:
+    return f32(0.5), {"accuracy": f32(0.75)}
+
+
+strategy = covey.FedAvg(
+    fraction_fit=f32(0.5), min_fit_clients=i64(2), min_available_clients=i64(2),
+    min_evaluate_clients=i64(2), evaluate_every=i64(1),
+)
+result = covey.simulate(
+    lambda cid: Client(), i64(4), i64(2), strategy, {"w": np.zeros(2)}, central,
+    seed=i64(1), num_workers=i64(1), client_cache=i64(4),
+)
+assert result.history.metric("accuracy") == [(0, 0.75), (1, 0.75), (2, 0.75)]
+assert result.history[2].fit_metrics["steps"] == 3
+
+z = privacy.calibrate(target_epsilon=3.0, delta=1e-5, sampling_rate=0.5, rounds=i64(3))
+assert privacy.epsilon(z, 0.5, i64(3), 1e-5) <= 3.0
+dp = privacy.central(covey.FedAvg(), noise_multiplier=z, clip=f32(0.5), delta=1e-5)
+secured = secure(covey.FedAvg(), clip_range=f32(0.5), max_examples=i64(1000))
+
+
+def deployed() -> Any:
+    return covey.serve(covey.FedAvg(), i64(3), None, seed=i64(0), max_clients=i64(10),
+                       round_retries=i64(1))
+"""
+
+
+def _mypy(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
+    """``mypy --strict`` of ``source`` as a user's script, against covey's annotations."""
+    script = tmp_path / "user_script.py"
+    script.write_text(textwrap.dedent(source), encoding="utf-8")
+    config = tmp_path / "mypy.ini"
+    config.write_text(
+        f"[mypy]\nstrict = True\nignore_missing_imports = True\nmypy_path = {SRC}\n"
+        "[mypy-covey.*]\nignore_errors = True\n",
+        encoding="utf-8",
+    )
+    return subprocess.run(
+        [
+            *(sys.executable, "-m", "mypy", "--config-file", str(config)),
+            *("--cache-dir", str(tmp_path / "cache"), str(script)),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "MYPYPATH": ""},
+    )
+
+
+@pytest.mark.slow
+def test_numpy_numbers_covey_takes_type_check_strictly(tmp_path: Path) -> None:
+    pytest.importorskip("mypy", reason="the dev extra installs mypy")
+    done = _mypy(tmp_path, NUMPY_NUMBERS)
+    assert done.returncode == 0, done.stdout + done.stderr
+    code = compile(textwrap.dedent(NUMPY_NUMBERS), "user_script.py", "exec")
+    with pytest.warns(UserWarning, match="without signed keys"):
+        exec(code, {})  # and covey takes them as the script gives them

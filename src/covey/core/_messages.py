@@ -12,7 +12,7 @@ import math
 import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
+from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar, overload
 
 import numpy as np
 
@@ -22,6 +22,11 @@ from covey.core._signature import InitSignature
 from covey.core._weights import Weights, flower_hint, unnamed_hint
 
 Scalar = bool | int | float | str | bytes
+MetricValue = Scalar | np.generic
+"""A metric as a client's result or ``evaluate_fn`` gives it: a NumPy scalar
+(``np.float32(0.25)``, ``np.int64(3)``, ``np.bool_(True)``) is kept as the Python value it holds."""
+Count = int | np.integer[Any]
+"""A count as covey takes it: a NumPy integer (``mask.sum()``, ``np.int64(3)``) as a Python int."""
 _R = TypeVar("_R")
 Metrics = dict[str, Scalar]
 Config = dict[str, Any]
@@ -57,6 +62,28 @@ def plain(value: Any) -> Any:
     if isinstance(value, np.integer | np.floating):
         return value.item()
     return value
+
+
+@overload
+def plain_count(value: Count) -> int: ...
+@overload
+def plain_count(value: Count | None) -> int | None: ...
+def plain_count(value: Count | None) -> int | None:
+    """A :data:`Count` setting as :func:`plain` gives it: a NumPy integer as the Python int.
+
+    Anything else is returned as it is, for the setting's own check to refuse.
+    """
+    kept: int | None = plain(value)
+    return kept
+
+
+def plain_real(value: float | np.floating[Any]) -> float:
+    """A real-number setting as :func:`plain` gives it: a NumPy float as the Python float.
+
+    Anything else is returned as it is, for the setting's own check to refuse.
+    """
+    kept: float = plain(value)
+    return kept
 
 
 def real(value: Any) -> TypeGuard[float]:
@@ -145,7 +172,8 @@ class FitResult:
         weights: The full local model after training.
         delta: The update: local weights minus the global weights received.
         num_examples: Number of training examples used; FedAvg weighs by it.
-        metrics: Scalars to report, e.g. ``{"train_loss": 0.3}``.
+        metrics: Scalars to report, e.g. ``{"train_loss": 0.3}``; a NumPy scalar
+            (``np.float32``, ``np.int64``) is kept as the Python number it holds.
         extras: Other model-shaped arrays to send, by name, for aggregation steps
             that need them (e.g. SCAFFOLD's ``"scaffold_delta_c"``); the server
             checks each against the model's layout like the update itself.
@@ -164,8 +192,8 @@ class FitResult:
             *args: Any,
             weights: Weights | None = None,
             delta: Weights | None = None,
-            num_examples: int = _NO_COUNT,
-            metrics: Mapping[str, Scalar] | None = None,
+            num_examples: Count = _NO_COUNT,
+            metrics: Mapping[str, MetricValue] | None = None,
             extras: Mapping[str, Weights] | None = None,
         ) -> None:
             """Check and keep what a client's ``fit`` returns (see the class)."""
@@ -193,8 +221,8 @@ class FitResult:
             *,
             weights: Weights | None = None,
             delta: Weights | None = None,
-            num_examples: int,
-            metrics: Mapping[str, Scalar] | None = None,
+            num_examples: Count,
+            metrics: Mapping[str, MetricValue] | None = None,
             extras: Mapping[str, Weights] | None = None,
         ) -> None: ...
 
@@ -304,7 +332,7 @@ class EvaluateResult:
         loss: The loss of the received model on local data.
         num_examples: Number of examples evaluated; federated metrics weigh by it.
         metrics: Other scalars, e.g. ``{"accuracy": 0.91}`` (any mapping of names to
-            scalars; kept as a dict).
+            scalars, NumPy's included; kept as a dict of Python values).
     """
 
     loss: float
@@ -315,7 +343,11 @@ class EvaluateResult:
     if TYPE_CHECKING:  # any mapping of names to scalars is taken (a dict[str, float] too)
 
         def __init__(
-            self, *, loss: float, num_examples: int, metrics: Mapping[str, Scalar] | None = None
+            self,
+            *,
+            loss: float | np.floating[Any],
+            num_examples: Count,
+            metrics: Mapping[str, MetricValue] | None = None,
         ) -> None: ...
 
     def __new__(cls, *args: Any, **kwargs: Any) -> EvaluateResult:

@@ -14,7 +14,7 @@ from covey.compress import CompressedTransport, Scheme, scheme_spec
 from covey.compress._counted import CountedAsyncTransport
 from covey.core._history import History, RoundRecord
 from covey.core._interrupt import interrupts_as_such
-from covey.core._messages import plain
+from covey.core._messages import Count, plain_count
 from covey.core._recordvalues import written
 from covey.core._weights import Weights, WeightsSpec, made, native
 from covey.deploy._app import ServeResult
@@ -64,7 +64,7 @@ logger = logging.getLogger("covey")
 @flower_keywords(FLOWER_SERVE)
 def serve(
     strategy: Strategy,
-    rounds: int,
+    rounds: Count,
     initial_weights: Weights | Callable[[], Weights] | None,
     address: str | None = None,
     *,
@@ -74,11 +74,11 @@ def serve(
     insecure: bool = False,
     run_dir: str | Path | None = None,
     resume: bool = False,
-    seed: int = 0,
+    seed: Count = 0,
     round_timeout: float | None = None,
     wait_timeout: float | None = 300.0,
     heartbeat: float = 5.0,
-    max_clients: int = 1000,
+    max_clients: Count = 1000,
     on_round: RoundCallback | Sequence[RoundCallback] | None = None,
     on_listen: Callable[[int], None] | None = None,
     on_event: Callable[[str, str, str], None] | None = None,
@@ -87,7 +87,7 @@ def serve(
     compression: Scheme | str | None = None,
     keep_last: int | None = None,
     data_port: int | None = None,
-    round_retries: int = 0,
+    round_retries: Count = 0,
 ) -> ServeResult:
     """Serve a federation: wait for clients, run ``rounds`` rounds, say goodbye.
 
@@ -157,8 +157,8 @@ def serve(
         covey.FederationError: if a round cannot complete (e.g. too few clients).
         ValueError: a setting out of range, e.g. ``max_clients`` below the strategy's minimums.
     """
-    rounds, seed, max_clients = plain(rounds), plain(seed), plain(max_clients)
-    round_retries = plain(round_retries)
+    rounds, seed, max_clients = plain_count(rounds), plain_count(seed), plain_count(max_clients)
+    round_retries = plain_count(round_retries)
     check_settings(rounds, round_timeout, wait_timeout, heartbeat, round_retries)
     # Before clients join a run that would stop at round 0; a list of callbacks: one calling each.
     on_round = checked_callbacks(evaluate_fn, on_round)

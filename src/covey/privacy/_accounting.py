@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from covey.core._messages import finite, plain, real, shown
+from covey.core._messages import Count, finite, plain, plain_count, real, shown
 from covey.privacy._pld import PLD_DEFAULT as _PLD_DEFAULT
 from covey.privacy._pld import pld_interval
 
@@ -232,7 +232,7 @@ def check_target_epsilon(value: Any, name: str = "target_epsilon") -> None:
 def epsilon(
     noise_multiplier: float,
     sampling_rate: float,
-    rounds: int,
+    rounds: Count,
     delta: float,
     accountant: Accountant = "rdp",
 ) -> float:
@@ -257,7 +257,7 @@ def epsilon(
         Gaussian Mechanism", 2019; Doroshenko et al., "Connect the Dots: Tighter
         Discrete Approximations of Privacy Loss Distributions", PETS 2022.
     """
-    rounds = plain(rounds)
+    rounds = plain_count(rounds)
     _check(noise_multiplier, sampling_rate, rounds, delta)
     if accountant not in ("rdp", "pld"):  # refused even when there is nothing to account
         raise ValueError(f"unknown accountant {accountant!r}; choose 'rdp' or 'pld'")
@@ -274,7 +274,7 @@ def calibrate(
     target_epsilon: float,
     delta: float,
     sampling_rate: float,
-    rounds: int,
+    rounds: Count,
     accountant: Accountant = "rdp",
 ) -> float:
     """The noise multiplier whose epsilon after ``rounds`` is 99-100% of ``target_epsilon``.
@@ -294,7 +294,7 @@ def calibrate(
         0.8646
     """
     check_target_epsilon(target_epsilon)
-    rounds = plain(rounds)
+    rounds = plain_count(rounds)
     _check(1.0, sampling_rate, rounds, delta)
     if rounds < 1:
         raise ValueError("calibrate() needs rounds >= 1")

@@ -243,20 +243,26 @@ def _population_check(mech: Mechanism) -> Callable[[int], object] | None:
 
 def _check(
     noise_multiplier: float,
-    clip: float,
+    clip: float | np.floating[Any],
     delta: float,
     target_epsilon: float | None = None,
     expected_clients: float | None = None,
     noise_seed: int | None = None,
 ) -> None:
     """Refuse bad settings of a DP strategy before any client trains, naming the setting."""
-    numbers = [("noise_multiplier", noise_multiplier), ("clip", clip), ("delta", delta)]
+    numbers: list[tuple[str, object]] = [
+        ("noise_multiplier", noise_multiplier),
+        ("clip", clip),
+        ("delta", delta),
+    ]
     for name, value in (("target_epsilon", target_epsilon), ("expected_clients", expected_clients)):
         if value is not None:
             numbers.append((name, value))
-    for name, value in numbers:
-        if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-            raise ValueError(f"{name} must be a number, got {value!r}")
+    for name, number in numbers:
+        if isinstance(number, bool) or not isinstance(
+            number, int | float | np.integer | np.floating
+        ):
+            raise ValueError(f"{name} must be a number, got {number!r}")
     if noise_seed is not None and (
         isinstance(noise_seed, bool)
         or not isinstance(noise_seed, int | np.integer)
@@ -315,7 +321,7 @@ def central(
     strategy: Strategy,
     *,
     noise_multiplier: float,
-    clip: float,
+    clip: float | np.floating[Any],
     delta: float,
     target_epsilon: float | None = None,
     clipping: Clipping = "server",

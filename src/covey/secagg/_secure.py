@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from covey.aggregate import Begin, Broadcast, Contribution, run_round
-from covey.core._messages import Task, plain
+from covey.core._messages import Count, Task, plain_count, plain_real
 from covey.privacy import ClippedSum
 from covey.secagg._ddp import client_clip, dp_plan
 from covey.secagg._dp import Noise
@@ -251,9 +251,9 @@ class _Secure:
 def secure(
     strategy: Strategy,
     *,
-    clip_range: float,
+    clip_range: float | np.floating[Any],
     bits: int = 16,
-    max_examples: int = 100_000,
+    max_examples: Count = 100_000,
     threat: ThreatModel | None = None,
     metrics: Mapping[str, float] | None = None,
     noise: Noise | None = None,
@@ -326,7 +326,7 @@ def secure(
     if strategy.fit_round is not None:
         raise ValueError("the strategy already runs a custom fit exchange")
     check_fit_metrics(strategy.fit_metrics)
-    clip_range, max_examples = plain(clip_range), plain(max_examples)
+    clip_range, max_examples = plain_real(clip_range), plain_count(max_examples)
     check_options(clip_range, max_examples, complete, signed, reducer)
     check_parts(threat, noise, metrics, bits)
     check_directory(directory, signed)

@@ -9,14 +9,19 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
+from typing import Any
+
+import numpy as np
 
 from covey.core._history import RoundRecord
-from covey.core._messages import Scalar
+from covey.core._messages import MetricValue
 from covey.core._recordvalues import settle, written
 from covey.core._weights import Weights
 from covey.strategies._checks import name_of
 
-EvaluateFn = Callable[[int, Weights], "tuple[float, Mapping[str, Scalar]] | None"]
+EvaluateFn = Callable[
+    [int, Weights], "tuple[float | np.floating[Any], Mapping[str, MetricValue]] | None"
+]
 RoundCallback = Callable[[RoundRecord], None]
 
 REPLAYED: ContextVar[int | None] = ContextVar("covey_replayed_round", default=None)

@@ -16,7 +16,7 @@ from covey.compress._plain import check_scheme
 from covey.core._files import a_folder
 from covey.core._history import History, RoundRecord
 from covey.core._historyfile import HistoryFile
-from covey.core._messages import plain
+from covey.core._messages import Count, plain_count
 from covey.core._recordvalues import written
 from covey.core._weights import Array, Weights, WeightsError, copy, made, native
 from covey.server._base import EvaluateFn, RoundCallback, checked_callbacks
@@ -213,15 +213,15 @@ def _loop(
 @flower_keywords
 def simulate(
     client_fn: ClientFn,
-    num_clients: int,
-    rounds: int,
+    num_clients: Count,
+    rounds: Count,
     strategy: Strategy | None,
     initial_weights: Weights | Callable[[], Weights],
     evaluate_fn: EvaluateFn | None = None,
     *,
     backend: Backend = "inline",
-    seed: int = 0,
-    num_workers: int | None = None,
+    seed: Count = 0,
+    num_workers: Count | None = None,
     round_timeout: float | None = None,
     progress: bool = False,
     on_round: RoundCallback | Sequence[RoundCallback] | None = None,
@@ -229,7 +229,7 @@ def simulate(
     client_durations: Durations | None = None,
     availability: Availability | None = None,
     round_deadline: float | None = None,
-    client_cache: int | None = None,
+    client_cache: Count | None = None,
     client_resources: Mapping[str, Any] | None = None,
     client_group: Callable[[int], str] | None = None,
     ray_address: str | None = None,
@@ -344,8 +344,9 @@ def simulate(
         [0.25, 0.25, 0.25]
     """
     start = time.perf_counter()
-    num_clients, rounds, seed = plain(num_clients), plain(rounds), plain(seed)
-    client_cache, num_workers = plain(client_cache), plain(num_workers)
+    num_clients, rounds = plain_count(num_clients), plain_count(rounds)
+    seed, client_cache = plain_count(seed), plain_count(client_cache)
+    num_workers = plain_count(num_workers)
     on_round = checked_callbacks(evaluate_fn, on_round)  # a list of callbacks: one calling each
     run_dir = None if run_dir is None else a_folder(run_dir)
     initial_weights = made(initial_weights)  # a function making them is called

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
+import numpy as np
+
 from covey.aggregate import Step
 from covey.aggregate._flat import written_fraction
-from covey.core._messages import plain
+from covey.core._messages import Count, plain
 from covey.strategies._clients import ClientConfigFn
 from covey.strategies._metrics import MetricsFn
 from covey.strategies._names import unknown_options
@@ -14,14 +16,18 @@ from covey.strategies._strategy import ConfigFn, Selector, Strategy, Where
 
 
 class StrategyOptions(TypedDict, total=False):
-    """The keyword options every preset accepts; see :class:`Strategy` for each."""
+    """The keyword options every preset accepts; see :class:`Strategy` for each.
 
-    fraction_fit: float
-    min_fit_clients: int
-    fraction_evaluate: float
-    min_evaluate_clients: int
-    evaluate_every: int
-    min_available_clients: int
+    Counts and fractions may be NumPy numbers (``np.int64(3)``, ``np.float32(0.1)``),
+    which :class:`Strategy` takes as it takes Python ones.
+    """
+
+    fraction_fit: float | np.floating[Any]
+    min_fit_clients: Count
+    fraction_evaluate: float | np.floating[Any]
+    min_evaluate_clients: Count
+    evaluate_every: Count
+    min_available_clients: Count
     on_fit_config: ConfigFn
     on_evaluate_config: ConfigFn
     accept_failures: bool
@@ -46,4 +52,5 @@ def preset(
     if unknown:
         raise unknown_options(name, unknown, {*StrategyOptions.__annotations__, *hyperparameters})
     kept = {k: plain(written_fraction(v)) for k, v in hyperparameters.items()}
-    return Strategy(aggregator=aggregator, name=name, hyperparameters=kept, **options)
+    given: dict[str, Any] = dict(options)  # Strategy checks each (NumPy numbers included)
+    return Strategy(aggregator=aggregator, name=name, hyperparameters=kept, **given)
