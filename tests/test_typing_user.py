@@ -212,3 +212,20 @@ def test_numpy_numbers_covey_takes_type_check_strictly(tmp_path: Path) -> None:
     code = compile(textwrap.dedent(NUMPY_NUMBERS), "user_script.py", "exec")
     with pytest.warns(UserWarning, match="without signed keys"):
         exec(code, {})  # and covey takes them as the script gives them
+
+
+@pytest.mark.slow
+def test_a_misspelt_name_of_a_lazy_package_is_a_type_error(tmp_path: Path) -> None:
+    pytest.importorskip("mypy", reason="the dev extra installs mypy")
+    source = """
+    import covey.cli
+    import covey.dashboard
+    import covey.trackers
+    from covey.analytics import Polcy
+
+    print(Polcy, covey.trackers.TensorBoardLoger, covey.dashboard.read_runn, covey.cli.ap)
+    """
+    done = _mypy(tmp_path, source)
+    assert done.returncode == 1, done.stdout + done.stderr
+    for name in ["Polcy", "TensorBoardLoger", "read_runn", "ap"]:
+        assert f'has no attribute "{name}"' in done.stdout, done.stdout

@@ -57,13 +57,17 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def _load(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'covey.analytics' has no attribute {name!r}")
     value = getattr(import_feature(f"covey.analytics.{module}", f"covey.analytics.{name}"), name)
     globals()[name] = value
     return value
+
+
+if not TYPE_CHECKING:  # type checkers see the imports above: a misspelt name is an error
+    __getattr__ = _load
 
 
 __dir__ = public_dir(__name__)

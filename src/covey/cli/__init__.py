@@ -33,10 +33,14 @@ def main() -> None:
     _app.main()
 
 
-def __getattr__(name: str) -> Any:
+def _load(name: str) -> Any:
     """``app``, the typer application (for ``typer.testing.CliRunner``), loaded on first use."""
     if name == "app":
         from covey.cli._app import app as app
 
         return app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if not TYPE_CHECKING:  # type checkers see the imports above: a misspelt name is an error
+    __getattr__ = _load

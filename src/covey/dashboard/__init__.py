@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def _load(name: str) -> Any:
     """Import the public names lazily (the web stack is an optional extra).
 
     Raises:
@@ -63,6 +63,10 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'covey.dashboard' has no attribute {name!r}")
     return getattr(import_feature(f"covey.dashboard.{module}", f"covey.dashboard.{name}"), name)
+
+
+if not TYPE_CHECKING:  # type checkers see the imports above: a misspelt name is an error
+    __getattr__ = _load
 
 
 __dir__ = public_dir(__name__)

@@ -40,7 +40,7 @@ _EXTRA = {"_mlflow": ("MLflow", "mlflow"), "_tensorboard": ("TensorBoard", "tens
 """The library and the extra each tracker module needs."""
 
 
-def __getattr__(name: str) -> Any:
+def _load(name: str) -> Any:
     """Import the public names lazily (each tracker is an optional extra).
 
     Raises:
@@ -60,6 +60,10 @@ def __getattr__(name: str) -> Any:
             f"pip install 'covey[{extra}]'"
         ) from exc
     return getattr(loaded, name)
+
+
+if not TYPE_CHECKING:  # type checkers see the imports above: a misspelt name is an error
+    __getattr__ = _load
 
 
 __dir__ = public_dir(__name__)
