@@ -172,6 +172,6 @@ def test_an_evaluate_every_that_is_no_round_count_is_refused_naming_it(
 
 
 def test_a_numpy_count_is_taken_as_the_int_it_is() -> None:
-    strategy = covey.FedAvg(evaluate_every=np.int64(3))  # type: ignore[arg-type]
+    strategy = covey.FedAvg(evaluate_every=np.int64(3))
     assert strategy.evaluate_every == 3
     assert type(strategy.evaluate_every) is int

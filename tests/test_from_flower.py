@@ -48,13 +48,13 @@ def _run(client_fn: Any, **kwargs: Any) -> covey.sim.SimulationResult:
 
 def test_numpy_integer_example_counts_are_taken_as_ints() -> None:
     """``len(mask.nonzero()[0])`` is an int, ``mask.sum()`` a np.int64: both count examples."""
-    fit = FitResult(weights={"w": np.ones(2)}, num_examples=np.int64(7))  # type: ignore[arg-type]
-    ev = EvaluateResult(loss=np.float32(0.5), num_examples=np.int32(3))  # type: ignore[arg-type]
+    fit = FitResult(weights={"w": np.ones(2)}, num_examples=np.int64(7))
+    ev = EvaluateResult(loss=np.float32(0.5), num_examples=np.int32(3))
     assert (fit.num_examples, ev.num_examples) == (7, 3)
     assert type(fit.num_examples) is int
     assert type(ev.num_examples) is int
     with pytest.raises(ValueError, match="non-negative int"):
-        FitResult(weights={"w": np.ones(2)}, num_examples=np.int64(-1))  # type: ignore[arg-type]
+        FitResult(weights={"w": np.ones(2)}, num_examples=np.int64(-1))
     with pytest.raises(ValueError, match="non-negative int"):
         FitResult(weights={"w": np.ones(2)}, num_examples=np.float64(3.0))  # type: ignore[arg-type]
 

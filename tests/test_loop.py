@@ -497,8 +497,8 @@ def test_result_records_validate_their_fields() -> None:
             FitResult(weights=w, num_examples=bad)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="metrics must be a dict"):
         FitResult(weights=w, num_examples=1, metrics=[1])  # type: ignore[arg-type]
-    assert EvaluateResult(loss=np.float32(0.5), num_examples=1).loss == 0.5  # type: ignore[arg-type]
-    assert isinstance(EvaluateResult(loss=np.float32(0.5), num_examples=1).loss, float)  # type: ignore[arg-type]
+    assert EvaluateResult(loss=np.float32(0.5), num_examples=1).loss == 0.5
+    assert isinstance(EvaluateResult(loss=np.float32(0.5), num_examples=1).loss, float)
     with pytest.raises(TypeError, match="loss must be a number, got str"):
         EvaluateResult(loss="low", num_examples=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="num_examples"):

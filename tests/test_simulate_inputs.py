@@ -356,7 +356,7 @@ def test_numpy_seeds_and_a_selector_that_picks_from_a_zero_fraction_are_fine() -
         1,
         strategy,
         {"w": np.zeros(2)},
-        seed=np.int64(3),  # type: ignore[arg-type]
+        seed=np.int64(3),
     )
     assert result.history.rounds[1].fit_participants == [0, 1]
 
@@ -536,7 +536,7 @@ def test_a_fraction_that_is_no_number_is_a_type_error_naming_the_type(
 
 
 def test_numpy_fractions_are_numbers() -> None:
-    assert covey.FedAvg(fraction_fit=np.float32(0.5)).num_fit(10) == 5  # type: ignore[arg-type]
+    assert covey.FedAvg(fraction_fit=np.float32(0.5)).num_fit(10) == 5
 
 
 @pytest.mark.parametrize("backend", ["inline", "process"])
