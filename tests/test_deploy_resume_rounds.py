@@ -382,3 +382,40 @@ def test_what_a_stopped_asynchronous_run_says_counts_updates(
     assert "the run was over already (update 2 was its last)" in caplog.text
     with pytest.raises(ValueError, match=r"is finished \(update 2 was its last\)"):
         serve(strategy, 2, None, "127.0.0.1:0", insecure=True, on_listen=_never_listens, **options)
+
+
+def test_covey_server_of_a_failed_run_says_how_to_continue_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only `covey runs show` said it: the server's own output ended at its error.
+    _tiny_app(monkeypatch)
+    run_dir = tmp_path / "run"
+    args = ["server", "--app", "tiny_app:server_app", "--insecure", "--address", "127.0.0.1:0"]
+    args += ["--no-plot", "--wait-timeout", "1", "--run-dir", str(run_dir)]
+    out = CliRunner().invoke(app, args)
+    flat = " ".join(out.output.split())
+    assert out.exit_code == 1, out.output  # no client came within the wait-timeout
+    assert "error: round 1: only 0 of the 1 clients needed" in flat
+    assert flat.endswith(
+        "continue the run from its start (no round of it finished) with `covey server "
+        f"--resume {run_dir} --app tiny_app:server_app --insecure --wait-timeout 1`"
+    )
+
+
+def test_covey_server_resuming_a_run_that_fails_again_says_how_to_continue_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _tiny_app(monkeypatch)
+    run_dir = tmp_path / "run"
+    _stopped_after_round_2(run_dir)
+    args = ["server", "--app", "tiny_app:server_app", "--insecure", "--address", "127.0.0.1:0"]
+    args += ["--no-plot", "--wait-timeout", "1", "--resume", str(run_dir), "--rounds", "4"]
+    out = CliRunner().invoke(app, args)
+    flat = " ".join(out.output.split())
+    assert out.exit_code == 1, out.output
+    model = run_dir / "weights" / "round-00002.safetensors"
+    assert flat.endswith(
+        f"run stopped: the model after round 2, the last complete one, is in {model} "
+        "continue the run after its last complete round with `covey server "
+        f"--resume {run_dir} --app tiny_app:server_app --insecure --rounds 4 --wait-timeout 1`"
+    )

@@ -219,7 +219,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         if RETRY_HINT in getattr(exc, "__notes__", ()):
             console.print(escape(f"hint: {RETRY_HINT}"), soft_wrap=True)
         if listened:  # refused before listening: the run did not start, nor stop
-            _show_model(run)
+            _show_model(run, flags)
         # A setting refused before listening is a mistake no restart mends: 2, as for a flag.
         mistake = isinstance(exc, ValueError) and not listened
         raise typer.Exit(2 if mistake else 1) from None
@@ -237,7 +237,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         console.print(escape(said), soft_wrap=True)
         raise typer.Exit(143 if exc.args == ("SIGTERM",) else 130) from None
     except Exception:
-        _show_model(run)  # the app's own function raised: reported as any other error
+        _show_model(run, flags)  # the app's own function raised: reported as any other error
         raise
     shown.line(
         f"[green]run finished[/] after {shown.step} {result.history.rounds[-1].round}; "
@@ -277,11 +277,11 @@ def _rounds(server_app: Any, flags: dict[str, Any]) -> int:
     return int(server_app.rounds if recorded is None else recorded)
 
 
-def _show_model(run: Path) -> None:
-    """Say where the model after the last complete round of a run that stopped is, if any."""
-    model = saved_model(run)
-    if model is not None:
-        console.print(escape(f"run stopped: {model}"), soft_wrap=True)
+def _show_model(run: Path, flags: dict[str, Any]) -> None:
+    """Say where a failed run's last complete model is, and how to continue the run."""
+    from covey.deploy._cli_resume import show_stopped
+
+    show_stopped(run, flags.get("resume_hint") or resume_hint(run), console)
 
 
 def _forget(run: Path, flags: dict[str, Any]) -> None:

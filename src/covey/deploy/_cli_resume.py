@@ -5,8 +5,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 from shlex import quote
+from typing import TYPE_CHECKING
 
-__all__ = ["recorded_rounds", "resume_hint", "run_folder", "saved_model", "saved_round"]
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = [
+    "recorded_rounds",
+    "resume_hint",
+    "run_folder",
+    "saved_model",
+    "saved_round",
+    "show_stopped",
+]
 
 
 def saved_round(run: Path) -> bool:
@@ -51,29 +62,57 @@ def recorded_rounds(run: Path) -> int | None:
     return rounds if isinstance(rounds, int) and not isinstance(rounds, bool) else None
 
 
-def saved_model(run: Path) -> str | None:
-    """Where the model after the run's last saved round is, in words; None before round 1.
-
-    A deployed run keeps each complete round's model in ``weights/`` (the newest
-    ``keep_last`` of them); the newest is the model a stopped run leaves.
-    """
+def _last_saved(run: Path) -> tuple[str, int | None] | None:
+    """The step ("round", "update") of the run in ``run`` and its last saved one; None: no store."""
     import sqlite3
 
-    from covey.server._roundfiles import WEIGHTS_DIR, weights_file_name
     from covey.server._store import RunStore
 
     if not (run / "run.sqlite").is_file():
         return None
     try:
         with RunStore.open(run) as store:
-            last = store.last_round()
-            step = store.step  # "update" for an asynchronous run, as its log says
+            # "update" for an asynchronous run, as its log says
+            return store.step, store.last_round()
     except (OSError, ValueError, sqlite3.Error):
         return None
+
+
+def saved_model(run: Path) -> str | None:
+    """Where the model after the run's last saved round is, in words; None before round 1.
+
+    A deployed run keeps each complete round's model in ``weights/`` (the newest
+    ``keep_last`` of them); the newest is the model a stopped run leaves.
+    """
+    from covey.server._roundfiles import WEIGHTS_DIR, weights_file_name
+
+    saved = _last_saved(run)
+    if saved is None:
+        return None
+    step, last = saved
     path = run / WEIGHTS_DIR / weights_file_name(last or 0)
     if not last or not path.is_file():
         return None
     return f"the model after {step} {last}, the last complete one, is in {path}"
+
+
+def show_stopped(run: Path, hint: str, console: Console) -> None:
+    """What the server of a run that failed says last: where its model is, how to continue it.
+
+    ``hint``: the command that continues the run (:func:`resume_hint`, or its project's
+    ``covey run``), said as ``covey runs show`` says it: after the last complete round,
+    or from the start if none finished. Nothing if the run has no store to resume.
+    """
+    from covey.deploy._shown import escape
+    from covey.sim._rundir import resumed_from
+
+    saved = _last_saved(run)
+    if saved is None:
+        return
+    model = saved_model(run)
+    said = [f"run stopped: {model}"] if model is not None else []
+    for line in [*said, f"continue the run {resumed_from(*saved)} with `{hint}`"]:
+        console.print(escape(line), soft_wrap=True)
 
 
 def resume_hint(
