@@ -94,6 +94,20 @@ def _in_process(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+def test_demo_of_one_round_says_round_not_rounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It said "1 rounds of FedAvg" and "after 1 rounds".
+    monkeypatch.chdir(tmp_path)
+    code, said, err = _in_process(
+        *("demo", "--rounds", "1", "--clients", "20", "--no-plot", "--run-dir", "r")
+    )
+    assert code == 0, said + err
+    assert "NumPy logistic regression, 1 round of FedAvg with " in said
+    (final,) = [line for line in said.splitlines() if line.startswith("final test accuracy")]
+    assert " after 1 round in " in final
+
+
 def test_demo_out_writes_the_final_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from safetensors import safe_open
 

@@ -143,7 +143,7 @@ def demo(
     run_dir = _demo_run_dir(run_dir)
     console.print(
         f"[bold]covey demo[/]: {clients} clients, Dirichlet({alpha}) label skew on digits, "
-        f"NumPy logistic regression, {rounds} rounds of FedAvg with "
+        f"NumPy logistic regression, {_rounds(rounds)} of FedAvg with "
         f"{_per_round(clients, fraction)} per round ({backend} backend)"
     )
     result = _run_demo(config, run_dir, out)
@@ -155,7 +155,7 @@ def demo(
     if plot:
         plot_history(result.history, run_dir / "plot.png", title=f"covey demo: {clients} clients")
     console.print(
-        f"[bold green]final test accuracy: {accuracy:.4f}[/] after {final.round} rounds "
+        f"[bold green]final test accuracy: {accuracy:.4f}[/] after {_rounds(final.round)} "
         f"in {result.seconds:.2f} s"
     )
     console.print(
@@ -169,6 +169,11 @@ def demo(
         console.print(f"[red]error:[/] {escape(said)}", soft_wrap=True)
         raise typer.Exit(1)
     console.print(escape(f"model: {out} (after round {final.round})"), soft_wrap=True)
+
+
+def _rounds(count: int) -> str:
+    """``count`` rounds in words: ``1 round``, ``3 rounds``."""
+    return f"{count} round{'' if count == 1 else 's'}"
 
 
 def _per_round(clients: int, fraction: float) -> str:

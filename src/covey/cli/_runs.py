@@ -261,7 +261,8 @@ def list_runs(
         marks = "/".join(f"({step[0]}N)" for step in steps)
         units = " or ".join(f"{step} N" for step in steps)
         console.print(
-            f"{marks}: the latest value was measured at {units}, before the run's last",
+            f"{marks}: the latest value was measured at {units}, before the run's last "
+            + " or ".join(steps),
             soft_wrap=True,
         )
     for why in damaged:
