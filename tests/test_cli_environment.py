@@ -261,7 +261,11 @@ def test_a_server_writes_whole_lines_to_a_log(
         "WARNING serving WITHOUT TLS: anyone who can reach 127.0.0.1 can join and see the model"
     )
     assert any(line.endswith(warning) for line in lines), out
-    assert lines[-1].startswith("error: round 1: only 0 of the 2 clients needed"), out
+    assert lines[-2].startswith("error: round 1: only 0 of the 2 clients needed"), out
+    assert lines[-1] == (
+        f"continue the run from its start (no round of it finished) with `covey server "
+        f"--resume {run} --app tiny_app:server_app --insecure --wait-timeout 0.2`"
+    ), out
 
 
 @pytest.mark.parametrize(
