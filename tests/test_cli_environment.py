@@ -582,8 +582,8 @@ def test_runs_list_of_a_folder_that_is_not_there_says_so(
             "(`covey run --help` lists what it takes)",
         ),
         (
-            ["demo", "--fraction", "1.5"],
-            "error: Invalid value for '--fraction': Input should be less than or equal to 1 "
+            ["demo", "--clients", "1"],
+            "error: Invalid value for '--clients': Input should be greater than or equal to 2 "
             "(`covey demo --help` lists what it takes)",
         ),
         (["runz"], "error: No such command 'runz'. Did you mean 'run', 'runs'? "),

@@ -162,6 +162,30 @@ def test_demo_with_an_infinite_alpha_is_refused_as_such() -> None:
     assert not Path("runs").exists()  # nothing was started
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "said"),
+    [
+        ("--fraction", "nan", "the fraction of clients per round must be a number in [0, 1]"),
+        ("--fraction", "1.5", "the fraction of clients per round must be a number in [0, 1]"),
+        ("--fraction", "-0", None),  # 0: two clients a round, as before
+        ("--alpha", "nan", "the Dirichlet concentration must be a number of at least 1e-06"),
+        ("--alpha", "0", "the Dirichlet concentration must be a number of at least 1e-06"),
+    ],
+)
+def test_demo_refuses_a_nan_fraction_or_alpha_as_no_number_in_range(
+    flag: str, value: str, said: str | None
+) -> None:
+    # nan was refused as "Input should be less than or equal to 1" (--fraction) or
+    # "greater than or equal to 0.000001" (--alpha): the range check found it on no side.
+    code, out = covey("demo", flag, value, "--rounds", "0", "--no-plot", "--run-dir", "d")
+    if said is None:
+        assert code == 0, out
+        return
+    assert code == 2, out
+    assert last_line(out) == f"error: {flag} {value}: {said}"
+    assert not Path("d").exists()  # nothing was started
+
+
 @pytest.mark.parametrize("command", ["demo", "server"])
 def test_run_dir_on_an_existing_file(tmp_path: Path, command: str) -> None:
     (tmp_path / "taken").write_text("not a folder")

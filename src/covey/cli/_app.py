@@ -22,7 +22,7 @@ import covey
 from covey.cli._stdout import StdoutError, checked_stdout, stop_writing
 from covey.core._extras import MissingExtraError, extra_for
 from covey.core._interrupt import interrupt_in, interrupts_as_such, stopping_on_sigterm
-from covey.deploy._cli_errors import file_flag, folder_flag
+from covey.deploy._cli_errors import file_flag, folder_flag, number_in
 from covey.deploy._cli_help import HelpCommand
 from covey.deploy._cli_tables import output_console
 
@@ -61,10 +61,21 @@ def demo(
     clients: Annotated[int, typer.Option(min=2, help="Simulated clients.")] = 100,
     rounds: Annotated[int, typer.Option(min=0, help="Rounds of FedAvg.")] = 30,
     fraction: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Fraction of clients per round.")
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            parser=number_in("--fraction", "the fraction of clients per round", 0.0, 1.0),
+            help="Fraction of clients per round.",
+        ),
     ] = 0.1,
     alpha: Annotated[
-        float, typer.Option(min=1e-6, help="Dirichlet concentration of the label skew.")
+        float,
+        typer.Option(
+            min=1e-6,
+            parser=number_in("--alpha", "the Dirichlet concentration", 1e-6),
+            help="Dirichlet concentration of the label skew.",
+        ),
     ] = 0.5,
     lr: Annotated[float, typer.Option(help="Clients' learning rate.")] = 0.5,
     epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 5,

@@ -24,6 +24,7 @@ __all__ = [
     "fresh_run_dir",
     "no_empty_folder",
     "number",
+    "number_in",
     "output_file",
     "read_settings",
 ]
@@ -74,6 +75,31 @@ def file_flag(flag: str) -> Callable[[str], Path]:
         if value == "":
             fail(f'{flag} is empty (""); give a file, or leave it out')
         return Path(value)
+
+    return parse
+
+
+def number_in(
+    flag: str, what: str, low: float, high: float | None = None
+) -> Callable[[Any], float]:
+    """A Typer parser of the float ``flag`` takes, ``what`` (its words), ``low`` to ``high``.
+
+    Typer's own range check (``min``, ``max``) compares ``nan`` with each bound, finding
+    it neither below nor above: ``--fraction nan`` was refused as a number that "should
+    be less than or equal to 1". ``nan``, text that is no number and a number out of the
+    range are refused alike here, naming the range. Give Typer the same ``min`` and
+    ``max``, which its ``--help`` shows.
+    """
+    within = f"in [{low:g}, {high:g}]" if high is not None else f"of at least {low:g}"
+
+    def parse(value: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not (low <= number and (high is None or number <= high)):  # nan: neither
+            fail(f"{flag} {value}: {what} must be a number {within}")
+        return number
 
     return parse
 
