@@ -54,7 +54,12 @@ def start_or_join(ray: Any, address: str | None, init_args: Mapping[str, Any] | 
     }
     kwargs.update(init_args or {})
     with held_signals() as held:
-        ray.init(**kwargs)
+        try:
+            ray.init(**kwargs)
+        except ConnectionError as exc:  # Ray's "Failed to connect to Ray cluster at ..."
+            if address is not None:
+                exc.add_note(joining_failed(address))
+            raise
     try:
         for handler, signum in held:
             handler(signum, None)  # Ctrl-C's raises KeyboardInterrupt, now that Ray can stop
@@ -62,6 +67,22 @@ def start_or_join(ray: Any, address: str | None, init_args: Mapping[str, Any] | 
         ray.shutdown()
         raise
     return True
+
+
+def joining_failed(address: str) -> str:
+    """What to check when Ray could not join the cluster at ``address``.
+
+    A head started with ``RAY_AUTH_MODE=token`` refuses a driver without its token,
+    and one of another Ray or Python version fails it too; Ray says only that it
+    could not connect, after about 20 s.
+    """
+    return (
+        f"could not join the Ray cluster at {address}: if it was started with "
+        "RAY_AUTH_MODE=token, give this process RAY_AUTH_MODE=token and the cluster's token "
+        "(RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token); run the cluster's Ray "
+        "and Python versions here; and give the head node's address (the --port of `ray "
+        "start --head`, 6379 by default)"
+    )
 
 
 @contextlib.contextmanager
