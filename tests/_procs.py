@@ -173,3 +173,21 @@ def serve_project(
                 proc.kill()
             proc.communicate(timeout=30)
     return server.returncode, out
+
+
+def killed_script(script: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run the Python ``script`` with ``args``, which is to SIGKILL itself; its outcome.
+
+    The child imports covey as this test run does (its ``sys.path``).
+    """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    killed = subprocess.run(
+        [sys.executable, str(script), *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    return killed

@@ -11,9 +11,6 @@ evaluates it again; one killed after it was recorded does not evaluate it twice.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ import numpy as np
 import pytest
 
 import covey
+from _procs import killed_script
 from covey.core._history import RoundRecord
 from covey.server._store import RunStore
 
@@ -197,16 +195,7 @@ def test_a_resume_killed_during_that_evaluation_evaluates_it_on_the_next(
     _stopped_after(5, run_dir)
     script = tmp_path / "resume.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    killed = subprocess.run(
-        [sys.executable, str(script), str(run_dir)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    killed_script(script, run_dir)
     _, from_db, status = _saved(run_dir)
     assert from_db[-1]["round"] == 5
     assert from_db[-1]["central_loss"] is None

@@ -399,11 +399,11 @@ def test_replies_an_actor_sent_before_it_died_are_aggregated(tmp_path: Any) -> N
     assert result.weights["w"].tobytes() == reference.weights["w"].tobytes()
 
 
-def test_a_cluster_address_where_nothing_listens_is_refused_at_once() -> None:
-    # Ray itself retries such an address for more than ten minutes before failing.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # free once closed: nothing listens there
+def _simulate_at(address: str) -> subprocess.CompletedProcess[str]:
+    """A Ray simulation given ``ray_address=address`` in a process of its own (90 s at most).
+
+    It prints ``refused:`` and the ConnectionError's text if simulate() raises one.
+    """
     script = (
         "import numpy as np, covey\n"
         "class C(covey.Client):\n"
@@ -411,14 +411,22 @@ def test_a_cluster_address_where_nothing_listens_is_refused_at_once() -> None:
         "        return covey.FitResult(weights=dict(weights), num_examples=1)\n"
         "try:\n"
         f"    covey.simulate(lambda cid: C(), 2, 1, None, {{'w': np.zeros(2)}}, backend='ray',\n"
-        f"                   ray_address='127.0.0.1:{port}')\n"
+        f"                   ray_address='{address}')\n"
         "except ConnectionError as exc:\n"
         "    print('refused:', exc)\n"
     )
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=90
+    )
+
+
+def test_a_cluster_address_where_nothing_listens_is_refused_at_once() -> None:
+    # Ray itself retries such an address for more than ten minutes before failing.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free once closed: nothing listens there
     try:
-        out = subprocess.run(
-            [sys.executable, "-c", script], capture_output=True, text=True, timeout=90
-        )
+        out = _simulate_at(f"127.0.0.1:{port}")
     except subprocess.TimeoutExpired:
         pytest.fail(f"simulate() still waited for a Ray at 127.0.0.1:{port} after 90 s")
     assert out.returncode == 0, out.stderr[-2000:]
@@ -432,21 +440,8 @@ def test_a_cluster_address_where_no_ray_head_answers_is_refused_at_once() -> Non
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     address = f"127.0.0.1:{server.server_address[1]}"
-    script = (
-        "import numpy as np, covey\n"
-        "class C(covey.Client):\n"
-        "    def fit(self, weights, config):\n"
-        "        return covey.FitResult(weights=dict(weights), num_examples=1)\n"
-        "try:\n"
-        f"    covey.simulate(lambda cid: C(), 2, 1, None, {{'w': np.zeros(2)}}, backend='ray',\n"
-        f"                   ray_address='{address}')\n"
-        "except ConnectionError as exc:\n"
-        "    print('refused:', exc)\n"
-    )
     try:
-        out = subprocess.run(
-            [sys.executable, "-c", script], capture_output=True, text=True, timeout=90
-        )
+        out = _simulate_at(address)
     except subprocess.TimeoutExpired:
         pytest.fail(f"simulate() still waited for a Ray at the HTTP server {address} after 90 s")
     finally:

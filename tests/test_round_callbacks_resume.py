@@ -10,9 +10,6 @@ resumed with nothing pending calls nothing again.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,7 @@ import numpy as np
 import pytest
 
 import covey
+from _procs import killed_script
 from covey.core._history import RoundRecord
 from covey.server._store import RunStore
 
@@ -188,16 +186,7 @@ def test_a_simulation_killed_in_its_callbacks_gives_them_the_saved_round_on_resu
 ) -> None:
     run, out, script = tmp_path / "run", tmp_path / "logged.jsonl", tmp_path / "killed.py"
     script.write_text(KILLED)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    killed = subprocess.run(
-        [sys.executable, str(script), str(run), str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    killed_script(script, run, out)
     logged = [json.loads(line) for line in out.read_text().splitlines()]
     assert logged == [0, 1]
     tracker = Tracker()

@@ -10,9 +10,6 @@ resumed run's history is the uninterrupted one's.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,7 @@ import numpy as np
 import pytest
 
 import covey
+from _procs import killed_script
 from covey.core._history import RoundRecord
 from covey.server._store import RunStore
 
@@ -143,16 +141,7 @@ def test_a_simulation_killed_after_its_callbacks_wrote_resumes_with_what_they_wr
 ) -> None:
     run, script = tmp_path / "run", tmp_path / "killed.py"
     script.write_text(KILLED)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    killed = subprocess.run(
-        [sys.executable, str(script), str(run)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    killed_script(script, run)
     with RunStore.open(run) as store:
         last, pending = store.last_round(), store.pending_callbacks
     assert last in (2, 3)  # round 3's save, or not yet
