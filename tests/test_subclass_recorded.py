@@ -145,30 +145,15 @@ def test_a_deployed_run_resumed_with_another_subclass_attribute_is_refused(
     # (the run's) is 0.1 now" and went on, mixing two schedules in one run.
     run = tmp_path / "run"
     _serve(_Decay(base_lr=0.5, fraction_evaluate=0.0), run, 1, resume=False)
+
+    def resume_with(strategy: covey.Strategy) -> None:
+        kept: dict[str, Any] = {"run_dir": run, "resume": True, "plot": False, "wait_timeout": 5}
+        serve(strategy, 2, _init(), "127.0.0.1:0", insecure=True, **kept)
+
     with pytest.raises(ValueError, match=re.escape("base_lr 0.5 (the run's) is 0.1 now")):
-        serve(
-            _Decay(base_lr=0.1, fraction_evaluate=0.0),
-            2,
-            _init(),
-            "127.0.0.1:0",
-            insecure=True,
-            run_dir=run,
-            resume=True,
-            plot=False,
-            wait_timeout=5,
-        )
+        resume_with(_Decay(base_lr=0.1, fraction_evaluate=0.0))
     with pytest.raises(ValueError, match=re.escape("class 'test_subclass_recorded._Decay' (the")):
-        serve(
-            covey.Strategy(fraction_evaluate=0.0),
-            2,
-            _init(),
-            "127.0.0.1:0",
-            insecure=True,
-            run_dir=run,
-            resume=True,
-            plot=False,
-            wait_timeout=5,
-        )
+        resume_with(covey.Strategy(fraction_evaluate=0.0))
     # Other options still only warn.
     changed = _Decay(base_lr=0.5, fraction_evaluate=0.0, fraction_fit=0.5)
     result = _serve(changed, run, 2, resume=True)

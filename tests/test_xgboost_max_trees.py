@@ -59,6 +59,28 @@ def _run(
     )
 
 
+def _in_run_dir(
+    strategy: covey.Strategy,
+    shares: list[tuple[Any, Any]],
+    start: Any,
+    run_dir: Path,
+    rounds: int,
+    resume: bool,
+) -> covey.sim.SimulationResult:
+    """A binary XGBoost run of ``strategy`` from ``start`` kept in ``run_dir``."""
+    return covey.simulate(
+        lambda cid: XGBoostClient(*shares[cid], BINARY, local_rounds=LOCAL),
+        len(shares),
+        rounds,
+        strategy,
+        start,
+        backend="inline",
+        seed=0,
+        run_dir=run_dir,
+        resume=resume,
+    )
+
+
 def _stopped_after(result: covey.sim.SimulationResult, round: int, cap: int) -> None:
     """``result``'s run stopped after ``round``, whose booster left no room for another's trees."""
     assert [r.round for r in result.history.rounds] == list(range(round + 1))
@@ -123,25 +145,16 @@ def test_the_cyclic_step_alone_stops_the_run_and_its_resume(tmp_path: Path) -> N
     shares, _, _ = _cancer()
     start = initial_model(BINARY, num_features=shares[0][0].shape[1], capacity=1 << 21)
 
+    own = covey.Strategy(
+        aggregator=cyclic(local_rounds=LOCAL, max_trees=4),
+        selector=round_robin,
+        fraction_fit=0.0,
+        min_fit_clients=0,
+        fraction_evaluate=0.0,
+    )
+
     def run(rounds: int, resume: bool) -> covey.sim.SimulationResult:
-        own = covey.Strategy(
-            aggregator=cyclic(local_rounds=LOCAL, max_trees=4),
-            selector=round_robin,
-            fraction_fit=0.0,
-            min_fit_clients=0,
-            fraction_evaluate=0.0,
-        )
-        return covey.simulate(
-            lambda cid: XGBoostClient(*shares[cid], BINARY, local_rounds=LOCAL),
-            len(shares),
-            rounds,
-            own,
-            start,
-            backend="inline",
-            seed=0,
-            run_dir=tmp_path / "run",
-            resume=resume,
-        )
+        return _in_run_dir(own, shares, start, tmp_path / "run", rounds, resume)
 
     _stopped_after(run(5, False), 2, 4)
     resumed = run(6, True)  # the step's hook reads the mark from the run's history
@@ -177,18 +190,10 @@ def test_a_booster_filled_to_max_trees_exactly_stops_the_run_and_its_resume(
     shares, _, _ = _cancer()
     start = initial_model(BINARY, num_features=shares[0][0].shape[1], capacity=1 << 21)
 
+    preset = XGBoostCyclic(local_rounds=LOCAL, fraction_evaluate=0.0, max_trees=4)
+
     def run(rounds: int, resume: bool) -> covey.sim.SimulationResult:
-        return covey.simulate(
-            lambda cid: XGBoostClient(*shares[cid], BINARY, local_rounds=LOCAL),
-            len(shares),
-            rounds,
-            XGBoostCyclic(local_rounds=LOCAL, fraction_evaluate=0.0, max_trees=4),
-            start,
-            backend="inline",
-            seed=0,
-            run_dir=tmp_path / "run",
-            resume=resume,
-        )
+        return _in_run_dir(preset, shares, start, tmp_path / "run", rounds, resume)
 
     # Two rounds fill the booster to 4 trees: the run stops before a third.
     _stopped_after(run(5, False), 2, 4)
