@@ -117,6 +117,7 @@ class LocalRayCluster:
         self._singles: set[int] = {self.port}
         self._blocks: list[int] = []
         self.address = f"127.0.0.1:{self.port}"
+        self.client_port = self._single()  # the head's Ray Client server (ray://)
         # Its own token: the default one in ~/.ray is shared with every Ray of this user.
         self.auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
         self.env = {
@@ -160,7 +161,7 @@ class LocalRayCluster:
                 [
                     "--head",
                     f"--port={self.port}",
-                    f"--ray-client-server-port={self._single()}",
+                    f"--ray-client-server-port={self.client_port}",
                     "--include-dashboard=false",
                     f"--dashboard-port={self._single()}",
                     f"--num-cpus={self.head_cpus}",

@@ -484,3 +484,16 @@ def test_per_client_configs_reach_each_client_as_inline(cluster: LocalRayCluster
             **{f"epochs_{c}": (c + 1) * record.round for c in record.fit_participants},
             **{f"lr_{c}": 0.5 for c in record.fit_participants},
         }
+
+
+def test_a_clusters_ray_client_and_head_ports_are_told_apart(cluster: LocalRayCluster) -> None:
+    # Both of a real head's servers, token auth on: each port given with the other's scheme
+    # is refused at once (Ray failed after 20 s, or waited 30 s, naming neither mistake).
+    from covey.sim._rayplan import check_reachable
+
+    check_reachable(cluster.address)
+    check_reachable(f"ray://127.0.0.1:{cluster.client_port}")
+    with pytest.raises(ConnectionError, match="names a Ray Client server port"):
+        check_reachable(f"127.0.0.1:{cluster.client_port}")
+    with pytest.raises(ConnectionError, match="names a Ray head node's port"):
+        check_reachable(f"ray://{cluster.address}")

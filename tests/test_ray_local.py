@@ -34,7 +34,7 @@ from covey import FitResult
 from covey.core import _codec
 from covey.core._messages import Task
 from covey.sim._ray import RayTransport
-from covey.sim._rayplan import check_fits, not_grpc
+from covey.sim._rayplan import check_fits, check_reachable, not_grpc, ray_service
 
 pytestmark = pytest.mark.slow
 
@@ -478,6 +478,54 @@ def test_grpc_servers_pass_the_probe_and_silent_ones_do_not() -> None:
         silent.listen()
         with socket.create_connection(silent.getsockname(), timeout=10) as sock:
             assert not_grpc(sock, 0.5) == "it accepted a connection but sent nothing within 0.5 s"
+
+
+@contextlib.contextmanager
+def _grpc_serving(*methods: str) -> Iterator[int]:
+    """A gRPC server on 127.0.0.1 answering ``/service/method`` names with empty bytes."""
+    import grpc
+
+    server = grpc.server(ThreadPoolExecutor(2))
+    by_service: dict[str, dict[str, Any]] = {}
+    for name in methods:
+        service, method = name.strip("/").split("/")
+        by_service.setdefault(service, {})[method] = grpc.unary_unary_rpc_method_handler(
+            lambda request, context: b""
+        )
+    for service, handlers in by_service.items():
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, handlers)])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(0)
+
+
+GCS = "/ray.rpc.NodeInfoGcsService/CheckAlive"
+RAY_CLIENT = "/ray.rpc.RayletDriver/ClusterInfo"
+
+
+def test_which_ray_server_answers_is_told_by_the_methods_it_serves() -> None:
+    for methods, kind in [((GCS,), "gcs"), ((RAY_CLIENT,), "client"), ((), None)]:
+        with _grpc_serving(*methods) as port:
+            assert ray_service("127.0.0.1", port, 10.0) == kind, methods
+    with _grpc_serving(GCS, RAY_CLIENT) as port:  # both: not told apart, left to Ray
+        assert ray_service("127.0.0.1", port, 10.0) is None
+
+
+def test_a_ray_client_port_without_ray_scheme_and_a_head_port_with_it_are_refused() -> None:
+    # Ray failed the one after 20 s and waited 30 s on the other, naming neither mistake.
+    with _grpc_serving(RAY_CLIENT) as port:
+        with pytest.raises(ConnectionError, match="names a Ray Client server port") as got:
+            check_reachable(f"127.0.0.1:{port}")
+        assert f"give it as 'ray://127.0.0.1:{port}'" in str(got.value)
+        check_reachable(f"ray://127.0.0.1:{port}")
+    with _grpc_serving(GCS) as port:
+        with pytest.raises(ConnectionError, match="names a Ray head node's port") as got:
+            check_reachable(f"ray://127.0.0.1:{port}")
+        assert f"give it without ray:// ('127.0.0.1:{port}')" in str(got.value)
+        check_reachable(f"127.0.0.1:{port}")
 
 
 def test_a_ray_client_address_where_nothing_listens_is_refused_at_once() -> None:

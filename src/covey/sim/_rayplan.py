@@ -13,6 +13,7 @@ import os
 import re
 import socket
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -211,6 +212,67 @@ def check_reachable(address: str, timeout: float = 10.0) -> None:
             f"something listens at ray_address={address!r}, but no Ray head node (which "
             f"speaks gRPC): {other}. Give {head}, or leave ray_address out to start a "
             "local Ray for this run"
+        )
+    if not _tls():
+        _check_service(address, host, int(port), client, timeout)
+
+
+#: A method only a head node's GCS serves, and one only a Ray Client server serves:
+#: each answers its own (any status but UNIMPLEMENTED, an empty request, token or no
+#: token) and UNIMPLEMENTED to the other's.
+_GCS_METHOD = "/ray.rpc.NodeInfoGcsService/CheckAlive"
+_CLIENT_METHOD = "/ray.rpc.RayletDriver/ClusterInfo"
+
+
+def ray_service(host: str, port: int, timeout: float) -> str | None:
+    """Which Ray server answers gRPC at ``host:port``: ``"gcs"``, ``"client"`` or None.
+
+    None when neither (or both) of the two methods is served, or the server did not
+    answer in time: the address is then left to Ray.
+    """
+    import grpc
+
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    with grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)]) as channel:
+        served = tuple(_serves(grpc, channel, m, timeout) for m in (_GCS_METHOD, _CLIENT_METHOD))
+    if served == (True, False):
+        return "gcs"
+    return "client" if served == (False, True) else None
+
+
+def _serves(grpc: Any, channel: Any, method: str, timeout: float) -> bool | None:
+    """Whether ``method`` is served (False: UNIMPLEMENTED; None: no answer in time)."""
+    try:
+        channel.unary_unary(method)(b"", timeout=timeout)
+    except grpc.RpcError as exc:
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            return False
+        if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+            return None
+    return True
+
+
+def _check_service(address: str, host: str, port: int, client: bool, timeout: float) -> None:
+    """Refuse a head's GCS port given as a Ray Client address, and the other way round.
+
+    Ray would wait 30 s on the one and fail naming neither, and fail the other
+    after 20 s with a note that does not say the scheme or port is wrong.
+    """
+    kind = ray_service(host, port, min(timeout, 5.0))
+    if client and kind == "gcs":
+        raise ConnectionError(
+            f"ray_address={address!r} names a Ray head node's port (the --port of "
+            "`ray start --head`), which Ray Client (ray://) does not speak: give it "
+            f"without ray:// ('{address[len('ray://') :]}') to join the cluster directly, or "
+            "ray:// with the head's Ray Client server port (10001 by default)"
+        )
+    if not client and kind == "client":
+        raise ConnectionError(
+            f"ray_address={address!r} names a Ray Client server port, not a head node's "
+            f"port: give it as 'ray://{address}' to run through Ray Client, or give the "
+            "head's address and port (the --port of `ray start --head`, 6379 by default) "
+            "to join the cluster directly"
         )
 
 
