@@ -30,6 +30,15 @@ from covey.core._messages import Config, EvaluateResult, FitResult, Reply, Task
 from covey.core._weights import Weights
 
 
+class NoEvaluate(NotImplementedError):
+    """Raised by :meth:`Client.evaluate` a subclass left out: a set-up, not an incident.
+
+    Its reply is the one line saying so, without the traceback (covey's own frames):
+    a federation of clients without ``evaluate`` that still evaluates each round
+    kept a traceback per client and round in its history.
+    """
+
+
 class Client:
     """A participant in a federation: it trains and evaluates on data that never leaves it.
 
@@ -95,7 +104,7 @@ class Client:
         Returns:
             The loss, the number of examples and metrics.
         """
-        raise NotImplementedError(f"{type(self).__name__} does not implement evaluate()")
+        raise NoEvaluate(f"{type(self).__name__} does not implement evaluate()")
 
     def properties(self) -> dict[str, Any]:
         """Facts the server may select this client by, or set its own config by (none by default).
@@ -356,6 +365,8 @@ def _failed(cid: int, kind: str, exc: Exception) -> Reply:
         raise as_interrupt(exc) from exc
     if isinstance(exc, ResultRefused):  # worded as the server refuses a plain update
         return Reply(cid, kind, error=str(exc))
+    if type(exc) is NoEvaluate:
+        return Reply(cid, kind, error=f"NotImplementedError: {exc}")
     return Reply(cid, kind, error=traceback.format_exc() + hint(exc))
 
 

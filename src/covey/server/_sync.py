@@ -473,13 +473,13 @@ class RoundLoop(_LoopBase):
                 self._record_failure(
                     record.evaluate_failures, Failure(cid, "evaluate", "no reply in time")
                 )
-        if len(record.evaluate_participants) < min(strategy.min_evaluate_clients, len(cids)):
-            logger.warning(
-                "round %d: only %d client(s) evaluated, fewer than min_evaluate_clients=%d",
-                rnd,
-                len(record.evaluate_participants),
-                strategy.min_evaluate_clients,
-            )
+        got, least = len(record.evaluate_participants), strategy.min_evaluate_clients
+        if got < min(least, len(cids)):
+            if got or not self._said_no_evaluate:  # else said once: the clients have no evaluate
+                logger.warning(
+                    "round %d: only %d client(s) evaluated, fewer than min_evaluate_clients=%d",
+                    *(rnd, got, least),
+                )
             return
         if record.evaluate_examples > 0:  # else the weighted loss is 0 / 0: none
             record.evaluate_loss = weighted_loss(losses, record.evaluate_examples)
