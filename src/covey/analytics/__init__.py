@@ -24,6 +24,7 @@ from covey.core._extras import import_feature
 from covey.core._lazy import public_dir
 
 if TYPE_CHECKING:  # the real imports load duckdb, pandas and sqlglot: only when first used
+    from covey.analytics._csv import CSV
     from covey.analytics._dp import Analyst
     from covey.analytics._exchange import FederationQueryError
     from covey.analytics._policy import Policy, PolicyError
@@ -33,6 +34,7 @@ if TYPE_CHECKING:  # the real imports load duckdb, pandas and sqlglot: only when
     from covey.analytics._sqltext import QueryError
 
 _WHERE = {
+    "CSV": "_csv",
     "Analyst": "_dp",
     "FederationQueryError": "_exchange",
     "Policy": "_policy",
@@ -45,6 +47,7 @@ _WHERE = {
 }
 
 __all__ = [
+    "CSV",
     "TASK_KIND",
     "Analyst",
     "FederationQueryError",

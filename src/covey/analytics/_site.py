@@ -207,8 +207,8 @@ class Site(Client):
 
     Args:
         tables: ``{name: source}``; a source is a pandas DataFrame, a path to a
-            ``.parquet`` or ``.csv`` file, or ``"sqlite:///path/to.db"`` (the table of
-            the same name in that SQLite database).
+            ``.parquet`` or ``.csv`` file (:class:`CSV` to give a CSV's options), or
+            ``"sqlite:///path/to.db"`` (the table of the same name in that database).
         policy: What the site answers; without one it answers nothing.
         name: How the site calls itself in answers.
         ledger: A JSON file where the site keeps its DP budget (None: in memory
@@ -236,7 +236,7 @@ class Site(Client):
         self.policy = policy
         # described once, as loaded: the tables never change afterwards
         try:
-            self._con, self._columns = open_tables(tables, name)
+            self._con, self._columns = open_tables(tables, policy.bounds if policy else ())
         except ValueError as exc:  # a table refused, named with its site among many
             raise ValueError(f"site {name!r}: {exc}") from None
         self._tables = set(tables)

@@ -6,9 +6,8 @@ through Python's ``sqlite3``.
 
 from __future__ import annotations
 
-import logging
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,6 @@ import duckdb
 import pandas as pd
 
 from covey.analytics._sqltext import TABLE_NAME, fold
-from covey.core._text import clipped
-
-logger = logging.getLogger("covey")
 
 SQLITE_PREFIX = "sqlite:///"
 MAX_NAME = 255
@@ -197,14 +193,15 @@ def load_tables(tables: Mapping[str, Any]) -> duckdb.DuckDBPyConnection:
 
 
 def open_tables(
-    tables: Mapping[str, Any], site: str = ""
+    tables: Mapping[str, Any], bounded: Collection[str] = ()
 ) -> tuple[duckdb.DuckDBPyConnection, dict[str, dict[str, str]]]:
     """:func:`load_tables`, and each table's ``{column: DuckDB type}`` (see :func:`columns`).
 
     Each table is described once, as loaded: no statement run on the connection
     afterwards can change a table (external access and the configuration are
-    locked, and a site runs only the SELECTs it writes itself). ``site``: the
-    site's name, for the warnings loading a table may give.
+    locked, and a site runs only the SELECTs it writes itself). ``bounded``: the
+    columns a site's policy bounds, which must hold numbers in a CSV file's table
+    (see :func:`check_bounded`).
     """
     if not isinstance(tables, Mapping) or not tables:
         raise ValueError("a site needs at least one table: tables={name: source}")
@@ -217,26 +214,18 @@ def open_tables(
                 f"tables {other!r} and {name!r} are one name to SQL (names ignore the case "
                 "of ASCII letters); rename one of them"
             )
+    from covey.analytics._csv import CSV, load_csv  # it imports this module
+
     con = duckdb.connect(":memory:")
+    texts: list[str] = []  # the CSV files' tables, whose columns DuckDB's reader typed
     for name, source in tables.items():
         if isinstance(source, pd.DataFrame):
             _copy(con, name, source)
         elif isinstance(source, str) and source.startswith(SQLITE_PREFIX):
             _sqlite(con, name, source)
-        elif isinstance(source, str | Path):
-            path = Path(source)
-            if not path.is_file():
-                raise FileNotFoundError(f"table {name!r}: no file at {path}")
-            suffix = path.suffix.lower()
-            if suffix == ".parquet":
-                _parquet(con, name, path)
-            elif suffix == ".csv":
-                load_csv(con, name, path, site)
-            else:
-                raise ValueError(
-                    f"table {name!r}: {path} is neither .parquet nor .csv "
-                    "(use sqlite:///path for a SQLite database)"
-                )
+        elif isinstance(source, str | Path | CSV):
+            if _file(con, name, source, CSV, load_csv):
+                texts.append(name)
         else:
             raise TypeError(
                 f"table {name!r}: expected a DataFrame, a .parquet/.csv path or "
@@ -245,6 +234,8 @@ def open_tables(
     schemas = {name: columns(con, name) for name in tables}
     for name in tables:
         _nan_to_null(con, name, schemas[name])
+    for name in texts:
+        check_bounded(con, name, schemas[name], bounded)
     # a TIMESTAMP WITH TIME ZONE is read in UTC at every site, whatever the machine's
     # time zone: else WHERE d < '2024-01-02' and each value's day differ by site
     con.execute("SET GLOBAL TimeZone = 'UTC'")  # the cursors' too
@@ -255,136 +246,57 @@ def open_tables(
     return con, schemas
 
 
+def _file(con: duckdb.DuckDBPyConnection, name: str, source: Any, csv: Any, load: Any) -> bool:
+    """Load a Parquet or CSV file (``source``: a path, or a ``csv``); whether it was a CSV."""
+    path = Path(source.path if isinstance(source, csv) else source)
+    if not path.is_file():
+        raise FileNotFoundError(f"table {name!r}: no file at {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet" and not isinstance(source, csv):
+        _parquet(con, name, path)
+        return False
+    if suffix == ".csv" or isinstance(source, csv):
+        load(con, name, source if isinstance(source, csv) else path)
+        return True
+    raise ValueError(
+        f"table {name!r}: {path} is neither .parquet nor .csv "
+        "(use sqlite:///path for a SQLite database)"
+    )
+
+
 def columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
     """``{column: DuckDB type}`` of ``table``."""
     rows = con.execute(f"DESCRIBE {table_name(table)}").fetchall()
     return {str(r[0]): str(r[1]) for r in rows}
 
 
-def _header_cells(
-    con: duckdb.DuckDBPyConnection, label: str, path: Path, text: str
-) -> list[str | None]:
-    """A CSV file's header row, each cell as written (None: empty), split as DuckDB splits it.
+def check_bounded(
+    con: duckdb.DuckDBPyConnection, name: str, kinds: Mapping[str, str], bounded: Collection[str]
+) -> None:
+    """Refuse a CSV's column of text that the policy bounds, naming its first value no number.
 
-    The row is read as data in the dialect DuckDB's sniffer finds for the file with
-    a header (delimiter, quotes, escapes, comment, the lines it skips above it).
-    Lines it skips that hold its delimiter are warned of: a row with more fields
-    than the header makes the sniffer take it for the header, skipping the file's
-    own header and the rows above (``a,b`` then ``1,2`` then ``3,4,5`` loads as the
-    columns ``3``, ``4`` and ``5``).
+    Bounds are for numbers: in a CSV, a value no number (``unknown``, or a
+    missing value marked otherwise than the file is read with) makes a whole
+    column text, which a site would refuse to sum at every query while the
+    other sites sum theirs. Said when the site starts, where the data's owner
+    can mend it. (A DataFrame's column of text is the owner's own choice: the
+    site refuses the queries that sum it.)
     """
-    sniff = f"sniff_csv({text}, header = true)"
-    d, q, e, c, skip = con.execute(
-        f"SELECT Delimiter, Quote, Escape, Comment, SkipRows FROM {sniff}"  # noqa: S608
-    ).fetchone() or (",", '"', '"', "", 0)
-    dialect = ", ".join(
-        f"{k} = {_string('' if v == '(empty)' else str(v))}"
-        for k, v in (("delim", d), ("quote", q), ("escape", e), ("comment", c))
-    )
-    _check_skipped(label, path, int(skip), str(d))
-    reader = f"read_csv({text}, header = false, all_varchar = true, skip = {int(skip)}, {dialect})"
-    row = con.execute(f"SELECT * FROM {reader} LIMIT 1").fetchone()  # noqa: S608
-    return list(row or ())
-
-
-def _check_skipped(label: str, path: Path, skip: int, delim: str) -> None:
-    """Warn that DuckDB skips lines of fields above what it takes for a CSV's header (see above).
-
-    A title above the header (``Report, 2024``) is skipped so too, so it is not
-    refused; the warning says which line DuckDB takes for the header.
-    """
-    if not skip or not delim or delim == "(empty)":
-        return
-    with path.open(encoding="utf-8", errors="replace", newline="") as f:
-        lines = [f.readline() for _ in range(skip + 1)]
-    fields = [number for number, line in enumerate(lines[:skip], start=1) if delim in line]
-    if fields:
-        logger.warning(
-            "%s: DuckDB's reader skips %s of %s (line %d: %s) and takes line %d for "
-            "the header (%s); if the lines skipped are the header and rows, a row has more "
-            "fields than the header: give every row as many fields as the header",
-            label,
-            f"line {skip}" if skip == 1 else f"lines 1 to {skip}",
-            path,
-            fields[0],
-            _shown(lines[fields[0] - 1]),
-            skip + 1,
-            _shown(lines[skip]),
+    names = {fold(c) for c in bounded}
+    for col, kind in kinds.items():
+        if fold(col) not in names or kind != "VARCHAR":
+            continue
+        c = quote(col)
+        row = con.execute(
+            f"SELECT {c}, n FROM (SELECT {c}, rowid, COUNT(*) OVER () AS n FROM "  # noqa: S608
+            f"{table_name(name)} WHERE {c} IS NOT NULL AND TRY_CAST({c} AS DOUBLE) IS NULL) "
+            "ORDER BY rowid LIMIT 1"
+        ).fetchone()
+        first = (
+            f": {row[1]} row(s) hold a value that is no number, the first {row[0]!r}" if row else ""
         )
-
-
-def _shown(line: str) -> str:
-    return repr(clipped(line.rstrip("\r\n"), 100))
-
-
-def load_csv(con: duckdb.DuckDBPyConnection, name: str, path: Path, site: str = "") -> None:
-    """Load a CSV file as table ``name``, under the names its header gives, or refuse it.
-
-    DuckDB's reader names a column whose header cell is empty or white space
-    ``column<i>`` (or ``C<i>``), and one whose name an earlier column has (in any
-    case of its ASCII letters) ``<name>_1``: names the data's owner never gave, and
-    the second may be another column's. Such a header is refused, naming the file
-    and the column's position, unless an unnamed column holds no value in any row
-    (a trailing comma on every line makes one): that one is left out. The spaces
-    DuckDB trims around a name (``age, city`` names ``city``) are trimmed.
-    """
-    if _blank(path):
-        raise ValueError(f"table {name!r}: {path} is empty; give at least its header row")
-    text = _string(str(path))
-    try:
-        label = f"site {site!r}: table {name!r}" if site else f"table {name!r}"
-        cells = _header_cells(con, label, path, text)
-        reader = f"read_csv({text}, header = true)"
-        con.execute(f"CREATE TABLE {table_name(name)} AS SELECT * FROM {reader}")  # noqa: S608
-    except duckdb.Error as exc:
-        why = str(exc).strip().splitlines()[0]
-        raise ValueError(f"table {name!r}: {path} cannot be read as CSV: {why}") from None
-    loaded = list(columns(con, name))
-    where = f"the header of {path}"
-    if len(cells) != len(loaded):
         raise ValueError(
-            f"table {name!r}: DuckDB reads {len(loaded)} columns from {path} but "
-            f"{len(cells)} cells in its header row; check the file's delimiter and quotes"
+            f"table {name!r}: the policy bounds column {col!r}, but it holds text{first}; "
+            "give numbers in it, and leave missing values empty (a CSV file's NA, N/A, NULL "
+            "and . are missing values too, unless its CSV(path, na=...) says otherwise)"
         )
-    unnamed = [i for i, cell in enumerate(cells) if cell is None or not cell.strip()]
-    counts = _value_counts(con, name, [loaded[i] for i in unnamed])
-    for i, n in zip(unnamed, counts, strict=True):
-        if n:
-            cell = "an empty cell" if cells[i] is None else f"only white space, {cells[i]!r}"
-            raise ValueError(
-                f"table {name!r}: column {i + 1} of {where} has no name ({cell}) but holds "
-                f"values in {n} row(s), which DuckDB would load as a column {loaded[i]!r} "
-                "the file does not name; give it a name in the header, or leave it out"
-            )
-    kept = [i for i in range(len(cells)) if i not in unnamed]
-    if not kept:
-        raise ValueError(f"table {name!r}: {where} names no column; give the columns' names")
-    named = [str(cells[i]) for i in kept]
-    given = [loaded[i] if loaded[i] == c else c.strip() for i, c in zip(kept, named, strict=True)]
-    check_names(name, given, where, kept)
-    for i, cell in zip(kept, named, strict=True):
-        if loaded[i] not in (cell, cell.strip()):
-            raise ValueError(
-                f"table {name!r}: DuckDB's reader names column {i + 1} of {where} "
-                f"{loaded[i]!r}, not {cell!r}; rename it in the header"
-            )
-    for i in unnamed:
-        con.execute(f"ALTER TABLE {table_name(name)} DROP COLUMN {quote(loaded[i])}")
-
-
-def _blank(path: Path) -> bool:
-    """Whether a file holds nothing but white space (DuckDB reads it as a column ``column0``)."""
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 16):
-            if chunk.strip():
-                return False
-    return True
-
-
-def _value_counts(con: duckdb.DuckDBPyConnection, name: str, cols: Sequence[str]) -> list[int]:
-    """How many rows of table ``name`` hold a value in each of ``cols``."""
-    if not cols:
-        return []
-    counts = ", ".join(f"COUNT({quote(c)})" for c in cols)
-    row = con.execute(f"SELECT {counts} FROM {table_name(name)}").fetchone()  # noqa: S608
-    return [int(n) for n in row or ()]

@@ -1,0 +1,321 @@
+"""A site's CSV file loaded into DuckDB: its header found and checked, missing values read.
+
+DuckDB's reader guesses a CSV's dialect (delimiter, quotes) and which line is
+its header; a wrong guess loads the data under other column names, or a number
+column as text, and nobody sees the data to notice. So the guess is checked,
+and a file it may be wrong about is refused, naming the file and its lines.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+
+from covey.analytics._tables import check_names, columns, quote, table_name
+from covey.core._text import clipped
+
+#: The values a CSV cell is read as missing (NULL) for, in every column: as pandas and R do
+NA_VALUES = ("", "NA", "N/A", "n/a", "NULL", "null", "#N/A", ".")
+_DELIMITERS = ",;\t|"
+
+
+@dataclass(frozen=True)
+class CSV:
+    """A CSV file as a site's table, with the options its reading needs.
+
+    A path alone (``"t.csv"``) reads as ``CSV("t.csv")``.
+
+    Args:
+        path: The file.
+        skip: How many lines above the header to skip (None: DuckDB's reader finds
+            the header, and a file where that guess could be wrong is refused). A
+            number says which line is the header, and nothing is guessed.
+        na: The cell values read as missing (NULL) in every column; an empty cell
+            always is. Any other text in a column of numbers makes it a column of text.
+
+    Example:
+        >>> CSV("visits.csv", skip=2).skip
+        2
+    """
+
+    path: str | Path
+    skip: int | None = None
+    na: Sequence[str] = NA_VALUES
+
+    def __post_init__(self) -> None:
+        if self.skip is not None and (
+            isinstance(self.skip, bool) or not isinstance(self.skip, int) or self.skip < 0
+        ):
+            raise ValueError(f"CSV skip= takes a number of lines (0 or more), got {self.skip!r}")
+        if isinstance(self.na, str) or not all(isinstance(v, str) for v in self.na):
+            raise ValueError(f"CSV na= takes a list of texts, got {self.na!r}")
+
+
+def _string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _shown(line: str) -> str:
+    return repr(clipped(line.rstrip("\r\n"), 100))
+
+
+def _lines(path: Path, n: int) -> list[str]:
+    """The first ``n`` lines of ``path`` (a byte order mark left out)."""
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as f:
+        return [f.readline() for _ in range(n)]
+
+
+class _Dialect:
+    """What DuckDB's sniffer finds for a CSV file: its dialect, skipped lines, columns."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, text: str, opts: CSV, nulls: str) -> None:
+        skip = "" if opts.skip is None else f", skip = {opts.skip}"
+        sniff = f"sniff_csv({text}, header = true{skip}, nullstr = {nulls})"
+        found = con.execute(
+            f"SELECT Delimiter, Quote, Escape, Comment, SkipRows, Columns FROM {sniff}"  # noqa: S608
+        ).fetchone()
+        d, q, e, c, n, cols = found or (",", '"', '"', "", 0, [])
+        self.delim, self.quote, self.escape, self.comment = (
+            "" if v == "(empty)" else str(v) for v in (d, q, e, c)
+        )
+        self.skip = int(n) if opts.skip is None else opts.skip
+        self.types = [str(col["type"]) for col in cols]
+        self.sql = ", ".join(
+            f"{k} = {_string(v)}"
+            for k, v in (
+                ("delim", self.delim),
+                ("quote", self.quote),
+                ("escape", self.escape),
+                ("comment", self.comment),
+            )
+        )
+
+    def fields(self, path: Path) -> Iterator[tuple[int, int]]:
+        """(line, field count) of each row of ``path``, the header's first, as this dialect splits.
+
+        Only read when a file is refused, to say where.
+        """
+        quoting: Literal[0, 1, 2, 3] = csv.QUOTE_MINIMAL if self.quote else csv.QUOTE_NONE
+        escape = self.escape if self.escape and self.escape != self.quote else None
+        with path.open(encoding="utf-8-sig", errors="replace", newline="") as f:
+            for _ in range(self.skip):
+                f.readline()
+            rows = csv.reader(
+                f,
+                delimiter=self.delim or ",",
+                quotechar=self.quote or None,
+                escapechar=escape,
+                quoting=quoting,
+            )
+            for row in rows:
+                if row and not (self.comment and row[0].startswith(self.comment)):
+                    yield rows.line_num + self.skip, len(row)
+
+
+def _uneven(path: Path, dialect: _Dialect) -> str:
+    """Which line of ``path`` has other than the header's count of fields (empty: none)."""
+    rows = dialect.fields(path)
+    try:
+        top, n = next(rows, (0, 0))
+        line, count = next(((i, k) for i, k in rows if k != n), (0, 0))
+    except csv.Error:
+        return ""
+    if not line:
+        return ""
+    lines = _lines(path, line)
+    return (
+        f"line {line} ({_shown(lines[line - 1])}) has {count} fields, "
+        f"line {top} ({_shown(lines[top - 1])}) {n}"
+    )
+
+
+def _check_header(path: Path, dialect: _Dialect, con: Any, text: str, nulls: str) -> None:
+    """Refuse a file whose header DuckDB's reader may have guessed wrong.
+
+    A row with more fields than the header makes the reader take it for the
+    header, skipping the file's own header and the rows above (``a,b`` then
+    ``1,2`` then ``3,4,5`` loads as the columns ``3``, ``4`` and ``5``); a note of
+    fields above the header (``exported by X, 2026-01-01``) is taken for the header,
+    or skipped. Lines skipped without the delimiter (a title, a comment) are left
+    skipped.
+    """
+    hint = "if the lines above the header are notes, remove them, or skip them: CSV(path, skip=N)"
+    lines = _lines(path, dialect.skip + 2)
+    above = [
+        i
+        for i, s in enumerate(lines[: dialect.skip], 1)
+        if dialect.delim in s and not (dialect.comment and s.startswith(dialect.comment))
+    ]
+    if dialect.delim and above:
+        uneven = _uneven(path, _with_skip(dialect, 0))
+        raise ValueError(
+            f"DuckDB's reader would skip {_span(dialect.skip)} of {path} (line {above[0]}: "
+            f"{_shown(lines[above[0] - 1])}) and take line {dialect.skip + 1} for the header "
+            f"({_shown(lines[dialect.skip])}){'; ' + uneven if uneven else ''}: give every row "
+            f"as many fields as the header; {hint.replace('N)', f'{dialect.skip})')}"
+        )
+    _check_first_row(path, dialect, con, text, nulls, lines)
+
+
+def _check_delimiter(path: Path, dialect: _Dialect) -> None:
+    """Refuse a file DuckDB's reader would load as one column though its header has fields.
+
+    A row with more fields than the others makes it find no delimiter that splits
+    every line alike (``a,b`` then ``1,2,3`` loads as one column named ``a,b``).
+    """
+    head = _lines(path, dialect.skip + 1)[-1]
+    if len(dialect.types) == 1 and any(d in head for d in _DELIMITERS if d != dialect.delim):
+        guess = max(_DELIMITERS, key=head.count)
+        uneven = _uneven(path, _with_skip(dialect, dialect.skip, guess))
+        raise ValueError(
+            f"DuckDB's reader finds no delimiter that splits every line of {path} alike, and "
+            f"would load it as one column named {_shown(head)}"
+            f"{'; ' + uneven if uneven else ''}: give every row as many fields as the header"
+        )
+
+
+def _check_first_row(
+    path: Path, dialect: _Dialect, con: Any, text: str, nulls: str, lines: list[str]
+) -> None:
+    """Refuse a file whose first row below the header reads as a header itself.
+
+    A column of numbers (or dates) below that row, and text in it, would make the
+    column text: either the line above is a note and this row the header, or the
+    row holds a value that is no number (nor a missing value).
+    """
+    below = f"sniff_csv({text}, header = true, skip = {dialect.skip + 1}, {dialect.sql}, "
+    found = con.execute(f"SELECT Columns FROM {below}nullstr = {nulls})").fetchone()  # noqa: S608
+    types = [str(c["type"]) for c in (found[0] if found else [])]
+    if len(types) != len(dialect.types) or len(lines) < dialect.skip + 2:
+        return
+    for i, (was, then) in enumerate(zip(dialect.types, types, strict=True)):
+        if was == "VARCHAR" and then != "VARCHAR":
+            top, row = dialect.skip + 1, dialect.skip + 2
+            raise ValueError(
+                f"line {row} of {path} ({_shown(lines[row - 1])}) reads as a header: column "
+                f"{i + 1} holds values of type {then} on the lines below it, but text on that "
+                f"line. If line {top} ({_shown(lines[top - 1])}) is a note above the header, "
+                f"remove it, or skip it: CSV(path, skip={top}); if line {row} is data, make "
+                "its value in that column one of that type, or a missing value (NA); or say "
+                f"which line is the header: CSV(path, skip={dialect.skip})"
+            )
+
+
+def _with_skip(dialect: _Dialect, skip: int, delim: str = "") -> _Dialect:
+    other = object.__new__(_Dialect)
+    other.__dict__.update(dialect.__dict__, skip=skip)
+    if delim:
+        other.delim = delim
+    return other
+
+
+def _span(skip: int) -> str:
+    return f"line {skip}" if skip == 1 else f"lines 1 to {skip}"
+
+
+def _header_cells(con: Any, text: str, dialect: _Dialect) -> list[str | None]:
+    """A CSV file's header row, each cell as written (None: empty), split as DuckDB splits it."""
+    reader = f"read_csv({text}, header = false, all_varchar = true, skip = {dialect.skip}, "
+    row = con.execute(f"SELECT * FROM {reader}{dialect.sql}) LIMIT 1").fetchone()  # noqa: S608
+    return list(row or ())
+
+
+def load_csv(con: duckdb.DuckDBPyConnection, name: str, source: Path | CSV) -> None:
+    """Load a CSV file as table ``name``, under the names its header gives, or refuse it.
+
+    The header is checked first (see :func:`_check_header`), unless ``source``
+    says which line it is. A cell of one of the missing values (``na``) is NULL.
+    A row with other than the header's count of fields is refused, naming it.
+    DuckDB's reader names a column whose header cell is empty or white space
+    ``column<i>`` (or ``C<i>``), and one whose name an earlier column has (in any
+    case of its ASCII letters) ``<name>_1``: names the data's owner never gave, and
+    the second may be another column's. Such a header is refused, naming the file
+    and the column's position, unless an unnamed column holds no value in any row
+    (a trailing comma on every line makes one): that one is left out. The spaces
+    DuckDB trims around a name (``age, city`` names ``city``) are trimmed.
+    """
+    opts = source if isinstance(source, CSV) else CSV(source)
+    path = Path(opts.path)
+    if _blank(path):
+        raise ValueError(f"table {name!r}: {path} is empty; give at least its header row")
+    text = _string(str(path))
+    nulls = "[" + ", ".join(_string(v) for v in sorted({"", *opts.na})) + "]"
+    dialect: _Dialect | None = None
+    try:
+        dialect = _Dialect(con, text, opts, nulls)
+        if opts.skip is None:
+            _check_header(path, dialect, con, text, nulls)
+        _check_delimiter(path, dialect)
+        cells = _header_cells(con, text, dialect)
+        reader = f"read_csv({text}, header = true, skip = {dialect.skip}, {dialect.sql}, "
+        con.execute(
+            f"CREATE TABLE {table_name(name)} AS SELECT * FROM {reader}nullstr = {nulls})"  # noqa: S608
+        )
+    except duckdb.Error as exc:
+        uneven = _uneven(path, dialect) if dialect is not None else ""
+        why = uneven + ": give every row as many fields as the header" if uneven else ""
+        why = why or str(exc).strip().splitlines()[0]
+        raise ValueError(f"table {name!r}: {path} cannot be read as CSV: {why}") from None
+    except ValueError as exc:
+        raise ValueError(f"table {name!r}: {exc}") from None
+    _check_names(con, name, path, cells)
+
+
+def _check_names(
+    con: duckdb.DuckDBPyConnection, name: str, path: Path, cells: list[str | None]
+) -> None:
+    """Refuse the names DuckDB gave a CSV's columns where they are not its header's."""
+    loaded = list(columns(con, name))
+    where = f"the header of {path}"
+    if len(cells) != len(loaded):
+        raise ValueError(
+            f"table {name!r}: DuckDB reads {len(loaded)} columns from {path} but "
+            f"{len(cells)} cells in its header row; check the file's delimiter and quotes"
+        )
+    unnamed = [i for i, cell in enumerate(cells) if cell is None or not cell.strip()]
+    counts = _value_counts(con, name, [loaded[i] for i in unnamed])
+    for i, n in zip(unnamed, counts, strict=True):
+        if n:
+            cell = "an empty cell" if cells[i] is None else f"only white space, {cells[i]!r}"
+            raise ValueError(
+                f"table {name!r}: column {i + 1} of {where} has no name ({cell}) but holds "
+                f"values in {n} row(s), which DuckDB would load as a column {loaded[i]!r} "
+                "the file does not name; give it a name in the header, or leave it out"
+            )
+    kept = [i for i in range(len(cells)) if i not in unnamed]
+    if not kept:
+        raise ValueError(f"table {name!r}: {where} names no column; give the columns' names")
+    named = [str(cells[i]) for i in kept]
+    given = [loaded[i] if loaded[i] == c else c.strip() for i, c in zip(kept, named, strict=True)]
+    check_names(name, given, where, kept)
+    for i, cell in zip(kept, named, strict=True):
+        if loaded[i] not in (cell, cell.strip()):
+            raise ValueError(
+                f"table {name!r}: DuckDB's reader names column {i + 1} of {where} "
+                f"{loaded[i]!r}, not {cell!r}; rename it in the header"
+            )
+    for i in unnamed:
+        con.execute(f"ALTER TABLE {table_name(name)} DROP COLUMN {quote(loaded[i])}")
+
+
+def _blank(path: Path) -> bool:
+    """Whether a file holds nothing but white space (DuckDB reads it as a column ``column0``)."""
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 16):
+            if chunk.strip():
+                return False
+    return True
+
+
+def _value_counts(con: duckdb.DuckDBPyConnection, name: str, cols: Sequence[str]) -> list[int]:
+    """How many rows of table ``name`` hold a value in each of ``cols``."""
+    if not cols:
+        return []
+    counts = ", ".join(f"COUNT({quote(c)})" for c in cols)
+    row = con.execute(f"SELECT {counts} FROM {table_name(name)}").fetchone()  # noqa: S608
+    return [int(n) for n in row or ()]

@@ -1,0 +1,126 @@
+"""A site's CSV file: a header DuckDB's reader may guess wrong is refused; missing values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from covey.analytics import CSV, Policy, Site, query
+
+POLICY = Policy(bounds={"age": (0, 120)}, domains={"ward": ["A", "B"]}, min_group_size=1)
+
+
+def _site(path: Path | CSV, name: str = "north", policy: Policy = POLICY) -> Site:
+    return Site({"t": path if isinstance(path, CSV) else str(path)}, policy, name=name)
+
+
+def test_a_row_of_more_fields_read_as_one_column_is_refused_naming_the_line(
+    tmp_path: Path,
+) -> None:
+    # DuckDB's reader found no delimiter and loaded every line as one column 'age,ward'
+    path = tmp_path / "t.csv"
+    path.write_text("age,ward\n40,A\n50,B,extra\n60,A\n")
+    with pytest.raises(ValueError, match=r"^site 'north': table 't': ") as info:
+        _site(path, policy=Policy(min_group_size=1))
+    assert str(info.value) == (
+        f"site 'north': table 't': DuckDB's reader finds no delimiter that splits every line "
+        f"of {path} alike, and would load it as one column named 'age,ward'; line 3 "
+        "('50,B,extra') has 3 fields, line 1 ('age,ward') 2: give every row as many fields "
+        "as the header"
+    )
+
+
+@pytest.mark.parametrize(
+    ("note", "data"),
+    [
+        ("exported by X, 2026-01-01\n", "age,ward\n40,A\n50,B\n"),  # taken for the header
+        ("# exported by X, 2026-01-01\n", "age,ward\n40,A\n50,B\n"),  # a comment, so too
+        ("exported by X, 2026-01-01\n", "age,ward,n\n40,A,1\n50,B,2\n"),  # skipped, unsaid
+    ],
+)
+def test_a_note_of_fields_above_the_header_is_refused_naming_it(
+    tmp_path: Path, note: str, data: str
+) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(note + data)
+    with pytest.raises(ValueError, match=r"site 'north': table 't': ") as info:
+        _site(path)
+    said = str(info.value)
+    assert str(path) in said
+    assert repr(note.strip()) in said
+    assert "line 1" in said
+    assert "CSV(path, skip=1)" in said
+    # said where the header is, the file loads under its header's names
+    site = _site(CSV(path, skip=1))
+    assert list(site._columns["t"])[:2] == ["age", "ward"]
+    assert site._columns["t"]["age"] == "BIGINT"
+
+
+def test_text_on_the_first_row_of_a_number_column_is_refused_unless_the_header_is_said(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("age,ward\nunknown,A\n40,B\n50,A\n")
+    with pytest.raises(ValueError, match=r"line 2 of .* \('unknown,A'\) reads as a header"):
+        _site(path, policy=Policy(min_group_size=1))
+    site = _site(CSV(path, skip=0), policy=Policy(min_group_size=1))
+    assert site._columns["t"] == {"age": "VARCHAR", "ward": "VARCHAR"}
+
+
+@pytest.mark.parametrize("na", ["NA", "N/A", "NULL", ".", ""])
+def test_missing_values_read_as_null_so_sites_answer_alike(tmp_path: Path, na: str) -> None:
+    # 'NA' made the whole column text at one site: AVG(age) refused there, answered elsewhere
+    rng = np.random.default_rng(3)
+    ages = rng.integers(20, 80, 60)
+    wards = rng.choice(["A", "B"], 60)
+    (tmp_path / "a.csv").write_text(
+        "age,ward\n" + "".join(f"{a},{w}\n" for a, w in zip(ages[:30], wards[:30], strict=True))
+    )
+    cells = [na if i % 7 == 3 else str(a) for i, a in enumerate(ages[30:])]
+    (tmp_path / "b.csv").write_text(
+        "age,ward\n" + "".join(f"{a},{w}\n" for a, w in zip(cells, wards[30:], strict=True))
+    )
+    sites = [_site(tmp_path / "a.csv"), _site(tmp_path / "b.csv", name="south")]
+    assert sites[1]._columns["t"]["age"] == "BIGINT"
+    df = query(sites, "SELECT ward, AVG(age) FROM t GROUP BY ward", secure=False)
+    assert df.attrs["refused"] == {}
+    frame = pd.DataFrame({"age": list(ages[:30]) + cells, "ward": wards})
+    frame["age"] = pd.to_numeric(frame["age"], errors="coerce")
+    want = frame.groupby("ward")["age"].mean()
+    assert df["AVG(age)"].tolist() == pytest.approx([want["A"], want["B"]], rel=1e-9)
+
+
+def test_a_bounded_column_of_text_is_refused_when_the_site_starts(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("age,ward\n40,A\n50,B\nunknown,A\n60,B\nNA,A\n")
+    with pytest.raises(ValueError, match=r"^site 'north': table 't': ") as info:
+        _site(path)
+    assert str(info.value) == (
+        "site 'north': table 't': the policy bounds column 'age', but it holds text: 1 "
+        "row(s) hold a value that is no number, the first 'unknown'; give numbers in it, and "
+        "leave missing values empty (a CSV file's NA, N/A, NULL and . are missing values too, "
+        "unless its CSV(path, na=...) says otherwise)"
+    )
+    with pytest.raises(ValueError, match=r"column 'age', but it holds text: 2 row\(s\)"):
+        _site(CSV(path, na=()))
+    # a column the policy does not bound may hold text
+    assert _site(path, policy=Policy(min_group_size=1))._columns["t"]["age"] == "VARCHAR"
+
+
+def test_a_byte_order_mark_crlf_and_quoted_header_keep_the_header_s_names(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.csv"
+    path.write_bytes(b'\xef\xbb\xbf"age","ward"\r\n40,A\r\nNA,B\r\n50,A\r\n')
+    site = _site(path)
+    assert site._columns["t"] == {"age": "BIGINT", "ward": "VARCHAR"}
+
+
+def test_csv_options_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"skip= takes a number of lines"):
+        CSV("t.csv", skip=-1)
+    with pytest.raises(ValueError, match=r"na= takes a list of texts"):
+        CSV("t.csv", na="NA")
