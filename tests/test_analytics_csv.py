@@ -110,6 +110,17 @@ def test_a_bounded_column_of_text_is_refused_when_the_site_starts(tmp_path: Path
     assert _site(path, policy=Policy(min_group_size=1))._columns["t"]["age"] == "VARCHAR"
 
 
+def test_a_decimal_comma_is_said_and_read_when_the_csv_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("age;ward\n40,5;A\n50;B\n60,25;A\n")
+    with pytest.raises(ValueError, match=r"first '40,5' \(a decimal comma: .*decimal=','\)"):
+        _site(path)
+    site = _site(CSV(path, decimal=","))
+    assert site._columns["t"] == {"age": "DOUBLE", "ward": "VARCHAR"}
+    df = query([site], "SELECT SUM(age) FROM t", secure=False)
+    assert df["SUM(age)"].tolist() == pytest.approx([150.75])
+
+
 def test_a_byte_order_mark_crlf_and_quoted_header_keep_the_header_s_names(
     tmp_path: Path,
 ) -> None:
@@ -117,6 +128,10 @@ def test_a_byte_order_mark_crlf_and_quoted_header_keep_the_header_s_names(
     path.write_bytes(b'\xef\xbb\xbf"age","ward"\r\n40,A\r\nNA,B\r\n50,A\r\n')
     site = _site(path)
     assert site._columns["t"] == {"age": "BIGINT", "ward": "VARCHAR"}
+    # a header alone, or one row below it, leaves nothing to check the header by
+    for text in ("age,ward\n", "age,ward\n40,A\n"):
+        path.write_text(text)
+        assert list(_site(path, policy=Policy(min_group_size=1))._columns["t"]) == ["age", "ward"]
 
 
 def test_csv_options_are_checked() -> None:
@@ -124,3 +139,5 @@ def test_csv_options_are_checked() -> None:
         CSV("t.csv", skip=-1)
     with pytest.raises(ValueError, match=r"na= takes a list of texts"):
         CSV("t.csv", na="NA")
+    with pytest.raises(ValueError, match=r"decimal= takes '.' or ','"):
+        CSV("t.csv", decimal=";")

@@ -37,6 +37,8 @@ class CSV:
             number says which line is the header, and nothing is guessed.
         na: The cell values read as missing (NULL) in every column; an empty cell
             always is. Any other text in a column of numbers makes it a column of text.
+        decimal: The decimal separator of the file's numbers, ``"."`` or ``","``
+            (``40,5``, in a file of ``;``-delimited fields).
 
     Example:
         >>> CSV("visits.csv", skip=2).skip
@@ -46,6 +48,7 @@ class CSV:
     path: str | Path
     skip: int | None = None
     na: Sequence[str] = NA_VALUES
+    decimal: str = "."
 
     def __post_init__(self) -> None:
         if self.skip is not None and (
@@ -54,6 +57,8 @@ class CSV:
             raise ValueError(f"CSV skip= takes a number of lines (0 or more), got {self.skip!r}")
         if isinstance(self.na, str) or not all(isinstance(v, str) for v in self.na):
             raise ValueError(f"CSV na= takes a list of texts, got {self.na!r}")
+        if self.decimal not in (".", ","):
+            raise ValueError(f"CSV decimal= takes '.' or ',', got {self.decimal!r}")
 
 
 def _string(text: str) -> str:
@@ -73,9 +78,9 @@ def _lines(path: Path, n: int) -> list[str]:
 class _Dialect:
     """What DuckDB's sniffer finds for a CSV file: its dialect, skipped lines, columns."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, text: str, opts: CSV, nulls: str) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, text: str, opts: CSV, values: str) -> None:
         skip = "" if opts.skip is None else f", skip = {opts.skip}"
-        sniff = f"sniff_csv({text}, header = true{skip}, nullstr = {nulls})"
+        sniff = f"sniff_csv({text}, header = true{skip}, {values})"
         found = con.execute(
             f"SELECT Delimiter, Quote, Escape, Comment, SkipRows, Columns FROM {sniff}"  # noqa: S608
         ).fetchone()
@@ -134,7 +139,7 @@ def _uneven(path: Path, dialect: _Dialect) -> str:
     )
 
 
-def _check_header(path: Path, dialect: _Dialect, con: Any, text: str, nulls: str) -> None:
+def _check_header(path: Path, dialect: _Dialect, con: Any, text: str, values: str) -> None:
     """Refuse a file whose header DuckDB's reader may have guessed wrong.
 
     A row with more fields than the header makes the reader take it for the
@@ -145,7 +150,7 @@ def _check_header(path: Path, dialect: _Dialect, con: Any, text: str, nulls: str
     skipped.
     """
     hint = "if the lines above the header are notes, remove them, or skip them: CSV(path, skip=N)"
-    lines = _lines(path, dialect.skip + 2)
+    lines = _lines(path, dialect.skip + 3)
     above = [
         i
         for i, s in enumerate(lines[: dialect.skip], 1)
@@ -159,7 +164,7 @@ def _check_header(path: Path, dialect: _Dialect, con: Any, text: str, nulls: str
             f"({_shown(lines[dialect.skip])}){'; ' + uneven if uneven else ''}: give every row "
             f"as many fields as the header; {hint.replace('N)', f'{dialect.skip})')}"
         )
-    _check_first_row(path, dialect, con, text, nulls, lines)
+    _check_first_row(path, dialect, con, text, values, lines)
 
 
 def _check_delimiter(path: Path, dialect: _Dialect) -> None:
@@ -180,7 +185,7 @@ def _check_delimiter(path: Path, dialect: _Dialect) -> None:
 
 
 def _check_first_row(
-    path: Path, dialect: _Dialect, con: Any, text: str, nulls: str, lines: list[str]
+    path: Path, dialect: _Dialect, con: Any, text: str, values: str, lines: list[str]
 ) -> None:
     """Refuse a file whose first row below the header reads as a header itself.
 
@@ -188,10 +193,15 @@ def _check_first_row(
     column text: either the line above is a note and this row the header, or the
     row holds a value that is no number (nor a missing value).
     """
+    if not lines[-1].strip():  # no row below the first one: no column of values to tell
+        return
     below = f"sniff_csv({text}, header = true, skip = {dialect.skip + 1}, {dialect.sql}, "
-    found = con.execute(f"SELECT Columns FROM {below}nullstr = {nulls})").fetchone()  # noqa: S608
+    try:
+        found = con.execute(f"SELECT Columns FROM {below}{values})").fetchone()  # noqa: S608
+    except duckdb.Error:  # nothing the reader can sniff below that row: nothing to tell
+        return
     types = [str(c["type"]) for c in (found[0] if found else [])]
-    if len(types) != len(dialect.types) or len(lines) < dialect.skip + 2:
+    if len(types) != len(dialect.types):
         return
     for i, (was, then) in enumerate(zip(dialect.types, types, strict=True)):
         if was == "VARCHAR" and then != "VARCHAR":
@@ -244,17 +254,18 @@ def load_csv(con: duckdb.DuckDBPyConnection, name: str, source: Path | CSV) -> N
     if _blank(path):
         raise ValueError(f"table {name!r}: {path} is empty; give at least its header row")
     text = _string(str(path))
-    nulls = "[" + ", ".join(_string(v) for v in sorted({"", *opts.na})) + "]"
+    nulls = ", ".join(_string(v) for v in sorted({"", *opts.na}))
+    values = f"nullstr = [{nulls}], decimal_separator = {_string(opts.decimal)}"
     dialect: _Dialect | None = None
     try:
-        dialect = _Dialect(con, text, opts, nulls)
+        dialect = _Dialect(con, text, opts, values)
         if opts.skip is None:
-            _check_header(path, dialect, con, text, nulls)
+            _check_header(path, dialect, con, text, values)
         _check_delimiter(path, dialect)
         cells = _header_cells(con, text, dialect)
         reader = f"read_csv({text}, header = true, skip = {dialect.skip}, {dialect.sql}, "
         con.execute(
-            f"CREATE TABLE {table_name(name)} AS SELECT * FROM {reader}nullstr = {nulls})"  # noqa: S608
+            f"CREATE TABLE {table_name(name)} AS SELECT * FROM {reader}{values})"  # noqa: S608
         )
     except duckdb.Error as exc:
         uneven = _uneven(path, dialect) if dialect is not None else ""

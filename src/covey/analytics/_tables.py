@@ -6,6 +6,7 @@ through Python's ``sqlite3``.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
@@ -295,6 +296,8 @@ def check_bounded(
         first = (
             f": {row[1]} row(s) hold a value that is no number, the first {row[0]!r}" if row else ""
         )
+        if row and re.fullmatch(r"[-+]?\d*,\d+", str(row[0])):
+            first += " (a decimal comma: read the file with CSV(path, decimal=','))"
         raise ValueError(
             f"table {name!r}: the policy bounds column {col!r}, but it holds text{first}; "
             "give numbers in it, and leave missing values empty (a CSV file's NA, N/A, NULL "
