@@ -149,7 +149,10 @@ def _check_header(path: Path, dialect: _Dialect, con: Any, text: str, values: st
     or skipped. Lines skipped without the delimiter (a title, a comment) are left
     skipped.
     """
-    hint = "if the lines above the header are notes, remove them, or skip them: CSV(path, skip=N)"
+    hint = (
+        "if the lines above the header are notes, remove them (or, from Python, skip "
+        "them: covey.analytics.CSV(path, skip=N))"
+    )
     lines = _lines(path, dialect.skip + 3)
     above = [
         i
@@ -210,9 +213,10 @@ def _check_first_row(
                 f"line {row} of {path} ({_shown(lines[row - 1])}) reads as a header: column "
                 f"{i + 1} holds values of type {then} on the lines below it, but text on that "
                 f"line. If line {top} ({_shown(lines[top - 1])}) is a note above the header, "
-                f"remove it, or skip it: CSV(path, skip={top}); if line {row} is data, make "
-                "its value in that column one of that type, or a missing value (NA); or say "
-                f"which line is the header: CSV(path, skip={dialect.skip})"
+                f"remove it (or, from Python, skip it: covey.analytics.CSV(path, skip={top})); "
+                f"if line {row} is data, make its value in that column one of that type, or a "
+                f"missing value (NA), or say the header is line {top}: CSV(path, "
+                f"skip={dialect.skip})"
             )
 
 

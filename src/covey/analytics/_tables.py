@@ -297,7 +297,10 @@ def check_bounded(
             f": {row[1]} row(s) hold a value that is no number, the first {row[0]!r}" if row else ""
         )
         if row and re.fullmatch(r"[-+]?\d*,\d+", str(row[0])):
-            first += " (a decimal comma: read the file with CSV(path, decimal=','))"
+            first += (
+                " (a decimal comma: from Python, read the file with "
+                "covey.analytics.CSV(path, decimal=','))"
+            )
         raise ValueError(
             f"table {name!r}: the policy bounds column {col!r}, but it holds text{first}; "
             "give numbers in it, and leave missing values empty (a CSV file's NA, N/A, NULL "
