@@ -10,7 +10,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -697,7 +697,7 @@ def test_evaluation_errors_do_not_stop_the_run() -> None:
 
 @pytest.mark.parametrize("backend", ["inline", "process"])
 def test_clients_without_evaluate_are_said_once_and_recorded_in_one_line(
-    backend: str, caplog: pytest.LogCaptureFixture
+    backend: Literal["inline", "process"], caplog: pytest.LogCaptureFixture
 ) -> None:
     # Each failure kept covey's own traceback (about 1 KB per client and round: 10 MB of
     # history for 100 clients and 100 rounds), and each round warned of too few evaluators.
