@@ -78,7 +78,7 @@ def test_a_fit_rounds_metrics_and_info_read_the_same_live_and_loaded(tmp_path: P
     live = result.history[1]
     assert live.fit_metrics == READ_BACK
     assert live.aggregate_info["mine"] == READ_BACK
-    by_client: dict[str, Any] = live.fit_metrics["by_client"]  # type: ignore[assignment]
+    by_client: dict[str, Any] = live.fit_metrics["by_client"]
     assert type(by_client["0"]) is float
     loaded = covey.History.load(tmp_path)[1]
     assert (loaded.fit_metrics, loaded.aggregate_info) == (live.fit_metrics, live.aggregate_info)

@@ -77,3 +77,28 @@ def test_compression_and_fedbuff_options_of_the_wrong_kind_are_refused_up_front(
         covey.FedBuff(staleness=0.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="buffer_size=11 exceeds num_clients=10"):
         run(strategy=covey.FedBuff(buffer_size=11))
+
+
+@pytest.mark.parametrize("timeout", [np.float32(30.0), np.int64(30)], ids=["float32", "int64"])
+def test_a_round_timeout_computed_with_numpy_is_taken_as_its_number(timeout: Any) -> None:
+    assert run(round_timeout=timeout).history.rounds[-1].aggregated
+    with pytest.raises(ValueError, match=r"round_timeout must be .* positive number, got -1\.0$"):
+        run(round_timeout=np.float32(-1.0))
+
+
+def test_serve_takes_its_seconds_as_numpy_numbers() -> None:
+    # Past the checks of the seconds to the next one, before the server listens.
+    with pytest.raises(ValueError, match="the server takes at most max_clients=1"):
+        covey.serve(
+            covey.FedAvg(),
+            1,
+            {"w": np.zeros(2)},
+            "127.0.0.1:0",
+            insecure=True,
+            round_timeout=np.float32(30.0),
+            wait_timeout=np.int64(60),
+            heartbeat=np.float32(5.0),
+            max_clients=1,
+        )
+    with pytest.raises(ValueError, match=r"heartbeat must be a number of seconds .* got 0\.0"):
+        covey.serve(covey.FedAvg(), 1, None, "127.0.0.1:0", insecure=True, heartbeat=np.float32(0))

@@ -130,13 +130,14 @@ def test_results_take_metrics_as_any_mapping_or_none() -> None:
 NUMPY_NUMBERS = """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 import covey
 from covey import privacy
-from covey.secagg import secure
+from covey.secagg import Noise, secure
 
 f32, i64 = np.float32, np.int64
 
@@ -146,7 +147,9 @@ class Client(covey.Client):
         return covey.FitResult(
             delta={"w": np.ones(2)},
             num_examples=i64(5),
-            metrics={"train_loss": f32(0.5), "steps": i64(3), "ok": np.bool_(True)},
+            metrics={
+                "train_loss": f32(0.5), "steps": i64(3), "ok": np.bool_(True), "h": np.ones(2)
+            },
         )
 
     def evaluate(self, weights: covey.Weights, config: covey.Config) -> covey.EvaluateResult:
@@ -157,16 +160,34 @@ def central(rnd: int, weights: covey.Weights) -> tuple[np.float32, dict[str, np.
     return f32(0.5), {"accuracy": f32(0.75)}
 
 
+def own_central(rnd: int, weights: covey.Weights) -> tuple[float, covey.Metrics]:
+    return 0.5, {"accuracy": 0.75}
+
+
+def histograms(results: Sequence[tuple[int, covey.Metrics]]) -> dict[str, list[float]]:
+    kept: list[covey.Metrics] = [m for _, m in results]
+    return {"h": [float(np.sum(m["h"])) for m in kept]}
+
+
 strategy = covey.FedAvg(
     fraction_fit=f32(0.5), min_fit_clients=i64(2), min_available_clients=i64(2),
-    min_evaluate_clients=i64(2), evaluate_every=i64(1),
+    min_evaluate_clients=i64(2), evaluate_every=i64(1), fit_metrics=histograms,
 )
 result = covey.simulate(
     lambda cid: Client(), i64(4), i64(2), strategy, {"w": np.zeros(2)}, central,
-    seed=i64(1), num_workers=i64(1), client_cache=i64(4),
+    seed=i64(1), num_workers=i64(1), client_cache=i64(4), round_timeout=f32(30.0),
 )
 assert result.history.metric("accuracy") == [(0, 0.75), (1, 0.75), (2, 0.75)]
-assert result.history[2].fit_metrics["steps"] == 3
+assert result.history[2].fit_metrics["h"] == [2.0, 2.0]
+own = covey.Strategy(
+    fraction_fit=f32(0.5), min_fit_clients=i64(2), fraction_evaluate=np.float64(0.5),
+    min_evaluate_clients=i64(2), evaluate_every=i64(2), min_available_clients=i64(2),
+)
+assert type(own.fraction_fit) is float and type(own.min_fit_clients) is int
+covey.simulate(lambda cid: Client(), 2, i64(1), own, {"w": np.zeros(2)}, own_central,
+               round_timeout=i64(30))
+noise = Noise("gaussian", sigma=f32(2000), clip=f32(1), delta=1e-5, target_epsilon=i64(8))
+assert noise.settings()["sigma"] == 2000.0
 
 z = privacy.calibrate(target_epsilon=3.0, delta=1e-5, sampling_rate=0.5, rounds=i64(3))
 assert privacy.epsilon(z, 0.5, i64(3), 1e-5) <= 3.0
@@ -176,7 +197,8 @@ secured = secure(covey.FedAvg(), clip_range=f32(0.5), max_examples=i64(1000))
 
 def deployed() -> Any:
     return covey.serve(covey.FedAvg(), i64(3), None, seed=i64(0), max_clients=i64(10),
-                       round_retries=i64(1))
+                       round_retries=i64(1), round_timeout=f32(30), wait_timeout=f32(60),
+                       heartbeat=i64(5))
 """
 
 
@@ -229,3 +251,4 @@ def test_a_misspelt_name_of_a_lazy_package_is_a_type_error(tmp_path: Path) -> No
     assert done.returncode == 1, done.stdout + done.stderr
     for name in ["Polcy", "TensorBoardLoger", "read_runn", "ap"]:
         assert f'has no attribute "{name}"' in done.stdout, done.stdout
+

@@ -10,7 +10,7 @@ from typing import Any
 
 from covey.cli._model import RoundModels
 from covey.core._history import RoundRecord
-from covey.core._messages import Metrics
+from covey.core._messages import Scalar
 from covey.core._weights import Weights
 from covey.data import dirichlet, load_digits
 from covey.models import LogisticClient, logistic_evaluate, logistic_init
@@ -90,7 +90,7 @@ def run_demo(
     data = load_digits(seed=config.seed)
     parts = demo_split(config, data)
 
-    def evaluate(rnd: int, weights: Weights) -> tuple[float, Metrics]:
+    def evaluate(rnd: int, weights: Weights) -> tuple[float, dict[str, Scalar]]:
         loss, accuracy = logistic_evaluate(weights, data.x_test, data.y_test)
         return loss, {"accuracy": accuracy}
 

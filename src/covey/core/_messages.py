@@ -23,12 +23,15 @@ from covey.core._weights import Weights, flower_hint, unnamed_hint
 
 Scalar = bool | int | float | str | bytes
 MetricValue = Scalar | np.generic
-"""A metric as a client's result or ``evaluate_fn`` gives it: a NumPy scalar
-(``np.float32(0.25)``, ``np.int64(3)``, ``np.bool_(True)``) is kept as the Python value it holds."""
+"""A metric as a result or ``evaluate_fn`` gives it: a NumPy scalar as the Python value it holds."""
 Count = int | np.integer[Any]
 """A count as covey takes it: a NumPy integer (``mask.sum()``, ``np.int64(3)``) as a Python int."""
+Real = float | np.floating[Any] | np.integer[Any]
+"""A real number as covey takes it: a NumPy one (``np.float32(0.5)``) as the Python number."""
 _R = TypeVar("_R")
-Metrics = dict[str, Scalar]
+Metrics = dict[str, Scalar | np.ndarray[Any, Any]]
+"""A client's metrics as covey keeps them: Python scalars, and numeric arrays (copies)."""
+ResultMetrics = Mapping[str, MetricValue | np.ndarray[Any, Any]] | None
 Config = dict[str, Any]
 
 
@@ -69,20 +72,18 @@ def plain_count(value: Count) -> int: ...
 @overload
 def plain_count(value: Count | None) -> int | None: ...
 def plain_count(value: Count | None) -> int | None:
-    """A :data:`Count` setting as :func:`plain` gives it: a NumPy integer as the Python int.
-
-    Anything else is returned as it is, for the setting's own check to refuse.
-    """
+    """A :data:`Count` setting as :func:`plain` gives it (anything else as is, for its check)."""
     kept: int | None = plain(value)
     return kept
 
 
-def plain_real(value: float | np.floating[Any]) -> float:
-    """A real-number setting as :func:`plain` gives it: a NumPy float as the Python float.
-
-    Anything else is returned as it is, for the setting's own check to refuse.
-    """
-    kept: float = plain(value)
+@overload
+def plain_real(value: Real) -> float: ...
+@overload
+def plain_real(value: Real | None) -> float | None: ...
+def plain_real(value: Real | None) -> float | None:
+    """A :data:`Real` setting as :func:`plain` gives it (anything else as is, for its check)."""
+    kept: float | None = plain(value)
     return kept
 
 
@@ -193,7 +194,7 @@ class FitResult:
             weights: Weights | None = None,
             delta: Weights | None = None,
             num_examples: Count = _NO_COUNT,
-            metrics: Mapping[str, MetricValue] | None = None,
+            metrics: ResultMetrics = None,
             extras: Mapping[str, Weights] | None = None,
         ) -> None:
             """Check and keep what a client's ``fit`` returns (see the class)."""
@@ -222,7 +223,7 @@ class FitResult:
             weights: Weights | None = None,
             delta: Weights | None = None,
             num_examples: Count,
-            metrics: Mapping[str, MetricValue] | None = None,
+            metrics: ResultMetrics = None,
             extras: Mapping[str, Weights] | None = None,
         ) -> None: ...
 
@@ -347,7 +348,7 @@ class EvaluateResult:
             *,
             loss: float | np.floating[Any],
             num_examples: Count,
-            metrics: Mapping[str, MetricValue] | None = None,
+            metrics: ResultMetrics = None,
         ) -> None: ...
 
     def __new__(cls, *args: Any, **kwargs: Any) -> EvaluateResult:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from covey.core._messages import Metrics
+from covey.core._messages import Scalar
 
 __all__ = ["Failure", "RoundRecord", "round_from_json", "unknown_fields"]
 
@@ -50,7 +50,8 @@ class RoundRecord:
         fit_participants: The clients whose fit replies went into the aggregate.
         fit_failures: The clients asked to train that did not contribute, and why.
         fit_metrics: The participants' fit metrics, combined by the strategy's
-            ``fit_metrics`` (by default weighted by their numbers of examples).
+            ``fit_metrics`` (by default weighted by their numbers of examples): any
+            values ``history.json`` keeps, as it reads them back (lists, dicts of names).
         fit_examples: The participants' total number of examples.
         aggregated: Whether the global model was updated; if aggregation failed,
             ``aggregate_info["error"]`` says why and the model is unchanged.
@@ -80,17 +81,17 @@ class RoundRecord:
     round: int
     fit_participants: list[int] = field(default_factory=list)
     fit_failures: list[Failure] = field(default_factory=list)
-    fit_metrics: Metrics = field(default_factory=dict)
+    fit_metrics: dict[str, Any] = field(default_factory=dict)
     fit_examples: int = 0
     aggregated: bool = False
     aggregate_info: dict[str, Any] = field(default_factory=dict)
     evaluate_participants: list[int] = field(default_factory=list)
     evaluate_failures: list[Failure] = field(default_factory=list)
     evaluate_loss: float | None = None
-    evaluate_metrics: Metrics = field(default_factory=dict)
+    evaluate_metrics: dict[str, Any] = field(default_factory=dict)
     evaluate_examples: int = 0
     central_loss: float | None = None
-    central_metrics: Metrics = field(default_factory=dict)
+    central_metrics: dict[str, Scalar] = field(default_factory=dict)
     durations: dict[str, float] = field(default_factory=dict)
     privacy: dict[str, Any] | None = None
     bytes_sent: int | None = None

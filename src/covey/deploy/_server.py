@@ -14,7 +14,7 @@ from covey.compress import CompressedTransport, Scheme, scheme_spec
 from covey.compress._counted import CountedAsyncTransport
 from covey.core._history import History, RoundRecord
 from covey.core._interrupt import interrupts_as_such
-from covey.core._messages import Count, plain_count
+from covey.core._messages import Count, Real, plain_count, plain_real
 from covey.core._recordvalues import written
 from covey.core._weights import Weights, WeightsSpec, made, native
 from covey.deploy._app import ServeResult
@@ -75,9 +75,9 @@ def serve(
     run_dir: str | Path | None = None,
     resume: bool = False,
     seed: Count = 0,
-    round_timeout: float | None = None,
-    wait_timeout: float | None = 300.0,
-    heartbeat: float = 5.0,
+    round_timeout: Real | None = None,
+    wait_timeout: Real | None = 300.0,
+    heartbeat: Real = 5.0,
     max_clients: Count = 1000,
     on_round: RoundCallback | Sequence[RoundCallback] | None = None,
     on_listen: Callable[[int], None] | None = None,
@@ -159,6 +159,8 @@ def serve(
     """
     rounds, seed, max_clients = plain_count(rounds), plain_count(seed), plain_count(max_clients)
     round_retries = plain_count(round_retries)
+    round_timeout, wait_timeout = plain_real(round_timeout), plain_real(wait_timeout)
+    heartbeat = plain_real(heartbeat)
     check_settings(rounds, round_timeout, wait_timeout, heartbeat, round_retries)
     # Before clients join a run that would stop at round 0; a list of callbacks: one calling each.
     on_round = checked_callbacks(evaluate_fn, on_round)

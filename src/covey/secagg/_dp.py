@@ -29,11 +29,11 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from covey.core._messages import plain, real
+from covey.core._messages import Real, plain, real
 from covey.privacy._accounting import Accountant, check_target_epsilon
 
 Mechanism = Literal["skellam", "gaussian"]
@@ -65,6 +65,18 @@ class Noise:
     delta: float | None = None
     target_epsilon: float | None = None
     accountant: Accountant = "rdp"
+
+    if TYPE_CHECKING:  # NumPy numbers are taken (as the Python numbers they are, as kept)
+
+        def __init__(
+            self,
+            mechanism: Mechanism,
+            sigma: Real,
+            clip: Real | None = None,
+            delta: Real | None = None,
+            target_epsilon: Real | None = None,
+            accountant: Accountant = "rdp",
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         for name in ("sigma", "clip", "delta", "target_epsilon"):  # np.float32(1.0) as 1.0

@@ -20,8 +20,11 @@ from covey.core._weights import Weights
 from covey.strategies._checks import name_of
 
 EvaluateFn = Callable[
-    [int, Weights], "tuple[float | np.floating[Any], Mapping[str, MetricValue]] | None"
+    [int, Weights],
+    "tuple[float | np.floating[Any], Mapping[str, MetricValue | np.ndarray[Any, Any]]] | None",
 ]
+"""``(round, weights) -> (loss, metrics)`` on the server; a metric is a scalar (NumPy's, or
+a 0-d array, as the number it holds), so a :data:`covey.Metrics` of one's own is taken."""
 RoundCallback = Callable[[RoundRecord], None]
 
 REPLAYED: ContextVar[int | None] = ContextVar("covey_replayed_round", default=None)

@@ -16,7 +16,7 @@ from covey.compress._plain import check_scheme
 from covey.core._files import a_folder
 from covey.core._history import History, RoundRecord
 from covey.core._historyfile import HistoryFile
-from covey.core._messages import Count, plain_count
+from covey.core._messages import Count, Real, plain_count, plain_real
 from covey.core._recordvalues import written
 from covey.core._weights import Array, Weights, WeightsError, copy, made, native
 from covey.server._base import EvaluateFn, RoundCallback, checked_callbacks
@@ -222,7 +222,7 @@ def simulate(
     backend: Backend = "inline",
     seed: Count = 0,
     num_workers: Count | None = None,
-    round_timeout: float | None = None,
+    round_timeout: Real | None = None,
     progress: bool = False,
     on_round: RoundCallback | Sequence[RoundCallback] | None = None,
     run_dir: str | Path | None = None,
@@ -346,7 +346,7 @@ def simulate(
     start = time.perf_counter()
     num_clients, rounds = plain_count(num_clients), plain_count(rounds)
     seed, client_cache = plain_count(seed), plain_count(client_cache)
-    num_workers = plain_count(num_workers)
+    num_workers, round_timeout = plain_count(num_workers), plain_real(round_timeout)
     on_round = checked_callbacks(evaluate_fn, on_round)  # a list of callbacks: one calling each
     run_dir = None if run_dir is None else a_folder(run_dir)
     initial_weights = made(initial_weights)  # a function making them is called

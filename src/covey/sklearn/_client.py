@@ -11,7 +11,7 @@ import numpy.typing as npt
 from covey.clients import Client, proximal_mu
 from covey.clients._quiet import ignoring
 from covey.clients._scaffold import server_control
-from covey.core import Config, EvaluateResult, FitResult, Metrics
+from covey.core import Config, EvaluateResult, FitResult
 from covey.core._qfair import loss_before_fit
 from covey.core._weights import Weights
 from covey.sklearn._params import _outputs, features, get_params, is_mlp, prime, set_params
@@ -22,7 +22,7 @@ __all__ = ["SklearnClient", "evaluate_model"]
 
 def evaluate_model(
     model: Any, x: npt.ArrayLike, y: npt.ArrayLike, classes: Sequence[Any]
-) -> tuple[float, Metrics]:
+) -> tuple[float, dict[str, float]]:
     """The loss and accuracy of a fitted classifier on ``x, y``.
 
     The loss is the log loss when the model gives probabilities

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from covey.core._jsonvalues import from_jsonable, jsonable, tag_in, tagged
-from covey.core._messages import Config, Metrics
+from covey.core._messages import Config
 
 _S = TypeVar("_S", bound=Callable[..., Any])
 
@@ -279,7 +279,7 @@ def checked_config(value: Any, what: str) -> Config:
     return dict(value)
 
 
-def checked_metrics(value: Any, what: str, round: int | None = None) -> Metrics:
+def checked_metrics(value: Any, what: str, round: int | None = None) -> dict[str, Any]:
     """A copy of the metrics ``what`` returned, as the history reads them back from its JSON.
 
     A ``np.float32`` kept as such would be left out by :meth:`covey.History.metric`
@@ -317,7 +317,7 @@ def checked_metrics(value: Any, what: str, round: int | None = None) -> Metrics:
         raise TypeError(f"{what}{where} returned a value the history cannot keep: {exc}") from None
     if tag is not None:
         raise TypeError(f"{what}{where} returned a value the history cannot keep: {tagged(*tag)}")
-    kept: Metrics = from_jsonable(stored)
+    kept: dict[str, Any] = from_jsonable(stored)
     return kept
 
 

@@ -212,3 +212,44 @@ def has_values(properties: Mapping[str, Any], required: Mapping[str, Any]) -> bo
         if got != wanted:
             return False
     return True
+
+
+def eligible_ids(
+    where: Mapping[str, Any] | Callable[[Mapping[str, Any]], bool] | None,
+    available: Sequence[int],
+    properties: Mapping[int, Mapping[str, Any]],
+) -> list[int]:
+    """The clients of ``available`` that pass ``where``, in the order given (see ``eligible``)."""
+    if where is None:
+        return list(available)
+    out: list[int] = []
+    for cid in available:
+        props = properties.get(cid)
+        if props is None:
+            continue
+        if isinstance(where, Mapping):
+            ok = has_values(props, where)
+        else:
+            try:
+                ok = where(props)
+            except (KeyError, TypeError, ValueError):  # e.g. a property it lacks
+                ok = False
+            except Exception as exc:  # the user's error, told where it came from
+                exc.add_note(f"raised by where= {name_of(where)} for client {cid}")
+                raise
+            try:  # a truth value as Python reads it (None and 0 are false)
+                ok = bool(ok)
+            except Exception as exc:  # an array of several values has none
+                raise TypeError(
+                    f"where= {name_of(where)} returned {type(ok).__name__} for client "
+                    f"{cid}, which has no truth value: it must return a bool (True if "
+                    "the client may take part)"
+                ) from exc
+        if ok:
+            out.append(cid)
+    return out
+
+
+def no_config(round: int) -> Config:
+    """The default ``on_fit_config`` and ``on_evaluate_config``: no entries of the strategy's."""
+    return {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from covey.aggregate._base import run_hooks
 from covey.aggregate._flat import floor_fraction
 from covey.aggregate._order import check_reduces, describe_step
 from covey.core._hooks import RunHook
-from covey.core._messages import Config, FitResult, Metrics
+from covey.core._messages import Config, Count, FitResult, Metrics, Real
 from covey.core._signature import InitSignature
 from covey.core._weights import Array, Weights
 from covey.strategies._checks import (
@@ -38,8 +38,9 @@ from covey.strategies._checks import (
 from covey.strategies._clients import (
     ClientConfigFn,
     ClientInfo,
-    has_values,
+    eligible_ids,
     made_config,
+    no_config,
     option_config,
     per_client_configs,
     round_config,
@@ -56,10 +57,6 @@ Selector = Callable[[Sequence[int], int, np.random.Generator], Sequence[int]]
 """``(candidates, round, rng) -> chosen cids``: a custom client selection."""
 Where = Mapping[str, Any] | Callable[[Mapping[str, Any]], bool]
 """Which clients may take part: required property values, or a predicate on properties."""
-
-
-def _no_config(round: int) -> Config:
-    return {}
 
 
 @dataclass(frozen=True)
@@ -132,8 +129,8 @@ class Strategy:
     min_evaluate_clients: int = 2
     evaluate_every: int = 1
     min_available_clients: int = 2
-    on_fit_config: ConfigFn = _no_config
-    on_evaluate_config: ConfigFn = _no_config
+    on_fit_config: ConfigFn = no_config
+    on_evaluate_config: ConfigFn = no_config
     accept_failures: bool = True
     fit_metrics: MetricsFn = weighted_metrics
     evaluate_metrics: MetricsFn = weighted_metrics
@@ -149,6 +146,35 @@ class Strategy:
     on_client_fit_config: ClientConfigFn | None = None
     on_client_evaluate_config: ClientConfigFn | None = None
     __signature__ = InitSignature()  # help(Strategy) shows the fields, not __new__'s
+
+    if TYPE_CHECKING:  # NumPy numbers are taken, and kept as the Python numbers they are
+
+        def __init__(
+            self,
+            aggregator: Step = ...,
+            fraction_fit: Real = 1.0,
+            min_fit_clients: Count = 2,
+            fraction_evaluate: Real = 1.0,
+            min_evaluate_clients: Count = 2,
+            evaluate_every: Count = 1,
+            min_available_clients: Count = 2,
+            on_fit_config: ConfigFn = ...,
+            on_evaluate_config: ConfigFn = ...,
+            accept_failures: bool = True,
+            fit_metrics: MetricsFn = ...,
+            evaluate_metrics: MetricsFn = ...,
+            selector: Selector | None = None,
+            where: Where | None = None,
+            buffer_size: Count | None = None,
+            max_staleness: Count | None = None,
+            name: str = "custom",
+            hyperparameters: Mapping[str, Any] = ...,
+            hooks: tuple[RunHook, ...] = (),
+            fit_round: FitRound | None = None,
+            fit_config_entries: Mapping[str, Any] = ...,
+            on_client_fit_config: ClientConfigFn | None = None,
+            on_client_evaluate_config: ClientConfigFn | None = None,
+        ) -> None: ...
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Strategy:
         # Before the dataclass's __init__ refuses them: Flower's names get covey's. A
@@ -223,35 +249,7 @@ class Strategy:
         Returns:
             The eligible ids (all of ``available`` when ``where`` is None).
         """
-        where = self.where
-        if where is None:
-            return list(available)
-        out: list[int] = []
-        for cid in available:
-            props = properties.get(cid)
-            if props is None:
-                continue
-            if isinstance(where, Mapping):
-                ok = has_values(props, where)
-            else:
-                try:
-                    ok = where(props)
-                except (KeyError, TypeError, ValueError):  # e.g. a property it lacks
-                    ok = False
-                except Exception as exc:  # the user's error, told where it came from
-                    exc.add_note(f"raised by where= {name_of(where)} for client {cid}")
-                    raise
-                try:  # a truth value as Python reads it (None and 0 are false)
-                    ok = bool(ok)
-                except Exception as exc:  # an array of several values has none
-                    raise TypeError(
-                        f"where= {name_of(where)} returned {type(ok).__name__} for client "
-                        f"{cid}, which has no truth value: it must return a bool (True if "
-                        "the client may take part)"
-                    ) from exc
-            if ok:
-                out.append(cid)
-        return out
+        return eligible_ids(self.where, available, properties)
 
     def num_fit(self, available: int) -> int:
         """How many clients to sample for training among ``available``.
@@ -324,7 +322,7 @@ class Strategy:
             options["max_staleness"] = self.max_staleness
         for attr in ("on_fit_config", "on_evaluate_config", "fit_metrics", "evaluate_metrics"):
             fn = getattr(self, attr)
-            if fn not in (_no_config, weighted_metrics):
+            if fn not in (no_config, weighted_metrics):
                 options[attr] = name_of(fn)
         for attr in ("on_client_fit_config", "on_client_evaluate_config"):
             if getattr(self, attr) is not None:
@@ -462,7 +460,7 @@ class Strategy:
 
     def combined_metrics(
         self, kind: str, results: Sequence[tuple[int, Metrics]], round: int | None = None
-    ) -> Metrics:
+    ) -> dict[str, Any]:
         """A round's metrics from :attr:`fit_metrics` (``kind="fit"``) or :attr:`evaluate_metrics`.
 
         Args:

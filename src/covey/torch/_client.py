@@ -19,7 +19,7 @@ from covey.clients import (
 )
 from covey.clients._scaffold import server_control
 from covey.clients._torch import dtypes_named, torch_device, torch_module
-from covey.core import Config, EvaluateResult, FitResult, Metrics
+from covey.core import Config, EvaluateResult, FitResult
 from covey.core._qfair import loss_before_fit
 from covey.core._weights import Array, Weights, subtract
 from covey.torch._batches import move, split, trained_output
@@ -151,7 +151,7 @@ def _correct(out: Any, y: Any, threshold: float, kept: Any = None) -> int | None
 
 def evaluate_model(
     model: Any, loss_fn: Callable[[Any, Any], Any], loader: Iterable[Any], device: Any = "cpu"
-) -> tuple[float, int, Metrics]:
+) -> tuple[float, int, dict[str, float]]:
     """The mean loss of ``model`` over ``loader`` (and its accuracy for classifiers).
 
     Use it for a central ``evaluate_fn`` on the server as well as in clients.
@@ -215,7 +215,7 @@ def evaluate_model(
         raise ValueError("the data loader gave no examples to evaluate")
     if mean is None:
         raise ValueError("every target the data loader gave is one the loss ignores (ignore_index)")
-    metrics: Metrics = {"accuracy": correct / losses.counted} if classify else {}
+    metrics: dict[str, float] = {"accuracy": correct / losses.counted} if classify else {}
     return mean, losses.seen, metrics
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from covey.clients import Client
-from covey.core import Config, EvaluateResult, FitResult, Metrics
+from covey.core import Config, EvaluateResult, FitResult
 from covey.core._weights import Array, Weights, WeightsError
 from covey.xgboost._model import (
     MODEL,
@@ -49,7 +49,7 @@ def initial_model(
 
 def evaluate_booster(
     booster: Any, x: npt.ArrayLike, y: npt.ArrayLike, *, nthread: int | None = None
-) -> tuple[float, Metrics]:
+) -> tuple[float, dict[str, float]]:
     """The loss of a booster on ``x, y``, and its accuracy for classifiers.
 
     Binary objectives give the log loss and the accuracy at probability 0.5:
