@@ -85,7 +85,12 @@ def test_a_client_waiting_for_its_server_logs_a_bounded_number_of_warnings(
         pytest.raises(ConnectionError, match="after 2900 attempt"),
     ):
         _client.connect(
-            object(), "127.0.0.1:9", insecure=True, max_attempts=2900, retry_for=None, stop=stop
+            object(),  # type: ignore[arg-type]  # no session starts: any object will do
+            "127.0.0.1:9",
+            insecure=True,
+            max_attempts=2900,
+            retry_for=None,
+            stop=stop,
         )
     retries = [r for r in caplog.records if "retrying in" in r.getMessage()]
     assert len(retries) == 2899

@@ -252,3 +252,43 @@ def test_a_misspelt_name_of_a_lazy_package_is_a_type_error(tmp_path: Path) -> No
     for name in ["Polcy", "TensorBoardLoger", "read_runn", "ap"]:
         assert f'has no attribute "{name}"' in done.stdout, done.stdout
 
+
+QUERY_AND_CONNECT = """
+from __future__ import annotations
+
+from typing import Any
+
+import covey
+from covey.analytics import Policy, Site, query
+from covey.deploy import connect
+from covey.secagg import ThreatModel
+from covey.transport import Transport
+
+
+def ask(sites: list[Site], server: Transport, tables: dict[str, Any]) -> None:
+    threat = ThreatModel(corrupt_rate=0.1)
+    query(sites, "SELECT COUNT(*) FROM p", threat=threat)
+    query(server, "SELECT COUNT(*) FROM p", timeout=30.0)
+    query(Site(tables, Policy()), "SELECT COUNT(*) FROM p", secure=False)
+    query({"p": 1}, "SELECT COUNT(*) FROM p")
+    query(sites, "SELECT COUNT(*) FROM p", threat=0.1)
+
+
+def join(client: covey.Client) -> None:
+    connect(client, "127.0.0.1:1", insecure=True)
+    connect(Site({}, Policy()), "127.0.0.1:1", insecure=True)
+    connect(lambda cid: client, "127.0.0.1:1", insecure=True)
+"""
+
+
+@pytest.mark.slow
+def test_what_query_and_connect_cannot_take_is_a_type_error(tmp_path: Path) -> None:
+    pytest.importorskip("mypy", reason="the dev extra installs mypy")
+    done = _mypy(tmp_path, QUERY_AND_CONNECT)
+    assert done.returncode == 1, done.stdout + done.stderr
+    errors = [line for line in done.stdout.splitlines() if ": error:" in line]
+    assert len(errors) == 3, done.stdout
+    assert 'Argument 1 to "query" has incompatible type "dict[str, int]"' in errors[0]
+    assert 'Argument "threat" to "query" has incompatible type "float"' in errors[1]
+    assert '"Callable[[Any], Client]"; expected "ClientLike"' in errors[2]
+

@@ -33,7 +33,7 @@ from covey.analytics._compute import MAX_GROUPS
 from covey.analytics._exchange import Federation, StageResult, transport_for
 from covey.analytics._options import DISTINCT_BUCKETS, check_query
 from covey.analytics._select import answer_columns
-from covey.analytics._site import ROW_CAP, fixed_point_scale, secure_bound, sensitivity
+from covey.analytics._site import ROW_CAP, Site, fixed_point_scale, secure_bound, sensitivity
 from covey.analytics._sql import Aggregate, Plan
 from covey.analytics._sqltext import QueryError
 from covey.analytics._stats import (
@@ -48,6 +48,8 @@ from covey.analytics._stats import (
     survival_stat,
 )
 from covey.privacy import Ledger
+from covey.secagg import ThreatModel
+from covey.transport import Transport
 
 
 class _Query:
@@ -399,7 +401,7 @@ def first_stat_low(q: _Query, a: Aggregate) -> float:
 
 
 def query(
-    sites_or_server: Any,
+    sites_or_server: Site | Sequence[Site] | Transport,
     sql: str,
     *,
     secure: bool = True,
@@ -408,7 +410,7 @@ def query(
     mechanism: str | None = None,
     precision: float | None = None,
     timeout: float | None = None,
-    threat: Any = None,
+    threat: ThreatModel | None = None,
     analyst: _dp.Analyst | None = None,
 ) -> pd.DataFrame:
     """Answer ``sql`` over the sites' tables; only sums of the sites' answers are combined.

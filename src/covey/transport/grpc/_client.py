@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from covey.clients._client import task_kinds
+from covey.clients._client import ClientLike, task_kinds
 from covey.core._text import clipped
 from covey.core._version import covey_version
 from covey.core._weights import WeightsSpec
@@ -379,7 +379,7 @@ _DATA_READY = control(pb.ClientMessage(heartbeat=pb.Heartbeat(data_ready=True)))
 
 
 def connect(
-    client: Any,
+    client: ClientLike,
     address: str,
     *,
     tls: ClientTLS | None = None,
@@ -405,7 +405,8 @@ def connect(
     incompatible covey version, the run is over) ends it at once.
 
     Args:
-        client: A :class:`covey.Client` (the same object that runs in simulation).
+        client: A :class:`covey.Client` (the same object that runs in simulation), or
+            another object with a ``fit`` method (:class:`~covey.clients.ClientLike`).
         address: The server's ``host:port``.
         tls: Certificates for mutual TLS (the default for real deployments).
         insecure: Connect without TLS; only for local experiments.
