@@ -2,13 +2,15 @@
 
 covey ships ``py.typed``: a user's type checker reads its annotations, so an
 annotation narrower than what covey takes fails a user's correct program. The
-checks run mypy (the ``dev`` extra) on a project made by ``covey new`` and on
-a script using the public API as the README and the guides do.
+checks run mypy (the ``dev`` extra) on a project made by ``covey new``, on
+scripts using the public API as the README and the guides do, and on the
+guides' own examples.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import covey
+from test_readme import PAGES, blocks
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
@@ -292,3 +295,74 @@ def test_what_query_and_connect_cannot_take_is_a_type_error(tmp_path: Path) -> N
     assert 'Argument "threat" to "query" has incompatible type "float"' in errors[1]
     assert '"Callable[[Any], Client]"; expected "ClientLike"' in errors[2]
 
+
+_FRAGMENT = re.compile(r"^\s*<!--\s*fragment:\s*\S[^>]*-->\s*$")
+DOCS_CONFIG = (
+    "[mypy]\nstrict = True\nignore_missing_imports = True\nmypy_path = {src}\n"
+    # The examples read like scripts, unannotated; their bodies are checked all the same.
+    "allow_untyped_defs = True\nallow_incomplete_defs = True\nallow_untyped_calls = True\n"
+    "check_untyped_defs = True\n[mypy-covey.*]\nignore_errors = True\n"
+)
+
+
+def page_scripts(folder: Path) -> dict[Path, tuple[str, list[tuple[int, str]]]]:
+    """Each page's Python blocks as one script in ``folder``: its page, and each block's line.
+
+    A page's blocks run in one namespace (``tests/test_readme.py``), so they are
+    checked as one script. Left out: a block marked ``<!-- skip: ... -->`` (it
+    does not run either) and one marked ``<!-- fragment: what is missing -->``,
+    which runs but uses names the reader supplies (``batches``, ``lr``).
+    """
+    scripts: dict[Path, tuple[str, list[tuple[int, str]]]] = {}
+    for page in ["README.md", *PAGES]:
+        lines = (ROOT / page).read_text(encoding="utf-8").splitlines()
+        kept = [
+            (b.line, b.code)
+            for b in blocks(ROOT / page)
+            if b.lang == "python" and b.skip is None and not _FRAGMENT.match(lines[b.line - 3])
+        ]
+        if kept:
+            scripts[folder / (re.sub(r"\W", "_", page.removesuffix(".md")) + ".py")] = page, kept
+    return scripts
+
+
+def _page_line(blocks_of: list[tuple[int, str]], line: int) -> int:
+    """The line of the page that line ``line`` of its script (blocks joined) comes from."""
+    for start, code in blocks_of:
+        count = code.count("\n")
+        if line <= count:
+            return start + line - 1
+        line -= count
+    return -1
+
+
+@pytest.mark.slow
+def test_the_documentation_examples_type_check_against_covey(tmp_path: Path) -> None:
+    pytest.importorskip("mypy", reason="the dev extra installs mypy")
+    scripts = page_scripts(tmp_path)
+    assert len(scripts) >= 10, sorted(scripts)
+    for script, (_, kept) in scripts.items():
+        script.write_text("".join(code for _, code in kept), encoding="utf-8")
+    config = tmp_path / "mypy.ini"
+    config.write_text(DOCS_CONFIG.format(src=SRC), encoding="utf-8")
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "mypy", "--config-file", str(config)),
+            *("--cache-dir", str(tmp_path / "cache"), *map(str, scripts)),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "MYPYPATH": ""},
+    )
+    where = {script.name: page for script, page in scripts.items()}
+    said = []
+    for line in done.stdout.splitlines():  # errors named by page and line
+        name, _, rest = line.partition(":")
+        number, _, message = rest.partition(":")
+        if name in where and number.isdigit():
+            page, kept = where[name]
+            said.append(f"{page}:{_page_line(kept, int(number))}:{message}")
+    assert done.returncode == 0, "\n".join(said) or done.stdout + done.stderr
