@@ -432,3 +432,24 @@ def test_distinct_values_and_top_k_read_a_day_alike_stored_as_date_or_timestamp(
     # shown as a DATE reads (a day's midnight is the day); 18:30 is not that day
     assert sorted(got["APPROX_TOP_K(day, 2)"].iloc[0]) == ["2024-01-01", "2024-01-02"]
     assert got.attrs["precision"]["APPROX_TOP_K(day, 2)"]["counts"] == [[want[1]] * 2]
+
+
+def test_a_query_takes_its_budget_precision_and_timeout_as_numpy_numbers() -> None:
+    # query() refused np.float32 budgets and seconds ("epsilon must be a positive number,
+    # got np.float32(1.0)"), which an analyst's NumPy arithmetic gives.
+    frame = pd.DataFrame({"age": [30, 40, 50, 60]})
+    policy = Policy(bounds={"age": (0, 100)}, min_group_size=1)
+    sites = [Site({"p": frame}, policy, name=f"s{i}") for i in range(2)]
+    exact = query(sites, "SELECT AVG(age) AS a FROM p", timeout=np.float32(30))
+    assert exact["a"].iloc[0] == 45.0
+    noisy = query(
+        sites,
+        "SELECT AVG(age) AS a, MEDIAN(age) AS m FROM p",
+        epsilon=np.float32(1.0),
+        delta=np.float64(1e-6),
+        precision=np.float32(0.01),
+        timeout=np.int64(30),
+    )
+    assert np.isfinite(noisy["a"].iloc[0])
+    with pytest.raises(ValueError, match=r"epsilon must be a positive number, got -1\.0"):
+        query(sites, "SELECT AVG(age) FROM p", epsilon=np.float32(-1.0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 import covey
+import covey.deploy
 
 
 class Step(covey.Client):
@@ -102,3 +104,29 @@ def test_serve_takes_its_seconds_as_numpy_numbers() -> None:
         )
     with pytest.raises(ValueError, match=r"heartbeat must be a number of seconds .* got 0\.0"):
         covey.serve(covey.FedAvg(), 1, None, "127.0.0.1:0", insecure=True, heartbeat=np.float32(0))
+
+
+def test_connect_takes_its_seconds_and_counts_as_numpy_numbers() -> None:
+    # Past the checks to the connection attempts: nothing listens there.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free once closed
+    with pytest.raises(ConnectionError):
+        covey.deploy.connect(
+            Nothing(),
+            f"127.0.0.1:{port}",
+            insecure=True,
+            max_attempts=np.int64(1),
+            retry_for=np.float32(5.0),
+            backoff=np.float32(0.01),
+            max_backoff=np.float64(0.02),
+            heartbeat=np.float32(5.0),
+            max_task_bytes=np.int64(2**20),
+        )
+    with pytest.raises(ValueError, match=r"heartbeat must be a number of seconds .* got 0\.0"):
+        covey.deploy.connect(Nothing(), "127.0.0.1:1", insecure=True, heartbeat=np.float32(0))
+
+
+class Nothing(covey.Client):
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        return covey.FitResult(weights=weights, num_examples=1)

@@ -47,6 +47,7 @@ from covey.analytics._stats import (
     survival,
     survival_stat,
 )
+from covey.core._messages import Real, plain_real
 from covey.privacy import Ledger
 from covey.secagg import ThreatModel
 from covey.transport import Transport
@@ -405,11 +406,11 @@ def query(
     sql: str,
     *,
     secure: bool = True,
-    epsilon: float | None = None,
-    delta: float = 1e-6,
+    epsilon: Real | None = None,
+    delta: Real = 1e-6,
     mechanism: str | None = None,
-    precision: float | None = None,
-    timeout: float | None = None,
+    precision: Real | None = None,
+    timeout: Real | None = None,
     threat: ThreatModel | None = None,
     analyst: _dp.Analyst | None = None,
 ) -> pd.DataFrame:
@@ -452,6 +453,8 @@ def query(
         >>> query(sites, "SELECT AVG(age), COUNT(*) FROM p", secure=False).iloc[0].tolist()
         [35.0, 4.0]
     """
+    epsilon, delta = plain_real(epsilon), plain_real(delta)  # NumPy numbers as Python's
+    precision, timeout = plain_real(precision), plain_real(timeout)
     p = check_query(
         sql,
         secure=secure,

@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 
 from covey.clients._client import ClientLike, task_kinds
+from covey.core._messages import Count, Real, plain_count, plain_real
 from covey.core._text import clipped
 from covey.core._version import covey_version
 from covey.core._weights import WeightsSpec
@@ -387,12 +388,12 @@ def connect(
     name: str = "",
     properties: dict[str, Any] | None = None,
     spec: WeightsSpec | None = None,
-    max_task_bytes: int = MAX_TASK_BYTES,
-    max_attempts: int | None = None,
-    retry_for: float | None = 600.0,
-    backoff: float = 0.5,
-    max_backoff: float = 30.0,
-    heartbeat: float = 5.0,
+    max_task_bytes: Count = MAX_TASK_BYTES,
+    max_attempts: Count | None = None,
+    retry_for: Real | None = 600.0,
+    backoff: Real = 0.5,
+    max_backoff: Real = 30.0,
+    heartbeat: Real = 5.0,
     stop: threading.Event | None = None,
     server_name: str | None = None,
 ) -> ConnectResult:
@@ -450,6 +451,9 @@ def connect(
             carry (an error it raises is raised with a note naming it).
     """
     check_client(client)
+    max_task_bytes, max_attempts = plain_count(max_task_bytes), plain_count(max_attempts)
+    retry_for, backoff = plain_real(retry_for), plain_real(backoff)
+    max_backoff, heartbeat = plain_real(max_backoff), plain_real(heartbeat)
     tls = client_security(tls, insecure, server_name)
     host = check_address(address, listen=False)[0]
     pems = None if tls is None else (tls.ca, tls.cert, tls.key)
