@@ -140,6 +140,8 @@ import numpy as np
 
 import covey
 from covey import privacy
+from covey.analytics import Policy, Site, query
+from covey.deploy import connect
 from covey.secagg import Noise, secure
 
 f32, i64 = np.float32, np.int64
@@ -202,6 +204,21 @@ def deployed() -> Any:
     return covey.serve(covey.FedAvg(), i64(3), None, seed=i64(0), max_clients=i64(10),
                        round_retries=i64(1), round_timeout=f32(30), wait_timeout=f32(60),
                        heartbeat=i64(5))
+
+
+def joined(client: covey.Client) -> Any:
+    return connect(client, "127.0.0.1:1", insecure=True, max_attempts=i64(1),
+                   retry_for=f32(5), backoff=f32(0.5), max_backoff=f32(2), heartbeat=f32(5))
+
+
+policy = Policy(bounds={"age": (f32(0), i64(100))}, min_group_size=i64(2), epsilon=f32(5),
+                delta=f32(1e-6), max_epsilon=i64(1))
+assert type(policy.min_group_size) is int and type(policy.epsilon) is float
+
+
+def asked(sites: list[Site]) -> Any:
+    return query(sites, "SELECT AVG(age) FROM p", epsilon=f32(1), delta=f32(1e-6),
+                 precision=f32(0.1), timeout=i64(30))
 """
 
 

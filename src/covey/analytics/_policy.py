@@ -12,13 +12,13 @@ import math
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from covey.analytics._sql import Plan
 from covey.analytics._sqltext import fold
-from covey.core._messages import finite, shown
+from covey.core._messages import Count, Real, finite, plain_count, plain_real, shown
 
 MAX_DOMAIN = 1000
 _LISTS = ("tables", "columns", "min_max", "distinct")
@@ -145,7 +145,26 @@ class Policy:
     distinct: Sequence[str] = ()
     max_epsilon: float | None = None
 
+    if TYPE_CHECKING:  # NumPy numbers are taken, and kept as the Python numbers they are
+
+        def __init__(
+            self,
+            tables: Sequence[str] | None = None,
+            columns: Sequence[str] | None = None,
+            bounds: Mapping[str, tuple[Real, Real]] = ...,
+            domains: Mapping[str, Sequence[Any]] = ...,
+            min_group_size: Count = 10,
+            epsilon: Real | None = None,
+            min_max: Sequence[str] = (),
+            delta: Real = 1e-6,
+            distinct: Sequence[str] = (),
+            max_epsilon: Real | None = None,
+        ) -> None: ...
+
     def __post_init__(self) -> None:
+        object.__setattr__(self, "min_group_size", plain_count(self.min_group_size))
+        for name in ("epsilon", "delta", "max_epsilon"):
+            object.__setattr__(self, name, plain_real(getattr(self, name)))
         for name in _NAMED:
             _check_names(name, getattr(self, name))
         if isinstance(self.min_group_size, bool) or not isinstance(self.min_group_size, int):
