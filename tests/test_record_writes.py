@@ -191,3 +191,89 @@ def test_distributed_dp_records_its_budget_as_python_numbers(tmp_path: Path) -> 
     assert live == {"epsilon": live["epsilon"], "delta": 1e-5}
     assert {type(v) for v in live.values()} == {float}
     assert covey.History.load(tmp_path)[1].privacy == live
+
+
+class _Notes(_Hook):
+    """A run hook starting each round's ``aggregate_info["notes"]`` list and a nested dict."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+
+    def after_round(self, record: RoundRecord, state: Any) -> None:
+        record.aggregate_info["notes"] = ["hook"]
+        record.aggregate_info["nested"] = {"inner": {"n": 0}}
+
+
+def _append(record: RoundRecord) -> None:
+    """Writes into entries the record held already: what a round's callbacks change in place."""
+    if record.round == 0:  # round 0 is no round the hooks saw
+        return
+    record.aggregate_info["notes"].append((np.int64(record.round), np.float32(0.5)))
+    record.aggregate_info["nested"]["inner"][7] = np.float64(0.25)
+
+
+#: What _append leaves in round r, as history.json gives it back.
+def _appended(r: int) -> dict[str, Any]:
+    return {"notes": ["hook", [r, 0.5]], "nested": {"inner": {"n": 0, "7": 0.25}}}
+
+
+def test_what_a_round_callback_changes_in_place_reads_the_same_live_and_loaded(
+    tmp_path: Path,
+) -> None:
+    # Before: entries changed in place were not looked into: the live record kept the
+    # tuple, NumPy numbers and int key that history.json and History.load read otherwise.
+    strategy = _strategy(hooks=(_Notes(),))
+    result = covey.simulate(Shift, 3, 2, strategy, _init(), run_dir=tmp_path, on_round=_append)
+    live = result.history[2]
+    assert live.aggregate_info == _appended(2)
+    assert type(live.aggregate_info["notes"][1]) is list
+    assert type(live.aggregate_info["notes"][1][0]) is int
+    loaded = covey.History.load(tmp_path)
+    assert [r.aggregate_info for r in loaded] == [r.aggregate_info for r in result.history]
+
+
+def test_a_round_callback_changing_an_entry_into_what_the_history_cannot_keep_is_named(
+    tmp_path: Path,
+) -> None:
+    # Before: the run stopped as it wrote its history, with "round 1's aggregate_info cannot
+    # be written to the history", naming neither the callback nor the entry.
+    def bad(record: RoundRecord) -> None:
+        if record.round == 1:
+            record.aggregate_info["notes"].append({1, 2})
+
+    said = (
+        r"on_round .*bad in round 1 wrote record\.aggregate_info\['notes'\], which the "
+        "history cannot keep: cannot write a value of type set"
+    )
+    strategy = _strategy(hooks=(_Notes(),))
+    with pytest.raises(TypeError, match=said):
+        covey.simulate(Shift, 3, 2, strategy, _init(), run_dir=tmp_path, on_round=bad)
+    history = covey.History.load(tmp_path)  # written, the round as it was before the callback
+    assert history[1].aggregate_info["notes"] == ["hook"]
+
+
+def test_an_entry_changed_in_place_is_found_converted_and_put_back_on_a_refusal() -> None:
+    from covey.core._recordvalues import changed, settle, written
+
+    record = RoundRecord(1, aggregate_info={"hist": [1, 2]}, privacy={"spent": {"eps": 1.0}})
+    before = written(record)
+    assert not changed(record, before)
+    hist = record.aggregate_info["hist"]
+    hist.append(np.int64(3))
+    assert changed(record, before)
+    settle(record, before, "a test")
+    assert record.aggregate_info["hist"] is hist  # converted where it is
+    assert hist == [1, 2, 3]
+    assert type(hist[2]) is int
+    before = written(record)
+    spent: dict[str, Any] = (record.privacy or {})["spent"]
+    spent["eps"] = np.float32(2.0)
+    assert changed(record, before)
+    settle(record, before, "a test")
+    assert record.privacy == {"spent": {"eps": 2.0}}
+    assert type(spent["eps"]) is float
+    before = written(record)
+    hist.append({1})
+    with pytest.raises(TypeError, match=r"a test wrote record\.aggregate_info\['hist'\], which"):
+        settle(record, before, "a test")
+    assert record.aggregate_info["hist"] == [1, 2, 3]  # put back as it was

@@ -166,3 +166,49 @@ def test_a_served_run_saves_what_on_round_wrote_into_its_rounds(tmp_path: Path) 
     assert _saved(run) == TAGS[:3]
     resumed = served(4, resume=True, address="127.0.0.1:0")
     assert _tags(resumed.history.rounds) == _history_json(run) == _saved(run) == TAGS
+
+
+class Notes:
+    """A run hook starting each round's ``aggregate_info["notes"]`` list."""
+
+    def start(self, state: Any, seed: int | None, history: covey.History) -> Any:
+        return state
+
+    def before_round(self, round: int, state: Any) -> str | None:
+        return None
+
+    def after_round(self, record: RoundRecord, state: Any) -> None:
+        record.aggregate_info["notes"] = ["hook"]
+
+    def finish(self, history: covey.History, state: Any) -> None:
+        pass
+
+
+def _append(record: RoundRecord) -> None:
+    if record.round:  # round 0 is no round the hook saw
+        record.aggregate_info["notes"].append(f"round {record.round}")
+
+
+def test_what_on_round_appends_to_a_list_in_the_record_is_saved_for_a_resume(
+    tmp_path: Path,
+) -> None:
+    # Before: a list the record held, appended to in place, was not saved again: a stopped
+    # and resumed run's saved rounds lacked what its callbacks appended.
+    def sim(run: Path, rounds: int, **options: Any) -> covey.sim.SimulationResult:
+        strategy = covey.Strategy(fraction_evaluate=0.0, hooks=(Notes(),))
+        return covey.simulate(
+            lambda cid: Half(), 3, rounds, strategy, {"w": np.ones(4)}, run_dir=run, **options
+        )
+
+    def notes(rounds: list[RoundRecord]) -> list[Any]:
+        return [r.aggregate_info.get("notes") for r in rounds]
+
+    whole = notes(sim(tmp_path / "whole", 4, on_round=_append).history.rounds)
+    assert whole == [None, *(["hook", f"round {r}"] for r in range(1, 5))]
+    run = tmp_path / "run"
+    sim(run, 2, on_round=_append)
+    with RunStore.open(run) as store:
+        assert notes(store.history().rounds) == whole[:3]
+    resumed = sim(run, 4, on_round=_append, resume=True)
+    with RunStore.open(run) as store:
+        assert notes(resumed.history.rounds) == notes(store.history().rounds) == whole
