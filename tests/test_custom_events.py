@@ -134,6 +134,50 @@ def test_an_aggregate_client_count_that_is_no_int_is_named(count: Any, got: str)
         Aggregate(1, count, 1, delta=_init())
 
 
+@pytest.mark.parametrize(
+    ("args", "field", "error"),
+    [
+        ((1, -1, 5), "num_clients", ValueError),
+        ((1, 2, -3), "num_examples", ValueError),
+        ((-1, 2, 3), "round", ValueError),
+        ((1, 2, 2.5), "num_examples", TypeError),
+        ((1, 2, "3"), "num_examples", TypeError),
+        ((1.0, 2, 3), "round", TypeError),
+    ],
+)
+def test_an_aggregate_count_that_makes_no_sense_is_refused_naming_it(
+    args: tuple[Any, ...], field: str, error: type[Exception]
+) -> None:
+    # Before: Aggregate(num_clients=-1), a negative or fractional num_examples, a
+    # negative round were accepted.
+    with pytest.raises(error, match=rf"Aggregate\(round=.*\)\.{field} must be an int"):
+        Aggregate(args[0], args[1], args[2], delta=_init())
+
+
+@pytest.mark.parametrize("arrays", [{"delta": [1.0, 2.0]}, {"weights": 3}])
+def test_an_aggregate_whose_arrays_are_no_dict_is_refused_naming_them(arrays: Any) -> None:
+    # Before: accepted, failing only when the round applied it.
+    which = next(iter(arrays))
+    with pytest.raises(TypeError, match=rf"\.{which} must be a dict of names to arrays, got"):
+        Aggregate(1, 1, 1, **arrays)
+
+
+def test_a_step_emitting_a_negative_client_count_stops_the_run_naming_it() -> None:
+    def update(state: Any, event: Any) -> Any:
+        if isinstance(event, Aggregate):
+            return state, (Aggregate(event.round, -1, 1, delta=event.as_delta(state)),)
+        if isinstance(event, Begin):
+            return dict(event.params), (event,)
+        return state, (event,)
+
+    strategy = covey.Strategy(
+        aggregator=chain(mean(), Step(lambda p: dict(p), update)), fraction_evaluate=0.0
+    )
+    said = r"round 1: aggregation raised ValueError: Aggregate\(round=1\)\.num_clients must be"
+    with pytest.raises(covey.FederationError, match=said):
+        covey.simulate(_Shift, 3, 1, strategy, _init())
+
+
 def test_an_aggregate_client_count_may_be_a_numpy_integer() -> None:
     assert Aggregate(1, np.int64(2), 1, delta=_init()).num_clients == 2  # type: ignore[arg-type]
 

@@ -30,9 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import numpy as np
-
 from covey.aggregate._delta import check_delta
+from covey.aggregate._fields import check_fields
 from covey.core._jsonvalues import check_info
 from covey.core._messages import Metrics, slot_setters
 from covey.core._weights import Array, Weights, add, subtract
@@ -200,6 +199,13 @@ class Aggregate:
         weights: The new global weights, when the reducer produced full weights.
         delta: The update to add to the global weights otherwise.
         info: What steps want to report (e.g. clipped or dropped clients).
+
+    Raises:
+        TypeError: ``round``, ``num_clients`` or ``num_examples`` is no int (NumPy
+            integers are taken), ``weights`` or ``delta`` no dict, or not exactly
+            one of them is given; naming the field.
+        ValueError: ``round``, ``num_clients`` or ``num_examples`` is negative,
+            naming the field.
     """
 
     round: int
@@ -215,12 +221,7 @@ class Aggregate:
                 f"Aggregate(round={self.round}) needs exactly one of weights= or delta=, got "
                 + ("neither" if self.weights is None else "both")
             )
-        if not isinstance(self.num_clients, int | np.integer) or isinstance(self.num_clients, bool):
-            raise TypeError(
-                f"Aggregate(round={self.round}).num_clients must be an int (how many "
-                f"contributions were combined), got {type(self.num_clients).__name__} "
-                f"{self.num_clients!r:.80}"
-            )
+        check_fields(self.round, self.num_clients, self.num_examples, self.weights, self.delta)
         check_info(self.info, "Aggregate", self.round)
 
     def as_delta(self, params: Weights) -> Weights:
