@@ -415,10 +415,17 @@ def test_a_report_plots_the_bytes_of_a_run_that_counted_them(tmp_path: Path) -> 
     assert "Bytes per round (MB)" in huge.read_text()
 
 
-def test_runs_report_makes_the_folder_of_its_out_file(tmp_path: Path) -> None:
-    # docs/dashboard.md: `covey runs report runs/demo -o paper/supplement-fedavg.html`
+def test_runs_report_refuses_an_out_file_in_a_missing_folder(tmp_path: Path) -> None:
+    # Before: the folder was made, so a typo in -o left a stray folder and a report in it;
+    # every other output flag (covey demo --out, --port-file) refuses a missing folder.
     _simulate(tmp_path / "r", rounds=1)
     out = tmp_path / "paper" / "supplement-fedavg.html"
+    done = CliRunner().invoke(app, ["runs", "report", str(tmp_path / "r"), "-o", str(out)])
+    assert done.exit_code == 2, done.output
+    assert f"--out {out}: the folder {out.parent} does not exist" in done.output
+    assert not out.parent.exists()
+    # docs/dashboard.md: `covey runs report runs/demo -o paper/supplement-fedavg.html`
+    out.parent.mkdir()
     done = CliRunner().invoke(app, ["runs", "report", str(tmp_path / "r"), "-o", str(out)])
     assert done.exit_code == 0, done.output
     assert 'id="round-1"' in out.read_text()

@@ -12,7 +12,11 @@ def report_command(
     run: Annotated[Path, typer.Argument(help="The run folder.", file_okay=False)],
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="The HTML file to write (default: ./RUN-report.html)."),
+        typer.Option(
+            "--out",
+            "-o",
+            help="The HTML file to write, in a folder that exists (default: ./RUN-report.html).",
+        ),
     ] = None,
 ) -> None:
     """Write one HTML file with the run's plots and every round, readable offline."""
@@ -24,6 +28,13 @@ def report_command(
             f"reports need the dashboard extra: pip install 'covey[dashboard]' ({exc})", err=True
         )
         raise typer.Exit(1) from None
+    if out is not None and not out.parent.exists():  # a typo is not made into a folder
+        typer.echo(
+            f"error: --out {out}: the folder {out.parent} does not exist; create it, or "
+            "give a file in a folder that does",
+            err=True,
+        )
+        raise typer.Exit(2)
     try:
         path, warning = report_with_warning(run, out)
     except (RunReadError, ValueError, OSError) as exc:  # a RUN or --out that will not do
