@@ -89,3 +89,24 @@ def test_the_servers_round_line_gives_the_stages_in_their_order() -> None:
         "took fit 1.50 s, aggregate 0.25 s, total 5.75 s (after waiting 4.00 s for clients)"
         in "\n".join(lines)
     )
+
+
+def test_the_servers_round_line_leaves_out_the_evaluations_that_did_not_run() -> None:
+    # Before: a round without federated evaluation nor evaluate_fn still said
+    # "evaluate 0.00 s, central 0.00 s", the microseconds of stages that did not run.
+    from covey.deploy._console import ServerConsole
+
+    def took(record: RoundRecord) -> str:
+        lines: list[str] = []
+        timed = {"aggregate": 0.25, "fit": 1.5, "evaluate": 2e-6, "central": 1e-6, "total": 1.75}
+        record.durations.update(timed)
+        ServerConsole(lines.append, 1, {}).on_round(record)
+        return next(line for line in lines if "took" in line).split("took ", 1)[1]
+
+    assert took(RoundRecord(1, fit_participants=[0])) == (
+        "fit 1.50 s, aggregate 0.25 s, total 1.75 s"
+    )
+    evaluated = RoundRecord(1, fit_participants=[0], evaluate_participants=[0], central_loss=0.5)
+    assert took(evaluated) == (
+        "fit 1.50 s, aggregate 0.25 s, evaluate 0.00 s, central 0.00 s, total 1.75 s"
+    )

@@ -55,6 +55,21 @@ def _metrics(record: RoundRecord) -> list[str]:
     ]
 
 
+def _not_run(record: RoundRecord) -> set[str]:
+    """The evaluation stages ``record`` times that did not run: its line leaves them out.
+
+    A round records ``"evaluate"`` and ``"central"`` whether or not it evaluated
+    (a run without federated evaluation or ``evaluate_fn``, a round not due):
+    microseconds that the line would show as ``evaluate 0.00 s``.
+    """
+    skipped = set()
+    if not record.evaluate_participants and not record.evaluate_failures:
+        skipped.add("evaluate")
+    if record.central_loss is None and not record.central_metrics:
+        skipped.add("central")
+    return skipped
+
+
 class ServerConsole:
     """Writes the server's progress as timestamped lines, naming clients by their chosen name.
 
@@ -142,7 +157,11 @@ class ServerConsole:
             return
         # in the order of the round (a stage is recorded when it ends: "aggregate" before "fit")
         order = {k: i for i, k in enumerate(("fit", "aggregate", "evaluate", "central", "total"))}
-        stages = sorted((k for k in record.durations if k != "wait"), key=lambda k: order.get(k, 5))
+        skipped = _not_run(record)
+        stages = sorted(
+            (k for k in record.durations if k != "wait" and k not in skipped),
+            key=lambda k: order.get(k, 5),
+        )
         took = ", ".join(f"{k} {record.durations[k]:.2f} s" for k in stages)
         if "wait" in record.durations:  # the wait for clients, apart from training
             took += f" (after waiting {record.durations['wait']:.2f} s for clients)"
