@@ -85,35 +85,10 @@ def test_a_new_project_and_documented_usage_type_check_strictly(tmp_path: Path) 
     project = tmp_path / "clinic"
     script = tmp_path / "user_script.py"
     script.write_text(textwrap.dedent(SCRIPT), encoding="utf-8")
-    config = tmp_path / "mypy.ini"
-    config.write_text(
-        "[mypy]\nstrict = True\nignore_missing_imports = True\n"
-        f"mypy_path = {SRC}, {project}\n"
-        # covey's own modules are checked by the project's mypy run; here only
-        # the user's code is, against covey's annotations.
-        "[mypy-covey.*]\nignore_errors = True\n",
-        encoding="utf-8",
-    )
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mypy",
-            "--config-file",
-            str(config),
-            "--cache-dir",
-            str(tmp_path / "cache"),
-            str(project / "clinic"),
-            str(project / "tests" / "test_clinic.py"),
-            str(script),
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        env={**os.environ, "MYPYPATH": ""},
-    )
+    # covey's own modules are checked by the project's mypy run; here only the user's
+    # code is, against covey's annotations.
+    paths = [project / "clinic", project / "tests" / "test_clinic.py", script]
+    done = _mypy_over(tmp_path, STRICT.format(path=f"{SRC}, {project}"), paths)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -226,16 +201,23 @@ def _mypy(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
     """``mypy --strict`` of ``source`` as a user's script, against covey's annotations."""
     script = tmp_path / "user_script.py"
     script.write_text(textwrap.dedent(source), encoding="utf-8")
-    config = tmp_path / "mypy.ini"
-    config.write_text(
-        f"[mypy]\nstrict = True\nignore_missing_imports = True\nmypy_path = {SRC}\n"
-        "[mypy-covey.*]\nignore_errors = True\n",
-        encoding="utf-8",
-    )
+    return _mypy_over(tmp_path, STRICT.format(path=SRC), [script])
+
+
+#: mypy's settings for a user's code: strict, covey's own modules not reported.
+STRICT = "[mypy]\nstrict = True\nignore_missing_imports = True\nmypy_path = {path}\n" + (
+    "[mypy-covey.*]\nignore_errors = True\n"
+)
+
+
+def _mypy_over(tmp_path: Path, config: str, paths: list[Path]) -> subprocess.CompletedProcess[str]:
+    """Run mypy with the settings ``config`` over ``paths``, its cache under ``tmp_path``."""
+    ini = tmp_path / "mypy.ini"
+    ini.write_text(config, encoding="utf-8")
     return subprocess.run(
         [
-            *(sys.executable, "-m", "mypy", "--config-file", str(config)),
-            *("--cache-dir", str(tmp_path / "cache"), str(script)),
+            *(sys.executable, "-m", "mypy", "--config-file", str(ini)),
+            *("--cache-dir", str(tmp_path / "cache"), *map(str, paths)),
         ],
         cwd=tmp_path,
         capture_output=True,
@@ -360,20 +342,7 @@ def test_the_documentation_examples_type_check_against_covey(tmp_path: Path) -> 
     assert len(scripts) >= 10, sorted(scripts)
     for script, (_, kept) in scripts.items():
         script.write_text("".join(code for _, code in kept), encoding="utf-8")
-    config = tmp_path / "mypy.ini"
-    config.write_text(DOCS_CONFIG.format(src=SRC), encoding="utf-8")
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "mypy", "--config-file", str(config)),
-            *("--cache-dir", str(tmp_path / "cache"), *map(str, scripts)),
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        env={**os.environ, "MYPYPATH": ""},
-    )
+    done = _mypy_over(tmp_path, DOCS_CONFIG.format(src=SRC), list(scripts))
     where = {script.name: page for script, page in scripts.items()}
     said = []
     for line in done.stdout.splitlines():  # errors named by page and line
