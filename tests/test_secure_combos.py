@@ -136,6 +136,36 @@ def test_a_secure_round_the_loop_would_refuse_is_never_unmasked(kw: dict[str, An
     assert "site 1 cannot train" in str(info.value)
 
 
+def test_a_client_leaving_in_the_unmasking_does_not_refuse_a_strict_round_once_unmasked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Client 2 sent its masked input and left as the others unmasked: its update is in
+    # the sum the server now holds. Refusing the round then (accept_failures=False)
+    # would leave that noisy sum out of the ledger, and a resumed run would release
+    # the round again; the round counts, with every client in it, and names client 2.
+    from covey.clients import _client
+
+    unmask = _client._HANDLERS["secagg.unmask"]
+
+    def leaving(client: Any, task: Any) -> Any:
+        if client.cid == 2:
+            raise ConnectionError("the phone went offline")
+        return unmask(client, task)
+
+    monkeypatch.setitem(_client._HANDLERS, "secagg.unmask", leaving)
+    noise = covey.secagg.Noise("gaussian", 3000.0, clip=0.5, delta=1e-5)
+    strategy = _secure(covey.FedAvg(fraction_evaluate=0.0, accept_failures=False), noise=noise)
+    record = _run(strategy, frozenset()).history.rounds[1]
+    assert record.aggregated
+    assert record.fit_participants == list(range(6))
+    assert record.aggregate_info["secagg_silent"] == [2]
+    assert record.aggregate_info["distributed_dp"]["clients"] == 6
+    assert record.privacy is not None
+    (failure,) = record.fit_failures
+    assert failure.cid == 2
+    assert "it is in the sum" in failure.error
+
+
 class MovesByTheRange(covey.Client):
     """Returns new weights: each moved by exactly +-CLIP (rounded to float32)."""
 

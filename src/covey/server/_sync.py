@@ -390,13 +390,13 @@ class RoundLoop(_LoopBase):
                 self._refuse(record.fit_failures, Failure(cid, "fit", why), record, told[cid])
             else:
                 self._record_failure(record.fit_failures, Failure(cid, "fit", why))
-        # The rule of a round through the transport: with accept_failures off, every
-        # sampled client must take part (a dropout the exchange recovered from included).
+        # With accept_failures off every sampled client must take part (a dropout the exchange
+        # recovered from included); one that failed with its update in the sum took part.
         strict = not self.strategy.accept_failures
         needed = min(sampled if strict else self.strategy.min_fit_clients, sampled)
-        ok = len(outcome.participants)
-        error = outcome.error
-        if error is None and (ok < needed or (strict and record.fit_failures)):
+        ok, took = len(outcome.participants), set(outcome.participants)
+        error, out = outcome.error, [f for f in record.fit_failures if f.cid not in took]
+        if error is None and (ok < needed or (strict and out)):
             error = f"{ok} of {sampled} sampled clients took part, " + (
                 "and accept_failures=False" if strict else f"fewer than min_fit_clients={needed}"
             )
