@@ -166,6 +166,25 @@ def test_a_client_leaving_in_the_unmasking_does_not_refuse_a_strict_round_once_u
     assert "it is in the sum" in failure.error
 
 
+class ManyExamples(Site):
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        result = super().fit(weights, config)
+        many = 123_457 if self.cid == 1 else 10
+        return covey.FitResult(delta=result.delta, num_examples=many)
+
+
+def test_a_count_above_max_examples_fails_its_client_without_telling_the_count() -> None:
+    # Secure aggregation reveals the sum of the example counts only; the failure the
+    # server records says which bound was passed, never the client's count.
+    strategy = _secure(covey.FedAvg(fraction_evaluate=0.0))
+    result = covey.simulate(ManyExamples, 4, 1, strategy, {"w": np.zeros(8, np.float32)})
+    (failure,) = result.history.rounds[1].fit_failures
+    assert failure.cid == 1
+    assert "num_examples exceeds max_examples=100000" in failure.error
+    assert "secure(max_examples=...)" in failure.error
+    assert "123457" not in failure.error + failure.traceback
+
+
 class MovesByTheRange(covey.Client):
     """Returns new weights: each moved by exactly +-CLIP (rounded to float32)."""
 

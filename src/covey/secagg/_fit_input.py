@@ -67,8 +67,9 @@ def fit_input(client: Any, task: Task, spec: Any) -> np.ndarray:
         _check_update(task, task.weights, result.weights, "weights")
     n = result.num_examples
     if n > int(spec["max_examples"]):
-        raise RangeError(
-            f"num_examples={n} exceeds max_examples={spec['max_examples']} of secure aggregation"
+        raise RangeError(  # not the count: the server is to learn only the sum of them
+            f"num_examples exceeds max_examples={spec['max_examples']} of secure aggregation: "
+            "raise it on the server, secure(max_examples=...)"
         )
     weight = n if spec["weighted"] else 1
     clip, bits = float(spec["clip"]), int(spec["bits"])
