@@ -74,6 +74,8 @@ def test_min_fit_clients_counts_the_clients_in_the_secure_sum(secured: bool) -> 
         ({"metrics": ["loss"]}, "metrics must map each metric's name to its bound"),
         ({"metrics": {"loss": "x"}}, "metric 'loss' needs a positive finite bound, got 'x'"),
         ({"metrics": {1: 1.0}}, "metrics names a metric by int 1, not a str"),
+        ({"metrics": {"dp_epsilon": 100.0}}, "'dp_epsilon' is a privacy budget"),
+        ({"metrics": {"loss": 9.0, "dp_delta": 1.0}}, "'dp_delta' is a privacy budget"),
     ],
 )
 def test_secure_refuses_option_values_it_does_not_know(kw: dict[str, Any], message: str) -> None:

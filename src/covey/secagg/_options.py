@@ -12,7 +12,7 @@ from covey.secagg._dp import Noise
 from covey.secagg._params import ThreatModel
 from covey.secagg._ring import smallest_range
 from covey.strategies._checks import name_of
-from covey.strategies._metrics import weighted_metrics
+from covey.strategies._metrics import LARGEST, weighted_metrics
 
 
 def check_options(
@@ -93,6 +93,13 @@ def check_parts(threat: object, noise: object, metrics: object, bits: int) -> No
     for name, bound in metrics.items():
         if not isinstance(name, str):  # a client's metrics are named by text: never found
             raise ValueError(f"metrics names a metric by {type(name).__name__} {name!r}, not a str")
+        if name in LARGEST:  # a mean of budgets understates the most exposed client's
+            raise ValueError(
+                f"metric {name!r} is a privacy budget, which a round records as the largest "
+                "any client reported; secure aggregation reveals only the example-weighted "
+                "mean, which understates it: leave it out of metrics= (each LocalDP site "
+                "keeps its own ledger, see ledger_path)"
+            )
         ok = isinstance(bound, int | float) and not isinstance(bound, bool)
         if not (ok and math.isfinite(bound) and bound > 0):
             raise ValueError(f"metric {name!r} needs a positive finite bound, got {bound!r}")
