@@ -187,6 +187,24 @@ def test_a_count_above_max_examples_fails_its_client_without_telling_the_count()
     assert "123457" not in failure.error + failure.traceback
 
 
+def test_a_poisson_draw_too_small_for_secure_aggregation_says_to_sample_more() -> None:
+    # Under central DP the clients of a round are a Poisson draw: one of fewer than the
+    # threat model needs stops the run, and the error says how to make that rare.
+    dp = covey.privacy.central(
+        covey.FedAvg(fraction_fit=0.05, min_fit_clients=0, fraction_evaluate=0.0),
+        noise_multiplier=1.0,
+        clip=0.5,
+        delta=1e-3,
+        clipping="client",
+    )
+    with pytest.raises(covey.FederationError) as info:
+        _run(_secure(dp), frozenset(), n=4)
+    record = info.value.history.rounds[-1]
+    assert record.aggregate_info["secagg_stage"] == "setup"
+    assert "raise fraction_fit" in str(info.value)
+    assert "fraction_fit x clients" in str(info.value)
+
+
 class MovesByTheRange(covey.Client):
     """Returns new weights: each moved by exactly +-CLIP (rounded to float32)."""
 

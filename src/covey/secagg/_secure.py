@@ -177,10 +177,17 @@ class _Secure:
                 **self._needed(len(cids)),
             )
         except SecAggAbort as exc:
+            error = str(exc)
+            if exc.stage == "setup" and self.summed:  # too few clients in a Poisson draw
+                error += (
+                    f"; central DP's Poisson draw took {len(cids)} clients this round: raise "
+                    "fraction_fit so that fraction_fit x clients is 20 or more, which makes "
+                    "such a draw rare (docs/privacy.md)"
+                )
             return FitOutcome(
                 failures=tuple(exc.dropped.items()),
                 info={"secagg_abort": exc.reason, "secagg_stage": exc.stage},
-                error=str(exc),
+                error=error,
                 refused=tuple(exc.refused.items()),
             )
         total = res.total
