@@ -123,6 +123,20 @@ def test_a_round_without_examples_keeps_the_model_and_the_run_goes_on(secured: b
     np.testing.assert_array_equal(result.weights["w"], np.ones(8, np.float32))
 
 
+def test_distributed_dp_counts_updates_whose_clients_report_no_examples() -> None:
+    # Under distributed DP every client counts once, whatever its example count: a
+    # round of clients reporting none is a mean of their updates, not a refused round
+    # whose noisy sum was unmasked and charged for nothing.
+    noise = covey.secagg.Noise("gaussian", 3.0, clip=0.5, delta=1e-5)
+    strategy = _secure(covey.FedAvg(fraction_evaluate=0.0), noise=noise)
+    result = covey.simulate(NoExamples, 4, 1, strategy, {"w": np.zeros(8, np.float32)})
+    record = result.history.rounds[1]
+    assert record.aggregated
+    assert record.privacy is not None
+    assert record.aggregate_info["distributed_dp"]["clients"] == 4
+    assert not np.allclose(result.weights["w"], 0.0)
+
+
 @pytest.mark.parametrize("kw", [{"min_fit_clients": 5}, {"accept_failures": False}])
 def test_a_secure_round_the_loop_would_refuse_is_never_unmasked(kw: dict[str, Any]) -> None:
     # Under distributed DP the server must not hold a noisy sum the ledger does not

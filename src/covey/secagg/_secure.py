@@ -203,10 +203,12 @@ class _Secure:
             "secagg_seconds": dict(res.seconds),
         }
         failures = tuple({**res.excluded, **res.dropped, **res.silent}.items())
-        # No examples at all: every pre-scaled update was zero. The contribution carries
-        # num_examples=0 and the weighted mean refuses it as it refuses such a plain
-        # round (an AggregationError: recorded, the model kept, the run goes on).
+        # No examples at all, weighted: every pre-scaled update was zero. The contribution
+        # carries num_examples=0 and the weighted mean refuses it as it refuses such a plain
+        # round (an AggregationError: recorded, the model kept, the run goes on). Unweighted
+        # (distributed DP), each client's update counts whatever its count: it weighs 1.
         denominator = max(denominator, 1)
+        weight = examples if self.weighted else max(examples, 1)
         unit = scale(self.clip_range, self.bits)
         if self.noise is not None:
             # The mean's noise: sqrt(survivors) draws of sigma quantized units, unscaled.
@@ -237,7 +239,7 @@ class _Secure:
         contribution = (
             ClippedSum(-1, examples, delta=delta, clients=len(res.survivors))
             if self.summed
-            else Contribution(-1, examples, delta=delta)
+            else Contribution(-1, weight, delta=delta)
         )
         suspects = tuple((c, f"in secure aggregation: {why}") for c, why in res.suspects.items())
         refused = tuple(res.refused.items())  # each such client is told why
