@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from covey.core._interrupt import interrupts_as_such, stop_on_sigterm
 from covey.core._runstep import last_finished_step
@@ -26,7 +25,7 @@ from covey.deploy._cli_errors import (
     port_number,
     read_settings,
 )
-from covey.deploy._cli_logs import setup_logging
+from covey.deploy._cli_logs import LogConsole, setup_logging
 from covey.deploy._cli_options import PortFile, ServerCerts
 from covey.deploy._cli_resume import recorded_rounds, resume_hint, run_folder, saved_model
 from covey.deploy._cli_security import _security, tls_choice
@@ -43,7 +42,7 @@ from covey.server._served import FEDERATION_FILE
 # Every line whole: a server's or client's output is often a log file or a journal,
 # where a line cut at 80 columns becomes two entries. A long line (a client's error)
 # is not coloured: rich would take minutes over it.
-console = Console(stderr=True, soft_wrap=True, emoji=False, highlighter=BriefHighlighter())
+console = LogConsole(stderr=True, soft_wrap=True, emoji=False, highlighter=BriefHighlighter())
 
 __all__ = ["load_object", "server_command"]
 

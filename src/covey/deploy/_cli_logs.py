@@ -2,11 +2,17 @@
 
 A record logged with its exception (``logger.exception``) stays on its one
 line, ending in the exception's type and message; ``-v`` adds the traceback.
+
+A reader of that output that goes away (``covey server ... | tee log`` whose ``tee``
+ended, a log shipper restarted) ends no run: the output goes to ``os.devnull`` from
+then on, and the server or client goes on, its run folder recording what it does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 from typing import Any
 
@@ -15,7 +21,33 @@ from rich.logging import RichHandler
 
 from covey.deploy._shown import BriefHighlighter
 
-__all__ = ["setup_logging"]
+__all__ = ["LogConsole", "setup_logging"]
+
+
+def _to_devnull(stream: Any) -> None:
+    """Point the file descriptor under ``stream`` at ``os.devnull``: its reader went away."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # no descriptor: nothing
+        fd = stream.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
+
+
+class LogConsole(Console):
+    """Rich's console, for a command that runs for days: a broken pipe does not end it.
+
+    Rich ends the process (``SystemExit(1)``) when a write finds that the stream's
+    reader went away: raised inside a server's round loop, that stopped the run as
+    failed, and a client that finished its run exited with status 1. This console
+    points its stream at ``os.devnull`` instead and goes on.
+    """
+
+    def on_broken_pipe(self) -> None:
+        """Write no more to the stream, whose reader has gone; do not exit."""
+        self.quiet = True
+        _to_devnull(self.file)
 
 
 class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
@@ -34,6 +66,13 @@ class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
     @stream.setter
     def stream(self, value: Any) -> None:
         """Ignored: the handler follows ``sys.stderr``."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """A reader gone: standard error goes to ``os.devnull`` (see :class:`LogConsole`)."""
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            _to_devnull(sys.stderr)
+            return
+        super().handleError(record)
 
 
 class _OneLine(logging.Formatter):
