@@ -136,6 +136,37 @@ def test_a_run_in_a_folder_the_reader_cannot_write_is_read_and_not_resumed() -> 
         shutil.rmtree(base)
 
 
+def test_a_new_run_folder_on_a_read_only_disk_is_refused_naming_it() -> None:
+    """``covey server --run-dir`` under a read-only folder (a share, a full or read-only disk).
+
+    It printed mkdir's bare ``[Errno 30] Read-only file system: 'PATH'``, naming no run
+    folder and nothing to do.
+    """
+    base = Path(tempfile.mkdtemp())
+    folder = base / "share"
+    folder.mkdir()
+    mounted = False
+    try:
+        if os.geteuid() == 0:
+            mounted = _read_only_mount(folder)
+        else:
+            folder.chmod(0o555)
+        run = folder / "study" / "run-1"
+        with pytest.raises(OSError, match="cannot make the run folder") as refused:
+            RunStore.create(run, config={"rounds": 1}, exclusive=True)
+        said = str(refused.value)
+        assert said.startswith(f"cannot make the run folder {run}: "), said
+        assert f"({folder / 'study'})" in said  # the folder that could not be made
+        assert "give a run folder where this user can write" in said
+        assert refused.value.errno is not None  # as mkdir's, for a caller to tell the cause
+        assert list(folder.iterdir()) == []
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(folder)], check=True, timeout=30)
+        folder.chmod(0o755)
+        shutil.rmtree(base)
+
+
 def _read_only_mount(folder: Path) -> bool:
     """Bind-mount ``folder`` read-only onto itself (as root); skip where mounting is not allowed."""
     bind = subprocess.run(

@@ -8,7 +8,7 @@ from pathlib import Path
 from covey.core._files import hold_lock
 from covey.server._readcopy import LOCK_NAME
 
-__all__ = ["hold_run"]
+__all__ = ["hold_run", "make_run_folder"]
 
 _NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 """What opening the lock file to write fails with where this user cannot write there."""
@@ -49,3 +49,30 @@ def hold_run(path: Path) -> int | None:
             "the folder somewhere writable (opening the run to read it, not exclusively, "
             "writes nothing)"
         ) from None
+
+
+def make_run_folder(path: Path) -> None:
+    """Make ``path`` (and its parents) for a new run, or refuse naming it and the cause.
+
+    Raises:
+        OSError: The folder cannot be made (a read-only or full disk, a parent that
+            is a file, no permission), naming the folder, the system's reason and the
+            path it gave; ``mkdir``'s own error named the path alone.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise  # a file of that name: refused as holding a run, by the caller
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
+        if exc.errno in _NOT_WRITABLE:
+            fix = "give a run folder where this user can write, or give it write permission there"
+        elif exc.errno == errno.ENOTDIR:
+            fix = "a parent of it is a file, not a folder: give another run folder"
+        elif exc.errno == errno.ENOSPC:
+            fix = "free room on its disk, or give a run folder on another one"
+        else:
+            fix = "give another run folder"
+        refused = OSError(f"cannot make the run folder {path}: {exc.strerror}{where}; {fix}")
+        refused.errno = exc.errno  # as mkdir's: a caller may tell a full disk by it
+        raise refused from None

@@ -64,6 +64,7 @@ from covey.server._roundfiles import (
     write_weights,
 )
 from covey.server._rundb import DB_NAME, NewerFormatError, RunDB, hold_run
+from covey.server._runlock import make_run_folder
 from covey.server._runrecords import RunRecords, Status, rewrite_of, settle_saved
 
 __all__ = ["RunStore", "Status"]
@@ -130,7 +131,7 @@ class RunStore(RunRecords):
         before, lock_fd, held = NewRunFolder(path), None, False  # refused if it holds a run
         weights_dir = path / WEIGHTS_DIR
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            make_run_folder(path)
             # Held before anything is written: a folder another process writes a run
             # in (a simulation holds it too) is refused untouched.
             lock_fd, held = (hold_run(path) if exclusive else None), True
