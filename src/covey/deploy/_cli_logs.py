@@ -6,6 +6,7 @@ line, ending in the exception's type and message; ``-v`` adds the traceback.
 A reader of that output that goes away (``covey server ... | tee log`` whose ``tee``
 ended, a log shipper restarted) ends no run: the output goes to ``os.devnull`` from
 then on, and the server or client goes on, its run folder recording what it does.
+A line that cannot be written (the log's disk is full) is lost, not the run.
 """
 
 from __future__ import annotations
@@ -36,18 +37,30 @@ def _to_devnull(stream: Any) -> None:
 
 
 class LogConsole(Console):
-    """Rich's console, for a command that runs for days: a broken pipe does not end it.
+    """Rich's console, for a command that runs for days: its output failing does not end it.
 
     Rich ends the process (``SystemExit(1)``) when a write finds that the stream's
-    reader went away: raised inside a server's round loop, that stopped the run as
-    failed, and a client that finished its run exited with status 1. This console
-    points its stream at ``os.devnull`` instead and goes on.
+    reader went away, and raises any other error of the write (a full disk): raised
+    inside a server's round loop, either stopped the run as failed, and a client that
+    finished its run exited with status 1. This console points a stream whose reader
+    went away at ``os.devnull``, drops a line it cannot write, and goes on.
     """
 
     def on_broken_pipe(self) -> None:
         """Write no more to the stream, whose reader has gone; do not exit."""
         self.quiet = True
         _to_devnull(self.file)
+
+    def _check_buffer(self) -> None:
+        """Write what was printed; a write that fails (a full disk) loses the line, not the run.
+
+        Rich raises any error but a broken pipe from the write, into the round loop that
+        printed, and keeps the line to write again before the next one.
+        """
+        try:
+            super()._check_buffer()
+        except OSError:
+            del self._buffer[:]
 
 
 class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
