@@ -272,6 +272,18 @@ def test_the_server_console_counts_clients_past_those_needed() -> None:
     assert lines[3].endswith("client a left: disconnected (2 of 2 connected)")
 
 
+def test_the_server_console_leaves_refusals_to_the_transport_s_warning() -> None:
+    # The transport logs each refusal and broken protocol as a WARNING; the console
+    # wrote a line of each too, so every refusal (a TLS probe, a revoked site) came twice.
+    lines: list[str] = []
+    console = ServerConsole(lines.append, 2, {})
+    console.on_event("s1", "refused", "certificate revoked (peer ipv4:127.0.0.1:5)")
+    console.on_event("s1", "protocol-error", "a chunk frame over 2 MiB (peer ipv4:127.0.0.1:5)")
+    assert lines == []
+    console.on_event("s1", "join")
+    assert lines[-1].endswith("client s1 joined (1 of 2 connected)")
+
+
 def test_the_server_console_counts_clients_that_joined_before_it_says_it_waits() -> None:
     # Clients started before the server retry, and may join as soon as it listens.
     lines: list[str] = []

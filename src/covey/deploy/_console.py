@@ -21,9 +21,11 @@ _SHOWN_EVENTS = {
     "join": "joined",
     "rejoin": "reconnected",
     "leave": "left",
-    "refused": "was refused",
-    "protocol-error": "broke the protocol",
 }
+"""The fleet events the console writes a line of. A refusal and a broken protocol are
+not among them: the transport logs each as a WARNING naming the client, its address and
+why (``refused s1 from ipv4:...: certificate revoked``), and a line here too wrote every
+one of them twice into the server's log."""
 
 
 def _clock() -> str:
