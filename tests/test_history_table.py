@@ -42,6 +42,18 @@ def test_best_round_by_max_and_min_ties_to_the_earliest_and_skips_nan() -> None:
     assert h.best_round("train_loss", mode="min", source="fit") == (1, 0.9)
 
 
+def test_best_round_of_a_loss_picks_the_lowest_unless_told_otherwise() -> None:
+    # The default was "max" whatever the metric: best_round("loss") gave the worst
+    # round (here the initial model), silently.
+    h = history()
+    assert h.best_round("loss") == (1, 1.0)
+    assert h.best_round("loss", source="evaluate") == h.best_round("loss", "min", "evaluate")
+    assert h.best_round("train_loss", source="fit") == (1, 0.9)
+    assert h.best_round("loss_metric") == (2, 9.0)
+    assert h.best_round("loss", mode="max") == (0, 2.0)
+    assert h.best_round("accuracy") == (1, 0.5)
+
+
 def test_best_round_names_what_is_recorded_when_the_metric_is_not() -> None:
     h = history()
     with pytest.raises(

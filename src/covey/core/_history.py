@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -176,7 +177,10 @@ class History:
         return points
 
     def best_round(
-        self, name: str, mode: Literal["max", "min"] = "max", source: Source = "central"
+        self,
+        name: str,
+        mode: Literal["max", "min"] | None = None,
+        source: Source = "central",
     ) -> tuple[int, float]:
         """The round whose model scored best on one metric, and that score.
 
@@ -187,6 +191,8 @@ class History:
         Args:
             name: The metric (``"accuracy"``), or ``"loss"``, as :meth:`metric` names it.
             mode: ``"max"`` when higher is better (accuracy), ``"min"`` when lower is (loss).
+                None (the default): ``"min"`` for a loss, a name one of whose words
+                is ``loss`` (``"loss"``, ``"train_loss"``, ``"val-loss"``), else ``"max"``.
             source: ``"central"`` (``evaluate_fn``), ``"evaluate"`` (federated
                 evaluation) or ``"fit"`` (clients' training metrics).
 
@@ -203,6 +209,8 @@ class History:
             >>> h.best_round("loss", mode="min")
             (2, 0.4)
         """
+        if mode is None:
+            mode = "min" if is_loss(name) else "max"
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         points = [(r, v) for r, v in metric_points(self, name, source) if not math.isnan(v)]
@@ -358,6 +366,11 @@ def recorded_names(history: History, source: Source) -> list[str]:
     Named as :meth:`History.metric` reads them (``"loss"`` for the round's loss).
     """
     return sorted({m for r in history.rounds for m, _ in metric_items(r, source)})
+
+
+def is_loss(name: str) -> bool:
+    """Whether a metric named ``name`` is a loss, lower being better: one of its words is loss."""
+    return "loss" in re.split(r"[^a-z0-9]+", name.lower())
 
 
 def metric_points(history: History, name: str, source: Source) -> list[tuple[int, float]]:
