@@ -308,7 +308,10 @@ class TorchClient(Client):
     classifier (class scores and class indices, or one logit per example and
     0/1 targets: see :func:`evaluate_model`), the ``"accuracy"``.
 
-    The fit config may override ``"epochs"`` (an int) per round.
+    The fit config may override ``"epochs"`` (an int) and ``"lr"`` (a number > 0,
+    set as every parameter group's learning rate of the optimizer ``optimizer_fn``
+    makes) per round: a learning-rate schedule is ``on_fit_config=lambda round:
+    {"lr": ...}``.
 
     Args:
         model: The model, an instance (a class is refused); its layout defines the
@@ -378,12 +381,26 @@ class TorchClient(Client):
             raise ValueError(f"config 'epochs' must be an int >= 1, got {epochs!r}")
         return int(epochs)
 
+    def _learning_rate(self, optimizer: Any, config: Config) -> None:
+        """Set every parameter group's learning rate to the config's ``"lr"``, if it has one."""
+        if "lr" not in config:
+            return
+        lr = config["lr"]
+        if (
+            isinstance(lr, bool)
+            or not isinstance(lr, int | float | np.integer | np.floating)
+            or not (np.isfinite(lr) and lr > 0)
+        ):
+            raise ValueError(f"config 'lr' must be a finite number > 0, got {lr!r}")
+        for group in optimizer.param_groups:
+            group["lr"] = float(lr)
+
     def fit(self, weights: Weights, config: Config) -> FitResult:
         """Train from ``weights`` on ``train_loader`` and return the update.
 
         Args:
             weights: The global model (read-only arrays).
-            config: The round's config; ``"epochs"``, FedProx's ``"proximal_mu"`` and
+            config: The round's config; ``"epochs"``, ``"lr"``, FedProx's ``"proximal_mu"`` and
                 q-FedAvg's ``"loss_before_fit"`` are read from it.
 
         Returns:
@@ -401,6 +418,7 @@ class TorchClient(Client):
         mu = proximal_mu(config)
         anchor = torch_snapshot(self.model) if mu > 0 else None
         optimizer = self.optimizer_fn(self.model.parameters())
+        self._learning_rate(optimizer, config)
         correction, gradients = None, None
         if server_control(config) is not None:  # SCAFFOLD
             _check_sgd(optimizer)
