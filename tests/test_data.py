@@ -662,6 +662,28 @@ def test_dataset_client_refuses_indices_that_are_not_integers(
         np.testing.assert_array_equal(x, digits.x_train[[3, 1]])
 
 
+def test_dataset_client_refuses_what_is_not_one_clients_indices(digits: Dataset) -> None:
+    # client(3) gave example 3's features alone (shape (64,)), which a client then
+    # refused as data that is not 2-D; client(parts) failed in NumPy ("inhomogeneous
+    # shape"), and nested lists gave 3-D features.
+    parts = dirichlet(digits.y_train, 5, 0.5, seed=0)
+    with pytest.raises(ValueError, match=r"1-D array of indices .* got int 3"):
+        digits.client(3)
+    with pytest.raises(ValueError, match=r"got arrays of different lengths: .*parts\[cid\]"):
+        digits.client(parts)
+    equal = iid(digits.y_train[:10], 2)
+    with pytest.raises(ValueError, match=r"got shape \(2, 5\): .*parts\[cid\]"):
+        digits.client(equal)
+    with pytest.raises(ValueError, match=r"got arrays of different lengths"):
+        digits.client(np.array(parts, dtype=object))
+    with pytest.raises(ValueError, match=r"one entry per training example \(1438\), got 3"):
+        digits.client(np.array([True, False, True]))
+    mask = np.zeros(len(digits.y_train), dtype=bool)
+    mask[[2, 5]] = True
+    x, _ = digits.client(mask)
+    np.testing.assert_array_equal(x, digits.x_train[[2, 5]])
+
+
 def test_dataset_is_frozen_and_read_only(digits: Dataset) -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         digits.name = "other"  # type: ignore[misc]

@@ -72,10 +72,14 @@ class Dataset:
 
         Returns:
             ``(x_train[indices], y_train[indices])``.
+
+        Raises:
+            TypeError: ``indices`` are not integers or booleans.
+            ValueError: ``indices`` are not one flat array: a client id (``client(3)``
+                would give one example's features), a partitioner's whole result or
+                nested lists; or a boolean mask of another length than the training set.
         """
-        index = np.asarray(indices)
-        if index.dtype.kind == "O":  # e.g. Python ints in an object array
-            index = np.asarray(index.tolist())
+        index = _flat_indices(indices, len(self.y_train))
         if index.dtype.kind == "f" and np.all(np.isfinite(index) & (index == np.round(index))):
             index = index.astype(np.int64)  # e.g. [] or [1.0, 2.0]
         elif index.dtype.kind not in "biu":
@@ -87,6 +91,37 @@ class Dataset:
         if index.dtype != np.bool_:
             index = index.astype(np.int64, copy=False)
         return self.x_train[index], self.y_train[index]
+
+
+def _flat_indices(indices: npt.ArrayLike, n: int) -> npt.NDArray[Any]:
+    """``indices`` as a 1-D array, or an error naming what was given instead."""
+    try:
+        index = np.asarray(indices)
+    except ValueError:  # arrays of different lengths: a partitioner's whole result
+        index = None
+    if index is not None and index.ndim == 0:
+        raise ValueError(
+            f"indices must be a 1-D array of indices into the training set (one client's "
+            f"entry of a partitioner's result, e.g. data.client(parts[cid])), got "
+            f"{type(indices).__name__} {indices!r}"
+        )
+    if index is not None and index.dtype.kind == "O":  # e.g. Python ints in an object array
+        try:
+            index = np.asarray(index.tolist())
+        except ValueError:
+            index = None
+    if index is None or index.ndim != 1:
+        shape = "arrays of different lengths" if index is None else f"shape {index.shape}"
+        raise ValueError(
+            f"indices must be a 1-D array of indices into the training set, got {shape}: "
+            f"a partitioner returns one array per client, so pass one of them "
+            f"(data.client(parts[cid]))"
+        )
+    if index.dtype == np.bool_ and len(index) != n:
+        raise ValueError(
+            f"a boolean mask must have one entry per training example ({n}), got {len(index)}"
+        )
+    return index
 
 
 def _check_fraction(test_fraction: float) -> float:
