@@ -11,7 +11,9 @@ are refused there, naming the function, rather than silently replaced.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Collection, Mapping, Sequence
+from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -124,7 +126,20 @@ def option_config(strategy: Any, option: str, round: int) -> Config:
         Exception: what the function raised, with a note naming it and the round.
     """
     make = getattr(strategy, option)
+    asked = _OPTIONS_ASKED.get()
+    if asked is not None:
+        asked.append(option)
     return checked_config(called(make, f"{option} {name_of(make)}", round, strategy._step), option)
+
+
+def _default(strategy: Any, option: str) -> Any:
+    """The value ``option`` has on a strategy not given it (the function making no config)."""
+    fields = {f.name: f for f in dataclasses.fields(strategy)}
+    return fields[option].default if option in fields else None
+
+
+# The options the base fit_config()/evaluate_config() read while a subclass's override runs.
+_OPTIONS_ASKED: ContextVar[list[str] | None] = ContextVar("covey_options_asked", default=None)
 
 
 def made_config(strategy: Any, kind: str, round: int) -> Any:
@@ -135,9 +150,27 @@ def made_config(strategy: Any, kind: str, round: int) -> Any:
     with the override's name and the round.
     """
     method = f"{kind}_config"
-    what = strategy.source(method, f"on_{method}")
+    option = f"on_{method}"
+    what = strategy.source(method, option)
     make = getattr(strategy, method)
-    return make(round) if what == f"on_{method}" else called(make, what, round, strategy._step)
+    if what == option:
+        return make(round)
+    given = getattr(strategy, option)
+    if given is None or given is _default(strategy, option):
+        return called(make, what, round, strategy._step)
+    asked: list[str] = []
+    token = _OPTIONS_ASKED.set(asked)
+    try:
+        value = called(make, what, round, strategy._step)
+    finally:
+        _OPTIONS_ASKED.reset(token)
+    if option not in asked:  # what the option would add would be dropped, unsaid
+        raise ValueError(
+            f"{what} overrides Strategy.{method}() without calling it, so {option}="
+            f"{name_of(given)} given to the strategy is never called: take its entries in "
+            f"the override (config = super().{method}(round)), or leave {option} out"
+        )
+    return value
 
 
 def per_client_configs(

@@ -1,0 +1,68 @@
+"""A subclass's fit_config()/evaluate_config() override beside the on_*_config option."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from covey import EvaluateResult, FitResult
+
+
+class Told(covey.Client):
+    def __init__(self, seen: list[dict[str, Any]]) -> None:
+        self.seen = seen
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        self.seen.append(dict(config))
+        return FitResult(delta={"w": np.ones(1)}, num_examples=1)
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+        self.seen.append(dict(config))
+        return EvaluateResult(loss=0.0, num_examples=1)
+
+
+class Schedule(covey.Strategy):
+    def fit_config(self, round: int) -> dict[str, Any]:
+        return {"lr": 0.5**round}
+
+
+class Merged(covey.Strategy):
+    def fit_config(self, round: int) -> dict[str, Any]:
+        return {**super().fit_config(round), "lr": 0.5**round}
+
+
+class Judged(covey.Strategy):
+    def evaluate_config(self, round: int) -> dict[str, Any]:
+        return {"batch": 64}
+
+
+def _run(strategy: covey.Strategy) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    covey.simulate(lambda cid: Told(seen), 2, 1, strategy, {"w": np.zeros(1)})
+    return seen
+
+
+def test_an_override_that_drops_the_option_given_beside_it_is_refused_naming_both() -> None:
+    # Schedule(on_fit_config=...) trained with the override's entries alone: the
+    # option's "epochs" never reached a client, and nothing said so.
+    strategy = Schedule(on_fit_config=lambda round: {"epochs": 5}, fraction_evaluate=0.0)
+    with pytest.raises(
+        ValueError,
+        match=r"Schedule\.fit_config\(\) overrides Strategy\.fit_config\(\) without calling "
+        r"it, so on_fit_config=\S*<lambda> given to the strategy is never called: .*"
+        r"super\(\)\.fit_config\(round\)",
+    ):
+        _run(strategy)
+    judged = Judged(on_evaluate_config=lambda round: {"steps": 1}, fraction_evaluate=1.0)
+    with pytest.raises(ValueError, match=r"Judged\.evaluate_config\(\) overrides"):
+        _run(judged)
+
+
+def test_an_override_alone_or_one_that_calls_the_base_runs_as_written() -> None:
+    assert _run(Schedule(fraction_evaluate=0.0)) == [{"lr": 0.5, "round": 1}] * 2
+    merged = Merged(on_fit_config=lambda round: {"epochs": 5}, fraction_evaluate=0.0)
+    assert _run(merged) == [{"epochs": 5, "lr": 0.5, "round": 1}] * 2
+    assert _run(Judged(fraction_evaluate=1.0))[-1] == {"batch": 64, "round": 1}
