@@ -12,7 +12,7 @@ import pytest
 
 import covey
 from covey import FitResult
-from covey.core import Task
+from covey.core import Task, WeightsError
 from covey.sim import ClientClock, ClockedTransport, inline_transport
 from covey.sim._clock import uniform
 
@@ -251,6 +251,23 @@ def test_client_state_membership_takes_numpy_ids_and_never_raises(tmp_path: Any)
     assert -1 not in store
     assert "7" not in store
     assert True not in store
+
+
+def test_client_state_keeps_numpy_scalars_and_names_the_client_it_refuses(tmp_path: Any) -> None:
+    # `state["n"] + 1` of a 0-d array is a NumPy scalar, which save() refused as
+    # "weight 'n' must be a NumPy array", naming neither the store nor the client.
+    from covey.sim import ClientState
+
+    store = ClientState(tmp_path)
+    store.save(4, {"n": np.array(2)[()] + 1, "lr": np.float32(0.5)})
+    loaded = store.load(4)
+    assert loaded is not None
+    assert loaded["n"].shape == ()
+    assert int(loaded["n"]) == 3
+    assert loaded["lr"].dtype == np.float32
+    with pytest.raises(WeightsError, match=r"client 4's state: weight 'n' must be a NumPy array"):
+        store.save(4, {"n": 3})  # type: ignore[dict-item]
+    assert int(store.load(4)["n"]) == 3  # type: ignore[index]  # the old state stays
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])

@@ -12,13 +12,15 @@ processes and in Ray actors on one machine (on a cluster, give a shared folder).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from covey.core._codec import CodecError, decode, encode
 from covey.core._files import atomic_write
-from covey.core._weights import Array, Weights
+from covey.core._weights import Array, WeightsError
 
 
 class ClientState:
@@ -67,9 +69,24 @@ class ClientState:
             ) from exc
         return {name: np.array(value) for name, value in arrays.items()}
 
-    def save(self, cid: int, arrays: Weights) -> None:
-        """Replace client ``cid``'s arrays (atomically: a reader sees the old or the new)."""
-        atomic_write(self.path(cid), bytes(encode(arrays)))
+    def save(self, cid: int, arrays: Mapping[str, Array | np.generic[Any]]) -> None:
+        """Replace client ``cid``'s arrays (atomically: a reader sees the old or the new).
+
+        A NumPy scalar (``np.int64(3)``, what ``state["n"] + 1`` gives for a 0-d
+        array) is kept as the 0-d array holding it, as a client's weights take it.
+
+        Raises:
+            WeightsError: ``arrays`` is no mapping of names to arrays, named with the client.
+        """
+        path = self.path(cid)
+        given: Any = arrays  # typed a mapping, but called with what a client has
+        if isinstance(given, Mapping):
+            given = {k: np.asarray(v) if isinstance(v, np.generic) else v for k, v in given.items()}
+        try:
+            data = bytes(encode(given))
+        except WeightsError as exc:
+            raise WeightsError(f"client {cid}'s state: {exc}") from None
+        atomic_write(path, data)
 
     def __contains__(self, cid: object) -> bool:
         """Whether client ``cid`` has saved arrays (False for anything that is no client id)."""
