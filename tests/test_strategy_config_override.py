@@ -66,3 +66,30 @@ def test_an_override_alone_or_one_that_calls_the_base_runs_as_written() -> None:
     merged = Merged(on_fit_config=lambda round: {"epochs": 5}, fraction_evaluate=0.0)
     assert _run(merged) == [{"epochs": 5, "lr": 0.5, "round": 1}] * 2
     assert _run(Judged(fraction_evaluate=1.0))[-1] == {"batch": 64, "round": 1}
+
+
+class ByClient(covey.Strategy):
+    def client_fit_config(self, round: int, client: Any) -> dict[str, Any]:
+        return {"lr": 0.1 * (client.cid + 1)}
+
+
+class ByClientMerged(covey.Strategy):
+    def client_fit_config(self, round: int, client: Any) -> dict[str, Any]:
+        return {**super().client_fit_config(round, client), "lr": 0.1 * (client.cid + 1)}
+
+
+def test_a_per_client_override_that_drops_its_option_is_refused_too() -> None:
+    def epochs(round: int, client: Any) -> dict[str, Any]:
+        return {"epochs": 2}
+
+    strategy = ByClient(on_client_fit_config=epochs, fraction_evaluate=0.0)
+    with pytest.raises(
+        ValueError,
+        match=r"ByClient\.client_fit_config\(\) overrides Strategy\.client_fit_config\(\) "
+        r"without calling it, so on_client_fit_config=\S*epochs given to the strategy is "
+        r"never called: .*super\(\)\.client_fit_config\(round, client\)",
+    ):
+        _run(strategy)
+    assert sorted(c["lr"] for c in _run(ByClient(fraction_evaluate=0.0))) == [0.1, 0.2]
+    merged = _run(ByClientMerged(on_client_fit_config=epochs, fraction_evaluate=0.0))
+    assert sorted((c["lr"], c["epochs"]) for c in merged) == [(0.1, 2), (0.2, 2)]

@@ -182,6 +182,7 @@ def per_client_configs(
     clients: Sequence[ClientInfo],
     fixed: Collection[str] = (),
     step: str = "round",
+    given: tuple[Any, str] | None = None,
 ) -> dict[int, Config]:
     """Each client's whole config: ``base`` with the entries ``make(round, client)`` returns.
 
@@ -195,6 +196,9 @@ def per_client_configs(
         fixed: Entries covey adds to every fit config (``Strategy.fit_config_entries``).
         step: What ``round`` counts in errors: ``"round"``, or an asynchronous run's
             ``"update"``.
+        given: ``(function, option)`` when ``make`` is a subclass's override and the
+            strategy was given that option too: an override that does not call the
+            default (which calls the option) is refused at the first client.
 
     Returns:
         ``{cid: config}``; a client given no entries of its own shares ``base``.
@@ -208,7 +212,10 @@ def per_client_configs(
     out: dict[int, Config] = {}
     for client in clients:
         try:
-            made = make(round, client)
+            if given is not None and not out:
+                made = _override(make, round, client, what, given)
+            else:
+                made = make(round, client)
         except Exception as exc:  # the user's error, told where it came from
             exc.add_note(f"raised by {what} for client {client.cid} in {step} {round}")
             raise
@@ -226,6 +233,41 @@ def per_client_configs(
                 )
         out[client.cid] = {**base, **own} if own else base
     return out
+
+
+def client_option(strategy: Any, option: str, round: int, client: ClientInfo) -> Config:
+    """What ``strategy``'s per-client ``option`` returns for ``client`` (``{}`` without one)."""
+    asked = _OPTIONS_ASKED.get()
+    if asked is not None:
+        asked.append(option)
+    fn = getattr(strategy, option)
+    made: Config = {} if fn is None else fn(round, client)
+    return made
+
+
+def _override(
+    make: Callable[[int, ClientInfo], Any],
+    round: int,
+    client: ClientInfo,
+    what: str,
+    given: tuple[Any, str],
+) -> Any:
+    """``make(round, client)``, refused if that override never called its option."""
+    fn, option = given
+    asked: list[str] = []
+    token = _OPTIONS_ASKED.set(asked)
+    try:
+        made = make(round, client)
+    finally:
+        _OPTIONS_ASKED.reset(token)
+    if option not in asked:  # what the option would add would be dropped, unsaid
+        method = option.removeprefix("on_")
+        raise ValueError(
+            f"{what} overrides Strategy.{method}() without calling it, so {option}="
+            f"{name_of(fn)} given to the strategy is never called: take its entries in the "
+            f"override (config = super().{method}(round, client)), or leave {option} out"
+        )
+    return made
 
 
 def has_values(properties: Mapping[str, Any], required: Mapping[str, Any]) -> bool:

@@ -38,6 +38,7 @@ from covey.strategies._checks import (
 from covey.strategies._clients import (
     ClientConfigFn,
     ClientInfo,
+    client_option,
     eligible_ids,
     made_config,
     no_config,
@@ -415,13 +416,11 @@ class Strategy:
         train, in the order of their ids, and checks what it returns like
         ``on_client_fit_config``'s.
         """
-        fn = self.on_client_fit_config
-        return {} if fn is None else fn(round, client)
+        return client_option(self, "on_client_fit_config", round, client)
 
     def client_evaluate_config(self, round: int, client: ClientInfo) -> Config:
         """Entries of ``client``'s own for its evaluate task, on top of :meth:`evaluate_config`."""
-        fn = self.on_client_evaluate_config
-        return {} if fn is None else fn(round, client)
+        return client_option(self, "on_client_evaluate_config", round, client)
 
     def sends_client_configs(self, kind: str) -> bool:
         """Whether tasks of ``kind`` (``"fit"`` or ``"evaluate"``) get per-client entries."""
@@ -450,13 +449,14 @@ class Strategy:
         """
         if not self.sends_client_configs(kind):
             return None
-        option = getattr(self, f"on_client_{kind}_config")
-        what = self.source(f"client_{kind}_config", f"on_client_{kind}_config")
-        if option is not None and what == f"on_client_{kind}_config":
+        name = f"on_client_{kind}_config"
+        option, what = getattr(self, name), self.source(f"client_{kind}_config", name)
+        given = (option, name) if option is not None and what != name else None
+        if option is not None and what == name:
             what += f" {name_of(option)}"
         make = self.client_fit_config if kind == "fit" else self.client_evaluate_config
         fixed = self.fit_config_entries if kind == "fit" else ()
-        return per_client_configs(make, what, kind, round, base, clients, fixed, self._step)
+        return per_client_configs(make, what, kind, round, base, clients, fixed, self._step, given)
 
     def combined_metrics(
         self, kind: str, results: Sequence[tuple[int, Metrics]], round: int | None = None
