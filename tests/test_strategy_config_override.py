@@ -93,3 +93,27 @@ def test_a_per_client_override_that_drops_its_option_is_refused_too() -> None:
     assert sorted(c["lr"] for c in _run(ByClient(fraction_evaluate=0.0))) == [0.1, 0.2]
     merged = _run(ByClientMerged(on_client_fit_config=epochs, fraction_evaluate=0.0))
     assert sorted((c["lr"], c["epochs"]) for c in merged) == [(0.1, 2), (0.2, 2)]
+
+
+class Direct(covey.Strategy):
+    def fit_config(self, round: int) -> dict[str, Any]:
+        return {**self.on_fit_config(round), "lr": 0.5**round}
+
+    def client_fit_config(self, round: int, client: Any) -> dict[str, Any]:
+        assert self.on_client_fit_config is not None
+        return {**self.on_client_fit_config(round, client), "cid": client.cid}
+
+
+def test_an_override_that_calls_its_option_itself_runs_and_leaves_it_as_given() -> None:
+    def epochs(round: int) -> dict[str, Any]:
+        return {"epochs": 5}
+
+    def steps(round: int, client: Any) -> dict[str, Any]:
+        return {"steps": 3}
+
+    strategy = Direct(on_fit_config=epochs, on_client_fit_config=steps, fraction_evaluate=0.0)
+    seen = _run(strategy)
+    assert sorted(c["cid"] for c in seen) == [0, 1]
+    assert all(c["epochs"] == 5 and c["steps"] == 3 and c["lr"] == 0.5 for c in seen)
+    assert strategy.on_fit_config is epochs
+    assert strategy.on_client_fit_config is steps

@@ -12,8 +12,9 @@ are refused there, naming the function, rather than silently replaced.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection, Mapping, Sequence
-from contextvars import ContextVar
+import functools
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -126,9 +127,6 @@ def option_config(strategy: Any, option: str, round: int) -> Config:
         Exception: what the function raised, with a note naming it and the round.
     """
     make = getattr(strategy, option)
-    asked = _OPTIONS_ASKED.get()
-    if asked is not None:
-        asked.append(option)
     return checked_config(called(make, f"{option} {name_of(make)}", round, strategy._step), option)
 
 
@@ -138,8 +136,25 @@ def _default(strategy: Any, option: str) -> Any:
     return fields[option].default if option in fields else None
 
 
-# The options the base fit_config()/evaluate_config() read while a subclass's override runs.
-_OPTIONS_ASKED: ContextVar[list[str] | None] = ContextVar("covey_options_asked", default=None)
+@contextmanager
+def _noting(strategy: Any, option: str, asked: list[str]) -> Iterator[None]:
+    """While it lasts, ``strategy``'s ``option`` notes in ``asked`` that it was called.
+
+    An override may call it through the default method (``super().fit_config(round)``)
+    or itself (``self.on_fit_config(round)``): either way it is noted.
+    """
+    given = getattr(strategy, option)
+
+    @functools.wraps(given)
+    def noted(*args: Any) -> Any:
+        asked.append(option)
+        return given(*args)
+
+    object.__setattr__(strategy, option, noted)
+    try:
+        yield
+    finally:
+        object.__setattr__(strategy, option, given)
 
 
 def made_config(strategy: Any, kind: str, round: int) -> Any:
@@ -159,11 +174,8 @@ def made_config(strategy: Any, kind: str, round: int) -> Any:
     if given is None or given is _default(strategy, option):
         return called(make, what, round, strategy._step)
     asked: list[str] = []
-    token = _OPTIONS_ASKED.set(asked)
-    try:
+    with _noting(strategy, option, asked):
         value = called(make, what, round, strategy._step)
-    finally:
-        _OPTIONS_ASKED.reset(token)
     if option not in asked:  # what the option would add would be dropped, unsaid
         raise ValueError(
             f"{what} overrides Strategy.{method}() without calling it, so {option}="
@@ -235,16 +247,6 @@ def per_client_configs(
     return out
 
 
-def client_option(strategy: Any, option: str, round: int, client: ClientInfo) -> Config:
-    """What ``strategy``'s per-client ``option`` returns for ``client`` (``{}`` without one)."""
-    asked = _OPTIONS_ASKED.get()
-    if asked is not None:
-        asked.append(option)
-    fn = getattr(strategy, option)
-    made: Config = {} if fn is None else fn(round, client)
-    return made
-
-
 def _override(
     make: Callable[[int, ClientInfo], Any],
     round: int,
@@ -255,11 +257,8 @@ def _override(
     """``make(round, client)``, refused if that override never called its option."""
     fn, option = given
     asked: list[str] = []
-    token = _OPTIONS_ASKED.set(asked)
-    try:
+    with _noting(getattr(make, "__self__", None), option, asked):
         made = make(round, client)
-    finally:
-        _OPTIONS_ASKED.reset(token)
     if option not in asked:  # what the option would add would be dropped, unsaid
         method = option.removeprefix("on_")
         raise ValueError(

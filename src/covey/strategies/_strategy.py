@@ -38,7 +38,6 @@ from covey.strategies._checks import (
 from covey.strategies._clients import (
     ClientConfigFn,
     ClientInfo,
-    client_option,
     eligible_ids,
     made_config,
     no_config,
@@ -416,11 +415,13 @@ class Strategy:
         train, in the order of their ids, and checks what it returns like
         ``on_client_fit_config``'s.
         """
-        return client_option(self, "on_client_fit_config", round, client)
+        fn = self.on_client_fit_config
+        return {} if fn is None else fn(round, client)
 
     def client_evaluate_config(self, round: int, client: ClientInfo) -> Config:
         """Entries of ``client``'s own for its evaluate task, on top of :meth:`evaluate_config`."""
-        return client_option(self, "on_client_evaluate_config", round, client)
+        fn = self.on_client_evaluate_config
+        return {} if fn is None else fn(round, client)
 
     def sends_client_configs(self, kind: str) -> bool:
         """Whether tasks of ``kind`` (``"fit"`` or ``"evaluate"``) get per-client entries."""
@@ -452,8 +453,7 @@ class Strategy:
         name = f"on_client_{kind}_config"
         option, what = getattr(self, name), self.source(f"client_{kind}_config", name)
         given = (option, name) if option is not None and what != name else None
-        if option is not None and what == name:
-            what += f" {name_of(option)}"
+        what += f" {name_of(option)}" if option is not None and what == name else ""
         make = self.client_fit_config if kind == "fit" else self.client_evaluate_config
         fixed = self.fit_config_entries if kind == "fit" else ()
         return per_client_configs(make, what, kind, round, base, clients, fixed, self._step, given)
