@@ -203,6 +203,7 @@ def test_presets_train_a_model(make: Callable[[], covey.Strategy]) -> None:
         ({"batch_size": -1}, "'batch_size' must be an int >= 1"),
         ({"epochs": 0}, "'epochs' must be an int >= 1"),
         ({"lr": float("nan")}, "'lr' must be a finite number > 0"),
+        ({"lr": 2**1100}, "'lr' must be a finite number > 0"),
     ],
 )
 def test_logistic_client_refuses_settings_that_train_nothing(

@@ -70,7 +70,9 @@ def test_a_schedule_sent_each_round_reaches_every_client() -> None:
         np.testing.assert_allclose(result.weights[name], expected[name], rtol=1e-12)
 
 
-@pytest.mark.parametrize("lr", [0, -0.1, float("inf"), True, "0.1", None])
+@pytest.mark.parametrize(
+    "lr", [0, -0.1, float("inf"), True, "0.1", None, pytest.param(2**1100, id="int-past-float")]
+)
 def test_a_config_lr_that_is_no_rate_is_refused_naming_it(lr: object) -> None:
     start = to_weights(torch.nn.Linear(3, 1).double(), copy=True)
     with pytest.raises(ValueError, match=r"config 'lr' must be a finite number > 0, got"):

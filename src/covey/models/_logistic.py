@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 from covey.clients._client import Client
 from covey.clients._fedprox import proximal_mu
 from covey.clients._scaffold import ControlVariate, server_control
-from covey.core._messages import Config, EvaluateResult, FitResult
+from covey.core._messages import Config, EvaluateResult, FitResult, finite
 from covey.core._qfair import loss_before_fit
 from covey.core._weights import Array, Weights, WeightsError
 
@@ -158,11 +158,7 @@ def _settings(lr: Any, epochs: Any, batch_size: Any, where: str) -> tuple[float,
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise ValueError(f"{where}{name!r} must be an int >= 1, got {value!r}")
-    if (
-        isinstance(lr, bool)
-        or not isinstance(lr, int | float | np.integer | np.floating)
-        or not (np.isfinite(lr) and lr > 0)
-    ):
+    if not (finite(lr) and lr > 0):  # an int past the largest float is no rate either
         raise ValueError(f"{where}'lr' must be a finite number > 0, got {lr!r}")
     return float(lr), int(epochs), int(batch_size)
 

@@ -20,6 +20,7 @@ from covey.clients import (
 from covey.clients._scaffold import server_control
 from covey.clients._torch import dtypes_named, torch_device, torch_module
 from covey.core import Config, EvaluateResult, FitResult
+from covey.core._messages import finite
 from covey.core._qfair import loss_before_fit
 from covey.core._weights import Array, Weights, subtract
 from covey.torch._batches import move, split, trained_output
@@ -386,11 +387,7 @@ class TorchClient(Client):
         if "lr" not in config:
             return
         lr = config["lr"]
-        if (
-            isinstance(lr, bool)
-            or not isinstance(lr, int | float | np.integer | np.floating)
-            or not (np.isfinite(lr) and lr > 0)
-        ):
+        if not (finite(lr) and lr > 0):  # an int past the largest float is no rate either
             raise ValueError(f"config 'lr' must be a finite number > 0, got {lr!r}")
         for group in optimizer.param_groups:
             group["lr"] = float(lr)
