@@ -716,6 +716,26 @@ def test_clients_without_evaluate_are_said_once_and_recorded_in_one_line(
     ]
 
 
+def test_a_round_whose_evaluators_fail_otherwise_still_warns_of_too_few(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Once clients without evaluate() had been said, a later round in which every
+    # evaluator failed for another reason (past the first ten, not logged one by one) was
+    # no longer warned of: the run's only sign that its evaluation had stopped.
+    class Later(RandomClient):
+        def evaluate(self, weights: Any, config: Any) -> Any:
+            if config["round"] == 1:
+                return super().evaluate(weights, config)
+            raise RuntimeError("the evaluation data is gone")
+
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        covey.simulate(lambda cid: Later(cid), 2, 2, covey.FedAvg(), initial())
+    warned = [r.getMessage() for r in caplog.records]
+    assert "clients do not implement evaluate(); set fraction_evaluate=0" in " ".join(warned)
+    assert "round 1: only 0 client(s) evaluated" not in " ".join(warned)
+    assert any(m.startswith("round 2: only 0 client(s) evaluated") for m in warned), warned
+
+
 def test_an_evaluate_that_raises_not_implemented_itself_keeps_its_traceback() -> None:
     class Own(RandomClient):
         def evaluate(self, weights: Any, config: Any) -> Any:

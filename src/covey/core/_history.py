@@ -368,6 +368,11 @@ def recorded_names(history: History, source: Source) -> list[str]:
     return sorted({m for r in history.rounds for m, _ in metric_items(r, source)})
 
 
+def lacks_evaluate(failure: Failure) -> bool:
+    """Whether ``failure`` is that of a client without ``evaluate()``: a set-up, not an incident."""
+    return failure.error.endswith("does not implement evaluate()")
+
+
 def is_loss(name: str) -> bool:
     """Whether a metric named ``name`` is a loss, lower being better: one of its words is loss."""
     return "loss" in re.split(r"[^a-z0-9]+", name.lower())

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from covey.aggregate import AggregationError, Contribution, End
-from covey.core._history import Failure, History, RoundRecord
+from covey.core._history import Failure, History, RoundRecord, lacks_evaluate
 from covey.core._messages import FitResult, Reply
 from covey.core._metricnames import renamed_metrics
 from covey.core._recordvalues import recorded_info
@@ -383,7 +383,7 @@ class _LoopBase:
 
     def _record_failure(self, failures: list[Failure], failure: Failure) -> None:
         failures.append(failure)
-        if failure.error.endswith("does not implement evaluate()"):
+        if lacks_evaluate(failure):
             # A common set-up, not an incident: say it once, not every round.
             if not self._said_no_evaluate:
                 self._said_no_evaluate = True

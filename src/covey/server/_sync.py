@@ -17,7 +17,7 @@ from typing import Any
 
 from covey.aggregate import Begin
 from covey.aggregate._base import broadcast_extras, min_contributions, run_hooks
-from covey.core._history import Failure, History, RoundRecord
+from covey.core._history import Failure, History, RoundRecord, lacks_evaluate
 from covey.core._messages import EvaluateResult, Reply, Task
 from covey.core._recordvalues import settle, written
 from covey.core._weights import Weights
@@ -475,7 +475,7 @@ class RoundLoop(_LoopBase):
                 )
         got, least = len(record.evaluate_participants), strategy.min_evaluate_clients
         if got < min(least, len(cids)):
-            if got or not self._said_no_evaluate:  # else said once: the clients have no evaluate
+            if got or not all(map(lacks_evaluate, record.evaluate_failures)):  # said once
                 logger.warning(
                     "round %d: only %d client(s) evaluated, fewer than min_evaluate_clients=%d",
                     *(rnd, got, least),
