@@ -117,3 +117,23 @@ def test_an_override_that_calls_its_option_itself_runs_and_leaves_it_as_given() 
     assert all(c["epochs"] == 5 and c["steps"] == 3 and c["lr"] == 0.5 for c in seen)
     assert strategy.on_fit_config is epochs
     assert strategy.on_client_fit_config is steps
+
+
+class LeaderFirst(covey.Strategy):
+    def client_fit_config(self, round: int, client: Any) -> dict[str, Any]:
+        if client.cid == 0:  # the first client is told apart; the others get the option's
+            return {"leader": True}
+        return super().client_fit_config(round, client)
+
+
+def test_a_per_client_override_that_calls_its_option_for_some_clients_runs() -> None:
+    # Only the round's first client was looked at: an override that calls the default
+    # for every client but that one was refused, though the option reached the others.
+    def epochs(round: int, client: Any) -> dict[str, Any]:
+        return {"epochs": 2}
+
+    seen = _run(LeaderFirst(on_client_fit_config=epochs, fraction_evaluate=0.0))
+    assert sorted(seen, key=lambda c: "leader" in c) == [
+        {"epochs": 2, "round": 1},
+        {"leader": True, "round": 1},
+    ]

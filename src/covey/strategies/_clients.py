@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -209,8 +209,8 @@ def per_client_configs(
         step: What ``round`` counts in errors: ``"round"``, or an asynchronous run's
             ``"update"``.
         given: ``(function, option)`` when ``make`` is a subclass's override and the
-            strategy was given that option too: an override that does not call the
-            default (which calls the option) is refused at the first client.
+            strategy was given that option too: an override that calls the default
+            (which calls the option) for none of the round's clients is refused.
 
     Returns:
         ``{cid: config}``; a client given no entries of its own shares ``base``.
@@ -222,51 +222,37 @@ def per_client_configs(
     """
     refused = reserved_keys(kind, fixed)
     out: dict[int, Config] = {}
-    for client in clients:
-        try:
-            if given is not None and not out:
-                made = _override(make, round, client, what, given)
-            else:
+    asked: list[str] = []  # an override that may call its option for some clients alone
+    owner = getattr(make, "__self__", None)
+    with nullcontext() if given is None else _noting(owner, given[1], asked):
+        for client in clients:
+            try:
                 made = make(round, client)
-        except Exception as exc:  # the user's error, told where it came from
-            exc.add_note(f"raised by {what} for client {client.cid} in {step} {round}")
-            raise
-        own = checked_config(made, what)
-        for key in own:
-            if not isinstance(key, str):
-                raise TypeError(
-                    f"{what} must return a dict keyed by names (str), got key {key!r} "
-                    f"for client {client.cid}"
-                )
-            if key in refused or key.startswith(PREFIX):
-                raise ValueError(
-                    f"{what} set {key!r} for client {client.cid} in {step} {round}: covey sets "
-                    f"that entry of the {kind} config itself; give yours another name"
-                )
-        out[client.cid] = {**base, **own} if own else base
-    return out
-
-
-def _override(
-    make: Callable[[int, ClientInfo], Any],
-    round: int,
-    client: ClientInfo,
-    what: str,
-    given: tuple[Any, str],
-) -> Any:
-    """``make(round, client)``, refused if that override never called its option."""
-    fn, option = given
-    asked: list[str] = []
-    with _noting(getattr(make, "__self__", None), option, asked):
-        made = make(round, client)
-    if option not in asked:  # what the option would add would be dropped, unsaid
+            except Exception as exc:  # the user's error, told where it came from
+                exc.add_note(f"raised by {what} for client {client.cid} in {step} {round}")
+                raise
+            own = checked_config(made, what)
+            for key in own:
+                if not isinstance(key, str):
+                    raise TypeError(
+                        f"{what} must return a dict keyed by names (str), got key {key!r} "
+                        f"for client {client.cid}"
+                    )
+                if key in refused or key.startswith(PREFIX):
+                    raise ValueError(
+                        f"{what} set {key!r} for client {client.cid} in {step} {round}: covey "
+                        f"sets that entry of the {kind} config itself; give yours another name"
+                    )
+            out[client.cid] = {**base, **own} if own else base
+    if given is not None and clients and not asked:  # what the option adds, dropped unsaid
+        fn, option = given
         method = option.removeprefix("on_")
         raise ValueError(
             f"{what} overrides Strategy.{method}() without calling it, so {option}="
             f"{name_of(fn)} given to the strategy is never called: take its entries in the "
             f"override (config = super().{method}(round, client)), or leave {option} out"
         )
-    return made
+    return out
 
 
 def has_values(properties: Mapping[str, Any], required: Mapping[str, Any]) -> bool:
