@@ -419,3 +419,27 @@ def test_signed_keys_under_a_curious_threat_model_warn_that_lists_can_be_split()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         secure(covey.FedAvg(), clip_range=CLIP, signed=True, threat=semi)
+
+
+def test_a_large_draw_stopped_at_setup_is_not_told_to_sample_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A setup that fails for a draw of 20 clients or more fails for too many clients or
+    # too wide a sum; the error said to raise fraction_fit, which makes it worse.
+    from covey.secagg import _secure as secured
+    from covey.secagg._driver import SecAggAbort
+
+    def too_wide(*args: Any, **kw: Any) -> Any:
+        raise SecAggAbort("the sum of 25 values needs a 63-bit ring, more than 62", "setup", {})
+
+    monkeypatch.setattr(secured, "secure_sum", too_wide)
+    dp = covey.privacy.central(
+        covey.FedAvg(fraction_fit=1.0, min_fit_clients=0, fraction_evaluate=0.0),
+        noise_multiplier=1.0,
+        clip=0.5,
+        delta=1e-3,
+        clipping="client",
+    )
+    with pytest.raises(covey.FederationError, match="63-bit ring") as info:
+        _run(_secure(dp), frozenset(), n=25)
+    assert "fraction_fit" not in str(info.value)

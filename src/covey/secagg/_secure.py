@@ -47,6 +47,9 @@ from covey.strategies._names import FLOWER_SECAGG_OPTIONS, a_strategy, flower_ke
 from covey.strategies._strategy import Strategy
 from covey.strategies._subclass import replace_strategy
 
+_FEW = 20
+"""A Poisson draw of fewer clients may stop a secured central-DP round; of more, rarely."""
+
 FIT_INPUT = "covey.secagg.fit"
 Reducer = Literal["auto", "weighted_mean", "mean"]
 _INDIVIDUAL = {"FedMedian", "FedTrimmedAvg", "Krum", "MultiKrum", "Bulyan", "FedRFA", "QFedAvg"}
@@ -178,10 +181,12 @@ class _Secure:
             )
         except SecAggAbort as exc:
             error = str(exc)
-            if exc.stage == "setup" and self.summed:  # too few clients in a Poisson draw
+            # Too few clients in a Poisson draw: a draw of 20 or more failed otherwise (too
+            # many clients, or too wide a sum), where sampling more would not help.
+            if exc.stage == "setup" and self.summed and len(cids) < _FEW:
                 error += (
                     f"; central DP's Poisson draw took {len(cids)} clients this round: raise "
-                    "fraction_fit so that fraction_fit x clients is 20 or more, which makes "
+                    f"fraction_fit so that fraction_fit x clients is {_FEW} or more, which makes "
                     "such a draw rare (docs/privacy.md)"
                 )
             return FitOutcome(
