@@ -137,3 +137,27 @@ def test_a_per_client_override_that_calls_its_option_for_some_clients_runs() -> 
         {"epochs": 2, "round": 1},
         {"leader": True, "round": 1},
     ]
+
+
+class LaterOwn(covey.Strategy):
+    def fit_config(self, round: int) -> dict[str, Any]:
+        if round > 2:  # from round 3 on, the override's entries alone
+            return {"lr": 0.01}
+        return super().fit_config(round)
+
+
+def test_an_override_that_drops_its_option_from_a_later_round_on_is_warned_of_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Refused as round 3's config was made: a run stopped mid-way for what round 1 passed.
+    seen: list[dict[str, Any]] = []
+    strategy = LaterOwn(on_fit_config=lambda round: {"epochs": 5}, fraction_evaluate=0.0)
+    with caplog.at_level("WARNING", logger="covey"):
+        result = covey.simulate(lambda cid: Told(seen), 2, 5, strategy, {"w": np.zeros(1)})
+    assert [r.aggregated for r in result.history.rounds[1:]] == [True] * 5
+    assert [c.get("epochs") for c in seen] == [5, 5, 5, 5, None, None, None, None, None, None]
+    warned = [r.getMessage() for r in caplog.records if "never called" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert warned[0].startswith(
+        "from round 3: LaterOwn.fit_config() overrides Strategy.fit_config() without calling it"
+    )

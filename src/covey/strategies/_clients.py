@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from types import MappingProxyType
@@ -22,6 +23,8 @@ import numpy as np
 
 from covey.core._messages import Config
 from covey.strategies._checks import checked_config, name_of
+
+logger = logging.getLogger("covey")
 
 
 class ClientInfo(NamedTuple):
@@ -177,12 +180,32 @@ def made_config(strategy: Any, kind: str, round: int) -> Any:
     with _noting(strategy, option, asked):
         value = called(make, what, round, strategy._step)
     if option not in asked:  # what the option would add would be dropped, unsaid
-        raise ValueError(
+        dropped(
             f"{what} overrides Strategy.{method}() without calling it, so {option}="
             f"{name_of(given)} given to the strategy is never called: take its entries in "
-            f"the override (config = super().{method}(round)), or leave {option} out"
+            f"the override (config = super().{method}(round)), or leave {option} out",
+            round,
         )
     return value
+
+
+_WARNED: set[str] = set()
+
+
+def dropped(message: str, round: int) -> None:
+    """Refuse, in round 1, an override that drops its option; in a later round, warn once.
+
+    An override that drops it only from some round on (``if round > 10: ...``) is
+    told of once as that round's config is made, not by stopping a run mid-way.
+
+    Raises:
+        ValueError: ``message``, in round 1 (or before).
+    """
+    if round <= 1:
+        raise ValueError(message)
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning("from round %d: %s", round, message)
 
 
 def per_client_configs(
@@ -247,10 +270,11 @@ def per_client_configs(
     if given is not None and clients and not asked:  # what the option adds, dropped unsaid
         fn, option = given
         method = option.removeprefix("on_")
-        raise ValueError(
+        dropped(
             f"{what} overrides Strategy.{method}() without calling it, so {option}="
             f"{name_of(fn)} given to the strategy is never called: take its entries in the "
-            f"override (config = super().{method}(round, client)), or leave {option} out"
+            f"override (config = super().{method}(round, client)), or leave {option} out",
+            round,
         )
     return out
 
