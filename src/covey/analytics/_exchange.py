@@ -329,12 +329,18 @@ class Federation:
                 timeout=self.timeout,
                 threat=self.threat,
                 complete=len(self.cids) <= COMPLETE_UP_TO or None,
+                # the sum of fewer sites holds fewer noise shares than the query was
+                # charged for, and no answer uses it: it is never unmasked
+                min_survivors=len(self.cids),
+                shortfall="and a query sums every answering site's: nothing was unmasked",
             )
         except secagg.SecAggAbort as exc:
             self._refused_mid_query(exc.dropped, f"secure aggregation stopped in stage {exc.stage}")
             why = "; ".join(f"{self.names.get(c, c)}: {w}" for c, w in sorted(exc.dropped.items()))
             raise FederationQueryError(
-                f"secure aggregation stopped: {exc}" + (f" ({why})" if why else "")
+                f"secure aggregation stopped: {exc}"
+                + (f" ({why})" if why else "")
+                + _charged(request)
             ) from None
         for cid, what in sorted(out.suspects.items()):
             logger.warning("%s %s in secure aggregation", self.names.get(cid, cid), what)
@@ -407,6 +413,17 @@ class Federation:
                 )
             out.append(arr.astype(np.float64).reshape(s))
         return out
+
+
+def _charged(request: Mapping[str, Any]) -> str:
+    """What a stopped secure DP stage cost: the sites that answered it charged their budgets."""
+    if not request.get("dp"):
+        return ""
+    return (
+        "; the sites that computed their answer charged it to their DP budgets (as did an "
+        "analyst's budget the query was charged to): asked again of the same sites, the "
+        "query is answered from their caches at no further cost"
+    )
 
 
 def _non_finite(name: str, stat: Mapping[str, Any]) -> str:
