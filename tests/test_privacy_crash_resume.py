@@ -60,6 +60,7 @@ def _as_if_killed(run: Path) -> None:
 def test_a_resume_after_a_crash_charges_the_round_that_may_have_left(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
     killed: bool,
     noise_seed: int | None,
     charged: int,
@@ -69,8 +70,17 @@ def test_a_resume_after_a_crash_charges_the_round_that_may_have_left(
     assert first.history[2].aggregate_info["dp"]["rounds"] == 2
     if killed:
         _as_if_killed(run)
+    capsys.readouterr()
     with caplog.at_level(logging.WARNING, logger="covey"):
         resumed = _run(run, 3, noise_seed, resume=True)
+    # the statement says the rounds trained and, where more, the releases charged
+    printed = capsys.readouterr().out
+    if charged == 3:
+        assert "  rounds:      3\n" in printed, printed
+        assert "charged:" not in printed
+    else:
+        assert "  rounds:      3 trained\n" in printed, printed
+        assert f"  charged:     {charged} releases (a round done again" in printed
     dp = resumed.history[3].aggregate_info["dp"]
     assert dp["rounds"] == charged
     assert resumed.history[3].privacy is not None

@@ -450,11 +450,14 @@ def statement(
     rounds: int,
     extra: Iterable[str] = (),
     relation: str = "add or remove one",
+    trained: int | None = None,
 ) -> str:
     """A privacy statement: what was protected, by which mechanism, at what (epsilon, delta).
 
     ``relation`` names the neighbouring datasets the guarantee is stated for: the
-    one the mechanism is accounted under.
+    one the mechanism is accounted under. ``rounds`` counts the releases charged;
+    ``trained``, where it is fewer, the rounds the run trained (a round done again
+    after its server stopped unsaved is charged twice): both are then stated.
 
     References:
         Ponomareva et al., "How to DP-fy ML: A Practical Guide to Machine Learning
@@ -465,7 +468,15 @@ def statement(
         f"  mechanism:   {mechanism}",
         f"  unit:        {unit} ({relation})",
         f"  sampling:    {sampling}",
-        f"  rounds:      {rounds}",
+        *(
+            [f"  rounds:      {rounds}"]
+            if trained is None or trained >= rounds
+            else [
+                f"  rounds:      {trained} trained",
+                f"  charged:     {rounds} releases (a round done again after its server "
+                "stopped unsaved is charged twice)",
+            ]
+        ),
         f"  accountant:  dp-accounting {accountant.upper()}",
         f"  guarantee:   ({epsilon:.4g}, {delta:.3g})-differential privacy",
         *(f"  {line}" for line in extra),

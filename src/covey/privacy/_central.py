@@ -190,6 +190,7 @@ class PrivacyHook:
             rounds=rounds,
             extra=[f"stopped:     {history.stopped_reason}"] if history.stopped_reason else [],
             relation=self.relation,
+            trained=sum("dp" in r.aggregate_info for r in history.rounds),
         )
         print(self.printed)
 
