@@ -236,4 +236,8 @@ def test_an_abort_in_the_unmasking_says_which_clients_did_not_reveal_and_why(
         _sum(transport)
     assert info.value.stage == "unmask"
     assert sorted(info.value.dropped) == [1, 2]
-    assert info.value.dropped[1] == (error or "no reply in time")
+    # each had sent its masked input: said so after its own reason
+    assert info.value.dropped[1] == (
+        f"{error or 'no reply in time'} (in stage unmask, after its masked input was "
+        "taken: its update was in the masked sum, which was not unmasked)"
+    )

@@ -18,7 +18,9 @@ from covey.secagg import (
     register_input,
     secure_sum,
 )
+from covey.secagg._server_stages import LEFT_MASKED
 from covey.transport._memory import MemoryTransport
+from covey.transport.grpc._registry import lost_connection
 
 
 class Site:
@@ -148,6 +150,49 @@ def test_too_many_dropouts_abort_cleanly() -> None:
     assert info.value.stage == "mask"
     assert "threshold" in info.value.reason
     assert set(info.value.dropped) >= set(range(7))
+
+
+def test_an_abort_in_the_unmasking_says_who_left_there_with_its_input_in_the_masked_sum() -> None:
+    # They were named "no reply in time" alone, as a client that never sent its input
+    # is, though their updates were in the masked sum (which was not unmasked).
+    sites = _sites(10)
+    threat = ThreatModel(corrupt_rate=0.3, dropout_rate=0.3)
+    # threshold 4: 7 of the 10 survivors leave before revealing, 3 < 4 remain
+    with pytest.raises(SecAggAbort) as info:
+        secure_sum(
+            Dropping(sites, {"secagg.unmask": set(range(7))}),
+            list(sites),
+            round=1,
+            input_kind="test.vector",
+            length=50,
+            bound=1000,
+            threat=threat,
+            complete=True,
+        )
+    assert info.value.stage == "unmask"
+    assert sorted(info.value.dropped) == list(range(7))
+    for why in info.value.dropped.values():
+        assert why == (
+            "no reply in time (in stage unmask, after its masked input was taken: its "
+            "update was in the masked sum, which was not unmasked)"
+        )
+    # a lost connection still reads as one (a round cut short so may be run again)
+    said = LEFT_MASKED.format("unmask", "client disconnected")
+    assert said.startswith("client disconnected (in stage unmask, ")
+    assert lost_connection(said)
+    # one that left before sending its input is said so, as before
+    with pytest.raises(SecAggAbort) as info:
+        secure_sum(
+            Dropping(sites, {"secagg.mask": set(range(7))}),
+            list(sites),
+            round=1,
+            input_kind="test.vector",
+            length=50,
+            bound=1000,
+            threat=threat,
+            complete=True,
+        )
+    assert info.value.dropped[0] == "no reply in time"
 
 
 def test_tolerance_edge_survives_and_one_more_drop_aborts() -> None:

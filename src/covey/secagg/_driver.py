@@ -298,6 +298,7 @@ def secure_sum(
     took: dict[str, set[int]] = {}  # the clients each stage took a reply from, and the late
     session = state.session
     stage = "advertise"
+    alive: list[int] = []
     try:
         t0 = time.perf_counter()
         tasks = {
@@ -385,7 +386,9 @@ def secure_sum(
         seconds["unmask"] = time.perf_counter() - t0
     except cs.ProtocolAbort as exc:
         # A client's own error says more than the stage's summary ("no key shares").
-        why = {**state.left, **state.dropped, **failures, **state.suspects}
+        # a survivor that left since: it is said so, as its update is in the masked sum
+        left = {u: ss.LEFT_MASKED.format(stage, failures[u]) for u in alive if u in failures}
+        why = {**state.left, **state.dropped, **failures, **left, **state.suspects}
         refused = ss.refusals(state, took, failures)
         raise SecAggAbort(_named(str(exc), transport), stage, why, refused) from None
     excluded = {u: failures.get(u, why) for u, why in state.left.items()}

@@ -178,6 +178,17 @@ def unverified(
     return refused
 
 
+LEFT_MASKED = (
+    "{1} (in stage {0}, after its masked input was taken: its update was in the masked "
+    "sum, which was not unmasked)"
+)
+"""Why a survivor that left before the sum was unmasked is out of an aborted round.
+
+The failure comes first, as the transport said it (``client disconnected``: a lost
+connection, which a round may be run again for), then the stage.
+"""
+
+
 def refusals(
     state: ServerState, took: Mapping[str, set[int]], failures: Mapping[int, str]
 ) -> dict[int, str]:
