@@ -102,7 +102,7 @@ def test_a_bounded_column_of_text_is_refused_when_the_site_starts(tmp_path: Path
         "site 'north': table 't': the policy bounds column 'age', but it holds text: 1 "
         "row(s) hold a value that is no number, the first 'unknown'; give numbers in it, and "
         "leave missing values empty (a CSV file's NA, N/A, NULL and . are missing values too, "
-        "unless its CSV(path, na=...) says otherwise)"
+        "unless its CSV(path, na=...) or covey site --csv-na t=... says otherwise)"
     )
     with pytest.raises(ValueError, match=r"column 'age', but it holds text: 2 row\(s\)"):
         _site(CSV(path, na=()))

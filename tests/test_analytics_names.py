@@ -238,8 +238,8 @@ def test_a_csv_whose_header_duckdb_skips_for_a_later_line_is_refused_naming_both
         f"site 'north': table 't': DuckDB's reader would skip lines 1 to 2 of {path} (line 1: "
         "'age,ward') and take line 3 for the header ('40,B,extra'); line 3 ('40,B,extra') has "
         "3 fields, line 1 ('age,ward') 2: give every row as many fields as the header; if the "
-        "lines above the header are notes, remove them (or, from Python, skip them: "
-        "covey.analytics.CSV(path, skip=2))"
+        "lines above the header are notes, remove them (or skip them: covey site --csv-skip "
+        "t=2, or covey.analytics.CSV(path, skip=2) in Python)"
     )
     # a title above the header is skipped, and so is a comment line
     for head in ("# exported\n", "Report 2026\n"):

@@ -22,6 +22,14 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from covey.analytics._cli_sources import (
+    CsvDecimal,
+    CsvNa,
+    CsvSkip,
+    default_ledger,
+    with_csv_options,
+)
+from covey.analytics._cli_sources import tables_flag as _tables
 from covey.core._files import hold_lock, write_output
 from covey.core._interrupt import interrupts_as_such, stop_on_sigterm
 from covey.deploy._cli_errors import TomlFileError, file_flag, read_toml_file
@@ -32,7 +40,6 @@ from covey.deploy._shown import escape
 
 console = output_console()
 errors = output_console(stderr=True)
-_NAME_MAX = 255  # the longest file name (in bytes) most file systems take
 
 
 def load_policy(path: Path | None) -> Any:
@@ -85,46 +92,6 @@ def load_policy(path: Path | None) -> Any:
         return Policy(**{**table, "bounds": bounds})
     except (TypeError, ValueError, IndexError) as exc:
         raise typer.BadParameter(f"{path}: {exc}", param_hint="--policy") from None
-
-
-def _tables(specs: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for spec in specs:
-        name, sep, source = spec.partition("=")
-        if not sep or not name or not source:
-            raise typer.BadParameter(f"expected NAME=SOURCE, got {spec!r}", param_hint="--table")
-        if name in out:  # the later one would replace the earlier one unseen
-            raise typer.BadParameter(
-                f"table {name!r} is given twice ({out[name]!r} and {source!r})",
-                param_hint="--table",
-            )
-        out[name] = source
-    return out
-
-
-def default_ledger(tables: dict[str, str], name: str) -> Path:
-    """Where a site keeps its DP budget by default: next to its first table's file.
-
-    Raises:
-        ValueError: ``name`` cannot name a file there: it holds a folder separator
-            (``../x`` would keep the budget outside the table's folder), or the file's
-            name would be longer than a file system takes; ``--ledger`` is asked for.
-    """
-    first = next(iter(tables.values()))
-    source = Path(first.removeprefix("sqlite:///"))
-    file = f"{name}.covey-budget.json"
-    separators = {"/", os.sep} | ({os.altsep} if os.altsep else set())
-    if any(s in name for s in separators):
-        raise ValueError(
-            f"--name {name!r} holds a folder separator, so it cannot name the ledger file "
-            f"next to the first table ({source.parent}); give the file with --ledger FILE"
-        )
-    if len(f"{file}.lock".encode()) > _NAME_MAX:  # the lock file beside it is longer still
-        raise ValueError(
-            f"--name of {len(name)} characters is too long to name the ledger file "
-            f"{file!r} next to the first table; give the file with --ledger FILE"
-        )
-    return source.parent / file
 
 
 def hold_ledger(path: Path) -> int | None:
@@ -190,6 +157,9 @@ def site_command(
             metavar="PATH",
         ),
     ] = None,
+    csv_skip: CsvSkip = None,
+    csv_na: CsvNa = None,
+    csv_decimal: CsvDecimal = None,
 ) -> None:
     """Serve analytics queries over local tables, answering under the site's policy."""
     from covey.analytics._site import Site
@@ -204,9 +174,10 @@ def site_command(
         errors.print("[yellow]warning:[/] no --policy given: this site refuses every query")
     try:
         tables = _tables(table)
+        sources = with_csv_options(tables, csv_skip, csv_na, csv_decimal)
         kept = ledger if ledger is not None else default_ledger(tables, name or "site")
         held = hold_ledger(kept)  # noqa: F841 - held until this process exits
-        site = Site(tables, the_policy, name=name or "site", ledger=kept)
+        site = Site(sources, the_policy, name=name or "site", ledger=kept)
         errors.print(f"privacy budget kept in {escape(str(kept))}", soft_wrap=True)
         tls = _site_tls(certs, name, server_name, insecure, server)
     except (OSError, ValueError, TypeError) as exc:  # a table, ledger or certificate given

@@ -139,7 +139,16 @@ def _uneven(path: Path, dialect: _Dialect) -> str:
     )
 
 
-def _check_header(path: Path, dialect: _Dialect, con: Any, text: str, values: str) -> None:
+def skip_hint(name: str, skip: int) -> str:
+    """How to say a CSV's header is below ``skip`` lines: ``covey site``'s flag, or Python's."""
+    return (
+        f"covey site --csv-skip {name}={skip}, or covey.analytics.CSV(path, skip={skip}) in Python"
+    )
+
+
+def _check_header(
+    name: str, path: Path, dialect: _Dialect, con: Any, text: str, values: str
+) -> None:
     """Refuse a file whose header DuckDB's reader may have guessed wrong.
 
     A row with more fields than the header makes the reader take it for the
@@ -149,10 +158,6 @@ def _check_header(path: Path, dialect: _Dialect, con: Any, text: str, values: st
     or skipped. Lines skipped without the delimiter (a title, a comment) are left
     skipped.
     """
-    hint = (
-        "if the lines above the header are notes, remove them (or, from Python, skip "
-        "them: covey.analytics.CSV(path, skip=N))"
-    )
     lines = _lines(path, dialect.skip + 3)
     above = [
         i
@@ -165,9 +170,10 @@ def _check_header(path: Path, dialect: _Dialect, con: Any, text: str, values: st
             f"DuckDB's reader would skip {_span(dialect.skip)} of {path} (line {above[0]}: "
             f"{_shown(lines[above[0] - 1])}) and take line {dialect.skip + 1} for the header "
             f"({_shown(lines[dialect.skip])}){'; ' + uneven if uneven else ''}: give every row "
-            f"as many fields as the header; {hint.replace('N)', f'{dialect.skip})')}"
+            f"as many fields as the header; if the lines above the header are notes, remove "
+            f"them (or skip them: {skip_hint(name, dialect.skip)})"
         )
-    _check_first_row(path, dialect, con, text, values, lines)
+    _check_first_row(name, path, dialect, con, text, values, lines)
 
 
 def _check_delimiter(path: Path, dialect: _Dialect) -> None:
@@ -188,7 +194,13 @@ def _check_delimiter(path: Path, dialect: _Dialect) -> None:
 
 
 def _check_first_row(
-    path: Path, dialect: _Dialect, con: Any, text: str, values: str, lines: list[str]
+    name: str,
+    path: Path,
+    dialect: _Dialect,
+    con: Any,
+    text: str,
+    values: str,
+    lines: list[str],
 ) -> None:
     """Refuse a file whose first row below the header reads as a header itself.
 
@@ -213,10 +225,9 @@ def _check_first_row(
                 f"line {row} of {path} ({_shown(lines[row - 1])}) reads as a header: column "
                 f"{i + 1} holds values of type {then} on the lines below it, but text on that "
                 f"line. If line {top} ({_shown(lines[top - 1])}) is a note above the header, "
-                f"remove it (or, from Python, skip it: covey.analytics.CSV(path, skip={top})); "
-                f"if line {row} is data, make its value in that column one of that type, or a "
-                f"missing value (NA), or say the header is line {top}: CSV(path, "
-                f"skip={dialect.skip})"
+                f"remove it (or skip it: {skip_hint(name, top)}); if line {row} is data, make "
+                "its value in that column one of that type, or a missing value (NA), or say "
+                f"the header is line {top}: {skip_hint(name, dialect.skip)}"
             )
 
 
@@ -264,7 +275,7 @@ def load_csv(con: duckdb.DuckDBPyConnection, name: str, source: Path | CSV) -> N
     try:
         dialect = _Dialect(con, text, opts, values)
         if opts.skip is None:
-            _check_header(path, dialect, con, text, values)
+            _check_header(name, path, dialect, con, text, values)
         _check_delimiter(path, dialect)
         cells = _header_cells(con, text, dialect)
         reader = f"read_csv({text}, header = true, skip = {dialect.skip}, {dialect.sql}, "

@@ -298,11 +298,12 @@ def check_bounded(
         )
         if row and re.fullmatch(r"[-+]?\d*,\d+", str(row[0])):
             first += (
-                " (a decimal comma: from Python, read the file with "
-                "covey.analytics.CSV(path, decimal=','))"
+                f" (a decimal comma: read the file with covey site --csv-decimal {name}=, "
+                "or covey.analytics.CSV(path, decimal=',') in Python)"
             )
         raise ValueError(
             f"table {name!r}: the policy bounds column {col!r}, but it holds text{first}; "
             "give numbers in it, and leave missing values empty (a CSV file's NA, N/A, NULL "
-            "and . are missing values too, unless its CSV(path, na=...) says otherwise)"
+            f"and . are missing values too, unless its CSV(path, na=...) or covey site "
+            f"--csv-na {name}=... says otherwise)"
         )
