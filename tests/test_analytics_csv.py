@@ -141,3 +141,44 @@ def test_csv_options_are_checked() -> None:
         CSV("t.csv", na="NA")
     with pytest.raises(ValueError, match=r"decimal= takes '.' or ','"):
         CSV("t.csv", decimal=";")
+
+
+@pytest.mark.parametrize(
+    ("text", "top"),
+    [
+        ("exported by X, 2026\nage,ward\n", 1),  # the note's fields named the columns
+        ("Report\nexported by X, 2026\nage,ward\n", 2),  # below a title, skipped
+    ],
+)
+def test_a_note_of_fields_above_a_header_with_no_rows_is_refused(
+    tmp_path: Path, text: str, top: int
+) -> None:
+    # loaded as columns 'exported by X' and '2026' holding one row 'age', 'ward'
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=r"^site 'north': table 't': ") as info:
+        _site(path, policy=Policy(min_group_size=1))
+    assert str(info.value) == (
+        f"site 'north': table 't': DuckDB's reader would take line {top} of {path} "
+        f"('exported by X, 2026') for the header and line {top + 1} ('age,ward') for its one "
+        "row, but both are text and no row below tells which is the header: line "
+        f"{top} may be a note above it. If the header is line {top + 1}, remove line {top} "
+        f"(or skip it: covey site --csv-skip t={top}, or covey.analytics.CSV(path, "
+        f"skip={top}) in Python); if it is line {top}, say so: covey site --csv-skip "
+        f"t={top - 1}, or covey.analytics.CSV(path, skip={top - 1}) in Python"
+    )
+    site = _site(CSV(path, skip=top), policy=Policy(min_group_size=1))
+    assert site._columns["t"] == {"age": "VARCHAR", "ward": "VARCHAR"}
+    # a header said to be the first line keeps its one row of text
+    path.write_text("name,ward\nBob,B\n")
+    site = _site(CSV(path, skip=0), policy=Policy(min_group_size=1))
+    assert list(site._columns["t"]) == ["name", "ward"]
+
+
+@pytest.mark.parametrize("text", ["age,ward\n40,A\n", "age,ward\n40,\n", "age,ward\n,A\n"])
+def test_one_row_below_a_header_holding_a_number_or_an_empty_cell_loads(
+    tmp_path: Path, text: str
+) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    assert list(_site(path, policy=Policy(min_group_size=1))._columns["t"]) == ["age", "ward"]

@@ -209,6 +209,7 @@ def _check_first_row(
     row holds a value that is no number (nor a missing value).
     """
     if not lines[-1].strip():  # no row below the first one: no column of values to tell
+        _check_one_row(name, path, dialect, con, text, lines)
         return
     below = f"sniff_csv({text}, header = true, skip = {dialect.skip + 1}, {dialect.sql}, "
     try:
@@ -229,6 +230,31 @@ def _check_first_row(
                 "its value in that column one of that type, or a missing value (NA), or say "
                 f"the header is line {top}: {skip_hint(name, dialect.skip)}"
             )
+
+
+def _check_one_row(
+    name: str, path: Path, dialect: _Dialect, con: Any, text: str, lines: list[str]
+) -> None:
+    """Refuse a file of one row of text below its header: that row may be the header itself.
+
+    With no second row there is no column of values to tell a header by, and a
+    note above the header (``exported by X, 2026`` above ``age,ward``) would name
+    the columns. A row holding a number or an empty cell is no header, and loads.
+    """
+    top, row = dialect.skip + 1, dialect.skip + 2
+    if not lines[row - 1].strip() or any(t != "VARCHAR" for t in dialect.types):
+        return
+    cells = _header_cells(con, text, _with_skip(dialect, row - 1))
+    if len(cells) != len(dialect.types) or any(c is None or not c.strip() for c in cells):
+        return
+    raise ValueError(
+        f"DuckDB's reader would take line {top} of {path} ({_shown(lines[top - 1])}) for the "
+        f"header and line {row} ({_shown(lines[row - 1])}) for its one row, but both are text "
+        f"and no row below tells which is the header: line {top} may be a note above it. "
+        f"If the header is line {row}, remove line {top} (or skip it: {skip_hint(name, top)}); "
+        f"if it is line {top}, say so: "
+        f"{skip_hint(name, dialect.skip)}"
+    )
 
 
 def _with_skip(dialect: _Dialect, skip: int, delim: str = "") -> _Dialect:
