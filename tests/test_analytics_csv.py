@@ -100,11 +100,11 @@ def test_a_bounded_column_of_text_is_refused_when_the_site_starts(tmp_path: Path
         _site(path)
     assert str(info.value) == (
         "site 'north': table 't': the policy bounds column 'age', but it holds text: 1 "
-        "row(s) hold a value that is no number, the first 'unknown'; give numbers in it, and "
+        "row holds a value that is no number, the first 'unknown'; give numbers in it, and "
         "leave missing values empty (a CSV file's NA, N/A, NULL and . are missing values too, "
         "unless its CSV(path, na=...) or covey site --csv-na t=... says otherwise)"
     )
-    with pytest.raises(ValueError, match=r"column 'age', but it holds text: 2 row\(s\)"):
+    with pytest.raises(ValueError, match=r"column 'age', but it holds text: 2 rows hold"):
         _site(CSV(path, na=()))
     # a column the policy does not bound may hold text
     assert _site(path, policy=Policy(min_group_size=1))._columns["t"]["age"] == "VARCHAR"
@@ -182,3 +182,10 @@ def test_one_row_below_a_header_holding_a_number_or_an_empty_cell_loads(
     path = tmp_path / "t.csv"
     path.write_text(text)
     assert list(_site(path, policy=Policy(min_group_size=1))._columns["t"]) == ["age", "ward"]
+
+
+def test_a_row_of_one_field_is_said_so_not_1_fields(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("age,ward\n40,A\n50\n60,B\n")
+    with pytest.raises(ValueError, match=r"line 3 \('50'\) has 1 field, line 1 \('age,ward'\) 2:"):
+        _site(path, policy=Policy(min_group_size=1))

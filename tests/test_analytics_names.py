@@ -156,7 +156,7 @@ def test_a_csv_header_cell_naming_no_column_of_values_is_refused(
     path.write_text(f"{header}\n30,7,Oslo\n40,,Bergen\n", encoding="utf-8")
     message = (
         rf"^site 'north': table 't': column 2 of the header of {re.escape(str(path))} has no "
-        rf"name \({re.escape(cell)}\) but holds values in 1 row\(s\), which DuckDB would load "
+        rf"name \({re.escape(cell)}\) but holds values in 1 row, which DuckDB would load "
         rf"as a column '{auto}' the file does not name; give it a name in the header"
     )
     with pytest.raises(ValueError, match=message):

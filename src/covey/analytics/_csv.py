@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import duckdb
 
-from covey.analytics._tables import check_names, columns, quote, table_name
+from covey.analytics._tables import check_names, columns, counted, quote, table_name
 from covey.core._text import clipped
 
 #: The values a CSV cell is read as missing (NULL) for, in every column: as pandas and R do
@@ -134,7 +134,7 @@ def _uneven(path: Path, dialect: _Dialect) -> str:
         return ""
     lines = _lines(path, line)
     return (
-        f"line {line} ({_shown(lines[line - 1])}) has {count} fields, "
+        f"line {line} ({_shown(lines[line - 1])}) has {counted(count, 'field')}, "
         f"line {top} ({_shown(lines[top - 1])}) {n}"
     )
 
@@ -336,7 +336,7 @@ def _check_names(
             cell = "an empty cell" if cells[i] is None else f"only white space, {cells[i]!r}"
             raise ValueError(
                 f"table {name!r}: column {i + 1} of {where} has no name ({cell}) but holds "
-                f"values in {n} row(s), which DuckDB would load as a column {loaded[i]!r} "
+                f"values in {counted(n, 'row')}, which DuckDB would load as a column {loaded[i]!r} "
                 "the file does not name; give it a name in the header, or leave it out"
             )
     kept = [i for i in range(len(cells)) if i not in unnamed]

@@ -21,6 +21,11 @@ SQLITE_PREFIX = "sqlite:///"
 MAX_NAME = 255
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` with ``noun``, plural but for one: ``1 row``, ``3 rows``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def quote(name: str) -> str:
     """A DuckDB identifier for any column name: in double quotes, a double quote doubled."""
     if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME or "\x00" in name:
@@ -294,7 +299,10 @@ def check_bounded(
             "ORDER BY rowid LIMIT 1"
         ).fetchone()
         first = (
-            f": {row[1]} row(s) hold a value that is no number, the first {row[0]!r}" if row else ""
+            f": {counted(row[1], 'row')} {'holds' if row[1] == 1 else 'hold'} a value that is "
+            f"no number, the first {row[0]!r}"
+            if row
+            else ""
         )
         if row and re.fullmatch(r"[-+]?\d*,\d+", str(row[0])):
             first += (
