@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from covey.analytics import CSV, Policy, Site, query
+from covey.analytics import CSV, Policy, PolicyError, Site, query
 
 POLICY = Policy(bounds={"age": (0, 120)}, domains={"ward": ["A", "B"]}, min_group_size=1)
 
@@ -108,6 +108,20 @@ def test_a_bounded_column_of_text_is_refused_when_the_site_starts(tmp_path: Path
         _site(CSV(path, na=()))
     # a column the policy does not bound may hold text
     assert _site(path, policy=Policy(min_group_size=1))._columns["t"]["age"] == "VARCHAR"
+
+
+def test_another_tables_column_of_text_by_the_bounded_name_still_loads(tmp_path: Path) -> None:
+    # The policy's bounds name a column in every table: a site whose second table holds
+    # age ranges ("40-49") under that name loaded before the refusal above; it still does.
+    visits, ranges = tmp_path / "visits.csv", tmp_path / "ranges.csv"
+    visits.write_text("age,ward\n40,A\n50,B\n")
+    ranges.write_text("age,n\n40-49,3\n50-59,4\n")
+    policy = Policy(bounds={"age": (0, 120)}, min_group_size=1)
+    site = Site({"a": str(visits), "b": str(ranges)}, policy, name="north")
+    assert site._columns["b"]["age"] == "VARCHAR"
+    assert query([site], "SELECT SUM(age) FROM a", secure=False)["SUM(age)"].tolist() == [90]
+    with pytest.raises(PolicyError, match="SUM\\(age\\) needs numbers, but column 'age'"):
+        query([site], "SELECT SUM(age) FROM b", secure=False)  # refused per query
 
 
 def test_a_decimal_comma_is_said_and_read_when_the_csv_says_so(tmp_path: Path) -> None:

@@ -276,6 +276,10 @@ def columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
     return {str(r[0]): str(r[1]) for r in rows}
 
 
+#: A number written with a decimal comma (``40,5``), as DuckDB's and Python's regexes read it.
+_DECIMAL_COMMA = r"[-+]?\d*,\d+"
+
+
 def check_bounded(
     con: duckdb.DuckDBPyConnection, name: str, kinds: Mapping[str, str], bounded: Collection[str]
 ) -> None:
@@ -285,14 +289,22 @@ def check_bounded(
     missing value marked otherwise than the file is read with) makes a whole
     column text, which a site would refuse to sum at every query while the
     other sites sum theirs. Said when the site starts, where the data's owner
-    can mend it. (A DataFrame's column of text is the owner's own choice: the
-    site refuses the queries that sum it.)
+    can mend it. (A DataFrame's column of text is the owner's own choice, and so
+    is a CSV's column that holds no number at all, such as another table's
+    ``age`` of ranges (``40-49``) where the policy's bounds name a column by its
+    name in every table: the site refuses the queries that sum it.)
     """
     names = {fold(c) for c in bounded}
     for col, kind in kinds.items():
         if fold(col) not in names or kind != "VARCHAR":
             continue
         c = quote(col)
+        numbers = con.execute(  # none: a column of text by design (another table's 'age')
+            f"SELECT COUNT(*) FROM {table_name(name)} WHERE TRY_CAST({c} AS DOUBLE) IS NOT "  # noqa: S608
+            f"NULL OR regexp_full_match({c}, '{_DECIMAL_COMMA}')"
+        ).fetchone()
+        if not numbers or not numbers[0]:
+            continue
         row = con.execute(
             f"SELECT {c}, n FROM (SELECT {c}, rowid, COUNT(*) OVER () AS n FROM "  # noqa: S608
             f"{table_name(name)} WHERE {c} IS NOT NULL AND TRY_CAST({c} AS DOUBLE) IS NULL) "
@@ -304,7 +316,7 @@ def check_bounded(
             if row
             else ""
         )
-        if row and re.fullmatch(r"[-+]?\d*,\d+", str(row[0])):
+        if row and re.fullmatch(_DECIMAL_COMMA, str(row[0])):
             first += (
                 f" (a decimal comma: read the file with covey site --csv-decimal {name}=, "
                 "or covey.analytics.CSV(path, decimal=',') in Python)"
