@@ -267,6 +267,9 @@ class LogisticClient(Client):
     variate ``c_i`` (in memory) and corrects every step by ``c - c_i`` (option II).
     The config may override ``lr``, ``epochs`` and ``batch_size`` per round
     (checked like the arguments: a ValueError names a bad one).
+    A client without data to evaluate (or to train on) reports ``num_examples=0``
+    and no accuracy nor loss metric: a NaN loss from :meth:`evaluate`, which the
+    server weighs by 0, and no ``train_loss``/``train_accuracy`` from :meth:`fit`.
 
     Args:
         cid: The client's id (seeds its shuffling).
@@ -347,8 +350,10 @@ class LogisticClient(Client):
                 mu=mu,
                 correction=correction,
             )
-        loss, acc = logistic_evaluate(new, self.x, self.y)
-        metrics: dict[str, Any] = {"train_loss": loss, "train_accuracy": acc}
+        metrics: dict[str, Any] = {}
+        if len(self.y):  # no training data: no loss nor accuracy to report (not 0.0)
+            loss, acc = logistic_evaluate(new, self.x, self.y)
+            metrics = {"train_loss": loss, "train_accuracy": acc}
         if asked is not None:
             metrics[asked] = before
         if correction is not None and self._control is not None:
@@ -359,7 +364,15 @@ class LogisticClient(Client):
         return FitResult(weights=dict(new), num_examples=len(self.y), metrics=metrics)
 
     def evaluate(self, weights: Weights, config: Config) -> EvaluateResult:
-        """Loss and accuracy on the local validation data."""
+        """Loss and accuracy on the local validation data.
+
+        Without validation data (an empty partition) the reply counts 0 examples,
+        its loss is NaN (the mean over nothing, which weighs nothing) and its
+        metrics hold no ``"accuracy"``: a per-client metric function never sees a
+        made-up 0.0.
+        """
         _check_layout(weights, self.x_val, self._val_bound, "y_val")
+        if not len(self.y_val):
+            return EvaluateResult(loss=float("nan"), num_examples=0, metrics={})
         loss, acc = logistic_evaluate(weights, self.x_val, self.y_val)
         return EvaluateResult(loss=loss, num_examples=len(self.y_val), metrics={"accuracy": acc})

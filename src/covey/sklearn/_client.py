@@ -323,7 +323,11 @@ class SklearnClient(Client):
 
         Returns:
             The log loss (or error rate), the number of examples and the accuracy.
+            Without test data (``x_test`` of 0 rows, an empty partition): 0
+            examples, a NaN loss (weighed by 0) and no accuracy.
         """
+        if len(self.y_test) == 0:
+            return EvaluateResult(loss=float("nan"), num_examples=0, metrics={})
         self._load(weights)
         loss, metrics = evaluate_model(self.model, self.x_test, self.y_test, self.classes)
         return EvaluateResult(loss=loss, num_examples=len(self.y_test), metrics=metrics)

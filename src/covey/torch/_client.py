@@ -24,6 +24,7 @@ from covey.core._messages import finite
 from covey.core._qfair import loss_before_fit
 from covey.core._weights import Array, Weights, subtract
 from covey.torch._batches import move, split, trained_output
+from covey.torch._gradients import GradientMean, check_sgd
 from covey.torch._weights import load_weights, to_weights
 
 __all__ = ["TorchClient", "evaluate_model"]
@@ -186,6 +187,18 @@ def evaluate_model(
         ``(mean loss, number of examples, metrics)``; metrics hold ``"accuracy"``
         for the classifiers above.
     """
+    mean, seen, metrics = _evaluation(model, loss_fn, loader, device)
+    if seen == 0:
+        raise ValueError("the data loader gave no examples to evaluate")
+    if mean is None:
+        raise ValueError("every target the data loader gave is one the loss ignores (ignore_index)")
+    return mean, seen, metrics
+
+
+def _evaluation(
+    model: Any, loss_fn: Callable[[Any, Any], Any], loader: Iterable[Any], device: Any
+) -> tuple[float | None, int, dict[str, float]]:
+    """:func:`evaluate_model`'s numbers; the mean loss is None when no target counted."""
     torch = torch_module()
     device = torch_device(device)
     regression, probabilities = _regression_or_probabilities(loss_fn)
@@ -211,79 +224,9 @@ def evaluate_model(
         model.train(modes[0][1])
         for module, training in modes:  # a layer kept in another mode than the model's
             module.training = training
-    mean = losses.mean()
-    if losses.seen == 0:
-        raise ValueError("the data loader gave no examples to evaluate")
-    if mean is None:
-        raise ValueError("every target the data loader gave is one the loss ignores (ignore_index)")
-    metrics: dict[str, float] = {"accuracy": correct / losses.counted} if classify else {}
-    return mean, losses.seen, metrics
-
-
-def _check_sgd(optimizer: Any) -> None:
-    """Refuse an optimizer other than SGD under SCAFFOLD (the paper's local steps)."""
-    torch = torch_module()
-    if not isinstance(optimizer, torch.optim.SGD):
-        raise ValueError(
-            f"SCAFFOLD needs SGD local steps, but optimizer_fn gave an optimizer of type "
-            f"{type(optimizer).__name__}: give torch.optim.SGD (momentum and weight decay "
-            "are fine)"
-        )
-
-
-class _GradientMean:
-    """The mean over a fit's steps of the gradients SGD applies: SCAFFOLD's new ``c_i``.
-
-    Each step's gradient is the local loss's plus SGD's weight decay
-    (``weight_decay * w``, from the parameter's group of ``optimizer``), the
-    full gradient of the objective the optimizer descends. With plain SGD the mean
-    equals option II's ``c_i - c + (x - y) / (K lr)`` (the corrected steps' mean
-    minus the correction); unlike that formula it stays the mean gradient under
-    momentum, which moves ``y`` by more than ``K lr`` times it.
-    """
-
-    def __init__(self, model: Any, optimizer: Any) -> None:
-        torch = torch_module()
-        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        decay = {
-            id(p): float(group.get("weight_decay", 0.0))
-            for group in optimizer.param_groups
-            for p in group["params"]
-        }
-        self.decay = {n: decay.get(id(p), 0.0) for n, p in self.params.items()}
-        # half precision sums in float32; float64 is not on every device (MPS)
-        wide = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
-        self.sums = {
-            n: torch.zeros_like(p, dtype=wide.get(p.dtype, p.dtype)) for n, p in self.params.items()
-        }
-        self.steps = 0
-
-    def add(self) -> None:
-        """Add the gradients ``backward()`` left and the weight decay, before the correction.
-
-        Every trained parameter decays at every step, with a gradient or without:
-        the correction gives each one a gradient, and SGD then decays it.
-        """
-        torch = torch_module()
-        with torch.no_grad():
-            for name, p in self.params.items():
-                if p.grad is not None:
-                    grad = p.grad.to_dense() if p.grad.is_sparse else p.grad
-                    self.sums[name].add_(grad)
-                if self.decay[name]:
-                    self.sums[name].add_(p.detach(), alpha=self.decay[name])
-        self.steps += 1
-
-    def mean(self, weights: Weights) -> dict[str, Array]:
-        """The mean gradient per entry of ``weights`` (zeros for buffers and frozen ones)."""
-        out: dict[str, Array] = {}
-        for name, value in weights.items():
-            total = self.sums.get(name)
-            if total is None or self.steps == 0:
-                out[name] = np.zeros(value.shape, value.dtype)
-            else:
-                out[name] = (total / self.steps).cpu().numpy().astype(value.dtype)
-        return out
+    counted = classify and losses.counted > 0
+    metrics: dict[str, float] = {"accuracy": correct / losses.counted} if counted else {}
+    return losses.mean(), losses.seen, metrics
 
 
 class TorchClient(Client):
@@ -418,11 +361,11 @@ class TorchClient(Client):
         self._learning_rate(optimizer, config)
         correction, gradients = None, None
         if server_control(config) is not None:  # SCAFFOLD
-            _check_sgd(optimizer)
+            check_sgd(optimizer)
             if self._control is None:
                 self._control = ControlVariate(self._scaffold_path)
             correction = torch_tensors(self._control.correction(weights, config), self.model)
-            gradients = _GradientMean(self.model, optimizer)
+            gradients = GradientMean(self.model, optimizer)
         self.model.train()
         losses = _LossMean(self._summed)
         for _ in range(self._epochs(config)):
@@ -476,12 +419,19 @@ class TorchClient(Client):
 
         Returns:
             The mean loss, the number of examples and ``{"accuracy": ...}`` for
-            a classifier (see :func:`evaluate_model`).
+            a classifier (see :func:`evaluate_model`). A ``test_loader`` that
+            gives no examples (an empty partition) gives ``num_examples=0``, a
+            NaN loss (weighed by 0) and no accuracy.
+
+        Raises:
+            ValueError: every target ``test_loader`` gave is one the loss ignores.
         """
         load_weights(self.model, weights)
-        loss, seen, metrics = evaluate_model(
-            self.model, self.loss_fn, self.test_loader, self.device
-        )
+        loss, seen, metrics = _evaluation(self.model, self.loss_fn, self.test_loader, self.device)
+        if seen == 0:
+            return EvaluateResult(loss=float("nan"), num_examples=0, metrics={})
+        if loss is None:
+            raise ValueError("every target test_loader gave is one the loss ignores (ignore_index)")
         return EvaluateResult(loss=loss, num_examples=seen, metrics=metrics)
 
     def initial_weights(self) -> dict[str, Array]:
