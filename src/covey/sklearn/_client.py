@@ -15,6 +15,7 @@ from covey.core import Config, EvaluateResult, FitResult
 from covey.core._qfair import loss_before_fit
 from covey.core._weights import Weights
 from covey.sklearn._params import _outputs, features, get_params, is_mlp, prime, set_params
+from covey.sklearn._rate import checked_rate, rate_name, set_rate
 from covey.sklearn._support import check_kind, check_options
 
 __all__ = ["SklearnClient", "evaluate_model"]
@@ -145,7 +146,14 @@ class SklearnClient(Client):
     returns the new parameters. ``evaluate`` gives the log loss (or error
     rate) and accuracy on the test data.
 
-    The fit config may override ``"epochs"`` per round. A model without
+    The fit config may override ``"epochs"`` and ``"lr"`` per round: the rate
+    (a number > 0) is set as ``eta0`` of an SGD-trained linear model under the
+    ``"constant"``, ``"invscaling"`` or ``"adaptive"`` schedule, or as an MLP's
+    ``learning_rate_init`` (``solver="sgd"`` or ``"adam"``; its optimiser,
+    kept between rounds, takes it too), and a round without ``"lr"`` trains at
+    the model's own rate. A model with no such rate (``LogisticRegression``,
+    ``learning_rate="optimal"``, ``solver="lbfgs"``) fails the fit naming why,
+    rather than train at a rate the schedule did not ask for. A model without
     ``partial_fit`` (``LogisticRegression``) needs every class in each
     client's training data; with ``partial_fit`` a client may lack some (an
     MLP's ``warm_start``, which would refuse such a client, is switched off:
@@ -254,6 +262,22 @@ class SklearnClient(Client):
         check_options(model)
         method = "partial_fit" if hasattr(model, "partial_fit") else "fit"
         self.sample_weight = _sample_weight(sample_weight, model, method, len(self.y_train))
+        self._rate_option, self._no_rate = rate_name(model)
+        self._own_rate = None if self._rate_option is None else getattr(model, self._rate_option)
+        self._rate_set = False  # a config's "lr" is in the model, not its own rate
+
+    def _learning_rate(self, config: Config) -> None:
+        """Set the config's ``"lr"`` as the model's rate, or put its own back after one."""
+        if "lr" not in config:
+            if self._rate_set and self._rate_option is not None:
+                set_rate(self.model, self._rate_option, self._own_rate)
+                self._rate_set = False
+            return
+        lr = checked_rate(config["lr"])
+        if self._rate_option is None:
+            raise ValueError(f"the fit config sets 'lr' ({lr}), but {self._no_rate}")
+        set_rate(self.model, self._rate_option, lr)
+        self._rate_set = True
 
     def _load(self, weights: Weights) -> None:
         prime(self.model, self.x_train, self.y_train, self.classes)
@@ -264,7 +288,7 @@ class SklearnClient(Client):
 
         Args:
             weights: The global parameters (read-only arrays).
-            config: The round's config; ``"epochs"`` and q-FedAvg's
+            config: The round's config; ``"epochs"``, ``"lr"`` and q-FedAvg's
                 ``"loss_before_fit"`` are read from it.
 
         Returns:
@@ -279,6 +303,7 @@ class SklearnClient(Client):
         if isinstance(epochs, bool) or not isinstance(epochs, int | np.integer) or epochs < 1:
             raise ValueError(f"config 'epochs' must be an int >= 1, got {epochs!r}")
         self._load(weights)
+        self._learning_rate(config)
         asked = loss_before_fit(config)  # q-FedAvg: the loss at the received weights
         before = None
         if asked is not None:
