@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -264,7 +265,8 @@ class LogisticClient(Client):
     The visiting order of each epoch is drawn from ``default_rng([seed, cid, round, epoch])``.
     Under :func:`covey.FedProx` every step adds the proximal term's gradient
     ``mu (w - w_global)``; under :func:`covey.Scaffold` the client keeps its control
-    variate ``c_i`` (in memory) and corrects every step by ``c - c_i`` (option II).
+    variate ``c_i`` (in memory, or in ``scaffold_path``) and corrects every step by
+    ``c - c_i`` (option II).
     The config may override ``lr``, ``epochs`` and ``batch_size`` per round
     (checked like the arguments: a ValueError names a bad one).
     A client without data to evaluate (or to train on) reports ``num_examples=0``
@@ -282,6 +284,10 @@ class LogisticClient(Client):
         epochs: Local epochs per round, at least 1.
         batch_size: Minibatch size, at least 1.
         seed: Seed of the shuffling.
+        scaffold_path: Under SCAFFOLD, a file in which the client keeps ``c_i`` between
+            runs, as :class:`covey.torch.TorchClient` does (a restarted deployed
+            client, or a resumed simulation whose ``client_fn`` builds it again,
+            goes on from it); None keeps it in memory.
     """
 
     def __init__(
@@ -296,6 +302,7 @@ class LogisticClient(Client):
         epochs: int = 1,
         batch_size: int = 32,
         seed: int = 0,
+        scaffold_path: str | os.PathLike[str] | None = None,
     ) -> None:
         _settings(lr, epochs, batch_size, "")
         if (x_val is None) != (y_val is None):
@@ -312,6 +319,7 @@ class LogisticClient(Client):
         self.lr, self.epochs, self.batch_size, self.seed = lr, epochs, batch_size, seed
         self._bound = _label_bound(self.y, "y")
         self._val_bound = _label_bound(self.y_val, "y_val")
+        self._scaffold_path = scaffold_path
         self._control: ControlVariate | None = None
 
     def fit(self, weights: Weights, config: Config) -> FitResult:
@@ -332,7 +340,7 @@ class LogisticClient(Client):
         correction = None
         if server_control(config) is not None:  # SCAFFOLD
             if self._control is None:
-                self._control = ControlVariate()
+                self._control = ControlVariate(self._scaffold_path)
             correction = self._control.correction(weights, config)
         mu = proximal_mu(config)
         new: Weights = weights
