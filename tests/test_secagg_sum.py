@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import pytest
@@ -88,6 +89,20 @@ def test_twenty_clients_sum_exactly(complete: bool) -> None:
     assert not result.excluded
 
 
+def _summed(sites: Any, drops: Any, threat: ThreatModel, complete: bool | None = True) -> Any:
+    """``secure_sum`` of the sites' 50-entry test vectors in round 1, ``drops`` dropping."""
+    return secure_sum(
+        Dropping(sites, drops),
+        list(sites),
+        round=1,
+        input_kind="test.vector",
+        length=50,
+        bound=1000,
+        threat=threat,
+        complete=complete,
+    )
+
+
 def test_dropouts_after_key_sharing_and_after_masking_are_recovered() -> None:
     sites = _sites(30)
     threat = ThreatModel(corrupt_rate=0.05, dropout_rate=0.2)
@@ -137,16 +152,7 @@ def test_too_many_dropouts_abort_cleanly() -> None:
     # Complete graph, threshold 4 (> 3 corrupt): dropping 7 of 10 leaves 3 < 4.
     drop = {"secagg.mask": set(range(7))}
     with pytest.raises(SecAggAbort) as info:
-        secure_sum(
-            Dropping(sites, drop),
-            list(sites),
-            round=1,
-            input_kind="test.vector",
-            length=50,
-            bound=1000,
-            threat=threat,
-            complete=True,
-        )
+        _summed(sites, drop, threat)
     assert info.value.stage == "mask"
     assert "threshold" in info.value.reason
     assert set(info.value.dropped) >= set(range(7))
@@ -159,16 +165,7 @@ def test_an_abort_in_the_unmasking_says_who_left_there_with_its_input_in_the_mas
     threat = ThreatModel(corrupt_rate=0.3, dropout_rate=0.3)
     # threshold 4: 7 of the 10 survivors leave before revealing, 3 < 4 remain
     with pytest.raises(SecAggAbort) as info:
-        secure_sum(
-            Dropping(sites, {"secagg.unmask": set(range(7))}),
-            list(sites),
-            round=1,
-            input_kind="test.vector",
-            length=50,
-            bound=1000,
-            threat=threat,
-            complete=True,
-        )
+        _summed(sites, {"secagg.unmask": set(range(7))}, threat)
     assert info.value.stage == "unmask"
     assert sorted(info.value.dropped) == list(range(7))
     for why in info.value.dropped.values():
@@ -182,16 +179,7 @@ def test_an_abort_in_the_unmasking_says_who_left_there_with_its_input_in_the_mas
     assert lost_connection(said)
     # one that left before sending its input is said so, as before
     with pytest.raises(SecAggAbort) as info:
-        secure_sum(
-            Dropping(sites, {"secagg.mask": set(range(7))}),
-            list(sites),
-            round=1,
-            input_kind="test.vector",
-            length=50,
-            bound=1000,
-            threat=threat,
-            complete=True,
-        )
+        _summed(sites, {"secagg.mask": set(range(7))}, threat)
     assert info.value.dropped[0] == "no reply in time"
 
 
@@ -199,44 +187,17 @@ def test_tolerance_edge_survives_and_one_more_drop_aborts() -> None:
     sites = _sites(10)
     threat = ThreatModel(corrupt_rate=0.3, dropout_rate=0.3)
     # threshold 4: 6 dropped after sharing keys leave exactly 4 survivors -> fine.
-    ok = secure_sum(
-        Dropping(sites, {"secagg.mask": set(range(6))}),
-        list(sites),
-        round=1,
-        input_kind="test.vector",
-        length=50,
-        bound=1000,
-        threat=threat,
-        complete=True,
-    )
+    ok = _summed(sites, {"secagg.mask": set(range(6))}, threat)
     assert ok.plan.threshold == 4
     np.testing.assert_array_equal(ok.total, _plain(sites, list(range(6, 10))))
     with pytest.raises(SecAggAbort):
-        secure_sum(
-            Dropping(sites, {"secagg.mask": set(range(7))}),
-            list(sites),
-            round=1,
-            input_kind="test.vector",
-            length=50,
-            bound=1000,
-            threat=threat,
-            complete=True,
-        )
+        _summed(sites, {"secagg.mask": set(range(7))}, threat)
 
 
 def test_out_of_range_input_is_refused_by_the_client() -> None:
     sites = _sites(6)
     sites[2].vector[0] = 5000
-    result = secure_sum(
-        Dropping(sites, {}),
-        list(sites),
-        round=1,
-        input_kind="test.vector",
-        length=50,
-        bound=1000,
-        complete=True,
-        threat=ThreatModel(0.0, 0.3),
-    )
+    result = _summed(sites, {}, ThreatModel(0.0, 0.3))
     assert 2 in result.dropped
     assert "outside" in result.dropped[2]
     assert "5000" not in result.dropped[2]  # the value itself never reaches the server
