@@ -191,3 +191,31 @@ def killed_script(script: Path, *args: str | Path) -> subprocess.CompletedProces
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     return killed
+
+
+def site_answers(
+    transport: Any, command: list[str], sql: str, cwd: Path
+) -> tuple[Any, str, int | None]:
+    """Run ``covey site`` (``command``) until it joins ``transport``, ask it ``sql``, close.
+
+    Returns the answer (None if the site never joined), the site's output and its
+    exit status; a site still running a minute after the close is killed.
+    """
+    from covey.analytics import query
+
+    site = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd
+    )
+    answer = None
+    try:
+        if transport.wait_for_clients(1, 60):
+            answer = query(transport, sql, secure=False, timeout=60)
+    finally:
+        transport.close("the query is answered")
+        try:
+            out, _ = site.communicate(timeout=60)
+        finally:
+            if site.poll() is None:
+                site.kill()
+                site.wait(timeout=30)
+    return answer, out, site.returncode

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from covey.analytics import query
+from _procs import site_answers
 from covey.transport.grpc import GrpcServerTransport
 
 POLICY_TOML = """
@@ -55,38 +55,13 @@ def test_covey_site_reads_a_csv_with_the_options_its_flags_give(tmp_path: Path) 
     flags = ["--table", f"t={path}", "--csv-skip", "t=1", "--csv-na", "t=?,NA"]
     assert "covey site --csv-decimal t=, " in _refused(tmp_path, *flags)
     transport = GrpcServerTransport("127.0.0.1:0")
-    site = subprocess.Popen(
-        _site(
-            tmp_path,
-            *flags,
-            "--csv-decimal", "t=,",
-            server=f"127.0.0.1:{transport.port}",
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=tmp_path,
-    )  # fmt: skip
-    answer = None
-    try:
-        joined = transport.wait_for_clients(1, 60)
-        if joined:
-            answer = query(
-                transport, "SELECT COUNT(age), SUM(age) FROM t", secure=False, timeout=60
-            )
-    finally:
-        transport.close("the query is answered")
-        try:
-            out, _ = site.communicate(timeout=60)
-        finally:
-            if site.poll() is None:
-                site.kill()
-                site.wait(timeout=30)
-    assert joined, out
-    assert answer is not None
+    command = _site(tmp_path, *flags, "--csv-decimal", "t=,", server=f"127.0.0.1:{transport.port}")
+    sql = "SELECT COUNT(age), SUM(age) FROM t"
+    answer, out, status = site_answers(transport, command, sql, tmp_path)
+    assert answer is not None, out
     assert answer["COUNT(age)"].tolist() == [3.0]
     assert answer["SUM(age)"].tolist() == pytest.approx([150.75])
-    assert site.returncode == 0, out
+    assert status == 0, out
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from _procs import site_answers
 from covey.analytics import Policy, Site, query
 from covey.deploy import tls_from_dir
 from covey.deploy.certs import init_federation, issue_client
@@ -172,37 +173,21 @@ def test_a_site_dialling_an_address_its_certificate_does_not_name_gives_server_n
     _frames()[0].to_parquet(tmp_path / "patients.parquet")
     (tmp_path / "policy.toml").write_text(POLICY_TOML)
     transport = GrpcServerTransport("127.0.0.1:0", tls=tls_from_dir(certs))
-    site = subprocess.Popen(
-        [
-            sys.executable, "-m", "covey", "site",
-            "--table", f"patients={tmp_path / 'patients.parquet'}",
-            "--policy", str(tmp_path / "policy.toml"),
-            "--server", f"127.0.0.1:{transport.port}",
-            "--server-name", "query.example.org",
-            "--certs", str(certs),
-            "--name", "site-0",
-            "--once",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=tmp_path,
-    )  # fmt: skip
-    try:
-        joined = transport.wait_for_clients(1, 60)
-        if joined:
-            answer = query(transport, "SELECT COUNT(*) FROM patients", secure=False, timeout=60)
-    finally:
-        transport.close("the query is answered")
-        try:
-            out, _ = site.communicate(timeout=60)
-        finally:
-            if site.poll() is None:
-                site.kill()
-                site.wait(timeout=30)
-    assert joined, out
+    command = [
+        sys.executable, "-m", "covey", "site",
+        "--table", f"patients={tmp_path / 'patients.parquet'}",
+        "--policy", str(tmp_path / "policy.toml"),
+        "--server", f"127.0.0.1:{transport.port}",
+        "--server-name", "query.example.org",
+        "--certs", str(certs),
+        "--name", "site-0",
+        "--once",
+    ]  # fmt: skip
+    sql = "SELECT COUNT(*) FROM patients"
+    answer, out, status = site_answers(transport, command, sql, tmp_path)
+    assert answer is not None, out
     assert answer["COUNT(*)"].tolist() == [120.0]
-    assert site.returncode == 0, out
+    assert status == 0, out
 
 
 @pytest.mark.parametrize(
