@@ -217,7 +217,11 @@ def test_a_demo_stopped_by_an_error_keeps_the_last_complete_rounds_model_at_out(
 
 @pytest.mark.parametrize(
     ("sig", "code", "how"),
-    [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "interrupted (SIGTERM)")],
+    [
+        ("SIGINT", 130, "interrupted"),
+        ("SIGTERM", 143, "interrupted (SIGTERM)"),
+        ("SIGHUP", 129, "interrupted (SIGHUP)"),  # the terminal closed
+    ],
 )
 def test_a_stopped_demo_with_out_keeps_the_last_complete_rounds_model(
     tmp_path: Path, sig: str, code: int, how: str

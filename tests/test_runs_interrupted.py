@@ -64,6 +64,7 @@ def _cli(*args: str) -> str:
     [
         (KeyboardInterrupt(), "interrupted (SIGINT)"),
         (KeyboardInterrupt("SIGTERM"), "interrupted (SIGTERM)"),
+        (KeyboardInterrupt("SIGHUP"), "interrupted (SIGHUP)"),
     ],
 )
 def test_an_interrupted_simulation_is_listed_and_shown_as_interrupted(

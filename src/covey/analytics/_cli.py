@@ -31,7 +31,7 @@ from covey.analytics._cli_sources import (
 )
 from covey.analytics._cli_sources import tables_flag as _tables
 from covey.core._files import hold_lock, write_output
-from covey.core._interrupt import interrupts_as_such, stop_on_sigterm
+from covey.core._interrupt import exit_code, interrupted_how, interrupts_as_such, stop_on_sigterm
 from covey.deploy._cli_errors import TomlFileError, file_flag, read_toml_file
 from covey.deploy._cli_options import ClientCerts, PortFile, ServerCerts, ServerName
 from covey.deploy._cli_tables import output_console
@@ -454,9 +454,9 @@ def query_command(
         code = 1
         goodbye = f"the query failed: {(str(exc).splitlines() or [''])[0][:300]}"
     except KeyboardInterrupt as exc:
-        how = "interrupted" if not exc.args else f"interrupted ({exc.args[0]})"
+        how = interrupted_how(exc)
         errors.print(f"{how}: the query was not answered")
-        code, goodbye = (143 if exc.args == ("SIGTERM",) else 130), f"the query failed: {how}"
+        code, goodbye = exit_code(exc), f"the query failed: {how}"
     except BaseException as exc:  # a bug: the sites must not read that it was answered
         goodbye = f"the query failed: {type(exc).__name__}"
         raise

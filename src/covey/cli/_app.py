@@ -21,7 +21,13 @@ from rich.markup import escape
 import covey
 from covey.cli._stdout import StdoutError, checked_stdout, stop_writing
 from covey.core._extras import MissingExtraError, extra_for
-from covey.core._interrupt import interrupt_in, interrupts_as_such, stopping_on_sigterm
+from covey.core._interrupt import (
+    exit_code,
+    interrupt_in,
+    interrupted_how,
+    interrupts_as_such,
+    stopping_on_sigterm,
+)
 from covey.deploy._cli_errors import file_flag, folder_flag, number_in
 from covey.deploy._cli_help import HelpCommand
 from covey.deploy._cli_tables import output_console
@@ -238,16 +244,15 @@ def _run_demo(config: DemoConfig, run_dir: Path, out: Path | None) -> Simulation
         raise typer.Exit(1) from None
     except KeyboardInterrupt as exc:
         kept = None if models is None else keep_model(run_dir, models, console, to=out)
-        term = exc.args == ("SIGTERM",)
         console.print(
             escape(
-                f"interrupted{' (SIGTERM)' if term else ''}: the demo in {run_dir} stopped; its "
+                f"{interrupted_how(exc)}: the demo in {run_dir} stopped; its "
                 f"history.json keeps the rounds done: `covey runs show {shlex.quote(str(run_dir))}`"
                 + ("" if kept is None else f"; {kept}")
             ),
             soft_wrap=True,
         )
-        raise typer.Exit(143 if term else 130) from None
+        raise typer.Exit(exit_code(exc)) from None
     return result
 
 

@@ -23,7 +23,7 @@ from covey.cli._model import (
 )
 from covey.cli._project_stop import forget_unstarted, interrupted_note
 from covey.core._files import MAX_SETTINGS_BYTES, atomic_write, read_json_object, read_regular
-from covey.core._interrupt import interrupts_as_such, stopping_on_sigterm
+from covey.core._interrupt import exit_code, interrupts_as_such, stopping_on_sigterm
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import output_console
 from covey.deploy._cli_trackers import open_trackers
@@ -399,7 +399,7 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
         console.print(
             escape(interrupted_note(run_dir, kept, exc, settings.tracker_flags)), soft_wrap=True
         )
-        raise typer.Exit(143 if exc.args == ("SIGTERM",) else 130) from None
+        raise typer.Exit(exit_code(exc)) from None
     except Exception as exc:
         _refused_resume(exc, resume, models)
         # The app's own function raised: the error is reported as any other (covey.cli.main).

@@ -1,9 +1,11 @@
-"""What ``covey run`` says of a simulation stopped by Ctrl-C or SIGTERM, and how it goes on."""
+"""What ``covey run`` says of a simulation stopped by Ctrl-C, SIGTERM or SIGHUP, and what next."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+
+from covey.core._interrupt import interrupted_how
 
 __all__ = ["forget_unstarted", "interrupted_note"]
 
@@ -27,7 +29,7 @@ def interrupted_note(
     exc: KeyboardInterrupt,
     trackers: Mapping[str, str] | None = None,
 ) -> str:
-    """What a simulation stopped by Ctrl-C or SIGTERM left in ``run_dir``, and what goes on.
+    """What a simulation stopped by Ctrl-C, SIGTERM or SIGHUP left in ``run_dir``, and what goes on.
 
     ``kept`` says where the model after its last complete round is, if anywhere;
     ``trackers``, the tracker flags the command line gave (``--tensorboard``...),
@@ -38,7 +40,7 @@ def interrupted_note(
     def resume_command(folder: Path) -> str:  # the flags of this start, as they were given
         return command(folder, trackers or {})
 
-    said = "interrupted" if exc.args != ("SIGTERM",) else "interrupted (SIGTERM)"
+    said = interrupted_how(exc)
     if not (run_dir / "history.json").is_file():  # as its model loaded or its clients started
         return (
             f"{said}: the simulation in {run_dir} stopped before its first round; "

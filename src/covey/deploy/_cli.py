@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from covey.core._interrupt import interrupts_as_such, stop_on_sigterm
+from covey.core._interrupt import exit_code, interrupted_how, interrupts_as_such, stop_on_sigterm
 from covey.core._runstep import last_finished_step
 from covey.deploy._cli_apps import load_object, required_params
 from covey.deploy._cli_errors import (
@@ -224,7 +224,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         raise typer.Exit(2 if mistake else 1) from None
     except KeyboardInterrupt as exc:
         _forget(run, flags)
-        how = "interrupted" if not exc.args else f"interrupted ({exc.args[0]})"
+        how = interrupted_how(exc)
         if (run / "run.sqlite").is_file():  # resumed from step 0 if no round was saved
             model = saved_model(run)
             said = (
@@ -234,7 +234,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         else:
             said = f"{how} before the run started"
         console.print(escape(said), soft_wrap=True)
-        raise typer.Exit(143 if exc.args == ("SIGTERM",) else 130) from None
+        raise typer.Exit(exit_code(exc)) from None
     except Exception:
         _show_model(run, flags)  # the app's own function raised: reported as any other error
         raise

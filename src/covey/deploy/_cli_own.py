@@ -7,7 +7,7 @@ from typing import Any
 import typer
 
 from covey.core._files import write_output
-from covey.core._interrupt import interrupts_as_such, stop_on_sigterm
+from covey.core._interrupt import exit_code, interrupted_how, interrupts_as_such, stop_on_sigterm
 from covey.deploy._cli_errors import fail
 from covey.deploy._shown import escape
 
@@ -87,9 +87,9 @@ def serve_own(server_app: Any, flags: dict[str, Any], console: Any) -> None:
             server_app.main(transport)
     except KeyboardInterrupt as exc:
         goodbye = goodbye_of(exc)
-        how = "interrupted" if not exc.args else f"interrupted ({exc.args[0]})"
+        how = interrupted_how(exc)
         console.print(escape(f"{how}: the app's loop stopped"), soft_wrap=True)
-        raise typer.Exit(143 if exc.args == ("SIGTERM",) else 130) from None
+        raise typer.Exit(exit_code(exc)) from None
     except BaseException as exc:  # the app's own error: its traceback, as for any app code
         goodbye = goodbye_of(exc)
         raise

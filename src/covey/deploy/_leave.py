@@ -1,7 +1,7 @@
-"""How ``covey client`` and ``covey site`` leave on SIGTERM or Ctrl-C: at once, saying so.
+"""How ``covey client`` and ``covey site`` leave on SIGTERM, SIGHUP or Ctrl-C: at once, saying so.
 
-Both take a stop as an interrupt (``KeyboardInterrupt``, "SIGTERM" in its args for
-SIGTERM), and also set :attr:`Leaving.stop`, which their connection loop watches:
+Both take a stop as an interrupt (``KeyboardInterrupt``, "SIGTERM" or "SIGHUP" in its
+args for those), and also set :attr:`Leaving.stop`, which their connection loop watches:
 an interrupt that lands where it is not passed on (in a finalizer gRPC runs on the
 main thread as a channel is let go, say) still ends the session within a heartbeat
 check. They then print what they left, flush their output and end the process
@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
-from covey.core._interrupt import stop_on_sigterm
+from covey.core._interrupt import exit_code, interrupted_how, stop_on_sigterm, stop_signals
 
 __all__ = ["LEAVE_GRACE", "Leaving", "end_now", "leaving"]
 
@@ -59,7 +59,7 @@ class Leaving:
         self, say: Callable[[str], None], before_exit: Callable[[], object] | None = None
     ) -> None:
         self.stop = threading.Event()
-        self.signal: str | None = None  # "SIGTERM" or "SIGINT", once one came
+        self.signal: str | None = None  # "SIGTERM", "SIGHUP" or "SIGINT", once one came
         self._say = say
         self._before_exit = before_exit
         self._once = threading.Lock()
@@ -78,26 +78,26 @@ class Leaving:
         saying = threading.Thread(target=self.leave, name="covey-leave-now", daemon=True)
         saying.start()
         saying.join(LEAVE_GRACE)
-        os._exit(143 if self.signal == "SIGTERM" else 130)
+        os._exit(exit_code(KeyboardInterrupt(self.signal)))
 
     def leave(self, interrupt: BaseException | None = None) -> NoReturn:
-        """Say how the command was stopped, flush, and end the process (exit 143 or 130)."""
+        """Say how the command was stopped, flush, and end the process (exit 128 + the signal)."""
         self._once.acquire()  # one says it and leaves; another waits to be ended with it
         name = self.signal
         if name is None and interrupt is not None and interrupt.args:
             name = str(interrupt.args[0])
-        sigterm = name == "SIGTERM"
+        stop = KeyboardInterrupt(name)
         try:
             if self._before_exit is not None:
                 self._before_exit()
-            self._say("interrupted (SIGTERM)" if sigterm else "interrupted")
+            self._say(interrupted_how(stop))
         finally:
-            end_now(143 if sigterm else 130)
+            end_now(exit_code(stop))
 
 
 @contextlib.contextmanager
 def leaving(leave: Leaving) -> Iterator[Leaving]:
-    """Take SIGTERM and SIGINT as stops of ``leave`` for the block (in the main thread).
+    """Take SIGTERM, SIGHUP and SIGINT as stops of ``leave`` for the block (in the main thread).
 
     Each still raises ``KeyboardInterrupt`` (see
     :func:`~covey.core._interrupt.stop_on_sigterm`). The handlers before are put back
@@ -106,13 +106,13 @@ def leaving(leave: Leaving) -> Iterator[Leaving]:
     if threading.current_thread() is not threading.main_thread():
         yield leave  # signal handlers are the main thread's
         return
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    before = {sig: signal.getsignal(sig) for sig in (*stop_signals(), signal.SIGINT)}
 
     def interrupted(signum: int, frame: Any) -> None:
         leave.stopped("SIGINT")
         raise KeyboardInterrupt
 
-    stop_on_sigterm(on_stop=lambda: leave.stopped("SIGTERM"))
+    stop_on_sigterm(on_stop=leave.stopped)
     signal.signal(signal.SIGINT, interrupted)
     try:
         yield leave

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from covey.core._extras import MissingExtraError
+from covey.core._interrupt import stop_signals
 from covey.sim._rayplan import check_joined, check_reachable
 from covey.sim._raywatch import watch
 
@@ -87,7 +88,7 @@ def joining_failed(address: str) -> str:
 
 @contextlib.contextmanager
 def held_signals() -> Iterator[list[tuple[Any, int]]]:
-    """Hold SIGINT and SIGTERM back while the block runs; the list has those that came.
+    """Hold SIGINT, SIGTERM and SIGHUP back while the block runs; the list has those that came.
 
     Each as ``(handler, signal number)``, the Python handler it was to run. Ray
     interrupted while it starts (Ctrl-C in ``ray.init``) left its agents running
@@ -107,7 +108,7 @@ def held_signals() -> Iterator[list[tuple[Any, int]]]:
         held.append((before[signum], signum))
         signal.signal(signum, before[signum])  # a second one is not held: a Ray stuck starting
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, *stop_signals()):
         handler = signal.getsignal(sig)
         if callable(handler):
             before[sig] = handler

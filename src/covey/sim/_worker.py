@@ -148,8 +148,10 @@ def worker_main(
     _exit_with_parent(pool)
     _may_have_children()
     _one_thread()
-    # Ctrl-C reaches the whole process group: the parent handles it and stops the workers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C, and a closed terminal's SIGHUP, reach the whole process group: the parent
+    # handles them and stops the workers.
+    for sig in (signal.SIGINT, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])):
+        signal.signal(sig, signal.SIG_IGN)
     # A forked worker inherits the handler by which `covey run` stops on SIGTERM: SIGTERM
     # ends a worker as it ends one started otherwise (the parent replaces it or stops).
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
