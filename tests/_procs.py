@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -46,6 +47,11 @@ class CoveyProcesses:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(10)
+
+
+def undated(text: str) -> str:
+    """``text`` without the time of day that each line of a served run begins with."""
+    return re.sub(r"(?m)^\d\d:\d\d:\d\d ", "", text)
 
 
 def interrupt_tiny_server(tmp: Path, sig: signal.Signals) -> tuple[int, str, Path]:

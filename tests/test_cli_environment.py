@@ -13,6 +13,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import covey
+from _procs import undated
 from covey.cli import app
 from covey.core import Config, Metrics
 
@@ -254,7 +255,7 @@ def test_a_server_writes_whole_lines_to_a_log(
     args = ["server", "--app", "tiny_app:server_app", "--insecure", "--address", "127.0.0.1:0"]
     code, out = _covey(*args, "--wait-timeout", "0.2", "--run-dir", str(run))
     assert code == 1, out
-    lines = out.splitlines()
+    lines = undated(out).splitlines()
     listening = next(line for line in lines if "covey server listening on port" in line)
     assert listening.endswith(f"(run folder {run})"), out
     warning = (

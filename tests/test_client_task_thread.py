@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 import covey
 from _live import Joined, Served
+from _procs import undated
 from covey.cli import app
 from covey.core._messages import Reply
 from covey.transport.grpc import _client, _taskthread
@@ -184,7 +185,7 @@ def test_the_client_command_ends_at_once_with_its_code_after_its_last_line(
     assert ended == [0], result.output
     assert flushed == [True]  # log files the app opened are flushed first
     assert result.exit_code == 0
-    lines = result.output.strip().splitlines()
+    lines = undated(result.output).strip().splitlines()
     assert lines[-1].startswith("done: 1 task(s) in 1 session(s)"), result.output
     assert "Traceback" not in result.output
 

@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 import covey
+from _procs import undated
 from covey.cli import app
 from covey.dashboard._runs import read_run, summary
 from covey.deploy import serve
@@ -411,7 +412,7 @@ def test_covey_server_resuming_a_run_that_fails_again_says_how_to_continue_it(
     args = ["server", "--app", "tiny_app:server_app", "--insecure", "--address", "127.0.0.1:0"]
     args += ["--no-plot", "--wait-timeout", "1", "--resume", str(run_dir), "--rounds", "4"]
     out = CliRunner().invoke(app, args)
-    flat = " ".join(out.output.split())
+    flat = " ".join(undated(out.output).split())
     assert out.exit_code == 1, out.output
     model = run_dir / "weights" / "round-00002.safetensors"
     assert flat.endswith(

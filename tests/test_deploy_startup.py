@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from typer.testing import CliRunner
 
+from _procs import undated
 from covey.cli import app
 from covey.deploy._client import tls_from_certs
 from covey.deploy._keymode import warn_if_open
@@ -94,7 +95,7 @@ def test_a_client_gives_up_on_a_silent_server_within_retry_for(silent_port: int)
     # A generous bound, well under the old ~44 s: a slow machine does not fail it.
     out = subprocess.run([*run, *where], capture_output=True, text=True, timeout=25, env=env)
     assert out.returncode == 1, out.stderr  # given up after --retry-for, as documented
-    line = out.stderr.strip().splitlines()[-1]
+    line = undated(out.stderr).strip().splitlines()[-1]
     assert line.startswith(f"error: could not connect to 127.0.0.1:{silent_port} after 1 ")
     assert "no answer from the server within " in line
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import covey
+from _procs import undated
 from covey.core._interrupt import as_interrupt, interrupt_in
 
 
@@ -152,7 +153,7 @@ def test_covey_server_interrupted_as_it_sets_up_exits_130(
             _serve(_app(), {}, _flags(tmp_path / "run"))
     finally:
         signal.signal(signal.SIGTERM, sigterm)
-    said = " ".join(capsys.readouterr().err.split())
+    said = " ".join(undated(capsys.readouterr().err).split())
     assert info.value.exit_code == 130, said
     assert said == "interrupted before the run started"
 

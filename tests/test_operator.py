@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 import covey
 import covey.deploy
-from _procs import interrupt_tiny_server
+from _procs import interrupt_tiny_server, undated
 from covey.cli import app
 from covey.deploy._revoked import RevocationList
 from covey.deploy.certs import init_federation, issue_client, revoke
@@ -188,7 +188,7 @@ def test_ctrl_c_on_the_server_says_how_to_resume(tmp_path: Path) -> None:
     code, err, run = interrupt_tiny_server(tmp_path, signal.SIGINT)
     assert code == 130, err
     assert "Traceback" not in err
-    assert err.strip().splitlines()[-1] == (
+    assert undated(err).strip().splitlines()[-1] == (
         f"interrupted: the run in {run} is kept; continue it with "
         f"`covey server --resume {run} --app tiny_app:server_app --insecure --wait-timeout 60`"
     )

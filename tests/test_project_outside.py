@@ -25,7 +25,7 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 import covey
-from _procs import serve_project, until_listening
+from _procs import serve_project, undated, until_listening
 from covey.cli import app
 from covey.cli._runs import round_table
 from covey.deploy._cli_resume import saved_round
@@ -617,7 +617,7 @@ def test_ctrl_c_before_round_0_is_saved_offers_no_resume(
     with pytest.raises(typer.Exit) as info:
         _serve(app, {}, flags)
     assert info.value.exit_code == 130
-    said = " ".join(capsys.readouterr().err.split())
+    said = " ".join(undated(capsys.readouterr().err).split())
     # The run is resumed from step 0 (it saved no round), so the hint to resume it is given.
     assert said == (
         f"interrupted: the run in {run} is kept; continue it with "

@@ -11,7 +11,7 @@ import pytest
 
 import covey
 from _live import serve_interrupted
-from _procs import interrupt_tiny_server
+from _procs import interrupt_tiny_server, undated
 from covey.deploy._server import serve
 from covey.server._store import RunStore
 
@@ -31,7 +31,7 @@ def test_sigterm_stops_covey_server_as_ctrl_c_does(tmp_path: Path) -> None:
     code, err, run = interrupt_tiny_server(tmp_path, signal.SIGTERM)
     assert code == 143, err
     assert "Traceback" not in err
-    assert err.strip().splitlines()[-1] == (
+    assert undated(err).strip().splitlines()[-1] == (
         f"interrupted (SIGTERM): the run in {run} is kept; continue it with "
         f"`covey server --resume {run} --app tiny_app:server_app --insecure --wait-timeout 60`"
     )
@@ -137,7 +137,7 @@ def test_sigterm_stops_covey_client_site_and_query_as_ctrl_c_does(
             if client.poll() is None:
                 client.kill()
                 client.wait(10)
-    text = log.read_text()
+    text = undated(log.read_text())
     assert code == 143, text
     assert "Traceback" not in text
     assert " ".join(text.strip().splitlines()[-1].split()) == said

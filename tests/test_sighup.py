@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from _childenv import child_pythonpath
+from _procs import undated
 from covey.core._interrupt import INTERRUPTED_REASONS, shown_status
 from covey.server._store import RunStore
 from covey.transport.grpc import GrpcServerTransport
@@ -92,7 +94,9 @@ def test_sighup_stops_covey_server_as_sigterm_does(tmp_path: Path) -> None:
         _wait(lambda: _saved(run) >= 1, "round 1 to be saved", within=120)  # round 2 runs
         server.send_signal(signal.SIGHUP)
         code = server.wait(60)
-        said = (tmp_path / "server.log").read_text()
+        dated = (tmp_path / "server.log").read_text()
+        assert re.match(r"\d\d:\d\d:\d\d interrupted", dated.strip().splitlines()[-1]), dated
+        said = undated(dated)
         assert code == 129, said
         assert "Traceback" not in said
         assert (
@@ -142,7 +146,7 @@ def test_sighup_stops_covey_client_as_sigterm_does(tmp_path: Path) -> None:
                 client.wait(10)
     finally:
         transport.close()
-    said = log.read_text()
+    said = undated(log.read_text())
     assert code == 129, said
     assert " ".join(said.strip().splitlines()[-1].split()).endswith(
         "interrupted (SIGHUP): this client left the federation; start it again to rejoin"

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from typer.testing import CliRunner
 
 import covey
+from _procs import undated
 from covey.cli import app
 from covey.deploy._client import tls_from_certs
 from covey.deploy._tls import tls_from_dir
@@ -86,7 +87,7 @@ def test_covey_client_insecure_warns_once_on_standard_error(tmp_path: Path) -> N
     assert run.stderr.count("WITHOUT TLS") == 1, run.stderr
     assert said in run.stderr
     assert "WITHOUT TLS" not in run.stdout  # what a script reads is as it was
-    assert run.stderr.strip().splitlines()[-1].startswith("done: 1 task(s)"), run.stderr
+    assert undated(run.stderr).strip().splitlines()[-1].startswith("done: 1 task(s)"), run.stderr
 
 
 def test_covey_site_insecure_warns_once(

@@ -65,7 +65,7 @@ def serve_project(
 
     fed = settings.federation or {}
     where = f"([tool.covey.federations.{name}] or --set)"
-    setup_logging(log_console, verbose)
+    setup_logging(log_console, verbose, server=True)
     # Every setting is checked before any folder is made or port is bound.
     _check_paths(fed, where)
     scheme = compression_spec(fed.get("compression"), f"compression {where}")

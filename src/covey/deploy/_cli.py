@@ -36,7 +36,7 @@ from covey.deploy._cli_trackers import (
     TensorBoardFlag,
     tracker_flags,
 )
-from covey.deploy._shown import BriefHighlighter, escape
+from covey.deploy._shown import BriefHighlighter, escape, stamped
 from covey.server._served import FEDERATION_FILE
 
 # Every line whole: a server's or client's output is often a log file or a journal,
@@ -214,9 +214,9 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         # The notes say where it came from (the app's evaluate_fn, its initial_weights).
         notes = [n for n in getattr(exc, "__notes__", ()) if isinstance(n, str) and n.strip()]
         said = str(exc) + "".join(f" ({' '.join(n.split())})" for n in notes if n != RETRY_HINT)
-        console.print(f"[red]error:[/] {escape(said)}", soft_wrap=True)
+        console.print(stamped(f"[red]error:[/] {escape(said)}"), soft_wrap=True)
         if RETRY_HINT in getattr(exc, "__notes__", ()):
-            console.print(escape(f"hint: {RETRY_HINT}"), soft_wrap=True)
+            console.print(stamped(escape(f"hint: {RETRY_HINT}")), soft_wrap=True)
         if listened:  # refused before listening: the run did not start, nor stop
             _show_model(run, flags)
         # A setting refused before listening is a mistake no restart mends: 2, as for a flag.
@@ -233,7 +233,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
             )
         else:
             said = f"{how} before the run started"
-        console.print(escape(said), soft_wrap=True)
+        console.print(stamped(escape(said)), soft_wrap=True)
         raise typer.Exit(exit_code(exc)) from None
     except Exception:
         _show_model(run, flags)  # the app's own function raised: reported as any other error
@@ -392,7 +392,7 @@ def server_command(
 ) -> None:
     """Run the server of a federation over gRPC (mutual TLS unless --insecure)."""
     s = read_settings(config, "server", SERVER_KEYS)
-    setup_logging(console, verbose or bool(s.get("verbose", False)))
+    setup_logging(console, verbose or bool(s.get("verbose", False)), server=True)
     scheme = compression_spec(
         _pick(compression, s, "compression", None),
         s.name(compression, "compression", "--compression"),

@@ -19,7 +19,7 @@ from covey.deploy._cli_errors import (
 from covey.deploy._cli_logs import setup_logging
 from covey.deploy._cli_options import ClientCerts, ServerName
 from covey.deploy._leave import Leaving, end_now, leaving
-from covey.deploy._shown import escape
+from covey.deploy._shown import escape, stamped
 
 __all__ = ["client_command"]
 
@@ -258,7 +258,7 @@ def client_command(
     flags["server_name"] = _pick(server_name, s_tls, "server_name", None)
     leave = Leaving(
         lambda how: console.print(
-            f"{how}: this client left the federation; start it again to rejoin"
+            stamped(f"{how}: this client left the federation; start it again to rejoin")
         )
     )
     try:
@@ -280,12 +280,12 @@ def client_command(
     except Refused as exc:
         if leave.stop.is_set():
             leave.leave()
-        console.print(f"[red]refused:[/] {escape(str(exc.cause))}", soft_wrap=True)
+        console.print(stamped(f"[red]refused:[/] {escape(str(exc.cause))}"), soft_wrap=True)
         raise typer.Exit(2) from None
     except (ConnectionError, OSError, ValueError) as exc:
         if leave.stop.is_set():  # what the stop broke off
             leave.leave()
-        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        console.print(stamped(f"[red]error:[/] {escape(str(exc))}"), soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt as exc:
         leave.leave(exc)  # at once, without gRPC's finalizers (see Leaving)
@@ -293,12 +293,16 @@ def client_command(
         leave.leave()
     if result.reason.startswith(STOPPED):  # the run failed or was interrupted: not done
         console.print(
-            f"[red]stopped:[/] {escape(result.reason[len(STOPPED) :])} "
-            f"(after {result.tasks} task(s) in {result.sessions} session(s))"
+            stamped(
+                f"[red]stopped:[/] {escape(result.reason[len(STOPPED) :])} "
+                f"(after {result.tasks} task(s) in {result.sessions} session(s))"
+            )
         )
         end_now(1)  # without Python's finalization, which waits on gRPC's (see end_now)
     console.print(
-        f"done: {result.tasks} task(s) in {result.sessions} session(s); "
-        f"server said: {escape(result.reason)}"
+        stamped(
+            f"done: {result.tasks} task(s) in {result.sessions} session(s); "
+            f"server said: {escape(result.reason)}"
+        )
     )
     end_now(0)

@@ -20,6 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.logging import RichHandler
 
+from covey.core._log import ON_CONSOLE_KEY
 from covey.deploy._shown import BriefHighlighter
 
 __all__ = ["LogConsole", "setup_logging"]
@@ -109,10 +110,18 @@ class _OneLine(logging.Formatter):
         return f"{line}: {type(exc).__name__}{': ' + said if said else ''}"
 
 
-def setup_logging(console: Console, verbose: bool) -> None:
+def _not_on_console(record: logging.LogRecord) -> bool:
+    """False for a record of what the server's console writes a line of already."""
+    return not getattr(record, ON_CONSOLE_KEY, False)
+
+
+def setup_logging(console: Console, verbose: bool, *, server: bool = False) -> None:
     """Log to standard error: rich's layout in a terminal, one plain line a record elsewhere.
 
     Without ``verbose``, a record's traceback is left out (see :class:`_OneLine`).
+    ``server``: the command writes the server's console (``covey server``), which says
+    itself that it listens and who joined and left: the records of those (marked with
+    :data:`~covey.core._log.ON_CONSOLE`) are left out, not written twice.
     """
     handler: logging.Handler
     kind = logging.Formatter if verbose else _OneLine
@@ -123,6 +132,8 @@ def setup_logging(console: Console, verbose: bool) -> None:
     else:
         handler = _Stderr()
         handler.setFormatter(kind("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    if server:
+        handler.addFilter(_not_on_console)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True
     )

@@ -9,7 +9,7 @@ import typer
 from covey.core._files import write_output
 from covey.core._interrupt import exit_code, interrupted_how, interrupts_as_such, stop_on_sigterm
 from covey.deploy._cli_errors import fail
-from covey.deploy._shown import escape
+from covey.deploy._shown import escape, stamped
 
 __all__ = ["ROUND_FLAGS", "serve_own"]
 
@@ -88,7 +88,7 @@ def serve_own(server_app: Any, flags: dict[str, Any], console: Any) -> None:
     except KeyboardInterrupt as exc:
         goodbye = goodbye_of(exc)
         how = interrupted_how(exc)
-        console.print(escape(f"{how}: the app's loop stopped"), soft_wrap=True)
+        console.print(stamped(escape(f"{how}: the app's loop stopped")), soft_wrap=True)
         raise typer.Exit(exit_code(exc)) from None
     except BaseException as exc:  # the app's own error: its traceback, as for any app code
         goodbye = goodbye_of(exc)

@@ -103,7 +103,7 @@ def show_stopped(run: Path, hint: str, console: Console) -> None:
     ``covey run``), said as ``covey runs show`` says it: after the last complete round,
     or from the start if none finished. Nothing if the run has no store to resume.
     """
-    from covey.deploy._shown import escape
+    from covey.deploy._shown import escape, stamped
     from covey.sim._rundir import resumed_from
 
     saved = _last_saved(run)
@@ -112,7 +112,7 @@ def show_stopped(run: Path, hint: str, console: Console) -> None:
     model = saved_model(run)
     said = [f"run stopped: {model}"] if model is not None else []
     for line in [*said, f"continue the run {resumed_from(*saved)} with `{hint}`"]:
-        console.print(escape(line), soft_wrap=True)
+        console.print(stamped(escape(line)), soft_wrap=True)
 
 
 def resume_hint(

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import threading
 from collections.abc import Callable, Mapping
 
 from covey.core._history import RoundRecord
-from covey.deploy._shown import escape
+from covey.deploy._shown import escape, stamped
 from covey.server._callbacks import replayed_round
 
 __all__ = ["MOST_NAMED", "ServerConsole"]
@@ -26,10 +25,6 @@ _SHOWN_EVENTS = {
 not among them: the transport logs each as a WARNING naming the client, its address and
 why (``refused s1 from ipv4:...: certificate revoked``), and a line here too wrote every
 one of them twice into the server's log."""
-
-
-def _clock() -> str:
-    return _dt.datetime.now().strftime("%H:%M:%S")
 
 
 def _number(value: object) -> float | None:
@@ -101,7 +96,7 @@ class ServerConsole:
 
     def line(self, text: str) -> None:
         """Write ``text`` after the time of day."""
-        self._write(f"[dim]{_clock()}[/] {text}")
+        self._write(stamped(text))
 
     def waiting(self) -> None:
         """Say the server waits for its clients, counting those that joined already.

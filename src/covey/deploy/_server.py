@@ -14,6 +14,7 @@ from covey.compress import CompressedTransport, Scheme, scheme_spec
 from covey.compress._counted import CountedAsyncTransport
 from covey.core._history import History, RoundRecord
 from covey.core._interrupt import interrupts_as_such
+from covey.core._log import ON_CONSOLE
 from covey.core._messages import Count, Real, plain_count, plain_real
 from covey.core._recordvalues import written
 from covey.core._weights import Weights, WeightsSpec, made, native
@@ -206,7 +207,7 @@ def serve(
         run.take_over()
         if on_listen is not None:
             on_listen(transport.port)
-        logger.info("covey server listening on port %d", transport.port)
+        logger.info("covey server listening on port %d", transport.port, extra=ON_CONSOLE)
         start_weights = run.take_weights()  # the loop owns the model now: keep no copy here
         sync = not strategy.asynchronous
         # The run's start time names it, the same after a resume: a client process that

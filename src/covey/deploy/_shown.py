@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as _dt
+
 from rich.highlighter import ReprHighlighter
 from rich.markup import escape as markup_escape
 from rich.text import Text
 
 from covey.core._text import printable
 
-__all__ = ["HIGHLIGHTED", "BriefHighlighter", "escape"]
+__all__ = ["HIGHLIGHTED", "BriefHighlighter", "escape", "stamped"]
 
 HIGHLIGHTED = 200
 """The longest line (in characters) the ``covey`` commands colour; longer ones are plain."""
@@ -21,6 +23,16 @@ def escape(text: str) -> str:
     the folders it reads: an escape sequence there would act on the terminal.
     """
     return markup_escape(printable(text))
+
+
+def stamped(text: str) -> str:
+    """``text`` (markup) after the time of day, as every line of a served run begins.
+
+    The server's progress, the lines saying how a server or client ended (``done:``,
+    ``error:``, ``interrupted (SIGTERM):``...) and, outside a terminal, its log records:
+    a log collected from standard error dates each of them alike.
+    """
+    return f"[dim]{_dt.datetime.now():%H:%M:%S}[/] {text}"
 
 
 class BriefHighlighter(ReprHighlighter):

@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 
+from covey.core._log import ON_CONSOLE
 from covey.core._messages import Reply
 from covey.transport._base import LONGEST_WAIT
 from covey.transport.grpc._lane import cut
@@ -354,7 +355,7 @@ class Registry:
         if not conn.refusal:  # a refused stream is ended by its own handler, with the reason
             with contextlib.suppress(Exception):
                 conn.context.cancel()
-        logger.info("client %s (%d) left: %s", conn.name, conn.cid, why)
+        logger.info("client %s (%d) left: %s", conn.name, conn.cid, why, extra=ON_CONSOLE)
 
     def _departed(self, conn: Connection, why: str) -> None:
         """Remember that ``conn``'s client left, forgetting the oldest departures beyond the cap.

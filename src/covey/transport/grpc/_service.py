@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 
 from covey.core import _codec
+from covey.core._log import ON_CONSOLE
 from covey.core._messages import Reply
 from covey.transport._base import ServerDiskError
 from covey.transport.grpc import _lane, _wire
@@ -165,7 +166,7 @@ class FederationService(TaskStream):
             self.registry.join(conn, refusal)
         except ShuttingDownError:
             self.admission.run_over(context, name)
-        logger.info("client %s joined as %d", name, cid)
+        logger.info("client %s joined as %d", name, cid, extra=ON_CONSOLE)
         context.add_callback(lambda: self.registry.drop(conn, "disconnected"))
         reader = threading.Thread(
             target=self._read, args=(conn, requests), name=f"covey-read-{cid}", daemon=True
