@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -138,6 +139,10 @@ def _grad(weights: Weights, x: FloatArray, y: IntArray) -> dict[str, Array]:
 def logistic_evaluate(weights: Weights, x: FloatArray, y: IntArray) -> tuple[float, float]:
     """Mean cross-entropy loss and accuracy of ``weights`` on ``(x, y)``.
 
+    Without examples (``x`` of 0 rows, an empty partition) both are NaN, the mean
+    over nothing, as :class:`LogisticClient` reports no loss nor accuracy for no
+    data (a made-up 0.0 would read as a model that is always right, or always wrong).
+
     Raises:
         ValueError: ``weights`` are not ``{"W": (features, classes), "b": (classes,)}``
             for ``x``, ``x`` and ``y`` differ in length, or a label of ``y`` is not a
@@ -145,7 +150,7 @@ def logistic_evaluate(weights: Weights, x: FloatArray, y: IntArray) -> tuple[flo
     """
     x, y = _check_inputs(weights, x, y)
     if len(y) == 0:
-        return 0.0, 0.0
+        return math.nan, math.nan
     logits = x @ weights["W"] + weights["b"]
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
@@ -336,7 +341,9 @@ class LogisticClient(Client):
         )
         _check_layout(weights, self.x, self._bound, "y")
         asked = loss_before_fit(config)  # q-FedAvg: the loss at the received weights
-        before = None if asked is None else logistic_evaluate(weights, self.x, self.y)[0]
+        before = None
+        if asked is not None:  # no data: 0.0, the update is nothing (a NaN q-FedAvg refuses)
+            before = logistic_evaluate(weights, self.x, self.y)[0] if len(self.y) else 0.0
         correction = None
         if server_control(config) is not None:  # SCAFFOLD
             if self._control is None:

@@ -109,7 +109,7 @@ def _sample_weight(
         )
     if not np.all(np.isfinite(weights)) or np.any(weights < 0):
         raise ValueError("sample_weight must be finite and >= 0")
-    if not np.any(weights > 0):
+    if n and not np.any(weights > 0):
         raise ValueError("sample_weight must have at least one weight > 0")
     return weights
 
@@ -178,7 +178,8 @@ class SklearnClient(Client):
 
     Args:
         model: An unfitted estimator, e.g. ``SGDClassifier(loss="log_loss")``.
-        x_train: Local training features (an array or a SciPy sparse matrix).
+        x_train: Local training features (an array or a SciPy sparse matrix); 0
+            rows (an empty partition) make a client whose fit replies 0 examples.
         y_train: Local training labels.
         classes: Every class label of the federation (a client may lack some; a
             label of y_train or y_test outside them is refused).
@@ -216,9 +217,9 @@ class SklearnClient(Client):
             raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
         self.model = model
         self.x_train, self.y_train = features(x_train), _labels(y_train, "y_train")
-        if self.x_train.shape[0] == 0 or self.x_train.shape[0] != len(self.y_train):
+        if self.x_train.shape[0] != len(self.y_train):
             raise ValueError(
-                f"x_train and y_train need the same non-zero length, got "
+                f"x_train and y_train need the same length, got "
                 f"{self.x_train.shape[0]} and {len(self.y_train)}"
             )
         self.classes = list(classes)
@@ -280,7 +281,10 @@ class SklearnClient(Client):
         self._rate_set = True
 
     def _load(self, weights: Weights) -> None:
-        prime(self.model, self.x_train, self.y_train, self.classes)
+        # priming reads the data's shape (and, for partial_fit, a pass over some rows):
+        # a client without training data primes on its test data
+        x, y = (self.x_train, self.y_train) if len(self.y_train) else (self.x_test, self.y_test)
+        prime(self.model, x, y, self.classes)
         set_params(self.model, weights)
 
     def fit(self, weights: Weights, config: Config) -> FitResult:
@@ -296,15 +300,24 @@ class SklearnClient(Client):
             training examples (a count, whatever ``sample_weight`` holds) and
             ``{"train_accuracy": ...}`` (weighted by ``sample_weight``); when
             q-FedAvg asks, also the loss of ``weights`` on the training data (as
-            :meth:`evaluate` computes it) under the name it gives.
+            :meth:`evaluate` computes it) under the name it gives. Without
+            training data (``x_train`` of 0 rows, an empty partition): ``weights``
+            unchanged, ``num_examples=0`` (FedAvg weighs it by 0) and no
+            ``train_accuracy``; the model is left untouched.
         """
         _refuse_gradient_changes(config)
         epochs = config.get("epochs", self.epochs)
         if isinstance(epochs, bool) or not isinstance(epochs, int | np.integer) or epochs < 1:
             raise ValueError(f"config 'epochs' must be an int >= 1, got {epochs!r}")
+        asked = loss_before_fit(config)  # q-FedAvg: the loss at the received weights
+        if not len(self.y_train):  # an empty partition: nothing learnt, weighed by 0
+            checked_rate(config.get("lr", 1.0))
+            # 0.0 as covey.models.LogisticClient reports it: the update is nothing
+            empty: dict[str, Any] = {} if asked is None else {asked: 0.0}
+            unchanged = {k: np.array(v) for k, v in weights.items()}
+            return FitResult(weights=unchanged, num_examples=0, metrics=empty)
         self._load(weights)
         self._learning_rate(config)
-        asked = loss_before_fit(config)  # q-FedAvg: the loss at the received weights
         before = None
         if asked is not None:
             before, _ = evaluate_model(self.model, self.x_train, self.y_train, self.classes)

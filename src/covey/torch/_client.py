@@ -347,14 +347,14 @@ class TorchClient(Client):
             The delta (local minus global, in the global weights' dtypes), the
             examples seen per epoch and ``{"train_loss": mean loss of the last epoch}``
             (and, when q-FedAvg asks, the mean loss on ``train_loader`` at ``weights``
-            under the name it gives).
+            under the name it gives). A ``train_loader`` that gives no examples (an
+            empty partition) gives a delta of zeros, ``num_examples=0`` (FedAvg weighs
+            it by 0) and no ``train_loss``; under SCAFFOLD ``c_i`` is kept.
         """
         torch = torch_module()
         load_weights(self.model, weights)
         asked = loss_before_fit(config)  # q-FedAvg: the loss at the received weights
-        before = None
-        if asked is not None:
-            before = evaluate_model(self.model, self.loss_fn, self.train_loader, self.device)[0]
+        before = None if asked is None else self._loss_before()
         mu = proximal_mu(config)
         anchor = torch_snapshot(self.model) if mu > 0 else None
         optimizer = self.optimizer_fn(self.model.parameters())
@@ -385,8 +385,9 @@ class TorchClient(Client):
                 optimizer.step()
                 losses.add(self.loss_fn, loss.detach(), y)
         seen = losses.seen
-        if seen == 0:
-            raise ValueError("train_loader gave no examples")
+        if seen == 0:  # an empty partition: nothing learnt, weighed by 0
+            asked_loss = {} if asked is None else {asked: before}
+            return self._no_examples(weights, asked_loss, gradients is not None)
         with torch.no_grad():
             # in the global model's dtypes, which the server checks the delta against:
             # a float32 model may train from float64 global weights (or bfloat16 from float32)
@@ -409,6 +410,33 @@ class TorchClient(Client):
                 full_gradient=gradients.mean(weights),
             )
         return FitResult(delta=delta, num_examples=seen, metrics=metrics)
+
+    def _loss_before(self) -> float:
+        """q-FedAvg's loss on ``train_loader`` at the loaded weights; 0.0 without examples.
+
+        0.0 as :class:`covey.models.LogisticClient` reports it: the client's update is
+        nothing, so its loss only enters q-FedAvg's normalizer ``sum h_k``.
+        """
+        mean, seen, _ = _evaluation(self.model, self.loss_fn, self.train_loader, self.device)
+        if seen == 0:
+            return 0.0
+        if mean is None:
+            raise ValueError(
+                "every target train_loader gave is one the loss ignores (ignore_index)"
+            )
+        return mean
+
+    def _no_examples(self, weights: Weights, metrics: dict[str, Any], scaffold: bool) -> FitResult:
+        """The reply of a fit on a ``train_loader`` that gave no examples (an empty partition).
+
+        No change of the weights (nor, under SCAFFOLD, of ``c_i``), ``num_examples=0`` and
+        no ``train_loss``: the server weighs it by 0.
+        """
+        if scaffold and self._control is not None:  # no step taken: c_i is kept
+            return self._control.fit_result(
+                weights, num_examples=0, steps=0, lr=1.0, metrics=metrics
+            )
+        return FitResult(delta=subtract(weights, weights), num_examples=0, metrics=metrics)
 
     def evaluate(self, weights: Weights, config: Config) -> EvaluateResult:
         """The loss (and accuracy for classifiers) of ``weights`` on ``test_loader``.
