@@ -203,3 +203,23 @@ def test_a_row_of_one_field_is_said_so_not_1_fields(tmp_path: Path) -> None:
     path.write_text("age,ward\n40,A\n50\n60,B\n")
     with pytest.raises(ValueError, match=r"line 3 \('50'\) has 1 field, line 1 \('age,ward'\) 2:"):
         _site(path, policy=Policy(min_group_size=1))
+
+
+def test_a_one_column_file_with_a_later_row_of_more_fields_is_refused_naming_it(
+    tmp_path: Path,
+) -> None:
+    # loaded as the columns '2' and '3' with no rows: the header 'a' and row '1' skipped
+    path = tmp_path / "one.csv"
+    path.write_text("a\n1\n2,3\n")
+    with pytest.raises(ValueError, match=r"^site 'north': table 't': ") as info:
+        _site(path, policy=Policy(min_group_size=1))
+    assert str(info.value) == (
+        f"site 'north': table 't': DuckDB's reader would skip lines 1 to 2 of {path} and take "
+        "line 3 ('2,3') for the header of a table with no rows; line 3 ('2,3') has 2 fields, "
+        "line 1 ('a') 1: give every row as many fields as the header; if the lines above "
+        "line 3 are notes, remove them (or skip them: covey site --csv-skip t=2, or "
+        "covey.analytics.CSV(path, skip=2) in Python)"
+    )
+    # a title line above a header with no rows is left skipped
+    path.write_text("Report\nage,ward\n")
+    assert list(_site(path, policy=Policy(min_group_size=1))._columns["t"]) == ["age", "ward"]

@@ -173,7 +173,36 @@ def _check_header(
             f"as many fields as the header; if the lines above the header are notes, remove "
             f"them (or skip them: {skip_hint(name, dialect.skip)})"
         )
+    _check_skipped(name, path, dialect, lines)
     _check_first_row(name, path, dialect, con, text, values, lines)
+
+
+def _check_skipped(name: str, path: Path, dialect: _Dialect, lines: list[str]) -> None:
+    """Refuse a file whose header the reader finds below lines of one field, with no row below.
+
+    A one-column file with a later row of more fields (``a``, ``1``, then ``2,3``)
+    is read as lines above the header, the header being that row: its own header
+    and rows are lost, and the table has none.
+    """
+    skipped = [
+        s
+        for s in lines[: dialect.skip]
+        if s.strip() and not (dialect.comment and s.startswith(dialect.comment))
+    ]
+    if len(skipped) < 2:  # a title line alone is left skipped
+        return
+    rows = dialect.fields(path)
+    if next(rows, None) is None or next(rows, None) is not None:
+        return
+    uneven = _uneven(path, _with_skip(dialect, 0))
+    top = dialect.skip + 1
+    raise ValueError(
+        f"DuckDB's reader would skip {_span(dialect.skip)} of {path} and take line {top} "
+        f"({_shown(lines[top - 1])}) for the header of a table with no rows"
+        f"{'; ' + uneven if uneven else ''}: give every row as many fields as the header; "
+        f"if the lines above line {top} are notes, remove them (or skip them: "
+        f"{skip_hint(name, dialect.skip)})"
+    )
 
 
 def _check_delimiter(path: Path, dialect: _Dialect) -> None:
