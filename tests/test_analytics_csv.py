@@ -223,3 +223,33 @@ def test_a_one_column_file_with_a_later_row_of_more_fields_is_refused_naming_it(
     # a title line above a header with no rows is left skipped
     path.write_text("Report\nage,ward\n")
     assert list(_site(path, policy=Policy(min_group_size=1))._columns["t"]) == ["age", "ward"]
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        Policy(bounds={"age": (0, 120)}, min_group_size=1),
+        Policy(columns=["age", "ward"], min_group_size=1),
+        Policy(domains={"ward": ["A", "B"]}, min_group_size=1),
+    ],
+)
+def test_a_note_above_a_header_of_text_columns_is_refused_when_the_policy_names_the_row_below(
+    tmp_path: Path, policy: Policy
+) -> None:
+    # every column below reads as text ('40,5', '?'), so the note named the columns
+    path = tmp_path / "t.csv"
+    path.write_text("exported by X; 2026\nage;ward\n40,5;A\n?;B\n50;A\n")
+    with pytest.raises(ValueError, match=r"^site 'north': table 't': ") as info:
+        _site(path, policy=policy)
+    held = "'ward'" if not policy.bounds and not policy.columns else "'age'"
+    held = "columns 'age', 'ward'" if policy.columns else f"column {held}"
+    assert str(info.value) == (
+        f"site 'north': table 't': the policy names the {held}, which line 1 of {path} "
+        "('exported by X; 2026'), taken by DuckDB's reader for the header, does not name but "
+        "line 2 ('age;ward') holds: line 1 may be a note above the header; remove it (or skip "
+        "it: covey site --csv-skip t=1, or covey.analytics.CSV(path, skip=1) in Python)"
+    )
+    site = _site(CSV(path, skip=1, na=["?"], decimal=","), policy=policy)
+    assert site._columns["t"] == {"age": "DOUBLE", "ward": "VARCHAR"}
+    # a header said to be the first line is not second-guessed
+    assert "age" not in _site(CSV(path, skip=0), policy=policy)._columns["t"]

@@ -9,13 +9,14 @@ and a file it may be wrong about is refused, naming the file and its lines.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import duckdb
 
+from covey.analytics._sqltext import fold
 from covey.analytics._tables import check_names, columns, counted, quote, table_name
 from covey.core._text import clipped
 
@@ -305,7 +306,9 @@ def _header_cells(con: Any, text: str, dialect: _Dialect) -> list[str | None]:
     return list(row or ())
 
 
-def load_csv(con: duckdb.DuckDBPyConnection, name: str, source: Path | CSV) -> None:
+def load_csv(
+    con: duckdb.DuckDBPyConnection, name: str, source: Path | CSV, named: Collection[str] = ()
+) -> None:
     """Load a CSV file as table ``name``, under the names its header gives, or refuse it.
 
     The header is checked first (see :func:`_check_header`), unless ``source``
@@ -318,6 +321,8 @@ def load_csv(con: duckdb.DuckDBPyConnection, name: str, source: Path | CSV) -> N
     and the column's position, unless an unnamed column holds no value in any row
     (a trailing comma on every line makes one): that one is left out. The spaces
     DuckDB trims around a name (``age, city`` names ``city``) are trimmed.
+    ``named``: the columns a site's policy names; a header guessed (no ``skip``)
+    that lacks some while the row below holds them is refused (see :func:`_check_named`).
     """
     opts = source if isinstance(source, CSV) else CSV(source)
     path = Path(opts.path)
@@ -345,6 +350,45 @@ def load_csv(con: duckdb.DuckDBPyConnection, name: str, source: Path | CSV) -> N
     except ValueError as exc:
         raise ValueError(f"table {name!r}: {exc}") from None
     _check_names(con, name, path, cells)
+    if opts.skip is None and named and dialect is not None:
+        _check_named(con, name, path, _with_skip(dialect, dialect.skip + 1), text, named)
+
+
+def _check_named(
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    path: Path,
+    below: _Dialect,
+    text: str,
+    named: Collection[str],
+) -> None:
+    """Refuse a CSV whose header lacks columns the policy names that the row below it holds.
+
+    A note above the header (``exported by X; 2026`` above ``age;ward``) is taken
+    for the header when every column below reads as text (``40,5`` without
+    ``decimal=","``, ``?``): then the header's names are data, the first row.
+    """
+    have = {fold(c) for c in columns(con, name)}
+    lacked = {fold(c): c for c in named if fold(c) not in have}
+    if not lacked:
+        return
+    try:
+        row = _header_cells(con, text, below)
+    except duckdb.Error:  # no row below the header
+        return
+    held = [c.strip() for c in row if c is not None and fold(c.strip()) in lacked]
+    if not held:
+        return
+    top, line = below.skip, below.skip + 1
+    lines = _lines(path, line)
+    names = ", ".join(repr(c) for c in held)
+    raise ValueError(
+        f"table {name!r}: the policy names the {'column' if len(held) == 1 else 'columns'} "
+        f"{names}, which line {top} of {path} ({_shown(lines[top - 1])}), taken by DuckDB's "
+        f"reader for the header, does not name but line {line} ({_shown(lines[line - 1])}) "
+        f"holds: line {top} may be a note above the header; remove it (or skip it: "
+        f"{skip_hint(name, top)})"
+    )
 
 
 def _check_names(

@@ -236,7 +236,8 @@ class Site(Client):
         self.policy = policy
         # described once, as loaded: the tables never change afterwards
         try:
-            self._con, self._columns = open_tables(tables, policy.bounds if policy else ())
+            named = [*(policy.columns or ()), *policy.bounds, *policy.domains] if policy else []
+            self._con, self._columns = open_tables(tables, policy.bounds if policy else (), named)
         except ValueError as exc:  # a table refused, named with its site among many
             raise ValueError(f"site {name!r}: {exc}") from None
         self._tables = set(tables)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Collection, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +200,7 @@ def load_tables(tables: Mapping[str, Any]) -> duckdb.DuckDBPyConnection:
 
 
 def open_tables(
-    tables: Mapping[str, Any], bounded: Collection[str] = ()
+    tables: Mapping[str, Any], bounded: Collection[str] = (), named: Collection[str] = ()
 ) -> tuple[duckdb.DuckDBPyConnection, dict[str, dict[str, str]]]:
     """:func:`load_tables`, and each table's ``{column: DuckDB type}`` (see :func:`columns`).
 
@@ -207,7 +208,8 @@ def open_tables(
     afterwards can change a table (external access and the configuration are
     locked, and a site runs only the SELECTs it writes itself). ``bounded``: the
     columns a site's policy bounds, which must hold numbers in a CSV file's table
-    (see :func:`check_bounded`).
+    (see :func:`check_bounded`). ``named``: every column the policy names, which a
+    CSV file's guessed header must not leave on the row below it (see ``load_csv``).
     """
     if not isinstance(tables, Mapping) or not tables:
         raise ValueError("a site needs at least one table: tables={name: source}")
@@ -230,7 +232,7 @@ def open_tables(
         elif isinstance(source, str) and source.startswith(SQLITE_PREFIX):
             _sqlite(con, name, source)
         elif isinstance(source, str | Path | CSV):
-            if _file(con, name, source, CSV, load_csv):
+            if _file(con, name, source, CSV, partial(load_csv, named=named)):
                 texts.append(name)
         else:
             raise TypeError(
