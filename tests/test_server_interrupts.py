@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 from pathlib import Path
@@ -141,6 +142,8 @@ def test_sigterm_stops_covey_client_site_and_query_as_ctrl_c_does(
     assert code == 143, text
     assert "Traceback" not in text
     assert " ".join(text.strip().splitlines()[-1].split()) == said
+    # dated as covey server's and covey client's lines are
+    assert re.match(r"\d\d:\d\d:\d\d \S", log.read_text().strip().splitlines()[-1])
 
 
 def test_a_resumed_run_interrupted_before_its_next_round_says_why(tmp_path: Path) -> None:
