@@ -782,3 +782,38 @@ def test_a_heartbeat_out_of_range_names_its_flag_or_key(
     assert code == 2, out
     assert last_line(out).startswith(f"error: {said}")
     assert not Path("runs").exists()
+
+
+def test_a_run_folder_held_elsewhere_read_only_or_not_made_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both exited 1, the status of a run that failed and is to be resumed: a supervisor
+    # restarting on 1 restarted a command that no restart mends.
+    import errno
+
+    from covey.server import _runlock
+    from covey.server._store import RunStore
+
+    run = tmp_path / "run"
+    RunStore.create(run, config={"rounds": 1, "address": "127.0.0.1:0"}).close()
+    command = ("server", "--app", "digits_app:server_app", "--insecure", "--resume", str(run))
+    held = _runlock.hold_run(run)  # another open of run.lock: as another server's
+    try:
+        code, out = covey(*command)
+    finally:
+        if held is not None:
+            os.close(held)
+    assert code == 2, out
+    assert f"the run in {run} is still running in pid {os.getpid()}" in last_line(out), out
+
+    def read_only(lock: Path, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(lock))
+
+    monkeypatch.setattr(_runlock, "hold_lock", read_only)
+    code, out = covey(*command)
+    assert code == 2, out
+    assert f"cannot open the run in {run} to serve or resume it" in last_line(out), out
+    # A new run's --run-dir that cannot be made: refused the same way.
+    code, out = covey(*command[:-2], "--run-dir", "/proc/covey-nowhere/run")
+    assert code == 2, out
+    assert "cannot make the run folder /proc/covey-nowhere/run: " in last_line(out), out

@@ -124,7 +124,7 @@ def test_a_run_in_a_folder_the_reader_cannot_write_is_read_and_not_resumed() -> 
         assert out["history"] == [0, 1]
         assert out["write"].startswith(f"OSError: cannot write to the run in {folder}: "), out
         assert "it was opened to read only" in out["write"]
-        assert out["resume"].startswith("OSError: "), out
+        assert out["resume"].startswith("RunRefusedError: "), out  # an OSError
         assert str(folder) in out["resume"]
         assert "the run folder cannot be written" in out["resume"], out
         assert sorted(p.name for p in folder.iterdir()) == ["history.json", "run.sqlite", "weights"]

@@ -210,6 +210,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
     except (covey.FederationError, ValueError, OSError) as exc:
         _forget(run, flags)
         from covey.server._retry import RETRY_HINT  # not at import: `--help` stays light
+        from covey.server._runlock import RunRefusedError
 
         # The notes say where it came from (the app's evaluate_fn, its initial_weights).
         notes = [n for n in getattr(exc, "__notes__", ()) if isinstance(n, str) and n.strip()]
@@ -219,8 +220,8 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
             console.print(stamped(escape(f"hint: {RETRY_HINT}")), soft_wrap=True)
         if listened:  # refused before listening: the run did not start, nor stop
             _show_model(run, flags)
-        # A setting refused before listening is a mistake no restart mends: 2, as for a flag.
-        mistake = isinstance(exc, ValueError) and not listened
+        # A setting (the run folder too) refused before listening: no restart mends it, 2.
+        mistake = isinstance(exc, ValueError | RunRefusedError) and not listened
         raise typer.Exit(2 if mistake else 1) from None
     except KeyboardInterrupt as exc:
         _forget(run, flags)

@@ -18,6 +18,7 @@ from covey.server._kept import check_keep_last
 from covey.server._readcopy import is_simulation
 from covey.server._roundfiles import WEIGHTS_DIR
 from covey.server._rundb import LOCK_NAME, is_held
+from covey.server._runlock import RunRefusedError
 from covey.server._store import RunStore
 from covey.strategies._checks import refuse_unmet_need, unmet_rule_need
 from covey.strategies._strategy import Strategy
@@ -70,8 +71,10 @@ def reopen(run_dir: str | os.PathLike[str]) -> RunStore:
     """The store of the served run in ``run_dir``, held to resume it.
 
     Raises:
-        OSError: Another process holds the run: it is still running (its pid is
-            named), and a resume waits for it to end or for it to be stopped.
+        RunRefusedError: Another process holds the run: it is still running (its pid
+            is named), and a resume waits for it to end or for it to be stopped; or the
+            run cannot be written (a read-only folder).
+        OSError: The run cannot be read.
         ValueError: The folder holds a simulation, which a server does not continue.
         TypeError: ``run_dir`` is no path.
     """
@@ -90,7 +93,7 @@ def reopen(run_dir: str | os.PathLike[str]) -> RunStore:
             if holder.isdigit()
             else ("another covey process", "")
         )
-        raise OSError(
+        raise RunRefusedError(
             f"the run in {folder} is still running in {where}, which writes the folder "
             f"until it ends; wait for it to end, or stop it first (Ctrl-C in its terminal"
             f"{kill}), then resume it"

@@ -8,10 +8,21 @@ from pathlib import Path
 from covey.core._files import hold_lock
 from covey.server._readcopy import LOCK_NAME
 
-__all__ = ["hold_run", "make_run_folder"]
+__all__ = ["RunRefusedError", "hold_run", "make_run_folder"]
 
 _NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 """What opening the lock file to write fails with where this user cannot write there."""
+
+
+class RunRefusedError(OSError):
+    """A run folder refused to this process: another one holds it, or it cannot be written.
+
+    Also a new run's folder that cannot be made (a read-only or full disk).
+
+    Refused before a server listens, as a setting is (``covey server`` exits 2):
+    restarting the same command does not mend it, stopping the other server or
+    giving write permission (or another folder) does.
+    """
 
 
 def hold_run(path: Path) -> int | None:
@@ -24,9 +35,10 @@ def hold_run(path: Path) -> int | None:
         The lock file's descriptor, or None where there is no ``flock`` (Windows).
 
     Raises:
-        OSError: Another process holds the run (its pid is named), the run's
-            folder or lock file cannot be written (a read-only folder or share),
-            or ``run.lock`` is not a regular file.
+        RunRefusedError: Another process holds the run (its pid is named), the
+            run's folder or lock file cannot be written (a read-only folder or
+            share), or ``run.lock`` is not a regular file.
+        OSError: The pid cannot be written in ``run.lock`` (a full disk).
     """
     lock = path / LOCK_NAME
     try:
@@ -39,9 +51,11 @@ def hold_run(path: Path) -> int | None:
             patient=True,  # an is_held probe holds it for an instant only
         )
     except OSError as exc:
+        if exc.errno is None:  # hold_lock's own refusals: held, or no regular file
+            raise RunRefusedError(str(exc)) from None
         if exc.errno not in _NOT_WRITABLE:
             raise
-        raise OSError(
+        raise RunRefusedError(
             f"cannot open the run in {path} to serve or resume it: the run folder cannot be "
             f"written ({exc.strerror}: {lock}). A server holds {LOCK_NAME} in the folder, so "
             "that no other process serves the same run meanwhile, and writes every round "
@@ -55,7 +69,7 @@ def make_run_folder(path: Path) -> None:
     """Make ``path`` (and its parents) for a new run, or refuse naming it and the cause.
 
     Raises:
-        OSError: The folder cannot be made (a read-only or full disk, a parent that
+        RunRefusedError: The folder cannot be made (a read-only or full disk, a parent that
             is a file, no permission), naming the folder, the system's reason and the
             path it gave; ``mkdir``'s own error named the path alone.
     """
@@ -73,6 +87,8 @@ def make_run_folder(path: Path) -> None:
             fix = "free room on its disk, or give a run folder on another one"
         else:
             fix = "give another run folder"
-        refused = OSError(f"cannot make the run folder {path}: {exc.strerror}{where}; {fix}")
+        refused = RunRefusedError(
+            f"cannot make the run folder {path}: {exc.strerror}{where}; {fix}"
+        )
         refused.errno = exc.errno  # as mkdir's: a caller may tell a full disk by it
         raise refused from None
