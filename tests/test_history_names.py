@@ -140,6 +140,21 @@ def test_a_metric_named_loss_is_read_as_loss_metric_beside_the_round_s_loss() ->
     assert covey.History.from_json(h.to_json()).metric("loss_metric") == h.metric("loss_metric")
 
 
+def test_best_round_of_a_neg_metric_is_its_highest() -> None:
+    # scikit-learn's neg_log_loss is higher for a better model; its word "loss" made
+    # best_round pick its lowest value, the worst round.
+    h = covey.History(
+        [
+            RoundRecord(1, central_metrics={"neg_log_loss": -0.9, "val_loss": 0.9}),
+            RoundRecord(2, central_metrics={"neg_log_loss": -0.3, "val_loss": 0.3}),
+            RoundRecord(3, central_metrics={"neg_log_loss": -0.5, "val_loss": 0.5}),
+        ]
+    )
+    assert h.best_round("neg_log_loss") == (2, -0.3)
+    assert h.best_round("val_loss") == (2, 0.3)  # a loss still: its lowest
+    assert h.best_round("neg_log_loss", mode="min") == (1, -0.9)
+
+
 def test_to_pandas_and_the_rounds_table_show_a_metric_named_loss() -> None:
     h = named_like_a_loss()
     frame = h.to_pandas()

@@ -192,7 +192,8 @@ class History:
             name: The metric (``"accuracy"``), or ``"loss"``, as :meth:`metric` names it.
             mode: ``"max"`` when higher is better (accuracy), ``"min"`` when lower is (loss).
                 None (the default): ``"min"`` for a loss, a name one of whose words
-                is ``loss`` (``"loss"``, ``"train_loss"``, ``"val-loss"``), else ``"max"``.
+                is ``loss`` (``"loss"``, ``"train_loss"``, ``"val-loss"``), else ``"max"``,
+                a ``neg_`` name included (scikit-learn's ``"neg_log_loss"``, higher is better).
             source: ``"central"`` (``evaluate_fn``), ``"evaluate"`` (federated
                 evaluation) or ``"fit"`` (clients' training metrics).
 
@@ -374,8 +375,13 @@ def lacks_evaluate(failure: Failure) -> bool:
 
 
 def is_loss(name: str) -> bool:
-    """Whether a metric named ``name`` is a loss, lower being better: one of its words is loss."""
-    return "loss" in re.split(r"[^a-z0-9]+", name.lower())
+    """Whether a metric named ``name`` is a loss, lower being better: one of its words is loss.
+
+    A name starting with ``neg_`` is a negated loss, higher being better, as
+    scikit-learn's scores are (``neg_log_loss``, ``neg_mean_squared_error``).
+    """
+    lower = name.lower()
+    return not lower.startswith("neg_") and "loss" in re.split(r"[^a-z0-9]+", lower)
 
 
 def metric_points(history: History, name: str, source: Source) -> list[tuple[int, float]]:
