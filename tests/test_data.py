@@ -684,6 +684,20 @@ def test_dataset_client_refuses_what_is_not_one_clients_indices(digits: Dataset)
     np.testing.assert_array_equal(x, digits.x_train[[2, 5]])
 
 
+def test_dataset_client_given_np_where_s_tuple_names_np_flatnonzero(digits: Dataset) -> None:
+    # np.where(mask) is a tuple of one array: it was refused as shape (1, 2) with a
+    # hint about partitioners, which the caller had not used.
+    mask = np.zeros(len(digits.y_train), dtype=bool)
+    mask[[2, 5]] = True
+    for found in (np.where(mask), np.nonzero(mask)):
+        with pytest.raises(ValueError, match=r"shape \(1, 2\): a tuple of one array") as info:
+            digits.client(found)
+        assert "np.flatnonzero(mask)" in str(info.value)
+        assert "partitioner" not in str(info.value)
+    x, _ = digits.client(np.flatnonzero(mask))
+    np.testing.assert_array_equal(x, digits.x_train[[2, 5]])
+
+
 def test_dataset_is_frozen_and_read_only(digits: Dataset) -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         digits.name = "other"  # type: ignore[misc]

@@ -114,14 +114,26 @@ def _flat_indices(indices: npt.ArrayLike, n: int) -> npt.NDArray[Any]:
         shape = "arrays of different lengths" if index is None else f"shape {index.shape}"
         raise ValueError(
             f"indices must be a 1-D array of indices into the training set, got {shape}: "
-            f"a partitioner returns one array per client, so pass one of them "
-            f"(data.client(parts[cid]))"
+            + _flat_hint(indices)
         )
     if index.dtype == np.bool_ and len(index) != n:
         raise ValueError(
             f"a boolean mask must have one entry per training example ({n}), got {len(index)}"
         )
     return index
+
+
+def _flat_hint(indices: object) -> str:
+    """How to pass the indices meant by ``indices``, which are not one flat array."""
+    if isinstance(indices, tuple) and len(indices) == 1 and np.ndim(indices[0]) == 1:
+        # np.where(mask) and np.nonzero(mask) give a tuple of one array per dimension
+        return (
+            "a tuple of one array, as np.where(mask) or np.nonzero(mask) return: pass "
+            "np.flatnonzero(mask), or the boolean mask itself"
+        )
+    return (
+        "a partitioner returns one array per client, so pass one of them (data.client(parts[cid]))"
+    )
 
 
 def _check_fraction(test_fraction: float) -> float:
