@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -79,16 +80,23 @@ def _torch_strategy(name: str, fit_metrics: Any) -> covey.Strategy:
     )
 
 
-@pytest.mark.parametrize("name", ["fedavg", "fedprox", "scaffold", "dp"])
-def test_simulation_with_empty_torch_clients(name: str) -> None:
-    torch = pytest.importorskip("torch")
-    x, y = _data()
-    parts, empty = _parts(y)
+def _recorded() -> tuple[list[list[tuple[int, dict[str, Any]]]], Callable[[Any], dict[str, Any]]]:
+    """A ``fit_metrics`` that keeps each round's (examples, metrics) of the fits, and the list."""
     seen: list[list[tuple[int, dict[str, Any]]]] = []
 
     def fit_metrics(results: Any) -> dict[str, Any]:
         seen.append([(n, dict(m)) for n, m in results])
         return {}
+
+    return seen, fit_metrics
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedprox", "scaffold", "dp"])
+def test_simulation_with_empty_torch_clients(name: str) -> None:
+    torch = pytest.importorskip("torch")
+    x, y = _data()
+    parts, empty = _parts(y)
+    seen, fit_metrics = _recorded()
 
     strategy = _torch_strategy(name, fit_metrics)
     built = {cid: _torch_client(torch, x[parts[cid]], y[parts[cid]]) for cid in range(20)}
@@ -147,11 +155,7 @@ def test_simulation_with_empty_sklearn_clients() -> None:
 
     x, y = _data()
     parts, empty = _parts(y)
-    seen: list[list[tuple[int, dict[str, Any]]]] = []
-
-    def fit_metrics(results: Any) -> dict[str, Any]:
-        seen.append([(n, dict(m)) for n, m in results])
-        return {}
+    seen, fit_metrics = _recorded()
 
     def client_fn(cid: int) -> SklearnClient:
         model = SGDClassifier(loss="log_loss", random_state=cid)
