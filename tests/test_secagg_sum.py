@@ -89,17 +89,15 @@ def test_twenty_clients_sum_exactly(complete: bool) -> None:
     assert not result.excluded
 
 
-def _summed(sites: Any, drops: Any, threat: ThreatModel, complete: bool | None = True) -> Any:
-    """``secure_sum`` of the sites' 50-entry test vectors in round 1, ``drops`` dropping."""
+def _summed(sites: Any, drops: Any, threat: ThreatModel | None, **options: Any) -> Any:
+    """``secure_sum`` of the sites' test vectors, ``drops`` dropping.
+
+    Round 1, 50 entries bounded by 1,000 and the complete graph, unless ``options`` say
+    otherwise (``complete=None``: secure_sum's own choice).
+    """
+    given = {"round": 1, "input_kind": "test.vector", "length": 50, "bound": 1000}
     return secure_sum(
-        Dropping(sites, drops),
-        list(sites),
-        round=1,
-        input_kind="test.vector",
-        length=50,
-        bound=1000,
-        threat=threat,
-        complete=complete,
+        Dropping(sites, drops), list(sites), threat=threat, **{**given, "complete": True, **options}
     )
 
 
@@ -108,16 +106,7 @@ def test_dropouts_after_key_sharing_and_after_masking_are_recovered() -> None:
     threat = ThreatModel(corrupt_rate=0.05, dropout_rate=0.2)
     # 2 vanish before the masked input (after sharing keys), 2 after sending it.
     drop = {"secagg.mask": {3, 17}, "secagg.unmask": {5, 22}}
-    result = secure_sum(
-        Dropping(sites, drop),
-        list(sites),
-        round=2,
-        input_kind="test.vector",
-        length=50,
-        bound=1000,
-        threat=threat,
-        seed=1,
-    )
+    result = _summed(sites, drop, threat, round=2, seed=1, complete=None)
     survivors = [c for c in sites if c not in (3, 17)]
     assert result.survivors == survivors
     # Said as a client silent in any other stage is (the round's failure for it).
@@ -133,15 +122,7 @@ def test_dropouts_after_key_sharing_and_after_masking_are_recovered() -> None:
 
 def test_dropouts_before_key_sharing_are_excluded() -> None:
     sites = _sites(12)
-    result = secure_sum(
-        Dropping(sites, {"secagg.advertise": {4}, "secagg.share": {7}}),
-        list(sites),
-        round=1,
-        input_kind="test.vector",
-        length=50,
-        bound=1000,
-        complete=True,
-    )
+    result = _summed(sites, {"secagg.advertise": {4}, "secagg.share": {7}}, None)
     assert set(result.excluded) == {4, 7}
     np.testing.assert_array_equal(result.total, _plain(sites, result.survivors))
 
@@ -226,14 +207,11 @@ def test_any_dropout_pattern_gives_the_exact_sum_or_a_clean_abort(
     for cid in data.draw(st.lists(st.sampled_from(range(n)), max_size=n, unique=True)):
         drop[data.draw(st.sampled_from(stages))].add(cid)
     try:
-        result = secure_sum(
-            Dropping(sites, drop),
-            list(sites),
-            round=1,
-            input_kind="test.vector",
+        result = _summed(
+            sites,
+            drop,
+            ThreatModel(0.05, 0.3),
             length=8,
-            bound=1000,
-            threat=ThreatModel(0.05, 0.3),
             complete=data.draw(st.sampled_from([None, True])),
         )
     except SecAggAbort:
@@ -275,15 +253,13 @@ def test_the_default_threat_model_survives_fifteen_percent_dropping() -> None:
     for n, seed in ((20, 0), (60, 1), (100, 2)):
         sites = _sites(n, length=8)
         gone = set(np.random.default_rng(seed).choice(n, size=int(0.15 * n), replace=False))
-        result = secure_sum(
-            Dropping(sites, {"secagg.mask": {int(c) for c in gone}}),
-            list(sites),
-            round=1,
-            input_kind="test.vector",
+        result = _summed(
+            sites,
+            {"secagg.mask": {int(c) for c in gone}},
+            DEFAULT_THREAT,
             length=8,
-            bound=1000,
-            threat=DEFAULT_THREAT,
             seed=seed,
+            complete=None,
         )
         assert result.plan.complete is (n <= 30)
         assert set(result.dropped) == gone
