@@ -45,9 +45,17 @@ def _cancer() -> tuple[list[tuple[Any, Any]], Any, Any]:
 
 
 def _run(
-    strategy: covey.Strategy, params: dict[str, Any], shares: list[tuple[Any, Any]], rounds: int
+    strategy: covey.Strategy,
+    params: dict[str, Any],
+    shares: list[tuple[Any, Any]],
+    rounds: int,
+    start: Any = None,
+    run_dir: Path | None = None,
+    resume: bool = False,
 ) -> covey.sim.SimulationResult:
-    start = initial_model(params, num_features=shares[0][0].shape[1], capacity=1 << 21)
+    """An XGBoost run of ``strategy`` from ``start`` (an empty booster), kept in ``run_dir``."""
+    if start is None:
+        start = initial_model(params, num_features=shares[0][0].shape[1], capacity=1 << 21)
     return covey.simulate(
         lambda cid: XGBoostClient(*shares[cid], params, local_rounds=LOCAL),
         len(shares),
@@ -56,6 +64,8 @@ def _run(
         start,
         backend="inline",
         seed=0,
+        run_dir=run_dir,
+        resume=resume,
     )
 
 
@@ -68,17 +78,7 @@ def _in_run_dir(
     resume: bool,
 ) -> covey.sim.SimulationResult:
     """A binary XGBoost run of ``strategy`` from ``start`` kept in ``run_dir``."""
-    return covey.simulate(
-        lambda cid: XGBoostClient(*shares[cid], BINARY, local_rounds=LOCAL),
-        len(shares),
-        rounds,
-        strategy,
-        start,
-        backend="inline",
-        seed=0,
-        run_dir=run_dir,
-        resume=resume,
-    )
+    return _run(strategy, BINARY, shares, rounds, start, run_dir, resume)
 
 
 def _stopped_after(result: covey.sim.SimulationResult, round: int, cap: int) -> None:
