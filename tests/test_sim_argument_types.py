@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import socket
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 
 import covey
 import covey.deploy
+from _live import served_to
 
 
 class Step(covey.Client):
@@ -86,6 +88,38 @@ def test_a_round_timeout_computed_with_numpy_is_taken_as_its_number(timeout: Any
     assert run(round_timeout=timeout).history.rounds[-1].aggregated
     with pytest.raises(ValueError, match=r"round_timeout must be .* positive number, got -1\.0$"):
         run(round_timeout=np.float32(-1.0))
+
+
+def test_keep_last_and_round_deadline_computed_with_numpy_are_taken(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run(
+        keep_last=np.int64(2),
+        run_dir=run_dir,
+        round_deadline=np.float32(5.0),
+        client_durations=lambda cid, rnd: 1.0,
+    )
+    assert result.history.rounds[-1].aggregated
+    assert sorted(p.name for p in (run_dir / "weights").iterdir()) == [
+        "round-00001.safetensors",
+        "round-00002.safetensors",
+    ]
+    with pytest.raises(ValueError, match=r"keep_last must be None or .* got 0$"):
+        run(keep_last=np.int64(0), run_dir=tmp_path / "other")
+
+
+def test_serve_keeps_its_rounds_and_data_port_given_as_numpy_numbers(tmp_path: Path) -> None:
+    result = served_to(
+        [("a", Step(0))],
+        covey.FedAvg(fraction_evaluate=0.0, min_fit_clients=1, min_available_clients=1),
+        {"w": np.zeros(2)},
+        run_dir=tmp_path / "run",
+        keep_last=np.int64(1),
+        data_port=np.int64(0),
+    )
+    assert result.history.rounds[-1].aggregated
+    assert [p.name for p in (tmp_path / "run" / "weights").iterdir()] == ["round-00001.safetensors"]
+    with pytest.raises(ValueError, match=r"keep_last must be None or .* got 0$"):
+        covey.serve(covey.FedAvg(), 1, None, "127.0.0.1:0", insecure=True, keep_last=np.int64(0))
 
 
 def test_serve_takes_its_seconds_as_numpy_numbers() -> None:

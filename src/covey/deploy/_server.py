@@ -86,8 +86,8 @@ def serve(
     client_names: dict[int, str] | None = None,
     plot: bool = True,
     compression: Scheme | str | None = None,
-    keep_last: int | None = None,
-    data_port: int | None = None,
+    keep_last: Count | None = None,
+    data_port: Count | None = None,
     round_retries: Count = 0,
 ) -> ServeResult:
     """Serve a federation: wait for clients, run ``rounds`` rounds, say goodbye.
@@ -159,7 +159,8 @@ def serve(
         ValueError: a setting out of range, e.g. ``max_clients`` below the strategy's minimums.
     """
     rounds, seed, max_clients = plain_count(rounds), plain_count(seed), plain_count(max_clients)
-    round_retries = plain_count(round_retries)
+    round_retries, keep_last = plain_count(round_retries), plain_count(keep_last)
+    data_port = plain_count(data_port)
     round_timeout, wait_timeout = plain_real(round_timeout), plain_real(wait_timeout)
     heartbeat = plain_real(heartbeat)
     check_settings(rounds, round_timeout, wait_timeout, heartbeat, round_retries)

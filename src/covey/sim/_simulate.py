@@ -228,7 +228,7 @@ def simulate(
     run_dir: str | Path | None = None,
     client_durations: Durations | None = None,
     availability: Availability | None = None,
-    round_deadline: float | None = None,
+    round_deadline: Real | None = None,
     client_cache: Count | None = None,
     client_resources: Mapping[str, Any] | None = None,
     client_group: Callable[[int], str] | None = None,
@@ -236,7 +236,7 @@ def simulate(
     compression: Scheme | str | None = None,
     start_method: StartMethod | None = None,
     resume: bool = False,
-    keep_last: int | None = SIMULATION_KEEPS,
+    keep_last: Count | None = SIMULATION_KEEPS,
 ) -> SimulationResult:
     """Simulate a federation of ``num_clients`` clients for ``rounds`` rounds.
 
@@ -347,6 +347,7 @@ def simulate(
     num_clients, rounds = plain_count(num_clients), plain_count(rounds)
     seed, client_cache = plain_count(seed), plain_count(client_cache)
     num_workers, round_timeout = plain_count(num_workers), plain_real(round_timeout)
+    keep_last, round_deadline = plain_count(keep_last), plain_real(round_deadline)
     on_round = checked_callbacks(evaluate_fn, on_round)  # a list of callbacks: one calling each
     run_dir = None if run_dir is None else a_folder(run_dir)
     initial_weights = made(initial_weights)  # a function making them is called
