@@ -93,8 +93,12 @@ def main() -> None:
         print(f"report: {write_report(f'runs/{name}', f'{name}-report.html')}")
 
     if dashboard is not None:
-        input("press Enter to stop the dashboard ")
-        dashboard.stop()
+        try:
+            input("press Enter to stop the dashboard ")
+        except (EOFError, KeyboardInterrupt):  # no terminal to read (stdin closed), or Ctrl-C
+            print()
+        finally:
+            dashboard.stop()
 
 
 if __name__ == "__main__":
