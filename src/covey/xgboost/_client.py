@@ -275,7 +275,8 @@ class XGBoostClient(Client):
         x_test: Local test features (None, with ``y_test`` None: evaluate on the
             training data).
         y_test: Local test labels.
-        local_rounds: Boosting rounds per fit when the fit config sets none.
+        local_rounds: Boosting rounds per fit when the fit config sets none (default
+            1). Given, and other than the config's, a warning says the config's wins.
 
     Example:
         >>> import numpy as np
@@ -296,9 +297,11 @@ class XGBoostClient(Client):
         x_test: npt.ArrayLike | None = None,
         y_test: npt.ArrayLike | None = None,
         *,
-        local_rounds: int = 1,
+        local_rounds: int | None = None,
     ) -> None:
         xgb = xgboost_module()
+        self._told_rounds = local_rounds is None  # the default is no choice to warn about
+        local_rounds = 1 if local_rounds is None else local_rounds
         if isinstance(local_rounds, bool) or not isinstance(local_rounds, int) or local_rounds < 1:
             raise ValueError(f"local_rounds must be an int >= 1, got {local_rounds!r}")
         self.params = dict(params)
@@ -321,7 +324,6 @@ class XGBoostClient(Client):
             self.x_test, self.y_test = np.asarray(x_test), np.asarray(y_test)
             _check_rows(self.x_test, self.y_test, "x_test", "y_test")
         self.local_rounds = local_rounds
-        self._told_rounds = False
 
     def fit(self, weights: Weights, config: Config) -> FitResult:
         """Boost the global model ``local_rounds`` rounds on local data.
