@@ -293,6 +293,27 @@ def test_skipped_blocks_are_few_and_say_why() -> None:
     assert len(python) <= MAX_SKIPPED_PYTHON, python
 
 
+def test_every_print_a_page_shows_the_output_of_is_checked() -> None:
+    """A ``print`` whose output a comment shows is a top-level statement, which is checked.
+
+    One inside a loop or an ``if`` prints some other line first (or none), unchecked.
+    """
+    unchecked = []
+    for page in ["README.md", *PAGES]:
+        for block in blocks(ROOT / page):
+            if block.lang != "python" or block.skip is not None:
+                continue
+            tree = ast.parse(block.code)
+            comments = _comments(block.code)
+            top = {id(stmt) for stmt in tree.body}
+            for node in ast.walk(tree):
+                if isinstance(node, ast.stmt) and id(node) not in top and _is_print(node):
+                    said = comments.get(node.end_lineno or node.lineno)
+                    if said is not None and said[1]:
+                        unchecked.append(f"{page}:{block.line + node.lineno - 1}: {said[0]}")
+    assert not unchecked, unchecked
+
+
 def test_the_block_parser_sees_markers_languages_and_indented_blocks(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     page.write_text(
