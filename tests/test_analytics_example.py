@@ -37,3 +37,25 @@ def test_the_hospitals_example_answers_the_seed_question(
     assert dp.attrs["privacy"]["epsilon"] == pytest.approx(1.0, rel=1e-3)
     assert dp.attrs["privacy"]["withholding"] == []  # within the policy's max_epsilon
     assert "most common conditions" in capsys.readouterr().out
+
+
+def test_the_readme_writes_the_table_a_covey_site_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's ``python -c`` line writes the table its ``covey site`` line names."""
+    from covey.analytics import Site
+    from covey.analytics._cli import load_policy
+
+    readme = (EXAMPLE.parent / "README.md").read_text(encoding="utf-8")
+    line = next(x for x in readme.splitlines() if x.startswith("python -c "))
+    code = line.removeprefix("python -c ").strip("'")
+    site = next(x for x in readme.splitlines() if x.startswith("covey site --table"))
+    table = site.split("--table patients=")[1].split()[0]
+    policy = readme.split("```toml\n")[1].split("```")[0]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(EXAMPLE.parent))
+    exec(compile(code, "README.md", "exec"), {})  # the README's own line
+    (tmp_path / "policy.toml").write_text(policy, encoding="utf-8")
+    served = Site({"patients": str(tmp_path / table)}, load_policy(tmp_path / "policy.toml"))
+    assert served is not None
+    assert len(pd.read_parquet(tmp_path / table)) == 4000  # the first hospital's patients
