@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 from safetensors import safe_open
+from typer.testing import CliRunner
 
 import covey
+from covey.cli import app
 from covey.server._outputs import new_run_dir
 
 pytestmark = pytest.mark.slow
@@ -451,3 +453,12 @@ def test_covey_runs_reads_the_runs_dir_the_project_names(tmp_path: Path) -> None
     shown = covey_cli("runs", "show", folder.name, cwd=root)
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert str(Path("experiments") / folder.name) in " ".join(shown.stdout.split())
+
+
+@pytest.mark.parametrize("command", ["list", "show"])
+def test_covey_runs_help_names_the_project_runs_dir_as_the_default(command: str) -> None:
+    # The help said "[default: runs]" where the project's runs-dir is read.
+    shown = CliRunner().invoke(app, ["runs", command, "--help"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "[default: runs]" not in shown.output
+    assert "the runs-dir its pyproject.toml names" in " ".join(shown.output.split())

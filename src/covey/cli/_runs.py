@@ -83,7 +83,12 @@ runs_app = typer.Typer(
 RunsDir = Annotated[
     Path,
     typer.Option(
-        "--dir", help="The folder holding run folders.", parser=folder_flag("--dir"), metavar="PATH"
+        "--dir",
+        help="The folder holding run folders (default: runs, or in a project's folder "
+        "the runs-dir its pyproject.toml names).",
+        parser=folder_flag("--dir"),
+        metavar="PATH",
+        show_default=False,
     ),
 ]
 
@@ -212,7 +217,7 @@ def list_runs(
     folder: Annotated[
         Path | None,
         typer.Argument(
-            help="The folder holding run folders (as --dir; default runs/).",
+            help="The folder holding run folders (as --dir).",
             show_default=False,
             parser=folder_flag("FOLDER"),
             metavar="FOLDER",
@@ -220,7 +225,10 @@ def list_runs(
     ] = None,
     runs_dir: RunsDir = Path("runs"),
 ) -> None:
-    """List the runs under FOLDER or --dir (default runs/, three levels deep): status, metrics."""
+    """List the runs under FOLDER or --dir (three levels deep): status, metrics.
+
+    The default is runs/, or in a project's folder the runs-dir it names.
+    """
     from covey.core._history import History
 
     if folder is not None:  # `covey runs list runs/study`, as `covey dashboard runs/` reads
