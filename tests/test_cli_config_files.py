@@ -253,3 +253,21 @@ def test_insecure_on_the_command_line_overrides_the_file_s_certificates(tmp_path
     assert code == 2, out  # --certs is read, not the file's insecure = true
     assert last_line(out).startswith("error: fed/ca.pem not found")
     assert "not both" not in out
+
+
+def test_the_resume_command_repeats_the_plot_choice_of_the_command_line() -> None:
+    # A server started with --no-plot was told to resume without it, and drew plot.png.
+    from covey.deploy._cli_resume import resume_hint
+
+    assert resume_hint(Path("run"), insecure=True, plot=False) == (
+        "covey server --resume run --insecure --no-plot"
+    )
+    assert (
+        resume_hint(Path("run"), insecure=True, plot=True) == "covey server --resume run --insecure"
+    )
+    with_file = resume_hint(Path("run"), config=Path("s.toml"), plot=True)
+    assert with_file == "covey server --resume run --config s.toml --plot"
+    assert (
+        resume_hint(Path("run"), config=Path("s.toml"))
+        == "covey server --resume run --config s.toml"
+    )

@@ -443,8 +443,7 @@ def server_command(
         own |= dict(zip(TRACKER_KEYS, (tensorboard, mlflow, mlflow_experiment), strict=True))
         refuse_round_flags(_pick(app, s, "app", None), own, s)
         return serve_own(server_app, flags, console)
-    # Only once every flag is checked: a fresh run folder is made here.
-    # Those of --config are read again from it; the command line's are repeated.
+    # Every flag checked: a fresh run folder is made (the command line's flags repeated).
     typed = {"round_timeout": round_timeout, "round_retries": round_retries}
     typed |= {"wait_timeout": wait_timeout, "heartbeat": heartbeat}
     flags["run"] = run_folder(given, resume_dir)
@@ -461,6 +460,7 @@ def server_command(
         keep_last=flags["keep_last"],
         max_clients=None if flags["max_clients"] == 1000 else flags["max_clients"],
         data_port=flags["data_port"],
+        plot=flags["plot"],
         trackers=dict(zip(TRACKER_KEYS, (tensorboard, mlflow, mlflow_experiment), strict=True)),
         timing={key: flags[key] for key, value in typed.items() if value is not None},
     )

@@ -127,6 +127,7 @@ def resume_hint(
     keep_last: int | None = None,
     max_clients: int | None = None,
     data_port: int | None = None,
+    plot: bool | None = None,
     timing: Mapping[str, float | int | None] | None = None,
     trackers: Mapping[str, str | None] | None = None,
 ) -> str:
@@ -135,7 +136,9 @@ def resume_hint(
     ``timing`` holds the settings the run folder does not keep (``round_timeout``,
     ``round_retries``, ``wait_timeout``, ``heartbeat``): each one given is repeated,
     so the resumed server keeps the deadlines of the one it continues; so are the
-    ``trackers`` given (``--tensorboard``, ``--mlflow``), which it logs to again. With a
+    ``trackers`` given (``--tensorboard``, ``--mlflow``), which it logs to again, and
+    ``plot`` as the command line chose it (``--no-plot``; ``--plot`` only over a
+    ``config`` file, which alone can turn it off otherwise). With a
     ``config`` file, read again on resume, the TLS choice is repeated only if the
     command line made it (``tls_given``), and then in full: ``--no-insecure`` beside
     ``--certs``, so that a file saying ``insecure = true`` does not win on resume.
@@ -160,6 +163,8 @@ def resume_hint(
         parts.append(f"--max-clients {max_clients}")
     if data_port is not None:
         parts.append(f"--data-port {data_port}")
+    if plot is False or (plot and config is not None):
+        parts.append("--plot" if plot else "--no-plot")
     for key, value in (timing or {}).items():
         if value is not None and not (key == "round_retries" and value == 0):
             # 600 as 600, 1e300 as 1e+300 (not its 301 digits), 0.5 as 0.5
