@@ -1,0 +1,268 @@
+"""A CSV file's header as DuckDB's reader guesses it, and the checks of that guess.
+
+DuckDB's reader guesses a CSV's dialect (delimiter, quotes) and which line is
+its header; a wrong guess loads the data under other column names, or a number
+column as text, and nobody sees the data to notice. So the guess is checked
+here, and a file it may be wrong about is refused, naming the file and its lines.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+
+from covey.analytics._tables import counted
+from covey.core._text import clipped
+
+_DELIMITERS = ",;\t|"
+
+
+def string(text: str) -> str:
+    """``text`` as a SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def shown(line: str) -> str:
+    """A line of a file as an error message shows it: quoted, clipped to 100 characters."""
+    return repr(clipped(line.rstrip("\r\n"), 100))
+
+
+def first_lines(path: Path, n: int) -> list[str]:
+    """The first ``n`` lines of ``path`` (a byte order mark left out)."""
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as f:
+        return [f.readline() for _ in range(n)]
+
+
+class Dialect:
+    """What DuckDB's sniffer finds for a CSV file: its dialect, skipped lines, columns."""
+
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, text: str, given: int | None, values: str
+    ) -> None:
+        skip = "" if given is None else f", skip = {given}"
+        sniff = f"sniff_csv({text}, header = true{skip}, {values})"
+        found = con.execute(
+            f"SELECT Delimiter, Quote, Escape, Comment, SkipRows, Columns FROM {sniff}"  # noqa: S608
+        ).fetchone()
+        d, q, e, c, n, cols = found or (",", '"', '"', "", 0, [])
+        self.delim, self.quote, self.escape, self.comment = (
+            "" if v == "(empty)" else str(v) for v in (d, q, e, c)
+        )
+        self.skip = int(n) if given is None else given
+        self.types = [str(col["type"]) for col in cols]
+        self.sql = ", ".join(
+            f"{k} = {string(v)}"
+            for k, v in (
+                ("delim", self.delim),
+                ("quote", self.quote),
+                ("escape", self.escape),
+                ("comment", self.comment),
+            )
+        )
+
+    def fields(self, path: Path) -> Iterator[tuple[int, int]]:
+        """(line, field count) of each row of ``path``, the header's first, as this dialect splits.
+
+        Only read when a file is refused, to say where.
+        """
+        quoting: Literal[0, 1, 2, 3] = csv.QUOTE_MINIMAL if self.quote else csv.QUOTE_NONE
+        escape = self.escape if self.escape and self.escape != self.quote else None
+        with path.open(encoding="utf-8-sig", errors="replace", newline="") as f:
+            for _ in range(self.skip):
+                f.readline()
+            rows = csv.reader(
+                f,
+                delimiter=self.delim or ",",
+                quotechar=self.quote or None,
+                escapechar=escape,
+                quoting=quoting,
+            )
+            for row in rows:
+                if row and not (self.comment and row[0].startswith(self.comment)):
+                    yield rows.line_num + self.skip, len(row)
+
+
+def uneven_row(path: Path, dialect: Dialect) -> str:
+    """Which line of ``path`` has other than the header's count of fields (empty: none)."""
+    rows = dialect.fields(path)
+    try:
+        top, n = next(rows, (0, 0))
+        line, count = next(((i, k) for i, k in rows if k != n), (0, 0))
+    except csv.Error:
+        return ""
+    if not line:
+        return ""
+    lines = first_lines(path, line)
+    return (
+        f"line {line} ({shown(lines[line - 1])}) has {counted(count, 'field')}, "
+        f"line {top} ({shown(lines[top - 1])}) {n}"
+    )
+
+
+def skip_hint(name: str, skip: int) -> str:
+    """How to say a CSV's header is below ``skip`` lines: ``covey site``'s flag, or Python's."""
+    return (
+        f"covey site --csv-skip {name}={skip}, or covey.analytics.CSV(path, skip={skip}) in Python"
+    )
+
+
+def check_header(name: str, path: Path, dialect: Dialect, con: Any, text: str, values: str) -> None:
+    """Refuse a file whose header DuckDB's reader may have guessed wrong.
+
+    A row with more fields than the header makes the reader take it for the
+    header, skipping the file's own header and the rows above (``a,b`` then
+    ``1,2`` then ``3,4,5`` loads as the columns ``3``, ``4`` and ``5``); a note of
+    fields above the header (``exported by X, 2026-01-01``) is taken for the header,
+    or skipped. Lines skipped without the delimiter (a title, a comment) are left
+    skipped.
+    """
+    lines = first_lines(path, dialect.skip + 3)
+    above = [
+        i
+        for i, s in enumerate(lines[: dialect.skip], 1)
+        if dialect.delim in s and not (dialect.comment and s.startswith(dialect.comment))
+    ]
+    if dialect.delim and above:
+        uneven = uneven_row(path, with_skip(dialect, 0))
+        raise ValueError(
+            f"DuckDB's reader would skip {_span(dialect.skip)} of {path} (line {above[0]}: "
+            f"{shown(lines[above[0] - 1])}) and take line {dialect.skip + 1} for the header "
+            f"({shown(lines[dialect.skip])}){'; ' + uneven if uneven else ''}: give every row "
+            f"as many fields as the header; if the lines above the header are notes, remove "
+            f"them (or skip them: {skip_hint(name, dialect.skip)})"
+        )
+    _check_skipped(name, path, dialect, lines)
+    _check_first_row(name, path, dialect, con, text, values, lines)
+
+
+def _check_skipped(name: str, path: Path, dialect: Dialect, lines: list[str]) -> None:
+    """Refuse a file whose header the reader finds below lines of one field, with no row below.
+
+    A one-column file with a later row of more fields (``a``, ``1``, then ``2,3``)
+    is read as lines above the header, the header being that row: its own header
+    and rows are lost, and the table has none.
+    """
+    skipped = [
+        s
+        for s in lines[: dialect.skip]
+        if s.strip() and not (dialect.comment and s.startswith(dialect.comment))
+    ]
+    if len(skipped) < 2:  # a title line alone is left skipped
+        return
+    rows = dialect.fields(path)
+    if next(rows, None) is None or next(rows, None) is not None:
+        return
+    uneven = uneven_row(path, with_skip(dialect, 0))
+    top = dialect.skip + 1
+    raise ValueError(
+        f"DuckDB's reader would skip {_span(dialect.skip)} of {path} and take line {top} "
+        f"({shown(lines[top - 1])}) for the header of a table with no rows"
+        f"{'; ' + uneven if uneven else ''}: give every row as many fields as the header; "
+        f"if the lines above line {top} are notes, remove them (or skip them: "
+        f"{skip_hint(name, dialect.skip)})"
+    )
+
+
+def check_delimiter(path: Path, dialect: Dialect) -> None:
+    """Refuse a file DuckDB's reader would load as one column though its header has fields.
+
+    A row with more fields than the others makes it find no delimiter that splits
+    every line alike (``a,b`` then ``1,2,3`` loads as one column named ``a,b``).
+    """
+    head = first_lines(path, dialect.skip + 1)[-1]
+    if len(dialect.types) == 1 and any(d in head for d in _DELIMITERS if d != dialect.delim):
+        guess = max(_DELIMITERS, key=head.count)
+        uneven = uneven_row(path, with_skip(dialect, dialect.skip, guess))
+        raise ValueError(
+            f"DuckDB's reader finds no delimiter that splits every line of {path} alike, and "
+            f"would load it as one column named {shown(head)}"
+            f"{'; ' + uneven if uneven else ''}: give every row as many fields as the header"
+        )
+
+
+def _check_first_row(
+    name: str,
+    path: Path,
+    dialect: Dialect,
+    con: Any,
+    text: str,
+    values: str,
+    lines: list[str],
+) -> None:
+    """Refuse a file whose first row below the header reads as a header itself.
+
+    A column of numbers (or dates) below that row, and text in it, would make the
+    column text: either the line above is a note and this row the header, or the
+    row holds a value that is no number (nor a missing value).
+    """
+    if not lines[-1].strip():  # no row below the first one: no column of values to tell
+        _check_one_row(name, path, dialect, con, text, lines)
+        return
+    below = f"sniff_csv({text}, header = true, skip = {dialect.skip + 1}, {dialect.sql}, "
+    try:
+        found = con.execute(f"SELECT Columns FROM {below}{values})").fetchone()  # noqa: S608
+    except duckdb.Error:  # nothing the reader can sniff below that row: nothing to tell
+        return
+    types = [str(c["type"]) for c in (found[0] if found else [])]
+    if len(types) != len(dialect.types):
+        return
+    for i, (was, then) in enumerate(zip(dialect.types, types, strict=True)):
+        if was == "VARCHAR" and then != "VARCHAR":
+            top, row = dialect.skip + 1, dialect.skip + 2
+            raise ValueError(
+                f"line {row} of {path} ({shown(lines[row - 1])}) reads as a header: column "
+                f"{i + 1} holds values of type {then} on the lines below it, but text on that "
+                f"line. If line {top} ({shown(lines[top - 1])}) is a note above the header, "
+                f"remove it (or skip it: {skip_hint(name, top)}); if line {row} is data, make "
+                "its value in that column one of that type, or a missing value (NA), or say "
+                f"the header is line {top}: {skip_hint(name, dialect.skip)}"
+            )
+
+
+def _check_one_row(
+    name: str, path: Path, dialect: Dialect, con: Any, text: str, lines: list[str]
+) -> None:
+    """Refuse a file of one row of text below its header: that row may be the header itself.
+
+    With no second row there is no column of values to tell a header by, and a
+    note above the header (``exported by X, 2026`` above ``age,ward``) would name
+    the columns. A row holding a number or an empty cell is no header, and loads.
+    """
+    top, row = dialect.skip + 1, dialect.skip + 2
+    if not lines[row - 1].strip() or any(t != "VARCHAR" for t in dialect.types):
+        return
+    cells = header_cells(con, text, with_skip(dialect, row - 1))
+    if len(cells) != len(dialect.types) or any(c is None or not c.strip() for c in cells):
+        return
+    raise ValueError(
+        f"DuckDB's reader would take line {top} of {path} ({shown(lines[top - 1])}) for the "
+        f"header and line {row} ({shown(lines[row - 1])}) for its one row, but both are text "
+        f"and no row below tells which is the header: line {top} may be a note above it. "
+        f"If the header is line {row}, remove line {top} (or skip it: {skip_hint(name, top)}); "
+        f"if it is line {top}, say so: "
+        f"{skip_hint(name, dialect.skip)}"
+    )
+
+
+def with_skip(dialect: Dialect, skip: int, delim: str = "") -> Dialect:
+    """``dialect`` with its header below ``skip`` lines (and split by ``delim``, if given)."""
+    other = object.__new__(Dialect)
+    other.__dict__.update(dialect.__dict__, skip=skip)
+    if delim:
+        other.delim = delim
+    return other
+
+
+def _span(skip: int) -> str:
+    return f"line {skip}" if skip == 1 else f"lines 1 to {skip}"
+
+
+def header_cells(con: Any, text: str, dialect: Dialect) -> list[str | None]:
+    """A CSV file's header row, each cell as written (None: empty), split as DuckDB splits it."""
+    reader = f"read_csv({text}, header = false, all_varchar = true, skip = {dialect.skip}, "
+    row = con.execute(f"SELECT * FROM {reader}{dialect.sql}) LIMIT 1").fetchone()  # noqa: S608
+    return list(row or ())
