@@ -253,3 +253,37 @@ def test_a_note_above_a_header_of_text_columns_is_refused_when_the_policy_names_
     assert site._columns["t"] == {"age": "DOUBLE", "ward": "VARCHAR"}
     # a header said to be the first line is not second-guessed
     assert "age" not in _site(CSV(path, skip=0), policy=policy)._columns["t"]
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        # loaded as one text column, the row '2,3' one value of it
+        ("a\n1\n2,3\n4\n", "line 3 ('2,3') as one value of it; line 3 has 2 fields split at ','"),
+        ("name\nAnn\nBob,Jr\nCid\n", "line 3 ('Bob,Jr') as one value of it; line 3 has 2"),
+        # loaded as the columns '2' and '3' holding the row below, 'a' and '1' skipped
+        ("a\n1\n2,3\n4,5\n", "would skip lines 1 to 2 of {path} and take line 3 ('2,3')"),
+        ("a\n2,3\n4,5\n6,7\n", "would skip line 1 of {path} and take line 2 ('2,3')"),
+        ("a\n1\n2;3\n4;5\n", "would skip lines 1 to 2 of {path} and take line 3 ('2;3')"),
+    ],
+)
+def test_a_one_column_file_with_a_longer_row_and_rows_below_is_refused_naming_it(
+    tmp_path: Path, text: str, said: str
+) -> None:
+    path = tmp_path / "one.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=r"^site 'north': table 't': ") as info:
+        _site(path, policy=Policy(min_group_size=1))
+    assert said.format(path=path) in str(info.value)
+    assert "give every row as many fields as the header" in str(info.value)
+    if "skip" not in said:  # no line skipped: said so, the file is refused all the same
+        with pytest.raises(ValueError, match="as one value of it"):
+            _site(CSV(path, skip=0), policy=Policy(min_group_size=1))
+
+
+@pytest.mark.parametrize("text", ['name\n"Bob,Jr"\nCid\n', "note\nfoo; bar\nbaz\n", "a\n1\n2\n3\n"])
+def test_a_one_column_file_of_even_rows_loads(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "one.csv"
+    path.write_text(text)
+    site = _site(path, policy=Policy(min_group_size=1))
+    assert len(site._columns["t"]) == 1

@@ -99,9 +99,9 @@ def load_csv(
     dialect: Dialect | None = None
     try:
         dialect = Dialect(con, text, opts.skip, values)
+        check_delimiter(path, dialect)  # a wrong delimiter first: the header's checks split by it
         if opts.skip is None:
             check_header(name, path, dialect, con, text, values)
-        check_delimiter(path, dialect)
         cells = header_cells(con, text, dialect)
         reader = f"read_csv({text}, header = true, skip = {dialect.skip}, {dialect.sql}, "
         con.execute(

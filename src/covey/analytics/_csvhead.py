@@ -9,6 +9,7 @@ here, and a file it may be wrong about is refused, naming the file and its lines
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -140,41 +141,61 @@ def check_header(name: str, path: Path, dialect: Dialect, con: Any, text: str, v
 
 
 def _check_skipped(name: str, path: Path, dialect: Dialect, lines: list[str]) -> None:
-    """Refuse a file whose header the reader finds below lines of one field, with no row below.
+    """Refuse a file whose header the reader finds below lines of one field it would skip.
 
-    A one-column file with a later row of more fields (``a``, ``1``, then ``2,3``)
-    is read as lines above the header, the header being that row: its own header
-    and rows are lost, and the table has none.
+    A one-column file with a later row of more fields (``a``, ``1``, then ``2,3``,
+    and maybe more rows of two) is read as lines above the header, the header
+    being that row: its own header and rows are lost, and the columns are named
+    by data. So are two lines of one field or more above a header (which may be
+    a title's lines too, but then skipping them is said), and one line above a
+    header of numbers or dates alone (``a``, then ``2,3``, ``4,5``). A title line
+    alone above a header of names is left skipped.
     """
     skipped = [
         s
         for s in lines[: dialect.skip]
         if s.strip() and not (dialect.comment and s.startswith(dialect.comment))
     ]
-    if len(skipped) < 2:  # a title line alone is left skipped
+    top = dialect.skip + 1
+    if not skipped or (len(skipped) == 1 and not _all_values(lines[top - 1], dialect)):
         return
     rows = dialect.fields(path)
-    if next(rows, None) is None or next(rows, None) is not None:
-        return
+    empty = next(rows, None) is not None and next(rows, None) is None
     uneven = uneven_row(path, with_skip(dialect, 0))
-    top = dialect.skip + 1
     raise ValueError(
         f"DuckDB's reader would skip {_span(dialect.skip)} of {path} and take line {top} "
-        f"({shown(lines[top - 1])}) for the header of a table with no rows"
+        f"({shown(lines[top - 1])}) for the header{' of a table with no rows' if empty else ''}"
         f"{'; ' + uneven if uneven else ''}: give every row as many fields as the header; "
         f"if the lines above line {top} are notes, remove them (or skip them: "
         f"{skip_hint(name, dialect.skip)})"
     )
 
 
+#: A cell that reads as a number, a date or a time (``40``, ``-1.5e3``, ``2026-01-01 08:00``)
+_VALUE = re.compile(r"[-+]?\.?\d[\d.,:/ T+-]*")
+
+
+def _all_values(line: str, dialect: Dialect) -> bool:
+    """Whether every cell of ``line`` reads as a number, a date or a time: data, not names."""
+    try:
+        cells = next(csv.reader([line], delimiter=dialect.delim or ",", quotechar='"'), [])
+    except csv.Error:
+        return False
+    return bool(cells) and all(_VALUE.fullmatch(c.strip()) for c in cells)
+
+
 def check_delimiter(path: Path, dialect: Dialect) -> None:
-    """Refuse a file DuckDB's reader would load as one column though its header has fields.
+    """Refuse a file DuckDB's reader would load as one column where a row has more fields.
 
     A row with more fields than the others makes it find no delimiter that splits
-    every line alike (``a,b`` then ``1,2,3`` loads as one column named ``a,b``).
+    every line alike (``a,b`` then ``1,2,3`` loads as one column named ``a,b``);
+    a one-column file's row of more fields is loaded as one value of its column
+    (``a``, ``1``, ``2,3``, ``4``: the value ``'2,3'``, and the column text).
     """
     head = first_lines(path, dialect.skip + 1)[-1]
-    if len(dialect.types) == 1 and any(d in head for d in _DELIMITERS if d != dialect.delim):
+    if len(dialect.types) != 1:
+        return
+    if any(d in head for d in _DELIMITERS if d != dialect.delim):
         guess = max(_DELIMITERS, key=head.count)
         uneven = uneven_row(path, with_skip(dialect, dialect.skip, guess))
         raise ValueError(
@@ -182,6 +203,33 @@ def check_delimiter(path: Path, dialect: Dialect) -> None:
             f"would load it as one column named {shown(head)}"
             f"{'; ' + uneven if uneven else ''}: give every row as many fields as the header"
         )
+    longer = _longer_row(path, dialect)
+    if longer:
+        line, count, delim = longer
+        row = first_lines(path, line)[-1]
+        raise ValueError(
+            f"DuckDB's reader would load {path} as one column named {shown(head)}, and line "
+            f"{line} ({shown(row)}) as one value of it; line {line} has {count} fields split "
+            f"at {delim!r}, line {dialect.skip + 1} ({shown(head)}) 1: give every row as many "
+            f"fields as the header (quote a value that holds {delim!r})"
+        )
+
+
+def _longer_row(path: Path, dialect: Dialect) -> tuple[int, int, str] | None:
+    """A row below a one-column header of more fields, as (line, fields, delimiter).
+
+    Split at a comma or at the delimiter DuckDB's reader found; the first such row,
+    or None.
+    """
+    found: list[tuple[int, int, str]] = []
+    for delim in dict.fromkeys(d for d in (",", dialect.delim) if d):
+        split = with_skip(dialect, dialect.skip, delim)
+        split.quote = split.quote or '"'
+        try:
+            found += [next(((i, k, delim) for i, k in split.fields(path) if k > 1), (0, 0, ""))]
+        except csv.Error:
+            continue
+    return min((f for f in found if f[0]), default=None)
 
 
 def _check_first_row(
