@@ -287,3 +287,27 @@ def test_a_one_column_file_of_even_rows_loads(tmp_path: Path, text: str) -> None
     path.write_text(text)
     site = _site(path, policy=Policy(min_group_size=1))
     assert len(site._columns["t"]) == 1
+
+
+@pytest.mark.parametrize("text", ["1,2\n3,4\n5,6\n", "40\n50\n", "2024-01-01,2024-02-01\n1,2\n"])
+def test_a_file_of_no_header_is_refused_not_named_by_its_first_row(
+    tmp_path: Path, text: str
+) -> None:
+    # '1,2' loaded as the columns '1' and '2', the first row lost
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    first = text.splitlines()[0]
+    with pytest.raises(ValueError, match=r"^site 'north': table 't': ") as info:
+        _site(path, policy=Policy(min_group_size=1))
+    assert str(info.value) == (
+        f"site 'north': table 't': line 1 of {path} ({first!r}), which DuckDB's reader would "
+        "take for the header, holds only numbers or dates, no column names: give the file a "
+        "header row naming its columns (or, if line 1 is the header, say so: covey site "
+        "--csv-skip t=0, or covey.analytics.CSV(path, skip=0) in Python)"
+    )
+    assert list(_site(CSV(path, skip=0), policy=Policy(min_group_size=1))._columns["t"]) == (
+        first.split(",")
+    )
+    # a header naming a column by a year beside a name loads
+    path.write_text("ward,2024\nA,1\nB,2\n")
+    assert list(_site(path, policy=Policy(min_group_size=1))._columns["t"]) == ["ward", "2024"]

@@ -137,6 +137,14 @@ def check_header(name: str, path: Path, dialect: Dialect, con: Any, text: str, v
             f"them (or skip them: {skip_hint(name, dialect.skip)})"
         )
     _check_skipped(name, path, dialect, lines)
+    top = dialect.skip + 1
+    if _all_values(lines[top - 1], dialect):  # a file of no header: its first row names columns
+        raise ValueError(
+            f"line {top} of {path} ({shown(lines[top - 1])}), which DuckDB's reader would take "
+            "for the header, holds only numbers or dates, no column names: give the file a "
+            f"header row naming its columns (or, if line {top} is the header, say so: "
+            f"{skip_hint(name, dialect.skip)})"
+        )
     _check_first_row(name, path, dialect, con, text, values, lines)
 
 
