@@ -311,3 +311,24 @@ def test_a_file_of_no_header_is_refused_not_named_by_its_first_row(
     # a header naming a column by a year beside a name loads
     path.write_text("ward,2024\nA,1\nB,2\n")
     assert list(_site(path, policy=Policy(min_group_size=1))._columns["t"]) == ["ward", "2024"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"name,city\nAnn,Oslo\n",
+        b"name,city\r\nAnn,Oslo",  # CRLF, no line end on the last line
+        b"\xef\xbb\xbfname;city\nAnn;Oslo\n",  # a byte order mark, ';'-delimited
+        b'"name","city"\n"Ann","Oslo"\n',
+        b"Report\nname,city\nAnn,Oslo\n",  # below a title line, skipped
+    ],
+)
+def test_one_row_of_text_below_a_header_of_names_loads_under_it(
+    tmp_path: Path, data: bytes
+) -> None:
+    # refused: no row below told the header from a note, though line 1 named the columns
+    path = tmp_path / "t.csv"
+    path.write_bytes(data)
+    site = _site(path, policy=Policy(min_group_size=1))
+    assert site._columns["t"] == {"name": "VARCHAR", "city": "VARCHAR"}
+    assert site._con.execute("SELECT * FROM t").fetchall() == [("Ann", "Oslo")]

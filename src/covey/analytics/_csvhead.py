@@ -179,6 +179,8 @@ def _check_skipped(name: str, path: Path, dialect: Dialect, lines: list[str]) ->
     )
 
 
+#: A header's cell that is evidently a column's name: a word, not led by a digit
+_NAME = re.compile(r"[^\W\d]\w*")
 #: A cell that reads as a number, a date or a time (``40``, ``-1.5e3``, ``2026-01-01 08:00``)
 _VALUE = re.compile(r"[-+]?\.?\d[\d.,:/ T+-]*")
 
@@ -286,13 +288,17 @@ def _check_one_row(
 
     With no second row there is no column of values to tell a header by, and a
     note above the header (``exported by X, 2026`` above ``age,ward``) would name
-    the columns. A row holding a number or an empty cell is no header, and loads.
+    the columns. A row holding a number or an empty cell is no header, and loads;
+    so does a header of names alone (``name,city`` above ``Ann,Oslo``), each a word
+    of letters, digits and underscores: a note's cells hold spaces or numbers.
     """
     top, row = dialect.skip + 1, dialect.skip + 2
     if not lines[row - 1].strip() or any(t != "VARCHAR" for t in dialect.types):
         return
     cells = header_cells(con, text, with_skip(dialect, row - 1))
     if len(cells) != len(dialect.types) or any(c is None or not c.strip() for c in cells):
+        return
+    if all(c is not None and _NAME.fullmatch(c.strip()) for c in header_cells(con, text, dialect)):
         return
     raise ValueError(
         f"DuckDB's reader would take line {top} of {path} ({shown(lines[top - 1])}) for the "
