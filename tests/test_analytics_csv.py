@@ -238,14 +238,14 @@ def test_a_note_above_a_header_of_text_columns_is_refused_when_the_policy_names_
 ) -> None:
     # every column below reads as text ('40,5', '?'), so the note named the columns
     path = tmp_path / "t.csv"
-    path.write_text("exported by X; 2026\nage;ward\n40,5;A\n?;B\n50;A\n")
+    path.write_text("exported by X; Hospital A\nage;ward\n40,5;A\n?;B\n50;A\n")
     with pytest.raises(ValueError, match=r"^site 'north': table 't': ") as info:
         _site(path, policy=policy)
     held = "'ward'" if not policy.bounds and not policy.columns else "'age'"
     held = "columns 'age', 'ward'" if policy.columns else f"column {held}"
     assert str(info.value) == (
         f"site 'north': table 't': the policy names the {held}, which line 1 of {path} "
-        "('exported by X; 2026'), taken by DuckDB's reader for the header, does not name but "
+        "('exported by X; Hospital A'), taken by DuckDB's reader for the header, does not name but "
         "line 2 ('age;ward') holds: line 1 may be a note above the header; remove it (or skip "
         "it: covey site --csv-skip t=1, or covey.analytics.CSV(path, skip=1) in Python)"
     )
@@ -332,3 +332,33 @@ def test_one_row_of_text_below_a_header_of_names_loads_under_it(
     site = _site(path, policy=Policy(min_group_size=1))
     assert site._columns["t"] == {"name": "VARCHAR", "city": "VARCHAR"}
     assert site._con.execute("SELECT * FROM t").fetchall() == [("Ann", "Oslo")]
+
+
+@pytest.mark.parametrize(
+    ("note", "data"),
+    [
+        ("exported by X, 2026-01-01\n", "name,city\nAnn,Oslo\nBob,Rome\n"),
+        ("exported by X; 2026\n", "age;ward\n40,5;A\n?;B\n50;A\n"),  # ages of text too
+        ("Report,2026\n", "name,city\nAnn,Oslo\n"),  # one row below the header
+    ],
+)
+@pytest.mark.parametrize("policy", [Policy(min_group_size=1), POLICY])
+def test_a_note_dated_above_a_header_of_text_columns_is_refused_whatever_the_policy(
+    tmp_path: Path, note: str, data: str, policy: Policy
+) -> None:
+    # loaded as the columns 'exported by X' and '2026-01-01', the header a row of them
+    path = tmp_path / "t.csv"
+    path.write_text(note + data)
+    with pytest.raises(ValueError, match=r"^site 'north': table 't': ") as info:
+        _site(path, policy=policy)
+    date = note.strip().replace(";", ",").split(",")[1].strip()
+    assert str(info.value) == (
+        f"site 'north': table 't': line 1 of {path} ({note.strip()!r}), which DuckDB's reader "
+        f"would take for the header, names column 2 {date!r}, a number or a date, though it "
+        "holds text: line 1 may be a note above the header; remove it (or skip it: covey site "
+        "--csv-skip t=1, or covey.analytics.CSV(path, skip=1) in Python); if line 1 is the "
+        "header, say so: covey site --csv-skip t=0, or covey.analytics.CSV(path, skip=0) in "
+        "Python"
+    )
+    site = _site(CSV(path, skip=1, na=["?"], decimal=","), policy=policy)
+    assert list(site._columns["t"]) == data.split("\n")[0].replace(";", ",").split(",")

@@ -146,6 +146,7 @@ def check_header(name: str, path: Path, dialect: Dialect, con: Any, text: str, v
             f"{skip_hint(name, dialect.skip)})"
         )
     _check_first_row(name, path, dialect, con, text, values, lines)
+    _check_note(name, path, dialect, header_cells(con, text, dialect), lines)
 
 
 def _check_skipped(name: str, path: Path, dialect: Dialect, lines: list[str]) -> None:
@@ -278,6 +279,29 @@ def _check_first_row(
                 f"remove it (or skip it: {skip_hint(name, top)}); if line {row} is data, make "
                 "its value in that column one of that type, or a missing value (NA), or say "
                 f"the header is line {top}: {skip_hint(name, dialect.skip)}"
+            )
+
+
+def _check_note(
+    name: str, path: Path, dialect: Dialect, cells: list[str | None], lines: list[str]
+) -> None:
+    """Refuse a header naming a column of text by a number or a date: a note, not a header.
+
+    A note of fields above a header of text columns (``exported by X, 2026-01-01``
+    above ``name,city`` and rows of names) is taken for the header, and the real
+    header loads as a row; its date names a column no header would.
+    """
+    if len(cells) != len(dialect.types):
+        return
+    top = dialect.skip + 1
+    for i, (cell, kind) in enumerate(zip(cells, dialect.types, strict=True)):
+        if cell is not None and kind == "VARCHAR" and _VALUE.fullmatch(cell.strip()):
+            raise ValueError(
+                f"line {top} of {path} ({shown(lines[top - 1])}), which DuckDB's reader would "
+                f"take for the header, names column {i + 1} {cell.strip()!r}, a number or a "
+                f"date, though it holds text: line {top} may be a note above the header; "
+                f"remove it (or skip it: {skip_hint(name, top)}); if line {top} is the "
+                f"header, say so: {skip_hint(name, dialect.skip)}"
             )
 
 
