@@ -362,3 +362,41 @@ def test_a_note_dated_above_a_header_of_text_columns_is_refused_whatever_the_pol
     )
     site = _site(CSV(path, skip=1, na=["?"], decimal=","), policy=policy)
     assert list(site._columns["t"]) == data.split("\n")[0].replace(";", ",").split(",")
+
+
+@pytest.mark.parametrize(
+    ("rows", "line"),
+    [(["name,city", "Ann,Tromsø", "Bob,Rome"], 2), (["år,ward", "40,A"], 1)],
+)
+def test_a_latin_1_file_is_refused_naming_the_line_and_the_encoding(
+    tmp_path: Path, rows: list[str], line: int
+) -> None:
+    # said only 'CSV Error on Line: 2'
+    path = tmp_path / "t.csv"
+    path.write_bytes("\n".join(rows).encode("latin-1") + b"\n")
+    bad = rows[line - 1].replace("ø", "\ufffd").replace("å", "\ufffd")
+    byte = "0xf8" if "ø" in rows[line - 1] else "0xe5"
+    for source in (path, CSV(path, skip=0)):
+        with pytest.raises(ValueError, match=r"^site 'north': table 't': ") as info:
+            _site(source, policy=Policy(min_group_size=1))
+        assert str(info.value) == (
+            f"site 'north': table 't': {path} is not UTF-8 text: line {line} ({bad!r}) holds "
+            f"the byte {byte}, which UTF-8 text does not (a file saved as Latin-1 or "
+            "Windows-1252 holds such bytes for letters like ø or é): save it as UTF-8 ('CSV "
+            "UTF-8' in a spreadsheet), or convert it: iconv -f latin1 -t utf-8"
+        )
+    path.write_text("age,ward\n40,A\n", encoding="utf-16")
+    with pytest.raises(ValueError, match=r"is UTF-16 text .*not UTF-8: save it as UTF-8"):
+        _site(path, policy=Policy(min_group_size=1))
+
+
+@pytest.mark.parametrize("data", [b"\xef\xbb\xbf", b"\xef\xbb\xbf\r\n"])
+def test_a_file_of_a_byte_order_mark_alone_is_said_empty(tmp_path: Path, data: bytes) -> None:
+    # said 'Sniffer detected value different than the user input for the Header options'
+    path = tmp_path / "t.csv"
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=r"^site 'north': table 't': ") as info:
+        _site(path, policy=Policy(min_group_size=1))
+    assert str(info.value) == (
+        f"site 'north': table 't': {path} is empty; give at least its header row"
+    )

@@ -9,6 +9,7 @@ refused, naming the file and its lines.
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from covey.analytics._csvhead import (
     check_header,
     first_lines,
     header_cells,
+    not_utf8,
     shown,
     skip_hint,
     string,
@@ -108,6 +110,8 @@ def load_csv(
             f"CREATE TABLE {table_name(name)} AS SELECT * FROM {reader}{values})"  # noqa: S608
         )
     except duckdb.Error as exc:
+        if "not utf-8" in str(exc).lower():
+            raise ValueError(f"table {name!r}: {not_utf8(path)}") from None
         uneven = uneven_row(path, dialect) if dialect is not None else ""
         why = uneven + ": give every row as many fields as the header" if uneven else ""
         why = why or str(exc).strip().splitlines()[0]
@@ -194,11 +198,16 @@ def _check_names(
 
 
 def _blank(path: Path) -> bool:
-    """Whether a file holds nothing but white space (DuckDB reads it as a column ``column0``)."""
+    """Whether a file holds nothing but white space (DuckDB reads it as a column ``column0``).
+
+    A byte order mark alone (a spreadsheet's empty "CSV UTF-8") is no content either.
+    """
     with path.open("rb") as f:
-        while chunk := f.read(1 << 16):
+        chunk = f.read(1 << 16).removeprefix(codecs.BOM_UTF8)
+        while chunk:
             if chunk.strip():
                 return False
+            chunk = f.read(1 << 16)
     return True
 
 

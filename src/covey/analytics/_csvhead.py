@@ -8,6 +8,7 @@ here, and a file it may be wrong about is refused, naming the file and its lines
 
 from __future__ import annotations
 
+import codecs
 import csv
 import re
 from collections.abc import Iterator
@@ -352,3 +353,28 @@ def header_cells(con: Any, text: str, dialect: Dialect) -> list[str | None]:
     reader = f"read_csv({text}, header = false, all_varchar = true, skip = {dialect.skip}, "
     row = con.execute(f"SELECT * FROM {reader}{dialect.sql}) LIMIT 1").fetchone()  # noqa: S608
     return list(row or ())
+
+
+def not_utf8(path: Path) -> str:
+    """Where ``path`` is not UTF-8 text, as an error says it, with what to do."""
+    with path.open("rb") as f:
+        head = f.read(2)
+        if head in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+            return (
+                f"{path} is UTF-16 text (a spreadsheet's 'Unicode text'), not UTF-8: "
+                "save it as UTF-8 ('CSV UTF-8'), or convert it: iconv -f utf-16 -t utf-8"
+            )
+        f.seek(0)
+        for number, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                line = raw.decode("utf-8", errors="replace")
+                return (
+                    f"{path} is not UTF-8 text: line {number} ({shown(line)}) holds the byte "
+                    f"0x{raw[exc.start]:02x}, which UTF-8 text does not (a file saved as "
+                    "Latin-1 or Windows-1252 holds such bytes for letters like ø or é): save "
+                    "it as UTF-8 ('CSV UTF-8' in a spreadsheet), or convert it: "
+                    "iconv -f latin1 -t utf-8"
+                )
+    return f"{path} is not UTF-8 text: save it as UTF-8"
