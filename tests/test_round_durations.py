@@ -6,6 +6,7 @@ import io
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -13,6 +14,7 @@ from rich.console import Console
 import covey
 from covey.cli._runs import round_table
 from covey.core._history import RoundRecord
+from covey.trackers import round_scalars
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _live import Fit, Joined, Served
@@ -35,10 +37,10 @@ def test_a_deployed_round_records_its_wait_and_its_aggregation_apart(tmp_path: P
     history = served.join(60).history
     client.join(30)
     durations = history.rounds[1].durations
-    assert {"wait", "fit", "aggregate", "evaluate", "central", "total"} <= set(durations)
+    # no federated evaluation (fraction_evaluate=0) nor evaluate_fn: neither is timed
+    assert set(durations) == {"wait", "fit", "aggregate", "total"}
     assert 0 <= durations["aggregate"] <= durations["fit"]  # the server's share of the fit
-    parts = durations["wait"] + durations["fit"] + durations["evaluate"] + durations["central"]
-    assert parts <= durations["total"] + 1e-9
+    assert durations["wait"] + durations["fit"] <= durations["total"] + 1e-9
 
     # covey runs show (and the table at a run's end) shows the wait apart from the total.
     saved = covey.History.load(tmp_path / "run")
@@ -62,6 +64,49 @@ def test_a_simulated_round_records_its_aggregation_and_has_no_wait() -> None:
         assert "wait" not in record.durations
         assert 0 <= record.durations["aggregate"] <= record.durations["fit"]
     assert "waiting" not in _table(history)
+
+
+class Scored(Fit):
+    def evaluate(self, weights: object, config: object) -> covey.EvaluateResult:
+        return covey.EvaluateResult(loss=1.0, num_examples=1)
+
+
+def _central(rnd: int, weights: object) -> tuple[float, dict[str, float]]:
+    return 0.5, {}
+
+
+def test_only_the_evaluations_that_ran_are_timed(tmp_path: Path) -> None:
+    # Before, every round recorded "evaluate" and "central", a few microseconds each,
+    # for evaluations that never ran: no evaluate_fn, fraction_evaluate=0, a round not due.
+    def stages(run: str, strategy: covey.Strategy | None = None, **kwargs: Any) -> list[set[str]]:
+        history = covey.simulate(
+            lambda cid: Scored(),
+            2,
+            4,
+            strategy or covey.FedAvg(fraction_evaluate=0.0),
+            {"w": np.zeros(4)},
+            run_dir=tmp_path / run,
+            **kwargs,
+        ).history
+        saved = covey.History.load(tmp_path / run)  # history.json, as covey runs show reads it
+        assert [r.durations for r in saved.rounds] == [r.durations for r in history.rounds]
+        for record in history.rounds[1:]:  # what TensorBoard and MLflow are given
+            timed = {k for k in round_scalars(record) if k.startswith("time/")}
+            assert timed == {f"time/{stage}" for stage in record.durations}
+        return [set(r.durations) - {"fit", "aggregate", "total"} for r in history.rounds[1:]]
+
+    assert stages("none") == [set()] * 4
+    assert stages("central", evaluate_fn=_central) == [{"central"}] * 4
+    assert stages("both", evaluate_fn=_central, strategy=covey.FedAvg()) == (
+        [{"evaluate", "central"}] * 4
+    )
+    every = covey.FedAvg(evaluate_every=2)  # rounds 2 and 4 (the last) evaluate, 1 and 3 do not
+    assert stages("every", evaluate_fn=_central, strategy=every) == (
+        [set(), {"evaluate", "central"}] * 2
+    )
+    fedbuff = covey.FedBuff(buffer_size=2, fraction_evaluate=0.0)
+    assert stages("async", strategy=fedbuff) == [set()] * 4
+    assert stages("async_central", strategy=fedbuff, evaluate_fn=_central) == [{"central"}] * 4
 
 
 def test_an_asynchronous_round_records_its_aggregation() -> None:

@@ -75,7 +75,11 @@ class RoundRecord:
             the aggregate, part of ``"fit"``; ``"evaluate"``: federated evaluation;
             ``"central"``: ``evaluate_fn``; ``"wait"``: a deployed server's wait
             for enough clients to connect before the round, not part of
-            ``"fit"``; ``"total"``: the whole round, ``"wait"`` included.
+            ``"fit"``; ``"total"``: the whole round, ``"wait"`` included. A stage
+            that did not run has no entry: ``"evaluate"`` when no client was asked
+            to evaluate (``fraction_evaluate=0``, a round ``evaluate_every`` skips,
+            too few clients), ``"central"`` without ``evaluate_fn`` or in a round
+            it skips.
     """
 
     round: int

@@ -55,9 +55,10 @@ def _metrics(record: RoundRecord) -> list[str]:
 def _not_run(record: RoundRecord) -> set[str]:
     """The evaluation stages ``record`` times that did not run: its line leaves them out.
 
-    A round records ``"evaluate"`` and ``"central"`` whether or not it evaluated
-    (a run without federated evaluation or ``evaluate_fn``, a round not due):
-    microseconds that the line would show as ``evaluate 0.00 s``.
+    A round times only the stages that ran; ``"central"`` also times an
+    ``evaluate_fn`` that returned None (nothing to show), and a round record of
+    an older covey timed both whether or not they ran: microseconds that the
+    line would show as ``evaluate 0.00 s``.
     """
     skipped = set()
     if not record.evaluate_participants and not record.evaluate_failures:

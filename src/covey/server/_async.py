@@ -298,10 +298,8 @@ class AsyncLoop(_LoopBase):
         self._failed.clear()
         # A transport's own clock may count in NumPy numbers: kept as history.json reads it.
         record.aggregate_info["clock"] = float(self.transport.now() - self._clock0)
-        t1 = time.perf_counter()
-        record.durations["fit"] = t1 - t0
-        self._central(record)
-        record.durations["central"] = time.perf_counter() - t1
+        record.durations["fit"] = time.perf_counter() - t0
+        _central_timed(self, record)
         record.durations["total"] = time.perf_counter() - t0
         self._finish(record)
         return rnd
@@ -442,3 +440,10 @@ class AsyncLoop(_LoopBase):
         if free >= len(idle):
             return list(idle)
         return sorted(int(idle[i]) for i in self._rng.choice(len(idle), free, replace=False))
+
+
+def _central_timed(loop: _LoopBase, record: RoundRecord) -> None:
+    """Run ``loop``'s ``evaluate_fn`` on the update, timed only if it ran (not due: no entry)."""
+    t0 = time.perf_counter()
+    if loop._central(record):
+        record.durations["central"] = time.perf_counter() - t0

@@ -225,12 +225,14 @@ class _LoopBase:
         every = self.strategy.evaluate_every
         return every == 1 or rnd % every == 0 or rnd == self.last_round
 
-    def _central(self, record: RoundRecord) -> None:
+    def _central(self, record: RoundRecord) -> bool:
+        """Call ``evaluate_fn`` with the model if the round is evaluated; whether it was."""
         if self.evaluate_fn is None or not self._evaluates(record.round):
-            return
+            return False
         out = central_evaluation(self.evaluate_fn, record.round, self.weights, step=self._step)
         if out is not None:
             record.central_loss, record.central_metrics = out
+        return True
 
     # -- client properties ----------------------------------------------------------------
 

@@ -63,27 +63,28 @@ def evaluate_saved_last(loop: _LoopBase, rounds: int, *, federated: bool = True)
     if not lacks_final_evaluation(record, loop.strategy.evaluate_every):
         return
     t0 = time.perf_counter()
-    if federated:
-        _federated(loop, rounds, record)
+    evaluated = federated and _federated(loop, rounds, record)
     t1 = time.perf_counter()
-    loop._central(record)
+    central = loop._central(record)
     t2 = time.perf_counter()
-    durations = record.durations
-    durations["evaluate"] = durations.get("evaluate", 0.0) + t1 - t0
-    durations["central"] = durations.get("central", 0.0) + t2 - t1
+    durations = record.durations  # a stage that did not run takes no time, and is not named
+    if evaluated:
+        durations["evaluate"] = durations.get("evaluate", 0.0) + t1 - t0
+    if central:
+        durations["central"] = durations.get("central", 0.0) + t2 - t1
     durations["total"] = durations.get("total", 0.0) + t2 - t0
     loop._say_renamed(record)
     if loop.on_round is not None:  # the run's saver writes the record over the saved one
         loop.on_round(record)
 
 
-def _federated(loop: Any, rnd: int, record: RoundRecord) -> None:
-    """The federated evaluation of round ``rnd`` by the clients of a round loop."""
+def _federated(loop: Any, rnd: int, record: RoundRecord) -> bool:
+    """The federated evaluation of round ``rnd`` by the clients of a round loop; if it ran."""
     strategy, wait = loop.strategy, getattr(loop.transport, "wait_for_clients", None)
     wanted = max(strategy.min_available_clients, 1)
     if wait is not None and strategy.client_count("evaluate", wanted) > 0:
         wait(wanted, loop.wait_timeout)  # deployed: clients reconnect (too few: said, skipped)
-    loop._federated_evaluate(rnd, record)
+    return bool(loop._federated_evaluate(rnd, record))
 
 
 def add_counts(record: RoundRecord, counts: tuple[int, int]) -> None:

@@ -28,13 +28,7 @@ from covey.server._direct import fit_directly
 from covey.server._lasteval import evaluate_saved_last
 from covey.server._means import weighted_loss
 from covey.server._passing import KeptWhere
-from covey.server._retry import (
-    RoundRetries,
-    deadline_hint,
-    failures_said,
-    run_retried,
-    shortfall,
-)
+from covey.server._retry import RoundRetries, deadline_hint, failures_said, run_retried, shortfall
 from covey.server._roundmetrics import RoundMetrics
 from covey.strategies._checks import clients_there, poisson_note, stop_reason, too_few_to_fit
 from covey.strategies._clients import client_info
@@ -170,11 +164,11 @@ class RoundLoop(_LoopBase):
             t1 = time.perf_counter()
             record.durations["fit"] = t1 - t0 - record.durations.get("wait", 0.0)
             record.durations.setdefault("total", t1 - t0)
-        self._federated_evaluate(rnd, record)
+        if self._federated_evaluate(rnd, record):  # stages that did not run take no time
+            record.durations["evaluate"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        record.durations["evaluate"] = t2 - t1
-        self._central(record)
-        record.durations["central"] = time.perf_counter() - t2
+        if self._central(record):
+            record.durations["central"] = time.perf_counter() - t2
         record.durations["total"] = time.perf_counter() - t0  # replaces the fit's
         # what each writes, kept as history.json reads it
         for hook in run_hooks(self.strategy.hooks, self.strategy.aggregator):
@@ -441,11 +435,12 @@ class RoundLoop(_LoopBase):
             return None
         return strategy.sample(available, count, rnd, self.seed, purpose=1)
 
-    def _federated_evaluate(self, rnd: int, record: RoundRecord) -> None:
+    def _federated_evaluate(self, rnd: int, record: RoundRecord) -> bool:
+        """Evaluate the model on sampled clients; False if no client was asked (none ran)."""
         strategy = self.strategy
         cids = self._evaluators(rnd) if self._evaluates(rnd) else None
         if cids is None:
-            return
+            return False
         task = Task("evaluate", rnd, evaluate_config(self, rnd), self.weights)
         tasks, _ = self._tasks(task, cids)
         results = RoundMetrics("evaluate")
@@ -480,11 +475,12 @@ class RoundLoop(_LoopBase):
                     "round %d: only %d client(s) evaluated, fewer than min_evaluate_clients=%d",
                     *(rnd, got, least),
                 )
-            return
+            return True
         if record.evaluate_examples > 0:  # else the weighted loss is 0 / 0: none
             record.evaluate_loss = weighted_loss(losses, record.evaluate_examples)
         if results:  # evaluate_metrics may weigh them otherwise (or count the clients)
             record.evaluate_metrics = strategy.combined_metrics("evaluate", results, rnd)
+        return True
 
 
 def _unusable(result: Any) -> str | None:
