@@ -240,11 +240,14 @@ def _refused_resume(exc: Exception, resume: Path | None, models: RoundModels) ->
 
     That is a ValueError raised before any round was evaluated, and not by the
     app's own functions (those carry a note saying so): a finished run, another
-    kind of run, settings that differ, a damaged store.
+    kind of run, settings that differ, a damaged store; or the folder refused as
+    one that cannot be written (a read-only ``run.sqlite``).
     """
+    from covey.server._runlock import RunRefusedError
+
     if (
         resume is not None
-        and isinstance(exc, ValueError)
+        and isinstance(exc, ValueError | RunRefusedError)
         and not models.models
         and not getattr(exc, "__notes__", None)
     ):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 from covey.core._files import hold_lock
@@ -12,6 +13,9 @@ __all__ = ["RunRefusedError", "hold_run", "make_run_folder"]
 
 _NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 """What opening the lock file to write fails with where this user cannot write there."""
+
+_DATABASE_FILES = ("run.sqlite", "run.sqlite-wal", "run.sqlite-shm")
+"""The run's database and the files SQLite keeps beside it, which a run writes."""
 
 
 class RunRefusedError(OSError):
@@ -36,13 +40,13 @@ def hold_run(path: Path) -> int | None:
 
     Raises:
         RunRefusedError: Another process holds the run (its pid is named), the
-            run's folder or lock file cannot be written (a read-only folder or
-            share), or ``run.lock`` is not a regular file.
+            run's folder, lock file or database files cannot be written (a read-only
+            folder, share or ``run.sqlite``), or ``run.lock`` is not a regular file.
         OSError: The pid cannot be written in ``run.lock`` (a full disk).
     """
     lock = path / LOCK_NAME
     try:
-        return hold_lock(
+        fd = hold_lock(
             lock,
             lambda pid: (
                 f"the run in {path} is in use by another covey server (pid {pid}); "
@@ -63,6 +67,48 @@ def hold_run(path: Path) -> int | None:
             "the folder somewhere writable (opening the run to read it, not exclusively, "
             "writes nothing)"
         ) from None
+    try:
+        _refuse_read_only_database(path)
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        raise
+    return fd
+
+
+def _refuse_read_only_database(path: Path) -> None:
+    """Refuse a run whose database files cannot be written, though its folder can.
+
+    SQLite opens such a file read-only without a word, and fails at the first write
+    (``attempt to write a readonly database``, a round or more into the run). The
+    files are not opened: closing a descriptor of a database would let go of the
+    locks any connection of this process holds on it.
+
+    Raises:
+        RunRefusedError: naming the file, the system's reason and what to do.
+    """
+    effective = os.access in os.supports_effective_ids
+    for name in _DATABASE_FILES:
+        file = path / name
+        if not file.is_file() or os.access(file, os.W_OK, effective_ids=effective):
+            continue  # none there (SQLite makes it), or writable
+        try:
+            mounted_read_only = bool(os.statvfs(file).f_flag & os.ST_RDONLY)
+        except (OSError, AttributeError):  # no statvfs (Windows)
+            mounted_read_only = False
+        code = errno.EROFS if mounted_read_only else errno.EACCES
+        fix = (
+            "it is on a read-only mount: copy the run folder somewhere writable"
+            if mounted_read_only
+            else f"give this user write permission on it (as its owner, `chmod u+w "
+            f"{file}`), or copy the run folder somewhere writable"
+        )
+        raise RunRefusedError(
+            f"cannot open the run in {path} to serve or resume it: its database file "
+            f"{file} cannot be written ({os.strerror(code)}), though the folder can; a run "
+            f"writes every round there, so {fix} (opening the run to read it, not "
+            "exclusively, writes nothing)"
+        )
 
 
 def make_run_folder(path: Path) -> None:
