@@ -470,7 +470,7 @@ def _open_run(
 ) -> _Run:
     """Create the run's store, or take the reopened one to resume after its last round."""
     if opened is not None:
-        point = resume_point(opened, initial_weights)
+        point = resume_point(opened, initial_weights, rounds)
         config = {**point.config, "rounds": rounds}  # a resumed run may go on for more rounds
         run = _Run(
             opened, point.weights, config, point.start, point.history, point.state, point.uncounted

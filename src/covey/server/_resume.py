@@ -26,6 +26,7 @@ from covey.aggregate._order import python_number
 from covey.core._history import History
 from covey.core._hooks import RESUMED_AFTER_CRASH
 from covey.core._weights import Weights, WeightsSpec, made
+from covey.server._room import check_room
 from covey.server._rundb import DB_NAME
 from covey.server._state import check_state
 from covey.server._store import RunStore
@@ -58,7 +59,9 @@ class ResumePoint(NamedTuple):
 
 
 def resume_point(
-    opened: RunStore, initial_weights: Weights | Callable[[], Weights] | None
+    opened: RunStore,
+    initial_weights: Weights | Callable[[], Weights] | None,
+    rounds: int | None = None,
 ) -> ResumePoint:
     """Where the run in ``opened`` goes on: rounds whose files did not survive are dropped.
 
@@ -67,11 +70,14 @@ def resume_point(
         initial_weights: The app's step-0 model (or a function returning it): the
             model if the run saved no round, else only checked to have the
             layout of the saved model (None skips that check).
+        rounds: The round the resumed run runs to: if it trains a round, its disk
+            must have room for that round's file (None: not checked).
 
     Raises:
         ValueError: The folder lost rounds its weights files still hold, no
             saved round verifies, a run without a round is given no initial
             weights, or the initial weights have another layout than the run's model.
+        RunRefusedError: The disk has no room for the next round's file.
     """
     try:
         if opened.check_lost_rounds() is None:
@@ -82,6 +88,8 @@ def resume_point(
         if app is not None:
             _same_layout(opened, last, WeightsSpec.of(weights), app)
         opened.discard_after(last)  # rounds whose files did not survive are redone
+        if rounds is not None and last < rounds:
+            check_room(opened, last)  # refused now, not once a round has trained
         history = opened.history()
     except sqlite3.Error as exc:  # a damaged page or text SQLite itself cannot read
         raise ValueError(

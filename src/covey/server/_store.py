@@ -45,6 +45,7 @@ from covey.core._version import covey_version
 from covey.core._weights import Array, Weights, WeightsSpec
 from covey.server._kept import check_keep_last, kept_rounds, prune, pruned_error
 from covey.server._newrun import NewRunFolder
+from covey.server._room import with_room_note
 from covey.server._roundfiles import (
     WEIGHTS_DIR,
     check_finite,
@@ -306,7 +307,8 @@ class RunStore(RunRecords):
                     settle_saved(conn, round, pending_callbacks, again)
                 committed = True
             except (OSError, SafetensorError) as exc:
-                raise save_error(round, final, exc, self.step) from exc
+                error = save_error(round, final, exc, self.step)  # with what room it needs:
+                raise with_room_note(error, exc, self._weights_dir, keep_last, self.step) from exc
             finally:
                 if not committed:
                     final.unlink(missing_ok=True)

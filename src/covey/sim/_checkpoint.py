@@ -308,7 +308,7 @@ def open_checkpoint(
     store = _open(folder, config["rounds"])
     try:
         _check_same(store, strategy, config)
-        point = resume_point(store, initial_weights)
+        point = resume_point(store, initial_weights, config["rounds"])
         # run.sqlite says them as history.json does
         now = {"rounds": config["rounds"], "keep_last": keep_last, "backend": config.get("backend")}
         # and the Ray options it runs with now (none off Ray)
