@@ -324,6 +324,9 @@ def test_the_process_backend_runs_the_project(project: Path) -> None:
         (["backend=ray", "client-resources={a={num_cpus=1}}"], "one table for every client"),
         (["backend=ray", "ray-address=6379"], "ray-address = 6379"),
         (["ray-address='127.0.0.1:6379'"], 'applies to backend = "ray" only'),
+        (["backend=ray", "ray-start-timeout=0"], "ray-start-timeout = 0 ([tool.covey] or"),
+        (["backend=ray", "ray-start-timeout='60'"], "ray_start_timeout must be None"),
+        (["ray-start-timeout=600"], "ray-start-timeout ([tool.covey] or --set) applies to"),
         # given with --set, the value was said to be "in [tool.covey]"
         (["backend=gpu"], "backend = 'gpu' ([tool.covey] or --set): choose inline, process"),
     ],

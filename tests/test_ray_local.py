@@ -200,6 +200,12 @@ def test_an_actor_is_not_handed_many_copies_of_a_large_model_in_one_call(
         ({"client_group": "gpu"}, r"client_group must be a function cid -> group name, got str"),
         ({"ray_address": 6379}, r"ray_address must be an address string .* got int"),
         ({"num_workers": 0}, r"num_workers must be None or a positive int, got 0"),
+        ({"ray_start_timeout": 0}, r"ray_start_timeout must be None .* got 0"),
+        ({"ray_start_timeout": -5.0}, r"ray_start_timeout must be None .* got -5.0"),
+        ({"ray_start_timeout": float("nan")}, r"ray_start_timeout must be None .* got nan"),
+        ({"ray_start_timeout": float("inf")}, r"ray_start_timeout must be None .* got inf"),
+        ({"ray_start_timeout": "60"}, r"ray_start_timeout must be None .* got '60'"),
+        ({"ray_start_timeout": True}, r"ray_start_timeout must be None .* got True"),
         ({"num_workers": 1.5}, r"num_workers must be None or a positive int, got 1.5"),
         (
             {"client_resources": {"num_cpus": 1e-5}},
@@ -233,6 +239,75 @@ def test_wrong_ray_options_are_refused_before_ray_starts(options: Any, error: st
     with pytest.raises((TypeError, ValueError), match=error):
         covey.simulate(Plus, 4, 1, covey.FedAvg(), {"w": np.zeros(2)}, backend="ray", **options)
     assert not ray.is_initialized()
+
+
+def _slowly_unpickled() -> Any:
+    time.sleep(5.0)  # in the actor, while it starts
+    return Plus
+
+
+class SlowToShip:
+    """A client_fn that takes the actors seconds to unpickle: they start late."""
+
+    def __call__(self, cid: int) -> covey.Client:
+        return Plus(cid)
+
+    def __reduce__(self) -> Any:
+        return _slowly_unpickled, ()
+
+
+def test_ray_start_timeout_bounds_the_actors_start() -> None:
+    # It was no option: a slow cluster could not have more than 120 s.
+    with pytest.raises(RuntimeError, match=r"did not start within 0\.5 s \(ray_start_timeout\)"):
+        covey.simulate(
+            SlowToShip(),
+            2,
+            1,
+            covey.FedAvg(),
+            {"w": np.zeros(2)},
+            backend="ray",
+            num_workers=1,
+            client_resources={"num_cpus": 0.5},
+            ray_start_timeout=np.float64(0.5),  # NumPy numbers too
+        )
+    result = covey.simulate(
+        Plus,
+        2,
+        1,
+        covey.FedAvg(),
+        {"w": np.zeros(2)},
+        backend="ray",
+        num_workers=1,
+        client_resources={"num_cpus": 0.5},
+        ray_start_timeout=np.int64(60),
+    )
+    assert result.weights["w"].tolist() == [0.5, 0.5]
+
+
+def test_ray_start_timeout_bounds_the_wait_for_a_cluster_to_answer() -> None:
+    import ray
+
+    with socket.socket() as silent:  # accepts connections, says nothing
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(ConnectionError, match=r"sent nothing within 1\.5 s"):
+            covey.simulate(
+                Plus,
+                2,
+                1,
+                covey.FedAvg(),
+                {"w": np.zeros(2)},
+                backend="ray",
+                ray_address=address,
+                ray_start_timeout=np.float32(1.5),
+            )
+    assert not ray.is_initialized()
+
+
+def test_ray_start_timeout_applies_to_the_ray_backend_only() -> None:
+    with pytest.raises(ValueError, match="ray_start_timeout apply to backend='ray' only"):
+        covey.simulate(Plus, 2, 1, covey.FedAvg(), {"w": np.zeros(2)}, ray_start_timeout=30)
 
 
 def test_a_client_the_actors_cannot_import_is_a_clear_error(
@@ -477,7 +552,9 @@ def test_grpc_servers_pass_the_probe_and_silent_ones_do_not() -> None:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         with socket.create_connection(silent.getsockname(), timeout=10) as sock:
-            assert not_grpc(sock, 0.5) == "it accepted a connection but sent nothing within 0.5 s"
+            said = not_grpc(sock, 0.5)
+            assert said is not None
+            assert said.startswith("it accepted a connection but sent nothing within 0.5 s")
 
 
 @contextlib.contextmanager

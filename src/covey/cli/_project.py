@@ -47,7 +47,7 @@ RUN_KEYS = {"server_app", "client_app", "clients", "rounds", "backend", "seed", 
 """Keys of ``[tool.covey]`` besides its ``config`` and ``federations`` tables."""
 RUN_KEYS.add("start_method")  # the process backend's, see covey.simulate
 RUN_KEYS.add("keep_last")  # the simulated run's; a federation table has its own
-RUN_KEYS |= {"client_resources", "ray_address"}  # the Ray backend's, see covey.simulate
+RUN_KEYS |= {"client_resources", "ray_address", "ray_start_timeout"}  # the Ray backend's
 RUN_KEYS.update(TRACKER_KEYS)  # the simulated run's; a federation table has its own
 
 FEDERATION_KEYS = {

@@ -271,7 +271,7 @@ def _ray_options(settings: Any) -> dict[str, Any]:
 
     run = settings.run
     if run.get("backend", "inline") != "ray":
-        for key in ("client_resources", "ray_address"):
+        for key in ("client_resources", "ray_address", "ray_start_timeout"):
             if key in run:
                 fail(f'{toml_key(key)} ([tool.covey] or --set) applies to backend = "ray" only')
         return {}
@@ -289,6 +289,11 @@ def _ray_options(settings: Any) -> dict[str, Any]:
         _check_ray_options(None, None, address)
     except TypeError as exc:
         fail(f"ray-address = {address!r} ([tool.covey] or --set): {exc}")
+    start_timeout = run.get("ray_start_timeout")
+    try:
+        _check_ray_options(None, None, None, start_timeout)
+    except ValueError as exc:
+        fail(f"ray-start-timeout = {start_timeout!r} ([tool.covey] or --set): {exc}")
     try:
         _check_ray_options(resources, None, None)
         if isinstance(resources, Mapping):
@@ -302,7 +307,11 @@ def _ray_options(settings: Any) -> dict[str, Any]:
         os.environ["PYTHONPATH"] = os.pathsep.join(
             dict.fromkeys(p for p in [str(settings.project), *paths] if p)
         )
-    return {"client_resources": resources, "ray_address": address}
+    return {
+        "client_resources": resources,
+        "ray_address": address,
+        "ray_start_timeout": start_timeout,
+    }
 
 
 def _start_method(start_method: Any, backend: str) -> Any:

@@ -13,7 +13,7 @@ import numpy as np
 
 from covey.aggregate._flat import check_switch
 from covey.clients._build import cannot_take_cid, not_callable
-from covey.core._messages import MAX_ROUNDS
+from covey.core._messages import MAX_ROUNDS, finite
 from covey.core._metricvalues import fits_a_float
 from covey.server._kept import SIMULATION_KEEPS, check_keep_last
 from covey.sim._rayplan import ray_need
@@ -95,7 +95,9 @@ def flower_keywords(fn: Callable[P, R]) -> Callable[P, R]:
     return call
 
 
-def _check_ray_options(resources: object, group: object, address: object) -> None:
+def _check_ray_options(
+    resources: object, group: object, address: object, start_timeout: object = None
+) -> None:
     """Refuse Ray options of the wrong type before a Ray is started for them."""
     if resources is not None and not isinstance(resources, Mapping):
         raise TypeError(
@@ -111,13 +113,21 @@ def _check_ray_options(resources: object, group: object, address: object) -> Non
             "ray_address must be an address string such as '127.0.0.1:6379' or 'auto', "
             f"got {type(address).__name__}"
         )
+    if start_timeout is not None and not (finite(start_timeout) and start_timeout > 0):
+        raise ValueError(
+            "ray_start_timeout must be None (the defaults: 10 s for a cluster to answer, "
+            "120 s for the actors to start) or a positive, finite number of seconds, "
+            f"got {start_timeout!r}"
+        )
 
 
 #: The Ray options a run on Ray records in its settings, for its resume to run as it did.
 RAY_SETTINGS = ("client_resources", "ray_address")
 
 
-def ray_settings(backend: str, resources: object, address: object) -> dict[str, Any]:
+def ray_settings(
+    backend: str, resources: object, address: object, start_timeout: object = None
+) -> dict[str, Any]:
     """What a run on ``backend`` records of its Ray options: none off Ray.
 
     ``covey run --resume`` gives them back to the run it resumes (the cluster it
@@ -129,7 +139,7 @@ def ray_settings(backend: str, resources: object, address: object) -> dict[str, 
     """
     if backend != "ray":
         return {}
-    _check_ray_options(resources, None, address)
+    _check_ray_options(resources, None, address, start_timeout)
     if isinstance(resources, Mapping):
         nested = any(isinstance(v, Mapping) for v in resources.values())
         for name, table in resources.items() if nested else [("", resources)]:

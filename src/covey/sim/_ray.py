@@ -58,6 +58,8 @@ CHUNKS_PER_ACTOR = 8
 #: Most bytes of model a chunk's clients are sent (a chunk of fit replies holds as much):
 #: a large model goes a few clients, or one, per call.
 CHUNK_BYTES = 64 * 2**20
+#: Seconds the actors have to start by default (``simulate(ray_start_timeout=...)``).
+START_TIMEOUT = 120.0
 
 
 class RayTransport:
@@ -75,8 +77,9 @@ class RayTransport:
             (or ``"local"``) starts a local Ray for this run and stops it at :meth:`close`.
         num_actors: Most actors per group (default: as many as the resources allow).
         client_cache: Most clients each actor keeps built (None: all; 0: build per task).
-        start_timeout: Seconds the actors have to start (a clear error if they cannot
-            be placed, e.g. resources no node has).
+        start_timeout: Seconds a cluster at ``address`` has to answer and the actors
+            have to start (a clear error if they cannot be placed, e.g. resources no
+            node has); None: 10 s for the cluster, :data:`START_TIMEOUT` for the actors.
         init_args: Extra keyword arguments for ``ray.init``.
     """
 
@@ -90,7 +93,7 @@ class RayTransport:
         address: str | None = None,
         num_actors: int | None = None,
         client_cache: int | None = None,
-        start_timeout: float = 120.0,
+        start_timeout: float | None = None,
         init_args: Mapping[str, Any] | None = None,
     ) -> None:
         local = address in (None, "local")  # a Ray started for this run
@@ -100,7 +103,7 @@ class RayTransport:
             raise ValueError(f"num_actors must be at least 1, got {num_actors}")
         if client_cache is not None and client_cache < 0:
             raise ValueError(f"client_cache must be >= 0 or None, got {client_cache}")
-        self._owns_ray = start_or_join(ray, address, init_args)
+        self._owns_ray = start_or_join(ray, address, init_args, start_timeout)
         self._ray = ray
         self._watchdog: subprocess.Popen[bytes] | None = None
         self._actors: dict[str, list[Any]] = {}
@@ -111,7 +114,7 @@ class RayTransport:
             self._group_of = client_group
             self._client_fn = client_fn
             self._cache = client_cache
-            self._start_timeout = start_timeout
+            self._start_timeout = START_TIMEOUT if start_timeout is None else start_timeout
             self._token = 0
             self._published: tuple[Weights | None, Any] = (None, None)
             self._start_actors(groups, num_actors, local)
@@ -197,8 +200,9 @@ class RayTransport:
             g, _ = refs[waiting[0]]
             why = (
                 f"{len(waiting)} of {len(refs)} Ray actors did not start within "
-                f"{self._start_timeout} s; each needs {self._spec[g][0]} and the cluster has "
-                f"{ray.cluster_resources()} (available now: {ray.available_resources()})"
+                f"{self._start_timeout:g} s (ray_start_timeout); each needs {self._spec[g][0]} "
+                f"and the cluster has {ray.cluster_resources()} (available now: "
+                f"{ray.available_resources()})"
             )
             if not retire:
                 raise RuntimeError(why)

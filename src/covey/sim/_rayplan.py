@@ -199,7 +199,7 @@ def check_reachable(address: str, timeout: float = 10.0) -> None:
             other = None if _tls() else not_grpc(sock, timeout)
     except OSError as exc:
         if isinstance(exc, TimeoutError):
-            why = f"no answer within {timeout:g} s"
+            why = f"no answer within {timeout:g} s; a slow network: raise ray_start_timeout"
         else:
             why = exc.strerror or str(exc) or type(exc).__name__
         raise ConnectionError(
@@ -304,7 +304,10 @@ def not_grpc(sock: socket.socket, timeout: float) -> str | None:
             got += more
     except TimeoutError:
         if not got:
-            return f"it accepted a connection but sent nothing within {timeout:g} s"
+            return (
+                f"it accepted a connection but sent nothing within {timeout:g} s (a slow "
+                "head: raise ray_start_timeout)"
+            )
     except OSError as exc:
         return f"it dropped the connection ({exc.strerror or exc})"
     if len(got) == 9 and got[3] == 4:

@@ -39,14 +39,22 @@ def ray_module(local: bool = False) -> Any:
     return ray
 
 
-def start_or_join(ray: Any, address: str | None, init_args: Mapping[str, Any] | None) -> bool:
-    """Start or join a Ray unless this process has one already; whether it did."""
+def start_or_join(
+    ray: Any,
+    address: str | None,
+    init_args: Mapping[str, Any] | None,
+    timeout: float | None = None,
+) -> bool:
+    """Start or join a Ray unless this process has one already; whether it did.
+
+    ``timeout``: seconds a cluster at ``address`` has to answer (None: 10 s).
+    """
     if ray.is_initialized():
         if address is not None:
             check_joined(address, str(ray.get_runtime_context().gcs_address))
         return False
     if address is not None:
-        check_reachable(address)
+        check_reachable(address, 10.0 if timeout is None else timeout)
     # "local" starts a new Ray: None would join any Ray already running here.
     kwargs: dict[str, Any] = {
         "address": address if address is not None else "local",

@@ -81,6 +81,7 @@ def _backend(
     client_resources: Mapping[str, Any] | None,
     client_group: Callable[[int], str] | None,
     ray_address: str | None,
+    ray_start_timeout: float | None = None,
     start_method: str | None = None,
 ) -> Transport:
     if backend != "process" and start_method is not None:
@@ -88,9 +89,11 @@ def _backend(
             f"start_method applies to backend='process' only (how its workers start), "
             f"not to backend={backend!r}"
         )
-    if backend != "ray" and (client_resources, client_group, ray_address) != (None, None, None):
+    ray_options = (client_resources, client_group, ray_address, ray_start_timeout)
+    if backend != "ray" and ray_options != (None, None, None, None):
         raise ValueError(
-            "client_resources, client_group and ray_address apply to backend='ray' only"
+            "client_resources, client_group, ray_address and ray_start_timeout apply to "
+            "backend='ray' only"
         )
     if backend == "process" and client_cache is not None:
         raise ValueError(
@@ -108,7 +111,7 @@ def _backend(
     if backend == "ray":
         from covey.sim._ray import RayTransport
 
-        _check_ray_options(client_resources, client_group, ray_address)
+        _check_ray_options(*ray_options)
 
         return RayTransport(
             client_fn,
@@ -118,6 +121,7 @@ def _backend(
             address=ray_address,
             num_actors=num_workers,
             client_cache=client_cache,
+            start_timeout=ray_start_timeout,
         )
     raise ValueError(f"unknown backend {backend!r}; choose 'inline', 'process' or 'ray'")
 
@@ -233,6 +237,7 @@ def simulate(
     client_resources: Mapping[str, Any] | None = None,
     client_group: Callable[[int], str] | None = None,
     ray_address: str | None = None,
+    ray_start_timeout: Real | None = None,
     compression: Scheme | str | None = None,
     start_method: StartMethod | None = None,
     resume: bool = False,
@@ -297,6 +302,10 @@ def simulate(
             "num_gpus": 0.25}``, or one such mapping per group with ``client_group``.
         client_group: Ray: ``cid -> group name`` when resources differ per group.
         ray_address: Ray: a running cluster to join; None starts (and stops) a local Ray.
+        ray_start_timeout: Ray: seconds a cluster at ``ray_address`` has to answer and
+            the actors have to start (those that replace actors lost mid-run too);
+            None waits 10 s for the cluster and 120 s for the actors. Raise it for a
+            slow or busy cluster (nodes that take long to start, an autoscaler).
         compression: Clients send their updates compressed with this scheme (see
             :mod:`covey.compress`; a name such as ``"q8"`` or a scheme object). Each
             round's record (an asynchronous run's: each global update's) holds the
@@ -348,6 +357,7 @@ def simulate(
     seed, client_cache = plain_count(seed), plain_count(client_cache)
     num_workers, round_timeout = plain_count(num_workers), plain_real(round_timeout)
     keep_last, round_deadline = plain_count(keep_last), plain_real(round_deadline)
+    ray_start_timeout = plain_real(ray_start_timeout)
     on_round = checked_callbacks(evaluate_fn, on_round)  # a list of callbacks: one calling each
     run_dir = None if run_dir is None else a_folder(run_dir)
     initial_weights = made(initial_weights)  # a function making them is called
@@ -367,7 +377,7 @@ def simulate(
         strategy, rounds=rounds, seed=seed, backend=backend, num_clients=num_clients
     )
     config.update(_compression(scheme))
-    config.update(ray_settings(backend, client_resources, ray_address))
+    config.update(ray_settings(backend, client_resources, ray_address, ray_start_timeout))
     config["clients"] = clients_setup(client_durations, availability, round_deadline)
     check_resumable(resume, run_dir, strategy, scheme)
     meta: dict[str, Any] = {
@@ -403,6 +413,7 @@ def simulate(
             client_resources=client_resources,
             client_group=client_group,
             ray_address=ray_address,
+            ray_start_timeout=ray_start_timeout,
             start_method=start_method,
         )
         try:
