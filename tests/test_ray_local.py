@@ -34,7 +34,7 @@ from covey import FitResult
 from covey.core import _codec
 from covey.core._messages import Task
 from covey.sim._ray import RayTransport
-from covey.sim._rayplan import check_fits, check_reachable, not_grpc, ray_service
+from covey.sim._rayplan import check_fits, check_reachable, crowded, not_grpc, ray_service
 
 pytestmark = pytest.mark.slow
 
@@ -303,6 +303,27 @@ def test_ray_start_timeout_bounds_the_wait_for_a_cluster_to_answer() -> None:
                 ray_start_timeout=np.float32(1.5),
             )
     assert not ray.is_initialized()
+
+
+def test_many_more_actors_than_cpus_are_warned_of(caplog: pytest.LogCaptureFixture) -> None:
+    # {"num_cpus": 0.01} started 200 actors on 2 CPUs, 100-200 MB each, without a word.
+    with (
+        caplog.at_level(logging.WARNING, logger="covey"),
+        RayTransport(
+            Plus, 9, client_resources={"num_cpus": 0.1}, init_args={"num_cpus": 1}
+        ) as transport,
+    ):
+        assert transport.num_workers == 9
+    said = [r.getMessage() for r in caplog.records if r.name == "covey"]
+    assert any("starting 9 Ray actors for a cluster of 1 CPUs" in m for m in said), said
+    assert any("cap the actors per group with num_workers" in m for m in said), said
+
+
+def test_a_few_actors_per_cpu_are_not_warned_of() -> None:
+    assert crowded({"": 8}, 1.0) is None  # a few, whatever the CPUs
+    assert crowded({"a": 4, "b": 4}, 2.0) is None  # four per CPU
+    assert crowded({"a": 5, "b": 4}, 2.0) is not None
+    assert crowded({"": 9}, 0.0) is not None  # GPU clients on a cluster without CPUs named
 
 
 def test_ray_start_timeout_applies_to_the_ray_backend_only() -> None:

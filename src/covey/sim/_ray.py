@@ -35,6 +35,7 @@ from covey.sim._rayplan import (
     Resources,
     actors_for,
     check_fits,
+    crowded,
     death_cause,
     died,
     ray_need,
@@ -144,6 +145,9 @@ class RayTransport:
             if num_actors is not None:
                 count = min(count, num_actors)
             self._spec[name] = (need, max(1, min(count, len(self._clients))))
+        many = crowded({g: c for g, (_, c) in self._spec.items()}, total.get("CPU", 0.0))
+        if many is not None and num_actors is None:
+            logger.warning(many)
         self._where: dict[tuple[str, int], tuple[int, str]] = {}
         # Slots whose replacement the cluster had no room for (a node left): their
         # clients run in the group's other actors.

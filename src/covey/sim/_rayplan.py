@@ -95,6 +95,31 @@ def actors_for(
     return max(1, min(counts))
 
 
+#: More actors than this many per CPU of the cluster (and more than MANY_ACTORS) are
+#: warned of: each is a process of its own, and a CPU runs one client at a time.
+ACTORS_PER_CPU = 4
+MANY_ACTORS = 8
+
+
+def crowded(counts: Mapping[str, int], cpus: float) -> str | None:
+    """Why ``counts`` actors per group are too many for a cluster of ``cpus`` CPUs, or None.
+
+    Each actor is a Python process with its own imports (100-200 MB or more): a
+    small fraction of a CPU per client (``{"num_cpus": 0.01}``) started hundreds,
+    enough to exhaust a machine's memory, while running clients no faster.
+    """
+    total = sum(counts.values())
+    if total <= max(MANY_ACTORS, ACTORS_PER_CPU * cpus):
+        return None
+    return (
+        f"starting {total} Ray actors for a cluster of {cpus:g} CPUs: each is a Python "
+        "process of its own (often 100-200 MB or more), and a CPU runs one client at a "
+        "time, so so many cost memory and start-up time without running clients faster. "
+        "Give each client a larger share of a CPU in client_resources, or cap the actors "
+        "per group with num_workers"
+    )
+
+
 def check_fits(groups: Mapping[str, Mapping[str, float]], total: Mapping[str, float]) -> None:
     """Refuse a group whose client needs more than a local Ray has (no node would ever join).
 
