@@ -1012,3 +1012,47 @@ def test_a_group_not_in_client_resources_is_shown_as_client_group_returned_it() 
         r"client_resources \['a'\]$",
     ):
         transport._home(3)
+
+
+class _OneReply:
+    """A streaming call's stub: one reply ready, which Ray then fails."""
+
+    def __init__(self) -> None:
+        self.taken = False
+
+    def next_ready(self) -> bool:
+        return not self.taken
+
+    def __next__(self) -> str:
+        self.taken = True
+        return "ref"
+
+    def is_finished(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("kind", ["OutOfMemoryError", "NodeDiedError"])
+def test_an_actor_killed_for_memory_is_one_that_died_and_is_replaced(kind: str) -> None:
+    # Ray's memory monitor killing an actor fails its calls with OutOfMemoryError, not
+    # an actor error: the actor was kept, and its clients failed in every later round.
+    import types
+
+    import ray
+
+    def get(ref: Any, timeout: float) -> Any:
+        raise getattr(ray.exceptions, kind)("4 worker(s) were killed due to low memory")
+
+    transport = RayTransport.__new__(RayTransport)
+    transport._ray = types.SimpleNamespace(exceptions=ray.exceptions, get=get)
+    transport._actors = {"": ["the actor"]}
+    transport._where = {("", 0): (4242, "a node")}
+    stream = _OneReply()
+    tasks = {cid: Task("fit", 1, {}, None) for cid in (1, 5)}
+    pending = {stream: ("", 0, [1, 5])}
+    replies = list(transport._take(stream, pending, {("", 0): [1, 5]}, tasks, 10.0))
+    assert [r.cid for r in replies] == [1, 5]
+    for reply in replies:
+        assert not reply.ok
+        assert str(reply.error).startswith("Ray actor 0 (pid 4242) died running one of")
+        assert "were killed due to low memory" in str(reply.error)
+    assert transport._actors[""][0] is None  # started anew at the next exchange

@@ -33,6 +33,7 @@ from covey.core._weights import Weights, fingerprint
 from covey.sim._rayhost import ClientHost, Item
 from covey.sim._rayplan import (
     Resources,
+    actor_gone,
     actors_for,
     check_fits,
     crowded,
@@ -428,7 +429,7 @@ class RayTransport:
                 return True
             try:
                 replies = ray.get(ref, timeout=max(1.0, min(remaining or 60.0, LONGEST_WAIT)))
-            except ray.exceptions.RayActorError as exc:
+            except actor_gone(ray) as exc:  # replaced at the next exchange
                 yield from self._dead(g, i, cids, held[(g, i)], tasks, exc)
                 return True
             except ray.exceptions.RayError as exc:

@@ -379,6 +379,17 @@ def unanswered(actor: str, cids: Sequence[int], timeout: float | None) -> str:
     )
 
 
+def actor_gone(ray: Any) -> tuple[type[Exception], ...]:
+    """Ray's errors of an actor call that say the actor is gone (``ray`` the module).
+
+    It died, or was killed for memory or with its node. An actor killed for memory
+    fails that call and every later one with Ray's out-of-memory error (not an
+    actor error): left in place, its clients failed in every later round.
+    """
+    errors = ray.exceptions
+    return errors.RayActorError, errors.OutOfMemoryError, errors.NodeDiedError
+
+
 def death_cause(exc: BaseException) -> str:
     """What Ray says of an actor's death: its first line and why the actor is dead.
 
