@@ -1056,3 +1056,23 @@ def test_an_actor_killed_for_memory_is_one_that_died_and_is_replaced(kind: str) 
         assert str(reply.error).startswith("Ray actor 0 (pid 4242) died running one of")
         assert "were killed due to low memory" in str(reply.error)
     assert transport._actors[""][0] is None  # started anew at the next exchange
+
+
+def test_a_client_fn_that_does_not_pickle_is_refused_before_ray_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # It was refused only once a local Ray had started (seconds), or a cluster was joined.
+    lock = threading.Lock()
+
+    def client_fn(cid: int) -> Plus:
+        with lock:
+            return Plus(cid)
+
+    def started(*args: Any, **kwargs: Any) -> bool:
+        raise AssertionError("Ray was started for a client_fn that does not pickle")
+
+    monkeypatch.setattr("covey.sim._ray.start_or_join", started)
+    with pytest.raises(TypeError, match=r"client_fn \(.*client_fn\) .* does not pickle") as info:
+        covey.simulate(client_fn, 2, 1, covey.FedAvg(), {"w": np.zeros(2)}, backend="ray")
+    assert "cannot pickle '_thread.lock' object (Serializing 'lock'" in str(info.value)
+    assert "backend='process'" in str(info.value)

@@ -44,7 +44,7 @@ from covey.sim._rayplan import (
     unanswered,
     unpicklable,
 )
-from covey.sim._raystart import ray_module, start_or_join, watch_local
+from covey.sim._raystart import check_pickles, ray_module, start_or_join, watch_local
 from covey.sim._raywatch import unwatch
 from covey.sim._sendable import Unsent
 from covey.transport._base import LONGEST_WAIT
@@ -105,6 +105,7 @@ class RayTransport:
             raise ValueError(f"num_actors must be at least 1, got {num_actors}")
         if client_cache is not None and client_cache < 0:
             raise ValueError(f"client_cache must be >= 0 or None, got {client_cache}")
+        check_pickles(ray, client_fn)
         self._owns_ray = start_or_join(ray, address, init_args, start_timeout)
         self._ray = ray
         self._watchdog: subprocess.Popen[bytes] | None = None

@@ -150,7 +150,15 @@ def unpicklable(client_fn: object, exc: Exception) -> str:
     lines = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() or [type(exc).__name__]
     marker = "FAIL serialization:"
     why = next((ln.split(marker, 1)[1].strip() for ln in lines if marker in ln), lines[0])
-    culprit = next((ln.strip() for ln in lines if ln.strip().startswith("Serializing ")), "")
+    # The variable whose check failed: the one followed by a failure (others pass)
+    culprit = next(
+        (
+            ln.strip()
+            for ln, after in zip(lines, [*lines[1:], ""], strict=True)
+            if ln.strip().startswith("Serializing ") and marker in after
+        ),
+        "",
+    )
     name = getattr(client_fn, "__qualname__", type(client_fn).__name__)
     return (
         f"backend='ray' sends client_fn ({name}) to every Ray actor by pickling it, and it "

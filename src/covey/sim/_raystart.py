@@ -8,6 +8,7 @@ watchdog (:mod:`covey.sim._raywatch`) ends the others.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import signal
@@ -19,7 +20,7 @@ from typing import Any
 
 from covey.core._extras import MissingExtraError
 from covey.core._interrupt import stop_signals
-from covey.sim._rayplan import check_joined, check_reachable
+from covey.sim._rayplan import check_joined, check_reachable, unpicklable
 from covey.sim._raywatch import watch
 
 logger = logging.getLogger("covey")
@@ -37,6 +38,25 @@ def ray_module(local: bool = False) -> Any:
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise MissingExtraError("backend='ray' needs Ray: pip install 'covey[ray]'") from exc
     return ray
+
+
+def check_pickles(ray: Any, client_fn: object) -> None:
+    """Refuse a ``client_fn`` that Ray could not send to its actors, before Ray starts.
+
+    Ray pickles it for each actor it starts: one that does not pickle failed only
+    once a local Ray had started, or a cluster had been joined.
+
+    Raises:
+        TypeError: naming what in ``client_fn`` does not pickle.
+    """
+    try:
+        ray.cloudpickle.dumps(client_fn)
+    except Exception as exc:  # whatever pickling raised: named below
+        found = io.StringIO()  # Ray's own account of the culprit, as Ray would give it
+        with contextlib.suppress(Exception), contextlib.redirect_stdout(found):
+            ray.util.inspect_serializability(client_fn, name="client_fn")
+        why = found.getvalue() if "FAIL serialization:" in found.getvalue() else str(exc)
+        raise TypeError(unpicklable(client_fn, Exception(why))) from exc
 
 
 def start_or_join(
