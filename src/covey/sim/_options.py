@@ -30,6 +30,7 @@ from covey.strategies._strategy import Strategy
 __all__ = [
     "FLOWER_SIMULATE",
     "_check_availability",
+    "_check_backend_options",
     "_check_durations",
     "_check_keep_last",
     "_check_options",
@@ -362,4 +363,25 @@ def _check_keep_last(keep_last: object, run_dir: object) -> None:
         raise ValueError(
             f"keep_last={keep_last!r} needs run_dir: it says how many rounds' weights "
             "files the run folder keeps, and without run_dir the simulation saves none"
+        )
+
+
+def _check_backend_options(
+    backend: str, start_method: str | None, client_cache: int | None, ray_options: tuple[Any, ...]
+) -> None:
+    """Refuse the options of one backend given to another, naming them and where they apply."""
+    if backend != "process" and start_method is not None:
+        raise ValueError(
+            f"start_method applies to backend='process' only (how its workers start), "
+            f"not to backend={backend!r}"
+        )
+    if backend != "ray" and any(option is not None for option in ray_options):
+        raise ValueError(
+            "client_resources, client_group, ray_address and ray_start_timeout apply to "
+            "backend='ray' only"
+        )
+    if backend == "process" and client_cache is not None:
+        raise ValueError(
+            "client_cache applies to backend='inline' and 'ray' only: the process backend "
+            "keeps every client it built for the whole run"
         )

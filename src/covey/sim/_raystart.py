@@ -40,6 +40,16 @@ def ray_module(local: bool = False) -> Any:
     return ray
 
 
+class _Discarded(io.RawIOBase):
+    """A file that takes every byte written to it and keeps none."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        return memoryview(data).nbytes
+
+
 def check_pickles(ray: Any, client_fn: object) -> None:
     """Refuse a ``client_fn`` that Ray could not send to its actors, before Ray starts.
 
@@ -49,8 +59,8 @@ def check_pickles(ray: Any, client_fn: object) -> None:
     Raises:
         TypeError: naming what in ``client_fn`` does not pickle.
     """
-    try:
-        ray.cloudpickle.dumps(client_fn)
+    try:  # into a sink that keeps nothing: no copy of the data client_fn holds
+        ray.cloudpickle.dump(client_fn, _Discarded())
     except Exception as exc:  # whatever pickling raised: named below
         found = io.StringIO()  # Ray's own account of the culprit, as Ray would give it
         with contextlib.suppress(Exception), contextlib.redirect_stdout(found):

@@ -29,6 +29,7 @@ from covey.sim._clock import Availability, ClientClock, ClockedTransport, client
 from covey.sim._inline import inline_transport
 from covey.sim._options import (
     _check_availability,
+    _check_backend_options,
     _check_durations,
     _check_flags,
     _check_keep_last,
@@ -84,22 +85,8 @@ def _backend(
     ray_start_timeout: float | None = None,
     start_method: str | None = None,
 ) -> Transport:
-    if backend != "process" and start_method is not None:
-        raise ValueError(
-            f"start_method applies to backend='process' only (how its workers start), "
-            f"not to backend={backend!r}"
-        )
     ray_options = (client_resources, client_group, ray_address, ray_start_timeout)
-    if backend != "ray" and ray_options != (None, None, None, None):
-        raise ValueError(
-            "client_resources, client_group, ray_address and ray_start_timeout apply to "
-            "backend='ray' only"
-        )
-    if backend == "process" and client_cache is not None:
-        raise ValueError(
-            "client_cache applies to backend='inline' and 'ray' only: the process backend "
-            "keeps every client it built for the whole run"
-        )
+    _check_backend_options(backend, start_method, client_cache, ray_options)
     if backend == "inline":
         return inline_transport(client_fn, num_clients, client_cache)
     if backend == "process":
