@@ -560,6 +560,14 @@ def test_one_answering_site_under_secure_aggregation_names_the_option_of_both_ap
             "SELECT COUNT(*) FROM patients WHERE sex ~ 'F'",
             "REGEXP_LIKE at line 1, column 31 is not allowed in WHERE",
         ),
+        (  # these named sqlglot's nodes (NULLSAFENEQ, MOD, DPIPE, INTDIV) and the WHERE
+            "SELECT COUNT(*) FROM patients WHERE age IS DISTINCT FROM 40",
+            "IS DISTINCT FROM at line 1, column 41 is not allowed in WHERE",
+        ),
+        ("SELECT COUNT(*) FROM patients WHERE age % 2 = 0", "% at line 1, column 41 is not"),
+        ("SELECT COUNT(*) FROM patients WHERE sex || 'x' = 'F'", "|| at line 1, column 41 is"),
+        ("SELECT COUNT(*) FROM patients WHERE age // 10 = 4", "// at line 1, column 41 is not"),
+        ("SELECT COUNT(*) FROM patients WHERE age[1] = 4", "[ at line 1, column 40 is not"),
     ],
 )
 def test_a_refusal_names_what_the_query_wrote_and_where(sql: str, said: str) -> None:

@@ -184,3 +184,50 @@ def test_tricky_queries_equal_duckdb_on_the_pooled_table(sql: str, secure: bool)
     assert len(df) == len(rows)
     for got, want in zip(df.itertuples(index=False), rows, strict=True):
         assert list(got) == pytest.approx([v if isinstance(v, str) else float(v) for v in want])
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_group_by_all_groups_by_the_select_lists_columns(secure: bool) -> None:
+    # GROUP BY ALL was refused as "the column region ... is neither aggregated nor in GROUP BY"
+    frames = _frames()
+    sql = "SELECT COUNT(*) AS n, region AS r, region, SUM(x) AS total FROM t GROUP BY ALL"
+    df = query(_sites(frames), sql, secure=secure)
+    names, rows = _duckdb(frames, sql + " ORDER BY r")
+    assert list(df.columns) == names == ["n", "r", "region", "total"]
+    assert df.values.tolist() == [[float(n), r, g, pytest.approx(s)] for n, r, g, s in rows]
+    assert plan("SELECT COUNT(*) FROM t GROUP BY ALL").group_by == ()
+
+
+@pytest.mark.parametrize(
+    ("sql", "said"),
+    [
+        (
+            "SELECT region AS r, COUNT(*) FROM t GROUP BY r",
+            "(GROUP BY r names the alias of region, and GROUP BY takes only the table's column "
+            "names: write GROUP BY region)",
+        ),
+        (
+            "SELECT region, COUNT(*) FROM t GROUP BY 1",
+            "got 1 (a position in the SELECT list is not supported: name the column)",
+        ),
+        (
+            "SELECT COUNT(*) FROM t p GROUP BY p.region",
+            "got p.region (name the column alone: region)",
+        ),
+        (
+            "SELECT p.region, COUNT(*) FROM t p GROUP BY region",
+            "qualified column p.region at line 1, column 8 is not supported: name the column "
+            "alone (region)",
+        ),
+        (
+            "SELECT COUNT(*) FROM t p WHERE p.x > 1",
+            "qualified column p.x at line 1, column 32 is not supported: name the column alone (x)",
+        ),
+    ],
+)
+def test_a_group_by_refusal_says_what_to_write(sql: str, said: str) -> None:
+    # "GROUP BY r" and "SELECT p.region ... GROUP BY region" were refused as "the column region
+    # is neither aggregated nor in GROUP BY", and a position or a table's name got no hint
+    with pytest.raises(QueryError) as info:
+        plan(sql)
+    assert said in str(info.value)

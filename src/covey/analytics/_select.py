@@ -18,6 +18,7 @@ import numpy as np
 from sqlglot import exp
 from sqlglot.tokens import TokenType  # type: ignore[attr-defined]
 
+from covey.analytics._sqlclauses import alias_hint, qualified
 from covey.analytics._sqltext import DIALECT, QueryError, SqlText, fold
 
 
@@ -77,10 +78,12 @@ def select_list(
         if isinstance(node, exp.Star):
             raise QueryError(f"SELECT *{loc.where('*')} is row-level output and is not supported")
         if isinstance(node, exp.Column):
-            if node.table or fold(str(node.name)) not in folded:
+            if node.table:
+                raise qualified(node, loc)
+            if fold(str(node.name)) not in folded:
                 raise QueryError(
                     f"the column {node.name}{loc.where(node.name)} is neither aggregated nor in "
-                    "GROUP BY; row-level output is not supported"
+                    f"GROUP BY{alias_hint(tree, group_by)}; row-level output is not supported"
                 )
             at = folded.index(fold(str(node.name)))
             group_by[at] = str(node.name)

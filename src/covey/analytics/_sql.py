@@ -287,15 +287,37 @@ def _typed_literal(node: Any) -> bool:
     )
 
 
+_OPERATORS: dict[type, str] = {  # as written, not as sqlglot names them
+    exp.NullSafeNEQ: "IS DISTINCT FROM",
+    exp.NullSafeEQ: "IS NOT DISTINCT FROM",
+    exp.DPipe: "||",
+    exp.IntDiv: "//",
+    exp.Mod: "%",
+    exp.BitwiseAnd: "&",
+    exp.BitwiseOr: "|",
+    exp.BitwiseXor: "xor",
+    exp.BitwiseLeftShift: "<<",
+    exp.BitwiseRightShift: ">>",
+    exp.BitwiseNot: "~",
+    exp.SimilarTo: "SIMILAR TO",
+    exp.Bracket: "[",
+}
+
+
+def _label(node: Any) -> str:
+    """How the query wrote ``node``: its operator (its first token) or function name."""
+    if type(node) in _OPERATORS:
+        return _OPERATORS[type(node)]
+    return _fname(node) if isinstance(node, exp.Func) else node.key.upper()
+
+
 def _check_where(where: exp.Expression, loc: SqlText) -> tuple[str, tuple[str, ...]]:
     columns: list[str] = []
     for node in where.walk():
         if isinstance(node, exp.Select | exp.Subquery):
             raise QueryError(f"subqueries in WHERE{loc.nth('SELECT', 2)} are not supported")
         if not isinstance(node, _WHERE_NODES) and not _typed_literal(node):
-            label = node.key.upper()
-            if isinstance(node, exp.Func):
-                label = _fname(node)
+            label = _label(node)
             raise QueryError(
                 f"{label}{loc.where(label) or loc.where('WHERE')} is not allowed in WHERE; use "
                 "comparisons (=, <>, <, <=, >, >=), BETWEEN, IN, LIKE, IS [NOT] NULL, AND, OR, "
@@ -303,7 +325,7 @@ def _check_where(where: exp.Expression, loc: SqlText) -> tuple[str, tuple[str, .
             )
         if isinstance(node, exp.Column):
             if node.table:
-                raise QueryError(f"qualified column {node.sql(DIALECT)} is not supported")
+                raise _sqlclauses.qualified(node, loc)
             columns.append(str(node.name))
     return where.sql(DIALECT), tuple(dict.fromkeys(columns))
 

@@ -65,16 +65,64 @@ def table(tree: exp.Select, loc: SqlText) -> str:
     return name
 
 
+def _group_all(tree: exp.Select) -> list[exp.Expression]:
+    """``GROUP BY ALL``: the SELECT list's plain columns, in its order, as DuckDB groups."""
+    items = (i.this if isinstance(i, exp.Alias) else i for i in tree.expressions)
+    columns: dict[str, exp.Expression] = {}
+    for item in items:
+        if isinstance(item, exp.Column):  # SELECT region, region AS again: one group column
+            columns.setdefault(fold(str(item.name)) if not item.table else item.sql(), item)
+    return list(columns.values())
+
+
+def _aliases(tree: exp.Select) -> dict[str, str]:
+    """Each alias of a SELECT item, folded, and the item's SQL."""
+    items = tree.expressions
+    return {fold(str(i.alias)): i.this.sql(DIALECT) for i in items if isinstance(i, exp.Alias)}
+
+
+def qualified(node: exp.Column, loc: SqlText) -> QueryError:
+    """The refusal of a column named with its table (``p.age``), saying what to write."""
+    return QueryError(
+        f"qualified column {node.sql(DIALECT)}{loc.where(node.sql(DIALECT))} is not supported: "
+        f"name the column alone ({node.this.sql(DIALECT)}); a query reads one table"
+    )
+
+
+def _not_a_column(node: exp.Expression, loc: SqlText) -> QueryError:
+    """The refusal of a GROUP BY item that is no plain column, saying what to write."""
+    got = node.sql(DIALECT)
+    hint = ""
+    if isinstance(node, exp.Literal) and not node.is_string:
+        hint = " (a position in the SELECT list is not supported: name the column)"
+    elif isinstance(node, exp.Column) and node.table:
+        hint = f" (name the column alone: {node.this.sql(DIALECT)})"
+    return QueryError(f"GROUP BY{loc.where('GROUP')} takes column names, got {got}{hint}")
+
+
+def alias_hint(tree: exp.Select, group_by: list[str]) -> str:
+    """Why a SELECT column is not among ``group_by`` when GROUP BY names its alias, or ''."""
+    aliases = _aliases(tree)
+    named = [g for g in group_by if fold(g) in aliases]
+    if not named:
+        return ""
+    return (
+        f" (GROUP BY {named[0]} names the alias of {aliases[fold(named[0])]}, and GROUP BY "
+        f"takes only the table's column names: write GROUP BY {aliases[fold(named[0])]})"
+    )
+
+
 def group_by(tree: exp.Select, loc: SqlText) -> list[str]:
     """The GROUP BY columns, in order, each a plain column named once."""
     group_by: list[str] = []
     group = tree.args.get("group")
     if group is not None:
-        for node in group.expressions:
+        nodes = group.expressions
+        if group.args.get("all") and not nodes:
+            nodes = _group_all(tree)
+        for node in nodes:
             if not isinstance(node, exp.Column) or node.table:
-                raise QueryError(
-                    f"GROUP BY{loc.where('GROUP')} takes column names, got {node.sql(DIALECT)}"
-                )
+                raise _not_a_column(node, loc)
             if fold(str(node.name)) in map(fold, group_by):
                 raise QueryError(
                     f"GROUP BY{loc.where('GROUP')} names {node.name!r} twice; name each column once"
