@@ -209,8 +209,11 @@ def test_min_max_only_where_allowed_and_never_secure() -> None:
     sites = [Site({"patients": _frame(50, s)}, POLICY) for s in range(2)]
     with pytest.raises(PolicyError, match="does not reveal the MIN or MAX"):
         query(sites, "SELECT MIN(age) FROM patients", secure=False)
-    with pytest.raises(QueryError, match="never answered under secure aggregation"):
+    with pytest.raises(QueryError, match="never answered under secure aggregation") as info:
         query(sites, "SELECT MAX(age) FROM patients", secure=True)
+    assert "ask without it (query(..., secure=False), covey query --no-secure)" in str(info.value)
+    with pytest.raises(PolicyError, match=r"a policy lists such columns in min_max="):
+        query(sites, "SELECT MIN(age) FROM patients", secure=False)
 
 
 def test_a_site_without_a_policy_answers_nothing() -> None:

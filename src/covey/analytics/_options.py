@@ -75,7 +75,11 @@ def check_query(
     if epsilon is not None and any(a.func in ("min", "max") for a in p.aggregates):
         raise QueryError("MIN and MAX have no bounded sensitivity: they are never answered with DP")
     if secure and any(a.func in ("min", "max") for a in p.aggregates):
-        raise QueryError("MIN and MAX are never answered under secure aggregation")
+        raise QueryError(
+            "MIN and MAX are never answered under secure aggregation (it sums the sites' "
+            "answers, and a minimum is no sum); ask without it (query(..., secure=False), "
+            "covey query --no-secure), where the server sees each site's MIN and MAX"
+        )
     return p
 
 

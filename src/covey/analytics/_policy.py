@@ -271,7 +271,10 @@ class Policy:
                     f"{name}: MIN and MAX are never answered under secure aggregation"
                 )
             if column not in self.min_max:
-                raise PolicyError(f"{name}: the site does not reveal the MIN or MAX of {column!r}")
+                raise PolicyError(
+                    f"{name}: the site does not reveal the MIN or MAX of {column!r} (a policy "
+                    "lists such columns in min_max=)"
+                )
         if func == "approx_distinct" and column not in self.distinct:
             raise PolicyError(
                 f"{name}: the site does not count the distinct values of {column!r} (its "
