@@ -581,6 +581,24 @@ def test_a_refusal_names_what_the_query_wrote_and_where(sql: str, said: str) -> 
     assert said in str(info.value)
 
 
+def test_like_with_an_escape_character_matches_a_literal_percent() -> None:
+    # LIKE ... ESCAPE was refused ("ESCAPE is not allowed in WHERE"), so nothing matched a '%'
+    frame = pd.DataFrame({"code": ["5%", "5%", "50", "5%x", "A_1", "AB1"]})
+    sites = [Site({"p": frame}, Policy(min_group_size=1), name=n) for n in ("a", "b")]
+    pooled = pd.concat([frame, frame])
+    for where, want in [
+        ("code LIKE '5!%' ESCAPE '!'", 4),
+        ("code ILIKE '5#%%' ESCAPE '#'", 6),
+        ("code LIKE 'A\\_%' ESCAPE '\\' AND code NOT LIKE '%!%%' ESCAPE '!'", 2),
+    ]:
+        sql = f"SELECT COUNT(*) FROM p WHERE {where}"  # noqa: S608
+        df = query(sites, sql, secure=False)
+        assert df["COUNT(*)"].tolist() == [want], where
+        assert duckdb.query_df(pooled, "p", sql).fetchall() == [(want,)], where
+    with pytest.raises(QueryError, match=r"ESCAPE at line 1, column 44 takes one character"):
+        plan("SELECT COUNT(*) FROM p WHERE code LIKE 'a' ESCAPE 'ab'")
+
+
 def test_a_date_literal_in_where_is_answered() -> None:
     # DATE '2012-01-01' was refused as "CAST is not allowed in WHERE" (a string worked).
     days = pd.to_datetime(["2011-12-31", "2012-01-01", "2012-01-02", "2013-05-05"])

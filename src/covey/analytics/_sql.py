@@ -311,17 +311,36 @@ def _label(node: Any) -> str:
     return _fname(node) if isinstance(node, exp.Func) else node.key.upper()
 
 
+def _escape(node: Any, loc: SqlText) -> bool:
+    """Whether ``node`` is the ESCAPE of a LIKE or ILIKE by one literal (``ESCAPE '!'``)."""
+    if not (
+        type(node) is exp.Escape
+        and isinstance(node.this, exp.Like | exp.ILike)
+        and isinstance(node.expression, exp.Literal)
+        and node.expression.is_string
+    ):
+        return False
+    if len(node.expression.this) > 1:  # DuckDB's error would be a syntax error at each site
+        raise QueryError(
+            f"ESCAPE{loc.where('ESCAPE')} takes one character (or none), got "
+            f"{node.expression.sql(DIALECT)}"
+        )
+    return True
+
+
 def _check_where(where: exp.Expression, loc: SqlText) -> tuple[str, tuple[str, ...]]:
     columns: list[str] = []
     for node in where.walk():
         if isinstance(node, exp.Select | exp.Subquery):
             raise QueryError(f"subqueries in WHERE{loc.nth('SELECT', 2)} are not supported")
-        if not isinstance(node, _WHERE_NODES) and not _typed_literal(node):
+        allowed = isinstance(node, _WHERE_NODES) or _typed_literal(node) or _escape(node, loc)
+        if not allowed:
             label = _label(node)
             raise QueryError(
                 f"{label}{loc.where(label) or loc.where('WHERE')} is not allowed in WHERE; use "
-                "comparisons (=, <>, <, <=, >, >=), BETWEEN, IN, LIKE, IS [NOT] NULL, AND, OR, "
-                "NOT and + - * / on columns and literals (DATE '2024-01-31' among them)"
+                "comparisons (=, <>, <, <=, >, >=), BETWEEN, IN, LIKE (ESCAPE '!' too), IS [NOT] "
+                "NULL, AND, OR, NOT and + - * / on columns and literals (DATE '2024-01-31' among "
+                "them)"
             )
         if isinstance(node, exp.Column):
             if node.table:
