@@ -340,3 +340,34 @@ def test_a_ledger_event_of_laplace_noise_zero_is_spent_infinite_not_a_zero_divis
     data = {"epsilon": 3.0, "delta": 1e-6, "spent": 0.0, "ledger": ledger, "queries": []}
     analyst = Analyst.from_json(data)
     assert analyst.spent == float("inf")
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_a_noisy_mean_variance_or_sum_stays_within_what_the_bounds_allow(secure: bool) -> None:
+    # A noisy SUM over a noisy COUNT gave AVG(age) -136 for bounds (0, 110), a VAR_POP
+    # past a quarter of the range squared, a negative sum of values none of them negative
+    rng = np.random.default_rng(3)
+    frames = [
+        pd.DataFrame({"g": rng.choice(list("abcdefgh"), 60), "age": rng.uniform(20, 90, 60)})
+        for _ in range(3)
+    ]
+    policy = Policy(
+        bounds={"age": (0, 110)},
+        domains={"g": list("abcdefgh")},
+        min_group_size=5,
+        epsilon=1e6,
+        max_epsilon=1e6,
+    )
+    sites = [Site({"p": f}, policy, name=f"s{k}") for k, f in enumerate(frames)]
+    for k, site in enumerate(sites):
+        site._rng = np.random.default_rng(300 + k)  # seeded: the old answers were past them
+    aggregates = ["AVG(age)", "SUM(age)", "VAR_POP(age)", "VAR_SAMP(age)", "STDDEV_POP(age)"]
+    shown = 0
+    for i in range(4):
+        sql = f"SELECT g, {', '.join(aggregates)} FROM p WHERE age > -{i} GROUP BY g"  # noqa: S608
+        df = query(sites, sql, epsilon=0.05, secure=secure)
+        for name, top in zip(aggregates, [110, np.inf, 110**2 / 4, 110**2 / 2, 55], strict=True):
+            values = df[name].dropna().to_numpy()
+            shown += values.size
+            assert np.all((values >= 0) & (values <= top)), (name, values)
+    assert shown > 40  # the noisy counts showed most groups

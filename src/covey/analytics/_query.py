@@ -31,6 +31,7 @@ import pandas as pd
 from covey.analytics import _dp
 from covey.analytics._compute import MAX_GROUPS
 from covey.analytics._exchange import Federation, StageResult, transport_for
+from covey.analytics._moments import centre, moment
 from covey.analytics._options import DISTINCT_BUCKETS, check_query
 from covey.analytics._select import answer_columns
 from covey.analytics._site import ROW_CAP, Site, fixed_point_scale, secure_bound, sensitivity
@@ -265,7 +266,7 @@ class _Query:
                     first.vectors[index[("count_col", a.column)]],
                     first.vectors[index[("sum", a.column)]],
                 )
-                centers[str(a.column)] = np.where(n > 0, s / np.maximum(n, 1), 0.0)
+                centers[str(a.column)] = centre(n, s, self.decl["bounds"][a.column])
                 # The rows now known bound what a site can hold (with room for DP
                 # noise on the counts): the second stage's fixed point gets finer.
                 rows[str(a.column)] = int(min(ROW_CAP, 2 * float(np.max(n, initial=0)) + 1024))
@@ -343,16 +344,9 @@ class _Query:
         s = v[index[("sum", a.column)]]
         # fewer values than the minimum (a sum over one bonus among forty rows is that bonus)
         n = np.where(few, 0.0, n)
-        with np.errstate(all="ignore"):
-            if a.func == "sum":
-                return np.where(n > 0, s, np.nan)
-            if a.func == "avg":
-                return np.where(n > 0, s / n, np.nan)
-            c = centers[str(a.column)]
-            m2 = squares[str(a.column)] - (s - n * c) ** 2 / n
-            ddof = 1 if a.func.endswith("samp") else 0
-            var = np.where(n > ddof, np.maximum(m2, 0.0) / (n - ddof), np.nan)
-            return np.sqrt(var) if a.func.startswith("stddev") else var
+        col = str(a.column)
+        bounds = self.decl["bounds"][col]
+        return moment(a.func, n, s, bounds, centers.get(col), squares.get(col))
 
     def frame(
         self, columns: dict[str, Any], suppressed: np.ndarray, precision: dict[str, Any]
