@@ -123,7 +123,7 @@ def test_a_restarted_site_process_goes_on_from_the_budget_it_spent(tmp_path: Pat
     # a new process: 0.6 more would take the site past its budget of 1.0
     second = _ask(tmp_path, "SELECT COUNT(*) FROM t")
     assert isinstance(second, str)
-    assert "privacy budget is spent" in second
+    assert "privacy budget cannot pay for this query" in second
     assert json.loads(kept.read_text())["spent"] == spent
 
 

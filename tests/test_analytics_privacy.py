@@ -140,8 +140,16 @@ def test_a_site_budget_is_enforced_and_the_reason_shown() -> None:
     with pytest.raises(PolicyError, match="answers only with differential privacy"):
         query(sites, "SELECT COUNT(*) FROM p", secure=False)
     query(sites, "SELECT COUNT(*) FROM p", secure=False, epsilon=1.0)
-    with pytest.raises(PolicyError, match="privacy budget is spent"):
+    # it said "the site's privacy budget is spent" with a third of it left
+    with pytest.raises(PolicyError, match="privacy budget cannot pay for this query") as info:
         query(sites, "SELECT SUM(age) FROM p", secure=False, epsilon=1.0)
+    assert "would take it to 1.994; ask with a smaller epsilon" in str(info.value)
+    multiplier = _dp.calibrate("laplace", 1.0, 1e-6, 1)
+    event = _dp.event("laplace", multiplier, 1)
+    budget = _dp.Budget(epsilon=_dp.cost("laplace", multiplier, 1, 1e-6), delta=1e-6)
+    budget.charge(event)  # all of it: now it is spent
+    with pytest.raises(PermissionError, match=r"budget is spent: epsilon 1 of 1 used, .* 1.994$"):
+        budget.check(event)
 
 
 def test_a_site_refuses_noise_calibrated_below_its_own_sensitivity() -> None:
@@ -218,7 +226,7 @@ def test_an_analyst_budget_spans_queries_and_a_repeat_is_charged_once() -> None:
     assert first.attrs["privacy"]["analyst_spent"] == pytest.approx(1.0, rel=1e-3)
     query(sites, sql, secure=False, epsilon=1.0, analyst=analyst)
     assert analyst.spent == pytest.approx(1.0, rel=1e-3)
-    with pytest.raises(PermissionError, match="privacy budget is spent"):
+    with pytest.raises(PermissionError, match="privacy budget cannot pay for this"):
         query(sites, "SELECT SUM(age) FROM p", secure=False, epsilon=1.0, analyst=analyst)
     assert analyst.spent == pytest.approx(1.0, rel=1e-3)
 
@@ -284,7 +292,7 @@ def test_a_site_refuses_once_its_ledger_would_pass_its_epsilon() -> None:
     assert 1.0 < spent[1] < 2.0
     before = site.budget.ledger
     # ... but a third would pass 2.5, as dp-accounting says of the ledger plus its event
-    with pytest.raises(PolicyError, match="privacy budget is spent"):
+    with pytest.raises(PolicyError, match="privacy budget cannot pay for this query"):
         query(sites, "SELECT COUNT(*) FROM p WHERE age > 5", secure=False, epsilon=1.0)
     event = _dp.event("laplace", _dp.calibrate("laplace", 1.0, 1e-6, 1), 1)
     assert before.add(event).epsilon(1e-6) > 2.5

@@ -201,7 +201,7 @@ def test_a_query_past_one_sites_budget_is_refused_before_the_others_spend(secure
     rich = Site({"t": frame}, Policy(bounds={"x": (0, 100)}, epsilon=10.0), name="rich")
     query([poor, rich], "SELECT COUNT(*) FROM t", secure=secure, epsilon=0.8)
     spent = rich.epsilon_spent
-    with pytest.raises(PermissionError, match=r"poor: .*budget is spent"):
+    with pytest.raises(PermissionError, match=r"poor: .*budget cannot pay for this query"):
         query([poor, rich], "SELECT SUM(x) FROM t", secure=secure, epsilon=0.8)
     assert rich.epsilon_spent == spent
     # a repeat the sites hold in their caches costs nothing, and still passes

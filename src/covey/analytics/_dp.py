@@ -273,9 +273,13 @@ class Budget:
         ledger = self._ledger.add(dp_event)
         after = ledger.epsilon(self.delta)
         if self.epsilon is not None and after > self.epsilon * (1 + 1e-9):
+            if self._spent >= self.epsilon * (1 - 1e-9):
+                said, hint = "is spent", ""
+            else:  # "is spent" with two thirds of it left sent analysts looking for a leak
+                said, hint = f"cannot pay for this {what}", "; ask with a smaller epsilon"
             raise PermissionError(
-                f"{self.owner}'s privacy budget is spent: epsilon {self._spent:.4g} of "
-                f"{self.epsilon:.4g} used, this {what} would take it to {after:.4g}"
+                f"{self.owner}'s privacy budget {said}: epsilon {self._spent:.4g} of "
+                f"{self.epsilon:.4g} used, this {what} would take it to {after:.4g}{hint}"
             )
         return ledger, after
 
