@@ -379,3 +379,16 @@ def test_a_noisy_mean_variance_or_sum_stays_within_what_the_bounds_allow(secure:
             shown += values.size
             assert np.all((values >= 0) & (values <= top)), (name, values)
     assert shown > 40  # the noisy counts showed most groups
+
+
+@pytest.mark.parametrize(("mechanism", "charged"), [("gaussian", 0.85), ("laplace", 0.51)])
+def test_a_site_charges_a_query_at_its_own_delta(mechanism: str, charged: float) -> None:
+    # as docs/analytics.md says: a query at delta 1e-3 costs a site at 1e-6 more than 0.5
+    sites = _sites(2, budget=10.0)
+    df = query(
+        sites, "SELECT COUNT(*) FROM p", epsilon=0.5, delta=1e-3, mechanism=mechanism, secure=False
+    )
+    assert df.attrs["privacy"]["epsilon"] == pytest.approx(0.5, rel=1e-3)
+    for site in sites:
+        assert site.epsilon_spent == pytest.approx(charged, abs=0.01)
+        assert df.attrs["privacy"]["site_spent"][site.name] == site.epsilon_spent
