@@ -137,14 +137,32 @@ def test_weighted_mean_matches_hand_computation(seed: int, dtype: Any, form: For
 def test_mean_ignores_num_examples(seed: int, form: Form) -> None:
     rng = np.random.default_rng(seed)
     params, contributions = make_round(rng, np.float64, form)
-    # Zero examples still count as one client in an unweighted mean.
-    contributions[0] = Contribution(
-        0, 0, weights=contributions[0].weights, delta=contributions[0].delta
-    )
-    new = aggregate_round(mean(), params, contributions).apply(params)
+    rng.shuffle(contributions)  # other counts: each client counts once, whatever its count
+    agg = aggregate_round(mean(), params, contributions)
+    new = agg.apply(params)
     expected = hand_weighted_mean(params, contributions, weighted=False)
     for name in params:
         np.testing.assert_allclose(new[name], expected[name], rtol=1e-12, atol=1e-12)
+    assert "no_examples" not in agg.info
+
+
+@settings(max_examples=30)
+@given(seed=st.integers(0, 2**32 - 1), form=st.sampled_from(["weights", "delta", "mixed"]))
+def test_mean_leaves_out_replies_of_no_examples(seed: int, form: Form) -> None:
+    # A reply of 0 examples (a client without data, its update the model it got) took
+    # one vote in the unweighted mean: a vote for no change.
+    rng = np.random.default_rng(seed)
+    params, trained = make_round(rng, np.float64, form)
+    empty = [
+        Contribution(90 + i, 0, delta={k: np.zeros_like(v) for k, v in params.items()})
+        for i in range(2)
+    ]
+    agg = aggregate_round(mean(), params, [*trained, *empty])
+    new = agg.apply(params)
+    expected = hand_weighted_mean(params, trained, weighted=False)
+    for name in params:
+        np.testing.assert_allclose(new[name], expected[name], rtol=1e-12, atol=1e-12)
+    assert (agg.num_clients, agg.info["no_examples"]) == (len(trained), 2)
 
 
 @settings(max_examples=30)
@@ -159,7 +177,7 @@ def test_result_does_not_depend_on_feed_order_beyond_rounding(seed: int, form: F
         np.testing.assert_allclose(other[name], reference[name], rtol=1e-12, atol=1e-12)
 
 
-def test_zero_example_contributions_are_counted_but_carry_no_weight() -> None:
+def test_zero_example_contributions_carry_no_weight_and_are_counted_apart() -> None:
     params = {"w": np.zeros(2)}
     contributions = [
         Contribution(0, 3, weights={"w": np.array([1.0, 1.0])}),
@@ -168,8 +186,9 @@ def test_zero_example_contributions_are_counted_but_carry_no_weight() -> None:
     ]
     agg = aggregate_round(weighted_mean(), params, contributions)
     assert agg.apply(params)["w"].tolist() == [2.0, 0.0]
-    assert agg.num_clients == 3
+    assert agg.num_clients == 2  # those combined
     assert agg.num_examples == 4
+    assert agg.info == {"no_examples": 1}
 
 
 def test_small_example_by_hand() -> None:

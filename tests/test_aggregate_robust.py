@@ -313,9 +313,10 @@ def test_geometric_median_with_no_examples_raises() -> None:
     contributions = [Contribution(i, 0, delta={"w": np.ones(2)}) for i in range(3)]
     with pytest.raises(AggregationError, match="num_examples=0"):
         run_round(geometric_median(), geometric_median().init(params), 1, params, contributions)
+    # Unweighted too: a reply of 0 examples takes no part in any rule.
     step = geometric_median(weighted=False)
-    _, agg = run_round(step, step.init(params), 1, params, contributions)
-    assert agg is not None
+    with pytest.raises(AggregationError, match="all 3 contributions have num_examples=0"):
+        run_round(step, step.init(params), 1, params, contributions)
 
 
 def test_a_contribution_before_begin_is_an_error() -> None:

@@ -25,7 +25,7 @@ from _reference_workload import INIT, Arrays, local_update, run
 Rule = Callable[[Arrays, list[Arrays], np.ndarray, Any], tuple[Arrays, Any]]
 """``(global weights, float64 deltas, example counts, state) -> (float64 update, state)``."""
 
-ODD = (1, 5, 0, 10, 3)  # one client trained on nothing
+ODD = (1, 5, 0, 10, 3, 7)  # five updates, and a client that trained on nothing
 EVEN = (2, 2, 7, 1, 4, 9)
 
 
@@ -131,8 +131,15 @@ def unflat(vector: np.ndarray, w: Arrays) -> Arrays:
 
 
 def coordinatewise(combine: Callable[[np.ndarray], np.ndarray]) -> Rule:
+    """A rule of one vote per update, over the clients that trained (n_k > 0).
+
+    A client of 0 examples sends the model it received: as a vote it would pull
+    toward no change; covey leaves it out (docs/strategies.md).
+    """
+
     def rule(w: Arrays, deltas: list[Arrays], n: np.ndarray, state: Any) -> tuple[Arrays, Any]:
-        return unflat(combine(flat(deltas, w)), w), state
+        trained = [d for d, count in zip(deltas, n, strict=True) if count > 0]
+        return unflat(combine(flat(trained, w)), w), state
 
     return rule
 
@@ -239,7 +246,7 @@ def test_each_preset_matches_its_paper_over_rounds(
     name: str, delta: bool, examples: tuple[int, ...]
 ) -> None:
     make_strategy, make_rule = PRESETS[name]
-    n = len(examples)
+    n = sum(1 for count in examples if count)  # the updates a rule combines
     result = run(make_strategy(n), examples, delta=delta)
     assert all(r.aggregated for r in result.history.rounds[1:])
     assert_models_close(result.weights, replay(make_rule(n), examples))

@@ -146,6 +146,18 @@ def finite(values: Weights) -> bool:
     return all(v.dtype.kind != "f" or bool(np.isfinite(v).all()) for v in values.values())
 
 
+NO_EXAMPLES = "no_examples"
+"""``Aggregate.info`` key: how many contributions reported ``num_examples=0`` and took no part."""
+
+
+def no_examples(rule: str, count: int, step: str, round: int) -> AggregationError:
+    """The error of a round whose every one of ``count`` contributions reported 0 examples."""
+    return AggregationError(
+        f"{step} {round}: all {count} contributions have num_examples=0 (clients with no "
+        f"data to train on), so {rule} has no update to combine; the model is kept"
+    )
+
+
 def needs_params(params: Weights | None, step: str) -> Weights:
     """The round's global weights, or a clear error if the step saw no ``Begin``."""
     if params is None:

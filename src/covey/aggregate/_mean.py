@@ -24,7 +24,7 @@ from covey.aggregate._base import (
     State,
     Step,
 )
-from covey.aggregate._flat import int_change, signed
+from covey.aggregate._flat import NO_EXAMPLES, int_change, no_examples, signed
 from covey.aggregate._order import REDUCER, described, of_kind
 from covey.core._pages import BLOCK, blocks, release_pages
 from covey.core._weights import Array, Weights
@@ -48,6 +48,7 @@ class _MeanState(NamedTuple):
     # Every contribution so far was bounded (see Contribution): with fewer than
     # _UNGUARDED examples, a bounded one is folded without an overflow guard.
     bounded: bool = True
+    empty: int = 0  # contributions with num_examples=0: weighed by 0, or left out unweighted
 
 
 _BLOCK = BLOCK // 4
@@ -310,7 +311,7 @@ def _mean_step(weighted: bool) -> Step:
             return _MeanState(params=event.params, ints=ints), ()
         if isinstance(event, End):
             with np.errstate(over="ignore", invalid="ignore"):
-                return _mean_end(state, event)
+                return _mean_end(state, event, "weighted mean" if weighted else "mean")
         return state, (event,)
 
     setattr(update, MEAN, weighted)  # the round loops may fold plain replies themselves
@@ -321,12 +322,14 @@ def _mean_contribution(
     state: _MeanState, event: Contribution, weighted: bool
 ) -> tuple[State, tuple[Event, ...]]:
     """Fold one contribution into the running sums."""
-    params, acc_w, acc_d, scratch, ex_w, total, clients, examples, ints, s_w, s_d, bounded = state
+    params, acc_w, acc_d, scratch, ex_w, total, clients, examples, ints, s_w, s_d, bounded, _ = (
+        state
+    )
     if params is None:
         raise AggregationError("a Contribution arrived before Begin")
-    n = float(event.num_examples) if weighted else 1.0
-    if n == 0.0:
-        return state._replace(clients=clients + 1), ()
+    n = float(event.num_examples) if weighted or not event.num_examples else 1.0
+    if n == 0.0:  # no data: no weight, and no vote in the unweighted mean either
+        return state._replace(empty=state.empty + 1), ()
     bounded = bounded and event._bounded
     guard = not bounded or total + n > _UNGUARDED
     # A new tuple built positionally: NamedTuple._replace costs several calls per client.
@@ -360,6 +363,7 @@ def _mean_contribution(
         s_w,
         s_d,
         bounded,
+        state.empty,
     ), ()
 
 
@@ -404,16 +408,16 @@ def _combined(
     return out
 
 
-def _mean_end(state: _MeanState, event: End) -> tuple[State, tuple[Event, ...]]:
+def _mean_end(state: _MeanState, event: End, rule: str) -> tuple[State, tuple[Event, ...]]:
     """Divide the sums at the round's end and emit the aggregate."""
     if state.clients == 0 or state.params is None:
+        if state.empty:
+            raise no_examples(f"their {rule}", state.empty, event.step, event.round)
         return _MeanState(), ()
-    if state.total == 0.0:
-        raise AggregationError(
-            f"{event.step} {event.round}: all {state.clients} contributions have "
-            "num_examples=0, so their weighted mean is undefined"
-        )
     params = state.params
+    info = dict(event.info)
+    if state.empty:
+        info[NO_EXAMPLES] = state.empty
     agg: Aggregate
     if state.acc_delta is None:
         if state.acc_weights is None:  # an invariant of this module, not an input check
@@ -425,7 +429,7 @@ def _mean_end(state: _MeanState, event: End) -> tuple[State, tuple[Event, ...]]:
             weights=_finish(
                 state.acc_weights, state.total / state.scale_weights, params, weights=True
             ),
-            info=dict(event.info),
+            info=info,
         )
     else:
         acc, scale = state.acc_delta, state.scale_delta
@@ -433,9 +437,7 @@ def _mean_end(state: _MeanState, event: End) -> tuple[State, tuple[Event, ...]]:
             acc, scale = _combine(state, acc, state.acc_weights, params)
         # Non-float arrays get a rounded delta of their own dtype, so apply() works.
         delta = _finish(acc, state.total / scale, params, weights=False)
-        agg = Aggregate(
-            event.round, state.clients, state.examples, delta=delta, info=dict(event.info)
-        )
+        agg = Aggregate(event.round, state.clients, state.examples, delta=delta, info=info)
     return _MeanState(), (agg,)
 
 
@@ -456,5 +458,10 @@ def weighted_mean() -> Step:
 
 @described
 def mean() -> Step:
-    """Average the contributions with equal weight, whatever their number of examples."""
+    """Average the contributions with equal weight, whatever their number of examples.
+
+    A contribution of 0 examples (a client with no data, whose update is the model
+    it received) takes no part: it would be a vote for no change. ``Aggregate.info``
+    counts those left out under ``"no_examples"``, as for the weighted mean.
+    """
     return _mean_step(weighted=False)

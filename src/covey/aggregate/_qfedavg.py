@@ -17,7 +17,15 @@ from covey.aggregate._base import (
     State,
     Step,
 )
-from covey.aggregate._flat import check_positive, needs_params, sq_norm, to_int, update_of
+from covey.aggregate._flat import (
+    NO_EXAMPLES,
+    check_positive,
+    needs_params,
+    no_examples,
+    sq_norm,
+    to_int,
+    update_of,
+)
 from covey.aggregate._order import REDUCER, described, of_kind
 from covey.core._weights import Array, Weights
 
@@ -28,6 +36,7 @@ class _QState(NamedTuple):
     h: float = 0.0
     clients: int = 0
     examples: int = 0
+    empty: int = 0  # contributions with num_examples=0, left out
 
 
 @described
@@ -41,6 +50,12 @@ def qfedavg(q: float = 0.2, lr: float = 0.1, *, loss_key: str = "loss", eps: flo
     global weights are ``w - sum_k D_k / sum_k h_k``. ``q = 0`` is FedSGD-like
     averaging; larger ``q`` gives more uniform accuracy across clients. It folds
     each update in as it arrives (memory O(model)); ``eps`` is added to every loss.
+
+    The sums run over the clients that trained: a contribution with
+    ``num_examples=0`` (a client with no data, whose update is the model it
+    received) takes no part, as in the paper's update, where its ``h_k`` would
+    shrink every step. ``Aggregate.info["no_examples"]`` counts those left out;
+    a round of nothing else raises an AggregationError at ``End`` (the model is kept).
 
     The rule applies to the float arrays, which alone make up ``||Dw_k||``.
     Integer and bool arrays (a normalization layer's batch counter, a mask) are
@@ -72,6 +87,8 @@ def qfedavg(q: float = 0.2, lr: float = 0.1, *, loss_key: str = "loss", eps: flo
     def update(state: _QState, event: Event) -> tuple[State, tuple[Event, ...]]:
         if isinstance(event, Contribution):
             params = needs_params(state.params, "qfedavg()")
+            if event.num_examples == 0:  # it trained on nothing: no D_k, no h_k
+                return state._replace(empty=state.empty + 1), ()
             loss = _client_loss(event, loss_key)
             delta = update_of(event, params)
             floats = {k: d for k, d in delta.items() if params[k].dtype.kind == "f"}
@@ -91,18 +108,26 @@ def qfedavg(q: float = 0.2, lr: float = 0.1, *, loss_key: str = "loss", eps: flo
         if isinstance(event, Begin):
             return _QState(params=event.params), (event,)
         if isinstance(event, End):
-            if state.acc is None or state.params is None:
-                return _QState(), ()
-            if not state.h > 0.0 or not math.isfinite(state.h):
-                raise AggregationError(f"qfedavg: the normalizer sum h_k is {state.h}")
-            out = _finish(state.acc, state.params, state.h, state.clients)
-            agg = Aggregate(
-                event.round, state.clients, state.examples, delta=out, info=dict(event.info)
-            )
-            return _QState(), (agg,)
+            return _q_end(state, event)
         return state, (event,)
 
     return of_kind(Step(init, update), REDUCER, "qfedavg()")
+
+
+def _q_end(state: _QState, event: End) -> tuple[State, tuple[Event, ...]]:
+    """The round's aggregate: ``w - sum_k D_k / sum_k h_k`` over the clients that trained."""
+    if state.acc is None or state.params is None:
+        if state.empty:
+            raise no_examples("qfedavg()", state.empty, event.step, event.round)
+        return _QState(), ()
+    if not state.h > 0.0 or not math.isfinite(state.h):
+        raise AggregationError(f"qfedavg: the normalizer sum h_k is {state.h}")
+    out = _finish(state.acc, state.params, state.h, state.clients)
+    info = dict(event.info)
+    if state.empty:
+        info[NO_EXAMPLES] = state.empty
+    agg = Aggregate(event.round, state.clients, state.examples, delta=out, info=info)
+    return _QState(), (agg,)
 
 
 def _finish(acc: dict[str, Array], params: Weights, h: float, clients: int) -> dict[str, Array]:

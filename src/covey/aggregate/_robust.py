@@ -27,6 +27,7 @@ from covey.aggregate._base import (
     Step,
 )
 from covey.aggregate._flat import (
+    NO_EXAMPLES,
     Vector,
     check_count,
     check_positive,
@@ -34,6 +35,7 @@ from covey.aggregate._flat import (
     flatten,
     floor_fraction,
     needs_params,
+    no_examples,
     unflatten,
     update_of,
     written_fraction,
@@ -52,6 +54,7 @@ class _BufferState(NamedTuple):
     rows: list[Vector] | None = None
     cids: list[int] | None = None
     examples: list[int] | None = None
+    empty: int = 0  # contributions with num_examples=0, left out
 
 
 def buffered(name: str, combine: Combine) -> Step:
@@ -63,6 +66,12 @@ def buffered(name: str, combine: Combine) -> Step:
             vectors, one row per contribution in client-id order (so that results,
             and the breaking of ties, do not depend on the order of arrival).
 
+    A contribution with ``num_examples=0`` (a client with no data, whose update is
+    the model it received) takes no part: a rule that counts each update as one
+    vote would otherwise count it as a vote for no change. ``Aggregate.info``
+    gives how many were left out under ``"no_examples"``; a round of nothing else
+    raises an AggregationError at ``End`` (the round keeps the model).
+
     Returns:
         A step that emits one ``Aggregate`` (a delta) per non-empty round.
     """
@@ -73,6 +82,8 @@ def buffered(name: str, combine: Combine) -> Step:
     def update(state: _BufferState, event: Event) -> tuple[State, tuple[Event, ...]]:
         if isinstance(event, Contribution):
             params = needs_params(state.params, name)
+            if event.num_examples == 0:
+                return state._replace(empty=state.empty + 1), ()
             if state.rows is None:  # an invariant of this module, not an input check
                 raise RuntimeError("internal error: state.rows is unset")
             if state.cids is None:  # an invariant of this module, not an input check
@@ -86,28 +97,46 @@ def buffered(name: str, combine: Combine) -> Step:
         if isinstance(event, Begin):
             return _BufferState(event.params, [], [], []), (event,)
         if isinstance(event, End):
-            if not state.rows or state.params is None:
-                return _BufferState(), ()
-            if state.cids is None:  # an invariant of this module, not an input check
-                raise RuntimeError("internal error: state.cids is unset")
-            if state.examples is None:  # an invariant of this module, not an input check
-                raise RuntimeError("internal error: state.examples is unset")
-            # Client-id order makes the result independent of arrival order, ties included.
-            order = sorted(range(len(state.cids)), key=state.cids.__getitem__)
-            updates = np.stack([state.rows[i] for i in order])
-            examples = np.asarray([state.examples[i] for i in order], dtype=np.float64)
-            vector, info = combine(updates, examples, [state.cids[i] for i in order])
-            aggregate = Aggregate(
-                event.round,
-                len(state.rows),
-                int(sum(state.examples)),
-                delta=unflatten(vector, state.params),
-                info={**event.info, **info},
-            )
-            return _BufferState(), (aggregate,)
+            return _buffer_end(name, combine, state, event)
         return state, (event,)
 
     return of_kind(Step(init, update), REDUCER, name)
+
+
+def _buffer_end(
+    name: str, combine: Combine, state: _BufferState, event: End
+) -> tuple[State, tuple[Event, ...]]:
+    """The round's aggregate from the buffered updates (none for a round without any)."""
+    if not state.rows or state.params is None:
+        if state.empty:
+            raise no_examples(name, state.empty, event.step, event.round)
+        return _BufferState(), ()
+    if state.cids is None:  # an invariant of this module, not an input check
+        raise RuntimeError("internal error: state.cids is unset")
+    if state.examples is None:  # an invariant of this module, not an input check
+        raise RuntimeError("internal error: state.examples is unset")
+    # Client-id order makes the result independent of arrival order, ties included.
+    order = sorted(range(len(state.cids)), key=state.cids.__getitem__)
+    updates = np.stack([state.rows[i] for i in order])
+    examples = np.asarray([state.examples[i] for i in order], dtype=np.float64)
+    try:
+        vector, info = combine(updates, examples, [state.cids[i] for i in order])
+    except AggregationError as exc:
+        if not state.empty:
+            raise
+        raise AggregationError(
+            f"{exc} ({state.empty} more have num_examples=0 and take no part)"
+        ) from None
+    if state.empty:
+        info = {**info, NO_EXAMPLES: state.empty}
+    aggregate = Aggregate(
+        event.round,
+        len(state.rows),
+        int(sum(state.examples)),
+        delta=unflatten(vector, state.params),
+        info={**event.info, **info},
+    )
+    return _BufferState(), (aggregate,)
 
 
 @described

@@ -61,7 +61,7 @@ class ShortFold:
         ``bounded`` is what :meth:`~covey.core.WeightsSpec.conformity` said of them.
         """
         acc = self.acc
-        n = float(num_examples) if self.weighted else 1.0
+        n = float(num_examples) if self.weighted or not num_examples else 1.0
         if acc is None or not bounded or n == 0.0:
             return False
         total = self.total + n
