@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,10 +14,11 @@ from covey.clients._quiet import ignoring
 from covey.clients._scaffold import server_control
 from covey.core import Config, EvaluateResult, FitResult
 from covey.core._qfair import loss_before_fit
-from covey.core._weights import Weights
+from covey.core._weights import Array, Weights
 from covey.sklearn._params import _outputs, features, get_params, is_mlp, prime, set_params
 from covey.sklearn._rate import checked_rate, rate_name, set_rate
 from covey.sklearn._support import check_kind, check_options
+from covey.sklearn._trainstate import TrainState, capture, restore
 
 __all__ = ["SklearnClient", "evaluate_model"]
 
@@ -189,6 +191,13 @@ class SklearnClient(Client):
         epochs: ``partial_fit`` passes per round.
         sample_weight: One finite weight >= 0 per training example, aligned
             with ``y_train`` (None: every example counts once).
+        state_path: A file in which the client keeps what its model carries from
+            round to round besides the weights (an MLP's optimiser: Adam's moments,
+            SGD's velocities; the sample counter ``t_`` a learning-rate schedule
+            reads), for each of its last two rounds, so that a resumed simulation
+            whose ``client_fn`` builds the client again, or a restarted deployed
+            client, trains on as the run never stopped (a round sent again starts
+            from the state before it). None keeps it in the model only.
 
     Example:
         >>> import numpy as np
@@ -212,7 +221,9 @@ class SklearnClient(Client):
         *,
         epochs: int = 1,
         sample_weight: npt.ArrayLike | None = None,
+        state_path: str | os.PathLike[str] | None = None,
     ) -> None:
+        self._state = None if state_path is None else TrainState(state_path)
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
         self.model = model
@@ -280,6 +291,21 @@ class SklearnClient(Client):
         set_rate(self.model, self._rate_option, lr)
         self._rate_set = True
 
+    def _capture(self) -> dict[str, Array]:
+        """The model's training state, and the rate the last round set in it."""
+        state = capture(self.model)
+        state["client.rate_set"] = np.asarray(self._rate_set)
+        if self._rate_option is not None:
+            state["client.rate"] = np.asarray(getattr(self.model, self._rate_option))
+        return state
+
+    def _restore(self, state: dict[str, Array]) -> None:
+        """Set a state of :meth:`_capture` back, as the client had it after that round."""
+        restore(self.model, state)
+        self._rate_set = bool(state["client.rate_set"])
+        if self._rate_option is not None and "client.rate" in state:
+            setattr(self.model, self._rate_option, state["client.rate"].item())
+
     def _load(self, weights: Weights) -> None:
         # priming reads the data's shape (and, for partial_fit, a pass over some rows):
         # a client without training data primes on its test data
@@ -317,6 +343,10 @@ class SklearnClient(Client):
             unchanged = {k: np.array(v) for k, v in weights.items()}
             return FitResult(weights=unchanged, num_examples=0, metrics=empty)
         self._load(weights)
+        rnd = int(config.get("round", 0))
+        kept = None if self._state is None else self._state.before(rnd)
+        if kept is not None:
+            self._restore(kept)
         self._learning_rate(config)
         before = None
         if asked is not None:
@@ -332,6 +362,8 @@ class SklearnClient(Client):
             else:
                 self._check_every_class()
                 self.model.fit(self.x_train, self.y_train, **weighted)
+        if self._state is not None:
+            self._state.keep(rnd, self._capture())
         correct = self.model.predict(self.x_train) == self.y_train
         accuracy = float(np.average(correct, weights=self.sample_weight))
         # in the global weights' dtypes (a model trained on float32 features has float32 ones)

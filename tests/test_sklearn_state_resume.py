@@ -1,0 +1,143 @@
+"""SklearnClient keeps an MLP's optimiser on disk: a killed and resumed run ends bit for bit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from _procs import killed_script
+
+SCRIPT = """
+import os, signal, sys
+from pathlib import Path
+import numpy as np
+import pytest
+import covey
+from sklearn.neural_network import MLPClassifier
+from covey.sklearn import SklearnClient, initial_params
+
+
+def data(cid):
+    rng = np.random.default_rng(cid)
+    x = rng.normal(size=(20 + 5 * cid, 4)) + 0.3 * cid
+    return x, (x[:, 0] + x[:, 1] > 0.3 * cid).astype(int)
+
+
+class Killed(SklearnClient):
+    def fit(self, weights, config):
+        result = super().fit(weights, config)  # client 0's state of round 3 is on disk
+        if __name__ == "__main__" and config["round"] == 3 and self.cid == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+
+def client(cid, states):
+    model = MLPClassifier(hidden_layer_sizes=(5,), solver="adam", learning_rate_init=0.01,
+                          random_state=cid)
+    made = Killed(model, *data(cid), classes=[0, 1],
+                  state_path=None if states is None else Path(states) / f"s{cid}.bin")
+    made.cid = cid
+    return made
+
+
+def run(run_dir, states, resume, rounds=5):
+    return covey.simulate(
+        lambda cid: client(cid, states),
+        num_clients=3,
+        rounds=rounds,
+        strategy=covey.FedAvg(fraction_evaluate=0.0),
+        initial_weights=initial_params(MLPClassifier(hidden_layer_sizes=(5,)), 4, [0, 1], seed=0),
+        run_dir=run_dir,
+        resume=resume,
+    )
+
+
+if __name__ == "__main__":
+    run(sys.argv[1], sys.argv[2], False)
+"""
+
+
+def test_a_killed_mlp_run_resumes_with_its_clients_optimiser_state(tmp_path: Path) -> None:
+    # The MLP's Adam moments lived in the model object only: a run resumed after a kill
+    # started every client's optimiser afresh and ended elsewhere than the run never stopped.
+    script = tmp_path / "mlp_run.py"
+    script.write_text(SCRIPT)
+    (tmp_path / "killed").mkdir()
+    killed_script(script, tmp_path / "run", tmp_path / "killed")
+    assert sorted(p.name for p in (tmp_path / "killed").glob("s*.bin")) == [
+        "s0.bin",
+        "s1.bin",
+        "s2.bin",
+    ]
+    namespace: dict[str, Any] = {"__name__": "mlp_run"}
+    exec(compile(SCRIPT, str(script), "exec"), namespace)  # the same clients, not killed
+    run = namespace["run"]
+    (tmp_path / "whole").mkdir()
+    whole = dict(run(tmp_path / "whole_run", tmp_path / "whole", False).weights)
+    resumed = dict(run(tmp_path / "run", tmp_path / "killed", True).weights)
+    for name, value in whole.items():
+        np.testing.assert_array_equal(resumed[name], value)
+    # Without the files, the resumed clients start their optimisers afresh.
+    run(tmp_path / "lost", None, False, rounds=2)
+    lost = dict(run(tmp_path / "lost", None, True).weights)
+    assert any(not np.array_equal(lost[k], v) for k, v in whole.items())
+
+
+def _client(path: Path | None, solver: str, schedule: str) -> Any:
+    from sklearn.neural_network import MLPClassifier
+
+    from covey.sklearn import SklearnClient
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(24, 4))
+    y = (x[:, 0] - x[:, 2] > 0).astype(int)
+    model = MLPClassifier(
+        hidden_layer_sizes=(4,),
+        solver=solver,
+        learning_rate=schedule,
+        learning_rate_init=0.05,
+        momentum=0.9,
+        random_state=0,
+    )
+    return SklearnClient(model, x, y, classes=[0, 1], epochs=2, state_path=path)
+
+
+def _configs() -> list[dict[str, Any]]:
+    # a rate in some rounds only: a round without one puts the model's own back
+    return [{"round": r, **({} if r == 3 else {"lr": 0.01 * r})} for r in range(1, 6)]
+
+
+def _global(rnd: int, like: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(100 + rnd)  # the server's model each round, made up
+    return {k: (v + 0.01 * rng.normal(size=v.shape)).astype(v.dtype) for k, v in like.items()}
+
+
+@pytest.mark.parametrize(
+    ("solver", "schedule"), [("adam", "constant"), ("sgd", "adaptive"), ("sgd", "invscaling")]
+)
+def test_a_rebuilt_client_trains_on_as_the_one_kept_built(
+    tmp_path: Path, solver: str, schedule: str
+) -> None:
+    from sklearn.neural_network import MLPClassifier
+
+    from covey.sklearn import initial_params
+
+    start = initial_params(MLPClassifier(hidden_layer_sizes=(4,)), 4, [0, 1], seed=1)
+    models = [_global(r, start) for r in range(1, 6)]
+    kept = _client(None, solver, schedule)  # kept built: its state in memory only
+    whole = [kept.fit(w, c).weights for w, c in zip(models, _configs(), strict=True)]
+    path = tmp_path / "rebuilt.covey"
+    first = _client(path, solver, schedule)
+    for w, c in zip(models[:3], _configs()[:3], strict=True):
+        first.fit(w, c)
+    # Built again after round 3, which is sent again (the run resumed from round 2).
+    again = _client(path, solver, schedule)
+    for i in (2, 3, 4):
+        got = again.fit(models[i], _configs()[i]).weights
+        for name, value in whole[i].items():
+            np.testing.assert_array_equal(got[name], value)
+    with pytest.raises(ValueError, match="another run's; delete it"):
+        _client(path, solver, schedule).fit(models[0], _configs()[0])
