@@ -146,14 +146,10 @@ def test_parallel_trees_count_as_the_initial_model_records_them() -> None:
         )
 
 
-@pytest.mark.parametrize("kind", [XGBoostBagging, XGBoostCyclic])
-def test_a_client_left_at_the_default_local_rounds_is_not_warned(
-    kind: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A client that chose no ``local_rounds`` boosts the strategy's without a warning."""
-    caplog.set_level(logging.WARNING, logger="covey")
+def _two_rounds(kind: Any, **client: Any) -> None:
+    """Two rounds of ``kind`` whose clients are given ``client``; each round grew its trees."""
     result = covey.simulate(
-        lambda cid: XGBoostClient(*_data(cid), BINARY),
+        lambda cid: XGBoostClient(*_data(cid), BINARY, **client),
         num_clients=CLIENTS,
         rounds=2,
         strategy=kind(local_rounds=LOCAL, fraction_evaluate=0.0),
@@ -163,6 +159,15 @@ def test_a_client_left_at_the_default_local_rounds_is_not_warned(
     assert not result.history.failures()
     per_round = CLIENTS * LOCAL if kind is XGBoostBagging else LOCAL
     assert num_trees(from_weights(result.weights)) == 2 * per_round
+
+
+@pytest.mark.parametrize("kind", [XGBoostBagging, XGBoostCyclic])
+def test_a_client_left_at_the_default_local_rounds_is_not_warned(
+    kind: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that chose no ``local_rounds`` boosts the strategy's without a warning."""
+    caplog.set_level(logging.WARNING, logger="covey")
+    _two_rounds(kind)
     assert not [r for r in caplog.records if "wins over this client's" in r.getMessage()]
 
 
@@ -171,17 +176,7 @@ def test_the_strategys_local_rounds_win_over_the_clients_own(
     kind: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="covey")
-    result = covey.simulate(
-        lambda cid: XGBoostClient(*_data(cid), BINARY, local_rounds=5),
-        num_clients=CLIENTS,
-        rounds=2,
-        strategy=kind(local_rounds=LOCAL, fraction_evaluate=0.0),
-        initial_weights=initial_model(BINARY, 4, capacity=1 << 18),
-        backend="inline",
-    )
-    assert not result.history.failures()
-    per_round = CLIENTS * LOCAL if kind is XGBoostBagging else LOCAL
-    assert num_trees(from_weights(result.weights)) == 2 * per_round
+    _two_rounds(kind, local_rounds=5)
     told = [r.getMessage() for r in caplog.records if "wins over this client's" in r.getMessage()]
     # Each client is told once (not every round) what it boosts and how to have its own;
     # cyclic training runs one client a round.
