@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ import safetensors.numpy
 from safetensors import SafetensorError
 
 import covey
+from covey.core import _historyfile
+from covey.core._history import History
+from covey.core._historyfile import HistoryFile
 from covey.server import _room
 from covey.server._runlock import RunRefusedError
 from covey.server._store import RunStore
@@ -166,9 +170,7 @@ def small_disk() -> Iterator[Path]:
         where.rmdir()
 
 
-def test_keep_last_1_on_a_disk_with_room_for_one_file(
-    small_disk: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_keep_last_1_on_a_disk_with_room_for_one_file(small_disk: Path) -> None:
     run = small_disk / "run"
     big = {"w": np.zeros(1_200_000)}  # 9.6 MB a file
     served = Served(_one_client(), 3, run_dir=run, keep_last=1, plot=False, initial_weights=big)
@@ -176,9 +178,10 @@ def test_keep_last_1_on_a_disk_with_room_for_one_file(
     with pytest.raises((OSError, covey.FederationError)) as caught:
         served.join()
     joined.join()
-    # The run stops on the failed save, or on history.json, written as round 1's file is,
-    # if that found the disk full first: the save's error is logged either way.
-    said = " ".join([str(caught.value), *(r.getMessage() for r in caplog.records)])
+    # The run stops on the failed save, even if history.json, written as round 1's file
+    # is, found the disk full first (before, its error stopped the run, and the save's was
+    # only logged).
+    said = str(caught.value)
     assert "the disk needs room for 2 such files at once; free at least " in said
     assert re.search(r"free at least [2-9]\.\d MB more there, then resume the run", said), said
     assert [p.name for p in (run / "weights").iterdir()] == ["round-00000.safetensors"]
@@ -193,3 +196,72 @@ def test_keep_last_1_on_a_disk_with_room_for_one_file(
     result = resumed.join()
     assert [r.round for r in result.history.rounds] == [0, 1, 2, 3]
     assert [p.name for p in (run / "weights").iterdir()] == ["round-00003.safetensors"]
+
+
+def _round_1_finds_no_room(monkeypatch: pytest.MonkeyPatch, *, save: bool) -> None:
+    """From round 1, ``history.json`` finds the disk full; round 1's file too if ``save``.
+
+    The save fails a moment after the history does: the order in which the run met them.
+    """
+    real_save, real_write = safetensors.numpy.save_file, HistoryFile.write
+
+    def save_file(tensors: Any, filename: Any, *args: Any, **kwargs: Any) -> None:
+        if save and "round-00001" in str(filename):
+            time.sleep(0.3)
+            raise SafetensorError(_FULL)
+        real_save(tensors, filename, *args, **kwargs)
+
+    def write(self: HistoryFile, history: History) -> bool:
+        if history.rounds and history.rounds[-1].round >= 1:
+            full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise _historyfile._unwritten(self.path, history, full) from full
+        return real_write(self, history)
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", save_file)
+    monkeypatch.setattr(HistoryFile, "write", write)
+
+
+_NEEDED = "the disk needs room for 3 such files at once; "
+
+
+def test_a_simulation_stops_with_the_round_file_that_found_no_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: stopped by "round 1: cannot write .../history.json: No space left on device",
+    # written as round 1's file was; the save's error, saying the room the run needs, was
+    # only logged.
+    _round_1_finds_no_room(monkeypatch, save=True)
+    run = tmp_path / "sim"
+    strategy = covey.FedAvg(fraction_evaluate=0.0)
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        covey.simulate(lambda cid: Fit(), 2, 3, strategy, {"w": np.zeros(4)}, run_dir=run)
+    said = str(caught.value)
+    assert said.startswith(f"cannot save round 1 to {run / 'weights'}"), said
+    assert _NEEDED in said, said
+    assert "history.json" in str(caught.value.__cause__)
+    # Only the history found no room: it says what room the run's files need.
+    monkeypatch.undo()
+    _round_1_finds_no_room(monkeypatch, save=False)
+    run = tmp_path / "sim2"
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        covey.simulate(lambda cid: Fit(), 2, 3, strategy, {"w": np.zeros(4)}, run_dir=run)
+    said = str(caught.value)
+    history = run / "history.json"
+    assert said.startswith(f"round 1: cannot write {history}: No space left on device; "), said
+    assert _NEEDED in said, said
+    assert caught.value.errno == errno.ENOSPC
+
+
+def test_a_served_run_stops_with_the_round_file_that_found_no_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _round_1_finds_no_room(monkeypatch, save=True)
+    run = tmp_path / "run"
+    served = Served(_one_client(), 3, run_dir=run, keep_last=1, plot=False)
+    joined = Joined(served.port)
+    with pytest.raises((OSError, covey.FederationError)) as caught:
+        served.join()
+    joined.join()
+    said = str(caught.value)
+    assert f"cannot save round 1 to {run / 'weights'}" in said, said
+    assert "the disk needs room for 2 such files at once; " in said, said

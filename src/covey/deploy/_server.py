@@ -47,7 +47,7 @@ from covey.server._outputs import RunOutputs, write_outputs
 from covey.server._resume import resume_point, resumed_seed, same_settings, same_strategy
 from covey.server._retry import RoundRetries, retry_hint
 from covey.server._roundfiles import check_storable
-from covey.server._saver import BackgroundSaver, call_pending, flushing, rewritten
+from covey.server._saver import BackgroundSaver, call_pending, flushing, rewritten, written_beside
 from covey.server._state import load_state, state_types
 from covey.server._store import RunStore
 from covey.server._sync import RoundLoop
@@ -375,7 +375,7 @@ class _Run:
                 )
                 if self.outputs is None:
                     self.outputs = RunOutputs(self.store.run_dir, plot=plot)
-                self.outputs.round_done(self.loop.history)
+                written_beside(self.background, self.outputs.round_done, loop.history)
             if on_round is not None:
                 before = written(record)
                 on_round(record)

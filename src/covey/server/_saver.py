@@ -26,6 +26,8 @@ from covey.core._recordvalues import Written, changed, written
 from covey.core._weights import Weights
 from covey.server._callbacks import REPLAYED, RoundCallback
 from covey.server._lasteval import save_evaluation
+from covey.server._room import no_room, room_note
+from covey.server._roundfiles import WEIGHTS_DIR
 from covey.server._state import dump_state
 from covey.server._store import RunStore
 from covey.strategies._strategy import Strategy
@@ -167,6 +169,41 @@ class BackgroundSaver:
             what = "an update" if self.store.step == "update" else "a round"
             logger.error("saving %s failed: %s", what, error)
             raise error
+
+    def no_room_beside(self, exc: OSError) -> None:
+        """Say a full disk that ``exc``, a file written beside the save in flight, found.
+
+        ``history.json`` (and a deployed run's ``plot.png``) is written while the
+        round's weights file, the larger, is saved in the writer thread: which of
+        them finds the disk full first is chance. The save is awaited: if it failed
+        too, its error (naming the round's file and the room the kept rounds
+        need) is raised, caused by ``exc``; else ``exc`` says that room too.
+        """
+        if not no_room(exc):
+            return
+        try:
+            self.flush()
+        except Exception as failed:
+            raise failed from exc
+        store = self.store
+        note = room_note(store.run_dir / WEIGHTS_DIR, self.keep_last, store.step)
+        exc.args = (f"{exc}{note}",)
+
+
+def written_beside(
+    saver: BackgroundSaver | None, write: Callable[[History], object], history: History
+) -> None:
+    """``write(history)``, a file written beside the round's save; a full disk said as such.
+
+    See :meth:`BackgroundSaver.no_room_beside`: the run stops with the save's error when
+    both found the disk full, whichever found it first.
+    """
+    try:
+        write(history)
+    except OSError as exc:
+        if saver is not None:
+            saver.no_room_beside(exc)
+        raise
 
 
 def flushing(strategy: Strategy, saver: Callable[[], BackgroundSaver | None]) -> Strategy:

@@ -23,6 +23,7 @@ from covey.server._base import EvaluateFn, RoundCallback, checked_callbacks
 from covey.server._factory import Loop, open_loop, run_config
 from covey.server._kept import SIMULATION_KEEPS
 from covey.server._lasteval import add_counts
+from covey.server._saver import written_beside
 from covey.sim import _frozen
 from covey.sim._checkpoint import SimCheckpoint, check_resumable, open_checkpoint
 from covey.sim._clock import Availability, ClientClock, ClockedTransport, clients_setup
@@ -437,8 +438,8 @@ def simulate(
             if clocked is not None and clocked.rounds and clocked.rounds[-1][0] == record.round:
                 record.aggregate_info["clock"] = clocked.now  # simulated seconds, as FedBuff's
             checkpoint.save(record, loop.weights, loop.agg_state)  # while round r + 1 trains
-            if history_file is not None:
-                history_file.write(loop.history)
+            if history_file is not None:  # a full disk said as the round's files need room
+                written_beside(checkpoint.background, history_file.write, loop.history)
             before = written(record)
             for callback in callbacks:
                 callback(record)
