@@ -464,6 +464,9 @@ def test_a_resume_warns_that_clients_are_built_again(
     warned = [r.getMessage() for r in caplog.records if "built again" in r.getMessage()]
     assert len(warned) == 1
     assert "client_cache" in warned[0]
+    # and how to keep what a client must carry on (before, it named no way)
+    assert "keep such state on disk" in warned[0]
+    assert "state_path=" in warned[0]
     _stopped(tmp_path / "other")
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="covey"):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import covey
+from sklearn.linear_model import SGDClassifier
 from sklearn.neural_network import MLPClassifier
 from covey.sklearn import SklearnClient, initial_params
 
@@ -34,9 +35,16 @@ class Killed(SklearnClient):
         return result
 
 
+def make(cid=0):
+    if os.environ.get("COVEY_TEST_MODEL") == "sgd-average":
+        return SGDClassifier(loss="log_loss", average=True, learning_rate="invscaling",
+                             eta0=0.1, random_state=cid)
+    return MLPClassifier(hidden_layer_sizes=(5,), solver="adam", learning_rate_init=0.01,
+                         random_state=cid)
+
+
 def client(cid, states):
-    model = MLPClassifier(hidden_layer_sizes=(5,), solver="adam", learning_rate_init=0.01,
-                          random_state=cid)
+    model = make(cid)
     made = Killed(model, *data(cid), classes=[0, 1],
                   state_path=None if states is None else Path(states) / f"s{cid}.bin")
     made.cid = cid
@@ -49,7 +57,7 @@ def run(run_dir, states, resume, rounds=5):
         num_clients=3,
         rounds=rounds,
         strategy=covey.FedAvg(fraction_evaluate=0.0),
-        initial_weights=initial_params(MLPClassifier(hidden_layer_sizes=(5,)), 4, [0, 1], seed=0),
+        initial_weights=initial_params(make(), 4, [0, 1], seed=0),
         run_dir=run_dir,
         resume=resume,
     )
@@ -60,9 +68,14 @@ if __name__ == "__main__":
 """
 
 
-def test_a_killed_mlp_run_resumes_with_its_clients_optimiser_state(tmp_path: Path) -> None:
+@pytest.mark.parametrize("model", ["mlp", "sgd-average"])
+def test_a_killed_run_resumes_with_its_clients_optimiser_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str
+) -> None:
     # The MLP's Adam moments lived in the model object only: a run resumed after a kill
     # started every client's optimiser afresh and ended elsewhere than the run never stopped.
+    # SGDClassifier(average=True) averages from the global weights each round, by its t_.
+    monkeypatch.setenv("COVEY_TEST_MODEL", model)
     script = tmp_path / "mlp_run.py"
     script.write_text(SCRIPT)
     (tmp_path / "killed").mkdir()
@@ -141,3 +154,52 @@ def test_a_rebuilt_client_trains_on_as_the_one_kept_built(
             np.testing.assert_array_equal(got[name], value)
     with pytest.raises(ValueError, match="another run's; delete it"):
         _client(path, solver, schedule).fit(models[0], _configs()[0])
+
+
+def test_a_model_whose_n_iter_is_an_array_keeps_its_state(tmp_path: Path) -> None:
+    # Before: LogisticRegression's n_iter_ (an array) failed every fit with state_path:
+    # "TypeError: only 0-dimensional arrays can be converted to Python scalars".
+    from sklearn.linear_model import LogisticRegression
+
+    from covey.sklearn import SklearnClient, initial_params
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(24, 4))
+    y = (x[:, 0] - x[:, 2] > 0).astype(int)
+
+    def client(path: Path | None) -> Any:
+        model = LogisticRegression(max_iter=3)
+        return SklearnClient(model, x, y, classes=[0, 1], state_path=path)
+
+    start = initial_params(LogisticRegression(), 4, [0, 1], seed=1)
+    models = [_global(r, start) for r in range(1, 4)]
+    kept = client(None)
+    whole = [kept.fit(w, {"round": r + 1}).weights for r, w in enumerate(models)]
+    path = tmp_path / "lr.covey"
+    client(path).fit(models[0], {"round": 1})
+    again = client(path)
+    for r in (1, 2):
+        got = again.fit(models[r], {"round": r + 1}).weights
+        for name, value in whole[r].items():
+            np.testing.assert_array_equal(got[name], value)
+
+
+def test_a_state_file_not_of_this_client_is_refused_naming_it(tmp_path: Path) -> None:
+    # Before: another model's optimiser arrays were set into this one's (failing deep in
+    # scikit-learn, or training on from them), and a damaged file's codec error named no file.
+    from sklearn.neural_network import MLPClassifier
+
+    from covey.sklearn import initial_params
+
+    path = tmp_path / "state.covey"
+    first = _client(path, "adam", "constant")
+    start = initial_params(MLPClassifier(hidden_layer_sizes=(4,)), 4, [0, 1], seed=1)
+    first.fit(start, {"round": 1})
+    other = _client(path, "sgd", "constant")  # momentum velocities, not Adam's moments
+    with pytest.raises(ValueError, match="it is not this client's") as refused:
+        other.fit(start, {"round": 2})
+    assert str(path) in str(refused.value)
+    path.write_bytes(path.read_bytes()[:-7])  # truncated
+    with pytest.raises(ValueError, match=r"cannot be read .*delete it") as damaged:
+        _client(path, "adam", "constant")
+    assert str(path) in str(damaged.value)

@@ -464,8 +464,10 @@ def _warn_of_client_state(strategy: Strategy, keeps_clients: bool, start: int) -
     logger.warning(
         "resuming after round %d: the clients are built again with client_fn, as a "
         "deployed client that restarts is; %s, and what a client object kept between "
-        "rounds starts afresh, so the resumed rounds match an uninterrupted run's only "
-        "if fit does not depend on it",
+        "rounds (a local optimiser's moments, a learning-rate schedule's step) starts "
+        "afresh, so the resumed rounds match an uninterrupted run's only if fit does not "
+        "depend on it: keep such state on disk (covey.sim.ClientState, "
+        "SklearnClient(state_path=...), the ready clients' scaffold_path=)",
         start - 1,
         " and ".join(held),
     )

@@ -18,7 +18,7 @@ from covey.core._weights import Array, Weights
 from covey.sklearn._params import _outputs, features, get_params, is_mlp, prime, set_params
 from covey.sklearn._rate import checked_rate, rate_name, set_rate
 from covey.sklearn._support import check_kind, check_options
-from covey.sklearn._trainstate import TrainState, capture, restore
+from covey.sklearn._trainstate import TrainState, capture, check, restore
 
 __all__ = ["SklearnClient", "evaluate_model"]
 
@@ -193,11 +193,14 @@ class SklearnClient(Client):
             with ``y_train`` (None: every example counts once).
         state_path: A file in which the client keeps what its model carries from
             round to round besides the weights (an MLP's optimiser: Adam's moments,
-            SGD's velocities; the sample counter ``t_`` a learning-rate schedule
-            reads), for each of its last two rounds, so that a resumed simulation
-            whose ``client_fn`` builds the client again, or a restarted deployed
-            client, trains on as the run never stopped (a round sent again starts
-            from the state before it). None keeps it in the model only.
+            SGD's velocities; the sample counter ``t_`` that a learning-rate schedule
+            and ``SGDClassifier(average=True)``'s running average, begun from the
+            global parameters each round, read), for each of its last two rounds, so
+            that a resumed simulation whose ``client_fn`` builds the client again, or
+            a restarted deployed client, trains on as the run never stopped (a round
+            sent again starts from the state before it). A file that is not this
+            client's (another model's, damaged) is refused, naming it. None keeps it
+            in the model only.
 
     Example:
         >>> import numpy as np
@@ -345,7 +348,8 @@ class SklearnClient(Client):
         self._load(weights)
         rnd = int(config.get("round", 0))
         kept = None if self._state is None else self._state.before(rnd)
-        if kept is not None:
+        if kept is not None and self._state is not None:
+            check(self.model, kept, self._state.path)  # another model's file is refused
             self._restore(kept)
         self._learning_rate(config)
         before = None

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from covey.core._codec import decode, encode
-from covey.core._files import atomic_write
+from covey.core._codec import CodecError, decode, encode
+from covey.core._files import atomic_write, read_regular
 from covey.core._weights import Array
 
 _SCALARS = ("t_", "n_iter_", "_no_improvement_count", "best_loss_")
@@ -31,7 +31,8 @@ def capture(model: Any) -> dict[str, Array]:
     out: dict[str, Array] = {}
     for name in _SCALARS:
         value = getattr(model, name, None)
-        if value is not None and math.isfinite(float(value)):
+        # LogisticRegression's n_iter_ is an array: what its last fit took, not carried on
+        if value is not None and np.ndim(value) == 0 and math.isfinite(float(value)):
             out[name] = np.asarray(value)
     if hasattr(model, "loss_curve_"):
         out["loss_curve_"] = np.asarray(model.loss_curve_, dtype=np.float64)
@@ -47,8 +48,43 @@ def capture(model: Any) -> dict[str, Array]:
     return out
 
 
+def _damaged(path: Path, why: str) -> ValueError:
+    return ValueError(
+        f"the training state in {path} {why}: it is not this client's (another model's, or "
+        "damaged); delete it to start the client's state afresh"
+    )
+
+
+def check(model: Any, state: dict[str, Array], path: Path) -> None:
+    """Refuse a ``state`` read from ``path`` that :func:`restore` cannot set into ``model``.
+
+    Each value must be one :func:`capture` takes of ``model`` (primed by a first
+    pass): a finite scalar, a 1-d loss history, the optimiser's arrays as many and
+    of the shapes and dtypes its own are.
+    """
+    own = capture(model)
+    for name, value in state.items():
+        if name == "loss_curve_" and value.ndim == 1 and value.dtype == np.float64:
+            continue
+        like = own.get(name, np.asarray(0.0) if name.startswith("client.") else None)
+        if like is None:
+            raise _damaged(path, f"holds {name}, which {type(model).__name__} has not")
+        if (
+            value.shape != like.shape
+            or value.dtype.kind not in ("b", "i", "u", "f")
+            or (value.ndim and value.dtype != like.dtype)
+        ):
+            shape = list(value.shape)
+            raise _damaged(path, f"holds {name} as {value.dtype}{shape}, not {list(like.shape)}")
+        if value.ndim == 0 and not math.isfinite(float(value)):
+            raise _damaged(path, f"holds {name} = {value.item()}")
+    missing = sorted(k for k in set(own) - set(state) if k.startswith("opt."))
+    if missing or "client.rate_set" not in state:
+        raise _damaged(path, f"lacks {', '.join(missing or ['client.rate_set'])}")
+
+
 def restore(model: Any, state: dict[str, Array]) -> None:
-    """Set ``state`` (from :func:`capture`) into ``model``, primed by a first pass."""
+    """Set ``state`` (from :func:`capture`, passed by :func:`check`) into ``model``, primed."""
     for name in _SCALARS:
         if name in state:
             setattr(model, name, state[name].item())
@@ -74,9 +110,15 @@ class TrainState:
         self.path = Path(path)
         self.slots: list[tuple[int, dict[str, Array]]] = []  # newest first
         if self.path.exists():
-            stored = decode(self.path.read_bytes())
+            try:
+                stored = decode(read_regular(self.path))
+            except CodecError as exc:
+                raise _damaged(self.path, f"cannot be read ({exc})") from None
             for slot in ("a", "b"):
-                if f"{slot}/round" in stored:
+                made = stored.get(f"{slot}/round")
+                if made is not None and (made.shape or made.dtype.kind not in ("i", "u")):
+                    raise _damaged(self.path, f"holds {slot}/round as {made.dtype}{made.shape}")
+                if made is not None:
                     prefix = f"{slot}/"
                     arrays = {
                         k[len(prefix) :]: np.array(v)
