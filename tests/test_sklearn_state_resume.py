@@ -203,3 +203,23 @@ def test_a_state_file_not_of_this_client_is_refused_naming_it(tmp_path: Path) ->
     with pytest.raises(ValueError, match=r"cannot be read .*delete it") as damaged:
         _client(path, "adam", "constant")
     assert str(path) in str(damaged.value)
+
+
+def test_fits_whose_config_names_no_round_train_on(tmp_path: Path) -> None:
+    # Before: every such fit was round 0, so the second one was refused as "of rounds [0],
+    # none before round 0: it is another run's".
+    from sklearn.neural_network import MLPClassifier
+
+    from covey.sklearn import initial_params
+
+    start = initial_params(MLPClassifier(hidden_layer_sizes=(4,)), 4, [0, 1], seed=1)
+    models = [_global(r, start) for r in range(1, 4)]
+    kept = _client(None, "adam", "constant")
+    whole = [kept.fit(w, {}).weights for w in models]
+    path = tmp_path / "state.covey"
+    _client(path, "adam", "constant").fit(models[0], {})
+    again = _client(path, "adam", "constant")
+    for i in (1, 2):
+        got = again.fit(models[i], {}).weights
+        for name, value in whole[i].items():
+            np.testing.assert_array_equal(got[name], value)

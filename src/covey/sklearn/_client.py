@@ -346,8 +346,10 @@ class SklearnClient(Client):
             unchanged = {k: np.array(v) for k, v in weights.items()}
             return FitResult(weights=unchanged, num_examples=0, metrics=empty)
         self._load(weights)
-        rnd = int(config.get("round", 0))
-        kept = None if self._state is None else self._state.before(rnd)
+        rnd = config.get("round")  # a config without one: the round after the kept ones
+        if rnd is None:
+            rnd = 0 if self._state is None else self._state.next_round()
+        kept = None if self._state is None else self._state.before(int(rnd))
         if kept is not None and self._state is not None:
             check(self.model, kept, self._state.path)  # another model's file is refused
             self._restore(kept)
@@ -367,7 +369,7 @@ class SklearnClient(Client):
                 self._check_every_class()
                 self.model.fit(self.x_train, self.y_train, **weighted)
         if self._state is not None:
-            self._state.keep(rnd, self._capture())
+            self._state.keep(int(rnd), self._capture())
         correct = self.model.predict(self.x_train) == self.y_train
         accuracy = float(np.average(correct, weights=self.sample_weight))
         # in the global weights' dtypes (a model trained on float32 features has float32 ones)

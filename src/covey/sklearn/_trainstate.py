@@ -127,6 +127,10 @@ class TrainState:
                     }
                     self.slots.append((int(stored[f"{slot}/round"]), arrays))
 
+    def next_round(self) -> int:
+        """The round after the newest kept (1 if none): a fit whose config names no round."""
+        return self.slots[0][0] + 1 if self.slots else 1
+
     def before(self, rnd: int) -> dict[str, Array] | None:
         """The state after the client's latest round before ``rnd`` (None: it has none)."""
         for made, arrays in self.slots:
