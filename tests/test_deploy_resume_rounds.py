@@ -399,7 +399,7 @@ def test_covey_server_of_a_failed_run_says_how_to_continue_it(
     assert "error: round 1: only 0 of the 1 clients needed" in flat
     assert flat.endswith(
         "continue the run from its start (no round of it finished) with `covey server "
-        f"--resume {run_dir} --app tiny_app:server_app --insecure --wait-timeout 1`"
+        f"--resume {run_dir} --app tiny_app:server_app --insecure --no-plot --wait-timeout 1`"
     )
 
 
@@ -418,5 +418,6 @@ def test_covey_server_resuming_a_run_that_fails_again_says_how_to_continue_it(
     assert flat.endswith(
         f"run stopped: the model after round 2, the last complete one, is in {model} "
         "continue the run after its last complete round with `covey server "
-        f"--resume {run_dir} --app tiny_app:server_app --insecure --rounds 4 --wait-timeout 1`"
+        f"--resume {run_dir} --app tiny_app:server_app --insecure --rounds 4 --no-plot "
+        "--wait-timeout 1`"
     )

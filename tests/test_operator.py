@@ -190,7 +190,8 @@ def test_ctrl_c_on_the_server_says_how_to_resume(tmp_path: Path) -> None:
     assert "Traceback" not in err
     assert undated(err).strip().splitlines()[-1] == (
         f"interrupted: the run in {run} is kept; continue it with "
-        f"`covey server --resume {run} --app tiny_app:server_app --insecure --wait-timeout 60`"
+        f"`covey server --resume {run} --app tiny_app:server_app --insecure --no-plot "
+        "--wait-timeout 60`"
     )
     with RunStore.open(run) as store:
         assert store.status == "failed"

@@ -34,7 +34,8 @@ def test_sigterm_stops_covey_server_as_ctrl_c_does(tmp_path: Path) -> None:
     assert "Traceback" not in err
     assert undated(err).strip().splitlines()[-1] == (
         f"interrupted (SIGTERM): the run in {run} is kept; continue it with "
-        f"`covey server --resume {run} --app tiny_app:server_app --insecure --wait-timeout 60`"
+        f"`covey server --resume {run} --app tiny_app:server_app --insecure --no-plot "
+        "--wait-timeout 60`"
     )
     with RunStore.open(run, exclusive=True) as store:
         assert store.status == "failed"
