@@ -352,7 +352,8 @@ class _Query:
         self, columns: dict[str, Any], suppressed: np.ndarray, precision: dict[str, Any]
     ) -> pd.DataFrame:
         keys = list(itertools.product(*(self.decl["domains"][c] for c in self.plan.group_by)))
-        data = answer_columns(self.plan.outputs, self.plan.aggregates, keys, columns, suppressed)
+        p = self.plan
+        data = answer_columns(p.outputs, p.aggregates, keys, columns, suppressed, p.formulas)
         df = pd.DataFrame(data, index=pd.RangeIndex(len(keys)))
         privacy = None
         if self.multiplier is not None:

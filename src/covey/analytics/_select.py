@@ -18,6 +18,7 @@ import numpy as np
 from sqlglot import exp
 from sqlglot.tokens import TokenType  # type: ignore[attr-defined]
 
+from covey.analytics._formula import Formula, attach, evaluate, is_formula, read_formula
 from covey.analytics._sqlclauses import alias_hint, qualified
 from covey.analytics._sqltext import DIALECT, QueryError, SqlText, fold
 
@@ -28,8 +29,9 @@ class Output:
 
     Args:
         name: Its name in the answer.
-        kind: ``"group"`` (the keys of a GROUP BY column) or ``"aggregate"``.
-        index: Which GROUP BY column or aggregate of the plan it shows.
+        kind: ``"group"`` (the keys of a GROUP BY column), ``"aggregate"`` or
+            ``"formula"`` (arithmetic over aggregates).
+        index: Which GROUP BY column, aggregate or formula of the plan it shows.
         aliased: Whether the name is an alias (``AS name``).
     """
 
@@ -59,8 +61,11 @@ Reader = Callable[[exp.Expression, str, SqlText, str], Any]
 
 def select_list(
     tree: exp.Select, loc: SqlText, group_by: list[str], read: Reader
-) -> tuple[list[Any], tuple[Output, ...]]:
-    """The aggregates of the SELECT list and the answer's columns, in SELECT order.
+) -> tuple[list[Any], tuple[Output, ...], tuple[Formula, ...]]:
+    """The aggregates of the SELECT list, the answer's columns and the formulas.
+
+    The aggregates come in SELECT order, then those only a formula names
+    (``SUM(a) / SUM(b)``: see :mod:`~covey.analytics._formula`).
 
     Args:
         tree: The parsed query.
@@ -73,6 +78,7 @@ def select_list(
     folded = [fold(g) for g in group_by]
     aggregates: list[Any] = []
     items: list[Output] = []
+    formulas: list[tuple[str, tuple[Any, ...], list[Any]]] = []
     for i, item in enumerate(tree.expressions):
         node, alias = (item.this, item.alias) if isinstance(item, exp.Alias) else (item, None)
         if isinstance(node, exp.Star):
@@ -91,14 +97,20 @@ def select_list(
             continue
         text = texts[i] if i < len(texts) and texts[i] else node.sql(DIALECT)
         name = str(alias) if alias else text.strip()
+        if is_formula(node):
+            items.append(Output(name, "formula", len(formulas), bool(alias)))
+            formulas.append((name, *read_formula(node, name, loc, read)))
+            continue
         items.append(Output(name, "aggregate", len(aggregates), bool(alias)))
         aggregates.append(read(node, name, loc, text.strip()))
+    names = {o.name for o in items} | {a.name for a in aggregates}
+    done = tuple(Formula(n, attach(t, leaves, aggregates, names)) for n, t, leaves in formulas)
     if not aggregates:
         raise QueryError("the query has no aggregate; row-level output is not supported")
     selected = {o.index for o in items if o.kind == "group"}
     unselected = [Output(g, "group", k) for k, g in enumerate(group_by) if k not in selected]
     _refuse_shared_names(unselected, items)
-    return aggregates, (*unselected, *items)
+    return aggregates, (*unselected, *items), done
 
 
 def _refuse_shared_names(unselected: list[Output], items: list[Output]) -> None:
@@ -106,7 +118,7 @@ def _refuse_shared_names(unselected: list[Output], items: list[Output]) -> None:
     keys = {o.name for o in (*unselected, *items) if o.kind == "group"}
     seen = {o.name for o in unselected}
     for o in items:
-        if o.kind == "aggregate" and o.name in keys:  # that column holds the group keys
+        if o.kind != "group" and o.name in keys:  # that column holds the group keys
             what = f"the alias {o.name!r}" if o.aliased else f"the aggregate {o.name}"
             raise QueryError(
                 f"{what} is the name of a GROUP BY column, whose keys the answer shows under "
@@ -127,6 +139,7 @@ def answer_columns(
     keys: list[tuple[Any, ...]],
     values: dict[str, Any],
     suppressed: np.ndarray,
+    formulas: Sequence[Formula] = (),
 ) -> dict[str, Any]:
     """The answer's columns in order: each group's keys, and each aggregate's values.
 
@@ -137,11 +150,16 @@ def answer_columns(
         values: Each aggregate's values (an array, or a list of a histogram's bins),
             by the aggregate's name.
         suppressed: Which groups are suppressed (their values NaN).
+        formulas: The plan's formulas, evaluated over the aggregates' values.
     """
     data: dict[str, Any] = {}
     for out in outputs:
         if out.kind == "group":
             data[out.name] = [k[out.index] for k in keys]
+            continue
+        if out.kind == "formula":
+            found = evaluate(formulas[out.index].term, [values[a.name] for a in aggregates])
+            data[out.name] = np.where(suppressed, np.nan, found)
             continue
         found = values[aggregates[out.index].name]
         if isinstance(found, np.ndarray):

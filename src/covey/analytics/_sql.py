@@ -22,7 +22,8 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
-from covey.analytics import _sqlclauses
+from covey.analytics import _sqlclauses, _sqlfilter
+from covey.analytics._formula import Formula
 from covey.analytics._select import Output, refuse_empty_names, select_list
 from covey.analytics._sqltext import DIALECT, QueryError, SqlText
 
@@ -65,6 +66,8 @@ class Plan:
         aggregates: The aggregates, in SELECT order.
         outputs: The answer's columns, in order: a GROUP BY column SELECT leaves out,
             then the SELECT list's items (see :func:`~covey.analytics._select.select_list`).
+        formulas: The SELECT list's arithmetic over aggregates (``SUM(a) / SUM(b)``),
+            which the server evaluates over the answered aggregates.
     """
 
     sql: str
@@ -74,6 +77,7 @@ class Plan:
     group_by: tuple[str, ...]
     aggregates: tuple[Aggregate, ...]
     outputs: tuple[Output, ...]
+    formulas: tuple[Formula, ...] = ()
 
     def columns(self) -> set[str]:
         """Every column the query reads."""
@@ -147,9 +151,15 @@ def _column(node: exp.Expression | None, func: str, loc: SqlText) -> str:
     if isinstance(node, exp.Column) and not node.table:
         return str(node.name)
     shown = node.sql(DIALECT) if node is not None else "nothing"
+    hint = ""
+    if node is not None and node.find(exp.Case, exp.If) is not None:
+        hint = (
+            "; for the rows meeting a condition write COUNT(*) FILTER (WHERE cond) or "
+            f"{func}(col) FILTER (WHERE cond), or put the condition in the query's WHERE"
+        )
     raise QueryError(
         f"{func} takes a column name, not the expression {shown}{loc.where(func)}; "
-        "sites aggregate columns only"
+        f"sites aggregate columns only{hint}"
     )
 
 
@@ -169,6 +179,12 @@ def _count(node: exp.Count, name: str, loc: SqlText) -> Aggregate:
             "use APPROX_COUNT_DISTINCT"
         )
     if isinstance(arg, exp.Star):
+        return Aggregate(name, "count", None)
+    if isinstance(arg, exp.Null):
+        raise QueryError(f"COUNT(NULL){loc.where('COUNT')} counts no row; write COUNT(*)")
+    if isinstance(arg, exp.Literal | exp.Boolean) or (
+        isinstance(arg, exp.Neg) and isinstance(arg.this, exp.Literal)
+    ):  # COUNT(1): a value on every row, so every row
         return Aggregate(name, "count", None)
     return Aggregate(name, "count_col", _column(arg, "COUNT", loc))
 
@@ -461,9 +477,11 @@ def _plan(sql: str) -> Plan:
     _sqlclauses.refuse_clauses(tree, loc)
     table = _sqlclauses.table(tree, loc)
     group_by = _sqlclauses.group_by(tree, loc)
+    _sqlfilter.pull_filter(tree, table, loc)  # FILTER (WHERE c) on every aggregate: WHERE c
     where = tree.args.get("where")
     if where is not None and _depth(where.this) > MAX_WHERE_DEPTH:
         raise QueryError(f"WHERE nests too deeply (over {MAX_WHERE_DEPTH} levels); simplify it")
     where_sql, where_cols = _check_where(where.this, loc) if where is not None else (None, ())
-    aggregates, outputs = select_list(tree, loc, group_by, _aggregate)
-    return Plan(sql, table, where_sql, where_cols, tuple(group_by), tuple(aggregates), outputs)
+    aggregates, outputs, formulas = select_list(tree, loc, group_by, _aggregate)
+    group = tuple(group_by)
+    return Plan(sql, table, where_sql, where_cols, group, tuple(aggregates), outputs, formulas)
