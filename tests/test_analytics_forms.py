@@ -105,6 +105,8 @@ def test_filter_condition_gets_the_checks_of_where() -> None:
         plan("SELECT COUNT(*) FILTER (WHERE ABS(age) > 60) FROM patients")
     with pytest.raises(QueryError, match="subqueries in WHERE"):
         plan("SELECT COUNT(*) FILTER (WHERE age IN (SELECT 1)) FROM patients")
+    with pytest.raises(QueryError, match=r"MAX.* is not allowed in WHERE"):
+        plan("SELECT COUNT(*) FILTER (WHERE MAX(age) > 60) FROM patients")
 
 
 @pytest.mark.parametrize(

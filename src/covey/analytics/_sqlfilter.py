@@ -37,7 +37,12 @@ def pull_filter(tree: exp.Select, table: str, loc: SqlText) -> None:
     if not filters:
         return
     calls = [n for item in tree.expressions for n in item.walk() if _is_call(n)]
-    bare = [c for c in calls if not isinstance(c.parent, exp.Filter)]
+    # a call in a condition is no aggregate of the SELECT list (WHERE's checks refuse it)
+    bare = [
+        c
+        for c in calls
+        if not isinstance(c.parent, exp.Filter) and c.find_ancestor(exp.Where) is None
+    ]
     conditions = list(dict.fromkeys(_condition(f).sql(DIALECT) for f in filters))
     if bare or len(conditions) > 1:
         first = conditions[0]
