@@ -305,6 +305,31 @@ def test_ray_start_timeout_bounds_the_wait_for_a_cluster_to_answer() -> None:
     assert not ray.is_initialized()
 
 
+def test_a_ray_start_timeout_of_years_waits_without_overflowing() -> None:
+    import ray
+
+    # Any positive, finite number is taken: 1e10 s made the socket's timeout, and
+    # 1e300 s Ray's wait for the actors, raise a bare OverflowError.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with pytest.raises(ConnectionError, match="no Ray cluster answers"):
+        check_reachable(f"127.0.0.1:{port}", 1e10)
+    result = covey.simulate(
+        Plus,
+        2,
+        1,
+        covey.FedAvg(),
+        {"w": np.zeros(2)},
+        backend="ray",
+        num_workers=1,
+        client_resources={"num_cpus": 0.5},
+        ray_start_timeout=1e300,
+    )
+    assert result.weights["w"].tolist() == [0.5, 0.5]
+    assert not ray.is_initialized()
+
+
 def test_many_more_actors_than_cpus_are_warned_of(caplog: pytest.LogCaptureFixture) -> None:
     # {"num_cpus": 0.01} started 200 actors on 2 CPUs, 100-200 MB each, without a word.
     with (

@@ -43,6 +43,7 @@ from covey.sim._rayplan import (
     start_failed,
     unanswered,
     unpicklable,
+    wait_all,
 )
 from covey.sim._raystart import check_pickles, ray_module, start_or_join, watch_local
 from covey.sim._raywatch import unwatch
@@ -201,7 +202,7 @@ class RayTransport:
         """Wait for the actors of ``keys`` to start; with ``retire``, go on without late ones."""
         ray = self._ray
         refs = {self._actors[g][i].where.remote(): (g, i) for g, i in keys}  # streams
-        ready, waiting = ray.wait(list(refs), num_returns=len(refs), timeout=self._start_timeout)
+        ready, waiting = wait_all(ray, list(refs), self._start_timeout)
         if waiting:
             g, _ = refs[waiting[0]]
             why = (

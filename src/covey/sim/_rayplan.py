@@ -12,10 +12,13 @@ import math
 import os
 import re
 import socket
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from covey.transport._base import LONGEST_WAIT
 
 Resources = Mapping[str, float]
 _RESOURCE_KEYS = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
@@ -227,6 +230,7 @@ def check_reachable(address: str, timeout: float = 10.0) -> None:
         else "the address and port of the head node (the --port of `ray start --head`, "
         "6379 by default; not the dashboard's port)"
     )
+    timeout = min(timeout, LONGEST_WAIT)  # the OS refuses a socket timeout of years
     try:
         with socket.create_connection((host, int(port)), timeout=timeout) as sock:
             other = None if _tls() else not_grpc(sock, timeout)
@@ -396,6 +400,20 @@ def actor_gone(ray: Any) -> tuple[type[Exception], ...]:
     """
     errors = ray.exceptions
     return errors.RayActorError, errors.OutOfMemoryError, errors.NodeDiedError
+
+
+def wait_all(ray: Any, refs: list[Any], timeout: float) -> tuple[list[Any], list[Any]]:
+    """``ray.wait`` for all of ``refs`` for ``timeout`` seconds: those ready, those not.
+
+    Waited in turns of at most :data:`LONGEST_WAIT`: Ray refuses a wait of years
+    (a ``ray_start_timeout`` of ``1e300``) with an ``OverflowError``.
+    """
+    ready: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while refs and (left := deadline - time.monotonic()) > 0:
+        done, refs = ray.wait(refs, num_returns=len(refs), timeout=min(left, LONGEST_WAIT))
+        ready += done
+    return ready, refs
 
 
 def death_cause(exc: BaseException) -> str:
