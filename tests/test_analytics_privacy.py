@@ -381,6 +381,20 @@ def test_a_noisy_mean_variance_or_sum_stays_within_what_the_bounds_allow(secure:
     assert shown > 40  # the noisy counts showed most groups
 
 
+def test_a_variance_under_bounds_whose_range_squared_passes_a_float_is_answered() -> None:
+    # The largest variance the bounds allow, (high - low) ** 2 / 4, raised a bare
+    # OverflowError for bounds (0, 1e200), though without DP nothing is clipped.
+    frame = pd.DataFrame({"age": [30.0, 40.0, 50.0, 60.0]})
+    for bounds in [(0.0, 1e200), (-1e308, 1e308)]:
+        sites = [
+            Site({"p": frame}, Policy(min_group_size=1, bounds={"age": bounds}), name=n)
+            for n in ("a", "b")
+        ]
+        sql = "SELECT VAR_POP(age), STDDEV_SAMP(age), AVG(age) FROM p"
+        df = query(sites, sql, secure=False)
+        assert df.iloc[0].tolist() == pytest.approx([125.0, np.sqrt(1000 / 7), 45.0])
+
+
 @pytest.mark.parametrize(("mechanism", "charged"), [("gaussian", 0.85), ("laplace", 0.51)])
 def test_a_site_charges_a_query_at_its_own_delta(mechanism: str, charged: float) -> None:
     # as docs/analytics.md says: a query at delta 1e-3 costs a site at 1e-6 more than 0.5

@@ -64,7 +64,8 @@ def moment(
         ddof = 1 if func.endswith("samp") else 0
         # the largest variance values within the bounds can have, half at each end:
         # a quarter of the range squared, times N / (N - 1) <= 2 for VAR_SAMP over N >= 2
-        top = (high - low) ** 2 / 4 * (1 + ddof)
+        span = high - low  # squared by a product: inf past a float, where ** raises
+        top = span * span / 4 * (1 + ddof)
         var = np.where(n > ddof, np.clip(m2 / (n - ddof), 0.0, top), np.nan)
         return np.sqrt(var) if func.startswith("stddev") else var
 
