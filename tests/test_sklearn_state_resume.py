@@ -223,3 +223,22 @@ def test_fits_whose_config_names_no_round_train_on(tmp_path: Path) -> None:
         got = again.fit(models[i], {}).weights
         for name, value in whole[i].items():
             np.testing.assert_array_equal(got[name], value)
+
+
+def test_a_clients_first_round_sent_again_starts_afresh(tmp_path: Path) -> None:
+    # A run killed in a client's first round (round 1, say) and resumed sends that
+    # round again: the state file holds that round's state only, and was refused as
+    # another run's ("none before round 1"), so the resumed run could not go on.
+    from sklearn.neural_network import MLPClassifier
+
+    from covey.sklearn import initial_params
+
+    weights = initial_params(MLPClassifier(hidden_layer_sizes=(4,)), 4, [0, 1], seed=1)
+    path = tmp_path / "first.covey"
+    first = _client(path, "adam", "constant").fit(weights, {"round": 1}).weights
+    again = _client(path, "adam", "constant").fit(weights, {"round": 1}).weights
+    for name, value in first.items():
+        np.testing.assert_array_equal(again[name], value)
+    _client(path, "adam", "constant").fit(weights, {"round": 2})
+    with pytest.raises(ValueError, match="another run's; delete it"):  # rounds 1 and 2 kept
+        _client(path, "adam", "constant").fit(weights, {"round": 1})

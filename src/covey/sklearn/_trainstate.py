@@ -136,6 +136,8 @@ class TrainState:
         for made, arrays in self.slots:
             if made < rnd:
                 return arrays
+        if len(self.slots) == 1 and self.slots[0][0] == rnd:
+            return None  # the client's first round, sent again: it had no state before it
         if self.slots:
             rounds = [made for made, _ in self.slots]
             raise ValueError(
