@@ -265,3 +265,34 @@ def test_a_served_run_stops_with_the_round_file_that_found_no_room(
     said = str(caught.value)
     assert f"cannot save round 1 to {run / 'weights'}" in said, said
     assert "the disk needs room for 2 such files at once; " in said, said
+
+
+def test_a_round_file_written_before_the_database_found_no_room_is_not_counted_as_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The round's file was written whole, then SQLite said "database or disk is full":
+    # the room to free was measured with that file still on the disk, a file too high.
+    weights = {"w": np.zeros(1000)}
+    with RunStore.create(tmp_path / "run", config={}) as store:
+        store.save_round(0, weights, None, keep_last=1)
+        folder = tmp_path / "run" / "weights"
+        size = (folder / "round-00000.safetensors").stat().st_size
+        real = shutil.disk_usage
+        budget = size + size // 2  # what the disk holds for round files
+
+        def used(path: Any) -> Any:
+            taken = sum(p.stat().st_size for p in folder.iterdir())
+            return real(path)._replace(free=budget - taken)
+
+        monkeypatch.setattr(_room.shutil, "disk_usage", used)
+
+        def full(*args: Any, **kwargs: Any) -> Any:
+            raise OSError(
+                f"cannot write {tmp_path / 'run' / 'run.sqlite'}: database or disk is full"
+            )
+
+        monkeypatch.setattr(store._db, "transaction", full)
+        with pytest.raises(OSError, match="database or disk is full") as caught:
+            store.save_round(1, weights, None, keep_last=1)
+        assert f"free at least {(size - size // 2) / 1e3:.1f} kB more there" in str(caught.value)
+        assert sorted(p.name for p in folder.iterdir()) == ["round-00000.safetensors"]

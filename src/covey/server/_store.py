@@ -307,6 +307,7 @@ class RunStore(RunRecords):
                     settle_saved(conn, round, pending_callbacks, again)
                 committed = True
             except (OSError, SafetensorError) as exc:
+                final.unlink(missing_ok=True)  # written whole, then SQLite found no room: gone
                 error = save_error(round, final, exc, self.step)  # with what room it needs:
                 raise with_room_note(error, exc, self._weights_dir, keep_last, self.step) from exc
             finally:
