@@ -54,6 +54,21 @@ def undated(text: str) -> str:
     return re.sub(r"(?m)^\d\d:\d\d:\d\d ", "", text)
 
 
+COVEY_TAKING_CTRL_C = [
+    sys.executable,
+    "-c",
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('covey', run_name='__main__', alter_sys=True)",
+]
+"""``python -m covey`` taking SIGINT as Ctrl-C even when started with it ignored.
+
+A background job of a shell without job control (a CI script's ``&``) starts with
+SIGINT ignored, and its children inherit that. Resetting it in ``preexec_fn``
+runs Python between fork and exec, which can hang there on a lock another
+thread of the test process (gRPC's) held at the fork.
+"""
+
+
 def interrupt_tiny_server(tmp: Path, sig: signal.Signals) -> tuple[int, str, Path]:
     """Start ``covey server`` of ``tests/apps/tiny_app``, send ``sig`` once it listens.
 

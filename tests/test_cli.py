@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import covey
+from _procs import COVEY_TAKING_CTRL_C
 
 
 def covey_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -232,7 +233,7 @@ def test_a_stopped_demo_with_out_keeps_the_last_complete_rounds_model(
 
     from safetensors import safe_open
 
-    command = [sys.executable, "-m", "covey", "demo", "--rounds", "100000", "--clients", "20"]
+    command = [*COVEY_TAKING_CTRL_C, "demo", "--rounds", "100000", "--clients", "20"]
     command += ["--no-plot", "--run-dir", "r", "--out", "m.safetensors"]
     proc = subprocess.Popen(
         command,
@@ -240,8 +241,6 @@ def test_a_stopped_demo_with_out_keeps_the_last_complete_rounds_model(
         env={**os.environ, "COLUMNS": "200"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        # A background process may inherit SIGINT ignored; Ctrl-C must reach this one.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         text=True,
     )
     try:

@@ -21,7 +21,7 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 import covey
-from _procs import serve_project
+from _procs import COVEY_TAKING_CTRL_C, serve_project
 from covey.cli import app
 
 pytestmark = pytest.mark.slow
@@ -54,9 +54,7 @@ def test_a_stopped_simulated_covey_run_says_how_to_resume_it(
     root, env = _new_project(tmp_path, "cut-fed")
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "covey",
+            *COVEY_TAKING_CTRL_C,
             "run",
             "--set",
             "rounds=100000",
@@ -67,8 +65,6 @@ def test_a_stopped_simulated_covey_run_says_how_to_resume_it(
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        # A background process may inherit SIGINT ignored; Ctrl-C must reach this one.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         start_new_session=True,  # a process group of its own, to signal whole
     )
     try:

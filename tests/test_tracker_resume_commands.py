@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from covey.cli import app
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _procs import until_listening
+from _procs import COVEY_TAKING_CTRL_C, until_listening
 
 TRACKERS = [
     "--tensorboard",
@@ -239,12 +239,11 @@ def _stop_simulation(project: Path, sig: signal.Signals, *args: str) -> str:
     """Run ``covey run ARGS`` in a process, send ``sig`` once a round is done; its output."""
     done = {path: path.stat().st_mtime_ns for path in project.glob("runs/*/history.json")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "covey", "run", *args],
+        [*COVEY_TAKING_CTRL_C, "run", *args],
         cwd=project.parent,
         env=_env(project),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         start_new_session=True,
     )
 
