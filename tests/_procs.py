@@ -214,6 +214,38 @@ def killed_script(script: Path, *args: str | Path) -> subprocess.CompletedProces
     return killed
 
 
+def killed_then_resumed(
+    tmp_path: Path, script_text: str, module: str, prefix: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run ``script_text`` until it SIGKILLs itself, resume its run; the same as one never stopped.
+
+    The script's ``run(run_dir, state_dir, resume)`` runs three clients that keep their
+    state in ``state_dir`` as ``<prefix><cid>.bin``; run as a script, it starts a run in
+    its first argument and kills itself once every client's file is written. The run
+    resumed from those files must end bit for bit where a run never stopped ends.
+
+    Returns:
+        The script's namespace (its ``run`` and helpers) and the unstopped run's weights.
+    """
+    import numpy as np
+
+    script = tmp_path / f"{module}.py"
+    script.write_text(script_text)
+    (tmp_path / "killed").mkdir()
+    killed_script(script, tmp_path / "run", tmp_path / "killed")
+    kept = sorted(p.name for p in (tmp_path / "killed").glob(f"{prefix}*.bin"))
+    assert kept == [f"{prefix}{cid}.bin" for cid in range(3)]
+    namespace: dict[str, Any] = {"__name__": module}
+    exec(compile(script_text, str(script), "exec"), namespace)  # the same clients, not killed
+    run = namespace["run"]
+    (tmp_path / "whole").mkdir()
+    whole = dict(run(tmp_path / "whole_run", tmp_path / "whole", False).weights)
+    resumed = dict(run(tmp_path / "run", tmp_path / "killed", True).weights)
+    for name, value in whole.items():
+        np.testing.assert_array_equal(resumed[name], value)
+    return namespace, whole
+
+
 def site_answers(
     transport: Any, command: list[str], sql: str, cwd: Path
 ) -> tuple[Any, str, int | None]:

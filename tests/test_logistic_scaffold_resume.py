@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 import covey
-from _procs import killed_script
+from _procs import killed_then_resumed
 from covey.models import LogisticClient, logistic_init
 
 SCRIPT = """
@@ -57,23 +57,7 @@ def test_a_killed_scaffold_run_resumes_with_its_clients_control_variates(
 ) -> None:
     # LogisticClient kept c_i in memory only: a run resumed after a kill started every
     # client's c_i from zero again, and ended elsewhere than the run never stopped.
-    script = tmp_path / "scaffold_run.py"
-    script.write_text(SCRIPT)
-    (tmp_path / "killed").mkdir()
-    killed_script(script, tmp_path / "run", tmp_path / "killed")
-    assert sorted(p.name for p in (tmp_path / "killed").glob("c*.bin")) == [
-        "c0.bin",
-        "c1.bin",
-        "c2.bin",
-    ]
-    namespace: dict[str, Any] = {"__name__": "scaffold_run"}
-    exec(compile(SCRIPT, str(script), "exec"), namespace)  # the same clients, not killed
-    run = namespace["run"]
-    (tmp_path / "whole").mkdir()
-    whole = dict(run(tmp_path / "whole_run", tmp_path / "whole", False).weights)
-    resumed = dict(run(tmp_path / "run", tmp_path / "killed", True).weights)
-    for name, value in whole.items():
-        np.testing.assert_array_equal(resumed[name], value)
+    namespace, whole = killed_then_resumed(tmp_path, SCRIPT, "scaffold_run", "c")
     # Without the files, the resumed clients start c_i from zero: the weights differ.
     assert not np.array_equal(whole["W"], _memoryless(tmp_path, namespace)["W"])
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from _procs import killed_script
+from _procs import killed_then_resumed
 
 SCRIPT = """
 import os, signal, sys
@@ -76,23 +76,8 @@ def test_a_killed_run_resumes_with_its_clients_optimiser_state(
     # started every client's optimiser afresh and ended elsewhere than the run never stopped.
     # SGDClassifier(average=True) averages from the global weights each round, by its t_.
     monkeypatch.setenv("COVEY_TEST_MODEL", model)
-    script = tmp_path / "mlp_run.py"
-    script.write_text(SCRIPT)
-    (tmp_path / "killed").mkdir()
-    killed_script(script, tmp_path / "run", tmp_path / "killed")
-    assert sorted(p.name for p in (tmp_path / "killed").glob("s*.bin")) == [
-        "s0.bin",
-        "s1.bin",
-        "s2.bin",
-    ]
-    namespace: dict[str, Any] = {"__name__": "mlp_run"}
-    exec(compile(SCRIPT, str(script), "exec"), namespace)  # the same clients, not killed
+    namespace, whole = killed_then_resumed(tmp_path, SCRIPT, "mlp_run", "s")
     run = namespace["run"]
-    (tmp_path / "whole").mkdir()
-    whole = dict(run(tmp_path / "whole_run", tmp_path / "whole", False).weights)
-    resumed = dict(run(tmp_path / "run", tmp_path / "killed", True).weights)
-    for name, value in whole.items():
-        np.testing.assert_array_equal(resumed[name], value)
     # Without the files, the resumed clients start their optimisers afresh.
     run(tmp_path / "lost", None, False, rounds=2)
     lost = dict(run(tmp_path / "lost", None, True).weights)
