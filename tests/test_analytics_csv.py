@@ -17,15 +17,21 @@ def _site(path: Path | CSV, name: str = "north", policy: Policy = POLICY) -> Sit
     return Site({"t": path if isinstance(path, CSV) else str(path)}, policy, name=name)
 
 
+def _refused(path: Path) -> str:
+    """Why a site serving ``path`` under a policy bounding nothing (the header's checks) refuses."""
+    with pytest.raises(ValueError, match=r"^site 'north': table 't': ") as info:
+        _site(path, policy=Policy(min_group_size=1))
+    return str(info.value)
+
+
 def test_a_row_of_more_fields_read_as_one_column_is_refused_naming_the_line(
     tmp_path: Path,
 ) -> None:
     # DuckDB's reader found no delimiter and loaded every line as one column 'age,ward'
     path = tmp_path / "t.csv"
     path.write_text("age,ward\n40,A\n50,B,extra\n60,A\n")
-    with pytest.raises(ValueError, match=r"^site 'north': table 't': ") as info:
-        _site(path, policy=Policy(min_group_size=1))
-    assert str(info.value) == (
+    refused = _refused(path)
+    assert refused == (
         f"site 'north': table 't': DuckDB's reader finds no delimiter that splits every line "
         f"of {path} alike, and would load it as one column named 'age,ward'; line 3 "
         "('50,B,extra') has 3 fields, line 1 ('age,ward') 2: give every row as many fields "
@@ -170,9 +176,8 @@ def test_a_note_of_fields_above_a_header_with_no_rows_is_refused(
     # loaded as columns 'exported by X' and '2026' holding one row 'age', 'ward'
     path = tmp_path / "t.csv"
     path.write_text(text)
-    with pytest.raises(ValueError, match=r"^site 'north': table 't': ") as info:
-        _site(path, policy=Policy(min_group_size=1))
-    assert str(info.value) == (
+    refused = _refused(path)
+    assert refused == (
         f"site 'north': table 't': DuckDB's reader would take line {top} of {path} "
         f"('exported by X, 2026') for the header and line {top + 1} ('age,ward') for its one "
         "row, but both are text and no row below tells which is the header: line "
@@ -211,9 +216,8 @@ def test_a_one_column_file_with_a_later_row_of_more_fields_is_refused_naming_it(
     # loaded as the columns '2' and '3' with no rows: the header 'a' and row '1' skipped
     path = tmp_path / "one.csv"
     path.write_text("a\n1\n2,3\n")
-    with pytest.raises(ValueError, match=r"^site 'north': table 't': ") as info:
-        _site(path, policy=Policy(min_group_size=1))
-    assert str(info.value) == (
+    refused = _refused(path)
+    assert refused == (
         f"site 'north': table 't': DuckDB's reader would skip lines 1 to 2 of {path} and take "
         "line 3 ('2,3') for the header of a table with no rows; line 3 ('2,3') has 2 fields, "
         "line 1 ('a') 1: give every row as many fields as the header; if the lines above "
@@ -272,10 +276,9 @@ def test_a_one_column_file_with_a_longer_row_and_rows_below_is_refused_naming_it
 ) -> None:
     path = tmp_path / "one.csv"
     path.write_text(text)
-    with pytest.raises(ValueError, match=r"^site 'north': table 't': ") as info:
-        _site(path, policy=Policy(min_group_size=1))
-    assert said.format(path=path) in str(info.value)
-    assert "give every row as many fields as the header" in str(info.value)
+    refused = _refused(path)
+    assert said.format(path=path) in refused
+    assert "give every row as many fields as the header" in refused
     if "skip" not in said:  # no line skipped: said so, the file is refused all the same
         with pytest.raises(ValueError, match="as one value of it"):
             _site(CSV(path, skip=0), policy=Policy(min_group_size=1))
@@ -297,9 +300,8 @@ def test_a_file_of_no_header_is_refused_not_named_by_its_first_row(
     path = tmp_path / "t.csv"
     path.write_text(text)
     first = text.splitlines()[0]
-    with pytest.raises(ValueError, match=r"^site 'north': table 't': ") as info:
-        _site(path, policy=Policy(min_group_size=1))
-    assert str(info.value) == (
+    refused = _refused(path)
+    assert refused == (
         f"site 'north': table 't': line 1 of {path} ({first!r}), which DuckDB's reader would "
         "take for the header, holds only numbers or dates, no column names: give the file a "
         "header row naming its columns (or, if line 1 is the header, say so: covey site "
@@ -395,8 +397,5 @@ def test_a_file_of_a_byte_order_mark_alone_is_said_empty(tmp_path: Path, data: b
     # said 'Sniffer detected value different than the user input for the Header options'
     path = tmp_path / "t.csv"
     path.write_bytes(data)
-    with pytest.raises(ValueError, match=r"^site 'north': table 't': ") as info:
-        _site(path, policy=Policy(min_group_size=1))
-    assert str(info.value) == (
-        f"site 'north': table 't': {path} is empty; give at least its header row"
-    )
+    refused = _refused(path)
+    assert refused == (f"site 'north': table 't': {path} is empty; give at least its header row")
