@@ -195,7 +195,7 @@ class SklearnClient(Client):
             round to round besides the weights (an MLP's optimiser: Adam's moments,
             SGD's velocities; the sample counter ``t_`` that a learning-rate schedule
             and ``SGDClassifier(average=True)``'s running average, begun from the
-            global parameters each round, read), for each of its last two rounds, so
+            global parameters each round, read), for each of its last three rounds, so
             that a resumed simulation whose ``client_fn`` builds the client again, or
             a restarted deployed client, trains on as the run never stopped (a round
             sent again starts from the state before it). A file that is not this

@@ -5,8 +5,11 @@ its sample counter ``t_`` and the loss history its adaptive rate reads, and an
 SGD-trained linear model's ``t_`` (its learning-rate schedule's step) carry on
 from round to round. :class:`TrainState` keeps them in a file, in covey's
 checksummed codec (never pickle), for the state after each of the client's last
-two rounds: a round sent again (by a simulation resumed after a kill, or a
-restarted server) starts from the state before it, as the first time.
+three rounds: a round sent again (by a simulation resumed after a kill, or a
+restarted server) starts from the state before it, as the first time. Three,
+because a run's checkpoint of round r is written while round r + 1 trains: a
+kill then resumes from round r - 1 and sends round r again to a client that
+may have trained r + 1 already.
 """
 
 from __future__ import annotations
@@ -103,8 +106,11 @@ def restore(model: Any, state: dict[str, Array]) -> None:
             setattr(opt, key, [np.array(state[f"opt.{key}.{i}"]) for i in range(len(arrays))])
 
 
+_SLOTS = ("a", "b", "c")  # newest first: a kill in round r + 1 may resume from r - 1
+
+
 class TrainState:
-    """The training state after a client's last two rounds, in ``path``."""
+    """The training state after a client's last three rounds, in ``path``."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -114,7 +120,7 @@ class TrainState:
                 stored = decode(read_regular(self.path))
             except CodecError as exc:
                 raise _damaged(self.path, f"cannot be read ({exc})") from None
-            for slot in ("a", "b"):
+            for slot in _SLOTS:
                 made = stored.get(f"{slot}/round")
                 if made is not None and (made.shape or made.dtype.kind not in ("i", "u")):
                     raise _damaged(self.path, f"holds {slot}/round as {made.dtype}{made.shape}")
@@ -149,9 +155,9 @@ class TrainState:
     def keep(self, rnd: int, arrays: dict[str, Array]) -> None:
         """Keep the state after round ``rnd`` (replacing that of a later or equal round)."""
         older = [(made, kept) for made, kept in self.slots if made < rnd]
-        self.slots = [(rnd, arrays), *older[:1]]
+        self.slots = [(rnd, arrays), *older[: len(_SLOTS) - 1]]
         data: dict[str, Array] = {}
-        for slot, (made, kept) in zip(("a", "b"), self.slots, strict=False):
+        for slot, (made, kept) in zip(_SLOTS, self.slots, strict=False):
             data[f"{slot}/round"] = np.asarray(made)
             data.update({f"{slot}/{k}": v for k, v in kept.items()})
         atomic_write(self.path, bytes(encode(data)))
