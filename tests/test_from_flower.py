@@ -782,3 +782,12 @@ def test_a_reducer_returning_the_wrong_dtype_keeps_the_model_and_says_why() -> N
     assert not record.aggregated
     assert "float32" in record.aggregate_info["error"]
     assert result.weights["w"].tolist() == [0.0] * 4
+
+
+def test_flower_s_bulyan_to_keep_is_said_to_have_no_counterpart() -> None:
+    # Flower's Bulyan passes to_keep on to its Krum and needs it (Bulyan(..., to_keep=0));
+    # the refusal named no counterpart, where Flower's other Bulyan options get one.
+    said = "Flower's to_keep has no counterpart in covey: Bulyan's Krum picks one update"
+    options: dict[str, Any] = {"f": 1, "to_keep": 0}
+    with pytest.raises(TypeError, match=said):
+        covey.Bulyan(**options)

@@ -57,6 +57,7 @@ FLOWER_OPTIONS = {
     "arrayrecord_key": "nothing: the model is one dict of named arrays (initial_weights)",
     "configrecord_key": "nothing: on_fit_config's dict is the config clients get",
     "first_aggregation_rule": "nothing: Bulyan selects with Krum, as its paper does",
+    "to_keep": "nothing: Bulyan's Krum picks one update at a time, as its paper does",
 }
 
 #: Strategy methods of Flower's that covey's round loop never calls, and what to do instead.
