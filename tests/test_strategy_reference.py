@@ -179,6 +179,23 @@ def multi_krum(f: int, m: int) -> Callable[[np.ndarray], np.ndarray]:
     return combine
 
 
+def weighted_multi_krum(f: int, m: int) -> Rule:
+    """Multi-Krum's choice averaged by examples, as Flower's ``Krum(num_clients_to_keep=m)``.
+
+    The choice is Blanchard et al.'s (the ``m`` least scores, over the updates
+    that trained); only the mean of the chosen updates weighs them by ``n_k``.
+    """
+
+    def rule(w: Arrays, deltas: list[Arrays], n: np.ndarray, state: Any) -> tuple[Arrays, Any]:
+        kept = [i for i, count in enumerate(n) if count > 0]
+        x = flat([deltas[i] for i in kept], w)
+        chosen = np.argsort(krum_scores(x, f), kind="stable")[:m]
+        weights = n[kept][chosen]
+        return unflat(weights @ x[chosen] / weights.sum(), w), state
+
+    return rule
+
+
 def bulyan(f: int) -> Callable[[np.ndarray], np.ndarray]:
     """El Mhamdi et al. 2018: theta = n - 2f Krum picks, then beta = theta - 2f near the median."""
 
@@ -234,6 +251,10 @@ PRESETS: dict[str, tuple[Callable[[int], covey.Strategy], Callable[[int], Rule]]
     "MultiKrum-m2": (
         lambda n: covey.MultiKrum(f=1, m=2),
         lambda n: coordinatewise(multi_krum(1, 2)),
+    ),
+    "MultiKrum-weighted": (
+        lambda n: covey.MultiKrum(f=1, m=3, weighted=True),
+        lambda n: weighted_multi_krum(1, 3),
     ),
     "Bulyan": (lambda n: covey.Bulyan(f=0), lambda n: coordinatewise(bulyan(0))),
 }
