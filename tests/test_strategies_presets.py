@@ -235,3 +235,18 @@ def test_logistic_client_refuses_labels_that_are_not_class_indices() -> None:
     with pytest.raises(ValueError, match="'W' has 2 classes, but y_val has label 2"):
         client.evaluate(logistic_init(3, 2), {})
     assert client.fit(logistic_init(3, 3), {"round": 1}).num_examples == 8
+
+
+@pytest.mark.parametrize(
+    ("make", "named"),
+    [
+        (lambda: covey.FedAvgM(server_lr=-1), "FedAvgM server_lr must be"),
+        (lambda: covey.FedAvgM(server_momentum=1.0), "FedAvgM server_momentum must be"),
+        (lambda: covey.QFedAvg(client_lr=0), "QFedAvg client_lr must be"),
+    ],
+)
+def test_a_preset_names_its_own_argument_when_refusing_it(make: Any, named: str) -> None:
+    # Before: "server_sgd momentum must be in [0, 1)", "qfedavg lr must be ...": names
+    # of the steps inside, which the caller never wrote.
+    with pytest.raises(ValueError, match=named):
+        make()

@@ -128,7 +128,7 @@ def server_sgd(
         Distribution for Federated Visual Classification", 2019.
     """
     eta = check_positive(lr, "server_sgd lr")
-    beta = _fraction(momentum, "server_sgd momentum")
+    beta = fraction(momentum, "server_sgd momentum")
 
     def rule(d: Array, m: Array, v: Array) -> tuple[Array, Array, Array]:
         if beta == 0.0:
@@ -254,7 +254,7 @@ def server_adagrad(
     return _server_optimizer("server_adagrad()", rule, t * t, average, wide=True)
 
 
-def _fraction(value: float, what: str) -> float:
+def fraction(value: float, what: str) -> float:
     number = check_positive(value, what, allow_zero=True)
     if number >= 1.0:
         raise ValueError(f"{what} must be in [0, 1), got {value!r}")
@@ -266,7 +266,7 @@ def _adaptive_args(
 ) -> tuple[float, float, float, float]:
     return (
         check_positive(eta, f"{name} eta"),
-        _fraction(beta1, f"{name} beta1"),
-        _fraction(beta2, f"{name} beta2"),
+        fraction(beta1, f"{name} beta1"),
+        fraction(beta2, f"{name} beta2"),
         check_positive(tau, f"{name} tau"),
     )

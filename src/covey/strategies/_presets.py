@@ -33,7 +33,8 @@ from covey.aggregate import (
 )
 from covey.aggregate._base import min_contributions
 from covey.aggregate._clip import polynomial_staleness
-from covey.aggregate._flat import check_switch
+from covey.aggregate._flat import check_positive, check_switch
+from covey.aggregate._opt import fraction
 from covey.core._messages import plain
 from covey.core._qfair import LOSS_BEFORE_FIT, MAX_KEY_CHARS
 from covey.strategies._checks import name_of
@@ -80,6 +81,8 @@ def FedAvgM(
         Hsu, Qi and Brown, "Measuring the Effects of Non-Identical Data
         Distribution for Federated Visual Classification", 2019.
     """
+    check_positive(server_lr, "FedAvgM server_lr")  # named as given, not as server_sgd's
+    fraction(server_momentum, "FedAvgM server_momentum")
     step = chain(weighted_mean(), server_sgd(server_lr, server_momentum))
     return preset("FedAvgM", step, options, server_lr=server_lr, server_momentum=server_momentum)
 
@@ -339,6 +342,7 @@ def QFedAvg(
         raise ValueError(
             f"loss_key must name a fit metric (1 to {MAX_KEY_CHARS} characters), got {loss_key!r}"
         )
+    check_positive(client_lr, "QFedAvg client_lr")  # named as given, not as qfedavg's lr
     step = chain(qfedavg(q, client_lr, loss_key=loss_key))
     strategy = preset("QFedAvg", step, options, q=q, client_lr=client_lr, loss_key=loss_key)
     # the built-in clients report their loss at the received weights when asked
