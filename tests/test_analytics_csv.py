@@ -43,7 +43,7 @@ def test_a_row_of_more_fields_read_as_one_column_is_refused_naming_the_line(
     ("note", "data"),
     [
         ("exported by X, 2026-01-01\n", "age,ward\n40,A\n50,B\n"),  # taken for the header
-        ("# exported by X, 2026-01-01\n", "age,ward\n40,A\n50,B\n"),  # a comment, so too
+        ("#exported by X, 2026-01-01\n", "age,ward\n40,A\n50,B\n"),  # no comment: no space
         ("exported by X, 2026-01-01\n", "age,ward,n\n40,A,1\n50,B,2\n"),  # skipped, unsaid
     ],
 )
@@ -399,3 +399,50 @@ def test_a_file_of_a_byte_order_mark_alone_is_said_empty(tmp_path: Path, data: b
     path.write_bytes(data)
     refused = _refused(path)
     assert refused == (f"site 'north': table 't': {path} is empty; give at least its header row")
+
+
+@pytest.mark.parametrize(
+    ("text", "names", "rows"),
+    [
+        ("# exported by X, 2026\nage,ward\n40,A\n50,B\n", ["age", "ward"], 2),  # the header
+        ("# a\n# b\nage,ward\n40,A\n", ["age", "ward"], 1),  # 'Sniffer detected value ...'
+        ("# a\n\n# b\n\nname,city\nAnn,Oslo\nBob,Bergen\n", ["name", "city"], 2),
+        ("# a, b\nname,city\nAnn,Oslo\nBob,Bergen\n", ["name", "city"], 2),  # as '# a', 'b'
+        ("#,age\n1,40\n2,50\n", ["#", "age"], 2),  # a column named '#': no comment
+        ("#id,age\n1,40\n2,50\n", ["#id", "age"], 2),
+    ],
+)
+def test_comment_lines_at_the_top_are_skipped_and_the_header_found_below(
+    tmp_path: Path, text: str, names: list[str], rows: int
+) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    site = _site(path, policy=Policy(min_group_size=1))
+    assert list(site._columns["t"]) == names
+    assert site._con.execute("SELECT COUNT(*) FROM t").fetchone() == (rows,)
+
+
+def test_a_file_of_comment_lines_alone_is_refused_saying_so(tmp_path: Path) -> None:
+    # loaded as a column '# exported by X' with no rows
+    path = tmp_path / "t.csv"
+    path.write_text("# exported by X\n\n")
+    refused = _refused(path)
+    assert refused == (
+        f"site 'north': table 't': {path} holds only comment lines ('# ...'), no header row: "
+        "give it a header row naming its columns below them"
+    )
+
+
+def test_a_title_below_comment_lines_is_refused_naming_it(tmp_path: Path) -> None:
+    # loaded as one column 'Patients' holding the rows 'age;ward', '40;A' and '50;B'
+    path = tmp_path / "t.csv"
+    path.write_text("## c; d\n# e\nPatients\nage;ward\n40;A\n50;B\n")
+    refused = _refused(path)
+    assert refused == (
+        f"site 'north': table 't': line 3 of {path} ('Patients'), below its comment lines, "
+        "would be read as the header of one column, though DuckDB's reader splits the lines "
+        "below at ';': if line 3 is a title, remove it (or skip it too: covey site "
+        "--csv-skip t=3, or covey.analytics.CSV(path, skip=3) in Python)"
+    )
+    site = _site(CSV(path, skip=3), policy=Policy(min_group_size=1))
+    assert site._columns["t"] == {"age": "BIGINT", "ward": "VARCHAR"}

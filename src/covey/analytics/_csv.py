@@ -25,6 +25,7 @@ from covey.analytics._csvhead import (
     not_utf8,
     shown,
     skip_hint,
+    sniffed,
     string,
     uneven_row,
     with_skip,
@@ -100,7 +101,10 @@ def load_csv(
     values = f"nullstr = [{nulls}], decimal_separator = {string(opts.decimal)}"
     dialect: Dialect | None = None
     try:
-        dialect = Dialect(con, text, opts.skip, values)
+        if opts.skip is None:
+            dialect = sniffed(con, name, text, path, values)  # '# ...' lines at the top: no data
+        else:
+            dialect = Dialect(con, text, opts.skip, values)
         check_delimiter(path, dialect)  # a wrong delimiter first: the header's checks split by it
         if opts.skip is None:
             check_header(name, path, dialect, con, text, values)

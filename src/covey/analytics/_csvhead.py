@@ -105,6 +105,68 @@ def uneven_row(path: Path, dialect: Dialect) -> str:
     )
 
 
+#: A comment line: one or more ``#`` and a space (``# exported by X, 2026``), not a header
+#: whose first column is named ``#`` (``#,name``) or ``#id``
+_COMMENT = re.compile(r"#+ ")
+
+
+def is_comment(line: str) -> bool:
+    """Whether ``line`` is a comment line (``# exported by X, 2026``): no row of the table."""
+    return bool(_COMMENT.match(line))
+
+
+def comment_lines(path: Path) -> int:
+    """How many lines at the top of ``path`` are comment lines, and blank lines among or below.
+
+    A spreadsheet's or a script's export may begin with ``# ...`` lines; they are
+    skipped, the header looked for below them (0: the file begins with no comment).
+    The blank lines below are counted too: DuckDB's reader would take one for the header.
+    """
+    n = comments = 0
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as f:
+        for line in f:
+            if not (is_comment(line) or (comments and line.strip() == "")):
+                break
+            n, comments = n + 1, comments + is_comment(line)
+    return n if comments else 0
+
+
+def sniffed(
+    con: duckdb.DuckDBPyConnection, name: str, text: str, path: Path, values: str
+) -> Dialect:
+    """What DuckDB's reader finds for ``path``, its header below any comment lines at its top.
+
+    The reader may take a comment line (``# exported by X, 2026``) for the header, or
+    find none; then the header is the line below the comment lines. A line of one
+    field there (a title) above lines the reader splits is refused, naming it.
+    """
+    lead = comment_lines(path)
+    if not lead:
+        return Dialect(con, text, None, values)
+    try:
+        found: Dialect | None = Dialect(con, text, None, values)
+    except duckdb.Error:  # the comment lines leave the reader no header it agrees on
+        found = None
+    if found is not None and found.skip >= lead and not found.comment:
+        return found
+    lines = first_lines(path, lead + 2)
+    if not "".join(lines[lead:]).strip():
+        raise ValueError(
+            f"{path} holds only comment lines ('# ...'), no header row: give it a header "
+            "row naming its columns below them"
+        )
+    dialect = Dialect(con, text, lead, values)
+    if found is not None and len(dialect.types) == 1 < len(found.types):
+        top = lead + 1
+        raise ValueError(
+            f"line {top} of {path} ({shown(lines[top - 1])}), below its comment lines, would "
+            "be read as the header of one column, "
+            f"though DuckDB's reader splits the lines below at {found.delim!r}: if line {top} "
+            f"is a title, remove it (or skip it too: {skip_hint(name, top)})"
+        )
+    return dialect
+
+
 def skip_hint(name: str, skip: int) -> str:
     """How to say a CSV's header is below ``skip`` lines: ``covey site``'s flag, or Python's."""
     return (
@@ -126,7 +188,8 @@ def check_header(name: str, path: Path, dialect: Dialect, con: Any, text: str, v
     above = [
         i
         for i, s in enumerate(lines[: dialect.skip], 1)
-        if dialect.delim in s and not (dialect.comment and s.startswith(dialect.comment))
+        if dialect.delim in s
+        and not (is_comment(s) or (dialect.comment and s.startswith(dialect.comment)))
     ]
     if dialect.delim and above:
         uneven = uneven_row(path, with_skip(dialect, 0))
@@ -164,7 +227,7 @@ def _check_skipped(name: str, path: Path, dialect: Dialect, lines: list[str]) ->
     skipped = [
         s
         for s in lines[: dialect.skip]
-        if s.strip() and not (dialect.comment and s.startswith(dialect.comment))
+        if s.strip() and not (is_comment(s) or (dialect.comment and s.startswith(dialect.comment)))
     ]
     top = dialect.skip + 1
     if not skipped or (len(skipped) == 1 and not _all_values(lines[top - 1], dialect)):
