@@ -446,3 +446,45 @@ def test_a_title_below_comment_lines_is_refused_naming_it(tmp_path: Path) -> Non
     )
     site = _site(CSV(path, skip=3), policy=Policy(min_group_size=1))
     assert site._columns["t"] == {"age": "BIGINT", "ward": "VARCHAR"}
+
+
+@pytest.mark.parametrize(
+    ("dates", "said"),
+    [
+        (["01/02/2026", "03/04/2026"], "day/month ('%d/%m/%Y': '01/02/2026' for 2026-02-01)"),
+        (["01-02-2026", ""], "day/month ('%d-%m-%Y': '01-02-2026' for 2026-02-01)"),
+    ],
+)
+def test_dates_that_read_as_day_month_and_month_day_alike_are_refused(
+    tmp_path: Path, dates: list[str], said: str
+) -> None:
+    # loaded as February 1st: a file written month/day meant January 2nd
+    path = tmp_path / "t.csv"
+    path.write_text("date,n\n" + "".join(f"{d},{i}\n" for i, d in enumerate(dates)))
+    refused = _refused(path)
+    assert refused == (
+        f"site 'north': table 't': column 'date' of {path} holds dates such as "
+        f"{dates[0]!r} that read as day/month and as month/day alike (no day above 12 in any "
+        f"row), and DuckDB's reader would take them as {said}: write them as YYYY-MM-DD, "
+        "which reads one way"
+    )
+
+
+@pytest.mark.parametrize(
+    ("dates", "first"),
+    [
+        (["01/13/2026", "03/04/2026"], "2026-01-13"),  # month/day: a day above 12 tells
+        (["13/01/2026", "03/04/2026"], "2026-01-13"),  # day/month
+        (["01/01/2026", "03/03/2026"], "2026-01-01"),  # read alike either way
+        (["01.02.2026", "03.04.2026"], "2026-02-01"),  # dots: day/month
+        (["2026-01-02", "2026-03-04"], "2026-01-02"),
+    ],
+)
+def test_dates_a_row_tells_load(tmp_path: Path, dates: list[str], first: str) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("date,n\n" + "".join(f"{d},{i}\n" for i, d in enumerate(dates)))
+    site = _site(path, policy=Policy(min_group_size=1))
+    assert site._columns["t"]["date"] == "DATE"
+    row = site._con.execute("SELECT date FROM t WHERE n = 0").fetchone()
+    assert row is not None
+    assert str(row[0]) == first

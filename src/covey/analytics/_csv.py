@@ -16,6 +16,7 @@ from pathlib import Path
 
 import duckdb
 
+from covey.analytics._csvdates import check_dates
 from covey.analytics._csvhead import (
     Dialect,
     check_delimiter,
@@ -123,6 +124,8 @@ def load_csv(
     except ValueError as exc:
         raise ValueError(f"table {name!r}: {exc}") from None
     _check_names(con, name, path, cells)
+    if dialect is not None:
+        check_dates(con, name, path, dialect.dates, columns(con, name))
     if opts.skip is None and named and dialect is not None:
         _check_named(con, name, path, with_skip(dialect, dialect.skip + 1), text, named)
 

@@ -1,0 +1,51 @@
+"""A CSV file's dates that read as day/month and as month/day alike, refused.
+
+DuckDB's reader guesses a date column's format from its values; where no value
+has a day above 12 (``01/02/2026``, ``03/04/2026``) it takes them as day/month,
+and a file written month/day loads under other dates, nobody seeing it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from covey.analytics._tables import quote, table_name
+
+
+def ambiguous(fmt: str) -> bool:
+    """Whether a date format puts a day and a month first, which a value may not tell apart."""
+    return "%d" in fmt and "%m" in fmt and fmt.startswith(("%d", "%m")) and "." not in fmt
+
+
+def check_dates(
+    con: duckdb.DuckDBPyConnection, name: str, path: Path, fmt: str, columns: dict[str, str]
+) -> None:
+    """Refuse a DATE column read by ``fmt`` where no row tells day from month.
+
+    A value with a day above 12 tells them (it reads only one way), and a column
+    whose days all equal their months reads alike either way; otherwise the
+    column is refused, naming a value and what to do.
+    """
+    if not fmt or not ambiguous(fmt):
+        return
+    for col, kind in columns.items():
+        if kind != "DATE":
+            continue
+        c = quote(col)
+        row = con.execute(
+            f"SELECT bool_or(day({c}) > 12), min(CASE WHEN day({c}) <> month({c}) THEN {c} END) "  # noqa: S608
+            f"FROM {table_name(name)}"
+        ).fetchone()
+        told, example = row or (True, None)
+        if told or example is None:
+            continue
+        first, other = ("day", "month") if fmt.startswith("%d") else ("month", "day")
+        raise ValueError(
+            f"table {name!r}: column {col!r} of {path} holds dates such as "
+            f"{example.strftime(fmt)!r} that read as day/month and as month/day alike (no day "
+            f"above 12 in any row), and DuckDB's reader would take them as {first}/{other} "
+            f"({fmt!r}: {example.strftime(fmt)!r} for {example.isoformat()}): write them as "
+            "YYYY-MM-DD, which reads one way"
+        )
