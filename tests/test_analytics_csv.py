@@ -488,3 +488,21 @@ def test_dates_a_row_tells_load(tmp_path: Path, dates: list[str], first: str) ->
     row = site._con.execute("SELECT date FROM t WHERE n = 0").fetchone()
     assert row is not None
     assert str(row[0]) == first
+
+
+def test_a_year_named_column_of_decimal_commas_is_refused_naming_the_decimal_option(
+    tmp_path: Path,
+) -> None:
+    # said only that line 1 may be a note, and to skip it
+    path = tmp_path / "t.csv"
+    path.write_text("ward;2023\nA;5,5\nB;7,25\n")
+    refused = _refused(path)
+    assert (
+        "names column 2 '2023', a number or a date, though it holds text ('5,5': a decimal "
+        "comma? if so, read the file with covey site --csv-decimal t=, or "
+        "covey.analytics.CSV(path, decimal=',') in Python): line 1 may be a note" in refused
+    )
+    site = _site(CSV(path, decimal=","), policy=Policy(min_group_size=1))
+    assert site._columns["t"] == {"ward": "VARCHAR", "2023": "DOUBLE"}
+    path.write_text("ward;2023\nA;5,5\nB;n/a 7\nC;3,5\n")  # a value no number: not said
+    assert "decimal" not in _refused(path)

@@ -212,7 +212,7 @@ def check_header(name: str, path: Path, dialect: Dialect, con: Any, text: str, v
             f"{skip_hint(name, dialect.skip)})"
         )
     _check_first_row(name, path, dialect, con, text, values, lines)
-    _check_note(name, path, dialect, header_cells(con, text, dialect), lines)
+    _check_note(name, path, dialect, (con, text), lines)
 
 
 def _check_skipped(name: str, path: Path, dialect: Dialect, lines: list[str]) -> None:
@@ -349,26 +349,60 @@ def _check_first_row(
 
 
 def _check_note(
-    name: str, path: Path, dialect: Dialect, cells: list[str | None], lines: list[str]
+    name: str, path: Path, dialect: Dialect, read: tuple[Any, str], lines: list[str]
 ) -> None:
     """Refuse a header naming a column of text by a number or a date: a note, not a header.
 
     A note of fields above a header of text columns (``exported by X, 2026-01-01``
     above ``name,city`` and rows of names) is taken for the header, and the real
-    header loads as a row; its date names a column no header would.
+    header loads as a row; its date names a column no header would. A column of
+    numbers with a decimal comma (``5,5``) read without ``decimal=","`` is text
+    too, and said so.
     """
+    cells = header_cells(*read, dialect)
     if len(cells) != len(dialect.types):
         return
     top = dialect.skip + 1
     for i, (cell, kind) in enumerate(zip(cells, dialect.types, strict=True)):
         if cell is not None and kind == "VARCHAR" and _VALUE.fullmatch(cell.strip()):
+            comma = _decimal_comma(*read, dialect, i)
             raise ValueError(
                 f"line {top} of {path} ({shown(lines[top - 1])}), which DuckDB's reader would "
                 f"take for the header, names column {i + 1} {cell.strip()!r}, a number or a "
-                f"date, though it holds text: line {top} may be a note above the header; "
-                f"remove it (or skip it: {skip_hint(name, top)}); if line {top} is the "
-                f"header, say so: {skip_hint(name, dialect.skip)}"
+                f"date, though it holds text"
+                + (
+                    f" ({comma!r}: a decimal comma? if so, read the file with covey site "
+                    f"--csv-decimal {name}=, or covey.analytics.CSV(path, decimal=',') in Python)"
+                    if comma
+                    else ""
+                )
+                + f": line {top} may be a note above the header; remove it (or skip it: "
+                f"{skip_hint(name, top)}); if line {top} is the header, say so: "
+                f"{skip_hint(name, dialect.skip)}"
             )
+
+
+#: A number written with a decimal comma (``40,5``)
+_COMMA = re.compile(r"[-+]?\d*,\d+")
+
+
+def _decimal_comma(con: Any, text: str, dialect: Dialect, col: int) -> str:
+    """The first value of column ``col`` below the header written with a decimal comma.
+
+    Empty unless every value of that column is a number (so written or plain), or
+    where the file is split at commas.
+    """
+    if dialect.delim == ",":
+        return ""
+    reader = f"read_csv({text}, header = false, all_varchar = true, skip = {dialect.skip + 1}, "
+    try:
+        rows = con.execute(f"SELECT * FROM {reader}{dialect.sql}) LIMIT 100").fetchall()  # noqa: S608
+    except duckdb.Error:
+        return ""
+    cells = [str(r[col]).strip() for r in rows if col < len(r) and r[col] is not None]
+    if not all(_COMMA.fullmatch(c) or _VALUE.fullmatch(c) for c in cells):
+        return ""
+    return next((c for c in cells if _COMMA.fullmatch(c)), "")
 
 
 def _check_one_row(
