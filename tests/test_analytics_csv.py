@@ -506,3 +506,28 @@ def test_a_year_named_column_of_decimal_commas_is_refused_naming_the_decimal_opt
     assert site._columns["t"] == {"ward": "VARCHAR", "2023": "DOUBLE"}
     path.write_text("ward;2023\nA;5,5\nB;n/a 7\nC;3,5\n")  # a value no number: not said
     assert "decimal" not in _refused(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        # failed with DuckDB's 'Conversion Error: CSV Error on Line: 3'
+        (
+            "Patients\n\nage,ward\n40,A\n50,B\n",
+            "but it is blank: the first line below it that is not blank is line 3 "
+            "('age,ward'); if that is the header, say so: covey site --csv-skip t=2, or "
+            "covey.analytics.CSV(path, skip=2) in Python",
+        ),
+        ("age,ward\n", "but the file ends there: give the number of lines above the header"),
+    ],
+)
+def test_a_said_skip_leaving_a_blank_line_for_the_header_is_refused_naming_the_line_below(
+    tmp_path: Path, text: str, said: str
+) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=r"^site 'north': table 't': ") as info:
+        _site(CSV(path, skip=1), policy=Policy(min_group_size=1))
+    assert str(info.value) == (
+        f"site 'north': table 't': skip=1 makes line 2 of {path} the header, {said}"
+    )

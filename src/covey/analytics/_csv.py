@@ -26,11 +26,11 @@ from covey.analytics._csvhead import (
     not_utf8,
     shown,
     skip_hint,
-    sniffed,
     string,
     uneven_row,
     with_skip,
 )
+from covey.analytics._csvlines import check_skip, sniffed
 from covey.analytics._sqltext import fold
 from covey.analytics._tables import check_names, columns, counted, quote, table_name
 
@@ -105,6 +105,7 @@ def load_csv(
         if opts.skip is None:
             dialect = sniffed(con, name, text, path, values)  # '# ...' lines at the top: no data
         else:
+            check_skip(name, path, opts.skip)
             dialect = Dialect(con, text, opts.skip, values)
         check_delimiter(path, dialect)  # a wrong delimiter first: the header's checks split by it
         if opts.skip is None:

@@ -133,42 +133,6 @@ def comment_lines(path: Path) -> int:
     return n if comments else 0
 
 
-def sniffed(
-    con: duckdb.DuckDBPyConnection, name: str, text: str, path: Path, values: str
-) -> Dialect:
-    """What DuckDB's reader finds for ``path``, its header below any comment lines at its top.
-
-    The reader may take a comment line (``# exported by X, 2026``) for the header, or
-    find none; then the header is the line below the comment lines. A line of one
-    field there (a title) above lines the reader splits is refused, naming it.
-    """
-    lead = comment_lines(path)
-    if not lead:
-        return Dialect(con, text, None, values)
-    try:
-        found: Dialect | None = Dialect(con, text, None, values)
-    except duckdb.Error:  # the comment lines leave the reader no header it agrees on
-        found = None
-    if found is not None and found.skip >= lead and not found.comment:
-        return found
-    lines = first_lines(path, lead + 2)
-    if not "".join(lines[lead:]).strip():
-        raise ValueError(
-            f"{path} holds only comment lines ('# ...'), no header row: give it a header "
-            "row naming its columns below them"
-        )
-    dialect = Dialect(con, text, lead, values)
-    if found is not None and len(dialect.types) == 1 < len(found.types):
-        top = lead + 1
-        raise ValueError(
-            f"line {top} of {path} ({shown(lines[top - 1])}), below its comment lines, would "
-            "be read as the header of one column, "
-            f"though DuckDB's reader splits the lines below at {found.delim!r}: if line {top} "
-            f"is a title, remove it (or skip it too: {skip_hint(name, top)})"
-        )
-    return dialect
-
-
 def skip_hint(name: str, skip: int) -> str:
     """How to say a CSV's header is below ``skip`` lines: ``covey site``'s flag, or Python's."""
     return (

@@ -1,0 +1,71 @@
+"""Where a CSV file's header is: below comment lines at its top, or the line a skip says.
+
+A file may begin with comment lines (``# exported by X, 2026``) that DuckDB's
+reader would take for the header; and a skip its owner says may leave a blank
+line for the header. See :mod:`covey.analytics._csvhead` for the header's checks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from covey.analytics._csvhead import Dialect, comment_lines, first_lines, shown, skip_hint
+
+
+def sniffed(
+    con: duckdb.DuckDBPyConnection, name: str, text: str, path: Path, values: str
+) -> Dialect:
+    """What DuckDB's reader finds for ``path``, its header below any comment lines at its top.
+
+    The reader may take a comment line (``# exported by X, 2026``) for the header, or
+    find none; then the header is the line below the comment lines. A line of one
+    field there (a title) above lines the reader splits is refused, naming it.
+    """
+    lead = comment_lines(path)
+    if not lead:
+        return Dialect(con, text, None, values)
+    try:
+        found: Dialect | None = Dialect(con, text, None, values)
+    except duckdb.Error:  # the comment lines leave the reader no header it agrees on
+        found = None
+    if found is not None and found.skip >= lead and not found.comment:
+        return found
+    lines = first_lines(path, lead + 2)
+    if not "".join(lines[lead:]).strip():
+        raise ValueError(
+            f"{path} holds only comment lines ('# ...'), no header row: give it a header "
+            "row naming its columns below them"
+        )
+    dialect = Dialect(con, text, lead, values)
+    if found is not None and len(dialect.types) == 1 < len(found.types):
+        top = lead + 1
+        raise ValueError(
+            f"line {top} of {path} ({shown(lines[top - 1])}), below its comment lines, would "
+            "be read as the header of one column, "
+            f"though DuckDB's reader splits the lines below at {found.delim!r}: if line {top} "
+            f"is a title, remove it (or skip it too: {skip_hint(name, top)})"
+        )
+    return dialect
+
+
+def check_skip(name: str, path: Path, skip: int) -> None:
+    """Refuse a said ``skip`` that leaves a blank line for the header, naming the line below.
+
+    DuckDB's reader fails on such a file (``Conversion Error: CSV Error on Line: 3``),
+    or names the columns ``column0``, ``column1``: a title, a blank line, then the header
+    is two lines above the header, not one.
+    """
+    lines = first_lines(path, skip + 20)
+    if lines[skip].strip():
+        return
+    below = next((i for i in range(skip, len(lines)) if lines[i].strip()), None)
+    ends = "the file ends there" if not lines[skip] else "it is blank"
+    where = (
+        f"the first line below it that is not blank is line {below + 1} "
+        f"({shown(lines[below])}); if that is the header, say so: {skip_hint(name, below)}"
+        if below is not None
+        else "give the number of lines above the header"
+    )
+    raise ValueError(f"skip={skip} makes line {skip + 1} of {path} the header, but {ends}: {where}")
