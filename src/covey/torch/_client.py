@@ -25,6 +25,7 @@ from covey.core._qfair import loss_before_fit
 from covey.core._weights import Array, Weights, subtract
 from covey.torch._batches import move, split, trained_output
 from covey.torch._gradients import GradientMean, check_sgd
+from covey.torch._local import LocalLayers, local_names
 from covey.torch._weights import load_weights, to_weights
 
 __all__ = ["TorchClient", "evaluate_model"]
@@ -277,6 +278,16 @@ class TorchClient(Client):
             (a CUDA or MPS device this machine lacks is refused with a ValueError).
         scaffold_path: Under SCAFFOLD, a file in which the client keeps ``c_i`` between
             runs (a deployed client that restarts resumes it); None keeps it in memory.
+        local: The ``state_dict`` entries the client keeps to itself (personalised
+            FL): ``fnmatch`` patterns of their names (``"head.*"``, FedPer) and module
+            classes whose every entry is local (``torch.nn.BatchNorm2d``, FedBN).
+            ``fit`` and ``evaluate`` load the global model but for these, which keep
+            the client's own values (the global model's the first time), train them,
+            and send a zero update for them: the global model's values stay as they
+            were. An entry that picks nothing is refused, naming the model's names.
+        local_path: A file the local entries are written to after every ``fit`` and
+            read back by a client built again (a deployed client that restarts, a
+            resumed or cached-out simulated one); None keeps them in the model only.
 
     Example:
         >>> import torch
@@ -303,6 +314,8 @@ class TorchClient(Client):
         epochs: int = 1,
         device: Any = "cpu",
         scaffold_path: str | os.PathLike[str] | None = None,
+        local: Iterable[Any] = (),
+        local_path: str | os.PathLike[str] | None = None,
     ) -> None:
         torch = torch_module()
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -318,6 +331,7 @@ class TorchClient(Client):
         self.epochs = epochs
         self._scaffold_path = scaffold_path
         self._control: ControlVariate | None = None
+        self._local = LocalLayers(local_names(self.model, local, torch), local_path)
 
     def _epochs(self, config: Config) -> int:
         epochs = config.get("epochs", self.epochs)
@@ -352,7 +366,7 @@ class TorchClient(Client):
             it by 0) and no ``train_loss``; under SCAFFOLD ``c_i`` is kept.
         """
         torch = torch_module()
-        load_weights(self.model, weights)
+        load_weights(self.model, self._local.merged(weights, self.model))
         asked = loss_before_fit(config)  # q-FedAvg: the loss at the received weights
         before = None if asked is None else self._loss_before()
         mu = proximal_mu(config)
@@ -395,7 +409,10 @@ class TorchClient(Client):
                 name: value.astype(weights[name].dtype, copy=False)
                 for name, value in to_weights(self.model).items()
             }
+            if self._local.names:  # a zero update: their global values stay as they were
+                local = {**local, **{n: weights[n] for n in self._local.names}}
             delta = subtract(local, weights)
+        self._local.save(self.model)
         mean = losses.mean()  # None: every target of the epoch was ignored
         metrics: dict[str, Any] = {} if mean is None else {"train_loss": mean}
         if asked is not None:
@@ -454,7 +471,7 @@ class TorchClient(Client):
         Raises:
             ValueError: every target ``test_loader`` gave is one the loss ignores.
         """
-        load_weights(self.model, weights)
+        load_weights(self.model, self._local.merged(weights, self.model))
         loss, seen, metrics = _evaluation(self.model, self.loss_fn, self.test_loader, self.device)
         if seen == 0:
             return EvaluateResult(loss=float("nan"), num_examples=0, metrics={})

@@ -1,0 +1,134 @@
+"""The layers a :class:`~covey.torch.TorchClient` keeps to itself (FedBN, FedPer).
+
+A personalised client trains every layer but keeps some of them local: its
+``fit`` and ``evaluate`` load the global model except those entries, which
+keep the client's own values, and its update for them is zero, so the
+global model's values of them stay as they were (under FedAvg) and no
+client's local values reach the server.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from covey.core._codec import CodecError, decode, encode
+from covey.core._files import atomic_write
+from covey.core._weights import Array, Weights, WeightsError
+from covey.torch._weights import to_weights
+
+__all__ = ["LocalLayers", "local_names"]
+
+
+def local_names(model: Any, local: Iterable[Any], torch: Any) -> list[str]:
+    """The ``state_dict`` names ``local`` picks, in the ``state_dict``'s order.
+
+    Each item of ``local`` is an ``fnmatch`` pattern over the names (``"head.*"``)
+    or a module class (``torch.nn.BatchNorm2d``), which picks every entry of the
+    model's modules of that class.
+
+    Raises:
+        TypeError: ``local`` is one string (not a list of them), or an item is
+            neither a string nor a module class.
+        ValueError: an item picks no entry of the model's ``state_dict``.
+    """
+    if isinstance(local, str):
+        raise TypeError(f"local must be a list of patterns or module classes: [{local!r}]")
+    names = list(to_weights(model))
+    picked: set[str] = set()
+    for item in local:
+        if isinstance(item, str):
+            found = {n for n in names if fnmatchcase(n, item)}
+        elif isinstance(item, type) and issubclass(item, torch.nn.Module):
+            found = _of_class(model, item, names)
+        else:
+            raise TypeError(
+                "local takes fnmatch patterns of state_dict names ('head.*') and module "
+                f"classes (torch.nn.BatchNorm2d), got {type(item).__name__} {item!r:.60}"
+            )
+        if not found:
+            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+            raise ValueError(
+                f"local entry {getattr(item, '__name__', item)!r} picks none of the model's "
+                f"state_dict names ({shown})"
+            )
+        picked |= found
+    return [n for n in names if n in picked]
+
+
+def _of_class(model: Any, cls: type, names: list[str]) -> set[str]:
+    """The names of the entries that belong to ``model``'s modules of class ``cls``."""
+    found: set[str] = set()
+    for prefix, module in model.named_modules():
+        if isinstance(module, cls):
+            start = f"{prefix}." if prefix else ""
+            found |= {n for n in names if n.startswith(start)}
+    return found
+
+
+class LocalLayers:
+    """The local entries of one client's model, and where they are kept between runs.
+
+    Args:
+        names: The local ``state_dict`` names (see :func:`local_names`).
+        path: A file the entries are written to after every fit and read from by a
+            client built again (a restart, a resumed run); None keeps them in the
+            model only.
+    """
+
+    def __init__(self, names: list[str], path: str | os.PathLike[str] | None) -> None:
+        self.names = names
+        self.path = None if path is None else Path(path)
+        self._started = False
+
+    def merged(self, weights: Weights, model: Any) -> Weights:
+        """``weights`` with the local entries taken from the client instead.
+
+        The first time, they come from ``path`` if it holds them, else from
+        ``weights`` (every client starts from the global model's values).
+        """
+        if not self.names:
+            return weights
+        own: Weights | None = None
+        if self._started:
+            own = to_weights(model, copy=True)
+        elif self.path is not None and self.path.exists():
+            own = self._read(self.path)
+        self._started = True
+        if own is None:
+            return weights
+        return {**weights, **{n: own[n] for n in self.names}}
+
+    def zeroed(self, delta: dict[str, Array]) -> dict[str, Array]:
+        """``delta`` with a zero update for every local entry."""
+        for name in self.names:
+            delta[name] = np.zeros_like(delta[name])
+        return delta
+
+    def save(self, model: Any) -> None:
+        """Write the local entries to ``path`` (atomically), if there is one."""
+        if self.path is None or not self.names:
+            return
+        values = to_weights(model, copy=True)
+        atomic_write(self.path, bytes(encode({n: values[n] for n in self.names})))
+
+    def _read(self, path: Path) -> Weights:
+        try:
+            arrays = decode(path.read_bytes())
+        except CodecError as exc:
+            raise CodecError(
+                f"the local layers' file {path} is damaged ({exc}); delete it to "
+                "start them from the global model"
+            ) from exc
+        if sorted(arrays) != sorted(self.names):
+            raise WeightsError(
+                f"the local layers' file {path} holds {sorted(arrays)}, the client "
+                f"keeps {sorted(self.names)} local: give each client a file of its own, "
+                "or delete it to start them from the global model"
+            )
+        return arrays

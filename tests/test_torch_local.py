@@ -1,0 +1,117 @@
+"""covey.torch: a TorchClient keeps layers local (FedBN, FedPer), in fit, evaluate and on disk."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from torch import nn  # noqa: E402
+
+import covey  # noqa: E402
+from _torchkit import one_thread, tiny_loader  # noqa: E402
+from covey.core import WeightsError  # noqa: E402
+from covey.torch import TorchClient, to_weights  # noqa: E402
+
+BN = ["1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    yield from one_thread()
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Linear(5, 3))
+
+
+def _client(seed: int = 0, **kwargs: object) -> TorchClient:
+    return TorchClient(
+        _model(),
+        nn.CrossEntropyLoss(),
+        lambda params: torch.optim.SGD(params, lr=0.1),
+        tiny_loader(16, seed),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _own(client: TorchClient) -> dict[str, np.ndarray]:
+    return to_weights(client.model, copy=True)
+
+
+def test_local_layers_send_no_update_and_keep_the_clients_values() -> None:
+    client = _client(local=[nn.BatchNorm1d, "2.*"])
+    glob = to_weights(_model(), copy=True)
+    result = client.fit(glob, {"round": 1})
+    assert result.delta is not None
+    local = [*BN, "2.weight", "2.bias"]
+    for name in local:
+        assert not result.delta[name].any(), name
+        assert result.delta[name].dtype == glob[name].dtype
+    assert result.delta["0.weight"].any()  # the shared layer trains and is sent
+    after = _own(client)
+    assert int(after["1.num_batches_tracked"]) == 2
+    assert not np.array_equal(after["1.running_mean"], glob["1.running_mean"])
+    # evaluate and the next fit start from the client's own values, not the global ones
+    evaluated = client.evaluate(glob, {"round": 1})
+    for name in local:
+        assert np.array_equal(_own(client)[name], after[name]), name
+    plain = _client()  # the global model as it is: another loss
+    assert plain.evaluate(glob, {"round": 1}).loss != evaluated.loss
+    client.fit(glob, {"round": 2})
+    assert int(_own(client)["1.num_batches_tracked"]) == 4
+
+
+def _fedbn(cid: int) -> TorchClient:
+    return _client(cid, local=[nn.BatchNorm1d])
+
+
+def test_fedbn_leaves_the_global_normalization_as_it_was() -> None:
+    init = to_weights(_model(), copy=True)
+    runs = [
+        covey.simulate(
+            _fedbn, 2, 2, covey.FedAvg(), init, backend=backend, num_workers=1, round_timeout=60
+        )
+        for backend in ("inline", "process")
+    ]
+    result = runs[0]
+    for name in init:  # the process backend gives the same bits
+        assert np.array_equal(runs[1].weights[name], result.weights[name]), name
+    losses = [[r.evaluate_loss for r in run.history.rounds] for run in runs]
+    assert losses[0] == losses[1]  # each client evaluated its own normalization
+    assert result.history.failures() == []
+    for name in BN:
+        assert np.array_equal(result.weights[name], init[name]), name
+    assert result.weights["1.num_batches_tracked"].dtype == np.int64
+    assert not np.array_equal(result.weights["0.weight"], init["0.weight"])
+
+
+def test_local_path_gives_a_rebuilt_client_its_layers(tmp_path: Path) -> None:
+    path = tmp_path / "0.covey"
+    glob = to_weights(_model(), copy=True)
+    first = _client(local=["2.*"], local_path=path)
+    first.fit(glob, {"round": 1})
+    kept = _own(first)
+    again = _client(local=["2.*"], local_path=path)  # a restart
+    again.evaluate(glob, {"round": 2})
+    assert np.array_equal(_own(again)["2.weight"], kept["2.weight"])
+    assert np.array_equal(_own(again)["0.weight"], glob["0.weight"])
+    other = _client(local=["0.*"], local_path=path)  # another client's file
+    with pytest.raises(WeightsError, match=r"holds \['2.bias', '2.weight'\]"):
+        other.fit(glob, {"round": 1})
+
+
+def test_local_entries_that_pick_nothing_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"local entry 'head.\*' picks none .*0.weight"):
+        _client(local=["head.*"])
+    with pytest.raises(ValueError, match="local entry 'BatchNorm2d' picks none"):
+        _client(local=[nn.BatchNorm2d])
+    with pytest.raises(TypeError, match=r"a list of patterns or module classes: \['2.\*'\]"):
+        _client(local="2.*")
+    with pytest.raises(TypeError, match="got int 3"):
+        _client(local=[3])
