@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import covey  # noqa: E402
+from _procs import killed_then_resumed  # noqa: E402
 from _torchkit import one_thread, tiny_loader  # noqa: E402
 from covey.core import WeightsError  # noqa: E402
 from covey.torch import TorchClient, to_weights  # noqa: E402
@@ -103,7 +104,7 @@ def test_local_path_gives_a_rebuilt_client_its_layers(tmp_path: Path) -> None:
     assert np.array_equal(_own(again)["0.weight"], glob["0.weight"])
     other = _client(local=["0.*"], local_path=path)  # another client's file
     with pytest.raises(WeightsError, match=r"holds \['2.bias', '2.weight'\]"):
-        other.fit(glob, {"round": 1})
+        other.fit(glob, {"round": 2})
 
 
 def test_local_entries_that_pick_nothing_are_refused() -> None:
@@ -115,3 +116,78 @@ def test_local_entries_that_pick_nothing_are_refused() -> None:
         _client(local="2.*")
     with pytest.raises(TypeError, match="got int 3"):
         _client(local=[3])
+
+
+SCRIPT = """
+import os, signal, sys
+from pathlib import Path
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+import covey
+from covey.torch import TorchClient, to_weights
+
+torch.set_num_threads(1)
+
+
+def model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Linear(5, 3))
+
+
+class Killed(TorchClient):
+    def fit(self, weights, config):
+        result = super().fit(weights, config)  # client 0's layers of round 3 are on disk
+        if __name__ == "__main__" and config["round"] == 3 and self.cid == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+
+def client(cid, states):
+    g = torch.Generator().manual_seed(cid)
+    n = 16 + 8 * cid
+    data = TensorDataset(torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g))
+    made = Killed(model(), nn.CrossEntropyLoss(), lambda p: torch.optim.SGD(p, lr=0.1),
+                  DataLoader(data, batch_size=8), local=[nn.BatchNorm1d, "2.*"],
+                  local_path=None if states is None else Path(states) / f"l{cid}.bin")
+    made.cid = cid
+    return made
+
+
+def run(run_dir, states, resume, rounds=5):
+    return covey.simulate(
+        lambda cid: client(cid, states), num_clients=3, rounds=rounds,
+        strategy=covey.FedAvg(fraction_evaluate=0.0),
+        initial_weights=to_weights(model(), copy=True), run_dir=run_dir, resume=resume,
+    )
+
+
+if __name__ == "__main__":
+    run(sys.argv[1], sys.argv[2], False)
+"""
+
+
+def test_a_killed_run_resumes_with_its_clients_local_layers(tmp_path: Path) -> None:
+    namespace, whole = killed_then_resumed(tmp_path, SCRIPT, "local_run", "l")
+    run = namespace["run"]
+    # Without the files, the resumed clients start their local layers from the global model.
+    run(tmp_path / "lost", None, False, rounds=2)
+    lost = dict(run(tmp_path / "lost", None, True).weights)
+    assert any(not np.array_equal(lost[k], v) for k, v in whole.items())
+
+
+def test_a_round_sent_again_starts_from_the_layers_before_it(tmp_path: Path) -> None:
+    glob = to_weights(_model(), copy=True)
+    kept = _client(local=["2.*"])
+    whole = [kept.fit(glob, {"round": r}).delta for r in (1, 2, 3)]
+    path = tmp_path / "0.covey"
+    first = _client(local=["2.*"], local_path=path)
+    for r in (1, 2, 3):
+        first.fit(glob, {"round": r})
+    for client in (first, _client(local=["2.*"], local_path=path)):  # kept, and rebuilt
+        for r in (2, 3):  # round 2 sent again after round 3 trained
+            got = client.fit(glob, {"round": r}).delta
+            assert got is not None
+            for name, value in whole[r - 1].items():  # type: ignore[union-attr]
+                np.testing.assert_array_equal(got[name], value)

@@ -11,6 +11,7 @@ import numpy.typing as npt
 
 from covey.clients import Client, proximal_mu
 from covey.clients._quiet import ignoring
+from covey.clients._roundstate import TrainState
 from covey.clients._scaffold import server_control
 from covey.core import Config, EvaluateResult, FitResult
 from covey.core._qfair import loss_before_fit
@@ -18,7 +19,7 @@ from covey.core._weights import Array, Weights
 from covey.sklearn._params import _outputs, features, get_params, is_mlp, prime, set_params
 from covey.sklearn._rate import checked_rate, rate_name, set_rate
 from covey.sklearn._support import check_kind, check_options
-from covey.sklearn._trainstate import TrainState, capture, check, restore
+from covey.sklearn._trainstate import capture, check, restore
 
 __all__ = ["SklearnClient", "evaluate_model"]
 

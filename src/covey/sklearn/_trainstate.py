@@ -3,7 +3,7 @@
 An MLP's optimiser (Adam's moments and step, SGD's velocities and adaptive rate),
 its sample counter ``t_`` and the loss history its adaptive rate reads, and an
 SGD-trained linear model's ``t_`` (its learning-rate schedule's step) carry on
-from round to round. :class:`TrainState` keeps them in a file, in covey's
+from round to round. :class:`covey.clients._roundstate.TrainState` keeps them in a file, in covey's
 checksummed codec (never pickle), for the state after each of the client's last
 three rounds: a round sent again (by a simulation resumed after a kill, or a
 restarted server) starts from the state before it, as the first time. Three,
@@ -15,14 +15,12 @@ may have trained r + 1 already.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from covey.core._codec import CodecError, decode, encode
-from covey.core._files import atomic_write, read_regular
+from covey.clients._roundstate import damaged
 from covey.core._weights import Array
 
 _SCALARS = ("t_", "n_iter_", "_no_improvement_count", "best_loss_")
@@ -51,13 +49,6 @@ def capture(model: Any) -> dict[str, Array]:
     return out
 
 
-def _damaged(path: Path, why: str) -> ValueError:
-    return ValueError(
-        f"the training state in {path} {why}: it is not this client's (another model's, or "
-        "damaged); delete it to start the client's state afresh"
-    )
-
-
 def check(model: Any, state: dict[str, Array], path: Path) -> None:
     """Refuse a ``state`` read from ``path`` that :func:`restore` cannot set into ``model``.
 
@@ -71,19 +62,19 @@ def check(model: Any, state: dict[str, Array], path: Path) -> None:
             continue
         like = own.get(name, np.asarray(0.0) if name.startswith("client.") else None)
         if like is None:
-            raise _damaged(path, f"holds {name}, which {type(model).__name__} has not")
+            raise damaged(path, f"holds {name}, which {type(model).__name__} has not")
         if (
             value.shape != like.shape
             or value.dtype.kind not in ("b", "i", "u", "f")
             or (value.ndim and value.dtype != like.dtype)
         ):
             shape = list(value.shape)
-            raise _damaged(path, f"holds {name} as {value.dtype}{shape}, not {list(like.shape)}")
+            raise damaged(path, f"holds {name} as {value.dtype}{shape}, not {list(like.shape)}")
         if value.ndim == 0 and not math.isfinite(float(value)):
-            raise _damaged(path, f"holds {name} = {value.item()}")
+            raise damaged(path, f"holds {name} = {value.item()}")
     missing = sorted(k for k in set(own) - set(state) if k.startswith("opt."))
     if missing or "client.rate_set" not in state:
-        raise _damaged(path, f"lacks {', '.join(missing or ['client.rate_set'])}")
+        raise damaged(path, f"lacks {', '.join(missing or ['client.rate_set'])}")
 
 
 def restore(model: Any, state: dict[str, Array]) -> None:
@@ -104,60 +95,3 @@ def restore(model: Any, state: dict[str, Array]) -> None:
         arrays = getattr(opt, key, None)
         if arrays is not None:
             setattr(opt, key, [np.array(state[f"opt.{key}.{i}"]) for i in range(len(arrays))])
-
-
-_SLOTS = ("a", "b", "c")  # newest first: a kill in round r + 1 may resume from r - 1
-
-
-class TrainState:
-    """The training state after a client's last three rounds, in ``path``."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self.slots: list[tuple[int, dict[str, Array]]] = []  # newest first
-        if self.path.exists():
-            try:
-                stored = decode(read_regular(self.path))
-            except CodecError as exc:
-                raise _damaged(self.path, f"cannot be read ({exc})") from None
-            for slot in _SLOTS:
-                made = stored.get(f"{slot}/round")
-                if made is not None and (made.shape or made.dtype.kind not in ("i", "u")):
-                    raise _damaged(self.path, f"holds {slot}/round as {made.dtype}{made.shape}")
-                if made is not None:
-                    prefix = f"{slot}/"
-                    arrays = {
-                        k[len(prefix) :]: np.array(v)
-                        for k, v in stored.items()
-                        if k.startswith(prefix) and k != f"{slot}/round"
-                    }
-                    self.slots.append((int(stored[f"{slot}/round"]), arrays))
-
-    def next_round(self) -> int:
-        """The round after the newest kept (1 if none): a fit whose config names no round."""
-        return self.slots[0][0] + 1 if self.slots else 1
-
-    def before(self, rnd: int) -> dict[str, Array] | None:
-        """The state after the client's latest round before ``rnd`` (None: it has none)."""
-        for made, arrays in self.slots:
-            if made < rnd:
-                return arrays
-        if len(self.slots) == 1 and self.slots[0][0] == rnd:
-            return None  # the client's first round, sent again: it had no state before it
-        if self.slots:
-            rounds = [made for made, _ in self.slots]
-            raise ValueError(
-                f"the training state in {self.path} is of rounds {rounds}, none before round "
-                f"{rnd}: it is another run's; delete it to start the client's state afresh"
-            )
-        return None
-
-    def keep(self, rnd: int, arrays: dict[str, Array]) -> None:
-        """Keep the state after round ``rnd`` (replacing that of a later or equal round)."""
-        older = [(made, kept) for made, kept in self.slots if made < rnd]
-        self.slots = [(rnd, arrays), *older[: len(_SLOTS) - 1]]
-        data: dict[str, Array] = {}
-        for slot, (made, kept) in zip(_SLOTS, self.slots, strict=False):
-            data[f"{slot}/round"] = np.asarray(made)
-            data.update({f"{slot}/{k}": v for k, v in kept.items()})
-        atomic_write(self.path, bytes(encode(data)))

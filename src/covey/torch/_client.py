@@ -285,9 +285,10 @@ class TorchClient(Client):
             the client's own values (the global model's the first time), train them,
             and send a zero update for them: the global model's values stay as they
             were. An entry that picks nothing is refused, naming the model's names.
-        local_path: A file the local entries are written to after every ``fit`` and
-            read back by a client built again (a deployed client that restarts, a
-            resumed or cached-out simulated one); None keeps them in the model only.
+        local_path: A file the local entries are written to after each of the
+            client's last three fits, read back by a client built again (a deployed
+            client that restarts, a resumed or cached-out simulated one): a round sent
+            again starts from the entries before it. None keeps them in the model only.
 
     Example:
         >>> import torch
@@ -366,7 +367,7 @@ class TorchClient(Client):
             it by 0) and no ``train_loss``; under SCAFFOLD ``c_i`` is kept.
         """
         torch = torch_module()
-        load_weights(self.model, self._local.merged(weights, self.model))
+        load_weights(self.model, self._local.merged(weights, self.model, config.get("round"), True))
         asked = loss_before_fit(config)  # q-FedAvg: the loss at the received weights
         before = None if asked is None else self._loss_before()
         mu = proximal_mu(config)
@@ -412,7 +413,7 @@ class TorchClient(Client):
             if self._local.names:  # a zero update: their global values stay as they were
                 local = {**local, **{n: weights[n] for n in self._local.names}}
             delta = subtract(local, weights)
-        self._local.save(self.model)
+        self._local.save(self.model, config.get("round"))
         mean = losses.mean()  # None: every target of the epoch was ignored
         metrics: dict[str, Any] = {} if mean is None else {"train_loss": mean}
         if asked is not None:
@@ -471,7 +472,9 @@ class TorchClient(Client):
         Raises:
             ValueError: every target ``test_loader`` gave is one the loss ignores.
         """
-        load_weights(self.model, self._local.merged(weights, self.model))
+        load_weights(
+            self.model, self._local.merged(weights, self.model, config.get("round"), False)
+        )
         loss, seen, metrics = _evaluation(self.model, self.loss_fn, self.test_loader, self.device)
         if seen == 0:
             return EvaluateResult(loss=float("nan"), num_examples=0, metrics={})

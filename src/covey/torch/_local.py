@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from covey.core._codec import CodecError, decode, encode
-from covey.core._files import atomic_write
-from covey.core._weights import Array, Weights, WeightsError
+from covey.clients._roundstate import TrainState
+from covey.core._weights import Weights, WeightsError
 from covey.torch._weights import to_weights
 
 __all__ = ["LocalLayers", "local_names"]
@@ -76,59 +75,64 @@ class LocalLayers:
 
     Args:
         names: The local ``state_dict`` names (see :func:`local_names`).
-        path: A file the entries are written to after every fit and read from by a
-            client built again (a restart, a resumed run); None keeps them in the
-            model only.
+        path: A file the entries after each of the client's last three fits are
+            written to, read by a client built again (a restart, a resumed run);
+            None keeps them in the model only.
     """
 
     def __init__(self, names: list[str], path: str | os.PathLike[str] | None) -> None:
         self.names = names
-        self.path = None if path is None else Path(path)
+        self.path = None if path is None or not names else Path(path)
+        self._state: TrainState | None = None
+        self._trained = 0  # the last round this object's fit trained; 0: none yet
         self._started = False
 
-    def merged(self, weights: Weights, model: Any) -> Weights:
+    def merged(self, weights: Weights, model: Any, rnd: Any, fit: bool) -> Weights:
         """``weights`` with the local entries taken from the client instead.
 
-        The first time, they come from ``path`` if it holds them, else from
+        From the model, or from ``path``'s values after the client's last round
+        before this one (``fit``) or up to it (``evaluate``) when the model has none
+        of its own yet or has trained past it (a round sent again); else from
         ``weights`` (every client starts from the global model's values).
         """
         if not self.names:
             return weights
         own: Weights | None = None
-        if self._started:
+        stored = False
+        if self.path is not None:
+            if self._state is None:
+                self._state = TrainState(self.path)
+            upto = self._round(rnd) + (0 if fit else 1)  # the stored rounds below it
+            if not self._started or upto <= self._trained:
+                own, stored = self._stored(self._state, upto), True
+        if not stored and self._started:
             own = to_weights(model, copy=True)
-        elif self.path is not None and self.path.exists():
-            own = self._read(self.path)
         self._started = True
         if own is None:
             return weights
         return {**weights, **{n: own[n] for n in self.names}}
 
-    def zeroed(self, delta: dict[str, Array]) -> dict[str, Array]:
-        """``delta`` with a zero update for every local entry."""
-        for name in self.names:
-            delta[name] = np.zeros_like(delta[name])
-        return delta
+    def _round(self, rnd: Any) -> int:
+        """The task's round: the config's, else the one after the newest kept."""
+        if isinstance(rnd, int | np.integer) and not isinstance(rnd, bool):
+            return int(rnd)
+        return self._state.next_round() if self._state is not None else 1
 
-    def save(self, model: Any) -> None:
-        """Write the local entries to ``path`` (atomically), if there is one."""
-        if self.path is None or not self.names:
-            return
-        values = to_weights(model, copy=True)
-        atomic_write(self.path, bytes(encode({n: values[n] for n in self.names})))
-
-    def _read(self, path: Path) -> Weights:
-        try:
-            arrays = decode(path.read_bytes())
-        except CodecError as exc:
-            raise CodecError(
-                f"the local layers' file {path} is damaged ({exc}); delete it to "
-                "start them from the global model"
-            ) from exc
-        if sorted(arrays) != sorted(self.names):
+    def _stored(self, state: TrainState, before: int) -> Weights | None:
+        kept = state.before(before)
+        if kept is not None and sorted(kept) != sorted(self.names):
             raise WeightsError(
-                f"the local layers' file {path} holds {sorted(arrays)}, the client "
+                f"the local layers' file {self.path} holds {sorted(kept)}, the client "
                 f"keeps {sorted(self.names)} local: give each client a file of its own, "
                 "or delete it to start them from the global model"
             )
-        return arrays
+        return kept
+
+    def save(self, model: Any, rnd: Any) -> None:
+        """Keep the local entries after round ``rnd``'s fit in ``path``, if there is one."""
+        if self.path is None or self._state is None:
+            return
+        r = self._round(rnd)
+        values = to_weights(model, copy=True)
+        self._state.keep(r, {n: values[n] for n in self.names})
+        self._trained = r

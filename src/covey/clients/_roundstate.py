@@ -1,0 +1,85 @@
+"""State a client keeps on disk for its last three rounds, so a round sent again starts alike.
+
+A run's checkpoint of round r is written while round r + 1 trains: a kill then
+resumes from round r - 1 and sends round r again to a client that may have
+trained r + 1 already. Keeping the state after each of the client's last three
+rounds lets such a round start from the state before it, as the first time.
+Kept in covey's checksummed codec (never pickle).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from covey.core._codec import CodecError, decode, encode
+from covey.core._files import atomic_write, read_regular
+from covey.core._weights import Array
+
+__all__ = ["TrainState", "damaged"]
+
+
+def damaged(path: Path, why: str) -> ValueError:
+    return ValueError(
+        f"the training state in {path} {why}: it is not this client's (another model's, or "
+        "damaged); delete it to start the client's state afresh"
+    )
+
+
+_SLOTS = ("a", "b", "c")  # newest first: a kill in round r + 1 may resume from r - 1
+
+
+class TrainState:
+    """The training state after a client's last three rounds, in ``path``."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.slots: list[tuple[int, dict[str, Array]]] = []  # newest first
+        if self.path.exists():
+            try:
+                stored = decode(read_regular(self.path))
+            except CodecError as exc:
+                raise damaged(self.path, f"cannot be read ({exc})") from None
+            for slot in _SLOTS:
+                made = stored.get(f"{slot}/round")
+                if made is not None and (made.shape or made.dtype.kind not in ("i", "u")):
+                    raise damaged(self.path, f"holds {slot}/round as {made.dtype}{made.shape}")
+                if made is not None:
+                    prefix = f"{slot}/"
+                    arrays = {
+                        k[len(prefix) :]: np.array(v)
+                        for k, v in stored.items()
+                        if k.startswith(prefix) and k != f"{slot}/round"
+                    }
+                    self.slots.append((int(stored[f"{slot}/round"]), arrays))
+
+    def next_round(self) -> int:
+        """The round after the newest kept (1 if none): a fit whose config names no round."""
+        return self.slots[0][0] + 1 if self.slots else 1
+
+    def before(self, rnd: int) -> dict[str, Array] | None:
+        """The state after the client's latest round before ``rnd`` (None: it has none)."""
+        for made, arrays in self.slots:
+            if made < rnd:
+                return arrays
+        if len(self.slots) == 1 and self.slots[0][0] == rnd:
+            return None  # the client's first round, sent again: it had no state before it
+        if self.slots:
+            rounds = [made for made, _ in self.slots]
+            raise ValueError(
+                f"the training state in {self.path} is of rounds {rounds}, none before round "
+                f"{rnd}: it is another run's; delete it to start the client's state afresh"
+            )
+        return None
+
+    def keep(self, rnd: int, arrays: dict[str, Array]) -> None:
+        """Keep the state after round ``rnd`` (replacing that of a later or equal round)."""
+        older = [(made, kept) for made, kept in self.slots if made < rnd]
+        self.slots = [(rnd, arrays), *older[: len(_SLOTS) - 1]]
+        data: dict[str, Array] = {}
+        for slot, (made, kept) in zip(_SLOTS, self.slots, strict=False):
+            data[f"{slot}/round"] = np.asarray(made)
+            data.update({f"{slot}/{k}": v for k, v in kept.items()})
+        atomic_write(self.path, bytes(encode(data)))
