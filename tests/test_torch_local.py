@@ -118,6 +118,19 @@ def test_local_entries_that_pick_nothing_are_refused() -> None:
         _client(local=[3])
 
 
+def test_a_tied_tensor_local_under_one_name_only_is_refused() -> None:
+    # One tensor under two names would otherwise take the mean of the client's own
+    # value and the global one at every load.
+    first, second = nn.Linear(5, 3), nn.Linear(5, 3, bias=False)
+    second.weight = first.weight
+    model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), first, second)
+    loader = tiny_loader(16)
+    optimizer = lambda p: torch.optim.SGD(p, lr=0.1)  # noqa: E731
+    with pytest.raises(ValueError, match=r"local picks \['2.weight'\] but not \['3.weight'\]"):
+        TorchClient(model, nn.CrossEntropyLoss(), optimizer, loader, local=["2.*"])
+    TorchClient(model, nn.CrossEntropyLoss(), optimizer, loader, local=["2.*", "3.*"])
+
+
 SCRIPT = """
 import os, signal, sys
 from pathlib import Path

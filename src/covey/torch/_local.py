@@ -19,7 +19,7 @@ import numpy as np
 
 from covey.clients._roundstate import TrainState
 from covey.core._weights import Weights, WeightsError
-from covey.torch._weights import to_weights
+from covey.torch._weights import _tensors, _tied, to_weights
 
 __all__ = ["LocalLayers", "local_names"]
 
@@ -34,7 +34,8 @@ def local_names(model: Any, local: Iterable[Any], torch: Any) -> list[str]:
     Raises:
         TypeError: ``local`` is one string (not a list of them), or an item is
             neither a string nor a module class.
-        ValueError: an item picks no entry of the model's ``state_dict``.
+        ValueError: an item picks no entry of the model's ``state_dict``, or a tensor
+            listed under several names (tied weights) is local under some only.
     """
     if isinstance(local, str):
         raise TypeError(f"local must be a list of patterns or module classes: [{local!r}]")
@@ -57,6 +58,13 @@ def local_names(model: Any, local: Iterable[Any], torch: Any) -> list[str]:
                 f"state_dict names ({shown})"
             )
         picked |= found
+    for group in _tied(_tensors(model.state_dict(keep_vars=True), torch)):
+        if len({n in picked for n in group}) > 1:
+            raise ValueError(
+                f"local picks {[n for n in group if n in picked]} but not "
+                f"{[n for n in group if n not in picked]}, the same tensor (tied weights): "
+                "keep all of its names local, or none"
+            )
     return [n for n in names if n in picked]
 
 
