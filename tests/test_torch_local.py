@@ -204,3 +204,18 @@ def test_a_round_sent_again_starts_from_the_layers_before_it(tmp_path: Path) -> 
             assert got is not None
             for name, value in whole[r - 1].items():  # type: ignore[union-attr]
                 np.testing.assert_array_equal(got[name], value)
+
+
+def test_scaffold_leaves_the_local_layers_uncorrected() -> None:
+    # Before: the server's c - c_i was added to the local layers' gradients too, though
+    # they have no global model to drift from.
+    glob = to_weights(_model(), copy=True)
+    trained = []
+    for value in (0.0, 5.0):
+        # c on the local layer only: the shared ones train alike in both fits
+        control = {k: np.full_like(v, value if k == "2.weight" else 0.0) for k, v in glob.items()}
+        client = _client(local=["2.*"])
+        client.fit(glob, {"round": 1, "extras": {"scaffold_c": control}})
+        trained.append(_own(client))
+    for name in glob:
+        np.testing.assert_array_equal(trained[0][name], trained[1][name])

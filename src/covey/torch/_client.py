@@ -284,7 +284,8 @@ class TorchClient(Client):
             ``fit`` and ``evaluate`` load the global model but for these, which keep
             the client's own values (the global model's the first time), train them,
             and send a zero update for them: the global model's values stay as they
-            were. An entry that picks nothing is refused, naming the model's names.
+            were (under SCAFFOLD they take no correction ``c - c_i``). An entry that
+            picks nothing is refused, naming the model's names.
         local_path: A file the local entries are written to after each of the
             client's last three fits, read back by a client built again (a deployed
             client that restarts, a resumed or cached-out simulated one): a round sent
@@ -376,11 +377,7 @@ class TorchClient(Client):
         self._learning_rate(optimizer, config)
         correction, gradients = None, None
         if server_control(config) is not None:  # SCAFFOLD
-            check_sgd(optimizer)
-            if self._control is None:
-                self._control = ControlVariate(self._scaffold_path)
-            correction = torch_tensors(self._control.correction(weights, config), self.model)
-            gradients = GradientMean(self.model, optimizer)
+            correction, gradients = self._scaffold(optimizer, weights, config)
         self.model.train()
         losses = _LossMean(self._summed)
         for _ in range(self._epochs(config)):
@@ -428,6 +425,20 @@ class TorchClient(Client):
                 full_gradient=gradients.mean(weights),
             )
         return FitResult(delta=delta, num_examples=seen, metrics=metrics)
+
+    def _scaffold(self, optimizer: Any, weights: Weights, config: Config) -> tuple[Any, Any]:
+        """SCAFFOLD's ``c - c_i`` per parameter, and the mean of the gradients SGD applies.
+
+        The local layers are not corrected: they have no global model to drift from.
+        """
+        check_sgd(optimizer)
+        if self._control is None:
+            self._control = ControlVariate(self._scaffold_path)
+        correction = torch_tensors(self._control.correction(weights, config), self.model)
+        for name in self._local.names:
+            if name in correction:  # a buffer has none
+                correction[name].zero_()
+        return correction, GradientMean(self.model, optimizer)
 
     def _loss_before(self) -> float:
         """q-FedAvg's loss on ``train_loader`` at the loaded weights; 0.0 without examples.
