@@ -202,3 +202,27 @@ def test_dp_charges_a_formula_as_its_aggregates() -> None:
     filtered = _dp("SELECT COUNT(1) FILTER (WHERE age > 60) FROM patients")
     for key in ("releases", "noise_multiplier", "epsilon", "site_spent"):
         assert filtered[key] == counted[key], key
+
+
+def test_dp_formula_stays_within_what_the_bounds_allow() -> None:
+    # noise can take a ratio of a noisy sum and count far past the column's bounds,
+    # and a difference with a count below what the count allows; each step is kept in
+    sql = (
+        "SELECT SUM(los) / COUNT(los) AS mean, SUM(los) / COUNT(*) AS per_row, "
+        "AVG(age) / COUNT(*) AS ratio, -COUNT(*) - 1 AS neg, AVG(age) + 1 AS shifted "
+        "FROM patients GROUP BY sex"
+    )
+    shown = 0
+    for _ in range(12):
+        df = query(_sites(), sql, secure=False, epsilon=0.05)
+        for col, (low, high) in {
+            "mean": (0, 60),
+            "per_row": (0, 60),
+            "ratio": (0, math.inf),
+            "neg": (-math.inf, -1),
+            "shifted": (1, 121),
+        }.items():
+            got = df[col].dropna()
+            shown += len(got)
+            assert ((got >= low) & (got <= high)).all(), (col, list(got))
+    assert shown > 0

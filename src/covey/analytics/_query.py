@@ -353,7 +353,8 @@ class _Query:
     ) -> pd.DataFrame:
         keys = list(itertools.product(*(self.decl["domains"][c] for c in self.plan.group_by)))
         p = self.plan
-        data = answer_columns(p.outputs, p.aggregates, keys, columns, suppressed, p.formulas)
+        noisy = None if self.multiplier is None else self.decl["bounds"]  # formulas kept in
+        data = answer_columns(p.outputs, p.aggregates, keys, columns, suppressed, p.formulas, noisy)
         df = pd.DataFrame(data, index=pd.RangeIndex(len(keys)))
         privacy = None
         if self.multiplier is not None:

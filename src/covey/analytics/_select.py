@@ -10,7 +10,7 @@ would hold as one, are refused, naming them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from sqlglot import exp
 from sqlglot.tokens import TokenType  # type: ignore[attr-defined]
 
 from covey.analytics._formula import Formula, attach, evaluate, is_formula, read_formula
+from covey.analytics._formula_range import within
 from covey.analytics._sqlclauses import alias_hint, qualified
 from covey.analytics._sqltext import DIALECT, QueryError, SqlText, fold
 
@@ -140,6 +141,7 @@ def answer_columns(
     values: dict[str, Any],
     suppressed: np.ndarray,
     formulas: Sequence[Formula] = (),
+    noisy: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, Any]:
     """The answer's columns in order: each group's keys, and each aggregate's values.
 
@@ -151,6 +153,9 @@ def answer_columns(
             by the aggregate's name.
         suppressed: Which groups are suppressed (their values NaN).
         formulas: The plan's formulas, evaluated over the aggregates' values.
+        noisy: Under DP, the columns' public bounds: each step of a formula is kept
+            within the range they give its true value
+            (:mod:`~covey.analytics._formula_range`); None evaluates it as written.
     """
     data: dict[str, Any] = {}
     for out in outputs:
@@ -158,7 +163,11 @@ def answer_columns(
             data[out.name] = [k[out.index] for k in keys]
             continue
         if out.kind == "formula":
-            found = evaluate(formulas[out.index].term, [values[a.name] for a in aggregates])
+            term, operands = formulas[out.index].term, [values[a.name] for a in aggregates]
+            if noisy is None:
+                found = evaluate(term, operands)
+            else:
+                found = within(term, operands, aggregates, noisy)
             data[out.name] = np.where(suppressed, np.nan, found)
             continue
         found = values[aggregates[out.index].name]
