@@ -20,6 +20,7 @@ import numpy as np
 from sqlglot import exp
 
 from covey.analytics._sqltext import DIALECT, QueryError, SqlText
+from covey.analytics._sqlwritten import source
 
 MAX_DEPTH = 64  # how deep a formula may nest (evaluated by recursion at the server)
 SCALAR = frozenset(
@@ -98,7 +99,7 @@ class _Reading:
             return ("num", value)
         if _is_call(node):
             return ("agg", self.aggregate(node))
-        shown = node.sql(DIALECT)
+        shown = source(node, self.loc) or node.sql(DIALECT)
         what = f"the column {shown}" if isinstance(node, exp.Column) else shown
         within = "" if depth == 0 else f" in {self.name}"
         raise QueryError(

@@ -22,7 +22,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
-from covey.analytics import _sqlclauses, _sqlfilter
+from covey.analytics import _sqlclauses, _sqlfilter, _sqlwritten
 from covey.analytics._formula import Formula
 from covey.analytics._select import Output, refuse_empty_names, select_list
 from covey.analytics._sqltext import DIALECT, QueryError, SqlText
@@ -150,7 +150,7 @@ def _literal(node: exp.Expression | None, what: str, loc: SqlText) -> float | in
 def _column(node: exp.Expression | None, func: str, loc: SqlText) -> str:
     if isinstance(node, exp.Column) and not node.table:
         return str(node.name)
-    shown = node.sql(DIALECT) if node is not None else "nothing"
+    shown = "nothing" if node is None else _sqlwritten.source(node, loc) or node.sql(DIALECT)
     hint = ""
     if node is not None and node.find(exp.Case, exp.If) is not None:
         hint = (
@@ -317,11 +317,18 @@ _OPERATORS: dict[type, str] = {  # as written, not as sqlglot names them
     exp.BitwiseNot: "~",
     exp.SimilarTo: "SIMILAR TO",
     exp.Bracket: "[",
+    exp.JSONExtract: "->",
+    exp.JSONExtractScalar: "->>",
 }
 
 
-def _label(node: Any) -> str:
+def _label(node: Any, loc: SqlText) -> str:
     """How the query wrote ``node``: its operator (its first token) or function name."""
+    if isinstance(node, exp.Func) and "start" in node.meta:  # called by its name
+        return str(loc.sql[node.meta["start"] : node.meta["end"] + 1]).upper()
+    written = _sqlwritten.operator(node, loc)
+    if written is not None:
+        return written
     if type(node) in _OPERATORS:
         return _OPERATORS[type(node)]
     return _fname(node) if isinstance(node, exp.Func) else node.key.upper()
@@ -351,12 +358,14 @@ def _check_where(where: exp.Expression, loc: SqlText) -> tuple[str, tuple[str, .
             raise QueryError(f"subqueries in WHERE{loc.nth('SELECT', 2)} are not supported")
         allowed = isinstance(node, _WHERE_NODES) or _typed_literal(node) or _escape(node, loc)
         if not allowed:
-            label = _label(node)
+            label = _label(node, loc)
+            hint = _sqlwritten.instead(label, node)
             raise QueryError(
-                f"{label}{loc.where(label) or loc.where('WHERE')} is not allowed in WHERE; use "
-                "comparisons (=, <>, <, <=, >, >=), BETWEEN, IN, LIKE (ESCAPE '!' too), IS [NOT] "
-                "NULL, AND, OR, NOT and + - * / on columns and literals (DATE '2024-01-31' among "
-                "them)"
+                f"{label}{loc.where(label) or loc.where('WHERE')} is not allowed in WHERE; "
+                + (f"{hint}; " if hint else "")
+                + "use comparisons (=, <>, <, <=, >, >=), BETWEEN, IN, LIKE (ESCAPE '!' too), "
+                "IS [NOT] NULL, AND, OR, NOT and + - * / on columns and literals (DATE "
+                "'2024-01-31' among them)"
             )
         if isinstance(node, exp.Column):
             if node.table:

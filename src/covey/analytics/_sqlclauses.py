@@ -8,6 +8,7 @@ from __future__ import annotations
 from sqlglot import exp
 
 from covey.analytics._sqltext import DIALECT, TABLE_NAME, QueryError, SqlText, fold
+from covey.analytics._sqlwritten import source
 
 _REFUSED_CLAUSES = {
     "joins": ("JOIN", "joins across tables or sites are not supported"),
@@ -91,7 +92,7 @@ def qualified(node: exp.Column, loc: SqlText) -> QueryError:
 
 def _not_a_column(node: exp.Expression, loc: SqlText) -> QueryError:
     """The refusal of a GROUP BY item that is no plain column, saying what to write."""
-    got = node.sql(DIALECT)
+    got = source(node, loc) or node.sql(DIALECT)
     hint = ""
     if isinstance(node, exp.Literal) and not node.is_string:
         hint = " (a position in the SELECT list is not supported: name the column)"
