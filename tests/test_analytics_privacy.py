@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -143,7 +144,7 @@ def test_a_site_budget_is_enforced_and_the_reason_shown() -> None:
     # it said "the site's privacy budget is spent" with a third of it left
     with pytest.raises(PolicyError, match="privacy budget cannot pay for this query") as info:
         query(sites, "SELECT SUM(age) FROM p", secure=False, epsilon=1.0)
-    assert "would take it to 1.994; ask with a smaller epsilon" in str(info.value)
+    assert "would take it to 1.994; ask with epsilon " in str(info.value)
     multiplier = _dp.calibrate("laplace", 1.0, 1e-6, 1)
     event = _dp.event("laplace", multiplier, 1)
     budget = _dp.Budget(epsilon=_dp.cost("laplace", multiplier, 1, 1e-6), delta=1e-6)
@@ -406,3 +407,26 @@ def test_a_site_charges_a_query_at_its_own_delta(mechanism: str, charged: float)
     for site in sites:
         assert site.epsilon_spent == pytest.approx(charged, abs=0.01)
         assert df.attrs["privacy"]["site_spent"][site.name] == site.epsilon_spent
+
+
+def test_a_query_over_the_budget_is_told_the_largest_epsilon_that_fits() -> None:
+    # it said "ask with a smaller epsilon", and the budget composes by RDP, so what
+    # is left is not the limit minus what is spent: the largest epsilon is searched
+    sites = _sites(2, budget=1.5)
+    query(sites, "SELECT COUNT(*) FROM p", secure=False, epsilon=1.0)
+    sql = "SELECT COUNT(*), SUM(age) FROM p WHERE age > 30"
+    with pytest.raises(PolicyError, match="cannot pay for this query") as info:
+        query(sites, sql, secure=False, epsilon=1.0)
+    found = re.search(r"ask with epsilon ([0-9.e-]+) or less \(at delta 1e-06\)", str(info.value))
+    assert found is not None, str(info.value)
+    most = float(found.group(1))
+    assert 0 < most != 0.5  # not the 0.5 left: RDP composition is not additive
+    bigger = most * 1.02
+    with pytest.raises(PolicyError, match="cannot pay for this query"):
+        query(sites, sql, secure=False, epsilon=bigger)
+    query(sites, sql, secure=False, epsilon=most)  # answered, within the budget
+    assert all(s.epsilon_spent <= 1.5 for s in sites)
+    analyst = Analyst(epsilon=0.5)
+    query(_sites(2), "SELECT COUNT(*) FROM p", secure=False, epsilon=0.3, analyst=analyst)
+    with pytest.raises(PermissionError, match=r"ask with epsilon 0\.[0-9]+ or less"):
+        query(_sites(2), sql, secure=False, epsilon=0.3, analyst=analyst)

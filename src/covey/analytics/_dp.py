@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 else:
     from covey.privacy._dpa import dpa
 
+from covey.analytics._budget_fit import largest_fit
 from covey.core._messages import finite, real, shown
 from covey.privacy import Ledger
 from covey.privacy._accounting import check_target_epsilon, statement
@@ -276,12 +277,23 @@ class Budget:
             if self._spent >= self.epsilon * (1 - 1e-9):
                 said, hint = "is spent", ""
             else:  # "is spent" with two thirds of it left sent analysts looking for a leak
-                said, hint = f"cannot pay for this {what}", "; ask with a smaller epsilon"
+                said, hint = f"cannot pay for this {what}", self._fit(dp_event)
             raise PermissionError(
                 f"{self.owner}'s privacy budget {said}: epsilon {self._spent:.4g} of "
                 f"{self.epsilon:.4g} used, this {what} would take it to {after:.4g}{hint}"
             )
         return ledger, after
+
+    def _fit(self, dp_event: dpa.DpEvent) -> str:
+        """What a query like ``dp_event`` could ask for within what is left."""
+        limit = float(self.epsilon or 0.0)
+        most = largest_fit(self._ledger, dp_event, limit, self.delta)
+        if most is None:
+            return (
+                f"; epsilon {limit - self._spent:.4g} of it is left, which no noise fits a "
+                "query of these releases in as the accountant composes it"
+            )
+        return f"; ask with epsilon {most:.3g} or less (at delta {self.delta:g})"
 
     def record(self, dp_event: dpa.DpEvent) -> float:
         """Record an event already released, even past the budget; return the epsilon spent.

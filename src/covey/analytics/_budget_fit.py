@@ -1,0 +1,69 @@
+"""The largest epsilon a query refused for its budget could have asked for and been paid.
+
+A budget composes its events with the RDP accountant (:class:`covey.privacy.Ledger`),
+so what is left is not the limit minus the epsilon spent: a query of ``n``
+releases fits when the ledger with its event added stays within the limit. The
+noise multiplier that just fits is found by bisection over that same ledger
+(more noise never costs more), and the epsilon shown is what a query of those
+releases at that multiplier costs, rounded down to three significant digits and
+checked by calibrating a query to it as the server would.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from covey.privacy import Ledger
+
+_STEPS = 48  # bisection steps over log(multiplier): a relative precision of about 1e-12
+
+
+def _mechanism(dp_event: Any) -> tuple[str, float, int] | None:
+    """``(mechanism, multiplier, releases)`` of a query's event, or None if not one."""
+    inner, releases = getattr(dp_event, "event", None), getattr(dp_event, "count", None)
+    name = type(inner).__name__
+    multiplier = getattr(inner, "noise_multiplier", None)
+    if name not in ("LaplaceDpEvent", "GaussianDpEvent") or not isinstance(releases, int):
+        return None
+    if not isinstance(multiplier, int | float):
+        return None
+    return ("laplace" if name.startswith("Laplace") else "gaussian"), float(multiplier), releases
+
+
+def largest_fit(ledger: Ledger, dp_event: Any, limit: float, delta: float) -> float | None:
+    """The largest epsilon at ``delta`` a query like ``dp_event`` may ask for within ``limit``.
+
+    None when no noise fits (what is spent already reaches the limit as the
+    accountant composes) or ``dp_event`` is no query's event.
+    """
+    from covey.analytics import _dp
+
+    found = _mechanism(dp_event)
+    if found is None:
+        return None
+    mechanism, refused, releases = found
+
+    def fits(multiplier: float) -> bool:
+        event = _dp.event(mechanism, multiplier, releases)
+        return bool(ledger.add(event).epsilon(delta) <= limit * (1 + 1e-9))
+
+    most = _dp._MOST_NOISE
+    if refused >= most or not fits(most):
+        return None
+    low, high = math.log(refused), math.log(most)  # low does not fit, high does
+    for _ in range(_STEPS):
+        mid = (low + high) / 2
+        low, high = (low, mid) if fits(math.exp(mid)) else (mid, high)
+    epsilon = _dp.cost(mechanism, math.exp(high), releases, delta)
+    for _ in range(8):  # rounded down, and checked as the server calibrates it
+        digits = 2 - math.floor(math.log10(epsilon))
+        shown = math.floor(epsilon * 10**digits) / 10**digits
+        try:
+            if shown > 0 and fits(_dp.calibrate(mechanism, shown, delta, releases)):
+                return float(shown)
+        except ValueError:
+            return None
+        epsilon *= 0.99
+    return None
