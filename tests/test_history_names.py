@@ -155,6 +155,20 @@ def test_best_round_of_a_neg_metric_is_its_highest() -> None:
     assert h.best_round("neg_log_loss", mode="min") == (1, -0.9)
 
 
+def test_best_round_of_a_regressors_error_is_its_lowest() -> None:
+    # SklearnClient reports a regressor's "mae" (beside "r2"); best_round took it for a
+    # score, higher being better, and gave the round of the worst model.
+    h = covey.History(
+        [
+            RoundRecord(r, central_metrics={"mae": m, "val_rmse": m, "r2": 1 - m})
+            for r, m in ((1, 0.9), (2, 0.3), (3, 0.5))
+        ]
+    )
+    assert h.best_round("mae") == (2, 0.3)
+    assert h.best_round("val_rmse") == (2, 0.3)
+    assert h.best_round("r2") == (2, 0.7)
+
+
 def test_to_pandas_and_the_rounds_table_show_a_metric_named_loss() -> None:
     h = named_like_a_loss()
     frame = h.to_pandas()

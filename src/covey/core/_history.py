@@ -192,7 +192,8 @@ class History:
             name: The metric (``"accuracy"``), or ``"loss"``, as :meth:`metric` names it.
             mode: ``"max"`` when higher is better (accuracy), ``"min"`` when lower is (loss).
                 None (the default): ``"min"`` for a loss, a name one of whose words
-                is ``loss`` (``"loss"``, ``"train_loss"``, ``"val-loss"``), else ``"max"``,
+                is ``loss`` (``"loss"``, ``"train_loss"``, ``"val-loss"``) or a
+                regressor's error (``"mae"``, ``"mse"``, ``"rmse"``), else ``"max"``,
                 a ``neg_`` name included (scikit-learn's ``"neg_log_loss"``, higher is better).
             source: ``"central"`` (``evaluate_fn``), ``"evaluate"`` (federated
                 evaluation) or ``"fit"`` (clients' training metrics).
@@ -374,14 +375,19 @@ def lacks_evaluate(failure: Failure) -> bool:
     return failure.error.endswith("does not implement evaluate()")
 
 
-def is_loss(name: str) -> bool:
-    """Whether a metric named ``name`` is a loss, lower being better: one of its words is loss.
+_ERRORS = frozenset({"loss", "mse", "mae", "rmse"})
 
-    A name starting with ``neg_`` is a negated loss, higher being better, as
-    scikit-learn's scores are (``neg_log_loss``, ``neg_mean_squared_error``).
+
+def is_loss(name: str) -> bool:
+    """Whether a metric named ``name`` is a loss, lower being better.
+
+    One of its words is ``loss``, or an error a regressor reports (``mse``,
+    ``mae``, ``rmse``). A name starting with ``neg_`` is a negated loss, higher
+    being better, as scikit-learn's scores are (``neg_log_loss``,
+    ``neg_mean_squared_error``).
     """
     lower = name.lower()
-    return not lower.startswith("neg_") and "loss" in re.split(r"[^a-z0-9]+", lower)
+    return not lower.startswith("neg_") and not _ERRORS.isdisjoint(re.split(r"[^a-z0-9]+", lower))
 
 
 def metric_points(history: History, name: str, source: Source) -> list[tuple[int, float]]:
