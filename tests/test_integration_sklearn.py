@@ -35,7 +35,7 @@ def _data(classes: int, n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndar
 
 def test_a_model_the_client_cannot_federate_is_named() -> None:
     x, y = _data(2)
-    with pytest.raises(TypeError, match="federates classifiers; SGDRegressor is not one"):
+    with pytest.raises(ValueError, match="SGDRegressor is a regressor: give it no classes"):
         SklearnClient(SGDRegressor(), x, y.astype(float), classes=[0, 1])
     with pytest.raises(TypeError, match="RidgeClassifier has neither partial_fit nor warm_start"):
         SklearnClient(RidgeClassifier(), x, y, classes=[0, 1])

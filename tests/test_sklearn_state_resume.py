@@ -17,13 +17,18 @@ import numpy as np
 import pytest
 import covey
 from sklearn.linear_model import SGDClassifier
-from sklearn.neural_network import MLPClassifier
+from sklearn.neural_network import MLPClassifier, MLPRegressor
 from covey.sklearn import SklearnClient, initial_params
+
+REGRESSOR = os.environ.get("COVEY_TEST_MODEL") == "mlp-regressor"
+CLASSES = None if REGRESSOR else [0, 1]
 
 
 def data(cid):
     rng = np.random.default_rng(cid)
     x = rng.normal(size=(20 + 5 * cid, 4)) + 0.3 * cid
+    if REGRESSOR:
+        return x, x @ [1.0, -2.0, 0.5, 0.0] + 0.1 * rng.normal(size=len(x))
     return x, (x[:, 0] + x[:, 1] > 0.3 * cid).astype(int)
 
 
@@ -39,13 +44,16 @@ def make(cid=0):
     if os.environ.get("COVEY_TEST_MODEL") == "sgd-average":
         return SGDClassifier(loss="log_loss", average=True, learning_rate="invscaling",
                              eta0=0.1, random_state=cid)
+    if REGRESSOR:
+        return MLPRegressor(hidden_layer_sizes=(5,), solver="adam", learning_rate_init=0.01,
+                            random_state=cid)
     return MLPClassifier(hidden_layer_sizes=(5,), solver="adam", learning_rate_init=0.01,
                          random_state=cid)
 
 
 def client(cid, states):
     model = make(cid)
-    made = Killed(model, *data(cid), classes=[0, 1],
+    made = Killed(model, *data(cid), classes=CLASSES,
                   state_path=None if states is None else Path(states) / f"s{cid}.bin")
     made.cid = cid
     return made
@@ -57,7 +65,7 @@ def run(run_dir, states, resume, rounds=5):
         num_clients=3,
         rounds=rounds,
         strategy=covey.FedAvg(fraction_evaluate=0.0),
-        initial_weights=initial_params(make(), 4, [0, 1], seed=0),
+        initial_weights=initial_params(make(), 4, CLASSES, seed=0),
         run_dir=run_dir,
         resume=resume,
     )
@@ -68,13 +76,14 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("model", ["mlp", "sgd-average"])
+@pytest.mark.parametrize("model", ["mlp", "sgd-average", "mlp-regressor"])
 def test_a_killed_run_resumes_with_its_clients_optimiser_state(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str
 ) -> None:
     # The MLP's Adam moments lived in the model object only: a run resumed after a kill
     # started every client's optimiser afresh and ended elsewhere than the run never stopped.
     # SGDClassifier(average=True) averages from the global weights each round, by its t_.
+    # An MLPRegressor keeps its Adam moments as the classifier does.
     monkeypatch.setenv("COVEY_TEST_MODEL", model)
     namespace, whole = killed_then_resumed(tmp_path, SCRIPT, "mlp_run", "s")
     run = namespace["run"]

@@ -11,9 +11,16 @@ classifiers that train on from given parameters, with ``partial_fit`` or
                                           classes=[0, 1])
     start = initial_params(SGDClassifier(), num_features=30, classes=[0, 1])
 
-``get_params``, ``set_params``, ``initial_params`` and ``prime`` also serve
-linear regressors and MLP regressors, for a client written by hand. Estimators
-of other kinds (trees, naive Bayes, clustering, a ``Pipeline``), and options
+A regressor that trains on with ``partial_fit`` (``SGDRegressor``,
+``MLPRegressor``, ``PassiveAggressiveRegressor``) federates the same way, without
+classes, reporting the mean squared error as its loss with R^2 and MAE::
+
+    client_fn = lambda cid: SklearnClient(SGDRegressor(), *shards[cid])
+    start = initial_params(SGDRegressor(), num_features=10)
+
+``get_params``, ``set_params``, ``initial_params`` and ``prime`` also serve the
+other linear regressors (``Ridge``, ``HuberRegressor``, ...), for a client written
+by hand. Estimators of other kinds (trees, naive Bayes, clustering, a ``Pipeline``), and options
 that cannot train on from the global parameters (``early_stopping``,
 ``class_weight="balanced"`` with ``partial_fit``, the ``liblinear`` solver),
 are refused, naming what to use instead.

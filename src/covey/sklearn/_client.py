@@ -1,4 +1,4 @@
-"""A ready :class:`covey.Client` for scikit-learn linear models and MLPs."""
+"""A ready :class:`covey.Client` for scikit-learn linear models and MLPs (and regressors)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from covey.clients._scaffold import server_control
 from covey.core import Config, EvaluateResult, FitResult
 from covey.core._qfair import loss_before_fit
 from covey.core._weights import Array, Weights
-from covey.sklearn._params import _outputs, features, get_params, is_mlp, prime, set_params
+from covey.sklearn._inputs import check_labels, class_labels, model_kind, sample_weights
+from covey.sklearn._params import features, get_params, is_mlp, prime, set_params
 from covey.sklearn._rate import checked_rate, rate_name, set_rate
+from covey.sklearn._regress import evaluate_regressor, regression_targets, train_loss
 from covey.sklearn._support import check_kind, check_options
 from covey.sklearn._trainstate import capture, check, restore
 
@@ -25,25 +27,31 @@ __all__ = ["SklearnClient", "evaluate_model"]
 
 
 def evaluate_model(
-    model: Any, x: npt.ArrayLike, y: npt.ArrayLike, classes: Sequence[Any]
+    model: Any, x: npt.ArrayLike, y: npt.ArrayLike, classes: Sequence[Any] | None = None
 ) -> tuple[float, dict[str, float]]:
-    """The loss and accuracy of a fitted classifier on ``x, y``.
+    """The loss and accuracy of a fitted classifier on ``x, y``; a regressor's loss, R^2, MAE.
 
-    The loss is the log loss when the model gives probabilities
-    (``predict_proba``), else the error rate ``1 - accuracy``.
+    A classifier's loss is the log loss when the model gives probabilities
+    (``predict_proba``), else the error rate ``1 - accuracy``. A regressor's is
+    the mean squared error, with R^2 and the mean absolute error as metrics (over
+    several outputs, the mean of each output's).
 
     Args:
-        model: A fitted (or primed and set) classifier.
+        model: A fitted (or primed and set) classifier or regressor.
         x: Features.
-        y: Labels.
+        y: Labels, or a regressor's targets.
         classes: Every class label, so that the log loss is defined when ``y``
-            lacks some of them.
+            lacks some of them (None: the model's ``classes_``; a regressor's).
 
     Returns:
-        ``(loss, {"accuracy": ...})``.
+        ``(loss, {"accuracy": ...})``, or ``(mse, {"r2": ..., "mae": ...})`` for a
+        regressor.
     """
+    from sklearn.base import is_regressor
     from sklearn.metrics import accuracy_score, log_loss
 
+    if is_regressor(model):
+        return evaluate_regressor(model, features(x), y)
     y_arr = np.asarray(y)
     accuracy = float(accuracy_score(y_arr, model.predict(x)))
     if hasattr(model, "predict_proba"):
@@ -53,68 +61,10 @@ def evaluate_model(
             proba = None
         if proba is not None:
             # the columns of proba follow the model's (sorted) classes_, not the order given
-            labels = list(getattr(model, "classes_", np.unique(np.asarray(classes))))
+            given = np.unique(np.asarray([] if classes is None else classes))
+            labels = list(getattr(model, "classes_", given))
             return float(log_loss(y_arr, proba, labels=labels)), {"accuracy": accuracy}
     return 1.0 - accuracy, {"accuracy": accuracy}
-
-
-def _labels(y: npt.ArrayLike, name: str) -> npt.NDArray[Any]:
-    """``y`` as one label per example; a column vector ``(n, 1)`` is flattened."""
-    arr = np.asarray(y)
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr.ravel()
-    if arr.ndim != 1:
-        raise ValueError(
-            f"{name} must hold one label per example, got shape {arr.shape} "
-            "(multi-output classifiers are not supported)"
-        )
-    return arr
-
-
-def _check_labels(y: npt.NDArray[Any], classes: list[Any], name: str) -> None:
-    """Refuse labels that are not among ``classes`` (the model has no output for them)."""
-    known = set(classes)
-    unknown = [label for label in np.unique(y).tolist() if label not in known]
-    if unknown:
-        raise ValueError(
-            f"{name} holds labels {unknown[:10]} that are not among classes={classes}: "
-            "give every class label of the federation as classes"
-        )
-
-
-def _sample_weight(
-    sample_weight: npt.ArrayLike | None, model: Any, method: str, n: int
-) -> npt.NDArray[np.float64] | None:
-    """``sample_weight`` checked: one finite weight >= 0 per training example, some > 0."""
-    if sample_weight is None:
-        return None
-    import inspect
-
-    name = type(model).__name__
-    if "sample_weight" not in inspect.signature(getattr(model, method)).parameters:
-        raise TypeError(
-            f"sample_weight was given, but {name}.{method} takes no sample_weight: use an "
-            "estimator that does (e.g. SGDClassifier, LogisticRegression, MLPClassifier), "
-            "or leave sample_weight out"
-        )
-    try:
-        weights = np.asarray(sample_weight, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"sample_weight must be numbers, got {type(sample_weight).__name__}"
-        ) from None
-    if weights.ndim == 2 and weights.shape[1] == 1:
-        weights = weights.ravel()
-    if weights.shape != (n,):
-        raise ValueError(
-            f"sample_weight must hold one weight per training example ({n}), "
-            f"got shape {weights.shape}"
-        )
-    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
-        raise ValueError("sample_weight must be finite and >= 0")
-    if n and not np.any(weights > 0):
-        raise ValueError("sample_weight must have at least one weight > 0")
-    return weights
 
 
 def _refuse_gradient_changes(config: Config) -> None:
@@ -140,7 +90,11 @@ def _refuse_gradient_changes(config: Config) -> None:
 
 
 class SklearnClient(Client):
-    """Federate a scikit-learn classifier (``SGDClassifier``, ``LogisticRegression``, an MLP).
+    """Federate a scikit-learn classifier or regressor: a linear model or an MLP.
+
+    Classifiers: ``SGDClassifier``, ``LogisticRegression``, ``Perceptron``,
+    ``MLPClassifier``, ...; regressors: ``SGDRegressor``, ``MLPRegressor``,
+    ``PassiveAggressiveRegressor``.
 
     ``fit`` sets the global parameters into the model and trains locally:
     ``epochs`` calls of ``partial_fit`` (one pass each) for models that have
@@ -148,6 +102,17 @@ class SklearnClient(Client):
     ``max_iter`` bounds the local work; ``warm_start`` is switched on). It
     returns the new parameters. ``evaluate`` gives the log loss (or error
     rate) and accuracy on the test data.
+
+    A regressor takes no ``classes``: its targets are finite numbers, one per
+    example (or, for an ``MLPRegressor`` with several outputs, one row each).
+    It trains with ``partial_fit`` only, so ``SGDRegressor``,
+    ``PassiveAggressiveRegressor`` and ``MLPRegressor`` with ``solver="sgd"`` or
+    ``"adam"`` federate; regressors that refit from scratch (``Ridge``,
+    ``LinearRegression``, an ``lbfgs`` MLP) are refused, naming these.
+    ``fit`` reports the mean squared error on the training data after training
+    as ``train_loss``, and ``evaluate`` the mean squared error as the loss with
+    ``{"r2": ..., "mae": ...}``, which the server averages weighted by examples
+    (so ``"r2"`` is the mean of the clients' own R^2, each against its own mean).
 
     The fit config may override ``"epochs"`` and ``"lr"`` per round: the rate
     (a number > 0) is set as ``eta0`` of an SGD-trained linear model under the
@@ -173,45 +138,51 @@ class SklearnClient(Client):
     ``LogisticRegression(solver="liblinear")``, which ignores ``warm_start``.
 
     ``sample_weight`` (one weight per training example) is passed to every
-    ``partial_fit`` (or ``fit``) call and weights ``train_accuracy``; an
-    estimator whose training method takes no ``sample_weight`` is refused
-    here. ``num_examples`` stays the number of training examples (not the
-    sum of the weights), so FedAvg weighs clients by their example counts
-    whatever scale each client's weights have. Evaluation is unweighted.
+    ``partial_fit`` (or ``fit``) call and weights ``train_accuracy`` (a
+    regressor's ``train_loss``); an estimator whose training method takes no
+    ``sample_weight`` is refused here. ``num_examples`` stays the number of
+    training examples (not the sum of the weights), so FedAvg weighs clients
+    by their example counts whatever scale each client's weights have.
+    Evaluation is unweighted.
 
     Args:
-        model: An unfitted estimator, e.g. ``SGDClassifier(loss="log_loss")``.
+        model: An unfitted estimator, e.g. ``SGDClassifier(loss="log_loss")`` or
+            ``SGDRegressor()``.
         x_train: Local training features (an array or a SciPy sparse matrix); 0
             rows (an empty partition) make a client whose fit replies 0 examples.
-        y_train: Local training labels.
+        y_train: Local training labels, or a regressor's targets.
         classes: Every class label of the federation (a client may lack some; a
-            label of y_train or y_test outside them is refused).
+            label of y_train or y_test outside them is refused). None (or left
+            out) for a regressor, and given for a classifier.
         x_test: Local test features (None, with ``y_test`` None: evaluate on
             the training data).
-        y_test: Local test labels, one per row of ``x_test``.
+        y_test: Local test labels (or targets), one per row of ``x_test``.
         epochs: ``partial_fit`` passes per round.
         sample_weight: One finite weight >= 0 per training example, aligned
             with ``y_train`` (None: every example counts once).
         state_path: A file in which the client keeps what its model carries from
             round to round besides the weights (an MLP's optimiser: Adam's moments,
             SGD's velocities; the sample counter ``t_`` that a learning-rate schedule
-            and ``SGDClassifier(average=True)``'s running average, begun from the
-            global parameters each round, read), for each of its last three rounds, so
-            that a resumed simulation whose ``client_fn`` builds the client again, or
-            a restarted deployed client, trains on as the run never stopped (a round
-            sent again starts from the state before it). A file that is not this
-            client's (another model's, damaged) is refused, naming it. None keeps it
-            in the model only.
+            and ``average=True``'s running average of ``SGDClassifier`` and
+            ``SGDRegressor``, begun from the global parameters each round, read), for
+            each of its last three rounds, so that a resumed simulation whose
+            ``client_fn`` builds the client again, or a restarted deployed client,
+            trains on as the run never stopped (a round sent again starts from the
+            state before it). A file that is not this client's (another model's,
+            damaged) is refused, naming it. None keeps it in the model only.
 
     Example:
         >>> import numpy as np
-        >>> from sklearn.linear_model import SGDClassifier
+        >>> from sklearn.linear_model import SGDClassifier, SGDRegressor
         >>> from covey.sklearn import SklearnClient, initial_params
         >>> x, y = np.random.default_rng(0).normal(size=(20, 3)), np.arange(20) % 2
         >>> client = SklearnClient(SGDClassifier(random_state=0), x, y, classes=[0, 1])
         >>> start = initial_params(SGDClassifier(), 3, [0, 1])
         >>> client.fit(start, {"round": 1}).num_examples
         20
+        >>> regressor = SklearnClient(SGDRegressor(random_state=0), x, x @ [1.0, 2.0, 0.5])
+        >>> sorted(regressor.fit(initial_params(SGDRegressor(), 3), {"round": 1}).metrics)
+        ['train_loss']
     """
 
     def __init__(
@@ -219,7 +190,7 @@ class SklearnClient(Client):
         model: Any,
         x_train: npt.ArrayLike,
         y_train: npt.ArrayLike,
-        classes: Sequence[Any],
+        classes: Sequence[Any] | None = None,
         x_test: npt.ArrayLike | None = None,
         y_test: npt.ArrayLike | None = None,
         *,
@@ -231,14 +202,14 @@ class SklearnClient(Client):
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
         self.model = model
-        self.x_train, self.y_train = features(x_train), _labels(y_train, "y_train")
+        check_kind(model)
+        self.classes = model_kind(model, classes)
+        self.x_train, self.y_train = features(x_train), self._targets(y_train, "y_train")
         if self.x_train.shape[0] != len(self.y_train):
             raise ValueError(
                 f"x_train and y_train need the same length, got "
                 f"{self.x_train.shape[0]} and {len(self.y_train)}"
             )
-        self.classes = list(classes)
-        _outputs(self.classes)  # at least two, distinct
         if (x_test is None) != (y_test is None):
             raise ValueError(
                 "x_test and y_test go together: give both, or neither to evaluate on the "
@@ -247,23 +218,14 @@ class SklearnClient(Client):
         if x_test is None or y_test is None:
             self.x_test, self.y_test = self.x_train, self.y_train
         else:
-            self.x_test, self.y_test = features(x_test), _labels(y_test, "y_test")
+            self.x_test, self.y_test = features(x_test), self._targets(y_test, "y_test")
             if self.x_test.shape[0] != len(self.y_test):
                 raise ValueError(
                     f"x_test and y_test need the same length, got {self.x_test.shape[0]} "
                     f"and {len(self.y_test)}"
                 )
-            _check_labels(self.y_test, self.classes, "y_test")
-        _check_labels(self.y_train, self.classes, "y_train")
+        self._check_test_set()
         self.epochs = epochs
-        from sklearn.base import is_classifier
-
-        check_kind(model)
-        if not is_classifier(model):
-            raise TypeError(
-                f"SklearnClient federates classifiers; {type(model).__name__} is not one "
-                "(write a covey.Client with covey.sklearn.get_params/set_params for it)"
-            )
         if not hasattr(model, "partial_fit"):
             if "warm_start" not in model.get_params():
                 raise TypeError(
@@ -277,10 +239,30 @@ class SklearnClient(Client):
             model.set_params(warm_start=False)
         check_options(model)
         method = "partial_fit" if hasattr(model, "partial_fit") else "fit"
-        self.sample_weight = _sample_weight(sample_weight, model, method, len(self.y_train))
+        self.sample_weight = sample_weights(sample_weight, model, method, len(self.y_train))
         self._rate_option, self._no_rate = rate_name(model)
         self._own_rate = None if self._rate_option is None else getattr(model, self._rate_option)
         self._rate_set = False  # a config's "lr" is in the model, not its own rate
+
+    def _targets(self, y: npt.ArrayLike, name: str) -> npt.NDArray[Any]:
+        """``y`` checked: a classifier's labels, or a regressor's finite targets."""
+        if self.classes is None:
+            return regression_targets(y, name, self.model)
+        return class_labels(y, name)
+
+    def _check_test_set(self) -> None:
+        """Refuse labels outside ``classes``, or test targets of another width than training's."""
+        if self.classes is not None:
+            if self.y_test is not self.y_train:
+                check_labels(self.y_test, self.classes, "y_test")
+            check_labels(self.y_train, self.classes, "y_train")
+            return
+        if self.y_test.shape[1:] != self.y_train.shape[1:]:
+            width = [1 if y.ndim == 1 else y.shape[1] for y in (self.y_train, self.y_test)]
+            raise ValueError(
+                f"y_train has {width[0]} target columns and y_test {width[1]}: give both "
+                "the targets of the same outputs"
+            )
 
     def _learning_rate(self, config: Config) -> None:
         """Set the config's ``"lr"`` as the model's rate, or put its own back after one."""
@@ -328,12 +310,13 @@ class SklearnClient(Client):
         Returns:
             The local parameters (in the dtypes of ``weights``), the number of
             training examples (a count, whatever ``sample_weight`` holds) and
-            ``{"train_accuracy": ...}`` (weighted by ``sample_weight``); when
+            ``{"train_accuracy": ...}`` (a regressor's ``{"train_loss": ...}``, the
+            mean squared error after training; weighted by ``sample_weight``); when
             q-FedAvg asks, also the loss of ``weights`` on the training data (as
             :meth:`evaluate` computes it) under the name it gives. Without
             training data (``x_train`` of 0 rows, an empty partition): ``weights``
             unchanged, ``num_examples=0`` (FedAvg weighs it by 0) and no
-            ``train_accuracy``; the model is left untouched.
+            ``train_accuracy`` (``train_loss``); the model is left untouched.
         """
         _refuse_gradient_changes(config)
         epochs = config.get("epochs", self.epochs)
@@ -371,17 +354,25 @@ class SklearnClient(Client):
                 self.model.fit(self.x_train, self.y_train, **weighted)
         if self._state is not None:
             self._state.keep(int(rnd), self._capture())
-        correct = self.model.predict(self.x_train) == self.y_train
-        accuracy = float(np.average(correct, weights=self.sample_weight))
         # in the global weights' dtypes (a model trained on float32 features has float32 ones)
         local = get_params(self.model)
         new = {k: v.astype(np.asarray(weights[k]).dtype, copy=False) for k, v in local.items()}
-        metrics: dict[str, Any] = {"train_accuracy": accuracy}
+        metrics: dict[str, Any] = self._train_metrics()
         if asked is not None:
             metrics[asked] = before
         return FitResult(weights=new, num_examples=len(self.y_train), metrics=metrics)
 
+    def _train_metrics(self) -> dict[str, Any]:
+        """``train_accuracy``, or a regressor's ``train_loss``, weighted by ``sample_weight``."""
+        if self.classes is None:
+            mse = train_loss(self.model, self.x_train, self.y_train, self.sample_weight)
+            return {"train_loss": mse}
+        correct = self.model.predict(self.x_train) == self.y_train
+        return {"train_accuracy": float(np.average(correct, weights=self.sample_weight))}
+
     def _check_every_class(self) -> None:
+        if self.classes is None:  # a regressor (an MLP trained with a warm-started fit)
+            return
         local = sorted(np.unique(self.y_train).tolist())
         if local != sorted(self.classes):
             raise ValueError(
@@ -392,16 +383,17 @@ class SklearnClient(Client):
             )
 
     def evaluate(self, weights: Weights, config: Config) -> EvaluateResult:
-        """The loss and accuracy of ``weights`` on the local test data.
+        """The loss and accuracy (a regressor's R^2 and MAE) of ``weights`` on the test data.
 
         Args:
             weights: The global parameters (read-only arrays).
             config: The round's config (unused).
 
         Returns:
-            The log loss (or error rate), the number of examples and the accuracy.
+            The log loss (or error rate), the number of examples and the accuracy;
+            for a regressor the mean squared error and ``{"r2": ..., "mae": ...}``.
             Without test data (``x_test`` of 0 rows, an empty partition): 0
-            examples, a NaN loss (weighed by 0) and no accuracy.
+            examples, a NaN loss (weighed by 0) and no metrics.
         """
         if len(self.y_test) == 0:
             return EvaluateResult(loss=float("nan"), num_examples=0, metrics={})

@@ -328,15 +328,15 @@ def _prime_regressor(model: Any, x: Any, y: npt.NDArray[Any]) -> None:
     if y.ndim == 2 and y.shape[1] == 1:  # one target: coef (features,), as initial_params
         y = y.ravel()
     _check_targets(model, 1 if y.ndim == 1 else y.shape[1])
-    if hasattr(model, "partial_fit"):  # an MLPRegressor has it whatever its solver
-        model.partial_fit(x, y)
-        return
     from sklearn.exceptions import ConvergenceWarning
 
     from covey.clients._quiet import ignoring
 
     with ignoring(ConvergenceWarning):  # what it learns is overwritten by set_params
-        model.fit(x, y)
+        if hasattr(model, "partial_fit"):  # an MLPRegressor has it whatever its solver (lbfgs
+            model.partial_fit(x, y)  # runs up to max_iter iterations from the weights set)
+        else:
+            model.fit(x, y)
 
 
 def _prime_mlp(model: Any, x: Any, y: npt.NDArray[Any], classes: Sequence[Any]) -> None:

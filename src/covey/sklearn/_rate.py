@@ -45,8 +45,8 @@ def rate_name(model: Any) -> tuple[str | None, str]:
         )
     return None, (
         f"{name} has no learning rate to set: use an estimator trained by SGD "
-        "(SGDClassifier with learning_rate='constant', an MLPClassifier with solver='sgd' "
-        "or 'adam')"
+        "(SGDClassifier or SGDRegressor with learning_rate='constant', an MLPClassifier or "
+        "MLPRegressor with solver='sgd' or 'adam')"
     )
 
 
