@@ -105,10 +105,10 @@ class SklearnClient(Client):
 
     A regressor takes no ``classes``: its targets are finite numbers, one per
     example (or, for an ``MLPRegressor`` with several outputs, one row each).
-    It trains with ``partial_fit`` only, so ``SGDRegressor``,
-    ``PassiveAggressiveRegressor`` and ``MLPRegressor`` with ``solver="sgd"`` or
-    ``"adam"`` federate; regressors that refit from scratch (``Ridge``,
-    ``LinearRegression``, an ``lbfgs`` MLP) are refused, naming these.
+    ``SGDRegressor``, ``PassiveAggressiveRegressor`` and ``MLPRegressor`` train
+    on from the global parameters with ``partial_fit`` (with ``solver="lbfgs"``,
+    up to ``max_iter`` iterations from them); regressors that refit from
+    scratch (``Ridge``, ``LinearRegression``) are refused, naming these.
     ``fit`` reports the mean squared error on the training data after training
     as ``train_loss``, and ``evaluate`` the mean squared error as the loss with
     ``{"r2": ..., "mae": ...}``, which the server averages weighted by examples
