@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 import covey
-from _procs import killed_then_resumed
+from _procs import killed_script, killed_then_resumed
 from covey.models import LogisticClient, logistic_init
 
 SCRIPT = """
@@ -79,3 +79,51 @@ def _memoryless(tmp_path: Path, namespace: dict[str, Any]) -> dict[str, np.ndarr
 
     run(False)
     return dict(run(True).weights)
+
+
+# The run kills itself in the first fit of round 3 while round 2's checkpoint is still
+# being written (held here for good): it resumes from round 1 and sends round 2 again, to
+# a client that has kept its c_i after round 2 and trained round 3 already.
+IN_FLIGHT = SCRIPT.replace(
+    'config["round"] == 3 and self.cid == 1', 'config["round"] == 3'
+).replace(
+    'if __name__ == "__main__":\n',
+    """if __name__ == "__main__":
+    import threading
+    from covey.server._store import RunStore
+
+    real = RunStore.save_round
+
+    def held(self, round, *args, **kwargs):
+        if round == 2:
+            threading.Event().wait()
+        return real(self, round, *args, **kwargs)
+
+    RunStore.save_round = held
+""",
+)
+
+
+def test_a_run_killed_while_its_checkpoint_is_written_resumes_with_the_control_variates(
+    tmp_path: Path,
+) -> None:
+    # The c_i file held c_i alone: a client built again from it started round 2 again
+    # from its c_i after round 2, and the run ended elsewhere than the one never stopped.
+    from covey.server._store import RunStore
+
+    assert IN_FLIGHT.count("threading.Event().wait()") == 1
+    assert 'config["round"] == 3:' in IN_FLIGHT
+    script = tmp_path / "scaffold_in_flight.py"
+    script.write_text(IN_FLIGHT)
+    (tmp_path / "killed").mkdir()
+    killed_script(script, tmp_path / "run", tmp_path / "killed")
+    with RunStore.open(tmp_path / "run") as store:
+        assert store.last_round() == 1
+    namespace: dict[str, Any] = {"__name__": "scaffold_in_flight"}
+    exec(compile(IN_FLIGHT, str(script), "exec"), namespace)
+    run = namespace["run"]
+    (tmp_path / "whole").mkdir()
+    whole = dict(run(tmp_path / "whole_run", tmp_path / "whole", False).weights)
+    resumed = dict(run(tmp_path / "run", tmp_path / "killed", True).weights)
+    for name, value in whole.items():
+        np.testing.assert_array_equal(resumed[name], value)

@@ -141,6 +141,38 @@ def test_a_deployed_client_keeps_its_control_variate_on_disk(tmp_path: Path) -> 
         restarted.correction(other, {"extras": {"scaffold_c": other}})
 
 
+def test_a_control_variate_file_of_an_earlier_version_is_read_as_c_i(tmp_path: Path) -> None:
+    # An earlier version's file holds c_i alone, by name (no rounds before it).
+    from covey.core._codec import encode
+
+    path = tmp_path / "scaffold.bin"
+    x, _ = make_round(np.random.default_rng(4))
+    path.write_bytes(bytes(encode({k: v + 1 for k, v in x.items()})))
+    control = clients.ControlVariate(path)
+    assert control.value is not None
+    assert control.value.keys() == x.keys()
+    for k, v in x.items():
+        np.testing.assert_array_equal(control.value[k], v + 1)
+
+
+def test_a_control_variate_built_again_from_its_file_rewinds_a_round_sent_again(
+    tmp_path: Path,
+) -> None:
+    # The c_i before each of the last rounds is in the file too: a client built again
+    # from it (a simulation resumed after a kill) starts round 1 again from zeros.
+    path = tmp_path / "scaffold.bin"
+    x, c = make_round(np.random.default_rng(5))
+    first = clients.ControlVariate(path)
+    for rnd in (1, 2):
+        first.correction(x, {"round": rnd, "extras": {"scaffold_c": c}})
+        first.fit_result({k: v + rnd for k, v in x.items()}, num_examples=1, steps=1, lr=1.0)
+    again = clients.ControlVariate(path)
+    correction = again.correction(x, {"round": 1, "extras": {"scaffold_c": c}})
+    for k, v in x.items():
+        want = c[k] if v.dtype.kind == "f" else np.zeros_like(v)
+        np.testing.assert_array_equal(correction[k], want)
+
+
 def test_helpful_errors() -> None:
     control = clients.ControlVariate()
     x, c = make_round(np.random.default_rng(3))

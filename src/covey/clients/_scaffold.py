@@ -69,9 +69,10 @@ class ControlVariate:
             (written atomically after every round); None keeps it in memory only.
 
     The ``c_i`` before each of the client's last two rounds is kept too (in
-    memory: two more references to arrays, no copies), so that a round a
-    resumed server sends again starts from the ``c_i`` it started from the
-    first time.
+    memory: two more references to arrays, no copies; and in ``path``, given
+    one), so that a round a resumed server sends again starts from the ``c_i``
+    it started from the first time, also for a client built again from
+    ``path`` (a simulation resumed after a kill).
 
     A server that says which round last took this client's update (the fit
     config's ``"scaffold_applied_round"``, sent by the round loop and by
@@ -91,7 +92,7 @@ class ControlVariate:
         self._round: tuple[Weights, Weights, int | None, bool] | None = None
         self._pending: tuple[int, dict[str, Array]] | None = None
         if self.path is not None and self.path.exists():
-            self.value = {k: np.array(v) for k, v in decode(self.path.read_bytes()).items()}
+            self._kept = read_kept(self.path)
         if self.path is not None:
             self._pending = read_pending(pending_path(self.path))
 
@@ -237,11 +238,55 @@ class ControlVariate:
         if self.path is None or self.value is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path, bytes(encode(self.value)))
+        atomic_write(self.path, bytes(encode(kept_arrays(self._kept))))
 
 
 def _round_of(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+# A file with this entry holds c_i under "c/<name>" and, for each of the client's last
+# rounds, the round under "before<i>/round" and the c_i before it under "before<i>/c/<name>"
+# (none: there was none yet). Without it (an earlier version's file): c_i by name alone.
+_KEPT_FORMAT = "covey:kept"
+
+
+def kept_arrays(kept: ByRound[dict[str, Array]]) -> dict[str, Array]:
+    """``kept`` as the arrays of a ``c_i`` file: its value and the values before its last rounds.
+
+    Kept on disk, not in memory only: a simulation killed while round r's checkpoint
+    was written resumes from round r - 1, and its clients, built again from their
+    files, must start round r again from the ``c_i`` before it.
+    """
+    arrays: dict[str, Array] = {f"c/{k}": v for k, v in (kept.value or {}).items()}
+    before = kept.before
+    arrays[_KEPT_FORMAT] = np.array(len(before), np.int64)
+    for i, (rnd, value) in enumerate(before):
+        arrays[f"before{i}/round"] = np.array(rnd, np.int64)
+        arrays.update({f"before{i}/c/{k}": v for k, v in (value or {}).items()})
+    return arrays
+
+
+def read_kept(path: Path) -> ByRound[dict[str, Array]]:
+    """The ``c_i`` (and those before the client's last rounds) kept in ``path``."""
+    arrays = decode(path.read_bytes())
+    count = arrays.pop(_KEPT_FORMAT, None)
+    if count is None:  # an earlier version's file: c_i alone
+        return ByRound({k: np.array(v) for k, v in arrays.items()})
+    if count.shape != () or count.dtype.kind != "i":
+        raise WeightsError(f"{path} holds no control variate: delete it to start over")
+
+    def under(prefix: str) -> dict[str, Array] | None:
+        found = {k[len(prefix) :]: np.array(v) for k, v in arrays.items() if k.startswith(prefix)}
+        return found or None
+
+    before: list[tuple[int, dict[str, Array] | None]] = []
+    for i in range(int(count)):
+        rnd = arrays.get(f"before{i}/round")
+        if rnd is None or rnd.shape != () or rnd.dtype.kind != "i":
+            raise WeightsError(f"{path} holds no round for its entry {i}: delete it to start over")
+        before.append((int(rnd), under(f"before{i}/c/")))
+    return ByRound(under("c/"), before)
 
 
 def pending_path(path: Path) -> Path:

@@ -35,9 +35,21 @@ class ByRound(Generic[T]):
         10
     """
 
-    def __init__(self, value: T | None = None) -> None:
+    def __init__(
+        self, value: T | None = None, before: list[tuple[int, T | None]] | None = None
+    ) -> None:
         self.value = value
-        self._before: list[tuple[int, T | None]] = []  # (round, the value before it)
+        # (round, the value before it), oldest first; given: as :attr:`before` was
+        self._before: list[tuple[int, T | None]] = list(before or [])[-KEPT_ROUNDS:]
+
+    @property
+    def before(self) -> list[tuple[int, T | None]]:
+        """Each of the last rounds with the value before it, oldest first (to keep on disk).
+
+        A client rebuilt from its files (a simulation resumed after a kill) needs them:
+        the run may resume from the round before the one being checkpointed.
+        """
+        return list(self._before)
 
     def at(self, round: int | None) -> T | None:
         """The value to train round ``round`` from: rewound if that round was trained before.
