@@ -531,3 +531,25 @@ def test_a_said_skip_leaving_a_blank_line_for_the_header_is_refused_naming_the_l
     assert str(info.value) == (
         f"site 'north': table 't': skip=1 makes line 2 of {path} the header, {said}"
     )
+
+
+@pytest.mark.parametrize(
+    ("admitted", "born"),
+    [
+        (["12/25/2026", "11/20/2026"], ["1990-01-02", "1985-03-04"]),  # month/day
+        (["25/12/2026", "20/11/2026"], ["1990-02-01", "1985-04-03"]),  # day/month
+    ],
+)
+def test_a_date_column_with_no_day_above_12_loads_where_another_tells_the_format(
+    tmp_path: Path, admitted: list[str], born: list[str]
+) -> None:
+    # refused: 'born' was checked on its own, though the reader reads both by one format
+    path = tmp_path / "t.csv"
+    written = ["01/02/1990", "03/04/1985"]
+    path.write_text(
+        "id,admitted,born\n"
+        + "".join(f"{i},{a},{b}\n" for i, (a, b) in enumerate(zip(admitted, written, strict=True)))
+    )
+    site = _site(path, policy=Policy(min_group_size=1))
+    rows = site._con.execute("SELECT born FROM t ORDER BY id").fetchall()
+    assert [str(r[0]) for r in rows] == born

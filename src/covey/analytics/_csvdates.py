@@ -24,22 +24,25 @@ def check_dates(
 ) -> None:
     """Refuse a DATE column read by ``fmt`` where no row tells day from month.
 
-    A value with a day above 12 tells them (it reads only one way), and a column
+    A value with a day above 12 in any DATE column tells them (it reads only one
+    way, and the reader reads every column by the one format), and a column
     whose days all equal their months reads alike either way; otherwise the
     column is refused, naming a value and what to do.
     """
     if not fmt or not ambiguous(fmt):
         return
-    for col, kind in columns.items():
-        if kind != "DATE":
-            continue
-        c = quote(col)
-        row = con.execute(
-            f"SELECT bool_or(day({c}) > 12), min(CASE WHEN day({c}) <> month({c}) THEN {c} END) "  # noqa: S608
-            f"FROM {table_name(name)}"
-        ).fetchone()
-        told, example = row or (True, None)
-        if told or example is None:
+    dates = [col for col, kind in columns.items() if kind == "DATE"]
+    if not dates:
+        return
+    checks = ", ".join(
+        f"bool_or(day({c}) > 12), min(CASE WHEN day({c}) <> month({c}) THEN {c} END)"
+        for c in map(quote, dates)
+    )
+    found = con.execute(f"SELECT {checks} FROM {table_name(name)}").fetchone()  # noqa: S608
+    if found is None or any(found[0::2]):  # one format reads every column: a day above 12 tells
+        return
+    for col, example in zip(dates, found[1::2], strict=True):
+        if example is None:
             continue
         first, other = ("day", "month") if fmt.startswith("%d") else ("month", "day")
         raise ValueError(
