@@ -553,3 +553,22 @@ def test_a_date_column_with_no_day_above_12_loads_where_another_tells_the_format
     site = _site(path, policy=Policy(min_group_size=1))
     rows = site._con.execute("SELECT born FROM t ORDER BY id").fetchall()
     assert [str(r[0]) for r in rows] == born
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("# of visits,ward\n3,A\n4,B\n", ["# of visits", "ward"]),
+        ("## count;ward\n3;A\n4;B\n", ["## count", "ward"]),
+        ("# exported by X\n# of visits,ward\n3,A\n4,B\n", ["# of visits", "ward"]),
+    ],
+)
+def test_a_header_whose_first_name_begins_with_a_hash_and_a_space_is_no_comment(
+    tmp_path: Path, text: str, names: list[str]
+) -> None:
+    # loaded under the names '3' and 'A', the first row lost: the header was taken for a comment
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    site = _site(path, policy=Policy(min_group_size=1))
+    assert list(site._columns["t"]) == names
+    assert site._con.execute("SELECT COUNT(*) FROM t").fetchone() == (2,)

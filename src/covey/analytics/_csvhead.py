@@ -216,6 +216,11 @@ _NAME = re.compile(r"[^\W\d]\w*")
 _VALUE = re.compile(r"[-+]?\.?\d[\d.,:/ T+-]*")
 
 
+def is_value(cell: str) -> bool:
+    """Whether ``cell`` reads as a number, a date or a time: a value, no column's name."""
+    return bool(_VALUE.fullmatch(cell))
+
+
 def _all_values(line: str, dialect: Dialect) -> bool:
     """Whether every cell of ``line`` reads as a number, a date or a time: data, not names."""
     try:

@@ -7,11 +7,19 @@ line for the header. See :mod:`covey.analytics._csvhead` for the header's checks
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import duckdb
 
-from covey.analytics._csvhead import Dialect, comment_lines, first_lines, shown, skip_hint
+from covey.analytics._csvhead import (
+    Dialect,
+    comment_lines,
+    first_lines,
+    is_value,
+    shown,
+    skip_hint,
+)
 
 
 def sniffed(
@@ -33,6 +41,8 @@ def sniffed(
     if found is not None and found.skip >= lead and not found.comment:
         return found
     lines = first_lines(path, lead + 2)
+    if found is not None and not found.comment and _names_numbers(lines[found.skip], found):
+        return found  # a header whose first name begins '# ' ('# of visits'), rows below it
     if not "".join(lines[lead:]).strip():
         raise ValueError(
             f"{path} holds only comment lines ('# ...'), no header row: give it a header "
@@ -48,6 +58,23 @@ def sniffed(
             f"is a title, remove it (or skip it too: {skip_hint(name, top)})"
         )
     return dialect
+
+
+def _names_numbers(line: str, dialect: Dialect) -> bool:
+    """Whether ``line``, read as the header, names a column of numbers or dates by a name.
+
+    Then the lines below it are rows (a header of names above them would have made
+    that column text): ``line`` is the header (``# of visits,ward`` above ``3,A``),
+    not a comment.
+    """
+    try:
+        cells = next(csv.reader([line], delimiter=dialect.delim or ",", quotechar='"'), [])
+    except csv.Error:
+        return False
+    return len(cells) == len(dialect.types) and any(
+        kind != "VARCHAR" and not is_value(cell.strip())
+        for cell, kind in zip(cells, dialect.types, strict=True)
+    )
 
 
 def check_skip(name: str, path: Path, skip: int) -> None:
