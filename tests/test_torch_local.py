@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -219,3 +220,70 @@ def test_scaffold_leaves_the_local_layers_uncorrected() -> None:
         trained.append(_own(client))
     for name in glob:
         np.testing.assert_array_equal(trained[0][name], trained[1][name])
+
+
+def test_a_local_layers_file_of_another_shape_is_refused_naming_it(tmp_path: Path) -> None:
+    # refused as the global model's: "weight '2.weight' has shape (4, 5), the model's is (3, 5)"
+    path = tmp_path / "0.covey"
+    torch.manual_seed(0)
+    wider = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Linear(5, 4))
+    other = TorchClient(
+        wider,
+        nn.CrossEntropyLoss(),
+        lambda params: torch.optim.SGD(params, lr=0.1),
+        tiny_loader(16, 0),
+        local=["2.*"],
+        local_path=path,
+    )
+    other.fit(to_weights(wider, copy=True), {"round": 1})
+    glob = to_weights(_model(), copy=True)
+    for call in ("fit", "evaluate"):
+        client = _client(local=["2.*"], local_path=path)
+        with pytest.raises(WeightsError) as info:
+            getattr(client, call)(glob, {"round": 2})
+        assert str(info.value) == (
+            f"the local layers' file {path} holds '2.weight' of shape (4, 5), the model's is "
+            "(3, 5): it is another model's; delete it to start the local layers from the "
+            "global model"
+        )
+
+
+def test_local_path_without_local_layers_is_refused(tmp_path: Path) -> None:
+    # ignored: every layer was global, and nothing was written to the file
+    path = tmp_path / "0.covey"
+    with pytest.raises(ValueError, match=r"^local_path=") as info:
+        _client(local_path=path)
+    assert str(info.value) == (
+        f"local_path={str(path)!r} keeps the local layers, but local= names none: give "
+        "local=[...] the layers to keep (patterns such as 'head.*', or module classes), "
+        "or leave local_path out"
+    )
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_a_fit_copies_its_local_layers_only(tmp_path: Path, on_disk: bool) -> None:
+    # each fit copied the whole model once or twice to keep a small head's values
+    def make(**kwargs: object) -> TorchClient:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 512), nn.Linear(512, 512), nn.Linear(512, 3))
+        return TorchClient(
+            model,
+            nn.CrossEntropyLoss(),
+            lambda params: torch.optim.SGD(params, lr=0.1),
+            tiny_loader(16, 0),
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def peak(client: TorchClient) -> int:
+        glob = to_weights(make().model, copy=True)
+        client.fit(glob, {"round": 1})  # the first fit takes the global head
+        tracemalloc.start()
+        try:
+            client.fit(glob, {"round": 2})
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    path = tmp_path / "0.covey" if on_disk else None
+    plain = peak(make())  # the delta: one model's size
+    assert peak(make(local=["2.*"], local_path=path)) < 1.5 * plain

@@ -290,6 +290,7 @@ class TorchClient(Client):
             client's last three fits, read back by a client built again (a deployed
             client that restarts, a resumed or cached-out simulated one): a round sent
             again starts from the entries before it. None keeps them in the model only.
+            Given without ``local``, it is refused.
 
     Example:
         >>> import torch

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from covey.clients._roundstate import TrainState
-from covey.core._weights import Weights, WeightsError
+from covey.core._weights import Array, Weights, WeightsError
 from covey.torch._weights import _tensors, _tied, to_weights
 
 __all__ = ["LocalLayers", "local_names"]
@@ -89,8 +89,14 @@ class LocalLayers:
     """
 
     def __init__(self, names: list[str], path: str | os.PathLike[str] | None) -> None:
+        if path is not None and not names:
+            raise ValueError(
+                f"local_path={str(path)!r} keeps the local layers, but local= names none: "
+                "give local=[...] the layers to keep (patterns such as 'head.*', or module "
+                "classes), or leave local_path out"
+            )
         self.names = names
-        self.path = None if path is None or not names else Path(path)
+        self.path = None if path is None else Path(path)
         self._state: TrainState | None = None
         self._trained = 0  # the last round this object's fit trained; 0: none yet
         self._started = False
@@ -112,9 +118,9 @@ class LocalLayers:
                 self._state = TrainState(self.path)
             upto = self._round(rnd) + (0 if fit else 1)  # the stored rounds below it
             if not self._started or upto <= self._trained:
-                own, stored = self._stored(self._state, upto), True
+                own, stored = self._stored(self._state, upto, weights), True
         if not stored and self._started:
-            own = to_weights(model, copy=True)
+            own = self._copied(model)
         self._started = True
         if own is None:
             return weights
@@ -126,7 +132,12 @@ class LocalLayers:
             return int(rnd)
         return self._state.next_round() if self._state is not None else 1
 
-    def _stored(self, state: TrainState, before: int) -> Weights | None:
+    def _copied(self, model: Any) -> dict[str, Array]:
+        """The model's local entries, copied (the rest of the model is not)."""
+        views = to_weights(model)
+        return {n: np.array(views[n], order="C") for n in self.names}
+
+    def _stored(self, state: TrainState, before: int, weights: Weights) -> Weights | None:
         kept = state.before(before)
         if kept is not None and sorted(kept) != sorted(self.names):
             raise WeightsError(
@@ -134,6 +145,13 @@ class LocalLayers:
                 f"keeps {sorted(self.names)} local: give each client a file of its own, "
                 "or delete it to start them from the global model"
             )
+        for name, value in (kept or {}).items():
+            if value.shape != np.shape(weights[name]):
+                raise WeightsError(
+                    f"the local layers' file {self.path} holds {name!r} of shape "
+                    f"{value.shape}, the model's is {np.shape(weights[name])}: it is another "
+                    "model's; delete it to start the local layers from the global model"
+                )
         return kept
 
     def save(self, model: Any, rnd: Any) -> None:
@@ -141,6 +159,5 @@ class LocalLayers:
         if self.path is None or self._state is None:
             return
         r = self._round(rnd)
-        values = to_weights(model, copy=True)
-        self._state.keep(r, {n: values[n] for n in self.names})
+        self._state.keep(r, self._copied(model))
         self._trained = r
