@@ -287,3 +287,15 @@ def test_a_fit_copies_its_local_layers_only(tmp_path: Path, on_disk: bool) -> No
     path = tmp_path / "0.covey" if on_disk else None
     plain = peak(make())  # the delta: one model's size
     assert peak(make(local=["2.*"], local_path=path)) < 1.5 * plain
+
+
+def test_a_module_s_name_given_for_its_entries_is_refused_naming_the_pattern() -> None:
+    # said only the model's first eight names, which left out the module's own
+    model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(5)], nn.Linear(4, 3))
+    for given in ("5", "5."):
+        with pytest.raises(ValueError, match=r"^local entry") as info:
+            TorchClient(model, nn.CrossEntropyLoss(), torch.optim.SGD, [], local=[given])
+        assert str(info.value) == (
+            f"local entry {given!r} picks none of the model's state_dict names: it names a "
+            "module, whose entries are 5.weight, 5.bias; give '5.*' to keep them all local"
+        )

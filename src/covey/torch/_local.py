@@ -52,11 +52,7 @@ def local_names(model: Any, local: Iterable[Any], torch: Any) -> list[str]:
                 f"classes (torch.nn.BatchNorm2d), got {type(item).__name__} {item!r:.60}"
             )
         if not found:
-            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
-            raise ValueError(
-                f"local entry {getattr(item, '__name__', item)!r} picks none of the model's "
-                f"state_dict names ({shown})"
-            )
+            raise ValueError(_picks_none(item, names))
         picked |= found
     for group in _tied(_tensors(model.state_dict(keep_vars=True), torch)):
         if len({n in picked for n in group}) > 1:
@@ -66,6 +62,23 @@ def local_names(model: Any, local: Iterable[Any], torch: Any) -> list[str]:
                 "keep all of its names local, or none"
             )
     return [n for n in names if n in picked]
+
+
+def _picks_none(item: Any, names: list[str]) -> str:
+    """Why ``item`` of ``local`` is refused: it picks no name; a module's name says its pattern."""
+    module = f"{item.rstrip('.')}." if isinstance(item, str) else ""
+    under = [n for n in names if module and n.startswith(module)]
+    if under:  # 'head' names a module, whose entries are 'head.weight', 'head.bias'
+        return (
+            f"local entry {item!r} picks none of the model's state_dict names: it names a "
+            f"module, whose entries are {', '.join(under[:4])}{', ...' if len(under) > 4 else ''}"
+            f"; give {module + '*'!r} to keep them all local"
+        )
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    return (
+        f"local entry {getattr(item, '__name__', item)!r} picks none of the model's "
+        f"state_dict names ({shown})"
+    )
 
 
 def _of_class(model: Any, cls: type, names: list[str]) -> set[str]:
