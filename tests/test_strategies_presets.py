@@ -243,6 +243,12 @@ def test_logistic_client_refuses_labels_that_are_not_class_indices() -> None:
         (lambda: covey.FedAvgM(server_lr=-1), "FedAvgM server_lr must be"),
         (lambda: covey.FedAvgM(server_momentum=1.0), "FedAvgM server_momentum must be"),
         (lambda: covey.QFedAvg(client_lr=0), "QFedAvg client_lr must be"),
+        # Before: "server_adam eta ...", "trimmed_mean beta ...", "qfedavg q ..."
+        (lambda: covey.FedAdam(eta=0), "^FedAdam eta must be"),
+        (lambda: covey.FedYogi(tau=0), "^FedYogi tau must be"),
+        (lambda: covey.FedAdagrad(beta1=1), "^FedAdagrad beta1 must be"),
+        (lambda: covey.FedTrimmedAvg(beta=0.6), "^FedTrimmedAvg beta must be"),
+        (lambda: covey.QFedAvg(q=-1), "^QFedAvg q must be"),
     ],
 )
 def test_a_preset_names_its_own_argument_when_refusing_it(make: Any, named: str) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from collections.abc import Callable
+from typing import Any, TypedDict, TypeVar
 
 import numpy as np
 
@@ -54,3 +55,22 @@ def preset(
     kept = {k: plain(written_fraction(v)) for k, v in hyperparameters.items()}
     given: dict[str, Any] = dict(options)  # Strategy checks each (NumPy numbers included)
     return Strategy(aggregator=aggregator, name=name, hyperparameters=kept, **given)
+
+
+_T = TypeVar("_T")
+
+
+def named_as_given(preset: str, inner: str, make: Callable[[], _T]) -> _T:
+    """``make()``, whose refusal of an argument names it as ``preset``'s, not ``inner``'s.
+
+    A preset builds its step with the step functions (``server_adam``, ``trimmed_mean``),
+    whose errors name their own arguments (``server_adam eta``): the caller wrote
+    ``FedAdam(eta=...)``, the name the error gives instead.
+    """
+    try:
+        return make()
+    except (TypeError, ValueError) as exc:
+        said = str(exc)
+        if not said.startswith(f"{inner} "):
+            raise
+        raise type(exc)(f"{preset}{said[len(inner) :]}") from None

@@ -39,7 +39,7 @@ from covey.core._messages import plain
 from covey.core._qfair import LOSS_BEFORE_FIT, MAX_KEY_CHARS
 from covey.strategies._checks import name_of
 from covey.strategies._names import flower_names, not_a_class
-from covey.strategies._options import StrategyOptions, preset
+from covey.strategies._options import StrategyOptions, named_as_given, preset
 from covey.strategies._strategy import Strategy
 
 
@@ -141,7 +141,11 @@ def FedAdam(
     References:
         Reddi et al., "Adaptive Federated Optimization", ICLR 2021.
     """
-    step = chain(weighted_mean(), server_adam(eta, beta1, beta2, tau))
+    step = named_as_given(
+        "FedAdam",
+        "server_adam",
+        lambda: chain(weighted_mean(), server_adam(eta, beta1, beta2, tau)),
+    )
     return preset("FedAdam", step, options, eta=eta, beta1=beta1, beta2=beta2, tau=tau)
 
 
@@ -169,7 +173,11 @@ def FedYogi(
     References:
         Reddi et al., "Adaptive Federated Optimization", ICLR 2021.
     """
-    step = chain(weighted_mean(), server_yogi(eta, beta1, beta2, tau))
+    step = named_as_given(
+        "FedYogi",
+        "server_yogi",
+        lambda: chain(weighted_mean(), server_yogi(eta, beta1, beta2, tau)),
+    )
     return preset("FedYogi", step, options, eta=eta, beta1=beta1, beta2=beta2, tau=tau)
 
 
@@ -193,7 +201,11 @@ def FedAdagrad(
     References:
         Reddi et al., "Adaptive Federated Optimization", ICLR 2021.
     """
-    step = chain(weighted_mean(), server_adagrad(eta, beta1, tau))
+    step = named_as_given(
+        "FedAdagrad",
+        "server_adagrad",
+        lambda: chain(weighted_mean(), server_adagrad(eta, beta1, tau)),
+    )
     return preset("FedAdagrad", step, options, eta=eta, beta1=beta1, tau=tau)
 
 
@@ -222,7 +234,8 @@ def FedTrimmedAvg(*, beta: float = 0.2, **options: Unpack[StrategyOptions]) -> S
         Yin et al., "Byzantine-Robust Distributed Learning: Towards Optimal
         Statistical Rates", ICML 2018.
     """
-    return preset("FedTrimmedAvg", chain(trimmed_mean(beta)), options, beta=beta)
+    step = named_as_given("FedTrimmedAvg", "trimmed_mean", lambda: chain(trimmed_mean(beta)))
+    return preset("FedTrimmedAvg", step, options, beta=beta)
 
 
 @flower_names
@@ -343,7 +356,9 @@ def QFedAvg(
             f"loss_key must name a fit metric (1 to {MAX_KEY_CHARS} characters), got {loss_key!r}"
         )
     check_positive(client_lr, "QFedAvg client_lr")  # named as given, not as qfedavg's lr
-    step = chain(qfedavg(q, client_lr, loss_key=loss_key))
+    step = named_as_given(
+        "QFedAvg", "qfedavg", lambda: chain(qfedavg(q, client_lr, loss_key=loss_key))
+    )
     strategy = preset("QFedAvg", step, options, q=q, client_lr=client_lr, loss_key=loss_key)
     # the built-in clients report their loss at the received weights when asked
     entries = {**strategy.fit_config_entries, LOSS_BEFORE_FIT: loss_key}
