@@ -561,6 +561,8 @@ def test_a_date_column_with_no_day_above_12_loads_where_another_tells_the_format
         ("# of visits,ward\n3,A\n4,B\n", ["# of visits", "ward"]),
         ("## count;ward\n3;A\n4;B\n", ["## count", "ward"]),
         ("# exported by X\n# of visits,ward\n3,A\n4,B\n", ["# of visits", "ward"]),
+        # split at ',' below it, as '5' and '5;A'
+        ("# weight;ward\n5,5;A\n6,5;B\n", ["# weight", "ward"]),
     ],
 )
 def test_a_header_whose_first_name_begins_with_a_hash_and_a_space_is_no_comment(

@@ -57,6 +57,10 @@ def sniffed(
             f"though DuckDB's reader splits the lines below at {found.delim!r}: if line {top} "
             f"is a title, remove it (or skip it too: {skip_hint(name, top)})"
         )
+    if found is not None and not found.comment and found.delim not in ("", dialect.delim):
+        # the '# ' line splits as the rows do at a delimiter the rows alone leave open
+        # ('# weight;ward' above '5,5;A'): it is their header
+        return found
     return dialect
 
 
