@@ -299,3 +299,15 @@ def test_a_module_s_name_given_for_its_entries_is_refused_naming_the_pattern() -
             f"local entry {given!r} picks none of the model's state_dict names: it names a "
             "module, whose entries are 5.weight, 5.bias; give '5.*' to keep them all local"
         )
+
+
+def test_a_module_class_picks_a_module_shared_under_two_names_under_both() -> None:
+    # refused as tied weights local under '1.weight' only: the class picked the first name
+    norm = nn.BatchNorm1d(4)
+    model = nn.Sequential(nn.Linear(4, 4), norm, nn.Linear(4, 4), norm, nn.Linear(4, 3))
+    client = TorchClient(model, nn.CrossEntropyLoss(), torch.optim.SGD, [], local=[nn.BatchNorm1d])
+    assert sorted(client._local.names) == sorted(
+        f"{i}.{k}"
+        for i in (1, 3)
+        for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    )

@@ -84,7 +84,7 @@ def _picks_none(item: Any, names: list[str]) -> str:
 def _of_class(model: Any, cls: type, names: list[str]) -> set[str]:
     """The names of the entries that belong to ``model``'s modules of class ``cls``."""
     found: set[str] = set()
-    for prefix, module in model.named_modules():
+    for prefix, module in model.named_modules(remove_duplicate=False):  # a shared module too
         if isinstance(module, cls):
             start = f"{prefix}." if prefix else ""
             found |= {n for n in names if n.startswith(start)}
