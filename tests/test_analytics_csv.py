@@ -574,3 +574,22 @@ def test_a_header_whose_first_name_begins_with_a_hash_and_a_space_is_no_comment(
     site = _site(path, policy=Policy(min_group_size=1))
     assert list(site._columns["t"]) == names
     assert site._con.execute("SELECT COUNT(*) FROM t").fetchone() == (2,)
+
+
+def test_timestamps_that_read_as_day_month_and_month_day_alike_are_refused(tmp_path: Path) -> None:
+    # loaded as February 1st, 10:00: a file written month/day meant January 2nd
+    path = tmp_path / "t.csv"
+    path.write_text("id,seen\n1,01/02/2026 10:00:00\n2,03/04/2026 11:00:00\n")
+    assert _refused(path) == (
+        f"site 'north': table 't': column 'seen' of {path} holds dates such as "
+        "'01/02/2026 10:00:00' that read as day/month and as month/day alike (no day above "
+        "12 in any row), and DuckDB's reader would take them as day/month ('%d/%m/%Y "
+        "%H:%M:%S': '01/02/2026 10:00:00' for 2026-02-01T10:00:00): write them as YYYY-MM-DD "
+        "HH:MM:SS, which reads one way"
+    )
+    # a date column's day above 12 tells the timestamps' reading too
+    path.write_text("id,seen,on\n1,01/02/2026 10:00:00,13/02/2026\n2,03/04/2026 11:00:00,\n")
+    site = _site(path, policy=Policy(min_group_size=1))
+    row = site._con.execute("SELECT seen FROM t WHERE id = 1").fetchone()
+    assert row is not None
+    assert str(row[0]) == "2026-02-01 10:00:00"

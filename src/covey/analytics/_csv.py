@@ -126,7 +126,8 @@ def load_csv(
         raise ValueError(f"table {name!r}: {exc}") from None
     _check_names(con, name, path, cells)
     if dialect is not None:
-        check_dates(con, name, path, dialect.dates, columns(con, name))
+        formats = {"DATE": dialect.dates, "TIMESTAMP": dialect.stamps}
+        check_dates(con, name, path, formats, columns(con, name))
     if opts.skip is None and named and dialect is not None:
         _check_named(con, name, path, with_skip(dialect, dialect.skip + 1), text, named)
 

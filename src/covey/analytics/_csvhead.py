@@ -48,11 +48,12 @@ class Dialect:
         skip = "" if given is None else f", skip = {given}"
         sniff = f"sniff_csv({text}, header = true{skip}, {values})"
         found = con.execute(
-            f"SELECT Delimiter, Quote, Escape, Comment, SkipRows, Columns, DateFormat "  # noqa: S608
-            f"FROM {sniff}"
+            "SELECT Delimiter, Quote, Escape, Comment, SkipRows, Columns, DateFormat, "  # noqa: S608
+            f"TimestampFormat FROM {sniff}"
         ).fetchone()
-        d, q, e, c, n, cols, dates = found or (",", '"', '"', "", 0, [], None)
+        d, q, e, c, n, cols, dates, stamps = found or (",", '"', '"', "", 0, [], None, None)
         self.dates = str(dates or "")
+        self.stamps = str(stamps or "")
         self.delim, self.quote, self.escape, self.comment = (
             "" if v == "(empty)" else str(v) for v in (d, q, e, c)
         )
