@@ -407,7 +407,7 @@ def test_a_file_of_a_byte_order_mark_alone_is_said_empty(tmp_path: Path, data: b
         ("# exported by X, 2026\nage,ward\n40,A\n50,B\n", ["age", "ward"], 2),  # the header
         ("# a\n# b\nage,ward\n40,A\n", ["age", "ward"], 1),  # 'Sniffer detected value ...'
         ("# a\n\n# b\n\nname,city\nAnn,Oslo\nBob,Bergen\n", ["name", "city"], 2),
-        ("# a, b\nname,city\nAnn,Oslo\nBob,Bergen\n", ["name", "city"], 2),  # as '# a', 'b'
+        ("# a, 2026\nage,ward\n40,A\n50,B\n", ["age", "ward"], 2),  # as '# a', '2026'
         ("#,age\n1,40\n2,50\n", ["#", "age"], 2),  # a column named '#': no comment
         ("#id,age\n1,40\n2,50\n", ["#id", "age"], 2),
     ],
@@ -420,6 +420,32 @@ def test_comment_lines_at_the_top_are_skipped_and_the_header_found_below(
     site = _site(path, policy=Policy(min_group_size=1))
     assert list(site._columns["t"]) == names
     assert site._con.execute("SELECT COUNT(*) FROM t").fetchone() == (rows,)
+
+
+@pytest.mark.parametrize(
+    "text", ["# a, b\nname,city\nAnn,Oslo\nBob,Bergen\n", "# patients,ward\nx,A\ny,B\n"]
+)
+def test_a_lone_hash_line_above_text_columns_is_refused_naming_either_skip(
+    tmp_path: Path, text: str
+) -> None:
+    # '# patients,ward' above 'x,A' loaded under 'x', 'A', its first row lost; '# a, b'
+    # above 'name,city' loaded under 'name', 'city': nothing in text columns tells which
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    first, second = text.splitlines()[:2]
+    refused = _refused(path)
+    assert refused == (
+        f"site 'north': table 't': line 1 of {path} ({first!r}) may be a comment above the "
+        f"header on line 2 ({second!r}) or the header itself, and its text columns do not "
+        "tell which: if it is a comment, covey site --csv-skip t=1, or "
+        "covey.analytics.CSV(path, skip=1) in Python; if it names the columns, covey site "
+        "--csv-skip t=0, or covey.analytics.CSV(path, skip=0) in Python"
+    )
+    for skip, names in ((1, second.split(",")), (0, first.split(","))):
+        site = _site(CSV(path, skip=skip), policy=Policy(min_group_size=1))
+        assert list(site._columns["t"]) == [n.strip() for n in names]
+        rows = len(text.splitlines()) - 1 - skip
+        assert site._con.execute("SELECT COUNT(*) FROM t").fetchone() == (rows,)
 
 
 def test_a_file_of_comment_lines_alone_is_refused_saying_so(tmp_path: Path) -> None:

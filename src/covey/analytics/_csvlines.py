@@ -61,7 +61,29 @@ def sniffed(
         # the '# ' line splits as the rows do at a delimiter the rows alone leave open
         # ('# weight;ward' above '5,5;A'): it is their header
         return found
+    _refuse_either(name, path, lines, lead, dialect)
     return dialect
+
+
+def _refuse_either(name: str, path: Path, lines: list[str], lead: int, dialect: Dialect) -> None:
+    """Refuse a lone ``# `` line that may as well be the header of text columns below it.
+
+    ``# patients,ward`` above ``x,A`` splits as the rows do, and no column of numbers
+    or dates tells which line names them: read either way, a file loads wrongly.
+    """
+    if lead != 1 or any(kind != "VARCHAR" for kind in dialect.types):
+        return
+    try:
+        cells = next(csv.reader([lines[0]], delimiter=dialect.delim or ",", quotechar='"'), [])
+    except csv.Error:
+        return
+    if len(cells) == len(dialect.types) > 1:
+        raise ValueError(
+            f"line 1 of {path} ({shown(lines[0])}) may be a comment above the header on line 2 "
+            f"({shown(lines[1])}) or the header itself, and its text columns do not tell "
+            f"which: if it is a comment, {skip_hint(name, 1)}; if it names the columns, "
+            f"{skip_hint(name, 0)}"
+        )
 
 
 def _names_numbers(line: str, dialect: Dialect) -> bool:
