@@ -215,7 +215,7 @@ def killed_script(script: Path, *args: str | Path) -> subprocess.CompletedProces
 
 
 def killed_then_resumed(
-    tmp_path: Path, script_text: str, module: str, prefix: str
+    tmp_path: Path, script_text: str, module: str, prefix: str, *, saved: int | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run ``script_text`` until it SIGKILLs itself, resume its run; the same as one never stopped.
 
@@ -224,10 +224,14 @@ def killed_then_resumed(
     its first argument and kills itself once every client's file is written. The run
     resumed from those files must end bit for bit where a run never stopped ends.
 
+    Given ``saved``, the killed run's last saved round must be that one.
+
     Returns:
         The script's namespace (its ``run`` and helpers) and the unstopped run's weights.
     """
     import numpy as np
+
+    from covey.server._store import RunStore
 
     script = tmp_path / f"{module}.py"
     script.write_text(script_text)
@@ -235,6 +239,9 @@ def killed_then_resumed(
     killed_script(script, tmp_path / "run", tmp_path / "killed")
     kept = sorted(p.name for p in (tmp_path / "killed").glob(f"{prefix}*.bin"))
     assert kept == [f"{prefix}{cid}.bin" for cid in range(3)]
+    if saved is not None:
+        with RunStore.open(tmp_path / "run") as store:
+            assert store.last_round() == saved
     namespace: dict[str, Any] = {"__name__": module}
     exec(compile(script_text, str(script), "exec"), namespace)  # the same clients, not killed
     run = namespace["run"]

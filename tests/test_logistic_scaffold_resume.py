@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 import covey
-from _procs import killed_script, killed_then_resumed
+from _procs import killed_then_resumed
 from covey.models import LogisticClient, logistic_init
 
 SCRIPT = """
@@ -109,21 +109,6 @@ def test_a_run_killed_while_its_checkpoint_is_written_resumes_with_the_control_v
 ) -> None:
     # The c_i file held c_i alone: a client built again from it started round 2 again
     # from its c_i after round 2, and the run ended elsewhere than the one never stopped.
-    from covey.server._store import RunStore
-
     assert IN_FLIGHT.count("threading.Event().wait()") == 1
     assert 'config["round"] == 3:' in IN_FLIGHT
-    script = tmp_path / "scaffold_in_flight.py"
-    script.write_text(IN_FLIGHT)
-    (tmp_path / "killed").mkdir()
-    killed_script(script, tmp_path / "run", tmp_path / "killed")
-    with RunStore.open(tmp_path / "run") as store:
-        assert store.last_round() == 1
-    namespace: dict[str, Any] = {"__name__": "scaffold_in_flight"}
-    exec(compile(IN_FLIGHT, str(script), "exec"), namespace)
-    run = namespace["run"]
-    (tmp_path / "whole").mkdir()
-    whole = dict(run(tmp_path / "whole_run", tmp_path / "whole", False).weights)
-    resumed = dict(run(tmp_path / "run", tmp_path / "killed", True).weights)
-    for name, value in whole.items():
-        np.testing.assert_array_equal(resumed[name], value)
+    killed_then_resumed(tmp_path, IN_FLIGHT, "scaffold_in_flight", "c", saved=1)
