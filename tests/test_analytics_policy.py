@@ -751,3 +751,25 @@ def test_a_refused_operator_is_named_as_written(sql: str, said: str) -> None:
     assert said in str(info.value)
     for internal in ("POWER", "REGEXP_LIKE", "REGEXP_MATCHES(", "STARTS_WITH", "JSON_EXTRACT"):
         assert internal not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("sql", "said"),
+    [
+        # a type after :: keeps no position: these showed CAST(COUNT(*) AS DOUBLE),
+        # CAST(sex AS TEXT) and "the function CAST", which the query never wrote
+        ("SELECT COUNT(*)::DOUBLE FROM p", "COUNT(*)::DOUBLE at line 1, column 8 is not"),
+        ("SELECT AVG(age)::INT AS a FROM p", "AVG(age)::INT at line 1, column 8 is not"),
+        ("SELECT COUNT(*) + SUM(age)::INT FROM p", "SUM(age)::INT at line 1, column 19 in"),
+        ("SELECT COUNT(*) FROM p GROUP BY sex::VARCHAR", "column names, got sex::VARCHAR"),
+        ("SELECT sex::VARCHAR, COUNT(*) FROM p GROUP BY sex", "sex::VARCHAR at line 1, column 8"),
+        ("SELECT SUM(age)::DECIMAL(10, 2) FROM p", "SUM(age)::DECIMAL(10, 2) at line 1"),
+        ("SELECT CAST(COUNT(*) AS INT) FROM p", "CAST(COUNT(*) AS INT) at line 1, column 8"),
+    ],
+)
+def test_a_cast_by_double_colon_is_named_as_written(sql: str, said: str) -> None:
+    with pytest.raises(QueryError) as info:
+        plan(sql)
+    assert said in str(info.value)
+    if "::" in sql:
+        assert "CAST" not in str(info.value)

@@ -277,7 +277,8 @@ def _read_aggregate(node: exp.Expression, name: str, loc: SqlText, written: str)
         return _kaplan_meier(node, name, loc)
     if isinstance(node, exp.Window):
         raise QueryError(f"window functions (OVER){loc.where('OVER')} are not supported")
-    what = f"the function {fname}" if isinstance(node, exp.Func) else written
+    called = isinstance(node, exp.Func) and written.upper().startswith(fname)  # not x::INT
+    what = f"the function {fname}" if called else written
     first = written.split("(", 1)[0].split()[0] if written.strip() else fname
     raise QueryError(
         f"{what}{loc.where(first)} is not supported in federated analytics: each SELECT "

@@ -20,6 +20,7 @@ from sqlglot.tokens import TokenType  # type: ignore[attr-defined]
 from covey.analytics._sqltext import DIALECT, SqlText
 
 _PREFIX = frozenset({"-", "~", "!", "NOT", "+"})
+_TYPE_TOKENS = 6  # the most tokens of a type after :: (DOUBLE PRECISION, INT[], ...)
 # what to write instead of an operator or function the sites do not evaluate
 _INSTEAD = {
     "^": "for a square write x * x",
@@ -83,12 +84,22 @@ def source(node: exp.Expression, loc: SqlText) -> str | None:
         first -= 1
     if first < 0 or last >= len(toks):
         return None
-    text = " ".join(loc.sql[toks[first].start : toks[last].end + 1].splitlines())
-    try:  # the positions cover all of it (not a column alone of a[1] or a IS TRUE)
-        same = sqlglot.parse_one(text, read=DIALECT) == node
+    # a type after :: keeps no position (SUM(x)::INT): its tokens follow the span
+    for end in range(last, min(last + _TYPE_TOKENS, len(toks) - 1) + 1):
+        text = " ".join(loc.sql[toks[first].start : toks[end].end + 1].splitlines())
+        if _parses_as(text, node):
+            return text
+        if not node.find(exp.Cast):
+            break
+    return None
+
+
+def _parses_as(text: str, node: exp.Expression) -> bool:
+    """Whether ``text`` reads as ``node`` (not a column alone of a[1] or a IS TRUE)."""
+    try:
+        return bool(sqlglot.parse_one(text, read=DIALECT) == node)
     except (ParseError, TokenError):
-        same = False
-    return text if same else None
+        return False
 
 
 def operator(node: Any, loc: SqlText) -> str | None:
