@@ -430,3 +430,32 @@ def test_a_query_over_the_budget_is_told_the_largest_epsilon_that_fits() -> None
     query(_sites(2), "SELECT COUNT(*) FROM p", secure=False, epsilon=0.3, analyst=analyst)
     with pytest.raises(PermissionError, match=r"ask with epsilon 0\.[0-9]+ or less"):
         query(_sites(2), sql, secure=False, epsilon=0.3, analyst=analyst)
+
+
+@pytest.mark.parametrize("mechanism", ["laplace", "gaussian"])
+def test_a_refusal_by_several_budgets_tells_the_epsilon_all_of_them_pay(mechanism: str) -> None:
+    # each site told what it pays at its own delta: the first site's figure was refused
+    # by the second (a smaller budget), and by both when the query asks at another delta
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"age": rng.uniform(0, 99, 200)})
+    sites = [
+        Site(
+            {"p": frame},
+            Policy(bounds={"age": (0, 100)}, min_group_size=1, epsilon=budget, delta=1e-6),
+            name=f"h{i}",
+        )
+        for i, budget in enumerate((1.5, 1.3))
+    ]
+    sql = "SELECT COUNT(*), SUM(age) FROM p WHERE age > 30"
+    query(sites, "SELECT COUNT(*) FROM p", secure=False, epsilon=0.8, mechanism=mechanism)
+    with pytest.raises(PolicyError) as info:
+        query(sites, sql, secure=False, epsilon=1.0, delta=1e-5, mechanism=mechanism)
+    said = str(info.value)
+    found = re.search(r"every site pays for epsilon ([0-9.e-]+) or less", said)
+    assert found is not None, said
+    assert "at this query's delta 1e-05" in said
+    most = float(found.group(1))
+    with pytest.raises(PolicyError, match="cannot pay for this query"):
+        query(sites, sql, secure=False, epsilon=most * 1.03, delta=1e-5, mechanism=mechanism)
+    query(sites, sql, secure=False, epsilon=most, delta=1e-5, mechanism=mechanism)
+    assert sites[1].epsilon_spent <= 1.3 * (1 + 1e-9)

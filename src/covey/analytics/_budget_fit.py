@@ -6,12 +6,16 @@ releases fits when the ledger with its event added stays within the limit. The
 noise multiplier that just fits is found by bisection over that same ledger
 (more noise never costs more), and the epsilon shown is what a query of those
 releases at that multiplier costs, rounded down to three significant digits and
-checked by calibrating a query to it as the server would.
+checked by calibrating a query to it as the server would. Each site says so at
+its own delta; :func:`what_fits` turns the refusing sites' figures into the one
+they all pay at the query's delta.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -67,3 +71,44 @@ def largest_fit(ledger: Ledger, dp_event: Any, limit: float, delta: float) -> fl
             return None
         epsilon *= 0.99
     return None
+
+
+_HINT = re.compile(r"ask with epsilon ([0-9.eE+-]+) or less \(at delta ([0-9.eE+-]+)\)")
+
+
+def _round_down(epsilon: float) -> float:
+    digits = 2 - math.floor(math.log10(epsilon))
+    return float(math.floor(epsilon * 10**digits) / 10**digits)
+
+
+def what_fits(mechanism: str, releases: int, delta: float, reasons: Sequence[str]) -> str:
+    """The largest epsilon at the query's ``delta`` every site refusing for ``reasons`` pays.
+
+    Each site refusing for its budget says what it pays at its own delta; the query
+    is calibrated at ``delta``, so the noise each one's figure stands for is found,
+    and the most of it (more noise never costs more) is what all of them pay. ''
+    when a site refuses for anything else, or its budget is spent.
+    """
+    from covey.analytics import _dp
+
+    hints = [_HINT.search(r) for r in reasons]
+    if not hints or any(h is None for h in hints):
+        return ""
+    try:
+        noise = max(
+            _dp.calibrate(mechanism, float(h.group(1)), float(h.group(2)), releases)
+            for h in hints
+            if h is not None
+        )
+        epsilon = _dp.cost(mechanism, noise, releases, delta)
+        for _ in range(8):  # rounded down, and checked as the query calibrates it
+            shown = _round_down(epsilon)
+            if shown > 0 and _dp.calibrate(mechanism, shown, delta, releases) >= noise:
+                return (
+                    f"; every site pays for epsilon {shown:.3g} or less at this query's "
+                    f"delta {delta:g}"
+                )
+            epsilon *= 0.99
+    except (ValueError, ArithmeticError):
+        return ""
+    return ""

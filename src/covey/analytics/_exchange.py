@@ -11,7 +11,7 @@ import logging
 import math
 import re
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,9 +213,15 @@ class Federation:
         return str(name) if name else f"site-{cid}"
 
     def check_budgets(
-        self, request: Mapping[str, Any], first: Mapping[str, Any], releases: int
+        self,
+        request: Mapping[str, Any],
+        first: Mapping[str, Any],
+        releases: int,
+        fits: Callable[[list[str]], str] = lambda reasons: "",
     ) -> list[str]:
         """Ask every answering site whether the DP query fits in its budget, before any stage.
+
+        ``fits`` gives what to add to a refusal, from the refusing sites' reasons.
 
         Returns:
             The sites that will withhold their small groups: their policy does not
@@ -233,7 +239,10 @@ class Federation:
         }
         if short:
             reasons = "; ".join(f"{n}: {r}" for n, r in short.items())
-            raise PolicyError(f"the query is refused before any site answers it ({reasons})")
+            raise PolicyError(
+                f"the query is refused before any site answers it ({reasons})"
+                f"{fits(list(short.values()))}"
+            )
         return [self.names[c] for c in self.cids if answers[c].get("withholds") is not False]
 
     def spent(self, request: Mapping[str, Any]) -> dict[str, float]:

@@ -23,12 +23,14 @@ import copy
 import itertools
 import math
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from covey.analytics import _dp
+from covey.analytics._budget_fit import what_fits
 from covey.analytics._compute import MAX_GROUPS
 from covey.analytics._exchange import Federation, StageResult, transport_for
 from covey.analytics._moments import centre, moment
@@ -238,8 +240,9 @@ class _Query:
             # every site checks the whole query against its budget first: one that
             # cannot afford it would otherwise refuse after the others have spent
             describe = {"sql": self.plan.sql, "secure": self.opt["secure"], "dp": {}}
+            fits = partial(what_fits, self.opt["mechanism"], self.releases, self.opt["delta"])
             self.withholding = self.fed.check_budgets(
-                describe, self.request(copy.deepcopy(stats)), self.releases
+                describe, self.request(copy.deepcopy(stats)), self.releases, fits
             )
             analyst = self.opt.get("analyst")
             if analyst is not None:
