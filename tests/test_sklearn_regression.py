@@ -258,3 +258,13 @@ def test_evaluate_model_scores_a_regressor_without_classes() -> None:
     assert evaluate_model(model, X, constant)[1]["r2"] == 0.0
     exact = LinearRegression().fit(X, constant)
     assert evaluate_model(exact, X, constant)[1]["r2"] == 1.0
+
+
+def test_several_targets_for_a_one_target_model_name_one_sklearnclient_federates() -> None:
+    # it named Ridge and LinearRegression first, which SklearnClient refuses
+    with pytest.raises(ValueError, match="use MLPRegressor, which predicts several") as info:
+        initial_params(SGDRegressor(), 3, targets=2)
+    assert "refit from scratch" in str(info.value)
+    for model in (Ridge(), LinearRegression()):
+        with pytest.raises(TypeError, match="has no partial_fit"):
+            SklearnClient(model, X, Y)

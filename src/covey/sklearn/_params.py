@@ -313,8 +313,10 @@ def _check_targets(model: Any, targets: int) -> None:
     if targets > 1 and _single_target(model):
         raise ValueError(
             f"{type(model).__name__} predicts one target, got {targets} target columns: "
-            "federate one model per target, or use a model with several outputs "
-            "(Ridge, LinearRegression, Lasso, ElasticNet, MLPRegressor)"
+            "federate one model per target, or use MLPRegressor, which predicts several "
+            "and SklearnClient federates (Ridge, LinearRegression, Lasso and ElasticNet "
+            "predict several too, but refit from scratch: only a covey.Client of your own "
+            "federates them, with get_params/set_params)"
         )
 
 
