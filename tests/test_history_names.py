@@ -221,3 +221,18 @@ def test_a_run_says_once_how_to_read_metrics_named_loss(caplog: pytest.LogCaptur
         'federated/loss_metric): history.metric("loss", source="evaluate") reads the '
         "round's loss",
     ]
+
+
+def test_best_round_of_an_error_named_in_words_is_its_lowest() -> None:
+    # scikit-learn's names (mean_squared_error, mean_absolute_error) and an error rate
+    # were taken for scores, higher being better: the round of the worst model
+    names = ("mean_squared_error", "mean_absolute_error", "error_rate", "val_error")
+    h = covey.History(
+        [
+            RoundRecord(r, central_metrics={**dict.fromkeys(names, m), "accuracy": 1 - m})
+            for r, m in ((1, 0.9), (2, 0.3), (3, 0.5))
+        ]
+    )
+    for name in names:
+        assert h.best_round(name) == (2, 0.3), name
+    assert h.best_round("accuracy") == (2, 0.7)

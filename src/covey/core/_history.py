@@ -193,7 +193,8 @@ class History:
             mode: ``"max"`` when higher is better (accuracy), ``"min"`` when lower is (loss).
                 None (the default): ``"min"`` for a loss, a name one of whose words
                 is ``loss`` (``"loss"``, ``"train_loss"``, ``"val-loss"``) or a
-                regressor's error (``"mae"``, ``"mse"``, ``"rmse"``), else ``"max"``,
+                regressor's error (``"mae"``, ``"mse"``, ``"rmse"``,
+                ``"mean_squared_error"``, ``"error_rate"``), else ``"max"``,
                 a ``neg_`` name included (scikit-learn's ``"neg_log_loss"``, higher is better).
             source: ``"central"`` (``evaluate_fn``), ``"evaluate"`` (federated
                 evaluation) or ``"fit"`` (clients' training metrics).
@@ -375,14 +376,15 @@ def lacks_evaluate(failure: Failure) -> bool:
     return failure.error.endswith("does not implement evaluate()")
 
 
-_ERRORS = frozenset({"loss", "mse", "mae", "rmse"})
+_ERRORS = frozenset({"loss", "error", "mse", "mae", "rmse"})
 
 
 def is_loss(name: str) -> bool:
     """Whether a metric named ``name`` is a loss, lower being better.
 
-    One of its words is ``loss``, or an error a regressor reports (``mse``,
-    ``mae``, ``rmse``). A name starting with ``neg_`` is a negated loss, higher
+    One of its words is ``loss`` or ``error`` (``"error_rate"``, scikit-learn's
+    ``"mean_squared_error"``), or an error a regressor reports (``mse``, ``mae``,
+    ``rmse``). A name starting with ``neg_`` is a negated loss, higher
     being better, as scikit-learn's scores are (``neg_log_loss``,
     ``neg_mean_squared_error``).
     """
