@@ -459,3 +459,20 @@ def test_a_refusal_by_several_budgets_tells_the_epsilon_all_of_them_pay(mechanis
         query(sites, sql, secure=False, epsilon=most * 1.03, delta=1e-5, mechanism=mechanism)
     query(sites, sql, secure=False, epsilon=most, delta=1e-5, mechanism=mechanism)
     assert sites[1].epsilon_spent <= 1.3 * (1 + 1e-9)
+
+
+def test_an_analysts_refusal_tells_the_epsilon_it_pays_at_the_querys_delta() -> None:
+    # the analyst's budget named what it pays at its own delta (1e-6), which a query
+    # asking at 1e-5 was refused again for
+    analyst = Analyst(epsilon=1.5)
+    sites = _sites(1)
+    query(sites, "SELECT COUNT(*) FROM p", secure=False, epsilon=1.0, delta=1e-5, analyst=analyst)
+    sql = "SELECT COUNT(*), SUM(age) FROM p WHERE age > 30"
+    with pytest.raises(PermissionError, match="the analyst's privacy budget") as info:
+        query(sites, sql, secure=False, epsilon=1.0, delta=1e-5, analyst=analyst)
+    found = re.search(
+        r"it pays for epsilon ([0-9.e-]+) or less at this query's delta 1e-05", str(info.value)
+    )
+    assert found is not None, str(info.value)
+    query(sites, sql, secure=False, epsilon=float(found.group(1)), delta=1e-5, analyst=analyst)
+    assert analyst.spent <= 1.5 * (1 + 1e-9)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -104,11 +104,17 @@ def what_fits(mechanism: str, releases: int, delta: float, reasons: Sequence[str
         for _ in range(8):  # rounded down, and checked as the query calibrates it
             shown = _round_down(epsilon)
             if shown > 0 and _dp.calibrate(mechanism, shown, delta, releases) >= noise:
-                return (
-                    f"; every site pays for epsilon {shown:.3g} or less at this query's "
-                    f"delta {delta:g}"
-                )
+                who = "every site pays" if len(hints) > 1 or "site" in reasons[0] else "it pays"
+                return f"; {who} for epsilon {shown:.3g} or less at this query's delta {delta:g}"
             epsilon *= 0.99
     except (ValueError, ArithmeticError):
         return ""
     return ""
+
+
+def charge_told(analyst: Any, key: str, dp_event: Any, fits: Callable[[list[str]], str]) -> Any:
+    """``analyst.charge_query(key, dp_event)``, a refusal told what fits at the query's delta."""
+    try:
+        return analyst.charge_query(key, dp_event)
+    except PermissionError as err:
+        raise PermissionError(f"{err}{fits([str(err)])}") from None

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from covey.analytics import _dp
-from covey.analytics._budget_fit import what_fits
+from covey.analytics._budget_fit import charge_told, what_fits
 from covey.analytics._compute import MAX_GROUPS
 from covey.analytics._exchange import Federation, StageResult, transport_for
 from covey.analytics._moments import centre, moment
@@ -253,7 +253,7 @@ class _Query:
                 sites = sorted(self.fed.names[c] for c in self.fed.cids)
                 key = repr((self.plan.sql, *(self.opt[k] for k in opts), sites))
                 ev = _dp.event(self.opt["mechanism"], self.multiplier, self.releases)
-                self.repeat = analyst.charge_query(key, ev) is None
+                self.repeat = charge_told(analyst, key, ev, fits) is None
         first = self.run(
             stats, per_site=any(a.func in ("min", "max") for a in self.plan.aggregates)
         )
