@@ -26,13 +26,14 @@ from typing import Any
 
 import psutil
 
+from _ports import unused_port
+
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
 def free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port for one of Ray's servers, which ``ray start`` binds later (see :mod:`_ports`)."""
+    return unused_port()
 
 
 def _ephemeral_low() -> int:
@@ -45,7 +46,7 @@ def _ephemeral_low() -> int:
 def _worker_block(taken: list[int], size: int = 200) -> int:
     """The first port of ``size`` ports below the kernel's ephemeral range, all free now.
 
-    The other ports come from ``free_port()``, i.e. from the ephemeral range, so
+    The other ports come from ``free_port()``, i.e. from below 20000 (:mod:`_ports`), so
     the two can never overlap (Ray refuses to start when they do).
     """
     top = _ephemeral_low() - size

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from _ports import unused_port
 from _procs import site_answers
 from covey.analytics import Policy, Site, query
 from covey.deploy import tls_from_dir
@@ -49,12 +49,6 @@ def _frames() -> list[pd.DataFrame]:
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def site_processes(tmp_path: Path) -> Iterator[tuple[Path, int, list[subprocess.Popen[bytes]]]]:
     certs = tmp_path / "certs"
@@ -70,7 +64,7 @@ def site_processes(tmp_path: Path) -> Iterator[tuple[Path, int, list[subprocess.
         f"sqlite:///{tmp_path / 'h.db'}",
     ]
     (tmp_path / "policy.toml").write_text(POLICY_TOML)
-    port = _free_port()
+    port = unused_port()  # the sites dial it before the query server listens there
     procs = []
     for i, source in enumerate(sources):
         issue_client(certs, f"site-{i}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from _ports import unused_port
 from covey.analytics import _cli
 from covey.transport.grpc import Refused
 from covey.transport.grpc._refusal import RUN_OVER
@@ -66,9 +66,7 @@ def test_a_site_waits_for_the_next_query_server_however_long_it_takes(
     from covey.transport.grpc import _refusal
 
     pd.DataFrame({"age": [30, 40]}).to_csv(tmp_path / "patients.csv", index=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens there: no query server is up
+    port = unused_port()  # nothing listens there: no query server is up
     real = covey.deploy.connect
 
     def quick(*args: Any, **kwargs: Any) -> Any:  # no real seconds between attempts

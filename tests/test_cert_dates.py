@@ -183,18 +183,16 @@ def test_cli_renew_server(fed: Path) -> None:
 def test_a_client_whose_certificate_expires_while_retrying_stops_naming_it(fed: Path) -> None:
     # It retried until retry_for was spent (600 s by default), then said only that the
     # server was unreachable, though no server would ever take it again.
-    import socket
     import time
 
     from _live import Fit
+    from _ports import unused_port
     from covey.transport.grpc._client import connect
     from covey.transport.grpc._refusal import Refused
 
     _dated(fed, "site", -60, 1.5)
     tls = client_tls(fed / "ca.pem", fed / "site.pem", fed / "site.key")
-    with socket.socket() as probe:  # a port where nothing listens
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = unused_port()  # a port where nothing listens
     ends = x509.load_pem_x509_certificate((fed / "site.pem").read_bytes()).not_valid_after_utc
     while _dt.datetime.now(_dt.UTC) <= ends:
         time.sleep(0.2)

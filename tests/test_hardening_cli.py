@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from covey.deploy.certs import init_federation, issue_client, revoke
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _live import Served
+from _ports import unused_port
 
 APPS = Path(__file__).parent / "apps"
 
@@ -73,9 +72,7 @@ def _client_first(k: int, *extra: str) -> tuple[subprocess.Popen[str], int, str]
     server started then on the port, with a short wait for clients, sees it join
     even on a loaded machine (where starting the command can take seconds).
     """
-    with closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = unused_port()  # dialled before anything listens there
     proc = _client(port, k, *extra)
     try:
         return proc, port, _until(proc, "retrying")

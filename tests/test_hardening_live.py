@@ -29,6 +29,7 @@ from covey.transport.grpc.proto import covey_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _live import Fit, Joined, Raw, Served
+from _ports import unused_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -219,14 +220,8 @@ def test_properties_given_to_connect_are_what_the_server_selects_on() -> None:
 # -- 9, 10. where a server listens ---------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_a_resumed_run_listens_on_its_stored_address(tmp_path: Path) -> None:
-    port = _free_port()
+    port = unused_port()  # fixed by design; one no outgoing connection takes in between
     strategy = covey.FedAvg(fraction_evaluate=0.0)
     first = Served(strategy, 1, address=f"127.0.0.1:{port}", run_dir=tmp_path / "run")
     clients = [Joined(port, name=f"c{k}") for k in range(2)]

@@ -22,6 +22,7 @@ from covey.transport.grpc._registry import Connection, Registry, Sink
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _live import Joined, Served, initial
+from _ports import unused_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -97,9 +98,7 @@ def test_a_wait_for_clients_longer_than_the_os_takes_is_waited_out_in_turns() ->
 def test_attempts_that_found_no_server_are_not_counted_as_sessions(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with socket.socket() as probe:  # a port no one listens on, for now
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = unused_port()  # a port no one listens on, for now
     with caplog.at_level(logging.WARNING, logger="covey"):
         client = Joined(port, name="early", backoff=0.05)
         deadline = time.monotonic() + 30

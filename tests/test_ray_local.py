@@ -30,6 +30,7 @@ if importlib.util.find_spec("ray") is None:
     pytest.skip("the Ray backend needs ray (covey[ray])", allow_module_level=True)
 
 import covey
+from _ports import unused_port
 from covey import FitResult
 from covey.core import _codec
 from covey.core._messages import Task
@@ -315,9 +316,7 @@ def test_a_ray_start_timeout_of_years_waits_without_overflowing() -> None:
 
     # Any positive, finite number is taken: 1e10 s made the socket's timeout, and
     # 1e300 s Ray's wait for the actors, raise a bare OverflowError.
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
+    port = unused_port()  # nothing listens there
     with pytest.raises(ConnectionError, match="no Ray cluster answers"):
         check_reachable(f"127.0.0.1:{port}", 1e10)
     _one_actor_given(1e300)
@@ -537,9 +536,7 @@ def _simulate_at(address: str) -> subprocess.CompletedProcess[str]:
 
 def test_a_cluster_address_where_nothing_listens_is_refused_at_once() -> None:
     # Ray itself retries such an address for more than ten minutes before failing.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # free once closed: nothing listens there
+    port = unused_port()  # nothing listens there
     try:
         out = _simulate_at(f"127.0.0.1:{port}")
     except subprocess.TimeoutExpired:
@@ -649,9 +646,7 @@ def test_a_ray_client_address_where_nothing_listens_is_refused_at_once() -> None
     # Ray waits 30 s for a Ray Client server, then fails without naming the address.
     import ray
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # free once closed: nothing listens there
+    port = unused_port()  # nothing listens there
     address = f"ray://127.0.0.1:{port}"
     with pytest.raises(ConnectionError, match=f"no Ray cluster answers at ray_address='{address}'"):
         covey.simulate(Plus, 2, 1, None, {"w": np.zeros(2)}, backend="ray", ray_address=address)

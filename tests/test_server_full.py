@@ -8,7 +8,6 @@ that never reached its server said its connection was "lost".
 from __future__ import annotations
 
 import logging
-import socket
 import sys
 import threading
 import time
@@ -24,6 +23,7 @@ from covey.transport.grpc._server import GrpcServerTransport
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _live import Events, Fit, Joined
+from _ports import unused_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -112,9 +112,7 @@ def test_grpcs_own_limit_reads_as_a_full_server() -> None:
 def test_a_client_that_never_reached_its_server_says_it_could_not_connect(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with socket.socket() as probe:  # a port no one listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = unused_port()  # a port no one listens on
     with (
         caplog.at_level(logging.WARNING, logger="covey"),
         pytest.raises(ConnectionError) as gave_up,

@@ -12,6 +12,7 @@ import pytest
 
 import covey
 from _live import serve_interrupted
+from _ports import unused_port
 from _procs import interrupt_tiny_server, undated
 from covey.deploy._server import serve
 from covey.server._store import RunStore
@@ -98,9 +99,7 @@ def test_sigterm_stops_covey_client_site_and_query_as_ctrl_c_does(
     import sys
     import time
 
-    with socket.socket() as probe:  # a port no one listens on: it keeps retrying
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = unused_port()  # a port no one listens on: it keeps retrying
     apps = Path(__file__).parent / "apps"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(apps), *sys.path]), "COLUMNS": "250"}
     started = "could not connect"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import pytest
 import covey
 import covey.deploy
 from _live import served_to
+from _ports import unused_port
 
 
 class Step(covey.Client):
@@ -142,9 +142,7 @@ def test_serve_takes_its_seconds_as_numpy_numbers() -> None:
 
 def test_connect_takes_its_seconds_and_counts_as_numpy_numbers() -> None:
     # Past the checks to the connection attempts: nothing listens there.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # free once closed
+    port = unused_port()
     with pytest.raises(ConnectionError):
         covey.deploy.connect(
             Nothing(),
