@@ -124,6 +124,22 @@ def _refusals(run: Path) -> list[tuple[str, str]]:
         ]
 
 
+def _until_recorded(run: Path, dial: Callable[[], int], deadline: float) -> list[str]:
+    """Peers of the connections ``dial`` made (it returns their local ports) until one is refused.
+
+    It dials until one of them is recorded as refused, or ``deadline`` (monotonic) passes.
+    The watch traces a connection only if it is still open when gRPC asks for credentials,
+    and within its CPU budget: on a busy machine one may go untraced, so this dials again.
+    """
+    peers: list[str] = []
+    while not set(peers) & set(dict(_refusals(run))) and time.monotonic() < deadline:
+        peers.append(f"ipv4:127.0.0.1:{dial()}")
+        settled = time.monotonic() + 10
+        while time.monotonic() < settled and peers[-1] not in dict(_refusals(run)):
+            time.sleep(0.1)
+    return peers
+
+
 @pytest.mark.skipif(not FDS.is_dir(), reason="needs /proc/self/fd")
 def test_failed_handshakes_are_events_naming_the_peer(tmp_path: Path) -> None:
     fed, other = tmp_path / "fed", tmp_path / "other"
@@ -133,27 +149,27 @@ def test_failed_handshakes_are_events_naming_the_peer(tmp_path: Path) -> None:
     issue_client(other, "x")
     strategy = covey.FedAvg(min_available_clients=1, min_fit_clients=1, fraction_evaluate=0.0)
     run = tmp_path / "run"
-    served = Served(strategy, 3, certs=fed, run_dir=run, round_timeout=20)
+    served = Served(strategy, 3, certs=fed, run_dir=run, round_timeout=20, wait_timeout=180)
     ca = fed / "ca.pem"
-    ports = [
-        _no_certificate(served.port, ca),
-        _foreign_certificate(served.port, ca, other),
-        _garbage(served.port),
-    ]
-    expected = {f"ipv4:127.0.0.1:{p}" for p in ports}
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if expected <= {client for client, _ in _refusals(run)}:
-            break
-        time.sleep(0.1)
+    deadline = time.monotonic() + 75
+    strangers = {
+        "no certificate": _until_recorded(run, lambda: _no_certificate(served.port, ca), deadline),
+        "a foreign certificate": _until_recorded(
+            run, lambda: _foreign_certificate(served.port, ca, other), deadline
+        ),
+        "not TLS": _until_recorded(run, lambda: _garbage(served.port), deadline),
+    }
     honest = Joined(served.port, Fit(), tls=tls_from_certs(fed, "c0"))
     result = served.join(60)
     honest.join()
     assert honest.error is None
     assert len(result.history.rounds) == 4
     refusals = _refusals(run)
-    # Exactly the three strangers, each named by its address; the honest client is not.
-    assert {client for client, _ in refusals} == expected
+    recorded = {client for client, _ in refusals}
+    # Only the strangers' connections, each kind named by its address; the honest client is not.
+    assert recorded <= {peer for peers in strangers.values() for peer in peers}, refusals
+    for kind, peers in strangers.items():
+        assert recorded & set(peers), f"no connection with {kind} was recorded: {refusals}"
     for client, detail in refusals:
         assert "TLS handshake failed" in detail
         assert f"peer {client}" in detail
@@ -172,18 +188,15 @@ def test_a_client_refusing_the_servers_host_name_is_not_blamed_for_its_certifica
     # A client with a good certificate that dials a name the server certificate lacks.
     context = ssl.create_default_context(cafile=str(fed / "ca.pem"))
     context.load_cert_chain(fed / "clients" / "c0.pem", fed / "clients" / "c0.key")
-    peers: list[str] = []
-    deadline = time.monotonic() + 90
-    # The watch traces a connection still open when gRPC asks for credentials: on a busy
-    # machine the refusing client may have closed it first, so it dials until one is traced.
-    while not set(peers) & set(dict(_refusals(run))) and time.monotonic() < deadline:
+
+    def refusing() -> int:
         with socket.create_connection(("127.0.0.1", served.port), timeout=10) as raw:
-            peers.append(f"ipv4:127.0.0.1:{raw.getsockname()[1]}")
+            local = int(raw.getsockname()[1])
             with pytest.raises(ssl.SSLCertVerificationError):
                 context.wrap_socket(raw, server_hostname="elsewhere.example.org")
-        settled = time.monotonic() + 5
-        while time.monotonic() < settled and peers[-1] not in dict(_refusals(run)):
-            time.sleep(0.1)
+        return local
+
+    peers = _until_recorded(run, refusing, time.monotonic() + 90)
     honest = Joined(served.port, Fit(), tls=tls_from_certs(fed, "c0"))
     served.join(60)
     honest.join()
