@@ -236,3 +236,17 @@ def test_best_round_of_an_error_named_in_words_is_its_lowest() -> None:
     for name in names:
         assert h.best_round(name) == (2, 0.3), name
     assert h.best_round("accuracy") == (2, 0.7)
+
+
+def test_a_regressors_mse_asked_by_name_points_to_its_loss() -> None:
+    # SklearnClient reports a regressor's mean squared error as its loss, beside "mae"
+    # and "r2": best_round("mse") said "did you mean 'mae'?", another metric.
+    h = covey.History(
+        [
+            RoundRecord(r, evaluate_loss=m, evaluate_metrics={"mae": m, "r2": 1 - m})
+            for r, m in ((1, 0.9), (2, 0.3))
+        ]
+    )
+    with pytest.raises(ValueError, match=r"a regressor's mean squared error is its 'loss'$"):
+        h.best_round("mse", source="evaluate")
+    assert h.best_round("loss", source="evaluate") == (2, 0.3)

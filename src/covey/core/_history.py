@@ -442,6 +442,8 @@ def _not_recorded(history: History, name: str, source: Source, *, nan: bool = Fa
     if elsewhere:
         where = " and ".join(f"source={s!r}" for s in elsewhere)
         message += f"; {name!r} is recorded from {where}"
+    if name in ("mse", "mean_squared_error") and "loss" in recorded:  # covey's regressors
+        return message + "; a regressor's mean squared error is its 'loss'"
     if name not in recorded and (close := difflib.get_close_matches(name, recorded, n=1)):
         message += f"; did you mean {close[0]!r}?"
     return message
