@@ -323,6 +323,53 @@ def test_a_ray_start_timeout_of_years_waits_without_overflowing() -> None:
     assert not ray.is_initialized()
 
 
+def test_a_local_ray_that_fails_to_start_leaves_nothing_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gc
+
+    import ray
+
+    # Ray gave its GCS 30 s to start, which a busy machine exceeded ("Timed out
+    # waiting for file .../gcs_server_port"); the GCS server it had started ran on
+    # (a ResourceWarning once collected), and the error said nothing of what to do.
+    monkeypatch.setenv("RAY_gcs_server_port_wait_time_s", "0")  # no time at all
+    with pytest.raises(Exception, match="gcs_server_port") as failed:
+        _one_actor_given(None)
+    (note,) = failed.value.__notes__
+    assert "RAY_gcs_server_port_wait_time_s=0 (set in the environment)" in note
+    assert "raise ray_start_timeout" in note
+    assert not ray.is_initialized()
+    assert not ray_children()  # stopped and waited for, not left to the fixture
+    del failed
+    gc.collect()  # a Popen of Ray's not waited for warns here (filterwarnings=error)
+
+
+def test_a_local_ray_is_given_ray_start_timeout_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    from covey.sim import _raystart
+
+    monkeypatch.delenv("RAY_gcs_server_port_wait_time_s", raising=False)
+    seen = []
+    real = _raystart.start_or_join
+
+    def start_or_join(ray: Any, *args: Any) -> bool:
+        with monkeypatch.context() as inner:
+            inner.setattr(
+                ray, "init", lambda **kw: seen.append(os.environ[_raystart.WAIT_VARIABLE])
+            )
+            inner.setattr(ray, "is_initialized", lambda: False)
+            with contextlib.suppress(Exception):
+                real(ray, *args)
+        raise RuntimeError("stopped before Ray started")
+
+    monkeypatch.setattr("covey.sim._ray.start_or_join", start_or_join)
+    for timeout, wait in [(None, "120"), (300.5, "301"), (0.5, "1"), (1e300, "2000000")]:
+        with pytest.raises(RuntimeError, match="stopped before Ray started"):
+            _one_actor_given(timeout)
+        assert seen.pop() == wait
+    assert "RAY_gcs_server_port_wait_time_s" not in os.environ
+
+
 def test_many_more_actors_than_cpus_are_warned_of(caplog: pytest.LogCaptureFixture) -> None:
     # {"num_cpus": 0.01} started 200 actors on 2 CPUs, 100-200 MB each, without a word.
     with (

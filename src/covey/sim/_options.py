@@ -117,7 +117,8 @@ def _check_ray_options(
     if start_timeout is not None and not (finite(start_timeout) and start_timeout > 0):
         raise ValueError(
             "ray_start_timeout must be None (the defaults: 10 s for a cluster to answer, "
-            "120 s for the actors to start) or a positive, finite number of seconds, "
+            "120 s for a local Ray and for the actors to start) or a positive, finite number "
+            "of seconds, "
             f"got {start_timeout!r}"
         )
 

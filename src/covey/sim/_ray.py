@@ -80,9 +80,10 @@ class RayTransport:
             (or ``"local"``) starts a local Ray for this run and stops it at :meth:`close`.
         num_actors: Most actors per group (default: as many as the resources allow).
         client_cache: Most clients each actor keeps built (None: all; 0: build per task).
-        start_timeout: Seconds a cluster at ``address`` has to answer and the actors
-            have to start (a clear error if they cannot be placed, e.g. resources no
-            node has); None: 10 s for the cluster, :data:`START_TIMEOUT` for the actors.
+        start_timeout: Seconds a cluster at ``address`` has to answer (or a local Ray
+            to start) and the actors have to start (a clear error if they cannot be
+            placed, e.g. resources no node has); None: 10 s for the cluster, 120 s for
+            a local Ray, :data:`START_TIMEOUT` for the actors.
         init_args: Extra keyword arguments for ``ray.init``.
     """
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 from covey.core._extras import MissingExtraError
 from covey.core._interrupt import stop_signals
@@ -24,6 +25,11 @@ from covey.sim._rayplan import check_joined, check_reachable, unpicklable
 from covey.sim._raywatch import watch
 
 logger = logging.getLogger("covey")
+
+#: Seconds a local Ray has to start by default (``simulate(ray_start_timeout=...)``).
+LOCAL_START_TIMEOUT = 120.0
+#: What Ray reads for the seconds its GCS has to start.
+WAIT_VARIABLE = "RAY_gcs_server_port_wait_time_s"
 
 
 def ray_module(local: bool = False) -> Any:
@@ -77,7 +83,9 @@ def start_or_join(
 ) -> bool:
     """Start or join a Ray unless this process has one already; whether it did.
 
-    ``timeout``: seconds a cluster at ``address`` has to answer (None: 10 s).
+    ``timeout``: seconds a cluster at ``address`` has to answer (None: 10 s), or
+    a local Ray has to start (None: :data:`LOCAL_START_TIMEOUT`). A local Ray that
+    fails to start leaves none of its processes running.
     """
     if ray.is_initialized():
         if address is not None:
@@ -92,12 +100,17 @@ def start_or_join(
         "log_to_driver": True,
     }
     kwargs.update(init_args or {})
-    with held_signals() as held:
+    local = kwargs["address"] == "local"
+    with held_signals() as held, local_start_wait(local, timeout) as wait:
         try:
             ray.init(**kwargs)
-        except ConnectionError as exc:  # Ray's "Failed to connect to Ray cluster at ..."
-            if address is not None:
-                exc.add_note(joining_failed(address))
+        except BaseException as exc:
+            if local:  # what it started is stopped, even when interrupted a second time
+                stop_started(ray, exc)
+                if isinstance(exc, Exception):
+                    exc.add_note(local_start_failed(wait))
+            elif isinstance(exc, ConnectionError):  # "Failed to connect to Ray cluster at"
+                exc.add_note(joining_failed(str(address)))
             raise
     try:
         for handler, signum in held:
@@ -106,6 +119,61 @@ def start_or_join(
         ray.shutdown()
         raise
     return True
+
+
+@contextlib.contextmanager
+def local_start_wait(local: bool, timeout: float | None) -> Iterator[str]:
+    """Give a local Ray ``timeout`` seconds to start its GCS while the block runs.
+
+    Ray waits 30 s by default for its GCS to say its port, which a busy machine
+    can exceed ("Timed out waiting for file .../gcs_server_port"). Ray reads
+    ``RAY_gcs_server_port_wait_time_s`` when it starts; one set already is kept.
+    Yields what bounds the wait, for an error to name.
+    """
+    if not local or WAIT_VARIABLE in os.environ:
+        yield f"{WAIT_VARIABLE}={os.environ.get(WAIT_VARIABLE, '')} (set in the environment)"
+        return
+    seconds = LOCAL_START_TIMEOUT if timeout is None else timeout
+    # Whole seconds, at least one; Ray's wait is a C int of milliseconds.
+    os.environ[WAIT_VARIABLE] = str(min(max(1, math.ceil(seconds)), 2_000_000))
+    try:
+        yield f"ray_start_timeout={seconds:g} s"
+    finally:
+        os.environ.pop(WAIT_VARIABLE, None)
+
+
+def stop_started(ray: Any, exc: BaseException) -> None:
+    """Stop the processes a local Ray that failed to start had started, and wait for them.
+
+    Ray leaves them running (its GCS server, when its port did not come in time)
+    until this process ends; the ``ray._private.node.Node`` that started them is
+    found in the traceback of ``exc``.
+    """
+    node_type = getattr(getattr(getattr(ray, "_private", None), "node", None), "Node", None)
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen and isinstance(node_type, type):
+        seen.add(id(cause))
+        trace = cause.__traceback__
+        while trace is not None:
+            node = trace.tb_frame.f_locals.get("self")
+            if isinstance(node, node_type):
+                with contextlib.suppress(Exception):  # stopped as far as can be
+                    cast(Any, node).kill_all_processes(check_alive=False, wait=True)
+                break
+            trace = trace.tb_next
+        cause = cause.__cause__ or cause.__context__
+    with contextlib.suppress(Exception):  # a Ray that started part-way then failed
+        ray.shutdown()
+
+
+def local_start_failed(wait: str) -> str:
+    """What to do when a local Ray did not start within ``wait``."""
+    return (
+        f"the local Ray started for this run did not start (given {wait}); "
+        "the processes it had started were stopped. A busy machine can take longer: raise "
+        "ray_start_timeout, or give ray_address a Ray started beforehand (ray start --head)"
+    )
 
 
 def joining_failed(address: str) -> str:

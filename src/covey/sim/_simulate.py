@@ -290,10 +290,11 @@ def simulate(
             "num_gpus": 0.25}``, or one such mapping per group with ``client_group``.
         client_group: Ray: ``cid -> group name`` when resources differ per group.
         ray_address: Ray: a running cluster to join; None starts (and stops) a local Ray.
-        ray_start_timeout: Ray: seconds a cluster at ``ray_address`` has to answer and
-            the actors have to start (those that replace actors lost mid-run too);
-            None waits 10 s for the cluster and 120 s for the actors. Raise it for a
-            slow or busy cluster (nodes that take long to start, an autoscaler).
+        ray_start_timeout: Ray: seconds a cluster at ``ray_address`` has to answer (or
+            a local Ray's GCS to start) and the actors have to start (those that
+            replace actors lost mid-run too); None waits 10 s for the cluster, 120 s
+            for a local Ray and 120 s for the actors. Raise it for a slow or busy
+            cluster or machine (nodes that take long to start, an autoscaler).
         compression: Clients send their updates compressed with this scheme (see
             :mod:`covey.compress`; a name such as ``"q8"`` or a scheme object). Each
             round's record (an asynchronous run's: each global update's) holds the
