@@ -170,9 +170,10 @@ def stop_started(ray: Any, exc: BaseException) -> None:
 def local_start_failed(wait: str) -> str:
     """What to do when a local Ray did not start within ``wait``."""
     return (
-        f"the local Ray started for this run did not start (given {wait}); "
-        "the processes it had started were stopped. A busy machine can take longer: raise "
-        "ray_start_timeout, or give ray_address a Ray started beforehand (ray start --head)"
+        f"the local Ray started for this run did not start (its GCS given {wait}, its "
+        "raylet Ray's fixed 30 s); the processes it had started were stopped. A busy "
+        "machine can take longer: raise ray_start_timeout, run fewer processes beside it, "
+        "or give ray_address a Ray started beforehand (ray start --head)"
     )
 
 
