@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
@@ -30,6 +31,9 @@ logger = logging.getLogger("covey")
 LOCAL_START_TIMEOUT = 120.0
 #: What Ray reads for the seconds its GCS has to start.
 WAIT_VARIABLE = "RAY_gcs_server_port_wait_time_s"
+ENVIRONMENT_SET = "(set in the environment)"
+#: Starts of a local Ray tried while ``ray_start_timeout`` has time left (see start_again).
+START_ATTEMPTS = 3
 
 
 def ray_module(local: bool = False) -> Any:
@@ -101,23 +105,44 @@ def start_or_join(
     }
     kwargs.update(init_args or {})
     local = kwargs["address"] == "local"
+    deadline = time.monotonic() + (LOCAL_START_TIMEOUT if timeout is None else timeout)
     with held_signals() as held, local_start_wait(local, timeout) as wait:
-        try:
-            ray.init(**kwargs)
-        except BaseException as exc:
-            if local:  # what it started is stopped, even when interrupted a second time
-                stop_started(ray, exc)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                ray.init(**kwargs)
+                break
+            except BaseException as exc:
+                if not local:
+                    if isinstance(exc, ConnectionError):  # "Failed to connect to Ray cluster"
+                        exc.add_note(joining_failed(str(address)))
+                    raise
+                stop_started(ray, exc)  # stopped even when interrupted a second time
+                if attempt < START_ATTEMPTS and start_again(exc, wait, deadline):
+                    continue
                 if isinstance(exc, Exception):
                     exc.add_note(local_start_failed(wait))
-            elif isinstance(exc, ConnectionError):  # "Failed to connect to Ray cluster at"
-                exc.add_note(joining_failed(str(address)))
-            raise
+                raise
     try:
         for handler, signum in held:
             handler(signum, None)  # Ctrl-C's raises KeyboardInterrupt, now that Ray can stop
     except BaseException:
         ray.shutdown()
         raise
+    return True
+
+
+def start_again(exc: BaseException, wait: str, deadline: float) -> bool:
+    """Whether a local Ray that timed out starting is started again (and says so).
+
+    Ray gives its raylet a fixed 30 s to start, which no setting raises: on a busy
+    machine a start can time out there while ``ray_start_timeout`` has time left.
+    A wait set in the environment is the user's own: that start is not repeated.
+    """
+    timed_out = isinstance(exc, Exception) and "timed out" in str(exc).lower()
+    if not timed_out or wait.endswith(ENVIRONMENT_SET) or time.monotonic() >= deadline:
+        return False
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    logger.warning("the local Ray did not start in time (%s); starting it again", first[:200])
     return True
 
 
@@ -131,7 +156,7 @@ def local_start_wait(local: bool, timeout: float | None) -> Iterator[str]:
     Yields what bounds the wait, for an error to name.
     """
     if not local or WAIT_VARIABLE in os.environ:
-        yield f"{WAIT_VARIABLE}={os.environ.get(WAIT_VARIABLE, '')} (set in the environment)"
+        yield f"{WAIT_VARIABLE}={os.environ.get(WAIT_VARIABLE, '')} {ENVIRONMENT_SET}"
         return
     seconds = LOCAL_START_TIMEOUT if timeout is None else timeout
     # Whole seconds, at least one; Ray's wait is a C int of milliseconds.
@@ -171,9 +196,9 @@ def local_start_failed(wait: str) -> str:
     """What to do when a local Ray did not start within ``wait``."""
     return (
         f"the local Ray started for this run did not start (its GCS given {wait}, its "
-        "raylet Ray's fixed 30 s); the processes it had started were stopped. A busy "
-        "machine can take longer: raise ray_start_timeout, run fewer processes beside it, "
-        "or give ray_address a Ray started beforehand (ray start --head)"
+        "raylet Ray's fixed 30 s, each start tried); the processes it had started were "
+        "stopped. A busy machine can take longer: raise ray_start_timeout, run fewer "
+        "processes beside it, or give ray_address a Ray started beforehand (ray start --head)"
     )
 
 
