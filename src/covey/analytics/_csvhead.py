@@ -155,8 +155,7 @@ def check_header(name: str, path: Path, dialect: Dialect, con: Any, text: str, v
     above = [
         i
         for i, s in enumerate(lines[: dialect.skip], 1)
-        if dialect.delim in s
-        and not (is_comment(s) or (dialect.comment and s.startswith(dialect.comment)))
+        if dialect.delim in s and not _commented(s, dialect)
     ]
     if dialect.delim and above:
         uneven = uneven_row(path, with_skip(dialect, 0))
@@ -180,6 +179,11 @@ def check_header(name: str, path: Path, dialect: Dialect, con: Any, text: str, v
     _check_note(name, path, dialect, (con, text), lines)
 
 
+def _commented(line: str, dialect: Dialect) -> bool:
+    """Whether ``line`` is a comment: ``# ...``, or one DuckDB's reader found the mark of."""
+    return is_comment(line) or bool(dialect.comment and line.startswith(dialect.comment))
+
+
 def _check_skipped(name: str, path: Path, dialect: Dialect, lines: list[str]) -> None:
     """Refuse a file whose header the reader finds below lines of one field it would skip.
 
@@ -191,11 +195,7 @@ def _check_skipped(name: str, path: Path, dialect: Dialect, lines: list[str]) ->
     header of numbers or dates alone (``a``, then ``2,3``, ``4,5``). A title line
     alone above a header of names is left skipped.
     """
-    skipped = [
-        s
-        for s in lines[: dialect.skip]
-        if s.strip() and not (is_comment(s) or (dialect.comment and s.startswith(dialect.comment)))
-    ]
+    skipped = [s for s in lines[: dialect.skip] if s.strip() and not _commented(s, dialect)]
     top = dialect.skip + 1
     if not skipped or (len(skipped) == 1 and not _all_values(lines[top - 1], dialect)):
         return
