@@ -8,6 +8,7 @@ left on device", and every resume trained a round and stopped there again.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -50,13 +51,19 @@ def _one_client() -> covey.Strategy:
     return covey.FedAvg(min_available_clients=1, min_fit_clients=1, fraction_evaluate=0.0)
 
 
+@contextlib.contextmanager
+def _saved_once(run: Path, weights: dict[str, Any]) -> Iterator[tuple[RunStore, int]]:
+    """A run store that saved round 0 (keep_last=1), and the size of that round's file."""
+    with RunStore.create(run, config={}) as store:
+        store.save_round(0, weights, None, keep_last=1)
+        yield store, (run / "weights" / "round-00000.safetensors").stat().st_size
+
+
 def test_a_save_with_no_room_says_how_much_the_kept_rounds_need(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     weights = {"w": np.zeros(1000)}
-    with RunStore.create(tmp_path / "run", config={}) as store:
-        store.save_round(0, weights, None, keep_last=1)
-        size = (tmp_path / "run" / "weights" / "round-00000.safetensors").stat().st_size
+    with _saved_once(tmp_path / "run", weights) as (store, size):
 
         def full(*args: Any, **kwargs: Any) -> None:
             raise SafetensorError(_FULL)
@@ -273,10 +280,8 @@ def test_a_round_file_written_before_the_database_found_no_room_is_not_counted_a
     # The round's file was written whole, then SQLite said "database or disk is full":
     # the room to free was measured with that file still on the disk, a file too high.
     weights = {"w": np.zeros(1000)}
-    with RunStore.create(tmp_path / "run", config={}) as store:
-        store.save_round(0, weights, None, keep_last=1)
+    with _saved_once(tmp_path / "run", weights) as (store, size):
         folder = tmp_path / "run" / "weights"
-        size = (folder / "round-00000.safetensors").stat().st_size
         real = shutil.disk_usage
         budget = size + size // 2  # what the disk holds for round files
 
