@@ -226,3 +226,30 @@ def test_dp_formula_stays_within_what_the_bounds_allow() -> None:
             shown += len(got)
             assert ((got >= low) & (got <= high)).all(), (col, list(got))
     assert shown > 0
+
+
+def test_dp_difference_of_counts_over_a_subset_is_not_negative() -> None:
+    # COUNT(*) - COUNT(los) counts the NULLs: >= 0 whatever the noise; the other way <= 0
+    from covey.analytics._formula_range import within
+
+    aggregates = plan("SELECT COUNT(*), COUNT(los), COUNT(age) FROM patients").aggregates
+    star, los, age = (np.array([10.0, 3.0]), np.array([12.0, 1.0]), np.array([15.0, 0.0]))
+    values = [star, los, age]
+    bounds = POLICY.bounds
+    nulls = ("-", ("agg", 0), ("agg", 1))
+    assert list(within(nulls, values, aggregates, bounds)) == [0.0, 2.0]
+    assert list(within(("-", ("agg", 1), ("agg", 0)), values, aggregates, bounds)) == [0.0, -2.0]
+    assert list(within(("-", ("agg", 1), ("agg", 1)), values, aggregates, bounds)) == [0.0, 0.0]
+    # COUNT(age) counts no subset of COUNT(los)'s rows: no bound is made up
+    assert list(within(("-", ("agg", 1), ("agg", 2)), values, aggregates, bounds)) == [-3.0, 1.0]
+    sql = (
+        "SELECT COUNT(*) - COUNT(los) AS missing, COUNT(los) - COUNT(*) AS minus "
+        "FROM patients GROUP BY sex"
+    )
+    shown = 0
+    for _ in range(12):
+        df = query(_sites(), sql, secure=False, epsilon=0.05)
+        shown += len(df["missing"].dropna())
+        assert (df["missing"].dropna() >= 0).all(), list(df["missing"])
+        assert (df["minus"].dropna() <= 0).all(), list(df["minus"])
+    assert shown > 0

@@ -9,10 +9,16 @@ bounds, a sum of values none of them negative is not negative, a variance is at
 most a quarter of the range squared, doubled for a sample's), and so does the
 value of arithmetic over them, by interval arithmetic; ``SUM(x) / COUNT(x)`` over
 the same rows is a mean and lies within ``x``'s bounds, ``SUM(x) / COUNT(*)``
-within them and 0. Each step of the formula is brought back into its range:
-post-processing of released values with public bounds, which costs no privacy
-and only moves an answer nearer the truth. Answers without noise are exact and
-are evaluated as written (:func:`~covey.analytics._formula.evaluate`).
+within them and 0. A count of the rows another count also counts, subtracted
+from it (``COUNT(*) - COUNT(x)``: the rows where ``x`` is NULL; ``COUNT(x) -
+COUNT(x)``), is not negative, and the difference the other way not positive:
+every aggregate of a query is over the same rows, and ``COUNT(x)`` counts a
+subset of those ``COUNT(*)`` counts, withheld groups included (a site withholds
+``COUNT(x)`` wherever it withholds ``COUNT(*)``). Each step of the formula is
+brought back into its range: post-processing of released values with public
+bounds, which costs no privacy and only moves an answer nearer the truth.
+Answers without noise are exact and are evaluated as written
+(:func:`~covey.analytics._formula.evaluate`).
 MIN and MAX carry no range: they are not clipped to the bounds.
 """
 
@@ -83,6 +89,26 @@ def _mean(term: tuple[Any, ...], aggregates: Sequence[Any], bounds: Any) -> Rang
     return (low, high) if bottom.func == "count_col" else (min(low, 0.0), max(high, 0.0))
 
 
+def _subset(whole: Any, part: Any) -> bool:
+    """Whether the count ``part`` counts a subset of the rows the count ``whole`` counts."""
+    if part.func == "count_col" and whole.func in ("count", "count_col"):
+        return bool(whole.func == "count" or whole.column == part.column)
+    return bool(part.func == "count" and whole.func == "count")
+
+
+def _difference(term: tuple[Any, ...], aggregates: Sequence[Any], span: Range) -> Range:
+    """``span`` of ``a - b``: >= 0 when ``b`` counts a subset of ``a``'s rows, <= 0 if reversed."""
+    if term[0] != "-" or term[1][0] != "agg" or term[2][0] != "agg":
+        return span
+    left, right = aggregates[term[1][1]], aggregates[term[2][1]]
+    low, high = span
+    if _subset(left, right):
+        low = max(low, 0.0)
+    if _subset(right, left):
+        high = min(high, 0.0)
+    return (low, high)
+
+
 def within(
     term: tuple[Any, ...],
     values: Sequence[np.ndarray],
@@ -117,7 +143,7 @@ def _within(
             span = (rs[0][0] + other[0], rs[0][1] + other[1])
         else:
             span = _mul(rs[0], rs[1]) if kind == "*" else _div(rs[0], rs[1])
-        span = _mean(term, aggregates, bounds) or span
+        span = _mean(term, aggregates, bounds) or _difference(term, aggregates, span)
         term = (kind, *(("agg", i) for i in range(len(parts))))
         values = [np.asarray(v, dtype=float) for v, _ in parts]
     with np.errstate(all="ignore"):
