@@ -7,15 +7,17 @@ noise multiplier that just fits is found by bisection over that same ledger
 (more noise never costs more), and the epsilon shown is what a query of those
 releases at that multiplier costs, rounded down to three significant digits and
 checked by calibrating a query to it as the server would. Each site says so at
-its own delta; :func:`what_fits` turns the refusing sites' figures into the one
-they all pay at the query's delta.
+its own delta, in a field of its refusal (:func:`refusal`; a site of a version
+before that field said it in its text alone, which is read for it);
+:func:`what_fits` turns the refusing sites' figures into the one they all pay at
+the query's delta.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -73,7 +75,52 @@ def largest_fit(ledger: Ledger, dp_event: Any, limit: float, delta: float) -> fl
     return None
 
 
+# how a site of a version before the ``fits`` field said it: in its refusal's text alone
 _HINT = re.compile(r"ask with epsilon ([0-9.eE+-]+) or less \(at delta ([0-9.eE+-]+)\)")
+
+
+class BudgetRefused(PermissionError):
+    """A budget's refusal of an event, with what fits: ``(epsilon, delta)`` or None.
+
+    ``fits`` is the largest epsilon at the budget's delta a query of the same
+    releases may ask for (None when the budget is spent, or no noise fits).
+    """
+
+    def __init__(self, message: str, fits: tuple[float, float] | None) -> None:
+        super().__init__(message)
+        self.fits = fits
+
+
+def refusal(exc: Exception) -> dict[str, Any]:
+    """A refusal as a site sends it: its text, and under ``fits`` what fits its budget.
+
+    ``fits`` is ``{"epsilon": ..., "delta": ...}``, or None for a refusal that is no
+    budget's or where nothing fits; it is always there, so that the server tells a
+    site that says nothing fits from one of a version that said it only in the text.
+    """
+    fits = getattr(exc, "fits", None) if isinstance(exc, BudgetRefused) else None
+    told = None if fits is None else {"epsilon": float(fits[0]), "delta": float(fits[1])}
+    return {"refused": str(exc), "fits": told}
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _told(entry: Mapping[str, Any]) -> tuple[float, float] | None:
+    """``(epsilon, delta)`` a refusal says fits its budget, or None."""
+    if "fits" not in entry:  # a site of an older version says it in its text alone
+        hint = _HINT.search(str(entry.get("refused", "")))
+        return None if hint is None else (float(hint.group(1)), float(hint.group(2)))
+    fits = entry["fits"]
+    if not isinstance(fits, Mapping):
+        return None
+    epsilon, delta = _number(fits.get("epsilon")), _number(fits.get("delta"))
+    if epsilon is None or delta is None or epsilon <= 0 or not 0 < delta < 1:
+        return None
+    return epsilon, delta
 
 
 def _round_down(epsilon: float) -> float:
@@ -81,30 +128,33 @@ def _round_down(epsilon: float) -> float:
     return float(math.floor(epsilon * 10**digits) / 10**digits)
 
 
-def what_fits(mechanism: str, releases: int, delta: float, reasons: Sequence[str]) -> str:
-    """The largest epsilon at the query's ``delta`` every site refusing for ``reasons`` pays.
+def what_fits(
+    mechanism: str,
+    releases: int,
+    delta: float,
+    refusals: Sequence[Mapping[str, Any]],
+    who: str = "every site pays",
+) -> str:
+    """The largest epsilon at the query's ``delta`` every budget refusing in ``refusals`` pays.
 
-    Each site refusing for its budget says what it pays at its own delta; the query
-    is calibrated at ``delta``, so the noise each one's figure stands for is found,
-    and the most of it (more noise never costs more) is what all of them pay. ''
-    when a site refuses for anything else, or its budget is spent.
+    Each refusal (as :func:`refusal` makes it) says what its budget pays at its own
+    delta; the query is calibrated at ``delta``, so the noise each one's figure
+    stands for is found, and the most of it (more noise never costs more) is what
+    all of them pay. '' when one refuses for anything else, or its budget is spent.
     """
     from covey.analytics import _dp
 
-    hints = [_HINT.search(r) for r in reasons]
-    if not hints or any(h is None for h in hints):
+    told = [_told(r) for r in refusals]
+    if not told or any(t is None for t in told):
         return ""
     try:
         noise = max(
-            _dp.calibrate(mechanism, float(h.group(1)), float(h.group(2)), releases)
-            for h in hints
-            if h is not None
+            _dp.calibrate(mechanism, epsilon, at, releases) for epsilon, at in filter(None, told)
         )
         epsilon = _dp.cost(mechanism, noise, releases, delta)
         for _ in range(8):  # rounded down, and checked as the query calibrates it
             shown = _round_down(epsilon)
             if shown > 0 and _dp.calibrate(mechanism, shown, delta, releases) >= noise:
-                who = "every site pays" if len(hints) > 1 or "site" in reasons[0] else "it pays"
                 return f"; {who} for epsilon {shown:.3g} or less at this query's delta {delta:g}"
             epsilon *= 0.99
     except (ValueError, ArithmeticError):
@@ -112,9 +162,9 @@ def what_fits(mechanism: str, releases: int, delta: float, reasons: Sequence[str
     return ""
 
 
-def charge_told(analyst: Any, key: str, dp_event: Any, fits: Callable[[list[str]], str]) -> Any:
+def charge_told(analyst: Any, key: str, dp_event: Any, fits: Callable[..., str]) -> Any:
     """``analyst.charge_query(key, dp_event)``, a refusal told what fits at the query's delta."""
     try:
         return analyst.charge_query(key, dp_event)
     except PermissionError as err:
-        raise PermissionError(f"{err}{fits([str(err)])}") from None
+        raise PermissionError(f"{err}{fits([refusal(err)], who='it pays')}") from None

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 else:
     from covey.privacy._dpa import dpa
 
-from covey.analytics._budget_fit import largest_fit
+from covey.analytics._budget_fit import BudgetRefused, largest_fit
 from covey.core._messages import finite, real, shown
 from covey.privacy import Ledger
 from covey.privacy._accounting import check_target_epsilon, statement
@@ -274,26 +274,28 @@ class Budget:
         ledger = self._ledger.add(dp_event)
         after = ledger.epsilon(self.delta)
         if self.epsilon is not None and after > self.epsilon * (1 + 1e-9):
+            most: float | None = None
             if self._spent >= self.epsilon * (1 - 1e-9):
                 said, hint = "is spent", ""
             else:  # "is spent" with two thirds of it left sent analysts looking for a leak
-                said, hint = f"cannot pay for this {what}", self._fit(dp_event)
-            raise PermissionError(
+                said, (hint, most) = f"cannot pay for this {what}", self._fit(dp_event)
+            raise BudgetRefused(
                 f"{self.owner}'s privacy budget {said}: epsilon {self._spent:.4g} of "
-                f"{self.epsilon:.4g} used, this {what} would take it to {after:.4g}{hint}"
+                f"{self.epsilon:.4g} used, this {what} would take it to {after:.4g}{hint}",
+                None if most is None else (most, self.delta),
             )
         return ledger, after
 
-    def _fit(self, dp_event: dpa.DpEvent) -> str:
-        """What a query like ``dp_event`` could ask for within what is left."""
+    def _fit(self, dp_event: dpa.DpEvent) -> tuple[str, float | None]:
+        """What a query like ``dp_event`` could ask for within what is left, and its epsilon."""
         limit = float(self.epsilon or 0.0)
         most = largest_fit(self._ledger, dp_event, limit, self.delta)
         if most is None:
             return (
                 f"; epsilon {limit - self._spent:.4g} of it is left, which no noise fits a "
                 "query of these releases in as the accountant composes it"
-            )
-        return f"; ask with epsilon {most:.3g} or less (at delta {self.delta:g})"
+            ), None
+        return f"; ask with epsilon {most:.3g} or less (at delta {self.delta:g})", most
 
     def record(self, dp_event: dpa.DpEvent) -> float:
         """Record an event already released, even past the budget; return the epsilon spent.

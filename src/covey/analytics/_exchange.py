@@ -217,11 +217,13 @@ class Federation:
         request: Mapping[str, Any],
         first: Mapping[str, Any],
         releases: int,
-        fits: Callable[[list[str]], str] = lambda reasons: "",
+        fits: Callable[[list[Mapping[str, Any]]], str] = lambda refusals: "",
     ) -> list[str]:
         """Ask every answering site whether the DP query fits in its budget, before any stage.
 
-        ``fits`` gives what to add to a refusal, from the refusing sites' reasons.
+        ``fits`` gives what to add to a refusal, from the refusing sites' answers (their
+        ``refused`` text and the ``fits`` each budget says, :func:`~covey.analytics.
+        _budget_fit.refusal`).
 
         Returns:
             The sites that will withhold their small groups: their policy does not
@@ -232,13 +234,14 @@ class Federation:
         """
         payload = {**request, "op": "describe", "first": dict(first), "releases": releases}
         answers = self._exchange(payload, self.cids)
+        late = {"refused": "the site did not answer in time"}
         short = {
-            self.names[cid]: str(got.get("refused", "the site did not answer in time"))
+            self.names[cid]: got
             for cid in self.cids
-            if "refused" in (got := answers.get(cid, {"refused": None}))
+            if "refused" in (got := answers.get(cid, late))
         }
         if short:
-            reasons = "; ".join(f"{n}: {r}" for n, r in short.items())
+            reasons = "; ".join(f"{n}: {r['refused']}" for n, r in short.items())
             raise PolicyError(
                 f"the query is refused before any site answers it ({reasons})"
                 f"{fits(list(short.values()))}"

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import duckdb
 import numpy as np
 
-from covey.analytics import _dp
+from covey.analytics import _budget_fit, _dp
 from covey.analytics._compute import Computed, check_where, compute
 from covey.analytics._ledger_file import load_budget, save_budget
 from covey.analytics._overflow import refuse_overflow
@@ -483,7 +483,7 @@ def _analyze(client: Any, task: Task) -> dict[str, Any]:
             return client.describe(request)
         return client.answer(request)
     except (PolicyError, QueryError, PermissionError) as exc:
-        return {"site": client.name, "refused": str(exc)}
+        return {"site": client.name, **_budget_fit.refusal(exc)}
 
 
 def _secure_input(client: Any, task: Any, payload: Any) -> np.ndarray:
