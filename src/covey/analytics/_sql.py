@@ -151,7 +151,7 @@ def _column(node: exp.Expression | None, func: str, loc: SqlText) -> str:
     if isinstance(node, exp.Column) and not node.table:
         return str(node.name)
     shown = "nothing" if node is None else _sqlwritten.source(node, loc) or node.sql(DIALECT)
-    hint = ""
+    hint = "" if node is None else _sqlwritten.arrow_hint(node, loc)
     if node is not None and node.find(exp.Case, exp.If) is not None:
         hint = (
             "; for the rows meeting a condition write COUNT(*) FILTER (WHERE cond) or "

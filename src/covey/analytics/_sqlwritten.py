@@ -20,6 +20,8 @@ from sqlglot.tokens import TokenType  # type: ignore[attr-defined]
 from covey.analytics._sqltext import DIALECT, SqlText
 
 _PREFIX = frozenset({"-", "~", "!", "NOT", "+"})
+_ARROWS = (exp.Lambda, exp.JSONExtract, exp.JSONExtractScalar)  # what -> and ->> read as
+_ARROW_TOKENS = frozenset({TokenType.ARROW, TokenType.DARROW})
 _TYPE_TOKENS = 6  # the most tokens of a type after :: (DOUBLE PRECISION, INT[], ...)
 # what to write instead of an operator or function the sites do not evaluate
 _INSTEAD = {
@@ -55,6 +57,23 @@ def instead(label: str, node: Any) -> str:
     return "" if isinstance(node, exp.BitwiseNot) else _INSTEAD.get(label.upper(), "")
 
 
+def arrow_hint(node: exp.Expression, loc: SqlText) -> str:
+    """Why an aggregate's argument holding ``->`` or ``->>`` is refused, naming it, or ''."""
+    found = node.find(*_ARROWS)
+    if found is None:
+        return ""
+    span = _span(node)
+    start = -1 if span is None else span[0]
+    ops = [t for t in loc.tokens if t.token_type in _ARROW_TOKENS and t.start >= start]
+    op, where = (ops[0].text, loc.at(ops[0].start)) if ops else ("->", "")
+    if isinstance(found, exp.Lambda) and not isinstance(found.this, exp.Literal):
+        return f"; {op}{where} makes a lambda (of list functions), which the sites do not evaluate"
+    return (
+        f"; {op}{where} reads a field of a JSON value, which the sites do not evaluate: give "
+        "the field a column of its own in the sites' tables and aggregate that column"
+    )
+
+
 def _span(node: exp.Expression) -> tuple[int, int] | None:
     ends = [(n.meta["start"], n.meta["end"]) for n in node.walk() if "start" in n.meta]
     if not ends:
@@ -84,6 +103,9 @@ def source(node: exp.Expression, loc: SqlText) -> str | None:
         first -= 1
     if first < 0 or last >= len(toks):
         return None
+    if node.find(*_ARROWS):  # the path after -> or ->> keeps no position: the token after it
+        while last + 2 < len(toks) and toks[last + 1].token_type in _ARROW_TOKENS:
+            last += 2
     # a type after :: keeps no position (SUM(x)::INT): its tokens follow the span
     for end in range(last, min(last + _TYPE_TOKENS, len(toks) - 1) + 1):
         text = " ".join(loc.sql[toks[first].start : toks[end].end + 1].splitlines())
@@ -97,7 +119,13 @@ def source(node: exp.Expression, loc: SqlText) -> str | None:
 def _parses_as(text: str, node: exp.Expression) -> bool:
     """Whether ``text`` reads as ``node`` (not a column alone of a[1] or a IS TRUE)."""
     try:
-        return bool(sqlglot.parse_one(text, read=DIALECT) == node)
+        if sqlglot.parse_one(text, read=DIALECT) == node:
+            return True
+        if not node.find(exp.Lambda):
+            return False
+        # a -> b is a lambda only as a call's argument (SUM(data->'x')), else a JSON path
+        call = sqlglot.parse_one(f"F({text})", read=DIALECT)
+        return bool(isinstance(call, exp.Anonymous) and call.expressions == [node])
     except (ParseError, TokenError):
         return False
 
