@@ -124,7 +124,7 @@ def load_csv(
         raise ValueError(f"table {name!r}: {path} cannot be read as CSV: {why}") from None
     except ValueError as exc:
         raise ValueError(f"table {name!r}: {exc}") from None
-    _check_names(con, name, path, cells)
+    _check_names(con, name, path, cells, dialect.skip if dialect is not None else 0)
     if dialect is not None:
         formats = {"DATE": dialect.dates, "TIMESTAMP": dialect.stamps}
         check_dates(con, name, path, formats, columns(con, name))
@@ -170,9 +170,13 @@ def _check_named(
 
 
 def _check_names(
-    con: duckdb.DuckDBPyConnection, name: str, path: Path, cells: list[str | None]
+    con: duckdb.DuckDBPyConnection, name: str, path: Path, cells: list[str | None], skip: int
 ) -> None:
-    """Refuse the names DuckDB gave a CSV's columns where they are not its header's."""
+    """Refuse the names DuckDB gave a CSV's columns where they are not its header's.
+
+    A header of one name and empty cells above rows that fill those columns is a
+    title (a spreadsheet's ``Patient list,,``), said so, with the skip that reads it.
+    """
     loaded = list(columns(con, name))
     where = f"the header of {path}"
     if len(cells) != len(loaded):
@@ -183,6 +187,15 @@ def _check_names(
     unnamed = [i for i, cell in enumerate(cells) if cell is None or not cell.strip()]
     counts = _value_counts(con, name, [loaded[i] for i in unnamed])
     for i, n in zip(unnamed, counts, strict=True):
+        if n and len(unnamed) == len(cells) - 1 > 0:
+            top = skip + 1
+            raise ValueError(
+                f"table {name!r}: line {top} of {path} "
+                f"({shown(first_lines(path, top)[-1])}), which DuckDB's reader would take for "
+                f"the header, holds one name and empty cells, though column {i + 1} holds "
+                f"values in {counted(n, 'row')}: a title above the header? remove it (or skip it: "
+                f"{skip_hint(name, top)}); if it is the header, give every column a name"
+            )
         if n:
             cell = "an empty cell" if cells[i] is None else f"only white space, {cells[i]!r}"
             raise ValueError(
