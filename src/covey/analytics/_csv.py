@@ -31,6 +31,7 @@ from covey.analytics._csvhead import (
     with_skip,
 )
 from covey.analytics._csvlines import check_skip, sniffed
+from covey.analytics._csvtail import check_tail
 from covey.analytics._sqltext import fold
 from covey.analytics._tables import check_names, columns, counted, quote, table_name
 
@@ -126,6 +127,7 @@ def load_csv(
         raise ValueError(f"table {name!r}: {exc}") from None
     _check_names(con, name, path, cells, dialect.skip if dialect is not None else 0)
     if dialect is not None:
+        check_tail(con, name, path, dialect)
         formats = {"DATE": dialect.dates, "TIMESTAMP": dialect.stamps}
         check_dates(con, name, path, formats, columns(con, name))
     if opts.skip is None and named and dialect is not None:
