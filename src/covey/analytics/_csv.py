@@ -31,6 +31,7 @@ from covey.analytics._csvhead import (
     with_skip,
 )
 from covey.analytics._csvlines import check_skip, sniffed
+from covey.analytics._csvnumbers import read_grouped
 from covey.analytics._csvtail import check_tail
 from covey.analytics._sqltext import fold
 from covey.analytics._tables import check_names, columns, counted, quote, table_name
@@ -116,6 +117,7 @@ def load_csv(
         con.execute(
             f"CREATE TABLE {table_name(name)} AS SELECT * FROM {reader}{values})"  # noqa: S608
         )
+        read_grouped(con, name, reader + values, opts.decimal)  # '1,234.5' read as a number
     except duckdb.Error as exc:
         if "not utf-8" in str(exc).lower():
             raise ValueError(f"table {name!r}: {not_utf8(path)}") from None
