@@ -135,3 +135,28 @@ def test_a_last_row_that_is_no_total_loads(tmp_path: Path, text: str) -> None:
     path = tmp_path / "t.csv"
     path.write_text(text)
     assert _site(path)._columns["t"] == {"ward": "VARCHAR", "n": "BIGINT"}
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (
+            "age,ward,sex\r\n40,A,F\r\n50,B,M\r\n,,\r\n,,\r\n",
+            "line 4 of {path} (',,') holds empty cells alone, and so does 1 other line",
+        ),
+        ("age;ward\n40;A\n;\n50;B\n", "line 3 of {path} (';') holds empty cells alone"),
+    ],
+)
+def test_rows_of_empty_cells_alone_are_refused_naming_the_first(
+    tmp_path: Path, text: str, said: str
+) -> None:
+    # a spreadsheet's formatted empty rows loaded as rows of NULLs: COUNT(*) counted them
+    path = tmp_path / "t.csv"
+    path.write_text(text, newline="")
+    assert _refused(path) == (
+        f"site 'north': table 't': {said.format(path=path)}: a spreadsheet's empty rows, which "
+        "would load as rows of missing values, counted by COUNT(*)? remove them; if a row is "
+        "data, write its missing values as NA"
+    )
+    path.write_text(text.replace(",,", "NA,NA,NA").replace("\n;\n", "\nNA;NA\n"), newline="")
+    _site(path)

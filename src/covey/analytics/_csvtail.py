@@ -1,9 +1,10 @@
-"""A CSV file's last lines that are no rows: a total, an export's note below the data.
+"""A CSV file's lines that are no rows: a total or a note below the data, empty rows.
 
 A spreadsheet's export may end with a summary line (``Total: 2 rows,`` or
-``Exported 2026-12-01,,``); DuckDB's reader loads it as a row, so ``COUNT(*)``
-counts one patient too many and a column of numbers may read as text. Such a
-line is refused, naming it, before any query sees it.
+``Exported 2026-12-01,,``), and hold rows of empty cells alone (``,,``); DuckDB's
+reader loads each as a row, so ``COUNT(*)`` counts one patient too many and a
+column of numbers may read as text. Such a line is refused, naming it, before
+any query sees it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import duckdb
 
 from covey.analytics._csvhead import Dialect, shown
-from covey.analytics._tables import columns, quote, table_name
+from covey.analytics._tables import columns, counted, quote, table_name
 
 #: How many rows at the end of a file are looked at for a summary line
 _TAIL = 3
@@ -55,16 +56,18 @@ def check_tail(con: duckdb.DuckDBPyConnection, name: str, path: Path, dialect: D
     A column of text whose values are all numbers or dates but in its last rows
     (``Total: 2 rows`` in a column of ages) ends with a line that is no row; so
     does a last line of one value and empty cells alone (``Exported 2026-12-01,,``)
-    where no row above leaves those columns all empty, and a last row labelled a
-    total (``Total,7``) holding the sums of the rows above. Each is refused naming
-    the line; a row that is data says so by writing a missing value ``NA``.
+    where no row above leaves those columns all empty, a row of empty cells alone
+    (``,,``: a spreadsheet's empty rows, anywhere in the file), and a last row
+    labelled a total (``Total,7``) holding the sums of the rows above. Each is
+    refused naming the line; a row that is data says so by writing ``NA``.
     """
     table = table_name(name)
+    kinds = columns(con, name)
+    _check_empty_rows(con, name, path, dialect, list(kinds))
     found = con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()  # noqa: S608
     rows = int(found[0]) if found else 0
     if rows < 3:
         return
-    kinds = columns(con, name)
     for col in _candidates(con, table, [c for c, kind in kinds.items() if kind == "VARCHAR"], rows):
         first = _first_break(con, table, col, rows)
         if first is not None:
@@ -131,6 +134,41 @@ def _first_break(con: duckdb.DuckDBPyConnection, table: str, col: str, rows: int
     if above is None or not above[1] or above[0] < max(2, rows - first + 1):
         return None
     return int(first)
+
+
+def _check_empty_rows(
+    con: duckdb.DuckDBPyConnection, name: str, path: Path, dialect: Dialect, names: list[str]
+) -> None:
+    """Refuse rows of empty cells alone (``,,``), which would load as rows of missing values.
+
+    A spreadsheet writes them for rows it once formatted; ``COUNT(*)`` would count
+    them. A row whose missing values are marked (``NA,NA``) is a row, and loads.
+    """
+    if len(names) < 2:
+        return
+    empty = " AND ".join(f"{quote(c)} IS NULL" for c in names)
+    found = con.execute(f"SELECT COUNT(*) FROM {table_name(name)} WHERE {empty}").fetchone()  # noqa: S608
+    if not found or not found[0]:
+        return
+    delim = dialect.delim or ","
+    marks = {delim, dialect.quote or '"', " "}
+    lines = []
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as f:
+        for number, line in enumerate(f, 1):
+            text = line.rstrip("\r\n")
+            if number > dialect.skip + 1 and delim in text and set(text) <= marks:
+                lines.append((number, line))
+    if not lines:
+        return
+    number, line = lines[0]
+    more = len(lines) - 1
+    others = f", and so {'does' if more == 1 else 'do'} {counted(more, 'other line')}"
+    raise ValueError(
+        f"table {name!r}: line {number} of {path} ({shown(line)}) holds empty cells alone"
+        f"{others if more else ''}: a spreadsheet's empty rows, which would load as rows of "
+        "missing values, counted by COUNT(*)? remove them; if a row is data, write its "
+        "missing values as NA"
+    )
 
 
 def _check_note_line(
