@@ -160,3 +160,17 @@ def test_rows_of_empty_cells_alone_are_refused_naming_the_first(
     )
     path.write_text(text.replace(",,", "NA,NA,NA").replace("\n;\n", "\nNA;NA\n"), newline="")
     _site(path)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sep=;\r\nname;city\r\nAnn;Oslo\r\nBo;Bergen\r\n",  # was refused as a comment or header
+        "\ufeffsep=,\nname,city\nAnn,Oslo\nBo,Bergen\n",  # was refused as a title
+        "sep=;\nward;age\nA;40\nB;50\n",  # was refused as a row above the header
+    ],
+)
+def test_a_spreadsheet_s_line_naming_the_delimiter_is_skipped(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(text, newline="", encoding="utf-8")
+    assert list(_site(path)._columns["t"]) in (["name", "city"], ["ward", "age"])

@@ -111,11 +111,18 @@ def uneven_row(path: Path, dialect: Dialect) -> str:
 #: A comment line: one or more ``#`` and a space (``# exported by X, 2026``), not a header
 #: whose first column is named ``#`` (``#,name``) or ``#id``
 _COMMENT = re.compile(r"#+ ")
+#: A spreadsheet's line naming the delimiter above the header (``sep=;``)
+_SEP = re.compile(r"sep=[,;\t|]\r?\n?")
 
 
 def is_comment(line: str) -> bool:
-    """Whether ``line`` is a comment line (``# exported by X, 2026``): no row of the table."""
-    return bool(_COMMENT.match(line))
+    """Whether ``line`` is a comment (``# exported by X, 2026``, or ``sep=;``): no row."""
+    return bool(_COMMENT.match(line)) or is_sep(line)
+
+
+def is_sep(line: str) -> bool:
+    """Whether ``line`` is a spreadsheet's line naming the delimiter (``sep=;``): no header."""
+    return bool(_SEP.fullmatch(line))
 
 
 def comment_lines(path: Path) -> int:

@@ -16,6 +16,7 @@ from covey.analytics._csvhead import (
     Dialect,
     comment_lines,
     first_lines,
+    is_sep,
     is_value,
     shown,
     skip_hint,
@@ -71,7 +72,7 @@ def _refuse_either(name: str, path: Path, lines: list[str], lead: int, dialect: 
     ``# patients,ward`` above ``x,A`` splits as the rows do, and no column of numbers
     or dates tells which line names them: read either way, a file loads wrongly.
     """
-    if lead != 1 or any(kind != "VARCHAR" for kind in dialect.types):
+    if lead != 1 or is_sep(lines[0]) or any(kind != "VARCHAR" for kind in dialect.types):
         return
     try:
         cells = next(csv.reader([lines[0]], delimiter=dialect.delim or ",", quotechar='"'), [])
