@@ -311,3 +311,55 @@ def test_a_module_class_picks_a_module_shared_under_two_names_under_both() -> No
         for i in (1, 3)
         for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
     )
+
+
+def test_scaffold_sends_no_control_variate_change_for_the_local_layers() -> None:
+    # Before: c_i of a local layer took its mean gradient, and the change went to the
+    # server, whose c then drifted for a layer no client corrects with it.
+    glob = to_weights(_model(), copy=True)
+    zeros = {k: np.zeros_like(v) for k, v in glob.items()}
+    client = _client(local=[nn.BatchNorm1d, "2.*"])
+    for rnd in (1, 2):
+        result = client.fit(glob, {"round": rnd, "extras": {"scaffold_c": zeros}})
+        change = result.extras["scaffold_delta_c"]
+        for name in [*BN, "2.weight", "2.bias"]:
+            assert not change[name].any(), name
+            assert change[name].dtype == glob[name].dtype
+        assert change["0.weight"].any()  # the shared layer's c_i learns
+    assert client._control is not None
+    assert client._control.value is not None
+    assert not client._control.value["2.weight"].any()
+
+
+_CONTROLS: list[dict[str, np.ndarray]] = []  # the server's c each fit was sent
+
+
+class _Seen(TorchClient):
+    """A client that records the server's ``c`` each fit is sent."""
+
+    def fit(self, weights, config):
+        _CONTROLS.append({k: np.array(v) for k, v in config["extras"]["scaffold_c"].items()})
+        return super().fit(weights, config)
+
+
+@pytest.mark.parametrize("compression", [None, "q8"])
+def test_the_servers_control_variate_stays_zero_for_the_local_layers(
+    compression: str | None,
+) -> None:
+    _CONTROLS.clear()
+
+    def make(cid: int) -> TorchClient:
+        loader = tiny_loader(16, cid)
+        optimizer = lambda p: torch.optim.SGD(p, lr=0.1)  # noqa: E731
+        return _Seen(_model(), nn.CrossEntropyLoss(), optimizer, loader, local=["2.*"])
+
+    init = to_weights(_model(), copy=True)
+    strategy = covey.Scaffold(num_clients=2, fraction_evaluate=0.0)
+    result = covey.simulate(make, 2, 3, strategy, init, round_timeout=60, compression=compression)
+    assert result.history.failures() == []
+    last = _CONTROLS[-1]  # the c of round 3, after two rounds of changes
+    assert not last["2.weight"].any()
+    assert not last["2.bias"].any()
+    assert last["0.weight"].any()
+    for name in ("2.weight", "2.bias"):
+        np.testing.assert_array_equal(result.weights[name], init[name])

@@ -118,7 +118,8 @@ class TorchClient(Client):
             ``fit`` and ``evaluate`` load the global model but for these, which keep
             the client's own values (the global model's the first time), train them,
             and send a zero update for them: the global model's values stay as they
-            were (under SCAFFOLD they take no correction ``c - c_i``). An entry that
+            were (under SCAFFOLD they take no correction ``c - c_i``, and their ``c_i``
+            stays zero: no change of it is sent). An entry that
             picks nothing is refused, naming the model's names.
         local_path: A file the local entries are written to after each of the
             client's last three fits, read back by a client built again (a deployed
@@ -257,14 +258,15 @@ class TorchClient(Client):
                 steps=max(gradients.steps, 1),
                 lr=1.0,  # unused: the new c_i is given
                 metrics=metrics,
-                full_gradient=gradients.mean(weights),
+                full_gradient=self._local.kept_control(gradients.mean(weights), self._control),
             )
         return FitResult(delta=delta, num_examples=seen, metrics=metrics)
 
     def _scaffold(self, optimizer: Any, weights: Weights, config: Config) -> tuple[Any, Any]:
         """SCAFFOLD's ``c - c_i`` per parameter, and the mean of the gradients SGD applies.
 
-        The local layers are not corrected: they have no global model to drift from.
+        The local layers are not corrected: they have no global model to drift from,
+        and their ``c_i`` stays as it was (no change of it is sent).
         """
         check_sgd(optimizer)
         if self._control is None:
@@ -273,7 +275,7 @@ class TorchClient(Client):
         for name in self._local.names:
             if name in correction:  # a buffer has none
                 correction[name].zero_()
-        return correction, GradientMean(self.model, optimizer)
+        return correction, GradientMean(self.model, optimizer, skip=self._local.names)
 
     def _loss_before(self) -> float:
         """q-FedAvg's loss on ``train_loader`` at the loaded weights; 0.0 without examples.

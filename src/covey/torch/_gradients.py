@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -34,9 +35,12 @@ class GradientMean:
     momentum, which moves ``y`` by more than ``K lr`` times it.
     """
 
-    def __init__(self, model: Any, optimizer: Any) -> None:
+    def __init__(self, model: Any, optimizer: Any, skip: Iterable[str] = ()) -> None:
         torch = torch_module()
-        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        skipped = set(skip)  # the local layers: their c_i is not learnt
+        self.params = {
+            n: p for n, p in model.named_parameters() if p.requires_grad and n not in skipped
+        }
         decay = {
             id(p): float(group.get("weight_decay", 0.0))
             for group in optimizer.param_groups

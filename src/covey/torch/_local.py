@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from covey.clients._roundstate import TrainState
+from covey.clients._scaffold import ControlVariate
 from covey.core._weights import Array, Weights, WeightsError
 from covey.torch._weights import _tensors, _tied, to_weights
 
@@ -166,6 +167,17 @@ class LocalLayers:
                     "model's; delete it to start the local layers from the global model"
                 )
         return kept
+
+    def kept_control(self, gradient: dict[str, Array], control: ControlVariate) -> Weights:
+        """SCAFFOLD's new ``c_i`` from the fit's mean ``gradient``, the local entries' kept.
+
+        The local layers take no correction, so their ``c_i`` stays as it was and the
+        client sends no change of it: the server's ``c`` of them stays zero.
+        """
+        old = control.value
+        if not self.names or old is None:
+            return gradient
+        return {**gradient, **{n: old[n] for n in self.names}}
 
     def save(self, model: Any, rnd: Any) -> None:
         """Keep the local entries after round ``rnd``'s fit in ``path``, if there is one."""
