@@ -363,3 +363,42 @@ def test_the_servers_control_variate_stays_zero_for_the_local_layers(
     assert last["0.weight"].any()
     for name in ("2.weight", "2.bias"):
         np.testing.assert_array_equal(result.weights[name], init[name])
+
+
+@pytest.mark.parametrize("backend", ["inline", "process"])
+def test_one_local_path_shared_by_two_clients_is_refused(tmp_path: Path, backend: str) -> None:
+    # Before: clients built per task (client_cache=0, or the process backend's workers)
+    # each read the file another client had written, and trained on its layers silently.
+    path = tmp_path / "shared.covey"
+
+    def make(cid: int) -> TorchClient:
+        return _client(cid, local=[nn.BatchNorm1d], local_path=path)
+
+    options: dict[str, object] = {"backend": backend}
+    if backend == "inline":
+        options["client_cache"] = 0
+    with pytest.raises(covey.FederationError, match="client 1: ") as info:
+        covey.simulate(
+            make,
+            2,
+            1,
+            covey.FedAvg(fraction_evaluate=0.0),
+            to_weights(_model(), copy=True),
+            num_workers=1,
+            round_timeout=60,
+            **options,  # type: ignore[arg-type]
+        )
+    assert f"the local layers' file {path} is client 0's, not client 1's" in str(info.value)
+
+
+def test_a_client_reads_back_its_own_local_path_in_a_task(tmp_path: Path) -> None:
+    # the owner is the runtime's client id; a fit called directly (no task) checks none
+    from covey.clients._current import within
+
+    path = tmp_path / "3.covey"
+    glob = to_weights(_model(), copy=True)
+    within(3, 1, _client(local=["2.*"], local_path=path).fit, glob, {"round": 1})
+    within(3, 2, _client(local=["2.*"], local_path=path).fit, glob, {"round": 2})
+    _client(local=["2.*"], local_path=path).fit(glob, {"round": 3})
+    with pytest.raises(WeightsError, match="is client 3's, not client 4's"):
+        within(4, 4, _client(local=["2.*"], local_path=path).evaluate, glob, {"round": 4})

@@ -32,16 +32,25 @@ _SLOTS = ("a", "b", "c")  # newest first: a kill in round r + 1 may resume from 
 
 
 class TrainState:
-    """The training state after a client's last three rounds, in ``path``."""
+    """The training state after a client's last three rounds, in ``path``.
+
+    :attr:`owner`, when set, is written beside it: the id of the client whose state
+    it is (None: not known, as in a file of an earlier version).
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.slots: list[tuple[int, dict[str, Array]]] = []  # newest first
+        self.owner: int | None = None
         if self.path.exists():
             try:
                 stored = decode(read_regular(self.path))
             except CodecError as exc:
                 raise damaged(self.path, f"cannot be read ({exc})") from None
+            owner = stored.get("owner")
+            if owner is not None and (owner.shape or owner.dtype.kind not in ("i", "u")):
+                raise damaged(self.path, f"holds owner as {owner.dtype}{owner.shape}")
+            self.owner = None if owner is None else int(owner)
             for slot in _SLOTS:
                 made = stored.get(f"{slot}/round")
                 if made is not None and (made.shape or made.dtype.kind not in ("i", "u")):
@@ -79,6 +88,8 @@ class TrainState:
         older = [(made, kept) for made, kept in self.slots if made < rnd]
         self.slots = [(rnd, arrays), *older[: len(_SLOTS) - 1]]
         data: dict[str, Array] = {}
+        if self.owner is not None:
+            data["owner"] = np.asarray(self.owner, dtype=np.int64)
         for slot, (made, kept) in zip(_SLOTS, self.slots, strict=False):
             data[f"{slot}/round"] = np.asarray(made)
             data.update({f"{slot}/{k}": v for k, v in kept.items()})

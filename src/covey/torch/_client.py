@@ -125,7 +125,8 @@ class TorchClient(Client):
             client's last three fits, read back by a client built again (a deployed
             client that restarts, a resumed or cached-out simulated one): a round sent
             again starts from the entries before it. None keeps them in the model only.
-            Given without ``local``, it is refused.
+            Given without ``local``, it is refused, and so is a file another client
+            (another id) wrote: each client needs a file of its own.
 
     Example:
         >>> import torch

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from covey.clients._current import current_task
 from covey.clients._roundstate import TrainState
 from covey.clients._scaffold import ControlVariate
 from covey.core._weights import Array, Weights, WeightsError
@@ -129,7 +130,7 @@ class LocalLayers:
         stored = False
         if self.path is not None:
             if self._state is None:
-                self._state = TrainState(self.path)
+                self._state = self._opened(self.path)
             upto = self._round(rnd) + (0 if fit else 1)  # the stored rounds below it
             if not self._started or upto <= self._trained:
                 own, stored = self._stored(self._state, upto, weights), True
@@ -139,6 +140,23 @@ class LocalLayers:
         if own is None:
             return weights
         return {**weights, **{n: own[n] for n in self.names}}
+
+    def _opened(self, path: Path) -> TrainState:
+        """``path``'s state; refused if another client wrote it (one file given to several).
+
+        The owner is the id the runtime runs the task for (:func:`current_task`): a
+        simulated client's ``cid``, a deployed one's id; a call outside a task checks none.
+        """
+        state = TrainState(path)
+        task = current_task()
+        if task is not None and state.owner is not None and state.owner != task.cid:
+            raise WeightsError(
+                f"the local layers' file {path} is client {state.owner}'s, not client "
+                f"{task.cid}'s: give each client a file of its own, e.g. "
+                "local_path=folder / f'{cid}.covey', or delete it if it is left from "
+                "another federation"
+            )
+        return state
 
     def _round(self, rnd: Any) -> int:
         """The task's round: the config's, else the one after the newest kept."""
@@ -184,5 +202,8 @@ class LocalLayers:
         if self.path is None or self._state is None:
             return
         r = self._round(rnd)
+        task = current_task()
+        if task is not None:
+            self._state.owner = task.cid
         self._state.keep(r, self._copied(model))
         self._trained = r
