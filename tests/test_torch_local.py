@@ -185,7 +185,7 @@ if __name__ == "__main__":
 def test_a_killed_run_resumes_with_its_clients_local_layers(tmp_path: Path) -> None:
     namespace, whole = killed_then_resumed(tmp_path, SCRIPT, "local_run", "l")
     run = namespace["run"]
-    # Without the files, the resumed clients start their local layers from the global model.
+    # Without the files, the resumed clients start their local layers afresh from the model.
     run(tmp_path / "lost", None, False, rounds=2)
     lost = dict(run(tmp_path / "lost", None, True).weights)
     assert any(not np.array_equal(lost[k], v) for k, v in whole.items())
@@ -243,8 +243,8 @@ def test_a_local_layers_file_of_another_shape_is_refused_naming_it(tmp_path: Pat
             getattr(client, call)(glob, {"round": 2})
         assert str(info.value) == (
             f"the local layers' file {path} holds '2.weight' of shape (4, 5), the model's is "
-            "(3, 5): it is another model's; delete it to start the local layers from the "
-            "global model"
+            "(3, 5): it is another model's; delete it to start the local layers afresh from "
+            "the model"
         )
 
 
@@ -402,3 +402,43 @@ def test_a_client_reads_back_its_own_local_path_in_a_task(tmp_path: Path) -> Non
     _client(local=["2.*"], local_path=path).fit(glob, {"round": 3})
     with pytest.raises(WeightsError, match="is client 3's, not client 4's"):
         within(4, 4, _client(local=["2.*"], local_path=path).evaluate, glob, {"round": 4})
+
+
+LOCAL = [nn.BatchNorm1d, "2.*"]
+
+
+def _noised(weights: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    """``weights`` with the local entries' floats noised, as central DP noises them."""
+    rng = np.random.default_rng(seed)
+    return {
+        k: v + rng.normal(0, 0.5, v.shape).astype(v.dtype)
+        if k.startswith(("1.", "2.")) and v.dtype.kind == "f"
+        else v
+        for k, v in weights.items()
+    }
+
+
+@pytest.mark.parametrize("call", ["fit", "evaluate"])
+def test_a_new_client_starts_its_local_layers_from_its_model(call: str) -> None:
+    # Before: from the server's copy of them, which no update moves but central DP
+    # noises every round: a client's first task started them from noise.
+    glob = to_weights(_model(), copy=True)
+    clean, noisy = _client(local=LOCAL), _client(local=LOCAL)
+    first = getattr(clean, call)(glob, {"round": 3})
+    second = getattr(noisy, call)(_noised(glob, 0), {"round": 3})
+    for name, value in _own(clean).items():
+        np.testing.assert_array_equal(_own(noisy)[name], value, err_msg=name)
+    if call == "evaluate":
+        assert first.loss == second.loss
+
+
+def test_a_first_round_sent_again_starts_from_the_models_local_layers(tmp_path: Path) -> None:
+    # Before: from the server's copy the second time, noised again by central DP
+    glob = to_weights(_model(), copy=True)
+    client = _client(local=LOCAL, local_path=tmp_path / "0.covey")
+    first = client.fit(_noised(glob, 1), {"round": 1}).delta
+    again = client.fit(_noised(glob, 2), {"round": 1}).delta
+    assert first is not None
+    assert again is not None
+    for name, value in first.items():
+        np.testing.assert_array_equal(again[name], value, err_msg=name)

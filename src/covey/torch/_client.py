@@ -116,7 +116,8 @@ class TorchClient(Client):
             FL): ``fnmatch`` patterns of their names (``"head.*"``, FedPer) and module
             classes whose every entry is local (``torch.nn.BatchNorm2d``, FedBN).
             ``fit`` and ``evaluate`` load the global model but for these, which keep
-            the client's own values (the global model's the first time), train them,
+            the client's own values (the model's as it was at the client's first task,
+            never the server's copy of them, which central DP noises), train them,
             and send a zero update for them: the global model's values stay as they
             were (under SCAFFOLD they take no correction ``c - c_i``, and their ``c_i``
             stays zero: no change of it is sent). An entry that

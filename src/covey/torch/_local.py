@@ -2,7 +2,8 @@
 
 A personalised client trains every layer but keeps some of them local: its
 ``fit`` and ``evaluate`` load the global model except those entries, which
-keep the client's own values, and its update for them is zero, so the
+keep the client's own values (the model's as built, at first), and its update
+for them is zero, so the
 global model's values of them stay as they were (under FedAvg) and no
 client's local values reach the server.
 """
@@ -115,30 +116,37 @@ class LocalLayers:
         self._state: TrainState | None = None
         self._trained = 0  # the last round this object's fit trained; 0: none yet
         self._started = False
+        self._initial: dict[str, Array] | None = None  # the local entries at the first task
 
     def merged(self, weights: Weights, model: Any, rnd: Any, fit: bool) -> Weights:
         """``weights`` with the local entries taken from the client instead.
 
         From the model, or from ``path``'s values after the client's last round
         before this one (``fit``) or up to it (``evaluate``) when the model has none
-        of its own yet or has trained past it (a round sent again); else from
-        ``weights`` (every client starts from the global model's values).
+        of its own yet or has trained past it (a round sent again). A client with no
+        values of its own yet (its first task; a round sent again that was its first)
+        takes the model's as it was at its first task, never the server's copy of
+        them: no update moves that copy, but central DP noises it every round.
         """
         if not self.names:
             return weights
+        first = not self._started
+        if first:  # the model as built: the local layers' start, kept for a round sent again
+            self._initial = self._copied(model)
         own: Weights | None = None
-        stored = False
         if self.path is not None:
             if self._state is None:
                 self._state = self._opened(self.path)
             upto = self._round(rnd) + (0 if fit else 1)  # the stored rounds below it
-            if not self._started or upto <= self._trained:
-                own, stored = self._stored(self._state, upto, weights), True
-        if not stored and self._started:
+            if first or upto <= self._trained:
+                own = self._stored(self._state, upto, weights)
+                if own is None:  # none before it: the start
+                    own = self._initial
+        elif first:
+            own, self._initial = self._initial, None  # no round is sent again without a path
+        if own is None:
             own = self._copied(model)
         self._started = True
-        if own is None:
-            return weights
         return {**weights, **{n: own[n] for n in self.names}}
 
     def _opened(self, path: Path) -> TrainState:
@@ -175,14 +183,14 @@ class LocalLayers:
             raise WeightsError(
                 f"the local layers' file {self.path} holds {sorted(kept)}, the client "
                 f"keeps {sorted(self.names)} local: give each client a file of its own, "
-                "or delete it to start them from the global model"
+                "or delete it to start them afresh from the model"
             )
         for name, value in (kept or {}).items():
             if value.shape != np.shape(weights[name]):
                 raise WeightsError(
                     f"the local layers' file {self.path} holds {name!r} of shape "
                     f"{value.shape}, the model's is {np.shape(weights[name])}: it is another "
-                    "model's; delete it to start the local layers from the global model"
+                    "model's; delete it to start the local layers afresh from the model"
                 )
         return kept
 
