@@ -16,6 +16,7 @@ from torch import nn  # noqa: E402
 import covey  # noqa: E402
 from _procs import killed_then_resumed  # noqa: E402
 from _torchkit import one_thread, tiny_loader  # noqa: E402
+from covey.clients._current import within  # noqa: E402
 from covey.core import WeightsError  # noqa: E402
 from covey.torch import TorchClient, to_weights  # noqa: E402
 
@@ -393,8 +394,6 @@ def test_one_local_path_shared_by_two_clients_is_refused(tmp_path: Path, backend
 
 def test_a_client_reads_back_its_own_local_path_in_a_task(tmp_path: Path) -> None:
     # the owner is the runtime's client id; a fit called directly (no task) checks none
-    from covey.clients._current import within
-
     path = tmp_path / "3.covey"
     glob = to_weights(_model(), copy=True)
     within(3, 1, _client(local=["2.*"], local_path=path).fit, glob, {"round": 1})
@@ -442,3 +441,16 @@ def test_a_first_round_sent_again_starts_from_the_models_local_layers(tmp_path: 
     assert again is not None
     for name, value in first.items():
         np.testing.assert_array_equal(again[name], value, err_msg=name)
+
+
+def test_a_local_layers_file_whose_owner_is_no_id_is_refused(tmp_path: Path) -> None:
+    from covey.core._codec import decode, encode
+
+    path = tmp_path / "0.covey"
+    glob = to_weights(_model(), copy=True)
+    within(0, 1, _client(local=["2.*"], local_path=path).fit, glob, {"round": 1})
+    stored = dict(decode(path.read_bytes()))
+    assert int(stored["owner"]) == 0
+    path.write_bytes(bytes(encode({**stored, "owner": np.array([0.5])})))
+    with pytest.raises(ValueError, match=r"holds owner as float64\(1,\): it is not this client's"):
+        _client(local=["2.*"], local_path=path).fit(glob, {"round": 2})
