@@ -237,6 +237,16 @@ def test_a_clients_first_round_sent_again_starts_afresh(tmp_path: Path) -> None:
     again = _client(path, "adam", "constant").fit(weights, {"round": 1}).weights
     for name, value in first.items():
         np.testing.assert_array_equal(again[name], value)
-    _client(path, "adam", "constant").fit(weights, {"round": 2})
-    with pytest.raises(ValueError, match="another run's; delete it"):  # rounds 1 and 2 kept
+    second = _client(path, "adam", "constant").fit(first, {"round": 2}).weights
+    # Killed in round 2 while round 1's checkpoint was written: the run resumes from
+    # round 0 and sends round 1 again to a client that trained round 2 already.
+    again = _client(path, "adam", "constant").fit(weights, {"round": 1}).weights
+    for name, value in first.items():
+        np.testing.assert_array_equal(again[name], value)
+    replayed = _client(path, "adam", "constant").fit(again, {"round": 2}).weights
+    for name, value in second.items():
+        np.testing.assert_array_equal(replayed[name], value)
+    for rnd in (3, 4):
+        _client(path, "adam", "constant").fit(weights, {"round": rnd})
+    with pytest.raises(ValueError, match="another run's; delete it"):  # rounds 2-4 kept
         _client(path, "adam", "constant").fit(weights, {"round": 1})

@@ -208,6 +208,22 @@ def test_a_round_sent_again_starts_from_the_layers_before_it(tmp_path: Path) -> 
                 np.testing.assert_array_equal(got[name], value)
 
 
+def test_the_first_round_sent_again_after_the_second_starts_afresh(tmp_path: Path) -> None:
+    # Killed in round 2 while round 1's checkpoint was written, a run resumes from
+    # round 0 and sends round 1 again: the file then holds rounds 2 and 1, and was
+    # refused as another run's.
+    glob = to_weights(_model(), copy=True)
+    path = tmp_path / "0.covey"
+    client = _client(local=["2.*"], local_path=path)
+    whole = [client.fit(glob, {"round": r}).delta for r in (1, 2)]
+    rebuilt = _client(local=["2.*"], local_path=path)
+    for r in (1, 2):
+        got = rebuilt.fit(glob, {"round": r}).delta
+        assert got is not None
+        for name, value in whole[r - 1].items():  # type: ignore[union-attr]
+            np.testing.assert_array_equal(got[name], value, err_msg=f"round {r}: {name}")
+
+
 def test_scaffold_leaves_the_local_layers_uncorrected() -> None:
     # Before: the server's c - c_i was added to the local layers' gradients too, though
     # they have no global model to drift from.

@@ -73,8 +73,10 @@ class TrainState:
         for made, arrays in self.slots:
             if made < rnd:
                 return arrays
-        if len(self.slots) == 1 and self.slots[0][0] == rnd:
-            return None  # the client's first round, sent again: it had no state before it
+        if 0 < len(self.slots) < len(_SLOTS) and self.slots[-1][0] == rnd:
+            # None dropped yet, so the oldest kept is the client's first round: sent
+            # again (a kill while its checkpoint was written), it had no state before it
+            return None
         if self.slots:
             rounds = [made for made, _ in self.slots]
             raise ValueError(
