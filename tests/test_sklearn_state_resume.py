@@ -250,3 +250,23 @@ def test_a_clients_first_round_sent_again_starts_afresh(tmp_path: Path) -> None:
         _client(path, "adam", "constant").fit(weights, {"round": rnd})
     with pytest.raises(ValueError, match="another run's; delete it"):  # rounds 2-4 kept
         _client(path, "adam", "constant").fit(weights, {"round": 1})
+
+
+def test_one_state_path_shared_by_two_clients_is_refused(tmp_path: Path) -> None:
+    # Before: clients built per task (client_cache=0) each read the state another
+    # client had written, and trained on from its optimiser state silently.
+    import covey
+    from covey.sklearn import initial_params
+
+    path = tmp_path / "shared.covey"
+    with pytest.raises(covey.FederationError, match="client 1: ") as info:
+        covey.simulate(
+            lambda cid: _client(path, "adam", "constant"),
+            2,
+            1,
+            covey.FedAvg(fraction_evaluate=0.0),
+            initial_params(_client(None, "adam", "constant").model, 4, [0, 1], seed=1),
+            client_cache=0,
+            round_timeout=60,
+        )
+    assert f"the training state in {path} is client 0's, not client 1's" in str(info.value)

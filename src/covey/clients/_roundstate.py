@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from covey.clients._current import current_task
 from covey.core._codec import CodecError, decode, encode
 from covey.core._files import atomic_write, read_regular
-from covey.core._weights import Array
+from covey.core._weights import Array, WeightsError
 
 __all__ = ["TrainState", "damaged"]
 
@@ -63,6 +64,28 @@ class TrainState:
                         if k.startswith(prefix) and k != f"{slot}/round"
                     }
                     self.slots.append((int(stored[f"{slot}/round"]), arrays))
+
+    def claim(self, what: str, argument: str) -> None:
+        """Refuse the file if another client wrote it (one file given to several clients).
+
+        The owner is the id the runtime runs the task for (:func:`current_task`): a
+        simulated client's ``cid``, a deployed one's id. It is kept with the next
+        state; a call outside a task checks and claims nothing.
+
+        Args:
+            what: How the error names the file ("the local layers' file").
+            argument: The client's argument that names it (``"local_path"``).
+        """
+        task = current_task()
+        if task is None:
+            return
+        if self.owner is not None and self.owner != task.cid:
+            raise WeightsError(
+                f"{what} {self.path} is client {self.owner}'s, not client {task.cid}'s: give "
+                f"each client a file of its own, e.g. {argument}=folder / f'{{cid}}.covey', "
+                "or delete it if it is left from another federation"
+            )
+        self.owner = task.cid
 
     def next_round(self) -> int:
         """The round after the newest kept (1 if none): a fit whose config names no round."""

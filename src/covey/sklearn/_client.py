@@ -169,7 +169,7 @@ class SklearnClient(Client):
             ``client_fn`` builds the client again, or a restarted deployed client,
             trains on as the run never stopped (a round sent again starts from the
             state before it). A file that is not this client's (another model's,
-            damaged) is refused, naming it. None keeps it in the model only.
+            another client's, damaged) is refused, naming it. None keeps it in the model only.
 
     Example:
         >>> import numpy as np
@@ -333,6 +333,8 @@ class SklearnClient(Client):
         rnd = config.get("round")  # a config without one: the round after the kept ones
         if rnd is None:
             rnd = 0 if self._state is None else self._state.next_round()
+        if self._state is not None:  # one file given to several clients is refused
+            self._state.claim("the training state in", "state_path")
         kept = None if self._state is None else self._state.before(int(rnd))
         if kept is not None and self._state is not None:
             check(self.model, kept, self._state.path)  # another model's file is refused

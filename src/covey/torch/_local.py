@@ -156,14 +156,7 @@ class LocalLayers:
         simulated client's ``cid``, a deployed one's id; a call outside a task checks none.
         """
         state = TrainState(path)
-        task = current_task()
-        if task is not None and state.owner is not None and state.owner != task.cid:
-            raise WeightsError(
-                f"the local layers' file {path} is client {state.owner}'s, not client "
-                f"{task.cid}'s: give each client a file of its own, e.g. "
-                "local_path=folder / f'{cid}.covey', or delete it if it is left from "
-                "another federation"
-            )
+        state.claim("the local layers' file", "local_path")
         return state
 
     def _round(self, rnd: Any) -> int:
