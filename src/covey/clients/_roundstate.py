@@ -83,7 +83,8 @@ class TrainState:
             raise WeightsError(
                 f"{what} {self.path} is client {self.owner}'s, not client {task.cid}'s: give "
                 f"each client a file of its own, e.g. {argument}=folder / f'{{cid}}.covey', "
-                "or delete it if it is left from another federation"
+                "or delete it if it is left from another federation (a deployed client keeps "
+                "its id when restarted under the same name: --name, or its certificate's)"
             )
         self.owner = task.cid
 
