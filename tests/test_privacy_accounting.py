@@ -198,3 +198,36 @@ def test_accounting_in_two_threads_at_once_leaves_the_absl_log_as_it_was() -> No
         absl.removeHandler(kept)
         absl.setLevel(level)
         absl.propagate = propagate
+
+
+def test_accounting_leaves_a_root_logger_without_handlers_without_handlers(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The absl log() calls logging.basicConfig() on a root logger with no handler.
+
+    dp-accounting warning of an order it drops (q=0.5, z=1 does) left a
+    StreamHandler on the root logger of a notebook that had not configured
+    logging: its own basicConfig(level=...) then did nothing.
+    """
+    import logging
+
+    from covey.privacy._accounting import _quiet, _rdp_curve
+
+    root, kept = logging.getLogger(), logging.getLogger().handlers[:]
+    for handler in kept:
+        root.removeHandler(handler)
+    own = logging.getLogger("covey.test.own")
+    try:
+        _rdp_curve.cache_clear()
+        assert privacy.epsilon(1.0, 0.5, 2, 1e-5) > 0
+        assert root.handlers == []
+        with _quiet():  # meanwhile a record no handler takes still reaches the last resort
+            logging.getLogger("covey.test.nobody").warning("seen once")
+            own.addHandler(logging.NullHandler())
+            own.warning("taken by its own handler")
+        assert root.handlers == []
+        assert capsys.readouterr().err == "seen once\n"
+    finally:
+        own.handlers.clear()
+        for handler in kept:
+            root.addHandler(handler)

@@ -9,18 +9,17 @@ composition of its events: nothing here computes a privacy loss by hand.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from covey.core._messages import Count, finite, plain, plain_count, real, shown
+from covey.privacy._abslog import quiet as _quiet
 from covey.privacy._pld import PLD_DEFAULT as _PLD_DEFAULT
 from covey.privacy._pld import pld_interval
 
@@ -102,35 +101,6 @@ def event_from_json(data: Any, _depth: int = 0) -> dpa.DpEvent:
             )
         kwargs[attribute.name] = value
     return cls(**kwargs)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Keep dp-accounting's absl log quiet while it works.
-
-    It logs each RDP order it drops as numerically unstable; the epsilon is still
-    its own, and a run would otherwise print dozens of lines per round.
-
-    Each call adds a filter of its own and removes it after: runs accounting in
-    several threads at once leave the absl logger as they found it (saving and
-    restoring its level would leave it at ERROR when two calls overlap, silencing
-    absl for the rest of the process, e.g. an application's TensorFlow or JAX logs).
-    """
-    absl = logging.getLogger("absl")
-    drop = _BelowError()
-    absl.addFilter(drop)
-    try:
-        yield
-    finally:
-        absl.removeFilter(drop)
-
-
-class _BelowError(logging.Filter):
-    """Drops the records below ERROR."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Whether ``record`` is an error (kept) or less (dropped)."""
-        return record.levelno >= logging.ERROR
 
 
 @functools.lru_cache(maxsize=64)
