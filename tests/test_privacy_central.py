@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,11 @@ from covey.aggregate import (
     trimmed_mean,
 )
 from covey.aggregate._base import Aggregate
+from covey.core import RoundRecord
 from covey.privacy import _noise
+from covey.privacy._central import PrivacyHook
 from covey.privacy._step import AdaptiveClipping, DPState, Mechanism, Shared, dp_step
+from covey.sim import SimulationResult
 
 DIM = 4000
 
@@ -305,6 +309,39 @@ def test_same_seed_same_model_and_no_seed_deployed_differs() -> None:
     a = _noise.gaussian(_noise.generator(shared.seed, 1, 1), {"w": np.zeros(10)}, 1.0)
     b = _noise.gaussian(_noise.generator(shared.seed, 1, 1), {"w": np.zeros(10)}, 1.0)
     assert not np.array_equal(a["w"], b["w"])
+
+
+def test_a_strategy_started_by_a_run_in_another_thread_stops_the_first_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The noise seed and sampled populations are the strategy's, one run's at a time.
+
+    A second run of the same strategy object, started in another thread while the
+    first was going on, took them over: the first run drew its noise and its
+    sampling from the second one's seed, without a word, or failed later saying
+    its round "was not sampled by the selector it installs".
+    """
+    dp = privacy.central(_strategy(fraction_fit=0.5), noise_multiplier=1.0, clip=1.0, delta=1e-5)
+    other: list[SimulationResult] = []
+
+    def start_another(record: RoundRecord) -> None:
+        if record.round == 1:  # a notebook's second cell, run while the first still runs
+            thread = threading.Thread(
+                target=lambda: other.append(covey.simulate(_zeros, 10, 2, dp, _params(), seed=1))
+            )
+            thread.start()
+            thread.join(120)
+
+    with pytest.raises(RuntimeError, match="started by another run in another thread"):
+        covey.simulate(_zeros, 10, 3, dp, _params(), seed=0, on_round=start_another)
+    assert [r.round for r in other[0].history.rounds] == [0, 1, 2]  # the second run is whole
+    # One run after the other, in any thread, each has the strategy to itself.
+    again = covey.simulate(_zeros, 10, 2, dp, _params(), seed=1)
+    np.testing.assert_array_equal(again.weights["w"], other[0].weights["w"])
+    hook = dp.hooks[-1]
+    assert isinstance(hook, PrivacyHook)
+    assert hook.shared.running == set()  # no run of it is going on any more
+    capsys.readouterr()
 
 
 def test_client_side_clipping() -> None:

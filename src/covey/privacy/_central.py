@@ -77,6 +77,7 @@ class PrivacyHook:
         self._refuse_repeated_noise(seed, history)
         self.shared.seed = self.noise_seed if self.noise_seed is not None else seed
         self.shared.started = True
+        self.shared.claim()
         dp = _dp_state(state)
         tree_seed = dp.tree_seed
         if self.mech.tree_rounds is not None and tree_seed is None:
@@ -179,6 +180,7 @@ class PrivacyHook:
 
     def finish(self, history: History, state: Any) -> None:
         """Print the privacy statement."""
+        self.shared.release()
         rounds = _dp_state(state).rounds
         self.printed = statement(
             mechanism=self.mech.name,
@@ -220,6 +222,7 @@ def poisson_selector(
     """
 
     def select(candidates: Sequence[int], round: int, rng: np.random.Generator) -> list[int]:
+        shared.check()
         shared.population[round] = len(candidates)
         if check is not None:
             check(len(candidates))

@@ -36,6 +36,7 @@ def round_robin(tree_rounds: int, shared: Shared) -> Any:
     """
 
     def select(candidates: Sequence[int], round: int, rng: np.random.Generator) -> list[int]:
+        shared.check()
         shared.population[round] = len(candidates)
         ordered = sorted(int(c) for c in candidates)
         return ordered[(round - 1) % tree_rounds :: tree_rounds]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
@@ -141,6 +142,34 @@ class Shared:
     started: bool = False
     population: dict[int, int] = field(default_factory=dict)
     warned_delta: bool = False
+    thread: int | None = None  # the thread of the run that started last
+    running: set[int] = field(default_factory=set)  # the threads with a run going on
+
+    def claim(self) -> None:
+        """Make the run starting in this thread the one this strategy serves."""
+        self.thread = threading.get_ident()
+        self.running.add(self.thread)
+
+    def release(self) -> None:
+        """Note that the run of this thread has ended."""
+        self.running.discard(threading.get_ident())
+
+    def check(self) -> None:
+        """Refuse to go on in a run that another run of this strategy has since replaced.
+
+        The seed and the sampled populations are the strategy's, one run's at a
+        time: a second run started meanwhile in another thread (a notebook running
+        two simulations at once) has taken them over, and this run's noise and
+        sampling would be drawn from its seed.
+        """
+        me = threading.get_ident()
+        if self.thread is not None and self.thread != me and me in self.running:
+            raise RuntimeError(
+                "this differential-privacy strategy was started by another run in another "
+                "thread while this run was going on; its noise seed and sampling belong to "
+                "one run at a time: build a strategy of its own for each run that runs at "
+                "the same time"
+            )
 
 
 @dataclass(frozen=True)
@@ -338,6 +367,7 @@ class _DPAggregation:
     def _end(self, state: DPState, event: End) -> tuple[State, tuple[Event, ...]]:
         params = _present(state.params, "the round's weights")
         acc = _present(state.acc, "the round's sum")
+        self.shared.check()
         m = self._expected(event.round)
         z, clip = self.mech.noise_multiplier, state.clip
         new_clip, noisy_fraction = clip, None
