@@ -181,6 +181,30 @@ def test_mlflow_file_store_reads_back(tmp_path: Path) -> None:
         assert got == points, tag
 
 
+@pytest.mark.parametrize("tracker", ["tensorboard", "mlflow"])
+def test_a_logger_given_to_a_second_run_refuses_it_before_mixing_their_rounds(
+    tmp_path: Path, tracker: str
+) -> None:
+    """A notebook cell run again with the logger of an earlier cell.
+
+    The second run's rounds 0..2 went into the first run's event file or MLflow
+    run at the same steps: two runs' curves mixed into one, with no error.
+    """
+    pytest.importorskip(tracker, reason=f"the {tracker} extra is needed")
+    from covey.trackers import MLflowLogger, TensorBoardLogger
+
+    log: Any = (
+        TensorBoardLogger(tmp_path / "tb")
+        if tracker == "tensorboard"
+        else MLflowLogger(tmp_path / "mlruns", experiment="cells")
+    )
+    with log:
+        _run(log, rounds=2)
+        log(_run(None, rounds=2)[2])  # its last round again (a resume gives it): taken
+        with pytest.raises(ValueError, match="round 0 after round 2, which it logged already"):
+            _run(log, rounds=2)
+
+
 def test_mlflow_run_resumes_with_a_param_mlflow_cut_to_its_limit(tmp_path: Path) -> None:
     pytest.importorskip("mlflow", reason="the mlflow extra is needed")
     from covey.trackers import MLflowLogger

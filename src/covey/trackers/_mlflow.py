@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from covey.core import RoundRecord
-from covey.trackers._scalars import log_folder, name_hash, round_scalars
+from covey.trackers._scalars import log_folder, name_hash, refuse_another_run, round_scalars
 
 _MAX_PARAMS = 100  # MLflow's limit per log_batch call
 _MAX_PART = 200
@@ -250,6 +250,7 @@ class MLflowLogger:
         for i in range(0, len(items), _MAX_PARAMS):
             self.client.log_batch(self.run_id, params=items[i : i + _MAX_PARAMS])
         self._closed = False
+        self._last: int | None = None  # the round logged last
         self._names: dict[str, str] = {}  # each tag's MLflow name, kept for the run
         self._warned = False
         self._refused: set[str] = set()  # tags whose non-finite values the store refused
@@ -323,8 +324,9 @@ class MLflowLogger:
         once per metric, naming the metric and the round.
 
         Raises:
-            ValueError: the logger is closed (its MLflow run ended): a second run
-                would mix its rounds into the first's.
+            ValueError: the logger is closed (its MLflow run ended), or the round
+                is before the last one it logged: a second run would mix its rounds
+                into the first's.
         """
         if self._closed:
             raise ValueError(
@@ -332,6 +334,13 @@ class MLflowLogger:
                 "block or was closed): make a new MLflowLogger for another run, or give it "
                 f"run_id={self.run_id!r} to log more rounds to this one"
             )
+        refuse_another_run(
+            "MLflowLogger",
+            self._last,
+            record.round,
+            "make a new MLflowLogger (a new MLflow run) for each run",
+        )
+        self._last = record.round
         stamp = int(time.time() * 1000)
         scalars = round_scalars(record, nonfinite=True)
         names = self._names_of(scalars)

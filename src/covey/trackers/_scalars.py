@@ -114,6 +114,22 @@ def round_scalars(record: RoundRecord, *, nonfinite: bool = False) -> dict[str, 
     return out
 
 
+def refuse_another_run(tracker: str, last: int | None, round: int, advice: str) -> None:
+    """Refuse a round before the last one ``tracker`` logged: another run's round.
+
+    A logger is for one run. Given to a second ``simulate()`` (a notebook cell
+    run again), it would get round 0 or 1 again and mix the second run's numbers
+    into the first's at the same steps. The round it logged last may come again
+    (a resumed run gives the round whose callbacks had not all returned).
+    """
+    if last is not None and round < last:
+        raise ValueError(
+            f"{tracker}: round {round} after round {last}, which it logged already: a logger "
+            f"is for one run, and this round is another run's (simulate() given the same "
+            f"logger again?); {advice}"
+        )
+
+
 def log_folder(path: str | Path, what: str) -> Path:
     """Make the folder a tracker writes to, or say in one line why it cannot be.
 

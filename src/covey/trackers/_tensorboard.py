@@ -23,7 +23,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from covey.core import RoundRecord
-from covey.trackers._scalars import log_folder, round_scalars
+from covey.trackers._scalars import log_folder, refuse_another_run, round_scalars
 
 
 class TensorBoardLogger:
@@ -58,6 +58,7 @@ class TensorBoardLogger:
         self._writer = EventFileWriter(str(self.logdir))
         self._started = False
         self._closed = False
+        self._last: int | None = None  # the round logged last
 
     def __call__(self, record: RoundRecord) -> None:
         """Write the round's scalars at step ``record.round``, then flush.
@@ -72,7 +73,8 @@ class TensorBoardLogger:
         as it is, as TensorBoard shows it.
 
         Raises:
-            ValueError: the logger is closed (its event file is).
+            ValueError: the logger is closed (its event file is), or the round is
+                before the last one it logged (another run's).
         """
         if self._closed:
             raise ValueError(
@@ -80,6 +82,13 @@ class TensorBoardLogger:
                 "left its `with` block or was closed): make a new TensorBoardLogger for "
                 "another run (the same folder continues it)"
             )
+        refuse_another_run(
+            "TensorBoardLogger",
+            self._last,
+            record.round,
+            "make a new TensorBoardLogger for each run, with a folder of its own",
+        )
+        self._last = record.round
         if not self._started:
             start = SessionLog(status=SessionLog.START)
             self._writer.add_event(
