@@ -27,6 +27,7 @@ from covey.clients._mistakes import (
 )
 from covey.core._interrupt import as_interrupt, interrupt_in
 from covey.core._messages import Config, EvaluateResult, FitResult, Reply, Task
+from covey.core._roundrecord import TRACEBACK_CHARS, clipped
 from covey.core._weights import Weights
 
 
@@ -367,7 +368,7 @@ def _failed(cid: int, kind: str, exc: Exception) -> Reply:
         return Reply(cid, kind, error=str(exc))
     if type(exc) is NoEvaluate:
         return Reply(cid, kind, error=f"NotImplementedError: {exc}")
-    return Reply(cid, kind, error=traceback.format_exc() + hint(exc))
+    return Reply(cid, kind, error=clipped(traceback.format_exc() + hint(exc), TRACEBACK_CHARS))
 
 
 #: The task kinds whose handler uses the weights only to call the client: a client that

@@ -7,7 +7,25 @@ from typing import Any
 
 from covey.core._messages import Scalar
 
-__all__ = ["Failure", "RoundRecord", "round_from_json", "unknown_fields"]
+__all__ = ["Failure", "RoundRecord", "clipped", "round_from_json", "unknown_fields"]
+
+ERROR_CHARS = 2_000
+"""The most of a failure's one-line error a history keeps."""
+TRACEBACK_CHARS = 64_000
+"""The most of a failure's full error text a history keeps (its start and its end)."""
+
+
+def clipped(text: str, cap: int) -> str:
+    """``text`` if it has at most ``cap`` characters, else its start and end around a note.
+
+    A client's error text is the client's to word, as long as it likes: a message of
+    megabytes would be kept once per failure, in memory and in the run's history.
+    The end is kept as well as the start: a traceback's last lines say what was raised.
+    """
+    if len(text) <= cap:
+        return text
+    half = (cap - 60) // 2  # the note fits within the cap: clipping again changes nothing
+    return f"{text[:half]}\n... [{len(text) - 2 * half:,} characters cut] ...\n{text[-half:]}"
 
 
 @dataclass
@@ -17,8 +35,10 @@ class Failure:
     Args:
         cid: The client's id.
         stage: The task kind (``"fit"``, ``"evaluate"``, ...).
-        error: One line saying what went wrong.
-        traceback: The full error text, when the client raised.
+        error: One line saying what went wrong (its start and end when over 2,000
+            characters).
+        traceback: The full error text, when the client raised (its start and end
+            when over 64,000 characters).
         name: The client's chosen name in a deployed run (its certificate
             identity or ``--name``); empty in simulation.
     """
@@ -28,6 +48,10 @@ class Failure:
     error: str
     traceback: str = ""
     name: str = ""
+
+    def __post_init__(self) -> None:
+        self.error = clipped(self.error, ERROR_CHARS)
+        self.traceback = clipped(self.traceback, TRACEBACK_CHARS)
 
     @property
     def who(self) -> str:
