@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -290,6 +291,30 @@ def test_clients_without_a_valid_certificate_are_refused(federation: Any, tmp_pa
     assert all(len(r.fit_participants) == 2 for r in history.rounds[1:])
     with RunStore.open(fed.run_dir) as store:
         assert set(store.clients()) == {"client-0", "client-1"}
+
+
+def test_failed_handshakes_leave_no_grpc_log_lines(federation: Any, tmp_path: Path) -> None:
+    """A refused handshake is told by covey's own dated line, not also by gRPC's ``I1207 ...``."""
+    fed = federation(COVEY_TEST_MIN_FIT="1", COVEY_TEST_MIN_AVAILABLE="1", COVEY_TEST_ROUNDS="1")
+    fed.env.pop("GRPC_VERBOSITY", None)
+    server = fed.server()
+    init_federation(tmp_path / "other", hosts=("127.0.0.1",))
+    intruder = issue_client(tmp_path / "other", "intruder")
+    common = ["client", "--app", "digits_app:client_fn", "--cid", "6", "--retry-for", "20"]
+    common += ["--server", f"127.0.0.1:{fed.port}"]
+    ca, cert, key = str(fed.certs / "ca.pem"), str(intruder.cert), str(intruder.key)
+    strays = {  # the client refuses the server's certificate; the server refuses the client's
+        "foreign-ca.log": ["--certs", str(tmp_path / "other"), "--name", "intruder"],
+        "foreign-cert.log": ["--ca", ca, "--cert", cert, "--key", key],
+    }
+    for log, args in strays.items():
+        assert fed.wait(fed._spawn([*common, *args], log), 60) == 2, fed.log(log)
+    assert fed.wait(fed.client(0)) == 0
+    assert fed.wait(server) == 0, fed.log("server.log")
+    grpc_line = re.compile(r"(?m)^[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]")
+    for log in ("server.log", *strays):
+        assert "certificate" in fed.log(log), fed.log(log)
+        assert not grpc_line.search(fed.log(log)), fed.log(log)
 
 
 def _tls_socket(fed: Federation, name: str) -> ssl.SSLSocket:

@@ -8,6 +8,7 @@ documentation says. The commands themselves are in ``covey.cli._app``.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -25,7 +26,13 @@ def main() -> None:
     Ctrl-C ends it with exit code 130 and no traceback, even before a command runs
     (as the commands load, or as the command line is built); a command that has
     work to keep says what it kept.
+
+    gRPC's own log lines (``I1207 13:21:04.391165 ... Handshake failed ...``, which
+    gRPC writes to standard error at INFO before anything configures its log) are
+    left out unless ``GRPC_VERBOSITY`` is set: covey's own line names each such
+    failure, dated, and says what to do.
     """
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # before gRPC is first imported
     try:
         from covey.cli import _app
     except KeyboardInterrupt:  # as the commands load: no traceback
