@@ -267,6 +267,31 @@ def test_client_certs_without_name(tmp_path: Path) -> None:
     assert last_line(out).startswith("error: --certs needs --name NAME")
 
 
+def test_a_client_name_its_certificate_does_not_hold_is_refused(tmp_path: Path) -> None:
+    # The server knows a client by its certificate's name: --name hospital-a with the
+    # certificate of hospital-b joined as hospital-b without a word.
+    from covey.deploy.certs import init_federation, issue_client
+
+    fed = tmp_path / "fed"
+    init_federation(fed)
+    issued = issue_client(fed, "hospital-b")
+    base = ["client", "--app", "digits_app:client_fn", "--cid", "0", "--server", "127.0.0.1:1"]
+    base += ["--retry-for", "0"]
+    files = ["--ca", str(fed / "ca.pem"), "--cert", str(issued.cert), "--key", str(issued.key)]
+    copied = fed / "clients" / "hospital-a"  # the files of one site copied under another's name
+    copied.with_suffix(".pem").write_bytes(issued.cert.read_bytes())
+    copied.with_suffix(".key").write_bytes(issued.key.read_bytes())
+    copied.with_suffix(".key").chmod(0o600)
+    for tls in (files, ["--certs", str(fed)]):
+        code, out = covey(*base, *tls, "--name", "hospital-a")
+        assert code == 2, out
+        assert last_line(out) == (
+            "error: --name 'hospital-a', but this client's certificate was issued to "
+            "'hospital-b', the name the server knows it by: give --name 'hospital-b', "
+            "or the certificate issued to 'hospital-a'"
+        )
+
+
 def test_unexpected_errors_are_one_line_unless_verbose(tmp_path: Path) -> None:
     (tmp_path / "broken_app.py").write_text(
         "def client_fn(cid):\n    raise RuntimeError('the data folder is missing')\n"

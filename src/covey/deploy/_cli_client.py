@@ -123,6 +123,26 @@ def _client_tls(s: dict[str, Any], flags: dict[str, Any]) -> Any:
     return None
 
 
+def _same_name(tls: Any, name: str | None) -> None:
+    """Refuse a ``--name`` other than the name the client's certificate was issued to.
+
+    The server knows a client by its certificate's common name alone, so another
+    ``--name`` would be passed over: the client would join as someone else than
+    its operator meant, and its logs would not say so.
+    """
+    from covey.deploy.certs._common import load_cert, subject_common_name
+
+    if name is None or tls is None or tls.cert is None:
+        return
+    issued_to = subject_common_name(load_cert(tls.cert))
+    if issued_to is not None and issued_to != name:
+        fail(
+            f"--name {name[:60]!r}, but this client's certificate was issued to "
+            f"{issued_to[:60]!r}, the name the server knows it by: give --name "
+            f"{issued_to[:60]!r}, or the certificate issued to {name[:60]!r}"
+        )
+
+
 def _named_tls(given: dict[str, Any], server_name: str | None) -> Any:
     """:func:`client_tls` of the ``--ca``, ``--cert`` and ``--key`` files.
 
@@ -264,6 +284,7 @@ def client_command(
     try:
         with leaving(leave):  # docker stop, systemctl stop: the client leaves as on Ctrl-C
             tls = _client_tls(s_tls, {**flags, "insecure": insecure})
+            _same_name(tls, the_name)
             if tls is None:  # --insecure: said once, before the first attempt
                 warn_without_tls(address)
             result = connect(
