@@ -8,7 +8,9 @@ started with --insecure was told its certificate came from another federation.
 
 from __future__ import annotations
 
+import http.server
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,31 @@ def test_a_client_with_tls_is_told_the_server_does_not_speak_it(tmp_path: Path) 
         assert "another federation" not in str(refused.value)
     finally:
         transport.close()
+
+
+def test_a_client_with_tls_dialling_another_service_is_told_to_check_the_address(
+    tmp_path: Path,
+) -> None:
+    # A wrong port, another service's (a plain HTTP server): the client was told only
+    # that the server was started with --insecure and to serve with --certs.
+    fed = tmp_path / "fed"
+    init_federation(fed)
+    issue_client(fed, "site")
+    web = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    serving = threading.Thread(target=web.serve_forever, daemon=True)
+    serving.start()
+    try:
+        with pytest.raises(Refused, match="does not speak TLS") as refused:
+            connect(
+                Fit(),
+                f"127.0.0.1:{web.server_address[1]}",
+                tls=tls_from_certs(fed, "site"),
+                backoff=0.05,
+                retry_for=30,
+            )
+        assert "a wrong host or port" in str(refused.value)
+        assert "check --server" in str(refused.value)
+    finally:
+        web.shutdown()
+        web.server_close()
+        serving.join(10)

@@ -203,9 +203,10 @@ def permanent_cause(exc: grpc.RpcError, server_name: str | None = None) -> str |
         )
     if code == grpc.StatusCode.UNAVAILABLE and "WRONG_VERSION_NUMBER" in details:
         return (
-            "the server does not speak TLS (was it started with --insecure?): a client "
-            "with TLS cannot join it; serve with --certs, or connect with --insecure for a "
-            f"local experiment: {details}"
+            "the server does not speak TLS (was it started with --insecure? or is the "
+            "address another service's, a wrong host or port, not the covey server's?): "
+            "a client with TLS cannot join it; check --server, serve with --certs, or "
+            f"connect with --insecure for a local experiment: {details}"
         )
     if code == grpc.StatusCode.UNAVAILABLE and any(m in details for m in _TLS_MARKERS):
         return (
