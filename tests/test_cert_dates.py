@@ -173,6 +173,15 @@ def test_cli_renew_server(fed: Path) -> None:
     result = CliRunner().invoke(certs_app, ["renew-server", "--dir", str(fed), "--days", "90"])
     assert result.exit_code == 0, result.output
     assert "Renewed" in result.output
+    # the hosts dialled and the new last day, which the command did not say
+    renewed = x509.load_pem_x509_certificate((fed / "server.pem").read_bytes())
+    until = f"{renewed.not_valid_after_utc:%Y-%m-%d}"
+    assert renewed.not_valid_after_utc - renewed.not_valid_before_utc >= _dt.timedelta(days=89)
+    assert f"for: localhost, 127.0.0.1; valid until {until}" in result.output, result.output
+    moved = CliRunner().invoke(
+        certs_app, ["renew-server", "--dir", str(fed), "--host", "fl.example.org"]
+    )
+    assert "for: fl.example.org; valid until" in moved.output, moved.output
     assert "BEGIN" not in result.output  # no key material is printed
     assert (fed / "server.pem").read_bytes() != before
     tls_from_dir(fed)

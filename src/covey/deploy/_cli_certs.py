@@ -202,8 +202,20 @@ def renew_server(
     cert = _call(lambda: _certs.renew_server(root, hosts=host or None, days=days))
     out = _out()
     out.print(f"[bold green]Renewed[/] the server certificate: wrote {escape(str(cert))}")
+    out.print(f"  [dim]{escape(_renewed_for(cert))}[/]")
     out.print(f"  wrote {escape(str(root / _certs.SERVER_KEY))}  [dim]server private key (0600)[/]")
     out.print("Restart the server to use it (covey server --resume RUN_DIR ... continues a run).")
+
+
+def _renewed_for(cert: Path) -> str:
+    """The hosts a new server certificate names and its last day, as the operator checks them."""
+    from cryptography import x509
+
+    from covey.deploy.certs._ca import _current_hosts
+
+    parsed = x509.load_pem_x509_certificate(cert.read_bytes())
+    hosts = ", ".join(_current_hosts(cert.parent))
+    return f"for: {hosts}; valid until {parsed.not_valid_after_utc:%Y-%m-%d}"
 
 
 @certs_app.command("issue", cls=HelpCommand)
