@@ -290,6 +290,15 @@ def test_an_aggregation_error_is_recorded_and_the_run_goes_on() -> None:
         ("[::1]9092", True, "IPv6"),
         ("::1:9092", False, r"in brackets, e\.g\. \[::1\]:9092"),
         ("fe80::1:0", True, r"\[fe80::1\]:0"),
+        # A URL read as an IPv6 address ("e.g. [https://127.0.0.1]:9092"), a port alone
+        # given the port as its host ("e.g. 9092:9092").
+        (
+            "https://127.0.0.1:9092",
+            False,
+            r"is a URL: give HOST:PORT without 'https://', e\.g\. 127\.0\.0\.1:9092$",
+        ),
+        ("grpc://fl.example.org:9092/", False, r"without 'grpc://', e\.g\. fl\.example\.org:9092$"),
+        ("9092", True, r"has no port; give HOST:PORT \(e\.g\. 127\.0\.0\.1:9092\)$"),
     ],
 )
 def test_bad_addresses_are_refused(address: str, listen: bool, message: str) -> None:

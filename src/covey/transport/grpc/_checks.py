@@ -72,6 +72,12 @@ def check_address(address: str, *, listen: bool) -> tuple[str, int]:
         ('127.0.0.1', 9092)
     """
     text = address.strip()
+    scheme, is_url, rest = text.partition("://")
+    if is_url:  # a URL copied whole: its scheme is no part of a gRPC address
+        bare = rest.split("/", 1)[0] or "HOST:PORT"
+        raise AddressError(
+            f"{address!r} is a URL: give HOST:PORT without {scheme + '://'!r}, e.g. {bare}"
+        )
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
         if not sep or not rest.startswith(":"):
@@ -82,9 +88,7 @@ def check_address(address: str, *, listen: bool) -> tuple[str, int]:
     else:
         host, sep, port_text = text.rpartition(":")
         if not sep:
-            raise AddressError(
-                f"{address!r} has no port; give HOST:PORT (e.g. {text or 'localhost'}:9092)"
-            )
+            raise AddressError(f"{address!r} has no port; give HOST:PORT (e.g. {_example(text)})")
         if ":" in host:
             raise AddressError(
                 f"{address!r}: an IPv6 address goes in brackets, e.g. [{host}]:{port_text or 9092}"
@@ -98,6 +102,13 @@ def check_address(address: str, *, listen: bool) -> tuple[str, int]:
     if not low <= port <= 65535:
         raise AddressError(f"{address!r}: the port must be between {low} and 65535, not {port}")
     return host, port
+
+
+def _example(text: str) -> str:
+    """A ``HOST:PORT`` for an address given without one of the two: its host, or its port."""
+    if text.isdigit():  # a port alone (`--address 9092`)
+        return f"127.0.0.1:{text}"
+    return f"{text or 'localhost'}:9092"
 
 
 MAX_TASK_BYTES = 4 * 1024**3  # what a client accepts when it is given no spec
