@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -132,7 +133,8 @@ def test_too_few_eligible_clients_is_a_clear_error() -> None:
         run(covey.FedAvg(where={"site": "bank"}, min_fit_clients=3))
     assert str(caught.value).startswith(
         "round 1: the strategy wants 3 clients to train but only 2 clients pass "
-        "where={'site': 'bank'} (min_fit_clients=3)"
+        "where={'site': 'bank'} (min_fit_clients=3); lower min_fit_clients to at most 2, "
+        "or let more clients pass where="
     ), caught.value
 
 
@@ -258,3 +260,42 @@ def test_where_values_match_bools_only_with_bools() -> None:
     # Numbers of equal value match across int, float and NumPy's types.
     assert covey.FedAvg(where={"n": 1}).eligible(ids, props) == [0, 1, 2, 4]
     assert covey.FedAvg(where={"n": 1.0, "gpu": True}).eligible(ids, props) == [0, 2]
+
+
+class _Region(covey.Client):
+    """Reports its region; trains at once."""
+
+    def __init__(self, region: str) -> None:
+        self.region = region
+
+    def properties(self) -> dict[str, Any]:
+        return {"region": self.region}
+
+    def fit(self, weights: covey.Weights, config: dict[str, Any]) -> covey.FitResult:
+        return covey.FitResult(weights={k: v + 1 for k, v in weights.items()}, num_examples=1)
+
+
+def test_a_deployed_round_waits_for_enough_clients_that_pass_where() -> None:
+    # With two clients connected, one of them outside where=, round 1 stopped at
+    # once ("wants 2 clients to train but only 1 clients pass where="), though
+    # wait_timeout had most of its 30 s left and a second "eu" site was joining.
+    from _live import Joined, Served
+
+    strategy = covey.FedAvg(
+        fraction_evaluate=0.0, min_fit_clients=2, min_available_clients=2, where={"region": "eu"}
+    )
+    served = Served(strategy, 1, wait_timeout=30.0)
+    sites = [
+        Joined(served.port, _Region("us"), name="us"),
+        Joined(served.port, _Region("eu"), name="eu"),
+    ]
+    try:
+        time.sleep(1.0)  # round 1 has begun with one client that passes where=
+        sites.append(Joined(served.port, _Region("eu"), name="eu-late"))
+        result = served.join(60)
+    finally:
+        for site in sites:
+            site.join(30)
+    record = result.history[1]
+    assert sorted(result.history.name_of(c) for c in record.fit_participants) == ["eu", "eu-late"]
+    assert record.durations["wait"] > 0

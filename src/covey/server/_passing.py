@@ -11,11 +11,23 @@ look at every client's properties.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from covey.server._idviews import SortedIds
+from covey.strategies._checks import clients_there
 from covey.strategies._strategy import Strategy
+
+logger = logging.getLogger("covey")
+
+POLL = 1.0
+"""Seconds between looks at the connected clients while a deployed round waits for eligible ones.
+
+A client that connects again with other properties does not change how many are
+connected, so the wait looks again at least this often.
+"""
 
 
 class _Loop(Protocol):
@@ -118,3 +130,41 @@ class KeptWhere:
         if len(where) != len(wanted):
             return True
         return any(key not in wanted or wanted[key] is not value for key, value in where.items())
+
+
+def wait_for_eligible(
+    loop: Any, rnd: int, eligible: Sequence[int], since: float
+) -> tuple[Sequence[int], float]:
+    """Deployed, under ``where=``: wait for enough connected clients that pass it.
+
+    A deployed round waits up to ``wait_timeout`` (counted from ``since``, a
+    :func:`time.perf_counter` reading taken as the round began to wait) for
+    ``min_available_clients`` and ``min_fit_clients`` clients; under ``where=``
+    the minimums count the clients that pass it, so the round also waits for
+    those to connect rather than stopping at once while others may join.
+    Simulated clients never connect later: they are returned as they are.
+
+    Returns:
+        The eligible clients, and the seconds spent waiting here.
+    """
+    strategy = loop.strategy
+    wait = getattr(loop.transport, "wait_for_clients", None)
+    if strategy.where is None or wait is None or loop.simulated:
+        return eligible, 0.0
+    start = time.perf_counter()
+    timeout = loop.wait_timeout
+    deadline = None if timeout is None else since + timeout
+    said = False
+    while (wanted := strategy.client_count("fit", len(eligible))) > len(eligible):
+        left = None if deadline is None else deadline - time.perf_counter()
+        if left is not None and left <= 0:
+            break
+        if not said:
+            said = True
+            logger.info(
+                "round %d: waiting for clients: %d wanted to train, only %s",
+                *(rnd, wanted, clients_there(len(eligible), strategy.where)),
+            )
+        wait(len(loop.transport.clients()) + 1, POLL if left is None else min(left, POLL))
+        eligible = loop._eligible(rnd, loop.transport.clients())
+    return eligible, time.perf_counter() - start

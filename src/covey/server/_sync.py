@@ -27,7 +27,7 @@ from covey.server._configs import client_configs, evaluate_config, fit_config
 from covey.server._direct import fit_directly
 from covey.server._lasteval import evaluate_saved_last
 from covey.server._means import weighted_loss
-from covey.server._passing import KeptWhere
+from covey.server._passing import KeptWhere, wait_for_eligible
 from covey.server._retry import RoundRetries, deadline_hint, failures_said, run_retried, shortfall
 from covey.server._roundmetrics import RoundMetrics
 from covey.strategies._checks import clients_there, poisson_note, stop_reason, too_few_to_fit
@@ -241,7 +241,9 @@ class RoundLoop(_LoopBase):
         )
         if not self.simulated:  # a deployed round waits for its clients to connect
             record.durations["wait"] = time.perf_counter() - t0
-        available = self._eligible(rnd, available)
+        available, waited = wait_for_eligible(self, rnd, self._eligible(rnd, available), t0)
+        if waited:  # and for enough of them to pass where=
+            record.durations["wait"] += waited
         count = self._fit_count(rnd, record, len(available))
         if count is None:
             return

@@ -484,8 +484,11 @@ def too_few_to_fit(
     if note:
         head = f"round {round}: only {there}, fewer than min_fit_clients={strategy.min_fit_clients}"
     else:
+        todo = "let more clients pass where=" if where else "connect more clients"
+        if eligible:
+            todo = f"lower min_fit_clients to at most {eligible}, or {todo}"
         head = (
             f"round {round}: the strategy wants {count} clients to train but only {there} "
-            f"(min_fit_clients={strategy.min_fit_clients})"
+            f"(min_fit_clients={strategy.min_fit_clients}); {todo}"
         )
     return head + (f"; {property_error}" if property_error else "") + note
