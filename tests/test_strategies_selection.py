@@ -238,9 +238,18 @@ def test_eligible_and_validation() -> None:
 
 
 def test_a_selector_that_repeats_a_client_is_refused() -> None:
-    strategy = covey.Strategy(selector=lambda available, rnd, rng: [available[0], available[0]])
-    with pytest.raises(ValueError, match="more than once"):
-        strategy.sample([0, 1, 2], 2, 1, 0, purpose=0)
+    # It said "selector chose some clients more than once: [0, 0]", naming
+    # neither the selector nor the round, nor what to return instead.
+    def twice(available: Sequence[int], rnd: int, rng: Any) -> list[int]:
+        return [available[0], available[0]]
+
+    strategy = covey.Strategy(selector=twice)
+    with pytest.raises(ValueError, match="more than once") as caught:
+        strategy.sample([0, 1, 2], 2, 3, 0, purpose=0)
+    assert str(caught.value) == (
+        "selector test_a_selector_that_repeats_a_client_is_refused.<locals>.twice in round 3 "
+        "chose clients more than once: [0, 0]; return each client id once"
+    )
 
 
 def test_where_values_match_bools_only_with_bools() -> None:

@@ -428,7 +428,7 @@ class AsyncLoop(_LoopBase):
             return []
         if strategy.selector is not None:
             chosen = selected(strategy.selector, idle, rnd, self._rng, "update")
-            picked = picked_ids(strategy.selector, chosen)
+            picked = picked_ids(strategy.selector, chosen, rnd, "update")
             unknown = not_among(picked, idle)
             if unknown:
                 raise ValueError(

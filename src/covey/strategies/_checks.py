@@ -175,17 +175,21 @@ def selected(
         raise
 
 
-def chosen_ids(selector: Callable[..., Any], picked: Any) -> list[int]:
+def chosen_ids(selector: Callable[..., Any], picked: Any, round: int | None = None) -> list[int]:
     """The client ids a custom ``selector`` returned, sorted.
 
     Raises:
         TypeError: naming the selector, if it returned anything but ids (ints).
     """
-    return sorted(picked_ids(selector, picked))
+    return sorted(picked_ids(selector, picked, round))
 
 
-def picked_ids(selector: Callable[..., Any], picked: Any) -> list[int]:
+def picked_ids(
+    selector: Callable[..., Any], picked: Any, round: int | None = None, step: str = "round"
+) -> list[int]:
     """The client ids a custom ``selector`` returned, in its order, each once.
+
+    ``round`` (an asynchronous run's update, ``step="update"``) is named in errors.
 
     Raises:
         TypeError: naming the selector, if it returned anything but ids (ints).
@@ -205,7 +209,11 @@ def picked_ids(selector: Callable[..., Any], picked: Any) -> list[int]:
         )
     ids = [int(c) for c in items]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"selector chose some clients more than once: {sorted(ids)[:80]}")
+        when = "" if round is None else f" in {step} {round}"
+        raise ValueError(
+            f"selector {name_of(selector)}{when} chose clients more than once: "
+            f"{sorted(ids)[:80]}; return each client id once"
+        )
     return ids
 
 

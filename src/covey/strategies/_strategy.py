@@ -280,7 +280,9 @@ class Strategy:
             )
         rng = np.random.default_rng([seed, round, purpose])
         if self.selector is not None and (purpose == 0 or selects_evaluation(self.selector)):
-            chosen = chosen_ids(self.selector, selected(self.selector, available, round, rng))
+            chosen = chosen_ids(
+                self.selector, selected(self.selector, available, round, rng), round
+            )
             unknown = not_among(chosen, available)
             if unknown:
                 raise outside_candidates(self.selector, unknown, self.where, round)
