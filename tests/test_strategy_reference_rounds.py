@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,8 +63,26 @@ def test_sampling_is_determined_by_the_seed_and_varies_by_round() -> None:
 
 
 def test_min_available_clients_above_the_federation_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="min_available_clients=11 exceeds num_clients=10"):
+    # It said what was wrong only ("min_available_clients=11 exceeds num_clients=10").
+    said = (
+        "min_available_clients=11 exceeds num_clients=10: no round would start; lower it "
+        "to at most 10, or simulate more clients"
+    )
+    with pytest.raises(ValueError, match=re.escape(said)):
         run(covey.FedAvg(min_available_clients=11), SIZES, rounds=1)
+
+
+def test_min_fit_clients_above_the_federation_says_what_to_do() -> None:
+    # It ended at "... (min_fit_clients=11) but num_clients=10", with no way out.
+    said = (
+        "the strategy samples at least 11 clients per round (min_fit_clients=11) but "
+        "num_clients=10: lower min_fit_clients to at most 10, or simulate more clients"
+    )
+    with pytest.raises(ValueError, match=re.escape(said)):
+        run(covey.FedAvg(min_fit_clients=11), SIZES, rounds=1)
+    said = "(FedBuff's concurrency, min_fit_clients=11) but num_clients=10: lower concurrency"
+    with pytest.raises(ValueError, match=re.escape(said)):
+        run(covey.FedBuff(buffer_size=2, concurrency=11, fraction_evaluate=0.0), SIZES, 1)
 
 
 # -- federated evaluation ---------------------------------------------------------------------

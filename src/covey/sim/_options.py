@@ -306,7 +306,13 @@ def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strate
                 if counter
                 else f"({by}min_fit_clients={strategy.min_fit_clients})"
             )
-            + f" but num_clients={num_clients}"
+            + f" but num_clients={num_clients}: "
+            + (
+                f"make {counter} return at most {num_clients}"
+                if counter
+                else f"lower {'concurrency' if by_concurrency else 'min_fit_clients'} to at most "
+                f"{num_clients}, or simulate more clients"
+            )
         )
     if strategy.buffer_size is not None and strategy.buffer_size > num_clients:
         raise ValueError(
@@ -320,7 +326,8 @@ def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strate
     if strategy.min_available_clients > num_clients:
         raise ValueError(
             f"min_available_clients={strategy.min_available_clients} exceeds "
-            f"num_clients={num_clients}"
+            f"num_clients={num_clients}: no round would start; lower it to at most "
+            f"{num_clients}, or simulate more clients"
         )
     _check_evaluate_count(strategy, num_clients)
     return strategy
