@@ -296,3 +296,32 @@ def test_a_metric_sent_as_a_0d_array_is_averaged_as_without_secure_aggregation()
     assert sorted(safe.history[1].fit_metrics) == ["count", "loss"]
     for name in bounds:
         assert safe.history[1].fit_metrics[name] == pytest.approx(expected[name], abs=1e-2)
+
+
+def _none_in_round_1(candidates: Any, round: int, rng: Any) -> list[int]:
+    return [] if round == 1 else list(candidates)
+
+
+def test_a_selector_choosing_no_client_trains_none_under_secure_aggregation() -> None:
+    # The docs say an empty choice trains no client and keeps the model; secure() stopped
+    # the run instead ("secure aggregation needs at least 2 clients, got 0").
+    strategy = covey.FedAvg(selector=_none_in_round_1, fraction_evaluate=0.0)
+    plain, safe = _run(strategy, n=4), _run(_secure(strategy), n=4)
+    for result in (plain, safe):
+        assert result.history[1].fit_participants == []
+        assert not result.history[1].aggregated
+        assert sorted(result.history[2].fit_participants) == [0, 1, 2, 3]
+    tol = 2 / scale(CLIP, BITS)
+    for name in ("w", "b"):
+        np.testing.assert_allclose(safe.weights[name], plain.weights[name], atol=tol)
+
+
+def test_a_round_of_one_client_says_what_to_set() -> None:
+    # It said only "secure aggregation needs at least 2 clients, got 1".
+    strategy = _secure(covey.FedAvg(fraction_fit=0.25, min_fit_clients=1, fraction_evaluate=0.0))
+    with pytest.raises(covey.FederationError) as caught:
+        _run(strategy, n=4, rounds=1)
+    assert str(caught.value).startswith(
+        "round 1: secure aggregation aborted in stage setup: secure aggregation needs at least "
+        "2 clients, got 1; this round sampled 1: set min_fit_clients=2 or more"
+    ), caught.value

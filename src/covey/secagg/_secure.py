@@ -146,6 +146,8 @@ class _Secure:
         weights = task.weights
         if weights is None:
             raise ValueError("a fit task carries no weights")
+        if not cids and not self.summed:  # a selector's empty choice: no client trains
+            return FitOutcome()
         layout = _layout(weights)
         model = sum(size for _, _, size in layout)
         spec = {
@@ -188,6 +190,11 @@ class _Secure:
                     f"; central DP's Poisson draw took {len(cids)} clients this round: raise "
                     f"fraction_fit so that fraction_fit x clients is {_FEW} or more, which makes "
                     "such a draw rare (docs/privacy.md)"
+                )
+            elif exc.stage == "setup" and len(cids) < 2:  # no sum hides a lone update
+                error += (
+                    f"; this round sampled {len(cids)}: set min_fit_clients=2 or more (a "
+                    "selector of one's own: choose at least 2 clients)"
                 )
             return FitOutcome(
                 failures=tuple(exc.dropped.items()),
