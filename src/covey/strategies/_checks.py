@@ -175,15 +175,6 @@ def selected(
         raise
 
 
-def chosen_ids(selector: Callable[..., Any], picked: Any, round: int | None = None) -> list[int]:
-    """The client ids a custom ``selector`` returned, sorted.
-
-    Raises:
-        TypeError: naming the selector, if it returned anything but ids (ints).
-    """
-    return sorted(picked_ids(selector, picked, round))
-
-
 def picked_ids(
     selector: Callable[..., Any], picked: Any, round: int | None = None, step: str = "round"
 ) -> list[int]:

@@ -27,11 +27,11 @@ from covey.strategies._checks import (
     check_hooks,
     checked_count,
     checked_metrics,
-    chosen_ids,
     clients_there,
     name_of,
     not_among,
     outside_candidates,
+    picked_ids,
     selected,
     selects_evaluation,
 )
@@ -280,9 +280,8 @@ class Strategy:
             )
         rng = np.random.default_rng([seed, round, purpose])
         if self.selector is not None and (purpose == 0 or selects_evaluation(self.selector)):
-            chosen = chosen_ids(
-                self.selector, selected(self.selector, available, round, rng), round
-            )
+            picked = selected(self.selector, available, round, rng)
+            chosen = sorted(picked_ids(self.selector, picked, round))
             unknown = not_among(chosen, available)
             if unknown:
                 raise outside_candidates(self.selector, unknown, self.where, round)
