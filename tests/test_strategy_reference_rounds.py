@@ -82,7 +82,7 @@ def test_min_fit_clients_above_the_federation_says_what_to_do() -> None:
         run(covey.FedAvg(min_fit_clients=11), SIZES, rounds=1)
     said = "(FedBuff's concurrency, min_fit_clients=11) but num_clients=10: lower concurrency"
     with pytest.raises(ValueError, match=re.escape(said)):
-        run(covey.FedBuff(buffer_size=2, concurrency=11, fraction_evaluate=0.0), SIZES, 1)
+        run(covey.FedBuff(buffer_size=2, concurrency=11, fraction_evaluate=0.0), SIZES, rounds=1)
 
 
 # -- federated evaluation ---------------------------------------------------------------------
