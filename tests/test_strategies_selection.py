@@ -308,3 +308,46 @@ def test_a_deployed_round_waits_for_enough_clients_that_pass_where() -> None:
     record = result.history[1]
     assert sorted(result.history.name_of(c) for c in record.fit_participants) == ["eu", "eu-late"]
     assert record.durations["wait"] > 0
+
+
+class _Charged(covey.Strategy):
+    """Lets only clients that report a battery above 50 take part."""
+
+    def eligible(
+        self, available: Sequence[int], properties: Mapping[int, Mapping[str, Any]]
+    ) -> list[int]:
+        return [c for c in available if properties.get(c, {}).get("battery", 0) > 50]
+
+
+class _Phone(covey.Client):
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def properties(self) -> dict[str, Any]:
+        return {"battery": 10 * self.cid}
+
+    def fit(self, weights: covey.Weights, config: dict[str, Any]) -> covey.FitResult:
+        return covey.FitResult(delta={"w": np.ones(1)}, num_examples=1)
+
+    def evaluate(self, weights: covey.Weights, config: dict[str, Any]) -> covey.EvaluateResult:
+        return covey.EvaluateResult(loss=0.0, num_examples=1)
+
+
+def test_a_subclass_overriding_eligible_selects_by_it_without_where() -> None:
+    # The override was asked only when where= was given too: without it every
+    # client could be sampled, those with a battery of 0-50 included.
+    strategy = _Charged(fraction_fit=0.5, min_fit_clients=1, min_evaluate_clients=1)
+    history = covey.simulate(_Phone, 10, 3, strategy, {"w": np.zeros(1)}, seed=0).history
+    for record in history.rounds[1:]:
+        assert len(record.fit_participants) == 2, record.fit_participants  # half of 4
+        assert all(c > 5 for c in record.fit_participants + record.evaluate_participants)
+    with pytest.raises(covey.FederationError) as caught:
+        covey.simulate(_Phone, 10, 1, _Charged(min_fit_clients=6), {"w": np.zeros(1)})
+    assert str(caught.value).startswith(
+        "round 1: the strategy wants 6 clients to train but only 4 clients pass "
+        "_Charged.eligible() (min_fit_clients=6); lower min_fit_clients to at most 4, or let "
+        "more clients pass _Charged.eligible()"
+    ), caught.value
+    buffered = _Charged(buffer_size=2, fraction_fit=0.0, min_fit_clients=2, fraction_evaluate=0.0)
+    history = covey.simulate(_Phone, 10, 3, buffered, {"w": np.zeros(1)}, seed=0).history
+    assert all(c > 5 for r in history.rounds for c in r.fit_participants)

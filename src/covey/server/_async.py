@@ -37,6 +37,7 @@ from covey.server._passing import KeptWhere
 from covey.server._roundmetrics import RoundMetrics
 from covey.strategies._checks import chose_none, name_of, not_among, picked_ids, selected
 from covey.strategies._clients import client_info
+from covey.strategies._filters import eligibility
 from covey.strategies._fold import refuse_dropped_at_begin
 from covey.strategies._strategy import Strategy
 from covey.transport._async import AsyncTransport
@@ -337,7 +338,7 @@ class AsyncLoop(_LoopBase):
         rnd = version + 1
         available = self.transport.clients()
         eligible: Sequence[int] | None = None
-        if strategy.where is None:
+        if eligibility(strategy) is None:
             eligible = available  # not copied: a federation may have 100,000s of clients
             count = len(available)
         elif isinstance(available, range) and self._joins() is None:

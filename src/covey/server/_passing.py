@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from covey.server._idviews import SortedIds
 from covey.strategies._checks import clients_there
+from covey.strategies._filters import eligibility
 from covey.strategies._strategy import Strategy
 
 logger = logging.getLogger("covey")
@@ -149,7 +150,7 @@ def wait_for_eligible(
     """
     strategy = loop.strategy
     wait = getattr(loop.transport, "wait_for_clients", None)
-    if strategy.where is None or wait is None or loop.simulated:
+    if eligibility(strategy) is None or wait is None or loop.simulated:
         return eligible, 0.0
     start = time.perf_counter()
     timeout = loop.wait_timeout
@@ -163,7 +164,7 @@ def wait_for_eligible(
             said = True
             logger.info(
                 "round %d: waiting for clients: %d wanted to train, only %s",
-                *(rnd, wanted, clients_there(len(eligible), strategy.where)),
+                *(rnd, wanted, clients_there(len(eligible), eligibility(strategy))),
             )
         wait(len(loop.transport.clients()) + 1, POLL if left is None else min(left, POLL))
         eligible = loop._eligible(rnd, loop.transport.clients())

@@ -30,8 +30,9 @@ from covey.server._means import weighted_loss
 from covey.server._passing import KeptWhere, wait_for_eligible
 from covey.server._retry import RoundRetries, deadline_hint, failures_said, run_retried, shortfall
 from covey.server._roundmetrics import RoundMetrics
-from covey.strategies._checks import clients_there, poisson_note, stop_reason, too_few_to_fit
+from covey.strategies._checks import clients_there, poisson_note, stop_reason
 from covey.strategies._clients import client_info
+from covey.strategies._filters import eligibility, too_few_to_fit
 from covey.strategies._fitround import FitOutcome, outcome_info, outcome_metrics
 from covey.strategies._fold import refuse_dropped_at_begin
 from covey.strategies._strategy import Strategy
@@ -200,7 +201,7 @@ class RoundLoop(_LoopBase):
 
     def _eligible(self, rnd: int, available: Sequence[int]) -> Sequence[int]:
         """The available clients that pass ``strategy.where``, asking new ones for properties."""
-        if self.strategy.where is None:
+        if eligibility(self.strategy) is None:
             return available  # not copied: a federation may have 100,000s of clients
         return self._where_kept.eligible(self, rnd, available)
 
@@ -342,7 +343,7 @@ class RoundLoop(_LoopBase):
         if need is None:
             return count
         if eligible < need[0]:
-            there = clients_there(eligible, strategy.where)
+            there = clients_there(eligible, eligibility(strategy))
             self._keep_model(
                 rnd, record, f"{need[1]} clients per round, but only {there}: no client trains"
             )
@@ -432,7 +433,7 @@ class RoundLoop(_LoopBase):
                 "round %d: skipping federated evaluation: %d clients wanted, only %s",
                 rnd,
                 count,
-                clients_there(len(available), strategy.where),
+                clients_there(len(available), eligibility(strategy)),
             )
             return None
         return strategy.sample(available, count, rnd, self.seed, purpose=1)

@@ -244,8 +244,22 @@ def outside_candidates(
 
 
 def where_text(where: object) -> str:
-    """A ``where=`` filter as a message shows it: ``where={'site': 'a'}`` or its function's name."""
-    return f"where={dict(where)!r}" if isinstance(where, Mapping) else f"where= {name_of(where)}"
+    """A ``where=`` filter as a message shows it: ``where={'site': 'a'}`` or its function's name.
+
+    A subclass's :meth:`~covey.Strategy.eligible` (bound) shows as ``Sites.eligible()``.
+    """
+    if isinstance(where, Mapping):
+        return f"where={dict(where)!r}"
+    return filter_text(where) if _is_eligible(where) else f"where= {name_of(where)}"
+
+
+def filter_text(where: object) -> str:
+    """``where=``, or a subclass's ``eligible`` as ``Sites.eligible()``."""
+    return f"{name_of(where)}()" if _is_eligible(where) else "where="
+
+
+def _is_eligible(where: object) -> bool:
+    return getattr(where, "__name__", "") == "eligible" and hasattr(where, "__self__")
 
 
 def clients_there(count: int, where: object) -> str:
@@ -465,29 +479,3 @@ def poisson_note(strategy: Any, there: int, which: str = "available") -> str:
     what = f"the {there} that do" if where else f"the {there} {which}"
     note = poisson_minimum(strategy, there, what, where) if held else None
     return "" if note is None else f"; {note}"
-
-
-def too_few_to_fit(
-    strategy: Any, round: int, count: int, eligible: int, property_error: str | None
-) -> str:
-    """Why round ``round`` cannot start: ``count`` clients to train, only ``eligible`` there.
-
-    Under central DP's Poisson draw, ``min_fit_clients`` (which ``count`` then is)
-    is no number of trainers: the message says how many clients there are, fewer
-    than ``min_fit_clients``, then why that holds the round (:func:`poisson_note`).
-    ``property_error``: why a client's properties were not known, if one failed.
-    """
-    where = strategy.where is not None
-    note = poisson_note(strategy, eligible, "that pass where=" if where else "available")
-    there = clients_there(eligible, strategy.where)
-    if note:
-        head = f"round {round}: only {there}, fewer than min_fit_clients={strategy.min_fit_clients}"
-    else:
-        todo = "let more clients pass where=" if where else "connect more clients"
-        if eligible:
-            todo = f"lower min_fit_clients to at most {eligible}, or {todo}"
-        head = (
-            f"round {round}: the strategy wants {count} clients to train but only {there} "
-            f"(min_fit_clients={strategy.min_fit_clients}); {todo}"
-        )
-    return head + (f"; {property_error}" if property_error else "") + note

@@ -247,7 +247,8 @@ class Strategy:
                 nor is one for which the predicate raises KeyError, TypeError or ValueError.
 
         Returns:
-            The eligible ids (all of ``available`` when ``where`` is None).
+            The eligible ids (all of ``available`` when ``where`` is None). A subclass
+            may override it: the rounds then ask it, ``where`` given or not.
         """
         return eligible_ids(self.where, available, properties)
 

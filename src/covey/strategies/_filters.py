@@ -1,0 +1,46 @@
+"""What keeps clients out of a round: ``where=``, or a subclass's own ``eligible``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from covey.strategies._checks import clients_there, filter_text, poisson_note
+from covey.strategies._strategy import Strategy
+
+
+def eligibility(strategy: Strategy) -> Any:
+    """What keeps clients out of a round: a subclass's ``eligible`` (bound), ``where``, or None.
+
+    A subclass that overrides :meth:`covey.Strategy.eligible` filters the clients
+    with it whether or not ``where`` is given.
+    """
+    if type(strategy).eligible is not Strategy.eligible:
+        return strategy.eligible
+    return strategy.where
+
+
+def too_few_to_fit(
+    strategy: Strategy, round: int, count: int, eligible: int, property_error: str | None
+) -> str:
+    """Why round ``round`` cannot start: ``count`` clients to train, only ``eligible`` there.
+
+    Under central DP's Poisson draw, ``min_fit_clients`` (which ``count`` then is)
+    is no number of trainers: the message says how many clients there are, fewer
+    than ``min_fit_clients``, then why that holds the round (:func:`poisson_note`).
+    ``property_error``: why a client's properties were not known, if one failed.
+    """
+    filtered = eligibility(strategy)
+    where = filtered is not None
+    note = poisson_note(strategy, eligible, "that pass where=" if where else "available")
+    there = clients_there(eligible, filtered)
+    if note:
+        head = f"round {round}: only {there}, fewer than min_fit_clients={strategy.min_fit_clients}"
+    else:
+        todo = f"let more clients pass {filter_text(filtered)}" if where else "connect more clients"
+        if eligible:
+            todo = f"lower min_fit_clients to at most {eligible}, or {todo}"
+        head = (
+            f"round {round}: the strategy wants {count} clients to train but only {there} "
+            f"(min_fit_clients={strategy.min_fit_clients}); {todo}"
+        )
+    return head + (f"; {property_error}" if property_error else "") + note
