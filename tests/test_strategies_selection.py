@@ -351,3 +351,27 @@ def test_a_subclass_overriding_eligible_selects_by_it_without_where() -> None:
     buffered = _Charged(buffer_size=2, fraction_fit=0.0, min_fit_clients=2, fraction_evaluate=0.0)
     history = covey.simulate(_Phone, 10, 3, buffered, {"w": np.zeros(1)}, seed=0).history
     assert all(c > 5 for r in history.rounds for c in r.fit_participants)
+
+
+def test_a_round_whose_fraction_of_the_eligible_rounds_down_to_none_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 3 of 10 clients pass where=, and 0.2 of 3 is 0: every round trained no
+    # client without a word, where simulate() refuses 0.2 of 3 clients up front.
+    strategy = covey.FedAvg(
+        fraction_fit=0.2,
+        min_fit_clients=0,
+        fraction_evaluate=0.0,
+        where=lambda p: p["battery"] > 60,
+    )
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        history = covey.simulate(_Phone, 10, 2, strategy, {"w": np.zeros(1)}).history
+    said = (
+        "fraction_fit=0.2 rounds down to no client (3 clients pass where= "
+        "test_a_round_whose_fraction_of_the_eligible_rounds_down_to_none_says_so.<locals>."
+        "<lambda>) and min_fit_clients=0: no client trains; raise fraction_fit or min_fit_clients"
+    )
+    for record in history.rounds[1:]:
+        assert record.fit_participants == []
+        assert record.aggregate_info["error"] == said
+    assert f"round 1: {said}; the global model is unchanged" in caplog.messages

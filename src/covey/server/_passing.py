@@ -134,8 +134,8 @@ class KeptWhere:
 
 
 def wait_for_eligible(
-    loop: Any, rnd: int, eligible: Sequence[int], since: float
-) -> tuple[Sequence[int], float]:
+    loop: Any, rnd: int, eligible: Sequence[int], since: float, record: Any
+) -> Sequence[int]:
     """Deployed, under ``where=``: wait for enough connected clients that pass it.
 
     A deployed round waits up to ``wait_timeout`` (counted from ``since``, a
@@ -145,13 +145,15 @@ def wait_for_eligible(
     those to connect rather than stopping at once while others may join.
     Simulated clients never connect later: they are returned as they are.
 
+    The seconds spent waiting here are added to ``record.durations["wait"]``.
+
     Returns:
-        The eligible clients, and the seconds spent waiting here.
+        The eligible clients.
     """
     strategy = loop.strategy
     wait = getattr(loop.transport, "wait_for_clients", None)
     if eligibility(strategy) is None or wait is None or loop.simulated:
-        return eligible, 0.0
+        return eligible
     start = time.perf_counter()
     timeout = loop.wait_timeout
     deadline = None if timeout is None else since + timeout
@@ -168,4 +170,6 @@ def wait_for_eligible(
             )
         wait(len(loop.transport.clients()) + 1, POLL if left is None else min(left, POLL))
         eligible = loop._eligible(rnd, loop.transport.clients())
-    return eligible, time.perf_counter() - start
+    if said:
+        record.durations["wait"] += time.perf_counter() - start
+    return eligible

@@ -32,7 +32,7 @@ from covey.server._retry import RoundRetries, deadline_hint, failures_said, run_
 from covey.server._roundmetrics import RoundMetrics
 from covey.strategies._checks import clients_there, poisson_note, stop_reason
 from covey.strategies._clients import client_info
-from covey.strategies._filters import eligibility, too_few_to_fit
+from covey.strategies._filters import eligibility, too_few_to_fit, trains_none
 from covey.strategies._fitround import FitOutcome, outcome_info, outcome_metrics
 from covey.strategies._fold import refuse_dropped_at_begin
 from covey.strategies._strategy import Strategy
@@ -242,9 +242,7 @@ class RoundLoop(_LoopBase):
         )
         if not self.simulated:  # a deployed round waits for its clients to connect
             record.durations["wait"] = time.perf_counter() - t0
-        available, waited = wait_for_eligible(self, rnd, self._eligible(rnd, available), t0)
-        if waited:  # and for enough of them to pass where=
-            record.durations["wait"] += waited
+        available = wait_for_eligible(self, rnd, self._eligible(rnd, available), t0, record)
         count = self._fit_count(rnd, record, len(available))
         if count is None:
             return
@@ -339,6 +337,9 @@ class RoundLoop(_LoopBase):
         count = strategy.client_count("fit", eligible)
         if count > eligible:
             raise self._fail(too_few_to_fit(strategy, rnd, count, eligible, self.property_error))
+        if (why := trains_none(strategy, count, eligible)) is not None:
+            self._keep_model(rnd, record, why)
+            return None
         need = min_contributions(strategy.aggregator)
         if need is None:
             return count

@@ -44,3 +44,20 @@ def too_few_to_fit(
             f"(min_fit_clients={strategy.min_fit_clients}); {todo}"
         )
     return head + (f"; {property_error}" if property_error else "") + note
+
+
+def trains_none(strategy: Strategy, count: int, eligible: int) -> str | None:
+    """Why a round trains no client, ``count`` of ``eligible`` being 0 by the fractions; or None.
+
+    ``simulate()`` refuses such a strategy up front, counting every client; under
+    ``where=`` (or deployed, with few clients connected) fewer are counted, and
+    ``fraction_fit`` of them may round down to 0 with ``min_fit_clients=0``. A
+    ``selector``, or a subclass's ``num_fit`` returning 0, chooses so itself.
+    """
+    if count or strategy.selector is not None or strategy.source("num_fit", ""):
+        return None
+    return (
+        f"fraction_fit={strategy.fraction_fit} rounds down to no client "
+        f"({clients_there(eligible, eligibility(strategy))}) and min_fit_clients=0: no "
+        "client trains; raise fraction_fit or min_fit_clients"
+    )
