@@ -375,3 +375,10 @@ def test_a_round_whose_fraction_of_the_eligible_rounds_down_to_none_says_so(
         assert record.fit_participants == []
         assert record.aggregate_info["error"] == said
     assert f"round 1: {said}; the global model is unchanged" in caplog.messages
+    none = covey.FedAvg(
+        fraction_fit=0.5, min_fit_clients=0, fraction_evaluate=0.0, where={"battery": -1}
+    )
+    history = covey.simulate(_Phone, 10, 1, none, {"w": np.zeros(1)}).history
+    assert history[1].aggregate_info["error"] == (
+        "0 clients pass where={'battery': -1}: no client trains"
+    )

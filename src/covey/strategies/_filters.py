@@ -56,8 +56,10 @@ def trains_none(strategy: Strategy, count: int, eligible: int) -> str | None:
     """
     if count or strategy.selector is not None or strategy.source("num_fit", ""):
         return None
+    there = clients_there(eligible, eligibility(strategy))
+    if not eligible:  # no fraction would help
+        return f"{there}: no client trains"
     return (
-        f"fraction_fit={strategy.fraction_fit} rounds down to no client "
-        f"({clients_there(eligible, eligibility(strategy))}) and min_fit_clients=0: no "
-        "client trains; raise fraction_fit or min_fit_clients"
+        f"fraction_fit={strategy.fraction_fit} rounds down to no client ({there}) and "
+        "min_fit_clients=0: no client trains; raise fraction_fit or min_fit_clients"
     )
