@@ -24,6 +24,7 @@ import numpy as np
 
 from covey.clients._client import lend, register_builtin
 from covey.clients._mistakes import ResultRefused, call_fit
+from covey.compress._intwrap import refuse_wrapped
 from covey.compress._ownscheme import check_parts, decoded
 from covey.compress._plain import (
     check_scheme,
@@ -191,6 +192,7 @@ def _fit_compressed(client: Any, task: Task) -> dict[str, Any]:
         weights: Weights = result.weights  # type: ignore[assignment]
         _check_update(spec, weights, "weights", payload)
         delta = subtract(weights, weights_in)
+        refuse_wrapped(weights, weights_in, delta, payload.name or f"client {payload.cid}")
     else:
         _check_update(spec, delta, "delta", payload)
     scheme = payload.scheme
