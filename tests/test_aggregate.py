@@ -19,7 +19,10 @@ from covey.aggregate import (
     Step,
     chain,
     mean,
+    median,
     run_round,
+    server_adam,
+    trimmed_mean,
     weighted_mean,
 )
 
@@ -451,8 +454,9 @@ def test_float16_models_sum_without_overflow(form: Form) -> None:
         assert np.all(new[name] == 3.0), name
 
 
+@pytest.mark.parametrize("step", [weighted_mean, median])
 @pytest.mark.parametrize("dtype", [np.int64, np.uint64, np.int32])
-def test_integer_means_near_the_dtype_limits_do_not_wrap(dtype: Any) -> None:
+def test_integer_means_near_the_dtype_limits_do_not_wrap(dtype: Any, step: Any) -> None:
     """A mean of weights at the largest integers stays there (float64 rounds 2**63 - 1 up)."""
     info = np.iinfo(dtype)
     params = {"n": np.zeros(2, dtype)}
@@ -460,11 +464,38 @@ def test_integer_means_near_the_dtype_limits_do_not_wrap(dtype: Any) -> None:
         Contribution(cid, 1, weights={"n": np.array([info.max - cid, info.min + cid], dtype)})
         for cid in range(3)
     ]
-    new = aggregate_round(weighted_mean(), params, contributions).apply(params)
+    new = aggregate_round(step(), params, contributions).apply(params)
     assert new["n"].dtype == dtype
     top, bottom = (int(v) for v in new["n"])
     assert info.max - 2048 <= top <= info.max
     assert info.min <= bottom <= info.min + 2048
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        weighted_mean,
+        mean,
+        median,
+        lambda: trimmed_mean(0.2),
+        lambda: chain(weighted_mean(), server_adam(0.1)),
+    ],
+)
+def test_an_int64_change_past_int64s_range_is_averaged_exactly(step: Any) -> None:
+    """From -2**62 to 2**62 is a change of 2**63: taken in int64 it wrapped to -2**63.
+
+    The mean of 2**62, -2**62 and -2**62 came out as about -7.7e18, not -1.5e18.
+    """
+    params = {"n": np.array([-(2**62), 5], np.int64)}
+    values = [[2**62, 5], [-(2**62), 5], [-(2**62), 5]]
+    contributions = [
+        Contribution(cid, 1, weights={"n": np.array(v, np.int64)}) for cid, v in enumerate(values)
+    ]
+    new = aggregate_round(step(), params, contributions).apply(params)["n"]
+    assert new.dtype == np.int64
+    exact = -(2**62) if step is median else -(2**62) + 2**63 // 3
+    assert abs(int(new[0]) - exact) <= 2048  # float64's spacing at 2**62
+    assert int(new[1]) == 5
 
 
 @pytest.mark.parametrize("make", [weighted_mean, mean])

@@ -69,7 +69,15 @@ def int_change(new: Array, old: Array) -> Vector:
         change = np.subtract(new, old, dtype=np.uint64).view(np.int64)
     else:
         change = np.subtract(new, old, dtype=np.int64)
-    return np.asarray(change, dtype=np.float64)
+    out = np.asarray(change, dtype=np.float64)
+    if old.dtype == np.int64:
+        # Two int64 values can be up to 2**64 - 1 apart: a change past int64 wraps,
+        # to the sign opposite the true change's. It is put back in float64.
+        up = np.greater(new, old)
+        wrapped = up != (change > 0)
+        if wrapped.any():
+            out[wrapped] += np.where(up[wrapped], 2.0**64, -(2.0**64))
+    return out
 
 
 def to_int(values: Array, dtype: np.dtype[Any]) -> Array:
@@ -78,7 +86,39 @@ def to_int(values: Array, dtype: np.dtype[Any]) -> Array:
     Goes through int64: casting a negative float straight to an unsigned dtype is
     undefined in C.
     """
-    return np.rint(values).astype(np.int64).astype(dtype)
+    return int64_of(np.rint(values)).astype(dtype)
+
+
+def int_delta(change: Array, param: Array) -> Array:
+    """The delta of integer array ``param``'s dtype that moves it by float ``change``.
+
+    Rounded (:func:`to_int`); adding it in the dtype gives ``param + change``, whose
+    true value lies in the dtype's range. For int64, float64 may round a change
+    to past its largest or smallest value (``2**63 - 1`` is ``2**63``), which would
+    wrap around to the other end: such an entry moves to that end instead.
+    """
+    delta = to_int(change, param.dtype)
+    if param.dtype != np.int64:
+        return delta
+    moved = np.add(param, delta, dtype=np.int64)  # wraps back to the value, modulo 2**64
+    over, under = (change > 0) & (moved < param), (change < 0) & (moved > param)
+    if not (over.any() or under.any()):
+        return delta
+    edge = np.where(over, np.iinfo(np.int64).max, np.iinfo(np.int64).min)
+    return np.asarray(np.where(over | under, np.subtract(edge, param, dtype=np.int64), delta))
+
+
+def int64_of(rounded: Array) -> Array:
+    """Whole float64 ``rounded`` as int64, modulo ``2**64``.
+
+    A change of an int64 array can pass int64's range (from -2**62 to 2**62 is
+    2**63): as int64 it wraps, and adding it to the array in int64 wraps back to
+    the exact value. A plain cast of such a float is undefined (NumPy warns).
+    """
+    big = np.abs(rounded) >= 2.0**63
+    if big.any():
+        rounded = np.where(big, np.mod(rounded + 2.0**63, 2.0**64) - 2.0**63, rounded)
+    return np.asarray(rounded).astype(np.int64)
 
 
 def unflatten(vector: Vector, params: Weights) -> dict[str, Array]:
@@ -96,7 +136,7 @@ def unflatten(vector: Vector, params: Weights) -> dict[str, Array]:
         if value.dtype.kind == "f":
             out[name] = piece.astype(value.dtype, copy=True)
         else:
-            out[name] = to_int(piece, value.dtype)
+            out[name] = int_delta(piece, value)
     return out
 
 

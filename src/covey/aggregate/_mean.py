@@ -24,7 +24,14 @@ from covey.aggregate._base import (
     State,
     Step,
 )
-from covey.aggregate._flat import NO_EXAMPLES, int_change, no_examples, signed
+from covey.aggregate._flat import (
+    NO_EXAMPLES,
+    int64_of,
+    int_change,
+    int_delta,
+    no_examples,
+    signed,
+)
 from covey.aggregate._order import REDUCER, described, of_kind
 from covey.core._pages import BLOCK, blocks, release_pages
 from covey.core._weights import Array, Weights
@@ -284,18 +291,15 @@ def _finish(
             out[name] = np.asarray(param ^ (np.rint(flips) != 0))
         else:
             np.rint(a, out=a)
-            # Within int64: float64 rounds a change of 2**63 - 1 up to 2**63, which
-            # would wrap around. A negative change of an unsigned array wraps (via int64).
-            np.clip(a, *_INT64_BOUNDS, out=a)
-            change = a.astype(np.int64).astype(target)
+            # Modulo 2**64: a change past int64's range (an int64 array's values up to
+            # 2**64 - 1 apart) wraps, and adding it wraps back to the exact value. A
+            # negative change of an unsigned array wraps (via int64) the same way.
             if weights and target.kind in "iu":  # the mean change, added back exactly
-                change = np.asarray(np.add(params[name], change, dtype=target))
-            out[name] = change
+                change = int_delta(a, params[name])
+                out[name] = np.asarray(np.add(params[name], change, dtype=target))
+            else:
+                out[name] = int64_of(a).astype(target)
     return out
-
-
-_INT64_BOUNDS = (-(2.0**63), float(np.nextafter(2.0**63, 0.0)))
-"""The widest float64 range whose every value casts into int64."""
 
 
 def _mean_step(weighted: bool) -> Step:
