@@ -70,7 +70,8 @@ def test_a_change_that_wraps_is_refused_naming_the_array(scheme: str, backend: B
     assert failure.error == (
         "client 0's weights: 'u8' changed from 10 to 250 (by 240) at flat index 0, past what "
         "a uint8 update carries under compression (-128 to 127): it would be averaged as "
-        "another change; keep 'u8' in a wider integer dtype, or run without compression"
+        "another change; keep 'u8' in a wider integer dtype, return it in a delta (read "
+        "modulo 2**8, as a wrapping counter means), or run without compression"
     )
     np.testing.assert_array_equal(result.weights["u8"], MODEL["u8"])  # client 1 kept it
 
