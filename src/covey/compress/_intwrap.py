@@ -39,8 +39,14 @@ def _refuse(name: str, new: np.ndarray, old: np.ndarray, at: int, who: str) -> N
     was, now = int(old.reshape(-1)[at]), int(new.reshape(-1)[at])
     raise ResultRefused(
         f"{who}'s weights: {name!r} changed from {was} to {now} (by {now - was}) at flat "
-        f"index {at}, past what a {old.dtype} update carries under compression "
+        f"index {at}, past what {_article(old.dtype.name)} {old.dtype} update carries under "
+        "compression "
         f"({-(2 ** (bits - 1))} to {2 ** (bits - 1) - 1}): it would be averaged as "
         f"another change; keep {name!r} in a wider integer dtype, return it in a delta (read "
         f"modulo 2**{bits}, as a wrapping counter means), or run without compression"
     )
+
+
+def _article(word: str) -> str:
+    """``"an"`` before ``int8``, ``"a"`` before ``uint8``."""
+    return "an" if word.startswith("i") else "a"
