@@ -498,6 +498,19 @@ def test_an_int64_change_past_int64s_range_is_averaged_exactly(step: Any) -> Non
     assert int(new[1]) == 5
 
 
+@pytest.mark.parametrize("step", [weighted_mean, mean, median])
+def test_a_uint64_change_past_2_to_the_63_is_averaged_exactly(step: Any) -> None:
+    """From 0 to 2**64 - 2 was read modulo 2**64 as -2: the mean came out as 2**64 - 1."""
+    params = {"h": np.zeros(1, np.uint64)}
+    contributions = [
+        Contribution(0, 1, weights={"h": np.array([2**64 - 2], np.uint64)}),
+        Contribution(1, 1, weights={"h": np.array([0], np.uint64)}),
+    ]
+    new = aggregate_round(step(), params, contributions).apply(params)["h"]
+    assert new.dtype == np.uint64
+    assert abs(int(new[0]) - (2**63 - 1)) <= 2048  # float64's spacing at 2**63
+
+
 @pytest.mark.parametrize("make", [weighted_mean, mean])
 def test_a_mask_from_weights_and_deltas_together_flips_by_its_entries(make: Any) -> None:
     """Weights counted a mask's True -> False as -1, the deltas' flip as +1: they cancelled."""

@@ -89,3 +89,12 @@ def test_a_change_within_the_dtype_is_sent_and_averaged_as_uncompressed() -> Non
     assert not packed.history.rounds[-1].fit_failures
     for name in ("u8", "i8"):
         np.testing.assert_array_equal(packed.weights[name], plain.weights[name])
+
+
+def test_a_uint64_change_past_2_to_the_63_is_refused_too() -> None:
+    model = {"h": np.zeros(1, np.uint64), "w": np.zeros(2)}
+    strategy = covey.FedAvg(fraction_evaluate=0.0, min_fit_clients=1)
+    far = {"h": 2**64 - 2}
+    result = covey.simulate(lambda cid: _Mover(cid, far), 2, 1, strategy, model, compression="q8")
+    (failure,) = result.history.rounds[-1].fit_failures
+    assert "'h' changed from 0 to 18446744073709551614" in failure.error

@@ -65,13 +65,13 @@ def int_change(new: Array, old: Array) -> Vector:
     up to ``2**53``, so subtracting them as floats would lose a change to a large
     value (a counter past ``2**53``, a timestamp in nanoseconds).
     """
-    if old.dtype == np.uint64:  # the change modulo 2**64, read as a signed number
+    if old.dtype == np.uint64:  # modulo 2**64 as a signed number (put right below)
         change = np.subtract(new, old, dtype=np.uint64).view(np.int64)
     else:
         change = np.subtract(new, old, dtype=np.int64)
     out = np.asarray(change, dtype=np.float64)
-    if old.dtype == np.int64:
-        # Two int64 values can be up to 2**64 - 1 apart: a change past int64 wraps,
+    if old.dtype.itemsize == 8:
+        # Two 64-bit values can be up to 2**64 - 1 apart: a change past int64 wraps,
         # to the sign opposite the true change's. It is put back in float64.
         up = np.greater(new, old)
         wrapped = up != (change > 0)
@@ -93,19 +93,22 @@ def int_delta(change: Array, param: Array) -> Array:
     """The delta of integer array ``param``'s dtype that moves it by float ``change``.
 
     Rounded (:func:`to_int`); adding it in the dtype gives ``param + change``, whose
-    true value lies in the dtype's range. For int64, float64 may round a change
+    true value lies in the dtype's range. For 64-bit ones, float64 may round a change
     to past its largest or smallest value (``2**63 - 1`` is ``2**63``), which would
     wrap around to the other end: such an entry moves to that end instead.
     """
-    delta = to_int(change, param.dtype)
-    if param.dtype != np.int64:
+    dtype = param.dtype
+    rounded = np.rint(change)
+    delta = int64_of(rounded).astype(dtype)
+    if dtype.itemsize != 8:
         return delta
-    moved = np.add(param, delta, dtype=np.int64)  # wraps back to the value, modulo 2**64
-    over, under = (change > 0) & (moved < param), (change < 0) & (moved > param)
+    moved = np.add(param, delta, dtype=dtype)  # wraps back to the value, modulo 2**64
+    # A move that wrapped lands behind (or, by 2**64 exactly, on) where it started.
+    over, under = (rounded > 0) & (moved <= param), (rounded < 0) & (moved >= param)
     if not (over.any() or under.any()):
         return delta
-    edge = np.where(over, np.iinfo(np.int64).max, np.iinfo(np.int64).min)
-    return np.asarray(np.where(over | under, np.subtract(edge, param, dtype=np.int64), delta))
+    edge = np.where(over, np.iinfo(dtype).max, np.iinfo(dtype).min).astype(dtype)
+    return np.asarray(np.where(over | under, np.subtract(edge, param, dtype=dtype), delta))
 
 
 def int64_of(rounded: Array) -> Array:

@@ -20,11 +20,10 @@ def refuse_wrapped(weights: Weights, weights_in: Weights, delta: Weights, who: s
 
     The delta, read as the signed integers of its size (as the server reads an
     integer delta), has the sign of the true change unless it wrapped around.
-    ``uint64`` arrays are left alone: their change is read modulo ``2**64`` either way.
     """
     for name, old in weights_in.items():
         kind = old.dtype.kind
-        if kind not in "iu" or old.dtype == np.uint64:
+        if kind not in "iu":
             continue
         d = delta[name]
         read = d.view(d.dtype.str.replace("u", "i")) if kind == "u" else d
