@@ -147,15 +147,37 @@ def scaled(values: Weights, factor: float, params: Weights) -> dict[str, Array]:
     """``factor * values`` per array, in the dtypes of ``params`` (non-floats rounded).
 
     ``values`` is an update as :func:`update_of` gives it (integer arrays by value).
+
+    Raises:
+        AggregationError: an integer array's scaled change is past what a delta of
+            its dtype holds (read as a signed number, as the reducers read a delta):
+            it would wrap around to a change of the other sign.
     """
     out: dict[str, Array] = {}
     for name, value in values.items():
         dtype = params[name].dtype
         if dtype.kind == "f":
             out[name] = np.multiply(value, factor, dtype=dtype)
-        else:
-            out[name] = to_int(value * factor, dtype)
+            continue
+        change = np.rint(value * factor)
+        if dtype.kind in "iu":
+            _refuse_past(name, change, dtype, factor)
+        out[name] = int64_of(change).astype(dtype)
     return out
+
+
+def _refuse_past(name: str, change: Array, dtype: np.dtype[Any], factor: float) -> None:
+    """Refuse a scaled integer ``change`` outside the signed range of ``dtype``'s size."""
+    top = 2.0 ** (dtype.itemsize * 8 - 1)
+    past = np.flatnonzero((change < -top) | (change >= top))
+    if past.size:
+        raise AggregationError(
+            f"{name!r} changed by {int(change.reshape(-1)[past[0]])} at flat index "
+            f"{int(past[0])} once scaled by {factor:.6g}, past what "
+            f"{'an' if dtype.name.startswith('i') else 'a'} {dtype} update holds "
+            f"({-int(top)} to {int(top) - 1}): it would be averaged as another change; keep "
+            f"{name!r} in a wider integer dtype"
+        )
 
 
 _CHUNK = 1 << 16
