@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
-import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,7 +9,7 @@ import typer
 
 from covey.core._interrupt import exit_code, interrupted_how, interrupts_as_such, stop_on_sigterm
 from covey.core._runstep import last_finished_step
-from covey.deploy._cli_apps import load_object, required_params
+from covey.deploy._cli_apps import load_object
 from covey.deploy._cli_errors import (
     Settings,
     address_flag,
@@ -29,6 +27,7 @@ from covey.deploy._cli_logs import LogConsole, setup_logging
 from covey.deploy._cli_options import PortFile, ServerCerts
 from covey.deploy._cli_resume import recorded_rounds, resume_hint, run_folder, saved_model
 from covey.deploy._cli_security import _security, tls_choice
+from covey.deploy._cli_serverapp import server_app as _server_app
 from covey.deploy._cli_trackers import (
     TRACKER_KEYS,
     MLflowExperimentFlag,
@@ -70,68 +69,8 @@ SERVER_KEYS = {
 """The settings a ``--config`` file may give ``covey server`` (its flags)."""
 
 
-def _taking_arguments(spec: str, fn: Any, flag: str = "--app") -> str:
-    """The error for ``--app`` (``flag``) naming a function of arguments: a factory, a client's."""
-    try:
-        params = list(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        params = []
-    module = spec.partition(":")[0]
-    if params[:1] == ["config"]:  # a project's make_server(config)
-        return (
-            f"{flag} {spec} is a project's server factory, taking its config; "
-            "`covey server --app` needs a ServerApp or a function of no arguments returning "
-            f"one: give --app {shlex.quote(module + ':server_app')} (a project's own), or "
-            "serve the project "
-            "with `covey run --federation NAME`"
-        )
-    return (
-        f"{flag} {spec} is a function taking arguments (a client_fn? give it to "
-        "`covey client --app`); `covey server --app` needs a ServerApp or a function "
-        "of no arguments returning one"
-    )
-
-
 def _pick(flag: Any, settings: dict[str, Any], key: str, default: Any) -> Any:
     return flag if flag is not None else settings.get(key, default)
-
-
-def _server_app(spec: str | None, resume: Path | None = None, flag: str = "--app") -> Any:
-    """Load the ServerApp named by ``--app`` (an object, or a function returning one).
-
-    ``flag``: where ``spec`` came from, named in errors (a ``--config`` file's key).
-    """
-    from covey.deploy._app import ServerApp
-    from covey.server._base import check_evaluate_fn
-
-    if spec is None and resume is not None:  # the folder keeps the run's state, not its code
-        fail(
-            f"--resume {resume} needs the run's app too: give --app MODULE:OBJECT naming the "
-            "covey.deploy.ServerApp it was started with (its strategy and model; the run folder "
-            "keeps the state, not the code), or app = ... in --config"
-        )
-    if spec is None:
-        fail("give --app MODULE:OBJECT naming a covey.deploy.ServerApp (or app = ... in --config)")
-    from covey.deploy._app import main_problem
-
-    obj = load_object(spec, flag)
-    if callable(obj) and not isinstance(obj, type | ServerApp):
-        if required_params(obj) > 0:
-            fail(_taking_arguments(spec, obj, flag))
-        obj = obj()
-    if not isinstance(obj, ServerApp):
-        fail(
-            f"{flag} {spec} is of type {type(obj).__name__}; `covey server --app` needs a "
-            "covey.deploy.ServerApp or a function of no arguments returning one"
-        )
-    problem = main_problem(obj)  # set after it was made, its fields are not checked yet
-    if problem is not None:
-        fail(f"{flag} {spec}: ServerApp: {problem}")
-    try:
-        check_evaluate_fn(obj.evaluate_fn)
-    except TypeError as exc:
-        fail(f"{flag} {spec}: {exc}")
-    return obj
 
 
 def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:

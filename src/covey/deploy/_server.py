@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-import datetime as _dt
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from covey.compress import CompressedTransport, Scheme, scheme_spec
+from covey.compress import CompressedTransport, Scheme
 from covey.compress._counted import CountedAsyncTransport
-from covey.core._history import History, RoundRecord
 from covey.core._interrupt import interrupts_as_such
 from covey.core._log import ON_CONSOLE
 from covey.core._messages import Count, Real, plain_count, plain_real
-from covey.core._recordvalues import written
-from covey.core._weights import Weights, WeightsSpec, made, native
+from covey.core._weights import Weights
 from covey.deploy._app import ServeResult
-from covey.deploy._goodbye import describe, goodbye_of, reason_of
+from covey.deploy._goodbye import goodbye_of
 from covey.deploy._names import ClientNames, LateStore
 from covey.deploy._over import tell_returning_clients
 from covey.deploy._servechecks import (
@@ -35,21 +29,17 @@ from covey.deploy._servechecks import (
     served_scheme,
     stored_address,
 )
+from covey.deploy._servedrun import open_run
 from covey.deploy._tls import server_tls
 from covey.server._base import (
     EvaluateFn,
     RoundCallback,
     checked_callbacks,
 )
-from covey.server._factory import Loop, open_loop, run_config
-from covey.server._lasteval import add_counts
-from covey.server._outputs import RunOutputs, write_outputs
-from covey.server._resume import resume_point, resumed_seed, same_settings, same_strategy
+from covey.server._factory import Loop, open_loop
+from covey.server._resume import resumed_seed, same_settings, same_strategy
 from covey.server._retry import RoundRetries, retry_hint
-from covey.server._roundfiles import check_storable
-from covey.server._saver import BackgroundSaver, call_pending, flushing, rewritten, written_beside
 from covey.server._state import load_state, state_types
-from covey.server._store import RunStore
 from covey.server._sync import RoundLoop
 from covey.strategies._names import FLOWER_SERVE, a_strategy, flower_keywords
 from covey.strategies._strategy import Strategy
@@ -191,7 +181,7 @@ def serve(
         transport = _listen(address, tls, late, names, heartbeat, max_clients, data_port)
         try:
             bound = f"{address.rpartition(':')[0]}:{transport.port}"  # port 0: the one got
-            run = _open_run(strategy, rounds, initial_weights, bound, run_dir, opened, seed, scheme)
+            run = open_run(strategy, rounds, initial_weights, bound, run_dir, opened, seed, scheme)
             record_keep_last(run.store, run.config, keep_last)
             record_tls(opened, run, tls)
             transport.spill_to(run.folder)  # large replies wait there, not in TMPDIR
@@ -297,204 +287,3 @@ def _listen(
     except BaseException:
         late.close()
         raise
-
-
-@dataclass
-class _Run:
-    """A served run as opened: its store (if any) and where its loop starts."""
-
-    store: RunStore | None
-    weights: Weights | None
-    config: dict[str, Any]
-    start: int = 1
-    history: History | None = None
-    state: bytes | None = None
-    uncounted: int | None = None  # resumed: servers that died since its last saved round
-    loop: Loop | None = None
-    types: dict[str, type] | None = None
-    background: BackgroundSaver | None = None
-    outputs: RunOutputs | None = None
-    new_rounds: int | None = None
-    """A resumed run's new round count, recorded once it trains (or ends) at it."""
-    returned: int | None = None
-    """The last round whose ``on_round`` callbacks returned."""
-    rewrite: dict[str, Any] | None = None
-    """A saved round's record as its callbacks left it, saved with the next round or at the end."""
-
-    def record_rounds(self) -> bool:
-        """Record a resumed run's new round count in ``run.sqlite`` and its history.
-
-        Done as its first round is saved (or as it ends with none to run), not as
-        it is reopened: a run that stops before then keeps, in ``run.sqlite`` as in
-        ``history.json``, the count it had, and a ``--resume`` without ``--rounds``
-        reads the same count from either. Returns whether there was one to record.
-        """
-        if self.new_rounds is None:
-            return False
-        rounds, self.new_rounds = self.new_rounds, None
-        history = self.loop.history if self.loop is not None else self.history
-        if history is not None:
-            history.config = self.config
-        if self.store is not None:
-            self.store.set_rounds(rounds)
-        return True
-
-    def saver(
-        self,
-        on_round: RoundCallback | None,
-        names: ClientNames,
-        plot: bool,
-        counter: Any,
-        keep_last: int | None = None,
-    ) -> RoundCallback:
-        """The loop's round callback: save the round and its outputs, then ``on_round``.
-
-        Saved are the model, the record (with the bytes ``counter`` counted) and
-        the state in the store, and ``history.json`` and ``plot.png`` next to
-        them, each written atomically.
-        """
-
-        def round_done(record: RoundRecord) -> None:
-            self.record_rounds()  # before the round's history.json says it
-            if counter is not None:
-                add_counts(record, counter.take_counts())
-            if self.loop is not None:  # the record is the history's last
-                names.name_history(self.loop.history)
-            if self.store is not None and self.loop is not None:
-                # Round r is written while round r + 1 trains (one save in flight at most).
-                if self.background is None:
-                    self.background = BackgroundSaver(self.store, keep_last=keep_last)
-                loop, rewrite, self.rewrite = self.loop, self.rewrite, None
-                self.background.submit_round(
-                    record,
-                    loop.weights,
-                    loop.agg_state,
-                    self.types,
-                    pending_callbacks=on_round is not None,  # a resume calls them if left
-                    returned=rewrite,  # what the last round's callbacks wrote into it
-                )
-                if self.outputs is None:
-                    self.outputs = RunOutputs(self.store.run_dir, plot=plot)
-                written_beside(self.background, self.outputs.round_done, loop.history)
-            if on_round is not None:
-                before = written(record)
-                on_round(record)
-                if self.store is not None:  # saved with the next round, or as the run ends
-                    self.rewrite = rewritten(record, before)
-            self.returned = record.round
-
-        return round_done
-
-    def call_pending(self, on_round: RoundCallback | None) -> None:
-        """Call ``on_round`` with the saved round a stopped run left its callbacks pending in."""
-        if self.store is not None:
-            called = call_pending(self.store, self.history, self.start, on_round)
-            if called is not None:
-                self.returned, self.rewrite = called
-
-    def flushing(self, strategy: Strategy) -> Strategy:
-        """``strategy`` whose aggregation first waits for the save in flight, if any."""
-        return flushing(strategy, lambda: self.background)
-
-    def end(self, exc: BaseException | None, names: ClientNames) -> None:
-        """Mark the run finished, or failed with the reason it stopped (its last round named)."""
-        # A resumed run stopped before its loop exists still has the history it resumed.
-        history = self.loop.history if self.loop is not None else self.history
-        if self.loop is not None:  # a round that stopped the run had no saver to name it
-            names.name_history(self.loop.history)
-        if exc is not None and history is not None and history.stopped_reason is None:
-            history.stopped_reason = reason_of(exc)  # history.json too
-        if self.store is None:
-            return
-        try:
-            # Ended with no round left to run: it ran to the new count, recorded now.
-            recorded = exc is None and self.record_rounds()
-            if self.outputs is not None and self.loop is not None:
-                self.outputs.finish(self.loop.history)
-            elif (exc is not None or recorded) and history is not None:  # resumed, no round
-                write_outputs(self.store.run_dir, history, plot=False)
-        except Exception as err:  # noqa: BLE001 - the run's own outcome is recorded below
-            logger.warning("could not write the run's outputs: %s", err)
-        if self.background is not None:  # a failed run keeps the last round whose save started
-            with contextlib.suppress(*(() if exc is None else (Exception,))):
-                self.background.flush()
-        if exc is None:
-            self.callbacks_returned()
-            self.store.set_status("finished")
-            return
-        try:  # on a full disk this fails too: the error that stopped the run is raised
-            self.callbacks_returned()
-            if self.loop is not None and self.loop.applied > (self.store.last_round() or 0):
-                self.store.owe_release()  # a model it changed and did not save may have left
-            self.store.set_status("failed")
-            self.store.log_event("server", "stopped", describe(exc))
-        except OSError as err:
-            logger.error("could not record in %s why the run stopped: %s", self.store.run_dir, err)
-
-    def callbacks_returned(self) -> None:
-        """Record in the store that the callbacks of the rounds run so far returned."""
-        if self.store is not None and self.returned is not None:
-            self.store.callbacks_returned(self.returned, self.rewrite)
-
-    @property
-    def folder(self) -> Path | None:
-        """The run folder, if the run has one."""
-        return None if self.store is None else self.store.run_dir
-
-    def resumed_with_no_round_left(self, rounds: int) -> bool:
-        """Whether this is a resumed run whose last round was saved before (none to run)."""
-        return self.uncounted is not None and self.start > rounds
-
-    def take_over(self) -> None:
-        """A resumed run is running again: a kill from now on leaves it marked as died."""
-        if self.store is not None and self.uncounted is not None:
-            self.store.take_over(self.uncounted)
-
-    def take_weights(self) -> Weights:
-        """The starting weights, forgotten here so only the loop holds them."""
-        weights, self.weights = self.weights, None
-        if weights is None:  # an invariant of this module, not an input check
-            raise RuntimeError("internal error: weights is unset")
-        return weights
-
-
-def _open_run(
-    strategy: Strategy,
-    rounds: int,
-    initial_weights: Weights | Callable[[], Weights] | None,
-    address: str,
-    run_dir: str | Path | None,
-    opened: RunStore | None,
-    seed: int,
-    scheme: Scheme | None,
-) -> _Run:
-    """Create the run's store, or take the reopened one to resume after its last round."""
-    if opened is not None:
-        point = resume_point(opened, initial_weights, rounds)
-        config = {**point.config, "rounds": rounds}  # a resumed run may go on for more rounds
-        run = _Run(
-            opened, point.weights, config, point.start, point.history, point.state, point.uncounted
-        )
-        if point.config.get("rounds") != rounds:  # recorded once a round is saved
-            run.new_rounds = rounds
-        return run
-    initial_weights = made(initial_weights)  # a function making them is called
-    if initial_weights is None:
-        raise ValueError("serve() needs initial_weights (unless resuming)")
-    initial_weights = native(initial_weights)  # NumPy scalars as 0-d arrays, native order
-    spec = WeightsSpec.of(initial_weights)
-    if run_dir is not None:
-        check_storable(spec)
-    config = run_config(
-        strategy,
-        rounds=rounds,
-        seed=seed,
-        backend="grpc",
-        model=spec.describe(),
-        address=address,
-        started=_dt.datetime.now(_dt.UTC).isoformat(),
-    )
-    if scheme is not None:
-        config["compression"] = scheme_spec(scheme)
-    store = None if run_dir is None else RunStore.create(run_dir, config=config, exclusive=True)
-    return _Run(store, initial_weights, config)
