@@ -25,7 +25,13 @@ from covey.deploy._cli_errors import (
 )
 from covey.deploy._cli_logs import LogConsole, setup_logging
 from covey.deploy._cli_options import PortFile, ServerCerts
-from covey.deploy._cli_resume import recorded_rounds, resume_hint, run_folder, saved_model
+from covey.deploy._cli_resume import (
+    present_run,
+    recorded_rounds,
+    resume_hint,
+    run_folder,
+    saved_model,
+)
 from covey.deploy._cli_security import _security, tls_choice
 from covey.deploy._cli_serverapp import server_app as _server_app
 from covey.deploy._cli_trackers import (
@@ -53,6 +59,7 @@ SERVER_KEYS = {
     "insecure",
     "run_dir",
     "resume",
+    "resume_if_present",
     "round_timeout",
     "round_retries",
     "wait_timeout",
@@ -278,6 +285,14 @@ def server_command(
             metavar="PATH",
         ),
     ] = None,
+    resume_if_present: Annotated[
+        bool,
+        typer.Option(
+            "--resume-if-present",
+            help="With --run-dir: resume the run that folder holds, or start one there if it "
+            "holds none (one command line for a service restarted on failure).",
+        ),
+    ] = False,
     round_timeout: Annotated[
         float | None, typer.Option(help="Seconds a round waits for replies (default: no limit).")
     ] = None,
@@ -340,12 +355,14 @@ def server_command(
     for key in ("resume", "run_dir"):  # the command line's are checked as they are parsed
         no_empty_folder(s.get(key), s.name(None, key, ""))
     resume_dir = _path(_pick(resume, s, "resume", None))
+    given = _path(_pick(run_dir, s, "run_dir", None))
+    if _pick(resume_if_present or None, s, "resume_if_present", False):
+        given, resume_dir = present_run(given, resume_dir)
     server_app = _server_app(_pick(app, s, "app", None), resume_dir, s.name(app, "app", "--app"))
     tls_given = certs is not None or insecure is not None  # on the command line
     certs_flag = s.name(certs, "certs", "--certs")
     certs, insecure = tls_choice(certs, insecure, s)  # the command line's wins over the file's
     certs_dir, tls = _security(_path(certs), insecure, certs_flag)
-    given = _path(_pick(run_dir, s, "run_dir", None))
     listen_at = _listen_address(  # before a folder is made
         _pick(address, s, "address", None), s.name(address, "address", "--address")
     )
@@ -376,6 +393,7 @@ def server_command(
         from covey.deploy._cli_own import refuse_round_flags, serve_own
 
         own: dict[str, Any] = {"rounds": rounds, "resume": resume, "run_dir": run_dir}
+        own |= {"resume_if_present": resume_if_present or None}
         own |= {"plot": plot}
         own |= {"round_timeout": round_timeout, "round_retries": round_retries}
         own |= {"wait_timeout": wait_timeout, "compression": compression, "keep_last": keep_last}

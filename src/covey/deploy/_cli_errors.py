@@ -282,7 +282,7 @@ def _nothing_beside(config: Path, section: str, beside: dict[str, Any]) -> None:
     fail(f"--config {config}: {' and '.join(said)}; the settings go under [{section}]")
 
 
-_SWITCHES = {"insecure", "plot", "verbose"}
+_SWITCHES = {"insecure", "plot", "resume_if_present", "verbose"}
 """The ``--config`` keys of on/off flags: a TOML ``true`` or ``false``."""
 
 _TEXTS = {"app", "address", "certs", "run_dir", "resume", "port_file", "server", "name"}

@@ -18,6 +18,7 @@ __all__ = ["ROUND_FLAGS", "serve_own"]
 ROUND_FLAGS = (
     "rounds",
     "resume",
+    "resume_if_present",
     "run_dir",
     "round_timeout",
     "round_retries",

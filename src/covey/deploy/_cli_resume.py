@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 __all__ = [
+    "present_run",
     "recorded_rounds",
     "resume_hint",
     "run_folder",
@@ -175,6 +176,33 @@ def resume_hint(
 
     parts += tracker_words(trackers)
     return " ".join(p for p in parts if p)
+
+
+def present_run(run_dir: Path | None, resume: Path | None) -> tuple[Path | None, Path | None]:
+    """``--run-dir X --resume-if-present``: ``(X, None)`` starts a run in X, ``(None, X)`` resumes.
+
+    X holding a served run (its ``run.sqlite``) is resumed, as ``--resume X`` would;
+    any other X starts a new run there, refused as ``--run-dir X`` refuses a folder
+    (a simulation's included). So one command line starts a run and continues it
+    after a crash or a stop (systemd's ``Restart=on-failure``).
+    """
+    from covey.deploy._cli_errors import fail
+
+    if resume is not None:
+        fail(
+            f"--resume-if-present goes with --run-dir, not --resume (which resumes always): "
+            f"give --run-dir {quote(str(resume))} --resume-if-present, or leave the flag out"
+        )
+    if run_dir is None:
+        fail(
+            "--resume-if-present needs --run-dir PATH: the folder to start the run in, or "
+            "whose run to resume"
+        )
+    from covey.server._readcopy import is_simulation
+
+    if (run_dir / "run.sqlite").exists() and not is_simulation(run_dir):
+        return None, run_dir
+    return run_dir, None
 
 
 def run_folder(run_dir: Path | None, resume: Path | None) -> Path:

@@ -1,0 +1,132 @@
+"""``covey server`` and ``covey client`` under a service manager that restarts them.
+
+systemd's ``Restart=on-failure`` runs one fixed command line again: the server's
+must start a run the first time and resume it after a crash
+(``--run-dir X --resume-if-present``), and clients must outlive a server that is
+stopped and started again (``systemctl restart``) rather than exit with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from _childenv import child_pythonpath
+from _ports import unused_port
+from _procs import CoveyProcesses, undated
+from covey.server._store import RunStore
+
+pytestmark = [
+    pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals"),
+    pytest.mark.timeout(300),
+]
+
+APPS = Path(__file__).parent / "apps"
+
+
+def _env(**more: str) -> dict[str, str]:
+    path = child_pythonpath(APPS, base=os.pathsep.join(sys.path))
+    return {**os.environ, "PYTHONPATH": path, "COLUMNS": "250", **more}
+
+
+def _wait(predicate: object, what: str, within: float = 120) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _saved(run: Path) -> int:
+    """The last round saved in ``run`` (read-only, as the server writes it; -1 before any)."""
+    db = run / "run.sqlite"
+    if not db.exists():
+        return -1
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            row = conn.execute("SELECT MAX(round) FROM rounds").fetchone()
+    except sqlite3.Error:  # created but not yet set up
+        return -1
+    return -1 if row is None or row[0] is None else int(row[0])
+
+
+def _server(run: Path, address: str, *more: str) -> list[str]:
+    """The one command line of the service: start the run in ``run``, or resume it."""
+    return [
+        *("server", "--app", "tiny_app:server_app", "--insecure", "--no-plot"),
+        *("--address", address, "--wait-timeout", "60", "--run-dir", str(run)),
+        "--resume-if-present",
+        *more,
+    ]
+
+
+def _client(address: str, k: int) -> list[str]:
+    return [
+        *("client", "--app", "tiny_app:client_fn", "--insecure", "--server", address),
+        *("--cid", str(k), "--retry-for", "120"),
+    ]
+
+
+def test_one_command_line_starts_the_run_and_resumes_it_after_a_kill(tmp_path: Path) -> None:
+    procs = CoveyProcesses(tmp_path, _env(COVEY_TINY_DELAY="2"))
+    run, address = tmp_path / "run", f"127.0.0.1:{unused_port()}"
+    try:
+        first = procs._spawn(_server(run, address), "server-1.log")
+        clients = [procs._spawn(_client(address, k), f"client-{k}.log") for k in range(2)]
+        _wait(lambda: _saved(run) >= 1, "round 1 to be saved")  # round 2 trains
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+        again = procs._spawn(_server(run, address), "server-2.log")  # the same command
+        assert again.wait(180) == 0, procs.log("server-2.log")
+        said = undated(procs.log("server-2.log"))
+        assert "run finished after round 2" in said, said
+        for k, client in enumerate(clients):  # the same processes, back with the server
+            assert client.wait(60) == 0, procs.log(f"client-{k}.log")
+        with RunStore.open(run) as store:
+            assert store.status == "finished"
+            assert store.last_round() == 2
+    finally:
+        procs.close()
+
+
+def _covey(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "covey", *args],
+        env=_env(),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_run_of_another_app_is_refused_as_resume_refuses_it(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    started = _covey([*_server(run, "127.0.0.1:0"), "--rounds", "0"], tmp_path)
+    assert started.returncode == 0, started.stderr
+    other = ["--app", "held_app:server_app", "--insecure", "--no-plot", "--rounds", "2"]
+    other += ["--address", "127.0.0.1:0"]
+    resumed = _covey(["server", "--resume", str(run), *other], tmp_path)
+    present = _covey(["server", "--run-dir", str(run), "--resume-if-present", *other], tmp_path)
+    assert resumed.returncode == present.returncode == 2, (resumed.stderr, present.stderr)
+    assert "do not have the layout of the model the run in" in present.stderr
+    assert undated(present.stderr) == undated(resumed.stderr)
+
+
+def test_resume_if_present_needs_run_dir_and_no_resume(tmp_path: Path) -> None:
+    bare = ["server", "--app", "tiny_app:server_app", "--insecure", "--resume-if-present"]
+    alone = _covey(bare, tmp_path)
+    assert alone.returncode == 2
+    assert "--resume-if-present needs --run-dir PATH" in " ".join(alone.stderr.split())
+    (tmp_path / "run").mkdir()
+    both = _covey([*bare, "--resume", str(tmp_path / "run")], tmp_path)
+    assert both.returncode == 2
+    assert "--resume-if-present goes with --run-dir" in " ".join(both.stderr.split())
