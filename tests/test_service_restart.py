@@ -130,3 +130,48 @@ def test_resume_if_present_needs_run_dir_and_no_resume(tmp_path: Path) -> None:
     both = _covey([*bare, "--resume", str(tmp_path / "run")], tmp_path)
     assert both.returncode == 2
     assert "--resume-if-present goes with --run-dir" in " ".join(both.stderr.split())
+
+
+def test_clients_outlive_a_server_stopped_and_started_again(tmp_path: Path) -> None:
+    procs = CoveyProcesses(tmp_path, _env(COVEY_TINY_DELAY="2"))
+    run, address = tmp_path / "run", f"127.0.0.1:{unused_port()}"
+    try:
+        first = procs._spawn(_server(run, address), "server-1.log")
+        clients = [procs._spawn(_client(address, k), f"client-{k}.log") for k in range(2)]
+        _wait(lambda: _saved(run) >= 1, "round 1 to be saved")  # round 2 trains
+        first.send_signal(signal.SIGTERM)  # systemctl restart: a graceful stop
+        assert first.wait(60) == 143, procs.log("server-1.log")
+        told = [f"client-{k}.log" for k in range(2)]
+        _wait(lambda: all("the server was interrupted" in procs.log(t) for t in told), "told")
+        assert all(client.poll() is None for client in clients), [procs.log(t) for t in told]
+        again = procs._spawn(_server(run, address), "server-2.log")
+        assert again.wait(180) == 0, procs.log("server-2.log")
+        for k, client in enumerate(clients):  # the same processes finish the run
+            said = undated(procs.log(f"client-{k}.log"))
+            assert client.wait(60) == 0, said
+            assert not any(line.startswith("stopped:") for line in said.splitlines()), said
+            assert "server said: the run is over" in said, said
+        with RunStore.open(run) as store:
+            assert store.status == "finished"
+            assert store.last_round() == 2
+    finally:
+        procs.close()
+
+
+def test_a_client_ends_once_an_interrupted_server_stays_away(tmp_path: Path) -> None:
+    procs = CoveyProcesses(tmp_path, _env(COVEY_TINY_DELAY="2", COVEY_TINY_CLIENTS="1"))
+    run, address = tmp_path / "run", f"127.0.0.1:{unused_port()}"
+    try:
+        server = procs._spawn(_server(run, address), "server.log")
+        args = [*_client(address, 0)[:-2], "--retry-for", "3"]
+        client = procs._spawn(args, "client.log")
+        _wait(lambda: _saved(run) >= 0, "round 0 to be saved")
+        _wait(lambda: "task" in procs.log("client.log") or _saved(run) >= 1, "a task", 60)
+        server.send_signal(signal.SIGTERM)  # stopped for good: no server comes back
+        assert server.wait(60) == 143, procs.log("server.log")
+        assert client.wait(120) == 1, procs.log("client.log")
+        said = " ".join(undated(procs.log("client.log")).split())
+        assert "the server was interrupted" in said, said
+        assert f"could not reconnect to {address}" in said, said
+    finally:
+        procs.close()

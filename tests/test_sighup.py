@@ -109,17 +109,19 @@ def test_sighup_stops_covey_server_as_sigterm_does(tmp_path: Path) -> None:
             (reason,) = [event[3] for event in store.events() if event[2] == "stopped"]
         assert reason == "interrupted (SIGHUP)"
         assert shown_status("failed", reason) == "interrupted"
-        for k, client in enumerate(clients):  # told, they end as for any stopped run
-            client.wait(60)
-            told = (tmp_path / f"client-a{k}.log").read_text()
-            assert "the server was interrupted" in told, told
+        told = [tmp_path / f"client-a{k}.log" for k in range(2)]  # told, they reconnect
+        _wait(lambda: all("the server was interrupted" in t.read_text() for t in told), "told")
+        assert all(client.poll() is None for client in clients)
 
+        port = port_file.read_text().strip()
         port_file.unlink()
-        resumed = _start(_server(run, port_file, resume=True), env, tmp_path / "resumed.log")
+        again = _server(run, port_file, resume=True)  # on the port they reconnect to
+        again[again.index("127.0.0.1:0")] = f"127.0.0.1:{port}"
+        resumed = _start(again, env, tmp_path / "resumed.log")
         procs.append(resumed)
-        _wait(lambda: port_file.is_file() and port_file.read_text().strip(), "listening again")
-        procs += _clients(port_file.read_text().strip(), env, tmp_path, "b")
         assert resumed.wait(120) == 0, (tmp_path / "resumed.log").read_text()
+        for client, log in zip(clients, told, strict=True):  # the same clients finish it
+            assert client.wait(60) == 0, log.read_text()
         with RunStore.open(run) as store:
             assert store.status == "finished"
             assert store.last_round() == 2

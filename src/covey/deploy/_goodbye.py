@@ -7,11 +7,16 @@ from typing import Final
 
 from covey.core._interrupt import interrupt_in
 from covey.server._base import FederationError, _first_line
+from covey.transport.grpc._attempt import INTERRUPTED
 
 __all__ = ["STOPPED", "describe", "goodbye_of", "reason_of"]
 
 STOPPED: Final = "the run stopped: "
-"""How the goodbye of a run that did not end normally begins (clients exit non-zero on it)."""
+"""How the goodbye of a run that did not end normally begins (clients exit non-zero on it).
+
+:data:`~covey.transport.grpc._attempt.INTERRUPTED`, a server stopped, is the exception:
+its clients reconnect, for their ``retry_for``, to the server that resumes the run.
+"""
 
 
 def goodbye_of(exc: BaseException) -> str:
@@ -20,7 +25,7 @@ def goodbye_of(exc: BaseException) -> str:
         lines = str(exc).strip().splitlines() or ["the run failed"]
         return f"{STOPPED}{lines[0][:300]}"
     if interrupt_in(exc) is not None:  # an error Ctrl-C caused (an ImportError, say) too
-        return f"{STOPPED}the server was interrupted"
+        return INTERRUPTED  # clients reconnect: the run is resumed, as a rule
     return f"{STOPPED}the server failed ({type(exc).__name__})"
 
 

@@ -30,6 +30,7 @@ from covey.transport.grpc._tasks import ConnectResult
 __all__ = [
     "CLOSED",
     "CLOSE_GRACE",
+    "INTERRUPTED",
     "Goodbye",
     "attempt_failure",
     "close_channel",
@@ -43,6 +44,12 @@ logger = logging.getLogger("covey")
 
 CLOSE_GRACE = 10.0  # seconds a session's channel has to close before it is left behind
 CLOSED = "handshake closed: "
+INTERRUPTED = "the run stopped: the server was interrupted"
+"""The goodbye of a server stopped (Ctrl-C, SIGTERM) before its run was over.
+
+Such a run is resumed, as a rule (``systemctl restart``, a new certificate): a client
+reconnects after it as after a lost connection, for its ``retry_for``, instead of ending.
+"""
 
 
 class Goodbye(Exception):
@@ -78,6 +85,8 @@ def end_of(session: Any, channel: Any, result: ConnectResult, stop: threading.Ev
         session.run(channel, result, stop)
         return "the server closed the stream"
     except Goodbye as bye:
+        if str(bye) == INTERRUPTED:  # not over: a restarted server finds this client again
+            return str(bye)
         result.reason = str(bye)
         logger.info("the server said goodbye: %s", bye)
         return None

@@ -402,8 +402,9 @@ def connect(
     The client is the same :class:`covey.Client` object that runs in
     :func:`covey.simulate`. It dials out (so it works behind NAT and firewalls)
     and reconnects with exponential backoff and jitter when the connection drops.
-    A refusal retrying cannot change (certificate not trusted or revoked, an
-    incompatible covey version, the run is over) ends it at once.
+    A refusal retrying cannot change (certificate not trusted or revoked, an incompatible
+    covey version, the run is over) ends it at once; a server interrupted before its run
+    was over (its goodbye says so) is reconnected to, as a lost connection.
 
     Args:
         client: A :class:`covey.Client` (the same object that runs in simulation), or
