@@ -83,10 +83,13 @@ def test_one_command_line_starts_the_run_and_resumes_it_after_a_kill(tmp_path: P
         _wait(lambda: _saved(run) >= 1, "round 1 to be saved")  # round 2 trains
         first.send_signal(signal.SIGKILL)
         first.wait(30)
+        last = _saved(run)
         again = procs._spawn(_server(run, address), "server-2.log")  # the same command
         assert again.wait(180) == 0, procs.log("server-2.log")
         said = undated(procs.log("server-2.log"))
         assert "run finished after round 2" in said, said
+        first_line = next(line for line in said.splitlines() if "WARNING" not in line)
+        assert first_line == f"resuming run {run} after round {last} (of 2)", said
         for k, client in enumerate(clients):  # the same processes, back with the server
             assert client.wait(60) == 0, procs.log(f"client-{k}.log")
         with RunStore.open(run) as store:
@@ -141,11 +144,14 @@ def test_clients_outlive_a_server_stopped_and_started_again(tmp_path: Path) -> N
         _wait(lambda: _saved(run) >= 1, "round 1 to be saved")  # round 2 trains
         first.send_signal(signal.SIGTERM)  # systemctl restart: a graceful stop
         assert first.wait(60) == 143, procs.log("server-1.log")
+        last = _saved(run)
         told = [f"client-{k}.log" for k in range(2)]
         _wait(lambda: all("the server was interrupted" in procs.log(t) for t in told), "told")
         assert all(client.poll() is None for client in clients), [procs.log(t) for t in told]
         again = procs._spawn(_server(run, address), "server-2.log")
         assert again.wait(180) == 0, procs.log("server-2.log")
+        said = undated(procs.log("server-2.log"))
+        assert f"resuming run {run} after round {last} (of 2)\n" in said, said
         for k, client in enumerate(clients):  # the same processes finish the run
             said = undated(procs.log(f"client-{k}.log"))
             assert client.wait(60) == 0, said

@@ -29,6 +29,7 @@ from covey.deploy._cli_resume import (
     present_run,
     recorded_rounds,
     resume_hint,
+    resuming_line,
     run_folder,
     saved_model,
 )
@@ -98,10 +99,13 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
     run, resuming, port_file = flags["run"], flags["resuming"], flags["port_file"]
 
     listened: list[int] = []  # the port, once the server listens
+    rounds = _rounds(server_app, flags)
 
     def listening(port: int) -> None:
         listened.append(port)
         trackers.started()  # the run is open in its folder: a kill from here on keeps the flags
+        if resuming:  # whether or not a round's callbacks are called again below
+            shown.line(escape(resuming_line(run, rounds)))
         shown.line(f"covey server listening on port {port} (run folder {run})")
         shown.waiting()  # before the port file: clients that read it have not joined yet
         if port_file is not None:
@@ -114,7 +118,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         with interrupts_as_such(), trackers:  # an error Ctrl-C caused (ImportError): Ctrl-C
             result = serve(
                 server_app.strategy,
-                _rounds(server_app, flags),
+                rounds,
                 # serve calls it (resuming: to check its layout against the run's model,
                 # or to start again a run killed before round 0 was saved), and so keeps
                 # the only reference to the step-0 model

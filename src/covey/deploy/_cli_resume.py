@@ -14,6 +14,7 @@ __all__ = [
     "present_run",
     "recorded_rounds",
     "resume_hint",
+    "resuming_line",
     "run_folder",
     "saved_model",
     "saved_round",
@@ -77,6 +78,18 @@ def _last_saved(run: Path) -> tuple[str, int | None] | None:
             return store.step, store.last_round()
     except (OSError, ValueError, sqlite3.Error):
         return None
+
+
+def resuming_line(run: Path, rounds: int) -> str:
+    """The line a resumed server starts with: the run, its last saved round, its round count.
+
+    Read once the server has reopened the run (a damaged newest round already set aside).
+    """
+    saved = _last_saved(run)
+    step, last = saved if saved is not None else ("round", None)
+    if last is None:  # killed before its round 0 was saved: it starts again from it
+        return f"resuming run {run} from its start (no {step} of it was saved; {rounds} to run)"
+    return f"resuming run {run} after {step} {last} (of {rounds})"
 
 
 def saved_model(run: Path) -> str | None:

@@ -25,6 +25,7 @@ import numpy as np
 from covey.aggregate._order import python_number
 from covey.core._history import History
 from covey.core._hooks import RESUMED_AFTER_CRASH
+from covey.core._log import ON_CONSOLE
 from covey.core._weights import Weights, WeightsSpec, made
 from covey.server._room import check_room
 from covey.server._rundb import DB_NAME
@@ -106,7 +107,8 @@ def resume_point(
         # Run hooks read it (a privacy ledger charges each round that may have left the
         # server unsaved); the store's settings keep no such key, so each resume decides.
         history.config[RESUMED_AFTER_CRASH] = uncounted
-    logger.info("resuming the run in %s after %s %d", opened.run_dir, opened.step, last)
+    said = (opened.run_dir, opened.step, last, rounds)
+    logger.info("resuming run %s after %s %d (of %s)", *said, extra=ON_CONSOLE)
     return ResumePoint(weights, history.config, last + 1, history, blob, uncounted)
 
 
