@@ -23,7 +23,7 @@ from covey.deploy._cli_errors import (
     port_number,
     read_settings,
 )
-from covey.deploy._cli_logs import LogConsole, setup_logging
+from covey.deploy._cli_logs import LOG_LEVEL_HELP, LogConsole, log_level, setup_logging
 from covey.deploy._cli_options import PortFile, ServerCerts
 from covey.deploy._cli_resume import (
     present_run,
@@ -68,6 +68,7 @@ SERVER_KEYS = {
     "port_file",
     "plot",
     "verbose",
+    "log_level",
     "compression",
     "keep_last",
     "max_clients",
@@ -326,6 +327,9 @@ def server_command(
         bool,
         typer.Option("--verbose", "-v", help="Log fleet events, and show an error's traceback."),
     ] = False,
+    log_level_name: Annotated[
+        str | None, typer.Option("--log-level", help=LOG_LEVEL_HELP, metavar="LEVEL")
+    ] = None,
     compression: Annotated[
         str | None,
         typer.Option(
@@ -351,7 +355,11 @@ def server_command(
 ) -> None:
     """Run the server of a federation over gRPC (mutual TLS unless --insecure)."""
     s = read_settings(config, "server", SERVER_KEYS)
-    setup_logging(console, verbose or bool(s.get("verbose", False)), server=True)
+    level = log_level(
+        _pick(log_level_name, s, "log_level", None),
+        s.name(log_level_name, "log_level", "--log-level"),
+    )
+    setup_logging(console, verbose or bool(s.get("verbose", False)), server=True, level=level)
     scheme = compression_spec(
         _pick(compression, s, "compression", None),
         s.name(compression, "compression", "--compression"),

@@ -16,7 +16,7 @@ from covey.deploy._cli_errors import (
     number,
     read_settings,
 )
-from covey.deploy._cli_logs import setup_logging
+from covey.deploy._cli_logs import LOG_LEVEL_HELP, log_level, setup_logging
 from covey.deploy._cli_options import ClientCerts, ServerName
 from covey.deploy._leave import Leaving, end_now, leaving
 from covey.deploy._shown import escape, stamped
@@ -38,6 +38,7 @@ CLIENT_KEYS = {
     "retry_for",
     "max_task_mb",
     "verbose",
+    "log_level",
 }
 """The settings a ``--config`` file may give ``covey client`` (its flags)."""
 
@@ -244,6 +245,9 @@ def client_command(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log progress, and show an error's traceback.")
     ] = False,
+    log_level_name: Annotated[
+        str | None, typer.Option("--log-level", help=LOG_LEVEL_HELP, metavar="LEVEL")
+    ] = None,
 ) -> None:
     """Run a client next to its data and join the federation at --server."""
     from covey.deploy._client import connect, warn_without_tls
@@ -252,7 +256,11 @@ def client_command(
     from covey.transport.grpc._refusal import Refused
 
     s = read_settings(config, "client", CLIENT_KEYS)
-    setup_logging(console, verbose or bool(s.get("verbose", False)))
+    level = log_level(
+        _pick(log_level_name, s, "log_level", None),
+        s.name(log_level_name, "log_level", "--log-level"),
+    )
+    setup_logging(console, verbose or bool(s.get("verbose", False)), level=level)
     app_spec = _pick(app, s, "app", None)
     address = _pick(server, s, "server", None)
     if app_spec is None:

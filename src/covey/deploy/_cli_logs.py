@@ -23,7 +23,28 @@ from rich.logging import RichHandler
 from covey.core._log import ON_CONSOLE_KEY
 from covey.deploy._shown import BriefHighlighter
 
-__all__ = ["LogConsole", "setup_logging"]
+__all__ = ["LOG_LEVELS", "LogConsole", "log_level", "setup_logging"]
+
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO}
+LOG_LEVELS |= {"warning": logging.WARNING, "error": logging.ERROR}
+"""The levels ``--log-level`` takes, by name."""
+
+LOG_LEVEL_HELP = (
+    "Log covey's records at this level and above: debug, info, warning or error "
+    "(default warning; -v: info). The console's own lines are written at any level."
+)
+
+
+def log_level(value: Any, flag: str) -> int | None:
+    """The level ``--log-level`` (or where ``flag`` says it came from) names; None if not given."""
+    if value is None:
+        return None
+    level = LOG_LEVELS.get(value.lower()) if isinstance(value, str) else None
+    if level is None:
+        from covey.deploy._cli_errors import fail
+
+        fail(f"{flag} {value!r}: give one of {', '.join(LOG_LEVELS)}")
+    return level
 
 
 def _to_devnull(stream: Any) -> None:
@@ -115,16 +136,22 @@ def _not_on_console(record: logging.LogRecord) -> bool:
     return not getattr(record, ON_CONSOLE_KEY, False)
 
 
-def setup_logging(console: Console, verbose: bool, *, server: bool = False) -> None:
+def setup_logging(
+    console: Console, verbose: bool, *, server: bool = False, level: int | None = None
+) -> None:
     """Log to standard error: rich's layout in a terminal, one plain line a record elsewhere.
 
-    Without ``verbose``, a record's traceback is left out (see :class:`_OneLine`).
+    ``level``: covey's records at it and above are logged (``--log-level``); None:
+    INFO with ``verbose``, else WARNING. Other libraries' records below INFO are left
+    out at any level. Without ``verbose`` or DEBUG, a record's traceback is left out
+    (see :class:`_OneLine`).
     ``server``: the command writes the server's console (``covey server``), which says
     itself that it listens and who joined and left: the records of those (marked with
     :data:`~covey.core._log.ON_CONSOLE`) are left out, not written twice.
     """
     handler: logging.Handler
-    kind = logging.Formatter if verbose else _OneLine
+    chosen = level if level is not None else logging.INFO if verbose else logging.WARNING
+    kind = logging.Formatter if verbose or chosen <= logging.DEBUG else _OneLine
     if console.is_terminal:
         # a record naming a client's text (its error) may be long: not coloured then
         handler = RichHandler(console=console, show_path=False, highlighter=BriefHighlighter())
@@ -134,7 +161,5 @@ def setup_logging(console: Console, verbose: bool, *, server: bool = False) -> N
         handler.setFormatter(kind("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     if server:
         handler.addFilter(_not_on_console)
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True
-    )
-    logging.getLogger("covey").setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=max(chosen, logging.INFO), handlers=[handler], force=True)
+    logging.getLogger("covey").setLevel(chosen)
