@@ -233,7 +233,10 @@ def client_command(
     ] = None,
     retry_for: Annotated[
         float | None,
-        typer.Option(help="Seconds of failed attempts in a row before giving up (default 600)."),
+        typer.Option(
+            help="Seconds of failed attempts in a row before giving up (default 600), after "
+            "a lost connection or a server interrupted before its run was over."
+        ),
     ] = None,
     max_task_mb: Annotated[
         float | None,
