@@ -8,10 +8,8 @@ link is private to the two namespaces; nothing leaves this machine.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
@@ -19,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from _killmatrix import saved_round, wait_for
 from covey.server._store import RunStore
 
 APPS = Path(__file__).parent / "apps"
@@ -63,27 +62,6 @@ def _namespaces() -> tuple[str, str, str]:
     return server, client, veth
 
 
-def _saved(run_dir: Path) -> int:
-    db = run_dir / "run.sqlite"
-    if not db.exists():
-        return -1
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-            row = conn.execute("SELECT MAX(round) FROM rounds").fetchone()
-    except sqlite3.Error:
-        return -1
-    return -1 if row is None or row[0] is None else int(row[0])
-
-
-def _wait(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_a_partition_mid_round_times_out_and_the_run_finishes(tmp_path: Path) -> None:
     server_ns, client_ns, veth = _namespaces()
     env = dict(os.environ)
@@ -117,7 +95,7 @@ def test_a_partition_mid_round_times_out_and_the_run_finishes(tmp_path: Path) ->
             ],
             "server.log",
         )
-        _wait(lambda: port_file.exists() or server.poll() is not None, 60, "the server")
+        wait_for(lambda: port_file.exists() or server.poll() is not None, 60, "the server")
         port = int(port_file.read_text())
         # Two clients across the link, one next to the server: the round cut by the
         # partition still has a reply to aggregate.
@@ -132,7 +110,7 @@ def test_a_partition_mid_round_times_out_and_the_run_finishes(tmp_path: Path) ->
             )
             for k in range(3)
         ]
-        _wait(lambda: _saved(run_dir) >= 2, 90, "round 2")
+        wait_for(lambda: saved_round(run_dir) >= 2, 90, "round 2")
         time.sleep(0.3)  # round 3 is under way: its clients are fitting
         assert _ip("-n", server_ns, "link", "set", f"{veth}s", "down").returncode == 0
         down = time.monotonic()
@@ -141,11 +119,11 @@ def test_a_partition_mid_round_times_out_and_the_run_finishes(tmp_path: Path) ->
             """Round 3 is over without them, and both cut-off clients gave up on the server."""
             logs = [(tmp_path / f"client-{k}.log").read_text() for k in range(2)]
             cut = all("no word from the server" in log for log in logs)
-            return _saved(run_dir) >= 3 and cut
+            return saved_round(run_dir) >= 3 and cut
 
         # Up once the 3 s heartbeat silence has ended round 3 and both sessions; never
         # later than 6 s (past the round's 4 s deadline and the silence either way).
-        _wait(lambda: seen_on_both_sides() or time.monotonic() - down > 6.0, 30, "the cut")
+        wait_for(lambda: seen_on_both_sides() or time.monotonic() - down > 6.0, 30, "the cut")
         assert _ip("-n", server_ns, "link", "set", f"{veth}s", "up").returncode == 0
         assert server.wait(120) == 0, (tmp_path / "server.log").read_text()[-3000:]
         outputs = []

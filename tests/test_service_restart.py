@@ -8,18 +8,16 @@ stopped and started again (``systemctl restart``) rather than exit with it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from _childenv import child_pythonpath
+from _killmatrix import saved_round, wait_for
 from _ports import unused_port
 from _procs import CoveyProcesses, undated
 from covey.server._store import RunStore
@@ -35,26 +33,6 @@ APPS = Path(__file__).parent / "apps"
 def _env(**more: str) -> dict[str, str]:
     path = child_pythonpath(APPS, base=os.pathsep.join(sys.path))
     return {**os.environ, "PYTHONPATH": path, "COLUMNS": "250", **more}
-
-
-def _wait(predicate: object, what: str, within: float = 120) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def _saved(run: Path) -> int:
-    """The last round saved in ``run`` (read-only, as the server writes it; -1 before any)."""
-    db = run / "run.sqlite"
-    if not db.exists():
-        return -1
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-            row = conn.execute("SELECT MAX(round) FROM rounds").fetchone()
-    except sqlite3.Error:  # created but not yet set up
-        return -1
-    return -1 if row is None or row[0] is None else int(row[0])
 
 
 def _server(run: Path, address: str, *more: str) -> list[str]:
@@ -80,10 +58,10 @@ def test_one_command_line_starts_the_run_and_resumes_it_after_a_kill(tmp_path: P
     try:
         first = procs._spawn(_server(run, address), "server-1.log")
         clients = [procs._spawn(_client(address, k), f"client-{k}.log") for k in range(2)]
-        _wait(lambda: _saved(run) >= 1, "round 1 to be saved")  # round 2 trains
+        wait_for(lambda: saved_round(run) >= 1, 120, "round 1 to be saved")  # round 2 trains
         first.send_signal(signal.SIGKILL)
         first.wait(30)
-        last = _saved(run)
+        last = saved_round(run)
         again = procs._spawn(_server(run, address), "server-2.log")  # the same command
         assert again.wait(180) == 0, procs.log("server-2.log")
         said = undated(procs.log("server-2.log"))
@@ -141,12 +119,14 @@ def test_clients_outlive_a_server_stopped_and_started_again(tmp_path: Path) -> N
     try:
         first = procs._spawn(_server(run, address), "server-1.log")
         clients = [procs._spawn(_client(address, k), f"client-{k}.log") for k in range(2)]
-        _wait(lambda: _saved(run) >= 1, "round 1 to be saved")  # round 2 trains
+        wait_for(lambda: saved_round(run) >= 1, 120, "round 1 to be saved")  # round 2 trains
         first.send_signal(signal.SIGTERM)  # systemctl restart: a graceful stop
         assert first.wait(60) == 143, procs.log("server-1.log")
-        last = _saved(run)
+        last = saved_round(run)
         told = [f"client-{k}.log" for k in range(2)]
-        _wait(lambda: all("the server was interrupted" in procs.log(t) for t in told), "told")
+        wait_for(
+            lambda: all("the server was interrupted" in procs.log(t) for t in told), 120, "told"
+        )
         assert all(client.poll() is None for client in clients), [procs.log(t) for t in told]
         again = procs._spawn(_server(run, address), "server-2.log")
         assert again.wait(180) == 0, procs.log("server-2.log")
@@ -171,8 +151,8 @@ def test_a_client_ends_once_an_interrupted_server_stays_away(tmp_path: Path) -> 
         server = procs._spawn(_server(run, address), "server.log")
         args = [*_client(address, 0)[:-2], "--retry-for", "3"]
         client = procs._spawn(args, "client.log")
-        _wait(lambda: _saved(run) >= 0, "round 0 to be saved")
-        _wait(lambda: "task" in procs.log("client.log") or _saved(run) >= 1, "a task", 60)
+        wait_for(lambda: saved_round(run) >= 0, 120, "round 0 to be saved")
+        wait_for(lambda: "task" in procs.log("client.log") or saved_round(run) >= 1, 60, "a task")
         server.send_signal(signal.SIGTERM)  # stopped for good: no server comes back
         assert server.wait(60) == 143, procs.log("server.log")
         assert client.wait(120) == 1, procs.log("client.log")

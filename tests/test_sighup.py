@@ -9,19 +9,17 @@ command exits with 129 (128 + 1).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from _childenv import child_pythonpath
+from _killmatrix import saved_round, wait_for
 from _procs import undated
 from covey.core._interrupt import INTERRUPTED_REASONS, shown_status
 from covey.server._store import RunStore
@@ -38,13 +36,6 @@ APPS = Path(__file__).parent / "apps"
 def _env(**more: str) -> dict[str, str]:
     path = child_pythonpath(APPS, base=os.pathsep.join(sys.path))
     return {**os.environ, "PYTHONPATH": path, "COLUMNS": "250", **more}
-
-
-def _wait(predicate: object, what: str, within: float = 60) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -68,19 +59,6 @@ def _clients(port: str, env: dict[str, str], tmp: Path, tag: str) -> list[subpro
     return [_start([*args, "--cid", str(k)], env, tmp / f"client-{tag}{k}.log") for k in range(2)]
 
 
-def _saved(run: Path) -> int:
-    """The last round saved in ``run`` (read-only, as the server writes it; -1 before any)."""
-    db = run / "run.sqlite"
-    if not db.exists():
-        return -1
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-            row = conn.execute("SELECT MAX(round) FROM rounds").fetchone()
-    except sqlite3.Error:  # created but not yet set up
-        return -1
-    return -1 if row is None or row[0] is None else int(row[0])
-
-
 def test_sighup_stops_covey_server_as_sigterm_does(tmp_path: Path) -> None:
     env = _env(COVEY_TINY_DELAY="3")  # a round lasts long enough to be stopped in
     run, port_file = tmp_path / "run", tmp_path / "port"
@@ -88,10 +66,10 @@ def test_sighup_stops_covey_server_as_sigterm_does(tmp_path: Path) -> None:
     try:
         server = _start(_server(run, port_file, resume=False), env, tmp_path / "server.log")
         procs.append(server)
-        _wait(lambda: port_file.is_file() and port_file.read_text().strip(), "listening")
+        wait_for(lambda: port_file.is_file() and port_file.read_text().strip(), 60, "listening")
         clients = _clients(port_file.read_text().strip(), env, tmp_path, "a")
         procs += clients
-        _wait(lambda: _saved(run) >= 1, "round 1 to be saved", within=120)  # round 2 runs
+        wait_for(lambda: saved_round(run) >= 1, 120, "round 1 to be saved")  # round 2 runs
         server.send_signal(signal.SIGHUP)
         code = server.wait(60)
         dated = (tmp_path / "server.log").read_text()
@@ -110,7 +88,9 @@ def test_sighup_stops_covey_server_as_sigterm_does(tmp_path: Path) -> None:
         assert reason == "interrupted (SIGHUP)"
         assert shown_status("failed", reason) == "interrupted"
         told = [tmp_path / f"client-a{k}.log" for k in range(2)]  # told, they reconnect
-        _wait(lambda: all("the server was interrupted" in t.read_text() for t in told), "told")
+        wait_for(
+            lambda: all("the server was interrupted" in t.read_text() for t in told), 60, "told"
+        )
         assert all(client.poll() is None for client in clients)
 
         port = port_file.read_text().strip()
