@@ -396,7 +396,7 @@ def test_covey_server_of_a_failed_run_says_how_to_continue_it(
     out = CliRunner().invoke(app, args)
     flat = " ".join(out.output.split())
     assert out.exit_code == 1, out.output  # no client came within the wait-timeout
-    assert "error: round 1: only 0 of the 1 clients needed" in flat
+    assert "error: round 1: only 0 of the 1 client needed" in flat
     assert flat.endswith(
         "continue the run from its start (no round of it finished) with `covey server "
         f"--resume {run_dir} --app tiny_app:server_app --insecure --no-plot --wait-timeout 1`"

@@ -84,7 +84,7 @@ def test_a_worker_stopped_at_the_deadline_is_not_reported_as_dead(
     assert not [m for m in said if "had died" in m], said
     assert any(
         m.startswith(
-            "worker 1 missed the deadline with 1 clients unanswered (3); stopping it, "
+            "worker 1 missed the deadline with 1 client unanswered (3); stopping it, "
             "a new one takes its clients (rebuilt with client_fn)"
         )
         for m in said

@@ -139,7 +139,7 @@ def test_an_exchange_given_up_early_is_not_called_a_missed_deadline(
         assert [(r.cid, r.ok) for r in late] == [(1, False)]
         assert "no reply in time: Ray actor 1 had not answered" in str(late[0].error)
         assert "timeout of 0.5 s" in str(late[0].error)
-    assert "missed the deadline with 1 clients unanswered (1)" in caplog.text
+    assert "missed the deadline with 1 client unanswered (1)" in caplog.text
 
 
 class Calls:

@@ -52,7 +52,7 @@ def test_a_full_server_logs_records_and_tells_the_client_it_is_full(
             assert _until(lambda: sum("is full" in r.getMessage() for r in caplog.records) >= 3)
         refused = events.of("refused")
         assert refused, events.items
-        assert all("the server is full" in d and "at most 1 clients" in d for _, d in refused)
+        assert all("the server is full" in d and "at most 1 client" in d for _, d in refused)
         assert any("peer ipv4:127.0.0.1:" in d for _, d in refused)
         assert {n for n, _ in refused} == {"ipv4:127.0.0.1"}  # by host: one name, not one a port
         lines = [r.getMessage() for r in caplog.records]

@@ -12,11 +12,16 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterable
 
-__all__ = ["clipped", "printable"]
+__all__ = ["clients", "clipped", "printable"]
 
 _UNSAFE = frozenset(("Cc", "Cf", "Cs", "Zl", "Zp"))
 """Control and format characters (bidirectional overrides), lone surrogates, line and
 paragraph separators."""
+
+
+def clients(count: int) -> str:
+    """``"1 client"``, ``"3 clients"``: a count of clients as a message says it."""
+    return f"{count} client" if count == 1 else f"{count} clients"
 
 
 def printable(text: str) -> str:

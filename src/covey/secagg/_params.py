@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from covey.core._messages import plain
+from covey.core._text import clients
 
 MAX_CLIENTS = 1_000_000
 """The most clients a run of the protocol can have (its ids and graphs are checked against it)."""
@@ -209,7 +210,8 @@ def complete_threshold(n: int, threat: ThreatModel | None = None) -> int:
     if least > survivors or least > n:
         raise ValueError(
             f"full SecAgg with {n} clients cannot be both secure and correct under {threat}: "
-            f"it needs threshold >= {least} but only {survivors} clients are expected to survive"
+            f"it needs threshold >= {least} but only {clients(survivors)} "
+            f"{'is' if survivors == 1 else 'are'} expected to survive"
         )
     return least
 

@@ -27,6 +27,7 @@ from covey.aggregate._base import broadcast_extras
 from covey.aggregate._scaffold import tracks_control
 from covey.core._history import History, RoundRecord
 from covey.core._messages import Config, Reply, Task
+from covey.core._text import clients
 from covey.core._weights import Weights
 from covey.server._applied import SENT, AppliedRounds
 from covey.server._base import EvaluateFn, RoundCallback, _LoopBase
@@ -169,7 +170,7 @@ class AsyncLoop(_LoopBase):
             raise self._fail(f"fewer than min_available_clients={wanted} clients connected")
         if len(self.transport.clients()) < wanted:
             raise self._fail(
-                f"{len(self.transport.clients())} clients available, fewer than "
+                f"{clients(len(self.transport.clients()))} available, fewer than "
                 f"min_available_clients={wanted}"
             )
 
@@ -198,7 +199,7 @@ class AsyncLoop(_LoopBase):
                 return
             if not came:
                 raise self._fail(
-                    f"update {rnd}: {len(self.transport.clients())} clients connected, fewer "
+                    f"update {rnd}: {clients(len(self.transport.clients()))} connected, fewer "
                     f"than min_available_clients={wanted}, and no more came within "
                     f"{self.idle_timeout} s"
                 )

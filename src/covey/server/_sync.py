@@ -30,7 +30,7 @@ from covey.server._means import weighted_loss
 from covey.server._passing import KeptWhere, wait_for_eligible
 from covey.server._retry import RoundRetries, deadline_hint, failures_said, run_retried, shortfall
 from covey.server._roundmetrics import RoundMetrics
-from covey.strategies._checks import clients_there, poisson_note, stop_reason
+from covey.strategies._checks import clients, clients_there, poisson_note, stop_reason
 from covey.strategies._clients import client_info
 from covey.strategies._filters import eligibility, too_few_to_fit, trains_none
 from covey.strategies._fitround import FitOutcome, outcome_info, outcome_metrics
@@ -186,14 +186,14 @@ class RoundLoop(_LoopBase):
         if wait is not None and not wait(wanted, self.wait_timeout):
             there = len(self.transport.clients())
             raise self._fail(
-                f"round {rnd}: only {there} of the {wanted} clients "
+                f"round {rnd}: only {there} of the {clients(wanted)} "
                 f"needed (min_available_clients, min_fit_clients) connected within "
                 f"{self.wait_timeout} s" + poisson_note(self.strategy, there)
             )
         available = self.transport.clients()
         if len(available) < wanted:
             raise self._fail(
-                f"round {rnd}: {len(available)} clients available, fewer than the {wanted} "
+                f"round {rnd}: {clients(len(available))} available, fewer than the {wanted} "
                 "needed (min_available_clients, min_fit_clients)"
                 + poisson_note(self.strategy, len(available))
             )

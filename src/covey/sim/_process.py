@@ -33,6 +33,7 @@ import numpy as np
 from covey.clients._client import ClientFn
 from covey.core._codec import CodecError
 from covey.core._messages import Reply, Task
+from covey.core._text import clients
 from covey.core._weights import Weights
 from covey.sim import _logs, _pace, _shm, _start
 from covey.sim._inline import batch_norm_hint
@@ -248,10 +249,10 @@ class ProcessTransport:
     ) -> Iterator[Reply]:
         """Stop worker ``w``, still busy at the deadline, and fail the clients it did not answer."""
         logger.warning(
-            "worker %d missed the deadline with %d clients unanswered (%s); stopping it, "
+            "worker %d missed the deadline with %s unanswered (%s); stopping it, "
             "a new one takes its clients (rebuilt with client_fn)",
             w,
-            len(late),
+            clients(len(late)),
             ", ".join(map(str, sorted(late)[:10])) + (" ..." if len(late) > 10 else ""),
         )
         self._lost(w, "stopped")

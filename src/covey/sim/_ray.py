@@ -29,6 +29,7 @@ import numpy as np
 from covey.clients._client import ClientFn
 from covey.core import _codec
 from covey.core._messages import Reply, Task
+from covey.core._text import clients
 from covey.core._weights import Weights, fingerprint
 from covey.sim._rayhost import ClientHost, Item
 from covey.sim._rayplan import (
@@ -377,7 +378,7 @@ class RayTransport:
                 c for gg, ii, cids in pending.values() if (gg, ii) == (g, i) for c in cids
             )
             listed = ", ".join(map(str, unanswered[:10])) + (" ..." if len(unanswered) > 10 else "")
-            why = f"{len(unanswered)} clients unanswered ({listed})"
+            why = f"{clients(len(unanswered))} unanswered ({listed})"
             who = f"{g}/{i}" if g else str(i)
             logger.warning(
                 "Ray actor %s missed the deadline with %s; stopping it (replaced)", who, why

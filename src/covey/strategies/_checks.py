@@ -16,6 +16,7 @@ import numpy as np
 
 from covey.core._jsonvalues import from_jsonable, jsonable, tag_in, tagged
 from covey.core._messages import Config
+from covey.core._text import clients as clients
 
 _S = TypeVar("_S", bound=Callable[..., Any])
 
@@ -263,14 +264,19 @@ def _is_eligible(where: object) -> bool:
 
 
 def clients_there(count: int, where: object) -> str:
-    """``"3 clients are available"``, or under a filter ``"3 clients pass where={...}"``.
+    """``"3 clients are available"``, or under a filter ``"1 client passes where={...}"``.
 
     The one wording of every message about too few clients, sampled or not: a
     ``where=`` filter is named, as its clients may be available and fail it.
     """
     if where is None:
-        return f"{count} clients are available"
-    return f"{count} clients pass {where_text(where)}"
+        return f"{clients(count)} {'is' if count == 1 else 'are'} available"
+    return f"{clients(count)} {'passes' if count == 1 else 'pass'} {where_text(where)}"
+
+
+def too_few_to_sample(round: int, count: int, available: int, where: object) -> str:
+    """Why ``Strategy.sample`` cannot choose ``count`` of ``available`` clients."""
+    return f"round {round} needs {clients(count)} but only {clients_there(available, where)}"
 
 
 def not_among(chosen: Iterable[int], pool: Sequence[int]) -> list[int]:

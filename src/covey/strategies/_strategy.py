@@ -27,13 +27,13 @@ from covey.strategies._checks import (
     check_hooks,
     checked_count,
     checked_metrics,
-    clients_there,
     name_of,
     not_among,
     outside_candidates,
     picked_ids,
     selected,
     selects_evaluation,
+    too_few_to_sample,
 )
 from covey.strategies._clients import (
     ClientConfigFn,
@@ -275,10 +275,7 @@ class Strategy:
             Sorted client ids.
         """
         if count > len(available):
-            raise ValueError(
-                f"round {round} needs {count} clients but only "
-                f"{clients_there(len(available), self.where)}"
-            )
+            raise ValueError(too_few_to_sample(round, count, len(available), self.where))
         rng = np.random.default_rng([seed, round, purpose])
         if self.selector is not None and (purpose == 0 or selects_evaluation(self.selector)):
             picked = selected(self.selector, available, round, rng)

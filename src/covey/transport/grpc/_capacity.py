@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import grpc
 
+from covey.core._text import clients
 from covey.transport.grpc._registry import peer_of
 
 __all__ = ["FULL", "REPORT_SECONDS", "SPARE", "Capacity", "full_message"]
@@ -40,7 +41,7 @@ FULL = "the server is full"
 def full_message(most: int) -> str:
     """What a client is told (and the operator reads) when all ``most`` slots are taken."""
     return (
-        f"{FULL}: it serves at most {most} clients at once (serve(max_clients=...), "
+        f"{FULL}: it serves at most {clients(most)} at once (serve(max_clients=...), "
         "covey server --max-clients); "
         "the client retries"
     )
