@@ -27,6 +27,7 @@ import numpy as np
 
 from covey.aggregate import Begin, Broadcast, Contribution, run_round
 from covey.core._messages import Count, Task, plain_count, plain_real
+from covey.core._text import clients
 from covey.privacy import ClippedSum
 from covey.secagg._ddp import client_clip, dp_plan
 from covey.secagg._dp import Noise
@@ -42,6 +43,7 @@ from covey.secagg._options import (
 )
 from covey.secagg._params import ThreatModel
 from covey.secagg._ring import MAX_BITS, RangeError, ring_bits, scale
+from covey.secagg._server_stages import BELOW_THRESHOLD
 from covey.strategies._fitround import FitOutcome
 from covey.strategies._names import FLOWER_SECAGG_OPTIONS, a_strategy, flower_keywords
 from covey.strategies._strategy import Strategy
@@ -135,6 +137,30 @@ class _Secure:
         needed = min(self.min_fit_clients, sampled)
         return {"min_survivors": needed, "shortfall": f"fewer than min_fit_clients={needed}"}
 
+    def _abort_hint(self, exc: SecAggAbort, sampled: int) -> str:
+        """What to set when secure aggregation stopped with ``sampled`` clients (or nothing)."""
+        # Too few clients in a Poisson draw: a draw of 20 or more failed otherwise (too
+        # many clients, or too wide a sum), where sampling more would not help.
+        if exc.stage == "setup" and self.summed and sampled < _FEW:
+            return (
+                f"; central DP's Poisson draw took {sampled} clients this round: raise "
+                f"fraction_fit so that fraction_fit x clients is {_FEW} or more, which makes "
+                "such a draw rare (docs/privacy.md)"
+            )
+        if exc.stage == "setup" and sampled < 2:  # no sum hides a lone update
+            return (
+                f"; this round sampled {sampled}: set min_fit_clients=2 or more (a "
+                "selector of one's own: choose at least 2 clients)"
+            )
+        if BELOW_THRESHOLD in exc.reason:
+            return (
+                f"; too few of the {clients(sampled)} sampled stayed through the protocol: "
+                f"sample more a round (min_fit_clients={self.min_fit_clients}, fraction_fit), "
+                "give them longer (round_timeout), or size the protocol for the dropout "
+                "expected with secure(threat=ThreatModel(dropout_rate=...)) (docs/secagg.md)"
+            )
+        return ""
+
     def __call__(
         self,
         transport: Any,
@@ -182,20 +208,7 @@ class _Secure:
                 **self._needed(len(cids)),
             )
         except SecAggAbort as exc:
-            error = str(exc)
-            # Too few clients in a Poisson draw: a draw of 20 or more failed otherwise (too
-            # many clients, or too wide a sum), where sampling more would not help.
-            if exc.stage == "setup" and self.summed and len(cids) < _FEW:
-                error += (
-                    f"; central DP's Poisson draw took {len(cids)} clients this round: raise "
-                    f"fraction_fit so that fraction_fit x clients is {_FEW} or more, which makes "
-                    "such a draw rare (docs/privacy.md)"
-                )
-            elif exc.stage == "setup" and len(cids) < 2:  # no sum hides a lone update
-                error += (
-                    f"; this round sampled {len(cids)}: set min_fit_clients=2 or more (a "
-                    "selector of one's own: choose at least 2 clients)"
-                )
+            error = str(exc) + self._abort_hint(exc, len(cids))
             return FitOutcome(
                 failures=tuple(exc.dropped.items()),
                 info={"secagg_abort": exc.reason, "secagg_stage": exc.stage},

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from covey.core._text import clients
 from covey.secagg import _crypto, _ring, _shamir
 from covey.secagg._client_stages import (
     SECRET_BYTES,
@@ -218,10 +219,14 @@ def refusals(
     return out
 
 
+BELOW_THRESHOLD = "fewer than the threshold"
+"""What an abort for too few clients left to reach the protocol's threshold says."""
+
+
 def _need(state: ServerState, count: int, what: str) -> None:
     if count < state.plan.threshold:
         raise ProtocolAbort(
-            f"only {count} clients {what}, fewer than the threshold {state.plan.threshold}"
+            f"only {clients(count)} {what}, {BELOW_THRESHOLD} {state.plan.threshold}"
         )
 
 
