@@ -80,7 +80,10 @@ class RoundRecord:
         aggregated: Whether the global model was updated; if aggregation failed,
             ``aggregate_info["error"]`` says why and the model is unchanged.
         aggregate_info: What the aggregation steps reported (e.g. ``"clipped"``
-            clients, Krum's ``"selected"``).
+            clients, Krum's ``"selected"``), and ``"unreported"``: how many clients
+            asked for their properties in the round did not report them (offline,
+            or failed), so that ``where=`` left them out of its sample (they are
+            asked again the next round); absent when every client asked answered.
         evaluate_participants: The clients whose federated evaluation counted.
         evaluate_failures: The clients asked to evaluate that did not, and why.
         evaluate_loss: The participants' loss, weighted by their numbers of

@@ -31,19 +31,15 @@ from covey.server._callbacks import check_evaluate_fn as check_evaluate_fn
 from covey.server._callbacks import checked_callbacks as checked_callbacks
 from covey.server._callbacks import round_callback as round_callback
 from covey.server._central import central_evaluation
+from covey.server._said import MOST_LOGGED as MOST_LOGGED
+from covey.server._said import PROPERTIES as PROPERTIES
+from covey.server._said import said_at_end
 from covey.server._saver import SaveError
 from covey.server._told import tell_refused, unnamed
 from covey.strategies._fold import contribution, dropped_why, find_aggregate
 from covey.strategies._strategy import Strategy
 
 logger = logging.getLogger("covey")
-
-MOST_LOGGED = 10
-"""Failures of one stage of a round logged one by one; one line at the round's end counts
-the rest (a fleet of hundreds of clients dropping out would log a line each)."""
-
-PROPERTIES = "properties"
-"""The stage counted in ``_LoopBase._logged`` for clients that did not report their properties."""
 
 
 class FederationError(RuntimeError):
@@ -174,23 +170,7 @@ class _LoopBase:
         return self._fail(f"{self._step} {rounds[-1].round + 1 if rounds else 0}: {exc}")
 
     def _finish(self, record: RoundRecord) -> None:
-        for stage, count in self._logged.items():
-            if count > MOST_LOGGED and stage == PROPERTIES:
-                logger.warning(
-                    "%s %d: %d more clients did not report their properties; the last: %s",
-                    self._step,
-                    record.round,
-                    count - MOST_LOGGED,
-                    self._last_property_error,
-                )
-            elif count > MOST_LOGGED:
-                logger.warning(
-                    "%s %d: %d more clients failed in %s; every failure is in the history",
-                    self._step,
-                    record.round,
-                    count - MOST_LOGGED,
-                    stage,
-                )
+        said_at_end(self._step, record, self._logged, self._last_property_error)
         self._logged.clear()
         self._say_renamed(record)
         self.history.rounds.append(record)

@@ -17,8 +17,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from covey.server._idviews import SortedIds
+from covey.server._said import note_unreported
 from covey.strategies._checks import clients_there
-from covey.strategies._filters import eligibility
+from covey.strategies._filters import eligibility, too_few_to_fit
 from covey.strategies._strategy import Strategy
 
 logger = logging.getLogger("covey")
@@ -145,14 +146,20 @@ def wait_for_eligible(
     those to connect rather than stopping at once while others may join.
     Simulated clients never connect later: they are returned as they are.
 
-    The seconds spent waiting here are added to ``record.durations["wait"]``.
+    The seconds spent waiting here are added to ``record.durations["wait"]``, and
+    the clients that did not report their properties are counted in
+    ``record.aggregate_info["unreported"]`` (left out of the round's sample).
 
     Returns:
         The eligible clients.
+
+    Raises:
+        FederationError: too few eligible clients connected within ``wait_timeout``.
     """
     strategy = loop.strategy
     wait = getattr(loop.transport, "wait_for_clients", None)
     if eligibility(strategy) is None or wait is None or loop.simulated:
+        note_unreported(record, loop._logged)
         return eligible
     start = time.perf_counter()
     timeout = loop.wait_timeout
@@ -172,4 +179,8 @@ def wait_for_eligible(
         eligible = loop._eligible(rnd, loop.transport.clients())
     if said:
         record.durations["wait"] += time.perf_counter() - start
+    note_unreported(record, loop._logged)
+    if wanted > len(eligible):  # the wait ran out
+        error = loop.property_error
+        raise loop._fail(too_few_to_fit(strategy, rnd, wanted, len(eligible), error, timeout))
     return eligible

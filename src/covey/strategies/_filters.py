@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from covey.core._text import clients
 from covey.strategies._checks import clients_there, filter_text, poisson_note
 from covey.strategies._strategy import Strategy
 
@@ -20,7 +21,12 @@ def eligibility(strategy: Strategy) -> Any:
 
 
 def too_few_to_fit(
-    strategy: Strategy, round: int, count: int, eligible: int, property_error: str | None
+    strategy: Strategy,
+    round: int,
+    count: int,
+    eligible: int,
+    property_error: str | None,
+    waited: float | None = None,
 ) -> str:
     """Why round ``round`` cannot start: ``count`` clients to train, only ``eligible`` there.
 
@@ -28,11 +34,15 @@ def too_few_to_fit(
     is no number of trainers: the message says how many clients there are, fewer
     than ``min_fit_clients``, then why that holds the round (:func:`poisson_note`).
     ``property_error``: why a client's properties were not known, if one failed.
+    ``waited``: the seconds a deployed round waited for eligible clients (its
+    ``wait_timeout``), said with their count.
     """
     filtered = eligibility(strategy)
     where = filtered is not None
     note = poisson_note(strategy, eligible, "that pass where=" if where else "available")
     there = clients_there(eligible, filtered)
+    if waited is not None:
+        there += f" within the {waited:g} s wait (wait_timeout, --wait-timeout)"
     if note:
         head = f"round {round}: only {there}, fewer than min_fit_clients={strategy.min_fit_clients}"
     else:
@@ -40,7 +50,7 @@ def too_few_to_fit(
         if eligible:
             todo = f"lower min_fit_clients to at most {eligible}, or {todo}"
         head = (
-            f"round {round}: the strategy wants {count} clients to train but only {there} "
+            f"round {round}: the strategy wants {clients(count)} to train but only {there} "
             f"(min_fit_clients={strategy.min_fit_clients}); {todo}"
         )
     return head + (f"; {property_error}" if property_error else "") + note
