@@ -159,5 +159,39 @@ def test_a_client_ends_once_an_interrupted_server_stays_away(tmp_path: Path) -> 
         said = " ".join(undated(procs.log("client.log")).split())
         assert "the server was interrupted" in said, said
         assert f"could not reconnect to {address}" in said, said
+        assert "waiting for it to come back for up to 3 s (--retry-for" in said, said
+        last = undated(procs.log("client.log")).strip().splitlines()[-1]
+        assert last.startswith(f"error: gave up on {address}: the server was interrupted"), last
+        assert "did not come back within 3 s (--retry-for" in last, last
     finally:
         procs.close()
+
+
+def test_a_client_says_it_waits_for_an_interrupted_server_and_why_it_gave_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from types import SimpleNamespace
+
+    from covey.transport.grpc._attempt import INTERRUPTED, retry_delay
+    from covey.transport.grpc._refusal import RetryBudget
+    from covey.transport.grpc._tasks import ConnectResult
+
+    address = "127.0.0.1:9"
+    budget = RetryBudget(backoff=0.01, max_backoff=0.01, retry_for=90.0, max_attempts=2)
+    result = ConnectResult()
+    result.sessions = 1
+    session = SimpleNamespace(welcomed=True, welcomed_at=0.0, received=1)
+    with caplog.at_level("WARNING", logger="covey"):
+        retry_delay(budget, session, result, 0, address, INTERRUPTED)
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert f"connection to {address} lost: the server was interrupted before its" in said, said
+    assert "waiting for it to come back for up to 90 s (--retry-for, retry_for)" in said, said
+    refused = "StatusCode.UNAVAILABLE: failed to connect"
+    session = SimpleNamespace(welcomed=False)
+    with pytest.raises(ConnectionError) as gave_up:
+        retry_delay(budget, session, result, 1, address, refused)
+    assert str(gave_up.value) == (
+        f"gave up on {address}: the server was interrupted before its run was over and did "
+        "not come back after 2 attempt(s) (max_attempts); 2 attempt(s) to reconnect failed "
+        f"(the last attempt: {refused})"
+    )

@@ -37,7 +37,9 @@ __all__ = [
     "end_of",
     "given_up",
     "log_retry",
+    "not_back",
     "retry_delay",
+    "waiting_back",
 ]
 
 logger = logging.getLogger("covey")
@@ -181,10 +183,47 @@ def retry_delay(
     if session.welcomed:
         tasks = max(result.tasks - performed, session.received)
         budget.session_ended(time.monotonic() - session.welcomed_at, tasks)
+    if error == INTERRUPTED:
+        budget.interrupted = True
     delay = budget.next_delay()
     if delay is None:
+        if budget.interrupted:
+            raise ConnectionError(not_back(address, budget, error))
         failures, dropped = budget.failures, budget.dropped
         raise ConnectionError(given_up(address, failures, result.sessions, error, dropped))
+    if error == INTERRUPTED:
+        logger.warning("%s; retrying in %.1f s", waiting_back(address, budget), delay)
+        return delay
     failure = attempt_failure(session.welcomed, result.sessions)
     log_retry(budget.failures, failure, address, error, delay)
     return delay
+
+
+def waiting_back(address: str, budget: RetryBudget) -> str:
+    """What a client whose server was interrupted does: wait for it, for how long."""
+    if budget.retry_for is None:
+        how_long = "for as long as it takes"
+    else:
+        how_long = f"for up to {budget.retry_for:g} s (--retry-for, retry_for)"
+    if budget.max_attempts is not None:
+        how_long += f", {budget.max_attempts} attempt(s) at most"
+    return (
+        f"connection to {address} lost: the server was interrupted before its run was over; "
+        f"waiting for it to come back {how_long} (a server started again at this address "
+        "resumes the run)"
+    )
+
+
+def not_back(address: str, budget: RetryBudget, error: str) -> str:
+    """Why a client gave up on a server that was interrupted: it did not come back."""
+    if budget.retry_for is not None and (
+        budget.max_attempts is None or budget.failures < budget.max_attempts
+    ):
+        within = f"within {budget.retry_for:g} s (--retry-for, retry_for)"
+    else:
+        within = f"after {budget.failures} attempt(s) (max_attempts)"
+    last = "" if error == INTERRUPTED else f" (the last attempt: {error})"
+    return (
+        f"gave up on {address}: the server was interrupted before its run was over and did "
+        f"not come back {within}; {budget.failures} attempt(s) to reconnect failed{last}"
+    )

@@ -369,6 +369,7 @@ class RetryBudget:
     since: float | None = None
     started: float | None = None  # when the attempt under way started
     dropped: int = 0  # of the failures, sessions welcomed and ended before they got anywhere
+    interrupted: bool = False  # the server said it was interrupted, since the last success
     rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
@@ -399,6 +400,7 @@ class RetryBudget:
     def success(self) -> None:
         """A session got through: the next failure starts a new budget."""
         self.failures = self.dropped = 0
+        self.interrupted = False
         self.since = self.started = None
 
     def session_ended(self, lasted: float, performed: int) -> None:
