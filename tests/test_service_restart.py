@@ -195,3 +195,15 @@ def test_a_client_says_it_waits_for_an_interrupted_server_and_why_it_gave_up(
         "not come back after 2 attempt(s) (max_attempts); 2 attempt(s) to reconnect failed "
         f"(the last attempt: {refused})"
     )
+
+
+def test_the_documented_unit_does_not_restart_a_server_that_refuses() -> None:
+    # a server killed after its run finished is refused with status 2 when started again;
+    # under Restart=on-failure alone systemd would start it again until its start limit
+    docs = (Path(__file__).parent.parent / "docs" / "deployment.md").read_text()
+    units = [b for b in docs.split("```ini")[1:] if "--resume-if-present" in b.split("```")[0]]
+    assert units, "the unit running covey server --resume-if-present"
+    for unit in units:
+        lines = unit.split("```")[0].splitlines()
+        assert "Restart=on-failure" in lines, unit
+        assert "RestartPreventExitStatus=2" in lines, unit
