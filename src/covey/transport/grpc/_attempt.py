@@ -210,7 +210,7 @@ def waiting_back(address: str, budget: RetryBudget) -> str:
     return (
         f"connection to {address} lost: the server was interrupted before its run was over; "
         f"waiting for it to come back {how_long} (a server started again at this address "
-        "resumes the run)"
+        "takes this client back)"
     )
 
 
