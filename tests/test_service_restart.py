@@ -122,6 +122,9 @@ def test_clients_outlive_a_server_stopped_and_started_again(tmp_path: Path) -> N
         wait_for(lambda: saved_round(run) >= 1, 120, "round 1 to be saved")  # round 2 trains
         first.send_signal(signal.SIGTERM)  # systemctl restart: a graceful stop
         assert first.wait(60) == 143, procs.log("server-1.log")
+        # told its own command line, the service's, not --resume's
+        hint = f"`covey server --run-dir {run} --resume-if-present --app tiny_app:server_app"
+        assert hint in " ".join(procs.log("server-1.log").split()), procs.log("server-1.log")
         last = saved_round(run)
         told = [f"client-{k}.log" for k in range(2)]
         wait_for(

@@ -368,7 +368,8 @@ def server_command(
         no_empty_folder(s.get(key), s.name(None, key, ""))
     resume_dir = _path(_pick(resume, s, "resume", None))
     given = _path(_pick(run_dir, s, "run_dir", None))
-    if _pick(resume_if_present or None, s, "resume_if_present", False):
+    if_present = bool(_pick(resume_if_present or None, s, "resume_if_present", False))
+    if if_present:
         given, resume_dir = present_run(given, resume_dir)
     server_app = _server_app(_pick(app, s, "app", None), resume_dir, s.name(app, "app", "--app"))
     tls_given = certs is not None or insecure is not None  # on the command line
@@ -432,6 +433,7 @@ def server_command(
         plot=flags["plot"],
         trackers=dict(zip(TRACKER_KEYS, (tensorboard, mlflow, mlflow_experiment), strict=True)),
         timing={key: flags[key] for key, value in typed.items() if value is not None},
+        if_present=if_present,
     )
     _serve(server_app, s, flags)
 

@@ -144,8 +144,12 @@ def resume_hint(
     plot: bool | None = None,
     timing: Mapping[str, float | int | None] | None = None,
     trackers: Mapping[str, str | None] | None = None,
+    if_present: bool = False,
 ) -> str:
     """The ``covey server --resume`` command that continues ``run`` as it was started.
+
+    A server started with ``--resume-if-present`` (a service's one command line) is
+    told its own: ``--run-dir RUN --resume-if-present``, which resumes it alike.
 
     ``timing`` holds the settings the run folder does not keep (``round_timeout``,
     ``round_retries``, ``wait_timeout``, ``heartbeat``): each one given is repeated,
@@ -160,7 +164,8 @@ def resume_hint(
     Paths are quoted for a POSIX shell (a folder named ``my run`` gives
     ``--resume 'my run'``), so the command can be pasted as it is.
     """
-    parts = [f"covey server --resume {quote(str(run))}"]
+    where = f"--run-dir {quote(str(run))} --resume-if-present" if if_present else ""
+    parts = [f"covey server {where or '--resume ' + quote(str(run))}"]
     if config is not None:
         parts.append(f"--config {quote(str(config))}")
     if app is not None:
