@@ -52,14 +52,22 @@ def _client(address: str, k: int) -> list[str]:
     ]
 
 
+def _signalled_in_round_2(
+    procs: CoveyProcesses, run: Path, address: str, sig: signal.Signals
+) -> tuple[subprocess.Popen[bytes], list[subprocess.Popen[bytes]]]:
+    """The service's server and two clients, the server sent ``sig`` once round 2 trains."""
+    first = procs._spawn(_server(run, address), "server-1.log")
+    clients = [procs._spawn(_client(address, k), f"client-{k}.log") for k in range(2)]
+    wait_for(lambda: saved_round(run) >= 1, 120, "round 1 to be saved")  # round 2 trains
+    first.send_signal(sig)
+    return first, clients
+
+
 def test_one_command_line_starts_the_run_and_resumes_it_after_a_kill(tmp_path: Path) -> None:
     procs = CoveyProcesses(tmp_path, _env(COVEY_TINY_DELAY="2"))
     run, address = tmp_path / "run", f"127.0.0.1:{unused_port()}"
     try:
-        first = procs._spawn(_server(run, address), "server-1.log")
-        clients = [procs._spawn(_client(address, k), f"client-{k}.log") for k in range(2)]
-        wait_for(lambda: saved_round(run) >= 1, 120, "round 1 to be saved")  # round 2 trains
-        first.send_signal(signal.SIGKILL)
+        first, clients = _signalled_in_round_2(procs, run, address, signal.SIGKILL)
         first.wait(30)
         last = saved_round(run)
         again = procs._spawn(_server(run, address), "server-2.log")  # the same command
@@ -117,10 +125,8 @@ def test_clients_outlive_a_server_stopped_and_started_again(tmp_path: Path) -> N
     procs = CoveyProcesses(tmp_path, _env(COVEY_TINY_DELAY="2"))
     run, address = tmp_path / "run", f"127.0.0.1:{unused_port()}"
     try:
-        first = procs._spawn(_server(run, address), "server-1.log")
-        clients = [procs._spawn(_client(address, k), f"client-{k}.log") for k in range(2)]
-        wait_for(lambda: saved_round(run) >= 1, 120, "round 1 to be saved")  # round 2 trains
-        first.send_signal(signal.SIGTERM)  # systemctl restart: a graceful stop
+        # systemctl restart: a graceful stop
+        first, clients = _signalled_in_round_2(procs, run, address, signal.SIGTERM)
         assert first.wait(60) == 143, procs.log("server-1.log")
         # told its own command line, the service's, not --resume's
         hint = f"`covey server --run-dir {run} --resume-if-present --app tiny_app:server_app"
