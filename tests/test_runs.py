@@ -315,6 +315,18 @@ def test_the_server_console_names_a_few_clients_of_a_big_round_and_counts_the_re
     assert "390 more clients failed[/] (390 in fit)" in lines[-1]
 
 
+def test_the_server_console_counts_one_more_failed_client_in_the_singular() -> None:
+    lines: list[str] = []
+    names = {c: f"site-{c}" for c in range(20)}
+    shown = ServerConsole(lines.append, 20, names)
+    record = RoundRecord(round=1, fit_participants=list(range(9)))
+    record.fit_failures = [
+        Failure(c, "fit", "no reply in time", name=names[c]) for c in range(9, 20)
+    ]
+    shown.on_round(record)
+    assert "1 more client failed[/] (1 in fit)" in lines[-1], lines[-1]
+
+
 def test_a_deployed_run_that_failed_before_round_1_finished_says_so(tmp_path: Path) -> None:
     import numpy as np
 

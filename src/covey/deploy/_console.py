@@ -183,7 +183,8 @@ class ServerConsole:
             for failure in rest:
                 by_stage[failure.stage] = by_stage.get(failure.stage, 0) + 1
             counts = ", ".join(f"{n} in {stage}" for stage, n in by_stage.items())
+            noun = "client" if len(rest) == 1 else "clients"
             self.line(
-                f"[red]{step} {record.round}: {len(rest)} more clients failed[/] ({counts}); "
+                f"[red]{step} {record.round}: {len(rest)} more {noun} failed[/] ({counts}); "
                 "every failure is in the run's history (`covey runs show`)"
             )
