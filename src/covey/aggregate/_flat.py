@@ -166,6 +166,17 @@ def scaled(values: Weights, factor: float, params: Weights) -> dict[str, Array]:
     return out
 
 
+def a_dtype(dtype: np.dtype[Any]) -> str:
+    """``"an int8"``, ``"a uint8"``: an integer dtype as a message names it."""
+    return f"{'an' if dtype.name.startswith('i') else 'a'} {dtype}"
+
+
+def delta_range(dtype: np.dtype[Any]) -> str:
+    """``"(-128 to 127)"``: what a delta of integer ``dtype`` holds, read signed as reducers do."""
+    top = 2 ** (dtype.itemsize * 8 - 1)
+    return f"({-top} to {top - 1})"
+
+
 def _refuse_past(name: str, change: Array, dtype: np.dtype[Any], factor: float) -> None:
     """Refuse a scaled integer ``change`` outside the signed range of ``dtype``'s size."""
     top = 2.0 ** (dtype.itemsize * 8 - 1)
@@ -173,9 +184,8 @@ def _refuse_past(name: str, change: Array, dtype: np.dtype[Any], factor: float) 
     if past.size:
         raise AggregationError(
             f"{name!r} changed by {int(change.reshape(-1)[past[0]])} at flat index "
-            f"{int(past[0])} once scaled by {factor:.6g}, past what "
-            f"{'an' if dtype.name.startswith('i') else 'a'} {dtype} update holds "
-            f"({-int(top)} to {int(top) - 1}): it would be averaged as another change; keep "
+            f"{int(past[0])} once scaled by {factor:.6g}, past what {a_dtype(dtype)} update "
+            f"holds {delta_range(dtype)}: it would be averaged as another change; keep "
             f"{name!r} in a wider integer dtype"
         )
 

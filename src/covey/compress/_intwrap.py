@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from covey.aggregate._flat import a_dtype, delta_range
 from covey.clients._mistakes import ResultRefused
 from covey.core._weights import Weights
 
@@ -34,18 +35,11 @@ def refuse_wrapped(weights: Weights, weights_in: Weights, delta: Weights, who: s
 
 def _refuse(name: str, new: np.ndarray, old: np.ndarray, at: int, who: str) -> None:
     """Raise the refusal of array ``name``, whose change at flat index ``at`` wrapped."""
-    bits = old.dtype.itemsize * 8
     was, now = int(old.reshape(-1)[at]), int(new.reshape(-1)[at])
     raise ResultRefused(
         f"{who}'s weights: {name!r} changed from {was} to {now} (by {now - was}) at flat "
-        f"index {at}, past what {_article(old.dtype.name)} {old.dtype} update carries under "
-        "compression "
-        f"({-(2 ** (bits - 1))} to {2 ** (bits - 1) - 1}): it would be averaged as "
-        f"another change; keep {name!r} in a wider integer dtype, return it in a delta (read "
-        f"modulo 2**{bits}, as a wrapping counter means), or run without compression"
+        f"index {at}, past what {a_dtype(old.dtype)} update carries under compression "
+        f"{delta_range(old.dtype)}: it would be averaged as another change; keep {name!r} in "
+        f"a wider integer dtype, return it in a delta (read modulo 2**{old.dtype.itemsize * 8}, "
+        "as a wrapping counter means), or run without compression"
     )
-
-
-def _article(word: str) -> str:
-    """``"an"`` before ``int8``, ``"a"`` before ``uint8``."""
-    return "an" if word.startswith("i") else "a"
