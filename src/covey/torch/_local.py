@@ -18,11 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from covey.clients._current import current_task
 from covey.clients._roundstate import TrainState
 from covey.clients._scaffold import ControlVariate
 from covey.core._weights import Array, Weights, WeightsError
 from covey.torch._weights import _tensors, _tied, to_weights
+
+_FILE = "the local layers' file"
+"""How errors name ``local_path``."""
 
 __all__ = ["LocalLayers", "local_names"]
 
@@ -136,7 +138,8 @@ class LocalLayers:
         own: Weights | None = None
         if self.path is not None:
             if self._state is None:
-                self._state = self._opened(self.path)
+                self._state = TrainState(self.path)
+                self._state.claim(_FILE, "local_path")  # one file given to several: refused
             upto = self._round(rnd) + (0 if fit else 1)  # the stored rounds below it
             if first or upto <= self._trained:
                 own = self._stored(self._state, upto, weights)
@@ -148,16 +151,6 @@ class LocalLayers:
             own = self._copied(model)
         self._started = True
         return {**weights, **{n: own[n] for n in self.names}}
-
-    def _opened(self, path: Path) -> TrainState:
-        """``path``'s state; refused if another client wrote it (one file given to several).
-
-        The owner is the id the runtime runs the task for (:func:`current_task`): a
-        simulated client's ``cid``, a deployed one's id; a call outside a task checks none.
-        """
-        state = TrainState(path)
-        state.claim("the local layers' file", "local_path")
-        return state
 
     def _round(self, rnd: Any) -> int:
         """The task's round: the config's, else the one after the newest kept."""
@@ -203,8 +196,6 @@ class LocalLayers:
         if self.path is None or self._state is None:
             return
         r = self._round(rnd)
-        task = current_task()
-        if task is not None:
-            self._state.owner = task.cid
+        self._state.claim(_FILE, "local_path")  # its first task's client, if opened outside one
         self._state.keep(r, self._copied(model))
         self._trained = r
