@@ -31,6 +31,7 @@ from covey.deploy.certs import (
     revoke,
     verify_chain,
 )
+from covey.deploy.certs._inspect import serial_hex
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
 
@@ -350,7 +351,7 @@ def test_cli_init_issue_revoke_list(tmp_path: Path) -> None:
     result = runner.invoke(certs_app, ["list", "--dir", str(d)])
     assert result.exit_code == 0, result.output
     lines = {line.split()[0]: line for line in result.output.splitlines() if line.strip()}
-    serial = f"{x509.load_pem_x509_certificate(bob).serial_number:x}"
+    serial = serial_hex(x509.load_pem_x509_certificate(bob).serial_number)
     assert serial in lines["bob"]
     assert "yes" in lines["bob"]
     assert " no " in lines["alice"]

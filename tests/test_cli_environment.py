@@ -234,12 +234,14 @@ def test_certs_list_keeps_each_serial_whole_when_piped(
 ) -> None:
     from cryptography import x509
 
+    from covey.deploy.certs._inspect import serial_hex
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COLUMNS", "60")
     assert _covey("certs", "init", "--dir", "fed")[0] == 0
     assert _covey("certs", "issue", "site-1", "--dir", "fed")[0] == 0
     pem = (tmp_path / "fed" / "clients" / "site-1.pem").read_bytes()
-    serial = f"{x509.load_pem_x509_certificate(pem).serial_number:x}"
+    serial = serial_hex(x509.load_pem_x509_certificate(pem).serial_number)
     code, out = _covey("certs", "list", "--dir", "fed")
     assert code == 0, out
     row = next(line for line in out.splitlines() if "site-1" in line)

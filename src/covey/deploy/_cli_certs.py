@@ -265,17 +265,19 @@ def revoke(
     directory: _DirOption,
 ) -> None:
     """Revoke a client's certificate (adds its serial to revoked.json)."""
+    from covey.deploy.certs._inspect import serial_hex
+
     root = _federation_dir(directory)
     before = _call(lambda: _certs.load_revoked(root))
     serial = _call(lambda: _certs.revoke(root, client_id))
     if serial in before:
         _out().print(
-            f"Client {escape(client_id)!r} (serial {serial:x}) was already revoked; "
+            f"Client {escape(client_id)!r} (serial {serial_hex(serial)}) was already revoked; "
             f"{escape(str(root / _certs.REVOKED))} is unchanged."
         )
         return
     _out().print(
-        f"[bold green]Revoked[/] client {escape(client_id)!r} (serial {serial:x}); "
+        f"[bold green]Revoked[/] client {escape(client_id)!r} (serial {serial_hex(serial)}); "
         f"{escape(str(root / _certs.REVOKED))} updated."
     )
 
@@ -283,6 +285,8 @@ def revoke(
 @certs_app.command("list", cls=HelpCommand)
 def list_(directory: _DirOption) -> None:
     """List the issued client certificates."""
+    from covey.deploy.certs._inspect import serial_hex
+
     root = _federation_dir(directory)
     clients = _call(lambda: _certs.list_clients(root))
     out = _out()
@@ -299,7 +303,7 @@ def list_(directory: _DirOption) -> None:
         status_style = "green" if client.status == "valid" else "red"
         table.add_row(
             escape(client.common_name or client.client_id),
-            f"{client.serial:x}" if client.serial is not None else "-",
+            serial_hex(client.serial) if client.serial is not None else "-",
             client.not_after.strftime("%Y-%m-%d") if client.not_after else "-",
             "[red]yes[/]" if client.revoked else "no",
             f"[{status_style}]{escape(client.status)}[/]",
