@@ -49,9 +49,16 @@ class CoveyProcesses:
             proc.wait(10)
 
 
+STAMP = r"(?:\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d "
+"""The time each line of a served run begins with: ``15:43:07 `` on a terminal, else dated."""
+
+DATED_STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d "
+"""The time a line begins with outside a terminal (a file, a pipe): ``2026-12-07 15:43:07 ``."""
+
+
 def undated(text: str) -> str:
-    """``text`` without the time of day that each line of a served run begins with."""
-    return re.sub(r"(?m)^\d\d:\d\d:\d\d ", "", text)
+    """``text`` without the time (and date) that each line of a served run begins with."""
+    return re.sub(f"(?m)^{STAMP}", "", text)
 
 
 COVEY_TAKING_CTRL_C = [

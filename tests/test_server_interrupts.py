@@ -13,7 +13,7 @@ import pytest
 import covey
 from _live import serve_interrupted
 from _ports import unused_port
-from _procs import interrupt_tiny_server, undated
+from _procs import DATED_STAMP, interrupt_tiny_server, undated
 from covey.deploy._server import serve
 from covey.server._store import RunStore
 
@@ -143,7 +143,7 @@ def test_sigterm_stops_covey_client_site_and_query_as_ctrl_c_does(
     assert "Traceback" not in text
     assert " ".join(text.strip().splitlines()[-1].split()) == said
     # dated as covey server's and covey client's lines are
-    assert re.match(r"\d\d:\d\d:\d\d \S", log.read_text().strip().splitlines()[-1])
+    assert re.match(DATED_STAMP + r"\S", log.read_text().strip().splitlines()[-1])
 
 
 def test_a_resumed_run_interrupted_before_its_next_round_says_why(tmp_path: Path) -> None:

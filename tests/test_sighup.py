@@ -20,7 +20,7 @@ import pytest
 
 from _childenv import child_pythonpath
 from _killmatrix import saved_round, wait_for
-from _procs import undated
+from _procs import DATED_STAMP, undated
 from covey.core._interrupt import INTERRUPTED_REASONS, shown_status
 from covey.server._store import RunStore
 from covey.transport.grpc import GrpcServerTransport
@@ -73,7 +73,7 @@ def test_sighup_stops_covey_server_as_sigterm_does(tmp_path: Path) -> None:
         server.send_signal(signal.SIGHUP)
         code = server.wait(60)
         dated = (tmp_path / "server.log").read_text()
-        assert re.match(r"\d\d:\d\d:\d\d interrupted", dated.strip().splitlines()[-1]), dated
+        assert re.match(DATED_STAMP + "interrupted", dated.strip().splitlines()[-1]), dated
         said = undated(dated)
         assert code == 129, said
         assert "Traceback" not in said

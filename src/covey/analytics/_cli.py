@@ -172,7 +172,7 @@ def site_command(
     the_policy = load_policy(policy)
     if the_policy is None:
         errors.print(
-            stamped("[yellow]warning:[/] no --policy given: this site refuses every query")
+            stamped("[yellow]warning:[/] no --policy given: this site refuses every query", errors)
         )
     try:
         tables = _tables(table)
@@ -180,14 +180,14 @@ def site_command(
         kept = ledger if ledger is not None else default_ledger(tables, name or "site")
         held = hold_ledger(kept)  # noqa: F841 - held until this process exits
         site = Site(sources, the_policy, name=name or "site", ledger=kept)
-        errors.print(stamped(f"privacy budget kept in {escape(str(kept))}"), soft_wrap=True)
+        errors.print(stamped(f"privacy budget kept in {escape(str(kept))}", errors), soft_wrap=True)
         tls = _site_tls(certs, name, server_name, insecure, server)
     except (OSError, ValueError, TypeError) as exc:  # a table, ledger or certificate given
-        errors.print(stamped(f"[red]error:[/] {escape(str(exc))}"), soft_wrap=True)
+        errors.print(stamped(f"[red]error:[/] {escape(str(exc))}", errors), soft_wrap=True)
         raise typer.Exit(2) from None
     said = f"site {name or 'site'} left; its privacy budget is kept in {kept}"
     leave = Leaving(
-        lambda how: errors.print(stamped(escape(f"{how}: {said}")), soft_wrap=True),
+        lambda how: errors.print(stamped(escape(f"{how}: {said}"), errors), soft_wrap=True),
         # a charge being written to the ledger is finished before the process ends
         before_exit=lambda: site._charging.acquire(timeout=LEAVE_GRACE),
     )
@@ -212,7 +212,7 @@ def site_command(
     except (OSError, ValueError, TypeError) as exc:
         if leave.stop.is_set():  # what the stop broke off
             leave.leave()
-        errors.print(stamped(f"[red]error:[/] {escape(str(exc))}"), soft_wrap=True)
+        errors.print(stamped(f"[red]error:[/] {escape(str(exc))}", errors), soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt as exc:
         leave.leave(exc)  # at once, as the normal end (see Leaving)
@@ -267,13 +267,15 @@ def _serve_queries(
                 return
             if once or RUN_OVER not in exc.cause:
                 raise
-            errors.print(stamped("the query server is closing; waiting for the next one"))
+            errors.print(stamped("the query server is closing; waiting for the next one", errors))
             stop.wait(_REJOIN_PAUSE)
             continue
         if stop.is_set():  # left the query server for the stop, not answered by it
             return
         errors.print(
-            stamped(f"answered {result.tasks} task(s); server said: {escape(result.reason)}")
+            stamped(
+                f"answered {result.tasks} task(s); server said: {escape(result.reason)}", errors
+            )
         )
         if once:
             return
@@ -420,23 +422,23 @@ def query_command(
             )
     except (OSError, ValueError) as exc:
         # The message may quote the SQL, whose ``"x[/y]"`` is no markup.
-        errors.print(stamped(f"[red]error:[/] {escape(str(exc))}"), soft_wrap=True)
+        errors.print(stamped(f"[red]error:[/] {escape(str(exc))}", errors), soft_wrap=True)
         raise typer.Exit(2) from None
     try:
         transport = GrpcServerTransport(server, tls=tls)
     except ListenError as exc:  # in use, not this machine's: a mistake in --server
-        errors.print(stamped(f"[red]error:[/] {escape(str(exc))}"), soft_wrap=True)
+        errors.print(stamped(f"[red]error:[/] {escape(str(exc))}", errors), soft_wrap=True)
         raise typer.Exit(2) from None
     except (RuntimeError, OSError) as exc:  # RuntimeError: gRPC's, naming no cause
         said = escape(str(exc) if isinstance(exc, OSError) else f"cannot listen on {server}: {exc}")
-        errors.print(stamped(f"[red]error:[/] {said}"), soft_wrap=True)
+        errors.print(stamped(f"[red]error:[/] {said}", errors), soft_wrap=True)
         raise typer.Exit(1) from None
     code, goodbye = 0, "the query is answered"
     try:
         stop_on_sigterm()  # as Ctrl-C: the sites are told the query failed
         if port_file is not None:
             write_output(port_file, str(transport.port))
-        errors.print(stamped(f"waiting for {sites} site(s) on port {transport.port}"))
+        errors.print(stamped(f"waiting for {sites} site(s) on port {transport.port}", errors))
         if not transport.wait_for_clients(sites, wait_timeout):
             raise TimeoutError(
                 f"only {len(transport.clients())} of {sites} sites joined within "
@@ -454,12 +456,12 @@ def query_command(
         if json_out is not None:
             write_output(json_out, answer_json(df, sql))
     except (ValueError, PermissionError, RuntimeError, TimeoutError) as exc:
-        errors.print(stamped(f"[red]error:[/] {escape(str(exc))}"), soft_wrap=True)
+        errors.print(stamped(f"[red]error:[/] {escape(str(exc))}", errors), soft_wrap=True)
         code = 1
         goodbye = f"the query failed: {(str(exc).splitlines() or [''])[0][:300]}"
     except KeyboardInterrupt as exc:
         how = interrupted_how(exc)
-        errors.print(stamped(escape(f"{how}: the query was not answered")))
+        errors.print(stamped(escape(f"{how}: the query was not answered"), errors))
         code, goodbye = exit_code(exc), f"the query failed: {how}"
     except BaseException as exc:  # a bug: the sites must not read that it was answered
         goodbye = f"the query failed: {type(exc).__name__}"

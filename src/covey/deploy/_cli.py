@@ -96,7 +96,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
     needed = max(1, int(getattr(server_app.strategy, "min_available_clients", 1)))
     # An asynchronous (FedBuff) run counts global updates, not rounds.
     step = "round" if getattr(server_app.strategy, "buffer_size", None) is None else "update"
-    shown = ServerConsole(console.print, needed, names, step)
+    shown = ServerConsole(console.print, needed, names, step, dated=not console.is_terminal)
     run, resuming, port_file = flags["run"], flags["resuming"], flags["port_file"]
 
     listened: list[int] = []  # the port, once the server listens
@@ -166,9 +166,9 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         # The notes say where it came from (the app's evaluate_fn, its initial_weights).
         notes = [n for n in getattr(exc, "__notes__", ()) if isinstance(n, str) and n.strip()]
         said = str(exc) + "".join(f" ({' '.join(n.split())})" for n in notes if n != RETRY_HINT)
-        console.print(stamped(f"[red]error:[/] {escape(said)}"), soft_wrap=True)
+        console.print(stamped(f"[red]error:[/] {escape(said)}", console), soft_wrap=True)
         if RETRY_HINT in getattr(exc, "__notes__", ()):
-            console.print(stamped(escape(f"hint: {RETRY_HINT}")), soft_wrap=True)
+            console.print(stamped(escape(f"hint: {RETRY_HINT}"), console), soft_wrap=True)
         if listened:  # refused before listening: the run did not start, nor stop
             _show_model(run, flags)
         # A setting (the run folder too) refused before listening: no restart mends it, 2.
@@ -185,7 +185,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
             )
         else:
             said = f"{how} before the run started"
-        console.print(stamped(escape(said)), soft_wrap=True)
+        console.print(stamped(escape(said), console), soft_wrap=True)
         raise typer.Exit(exit_code(exc)) from None
     except Exception:
         _show_model(run, flags)  # the app's own function raised: reported as any other error

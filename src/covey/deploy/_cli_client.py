@@ -289,7 +289,7 @@ def client_command(
     flags["server_name"] = _pick(server_name, s_tls, "server_name", None)
     leave = Leaving(
         lambda how: console.print(
-            stamped(f"{how}: this client left the federation; start it again to rejoin")
+            stamped(f"{how}: this client left the federation; start it again to rejoin", console)
         )
     )
     try:
@@ -312,12 +312,14 @@ def client_command(
     except Refused as exc:
         if leave.stop.is_set():
             leave.leave()
-        console.print(stamped(f"[red]refused:[/] {escape(str(exc.cause))}"), soft_wrap=True)
+        console.print(
+            stamped(f"[red]refused:[/] {escape(str(exc.cause))}", console), soft_wrap=True
+        )
         raise typer.Exit(2) from None
     except (ConnectionError, OSError, ValueError) as exc:
         if leave.stop.is_set():  # what the stop broke off
             leave.leave()
-        console.print(stamped(f"[red]error:[/] {escape(str(exc))}"), soft_wrap=True)
+        console.print(stamped(f"[red]error:[/] {escape(str(exc))}", console), soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt as exc:
         leave.leave(exc)  # at once, without gRPC's finalizers (see Leaving)
@@ -327,14 +329,16 @@ def client_command(
         console.print(
             stamped(
                 f"[red]stopped:[/] {escape(result.reason[len(STOPPED) :])} "
-                f"(after {result.tasks} task(s) in {result.sessions} session(s))"
+                f"(after {result.tasks} task(s) in {result.sessions} session(s))",
+                console,
             )
         )
         end_now(1)  # without Python's finalization, which waits on gRPC's (see end_now)
     console.print(
         stamped(
             f"done: {result.tasks} task(s) in {result.sessions} session(s); "
-            f"server said: {escape(result.reason)}"
+            f"server said: {escape(result.reason)}",
+            console,
         )
     )
     end_now(0)

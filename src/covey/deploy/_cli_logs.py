@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from covey.core._log import ON_CONSOLE_KEY
-from covey.deploy._shown import BriefHighlighter
+from covey.deploy._shown import DATED, BriefHighlighter
 
 __all__ = ["LOG_LEVELS", "LogConsole", "log_level", "setup_logging"]
 
@@ -158,7 +158,8 @@ def setup_logging(
         handler.setFormatter(kind("%(message)s"))
     else:
         handler = _Stderr()
-        handler.setFormatter(kind("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        # a file or journald may hold days of it: each record is dated as the console's lines
+        handler.setFormatter(kind("%(asctime)s %(levelname)s %(message)s", DATED))
     if server:
         handler.addFilter(_not_on_console)
     logging.basicConfig(level=max(chosen, logging.INFO), handlers=[handler], force=True)

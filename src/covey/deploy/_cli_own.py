@@ -58,7 +58,7 @@ def serve_own(server_app: Any, flags: dict[str, Any], console: Any) -> None:
 
     address = flags["address"] or "127.0.0.1:9092"
     names: dict[int, str] = {}
-    shown = ServerConsole(console.print, 0, names)
+    shown = ServerConsole(console.print, 0, names, dated=not console.is_terminal)
     clients = ClientNames(None, names, shown.on_event)
     try:
         check_address(address, listen=True)
@@ -89,7 +89,7 @@ def serve_own(server_app: Any, flags: dict[str, Any], console: Any) -> None:
     except KeyboardInterrupt as exc:
         goodbye = goodbye_of(exc)
         how = interrupted_how(exc)
-        console.print(stamped(escape(f"{how}: the app's loop stopped")), soft_wrap=True)
+        console.print(stamped(escape(f"{how}: the app's loop stopped"), console), soft_wrap=True)
         raise typer.Exit(exit_code(exc)) from None
     except BaseException as exc:  # the app's own error: its traceback, as for any app code
         goodbye = goodbye_of(exc)

@@ -126,7 +126,7 @@ def show_stopped(run: Path, hint: str, console: Console) -> None:
     model = saved_model(run)
     said = [f"run stopped: {model}"] if model is not None else []
     for line in [*said, f"continue the run {resumed_from(*saved)} with `{hint}`"]:
-        console.print(stamped(escape(line)), soft_wrap=True)
+        console.print(stamped(escape(line), console), soft_wrap=True)
 
 
 def resume_hint(

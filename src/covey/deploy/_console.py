@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable, Mapping
 
 from covey.core._history import RoundRecord
-from covey.deploy._shown import escape, stamped
+from covey.deploy._shown import escape, stamp
 from covey.server._callbacks import replayed_round
 
 __all__ = ["MOST_NAMED", "ServerConsole"]
@@ -78,6 +78,8 @@ class ServerConsole:
         names: The name of each client id, kept up to date by :func:`covey.serve`.
         step: What one step of the run is called: ``"round"``, or ``"update"`` for the
             global updates of an asynchronous (FedBuff) run.
+        dated: Begin each line with the date too (see :func:`~covey.deploy._shown.stamp`):
+            the lines go to a file, journald or a pipe, not a terminal.
     """
 
     def __init__(
@@ -86,18 +88,21 @@ class ServerConsole:
         needed: int,
         names: Mapping[int, str],
         step: str = "round",
+        *,
+        dated: bool = False,
     ) -> None:
         """A console that has seen no client yet."""
         self._write = write
         self.needed = needed
         self.names = names
         self.step = step
+        self.dated = dated
         self._connected: set[str] = set()
         self._lock = threading.Lock()
 
     def line(self, text: str) -> None:
-        """Write ``text`` after the time of day."""
-        self._write(stamped(text))
+        """Write ``text`` after the time of day (and the date, if :attr:`dated`)."""
+        self._write(f"[dim]{stamp(self.dated)}[/] {text}")
 
     def waiting(self) -> None:
         """Say the server waits for its clients, counting those that joined already.

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import datetime as _dt
 
+from rich.console import Console
 from rich.highlighter import ReprHighlighter
 from rich.markup import escape as markup_escape
 from rich.text import Text
 
 from covey.core._text import printable
 
-__all__ = ["HIGHLIGHTED", "BriefHighlighter", "escape", "stamped"]
+__all__ = ["DATED", "HIGHLIGHTED", "BriefHighlighter", "escape", "stamp", "stamped"]
 
 HIGHLIGHTED = 200
 """The longest line (in characters) the ``covey`` commands colour; longer ones are plain."""
+
+TIME_OF_DAY = "%H:%M:%S"
+"""How a line on a terminal is timed: the time of day."""
+
+DATED = "%Y-%m-%d %H:%M:%S"
+"""How a line elsewhere (a file, journald, a pipe) is timed: its date, then its time."""
 
 
 def escape(text: str) -> str:
@@ -25,14 +32,24 @@ def escape(text: str) -> str:
     return markup_escape(printable(text))
 
 
-def stamped(text: str) -> str:
-    """``text`` (markup) after the time of day, as every line of a served run begins.
+def stamp(dated: bool) -> str:
+    """The time a line begins with: ``15:43:07``, or ``2026-12-07 15:43:07`` if ``dated``.
+
+    Outside a terminal (a file, journald, a pipe) a log may span midnight or days:
+    each line then carries its date too.
+    """
+    return f"{_dt.datetime.now():{DATED if dated else TIME_OF_DAY}}"
+
+
+def stamped(text: str, console: Console) -> str:
+    """``text`` (markup) after the time, as every line of a served run begins.
 
     The server's progress, the lines saying how a server or client ended (``done:``,
     ``error:``, ``interrupted (SIGTERM):``...) and, outside a terminal, its log records:
-    a log collected from standard error dates each of them alike.
+    a log collected from standard error dates each of them alike. ``console``, where the
+    line goes, decides the time's form (see :func:`stamp`).
     """
-    return f"[dim]{_dt.datetime.now():%H:%M:%S}[/] {text}"
+    return f"[dim]{stamp(not console.is_terminal)}[/] {text}"
 
 
 class BriefHighlighter(ReprHighlighter):
