@@ -48,6 +48,7 @@ class TaskStream:
             if item is CLOSE:
                 return goodbye
             if item[0] == "goodbye":
+                conn.goodbye = item[1]  # before the write: its client may hang up at once
                 yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason=item[1])))
                 goodbye = True
                 continue

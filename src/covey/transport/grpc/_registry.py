@@ -121,6 +121,21 @@ CUT_OFF = (
 )
 
 
+RUN_FINISHED = "run finished"
+"""Why a client that hung up after the goodbye of a run that ended normally left."""
+
+
+def left_after(goodbye: str) -> str:
+    """Why a client left that hung up once told ``goodbye``: the run's end, not a drop.
+
+    ``run finished`` after the normal end (``the run is over``); after any other goodbye
+    (``the run stopped: the server was interrupted``), what it was told.
+    """
+    if goodbye.startswith("the run is over"):
+        return RUN_FINISHED
+    return f"told {goodbye}"
+
+
 class Connection:
     """One connected client.
 
@@ -151,6 +166,7 @@ class Connection:
         self.peer = ""
         self.stray = 0  # replies it sent to tasks that were not pending
         self.refusal = ""  # set when it is dropped for good: its stream ends refusing it
+        self.goodbye = ""  # the goodbye sent to it: a hang-up after it is no drop
         self.upload: Any = None  # the reply being received (``filled`` of ``size`` bytes)
         self.lanes: list[Any] = [None, None]  # its data connections, down and up (see _lane)
         # Set once it has opened the data connections it could (or was offered none).
@@ -325,6 +341,8 @@ class Registry:
         ``why`` gains the reply the drop cut short unless ``names_upload`` says it
         names that reply already.
         """
+        if why == "disconnected" and conn.goodbye:  # it hung up as told: the run ended
+            why = left_after(conn.goodbye)
         with self.membership:
             with self.changed:
                 if not conn.alive:
