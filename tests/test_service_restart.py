@@ -110,6 +110,37 @@ def test_a_run_of_another_app_is_refused_as_resume_refuses_it(tmp_path: Path) ->
     assert undated(present.stderr) == undated(resumed.stderr)
 
 
+OWN_LOOP = """
+from covey.deploy import ServerApp
+
+def server():
+    return ServerApp(main=lambda transport: None)
+"""
+
+
+@pytest.mark.parametrize(
+    "named",
+    [
+        ["--app", "tiny_app:server_app"],
+        ["--app", "tiny_app"],  # no object named
+        ["--app", "own_loop:server"],  # ServerApp(main=...)
+        ["--app", "own_loop:missing"],
+        ["--app", "no_such_module:server"],
+        ["--config", "server.toml"],  # app = "own_loop:server"
+    ],
+)
+def test_resume_if_present_without_run_dir_is_refused_first_for_any_app(
+    tmp_path: Path, named: list[str]
+) -> None:
+    """However the app is named (or whether it loads), the flag's own mistake is named first."""
+    (tmp_path / "own_loop.py").write_text(OWN_LOOP)
+    (tmp_path / "server.toml").write_text('[server]\napp = "own_loop:server"\n')
+    refused = _covey(["server", *named, "--insecure", "--resume-if-present"], tmp_path)
+    assert refused.returncode == 2, refused.stderr
+    last = " ".join(undated(refused.stderr).strip().splitlines()[-1].split())
+    assert last.startswith("error: --resume-if-present needs --run-dir PATH"), refused.stderr
+
+
 def test_resume_if_present_needs_run_dir_and_no_resume(tmp_path: Path) -> None:
     bare = ["server", "--app", "tiny_app:server_app", "--insecure", "--resume-if-present"]
     alone = _covey(bare, tmp_path)
