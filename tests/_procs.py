@@ -49,11 +49,11 @@ class CoveyProcesses:
             proc.wait(10)
 
 
-STAMP = r"(?:\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d "
+STAMP = r"(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d{4}|\d\d:\d\d:\d\d) "
 """The time each line of a served run begins with: ``15:43:07 `` on a terminal, else dated."""
 
-DATED_STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d "
-"""The time a line begins with outside a terminal (a file, a pipe): ``2026-12-07 15:43:07 ``."""
+DATED_STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d{4} "
+"""The time a line begins with outside a terminal (a file): ``2026-12-07 15:43:07+0000 ``."""
 
 
 def undated(text: str) -> str:

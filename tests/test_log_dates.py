@@ -23,7 +23,7 @@ def test_a_line_on_a_terminal_keeps_the_short_time() -> None:
 def test_a_line_to_a_file_or_a_pipe_is_dated() -> None:
     piped = Console(file=io.StringIO(), force_terminal=False)
     line = stamped("done", piped)
-    assert re.fullmatch(r"\[dim\]\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\[/\] done", line), line
+    assert re.fullmatch(r"\[dim\]\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d{4}\[/\] done", line), line
 
 
 def test_the_server_console_dates_its_lines_when_told() -> None:
@@ -36,5 +36,5 @@ def test_the_server_console_dates_its_lines_when_told() -> None:
 
 
 def test_undated_strips_either_form() -> None:
-    text = "2026-12-07 23:59:59 round 1\n00:00:01 round 2\nround 3 at 10:00:00\n"
+    text = "2026-12-07 23:59:59+0100 round 1\n00:00:01 round 2\nround 3 at 10:00:00\n"
     assert undated(text) == "round 1\nround 2\nround 3 at 10:00:00\n"

@@ -19,8 +19,8 @@ HIGHLIGHTED = 200
 TIME_OF_DAY = "%H:%M:%S"
 """How a line on a terminal is timed: the time of day."""
 
-DATED = "%Y-%m-%d %H:%M:%S"
-"""How a line elsewhere (a file, journald, a pipe) is timed: its date, then its time."""
+DATED = "%Y-%m-%d %H:%M:%S%z"
+"""How a line elsewhere (a file, journald, a pipe) is timed: its date, its time, its zone."""
 
 
 def escape(text: str) -> str:
@@ -33,12 +33,13 @@ def escape(text: str) -> str:
 
 
 def stamp(dated: bool) -> str:
-    """The time a line begins with: ``15:43:07``, or ``2026-12-07 15:43:07`` if ``dated``.
+    """The time a line begins with: ``15:43:07``, or ``2026-12-07 15:43:07+0000`` if ``dated``.
 
     Outside a terminal (a file, journald, a pipe) a log may span midnight or days:
-    each line then carries its date too.
+    each line then carries its date too, and its offset from UTC so that logs of hosts
+    in several time zones line up.
     """
-    return f"{_dt.datetime.now():{DATED if dated else TIME_OF_DAY}}"
+    return f"{_dt.datetime.now().astimezone():{DATED if dated else TIME_OF_DAY}}"
 
 
 def stamped(text: str, console: Console) -> str:
