@@ -21,7 +21,7 @@ from covey.analytics import (
     _dp,
     query,
 )
-from covey.analytics._site import sensitivity
+from covey.analytics._fixedpoint import sensitivity
 from covey.clients import run_task
 from covey.core import Reply, Task
 from covey.privacy import Ledger

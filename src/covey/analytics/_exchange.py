@@ -19,10 +19,11 @@ import numpy as np
 
 from covey import secagg
 from covey.analytics._compute import shape
+from covey.analytics._fixedpoint import low_bits
 from covey.analytics._overflow import overflow_message
 from covey.analytics._policy import PolicyError
 from covey.analytics._readers import clip_columns
-from covey.analytics._site import SECURE_INPUT, TASK_KIND, Site, low_bits
+from covey.analytics._site import SECURE_INPUT, TASK_KIND, Site
 from covey.analytics._sql import plan
 from covey.clients import run_task
 from covey.clients._client import not_an_exception
@@ -366,7 +367,7 @@ class Federation:
         start = 0
         for stat, size, dims, k in zip(stats, sizes, shapes, limbs, strict=True):
             part = total[start : start + size]
-            if k == 2:  # the high limbs, then the low ones (see _site.fixed_point)
+            if k == 2:  # the high limbs, then the low ones (see _fixedpoint.fixed_point)
                 half = size // 2
                 part = part[:half] + part[half:] / float(1 << low_bits(int(request["bound"])))
             result.vectors.append((part / float(stat.get("scale", 1.0))).reshape(dims))

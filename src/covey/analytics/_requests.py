@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from covey.analytics._policy import PolicyError
-from covey.analytics._sql import Aggregate, Plan
+from covey.analytics._sql import Plan
+from covey.analytics._sqlaggregates import Aggregate
 
 _MOMENTS = ("sum", "avg", "var_samp", "var_pop", "stddev_samp", "stddev_pop")
 _VARIANCES = ("var_samp", "var_pop", "stddev_samp", "stddev_pop")

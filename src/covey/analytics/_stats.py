@@ -14,7 +14,8 @@ import numpy as np
 
 from covey.analytics._compute import END, MAX_CELLS, TOPK_MAX_BYTES
 from covey.analytics._dp import noise_threshold
-from covey.analytics._sql import Aggregate, Plan
+from covey.analytics._sql import Plan
+from covey.analytics._sqlaggregates import Aggregate
 from covey.analytics._sqltext import QueryError
 
 if TYPE_CHECKING:

@@ -1,0 +1,88 @@
+"""Each aggregate's answer from the sums its query's stages gathered.
+
+A count as summed, means and variances from their sums (see
+:mod:`~covey.analytics._moments`), MIN and MAX from each site's answer, a
+histogram's bins, a distinct count from its buckets, a survival curve, the
+quantiles and heavy hitters from their own stages; values over fewer rows than
+the minimum group size are not shown.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from covey.analytics._exchange import StageResult
+from covey.analytics._moments import moment
+from covey.analytics._sqlaggregates import Aggregate
+from covey.analytics._stats import Quantiles, TopK, survival
+
+if TYPE_CHECKING:
+    from covey.analytics._query import _Query
+
+
+def value(
+    q: _Query,
+    a: Aggregate,
+    first: StageResult,
+    index: dict[tuple[Any, ...], int],
+    centers: dict[str, np.ndarray],
+    squares: dict[str, np.ndarray],
+    quantiles: Quantiles,
+    topk: TopK,
+    precision: dict[str, Any],
+) -> Any:
+    v = first.vectors
+    k = q.decl["min_group_size"]
+    if a.func == "count":
+        return v[0]
+    key = ("count_col", a.column)
+    few = v[index[key]] < k if key in index else np.zeros(q.groups, dtype=bool)
+    if a.func == "count_col":
+        return np.where(few, np.nan, v[index[("count_col", a.column)]])
+    if a.func in ("min", "max"):
+        stacked = np.stack([site[index[(a.func, a.column)]] for site in first.per_site.values()])
+        # fmin/fmax skip NaN and give NaN for an all-empty group, without a warning
+        reduce = np.fmin if a.func == "min" else np.fmax
+        return reduce.reduce(stacked, axis=0)
+    if a.func == "histogram":
+        counts = v[index[("hist", a.name)]][:, 1:-1]
+        # a bin is a group too: fewer records than the minimum are not shown
+        small = counts < q.decl["min_group_size"]
+        return list(np.where(small, np.nan, counts))
+    if a.func == "approx_distinct":
+        buckets = v[index[("distinct", a.column)]]
+        zero = np.sum(buckets < 0.5, axis=1)
+        m = buckets.shape[1]
+        # every bucket set: far more values than the buckets can tell (about m ln m
+        # and up): no estimate, NaN as its precision, rather than an infinite count
+        est = np.where(zero > 0, -m * np.log(np.maximum(zero, 1) / m), np.nan)
+        t = est / m
+        precision[a.name] = np.sqrt(m * (np.exp(t) - t - 1)) / np.maximum(est, 1)
+        return est
+    if a.func == "kaplan_meier":
+        curve = v[index[("km", a.name)]]
+        low, step = float(first_stat_low(q, a)), float(a.args[1])
+        precision[a.name] = {"times": [low + k * step for k in range(curve.shape[2])]}
+        k = float(q.decl["min_group_size"])
+        return [survival(row[0], row[1], k) for row in curve]
+    if a.func.startswith("quantile"):
+        precision[a.name] = quantiles.width(a) / 2
+        return quantiles.value(a)
+    if a.func == "top_k":
+        values, top_counts = topk.run(a)
+        precision[a.name] = {"counts": top_counts}
+        return values
+    n = v[index[("count_col", a.column)]]
+    s = v[index[("sum", a.column)]]
+    # fewer values than the minimum (a sum over one bonus among forty rows is that bonus)
+    n = np.where(few, 0.0, n)
+    col = str(a.column)
+    bounds = q.decl["bounds"][col]
+    return moment(a.func, n, s, bounds, centers.get(col), squares.get(col))
+
+
+def first_stat_low(q: _Query, a: Aggregate) -> float:
+    """The low end of an aggregate column's merged bounds."""
+    return float(q.decl["bounds"][a.column][0])
