@@ -610,3 +610,16 @@ def test_timestamps_that_read_as_day_month_and_month_day_alike_are_refused(tmp_p
     row = site._con.execute("SELECT seen FROM t WHERE id = 1").fetchone()
     assert row is not None
     assert str(row[0]) == "2026-02-01 10:00:00"
+
+
+def test_spaces_around_text_values_are_trimmed_so_the_domain_matches(tmp_path: Path) -> None:
+    # 'Ann, 40, A': the ward ' A' was no ward of the domain, its rows counted outside it
+    path = tmp_path / "t.csv"
+    path.write_text("name, age, ward\nAnn, 40, A\nBob, 50, B \nCid, 60,  A\n NA, 70, B\n")
+    site = _site(path)
+    with site._con.cursor() as con:
+        rows = con.execute("SELECT name, age, ward FROM t").fetchall()
+    assert rows == [("Ann", 40, "A"), ("Bob", 50, "B"), ("Cid", 60, "A"), (None, 70, "B")]
+    df = query([site], "SELECT ward, COUNT(*) AS n FROM t GROUP BY ward", secure=False)
+    assert df["n"].tolist() == [2, 2]
+    assert df.attrs["outside_domain"] == 0

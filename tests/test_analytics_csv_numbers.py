@@ -61,3 +61,46 @@ def test_a_column_whose_separators_do_not_tell_stays_text(tmp_path: Path, cells:
     )
     kinds, _ = _table(CSV(path, skip=0))
     assert kinds["cost"] == "VARCHAR"
+
+
+@pytest.mark.parametrize("space", ["\u00a0", "\u202f"])
+def test_numbers_grouped_by_a_no_break_space_load_as_numbers(tmp_path: Path, space: str) -> None:
+    # a French export's 1 234,5: the column loaded as text, and a bounded one refused the site
+    path = tmp_path / "t.csv"
+    path.write_text(
+        f"ward;cost;n\nA;1{space}234,5;1{space}000\nB;12,25;7\nC;2{space}000{space}000;NA\n",
+        encoding="utf-8",
+    )
+    kinds, rows = _table(CSV(path, decimal=","))
+    assert kinds == {"ward": "VARCHAR", "cost": "DOUBLE", "n": "BIGINT"}
+    assert rows == [("A", 1234.5, 1000), ("B", 12.25, 7), ("C", 2000000.0, None)]
+    path.write_text(f"ward,cost\nA,1{space}234.5\nB,-12\n", encoding="utf-8")
+    kinds, rows = _table(CSV(path))
+    assert kinds == {"ward": "VARCHAR", "cost": "DOUBLE"}
+    assert rows == [("A", 1234.5), ("B", -12.0)]
+
+
+@pytest.mark.parametrize(
+    "cells",
+    [
+        ["1\u00a023", "5"],  # not in threes
+        ["1\u00a0234", "x"],  # not all numbers
+        ["1 234", "5"],  # a plain space: maybe two values run together
+    ],
+)
+def test_a_column_whose_spaces_do_not_group_thousands_stays_text(
+    tmp_path: Path, cells: list[str]
+) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("ward,cost\n" + "".join(f"{w},{c}\n" for w, c in zip("AB", cells, strict=True)))
+    kinds, _ = _table(CSV(path, skip=0))
+    assert kinds["cost"] == "VARCHAR"
+
+
+def test_a_bounded_column_of_numbers_grouped_by_a_plain_space_is_refused_saying_so(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("ward,cost\nA,5\nB,1 234\n")
+    with pytest.raises(ValueError, match=r"'1 234' \(digits grouped by a plain space"):
+        Site({"t": CSV(path)}, Policy(min_group_size=1, bounds={"cost": (0, 1e4)}), name="north")

@@ -32,6 +32,7 @@ from covey.analytics._csvhead import (
 )
 from covey.analytics._csvlines import check_skip, sniffed
 from covey.analytics._csvnumbers import read_grouped
+from covey.analytics._csvspaces import read_space_grouped, trim_text
 from covey.analytics._csvtail import check_tail
 from covey.analytics._sqltext import fold
 from covey.analytics._tables import check_names, columns, counted, quote, table_name
@@ -118,6 +119,8 @@ def load_csv(
             f"CREATE TABLE {table_name(name)} AS SELECT * FROM {reader}{values})"  # noqa: S608
         )
         read_grouped(con, name, reader + values, opts.decimal)  # '1,234.5' read as a number
+        read_space_grouped(con, name, opts.decimal)  # '1\u00a0234,5' too
+        trim_text(con, name, opts.na)  # 'Ann, A': the ward 'A'
     except duckdb.Error as exc:
         if "not utf-8" in str(exc).lower():
             raise ValueError(f"table {name!r}: {not_utf8(path)}") from None

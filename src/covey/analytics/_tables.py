@@ -323,6 +323,11 @@ def check_bounded(
                 f" (a decimal comma: read the file with covey site --csv-decimal {name}=, "
                 "or covey.analytics.CSV(path, decimal=',') in Python)"
             )
+        elif row and re.fullmatch(r"[-+]?\d{1,3}( \d{3})+([.,]\d+)?", str(row[0]).strip()):
+            first += (
+                " (digits grouped by a plain space, which may be two values run together: "
+                "write the number without it, or group by a no-break space, U+00A0)"
+            )
         raise ValueError(
             f"table {name!r}: the policy bounds column {col!r}, but it holds text{first}; "
             "give numbers in it, and leave missing values empty (a CSV file's NA, N/A, NULL "
