@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from covey.analytics import Policy, QueryError, Site, query
+from covey.analytics import Policy, PolicyError, QueryError, Site, query
 from covey.analytics._sql import plan
 
 POLICY = Policy(
@@ -112,11 +112,15 @@ def test_filter_condition_gets_the_checks_of_where() -> None:
 @pytest.mark.parametrize(
     ("sql", "why"),
     [
-        ("SELECT COUNT(*), COUNT(*) FILTER (WHERE age > 60) FROM patients", "COUNT.* has none"),
+        ("SELECT COUNT(*), MEDIAN(los) FILTER (WHERE age > 60) FROM patients", "COUNT.* has none"),
         (
-            "SELECT COUNT(*) FILTER (WHERE age > 60), SUM(los) FILTER (WHERE age < 30) "
+            "SELECT MAX(age) FILTER (WHERE age > 60), SUM(los) FILTER (WHERE age < 30) "
             "FROM patients",
             "2 different conditions",
+        ),
+        (  # inside arithmetic: a formula's aggregates are over the query's rows
+            "SELECT COUNT(*) FILTER (WHERE age > 60) - COUNT(*) FROM patients",
+            "COUNT.* has none",
         ),
     ],
 )
@@ -127,6 +131,64 @@ def test_filters_the_sites_cannot_apply_as_one_where_are_refused_naming_the_rewr
         plan(sql)
     assert "a query of their own" in str(err.value)
     assert "FROM patients WHERE age > 60" in str(err.value)
+
+
+_OWN_FILTERS = [
+    "SELECT COUNT(*) FILTER (WHERE sex = 'F') AS f, COUNT(*) FILTER (WHERE sex = 'M') AS m "
+    "FROM patients",
+    "SELECT COUNT(*), COUNT(*) FILTER (WHERE age > 60) AS old, SUM(los) FILTER (WHERE age < 40), "
+    "AVG(cost) FILTER (WHERE sex = 'F' AND los IS NOT NULL) AS c, COUNT(los) FILTER "
+    "(WHERE age < 50) FROM patients WHERE cost > 100",
+    "SELECT sex, COUNT(*) FILTER (WHERE age > 60), AVG(los) FILTER (WHERE age < 50), "
+    "COUNT(*) - COUNT(los) AS missing, COUNT(*) FILTER (WHERE age <= 60) FROM patients "
+    "GROUP BY sex",
+]
+
+
+@pytest.mark.parametrize("secure", [False, True])
+@pytest.mark.parametrize("sql", _OWN_FILTERS)
+def test_counts_sums_and_means_with_filters_of_their_own_equal_duckdb(
+    sql: str, secure: bool
+) -> None:
+    # refused: FILTER was answered as the query's WHERE, so every aggregate had to share one
+    _same(sql, secure=secure)
+
+
+def test_a_filter_of_its_own_under_the_minimum_rows_is_not_shown() -> None:
+    policy = Policy(bounds={"age": (0, 120)}, min_group_size=5)
+    frame = pd.DataFrame({"age": [30, 40, 50, 61, 62, 63, 64, 65, 70, 90]})
+    sites = [Site({"patients": frame}, policy, name=f"s{i}") for i in range(2)]
+    sql = (
+        "SELECT COUNT(*) FILTER (WHERE age > 60) AS old, COUNT(*) FILTER (WHERE age < 45) AS "
+        "young, AVG(age) FILTER (WHERE age > 80) AS oldest FROM patients"
+    )
+    for secure in (False, True):
+        df = query(sites, sql, secure=secure)
+        assert df["old"].tolist() == [14.0]  # 2 and 1 rows at each site: withheld
+        assert np.isnan(df["young"].iloc[0])
+        assert np.isnan(df["oldest"].iloc[0])
+
+
+def test_a_site_runs_only_the_filters_its_own_plan_of_the_query_holds() -> None:
+    from covey.analytics._requests import check_stats
+
+    p = plan(_OWN_FILTERS[0])
+    check_stats(p, [{"op": "count"}, {"op": "count", "col": None, "where": "sex = 'F'"}])
+    for forged in ("sex = 'X'", "TRUE", None):
+        stat = {"op": "count_col", "col": "sex", "where": forged}
+        with pytest.raises(PolicyError, match="does not ask for"):
+            check_stats(p, [stat])
+    with pytest.raises(PolicyError, match="does not ask for"):
+        check_stats(p, [{"op": "count", "where": "age > 1"}])
+
+
+def test_dp_charges_a_filter_of_its_own_as_one_more_release() -> None:
+    plain = _dp("SELECT COUNT(*) FROM patients")
+    both = _dp(
+        "SELECT COUNT(*), COUNT(*) FILTER (WHERE sex = 'F'), COUNT(*) FILTER (WHERE sex = 'M') "
+        "FROM patients"
+    )
+    assert (plain["releases"], both["releases"]) == (1, 3)
 
 
 @pytest.mark.parametrize("secure", [False, True])

@@ -168,10 +168,14 @@ class _Stage:
         slots: list[int | None] = []
         for s in stats:
             op, col = s["op"], str(s.get("col"))
-            if op == "count_col":
-                exprs.append(f"COUNT({quote(col)})")
+            # an aggregate's own FILTER, a condition the site checked (see check_stats)
+            only = "" if s.get("where") is None else f" FILTER (WHERE TRY({s['where']}))"
+            if op == "count" and only:
+                exprs.append(f"COUNT(*){only}")
+            elif op == "count_col":
+                exprs.append(f"COUNT({quote(col)}){only}")
             elif op == "sum":
-                exprs.append(f"COALESCE(SUM({_clip(col, self.bounds)}), 0)")
+                exprs.append(f"COALESCE(SUM({_clip(col, self.bounds)}){only}, 0)")
             elif op in ("min", "max"):
                 exprs.append(f"{op.upper()}(CAST({quote(col)} AS DOUBLE))")
             else:

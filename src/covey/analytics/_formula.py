@@ -67,7 +67,7 @@ def is_formula(node: exp.Expression) -> bool:
     Those but ``+ - * /`` over aggregates and numbers are refused when read, naming
     what is not supported (``ROUND(AVG(x), 2)``, ``SUM(x) % 2``).
     """
-    if _is_call(node) or isinstance(node, exp.Window):
+    if _is_call(node) or isinstance(node, exp.Window | exp.Filter):  # FILTER: its own
         return False
     return any(_is_call(n) for n in node.walk())
 
@@ -141,7 +141,7 @@ def attach(
     if term[0] == "agg":
         leaf = leaves[term[1]]
         for i, a in enumerate(aggregates):
-            if (a.func, a.column, a.args) == (leaf.func, leaf.column, leaf.args):
+            if (a.func, a.column, a.args, a.where) == (leaf.func, leaf.column, leaf.args, None):
                 return ("agg", i)
         name, k = leaf.name, 1
         while name in names:

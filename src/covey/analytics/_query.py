@@ -36,7 +36,7 @@ from covey.analytics._exchange import Federation, StageResult, transport_for
 from covey.analytics._fixedpoint import ROW_CAP, fixed_point_scale, secure_bound, sensitivity
 from covey.analytics._moments import centre
 from covey.analytics._options import DISTINCT_BUCKETS, check_query
-from covey.analytics._queryvalues import value
+from covey.analytics._queryvalues import first_filtered, value
 from covey.analytics._select import answer_columns
 from covey.analytics._site import Site
 from covey.analytics._sql import Plan
@@ -121,8 +121,8 @@ class _Query:
         return result
 
     def first_stats(self) -> tuple[list[dict[str, Any]], dict[tuple[Any, ...], int]]:
-        stats: list[dict[str, Any]] = [{"op": "count"}]
-        index: dict[tuple[Any, ...], int] = {("count",): 0}
+        # COUNT(*), and the statistics of each aggregate with a FILTER of its own
+        stats, index = first_filtered(self.plan.aggregates)
 
         def need(key: tuple[Any, ...], stat: dict[str, Any]) -> None:
             if key not in index:
@@ -132,6 +132,8 @@ class _Query:
         bounds = self.decl["bounds"]
         for a in self.plan.aggregates:
             col = a.column
+            if a.where is not None:  # its statistics are there already
+                continue
             if a.func == "count_col":
                 need(("count_col", col), {"op": "count_col", "col": col})
             elif a.func in ("quantile_cont", "quantile_disc"):

@@ -9,6 +9,7 @@ the minimum group size are not shown.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,6 +21,40 @@ from covey.analytics._stats import Quantiles, TopK, survival
 
 if TYPE_CHECKING:
     from covey.analytics._query import _Query
+
+
+def filtered_ops(a: Aggregate) -> tuple[str, ...]:
+    """The statistics a COUNT, SUM or AVG with a FILTER of its own is answered from."""
+    return (
+        ("count",)
+        if a.func == "count"
+        else ("count_col",)
+        if a.func == "count_col"
+        else (
+            "count_col",
+            "sum",
+        )
+    )
+
+
+def first_filtered(
+    aggregates: Sequence[Aggregate],
+) -> tuple[list[dict[str, Any]], dict[tuple[Any, ...], int]]:
+    """The first stage's ``COUNT(*)``, and the statistics of each FILTER of its own, keyed."""
+    stats: list[dict[str, Any]] = [{"op": "count"}]
+    index: dict[tuple[Any, ...], int] = {("count",): 0}
+    for a in aggregates:
+        for op in filtered_ops(a) if a.where is not None else ():
+            key = stat_key(op, a)
+            if key not in index:
+                index[key] = len(stats)
+                stats.append({"op": op, "col": a.column, "where": a.where})
+    return stats, index
+
+
+def stat_key(op: str, a: Aggregate) -> tuple[Any, ...]:
+    """The key of aggregate ``a``'s statistic ``op`` among a stage's (its FILTER's own)."""
+    return ("count",) if op == "count" and a.where is None else (op, a.column, a.where)
 
 
 def value(
@@ -35,6 +70,8 @@ def value(
 ) -> Any:
     v = first.vectors
     k = q.decl["min_group_size"]
+    if a.where is not None:
+        return _filtered(q, a, v, index)
     if a.func == "count":
         return v[0]
     key = ("count_col", a.column)
@@ -86,3 +123,16 @@ def value(
 def first_stat_low(q: _Query, a: Aggregate) -> float:
     """The low end of an aggregate column's merged bounds."""
     return float(q.decl["bounds"][a.column][0])
+
+
+def _filtered(
+    q: _Query, a: Aggregate, v: list[np.ndarray], index: dict[tuple[Any, ...], int]
+) -> np.ndarray:
+    """A COUNT, SUM or AVG over the rows its own FILTER keeps; under the minimum rows, NaN."""
+    n = v[index[stat_key(filtered_ops(a)[0], a)]]
+    few = n < q.decl["min_group_size"]  # one record's value, or whether it is there
+    if a.func in ("count", "count_col"):
+        return np.where(few, np.nan, n)
+    s = v[index[stat_key("sum", a)]]
+    found = moment(a.func, np.where(few, 0.0, n), s, q.decl["bounds"][str(a.column)], None, None)
+    return np.where(few, np.nan, found)

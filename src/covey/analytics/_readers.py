@@ -46,8 +46,13 @@ def readers_of(
 
 
 def support_expr(stat: Mapping[str, Any]) -> str:
-    """The rows of a group a statistic reads: all, or those where its columns hold values."""
-    op = stat["op"]
+    """The rows of a group a statistic reads: all, or those where its columns hold values.
+
+    Of a statistic with a condition of its own (an aggregate's FILTER), those it holds on.
+    """
+    op, where = stat["op"], stat.get("where")
+    if where is not None:
+        return f"{support_expr({**stat, 'where': None})} FILTER (WHERE TRY({where}))"
     if op == "count":
         return "COUNT(*)"
     if op == "km":

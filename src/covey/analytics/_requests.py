@@ -59,9 +59,18 @@ def _histogram_bins(a: Aggregate, stat: Mapping[str, Any]) -> bool:
     )
 
 
+def _filtered(a: Aggregate, op: str, stat: Mapping[str, Any]) -> bool:
+    """Whether ``stat`` is one of those the COUNT, SUM or AVG ``a`` with a FILTER needs."""
+    if op == "count":
+        return a.func == "count" and stat.get("col") is None
+    return a.func in NEEDED_BY.get(op, ()) and stat.get("col") == a.column
+
+
 def _serves(a: Aggregate, stat: Mapping[str, Any]) -> bool:
     """Whether the aggregate ``a`` of the SQL needs the statistic ``stat``."""
     op = stat["op"]
+    if a.where is not None or stat.get("where") is not None:  # a FILTER of its own
+        return a.where == stat.get("where") and _filtered(a, op, stat)
     if a.func not in NEEDED_BY.get(op, ()) or stat.get("col") != a.column:
         return False
     if op == "bins" and a.func == "histogram":
@@ -89,12 +98,13 @@ def check_stats(p: Plan, stats: Any) -> None:
     for stat in stats:
         if not isinstance(stat, Mapping) or not isinstance(stat.get("op"), str):
             raise PolicyError("each statistic of a request is a mapping with an 'op'")
-        if stat["op"] == "count":
+        if stat["op"] == "count" and stat.get("where") is None:
             continue
         if not any(_serves(a, stat) for a in p.aggregates):
+            where = "" if stat.get("where") is None else f" where {str(stat['where'])[:200]!r}"
             raise PolicyError(
-                f"the request asks for {stat['op']!r} of {stat.get('col')!r}, which the SQL "
-                f"does not ask for ({p.sql[:200]})"
+                f"the request asks for {stat['op']!r} of {stat.get('col')!r}{where}, which the "
+                f"SQL does not ask for ({p.sql[:200]})"
             )
 
 

@@ -153,9 +153,14 @@ class Site(Client):
         in SELECT is, rather than failing the query's first stage for every site.
         """
         policy, p = self._check(request)
-        if p.where is not None:
+        if p.conditions():  # the WHERE, and each aggregate's own FILTER
             kinds = self._kinds(p)
-            self._duckdb(lambda con: check_where(con, p.table, p.where, kinds), p)
+
+            def check(con: Any) -> None:
+                for cond in p.conditions():
+                    check_where(con, p.table, cond, kinds)
+
+            self._duckdb(check, p)
         reply = {"site": self.name, **policy.describe(), "spent": self.budget.spent}
         first = request.get("first")
         if isinstance(first, Mapping):  # would the whole query fit in the budget?
@@ -266,8 +271,8 @@ class Site(Client):
         kinds = self._kinds(p)
 
         def run(con: Any) -> Computed:
-            if p.where is not None:  # types first, on no row (see check_where)
-                check_where(con, p.table, p.where, kinds)
+            for cond in p.conditions():  # types first, on no row (see check_where)
+                check_where(con, p.table, cond, kinds)
             return compute(
                 con, p.table, p.where, p.group_by, domains, bounds, stats, self._sorted, kinds
             )

@@ -11,6 +11,7 @@ parsed last (many sites simulated in one process parse a query once).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 import threading
@@ -58,10 +59,16 @@ class Plan:
     outputs: tuple[Output, ...]
     formulas: tuple[Formula, ...] = ()
 
+    def conditions(self) -> list[str]:
+        """The row conditions the sites run: the WHERE, and each aggregate's own FILTER."""
+        found = [self.where] + [a.where for a in self.aggregates]
+        return list(dict.fromkeys(c for c in found if c is not None))
+
     def columns(self) -> set[str]:
         """Every column the query reads."""
         cols = set(self.where_columns) | set(self.group_by)
         for a in self.aggregates:
+            cols.update(a.where_columns)
             if a.column is not None:
                 cols.add(a.column)
             if a.func == "kaplan_meier":
@@ -289,6 +296,19 @@ def _depth(node: exp.Expression) -> int:
     return deepest
 
 
+def _filtered(node: exp.Expression, name: str, _: SqlText, written: str, *, loc: SqlText) -> Any:
+    """The aggregate of SELECT item ``node``, with the condition of its own FILTER if any."""
+    if not isinstance(node, exp.Filter):
+        return aggregate(node, name, loc, written)
+    cond = _sqlfilter.condition(node)
+    if _depth(cond) > MAX_WHERE_DEPTH:
+        raise QueryError(f"FILTER nests too deeply (over {MAX_WHERE_DEPTH} levels); simplify it")
+    where, columns = _check_where(cond, loc)
+    call = re.split(r"\)\s*FILTER\b", written, maxsplit=1, flags=re.IGNORECASE)[0] + ")"
+    found = aggregate(node.this, name, loc, call)
+    return dataclasses.replace(found, where=where, where_columns=columns)
+
+
 def _plan(sql: str) -> Plan:
     _check_text(sql)  # the tokenizer fails on None or a number with a bare TypeError
     loc = SqlText(sql)
@@ -298,11 +318,14 @@ def _plan(sql: str) -> Plan:
     _sqlclauses.refuse_clauses(tree, loc)
     table = _sqlclauses.table(tree, loc)
     group_by = _sqlclauses.group_by(tree, loc)
-    _sqlfilter.pull_filter(tree, table, loc)  # FILTER (WHERE c) on every aggregate: WHERE c
+    # FILTER (WHERE c) on every aggregate: WHERE c; else each COUNT, SUM or AVG its own
+    _sqlfilter.pull_filter(tree, table, loc)
     where = tree.args.get("where")
     if where is not None and _depth(where.this) > MAX_WHERE_DEPTH:
         raise QueryError(f"WHERE nests too deeply (over {MAX_WHERE_DEPTH} levels); simplify it")
     where_sql, where_cols = _check_where(where.this, loc) if where is not None else (None, ())
-    aggregates, outputs, formulas = select_list(tree, loc, group_by, aggregate)
+    aggregates, outputs, formulas = select_list(
+        tree, loc, group_by, functools.partial(_filtered, loc=loc)
+    )
     group = tuple(group_by)
     return Plan(sql, table, where_sql, where_cols, group, tuple(aggregates), outputs, formulas)

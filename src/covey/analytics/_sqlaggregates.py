@@ -31,12 +31,17 @@ class Aggregate:
         column: The column aggregated (None for ``COUNT(*)``).
         args: Literal arguments: the quantile; ``(low, high, bins)`` of a histogram;
             ``(k,)`` of top-k; ``(event_column, step)`` of Kaplan-Meier.
+        where: Its own ``FILTER (WHERE cond)`` condition as DuckDB SQL, checked as a
+            WHERE is (None: the query's rows alone); see :mod:`~covey.analytics._sqlfilter`.
+        where_columns: Columns that condition reads.
     """
 
     name: str
     func: str
     column: str | None
     args: tuple[Any, ...] = ()
+    where: str | None = None
+    where_columns: tuple[str, ...] = ()
 
 
 _SIMPLE: dict[type[exp.Expression], str] = {
