@@ -16,10 +16,11 @@ from covey.core._lazy import lazy_exports
 if TYPE_CHECKING:  # loaded on first use: the run store imports safetensors
     from covey.server._async import AsyncLoop
     from covey.server._base import EvaluateFn, FederationError, RoundCallback
+    from covey.server._cidorder import in_cid_order
     from covey.server._factory import Loop, open_loop, run_config
     from covey.server._state import StateError
     from covey.server._store import RunStore
-    from covey.server._sync import RoundLoop, in_cid_order
+    from covey.server._sync import RoundLoop
 
 __all__ = [
     "AsyncLoop",
@@ -47,7 +48,7 @@ if not TYPE_CHECKING:
             "RoundLoop": "_sync",
             "RunStore": "_store",
             "StateError": "_state",
-            "in_cid_order": "_sync",
+            "in_cid_order": "_cidorder",
             "open_loop": "_factory",
             "run_config": "_factory",
         },

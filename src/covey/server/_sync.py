@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from covey.aggregate import Begin
@@ -23,6 +23,7 @@ from covey.core._recordvalues import settle, written
 from covey.core._weights import Weights
 from covey.server._applied import AppliedRounds
 from covey.server._base import EvaluateFn, FederationError, RoundCallback, _first_line, _LoopBase
+from covey.server._cidorder import in_cid_order as in_cid_order
 from covey.server._configs import client_configs, evaluate_config, fit_config
 from covey.server._direct import fit_directly
 from covey.server._lasteval import evaluate_saved_last
@@ -41,36 +42,6 @@ from covey.transport._base import Transport
 __all__ = ["EvaluateFn", "FederationError", "RoundCallback", "RoundLoop", "in_cid_order"]
 
 logger = logging.getLogger("covey")
-
-
-def in_cid_order(replies: Iterable[Reply], cids: Sequence[int]) -> Iterator[Reply]:
-    """Re-order ``replies`` into the order of ``cids``, releasing each once all before it are in.
-
-    The round loop passes ``cids`` sorted, so replies come out in client-id order.
-    Replies for ids not in ``cids`` and repeated replies are dropped. Holds only
-    the replies that arrived early, so with in-order arrival memory stays O(1)
-    replies. Ids that never replied are simply absent from the output.
-    """
-    order = {cid: i for i, cid in enumerate(cids)}
-    held: dict[int, Reply] = {}
-    nxt = 0  # the position in cids of the next reply to release
-    for reply in replies:
-        idx = order.get(reply.cid)
-        # Below nxt: released already; in held: waiting already. Either way a repeat.
-        if idx is None or idx < nxt or idx in held:
-            logger.warning("dropping an unexpected reply from client %s", reply.cid)
-            continue
-        if idx != nxt:
-            held[idx] = reply
-            continue
-        yield reply
-        del reply  # not held while the next one is awaited: it may be a model-sized mapping
-        nxt += 1
-        while held and nxt in held:
-            yield held.pop(nxt)
-            nxt += 1
-    for idx in sorted(held):
-        yield held[idx]
 
 
 class RoundLoop(_LoopBase):
