@@ -262,7 +262,11 @@ def test_too_few_available_clients_raise_federation_error() -> None:
     with pytest.raises(FederationError, match="round 2: 2 clients available, fewer than") as info:
         loop.run(2, start=2)
     assert info.value.history is loop.history
-    assert [r.round for r in loop.history.rounds] == [0, 1]
+    # the round that stopped the run is kept, with why
+    assert [r.round for r in loop.history.rounds] == [0, 1, 2]
+    stopped = loop.history.rounds[-1]
+    assert not stopped.aggregated
+    assert stopped.aggregate_info["error"].startswith("2 clients available, fewer than")
 
 
 def test_run_can_resume_from_a_later_round() -> None:

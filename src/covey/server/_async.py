@@ -30,7 +30,7 @@ from covey.core._messages import Config, Reply, Task
 from covey.core._text import clients
 from covey.core._weights import Weights
 from covey.server._applied import SENT, AppliedRounds
-from covey.server._base import EvaluateFn, RoundCallback, _LoopBase
+from covey.server._base import EvaluateFn, FederationError, RoundCallback, _LoopBase
 from covey.server._configs import client_configs, fit_config
 from covey.server._idviews import Union, without
 from covey.server._lasteval import evaluate_saved_last
@@ -142,17 +142,23 @@ class AsyncLoop(_LoopBase):
             self._finish(record)
         if start > updates:  # resumed with no update left: its last one gets its evaluation
             evaluate_saved_last(self, updates, federated=False)
-        self._wait_for_clients()
         version = max(0, start - 1)
-        # The clock of the records counts seconds of the run: a transport's clock may
-        # start anywhere (deployed, the host's monotonic clock); a resumed run goes on
-        # from its last update's.
-        clocks = [r.aggregate_info.get("clock") for r in self.history.rounds]
-        last = [c for c in clocks if isinstance(c, (int, float))]
-        self._clock0 = self.transport.now() - (float(last[-1]) if last else 0.0)
+        record = RoundRecord(round=version + 1)  # an update stopped before its end is kept
         try:
+            self._wait_for_clients()
+            # The clock of the records counts seconds of the run: a transport's clock may
+            # start anywhere (deployed, the host's monotonic clock); a resumed run goes on
+            # from its last update's.
+            clocks = [r.aggregate_info.get("clock") for r in self.history.rounds]
+            last = [c for c in clocks if isinstance(c, (int, float))]
+            self._clock0 = self.transport.now() - (float(last[-1]) if last else 0.0)
             while version < updates:
-                version = self._one_update(version)
+                version = self._one_update(version, record)
+                record = RoundRecord(round=version + 1)
+        except FederationError as exc:
+            if version < updates:
+                self._keep_stopped(record, exc)
+            raise
         finally:
             for cid in list(self._flights):
                 self.transport.cancel(cid)
@@ -224,11 +230,13 @@ class AsyncLoop(_LoopBase):
             raise self._stop(rnd, record, "aggregation", exc) from exc
         return state, out
 
-    def _one_update(self, version: int) -> int:
-        """Collect ``buffer_size`` updates on top of global update ``version``, apply them."""
+    def _one_update(self, version: int, record: RoundRecord) -> int:
+        """Collect ``buffer_size`` updates on top of global update ``version``, apply them.
+
+        ``record`` is the new update's (``version + 1``), kept in the history at its end.
+        """
         strategy = self.strategy
         rnd = version + 1
-        record = RoundRecord(round=rnd)
         t0 = time.perf_counter()
         state, out = self._begin(rnd, record)
         self._payload = broadcast_extras(out)

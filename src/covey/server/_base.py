@@ -33,7 +33,7 @@ from covey.server._callbacks import round_callback as round_callback
 from covey.server._central import central_evaluation
 from covey.server._said import MOST_LOGGED as MOST_LOGGED
 from covey.server._said import PROPERTIES as PROPERTIES
-from covey.server._said import said_at_end
+from covey.server._said import note_unreported, said_at_end
 from covey.server._saver import SaveError
 from covey.server._told import tell_refused, unnamed
 from covey.strategies._fold import contribution, dropped_why, find_aggregate
@@ -176,6 +176,24 @@ class _LoopBase:
         self.history.rounds.append(record)
         if self.on_round is not None:
             self.on_round(record)
+
+    def _keep_stopped(self, record: RoundRecord, exc: FederationError) -> None:
+        """Keep in the history ``record`` of the step that ``exc`` stopped, if not kept yet.
+
+        A round stopped before it sampled (too few clients connected, or passing
+        ``where=``) is kept like one stopped by its replies: with why, in
+        ``aggregate_info["error"]``, and its clients that did not report their properties.
+        """
+        rounds = self.history.rounds
+        if rounds and rounds[-1] is record:
+            return
+        note_unreported(record, self._logged)
+        said = str(exc)
+        head = f"{self._step} {record.round}: "
+        record.aggregate_info.setdefault(
+            "error", said[len(head) :] if said.startswith(head) else said
+        )
+        rounds.append(record)
 
     def _say_renamed(self, record: RoundRecord) -> None:
         """Log once per metric that one named like the round's loss is read by another name."""

@@ -132,6 +132,9 @@ class RoundLoop(_LoopBase):
         t0 = time.perf_counter()
         try:
             self._fit(rnd, record)
+        except FederationError as exc:  # one that stopped before its replies: kept too
+            self._keep_stopped(record, exc)
+            raise
         finally:  # a round that stops the run keeps its timings too
             t1 = time.perf_counter()
             record.durations["fit"] = t1 - t0 - record.durations.get("wait", 0.0)

@@ -1,0 +1,168 @@
+"""A round that stops the run before it samples is kept in the history, with why.
+
+Such a round (too few clients pass ``where=``, or too few connect) used to leave
+no record: its reason was in the raised error and ``stopped_reason`` only, and the
+clients that did not report their properties (``aggregate_info["unreported"]``)
+were counted nowhere at all.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from covey.clients._client import run_task
+from covey.core import RoundRecord
+from covey.server._async import AsyncLoop
+from covey.server._sync import RoundLoop
+from covey.transport._async import SimulatedAsyncTransport
+from covey.transport._memory import MemoryTransport
+
+
+class Regional(covey.Client):
+    """Reports a region: client 0 alone is in "eu"; client 3's properties() fails."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def properties(self) -> dict[str, Any]:
+        if self.cid == 3:
+            raise RuntimeError("no region here")
+        return {"region": "eu" if self.cid == 0 else "us"}
+
+    def fit(self, weights: covey.Weights, config: dict[str, Any]) -> covey.FitResult:
+        return covey.FitResult(delta={"w": np.ones(1)}, num_examples=1)
+
+
+def stopped(history: covey.History, rnd: int) -> RoundRecord:
+    """The last record of ``history``, checked to be round ``rnd``'s, stopped with why."""
+    record = history.rounds[-1]
+    assert record.round == rnd, history.rounds
+    assert not record.aggregated
+    assert history.stopped_reason == f"round {rnd}: {record.aggregate_info['error']}"
+    return record
+
+
+def test_a_simulated_round_too_few_clients_pass_where_is_kept(tmp_path: Path) -> None:
+    strategy = covey.FedAvg(where={"region": "eu"}, min_fit_clients=2, fraction_evaluate=0.0)
+    with pytest.raises(covey.FederationError) as caught:
+        covey.simulate(Regional, 6, 2, strategy, {"w": np.zeros(1)}, run_dir=tmp_path / "run")
+    record = stopped(caught.value.history, 1)
+    assert record.aggregate_info["error"].startswith("the strategy wants 2 clients to train")
+    assert record.aggregate_info["unreported"] == 1  # client 3
+    assert "fit" in record.durations
+    saved = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [r["round"] for r in saved["rounds"]] == [0, 1]
+    assert saved["rounds"][1]["aggregate_info"] == record.aggregate_info
+
+
+class Waiting(MemoryTransport):
+    """Clients connected to a deployed server, which waits for more that never come."""
+
+    def wait_for_clients(self, count: int, timeout: float | None) -> bool:
+        if len(self.clients()) >= count:
+            return True
+        time.sleep(min(timeout or 0.0, 0.05))
+        return False
+
+
+def test_a_deployed_round_short_of_connected_clients_is_kept() -> None:
+    strategy = covey.FedAvg(fraction_evaluate=0.0, min_fit_clients=3)
+    transport = Waiting([0, 1], lambda cid, task: run_task(Regional(cid), cid, task))
+    loop = RoundLoop(strategy, transport, {"w": np.zeros(1)}, wait_timeout=0.1)
+    with pytest.raises(covey.FederationError):
+        loop.run(2)
+    record = stopped(loop.history, 1)
+    assert record.aggregate_info == {
+        "error": "only 2 of the 3 clients needed (min_available_clients, min_fit_clients) "
+        "connected within 0.1 s"
+    }
+
+
+def test_a_deployed_round_short_of_eligible_clients_keeps_its_unreported() -> None:
+    strategy = covey.FedAvg(fraction_evaluate=0.0, min_fit_clients=2, where={"region": "eu"})
+    transport = Waiting([0, 3], lambda cid, task: run_task(Regional(cid), cid, task))
+    loop = RoundLoop(strategy, transport, {"w": np.zeros(1)}, wait_timeout=0.2)
+    with pytest.raises(covey.FederationError):
+        loop.run(1)
+    record = stopped(loop.history, 1)
+    assert record.aggregate_info["unreported"] == 1
+    assert "client 3 did not report its properties" in record.aggregate_info["error"]
+
+
+def test_a_fedbuff_update_no_client_can_be_given_is_kept() -> None:
+    strategy = covey.FedBuff(buffer_size=2, where={"region": "eu"}, min_available_clients=1)
+    with pytest.raises(covey.FederationError) as caught:
+        covey.simulate(Regional, 4, 2, strategy, {"w": np.zeros(1)})
+    history = caught.value.history
+    record = history.rounds[-1]
+    assert record.round == 1, history.rounds
+    assert history.stopped_reason == f"update 1: {record.aggregate_info['error']}"
+    assert "no client can be given a task" in record.aggregate_info["error"]
+
+
+def test_a_fedbuff_run_short_of_clients_keeps_its_first_update() -> None:
+    clients = MemoryTransport([0, 1], lambda cid, task: run_task(Regional(cid), cid, task))
+    loop = AsyncLoop(
+        covey.FedBuff(buffer_size=2, min_available_clients=3),
+        SimulatedAsyncTransport(clients),
+        {"w": np.zeros(1)},
+    )
+    with pytest.raises(covey.FederationError):
+        loop.run(2)
+    assert [r.round for r in loop.history.rounds] == [0, 1]
+    assert loop.history.rounds[1].aggregate_info == {
+        "error": "2 clients available, fewer than min_available_clients=3"
+    }
+
+
+def test_a_served_round_short_of_eligible_clients_is_kept_in_its_run_folder(
+    tmp_path: Path,
+) -> None:
+    from covey.deploy import connect, serve
+
+    strategy = covey.FedAvg(fraction_evaluate=0.0, min_fit_clients=2, where={"region": "eu"})
+    threads: list[threading.Thread] = []
+
+    def start(port: int) -> None:
+        for cid in (0, 1):
+            site = threading.Thread(
+                target=connect,
+                args=(Regional(cid), f"127.0.0.1:{port}"),
+                kwargs={"insecure": True, "name": f"site-{cid}"},
+                daemon=True,
+            )
+            site.start()
+            threads.append(site)
+
+    try:
+        with pytest.raises(covey.FederationError):
+            serve(
+                strategy,
+                2,
+                {"w": np.zeros(1)},
+                "127.0.0.1:0",
+                insecure=True,
+                on_listen=start,
+                wait_timeout=5.0,
+                plot=False,
+                run_dir=tmp_path / "run",
+            )
+    finally:
+        for site in threads:
+            site.join(timeout=30)
+    saved = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [r["round"] for r in saved["rounds"]] == [0, 1]
+    info = saved["rounds"][1]["aggregate_info"]
+    assert info["error"].startswith(
+        "the strategy wants 2 clients to train but only 1 client passes where={'region': 'eu'} "
+        "within the 5 s wait"
+    ), info
+    assert saved["stopped_reason"].endswith(info["error"]), saved["stopped_reason"]
