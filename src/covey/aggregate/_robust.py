@@ -90,7 +90,14 @@ def buffered(name: str, combine: Combine) -> Step:
                 raise RuntimeError("internal error: state.cids is unset")
             if state.examples is None:  # an invariant of this module, not an input check
                 raise RuntimeError("internal error: state.examples is unset")
-            state.rows.append(flatten(update_of(event, params), params))
+            row = flatten(update_of(event, params), params)
+            if not event._bounded and _has_nan(row):  # the round loops checked theirs
+                raise AggregationError(
+                    f"{name}: client {event.cid}'s update holds NaN, which no rule can rank "
+                    "(it compares false with everything): skip_nonfinite() before the rule "
+                    "leaves such updates out"
+                )
+            state.rows.append(row)
             state.cids.append(event.cid)
             state.examples.append(event.num_examples)
             return state, ()
@@ -101,6 +108,13 @@ def buffered(name: str, combine: Combine) -> Step:
         return state, (event,)
 
     return of_kind(Step(init, update), REDUCER, name)
+
+
+def _has_nan(row: Vector) -> bool:
+    """Whether ``row`` holds a NaN (one pass, no temporary, when it holds none)."""
+    with np.errstate(over="ignore", invalid="ignore"):  # a sum past float64's range: inf
+        total = np.sum(row)
+    return bool(np.isnan(total)) and bool(np.isnan(row).any())
 
 
 def _buffer_end(
