@@ -470,3 +470,29 @@ def test_a_local_layers_file_whose_owner_is_no_id_is_refused(tmp_path: Path) -> 
     path.write_bytes(bytes(encode({**stored, "owner": np.array([0.5])})))
     with pytest.raises(ValueError, match=r"holds owner as float64\(1,\): it is not this client's"):
         _client(local=["2.*"], local_path=path).fit(glob, {"round": 2})
+
+
+def test_a_round_sent_again_to_a_kept_client_without_a_file_starts_from_the_layers_before_it() -> (
+    None
+):
+    # Before: without local_path it started from the layers as round 3 left them, so
+    # a restarted server's round sent again gave other bits than the first time.
+    glob = to_weights(_model(), copy=True)
+    kept = _client(local=["2.*"])
+    whole = [kept.fit(glob, {"round": r}).delta for r in (1, 2, 3)]
+    for r in (2, 3, 1):  # rounds 2 and 3 sent again, then the client's first
+        got = kept.fit(glob, {"round": r}).delta
+        assert got is not None
+        for name, value in whole[r - 1].items():  # type: ignore[union-attr]
+            np.testing.assert_array_equal(got[name], value, err_msg=f"round {r}: {name}")
+    # the evaluation of a round sent again judges the layers after it
+    evaluated = _client(local=["2.*"])
+    evaluated.fit(glob, {"round": 1})
+    after_one = evaluated.evaluate(glob, {"round": 1}).loss
+    evaluated.fit(glob, {"round": 2})
+    assert evaluated.evaluate(glob, {"round": 1}).loss == after_one
+    # kept: the last three fits; one sent again from before them is refused, naming them
+    for r in (4, 5, 6):
+        kept.fit(glob, {"round": r})
+    with pytest.raises(ValueError, match=r"trained its local layers in rounds \[6, 5, 4\]"):
+        kept.fit(glob, {"round": 2})

@@ -125,9 +125,13 @@ class TorchClient(Client):
         local_path: A file the local entries are written to after each of the
             client's last three fits, read back by a client built again (a deployed
             client that restarts, a resumed or cached-out simulated one): a round sent
-            again starts from the entries before it. None keeps them in the model only.
+            again starts from the entries before it. None keeps them in memory only:
+            a round sent again to the client as built starts from them as well, but a
+            client built again starts its local entries afresh from its model.
             Given without ``local``, it is refused, and so is a file another client
-            (another id) wrote: each client needs a file of its own.
+            (another id) wrote: each client needs a file of its own. The server's
+            ``evaluate_fn`` judges the global model, whose local entries are the
+            initial ones (noised every round under central DP): no client's.
 
     Example:
         >>> import torch

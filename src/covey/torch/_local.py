@@ -103,7 +103,8 @@ class LocalLayers:
         names: The local ``state_dict`` names (see :func:`local_names`).
         path: A file the entries after each of the client's last three fits are
             written to, read by a client built again (a restart, a resumed run);
-            None keeps them in the model only.
+            None keeps them in memory only (a round sent again to this object
+            starts from them as well).
     """
 
     def __init__(self, names: list[str], path: str | os.PathLike[str] | None) -> None:
@@ -115,7 +116,7 @@ class LocalLayers:
             )
         self.names = names
         self.path = None if path is None else Path(path)
-        self._state: TrainState | None = None
+        self._state: TrainState | _InMemory | None = None
         self._trained = 0  # the last round this object's fit trained; 0: none yet
         self._started = False
         self._initial: dict[str, Array] | None = None  # the local entries at the first task
@@ -123,9 +124,9 @@ class LocalLayers:
     def merged(self, weights: Weights, model: Any, rnd: Any, fit: bool) -> Weights:
         """``weights`` with the local entries taken from the client instead.
 
-        From the model, or from ``path``'s values after the client's last round
-        before this one (``fit``) or up to it (``evaluate``) when the model has none
-        of its own yet or has trained past it (a round sent again). A client with no
+        From the model, or from the values kept (in ``path``, else in memory) after the
+        client's last round before this one (``fit``) or up to it (``evaluate``) when the
+        model has none of its own yet or has trained past it (a round sent again). A client with no
         values of its own yet (its first task; a round sent again that was its first)
         takes the model's as it was at its first task, never the server's copy of
         them: no update moves that copy, but central DP noises it every round.
@@ -136,17 +137,17 @@ class LocalLayers:
         if first:  # the model as built: the local layers' start, kept for a round sent again
             self._initial = self._copied(model)
         own: Weights | None = None
-        if self.path is not None:
-            if self._state is None:
+        if self._state is None:
+            if self.path is None:
+                self._state = _InMemory()
+            else:
                 self._state = TrainState(self.path)
                 self._state.claim(_FILE, "local_path")  # one file given to several: refused
-            upto = self._round(rnd) + (0 if fit else 1)  # the stored rounds below it
-            if first or upto <= self._trained:
-                own = self._stored(self._state, upto, weights)
-                if own is None:  # none before it: the start
-                    own = self._initial
-        elif first:
-            own, self._initial = self._initial, None  # no round is sent again without a path
+        upto = self._round(rnd) + (0 if fit else 1)  # the stored rounds below it
+        if first or upto <= self._trained:
+            own = self._stored(self._state, upto, weights)
+            if own is None:  # none before it: the start
+                own = self._initial
         if own is None:
             own = self._copied(model)
         self._started = True
@@ -163,7 +164,9 @@ class LocalLayers:
         views = to_weights(model)
         return {n: np.array(views[n], order="C") for n in self.names}
 
-    def _stored(self, state: TrainState, before: int, weights: Weights) -> Weights | None:
+    def _stored(
+        self, state: TrainState | _InMemory, before: int, weights: Weights
+    ) -> Weights | None:
         kept = state.before(before)
         if kept is not None and sorted(kept) != sorted(self.names):
             raise WeightsError(
@@ -192,10 +195,54 @@ class LocalLayers:
         return {**gradient, **{n: old[n] for n in self.names}}
 
     def save(self, model: Any, rnd: Any) -> None:
-        """Keep the local entries after round ``rnd``'s fit in ``path``, if there is one."""
-        if self.path is None or self._state is None:
+        """Keep the local entries after round ``rnd``'s fit (in ``path``, if there is one)."""
+        if self._state is None:
             return
         r = self._round(rnd)
-        self._state.claim(_FILE, "local_path")  # its first task's client, if opened outside one
+        if isinstance(self._state, TrainState):  # its first task's client, if opened outside one
+            self._state.claim(_FILE, "local_path")
         self._state.keep(r, self._copied(model))
         self._trained = r
+
+
+class _InMemory:
+    """The local entries after the client's last three fits, kept in memory (no ``local_path``).
+
+    A round sent again to the client as it is built (a restarted server's) starts
+    from the entries before it, as with a file; a client built again has none.
+    """
+
+    def __init__(self) -> None:
+        self.slots: list[tuple[int, dict[str, Array]]] = []  # newest first
+        self._dropped = False  # whether the entries after a fit were let go
+
+    def next_round(self) -> int:
+        """The round after the newest kept (1 if none): a fit whose config names no round."""
+        return self.slots[0][0] + 1 if self.slots else 1
+
+    def before(self, rnd: int) -> dict[str, Array] | None:
+        """The entries after the client's latest round before ``rnd`` (None: the start).
+
+        Raises:
+            ValueError: the client has trained in three rounds since ``rnd``.
+        """
+        for made, arrays in self.slots:
+            if made < rnd:
+                return arrays
+        if not self._dropped:  # the oldest kept is the client's first round
+            return None
+        raise ValueError(
+            f"round {rnd} was sent again after the client trained its local layers in "
+            f"rounds {[made for made, _ in self.slots]}, and it keeps those before its last "
+            f"{_KEPT} rounds only"
+        )
+
+    def keep(self, rnd: int, arrays: dict[str, Array]) -> None:
+        """Keep the entries after round ``rnd`` (replacing those of a later or equal round)."""
+        older = [(made, kept) for made, kept in self.slots if made < rnd]
+        self._dropped = self._dropped or len(older) >= _KEPT
+        self.slots = [(rnd, arrays), *older[: _KEPT - 1]]
+
+
+_KEPT = 3
+"""The fits whose local entries a client keeps, in memory as in ``local_path``'s file."""
