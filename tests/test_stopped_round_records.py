@@ -108,7 +108,9 @@ def test_a_fedbuff_update_no_client_can_be_given_is_kept() -> None:
     assert "no client can be given a task" in record.aggregate_info["error"]
 
 
-def test_a_fedbuff_run_short_of_clients_keeps_its_first_update() -> None:
+def test_a_fedbuff_run_short_of_clients_before_its_first_update_keeps_no_record_of_it() -> None:
+    # No update began: the run's history says why it stopped, and names no update
+    # that did not finish (covey.core._runstep reads the step from the reason).
     clients = MemoryTransport([0, 1], lambda cid, task: run_task(Regional(cid), cid, task))
     loop = AsyncLoop(
         covey.FedBuff(buffer_size=2, min_available_clients=3),
@@ -117,10 +119,8 @@ def test_a_fedbuff_run_short_of_clients_keeps_its_first_update() -> None:
     )
     with pytest.raises(covey.FederationError):
         loop.run(2)
-    assert [r.round for r in loop.history.rounds] == [0, 1]
-    assert loop.history.rounds[1].aggregate_info == {
-        "error": "2 clients available, fewer than min_available_clients=3"
-    }
+    assert [r.round for r in loop.history.rounds] == [0]
+    assert loop.history.stopped_reason == "2 clients available, fewer than min_available_clients=3"
 
 
 def test_a_served_round_short_of_eligible_clients_is_kept_in_its_run_folder(

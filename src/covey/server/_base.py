@@ -184,15 +184,12 @@ class _LoopBase:
         ``where=``) is kept like one stopped by its replies: with why, in
         ``aggregate_info["error"]``, and its clients that did not report their properties.
         """
-        rounds = self.history.rounds
-        if rounds and rounds[-1] is record:
+        rounds, said = self.history.rounds, str(exc)
+        head = f"{self._step} {record.round}: "  # else the run stopped before the step began
+        if (rounds and rounds[-1] is record) or not said.startswith(head):
             return
         note_unreported(record, self._logged)
-        said = str(exc)
-        head = f"{self._step} {record.round}: "
-        record.aggregate_info.setdefault(
-            "error", said[len(head) :] if said.startswith(head) else said
-        )
+        record.aggregate_info.setdefault("error", said[len(head) :])
         rounds.append(record)
 
     def _say_renamed(self, record: RoundRecord) -> None:
