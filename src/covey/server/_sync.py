@@ -211,11 +211,13 @@ class RoundLoop(_LoopBase):
     def _fit(self, rnd: int, record: RoundRecord) -> None:
         strategy = self.strategy
         t0 = time.perf_counter()
-        available = self._available(
-            rnd, max(strategy.min_available_clients, strategy.min_fit_clients)
-        )
-        if not self.simulated:  # a deployed round waits for its clients to connect
-            record.durations["wait"] = time.perf_counter() - t0
+        try:
+            available = self._available(
+                rnd, max(strategy.min_available_clients, strategy.min_fit_clients)
+            )
+        finally:  # kept by a round that waited in vain too
+            if not self.simulated:  # a deployed round waits for its clients to connect
+                record.durations["wait"] = time.perf_counter() - t0
         available = wait_for_eligible(self, rnd, self._eligible(rnd, available), t0, record)
         count = self._fit_count(rnd, record, len(available))
         if count is None:
