@@ -35,6 +35,9 @@ EXAMPLES = ROOT / "examples"
 @pytest.fixture
 def kmeans(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     """The example, imported as ``covey client`` imports it (its kinds registered for the test)."""
+    # covey's own kinds registered first: one first imported during the test would go to
+    # the copy alone, and the next test's runtime would not know it.
+    client_module.task_kinds()
     monkeypatch.setattr(client_module, "_HANDLERS", dict(client_module._HANDLERS))
     monkeypatch.setattr(sys, "path", [str(EXAMPLES), *sys.path])
     monkeypatch.delitem(sys.modules, "federated_kmeans", raising=False)
