@@ -32,7 +32,9 @@ RESULTS: dict[str, Any] = {
 
 ERRORS = {
     "complex": "cannot send the result: weight 'x' has dtype complex128; only bool, integer "
-    "and floating-point arrays are supported",
+    "and floating-point arrays are supported: keep the real and imaginary parts as a float "
+    "array (np.stack([w.real, w.imag], axis=-1); in a torch model, a real parameter of a "
+    "trailing dimension 2 that forward() reads with torch.view_as_complex)",
     "text": "cannot send the result: weight 'x' has dtype <U1; only bool, integer and "
     "floating-point arrays are supported",
     "number_name": "cannot send the result: weight names must be non-empty strings, got 3",

@@ -70,6 +70,25 @@ def test_load_weights_takes_big_endian_arrays_and_refuses_complex_ones() -> None
         np.testing.assert_array_equal(value, before[name])
 
 
+def test_load_weights_takes_ml_dtypes_bfloat16_arrays_and_checks_their_range() -> None:
+    from covey import WeightsError
+    from covey.torch import load_weights
+
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    net = nn.Linear(2, 1).to(torch.bfloat16)
+    source = {"weight": np.array([[1.5, -2.25]]), "bias": np.array([3.0])}
+    load_weights(net, {k: v.astype(ml_dtypes.bfloat16) for k, v in source.items()})
+    for name, value in to_weights(net).items():
+        np.testing.assert_array_equal(value, source[name])
+    half = nn.Linear(2, 1).half()
+    with pytest.raises(WeightsError, match=r"'weight' holds 9\.994e\+05, beyond the largest"):
+        load_weights(half, {"weight": np.full((1, 2), 1e6, ml_dtypes.bfloat16), "bias": np.ones(1)})
+    with pytest.raises(
+        WeightsError, match=r"float8_e4m3fn, .*: convert it with .astype\(np.float32"
+    ):
+        load_weights(half, {"weight": np.ones((1, 2), ml_dtypes.float8_e4m3fn), "bias": np.ones(1)})
+
+
 class Tied(nn.Module):
     """``out`` shares ``inp``'s weight: one tensor under two state_dict names."""
 

@@ -266,6 +266,27 @@ def test_a_masked_array_in_the_model_is_refused_by_name() -> None:
         covey.simulate(lambda cid: Sends(np.asarray), 2, 1, covey.FedAvg(), model)
 
 
+def test_a_complex_model_is_refused_saying_how_to_hold_it_as_floats() -> None:
+    model = {"w": np.zeros(3, np.complex64)}
+    with pytest.raises(
+        covey.WeightsError,
+        match=r"'w' has dtype complex64; .*: keep the real and imaginary parts as a float "
+        r"array \(np.stack\(\[w.real, w.imag\], axis=-1\); in a torch model, .*view_as_complex",
+    ):
+        covey.simulate(lambda cid: Sends(np.asarray), 2, 1, covey.FedAvg(), model)
+
+
+def test_an_ml_dtypes_array_in_the_model_is_refused_saying_what_to_convert_it_to() -> None:
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    for dtype, wide in [("bfloat16", "float32"), ("float8_e4m3fn", "float32"), ("int4", "int8")]:
+        model = {"w": np.zeros(3, getattr(ml_dtypes, dtype))}
+        with pytest.raises(
+            covey.WeightsError,
+            match=rf"'w' has dtype {dtype}; .*: convert it with .astype\(np.{wide}",
+        ):
+            covey.core.WeightsSpec.of(model)
+
+
 @pytest.mark.parametrize("backend", ["inline", "process"])
 def test_a_compressed_update_takes_a_long_non_ascii_weight_name(backend: Any) -> None:
     name = "层" * 1000  # 6,000 characters once JSON escapes it

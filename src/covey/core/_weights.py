@@ -122,6 +122,29 @@ def tensor_hint(value: object) -> str:
     )
 
 
+def dtype_hint(dtype: np.dtype[Any]) -> str:
+    """What to do with an array of ``dtype`` that weights cannot hold, or ``""``.
+
+    Complex arrays, and ``ml_dtypes``' narrow floats and integers (``bfloat16``,
+    ``float8_e4m3fn``, ``int4``, which NumPy knows as void-kind dtypes), have
+    a form that can be held: say which.
+    """
+    if dtype.kind == "c":
+        return (
+            ": keep the real and imaginary parts as a float array "
+            "(np.stack([w.real, w.imag], axis=-1); in a torch model, a real parameter "
+            "of a trailing dimension 2 that forward() reads with torch.view_as_complex)"
+        )
+    if dtype.kind == "V" and dtype.name.startswith(("bfloat", "float")):  # ml_dtypes' floats
+        return (
+            ": convert it with .astype(np.float32) (compression='bfloat16' or 'q8' "
+            "narrows the updates clients send instead)"
+        )
+    if dtype.kind == "V" and dtype.name.startswith(("int", "uint")):  # ml_dtypes' int4, int2
+        return ": convert it with .astype(np.int8) (or np.uint8)"
+    return ""
+
+
 _SCALAR = " (a NumPy scalar: np.asarray makes it a 0-d array)"
 
 
@@ -192,7 +215,7 @@ class WeightsSpec:
             if value.dtype.kind not in "biuf":
                 raise WeightsError(
                     f"weight {name!r} has dtype {value.dtype}; only bool, integer and "
-                    "floating-point arrays are supported"
+                    "floating-point arrays are supported" + dtype_hint(value.dtype)
                 )
             if value.dtype.kind == "f" and value.dtype.itemsize > 8:
                 raise WeightsError(

@@ -9,7 +9,7 @@ import numpy as np
 
 from covey.clients._quiet import ignoring
 from covey.clients._torch import torch_module
-from covey.core._weights import Array, Weights, WeightsError
+from covey.core._weights import Array, Weights, WeightsError, dtype_hint
 
 __all__ = ["load_weights", "to_state_dict", "to_weights"]
 
@@ -140,7 +140,8 @@ def to_state_dict(weights: Weights) -> dict[str, Any]:
     them into the module's own tensors, which is what it is meant for).
 
     Args:
-        weights: Named NumPy arrays, e.g. the global model a client received.
+        weights: Named NumPy arrays, e.g. the global model a client received;
+            ``ml_dtypes.bfloat16`` arrays become bfloat16 tensors.
 
     Returns:
         ``{name: torch.Tensor}``.
@@ -158,10 +159,22 @@ def to_state_dict(weights: Weights) -> dict[str, Any]:
             try:
                 out[name] = torch.from_numpy(a)
             except TypeError:
-                raise WeightsError(
-                    f"weight {name!r} has dtype {a.dtype}, which a torch tensor cannot hold"
-                ) from None
+                out[name] = _narrow_float(name, a, torch)
     return out
+
+
+def _narrow_float(name: str, array: np.ndarray[Any, Any], torch: Any) -> Any:
+    """An ``ml_dtypes.bfloat16`` array as a bfloat16 tensor sharing its memory; else refused.
+
+    NumPy has no bfloat16 of its own: ``ml_dtypes`` (JAX's) adds one, of a
+    dtype ``torch.from_numpy`` does not know, but of torch's bits.
+    """
+    if array.dtype.kind == "V" and array.dtype.name == "bfloat16" and array.itemsize == 2:
+        return torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16)
+    raise WeightsError(
+        f"weight {name!r} has dtype {array.dtype}, which a torch tensor cannot hold"
+        + dtype_hint(array.dtype)
+    )
 
 
 def load_weights(module: Any, weights: Weights) -> None:
@@ -261,6 +274,8 @@ def _check_cast(name: str, array: np.ndarray[Any, Any], target: Any, torch: Any)
     tensor's range (they wrap), and values beyond a narrower float's range,
     integers included (they become inf).
     """
+    if array.dtype.kind == "V" and array.dtype.name == "bfloat16":  # ml_dtypes' (see above)
+        array = array.astype(np.float32)
     if target.is_complex() or array.dtype.kind not in "fiu" or not array.size:
         return
     if target.is_floating_point():
