@@ -86,6 +86,7 @@ def to_weights(source: Any, *, copy: bool = False) -> dict[str, Array]:
             raise TypeError(
                 f"state_dict entry {name!r} ({tensor.dtype}, {tensor.layout}, on "
                 f"{tensor.device.type}) cannot become a NumPy array: {exc}"
+                + _no_numpy_hint(tensor, torch)
             ) from None
         if copy and shared:
             array = np.array(array, copy=True, order="C")
@@ -96,6 +97,32 @@ def to_weights(source: Any, *, copy: bool = False) -> dict[str, Array]:
             array.setflags(write=False)
         out[name] = array
     return out
+
+
+def _no_numpy_hint(tensor: Any, torch: Any) -> str:
+    """What to do with a tensor that has no NumPy form, or ``""`` (torch's error says it)."""
+    if tensor.device.type == "meta":
+        return (
+            "; the model was built without its data (device='meta'): materialise it "
+            "first (model.to_empty(device='cpu'), then initialise or load its weights)"
+        )
+    if tensor.is_quantized:
+        return (
+            "; a quantized model cannot be federated: federate the float model and "
+            "quantize it after the run (torch.ao.quantization.convert)"
+        )
+    if tensor.is_complex():
+        return (
+            "; keep the real and imaginary parts as a real tensor of a trailing dimension 2 "
+            "(torch.view_as_real) that forward() reads with torch.view_as_complex"
+        )
+    held = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    if tensor.is_floating_point() and tensor.dtype not in held:  # float8 and the like
+        return (
+            "; give the model in a dtype NumPy holds (model.float(), or model.to(torch.bfloat16), "
+            "which is sent as float32) and cast it after the run"
+        )
+    return ""
 
 
 def _wrapper_hint(missing: list[str], extra: list[str]) -> str:
