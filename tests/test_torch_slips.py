@@ -56,6 +56,44 @@ def test_a_float64_batch_for_a_float32_model_names_the_dtypes_and_the_fix() -> N
     )
 
 
+@pytest.mark.parametrize(
+    ("model", "data", "fixes"),
+    [
+        (
+            "half",
+            torch.float32,
+            "convert the data, .half() on the tensors, or the model, model.float()",
+        ),
+        (
+            "bfloat16",
+            torch.float32,
+            "convert the data, .bfloat16() on the tensors, or the model, model.float()",
+        ),
+        (
+            "float",
+            torch.float16,
+            "convert the data, .float() on the tensors, or the model, model.half()",
+        ),
+        (
+            "half",
+            torch.float64,
+            "convert the data, .half() on the tensors (NumPy arrays are float64: "
+            "torch.from_numpy(x).half()), or the model, model.double() (or "
+            "torch.set_default_dtype(torch.float64) before building it)",
+        ),
+    ],
+)
+def test_a_batch_for_a_model_of_another_precision_names_the_casts_between_the_two(
+    model: str, data: Any, fixes: str
+) -> None:
+    # A float16 model given float32 data was told to convert the data with .float() (which
+    # it already was) or the model with model.double().
+    client = TorchClient(getattr(Net(), model)(), nn.CrossEntropyLoss(), _sgd, _data(data))
+    with pytest.raises(TypeError) as caught:
+        client.fit(client.initial_weights(), {"round": 1})
+    assert f"torch computes a layer in one dtype: {fixes} (torch: " in str(caught.value)
+
+
 def test_an_error_of_another_kind_with_float64_data_is_torchs_own() -> None:
     def loss(out: Any, y: Any) -> Any:
         raise RuntimeError("the loss broke")

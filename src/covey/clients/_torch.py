@@ -106,8 +106,39 @@ def _floats(value: Any) -> list[Any]:
     return []
 
 
+#: The Tensor and Module method that casts to each floating-point dtype.
+_CASTS = {
+    "torch.float16": "half",
+    "torch.bfloat16": "bfloat16",
+    "torch.float32": "float",
+    "torch.float64": "double",
+}
+
+
+def _fixes(data: list[str], model: Any) -> str:
+    """How to make data of the dtypes ``data`` and a model of dtype ``model`` agree."""
+    to_data = _CASTS.get(str(model))
+    fix = (
+        f"convert the data, .{to_data}() on the tensors"
+        if to_data
+        else f"convert the data, .to({model}) on the tensors"
+    )
+    if "torch.float64" in data and to_data:
+        fix += f" (NumPy arrays are float64: torch.from_numpy(x).{to_data}())"
+    to_model = _CASTS.get(data[0]) if len(data) == 1 else None
+    if to_model:
+        fix += f", or the model, model.{to_model}()"
+    if to_model == "double":
+        fix += " (or torch.set_default_dtype(torch.float64) before building it)"
+    return fix
+
+
 def dtype_mismatch(module: Any, inputs: Any, targets: Any) -> str | None:
-    """Say which of a batch's floating-point tensors differ from ``module``'s dtype; else None."""
+    """Say which of a batch's floating-point tensors differ from ``module``'s dtype; else None.
+
+    The fixes named are the casts between the two dtypes: ``.half()`` on the data of a
+    float16 model, ``model.float()`` for float32 data, say.
+    """
     want = _float_dtype(module)
     if want is None:
         return None
@@ -116,10 +147,7 @@ def dtype_mismatch(module: Any, inputs: Any, targets: Any) -> str | None:
         if other:
             return (
                 f"the batch's {what} are {' and '.join(other)}, the model's weights {want}, and "
-                "torch computes a layer in one dtype: convert the data, .float() on the "
-                "tensors (NumPy arrays are float64: torch.from_numpy(x).float()), or the "
-                "model, model.double() (or torch.set_default_dtype(torch.float64) before "
-                "building it)"
+                f"torch computes a layer in one dtype: {_fixes(other, want)}"
             )
     return None
 
