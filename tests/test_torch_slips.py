@@ -211,6 +211,24 @@ def test_central_dp_names_batch_norms_counter_and_how_to_drop_it() -> None:
     assert "BatchNorm" not in str(caught.value)
 
 
+def test_central_dp_says_how_to_keep_another_integer_buffer_out_of_the_weights() -> None:
+    import covey
+    from covey import privacy
+
+    # It said "keep integer state out of the model", and no more on how.
+    dp = privacy.central(covey.FedAvg(), noise_multiplier=1.0, clip=1.0, delta=1e-5)
+    model = nn.Linear(4, 3)
+    model.register_buffer("mask", torch.tensor([True, False, True]))
+    with pytest.raises(TypeError, match=r"\['mask'\]") as caught:
+        dp.aggregator.init(to_weights(model))
+    said = str(caught.value)
+    assert "register_buffer(name, tensor, persistent=False)" in said
+    assert "BatchNorm" not in said
+    # The fix it gives works: the buffer leaves the weights.
+    model.register_buffer("mask", torch.tensor([True, False, True]), persistent=False)
+    dp.aggregator.init(to_weights(model))
+
+
 def _dpsgd(model: Any, loader: Any) -> Any:
     pytest.importorskip("opacus")
     from covey.privacy import DPSGD

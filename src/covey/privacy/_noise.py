@@ -57,9 +57,19 @@ _TRACKED = "num_batches_tracked"
 def _counters(names: list[str]) -> str:
     """How to take torch BatchNorm's integer counters among ``names`` out of a model."""
     counters = [str(n) for n in names if str(n).rpartition(".")[2] == _TRACKED]
+    others = [str(n) for n in names if str(n).rpartition(".")[2] != _TRACKED]
+    hint = (
+        f". {others[0]!r}{' and the like' if len(others) > 1 else ''}: an array every "
+        "client builds alike and training leaves as it is (a mask, a table of codes) can "
+        "stay apart from the weights; a torch buffer does when registered with "
+        "register_buffer(name, tensor, persistent=False), which leaves it out of the "
+        "state_dict"
+        if others
+        else ""
+    )
     if not counters:
-        return ""
-    return (
+        return hint
+    return hint + (
         f". {counters[0]!r}{' and the like' if len(counters) > 1 else ''} is a torch "
         f"BatchNorm's {_TRACKED} buffer, an integer count of the batches it trained on: "
         f"set m.{_TRACKED} = None on each BatchNorm layer m before taking the model's "
