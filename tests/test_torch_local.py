@@ -114,6 +114,23 @@ def test_local_entries_that_pick_nothing_are_refused() -> None:
         _client(local=["head.*"])
     with pytest.raises(ValueError, match="local entry 'BatchNorm2d' picks none"):
         _client(local=[nn.BatchNorm2d])
+    # State no client sends is told so, with what to do: it said only "picks none".
+    first = nn.Linear(4, 5)
+    first.register_buffer("scratch", torch.zeros(2), persistent=False)
+    model = nn.Sequential(first, nn.Dropout(0.0), nn.Linear(5, 3))
+    loader = tiny_loader(16, 0)
+    with pytest.raises(
+        ValueError,
+        match=r"picks none .*; it picks buffers registered with persistent=False \(0\.scratch\), "
+        "which are not in the state_dict: no client sends them, so leave them out of local",
+    ):
+        TorchClient(model, nn.CrossEntropyLoss(), torch.optim.SGD, loader, local=["*.scratch"])
+    with pytest.raises(
+        ValueError,
+        match=r"'Dropout' picks none .*; the model's Dropout layers hold no parameters nor "
+        "persistent buffers, so no client sends anything of them: leave them out of local",
+    ):
+        TorchClient(model, nn.CrossEntropyLoss(), torch.optim.SGD, loader, local=[nn.Dropout])
     with pytest.raises(TypeError, match=r"a list of patterns or module classes: \['2.\*'\]"):
         _client(local="2.*")
     with pytest.raises(TypeError, match="got int 3"):

@@ -57,7 +57,7 @@ def local_names(model: Any, local: Iterable[Any], torch: Any) -> list[str]:
                 f"classes (torch.nn.BatchNorm2d), got {type(item).__name__} {item!r:.60}"
             )
         if not found:
-            raise ValueError(_picks_none(item, names))
+            raise ValueError(_picks_none(item, names) + _unsent(item, names, model))
         picked |= found
     for group in _tied(_tensors(model.state_dict(keep_vars=True), torch)):
         if len({n in picked for n in group}) > 1:
@@ -84,6 +84,24 @@ def _picks_none(item: Any, names: list[str]) -> str:
         f"local entry {getattr(item, '__name__', item)!r} picks none of the model's "
         f"state_dict names ({shown})"
     )
+
+
+def _unsent(item: Any, names: list[str], model: Any) -> str:
+    """Why what ``item`` picks is no state_dict entry, when it picks state no client sends."""
+    if isinstance(item, str):
+        unsaved = [n for n, _ in model.named_buffers() if n not in names and fnmatchcase(n, item)]
+        if unsaved:
+            return (
+                "; it picks buffers registered with persistent=False ("
+                f"{', '.join(unsaved[:4])}{', ...' if len(unsaved) > 4 else ''}), which are "
+                "not in the state_dict: no client sends them, so leave them out of local"
+            )
+    elif any(isinstance(m, item) for m in model.modules()):
+        return (
+            f"; the model's {item.__name__} layers hold no parameters nor persistent "
+            "buffers, so no client sends anything of them: leave them out of local"
+        )
+    return ""
 
 
 def _of_class(model: Any, cls: type, names: list[str]) -> set[str]:
