@@ -94,6 +94,20 @@ def test_a_batch_for_a_model_of_another_precision_names_the_casts_between_the_tw
     assert f"torch computes a layer in one dtype: {fixes} (torch: " in str(caught.value)
 
 
+def test_a_model_whose_every_parameter_is_frozen_is_told_it_has_nothing_to_train() -> None:
+    # It raised torch's "element 0 of tensors does not require grad and does not have a grad_fn".
+    model = Net()
+    model.requires_grad_(False)
+    client = TorchClient(model, nn.CrossEntropyLoss(), _sgd, _data())
+    with pytest.raises(ValueError, match=r"every parameter of the model has requires_grad=False"):
+        client.fit(client.initial_weights(), {"round": 1})
+    model.fc.bias.requires_grad_(True)  # one layer frozen, another not: it trains
+    delta = client.fit(client.initial_weights(), {"round": 1}).delta
+    assert delta is not None
+    assert delta["fc.bias"].any()
+    assert not delta["fc.weight"].any()
+
+
 def test_an_error_of_another_kind_with_float64_data_is_torchs_own() -> None:
     def loss(out: Any, y: Any) -> Any:
         raise RuntimeError("the loss broke")

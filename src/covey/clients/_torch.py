@@ -160,10 +160,19 @@ def dtypes_named(module: Any, inputs: Any, targets: Any) -> Iterator[None]:
         TypeError: the step raised torch's RuntimeError about dtypes, and the batch
             holds floating-point tensors of a dtype other than the model's (float64
             data for a float32 model, say); the original error is its ``__cause__``.
+        ValueError: the step's backward pass failed and no parameter of the model
+            requires a gradient (every layer frozen).
     """
     try:
         yield
     except RuntimeError as exc:
+        if "require grad" in str(exc) and not any(p.requires_grad for p in module.parameters()):
+            raise ValueError(
+                "every parameter of the model has requires_grad=False, so fit has nothing "
+                "to train: unfreeze the layers to train (p.requires_grad_(True)), or judge "
+                "the model without training it on the server (covey.torch.evaluate_model, "
+                f"simulate(rounds=0, evaluate_fn=...)) (torch: {exc})"
+            ) from exc
         message = dtype_mismatch(module, inputs, targets) if "type" in str(exc).lower() else None
         if message is None:
             raise
