@@ -795,6 +795,47 @@ def test_ctrl_c_while_the_local_ray_starts_stops_it(tmp_path: Any) -> None:
                 process.kill()
 
 
+def _own_sigterm(signum: int, frame: Any) -> None:
+    """A SIGTERM handler of the user's own (never called here)."""
+
+
+@pytest.mark.parametrize("handler", [signal.SIG_DFL, _own_sigterm], ids=["default", "own"])
+def test_a_run_on_a_local_ray_leaves_the_sigterm_handler_as_it_found_it(handler: Any) -> None:
+    # ray.init sets a SIGTERM handler of its own (sys.exit) that ray.shutdown leaves:
+    # after one run, SIGTERM no longer ended the process, and a handler of the
+    # user's own (or covey run's stop) was gone for good.
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        result = covey.simulate(Plus, 2, 1, None, {"w": np.zeros(2)}, backend="ray", num_workers=1)
+        assert signal.getsignal(signal.SIGTERM) is handler
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert result.weights["w"].tolist() == [0.5, 0.5]
+
+
+def test_a_run_on_a_local_ray_leaves_the_users_log_handlers_and_ray_level_as_they_were() -> None:
+    # ray.init gave every handler of the "ray" logger Ray's format (pytest's capture
+    # handlers and a user's own there, whose every line then came out in Ray's
+    # format, covey's too) and set that logger back to INFO each run.
+    ray_logger = logging.getLogger("ray")
+    own = logging.StreamHandler()
+    formatter = logging.Formatter("mine: %(message)s")
+    own.setFormatter(formatter)
+    level = ray_logger.level
+    ray_logger.addHandler(own)
+    ray_logger.setLevel(logging.WARNING)
+    root = {handler: handler.formatter for handler in logging.getLogger().handlers}
+    try:
+        covey.simulate(Plus, 2, 1, None, {"w": np.zeros(2)}, backend="ray", num_workers=1)
+        assert own.formatter is formatter
+        assert ray_logger.level == logging.WARNING
+        assert {h: h.formatter for h in logging.getLogger().handlers} == root
+    finally:
+        ray_logger.removeHandler(own)
+        ray_logger.setLevel(level)
+
+
 def _running(process: psutil.Process) -> bool:
     """Whether ``process`` runs (a zombie, ended but not yet reaped, does not)."""
     try:

@@ -106,7 +106,11 @@ def start_or_join(
     kwargs.update(init_args or {})
     local = kwargs["address"] == "local"
     deadline = time.monotonic() + (LOCAL_START_TIMEOUT if timeout is None else timeout)
-    with held_signals() as held, local_start_wait(local, timeout) as wait:
+    with (
+        held_signals() as held,
+        kept_logging(kwargs),
+        local_start_wait(local, timeout) as wait,
+    ):
         for attempt in range(1, START_ATTEMPTS + 1):
             try:
                 ray.init(**kwargs)
@@ -129,6 +133,42 @@ def start_or_join(
         ray.shutdown()
         raise
     return True
+
+
+#: The ``ray.init`` arguments by which a caller asks Ray to set up its own logger.
+_RAY_LOGGING_ARGS = ("configure_logging", "logging_level", "logging_format")
+
+
+@contextlib.contextmanager
+def kept_logging(init_args: Mapping[str, Any]) -> Iterator[None]:
+    """Put back, after the block, the logging that ``ray.init`` changes in this process.
+
+    ``ray.init`` gives every handler of the ``ray`` logger Ray's format and sets that
+    logger's level to INFO, each time it is called. A handler of the user's own
+    there (or one that pytest's log capture attaches to every logger that does not
+    propagate, the root logger's) printed all that it handled in Ray's format from
+    then on, covey's lines too; a ``ray`` logger quietened by the user spoke again.
+    Left as Ray sets them when ``init_args`` names one of Ray's logging arguments.
+    """
+    if any(name in init_args for name in _RAY_LOGGING_ARGS):
+        yield
+        return
+    ray_logger = logging.getLogger("ray")
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    formats = {
+        handler: handler.formatter
+        for logger in loggers
+        if isinstance(logger, logging.Logger)
+        for handler in logger.handlers
+    }
+    level = ray_logger.level
+    try:
+        yield
+    finally:
+        ray_logger.setLevel(level)
+        for handler, formatter in formats.items():
+            if handler.formatter is not formatter:
+                handler.setFormatter(formatter)
 
 
 def start_again(exc: BaseException, wait: str, deadline: float) -> bool:
@@ -227,29 +267,34 @@ def held_signals() -> Iterator[list[tuple[Any, int]]]:
     for a minute or more, or ended the process with a segmentation fault: held,
     the signal is handled once Ray has started and can be stopped. A second one is
     handled at once (a Ray that does not start is interrupted). Signals whose
-    handler is not Python's (the default action, ignored), and signals outside
-    the main thread, are left as they are.
+    handler is not Python's (the default action, ignored) are not held, and
+    signals outside the main thread are left as they are.
+
+    Every one of these handlers is put back after the block: ``ray.init`` sets a
+    SIGTERM handler of its own (``sys.exit``), which ``ray.shutdown`` leaves in
+    place; kept, a process that had run a Ray simulation (a notebook's, a
+    ``covey run``'s) no longer ended, or stopped as it had been told to, on SIGTERM.
     """
     held: list[tuple[Any, int]] = []
     if threading.current_thread() is not threading.main_thread():
         yield held
         return
-    before: dict[int, Any] = {}
+    before: dict[int, Any] = {
+        int(sig): signal.getsignal(sig) for sig in (signal.SIGINT, *stop_signals())
+    }
 
     def hold(signum: int, frame: Any) -> None:
         held.append((before[signum], signum))
         signal.signal(signum, before[signum])  # a second one is not held: a Ray stuck starting
 
-    for sig in (signal.SIGINT, *stop_signals()):
-        handler = signal.getsignal(sig)
+    for sig, handler in before.items():
         if callable(handler):
-            before[sig] = handler
             signal.signal(sig, hold)
     try:
         yield held
     finally:
         for signum, handler in before.items():
-            if signal.getsignal(signum) is hold:
+            if handler is not None:  # None: set outside Python, which cannot set it back
                 signal.signal(signum, handler)
 
 
