@@ -836,6 +836,15 @@ def test_a_run_on_a_local_ray_leaves_the_users_log_handlers_and_ray_level_as_the
         ray_logger.setLevel(level)
 
 
+def test_a_run_on_a_local_ray_leaves_breakpoint_to_pdb(monkeypatch: pytest.MonkeyPatch) -> None:
+    # ray.init names Ray's driver hook in PYTHONBREAKPOINT and ray.shutdown left it:
+    # breakpoint() after a run waited for a remote debugger (or, without debugpy,
+    # did nothing) instead of starting pdb.
+    monkeypatch.delenv("PYTHONBREAKPOINT", raising=False)
+    covey.simulate(Plus, 2, 1, None, {"w": np.zeros(2)}, backend="ray", num_workers=1)
+    assert "PYTHONBREAKPOINT" not in os.environ
+
+
 def _running(process: psutil.Process) -> bool:
     """Whether ``process`` runs (a zombie, ended but not yet reaped, does not)."""
     try:

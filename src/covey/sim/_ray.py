@@ -46,7 +46,7 @@ from covey.sim._rayplan import (
     unpicklable,
     wait_all,
 )
-from covey.sim._raystart import check_pickles, ray_module, start_or_join, watch_local
+from covey.sim._raystart import check_pickles, ray_module, shutdown, start_or_join, watch_local
 from covey.sim._raywatch import unwatch
 from covey.sim._sendable import Unsent
 from covey.transport._base import LONGEST_WAIT
@@ -486,7 +486,7 @@ class RayTransport:
         if self._owns_ray:
             self._owns_ray = False
             try:
-                ray.shutdown()
+                shutdown(ray)
             finally:
                 unwatch(self._watchdog)  # after the Ray it watched
 

@@ -113,6 +113,7 @@ def start_or_join(
     ):
         for attempt in range(1, START_ATTEMPTS + 1):
             try:
+                _hook_before[:] = [os.environ.get(BREAKPOINT)]
                 ray.init(**kwargs)
                 break
             except BaseException as exc:
@@ -130,7 +131,7 @@ def start_or_join(
         for handler, signum in held:
             handler(signum, None)  # Ctrl-C's raises KeyboardInterrupt, now that Ray can stop
     except BaseException:
-        ray.shutdown()
+        shutdown(ray)
         raise
     return True
 
@@ -169,6 +170,31 @@ def kept_logging(init_args: Mapping[str, Any]) -> Iterator[None]:
         for handler, formatter in formats.items():
             if handler.formatter is not formatter:
                 handler.setFormatter(formatter)
+
+
+#: The variable that names the hook ``breakpoint()`` calls: ``ray.init`` sets it.
+BREAKPOINT = "PYTHONBREAKPOINT"
+#: Its value before this process's Ray was started or joined (Ray is one per process).
+_hook_before: list[str | None] = []
+
+
+def shutdown(ray: Any) -> None:
+    """Stop the Ray that :func:`start_or_join` started or joined, as this process had it.
+
+    ``ray.init`` names Ray's own driver hook in ``PYTHONBREAKPOINT`` and
+    ``ray.shutdown`` leaves it: ``breakpoint()`` in the notebook or script that ran a
+    simulation then waited for a remote debugger (or, without debugpy, did nothing)
+    instead of starting pdb, and so did it in the processes started from it.
+    """
+    try:
+        ray.shutdown()
+    finally:
+        while _hook_before:
+            hook = _hook_before.pop()
+            if hook is None:
+                os.environ.pop(BREAKPOINT, None)
+            else:
+                os.environ[BREAKPOINT] = hook
 
 
 def start_again(exc: BaseException, wait: str, deadline: float) -> bool:
@@ -229,7 +255,7 @@ def stop_started(ray: Any, exc: BaseException) -> None:
             trace = trace.tb_next
         cause = cause.__cause__ or cause.__context__
     with contextlib.suppress(Exception):  # a Ray that started part-way then failed
-        ray.shutdown()
+        shutdown(ray)
 
 
 def local_start_failed(wait: str) -> str:
