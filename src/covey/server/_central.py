@@ -12,6 +12,7 @@ from covey.core._messages import Scalar
 from covey.core._metricvalues import FLOAT_MAX, item_of
 from covey.core._weights import Weights, fingerprint
 from covey.strategies._checks import name_of
+from covey.strategies._metrics import R2_MOMENTS
 
 __all__ = ["central_evaluation"]
 
@@ -61,6 +62,10 @@ _SCALARS = (bool, int, float, str, bytes)
 def _central_result(out: object) -> tuple[float, dict[str, Scalar]]:
     """``evaluate_fn``'s ``(loss, metrics)``, checked, NumPy scalars made Python scalars.
 
+    The sums a regressor's client reports to pool R^2 across clients
+    (:data:`~covey.strategies._metrics.R2_MOMENTS`) are left out: a
+    ``SklearnClient`` evaluating the server's test set gives its R^2 itself.
+
     Raises:
         TypeError: naming what is wrong, if ``out`` is not a number and a dict of
             names to scalars (an array as a metric would stop the run later, when
@@ -77,6 +82,8 @@ def _central_result(out: object) -> tuple[float, dict[str, Scalar]]:
         )
     checked: dict[str, Scalar] = {}
     for key, value in metrics.items():
+        if key == R2_MOMENTS:
+            continue
         value = item_of(value)  # NumPy scalars, 0-d arrays and tensors
         if not isinstance(key, str):
             raise TypeError(

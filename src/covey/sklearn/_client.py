@@ -19,7 +19,12 @@ from covey.core._weights import Array, Weights
 from covey.sklearn._inputs import check_labels, class_labels, model_kind, sample_weights
 from covey.sklearn._params import features, get_params, is_mlp, prime, set_params
 from covey.sklearn._rate import checked_rate, rate_name, set_rate
-from covey.sklearn._regress import evaluate_regressor, regression_targets, train_loss
+from covey.sklearn._regress import (
+    evaluate_regressor,
+    regression_targets,
+    regressor_scores,
+    train_loss,
+)
 from covey.sklearn._support import check_kind, check_options
 from covey.sklearn._trainstate import capture, check, restore
 
@@ -111,8 +116,13 @@ class SklearnClient(Client):
     scratch (``Ridge``, ``LinearRegression``) are refused, naming these.
     ``fit`` reports the mean squared error on the training data after training
     as ``train_loss``, and ``evaluate`` the mean squared error as the loss with
-    ``{"r2": ..., "mae": ...}``, which the server averages weighted by examples
-    (so ``"r2"`` is the mean of the clients' own R^2, each against its own mean).
+    ``{"r2": ..., "mae": ...}`` and the sums ``"r2.moments"`` (per output: the
+    squared errors, the targets and their squared deviations from their mean,
+    summed). The server's default ``weighted_metrics`` averages the mean squared
+    and absolute errors weighted by examples, which are those of the clients'
+    test data pooled, and reports the pooled R^2 from the sums: ``r2_score`` of
+    all the clients' test data concatenated, not a mean of each client's R^2
+    against its own targets' mean.
 
     The fit config may override ``"epochs"`` and ``"lr"`` per round: the rate
     (a number > 0) is set as ``eta0`` of an SGD-trained linear model under the
@@ -393,12 +403,17 @@ class SklearnClient(Client):
 
         Returns:
             The log loss (or error rate), the number of examples and the accuracy;
-            for a regressor the mean squared error and ``{"r2": ..., "mae": ...}``.
+            for a regressor the mean squared error and ``{"r2": ..., "mae": ...}``
+            with ``"r2.moments"``, the sums from which the server pools R^2 (left
+            out if a prediction is not finite).
             Without test data (``x_test`` of 0 rows, an empty partition): 0
             examples, a NaN loss (weighed by 0) and no metrics.
         """
         if len(self.y_test) == 0:
             return EvaluateResult(loss=float("nan"), num_examples=0, metrics={})
         self._load(weights)
-        loss, metrics = evaluate_model(self.model, self.x_test, self.y_test, self.classes)
+        if self.classes is None:  # with the sums that pool R^2 across the clients
+            loss, metrics = regressor_scores(self.model, self.x_test, self.y_test)
+        else:
+            loss, metrics = evaluate_model(self.model, self.x_test, self.y_test, self.classes)
         return EvaluateResult(loss=loss, num_examples=len(self.y_test), metrics=metrics)

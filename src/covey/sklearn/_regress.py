@@ -18,8 +18,15 @@ import numpy as np
 import numpy.typing as npt
 
 from covey.sklearn._params import _single_target, is_mlp
+from covey.strategies._metrics import R2_MOMENTS, r2_moments
 
-__all__ = ["check_regressor", "evaluate_regressor", "regression_targets", "train_loss"]
+__all__ = [
+    "check_regressor",
+    "evaluate_regressor",
+    "regression_targets",
+    "regressor_scores",
+    "train_loss",
+]
 
 SUPPORTED = "SGDRegressor, MLPRegressor and PassiveAggressiveRegressor"
 
@@ -101,7 +108,31 @@ def evaluate_regressor(model: Any, x: Any, y: npt.ArrayLike) -> tuple[float, dic
     predictions and 0.0 otherwise, as ``r2_score``'s ``force_finite`` has it.
     """
     y_arr = np.asarray(y, dtype=np.float64)
+    return _scores(y_arr, _errors(model, x, y_arr))
+
+
+def regressor_scores(model: Any, x: Any, y: npt.ArrayLike) -> tuple[float, dict[str, Any]]:
+    """:func:`evaluate_regressor`'s scores, with the sums that pool R^2 across clients.
+
+    The sums (:data:`covey.strategies._metrics.R2_MOMENTS`) let the server's
+    ``weighted_metrics`` report the R^2 of every client's test data pooled, not a
+    mean of the clients' own; they are left out if a prediction is not finite
+    (an array on the wire must be), and ``"r2"`` is then the clients' mean.
+    """
+    y_arr = np.asarray(y, dtype=np.float64)
     errors = _errors(model, x, y_arr)
+    loss, metrics = _scores(y_arr, errors)
+    moments = r2_moments(y_arr, errors)
+    out: dict[str, Any] = dict(metrics)
+    if np.isfinite(moments).all():
+        out[R2_MOMENTS] = moments
+    return loss, out
+
+
+def _scores(
+    y_arr: npt.NDArray[np.float64], errors: npt.NDArray[np.float64]
+) -> tuple[float, dict[str, float]]:
+    """The mean squared error, R^2 and MAE of ``errors`` on targets ``y_arr``."""
     squared = (errors**2).sum(axis=0)
     spread = ((y_arr.reshape(errors.shape) - y_arr.reshape(errors.shape).mean(axis=0)) ** 2).sum(
         axis=0

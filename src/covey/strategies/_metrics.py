@@ -23,6 +23,11 @@ strings, a tuple or a NumPy array as a list, a NumPy scalar as a Python number.
 #: Privacy budgets clients report (``covey.privacy.LocalDP``): combined as the largest.
 LARGEST: frozenset[str] = frozenset({"dp_epsilon", "dp_delta"})
 
+#: What a client reports beside its ``"r2"`` so that the round's R^2 is that of the pooled
+#: data: for each output a row ``[sum of squared errors, sum of targets, sum of squared
+#: deviations of the targets from their local mean]`` (:func:`r2_moments`).
+R2_MOMENTS = "r2.moments"
+
 
 def weighted_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
     """Average numeric metrics over clients, weighted by their number of examples.
@@ -30,6 +35,14 @@ def weighted_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
     A privacy budget a client reports (``dp_epsilon``, ``dp_delta``, see
     :data:`LARGEST`) is the largest any client reported: what the round's
     release cost its most exposed client, which a mean would understate.
+
+    ``"r2"`` is no mean of per-example terms, so a mean of the clients' R^2 (each
+    against its own targets' mean) is not the R^2 of their data pooled. When
+    every client that reports ``"r2"`` also reports its sums under
+    :data:`R2_MOMENTS` (as :class:`covey.sklearn.SklearnClient` does), ``"r2"`` is
+    the pooled one, ``r2_score`` of all their targets and predictions
+    concatenated (over several outputs, the mean of each output's); the sums
+    themselves are left out, as arrays are.
 
     Args:
         results: ``(num_examples, metrics)`` for each client.
@@ -68,7 +81,55 @@ def weighted_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
                 continue
             pairs.setdefault(key, []).append((n, float(value)))
     combined = {key: _mean(values) for key, values in pairs.items()}
+    pooled = _pooled_r2(results)
+    if pooled is not None:
+        combined["r2"] = pooled
     return {**combined, **largest}
+
+
+def r2_moments(y: Any, errors: Any) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """The sums of :data:`R2_MOMENTS` of targets ``y`` and prediction ``errors``, shape (n, k).
+
+    For each output: the sum of squared errors, the sum of the targets and the
+    sum of their squared deviations from their mean (central, not the sum of
+    squares: the pooled spread then keeps its digits when the targets are far
+    from 0).
+    """
+    y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+    errors = np.asarray(errors, dtype=np.float64).reshape(y.shape)
+    spread = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
+    return np.stack([(errors**2).sum(axis=0), y.sum(axis=0), spread], axis=1)
+
+
+def _pooled_r2(results: Sequence[tuple[int, Metrics]]) -> float | None:
+    """R^2 of the clients' data pooled, from their :data:`R2_MOMENTS`; None if one lacks them.
+
+    Chan et al.'s parallel update pools the spreads: each client's own, plus
+    ``n_k (mean_k - mean)^2``. Targets that do not vary give 1.0 for exact
+    predictions and 0.0 otherwise, as ``r2_score``'s ``force_finite``.
+    """
+    sums: list[tuple[int, np.ndarray[Any, Any]]] = []
+    for n, metrics in results:
+        if n == 0 or "r2" not in metrics:
+            continue
+        moments = metrics.get(R2_MOMENTS)
+        if not isinstance(moments, np.ndarray) or moments.ndim != 2 or moments.shape[1] != 3:
+            return None
+        if sums and moments.shape != sums[0][1].shape:
+            return None
+        sums.append((n, moments.astype(np.float64, copy=False)))
+    if not sums:
+        return None
+    counts = np.array([float(n) for n, _ in sums])[:, None]
+    stacked = np.stack([m for _, m in sums])  # (clients, outputs, 3)
+    mean = stacked[:, :, 1].sum(axis=0) / counts.sum()
+    deviation = stacked[:, :, 1] / counts - mean
+    spread = (stacked[:, :, 2] + counts * deviation**2).sum(axis=0)
+    squared = stacked[:, :, 0].sum(axis=0)
+    varies = spread > 0
+    r2 = np.where(varies, 1.0 - squared / np.where(varies, spread, 1.0), 0.0)
+    r2[~varies & (squared == 0)] = 1.0
+    return float(r2.mean())
 
 
 def _mean(pairs: list[tuple[int, float]]) -> float:
