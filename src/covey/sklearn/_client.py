@@ -25,7 +25,7 @@ from covey.sklearn._regress import (
     regressor_scores,
     train_loss,
 )
-from covey.sklearn._support import check_kind, check_options
+from covey.sklearn._support import check_epochs, check_kind, check_options, trains_by_fit
 from covey.sklearn._trainstate import capture, check, restore
 
 __all__ = ["SklearnClient", "evaluate_model"]
@@ -102,16 +102,22 @@ class SklearnClient(Client):
     ``PassiveAggressiveRegressor``.
 
     ``fit`` sets the global parameters into the model and trains locally:
-    ``epochs`` calls of ``partial_fit`` (one pass each) for models that have
-    it, else one ``fit`` warm-started from the global parameters (its
-    ``max_iter`` bounds the local work; ``warm_start`` is switched on). It
-    returns the new parameters. ``evaluate`` gives the log loss (or error
-    rate) and accuracy on the test data.
+    ``epochs`` calls of ``partial_fit`` (one pass each) for models trained by
+    a stochastic solver (``SGDClassifier``, ``SGDRegressor``, ``Perceptron``, an
+    MLP with ``solver="sgd"`` or ``"adam"``). A model with a full-batch or
+    other solver of its own (``LogisticRegression``, whatever its solver; an
+    MLP with ``solver="lbfgs"``) trains by one ``fit`` warm-started from the
+    global parameters each round (``warm_start`` is switched on): its
+    ``max_iter`` bounds the local work, and ``epochs`` other than 1 (given here
+    or in the fit config) is refused, naming ``max_iter``. A model with neither
+    ``partial_fit`` nor ``warm_start`` is refused. ``fit`` returns the new
+    parameters. ``evaluate`` gives the log loss (or error rate) and accuracy
+    on the test data.
 
     A regressor takes no ``classes``: its targets are finite numbers, one per
     example (or, for an ``MLPRegressor`` with several outputs, one row each).
-    ``SGDRegressor``, ``PassiveAggressiveRegressor`` and ``MLPRegressor`` train
-    on from the global parameters with ``partial_fit`` (with ``solver="lbfgs"``,
+    ``SGDRegressor`` and ``MLPRegressor`` train on from the global parameters
+    with ``partial_fit`` (with ``solver="lbfgs"``, one warm-started ``fit`` of
     up to ``max_iter`` iterations from them); regressors that refit from
     scratch (``Ridge``, ``LinearRegression``) are refused, naming these.
     ``fit`` reports the mean squared error on the training data after training
@@ -167,7 +173,8 @@ class SklearnClient(Client):
         x_test: Local test features (None, with ``y_test`` None: evaluate on
             the training data).
         y_test: Local test labels (or targets), one per row of ``x_test``.
-        epochs: ``partial_fit`` passes per round.
+        epochs: ``partial_fit`` passes per round (1 for a model that trains
+            by ``fit``: ``LogisticRegression``, an MLP with ``solver="lbfgs"``).
         sample_weight: One finite weight >= 0 per training example, aligned
             with ``y_train`` (None: every example counts once).
         state_path: A file in which the client keeps what its model carries from
@@ -236,19 +243,22 @@ class SklearnClient(Client):
                 )
         self._check_test_set()
         self.epochs = epochs
-        if not hasattr(model, "partial_fit"):
+        self._by_fit = trains_by_fit(model)  # one warm-started fit a round, no passes
+        if self._by_fit:
             if "warm_start" not in model.get_params():
                 raise TypeError(
                     f"{type(model).__name__} has neither partial_fit nor warm_start, so it "
-                    "cannot train on from the global parameters"
+                    "cannot train on from the global parameters: use a model with "
+                    "partial_fit (SGDClassifier, SGDRegressor, an MLP with solver='adam')"
                 )
+            check_epochs(model, epochs, "epochs")
             model.set_params(warm_start=True)
         elif is_mlp(model) and model.get_params().get("warm_start"):
             # partial_fit trains on from the parameters set anyway; an MLP's warm_start
             # only makes it refuse local labels that lack one of the classes
             model.set_params(warm_start=False)
         check_options(model)
-        method = "partial_fit" if hasattr(model, "partial_fit") else "fit"
+        method = "fit" if self._by_fit else "partial_fit"
         self.sample_weight = sample_weights(sample_weight, model, method, len(self.y_train))
         self._rate_option, self._no_rate = rate_name(model)
         self._own_rate = None if self._rate_option is None else getattr(model, self._rate_option)
@@ -332,6 +342,8 @@ class SklearnClient(Client):
         epochs = config.get("epochs", self.epochs)
         if isinstance(epochs, bool) or not isinstance(epochs, int | np.integer) or epochs < 1:
             raise ValueError(f"config 'epochs' must be an int >= 1, got {epochs!r}")
+        if self._by_fit:
+            check_epochs(self.model, epochs, "config 'epochs'")
         asked = loss_before_fit(config)  # q-FedAvg: the loss at the received weights
         if not len(self.y_train):  # an empty partition: nothing learnt, weighed by 0
             checked_rate(config.get("lr", 1.0))
@@ -358,7 +370,7 @@ class SklearnClient(Client):
         weighted = {} if self.sample_weight is None else {"sample_weight": self.sample_weight}
         # A few local iterations per round are intended, not a failure to converge.
         with ignoring(ConvergenceWarning):
-            if hasattr(self.model, "partial_fit"):
+            if not self._by_fit:
                 for _ in range(int(epochs)):
                     self.model.partial_fit(self.x_train, self.y_train, **weighted)
             else:

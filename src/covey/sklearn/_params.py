@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from covey.core._weights import Array, Weights, WeightsError
-from covey.sklearn._support import check_kind, check_options
+from covey.sklearn._support import check_kind, check_options, trains_by_fit
 
 __all__ = ["get_params", "initial_params", "is_mlp", "prime", "set_params"]
 
@@ -246,7 +246,8 @@ def prime(
     """Give an unfitted model its structure (classes, layers) so parameters can be set.
 
     Models with ``partial_fit`` take one pass over ``x, y``, with every class
-    named (an MLP with ``solver="lbfgs"`` takes the layers of a copy that does);
+    named (an MLP with ``solver="lbfgs"``, classifier or regressor, takes the
+    layers of a copy with ``solver="sgd"`` that does: one pass, not an L-BFGS fit);
     other classifiers (``LogisticRegression``) get ``coef_`` and ``intercept_``
     of zeros and their ``classes_``, and other regressors (``LinearRegression``,
     ``Ridge``, ``HuberRegressor``, ``PoissonRegressor``) one ``fit`` on ``x, y``.
@@ -286,7 +287,7 @@ def prime(
         return
     if classes is None:
         raise ValueError(f"{type(model).__name__} is a classifier: give every class as classes=")
-    if is_mlp(model) and not hasattr(model, "partial_fit"):
+    if is_mlp(model) and trains_by_fit(model):
         _prime_mlp(model, x_arr, np.asarray(y), classes)
         return
     if hasattr(model, "partial_fit"):
@@ -335,25 +336,31 @@ def _prime_regressor(model: Any, x: Any, y: npt.NDArray[Any]) -> None:
     from covey.clients._quiet import ignoring
 
     with ignoring(ConvergenceWarning):  # what it learns is overwritten by set_params
-        if hasattr(model, "partial_fit"):  # an MLPRegressor has it whatever its solver (lbfgs
-            model.partial_fit(x, y)  # runs up to max_iter iterations from the weights set)
+        if is_mlp(model) and trains_by_fit(model):
+            # MLPRegressor has a partial_fit whatever its solver, which for lbfgs would run
+            # a whole fit of up to max_iter iterations: a one-pass twin gives the layers
+            _prime_mlp(model, x, y, None)
+        elif hasattr(model, "partial_fit"):
+            model.partial_fit(x, y)
         else:
             model.fit(x, y)
 
 
-def _prime_mlp(model: Any, x: Any, y: npt.NDArray[Any], classes: Sequence[Any]) -> None:
-    """An MLP classifier without ``partial_fit`` (``solver="lbfgs"``): its layers, from a twin.
+def _prime_mlp(model: Any, x: Any, y: npt.NDArray[Any], classes: Sequence[Any] | None) -> None:
+    """An MLP with ``solver="lbfgs"`` (trained by ``fit``): its layers, from a twin.
 
-    A copy of the model with ``solver="sgd"`` takes one ``partial_fit`` pass (with every
-    class named), and the model takes that copy's fitted state (layers, classes, output
-    activation), so that a warm-started ``fit`` trains on from the parameters set.
+    A copy of the model with ``solver="sgd"`` takes one ``partial_fit`` pass (a
+    classifier's with every class named), and the model takes that copy's fitted state
+    (layers, classes, output activation), so that a warm-started ``fit`` trains on
+    from the parameters set.
     """
     from sklearn.base import clone
 
     # warm_start off: with it, a first partial_fit would refuse local labels lacking a class
     # early_stopping off: partial_fit refuses it (and lbfgs, which never stops early, ignores it)
     twin = clone(model).set_params(solver="sgd", warm_start=False, early_stopping=False)
-    twin.partial_fit(x, y, classes=np.asarray(classes))
+    named = {} if classes is None else {"classes": np.asarray(classes)}
+    twin.partial_fit(x, y, **named)
     hyperparameters = model.get_params(deep=False)
     for name, value in vars(twin).items():
         if name not in hyperparameters:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["check_kind", "check_options"]
+__all__ = ["check_epochs", "check_kind", "check_options", "trains_by_fit"]
 
 
 def _linear(model: Any) -> bool:
@@ -29,6 +29,46 @@ def _linear(model: Any) -> bool:
     # no public base class; RANSACRegressor wraps another estimator and has no coef_
     return cls.__module__.startswith("sklearn.linear_model.") and cls.__name__ != (
         "RANSACRegressor"
+    )
+
+
+def trains_by_fit(model: Any) -> bool:
+    """Whether ``model`` trains each round with one warm-started ``fit``, not ``partial_fit``.
+
+    So do the models without ``partial_fit`` (``LogisticRegression``, whose solvers
+    each run up to ``max_iter`` iterations over all the local data) and an MLP with
+    ``solver="lbfgs"``: scikit-learn offers an MLP's ``partial_fit`` for its
+    stochastic solvers only (``MLPRegressor`` has one whatever its solver, which
+    would run a whole L-BFGS fit per call, and is not relied on).
+    """
+    if not hasattr(model, "partial_fit"):
+        return True
+    return hasattr(model, "hidden_layer_sizes") and model.get_params(deep=False).get(
+        "solver"
+    ) not in ("sgd", "adam")
+
+
+def check_epochs(model: Any, epochs: Any, where: str) -> None:
+    """Refuse ``epochs`` other than 1 for a model that trains by ``fit`` (:func:`trains_by_fit`).
+
+    Its round is one ``fit`` of up to ``max_iter`` iterations, each over all the local
+    data: there are no passes to count, and a second fit from where the first
+    stopped would only run ``max_iter`` more iterations under another name.
+
+    Raises:
+        ValueError: naming ``max_iter`` as what bounds the local work instead.
+    """
+    if epochs == 1 or not trains_by_fit(model):
+        return
+    options = model.get_params(deep=False)
+    solver = f"solver={options['solver']!r}" if "solver" in options else "no partial_fit"
+    limit = f"max_iter={options['max_iter']}" if "max_iter" in options else "its own fit"
+    raise ValueError(
+        f"{where} is {epochs!r}, but {type(model).__name__} ({solver}) trains each round "
+        f"with one fit warm-started from the global parameters, of up to {limit} "
+        "iterations over all the local data: bound a round's local work with max_iter and "
+        "leave epochs at 1 (or use a model trained with partial_fit passes, e.g. "
+        "SGDClassifier, SGDRegressor, or an MLP with solver='adam' or 'sgd')"
     )
 
 
@@ -66,7 +106,7 @@ def check_options(model: Any) -> None:
     """
     name = type(model).__name__
     options = model.get_params(deep=False)
-    incremental = hasattr(model, "partial_fit")  # an MLP has it for solver "sgd" and "adam"
+    incremental = not trains_by_fit(model)  # an MLP trains by partial_fit with "sgd" and "adam"
     if incremental and options.get("early_stopping"):
         raise ValueError(
             f"{name}(early_stopping=True) cannot train federated: clients train with "
