@@ -187,6 +187,9 @@ class SklearnClient(Client):
             trains on as the run never stopped (a round sent again starts from the
             state before it). A file that is not this client's (another model's,
             another client's, damaged) is refused, naming it. None keeps it in the model only.
+            An MLP's ``loss_curve_``, which scikit-learn grows by one loss a pass,
+            keeps the last round's passes only, in the model and in the file, so
+            neither grows with the run.
 
     Example:
         >>> import numpy as np
@@ -365,17 +368,7 @@ class SklearnClient(Client):
         before = None
         if asked is not None:
             before, _ = evaluate_model(self.model, self.x_train, self.y_train, self.classes)
-        from sklearn.exceptions import ConvergenceWarning
-
-        weighted = {} if self.sample_weight is None else {"sample_weight": self.sample_weight}
-        # A few local iterations per round are intended, not a failure to converge.
-        with ignoring(ConvergenceWarning):
-            if not self._by_fit:
-                for _ in range(int(epochs)):
-                    self.model.partial_fit(self.x_train, self.y_train, **weighted)
-            else:
-                self._check_every_class()
-                self.model.fit(self.x_train, self.y_train, **weighted)
+        self._train(int(epochs))
         if self._state is not None:
             self._state.keep(int(rnd), self._capture())
         # in the global weights' dtypes (a model trained on float32 features has float32 ones)
@@ -385,6 +378,23 @@ class SklearnClient(Client):
         if asked is not None:
             metrics[asked] = before
         return FitResult(weights=new, num_examples=len(self.y_train), metrics=metrics)
+
+    def _train(self, epochs: int) -> None:
+        """``epochs`` passes of ``partial_fit``, or one warm-started ``fit``, on the local data."""
+        from sklearn.exceptions import ConvergenceWarning
+
+        weighted = {} if self.sample_weight is None else {"sample_weight": self.sample_weight}
+        # A few local iterations per round are intended, not a failure to converge.
+        with ignoring(ConvergenceWarning):
+            if not self._by_fit:
+                for _ in range(epochs):
+                    self.model.partial_fit(self.x_train, self.y_train, **weighted)
+            else:
+                self._check_every_class()
+                self.model.fit(self.x_train, self.y_train, **weighted)
+        if getattr(self.model, "loss_curve_", None):
+            # an MLP appends a loss per pass for ever; scikit-learn reads the last one only
+            self.model.loss_curve_ = self.model.loss_curve_[-epochs:]
 
     def _train_metrics(self) -> dict[str, Any]:
         """``train_accuracy``, or a regressor's ``train_loss``, weighted by ``sample_weight``."""

@@ -1,7 +1,9 @@
 """What a scikit-learn model keeps between ``partial_fit`` calls, kept on disk between runs.
 
 An MLP's optimiser (Adam's moments and step, SGD's velocities and adaptive rate),
-its sample counter ``t_`` and the loss history its adaptive rate reads, and an
+its sample counter ``t_`` and the losses of its last round's passes (``loss_curve_``,
+whose last entry its adaptive rate and stopping read; the client keeps no more, so
+the file stays one size however long the run), and an
 SGD-trained linear model's ``t_`` (its learning-rate schedule's step) carry on
 from round to round. :class:`covey.clients._roundstate.TrainState` keeps them in a file, in covey's
 checksummed codec (never pickle), for the state after each of the client's last
