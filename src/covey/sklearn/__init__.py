@@ -11,8 +11,8 @@ classifiers that train on from given parameters, with ``partial_fit`` or
                                           classes=[0, 1])
     start = initial_params(SGDClassifier(), num_features=30, classes=[0, 1])
 
-A regressor that trains on with ``partial_fit`` (``SGDRegressor``,
-``MLPRegressor``, ``PassiveAggressiveRegressor``) federates the same way, without
+A regressor that trains on with ``partial_fit`` (``SGDRegressor``, also with the
+passive-aggressive ``learning_rate="pa1"``, and ``MLPRegressor``) federates the same way, without
 classes, reporting the mean squared error as its loss with R^2 and MAE::
 
     client_fn = lambda cid: SklearnClient(SGDRegressor(), *shards[cid])

@@ -98,8 +98,9 @@ class SklearnClient(Client):
     """Federate a scikit-learn classifier or regressor: a linear model or an MLP.
 
     Classifiers: ``SGDClassifier``, ``LogisticRegression``, ``Perceptron``,
-    ``MLPClassifier``, ...; regressors: ``SGDRegressor``, ``MLPRegressor``,
-    ``PassiveAggressiveRegressor``.
+    ``MLPClassifier``, ...; regressors: ``SGDRegressor``, ``MLPRegressor``
+    (scikit-learn's deprecated passive-aggressive models are ``SGDClassifier`` and
+    ``SGDRegressor`` with ``penalty=None, learning_rate="pa1"``).
 
     ``fit`` sets the global parameters into the model and trains locally:
     ``epochs`` calls of ``partial_fit`` (one pass each) for models trained by

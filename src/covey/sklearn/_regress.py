@@ -1,8 +1,8 @@
 """What :class:`covey.sklearn.SklearnClient` does for a regressor: its targets and its scores.
 
 A regressor federates as a classifier does when it trains on from the
-parameters set into it: with ``partial_fit`` (``SGDRegressor``,
-``PassiveAggressiveRegressor``, ``MLPRegressor``), or, for an MLP without it, a
+parameters set into it: with ``partial_fit`` (``SGDRegressor``, its passive-aggressive
+``learning_rate="pa1"`` too, ``MLPRegressor``), or, for an lbfgs MLP, a
 warm-started ``fit``. Regressors that refit from scratch (``LinearRegression``,
 ``Ridge``) are refused, naming those that work. Targets
 are finite numbers, one column (or, for a model with several outputs, one per
@@ -28,7 +28,7 @@ __all__ = [
     "train_loss",
 ]
 
-SUPPORTED = "SGDRegressor, MLPRegressor and PassiveAggressiveRegressor"
+SUPPORTED = "SGDRegressor and MLPRegressor"
 
 
 def check_regressor(model: Any, classes: Any) -> None:
