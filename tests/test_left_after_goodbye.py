@@ -35,8 +35,8 @@ def _left(goodbye: str) -> tuple[str, list[tuple[str, str, str]]]:
 
 def test_a_client_that_hangs_up_after_the_goodbye_left_as_the_run_finished() -> None:
     why, events = _left("the run is over")
-    assert why == "run finished"
-    assert events[-1] == ("site", "leave", "run finished")
+    assert why == "the run is over"
+    assert events[-1] == ("site", "leave", "the run is over")
 
 
 def test_a_client_told_the_run_stopped_left_as_told() -> None:

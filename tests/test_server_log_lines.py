@@ -75,5 +75,5 @@ def test_a_verbose_server_and_its_clients_date_every_line_once(tmp_path: Path) -
     for k in range(2):
         assert sum(f"client-{k} joined" in line for line in lines) == 1, said
         # it left as the run ended, told so: no drop
-        assert sum(f"client-{k} left: run finished (" in line for line in lines) == 1, said
+        assert sum(f"client-{k} left: the run is over (" in line for line in lines) == 1, said
         assert sum(f"client-{k} left" in line or f"client-{k} (" in line for line in lines) == 1

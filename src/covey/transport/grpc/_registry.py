@@ -121,14 +121,15 @@ CUT_OFF = (
 )
 
 
-RUN_FINISHED = "run finished"
+RUN_FINISHED = "the run is over"
 """Why a client that hung up after the goodbye of a run that ended normally left."""
 
 
 def left_after(goodbye: str) -> str:
     """Why a client left that hung up once told ``goodbye``: the run's end, not a drop.
 
-    ``run finished`` after the normal end (``the run is over``); after any other goodbye
+    ``the run is over`` after the normal end (a line apart from the server's own ``run
+    finished``, which a log watcher may wait for); after any other goodbye
     (``the run stopped: the server was interrupted``), what it was told.
     """
     if goodbye.startswith("the run is over"):
