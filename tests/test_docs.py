@@ -164,3 +164,123 @@ def test_every_file_a_page_names_exists(page: str) -> None:
         if not (any(ROOT.glob(path)) if "*" in path else (ROOT / path).exists())
     )
     assert not missing, f"{page} names files that do not exist: {missing}"
+
+
+_HEADING = re.compile(r"^(Args|Attributes):[ \t]*$")
+
+
+def _listed(doc: str, heading: str) -> list[str]:
+    """The names a Google-style ``Args:`` or ``Attributes:`` section of ``doc`` lists."""
+    names: list[str] = []
+    inside, indent = False, None
+    for line in doc.splitlines():
+        match = _HEADING.match(line)
+        if match:
+            inside, indent = match.group(1) == heading, None
+            continue
+        if not inside or not line.strip():
+            continue
+        if not line.startswith(" "):
+            inside = False
+            continue
+        lead = len(line) - len(line.lstrip())
+        indent = lead if indent is None else indent
+        if lead == indent:
+            names.append(re.split(r"[\s(:]", line.strip().lstrip("*"), maxsplit=1)[0])
+    return names
+
+
+def _arguments_problems(where: str, func: object, doc: str) -> list[str]:
+    """``func``'s ``Args:`` section names that its signature lacks, or parameters it omits."""
+    listed = _listed(doc, "Args")
+    if not listed:
+        return []
+    try:
+        signature = inspect.signature(func)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return []
+    params = [name for name in signature.parameters if name not in ("self", "cls")]
+    problems = [f"{where}: Args names {n!r}, not a parameter" for n in listed if n not in params]
+    problems += [f"{where}: Args misses {n!r}" for n in params if n not in listed]
+    return problems
+
+
+def _class_problems(where: str, cls: type) -> list[str]:
+    doc = inspect.getdoc(cls) or ""
+    fields = getattr(cls, "__dataclass_fields__", None)
+    if fields is not None:
+        problems = [
+            f"{where}: {heading} names {n!r}, not a field"
+            for heading in ("Args", "Attributes")
+            for n in _listed(doc, heading)
+            if n not in fields and not hasattr(cls, n)
+        ]
+    elif issubclass(cls, BaseException) or getattr(cls, "_is_protocol", False):
+        problems = []
+    else:
+        init = vars(cls).get("__init__")
+        init_doc = inspect.getdoc(init) if inspect.isfunction(init) else None
+        problems = _arguments_problems(where, cls, doc + "\n" + (init_doc or ""))
+    for attr, member in vars(cls).items():
+        func = getattr(member, "__func__", member)  # a staticmethod or classmethod's function
+        if not attr.startswith("_") and inspect.isfunction(func):
+            problems += _arguments_problems(f"{where}.{attr}", func, inspect.getdoc(func) or "")
+    return problems
+
+
+def _stale_arguments(module_name: str) -> list[str]:
+    module = importlib.import_module(module_name)
+    problems: list[str] = []
+    for name in getattr(module, "__all__", []):
+        obj = getattr(module, name)
+        if inspect.isclass(obj):
+            problems += _class_problems(f"{module_name}.{name}", obj)
+        elif inspect.isfunction(obj):
+            problems += _arguments_problems(f"{module_name}.{name}", obj, inspect.getdoc(obj) or "")
+    return problems
+
+
+@pytest.mark.parametrize("name", ["covey", *(f"covey.{n}" for n in subpackages())])
+def test_every_args_section_names_the_parameters(name: str) -> None:
+    # An ``Args:`` section lists exactly what the signature takes: a renamed or
+    # removed parameter must not stay documented, a new one must not go unmentioned.
+    short = name.removeprefix("covey.")
+    if short in OPTIONAL:
+        pytest.importorskip(OPTIONAL[short])
+    assert not _stale_arguments(name), "\n".join(_stale_arguments(name))
+
+
+def test_the_args_check_sees_a_stale_name() -> None:
+    def scale(x: float, factor: float = 2.0) -> float:  # noqa: D417 (on purpose)
+        """Scale a number.
+
+        Args:
+            x: The number.
+            scale: How much (the old name of ``factor``).
+        """
+        return x * factor
+
+    assert _arguments_problems("scale", scale, inspect.getdoc(scale) or "") == [
+        "scale: Args names 'scale', not a parameter",
+        "scale: Args misses 'factor'",
+    ]
+
+
+def test_every_export_shows_in_the_reference() -> None:
+    # mkdocstrings renders what griffe reads from the source: a function or class,
+    # or a constant or alias with a docstring. A name bound by calling a decorator
+    # (``connect = wrap(_connect)``) is a bare attribute to it, left out of the page.
+    griffe = pytest.importorskip("griffe")
+    package = griffe.load("covey", search_paths=[str(ROOT / "src")], resolve_aliases=True)
+    hidden = []
+    for name in ["", *subpackages()]:
+        module = package[name] if name else package
+        for export in module.exports or []:
+            export = str(export)
+            if export.startswith("__"):  # __version__: a dunder the reference leaves out
+                continue
+            target = module[export]
+            target = target.final_target if target.is_alias else target
+            if target.kind.value == "attribute" and not target.docstring:
+                hidden.append(f"{module.path}.{export}")
+    assert not hidden, f"left out of the API reference: {hidden}"

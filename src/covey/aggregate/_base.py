@@ -282,6 +282,7 @@ class Dropped:
 
 
 Event = Begin | Contribution | End | Aggregate | Broadcast | Dropped
+"""One event of a round's stream, what a step's ``update`` takes and gives."""
 State = Any
 Init = Callable[[Weights], State]
 Update = Callable[[State, Event], tuple[State, tuple[Event, ...]]]

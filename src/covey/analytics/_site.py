@@ -40,6 +40,7 @@ from covey.secagg._handlers import register_builtin_input
 _T = TypeVar("_T")
 
 TASK_KIND = "analyze"
+"""The task kind of an analytics query: a site answers it with :class:`Site`."""
 SECURE_INPUT = "covey.analytics.answer"
 MAX_CACHE = 256
 

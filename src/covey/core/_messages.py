@@ -33,6 +33,7 @@ Metrics = dict[str, Scalar | np.ndarray[Any, Any]]
 """A client's metrics as covey keeps them: Python scalars, and numeric arrays (copies)."""
 ResultMetrics = Mapping[str, MetricValue | np.ndarray[Any, Any]] | None
 Config = dict[str, Any]
+"""The settings a round sends a client's ``fit`` or ``evaluate`` (``on_fit_config``'s result)."""
 
 
 def slot_setters(cls: type, *names: str) -> tuple[Callable[[Any, Any], None], ...]:
@@ -145,9 +146,8 @@ def _counted(
 ) -> _R:
     """A new ``cls`` result, refused with what to pass if made without ``num_examples``.
 
-    Python's own "missing 1 required keyword-only argument" says nothing of what the
-    count is; type checkers still see the argument required (``__init__``). Called
-    with no argument at all, by ``pickle`` and ``copy``, it makes the object.
+    Python's "missing 1 required keyword-only argument" does not say what the count is (type
+    checkers see it required, in ``__init__``); given nothing (``pickle``, ``copy``), it makes one.
     """
     name = cls.__name__
     if args:

@@ -63,12 +63,6 @@ class Failure:
 class RoundRecord:
     """One round. Round 0 holds only the central evaluation of the initial model.
 
-    ``privacy`` is the budget spent so far, ``{"epsilon": ..., "delta": ...}``,
-    in a differentially private run (None otherwise). ``bytes_sent`` and
-    ``bytes_received`` count the array bytes the server sent to and received
-    from clients in the round (in an asynchronous run, in the global update; a
-    round a deployed server ran again counts every attempt's).
-
     Attributes:
         round: The round number (in an asynchronous run, the global update).
         fit_participants: The clients whose fit replies went into the aggregate.
@@ -107,6 +101,13 @@ class RoundRecord:
             to evaluate (``fraction_evaluate=0``, a round ``evaluate_every`` skips,
             too few clients), ``"central"`` without ``evaluate_fn`` or in a round
             it skips.
+        privacy: The budget spent so far, ``{"epsilon": ..., "delta": ...}``, in a
+            differentially private run (None otherwise).
+        bytes_sent: The array bytes the server sent to clients in the round (in an
+            asynchronous run, in the global update; a round a deployed server ran
+            again counts every attempt's).
+        bytes_received: The array bytes the server received from clients, counted
+            as ``bytes_sent`` is.
     """
 
     round: int

@@ -15,16 +15,11 @@ from covey.deploy._pem import (
     check_purpose,
     read_pem,
 )
-from covey.strategies._names import FLOWER_CONNECT, flower_keywords
-from covey.transport.grpc._client import ClientTLS
-from covey.transport.grpc._client import connect as _connect
+from covey.transport.grpc._client import ClientTLS, connect
 
 __all__ = ["client_tls", "connect", "file_name_problem", "tls_from_certs", "warn_without_tls"]
 
 logger = logging.getLogger("covey")
-
-# Flower's start_client keywords (server_address=, root_certificates=) get covey's names.
-connect = flower_keywords(FLOWER_CONNECT)(_connect)
 
 
 def warn_without_tls(address: str, what: str = "the model") -> None:

@@ -26,6 +26,7 @@ EvaluateFn = Callable[
 """``(round, weights) -> (loss, metrics)`` on the server; a metric is a scalar (NumPy's, or
 a 0-d array, as the number it holds), so a :data:`covey.Metrics` of one's own is taken."""
 RoundCallback = Callable[[RoundRecord], None]
+"""``(record) -> None``: ``on_round``, called with each round's record once the round is over."""
 
 REPLAYED: ContextVar[int | None] = ContextVar("covey_replayed_round", default=None)
 """The saved round a resumed run calls its ``on_round`` callbacks with again, while it does.

@@ -53,6 +53,7 @@ from covey.strategies._numbers import check_numbers, plain_tree
 from covey.strategies._subclass import parameters, subclass_options
 
 ConfigFn = Callable[[int], Config]
+"""``(round) -> config``: ``on_fit_config`` and ``on_evaluate_config``, a round's config."""
 Selector = Callable[[Sequence[int], int, np.random.Generator], Sequence[int]]
 """``(candidates, round, rng) -> chosen cids``: a custom client selection."""
 Where = Mapping[str, Any] | Callable[[Mapping[str, Any]], bool]

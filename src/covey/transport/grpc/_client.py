@@ -23,6 +23,7 @@ from covey.core._messages import Count, Real, plain_count, plain_real
 from covey.core._text import clipped
 from covey.core._version import covey_version
 from covey.core._weights import WeightsSpec
+from covey.strategies._names import FLOWER_CONNECT, flower_keywords
 from covey.transport.grpc import _wire
 from covey.transport.grpc._attempt import CLOSED as _CLOSED
 from covey.transport.grpc._attempt import Goodbye as _Goodbye
@@ -379,6 +380,7 @@ _HEARTBEAT = control(pb.ClientMessage(heartbeat=pb.Heartbeat()))
 _DATA_READY = control(pb.ClientMessage(heartbeat=pb.Heartbeat(data_ready=True)))
 
 
+@flower_keywords(FLOWER_CONNECT)
 def connect(
     client: ClientLike,
     address: str,
@@ -399,12 +401,11 @@ def connect(
 ) -> ConnectResult:
     """Join the federation at ``address`` and serve tasks until the server says goodbye.
 
-    The client is the same :class:`covey.Client` object that runs in
-    :func:`covey.simulate`. It dials out (so it works behind NAT and firewalls)
-    and reconnects with exponential backoff and jitter when the connection drops.
-    A refusal retrying cannot change (certificate not trusted or revoked, an incompatible
-    covey version, the run is over) ends it at once; a server interrupted before its run
-    was over (its goodbye says so) is reconnected to, as a lost connection.
+    The client dials out (so it works behind NAT and firewalls) and reconnects with exponential
+    backoff and jitter when the connection drops. A refusal retrying cannot change (certificate
+    not trusted or revoked, an incompatible covey version, the run is over) ends it at once; a
+    server interrupted before its run was over (its goodbye says so) is reconnected to, as a
+    lost connection.
 
     Args:
         client: A :class:`covey.Client` (the same object that runs in simulation), or
@@ -413,9 +414,8 @@ def connect(
         tls: Certificates for mutual TLS (the default for real deployments).
         insecure: Connect without TLS; only for local experiments.
         name: The client's name on an insecure server (with TLS the certificate names it).
-            Without one, the client picks ``anonymous-`` and 8 random hex digits,
-            kept across its reconnections, so the server sees one client
-            rather than a new one per connection.
+            Without one, the client picks ``anonymous-`` and 8 random hex digits, kept across
+            its reconnections, so the server sees one client, not one per connection.
         properties: Facts the server may select clients by (``Strategy(where=...)``) or
             give a client its own config by (``on_client_fit_config``), merged over
             ``client.properties()``; the server reads them when it asks.
@@ -447,9 +447,9 @@ def connect(
         covey.transport.grpc.AddressError: ``address`` is not ``host:port``.
         ValueError: a setting is out of range (a negative ``backoff``, a ``heartbeat``
             of 0, ...), naming it; or neither or both of ``tls`` and ``insecure``.
-        TypeError: ``client`` is a class, a ``client_fn`` or None rather than a client;
-            or ``client.properties()`` returned no dict, or values the network cannot
-            carry (an error it raises is raised with a note naming it).
+        TypeError: ``client`` is a class, a ``client_fn`` or None rather than a client; a
+            keyword is not one of these (Flower's names covey's); or ``client.properties()``
+            returned no dict, or values the network cannot carry (its error gets a note).
     """
     check_client(client)
     max_task_bytes, max_attempts = plain_count(max_task_bytes), plain_count(max_attempts)
