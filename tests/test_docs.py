@@ -55,6 +55,13 @@ def test_every_public_subpackage_has_a_reference_page() -> None:
         assert f"::: covey.{name}" in hook.page(name)
 
 
+def test_the_reference_index_lists_every_subpackage() -> None:
+    # The index's table is where a reader finds a layer's page, generated ones included.
+    index = (REFERENCE / "index.md").read_text(encoding="utf-8")
+    unlisted = [n for n in subpackages() if f"| [covey.{n}]({n}.md) |" not in index]
+    assert not unlisted, f"docs/reference/index.md's table lacks {unlisted}"
+
+
 def test_every_reference_page_is_in_the_nav_and_names_its_module() -> None:
     nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
     for page in REFERENCE.glob("*.md"):
