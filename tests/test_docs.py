@@ -291,3 +291,12 @@ def test_every_export_shows_in_the_reference() -> None:
             if target.kind.value == "attribute" and not target.docstring:
                 hidden.append(f"{module.path}.{export}")
     assert not hidden, f"left out of the API reference: {hidden}"
+
+
+def test_fedavg_lists_every_option_the_presets_take() -> None:
+    # Every preset points to FedAvg's list of its **options: an option added to
+    # StrategyOptions must be named there too.
+    from covey.strategies._options import StrategyOptions
+
+    listed = set(re.findall(r"``(\w+)``", (covey.FedAvg.__doc__ or "").split("Returns:")[0]))
+    assert set(StrategyOptions.__annotations__) == listed

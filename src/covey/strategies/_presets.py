@@ -49,8 +49,8 @@ def FedAvg(**options: Unpack[StrategyOptions]) -> Strategy:
     Args:
         **options: Sampling, selection, config and metrics options of :class:`Strategy`:
             ``fraction_fit``, ``min_fit_clients``, ``fraction_evaluate``,
-            ``min_evaluate_clients``, ``min_available_clients``, ``on_fit_config``,
-            ``on_evaluate_config``, ``on_client_fit_config``,
+            ``min_evaluate_clients``, ``evaluate_every``, ``min_available_clients``,
+            ``on_fit_config``, ``on_evaluate_config``, ``on_client_fit_config``,
             ``on_client_evaluate_config``, ``accept_failures``, ``fit_metrics``,
             ``evaluate_metrics``, ``selector`` and ``where``.
 
