@@ -207,6 +207,16 @@ class Site(Client):
             masked: Whether the answer goes through secure aggregation, so that only
                 the sum over the sites is seen. An answer seen on its own carries the
                 full noise, whatever share of it the request asks for.
+
+        Returns:
+            The answer: ``site`` (this site's name), ``vectors`` (the encoded sums),
+            ``clipped``, ``outside_domain`` and ``withheld_groups`` (what the policy
+            changed), ``spent`` (this site's budget spent so far) and ``cached``
+            (whether the same request was answered before, at no new cost).
+
+        Raises:
+            PolicyError: if the request asks for what the site's policy refuses.
+            QueryError: if the query cannot be answered over this site's rows.
         """
         policy, p = self._check(request)
         if not masked and request.get("dp"):

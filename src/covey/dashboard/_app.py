@@ -113,7 +113,8 @@ def plotly_js() -> Path:
     """The path of ``plotly.min.js`` inside the installed ``plotly`` package.
 
     Raises:
-        MissingExtraError: plotly (of the dashboard extra) is not installed.
+        ImportError: plotly (of the dashboard extra) is not installed; the error names the
+            extra to install.
         FileNotFoundError: the installed plotly lacks the file.
     """
     try:
@@ -361,7 +362,8 @@ def create_app(
         An ASGI app; serve it with :class:`covey.dashboard.DashboardServer` or uvicorn.
 
     Raises:
-        MissingExtraError: plotly (of the dashboard extra) is not installed.
+        ImportError: plotly (of the dashboard extra) is not installed; the error names the
+            extra to install.
     """
     root = Path(runs_dir)
     static = _static_dir()

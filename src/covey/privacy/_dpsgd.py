@@ -302,6 +302,14 @@ class DPSGD:
                 task and without ``round`` it goes on with this object's streams,
                 and a seeded one logs a warning once: built again each round
                 without ``ledger_path``, it would draw the same noise every round.
+
+        Returns:
+            The mean training loss over the batches of the passes.
+
+        Raises:
+            ValueError: if ``epochs`` or ``round`` is not a whole number in range, or
+                ``loss_fn`` does not take the mean over a batch.
+            TypeError: if a batch's floating-point dtype is not the model's.
         """
         torch = torch_module()
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
