@@ -6,7 +6,8 @@ import traceback
 from typing import Final
 
 from covey.core._interrupt import interrupt_in
-from covey.server._base import FederationError, _first_line
+from covey.server._base import FederationError
+from covey.server._firstline import first_line as _first_line
 from covey.transport.grpc._attempt import INTERRUPTED
 
 __all__ = ["STOPPED", "describe", "goodbye_of", "reason_of"]

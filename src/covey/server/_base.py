@@ -31,6 +31,7 @@ from covey.server._callbacks import check_evaluate_fn as check_evaluate_fn
 from covey.server._callbacks import checked_callbacks as checked_callbacks
 from covey.server._callbacks import round_callback as round_callback
 from covey.server._central import central_evaluation
+from covey.server._firstline import first_line as _first_line
 from covey.server._said import MOST_LOGGED as MOST_LOGGED
 from covey.server._said import PROPERTIES as PROPERTIES
 from covey.server._said import note_unreported, said_at_end
@@ -63,32 +64,6 @@ A client that connects again is asked again anyway: what is kept of one that lef
 only waits to be dropped, once there are more than twice the clients kept at the
 last look plus this many (so the fleet is looked at no more often than that).
 """
-
-_TRACEBACK = "Traceback (most recent call last):"
-_GROUP = "  + Exception Group Traceback (most recent call last):"
-
-
-def _first_line(text: str) -> str:
-    """One line saying what went wrong in a reply's error text.
-
-    That is covey's hint when the text ends with one (``covey: ...``), else the
-    ``Type: message`` line of the last traceback in it (the first line of a
-    message that spans several; an exception group's own line), else the
-    text's last line.
-    """
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
-        return text
-    starts = [i for i, line in enumerate(lines) if line.startswith((_TRACEBACK, _GROUP))]
-    if lines[-1].startswith("covey: ") or not starts:
-        return lines[-1].strip()
-    i = starts[-1] + 1
-    margin = "  | " if lines[starts[-1]] == _GROUP else ""
-    while i < len(lines) and lines[i].startswith(margin + "  "):  # frames, code and carets
-        i += 1
-    if i < len(lines) and lines[i].startswith(margin):
-        return lines[i][len(margin) :].strip()
-    return lines[-1].strip()
 
 
 class _LoopBase:

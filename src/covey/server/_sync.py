@@ -22,10 +22,11 @@ from covey.core._messages import EvaluateResult, Reply, Task
 from covey.core._recordvalues import settle, written
 from covey.core._weights import Weights
 from covey.server._applied import AppliedRounds
-from covey.server._base import EvaluateFn, FederationError, RoundCallback, _first_line, _LoopBase
+from covey.server._base import EvaluateFn, FederationError, RoundCallback, _LoopBase
 from covey.server._cidorder import in_cid_order as in_cid_order
 from covey.server._configs import client_configs, evaluate_config, fit_config
 from covey.server._direct import fit_directly
+from covey.server._firstline import first_line as _first_line
 from covey.server._lasteval import evaluate_saved_last
 from covey.server._means import weighted_loss
 from covey.server._passing import KeptWhere, wait_for_eligible
