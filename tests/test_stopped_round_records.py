@@ -109,19 +109,41 @@ def test_a_fedbuff_update_no_client_can_be_given_is_kept() -> None:
     assert "no client can be given a task" in record.aggregate_info["error"]
 
 
-def test_a_fedbuff_run_short_of_clients_before_its_first_update_keeps_no_record_of_it() -> None:
-    # No update began: the run's history says why it stopped, and names no update
-    # that did not finish (covey.core._runstep reads the step from the reason).
+def test_a_fedbuff_run_short_of_clients_before_its_first_update_keeps_it_unfinished() -> None:
+    # As a round short of clients before it samples: the update is kept with why,
+    # and the error and stopped_reason name it, so it does not read as finished.
+    from covey.cli._rounds import last_finished
+
     clients = MemoryTransport([0, 1], lambda cid, task: run_task(Regional(cid), cid, task))
     loop = AsyncLoop(
         covey.FedBuff(buffer_size=2, min_available_clients=3),
         SimulatedAsyncTransport(clients),
         {"w": np.zeros(1)},
     )
-    with pytest.raises(covey.FederationError):
+    with pytest.raises(covey.FederationError) as caught:
         loop.run(2)
-    assert [r.round for r in loop.history.rounds] == [0]
-    assert loop.history.stopped_reason == "2 clients available, fewer than min_available_clients=3"
+    assert caught.value.step == 1
+    history = loop.history
+    assert [r.round for r in history.rounds] == [0, 1]
+    error = "2 clients available, fewer than min_available_clients=3"
+    assert history.rounds[1].aggregate_info == {"error": error}
+    assert history.stopped_reason == f"update 1: {error}" == str(caught.value)
+    assert last_finished(history) == 0
+
+
+def test_a_resumed_fedbuff_run_short_of_clients_keeps_the_update_it_would_run() -> None:
+    clients = MemoryTransport([0, 1], lambda cid, task: run_task(Regional(cid), cid, task))
+    loop = AsyncLoop(
+        covey.FedBuff(buffer_size=2, min_available_clients=3),
+        SimulatedAsyncTransport(clients),
+        {"w": np.zeros(1)},
+    )
+    loop.history.rounds.extend(RoundRecord(round=r) for r in range(3))
+    with pytest.raises(covey.FederationError) as caught:
+        loop.run(5, start=3)
+    assert caught.value.step == 3
+    assert [r.round for r in loop.history.rounds] == [0, 1, 2, 3]
+    assert str(loop.history.stopped_reason).startswith("update 3: 2 clients available")
 
 
 def test_a_served_round_short_of_eligible_clients_is_kept_in_its_run_folder(

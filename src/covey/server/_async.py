@@ -145,7 +145,7 @@ class AsyncLoop(_LoopBase):
         version = max(0, start - 1)
         record = RoundRecord(round=version + 1)  # an update stopped before its end is kept
         try:
-            self._wait_for_clients()
+            self._wait_for_clients(version + 1)
             # The clock of the records counts seconds of the run: a transport's clock may
             # start anywhere (deployed, the host's monotonic clock); a resumed run goes on
             # from its last update's.
@@ -169,15 +169,17 @@ class AsyncLoop(_LoopBase):
             self._owed.clear()
         return self.history
 
-    def _wait_for_clients(self) -> None:
+    def _wait_for_clients(self, rnd: int) -> None:
+        """Wait for enough clients before update ``rnd``, the run's first; else stop in it."""
         wanted = self.strategy.min_available_clients
         wait = getattr(self.transport, "wait_for_clients", None)
         if wait is not None and not wait(wanted, self.idle_timeout):
-            raise self._fail(f"fewer than min_available_clients={wanted} clients connected")
+            raise self._fail(f"fewer than min_available_clients={wanted} clients connected", rnd)
         if len(self.transport.clients()) < wanted:
             raise self._fail(
                 f"{clients(len(self.transport.clients()))} available, fewer than "
-                f"min_available_clients={wanted}"
+                f"min_available_clients={wanted}",
+                rnd,
             )
 
     def _wait_for_tasks(self, rnd: int) -> None:
@@ -207,15 +209,17 @@ class AsyncLoop(_LoopBase):
                 raise self._fail(
                     f"update {rnd}: {clients(len(self.transport.clients()))} connected, fewer "
                     f"than min_available_clients={wanted}, and no more came within "
-                    f"{self.idle_timeout} s"
+                    f"{self.idle_timeout} s",
+                    rnd,
                 )
         if self._declined and self.strategy.selector is not None:
             selector = self.strategy.selector
-            raise self._fail(chose_none(selector, self._declined, rnd, self.buffer_size))
+            raise self._fail(chose_none(selector, self._declined, rnd, self.buffer_size), rnd)
         raise self._fail(
             f"update {rnd}: no client can be given a task: {self._eligible} eligible, "
             f"{len(self._buffered)} waiting in the buffer of buffer_size="
-            f"{self.buffer_size} (the buffer needs that many distinct clients)"
+            f"{self.buffer_size} (the buffer needs that many distinct clients)",
+            rnd,
         )
 
     def _begin(self, rnd: int, record: RoundRecord) -> tuple[Any, tuple[Any, ...]]:
@@ -252,7 +256,7 @@ class AsyncLoop(_LoopBase):
                 continue
             reply = self.transport.next_reply(self.idle_timeout)
             if reply is None:
-                raise self._fail(f"update {rnd}: no reply within {self.idle_timeout} s")
+                raise self._fail(f"no reply within {self.idle_timeout} s", rnd)
             flight = self._flights.pop(reply.cid, None)
             self._training.discard(reply.cid)
             if flight is None or flight.kind != reply.kind:
@@ -276,13 +280,15 @@ class AsyncLoop(_LoopBase):
                     self.history.rounds.append(record)
                     raise self._fail(
                         f"update {rnd}: client {reply.cid} failed and accept_failures=False: "
-                        + record.fit_failures[-1].error
+                        + record.fit_failures[-1].error,
+                        rnd,
                     )
                 if failures_in_a_row > 2 * max(self._eligible, 1) + 10:
                     self.history.rounds.append(record)
                     raise self._fail(
                         f"update {rnd}: {failures_in_a_row} replies in a row failed; last: "
-                        + record.fit_failures[-1].error
+                        + record.fit_failures[-1].error,
+                        rnd,
                     )
                 continue
             if too_stale:

@@ -49,12 +49,17 @@ class FederationError(RuntimeError):
     Attributes:
         history: What happened up to the error.
         weights: The global weights of the last completed round.
+        step: The round (or FedBuff update) the run stopped in, which did not
+            finish; None if it stopped outside one.
     """
 
-    def __init__(self, message: str, history: History, weights: Weights) -> None:
+    def __init__(
+        self, message: str, history: History, weights: Weights, step: int | None = None
+    ) -> None:
         super().__init__(message)
         self.history = history
         self.weights = weights
+        self.step = step
 
 
 DEPARTED_KEPT = 256
@@ -130,11 +135,18 @@ class _LoopBase:
         """Whether the history holds round 0 already (a run resumed before round 1 ended)."""
         return any(r.round == 0 for r in self.history.rounds)
 
-    def _fail(self, message: str) -> FederationError:
-        """The error that stops the run; the history keeps ``message`` as the reason it stopped."""
+    def _fail(self, message: str, step: int | None = None) -> FederationError:
+        """The error that stops the run; the history keeps ``message`` as the reason it stopped.
+
+        ``step`` is the round (or update) it stops in: the message is given its
+        ``round r: `` head if it has none (which is how a run's records say a step
+        did not finish), and the error carries it.
+        """
+        if step is not None and not message.startswith(head := f"{self._step} {step}: "):
+            message = head + message
         if self.history.stopped_reason is None:
             self.history.stopped_reason = message
-        return FederationError(message, self.history, self.weights)
+        return FederationError(message, self.history, self.weights, step)
 
     def server_failed(self, exc: Exception) -> FederationError:
         """The error that stops the run on the server's own failure ``exc`` (its disk, say).
@@ -142,7 +154,8 @@ class _LoopBase:
         It names the round under way (not in the history yet), and no client.
         """
         rounds = self.history.rounds
-        return self._fail(f"{self._step} {rounds[-1].round + 1 if rounds else 0}: {exc}")
+        step = rounds[-1].round + 1 if rounds else 0
+        return self._fail(f"{self._step} {step}: {exc}", step)
 
     def _finish(self, record: RoundRecord) -> None:
         said_at_end(self._step, record, self._logged, self._last_property_error)
@@ -159,12 +172,12 @@ class _LoopBase:
         ``where=``) is kept like one stopped by its replies: with why, in
         ``aggregate_info["error"]``, and its clients that did not report their properties.
         """
-        rounds, said = self.history.rounds, str(exc)
-        head = f"{self._step} {record.round}: "  # else the run stopped before the step began
-        if (rounds and rounds[-1] is record) or not said.startswith(head):
-            return
+        rounds = self.history.rounds
+        if (rounds and rounds[-1] is record) or exc.step != record.round:
+            return  # kept already, or the run stopped outside the step
         note_unreported(record, self._logged)
-        record.aggregate_info.setdefault("error", said[len(head) :])
+        said, head = str(exc), f"{self._step} {record.round}: "  # as _fail heads it
+        record.aggregate_info.setdefault("error", said.removeprefix(head))
         rounds.append(record)
 
     def _say_renamed(self, record: RoundRecord) -> None:
@@ -321,10 +334,11 @@ class _LoopBase:
             self.history.rounds.append(record)
             rnd = f"{self._step} {record.round}"
             if isinstance(exc, SaveError):  # awaited while the first reply is folded
-                raise self._fail(f"{rnd}: {exc}") from exc
+                raise self._fail(f"{rnd}: {exc}", record.round) from exc
             raise self._fail(
                 f"{rnd}: the aggregation step failed on client {contribution.cid}'s "
-                f"update: {type(exc).__name__}: {exc}"
+                f"update: {type(exc).__name__}: {exc}",
+                record.round,
             ) from exc
 
     def _fold(
@@ -462,7 +476,7 @@ class _LoopBase:
         self.history.rounds.append(record)
         self.history.stopped_reason = f"{self._step} {rnd}: {what} raised\n{text}"
         logger.error("%s %d: %s raised; stopping the run\n%s", self._step, rnd, what, text)
-        return self._fail(f"{self._step} {rnd}: {what} raised {type(exc).__name__}: {exc}")
+        return self._fail(f"{what} raised {type(exc).__name__}: {exc}", rnd)
 
 
 def _add_seconds(record: RoundRecord, stage: str, since: float) -> None:

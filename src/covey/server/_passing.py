@@ -182,5 +182,5 @@ def wait_for_eligible(
     note_unreported(record, loop._logged)
     if wanted > len(eligible):  # the wait ran out
         error = loop.property_error
-        raise loop._fail(too_few_to_fit(strategy, rnd, wanted, len(eligible), error, timeout))
+        raise loop._fail(too_few_to_fit(strategy, rnd, wanted, len(eligible), error, timeout), rnd)
     return eligible

@@ -163,14 +163,16 @@ class RoundLoop(_LoopBase):
             raise self._fail(
                 f"round {rnd}: only {there} of the {clients(wanted)} "
                 f"needed (min_available_clients, min_fit_clients) connected within "
-                f"{self.wait_timeout} s" + poisson_note(self.strategy, there)
+                f"{self.wait_timeout} s" + poisson_note(self.strategy, there),
+                rnd,
             )
         available = self.transport.clients()
         if len(available) < wanted:
             raise self._fail(
                 f"round {rnd}: {clients(len(available))} available, fewer than the {wanted} "
                 "needed (min_available_clients, min_fit_clients)"
-                + poisson_note(self.strategy, len(available))
+                + poisson_note(self.strategy, len(available)),
+                rnd,
             )
         return available
 
@@ -269,7 +271,8 @@ class RoundLoop(_LoopBase):
             raise shortfall(
                 self._fail(
                     f"round {rnd}: {ok} of {len(cids)} sampled clients replied, {why}; "
-                    "failures: " + failures_said(record.fit_failures, self.who)
+                    "failures: " + failures_said(record.fit_failures, self.who),
+                    rnd,
                 )
             )
         record.fit_metrics = strategy.combined_metrics("fit", metrics, rnd) if metrics else {}
@@ -313,7 +316,9 @@ class RoundLoop(_LoopBase):
         strategy = self.strategy
         count = strategy.client_count("fit", eligible)
         if count > eligible:
-            raise self._fail(too_few_to_fit(strategy, rnd, count, eligible, self.property_error))
+            raise self._fail(
+                too_few_to_fit(strategy, rnd, count, eligible, self.property_error), rnd
+            )
         if (why := trains_none(strategy, count, eligible)) is not None:
             self._keep_model(rnd, record, why)
             return None
@@ -380,7 +385,7 @@ class RoundLoop(_LoopBase):
             self.history.rounds.append(record)
             if record.fit_failures:
                 error += "; failures: " + failures_said(record.fit_failures, self.who)
-            raise shortfall(self._fail(f"round {rnd}: {error}"))
+            raise shortfall(self._fail(error, rnd))
         update = self.strategy.aggregator.feed
         for contribution in outcome.contributions:
             state, _ = update(state, contribution)
