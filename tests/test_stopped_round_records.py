@@ -189,3 +189,44 @@ def test_a_served_round_short_of_eligible_clients_is_kept_in_its_run_folder(
         "within the 5 s wait"
     ), info
     assert saved["stopped_reason"].endswith(info["error"]), saved["stopped_reason"]
+
+
+def test_a_served_fedbuff_run_short_of_clients_keeps_its_first_update_and_says_how_many(
+    tmp_path: Path,
+) -> None:
+    from covey.deploy import connect, serve
+
+    threads: list[threading.Thread] = []
+
+    def start(port: int) -> None:
+        site = threading.Thread(
+            target=connect,
+            args=(Regional(1), f"127.0.0.1:{port}"),
+            kwargs={"insecure": True, "name": "site-1"},
+            daemon=True,
+        )
+        site.start()
+        threads.append(site)
+
+    try:
+        with pytest.raises(covey.FederationError) as caught:
+            serve(
+                covey.FedBuff(buffer_size=1, min_available_clients=2),
+                2,
+                {"w": np.zeros(1)},
+                "127.0.0.1:0",
+                insecure=True,
+                on_listen=start,
+                wait_timeout=2.0,
+                plot=False,
+                run_dir=tmp_path / "run",
+            )
+    finally:
+        for site in threads:
+            site.join(timeout=30)
+    error = "only 1 of the 2 clients needed (min_available_clients) connected within 2.0 s"
+    assert str(caught.value) == f"update 1: {error}"
+    saved = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [r["round"] for r in saved["rounds"]] == [0, 1]
+    assert saved["rounds"][1]["aggregate_info"] == {"error": error}
+    assert saved["stopped_reason"] == f"update 1: {error}"

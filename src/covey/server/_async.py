@@ -174,7 +174,11 @@ class AsyncLoop(_LoopBase):
         wanted = self.strategy.min_available_clients
         wait = getattr(self.transport, "wait_for_clients", None)
         if wait is not None and not wait(wanted, self.idle_timeout):
-            raise self._fail(f"fewer than min_available_clients={wanted} clients connected", rnd)
+            raise self._fail(
+                f"only {len(self.transport.clients())} of the {clients(wanted)} needed "
+                f"(min_available_clients) connected within {self.idle_timeout} s",
+                rnd,
+            )
         if len(self.transport.clients()) < wanted:
             raise self._fail(
                 f"{clients(len(self.transport.clients()))} available, fewer than "
