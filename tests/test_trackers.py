@@ -307,6 +307,29 @@ def test_round_scalars_keep_nan_and_infinities_when_asked() -> None:
     assert "central/loss" not in round_scalars(_diverged(1))  # left out by default
 
 
+def test_round_scalars_take_an_int_metric_too_large_for_a_float() -> None:
+    # evaluate_fn may return one (history.json keeps it, History.metric reads it as inf);
+    # math.isfinite(10**400) raised OverflowError, stopping the run in its tracker
+    def central(round: int, weights: Any) -> tuple[float, dict[str, Any]]:
+        return 0.5, {"count": 10**400, "neg": -(10**400), "ok": 2**70}
+
+    seen: list[dict[str, float]] = []
+    history = covey.simulate(
+        lambda cid: Half(),
+        num_clients=2,
+        rounds=1,
+        strategy=None,
+        initial_weights={"w": np.ones(2)},
+        evaluate_fn=central,
+        on_round=lambda record: seen.append(round_scalars(record, nonfinite=True)),
+    ).history
+    assert history.metric("count")[-1] == (1, float("inf"))
+    assert [s["central/count"] for s in seen] == [float("inf")] * 2
+    assert [s["central/neg"] for s in seen] == [float("-inf")] * 2
+    assert seen[-1]["central/ok"] == float(2**70)
+    assert "central/count" not in round_scalars(history.rounds[-1])  # left out by default
+
+
 def test_tensorboard_logs_nan_and_infinities(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard", reason="the tensorboard extra is needed")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from covey.core import RoundRecord
+from covey.core._jsonvalues import as_float
 
 
 def name_hash(name: str) -> str:
@@ -47,13 +48,18 @@ def _metric(name: object) -> str:
 
 
 def _adder(out: dict[str, float], nonfinite: bool) -> Callable[[str, Any], None]:
-    """Add a number to ``out`` under its tag (a NaN or infinity only if ``nonfinite``)."""
+    """Add a number to ``out`` under its tag (a NaN or infinity only if ``nonfinite``).
+
+    An int too large for a float (an ``evaluate_fn`` metric of ``10**400``, which
+    ``history.json`` keeps) is the infinity :meth:`covey.History.metric` reads it as.
+    """
 
     def add(tag: str, value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int | float):
             return
-        if nonfinite or math.isfinite(value):
-            out[_text(tag)] = float(value)
+        number = as_float(value)
+        if nonfinite or math.isfinite(number):
+            out[_text(tag)] = number
 
     return add
 
