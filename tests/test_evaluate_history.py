@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 from pathlib import Path
@@ -107,6 +108,54 @@ def test_per_client_metrics_read_the_same_live_loaded_and_resumed(tmp_path: Path
         for rnd in (1, 2):
             assert history[rnd].evaluate_metrics == live
             assert history[rnd].fit_metrics == result.history[rnd].fit_metrics
+
+
+class Level(enum.IntEnum):
+    """A metric of an enum of ints, as code that reports a stage or a class writes it."""
+
+    HIGH = 3
+
+
+class Kind(str, enum.Enum):  # noqa: UP042 (str() of it is 'Kind.CNN', not a StrEnum's)
+    """A metric of a str enum: its value is the text JSON writes, not ``Kind.CNN``."""
+
+    CNN = "cnn"
+
+
+class Subclassed(covey.Client):
+    """Reports metrics of subclasses of Python's scalars."""
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        metrics: dict[str, Any] = {"level": Level.HIGH, "kind": Kind.CNN, "f64": np.float64(0.5)}
+        return FitResult(weights=dict(weights), num_examples=10, metrics=metrics)
+
+
+def test_subclassed_scalar_metrics_read_the_same_live_and_loaded(tmp_path: Path) -> None:
+    # np.float64, np.str_ and enums of ints or strs are float, str and int subclasses:
+    # evaluate_fn's metrics and each client's kept them live, so the live history held
+    # np.float64(0.5) and <Level.HIGH: 3> where history.json (and a deployed run) held 0.5, 3
+    def central(round: int, weights: Any) -> tuple[float, dict[str, Any]]:
+        return 0.5, {"f64": np.float64(0.25), "text": np.str_("ok"), "level": Level.HIGH}
+
+    given: list[type] = []
+
+    def per_client(results: Any) -> dict[str, Any]:
+        given.extend(type(value) for _, m in results for value in m.values())
+        return {"clients": [dict(m) for _, m in results]}
+
+    strategy = covey.FedAvg(fraction_evaluate=0.0, fit_metrics=per_client)
+    result = covey.simulate(
+        lambda cid: Subclassed(), 2, 1, strategy, {"w": np.zeros(2)}, central, run_dir=tmp_path
+    )
+    live = result.history[1]
+    saved = covey.History.load(tmp_path)[1]
+    assert live.central_metrics == saved.central_metrics == {"f64": 0.25, "text": "ok", "level": 3}
+    client = {"level": 3, "kind": "cnn", "f64": 0.5}
+    assert live.fit_metrics == saved.fit_metrics == {"clients": [client, client]}
+    for record in (live, saved):
+        for value in [*record.central_metrics.values(), *record.fit_metrics["clients"][0].values()]:
+            assert type(value) in (int, float, str)
+    assert set(given) == {int, str, float}  # as a deployed client's metrics reach fit_metrics
 
 
 class Raises(covey.Client):

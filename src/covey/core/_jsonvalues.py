@@ -99,6 +99,32 @@ def tagged(where: str, key: str) -> str:
     )
 
 
+_EXACT = (int, float, str, bytes)
+
+
+def exact_scalar(value: Any) -> Any:
+    """``value`` as the plain Python scalar history.json and the wire give back, else as is.
+
+    A subclass of ``int``, ``float``, ``str`` or ``bytes`` (an ``IntEnum``, a
+    ``StrEnum``, ``np.float64``, ``np.str_``) is read back from JSON as the plain
+    type: kept as it was, a run's live history differed from the same history
+    loaded or resumed, and from a deployed run's (``<E.A: 3>`` against ``3``).
+    """
+    kind = type(value)
+    if kind in _EXACT or kind is bool or value is None:
+        return value
+    # each base's own method: a subclass's __str__ ("Kind.CNN") or __float__ is left aside
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, bytes):
+        return bytes.__bytes__(value)
+    return value
+
+
 def jsonable(value: Any) -> Any:
     """``value`` as JSON-ready data; NaN, infinities and bytes become tagged objects."""
     if isinstance(value, dict):
@@ -118,7 +144,7 @@ def jsonable(value: Any) -> Any:
             f"cannot write a value of type {type(value).__name__} to the history (JSON): "
             f"{value!r:.80}; metrics and infos must be numbers, strings, lists or dicts"
         )
-    return value
+    return exact_scalar(value)
 
 
 def from_jsonable(value: Any) -> Any:

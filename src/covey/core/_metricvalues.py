@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from covey.core._jsonvalues import TAGS
+from covey.core._jsonvalues import TAGS, exact_scalar
 from covey.core._weights import is_unicode_text
 
 MAX_METRICS = 1000
@@ -127,6 +127,8 @@ def _own_value(metric: Any, where: str) -> Any:
             metric = float(metric)
     elif isinstance(metric, np.ndarray):
         metric = np.array(metric)
+    elif type(metric) not in _SCALARS:  # an IntEnum, a str subclass: the wire's plain value
+        metric = exact_scalar(metric)
     if isinstance(metric, str) and not metric.isascii() and not is_unicode_text(metric):
         raise ValueError(
             f"{where} is a str holding a lone surrogate ({metric!r}): it cannot be "

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from covey.core._jsonvalues import TAGS
+from covey.core._jsonvalues import TAGS, exact_scalar
 from covey.core._messages import Scalar
 from covey.core._metricvalues import FLOAT_MAX, item_of
 from covey.core._weights import Weights, fingerprint
@@ -60,7 +60,10 @@ _SCALARS = (bool, int, float, str, bytes)
 
 
 def _central_result(out: object) -> tuple[float, dict[str, Scalar]]:
-    """``evaluate_fn``'s ``(loss, metrics)``, checked, NumPy scalars made Python scalars.
+    """``evaluate_fn``'s ``(loss, metrics)``, checked, NumPy scalars made plain Python scalars.
+
+    A subclass of a Python scalar (``np.float64``, ``np.str_``, an ``IntEnum``)
+    becomes the plain value ``history.json`` reads back.
 
     The sums a regressor's client reports to pool R^2 across clients
     (:data:`~covey.strategies._metrics.R2_MOMENTS`) are left out: a
@@ -101,7 +104,7 @@ def _central_result(out: object) -> tuple[float, dict[str, Scalar]]:
                 f"evaluate_fn's metric {key!r} must be a scalar named by a string, "
                 f"got {type(value).__name__}"
             )
-        checked[key] = value
+        checked[key] = exact_scalar(value)  # np.float64 and np.str_ are float and str
     return number, checked
 
 
