@@ -135,7 +135,14 @@ def _run_with_evaluate_fn(run_dir: Any, evaluate_fn: Any) -> None:
         # a client's bool loss is refused too; float(True) made it a loss of 1.0
         ((True, {}), "evaluate_fn's loss must be a number, got bool"),
         ((np.bool_(False), {}), "evaluate_fn's loss must be a number, got bool"),
-        ((0.5, {"confusion": np.eye(2)}), "evaluate_fn's metric 'confusion' must be a scalar"),
+        # "must be a scalar named by a string, got ndarray" said nothing of what to do
+        (
+            (0.5, {"confusion": np.eye(2)}),
+            "evaluate_fn's metric 'confusion' is ndarray, expected a number, bool, str or "
+            "bytes: report one number (x.mean().item(), say), or several metrics of one number "
+            "each",
+        ),
+        ((0.5, {"note": None}), "evaluate_fn's metric 'note' is NoneType, expected a number"),
         # a name that is no str was told "metric 3 must be a scalar ..., got int": its value's type
         (
             (0.5, {3: 0.9}),

@@ -56,7 +56,11 @@ def test_a_tensor_metric_of_several_values_is_refused_with_what_to_report() -> N
         )
     # evaluate_fn's metrics raised torch's bare RuntimeError "a Tensor with 3 elements
     # cannot be converted to Scalar".
-    with pytest.raises(TypeError, match=r"evaluate_fn's metric 'per_class' must be a scalar"):
+    with pytest.raises(
+        TypeError,
+        match=r"evaluate_fn's metric 'per_class' is Tensor, expected a number, bool, str or "
+        r"bytes: report one number \(x.mean\(\).item\(\), say\)",
+    ):
         central_evaluation(lambda rnd, weights: (0.0, {"per_class": torch.ones(3)}), 0, {})
 
 

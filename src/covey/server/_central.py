@@ -100,12 +100,23 @@ def _central_result(out: object) -> tuple[float, dict[str, Scalar]]:
                 "that one key): choose another name"
             )
         if not isinstance(value, _SCALARS):
-            raise TypeError(
-                f"evaluate_fn's metric {key!r} must be a scalar named by a string, "
-                f"got {type(value).__name__}"
-            )
+            raise TypeError(_not_scalar(key, value))
         checked[key] = exact_scalar(value)  # np.float64 and np.str_ are float and str
     return number, checked
+
+
+def _not_scalar(key: str, value: object) -> str:
+    """Why ``evaluate_fn``'s metric ``key`` of ``value`` (no scalar) is refused, and what to do."""
+    several = hasattr(value, "shape") or hasattr(value, "item")  # an array or tensor of many
+    hint = (
+        ": report one number (x.mean().item(), say), or several metrics of one number each"
+        if several
+        else ""
+    )
+    return (
+        f"evaluate_fn's metric {key!r} is {type(value).__name__}, expected a number, bool, "
+        f"str or bytes{hint}"
+    )
 
 
 def _loss_of(loss: object) -> float:
