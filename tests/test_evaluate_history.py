@@ -158,6 +158,49 @@ def test_subclassed_scalar_metrics_read_the_same_live_and_loaded(tmp_path: Path)
     assert set(given) == {int, str, float}  # as a deployed client's metrics reach fit_metrics
 
 
+class LongDouble(covey.Client):
+    """Reports arrays of long doubles (float128 on x86), as np.longdouble sums give."""
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        metrics: dict[str, Any] = {
+            "sums": np.array([1.5, 2.5], dtype=np.longdouble),
+            "total": np.array(4.0, dtype=np.longdouble),
+        }
+        return FitResult(weights=dict(weights), num_examples=10, metrics=metrics)
+
+
+def test_long_double_metrics_are_float64_everywhere(tmp_path: Path) -> None:
+    # A client's long double array was kept as it was: inline a metrics function passing it
+    # on stopped the run with "maximum recursion depth exceeded" (a long double's item() is
+    # a long double), and a deployed client could not send it ("Object of type longdouble
+    # is not JSON serializable").
+    from covey.transport.grpc._wire import result_from_wire, result_to_wire
+
+    given: list[Any] = []
+
+    def per_client(results: Any) -> dict[str, Any]:
+        given.extend(m["sums"] for _, m in results)
+        return {
+            "sums": results[0][1]["sums"],
+            "total": results[0][1]["total"],
+            "one": np.longdouble(1),
+        }
+
+    strategy = covey.FedAvg(fraction_evaluate=0.0, fit_metrics=per_client)
+    result = covey.simulate(
+        lambda cid: LongDouble(), 2, 1, strategy, {"w": np.zeros(2)}, run_dir=tmp_path
+    )
+    assert {str(array.dtype) for array in given} == {"float64"}
+    expected = {"sums": [1.5, 2.5], "total": 4.0, "one": 1.0}
+    assert result.history[1].fit_metrics == covey.History.load(tmp_path)[1].fit_metrics == expected
+    reply = LongDouble().fit({"w": np.zeros(2)}, {})
+    data, weights = result_to_wire(reply)
+    sent = result_from_wire(data, weights).metrics
+    assert sent["sums"].dtype == np.float64
+    assert sent["sums"].tolist() == [1.5, 2.5]
+    assert float(sent["total"]) == 4.0
+
+
 class Raises(covey.Client):
     """Fails both tasks with a message of several lines, raised while handling another error."""
 

@@ -138,13 +138,35 @@ def jsonable(value: Any) -> Any:
     if hasattr(value, "tolist") and getattr(value, "ndim", 0) > 0:  # arrays (a custom metric)
         return jsonable(value.tolist())
     if hasattr(value, "item") and callable(value.item):  # NumPy scalars, 0-d arrays
-        return jsonable(value.item())
+        return jsonable(_item(value))
     if value is not None and not isinstance(value, str | int | float):
         raise TypeError(
             f"cannot write a value of type {type(value).__name__} to the history (JSON): "
             f"{value!r:.80}; metrics and infos must be numbers, strings, lists or dicts"
         )
     return exact_scalar(value)
+
+
+def _item(value: Any) -> Any:
+    """The Python value a NumPy scalar or 0-d array holds; a long double as a float.
+
+    A long double's ``item()`` is a long double again: taking it as a value to
+    convert recursed until Python's recursion limit, whose error named nothing.
+    """
+    item = value.item()
+    if type(item) is not type(value) and not _same_kind(item, value):
+        return item
+    if getattr(getattr(value, "dtype", None), "kind", None) != "f":
+        raise TypeError(
+            f"cannot write a value of type {type(value).__name__} to the history (JSON): "
+            f"{value!r:.80}; metrics and infos must be numbers, strings, lists or dicts"
+        )
+    return float(item)
+
+
+def _same_kind(item: Any, value: Any) -> bool:
+    """Whether ``item`` (a 0-d array's ``item()``) is still a NumPy scalar of ``value``'s dtype."""
+    return getattr(item, "dtype", None) is not None and item.dtype == getattr(value, "dtype", None)
 
 
 def from_jsonable(value: Any) -> Any:

@@ -126,7 +126,9 @@ def _own_value(metric: Any, where: str) -> Any:
         if isinstance(metric, np.generic):  # a long double's item() is itself
             metric = float(metric)
     elif isinstance(metric, np.ndarray):
-        metric = np.array(metric)
+        # a long double array as float64, as its scalar: JSON (the wire) has no long doubles
+        wide = metric.dtype.kind == "f" and metric.dtype.itemsize > 8
+        metric = np.array(metric, dtype=np.float64 if wide else None)
     elif type(metric) not in _SCALARS:  # an IntEnum, a str subclass: the wire's plain value
         metric = exact_scalar(metric)
     if isinstance(metric, str) and not metric.isascii() and not is_unicode_text(metric):
