@@ -8,6 +8,7 @@ update with a bare ``'int' object is not callable``.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -84,6 +85,15 @@ def test_a_federated_metric_whose_products_overflow_is_still_the_weighted_mean()
     assert mse == pytest.approx(5 / 305 * 1e308 + 300 / 305)  # as the loss: not inf
     both = covey.strategies.weighted_metrics([(5, {"m": 1e308}), (5, {"m": 1e308})])
     assert both == {"m": 1e308}
+
+
+def test_a_metric_every_client_reports_as_minus_zero_keeps_its_sign() -> None:
+    # scikit-learn's neg_ scores of a perfect model are -0.0; the mean summed from 0.0
+    # recorded 0.0, which history.json and the trackers then wrote as 0.0
+    mean = float(covey.strategies.weighted_metrics([(5, {"m": -0.0}), (3, {"m": -0.0})])["m"])
+    assert math.copysign(1.0, mean) == -1.0
+    mixed = float(covey.strategies.weighted_metrics([(5, {"m": -0.0}), (3, {"m": 0.0})])["m"])
+    assert math.copysign(1.0, mixed) == 1.0  # as -0.0 + 0.0 is
 
 
 def test_staleness_weight_refuses_what_it_cannot_call() -> None:

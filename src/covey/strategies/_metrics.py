@@ -139,7 +139,7 @@ def _mean(pairs: list[tuple[int, float]]) -> float:
     finite (a perplexity of 1e306 on 500 examples), as ``(n_k / sum n) * m_k``.
     """
     count = 0
-    total = 0.0
+    total = -0.0  # 0.0 + -0.0 is 0.0: every client's -0.0 (a perfect neg_ score) stays -0.0
     for n, m in pairs:
         total += n * m
         count += n
