@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import decimal
+import fractions
 import re
 import time
 from typing import Any
@@ -818,3 +820,31 @@ def test_an_error_of_an_availability_or_durations_function_is_noted_with_it(
             **kwargs,
         )
     assert caught.value.__notes__ == [note]
+
+
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [
+        # each was refused as "is NoneType, expected a number, bool, str or bytes" alone
+        (None, "(leave the metric out of this result, or report float('nan'))"),
+        ({"a": 1.0}, "(report each of its values as a metric of its own name)"),
+        ([1.0, 2.0], "(report an array of numbers as np.asarray(x))"),
+        (decimal.Decimal("0.1"), "(report it as float(x))"),
+        (fractions.Fraction(1, 3), "(report it as float(x))"),
+        (1 + 2j, "(report its parts as metrics of their own: x.real and x.imag)"),
+    ],
+)
+def test_a_client_metric_of_another_type_is_told_what_to_report(value: Any, hint: str) -> None:
+    class Reports(covey.Client):
+        def fit(self, weights: Any, config: Any) -> FitResult:
+            return FitResult(weights=dict(weights), num_examples=1, metrics={"m": value})
+
+    kind = type(value).__name__
+    with pytest.raises(covey.FederationError) as caught:
+        covey.simulate(
+            lambda cid: Reports(), 2, 1, covey.FedAvg(fraction_evaluate=0.0), {"w": np.zeros(2)}
+        )
+    assert (
+        f"TypeError: FitResult.metrics['m'] is {kind}, expected a number, bool, str or bytes {hint}"
+    ) in str(caught.value)
+    assert "client 0, client 1" in str(caught.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import numbers
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -98,6 +99,26 @@ def own_metrics(value: object, what: str) -> dict[str, Any]:
     return out
 
 
+def _hint(metric: Any) -> str:
+    """What to report instead of ``metric``, a value no transport carries ('' if nothing to say)."""
+    if not isinstance(metric, np.ndarray | np.generic) and hasattr(metric, "item"):
+        return (
+            " (it holds several values: report one number, x.mean().item() say, or an array "
+            "of them, np.asarray(x) or a torch tensor's x.detach().cpu().numpy())"
+        )
+    if metric is None:
+        return " (leave the metric out of this result, or report float('nan'))"
+    if isinstance(metric, Mapping):
+        return " (report each of its values as a metric of its own name)"
+    if isinstance(metric, list | tuple):
+        return " (report an array of numbers as np.asarray(x))"
+    if isinstance(metric, numbers.Complex) and not isinstance(metric, numbers.Real):
+        return " (report its parts as metrics of their own: x.real and x.imag)"
+    if isinstance(metric, numbers.Number) and not isinstance(metric, np.generic):
+        return " (report it as float(x))"  # a Decimal, a Fraction
+    return ""
+
+
 def _own_value(metric: Any, where: str) -> Any:
     """One metric's value as every transport carries it; refused, naming ``where``, if none can.
 
@@ -110,14 +131,9 @@ def _own_value(metric: Any, where: str) -> Any:
         isinstance(metric, np.ndarray | np.generic)
         and metric.dtype.kind not in ("biuf" if isinstance(metric, np.ndarray) else "biufUS")
     ):
-        several = not isinstance(metric, np.ndarray | np.generic) and hasattr(metric, "item")
-        hint = (
-            " (it holds several values: report one number, x.mean().item() say, or an array "
-            "of them, np.asarray(x) or a torch tensor's x.detach().cpu().numpy())"
-        )
         raise TypeError(
             f"{where} is {type(metric).__name__}, expected a number, bool, str or bytes"
-            f"{hint if several else ''}"
+            f"{_hint(metric)}"
         )
     if type(metric) is int and not -FLOAT_MAX <= metric <= FLOAT_MAX:
         raise too_large(metric, where)
