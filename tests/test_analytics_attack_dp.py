@@ -146,3 +146,37 @@ def test_a_dp_query_that_duckdb_fails_on_is_charged_like_an_answer(
     assert "could not run the query (OutOfRange error in DuckDB)" in refused["refused"]
     assert "123456" not in refused["refused"]
     assert site.epsilon_spent > spent  # a refusal that read the rows is paid for
+
+
+@pytest.mark.parametrize(
+    ("stats", "reason"),
+    [
+        ([], "it releases no statistic"),
+        ([{"op": "count", "sensitivity": [1.0]}], "sensitivity [1.0] for count"),
+        ([{"op": "count", "sensitivity": {"x": 1}}], "sensitivity {'x': 1} for count"),
+        ([{"op": "count", "sensitivity": True}], "sensitivity True for count"),
+        ([{"op": "count", "sensitivity": "lots"}], "sensitivity 'lots' for count"),
+    ],
+)
+def test_a_malformed_noise_request_is_refused_before_any_row_is_read(
+    stats: list[dict[str, Any]], reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = Site({"t": _frame()}, _policy(epsilon=1.0))
+
+    def no_rows(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the rows were read")
+
+    monkeypatch.setattr(site, "_compute", no_rows)
+    request = {
+        "op": "answer",
+        "sql": "SELECT COUNT(*) FROM t",
+        "secure": False,
+        "domains": {},
+        "stats": stats,
+        "dp": {"mechanism": "laplace", "multiplier": 100.0, "shares": 1},
+    }
+    reply = run_task(site, 0, Task(TASK_KIND, 1, payload=request))
+    assert reply.error is None, reply.error  # a refusal, not a crash with a traceback
+    assert isinstance(reply.result, dict)
+    assert reply.result["refused"] == f"bad noise request: {reason}"
+    assert site.epsilon_spent == 0.0

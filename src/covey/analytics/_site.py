@@ -65,6 +65,22 @@ def _check_numeric(p: Plan, types: Mapping[str, str]) -> None:
                 )
 
 
+def _checked_stats(
+    p: Plan, request: Mapping[str, Any], domains: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """The request's statistics, refused unless the SQL needs them and its groups have domains."""
+    for col in p.group_by:
+        if col not in domains:
+            raise PolicyError(f"the request gives no domain for GROUP BY {col}")
+    check_stats(p, request.get("stats"))
+    stats: list[dict[str, Any]] = list(request["stats"])
+    for s in stats:
+        for read in (s.get("col"), s.get("event")):
+            if read is not None and read not in p.columns():
+                raise PolicyError(f"a statistic reads {read!r}, which the query does not name")
+    return stats
+
+
 class Site(Client):
     """A site that answers SQL analytics over its own tables, under its own policy.
 
@@ -226,18 +242,12 @@ class Site(Client):
             if key in self._cache:
                 return {**self._cache[key], "cached": True}
         domains = request.get("domains", {})
-        for col in p.group_by:
-            if col not in domains:
-                raise PolicyError(f"the request gives no domain for GROUP BY {col}")
-        check_stats(p, request.get("stats"))
-        stats: list[dict[str, Any]] = list(request["stats"])
-        for s in stats:
-            for col in (s.get("col"), s.get("event")):
-                if col is not None and col not in p.columns():
-                    raise PolicyError(f"a statistic reads {col!r}, which the query does not name")
+        stats = _checked_stats(p, request, domains)
         bounds = {c: tuple(b) for c, b in policy.bounds.items()}
         dp = request.get("dp")
         skip = noise_suffices(policy, dp, len(stats))  # checks the noise request first
+        if dp is not None:  # before any row is read: a bad request is refused as such
+            self._check_sensitivities(dp, stats, bounds)
         try:
             got = self._compute(p, domains, bounds, stats)
         except QueryError:
@@ -321,10 +331,38 @@ class Site(Client):
         bounds: Mapping[str, Sequence[float]],
     ) -> float:
         """Check the noise request's sensitivities and charge its releases; the epsilon spent."""
-        mechanism, multiplier, _ = noise_request(dp)
+        mechanism, multiplier, _ = self._check_sensitivities(dp, stats, bounds)
+        with self._charging:  # the file follows the ledger, one charge at a time
+            spent = self.budget.charge(_dp.event(mechanism, multiplier, len(stats)))
+            if self.ledger_file is not None:
+                save_budget(self.budget, self.ledger_file)
+        return spent
+
+    @staticmethod
+    def _check_sensitivities(
+        dp: Mapping[str, Any],
+        stats: Sequence[Mapping[str, Any]],
+        bounds: Mapping[str, Sequence[float]],
+    ) -> tuple[str, float, int]:
+        """Refuse a noise request releasing nothing, or one whose sensitivities are too small.
+
+        Returns:
+            The request's mechanism, multiplier and shares (see ``noise_request``).
+        """
+        mechanism, multiplier, shares = noise_request(dp)
+        if not stats:
+            raise PolicyError("bad noise request: it releases no statistic")
         for s in stats:
             mine = sensitivity(s, bounds, mechanism)
-            declared = float(s.get("sensitivity", -1.0))
+            given = s.get("sensitivity", -1.0)
+            if isinstance(given, bool) or not isinstance(given, int | float | str):
+                raise PolicyError(f"bad noise request: sensitivity {given!r} for {s['op']}")
+            try:
+                declared = float(given)
+            except (ValueError, OverflowError):
+                raise PolicyError(
+                    f"bad noise request: sensitivity {str(given)[:60]!r} for {s['op']}"
+                ) from None
             if not math.isfinite(declared):
                 raise PolicyError(f"bad noise request: sensitivity {declared} for {s['op']}")
             if declared < mine * (1 - 1e-12):
@@ -332,11 +370,7 @@ class Site(Client):
                     f"the noise for {s['op']} assumes sensitivity {declared}, below this "
                     f"site's {mine}"
                 )
-        with self._charging:  # the file follows the ledger, one charge at a time
-            spent = self.budget.charge(_dp.event(mechanism, multiplier, len(stats)))
-            if self.ledger_file is not None:
-                save_budget(self.budget, self.ledger_file)
-        return spent
+        return mechanism, multiplier, shares
 
     def _add_noise(
         self, dp: Mapping[str, Any], stats: Sequence[Mapping[str, Any]], vectors: list[np.ndarray]
