@@ -180,3 +180,27 @@ def test_a_malformed_noise_request_is_refused_before_any_row_is_read(
     assert isinstance(reply.result, dict)
     assert reply.result["refused"] == f"bad noise request: {reason}"
     assert site.epsilon_spent == 0.0
+
+
+@pytest.mark.parametrize(
+    ("mechanism", "multiplier"),
+    [
+        ("gaussian", 1e-200),  # the accountant's epsilon overflows to inf
+        ("laplace", 5e-324),  # the accountant fails
+        ("gaussian", 1e200),  # the accountant overflows
+    ],
+)
+def test_a_multiplier_the_accountant_cannot_count_is_refused(
+    mechanism: str, multiplier: float, tmp_path: Any
+) -> None:
+    ledger = tmp_path / "site.json"
+    # no budget to refuse it: before, the ledger recorded spent inf, refused at restart
+    site = Site({"t": _frame()}, _policy(max_epsilon=1.0), ledger=ledger)
+    result = _dishonest(site, multiplier, releases=1)
+    assert result["refused"] == (
+        f"bad noise request: multiplier {multiplier:g}, outside the 1e-100 to 1e+100 "
+        "a site accounts for"
+    )
+    assert site.epsilon_spent == 0.0
+    again = Site({"t": _frame()}, _policy(max_epsilon=1.0), ledger=ledger)  # a restart
+    assert again.epsilon_spent == 0.0

@@ -21,6 +21,13 @@ from covey.analytics import _dp
 from covey.analytics._compute import Computed
 from covey.analytics._policy import Policy, PolicyError
 
+MULTIPLIERS = (1e-100, 1e100)
+"""The noise multipliers a site accepts: far past those any epsilon calibrates to.
+
+Beyond them the RDP accountant's epsilon overflows to infinity (a ledger that says
+``inf`` is refused as damaged when the site restarts) or its arithmetic fails.
+"""
+
 
 def noise_request(dp: Mapping[str, Any]) -> tuple[str, float, int]:
     """The mechanism, multiplier and shares of a request's noise, checked.
@@ -37,6 +44,12 @@ def noise_request(dp: Mapping[str, Any]) -> tuple[str, float, int]:
         raise PolicyError(f"bad noise request: mechanism {mechanism!r}")
     if not (0 < multiplier < math.inf and 1 <= shares <= 100_000):
         raise PolicyError(f"bad noise request: multiplier {multiplier}, {shares} shares")
+    low, high = MULTIPLIERS
+    if not low <= multiplier <= high:  # past them the accountant overflows, or fails
+        raise PolicyError(
+            f"bad noise request: multiplier {multiplier:g}, outside the {low:g} to {high:g} "
+            "a site accounts for"
+        )
     return mechanism, multiplier, shares
 
 
