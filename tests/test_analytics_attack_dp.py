@@ -204,3 +204,31 @@ def test_a_multiplier_the_accountant_cannot_count_is_refused(
     assert site.epsilon_spent == 0.0
     again = Site({"t": _frame()}, _policy(max_epsilon=1.0), ledger=ledger)  # a restart
     assert again.epsilon_spent == 0.0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("dp", [1], "bad noise request: [1]"),
+        ("domains", None, "a request's domains must be a mapping {column: [values]}"),
+        ("domains", ["F"], "a request's domains must be a mapping {column: [values]}"),
+    ],
+)
+def test_a_request_of_the_wrong_shape_is_refused_not_crashed(
+    field: str, value: Any, reason: str
+) -> None:
+    site = Site({"t": _frame()}, _policy(epsilon=1.0))
+    request = {
+        "op": "answer",
+        "sql": SQL,
+        "secure": False,
+        "domains": {"sex": ["F", "M", "X"]},
+        "stats": [{"op": "count", "sensitivity": 1.0}],
+        "dp": {"mechanism": "laplace", "multiplier": 100.0, "shares": 1},
+        field: value,
+    }
+    reply = run_task(site, 0, Task(TASK_KIND, 1, payload=request))
+    assert reply.error is None, reply.error
+    assert isinstance(reply.result, dict)
+    assert reply.result["refused"] == reason
+    assert site.epsilon_spent == 0.0

@@ -235,6 +235,10 @@ class Site(Client):
             QueryError: if the query cannot be answered over this site's rows.
         """
         policy, p = self._check(request)
+        if not isinstance(request.get("dp"), Mapping | None):
+            raise PolicyError(f"bad noise request: {str(request.get('dp'))[:60]}")
+        if not isinstance(request.get("domains", {}), Mapping):
+            raise PolicyError("a request's domains must be a mapping {column: [values]}")
         if not masked and request.get("dp"):
             request = {**request, "dp": {**request["dp"], "shares": 1}}
         key = self._key(request, masked)
