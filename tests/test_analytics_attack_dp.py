@@ -232,3 +232,16 @@ def test_a_request_of_the_wrong_shape_is_refused_not_crashed(
     assert isinstance(reply.result, dict)
     assert reply.result["refused"] == reason
     assert site.epsilon_spent == 0.0
+
+
+def test_a_site_with_max_epsilon_and_no_budget_warns_that_repeats_are_unbounded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    table = pd.DataFrame({"g": ["X"], "v": [1.0]})
+    with caplog.at_level("WARNING", logger="covey.analytics"):
+        Site({"t": table}, Policy(bounds={"v": (0, 2)}, max_epsilon=1.0), name="ward")
+        Site({"t": table}, Policy(bounds={"v": (0, 2)}, max_epsilon=1.0, epsilon=3.0))
+        Site({"t": table}, Policy(bounds={"v": (0, 2)}))
+    assert len(caplog.messages) == 1, caplog.messages
+    assert "site 'ward': its policy sets max_epsilon=1 but no epsilon budget" in caplog.text
+    assert "set epsilon, a total budget, too" in caplog.text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import secrets
 import threading
@@ -36,6 +37,8 @@ from covey.clients import Client
 from covey.clients._client import register_builtin
 from covey.core import Task
 from covey.secagg._handlers import register_builtin_input
+
+logger = logging.getLogger("covey.analytics")
 
 _T = TypeVar("_T")
 
@@ -113,6 +116,14 @@ class Site(Client):
             raise TypeError(f"policy must be a covey.analytics.Policy, got {type(policy).__name__}")
         self.name = name
         self.policy = policy
+        if policy is not None and policy.max_epsilon is not None and policy.epsilon is None:
+            logger.warning(
+                "site %r: its policy sets max_epsilon=%g but no epsilon budget, so it answers "
+                "any number of DP queries without withholding small groups; a server that "
+                "repeats one averages its noise away: set epsilon, a total budget, too",
+                name,
+                policy.max_epsilon,
+            )
         # described once, as loaded: the tables never change afterwards
         try:
             named = [*(policy.columns or ()), *policy.bounds, *policy.domains] if policy else []
