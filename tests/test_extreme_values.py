@@ -96,6 +96,33 @@ def test_a_metric_every_client_reports_as_minus_zero_keeps_its_sign() -> None:
     assert math.copysign(1.0, mixed) == 1.0  # as -0.0 + 0.0 is
 
 
+class _PerfectLoss(_Loss):
+    """Every client's loss is -0.0 (a perfect model's negated score), client 0's 0.0 if mixed."""
+
+    mixed = False
+
+    def evaluate(self, weights: Any, config: Any) -> covey.EvaluateResult:
+        loss = 0.0 if self.mixed and self.cid == 0 else -0.0
+        return covey.EvaluateResult(loss=loss, num_examples=3 + self.cid)
+
+
+class _MixedLoss(_PerfectLoss):
+    mixed = True
+
+
+def test_a_federated_loss_every_client_reports_as_minus_zero_keeps_its_sign() -> None:
+    # summed from 0.0, the round's loss was 0.0 as weighted_metrics' metrics were
+    strategy = covey.FedAvg(fraction_evaluate=1.0)
+    result = covey.simulate(_PerfectLoss, 4, 1, strategy, {"w": np.zeros(2)})
+    loss = result.history.rounds[1].evaluate_loss
+    assert loss is not None
+    assert math.copysign(1.0, loss) == -1.0
+    result = covey.simulate(_MixedLoss, 4, 1, strategy, {"w": np.zeros(2)})
+    loss = result.history.rounds[1].evaluate_loss
+    assert loss is not None
+    assert math.copysign(1.0, loss) == 1.0
+
+
 def test_staleness_weight_refuses_what_it_cannot_call() -> None:
     with pytest.raises(TypeError, match=r"staleness_weight\(fn\) takes a function .* got int"):
         chain(staleness_weight(3), weighted_mean())  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ def weighted_loss(losses: list[tuple[int, float]], examples: int) -> float:
     finite (a loss of 1e308 on 5 examples), as ``(n_k / examples) * loss_k``.
     A pair of 0 examples weighs nothing (its loss may be NaN: ``0 * NaN`` is NaN).
     """
-    total = 0.0
+    total = -0.0  # 0.0 + -0.0 is 0.0: every client's loss of -0.0 stays -0.0
     for n, loss in losses:
         if n:
             total += n * loss
