@@ -21,6 +21,7 @@ from covey.aggregate import (
     krum,
     weighted_mean,
 )
+from covey.core._metricvalues import MAX_CENTRAL_NAME, MAX_METRICS
 
 
 class Counting(covey.Client):
@@ -170,6 +171,34 @@ def test_an_evaluate_fn_loss_too_large_for_a_float_is_named(tmp_path: Any) -> No
         ),
     ):
         _run_with_evaluate_fn(tmp_path, lambda rnd, weights: (10**400, {}))
+
+
+@pytest.mark.parametrize(
+    ("metrics", "message"),
+    [
+        # a client's result was capped at MAX_METRICS; evaluate_fn's took 5000 names
+        (
+            {f"k{i}": 1.0 for i in range(MAX_METRICS + 1)},
+            f"evaluate_fn's metrics hold {MAX_METRICS + 1} names, over the limit of {MAX_METRICS}",
+        ),
+        # a name of 100,000 characters made `covey runs show` print a table of 160 KB
+        (
+            {"k" * 100_000: 1.0},
+            f"evaluate_fn's metric {'k' * 40!r}... has a name of 100000 characters, over the "
+            f"limit of {MAX_CENTRAL_NAME}: choose a shorter name",
+        ),
+    ],
+)
+def test_evaluate_fn_metrics_past_the_caps_are_refused(
+    tmp_path: Any, metrics: Any, message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _run_with_evaluate_fn(tmp_path, lambda rnd, weights: (0.1, metrics))
+
+
+def test_evaluate_fn_metrics_at_the_caps_are_taken(tmp_path: Any) -> None:
+    metrics = {f"k{i}": 1.0 for i in range(MAX_METRICS - 1)} | {"k" * MAX_CENTRAL_NAME: 2.0}
+    _run_with_evaluate_fn(tmp_path, lambda rnd, weights: (0.1, metrics))
 
 
 def numpy_evaluate(rnd: int, weights: Any) -> Any:

@@ -9,7 +9,7 @@ import numpy as np
 
 from covey.core._jsonvalues import TAGS, exact_scalar
 from covey.core._messages import Scalar
-from covey.core._metricvalues import FLOAT_MAX, item_of
+from covey.core._metricvalues import FLOAT_MAX, MAX_CENTRAL_NAME, MAX_METRICS, item_of
 from covey.core._weights import Weights, fingerprint
 from covey.strategies._checks import name_of
 from covey.strategies._metrics import R2_MOMENTS
@@ -83,6 +83,11 @@ def _central_result(out: object) -> tuple[float, dict[str, Scalar]]:
             "evaluate_fn's metrics must be a dict of names to scalars, "
             f"got {type(metrics).__name__}"
         )
+    if len(metrics) > MAX_METRICS + (R2_MOMENTS in metrics):
+        raise ValueError(
+            f"evaluate_fn's metrics hold {len(metrics)} names, over the limit of {MAX_METRICS} "
+            "a result may carry: report fewer (and log the rest from evaluate_fn itself)"
+        )
     checked: dict[str, Scalar] = {}
     for key, value in metrics.items():
         if key == R2_MOMENTS:
@@ -93,16 +98,26 @@ def _central_result(out: object) -> tuple[float, dict[str, Scalar]]:
                 f"evaluate_fn's metrics must be named by strings, got {type(key).__name__} "
                 f"{key!r:.40} as a name (write {{{str(key)!r:.40}: ...}})"
             )
-        if key in TAGS:
-            raise ValueError(
-                f"evaluate_fn's metric {key!r} has a name the history keeps for its own tags "
-                "(bytes and NaN or infinite floats are written to history.json as a dict of "
-                "that one key): choose another name"
-            )
+        _check_name(key)
         if not isinstance(value, _SCALARS):
             raise TypeError(_not_scalar(key, value))
         checked[key] = exact_scalar(value)  # np.float64 and np.str_ are float and str
     return number, checked
+
+
+def _check_name(key: str) -> None:
+    """Refuse ``evaluate_fn``'s metric name ``key`` if too long or one of the history's tags."""
+    if len(key) > MAX_CENTRAL_NAME:
+        raise ValueError(
+            f"evaluate_fn's metric {key[:40]!r}... has a name of {len(key)} characters, over "
+            f"the limit of {MAX_CENTRAL_NAME}: choose a shorter name"
+        )
+    if key in TAGS:
+        raise ValueError(
+            f"evaluate_fn's metric {key!r} has a name the history keeps for its own tags "
+            "(bytes and NaN or infinite floats are written to history.json as a dict of "
+            "that one key): choose another name"
+        )
 
 
 def _not_scalar(key: str, value: object) -> str:
