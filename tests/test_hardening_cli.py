@@ -175,6 +175,15 @@ def test_the_client_refuses_a_task_larger_than_its_cap() -> None:
     assert "more than this client accepts (10485 bytes)" in str(info.value)
 
 
+def test_the_client_task_cap_is_told_in_the_mib_it_is_read_in() -> None:
+    # --max-task-mb 1 is 1024 * 1024 bytes; the help said "this many MB" and "default 4096"
+    shown = CliRunner().invoke(app, ["client", "--help"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    said = " ".join(shown.output.replace("│", " ").split())
+    assert "more than this many MiB (2**20 bytes) of arrays (default 4096 MiB, 4 GiB;" in said
+    assert " MB " not in said
+
+
 @pytest.mark.parametrize(
     ("value", "said"),
     [

@@ -180,11 +180,11 @@ def _file_tls(s: dict[str, Any], insecure: bool | None, *, chosen: bool) -> dict
 
 
 MOST_TASK_MB = 2**40
-"""The largest ``--max-task-mb``: an exbibyte, whose bytes still fit a 64-bit count."""
+"""The largest ``--max-task-mb`` (MiB): an exbibyte, whose bytes still fit a 64-bit count."""
 
 
 def _task_cap(mb: object, flag: str = "--max-task-mb") -> int:
-    """``--max-task-mb`` (or the ``flag`` it came from) in bytes (the transport's default)."""
+    """``--max-task-mb`` (or the ``flag`` it came from), MiB, in bytes (the transport's default)."""
     from covey.transport.grpc._checks import MAX_TASK_BYTES
 
     if mb is None:
@@ -241,8 +241,8 @@ def client_command(
     max_task_mb: Annotated[
         float | None,
         typer.Option(
-            help="Refuse tasks announcing more than this many MB of arrays "
-            "(default 4096; set it near the model's size)."
+            help="Refuse tasks announcing more than this many MiB (2**20 bytes) of arrays "
+            "(default 4096 MiB, 4 GiB; set it near the model's size)."
         ),
     ] = None,
     verbose: Annotated[
