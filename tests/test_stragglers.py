@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -244,3 +245,38 @@ def test_a_deployed_rounds_deadline_hint_names_serves_setting_and_the_flag(error
 
     hint = deadline_hint([Failure(1, "fit", error)], sampled=2, min_fit_clients=2)
     assert hint.endswith("allow more time (round_timeout / --round-timeout)"), hint
+
+
+def test_a_round_whose_clients_all_time_out_names_the_timeout_to_raise() -> None:
+    # A round sampling more than min_fit_clients named no setting when all were late.
+    from covey.core._history import Failure
+    from covey.server._retry import deadline_hint
+
+    late = [Failure(c, "fit", "no reply in time") for c in range(3)]
+    hint = deadline_hint(late, sampled=3, min_fit_clients=2, timeout=5.0)
+    assert hint == (
+        "no client replied within the round timeout of 5 s: allow more time "
+        "(round_timeout / --round-timeout)"
+    )
+    # Not when a client failed otherwise: raising the timeout would not be enough.
+    other = [*late[:2], Failure(2, "fit", "ValueError: bad")]
+    assert deadline_hint(other, sampled=3, min_fit_clients=2, timeout=5.0) == ""
+
+
+class _Sleepy(covey.Client):
+    def fit(self, weights: covey.Weights, config: dict[str, Any]) -> covey.FitResult:
+        time.sleep(0.05)
+        return covey.FitResult(delta={"w": np.ones(1)}, num_examples=1)
+
+
+def test_a_simulated_round_whose_clients_all_time_out_names_the_timeout() -> None:
+    with pytest.raises(covey.FederationError) as caught:
+        covey.simulate(
+            lambda cid: _Sleepy(),
+            3,
+            1,
+            covey.FedAvg(min_fit_clients=2, fraction_evaluate=0.0),
+            {"w": np.zeros(1)},
+            round_timeout=0.001,
+        )
+    assert "no client replied within the round timeout of 0.001 s" in str(caught.value)

@@ -521,3 +521,23 @@ def test_a_concurrency_past_the_clients_is_named() -> None:
     strategy = covey.FedBuff(buffer_size=2, concurrency=10)
     with pytest.raises(ValueError, match=r"FedBuff's concurrency, min_fit_clients=10\) but num"):
         covey.simulate(lambda cid: covey.Client(), 4, 1, strategy, {"w": np.zeros(2)})
+
+
+def test_updates_whose_clients_all_time_out_name_the_timeout_to_raise() -> None:
+    # It said "17 replies in a row failed; last: no reply in time ..." and named no setting.
+    with pytest.raises(covey.FederationError) as caught:
+        covey.simulate(
+            lambda cid: Const(cid),
+            3,
+            1,
+            covey.FedBuff(buffer_size=2, concurrency=3),
+            {"w": np.zeros(2)},
+            client_durations=[50.0, 50.0, 50.0],
+            round_timeout=10.0,
+        )
+    said = str(caught.value)
+    assert "replies in a row failed" in said
+    assert said.endswith(
+        "no client replied within the round timeout of 10 s: allow more time "
+        "(round_timeout / --round-timeout)"
+    ), said

@@ -35,6 +35,7 @@ from covey.server._configs import client_configs, fit_config
 from covey.server._idviews import Union, without
 from covey.server._lasteval import evaluate_saved_last
 from covey.server._passing import KeptWhere
+from covey.server._retry import timeout_hint
 from covey.server._roundmetrics import RoundMetrics
 from covey.strategies._checks import chose_none, name_of, not_among, picked_ids, selected
 from covey.strategies._clients import client_info
@@ -289,9 +290,11 @@ class AsyncLoop(_LoopBase):
                     )
                 if failures_in_a_row > 2 * max(self._eligible, 1) + 10:
                     self.history.rounds.append(record)
+                    hint = timeout_hint(record.fit_failures[-failures_in_a_row:], self.task_timeout)
                     raise self._fail(
                         f"update {rnd}: {failures_in_a_row} replies in a row failed; last: "
-                        + record.fit_failures[-1].error,
+                        + record.fit_failures[-1].error
+                        + (f"; {hint}" if hint else ""),
                         rnd,
                     )
                 continue

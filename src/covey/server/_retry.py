@@ -34,6 +34,7 @@ __all__ = [
     "retry_hint",
     "run_retried",
     "shortfall",
+    "timeout_hint",
 ]
 
 logger = logging.getLogger("covey")
@@ -136,17 +137,37 @@ _LATE = ("straggler:", "no reply in time", "busy:")
 """How a failure that missed the round's deadline starts (simulated, deployed, still busy)."""
 
 
-def deadline_hint(failures: list[Failure], sampled: int, min_fit_clients: int) -> str:
+def timeout_hint(failures: list[Failure], timeout: float | None) -> str:
+    """What to raise when every one of ``failures`` came to no reply within ``timeout`` s.
+
+    Empty without a timeout, without failures, or when any failure is another one.
+    """
+    if timeout is None or not failures:
+        return ""
+    if not all(f.error.startswith("no reply in time") for f in failures):
+        return ""
+    return (
+        f"no client replied within the round timeout of {timeout:g} s: allow more time "
+        "(round_timeout / --round-timeout)"
+    )
+
+
+def deadline_hint(
+    failures: list[Failure], sampled: int, min_fit_clients: int, timeout: float | None = None
+) -> str:
     """What to set when a round that sampled no more than ``min_fit_clients`` lost a straggler.
 
     Such a round needs every sampled client's reply, so one client past the
     deadline stops the run (as documented); ``round_retries`` does not apply (it
-    runs again only rounds that lost connections alone). Empty when the round
-    sampled more, or no failure missed the deadline.
+    runs again only rounds that lost connections alone). A round that sampled more
+    gets :func:`timeout_hint` of its ``timeout``. Empty when no failure missed the
+    deadline.
     """
     late = [f.error for f in failures if f.error.startswith(_LATE)]
-    if sampled > min_fit_clients or not late:
+    if not late:
         return ""
+    if sampled > min_fit_clients:
+        return timeout_hint(failures, timeout)
     # A deployed round's deadline is serve(round_timeout=...) or covey server's flag: the
     # server is not told which the user gave, so both are named.
     deployed = "round_timeout / --round-timeout"

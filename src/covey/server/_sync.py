@@ -266,7 +266,9 @@ class RoundLoop(_LoopBase):
                 if strategy.accept_failures
                 else "and accept_failures=False"
             )
-            hint = deadline_hint(record.fit_failures, len(cids), strategy.min_fit_clients)
+            hint = deadline_hint(
+                record.fit_failures, len(cids), strategy.min_fit_clients, self.round_timeout
+            )
             why += f"; {hint}" if hint and strategy.accept_failures else ""  # before the names
             raise shortfall(
                 self._fail(
