@@ -541,3 +541,19 @@ def test_updates_whose_clients_all_time_out_name_the_timeout_to_raise() -> None:
         "no client replied within the round timeout of 10 s: allow more time "
         "(round_timeout / --round-timeout)"
     ), said
+
+
+def test_too_many_available_clients_says_no_update_would_start() -> None:
+    # FedBuff counts updates, not rounds: it said "no round would start".
+    with pytest.raises(ValueError, match="no update would start") as caught:
+        covey.simulate(
+            lambda cid: Const(cid),
+            2,
+            3,
+            covey.FedBuff(buffer_size=2, min_available_clients=3, fraction_evaluate=0.0),
+            {"w": np.zeros(2)},
+        )
+    assert str(caught.value) == (
+        "min_available_clients=3 exceeds num_clients=2: no update would start; lower it to "
+        "at most 2, or simulate more clients"
+    )

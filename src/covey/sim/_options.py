@@ -326,7 +326,8 @@ def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strate
     if strategy.min_available_clients > num_clients:
         raise ValueError(
             f"min_available_clients={strategy.min_available_clients} exceeds "
-            f"num_clients={num_clients}: no round would start; lower it to at most "
+            f"num_clients={num_clients}: no {'update' if strategy.asynchronous else 'round'} "
+            f"would start; lower it to at most "
             f"{num_clients}, or simulate more clients"
         )
     _check_evaluate_count(strategy, num_clients)
