@@ -93,6 +93,30 @@ def test_the_failures_past_those_logged_are_counted_in_the_update(
     assert counted == ["update 2: 4 more clients failed in fit; every failure is in the history"]
 
 
+def test_a_clients_failure_is_logged_under_its_update_as_a_rounds_is_under_its_round(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A FedBuff run logged "client 0 failed in fit: ..." with no "update N:" before it.
+    transport = SimulatedAsyncTransport(inline_transport(lambda cid: Const(cid, cid == 0), 2))
+    loop = AsyncLoop(covey.FedBuff(buffer_size=1, concurrency=2), transport, {"w": np.zeros(2)})
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        history = loop.run(1)
+    [failure] = history.rounds[1].fit_failures
+    said = [r.getMessage() for r in caplog.records if "failed in fit" in r.getMessage()]
+    assert said == [f"update 1: client 0 failed in fit: {failure.error}"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        covey.simulate(
+            lambda cid: Const(cid, cid == 1),
+            2,
+            1,
+            covey.FedAvg(min_fit_clients=1, fraction_evaluate=0.0),
+            {"w": np.zeros(2)},
+        )
+    said = [r.getMessage() for r in caplog.records if "failed in fit" in r.getMessage()]
+    assert said == ["round 1: client 1 failed in fit: RuntimeError: client 1 is broken"]
+
+
 def test_a_config_no_client_can_be_sent_names_the_update() -> None:
     def config(update: int) -> dict[str, Any]:
         return {"tags": {"a", "b"}}  # a set: JSON has none

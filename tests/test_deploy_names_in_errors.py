@@ -42,7 +42,7 @@ def test_a_compressing_clients_wrong_weights_read_as_an_uncompressed_ones(
     assert failure.error == "hospital-b's weights: 'w' has shape (7,), expected (6,)"
     said = [r.getMessage() for r in caplog.records if "failed in fit" in r.getMessage()]
     assert said == [
-        "hospital-b failed in fit: hospital-b's weights: 'w' has shape (7,), expected (6,)"
+        "round 1: hospital-b failed in fit: hospital-b's weights: 'w' has shape (7,), expected (6,)"
     ]
     np.testing.assert_allclose(result.weights["w"], np.ones(6), atol=0.01)
 

@@ -44,7 +44,9 @@ def test_a_clients_error_with_escape_sequences_is_logged_and_shown_escaped(
             _Spoofing, 2, 1, strategy, {"w": np.zeros(2)}, run_dir=tmp_path / "run", progress=False
         )
     [line] = [r.getMessage() for r in caplog.records if "failed in fit" in r.getMessage()]
-    assert line.startswith("client 1 failed in fit: RuntimeError: \\x1b[2J\\x1b[31mSPOOF\\x1b]0;")
+    assert line.startswith(
+        "round 1: client 1 failed in fit: RuntimeError: \\x1b[2J\\x1b[31mSPOOF\\x1b]0;"
+    )
     assert "\x1b" not in line
     monkeypatch.setenv("COLUMNS", "300")
     shown = CliRunner().invoke(app, ["runs", "show", str(tmp_path / "run")])

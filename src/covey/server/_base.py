@@ -299,7 +299,9 @@ class _LoopBase:
         cid = reply.cid
         if reply.error is not None:
             self._record_failure(
-                record.fit_failures, Failure(cid, "fit", _first_line(reply.error), reply.error)
+                record.fit_failures,
+                Failure(cid, "fit", _first_line(reply.error), reply.error),
+                record,
             )
             return None
         result = reply.result
@@ -367,7 +369,10 @@ class _LoopBase:
             return state, False
         return state, True
 
-    def _record_failure(self, failures: list[Failure], failure: Failure) -> None:
+    def _record_failure(
+        self, failures: list[Failure], failure: Failure, record: RoundRecord
+    ) -> None:
+        """Add ``failure`` to ``failures`` of ``record``; log it, headed by its round (update)."""
         failures.append(failure)
         if lacks_evaluate(failure):
             # A common set-up, not an incident: say it once, not every round.
@@ -381,7 +386,9 @@ class _LoopBase:
         count = self._logged[failure.stage] = self._logged.get(failure.stage, 0) + 1
         if count <= MOST_LOGGED:
             logger.warning(  # a client's own words: their control characters escaped
-                "%s failed in %s: %s",
+                "%s %d: %s failed in %s: %s",
+                self._step,
+                record.round,
                 printable(self.who(failure.cid)),
                 failure.stage,
                 printable(failure.error),
@@ -398,7 +405,7 @@ class _LoopBase:
 
         ``told`` is the reason as the client reads it (default: ``failure.error``).
         """
-        self._record_failure(failures, failure)
+        self._record_failure(failures, failure, record)
         rnd = record.round
         if self._answering is not None and self._answering[0] == failure.cid:
             rnd = self._answering[1]

@@ -255,7 +255,9 @@ class RoundLoop(_LoopBase):
                 del reply  # its arrays let go before the next reply is awaited
         for cid in cids:
             if cid not in answered:
-                self._record_failure(record.fit_failures, Failure(cid, "fit", "no reply in time"))
+                self._record_failure(
+                    record.fit_failures, Failure(cid, "fit", "no reply in time"), record
+                )
         needed = strategy.min_fit_clients if strategy.accept_failures else len(cids)
         needed = min(needed, len(cids))
         ok = len(record.fit_participants)
@@ -371,7 +373,7 @@ class RoundLoop(_LoopBase):
             if cid in told:
                 self._refuse(record.fit_failures, Failure(cid, "fit", why), record, told[cid])
             else:
-                self._record_failure(record.fit_failures, Failure(cid, "fit", why))
+                self._record_failure(record.fit_failures, Failure(cid, "fit", why), record)
         # With accept_failures off every sampled client must take part (a dropout the exchange
         # recovered from included); one that failed with its update in the sum took part.
         strict = not self.strategy.accept_failures
@@ -442,7 +444,9 @@ class RoundLoop(_LoopBase):
             if not reply.ok:
                 err = reply.error or ""
                 self._record_failure(
-                    record.evaluate_failures, Failure(reply.cid, "evaluate", _first_line(err), err)
+                    record.evaluate_failures,
+                    Failure(reply.cid, "evaluate", _first_line(err), err),
+                    record,
                 )
             elif (why := _unusable(res) or results.refusal(res.metrics)) is not None:
                 self._refuse(record.evaluate_failures, Failure(reply.cid, "evaluate", why), record)
@@ -454,7 +458,7 @@ class RoundLoop(_LoopBase):
         for cid in cids:
             if cid not in answered:
                 self._record_failure(
-                    record.evaluate_failures, Failure(cid, "evaluate", "no reply in time")
+                    record.evaluate_failures, Failure(cid, "evaluate", "no reply in time"), record
                 )
         got, least = len(record.evaluate_participants), strategy.min_evaluate_clients
         if got < min(least, len(cids)):
