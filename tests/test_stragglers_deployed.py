@@ -655,3 +655,25 @@ def test_a_served_run_records_a_straggler_busy_for_the_evaluation_of_its_round()
     ]
     assert [result.history.name_of(c) for c in record.evaluate_participants] == ["a"]
     assert sites["slow"].evaluations == 0
+
+
+def test_a_fedbuff_run_whose_clients_all_miss_the_timeout_names_it() -> None:
+    # It stopped with "update 1: 17 replies in a row failed; last: busy: ..." and named
+    # no setting: every client worked past --round-timeout.
+    gate = threading.Event()
+    strategy = covey.FedBuff(buffer_size=2, concurrency=3, min_available_clients=3)
+    served = Served(strategy, 1, round_timeout=0.2)
+    joined = [Joined(served.port, Site(n, gate), name=n) for n in SIZES]
+    try:
+        with pytest.raises(covey.FederationError) as caught:
+            served.join(60)
+    finally:
+        gate.set()
+        for client in joined:
+            client.join(30)
+    said = str(caught.value)
+    assert "replies in a row failed" in said
+    assert said.endswith(
+        "no client replied within the round timeout of 0.2 s: allow more time "
+        "(round_timeout / --round-timeout)"
+    ), said

@@ -140,11 +140,13 @@ _LATE = ("straggler:", "no reply in time", "busy:")
 def timeout_hint(failures: list[Failure], timeout: float | None) -> str:
     """What to raise when every one of ``failures`` came to no reply within ``timeout`` s.
 
-    Empty without a timeout, without failures, or when any failure is another one.
+    A deployed client still busy past its earlier task's deadline is given none
+    (``busy:``): that too is a reply the timeout did not wait for. Empty without a
+    timeout, without failures, or when any failure is another one.
     """
     if timeout is None or not failures:
         return ""
-    if not all(f.error.startswith("no reply in time") for f in failures):
+    if not all(f.error.startswith(("no reply in time", "busy:")) for f in failures):
         return ""
     return (
         f"no client replied within the round timeout of {timeout:g} s: allow more time "
