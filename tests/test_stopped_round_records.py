@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from covey.server._async import AsyncLoop
 from covey.server._sync import RoundLoop
 from covey.transport._async import SimulatedAsyncTransport
 from covey.transport._memory import MemoryTransport
+from test_selection_records import Waiting
 
 
 class Regional(covey.Client):
@@ -61,16 +61,6 @@ def test_a_simulated_round_too_few_clients_pass_where_is_kept(tmp_path: Path) ->
     saved = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [r["round"] for r in saved["rounds"]] == [0, 1]
     assert saved["rounds"][1]["aggregate_info"] == record.aggregate_info
-
-
-class Waiting(MemoryTransport):
-    """Clients connected to a deployed server, which waits for more that never come."""
-
-    def wait_for_clients(self, count: int, timeout: float | None) -> bool:
-        if len(self.clients()) >= count:
-            return True
-        time.sleep(min(timeout or 0.0, 0.05))
-        return False
 
 
 def test_a_deployed_round_short_of_connected_clients_is_kept() -> None:
@@ -146,16 +136,16 @@ def test_a_resumed_fedbuff_run_short_of_clients_keeps_the_update_it_would_run() 
     assert str(loop.history.stopped_reason).startswith("update 3: 2 clients available")
 
 
-def test_a_served_round_short_of_eligible_clients_is_kept_in_its_run_folder(
-    tmp_path: Path,
-) -> None:
+def served_short(
+    strategy: covey.Strategy, cids: tuple[int, ...], wait: float, run: Path
+) -> tuple[covey.FederationError, dict[str, Any]]:
+    """The error that stopped a served run that clients ``cids`` joined, and its history.json."""
     from covey.deploy import connect, serve
 
-    strategy = covey.FedAvg(fraction_evaluate=0.0, min_fit_clients=2, where={"region": "eu"})
     threads: list[threading.Thread] = []
 
     def start(port: int) -> None:
-        for cid in (0, 1):
+        for cid in cids:
             site = threading.Thread(
                 target=connect,
                 args=(Regional(cid), f"127.0.0.1:{port}"),
@@ -166,7 +156,7 @@ def test_a_served_round_short_of_eligible_clients_is_kept_in_its_run_folder(
             threads.append(site)
 
     try:
-        with pytest.raises(covey.FederationError):
+        with pytest.raises(covey.FederationError) as caught:
             serve(
                 strategy,
                 2,
@@ -174,14 +164,21 @@ def test_a_served_round_short_of_eligible_clients_is_kept_in_its_run_folder(
                 "127.0.0.1:0",
                 insecure=True,
                 on_listen=start,
-                wait_timeout=5.0,
+                wait_timeout=wait,
                 plot=False,
-                run_dir=tmp_path / "run",
+                run_dir=run,
             )
     finally:
         for site in threads:
             site.join(timeout=30)
-    saved = json.loads((tmp_path / "run" / "history.json").read_text())
+    return caught.value, json.loads((run / "history.json").read_text())
+
+
+def test_a_served_round_short_of_eligible_clients_is_kept_in_its_run_folder(
+    tmp_path: Path,
+) -> None:
+    strategy = covey.FedAvg(fraction_evaluate=0.0, min_fit_clients=2, where={"region": "eu"})
+    _, saved = served_short(strategy, (0, 1), 5.0, tmp_path / "run")
     assert [r["round"] for r in saved["rounds"]] == [0, 1]
     info = saved["rounds"][1]["aggregate_info"]
     assert info["error"].startswith(
@@ -194,39 +191,10 @@ def test_a_served_round_short_of_eligible_clients_is_kept_in_its_run_folder(
 def test_a_served_fedbuff_run_short_of_clients_keeps_its_first_update_and_says_how_many(
     tmp_path: Path,
 ) -> None:
-    from covey.deploy import connect, serve
-
-    threads: list[threading.Thread] = []
-
-    def start(port: int) -> None:
-        site = threading.Thread(
-            target=connect,
-            args=(Regional(1), f"127.0.0.1:{port}"),
-            kwargs={"insecure": True, "name": "site-1"},
-            daemon=True,
-        )
-        site.start()
-        threads.append(site)
-
-    try:
-        with pytest.raises(covey.FederationError) as caught:
-            serve(
-                covey.FedBuff(buffer_size=1, min_available_clients=2),
-                2,
-                {"w": np.zeros(1)},
-                "127.0.0.1:0",
-                insecure=True,
-                on_listen=start,
-                wait_timeout=2.0,
-                plot=False,
-                run_dir=tmp_path / "run",
-            )
-    finally:
-        for site in threads:
-            site.join(timeout=30)
+    strategy = covey.FedBuff(buffer_size=1, min_available_clients=2)
+    caught, saved = served_short(strategy, (1,), 2.0, tmp_path / "run")
     error = "only 1 of the 2 clients needed (min_available_clients) connected within 2.0 s"
-    assert str(caught.value) == f"update 1: {error}"
-    saved = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert str(caught) == f"update 1: {error}"
     assert [r["round"] for r in saved["rounds"]] == [0, 1]
     assert saved["rounds"][1]["aggregate_info"] == {"error": error}
     assert saved["stopped_reason"] == f"update 1: {error}"
