@@ -17,7 +17,7 @@ MAX_METRICS = 1000
 """The most metrics one result may carry: a reply of 200,000 names (3 MB of JSON) made
 every round's record, the server's memory and ``history.json`` grow by tens of MB."""
 
-MAX_CENTRAL_NAME = 256
+MAX_CENTRAL_NAME = 1024
 """The most characters of a metric name ``evaluate_fn`` may report: a name of 100,000
 characters made ``covey runs show`` print a table of 160 KB (a client's may be longer,
 up to the wire's ``WireLimits.max_string``)."""
