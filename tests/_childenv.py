@@ -10,6 +10,7 @@ inherits it imports the covey under test, whatever its working folder.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src"
@@ -26,3 +27,13 @@ def child_pythonpath(*first: str | Path, base: str | None = None) -> str:
     entries = [*map(str, first), str(SRC), *kept.split(os.pathsep)]
     absolute = [os.path.abspath(entry) for entry in entries if entry]
     return os.pathsep.join(dict.fromkeys(absolute))
+
+
+APPS = Path(__file__).resolve().parent / "apps"
+"""The tests' own apps (``tiny_app`` and others) that ``covey server --app`` names."""
+
+
+def apps_env(**more: str) -> dict[str, str]:
+    """A ``covey`` process's environment: :data:`APPS` importable, wide lines, and ``more``."""
+    path = child_pythonpath(APPS, base=os.pathsep.join(sys.path))
+    return {**os.environ, "PYTHONPATH": path, "COLUMNS": "250", **more}

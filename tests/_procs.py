@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _childenv import child_pythonpath
+from _childenv import apps_env, child_pythonpath
 
 
 class CoveyProcesses:
@@ -81,9 +81,7 @@ def interrupt_tiny_server(tmp: Path, sig: signal.Signals) -> tuple[int, str, Pat
 
     Returns its exit code, its standard error and its run folder.
     """
-    apps = Path(__file__).parent / "apps"
-    path = child_pythonpath(apps, base=os.pathsep.join(sys.path))
-    env = {**os.environ, "PYTHONPATH": path, "COLUMNS": "250"}
+    env = apps_env()
     port_file, run = tmp / "port", tmp / "run"
     server = subprocess.Popen(
         [

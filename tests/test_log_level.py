@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from _childenv import child_pythonpath
+from _childenv import apps_env
 from _ports import unused_port
 from _procs import undated
 from covey.transport.grpc import GrpcServerTransport
 
 pytestmark = pytest.mark.timeout(300)
 
-APPS = Path(__file__).parent / "apps"
-
 
 def _covey(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    path = child_pythonpath(APPS, base=os.pathsep.join(sys.path))
     return subprocess.run(
         [sys.executable, "-m", "covey", *args],
-        env={**os.environ, "PYTHONPATH": path, "COLUMNS": "250"},
+        env=apps_env(),
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -54,10 +50,9 @@ def _told_goodbye(tmp_path: Path, *more: str) -> str:
     transport = GrpcServerTransport("127.0.0.1:0")
     try:
         args = ["client", "--app", "tiny_app:client_fn", "--cid", "0", "--insecure", *more]
-        path = child_pythonpath(APPS, base=os.pathsep.join(sys.path))
         client = subprocess.Popen(
             [sys.executable, "-m", "covey", *args, "--server", f"127.0.0.1:{transport.port}"],
-            env={**os.environ, "PYTHONPATH": path, "COLUMNS": "250"},
+            env=apps_env(),
             cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

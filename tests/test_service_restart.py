@@ -8,7 +8,6 @@ stopped and started again (``systemctl restart``) rather than exit with it.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from _childenv import child_pythonpath
+from _childenv import apps_env
 from _killmatrix import saved_round, wait_for
 from _ports import unused_port
 from _procs import CoveyProcesses, undated
@@ -26,13 +25,6 @@ pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals"),
     pytest.mark.timeout(300),
 ]
-
-APPS = Path(__file__).parent / "apps"
-
-
-def _env(**more: str) -> dict[str, str]:
-    path = child_pythonpath(APPS, base=os.pathsep.join(sys.path))
-    return {**os.environ, "PYTHONPATH": path, "COLUMNS": "250", **more}
 
 
 def _server(run: Path, address: str, *more: str) -> list[str]:
@@ -64,7 +56,7 @@ def _signalled_in_round_2(
 
 
 def test_one_command_line_starts_the_run_and_resumes_it_after_a_kill(tmp_path: Path) -> None:
-    procs = CoveyProcesses(tmp_path, _env(COVEY_TINY_DELAY="2"))
+    procs = CoveyProcesses(tmp_path, apps_env(COVEY_TINY_DELAY="2"))
     run, address = tmp_path / "run", f"127.0.0.1:{unused_port()}"
     try:
         first, clients = _signalled_in_round_2(procs, run, address, signal.SIGKILL)
@@ -88,7 +80,7 @@ def test_one_command_line_starts_the_run_and_resumes_it_after_a_kill(tmp_path: P
 def _covey(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "covey", *args],
-        env=_env(),
+        env=apps_env(),
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -153,7 +145,7 @@ def test_resume_if_present_needs_run_dir_and_no_resume(tmp_path: Path) -> None:
 
 
 def test_clients_outlive_a_server_stopped_and_started_again(tmp_path: Path) -> None:
-    procs = CoveyProcesses(tmp_path, _env(COVEY_TINY_DELAY="2"))
+    procs = CoveyProcesses(tmp_path, apps_env(COVEY_TINY_DELAY="2"))
     run, address = tmp_path / "run", f"127.0.0.1:{unused_port()}"
     try:
         # systemctl restart: a graceful stop
@@ -185,7 +177,7 @@ def test_clients_outlive_a_server_stopped_and_started_again(tmp_path: Path) -> N
 
 
 def test_a_client_ends_once_an_interrupted_server_stays_away(tmp_path: Path) -> None:
-    procs = CoveyProcesses(tmp_path, _env(COVEY_TINY_DELAY="2", COVEY_TINY_CLIENTS="1"))
+    procs = CoveyProcesses(tmp_path, apps_env(COVEY_TINY_DELAY="2", COVEY_TINY_CLIENTS="1"))
     run, address = tmp_path / "run", f"127.0.0.1:{unused_port()}"
     try:
         server = procs._spawn(_server(run, address), "server.log")

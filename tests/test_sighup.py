@@ -9,7 +9,6 @@ command exits with 129 (128 + 1).
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from _childenv import child_pythonpath
+from _childenv import apps_env
 from _killmatrix import saved_round, wait_for
 from _procs import DATED_STAMP, undated
 from covey.core._interrupt import INTERRUPTED_REASONS, shown_status
@@ -29,13 +28,6 @@ pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="SIGHUP is POSIX's"),
     pytest.mark.timeout(300),
 ]
-
-APPS = Path(__file__).parent / "apps"
-
-
-def _env(**more: str) -> dict[str, str]:
-    path = child_pythonpath(APPS, base=os.pathsep.join(sys.path))
-    return {**os.environ, "PYTHONPATH": path, "COLUMNS": "250", **more}
 
 
 def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -60,7 +52,7 @@ def _clients(port: str, env: dict[str, str], tmp: Path, tag: str) -> list[subpro
 
 
 def test_sighup_stops_covey_server_as_sigterm_does(tmp_path: Path) -> None:
-    env = _env(COVEY_TINY_DELAY="3")  # a round lasts long enough to be stopped in
+    env = apps_env(COVEY_TINY_DELAY="3")  # a round lasts long enough to be stopped in
     run, port_file = tmp_path / "run", tmp_path / "port"
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -117,7 +109,7 @@ def test_sighup_stops_covey_client_as_sigterm_does(tmp_path: Path) -> None:
     log = tmp_path / "client.log"
     args = ["client", "--app", "tiny_app:client_fn", "--cid", "0", "--insecure"]
     try:
-        client = _start([*args, "--server", f"127.0.0.1:{transport.port}"], _env(), log)
+        client = _start([*args, "--server", f"127.0.0.1:{transport.port}"], apps_env(), log)
         try:
             assert transport.wait_for_clients(1, 60), log.read_text()
             client.send_signal(signal.SIGHUP)
@@ -154,7 +146,7 @@ def test_a_command_started_under_nohup_keeps_sighup_ignored() -> None:
         text=True,
         timeout=60,
         check=False,
-        env=_env(),
+        env=apps_env(),
     )
     assert (child.returncode, child.stdout) == (0, "still running\n"), child.stderr
 
