@@ -13,7 +13,7 @@ from __future__ import annotations
 import duckdb
 
 from covey.analytics._csvhead import string
-from covey.analytics._tables import columns, quote, table_name
+from covey.analytics._tables import columns, per_column, quote, table_name
 
 
 def _patterns(decimal: str) -> tuple[str, str]:
@@ -50,19 +50,21 @@ def read_grouped(con: duckdb.DuckDBPyConnection, name: str, reader: str, decimal
     ]
     if not texts:
         return
-    checks = ", ".join(
-        f"bool_and(regexp_full_match(trim({c}), {string(number)})), "
-        f"bool_or(regexp_matches(trim({c}), {grouped})), "
-        f"bool_or(regexp_matches(trim({c}), {told})), "
-        f"bool_or(contains(trim({c}), {string(decimal)}))"
-        for c in map(quote, texts)
+    found = per_column(
+        con,
+        table,
+        texts,
+        lambda c: (
+            f"bool_and(regexp_full_match(trim({c}), {string(number)}))",
+            f"bool_or(regexp_matches(trim({c}), {grouped}))",
+            f"bool_or(regexp_matches(trim({c}), {told}))",
+            f"bool_or(contains(trim({c}), {string(decimal)}))",
+        ),
     )
-    found = con.execute(f"SELECT {checks} FROM {table}").fetchone()  # noqa: S608
     if found is None:
         return
     read = {}
-    for i, col in enumerate(texts):
-        numbers, grouped_, unambiguous, fraction = found[4 * i : 4 * i + 4]
+    for col, (numbers, grouped_, unambiguous, fraction) in zip(texts, found, strict=True):
         if numbers and grouped_ and (decimal == "," or unambiguous):
             read[col] = "DOUBLE" if fraction else "BIGINT"
     if not read:

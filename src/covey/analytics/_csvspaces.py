@@ -22,7 +22,7 @@ from collections.abc import Collection
 import duckdb
 
 from covey.analytics._csvhead import string
-from covey.analytics._tables import columns, quote, table_name
+from covey.analytics._tables import columns, per_column, quote, table_name
 
 #: The spaces that group a number's digits in thousands: no-break and narrow no-break
 GROUP_SPACES = "\u00a0\u202f"
@@ -60,18 +60,20 @@ def read_space_grouped(con: duckdb.DuckDBPyConnection, name: str, decimal: str) 
     number = string(rf"[-+]?([1-9]\d{{0,2}}({s}\d{{3}})+|\d{{1,3}})({d}\d+)?")
     grouped = string(s)
     table = table_name(name)
-    checks = ", ".join(
-        f"bool_and(regexp_full_match(trim({c}, ' '), {number})), "
-        f"bool_or(regexp_matches({c}, {grouped})), "
-        f"bool_or(contains({c}, {string(decimal)}))"
-        for c in map(quote, texts)
+    found = per_column(
+        con,
+        table,
+        texts,
+        lambda c: (
+            f"bool_and(regexp_full_match(trim({c}, ' '), {number}))",
+            f"bool_or(regexp_matches({c}, {grouped}))",
+            f"bool_or(contains({c}, {string(decimal)}))",
+        ),
     )
-    found = con.execute(f"SELECT {checks} FROM {table}").fetchone()  # noqa: S608
     if found is None:
         return
     casts = []
-    for i, col in enumerate(map(quote, texts)):
-        numbers, has_group, fraction = found[3 * i : 3 * i + 3]
+    for col, (numbers, has_group, fraction) in zip(map(quote, texts), found, strict=True):
         if not (numbers and has_group):
             continue
         digits = f"regexp_replace(trim({col}, ' '), {grouped}, '', 'g')"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,28 @@ def quote(name: str) -> str:
     if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME or "\x00" in name:
         raise ValueError(f"{name!r} is not a valid column name")
     return '"' + name.replace('"', '""') + '"'
+
+
+def per_column(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    cols: Sequence[str],
+    aggregates: Callable[[str], Sequence[str]],
+) -> list[tuple[Any, ...]] | None:
+    """In one scan of ``table``, each of ``cols``'s values of ``aggregates(quoted column)``.
+
+    None if the scan returns no row.
+    """
+    parts = [aggregates(c) for c in map(quote, cols)]
+    scan = ", ".join(a for part in parts for a in part)
+    found = con.execute(f"SELECT {scan} FROM {table}").fetchone()  # noqa: S608
+    if found is None:
+        return None
+    out, at = [], 0
+    for part in parts:
+        out.append(tuple(found[at : at + len(part)]))
+        at += len(part)
+    return out
 
 
 def table_name(name: str) -> str:
