@@ -280,3 +280,6 @@ def test_a_simulated_round_whose_clients_all_time_out_names_the_timeout() -> Non
             round_timeout=0.001,
         )
     assert "no client replied within the round timeout of 0.001 s" in str(caught.value)
+    # It named covey server's --round-timeout too, which no simulation has.
+    assert "allow more time (round_timeout);" in str(caught.value)
+    assert "--round-timeout" not in str(caught.value)

@@ -290,7 +290,8 @@ class AsyncLoop(_LoopBase):
                     )
                 if failures_in_a_row > 2 * max(self._eligible, 1) + 10:
                     self.history.rounds.append(record)
-                    hint = timeout_hint(record.fit_failures[-failures_in_a_row:], self.task_timeout)
+                    late = record.fit_failures[-failures_in_a_row:]
+                    hint = timeout_hint(late, self.task_timeout, self.timeout_setting)
                     raise self._fail(
                         f"update {rnd}: {failures_in_a_row} replies in a row failed; last: "
                         + record.fit_failures[-1].error

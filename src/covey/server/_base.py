@@ -85,6 +85,9 @@ class _LoopBase:
     #: What one step of the loop is called in its messages, and what its model is.
     _step = "round"
     _model = "the global model"
+    #: What a timeout hint tells to raise: a deployed server's keyword and flag alike (it
+    #: is not told which the user gave); a simulation's keyword alone (:func:`open_loop`).
+    timeout_setting = "round_timeout / --round-timeout"  # _retry.DEPLOYED_TIMEOUT
 
     def __init__(
         self,

@@ -16,6 +16,7 @@ from covey.core._version import covey_version
 from covey.core._weights import Weights
 from covey.server._async import AsyncLoop
 from covey.server._base import EvaluateFn, RoundCallback
+from covey.server._retry import SIMULATED_TIMEOUT
 from covey.server._sync import RoundLoop
 from covey.strategies._strategy import Strategy
 from covey.transport._async import AsyncTransport
@@ -127,6 +128,8 @@ def open_loop(
             on_round=on_round,
             simulated=simulated,
         )
+    if simulated:  # simulate(round_timeout=...): covey server's flag is no setting of it
+        loop.timeout_setting = SIMULATED_TIMEOUT
     if history is not None:
         loop.history = history
     if agg_state is not None:

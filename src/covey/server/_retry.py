@@ -28,7 +28,9 @@ if TYPE_CHECKING:
     from covey.server._sync import RoundLoop
 
 __all__ = [
+    "DEPLOYED_TIMEOUT",
     "RETRY_HINT",
+    "SIMULATED_TIMEOUT",
     "RoundRetries",
     "failures_said",
     "retry_hint",
@@ -137,25 +139,37 @@ _LATE = ("straggler:", "no reply in time", "busy:")
 """How a failure that missed the round's deadline starts (simulated, deployed, still busy)."""
 
 
-def timeout_hint(failures: list[Failure], timeout: float | None) -> str:
+DEPLOYED_TIMEOUT = "round_timeout / --round-timeout"
+"""The round timeout's settings of a deployed server: ``serve(round_timeout=...)`` or the flag."""
+SIMULATED_TIMEOUT = "round_timeout"
+"""The round timeout's setting of a simulation: ``simulate(round_timeout=...)``."""
+
+
+def timeout_hint(
+    failures: list[Failure], timeout: float | None, setting: str = DEPLOYED_TIMEOUT
+) -> str:
     """What to raise when every one of ``failures`` came to no reply within ``timeout`` s.
 
     A deployed client still busy past its earlier task's deadline is given none
     (``busy:``): that too is a reply the timeout did not wait for. Empty without a
-    timeout, without failures, or when any failure is another one.
+    timeout, without failures, or when any failure is another one. ``setting`` names
+    where the user sets the timeout (:data:`SIMULATED_TIMEOUT` in a simulation).
     """
     if timeout is None or not failures:
         return ""
     if not all(f.error.startswith(("no reply in time", "busy:")) for f in failures):
         return ""
     return (
-        f"no client replied within the round timeout of {timeout:g} s: allow more time "
-        "(round_timeout / --round-timeout)"
+        f"no client replied within the round timeout of {timeout:g} s: allow more time ({setting})"
     )
 
 
 def deadline_hint(
-    failures: list[Failure], sampled: int, min_fit_clients: int, timeout: float | None = None
+    failures: list[Failure],
+    sampled: int,
+    min_fit_clients: int,
+    timeout: float | None = None,
+    setting: str = DEPLOYED_TIMEOUT,
 ) -> str:
     """What to set when a round that sampled no more than ``min_fit_clients`` lost a straggler.
 
@@ -163,17 +177,14 @@ def deadline_hint(
     deadline stops the run (as documented); ``round_retries`` does not apply (it
     runs again only rounds that lost connections alone). A round that sampled more
     gets :func:`timeout_hint` of its ``timeout``. Empty when no failure missed the
-    deadline.
+    deadline. ``setting`` names where the round timeout is set (see :func:`timeout_hint`).
     """
     late = [f.error for f in failures if f.error.startswith(_LATE)]
     if not late:
         return ""
     if sampled > min_fit_clients:
-        return timeout_hint(failures, timeout)
-    # A deployed round's deadline is serve(round_timeout=...) or covey server's flag: the
-    # server is not told which the user gave, so both are named.
-    deployed = "round_timeout / --round-timeout"
-    more = "round_deadline" if any(e.startswith("straggler:") for e in late) else deployed
+        return timeout_hint(failures, timeout, setting)
+    more = "round_deadline" if any(e.startswith("straggler:") for e in late) else setting
     return (
         "a round sampling no more than min_fit_clients stops at one straggler: sample more "
         f"clients (fraction_fit), lower min_fit_clients or allow more time ({more})"

@@ -269,7 +269,11 @@ class RoundLoop(_LoopBase):
                 else "and accept_failures=False"
             )
             hint = deadline_hint(
-                record.fit_failures, len(cids), strategy.min_fit_clients, self.round_timeout
+                record.fit_failures,
+                len(cids),
+                strategy.min_fit_clients,
+                self.round_timeout,
+                self.timeout_setting,
             )
             why += f"; {hint}" if hint and strategy.accept_failures else ""  # before the names
             raise shortfall(
