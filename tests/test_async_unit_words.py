@@ -127,6 +127,30 @@ def test_runs_show_names_an_asynchronous_run_s_updates(tmp_path: Path) -> None:
     assert "continue it after its last complete round with" in said
 
 
+def test_runs_show_leaves_out_the_columns_no_update_has_a_value_in(tmp_path: Path) -> None:
+    # A FedBuff run that never evaluates (fraction_evaluate=0) showed empty evaluate columns.
+    class Scored(Const):
+        def fit(self, weights: covey.Weights, config: dict[str, Any]) -> covey.FitResult:
+            return covey.FitResult(
+                delta={"w": np.ones(2)}, num_examples=1, metrics={"train_loss": 0.5}
+            )
+
+    strategy = covey.FedBuff(buffer_size=2, fraction_evaluate=0.0)
+    run = tmp_path / "run"
+    covey.simulate(lambda cid: Scored(), 3, 4, strategy, {"w": np.zeros(2)}, run_dir=run)
+    header = _said(["runs", "show", str(run)])
+    assert "train_loss" in header
+    assert "evaluate" not in header.replace("fraction_evaluate", "")
+    assert "central" not in header
+    # A column with a value in any update stays, even where the updates shown have none.
+    history = covey.History.load(run / "history.json")
+    history.rounds[1].evaluate_loss = 0.25
+    history.save(run / "history.json")
+    said = _said(["runs", "show", str(run), "--last", "2"])
+    assert said.count("evaluate") - said.count("fraction_evaluate") == 1
+    assert "accuracy" not in said
+
+
 def test_updates_that_did_not_aggregate_are_named_as_updates() -> None:
     from covey.core import RoundRecord
     from covey.server._outputs import not_aggregated

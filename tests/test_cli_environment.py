@@ -23,6 +23,12 @@ class _Step(covey.Client):
         return covey.FitResult(weights={"w": weights["w"] + 1.0}, num_examples=1)
 
 
+class _Trained(covey.Client):
+    def fit(self, weights: covey.Weights, config: Config) -> covey.FitResult:
+        new = {"w": weights["w"] + 1.0}
+        return covey.FitResult(weights=new, num_examples=1, metrics={"train_loss": 0.5})
+
+
 def _central(rnd: int, weights: covey.Weights) -> tuple[float, Metrics]:
     return 0.5, {"f1[/macro]": 0.25, "[bold]recall": 0.75}
 
@@ -107,7 +113,7 @@ def test_a_dumb_terminal_gets_the_whole_table(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setenv("TERM", "dumb")
     history = covey.simulate(
-        client_fn=lambda cid: _Step(),
+        client_fn=lambda cid: _Trained(),  # a train_loss: its column is shown
         num_clients=2,
         rounds=1,
         strategy=covey.FedAvg(fraction_evaluate=0.0),

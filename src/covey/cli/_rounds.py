@@ -119,7 +119,7 @@ def round_table(
     step = step_of(history)
     if step == "update" and title == "Rounds":
         title = "Updates"
-    total = len(history.rounds)
+    total, whole = len(history.rounds), history
     history = shown_rounds(history, last)
     if len(history.rounds) < total:
         title = f"{title} (the last {len(history.rounds):,} of {total:,})"
@@ -127,6 +127,9 @@ def round_table(
     for column in (step, "clients", "failed"):
         table.add_column(column, justify="right", no_wrap=True)
     columns, left = metric_columns(history)
+    # A usual column no round of the run has a value in (a run that never evaluates) is
+    # left out; one with a value in any round stays, in the rows shown too.
+    columns = [c for c in columns if c not in ROUND_COLUMNS or _any_value(whole, *c)]
     if left:
         table.caption = escape(f"not shown: {', '.join(left)} (in history.json)")
     for source, name in columns:
@@ -148,6 +151,13 @@ def round_table(
             cells += more(r)
         table.add_row(*cells)
     return table
+
+
+def _any_value(history: History, source: str, name: str) -> bool:
+    """Whether any round of ``history`` has a value of the metric ``name`` of ``source``."""
+    from covey.core._history import metric_value
+
+    return any(metric_value(r, name, source) is not None for r in history.rounds)  # type: ignore[arg-type]
 
 
 Columns = tuple[list[str], Callable[["RoundRecord"], list[str]]]
