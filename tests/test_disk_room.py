@@ -218,11 +218,11 @@ def _round_1_finds_no_room(monkeypatch: pytest.MonkeyPatch, *, save: bool) -> No
             raise SafetensorError(_FULL)
         real_save(tensors, filename, *args, **kwargs)
 
-    def write(self: HistoryFile, history: History) -> bool:
+    def write(self: HistoryFile, history: History, *, final: bool = False) -> bool:
         if history.rounds and history.rounds[-1].round >= 1:
             full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             raise _historyfile._unwritten(self.path, history, full) from full
-        return real_write(self, history)
+        return real_write(self, history, final=final)
 
     monkeypatch.setattr(safetensors.numpy, "save_file", save_file)
     monkeypatch.setattr(HistoryFile, "write", write)

@@ -59,6 +59,39 @@ def test_simulate_run_dir_serializes_each_round_a_bounded_number_of_times(
     assert History.load(tmp_path / "run").to_json() == result.history.to_json()
 
 
+def test_ending_or_resuming_a_long_run_turns_no_earlier_record_into_json_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # history.json was written whole as every run ended: each record turned into JSON
+    # again (seconds at 10,000 rounds), and a resumed run's end did it on top of its start.
+    calls = [0]
+    for module in (recordvalues_module, historyfile_module):  # the store's, the file's
+
+        def counting(obj: Any, asdict: Any = dataclasses.asdict) -> Any:
+            calls[0] += isinstance(obj, RoundRecord)
+            return asdict(obj)
+
+        monkeypatch.setattr(module, "asdict", counting)
+    rounds, run = 150, tmp_path / "run"
+
+    def simulate(upto: int, **resume: Any) -> covey.History:
+        strategy = covey.FedAvg(fraction_evaluate=0.0)
+        weights = {"w": np.zeros(2)}
+        return covey.simulate(
+            lambda cid: _Adder(), 3, upto, strategy, weights, run_dir=run, **resume
+        ).history
+
+    history = simulate(rounds)
+    # saved to the store once, written into history.json as it is new and once more
+    assert calls[0] <= 3 * (rounds + 1) + 3, calls[0]
+    assert History.load(run).to_json() == history.to_json()
+    calls[0] = 0
+    history = simulate(rounds + 2, resume=True)
+    # the resumed run's first write makes the file's text again, and no more
+    assert calls[0] <= (rounds + 1) + 3 * 2 + 3, calls[0]
+    assert History.load(run).to_json() == history.to_json()
+
+
 def test_run_outputs_serialize_each_round_a_bounded_number_of_times(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -71,6 +104,11 @@ def test_run_outputs_serialize_each_round_a_bounded_number_of_times(
         if r in (0, 1, 57):
             assert (tmp_path / History.FILE_NAME).read_text() == history.to_json()
     assert calls[0] <= 3 * 200, calls[0]
+    assert (tmp_path / History.FILE_NAME).read_text() == history.to_json()
+    calls[0] = 0
+    history.stopped_reason = "interrupted (SIGINT)"
+    outputs.finish(history)  # the records' text as written, not made again
+    assert calls[0] <= 1, calls[0]
     assert (tmp_path / History.FILE_NAME).read_text() == history.to_json()
 
 

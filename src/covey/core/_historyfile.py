@@ -33,10 +33,13 @@ class HistoryFile:
     next write (a round callback may still add to it). The older records' text
     is copied from the file it wrote last, not kept in memory, so what the
     writer holds does not grow with the run. The file holds the same text
-    :meth:`History.save` writes; a full :meth:`History.save` at the end of the
-    run writes whatever changed in older records since. A file that is no
-    longer the one it wrote (replaced or changed by another program) is written
-    from the records again.
+    :meth:`History.save` writes. The end of a run writes it with ``final=True``:
+    the records' text as it is, whatever the file's size, so that ending a long
+    run costs no more than one of its rounds (:meth:`History.save` would turn
+    every record into JSON again: seconds for 10,000 rounds). A record's text is
+    final once the round after it was written, as the run's store keeps it. A
+    file that is no longer the one it wrote (replaced or changed by another
+    program) is written from the records again.
 
     Writing the whole file still takes time growing with its size, and atomic
     writes cannot append. Up to :data:`SMALL_FILE` the file is written after
@@ -61,10 +64,10 @@ class HistoryFile:
         self._due = 0.0  # time.monotonic() from which a large file is written again
         self._said = ""  # the file's settings and stop reason, as last written
 
-    def write(self, history: History) -> bool:
+    def write(self, history: History, *, final: bool = False) -> bool:
         """Write ``history`` to the file atomically, unless it is large and was just written.
 
-        The end of a run writes it whole (:meth:`History.save`), whatever its size.
+        ``final``: write it whatever its size and its last write's time (the end of a run).
 
         Returns:
             Whether the file was written.
@@ -78,7 +81,7 @@ class HistoryFile:
         # as they change; clients' names (many, in a fleet) with the next round's write.
         said = json.dumps([jsonable(history.config), history.stopped_reason])
         size = 0 if self._written is None else self._written.size
-        if size > SMALL_FILE and start < self._due and said == self._said:
+        if size > SMALL_FILE and start < self._due and said == self._said and not final:
             return False
         self._said = said
         head = json.dumps({**_head(history), "rounds": []}, indent=2).encode("utf-8")

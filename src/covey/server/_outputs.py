@@ -172,8 +172,10 @@ class RunOutputs:
             self._plotted = now
 
     def finish(self, history: History) -> None:
-        """Write both files for the run as it ended."""
-        write_outputs(self.run_dir, history, plot=self.plot)
+        """Write both files for the run as it ended (the records' text as the run has it)."""
+        self._history.write(history, final=True)
+        if self.plot:
+            plot_history(history, self.run_dir / PLOT_NAME, title=f"covey run {self.run_dir.name}")
 
 
 def not_aggregated(history: History) -> str | None:

@@ -25,6 +25,7 @@ from covey.server._served import recorded_trackers, tracker_words
 
 if TYPE_CHECKING:  # NumPy is slow to load for `covey runs list`
     from covey.core._history import History
+    from covey.core._historyfile import HistoryFile
 
 __all__ = [
     "SET_UP_FILES",
@@ -194,11 +195,14 @@ def stop_reason(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def kept_history(history: History, path: Path | None) -> Iterator[None]:
+def kept_history(
+    history: History, path: Path | None, file: HistoryFile | None = None
+) -> Iterator[None]:
     """Write ``history`` to ``path`` however the block ends; if it raised, with why it stopped.
 
-    An error that Ctrl-C caused (in a module being imported, say) is raised as
-    the ``KeyboardInterrupt`` it was.
+    ``file``: the writer of ``path`` during the run, which writes it as it ends
+    with the records' text it already has. An error that Ctrl-C caused (in a
+    module being imported, say) is raised as the ``KeyboardInterrupt`` it was.
     """
     try:
         yield
@@ -209,15 +213,21 @@ def kept_history(history: History, path: Path | None) -> Iterator[None]:
             raise
         raise exc from caught
     finally:
-        save_history(history, path)
+        save_history(history, path, file)
 
 
-def save_history(history: History, path: Path | None) -> None:
-    """Write the history at the end of a run, however it ends; a failed write is logged."""
+def save_history(history: History, path: Path | None, file: HistoryFile | None = None) -> None:
+    """Write the history at the end of a run, however it ends; a failed write is logged.
+
+    ``file``: the run's writer of ``path`` (:meth:`HistoryFile.write` with ``final``).
+    """
     if path is None:
         return
     try:
-        history.save(path)
+        if file is not None:
+            file.write(history, final=True)
+        else:
+            history.save(path)
     except OSError as exc:  # the run's own error, if any, is the one to raise
         logger.error("cannot write the history: %s", exc)  # the error names the file
 

@@ -469,7 +469,7 @@ def simulate(
             running.append(loop)
             loop.history.config = checkpoint.config
             checkpoint.call_pending(on_round)  # the stopped run's last round, first
-            with kept_history(loop.history, history_path):  # however the run ends
+            with kept_history(loop.history, history_path, history_file):  # however it ends
                 loop.run(rounds, start=checkpoint.start)
             checkpoint.end(None)
             meta["status"] = "finished"
