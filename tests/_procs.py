@@ -76,16 +76,28 @@ thread of the test process (gRPC's) held at the fork.
 """
 
 
-def interrupt_tiny_server(tmp: Path, sig: signal.Signals) -> tuple[int, str, Path]:
+IGNORING_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+"""``python -c IGNORING_SIGINT ARGS`` runs ``python ARGS`` started with SIGINT ignored, as a
+non-interactive shell starts its background jobs (``covey server ... &`` in a script)."""
+
+
+def interrupt_tiny_server(
+    tmp: Path, sig: signal.Signals, *, ignoring_sigint: bool = False
+) -> tuple[int, str, Path]:
     """Start ``covey server`` of ``tests/apps/tiny_app``, send ``sig`` once it listens.
 
+    ``ignoring_sigint`` starts it with SIGINT ignored (:data:`IGNORING_SIGINT`).
     Returns its exit code, its standard error and its run folder.
     """
     env = apps_env()
     port_file, run = tmp / "port", tmp / "run"
+    wrapper = ("-c", IGNORING_SIGINT) if ignoring_sigint else ()
     server = subprocess.Popen(
         [
-            *(sys.executable, "-m", "covey", "server", "--app", "tiny_app:server_app"),
+            *(sys.executable, *wrapper, "-m", "covey", "server", "--app", "tiny_app:server_app"),
             *("--insecure", "--address", "127.0.0.1:0", "--port-file", str(port_file)),
             *("--run-dir", str(run), "--wait-timeout", "60", "--no-plot"),
         ],

@@ -13,7 +13,7 @@ import pytest
 import covey
 from _live import serve_interrupted
 from _ports import unused_port
-from _procs import DATED_STAMP, interrupt_tiny_server, undated
+from _procs import DATED_STAMP, IGNORING_SIGINT, interrupt_tiny_server, undated
 from covey.deploy._server import serve
 from covey.server._store import RunStore
 
@@ -41,6 +41,22 @@ def test_sigterm_stops_covey_server_as_ctrl_c_does(tmp_path: Path) -> None:
     with RunStore.open(run, exclusive=True) as store:
         assert store.status == "failed"
         assert store.events()[-1][2:] == ("stopped", "interrupted (SIGTERM)")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_server_started_ignoring_sigint_stops_on_it_as_on_ctrl_c(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """``covey server ... &`` in a script: bash starts it with SIGINT ignored.
+
+    Before: ``kill -INT PID`` did nothing; the server went on waiting for its clients.
+    """
+    code, err, run = interrupt_tiny_server(tmp_path, sig, ignoring_sigint=True)
+    assert code == 128 + sig, err
+    how = "interrupted" if sig == signal.SIGINT else "interrupted (SIGTERM)"
+    assert undated(err).strip().splitlines()[-1].startswith(f"{how}: the run in {run} is kept")
+    with RunStore.open(run, exclusive=True) as store:
+        assert store.events()[-1][2:] == ("stopped", f"interrupted ({sig.name})")
 
 
 _TWICE = """
@@ -86,13 +102,15 @@ min_group_size = 10
 """
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 @pytest.mark.parametrize("command", ["client", "site", "query"])
 def test_sigterm_stops_covey_client_site_and_query_as_ctrl_c_does(
-    tmp_path: Path, command: str
+    tmp_path: Path, command: str, sig: signal.Signals
 ) -> None:
     """``docker stop`` of a client, a site or a query: it says so and exits 143.
 
     A site and a query said nothing before (killed by the signal, status -15).
+    SIGINT is sent to one started with it ignored (``covey client ... &`` in a script).
     """
     import os
     import subprocess
@@ -121,7 +139,10 @@ def test_sigterm_stops_covey_client_site_and_query_as_ctrl_c_does(
     log = tmp_path / "client.err"
     with log.open("w") as err:
         client = subprocess.Popen(
-            [sys.executable, "-m", "covey", *args, "--server", f"127.0.0.1:{port}", "--insecure"],
+            [
+                *(sys.executable, *(("-c", IGNORING_SIGINT) if sig == signal.SIGINT else ())),
+                *("-m", "covey", *args, "--server", f"127.0.0.1:{port}", "--insecure"),
+            ],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=err,
@@ -132,14 +153,16 @@ def test_sigterm_stops_covey_client_site_and_query_as_ctrl_c_does(
                 assert client.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, "it never tried to connect"
                 time.sleep(0.05)
-            client.send_signal(signal.SIGTERM)
+            client.send_signal(sig)
             code = client.wait(60)
         finally:
             if client.poll() is None:
                 client.kill()
                 client.wait(10)
     text = undated(log.read_text())
-    assert code == 143, text
+    assert code == 128 + sig, text
+    if sig == signal.SIGINT:  # as Ctrl-C says it
+        said = said.replace("interrupted (SIGTERM)", "interrupted")
     assert "Traceback" not in text
     assert " ".join(text.strip().splitlines()[-1].split()) == said
     # dated as covey server's and covey client's lines are

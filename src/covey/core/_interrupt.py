@@ -38,6 +38,7 @@ __all__ = [
     "stop_on_sigterm",
     "stop_signals",
     "stopping_on_sigterm",
+    "take_sigint",
 ]
 
 
@@ -157,10 +158,12 @@ def stop_on_sigterm(on_stop: Callable[[str], None] | None = None) -> None:
     then the command's whole process group, so one stop arrives twice.
 
     A signal the process was started ignoring stays ignored: ``nohup`` ignores SIGHUP
-    so that a command goes on once its terminal is closed.
+    so that a command goes on once its terminal is closed. SIGINT is taken all the same
+    (:func:`take_sigint`).
     """
     if threading.current_thread() is not threading.main_thread():
         return  # signal handlers are the main thread's: a command run elsewhere keeps theirs
+    take_sigint()
     signals = [sig for sig in stop_signals() if signal.getsignal(sig) is not signal.SIG_IGN]
 
     def stopped(signum: int, frame: Any) -> None:
@@ -183,6 +186,19 @@ def stop_on_sigterm(on_stop: Callable[[str], None] | None = None) -> None:
         signal.signal(sig, stopped)
 
 
+def take_sigint() -> None:
+    """Make SIGINT raise ``KeyboardInterrupt`` (Ctrl-C's stop) in a process started ignoring it.
+
+    A non-interactive shell starts its background jobs (``covey server ... &`` in a
+    script) with SIGINT ignored, and Python keeps it so: ``kill -INT PID`` did nothing,
+    where Ctrl-C in a terminal stops the command gracefully. Nobody asks for that on
+    purpose (``nohup`` ignores SIGHUP, not SIGINT), so SIGINT is taken back. Called
+    in the main thread only.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @contextlib.contextmanager
 def stopping_on_sigterm() -> Iterator[None]:
     """:func:`stop_on_sigterm` for the block; the handlers before it are put back after.
@@ -192,7 +208,8 @@ def stopping_on_sigterm() -> Iterator[None]:
     sent again (see :data:`SAME_STOP`) must not kill it before it has said so.
     """
     main = threading.current_thread() is threading.main_thread()
-    before = {sig: signal.getsignal(sig) for sig in stop_signals()} if main else {}
+    watched = (*stop_signals(), signal.SIGINT)
+    before = {sig: signal.getsignal(sig) for sig in watched} if main else {}
     stop_on_sigterm()
     stopped = False
     try:
