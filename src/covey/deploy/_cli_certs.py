@@ -253,33 +253,50 @@ def issue(
 
 @certs_app.command("revoke", cls=HelpCommand)
 def revoke(
+    directory: _DirOption,
     client_id: Annotated[
-        str,
+        str | None,
         typer.Argument(
-            callback=_client_id,
-            metavar="CLIENT_ID",
-            help="The client id to revoke.",
+            callback=lambda value: None if value is None else _client_id(value),
+            metavar="[CLIENT_ID]",
+            help="The client id to revoke (its certificate in clients/).",
             show_default=False,
         ),
-    ],
-    directory: _DirOption,
+    ] = None,
+    serial: Annotated[
+        str | None,
+        typer.Option(
+            "--serial",
+            metavar="SERIAL",
+            help="Revoke the certificate with this serial instead (one whose file is gone, "
+            "replaced by a new one): hex as covey certs list prints it, with or without 0x, "
+            "or decimal.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Revoke a client's certificate (adds its serial to revoked.json)."""
-    from covey.deploy.certs._inspect import serial_hex
+    from covey.deploy.certs._revocation import parse_serial, serial_hex
 
+    if (client_id is None) == (serial is None):
+        raise typer.BadParameter("give a CLIENT_ID or --serial, one of them")
     root = _federation_dir(directory)
     before = _call(lambda: _certs.load_revoked(root))
-    serial = _call(lambda: _certs.revoke(root, client_id))
-    if serial in before:
+    if serial is not None:
+        known = {c.serial for c in _call(lambda: _certs.list_clients(root)) if c.serial}
+        number = _call(lambda: parse_serial(serial, known | before))
+        revoked = _call(lambda: _certs.revoke(root, number))
+        what = f"serial {serial_hex(revoked)}"
+    else:
+        revoked = _call(lambda: _certs.revoke(root, client_id or ""))
+        what = f"client {escape(client_id or '')!r} (serial {serial_hex(revoked)})"
+    if revoked in before:
         _out().print(
-            f"Client {escape(client_id)!r} (serial {serial_hex(serial)}) was already revoked; "
+            f"{what[0].upper()}{what[1:]} was already revoked; "
             f"{escape(str(root / _certs.REVOKED))} is unchanged."
         )
         return
-    _out().print(
-        f"[bold green]Revoked[/] client {escape(client_id)!r} (serial {serial_hex(serial)}); "
-        f"{escape(str(root / _certs.REVOKED))} updated."
-    )
+    _out().print(f"[bold green]Revoked[/] {what}; {escape(str(root / _certs.REVOKED))} updated.")
 
 
 @certs_app.command("list", cls=HelpCommand)

@@ -19,21 +19,9 @@ from covey.deploy.certs._common import (
     subject_common_name,
     utc_now,
 )
-from covey.deploy.certs._revocation import load_revoked
+from covey.deploy.certs._revocation import load_revoked, serial_hex
 
 __all__ = ["IssuedClient", "identity_from_cert", "list_clients", "serial_hex", "verify_chain"]
-
-
-def serial_hex(serial: int) -> str:
-    """A certificate's serial as ``openssl x509 -noout -serial`` prints it: ``0A1B...``.
-
-    Upper-case hex, whole bytes (a leading ``0`` for an odd count of digits), so that
-    the serial ``covey certs`` shows is found as it is in what openssl prints.
-    """
-    if serial < 0:  # a malformed certificate's; openssl prints the sign before the bytes
-        return f"-{serial_hex(-serial)}"
-    digits = f"{serial:X}"
-    return digits.zfill(len(digits) + len(digits) % 2)
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,72 @@ from covey.deploy.certs._common import (
     validate_client_id,
 )
 
-__all__ = ["add_revoked", "is_revoked", "load_revoked", "revoke", "write_revoked"]
+__all__ = [
+    "add_revoked",
+    "is_revoked",
+    "load_revoked",
+    "parse_serial",
+    "revoke",
+    "serial_hex",
+    "write_revoked",
+]
 
 MAX_REVOKED_BYTES = 16 << 20
 """The largest revocation list read (some 150,000 revoked certificates)."""
+
+
+def serial_hex(serial: int) -> str:
+    """A certificate's serial as ``openssl x509 -noout -serial`` prints it: ``0A1B...``.
+
+    Upper-case hex, whole bytes (a leading ``0`` for an odd count of digits), so that
+    the serial ``covey certs`` shows is found as it is in what openssl prints.
+    """
+    if serial < 0:  # a malformed certificate's; openssl prints the sign before the bytes
+        return f"-{serial_hex(-serial)}"
+    digits = f"{serial:X}"
+    return digits.zfill(len(digits) + len(digits) % 2)
+
+
+MAX_SERIAL = 1 << 160
+"""Above every serial a certificate can carry (RFC 5280: at most 20 octets)."""
+
+
+def parse_serial(text: str, known: Collection[int] = ()) -> int:
+    """A certificate serial as it is written: hex with or without ``0x``, or decimal.
+
+    Hex is taken in either case, with ``0x``, without it (as ``covey certs list``
+    and ``openssl x509 -serial`` print it, ``serial=`` included) or with colons
+    between the bytes (as ``openssl x509 -text`` does). A serial of digits alone
+    reads either way: it is the one of its two readings in ``known`` (the
+    federation's certificates and revoked serials), else the decimal one when the
+    hex reading is too large for a certificate's, else refused.
+
+    Raises:
+        ValueError: Not a serial, not positive, or digits that read both ways.
+    """
+    given = text.strip()
+    digits = given[len("serial=") :] if given.lower().startswith("serial=") else given
+    hexadecimal = digits[2:] if digits.lower().startswith("0x") else None
+    if hexadecimal is None and (":" in digits or not digits.isdigit()):
+        hexadecimal = digits.replace(":", "")
+    if hexadecimal is not None:
+        if not hexadecimal or any(c not in "0123456789abcdefABCDEF" for c in hexadecimal):
+            raise ValueError(f"not a certificate serial: {text!r} (give its hex or decimal digits)")
+        number = int(hexadecimal, 16)
+    else:
+        readings = {int(digits), int(digits, 16)}
+        found = readings & set(known)
+        number = min(readings)
+        if len(found) == 1:
+            number = found.pop()
+        elif len(readings) > 1 and max(readings) < MAX_SERIAL:
+            raise ValueError(
+                f"serial {digits} reads as decimal (0x{int(digits):x}) and as hex "
+                f"(0x{int(digits, 16):x}): give it with 0x, as one of these"
+            )
+    if not 0 < number < MAX_SERIAL:
+        raise ValueError(f"a certificate serial is positive and at most 20 bytes, not {text!r}")
+    return number
 
 
 def revoke(directory: str | os.PathLike[str], client_id_or_serial: str | int) -> int:
@@ -126,7 +188,11 @@ def is_revoked(
 
 
 def _read_revoked(root: Path) -> list[dict[str, Any]]:
-    """Read and check the revocation list, serials as hex strings."""
+    """Read and check the revocation list, serials as :func:`serial_hex` strings.
+
+    A serial in the file is hex text (``"0A1B..."``, as written since; ``"0xa1b..."``,
+    as older covey wrote it; either case, colons between the bytes) or a JSON number.
+    """
     path = root / REVOKED
     try:  # a named pipe no process writes is refused, not waited on
         data = read_given(path, MAX_REVOKED_BYTES)
@@ -152,13 +218,19 @@ def _read_revoked(root: Path) -> list[dict[str, Any]]:
             if not isinstance(entry, dict) or "serial" not in entry:
                 raise TypeError(f'entry {index} is not an object with a "serial": {entry!r:.80}')
             serial = entry["serial"]
-            number = serial if isinstance(serial, int) else int(str(serial), 16)
+            number = serial if isinstance(serial, int) else _hex_serial(str(serial))
             if isinstance(number, bool) or number <= 0:
                 raise ValueError("bad serial")
-            cleaned.append({**entry, "serial": f"0x{number:x}"})
+            cleaned.append({**entry, "serial": serial_hex(number)})
     except (ValueError, TypeError, KeyError) as error:
         raise ValueError(f"malformed revocation list {path}: {error}") from None
     return cleaned
+
+
+def _hex_serial(text: str) -> int:
+    """A serial written in ``revoked.json``: hex, with or without ``0x``, colons allowed."""
+    digits = text.strip().replace(":", "")
+    return int(digits[2:] if digits.lower().startswith("0x") else digits, 16)
 
 
 def write_revoked(root: Path, entries: list[dict[str, Any]]) -> None:
@@ -174,7 +246,7 @@ def add_revoked(root: Path, serial: int, common_name: str | None) -> None:
         return
     entries.append(
         {
-            "serial": f"0x{serial:x}",
+            "serial": serial_hex(serial),  # as `covey certs list` and openssl print it
             "common_name": common_name,
             "revoked_at": utc_now().isoformat(),
         }
