@@ -127,3 +127,29 @@ def test_revocation_lists_of_older_covey_are_read_and_rewritten_alike(tmp_path: 
     assert result.exit_code == 0, result.output
     written = [e["serial"] for e in json.loads((fed / "revoked.json").read_text())]
     assert written == ["AB12", "1234", "0C0D", "EF", "99"]
+
+
+def test_issue_overwrite_says_it_revoked_the_certificate_it_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rotation revokes the old certificate: the client still using it is refused at once.
+
+    Before: the command said only that it wrote the new files, and its refusal without
+    ``--overwrite`` named the serial in lower-case hex (``f1a1a...``).
+    """
+    runner = CliRunner()
+    fed = tmp_path / "fed"
+    assert runner.invoke(certs_app, ["init", "--dir", str(fed)]).exit_code == 0
+    monkeypatch.setattr(x509, "random_serial_number", lambda: ODD)
+    assert runner.invoke(certs_app, ["issue", "alice", "--dir", str(fed)]).exit_code == 0
+    monkeypatch.undo()
+    refused = runner.invoke(certs_app, ["issue", "alice", "--dir", str(fed)])
+    assert refused.exit_code == 2
+    assert f"serial {serial_hex(ODD)})" in " ".join(refused.output.split())
+    result = runner.invoke(certs_app, ["issue", "alice", "--overwrite", "--dir", str(fed)])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert f"revoked the certificate it replaced (serial {serial_hex(ODD)})" in said
+    assert "a client still using it is refused from now on" in said
+    fresh = runner.invoke(certs_app, ["issue", "bob", "--dir", str(fed)])
+    assert "revoked" not in fresh.output

@@ -246,6 +246,14 @@ def issue(
     out.print(f"[bold green]Issued[/] a certificate for client {escape(client_id)!r}")
     out.print(f"  wrote {escape(str(paths.cert))}  [dim]client certificate[/]")
     out.print(f"  wrote {escape(str(paths.key))}  [dim]client private key (0600)[/]")
+    if paths.revoked is not None:
+        from covey.deploy.certs._revocation import serial_hex
+
+        out.print(
+            f"  revoked the certificate it replaced (serial {serial_hex(paths.revoked)}) in "
+            f"{escape(str(root / _certs.REVOKED))}: a client still using it is refused from "
+            "now on; copy the file to the server's folder if that is another one"
+        )
     out.print(
         f"Give the client these two files and {escape(str(paths.ca))}, over a secure channel."
     )

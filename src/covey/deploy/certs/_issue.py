@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import ipaddress
 import os
@@ -37,7 +38,7 @@ from covey.deploy.certs._common import (
     utc_now,
     validate_client_id,
 )
-from covey.deploy.certs._revocation import add_revoked, load_revoked
+from covey.deploy.certs._revocation import add_revoked, load_revoked, serial_hex
 
 __all__ = ["ClientPaths", "issue_client", "parse_hosts", "server_certificate"]
 
@@ -56,11 +57,14 @@ class ClientPaths:
         cert: The client certificate (PEM), common name = client id.
         key: The client private key (PEM, PKCS#8).
         ca: The federation CA certificate the client uses to check the server.
+        revoked: The serial of the certificate this one replaced and revoked
+            (``overwrite=True``), else None.
     """
 
     cert: Path
     key: Path
     ca: Path
+    revoked: int | None = None
 
 
 def issue_client(
@@ -121,7 +125,7 @@ def issue_client(
                 if not overwrite:
                     raise FileExistsError(
                         f"client {client_id!r} already has a certificate ({paths.cert}, "
-                        f"serial {old.serial_number:x}) that is not revoked. Revoke it "
+                        f"serial {serial_hex(old.serial_number)}) that is not revoked. Revoke it "
                         "first, or pass overwrite=True (--overwrite) to replace and revoke it."
                     )
                 old_serial = old.serial_number
@@ -139,7 +143,7 @@ def issue_client(
             add_revoked(root, old_serial, client_id)
         atomic_write(paths.key, key_to_pem(key), mode=KEY_MODE)
         atomic_write(paths.cert, cert_to_pem(cert), mode=CERT_MODE)
-    return paths
+    return paths if old_serial is None else dataclasses.replace(paths, revoked=old_serial)
 
 
 def server_certificate(
