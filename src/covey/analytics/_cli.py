@@ -33,6 +33,7 @@ from covey.analytics._cli_sources import tables_flag as _tables
 from covey.core._files import hold_lock, write_output
 from covey.core._interrupt import exit_code, interrupted_how, interrupts_as_such, stop_on_sigterm
 from covey.deploy._cli_errors import TomlFileError, file_flag, read_toml_file
+from covey.deploy._cli_logs import setup_logging
 from covey.deploy._cli_options import ClientCerts, PortFile, ServerCerts, ServerName
 from covey.deploy._cli_tables import output_console
 from covey.deploy._leave import LEAVE_GRACE, Leaving, leaving
@@ -170,6 +171,7 @@ def site_command(
         raise typer.BadParameter("give --certs DIR or --insecure, not both")
     server = address_flag(server, "--server", listen=False)  # before a ledger is made
     the_policy = load_policy(policy)
+    setup_logging(errors, False)  # its records (retries, warnings) dated as its own lines
     if the_policy is None:
         errors.print(
             stamped("[yellow]warning:[/] no --policy given: this site refuses every query", errors)
@@ -410,6 +412,7 @@ def query_command(
     _one_tls_choice(certs, insecure)
     output_file(port_file, "--port-file")
     output_file(json_out, "--json")
+    setup_logging(errors, False)  # its records (warnings) dated as its own lines
     try:  # everything that can be checked is, before a site waits on this server
         check_query(sql, secure=secure, epsilon=epsilon, mechanism=mechanism)
         check_address(server, listen=True)
