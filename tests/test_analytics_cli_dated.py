@@ -50,3 +50,32 @@ def test_covey_site_dates_its_log_records_as_its_own_lines(tmp_path: Path) -> No
     assert "WARNING site 'a': its policy sets max_epsilon=1" in said
     assert "WARNING connecting WITHOUT TLS" in said
     assert "WARNING could not connect to 127.0.0.1:" in said
+
+
+def _covey(*args: str) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from covey.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, " ".join(result.output.split())
+
+
+def test_a_flag_refused_comes_without_the_warnings_of_a_start(tmp_path: Path) -> None:
+    # `covey query --insecure --sites 1` warned that anyone could see the query, then
+    # refused --sites; `covey site` warned of its missing --policy, then refused a
+    # --csv-skip naming no table: a mistake in the flags starts nothing to warn of.
+    code, out = _covey(
+        "query", "SELECT COUNT(*) FROM p", "--server", "127.0.0.1:9", "--insecure", "--sites", "1"
+    )
+    assert code == 2, out
+    assert "--sites 1: secure aggregation needs at least two sites" in out
+    assert "WITHOUT TLS" not in out
+    (tmp_path / "t.csv").write_text("x\n1\n2\n")
+    code, out = _covey(
+        *("site", "--table", f"t={tmp_path / 't.csv'}", "--csv-skip", "visits=1"),
+        *("--server", "127.0.0.1:1", "--insecure", "--ledger", str(tmp_path / "a.json")),
+    )
+    assert code == 2, out
+    assert "--csv-skip" in out
+    assert "no --policy given" not in out

@@ -172,13 +172,15 @@ def site_command(
     server = address_flag(server, "--server", listen=False)  # before a ledger is made
     the_policy = load_policy(policy)
     setup_logging(errors, False)  # its records (retries, warnings) dated as its own lines
-    if the_policy is None:
-        errors.print(
-            stamped("[yellow]warning:[/] no --policy given: this site refuses every query", errors)
-        )
     try:
         tables = _tables(table)
         sources = with_csv_options(tables, csv_skip, csv_na, csv_decimal)
+        if the_policy is None:  # warned once the flags are known right
+            errors.print(
+                stamped(
+                    "[yellow]warning:[/] no --policy given: this site refuses every query", errors
+                )
+            )
         kept = ledger if ledger is not None else default_ledger(tables, name or "site")
         held = hold_ledger(kept)  # noqa: F841 - held until this process exits
         site = Site(sources, the_policy, name=name or "site", ledger=kept)
@@ -416,13 +418,13 @@ def query_command(
     try:  # everything that can be checked is, before a site waits on this server
         check_query(sql, secure=secure, epsilon=epsilon, mechanism=mechanism)
         check_address(server, listen=True)
-        tls = _query_tls(certs, server)
         _check_seconds(timeout=timeout, wait_timeout=wait_timeout)
         if secure and sites < 2:  # a lone site's answer cannot be hidden in a sum
             raise ValueError(
                 f"--sites {sites}: secure aggregation needs at least two sites; "
                 "give --sites 2 or more, or --no-secure"
             )
+        tls = _query_tls(certs, server)  # last: a flag refused above warns of nothing
     except (OSError, ValueError) as exc:
         # The message may quote the SQL, whose ``"x[/y]"`` is no markup.
         errors.print(stamped(f"[red]error:[/] {escape(str(exc))}", errors), soft_wrap=True)
