@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from covey.analytics import TASK_KIND, Policy, Site, query
+from covey.analytics import TASK_KIND, Policy, PolicyError, Site, query
 from covey.clients import run_task
 from covey.core import Task
 
@@ -245,3 +246,59 @@ def test_a_site_with_max_epsilon_and_no_budget_warns_that_repeats_are_unbounded(
     assert len(caplog.messages) == 1, caplog.messages
     assert "site 'ward': its policy sets max_epsilon=1 but no epsilon budget" in caplog.text
     assert "set epsilon, a total budget, too" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("dp", "reason"),
+    [
+        ({"multiplier": 100.0, "shares": 1.9}, "shares '1.9', not a whole number"),
+        ({"multiplier": 100.0, "shares": True}, "shares 'True', not a whole number"),
+        ({"multiplier": 100.0, "shares": "3"}, "shares '3', not a whole number"),
+        ({"multiplier": True, "shares": 2}, "multiplier 'True', not a number"),
+        ({"multiplier": "100", "shares": 2}, "multiplier '100', not a number"),
+    ],
+)
+def test_a_noise_request_of_the_wrong_types_is_refused_naming_the_field(
+    dp: dict[str, Any], reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = Site({"t": _frame()}, _policy(epsilon=1.0))
+
+    def nothing(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the request was acted on")
+
+    monkeypatch.setattr(site, "_compute", nothing)
+    monkeypatch.setattr(site, "_add_noise", nothing)
+    request = {
+        "op": "answer",
+        "sql": "SELECT COUNT(*) FROM t",
+        "secure": True,
+        "bound": 1 << 40,
+        "domains": {},
+        "stats": [{"op": "count", "sensitivity": 1.0}],
+        "dp": {"mechanism": "laplace", **dp},
+    }
+    with pytest.raises(PolicyError, match=f"^bad noise request: {re.escape(reason)}$"):
+        site.answer(request, masked=True)
+    describe = {**request, "op": "describe", "first": request, "releases": 1}
+    reply = run_task(site, 0, Task(TASK_KIND, 1, payload=describe))
+    assert reply.error is None, reply.error
+    assert isinstance(reply.result, dict)
+    assert reply.result["refused"] == f"bad noise request: {reason}"
+    assert site.epsilon_spent == 0.0
+
+
+@pytest.mark.parametrize("bins", [1.9, True, float("inf"), "3"])
+def test_a_bin_count_that_is_no_whole_number_is_refused_before_any_row_is_read(
+    bins: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = Site({"t": _frame()}, _policy())
+    monkeypatch.setattr(np, "zeros", lambda *a, **k: pytest.fail("an array was allocated"))
+    request = {
+        "sql": "SELECT QUANTILE_CONT(salary, 0.5) FROM t",
+        "secure": False,
+        "domains": {},
+        "dp": None,
+        "stats": [{"op": "bins", "col": "salary", "low": [0.0], "width": [1.0], "bins": bins}],
+    }
+    with pytest.raises(ValueError, match=r"^the bins statistic's 'bins' must be a whole number"):
+        site.answer(request)

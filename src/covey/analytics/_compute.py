@@ -351,9 +351,21 @@ def _other(stage: _Stage, s: Mapping[str, Any]) -> np.ndarray:
     raise ValueError(f"unknown statistic {op!r}")
 
 
+def _whole(stat: Mapping[str, Any], key: str) -> int:
+    """A statistic's count ``key``, refused unless a whole number (not 1.9, nor true as 1)."""
+    value = stat.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(
+            f"the {stat['op']} statistic's {key!r} must be a whole number, got {value!r}"
+        )
+    return value
+
+
 def shape(stat: Mapping[str, Any], groups: int) -> tuple[int, ...]:
     """The shape of a statistic's vector (checked against caps before computing)."""
     op = stat["op"]
+    for count in {"bins": ("bins",), "distinct": ("m",), "km": ("points",)}.get(op, ()):
+        _whole(stat, count)
     if op in ("count", "count_col", "sum", "sq", "min", "max"):
         dims: tuple[int, ...] = (groups,)
     elif op == "bins":

@@ -36,10 +36,17 @@ def noise_request(dp: Mapping[str, Any]) -> tuple[str, float, int]:
         PolicyError: Naming what is not a valid noise request.
     """
     mechanism = str(dp.get("mechanism"))
-    try:
-        multiplier, shares = float(dp["multiplier"]), int(dp["shares"])
-    except (KeyError, TypeError, ValueError):
-        raise PolicyError(f"bad noise request: {dict(dp)!r}") from None
+    if "multiplier" not in dp or "shares" not in dp:
+        raise PolicyError(f"bad noise request: {str(dict(dp))[:200]}")
+    multiplier, shares = dp["multiplier"], dp["shares"]
+    # read as numbers, true would be 1 and 1.9 one share: refused before either is used
+    if isinstance(multiplier, bool) or not isinstance(multiplier, int | float):
+        raise PolicyError(f"bad noise request: multiplier {str(multiplier)[:60]!r}, not a number")
+    if isinstance(shares, bool) or not isinstance(shares, int):
+        raise PolicyError(f"bad noise request: shares {str(shares)[:60]!r}, not a whole number")
+    if isinstance(multiplier, int) and abs(multiplier) > 1e300:  # float() would overflow
+        multiplier = math.inf
+    multiplier = float(multiplier)
     if mechanism not in _dp.MECHANISMS:
         raise PolicyError(f"bad noise request: mechanism {mechanism!r}")
     if not (0 < multiplier < math.inf and 1 <= shares <= 100_000):
