@@ -131,7 +131,9 @@ def test_a_decimal_comma_is_said_and_read_when_the_csv_says_so(tmp_path: Path) -
     path = tmp_path / "t.csv"
     path.write_text("age;ward\n40,5;A\n50;B\n60,25;A\n")
     with pytest.raises(ValueError, match=r"first '40,5' \(a decimal comma: .*decimal=','\)"):
-        _site(path)
+        _site(CSV(path, decimal="."))
+    # its numbers tell the decimal separator: '40,5' can be written with a comma only
+    assert _site(path)._columns["t"] == {"age": "DOUBLE", "ward": "VARCHAR"}
     site = _site(CSV(path, decimal=","))
     assert site._columns["t"] == {"age": "DOUBLE", "ward": "VARCHAR"}
     df = query([site], "SELECT SUM(age) FROM t", secure=False)
@@ -516,7 +518,7 @@ def test_a_year_named_column_of_decimal_commas_is_refused_naming_the_decimal_opt
     # said only that line 1 may be a note, and to skip it
     path = tmp_path / "t.csv"
     path.write_text("ward;2023\nA;5,5\nB;7,25\n")
-    refused = _refused(path)
+    refused = _refused(CSV(path, decimal="."))
     assert (
         "names column 2 '2023', a number or a date, though it holds text ('5,5': a decimal "
         "comma? if so, read the file with covey site --csv-decimal t=, or "

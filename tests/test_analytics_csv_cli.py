@@ -53,7 +53,8 @@ def test_covey_site_reads_a_csv_with_the_options_its_flags_give(tmp_path: Path) 
     path = tmp_path / "t.csv"
     path.write_text(NOTED)
     flags = ["--table", f"t={path}", "--csv-skip", "t=1", "--csv-na", "t=?,NA"]
-    assert "covey site --csv-decimal t=, " in _refused(tmp_path, *flags)
+    # its decimal commas tell the decimal separator; a decimal point said leaves them text
+    assert "covey site --csv-decimal t=, " in _refused(tmp_path, *flags, "--csv-decimal", "t=.")
     transport = GrpcServerTransport("127.0.0.1:0")
     command = _site(tmp_path, *flags, "--csv-decimal", "t=,", server=f"127.0.0.1:{transport.port}")
     sql = "SELECT COUNT(age), SUM(age) FROM t"

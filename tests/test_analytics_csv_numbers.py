@@ -104,3 +104,102 @@ def test_a_bounded_column_of_numbers_grouped_by_a_plain_space_is_refused_saying_
     path.write_text("ward,cost\nA,5\nB,1 234\n")
     with pytest.raises(ValueError, match=r"'1 234' \(digits grouped by a plain space"):
         Site({"t": CSV(path)}, Policy(min_group_size=1, bounds={"cost": (0, 1e4)}), name="north")
+
+
+@pytest.mark.parametrize(
+    ("text", "read"),
+    [
+        # a decimal comma elsewhere in the file: '.' groups thousands
+        ("id;w;x\n1;1.234;1,5\n2;2.500;2\n", [(1, 1234, 1.5), (2, 2500, 2.0)]),
+        # one column of both: '1,5' says the comma is the decimal separator
+        ("id;w\n1;1.234\n2;1,5\n3;7\n", [(1, 1234.0), (2, 1.5), (3, 7.0)]),
+        # '7.25' can be written with a decimal point only
+        ("id;w\n1;1.234\n2;12.500\n3;7.25\n", [(1, 1.234), (2, 12.5), (3, 7.25)]),
+    ],
+)
+def test_a_semicolon_file_s_numbers_tell_its_decimal_separator(
+    tmp_path: Path, text: str, read: list[tuple[object, ...]]
+) -> None:
+    # read with a decimal point whatever the file said: 1,5 left text, 1.234 as 1.234
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    assert _table(CSV(path))[1] == read
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (
+            "id;w\n1;1.234\n2;12.500\n3;7.250\n",
+            "column 'w' of {path} holds numbers such as '1.234', which reads as 1.234 with a "
+            "decimal point or as 1234 with points grouping thousands, and no number of the "
+            "file tells which: say which: covey site --csv-decimal t=, (a decimal comma, "
+            "points grouping thousands) or --csv-decimal t=. (a decimal point)",
+        ),
+        (
+            "id;w;x\n1;1.234;1,5\n2;3.1;4\n",
+            "{path} writes numbers with a decimal comma (column 'x': '1,5') and with a "
+            "decimal point (column 'w': '3.1'): say which: covey site --csv-decimal t=,",
+        ),
+    ],
+)
+def test_a_semicolon_file_whose_numbers_do_not_tell_its_decimal_separator_is_refused(
+    tmp_path: Path, text: str, said: str
+) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=r"table 't': ") as info:
+        _table(CSV(path))
+    assert said.format(path=path) in str(info.value)
+    # said: read so (a column written the other way stays text)
+    assert _table(CSV(path, decimal=","))[1][0][1] == (1234 if "7.250" in text else "1.234")
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        # first in the column: taken for a header's row ('line 2 ... reads as a header')
+        (
+            'ward,cost\nA,"1,234"\nB,12\nC,7\n',
+            "the first '1,234' (its comma may group thousands, 1234, or be a decimal comma, "
+            "1.234: say which, covey site --csv-decimal t=. if it groups thousands or t=, if "
+            "it is a decimal comma",
+        ),
+        (
+            'ward,cost\nA,"1,234.5"\nB,5678.5\nC,7\n',
+            "the first '1,234.5' (digits grouped in thousands, which are read so only where "
+            "every number of the column is grouped or has three digits at most before the "
+            "decimal separator; numbers written without groups, such as '5678.5', make the "
+            "column text: write them all one way)",
+        ),
+        (
+            "ward,cost\nA,1 234\nB,12\nC,7\n",
+            "the first '1 234' (digits grouped by a plain space, which may be two values run "
+            "together",
+        ),
+        # a decimal point in a file said to write a decimal comma: 'holds text', no more
+        (
+            "ward;cost\nA;12\nB;1.5\nC;7\n",
+            "but it holds text: its values such as '1.5' are written with a decimal point, but "
+            "the file is read with a decimal comma (read the file with covey site "
+            "--csv-decimal t=. or",
+        ),
+    ],
+)
+def test_a_bounded_column_of_grouped_numbers_it_cannot_read_is_refused_saying_why(
+    tmp_path: Path, text: str, said: str
+) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    source = CSV(path, decimal=",") if ";" in text else CSV(path)
+    with pytest.raises(ValueError, match=r"table 't': ") as info:
+        Site({"t": source}, Policy(bounds={"cost": (0, 1e6)}, min_group_size=1))
+    assert said in str(info.value)
+
+
+def test_a_comma_grouping_thousands_reads_so_where_the_decimal_point_is_said(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text('ward,cost\nA,"1,234"\nB,"2,500"\nC,12\n')
+    assert _table(CSV(path, decimal="."))[1] == [("A", 1234), ("B", 2500), ("C", 12)]

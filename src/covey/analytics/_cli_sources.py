@@ -38,7 +38,10 @@ CsvDecimal = Annotated[
     list[str] | None,
     typer.Option(
         "--csv-decimal",
-        help="NAME=, : the decimal separator of table NAME's CSV file, . or , (repeatable).",
+        help=(
+            "NAME=, : the decimal separator of table NAME's CSV file, . or , (repeatable; "
+            "default: told by its numbers, . in a comma-separated file)."
+        ),
         metavar="NAME=SEP",
     ),
 ]

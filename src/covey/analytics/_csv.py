@@ -17,6 +17,7 @@ from pathlib import Path
 import duckdb
 
 from covey.analytics._csvdates import check_dates
+from covey.analytics._csvdecimal import guess_decimal
 from covey.analytics._csvhead import (
     Dialect,
     check_delimiter,
@@ -55,7 +56,10 @@ class CSV:
         na: The cell values read as missing (NULL) in every column; an empty cell
             always is. Any other text in a column of numbers makes it a column of text.
         decimal: The decimal separator of the file's numbers, ``"."`` or ``","``
-            (``40,5``, in a file of ``;``-delimited fields).
+            (``40,5``, in a file of ``;``-delimited fields). None: a comma-separated
+            file's is ``"."``; another's is told by its numbers (``1,5`` or ``7.25``),
+            and a file whose numbers do not tell (``1.234`` alone: 1.234 or 1234?)
+            is refused, naming the column and the value.
 
     Example:
         >>> CSV("visits.csv", skip=2).skip
@@ -65,7 +69,7 @@ class CSV:
     path: str | Path
     skip: int | None = None
     na: Sequence[str] = NA_VALUES
-    decimal: str = "."
+    decimal: str | None = None
 
     def __post_init__(self) -> None:
         if self.skip is not None and (
@@ -74,7 +78,7 @@ class CSV:
             raise ValueError(f"CSV skip= takes a number of lines (0 or more), got {self.skip!r}")
         if isinstance(self.na, str) or not all(isinstance(v, str) for v in self.na):
             raise ValueError(f"CSV na= takes a list of texts, got {self.na!r}")
-        if self.decimal not in (".", ","):
+        if self.decimal not in (None, ".", ","):
             raise ValueError(f"CSV decimal= takes '.' or ',', got {self.decimal!r}")
 
 
@@ -102,7 +106,8 @@ def load_csv(
         raise ValueError(f"table {name!r}: {path} is empty; give at least its header row")
     text = string(str(path))
     nulls = ", ".join(string(v) for v in sorted({"", *opts.na}))
-    values = f"nullstr = [{nulls}], decimal_separator = {string(opts.decimal)}"
+    decimal = opts.decimal or "."
+    values = f"nullstr = [{nulls}], decimal_separator = {string(decimal)}"
     dialect: Dialect | None = None
     try:
         if opts.skip is None:
@@ -110,6 +115,10 @@ def load_csv(
         else:
             check_skip(name, path, opts.skip)
             dialect = Dialect(con, text, opts.skip, values)
+        if opts.decimal is None and guess_decimal(con, name, path, text, dialect) == ",":
+            decimal = ","
+            values = f"nullstr = [{nulls}], decimal_separator = ','"
+            dialect = Dialect(con, text, dialect.skip, values)
         check_delimiter(path, dialect)  # a wrong delimiter first: the header's checks split by it
         if opts.skip is None:
             check_header(name, path, dialect, con, text, values)
@@ -118,8 +127,9 @@ def load_csv(
         con.execute(
             f"CREATE TABLE {table_name(name)} AS SELECT * FROM {reader}{values})"  # noqa: S608
         )
-        read_grouped(con, name, reader + values, opts.decimal)  # '1,234.5' read as a number
-        read_space_grouped(con, name, opts.decimal)  # '1\u00a0234,5' too
+        # '1,234.5' read as a number ('1,234' only where the decimal separator was said)
+        read_grouped(con, name, reader + values, decimal, said=opts.decimal is not None)
+        read_space_grouped(con, name, decimal)  # '1\u00a0234,5' too
         trim_text(con, name, opts.na)  # 'Ann, A': the ward 'A'
     except duckdb.Error as exc:
         if "not utf-8" in str(exc).lower():

@@ -313,7 +313,7 @@ def _check_first_row(
     if len(types) != len(dialect.types):
         return
     for i, (was, then) in enumerate(zip(dialect.types, types, strict=True)):
-        if was == "VARCHAR" and then != "VARCHAR" and not _grouped_by_space(con, text, dialect, i):
+        if was == "VARCHAR" and then != "VARCHAR" and not _grouped(con, text, dialect, i):
             top, row = dialect.skip + 1, dialect.skip + 2
             raise ValueError(
                 f"line {row} of {path} ({shown(lines[row - 1])}) reads as a header: column "
@@ -361,16 +361,19 @@ def _check_note(
 
 #: A number whose digits a no-break space groups in thousands (``1\u00a0234,5``)
 SPACED = re.compile(r"[-+]?\d{1,3}([\u00a0\u202f]\d{3})+([.,]\d+)?")
+#: A number whose digits are grouped in thousands, by any separator (``1,234``, ``1 234``)
+_GROUPED = re.compile(r"[-+]?\d{1,3}([\u00a0\u202f ,.]\d{3})+([.,]\d+)?")
 
 
-def _grouped_by_space(con: Any, text: str, dialect: Dialect, col: int) -> bool:
-    """Whether the first row's value in column ``col`` is a number grouped by no-break spaces.
+def _grouped(con: Any, text: str, dialect: Dialect, col: int) -> bool:
+    """Whether the first row's value in column ``col`` is a number grouped in thousands.
 
-    Such a column loads as numbers (see :mod:`covey.analytics._csvspaces`): no header.
+    No header's name: such a column loads as numbers (see :mod:`covey.analytics._csvspaces`
+    and ``_csvnumbers``), or as text refused or said of as such, not as a header's row.
     """
     cells = header_cells(con, text, with_skip(dialect, dialect.skip + 1))
     cell = cells[col] if col < len(cells) else None
-    return cell is not None and SPACED.fullmatch(cell.strip(" ")) is not None
+    return cell is not None and _GROUPED.fullmatch(cell.strip(" ")) is not None
 
 
 #: A number written with a decimal comma (``40,5``)

@@ -23,15 +23,17 @@ def _patterns(decimal: str) -> tuple[str, str]:
     return sep, rf"[-+]?([1-9]\d{{0,2}}({s}\d{{3}})+|\d{{1,3}})({d}\d+)?"
 
 
-def read_grouped(con: duckdb.DuckDBPyConnection, name: str, reader: str, decimal: str) -> None:
+def read_grouped(
+    con: duckdb.DuckDBPyConnection, name: str, reader: str, decimal: str, said: bool = False
+) -> None:
     """Read again, as numbers, table ``name``'s columns of text that are numbers in groups.
 
     ``reader``: the ``read_csv(...`` call that loaded the table, open for more options.
     A column is read as numbers where every value is a number (its integer part in
     groups of three digits, ``1,234,567.5``, or of three digits at most, ``12.5``),
     at least one grouped. With a decimal point, a column whose grouped values are all
-    ``1,234`` (one group, no decimal part) is left text: it may be written with a
-    decimal comma, 1.234.
+    ``1,234`` (one group, no decimal part) is left text, unless the decimal point
+    was said (``said``): it may be written with a decimal comma, 1.234.
     """
     kinds = columns(con, name)
     texts = [c for c, kind in kinds.items() if kind == "VARCHAR"]
@@ -65,7 +67,7 @@ def read_grouped(con: duckdb.DuckDBPyConnection, name: str, reader: str, decimal
         return
     read = {}
     for col, (numbers, grouped_, unambiguous, fraction) in zip(texts, found, strict=True):
-        if numbers and grouped_ and (decimal == "," or unambiguous):
+        if numbers and grouped_ and (decimal == "," or unambiguous or said):
             read[col] = "DOUBLE" if fraction else "BIGINT"
     if not read:
         return

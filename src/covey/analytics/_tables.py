@@ -302,6 +302,62 @@ def columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
 
 #: A number written with a decimal comma (``40,5``), as DuckDB's and Python's regexes read it.
 _DECIMAL_COMMA = r"[-+]?\d*,\d+"
+#: A number of one group of three digits after a comma: ``1,234`` (1234) or a decimal comma
+_ONE_GROUP = r"[-+]?[1-9]\d{0,2},\d{3}"
+#: A number whose digits are grouped in thousands by a comma or a point
+_GROUPED = r"[-+]?\d{1,3}([.,]\d{3})+([.,]\d+)?"
+
+
+def _decimal_hint(name: str, which: str) -> str:
+    return (
+        f"read the file with covey site --csv-decimal {name}={which} or "
+        f"covey.analytics.CSV(path, decimal={which!r}) in Python"
+    )
+
+
+def _why_text(con: duckdb.DuckDBPyConnection, name: str, c: str, value: str) -> str:
+    """What makes ``value``, the first value of column ``c`` that is no number, text."""
+    value = value.strip()
+    if re.fullmatch(_ONE_GROUP, value):
+        return (
+            f" (its comma may group thousands, {value.replace(',', '')}, or be a decimal "
+            f"comma, {value.replace(',', '.')}: say which, covey site --csv-decimal {name}=. "
+            f"if it groups thousands or {name}=, if it is a decimal comma, or "
+            "covey.analytics.CSV(path, decimal='.' or ',') in Python)"
+        )
+    if re.fullmatch(_DECIMAL_COMMA, value):
+        return f" (a decimal comma: {_decimal_hint(name, ',')})"
+    if re.fullmatch(r"[-+]?\d{1,3}( \d{3})+([.,]\d+)?", value):
+        return (
+            " (digits grouped by a plain space, which may be two values run together: "
+            "write the number without it, or group by a no-break space, U+00A0)"
+        )
+    if not re.fullmatch(_GROUPED, value):
+        return ""
+    plain = con.execute(
+        f"SELECT {c} FROM {table_name(name)} WHERE regexp_full_match(trim({c}), "  # noqa: S608
+        f"'[-+]?\\d{{4,}}([.,]\\d+)?') ORDER BY rowid LIMIT 1"
+    ).fetchone()
+    beside = f", such as {str(plain[0]).strip()!r}," if plain else ""
+    return (
+        f" (digits grouped in thousands, which are read so only where every number of the "
+        f"column is grouped or has three digits at most before the decimal separator; "
+        f"numbers written without groups{beside} make the column text: write them all one way)"
+    )
+
+
+def _read_otherwise(con: duckdb.DuckDBPyConnection, name: str, c: str) -> str:
+    """Why a column whose values each read as a number is text: a decimal point, read as a comma."""
+    row = con.execute(
+        f"SELECT {c} FROM {table_name(name)} WHERE regexp_full_match(trim({c}), "  # noqa: S608
+        "'[-+]?\\d*\\.\\d+') ORDER BY rowid LIMIT 1"
+    ).fetchone()
+    if row is None:
+        return ""
+    return (
+        f": its values such as {str(row[0]).strip()!r} are written with a decimal point, but "
+        f"the file is read with a decimal comma ({_decimal_hint(name, '.')})"
+    )
 
 
 def check_bounded(
@@ -336,20 +392,10 @@ def check_bounded(
         ).fetchone()
         first = (
             f": {counted(row[1], 'row')} {'holds' if row[1] == 1 else 'hold'} a value that is "
-            f"no number, the first {row[0]!r}"
+            f"no number, the first {row[0]!r}{_why_text(con, name, c, str(row[0]))}"
             if row
-            else ""
+            else _read_otherwise(con, name, c)
         )
-        if row and re.fullmatch(_DECIMAL_COMMA, str(row[0])):
-            first += (
-                f" (a decimal comma: read the file with covey site --csv-decimal {name}=, "
-                "or covey.analytics.CSV(path, decimal=',') in Python)"
-            )
-        elif row and re.fullmatch(r"[-+]?\d{1,3}( \d{3})+([.,]\d+)?", str(row[0]).strip()):
-            first += (
-                " (digits grouped by a plain space, which may be two values run together: "
-                "write the number without it, or group by a no-break space, U+00A0)"
-            )
         raise ValueError(
             f"table {name!r}: the policy bounds column {col!r}, but it holds text{first}; "
             "give numbers in it, and leave missing values empty (a CSV file's NA, N/A, NULL "
