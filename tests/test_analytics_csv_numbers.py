@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from covey.analytics import CSV, Policy, Site
+from covey.analytics import CSV, Policy, PolicyError, Site, query
 
 
 def _table(source: CSV) -> tuple[dict[str, str], list[tuple[object, ...]]]:
@@ -203,3 +203,14 @@ def test_a_comma_grouping_thousands_reads_so_where_the_decimal_point_is_said(
     path = tmp_path / "t.csv"
     path.write_text('ward,cost\nA,"1,234"\nB,"2,500"\nC,12\n')
     assert _table(CSV(path, decimal="."))[1] == [("A", 1234), ("B", 2500), ("C", 12)]
+
+
+def test_a_where_on_a_column_of_numbers_read_as_text_says_it_holds_text(tmp_path: Path) -> None:
+    # digits grouped by a plain space leave an unbounded column text: 'n > 100' was
+    # refused saying only to check the literals' types, though 100 is a number
+    path = tmp_path / "t.csv"
+    path.write_text("ward,n\nA,1 234\nB,12\nC,7\n")
+    site = Site({"t": CSV(path)}, Policy(min_group_size=1), name="north")
+    with pytest.raises(PolicyError) as info:
+        query([site], "SELECT COUNT(*) FROM t WHERE n > 100", secure=False)
+    assert "have the types of their columns (at this site, 'n' holds text)" in str(info.value)

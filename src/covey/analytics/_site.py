@@ -84,6 +84,17 @@ def _checked_stats(
     return stats
 
 
+def _texts(kinds: Mapping[str, str], cols: Sequence[str]) -> str:
+    """Which of ``cols`` hold text at a site (a CSV's numbers it could not read: ``1 234``)."""
+    texts = sorted(
+        {k for k, kind in kinds.items() if kind == "VARCHAR" and fold(k) in map(fold, cols)}
+    )
+    if not texts:
+        return ""
+    verb = "holds" if len(texts) == 1 else "hold"
+    return f" (at this site, {', '.join(repr(c) for c in texts)} {verb} text)"
+
+
 class Site(Client):
     """A site that answers SQL analytics over its own tables, under its own policy.
 
@@ -332,6 +343,7 @@ class Site(Client):
             if p.where is not None and kind in ("Conversion", "Binder"):
                 hint = (
                     f": check that the literals in WHERE {p.where} have the types of their columns"
+                    f"{_texts(self._kinds(p), p.where_columns)}"
                 )
             elif p.where is not None and kind == "OutOfRange":  # on literals: rows never fail
                 hint = f": arithmetic on the literals in WHERE {p.where} overflows their type"
