@@ -146,3 +146,16 @@ def test_fedprox_and_scaffold_are_refused_rather_than_run_as_fedavg(
         covey.simulate(client, 3, 1, strategy(), start)
     plain = covey.simulate(client, 3, 1, covey.FedProx(proximal_mu=0.0), start)  # FedAvg
     assert plain.history.rounds[1].aggregated
+
+
+def test_an_estimator_class_is_refused_naming_the_instance_to_give() -> None:
+    x, y = _data()
+    for call in (
+        lambda: SklearnClient(SGDClassifier, x, y, classes=CLASSES),
+        lambda: initial_params(SGDClassifier, 3, CLASSES),
+        lambda: get_params(SGDClassifier),
+    ):
+        with pytest.raises(
+            TypeError, match=r"model is the class SGDClassifier: .* SGDClassifier\(\)"
+        ):
+            call()

@@ -79,8 +79,14 @@ def check_kind(model: Any) -> None:
     its class.
 
     Raises:
-        TypeError: ``model`` is, e.g., a tree ensemble, naive Bayes or a clustering.
+        TypeError: ``model`` is, e.g., a tree ensemble, naive Bayes or a clustering,
+            or a class rather than an estimator (``SGDClassifier`` for ``SGDClassifier()``).
     """
+    if isinstance(model, type):
+        raise TypeError(
+            f"model is the class {model.__name__}: give an estimator, {model.__name__}() "
+            "(with its options, e.g. SGDClassifier(loss='log_loss'))"
+        )
     if hasattr(model, "hidden_layer_sizes") or hasattr(model, "coef_") or _linear(model):
         return
     hint = (
