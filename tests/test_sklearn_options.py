@@ -159,3 +159,12 @@ def test_an_estimator_class_is_refused_naming_the_instance_to_give() -> None:
             TypeError, match=r"model is the class SGDClassifier: .* SGDClassifier\(\)"
         ):
             call()
+
+
+@pytest.mark.parametrize("name", ["x_train", "y_train", "x_test", "y_test"])
+def test_data_given_as_a_generator_is_refused_naming_it(name: str) -> None:
+    x, y = _data()
+    data: dict[str, Any] = {"x_train": x, "y_train": y, "x_test": x, "y_test": y}
+    data[name] = (row for row in data[name])
+    with pytest.raises(TypeError, match=f"{name} is a generator, an iterator that is used up"):
+        SklearnClient(SGDClassifier(), classes=CLASSES, **data)

@@ -16,7 +16,13 @@ from covey.clients._scaffold import server_control
 from covey.core import Config, EvaluateResult, FitResult
 from covey.core._qfair import loss_before_fit
 from covey.core._weights import Array, Weights
-from covey.sklearn._inputs import check_labels, class_labels, model_kind, sample_weights
+from covey.sklearn._inputs import (
+    check_labels,
+    class_labels,
+    model_kind,
+    refuse_one_pass,
+    sample_weights,
+)
 from covey.sklearn._params import features, get_params, is_mlp, prime, set_params
 from covey.sklearn._rate import checked_rate, rate_name, set_rate
 from covey.sklearn._regress import (
@@ -165,7 +171,8 @@ class SklearnClient(Client):
     Args:
         model: An unfitted estimator, e.g. ``SGDClassifier(loss="log_loss")`` or
             ``SGDRegressor()``.
-        x_train: Local training features (an array or a SciPy sparse matrix); 0
+        x_train: Local training features (an array, a list, a DataFrame or a SciPy
+            sparse matrix, not a generator: the client trains on them every round); 0
             rows (an empty partition) make a client whose fit replies 0 examples.
         y_train: Local training labels, or a regressor's targets.
         classes: Every class label of the federation (a client may lack some; a
@@ -225,6 +232,7 @@ class SklearnClient(Client):
         self.model = model
         check_kind(model)
         self.classes = model_kind(model, classes)
+        refuse_one_pass(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
         self.x_train, self.y_train = features(x_train), self._targets(y_train, "y_train")
         if self.x_train.shape[0] != len(self.y_train):
             raise ValueError(

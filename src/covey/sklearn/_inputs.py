@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,7 +11,7 @@ import numpy.typing as npt
 from covey.sklearn._params import _outputs
 from covey.sklearn._regress import check_regressor
 
-__all__ = ["check_labels", "class_labels", "model_kind", "sample_weights"]
+__all__ = ["check_labels", "class_labels", "model_kind", "refuse_one_pass", "sample_weights"]
 
 
 def model_kind(model: Any, classes: Sequence[Any] | None) -> list[Any] | None:
@@ -34,6 +34,20 @@ def model_kind(model: Any, classes: Sequence[Any] | None) -> list[Any] | None:
     checked = list(classes)
     _outputs(checked)  # at least two, distinct
     return checked
+
+
+def refuse_one_pass(**data: object) -> None:
+    """Refuse data given as an iterator (a generator): it is used up after one pass.
+
+    ``np.asarray`` would wrap it in a 0-d object array, refused later as a shape.
+    """
+    for name, value in data.items():
+        if isinstance(value, Iterator):
+            raise TypeError(
+                f"{name} is a {type(value).__name__}, an iterator that is used up after one "
+                "pass, and the client trains on its data every round: give an array, a list "
+                "or a DataFrame (e.g. np.asarray(list(...)))"
+            )
 
 
 def class_labels(y: npt.ArrayLike, name: str) -> npt.NDArray[Any]:
