@@ -431,6 +431,23 @@ def test_natural_accepts_strings_and_lists() -> None:
         ),
         (lambda: natural(np.zeros((2, 2))), ValueError, r"ids must be a 1-D array"),
         (lambda: iid(1000.0, 2), TypeError, r"n_or_labels must be an integer or a 1-D array"),
+        (lambda: iid(np.zeros((4, 2)), 2), ValueError, r"give the number of examples, len\(x\)"),
+        (lambda: dirichlet([[0], [1]], 1, 1.0), ValueError, r"give one column of labels"),
+        (
+            lambda: dirichlet(iter(LABELS), 2, 1.0),  # type: ignore[arg-type]
+            TypeError,
+            r"labels must be a 1-D array, got iterator, an",
+        ),
+        (
+            lambda: shards((y for y in LABELS), 2),  # type: ignore[arg-type]
+            TypeError,
+            r"got generator, an iterator: make it a list",
+        ),
+        (
+            lambda: natural(iter([0, 1])),  # type: ignore[arg-type]
+            TypeError,
+            r"ids must be a 1-D array, got list_iterator",
+        ),
         (lambda: iid(10, 2, seed=-1), ValueError, r"seed must be a non-negative integer, got"),
         (lambda: dirichlet(LABELS, 2, 1.0, seed=1.5), TypeError, r"seed must be a non-neg"),  # type: ignore[arg-type]
         (lambda: shards(LABELS, 2, seed="a"), TypeError, r"seed must be a non-negative"),  # type: ignore[arg-type]

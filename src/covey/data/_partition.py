@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -42,9 +43,19 @@ def _as_int(name: str, value: object, minimum: int) -> int:
 
 def _as_1d(name: str, values: npt.ArrayLike) -> npt.NDArray[Any]:
     """Return ``values`` as a 1-D array or raise a clear error."""
+    if isinstance(values, Iterator):  # np.asarray wraps it in a 0-d object array
+        raise TypeError(
+            f"{name} must be a 1-D array, got {type(values).__name__}, an iterator: make it "
+            "a list or an array first (np.asarray(list(...)))"
+        )
     array = np.asarray(values)
     if array.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array, got an array of shape {array.shape}")
+        hint = ""
+        if array.ndim == 2 and name == "n_or_labels":
+            hint = ": give the number of examples, len(x), for a table of features"
+        elif array.ndim == 2:
+            hint = f": give one column of {name}, e.g. df['label'] of a DataFrame"
+        raise ValueError(f"{name} must be a 1-D array, got an array of shape {array.shape}{hint}")
     return array
 
 
