@@ -877,3 +877,35 @@ def test_a_client_metric_of_another_type_is_told_what_to_report(value: Any, hint
         f"TypeError: FitResult.metrics['m'] is {kind}, expected a number, bool, str or bytes {hint}"
     ) in str(caught.value)
     assert "client 0, client 1" in str(caught.value)
+
+
+class HalfStep(covey.Client):
+    """Trains by a float step, as any gradient step does."""
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        return FitResult(
+            weights={k: v - np.full(v.shape, 0.5) for k, v in weights.items()}, num_examples=1
+        )
+
+
+def test_integer_initial_weights_that_clients_train_as_floats_are_named_as_the_cause() -> None:
+    with pytest.raises(covey.FederationError) as caught:
+        covey.simulate(
+            client_fn=lambda cid: HalfStep(),
+            num_clients=2,
+            rounds=1,
+            strategy=covey.FedAvg(),
+            initial_weights={"w": np.array([0, 1])},  # int64: np.array of ints
+        )
+    message = str(caught.value)
+    assert "'w' has dtype float64, expected int64 (the model holds 'w' as int64" in message
+    assert "start weights that train as floats, e.g. np.zeros(shape)" in message
+    with pytest.raises(covey.FederationError) as caught:  # a float of another width: no hint
+        covey.simulate(
+            client_fn=lambda cid: HalfStep(),
+            num_clients=2,
+            rounds=1,
+            strategy=covey.FedAvg(),
+            initial_weights={"w": np.array([0.0, 1.0], dtype=np.float32)},
+        )
+    assert str(caught.value).endswith("'w' has dtype float64, expected float32")

@@ -333,8 +333,22 @@ class WeightsSpec:
             if value.shape != shape:
                 raise WeightsError(f"{what}: {name!r} has shape {value.shape}, expected {shape}")
             if value.dtype != dtype:
-                raise WeightsError(f"{what}: {name!r} has dtype {value.dtype}, expected {dtype}")
+                raise WeightsError(
+                    f"{what}: {name!r} has dtype {value.dtype}, expected {dtype}"
+                    + _integer_model_hint(name, value.dtype, dtype)
+                )
         # The layout matches: what remains wrong is a non-finite value.
+
+
+def _integer_model_hint(name: str, got: np.dtype[Any], expected: np.dtype[Any]) -> str:
+    """Why a float array meets an integer one: the model was most likely started as integers."""
+    if got.kind != "f" or expected.kind not in "iub":
+        return ""
+    return (
+        f" (the model holds {name!r} as {expected}, as the initial weights gave it: start "
+        "weights that train as floats, e.g. np.zeros(shape) or np.array([0.0, 1.0]), "
+        "not np.array([0, 1]))"
+    )
 
 
 def is_unicode_text(name: str) -> bool:
