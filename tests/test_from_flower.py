@@ -382,6 +382,47 @@ def test_a_misspelt_option_is_named_with_the_closest_one(make: Any, hint: str) -
 
 
 @pytest.mark.parametrize(
+    ("make", "hint"),
+    [
+        (
+            lambda: covey.FedAvg(lr=0.1),  # type: ignore[call-arg]
+            "['lr']; lr is the clients' setting: send it to them each round with "
+            "on_fit_config=lambda round: {'lr': ...}, and read it from their config",
+        ),
+        (
+            lambda: covey.FedAdam(learning_rate=0.1),  # type: ignore[call-arg]
+            "read it from their config (the server's own step size is eta)",
+        ),
+        (
+            lambda: covey.FedAvgM(lr=0.1),  # type: ignore[call-arg]
+            "(the server's own step size is server_lr)",
+        ),
+        (
+            lambda: covey.FedAvg(epochs=2, batch_size=8),  # type: ignore[call-arg]
+            "; batch_size is the clients' setting: send it to them each round with "
+            "on_fit_config=lambda round: {'batch_size': ...}, and read it from their config; "
+            "epochs is the clients' setting",
+        ),
+        (
+            lambda: covey.FedProx(proximal_mu=0.1, local_epochs=2),  # type: ignore[call-arg]
+            "local_epochs is the clients' setting",
+        ),
+        (
+            lambda: covey.FedAvg(num_rounds=3),  # type: ignore[call-arg]
+            "; num_rounds is no strategy option: give the number of rounds to the run, "
+            "simulate(rounds=...) or serve(strategy, rounds, ...)",
+        ),
+    ],
+)
+def test_a_client_setting_or_round_count_given_to_a_strategy_says_where_it_goes(
+    make: Any, hint: str
+) -> None:
+    with pytest.raises(TypeError) as refused:
+        make()
+    assert hint in str(refused.value), refused.value
+
+
+@pytest.mark.parametrize(
     ("strategy", "said"),
     [
         ("fedavg", "not the string 'fedavg': pass covey.FedAvg()"),

@@ -97,6 +97,31 @@ def flower_hint(name: str, counterpart: str) -> str:
     return f"Flower's {name} is covey's {counterpart}"
 
 
+#: Settings of the clients' training that people pass to a strategy, and the run's length.
+CLIENT_SETTINGS = frozenset({"lr", "learning_rate", "epochs", "local_epochs", "batch_size"})
+ROUND_COUNTS = frozenset({"rounds", "num_rounds"})
+
+
+def _strategy_hint(name: str, choices: list[str]) -> str | None:
+    """Where a client setting or the number of rounds goes, for a strategy (which sends configs)."""
+    if "on_fit_config" not in choices:
+        return None
+    if name in ROUND_COUNTS:
+        return (
+            "is no strategy option: give the number of rounds to the run, "
+            "simulate(rounds=...) or serve(strategy, rounds, ...)"
+        )
+    if name not in CLIENT_SETTINGS:
+        return None
+    rate = next((r for r in ("eta", "server_lr") if r in choices), None)
+    lr = rate and name in ("lr", "learning_rate")
+    server = f" (the server's own step size is {rate})" if lr else ""
+    return (
+        f"is the clients' setting: send it to them each round with "
+        f"on_fit_config=lambda round: {{{name!r}: ...}}, and read it from their config{server}"
+    )
+
+
 def unknown_options(
     name: str,
     unknown: Iterable[str],
@@ -128,6 +153,8 @@ def unknown_options(
     for n in names:
         if n in flower:
             hints.append(flower_hint(n, flower[n]))
+        elif hint := _strategy_hint(n, choices):
+            hints.append(f"{n} {hint}")
         elif close := difflib.get_close_matches(n, choices, n=1):
             hints.append(f"{n + ': ' if len(names) > 1 else ''}did you mean {close[0]}?")
     return TypeError(
