@@ -77,3 +77,17 @@ def test_a_batch_that_is_no_pair_is_named_with_its_length(batches: Any, said: st
     weights = {k: v.detach().numpy().copy() for k, v in client.model.state_dict().items()}
     with pytest.raises(TypeError, match=f"must be a pair \\(inputs, targets\\), {said}"):
         client.fit(weights, {"round": 1})
+
+
+def test_a_pair_of_tensors_given_as_the_loader_names_the_data_loader_to_build() -> None:
+    x, y = torch.randn(8, 4), torch.zeros(8, dtype=torch.long)
+    client = TorchClient(
+        nn.Linear(4, 3), nn.CrossEntropyLoss(), lambda p: torch.optim.SGD(p, lr=0.1), (x, y)
+    )
+    weights = {k: v.detach().numpy().copy() for k, v in client.model.state_dict().items()}
+    with pytest.raises(
+        TypeError,
+        match=r"got Tensor: a loader given as the pair of tensors \(x, y\) yields x, then y; "
+        r"give DataLoader\(TensorDataset\(x, y\), batch_size=\.\.\.\) instead",
+    ):
+        client.fit(weights, {"round": 1})

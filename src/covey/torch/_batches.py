@@ -23,8 +23,14 @@ def split(batch: Any) -> tuple[Any, Any]:
         got = type(batch).__name__
         if isinstance(batch, list | tuple):  # a list or tuple is fine, of two items
             got = f"a {got} of {len(batch)} item(s)"
+        hint = ""
+        if hasattr(batch, "shape"):  # the loader is (x, y) itself: it yields x, then y
+            hint = (
+                ": a loader given as the pair of tensors (x, y) yields x, then y; give "
+                "DataLoader(TensorDataset(x, y), batch_size=...) instead"
+            )
         raise TypeError(
-            f"each batch of the data loader must be a pair (inputs, targets), got {got}"
+            f"each batch of the data loader must be a pair (inputs, targets), got {got}{hint}"
         )
     return batch[0], batch[1]
 
