@@ -133,7 +133,11 @@ def _run_with_evaluate_fn(run_dir: Any, evaluate_fn: Any) -> None:
             "metrics), evaluate_fn returns (loss, metrics)",
         ),
         ([0.5], "evaluate_fn must return (loss, metrics) or None, got a list of 1 item"),
-        ((0.5, 0.3), "evaluate_fn's metrics must be a dict of names to scalars, got float"),
+        (
+            (0.5, 0.3),
+            "evaluate_fn's metrics must be a dict of names to scalars, got float: name the "
+            'value, return (loss, {"accuracy": value})',
+        ),
         (("low", {}), "evaluate_fn's loss must be a number, got str"),
         # a client's bool loss is refused too; float(True) made it a loss of 1.0
         ((True, {}), "evaluate_fn's loss must be a number, got bool"),

@@ -79,9 +79,12 @@ def _central_result(out: object) -> tuple[float, dict[str, Scalar]]:
     loss, metrics = out
     number = _loss_of(loss)
     if not isinstance(metrics, Mapping):
+        hint = ""
+        if isinstance(metrics, int | float) or hasattr(metrics, "item"):
+            hint = ': name the value, return (loss, {"accuracy": value})'
         raise TypeError(
             "evaluate_fn's metrics must be a dict of names to scalars, "
-            f"got {type(metrics).__name__}"
+            f"got {type(metrics).__name__}{hint}"
         )
     if len(metrics) > MAX_METRICS + (R2_MOMENTS in metrics):
         raise ValueError(
