@@ -85,6 +85,30 @@ def test_a_flower_style_tuple_from_evaluate_names_evaluate_result() -> None:
     assert all("covey.EvaluateResult(loss=" in f.error for f in failures), failures
 
 
+class AsyncFit(AddOne):
+    async def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:  # type: ignore[override]
+        return AddOne.fit(self, weights, config)
+
+    async def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:  # type: ignore[override]
+        return AddOne.evaluate(self, weights, config)
+
+
+def test_an_async_fit_or_evaluate_is_told_to_be_a_plain_function() -> None:
+    # Before: "returned coroutine, expected covey.FitResult" and, with it, a
+    # RuntimeWarning that the coroutine was never awaited (an error under -W error).
+    said = "() is a coroutine function (async def): covey calls {} as a plain function"
+    with pytest.raises(covey.FederationError) as info:
+        _run(lambda cid: AsyncFit())
+    errors = _fit_failures(info.value)
+    assert len(errors) == 3
+    assert all("AsyncFit.fit" + said.format("fit") in e for e in errors), errors
+    from covey.clients._mistakes import not_a_result
+
+    client = AsyncFit()
+    refused = not_a_result(client, "evaluate", client.evaluate(init(), {"round": 1}))
+    assert str(refused).startswith("AsyncFit.evaluate" + said.format("evaluate")), refused
+
+
 class NoConfig(covey.Client):
     def fit(self, weights: Any) -> FitResult:  # type: ignore[override]
         return FitResult(weights=dict(weights), num_examples=10)

@@ -18,9 +18,17 @@ def not_a_result(client: Any, method: str, result: object) -> TypeError:
     """The error for a ``fit`` or ``evaluate`` that returned ``result``, not covey's record.
 
     It says what to return instead: Flower's tuple, a dict of the record's
-    entries and a missing ``return`` (None) are each named as such.
+    entries and a missing ``return`` (None) are each named as such, and an
+    ``async def`` method (its coroutine, closed unrun) is told to be a plain one.
     """
     record = RECORDS[method][0]
+    if inspect.iscoroutine(result):
+        result.close()  # never run: close it, so that no "never awaited" warning follows
+        return TypeError(
+            f"{type(client).__name__}.{method}() is a coroutine function (async def): covey "
+            f"calls {method} as a plain function and takes its covey.{record}; define it with "
+            "def, and run any asynchronous work inside it (asyncio.run(...))"
+        )
     missing = (
         f" (the {method} method returned nothing: is its return statement missing?)"
         if result is None
