@@ -117,6 +117,9 @@ class Mistaken(covey.Client):
         if self.mode == "metric_count":  # 200,000 names made every round's record grow
             many: dict[str, Any] = {f"m{i}": 1.0 for i in range(1001)}
             return FitResult(weights={"w": w + 1}, num_examples=1, metrics=many)
+        if self.mode == "metric_long_name":  # capped only by the wire's 1 Mi characters
+            long_name: dict[str, Any] = {"n" * 1025: 1.0}
+            return FitResult(weights={"w": w + 1}, num_examples=1, metrics=long_name)
         if self.mode == "metric_value":
             return FitResult(weights={"w": w + 1}, num_examples=1, metrics={"a": object()})  # type: ignore[dict-item]
         if self.mode == "unlock":  # makes the shared array writable, then trains in place
@@ -155,6 +158,10 @@ MISTAKES = {
     "metric_surrogate": "FitResult.metrics names a metric 'x\\udcff', which is not valid Unicode",
     "metric_text": "FitResult.metrics['a'] is a str holding a lone surrogate",
     "metric_count": "FitResult.metrics holds 1001 metrics, over the limit of 1000",
+    "metric_long_name": (
+        f"FitResult.metrics names a metric {'n' * 40!r}... of 1025 characters, over the limit "
+        "of 1024: choose a shorter name"
+    ),
     "unlock": "shared read-only arrays",
 }
 

@@ -17,10 +17,13 @@ MAX_METRICS = 1000
 """The most metrics one result may carry: a reply of 200,000 names (3 MB of JSON) made
 every round's record, the server's memory and ``history.json`` grow by tens of MB."""
 
-MAX_CENTRAL_NAME = 1024
-"""The most characters of a metric name ``evaluate_fn`` may report: a name of 100,000
-characters made ``covey runs show`` print a table of 160 KB (a client's may be longer,
-up to the wire's ``WireLimits.max_string``)."""
+MAX_METRIC_NAME = 1024
+"""The most characters of a metric name a client or ``evaluate_fn`` may report: a name of
+100,000 characters made ``covey runs show`` print a table of 160 KB, and a client's was
+capped only by the wire's ``WireLimits.max_string`` (1 Mi characters)."""
+
+MAX_CENTRAL_NAME = MAX_METRIC_NAME
+"""The cap on ``evaluate_fn``'s metric names: the same as a client's."""
 
 _SCALARS = (bool, int, float, str, bytes)
 
@@ -89,6 +92,11 @@ def own_metrics(value: object, what: str) -> dict[str, Any]:
     for name, metric in value.items():
         if type(name) is not str:
             raise TypeError(f"{what} names a metric by {type(name).__name__} {name!r}, not a str")
+        if len(name) > MAX_METRIC_NAME:
+            raise ValueError(
+                f"{what} names a metric {name[:40]!r}... of {len(name)} characters, over the "
+                f"limit of {MAX_METRIC_NAME}: choose a shorter name"
+            )
         if name in TAGS:
             raise ValueError(
                 f"{what} names a metric {name!r}, a name the history keeps for its own tags "
