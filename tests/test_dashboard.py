@@ -151,6 +151,38 @@ def test_non_finite_losses_and_metrics_are_sent_as_text(tmp_path: Path) -> None:
     assert got["best"] == row["best"] == {"name": "test accuracy", "value": 0.5, "round": 0}
 
 
+def test_a_text_metric_spelled_as_a_non_finite_number_is_sent_as_no_number(
+    tmp_path: Path,
+) -> None:
+    # The API sent the text "NaN" as it sends a NaN, and the page showed it as nan,
+    # where `covey runs show`, the report and History.metric read it as no number.
+    def central(rnd: int, weights: Any) -> tuple[float, dict[str, Any]]:
+        said = {1: float("nan"), 2: "NaN", 3: "-Infinity"}
+        return 1.0, {"accuracy": said.get(rnd, 0.5), "note": "Infinity"}
+
+    covey.simulate(
+        lambda cid: Half(),
+        num_clients=2,
+        rounds=3,
+        strategy=covey.FedAvg(fraction_evaluate=0.0),
+        initial_weights={"w": np.ones(3)},
+        evaluate_fn=central,
+        run_dir=tmp_path / "run",
+    )
+    with DashboardServer(tmp_path) as server:
+        got = _get(server.url + "api/run?id=run")
+        first = _get(server.url + "api/run?id=run&view=first")
+    for rounds in (got["rounds"], first["rounds"]):
+        assert [r["central_metrics"] for r in rounds] == [
+            {"accuracy": 0.5, "note": {"__text__": "Infinity"}},
+            {"accuracy": "NaN", "note": {"__text__": "Infinity"}},
+            {"accuracy": {"__text__": "NaN"}, "note": {"__text__": "Infinity"}},
+            {"accuracy": {"__text__": "-Infinity"}, "note": {"__text__": "Infinity"}},
+        ]
+    history = covey.History.load(tmp_path / "run")
+    assert [r for r, _ in history.metric("accuracy")] == [0, 1]  # the text is no number
+
+
 def test_a_report_shows_non_finite_values(tmp_path: Path) -> None:
     _diverging(tmp_path / "run")
     out = tmp_path / "report.html"

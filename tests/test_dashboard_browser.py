@@ -328,15 +328,20 @@ def test_a_round_run_again_shows_why_its_attempt_was_given_up(browser: Any, tmp_
 
 
 def test_non_finite_values_are_shown_not_plotted(browser: Any, tmp_path: Path) -> None:
-    """A NaN or infinite loss or accuracy is shown in its round's row, and left off the chart."""
+    """A NaN or infinite loss or accuracy is shown in its round's row, and left off the chart.
+
+    An accuracy of the text ``"NaN"`` is no number: shown as none (``–``), as ``covey
+    runs show`` shows it, not as ``nan``.
+    """
 
     class Same(covey.Client):
         def fit(self, weights: Any, config: Any) -> covey.FitResult:
             return covey.FitResult(weights=weights, num_examples=1)
 
-    def central(rnd: int, weights: Any) -> tuple[float, dict[str, float]]:
+    def central(rnd: int, weights: Any) -> tuple[float, dict[str, Any]]:
         losses = {1: float("nan"), 2: float("inf")}
-        return losses.get(rnd, 1.0), {"accuracy": float("-inf") if rnd == 2 else 0.5}
+        accuracy = {2: float("-inf"), 3: "NaN"}
+        return losses.get(rnd, 1.0), {"accuracy": accuracy.get(rnd, 0.5)}
 
     covey.simulate(
         lambda cid: Same(),
@@ -359,7 +364,7 @@ def test_non_finite_values_are_shown_not_plotted(browser: Any, tmp_path: Path) -
             ["1.0000", "0.5000"],
             ["nan", "0.5000"],
             ["inf", "-inf"],
-            ["1.0000", "0.5000"],
+            ["1.0000", "–"],
         ]
         wait.until(lambda d: _traces(d, "chart-loss"))
         assert _traces(browser, "chart-loss")["test loss"] == ([0, 3], [1.0, 1.0])

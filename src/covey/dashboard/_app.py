@@ -65,6 +65,9 @@ KEEPALIVE: Final = 15.0
 _NON_FINITE: Final = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 """How the API writes a non-finite number (JSON has none): as these strings."""
 
+_METRICS: Final = frozenset({"central_metrics", "evaluate_metrics", "fit_metrics"})
+_SPELLED: Final = frozenset(_NON_FINITE.values())
+
 
 def clean(value: Any) -> Any:
     """``value`` with every non-finite number as ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``.
@@ -72,7 +75,10 @@ def clean(value: Any) -> Any:
     JSON has no such numbers, and browsers refuse the bare ``NaN`` Python writes.
     Run files hold them as floats or as the tag ``{"__float__": "nan"}`` that
     :func:`covey.History.save` writes; both become the same string, which
-    JavaScript's ``Number()`` and Python's ``float()`` read back.
+    JavaScript's ``Number()`` and Python's ``float()`` read back. A metric whose
+    value is text spelled so (a client's ``{"status": "NaN"}``) is sent as
+    ``{"__text__": "NaN"}``: it is no number, and the page shows it as ``covey runs
+    show`` does, as no value.
     """
     if isinstance(value, float):
         return value if math.isfinite(value) else _NON_FINITE[str(value)]
@@ -80,10 +86,21 @@ def clean(value: Any) -> Any:
         tagged = tagged_float(value)
         if tagged is not None:
             return clean(tagged)
-        return {str(k): clean(v) for k, v in value.items()}
+        return {
+            str(k): _metrics(v) if k in _METRICS and isinstance(v, dict) else clean(v)
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
         return [clean(v) for v in value]
     return value
+
+
+def _metrics(metrics: dict[Any, Any]) -> dict[str, Any]:
+    """A round's metrics as :func:`clean` sends them: text spelled as a non-finite number tagged."""
+    return {
+        str(k): {"__text__": v} if isinstance(v, str) and v in _SPELLED else clean(v)
+        for k, v in metrics.items()
+    }
 
 
 def _json(value: Any) -> str:
@@ -91,7 +108,7 @@ def _json(value: Any) -> str:
         text = json.dumps(value, allow_nan=False, separators=(",", ":"))
     except ValueError:
         text = None
-    if text is None or '"__float__"' in text:
+    if text is None or '"__float__"' in text or '"NaN"' in text or 'Infinity"' in text:
         text = json.dumps(clean(value), allow_nan=False, separators=(",", ":"))
     return text
 
