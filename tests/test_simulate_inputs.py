@@ -200,6 +200,28 @@ def test_evaluate_fn_metrics_past_the_caps_are_refused(
         _run_with_evaluate_fn(tmp_path, lambda rnd, weights: (0.1, metrics))
 
 
+@pytest.mark.parametrize(
+    ("metrics", "message"),
+    [
+        (
+            {"a\ud800": 1.0},
+            "evaluate_fn's metric 'a\\ud800' has a name holding a lone surrogate, which is "
+            "not valid Unicode text",
+        ),
+        (
+            {"a": "v\udcff"},
+            "evaluate_fn's metric 'a' is a str holding a lone surrogate ('v\\udcff')",
+        ),
+    ],
+)
+def test_evaluate_fn_metrics_holding_a_lone_surrogate_are_refused(
+    tmp_path: Any, metrics: Any, message: str
+) -> None:
+    # They were taken (a client's metric holding one is refused, on every backend)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _run_with_evaluate_fn(tmp_path, lambda rnd, weights: (0.1, metrics))
+
+
 def test_evaluate_fn_metrics_at_the_caps_are_taken(tmp_path: Any) -> None:
     metrics = {f"k{i}": 1.0 for i in range(MAX_METRICS - 1)} | {"k" * MAX_CENTRAL_NAME: 2.0}
     _run_with_evaluate_fn(tmp_path, lambda rnd, weights: (0.1, metrics))

@@ -9,8 +9,8 @@ import numpy as np
 
 from covey.core._jsonvalues import TAGS, exact_scalar
 from covey.core._messages import Scalar
-from covey.core._metricvalues import FLOAT_MAX, MAX_CENTRAL_NAME, MAX_METRICS, item_of
-from covey.core._weights import Weights, fingerprint
+from covey.core._metricvalues import FLOAT_MAX, MAX_METRIC_NAME, MAX_METRICS, item_of
+from covey.core._weights import Weights, fingerprint, is_unicode_text
 from covey.strategies._checks import name_of
 from covey.strategies._metrics import R2_MOMENTS
 
@@ -104,16 +104,30 @@ def _central_result(out: object) -> tuple[float, dict[str, Scalar]]:
         _check_name(key)
         if not isinstance(value, _SCALARS):
             raise TypeError(_not_scalar(key, value))
+        if isinstance(value, str) and not value.isascii() and not is_unicode_text(value):
+            raise ValueError(
+                f"evaluate_fn's metric {key!r} is a str holding a lone surrogate ({value!r:.60}): "
+                "it cannot be encoded as UTF-8, as logs, trackers and files need"
+            )
         checked[key] = exact_scalar(value)  # np.float64 and np.str_ are float and str
     return number, checked
 
 
 def _check_name(key: str) -> None:
-    """Refuse ``evaluate_fn``'s metric name ``key`` if too long or one of the history's tags."""
-    if len(key) > MAX_CENTRAL_NAME:
+    """Refuse ``evaluate_fn``'s metric name ``key``: too long, a history's tag, or no UTF-8.
+
+    A client's metric names are refused alike (``own_metrics``).
+    """
+    if len(key) > MAX_METRIC_NAME:
         raise ValueError(
             f"evaluate_fn's metric {key[:40]!r}... has a name of {len(key)} characters, over "
-            f"the limit of {MAX_CENTRAL_NAME}: choose a shorter name"
+            f"the limit of {MAX_METRIC_NAME}: choose a shorter name"
+        )
+    if not key.isascii() and not is_unicode_text(key):
+        raise ValueError(
+            f"evaluate_fn's metric {key!r:.60} has a name holding a lone surrogate, which is "
+            "not valid Unicode text: it cannot be encoded as UTF-8, as logs, trackers and "
+            "files need"
         )
     if key in TAGS:
         raise ValueError(
