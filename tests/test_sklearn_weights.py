@@ -11,7 +11,9 @@ from sklearn.datasets import load_breast_cancer
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.neural_network import MLPClassifier
 
+import covey
 from covey.sklearn import SklearnClient, initial_params, prime, set_params
+from covey.strategies import weighted_metrics
 
 CLASSES = [0, 1]
 
@@ -92,3 +94,41 @@ def test_bad_sample_weights_are_refused(weights: np.ndarray, message: str) -> No
     x, y, _ = _data()
     with pytest.raises(ValueError, match=message):
         SklearnClient(SGDClassifier(), x, y, classes=CLASSES, sample_weight=weights)
+
+
+def test_a_rounds_train_accuracy_is_that_of_every_clients_weighted_examples() -> None:
+    # Each client's weighted accuracy was averaged by its examples: a client of small
+    # weights counted as much as one of large weights, and the round's train_accuracy
+    # was not the weighted accuracy of the clients' examples pooled.
+    x, y, weights = _data()
+    parts = [slice(0, 60), slice(60, 200)]
+    scale = [10.0, 0.1]  # the first client's examples weigh 100 times more
+    clients = [
+        SklearnClient(
+            SGDClassifier(loss="log_loss", random_state=0),
+            x[part],
+            y[part],
+            classes=CLASSES,
+            sample_weight=weights[part] * k,
+        )
+        for part, k in zip(parts, scale, strict=True)
+    ]
+    start = initial_params(SGDClassifier(loss="log_loss"), x.shape[1], CLASSES)
+    strategy = covey.FedAvg(fraction_evaluate=0.0)
+    result = covey.simulate(lambda cid: clients[cid], 2, 1, strategy, start)
+    correct = np.concatenate([c.model.predict(c.x_train) == c.y_train for c in clients])
+    pooled = np.average(correct, weights=np.concatenate([c.sample_weight for c in clients]))
+    metrics = result.history.rounds[1].fit_metrics
+    assert metrics == {"train_accuracy": pytest.approx(pooled)}  # the sums left out
+
+
+def test_weighted_train_metrics_pool_by_their_weights_only_when_every_client_gives_them() -> None:
+    # A regressor's train_loss is weighted alike; without every client's sum, by examples.
+    weighted: list[tuple[int, covey.Metrics]] = [
+        (10, {"train_loss": 1.0, "train_loss.weight": 30.0}),
+        (30, {"train_loss": 5.0}),
+    ]
+    assert weighted_metrics(weighted) == {"train_loss": 4.0}  # 10 and 30 examples
+    weighted[1][1]["train_loss.weight"] = 10.0
+    assert weighted_metrics(weighted) == {"train_loss": 2.0}  # 30 and 10 weight
+    assert weighted_metrics([(3, {"n.weight": 2.0})]) == {"n.weight": 2.0}  # no "n": a metric

@@ -33,6 +33,7 @@ from covey.sklearn._regress import (
 )
 from covey.sklearn._support import check_epochs, check_kind, check_options, trains_by_fit
 from covey.sklearn._trainstate import capture, check, restore
+from covey.strategies._metrics import WEIGHT
 
 __all__ = ["SklearnClient", "evaluate_model"]
 
@@ -406,12 +407,22 @@ class SklearnClient(Client):
             self.model.loss_curve_ = self.model.loss_curve_[-epochs:]
 
     def _train_metrics(self) -> dict[str, Any]:
-        """``train_accuracy``, or a regressor's ``train_loss``, weighted by ``sample_weight``."""
+        """``train_accuracy``, or a regressor's ``train_loss``, weighted by ``sample_weight``.
+
+        With ``sample_weight``, the sum of the weights goes beside it
+        (``"train_accuracy.weight"``), by which the server weighs it (not by the
+        examples): the round's value is the weighted one of all clients' data.
+        """
         if self.classes is None:
-            mse = train_loss(self.model, self.x_train, self.y_train, self.sample_weight)
-            return {"train_loss": mse}
-        correct = self.model.predict(self.x_train) == self.y_train
-        return {"train_accuracy": float(np.average(correct, weights=self.sample_weight))}
+            name = "train_loss"
+            value = train_loss(self.model, self.x_train, self.y_train, self.sample_weight)
+        else:
+            name = "train_accuracy"
+            correct = self.model.predict(self.x_train) == self.y_train
+            value = float(np.average(correct, weights=self.sample_weight))
+        if self.sample_weight is None:
+            return {name: value}
+        return {name: value, name + WEIGHT: float(self.sample_weight.sum())}
 
     def _check_every_class(self) -> None:
         if self.classes is None:  # a regressor (an MLP trained with a warm-started fit)

@@ -28,6 +28,11 @@ LARGEST: frozenset[str] = frozenset({"dp_epsilon", "dp_delta"})
 #: deviations of the targets from their local mean]`` (:func:`r2_moments`).
 R2_MOMENTS = "r2.moments"
 
+#: The suffix of what a client reports beside a metric weighted by its own weights (its
+#: ``sample_weight``): ``"train_accuracy.weight"``, the sum of the weights, by which the
+#: round weighs that client's ``"train_accuracy"`` instead of by its examples.
+WEIGHT = ".weight"
+
 
 def weighted_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
     """Average numeric metrics over clients, weighted by their number of examples.
@@ -43,6 +48,12 @@ def weighted_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
     the pooled one, ``r2_score`` of all their targets and predictions
     concatenated (over several outputs, the mean of each output's); the sums
     themselves are left out, as arrays are.
+
+    A metric that each client weighted by weights of its own (``sample_weight``)
+    is pooled by them when every client that reports it also reports the sum of
+    its weights as ``"<name>.weight"`` (:data:`WEIGHT`; ``SklearnClient``'s
+    ``train_accuracy`` and ``train_loss``): the round's value is then the
+    weighted mean of all their examples together, and the sums are left out.
 
     Args:
         results: ``(num_examples, metrics)`` for each client.
@@ -81,10 +92,31 @@ def weighted_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
                 continue
             pairs.setdefault(key, []).append((n, float(value)))
     combined = {key: _mean(values) for key, values in pairs.items()}
+    for key in [k for k in combined if k.endswith(WEIGHT) and k[: -len(WEIGHT)] in combined]:
+        del combined[key]
+        by_weight = _by_weight(results, key[: -len(WEIGHT)])
+        if by_weight is not None:
+            combined[key[: -len(WEIGHT)]] = by_weight
     pooled = _pooled_r2(results)
     if pooled is not None:
         combined["r2"] = pooled
     return {**combined, **largest}
+
+
+def _by_weight(results: Sequence[tuple[int, Metrics]], name: str) -> float | None:
+    """``name``'s mean weighted by each client's ``name.weight``; None if one lacks a weight."""
+    pairs: list[tuple[float, float]] = []
+    for n, metrics in results:
+        value, weight = metrics.get(name), metrics.get(name + WEIGHT)
+        if n == 0 or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            return None
+        if not math.isfinite(weight) or weight < 0:
+            return None
+        if weight > 0:
+            pairs.append((float(weight), float(value)))
+    return _mean(pairs) if pairs else None
 
 
 def r2_moments(y: Any, errors: Any) -> np.ndarray[Any, np.dtype[np.float64]]:
@@ -132,13 +164,13 @@ def _pooled_r2(results: Sequence[tuple[int, Metrics]]) -> float | None:
     return float(r2.mean())
 
 
-def _mean(pairs: list[tuple[int, float]]) -> float:
+def _mean(pairs: Sequence[tuple[float, float]]) -> float:
     """The mean of ``(n_k, m_k)`` pairs (``n_k > 0``) weighted by ``n_k``.
 
     Summed as ``n_k * m_k`` in order; if that overflows though every value is
     finite (a perplexity of 1e306 on 500 examples), as ``(n_k / sum n) * m_k``.
     """
-    count = 0
+    count: float = 0  # an int for counts of examples
     total = -0.0  # 0.0 + -0.0 is 0.0: every client's -0.0 (a perfect neg_ score) stays -0.0
     for n, m in pairs:
         total += n * m
