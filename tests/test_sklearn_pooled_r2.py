@@ -11,6 +11,7 @@ from sklearn.metrics import r2_score
 from sklearn.neural_network import MLPRegressor
 
 import covey
+from _live import served_to
 from covey.sklearn import SklearnClient, initial_params
 from covey.strategies import weighted_metrics
 
@@ -87,3 +88,21 @@ def test_a_federated_run_reports_the_pooled_r2() -> None:
     assert not result.history.failures()
     got = result.history.metric("r2", source="evaluate")[-1][1]
     assert got == pytest.approx(_pooled(make(), result.weights, sites), rel=1e-9)
+
+
+def test_a_deployed_run_reports_the_pooled_r2_its_clients_sums_sent_over_the_network() -> None:
+    # The sums travel as an array metric ("r2.moments") in each client's reply over gRPC;
+    # the server pools them as in simulation, and they stay out of the history.
+    sites = _sites()
+    make = lambda: SGDRegressor(learning_rate="constant", eta0=0.001, random_state=0)  # noqa: E731
+    named = [(f"site-{i}", SklearnClient(make(), x, y)) for i, (x, y) in enumerate(sites)]
+    strategy = covey.FedAvg(min_available_clients=3, min_fit_clients=3, min_evaluate_clients=3)
+    result = served_to(named, strategy, initial_params(make(), 3))
+    record = result.history.rounds[-1]
+    assert not record.failures
+    assert set(record.evaluate_metrics) == {"r2", "mae"}
+    pooled = _pooled(make(), result.weights, sites)
+    assert record.evaluate_metrics["r2"] == pytest.approx(pooled, rel=1e-9)
+    own = [SklearnClient(make(), x, y).evaluate(result.weights, {}) for x, y in sites]
+    mean = np.average([float(r.metrics["r2"]) for r in own], weights=[30, 50, 70])
+    assert abs(mean - pooled) > 1e-3  # a mean of the sites' own R^2 would not pass
