@@ -82,6 +82,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each loads on 
     )
 
     __version__: str
+    """The installed covey's version (``"0.0.0"`` when run from a source tree not installed).
+
+    What ``covey --version`` prints, and what a run's record keeps as ``covey_version``.
+    """
 
 __all__ = [
     "AggregationError",
