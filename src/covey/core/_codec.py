@@ -282,6 +282,12 @@ class StreamCheck:
 def encode(weights: Weights) -> bytearray:
     """Encode ``weights`` to bytes.
 
+    Args:
+        weights: The arrays to encode; :func:`decode` gives them back.
+
+    Returns:
+        A new buffer of :func:`encoded_size` bytes.
+
     Example:
         >>> import numpy as np
         >>> blob = encode({"w": np.arange(3.0)})

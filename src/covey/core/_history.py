@@ -82,7 +82,11 @@ class History:
     """The file a run folder keeps its history in."""
 
     def name_of(self, cid: int) -> str:
-        """Client ``cid`` as people call it: its name, else ``client <cid>``."""
+        """Client ``cid`` as people call it: its name, else ``client <cid>``.
+
+        Args:
+            cid: The client's id, as the rounds' records hold it.
+        """
         return self.clients.get(cid) or f"client {cid}"
 
     def __len__(self) -> int:
@@ -260,16 +264,29 @@ class History:
         return {**_head(self), "rounds": [record_json(r) for r in self.rounds]}
 
     def to_json(self, indent: int | None = 2) -> str:
-        """The history as JSON text."""
+        """The history as JSON text.
+
+        Args:
+            indent: Spaces per nesting level; None writes it all on one line.
+        """
         return json.dumps(self.to_dict(), indent=indent)
 
     def save(self, path: str | Path) -> None:
-        """Write :meth:`to_json` to ``path`` atomically."""
+        """Write :meth:`to_json` to ``path`` atomically.
+
+        Args:
+            path: The file to write (its folder must exist), replaced whole.
+        """
         atomic_write(path, self.to_json())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> History:
-        """Rebuild a history from :meth:`to_dict` output."""
+        """Rebuild a history from :meth:`to_dict` output.
+
+        Args:
+            data: The dict; a malformed ``clients``, ``config`` or ``stopped_reason``
+                raises ``ValueError``.
+        """
         rounds = [round_from_json(raw) for raw in from_jsonable(data["rounds"])]
         clients = data.get("clients") or {}
         if not isinstance(clients, dict):
@@ -289,7 +306,11 @@ class History:
 
     @classmethod
     def from_json(cls, text: str) -> History:
-        """Rebuild a history from :meth:`to_json` output."""
+        """Rebuild a history from :meth:`to_json` output.
+
+        Args:
+            text: The JSON text.
+        """
         return cls.from_dict(json.loads(text))
 
     @classmethod

@@ -53,7 +53,12 @@ class RunHook(Protocol):
         ...
 
     def before_round(self, round: int, state: Any) -> str | None:
-        """A reason to stop the run before ``round``, or None to run it."""
+        """A reason to stop the run before ``round``, or None to run it.
+
+        Args:
+            round: The number of the round about to run (1 for the first).
+            state: The aggregation state the round starts from.
+        """
         ...
 
     def after_round(self, record: RoundRecord, state: Any) -> None:
@@ -64,9 +69,18 @@ class RunHook(Protocol):
         never an earlier round's, so a hook that stops the run on an evaluated
         metric decides on the rounds that hold one. The history given to
         :meth:`start` holds ``record`` from the next :meth:`before_round` on.
+
+        Args:
+            record: The finished round's record, which the hook may add to.
+            state: The aggregation state after the round.
         """
         ...
 
     def finish(self, history: History, state: Any) -> None:
-        """The run is over (all rounds done, or stopped before one)."""
+        """The run is over (all rounds done, or stopped before one).
+
+        Args:
+            history: The run's history, every finished round in it.
+            state: The aggregation state the run ended with.
+        """
         ...

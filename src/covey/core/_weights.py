@@ -184,7 +184,12 @@ class WeightsSpec:
 
     @classmethod
     def of(cls, weights: Weights) -> WeightsSpec:
-        """The spec of ``weights``, checking that they can be a model at all."""
+        """The spec of ``weights``, checking that they can be a model at all.
+
+        Args:
+            weights: A mapping of non-empty names to NumPy arrays of bool, integer or
+                float (up to float64) dtype; anything else raises :class:`WeightsError`.
+        """
         if not isinstance(weights, Mapping):
             raise WeightsError(
                 f"weights must be a mapping of names to NumPy arrays, got {type(weights).__name__}"
@@ -280,6 +285,11 @@ class WeightsSpec:
         floating-point array's sum of squares is finite, so that every value is
         under the square root of its dtype's largest (a sum of ``n * value`` over
         fewer than 2**63 examples then cannot overflow); False otherwise.
+
+        Args:
+            weights: The arrays to compare with this spec (any object: never raises).
+            finite: Look at the floating-point values too; with False they are
+                not read, and weights that conform give False, not True.
         """
         bounded = finite
         try:
