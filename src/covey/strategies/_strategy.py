@@ -16,7 +16,7 @@ import numpy as np
 from covey.aggregate import Step, chain, weighted_mean
 from covey.aggregate._base import run_hooks
 from covey.aggregate._flat import floor_fraction
-from covey.aggregate._order import check_reduces, describe_step
+from covey.aggregate._order import check_reduces
 from covey.core._hooks import RunHook
 from covey.core._messages import Config, Count, FitResult, Metrics, Real
 from covey.core._signature import InitSignature
@@ -28,12 +28,6 @@ from covey.strategies._checks import (
     checked_count,
     checked_metrics,
     name_of,
-    not_among,
-    outside_candidates,
-    picked_ids,
-    selected,
-    selects_evaluation,
-    too_few_to_sample,
 )
 from covey.strategies._clients import (
     ClientConfigFn,
@@ -45,12 +39,13 @@ from covey.strategies._clients import (
     per_client_configs,
     round_config,
 )
+from covey.strategies._describe import described, sampled
 from covey.strategies._fitround import FitRound, check_fit_round
 from covey.strategies._fold import fold
 from covey.strategies._metrics import MetricsFn, weighted_metrics
 from covey.strategies._names import TRAINS_NO_CLIENT, refuse_flower_methods, unknown_options
-from covey.strategies._numbers import check_numbers, plain_tree
-from covey.strategies._subclass import parameters, subclass_options
+from covey.strategies._numbers import check_numbers
+from covey.strategies._subclass import parameters
 
 ConfigFn = Callable[[int], Config]
 """``(round) -> config``: ``on_fit_config`` and ``on_evaluate_config``, a round's config."""
@@ -275,21 +270,7 @@ class Strategy:
         Returns:
             Sorted client ids.
         """
-        if count > len(available):
-            raise ValueError(too_few_to_sample(round, count, len(available), self.where))
-        rng = np.random.default_rng([seed, round, purpose])
-        if self.selector is not None and (purpose == 0 or selects_evaluation(self.selector)):
-            picked = selected(self.selector, available, round, rng)
-            chosen = sorted(picked_ids(self.selector, picked, round))
-            unknown = not_among(chosen, available)
-            if unknown:
-                raise outside_candidates(self.selector, unknown, self.where, round)
-            return chosen
-        if count == len(available):
-            return sorted(int(c) for c in available)
-        picks = rng.choice(len(available), size=count, replace=False)
-        # Index the sequence itself: O(count), where np.asarray(range(N)) would be O(N).
-        return sorted(int(available[int(i)]) for i in picks)
+        return sampled(self, available, count, round, seed, purpose)
 
     def describe(self) -> dict[str, Any]:
         """The strategy's name, hyperparameters, options and aggregator, as JSON-ready values.
@@ -307,40 +288,7 @@ class Strategy:
             >>> covey.FedAdam(eta=0.05).describe()["hyperparameters"]["eta"]
             0.05
         """
-        options: dict[str, Any] = {
-            "fraction_fit": self.fraction_fit,
-            "min_fit_clients": self.min_fit_clients,
-            "fraction_evaluate": self.fraction_evaluate,
-            "min_evaluate_clients": self.min_evaluate_clients,
-            "min_available_clients": self.min_available_clients,
-            "accept_failures": self.accept_failures,
-        }
-        if self.evaluate_every != 1:  # unrecorded by runs before it, which evaluated every round
-            options["evaluate_every"] = self.evaluate_every
-        if self.asynchronous:
-            options["buffer_size"] = self.buffer_size
-            options["max_staleness"] = self.max_staleness
-        for attr in ("on_fit_config", "on_evaluate_config", "fit_metrics", "evaluate_metrics"):
-            fn = getattr(self, attr)
-            if fn not in (no_config, weighted_metrics):
-                options[attr] = name_of(fn)
-        for attr in ("on_client_fit_config", "on_client_evaluate_config"):
-            if getattr(self, attr) is not None:
-                options[attr] = name_of(getattr(self, attr))
-        if self.selector is not None:
-            options["selector"] = name_of(self.selector)
-        if self.where is not None:
-            options["where"] = (
-                dict(self.where) if isinstance(self.where, Mapping) else name_of(self.where)
-            )
-        if type(self) is not Strategy:  # a subclass: its class, overrides and own fields
-            options.update(subclass_options(self, Strategy))
-        return {
-            "name": self.name,
-            "hyperparameters": plain_tree(dict(self.hyperparameters)),
-            "options": options,
-            "aggregator": describe_step(self.aggregator),
-        }
+        return described(self, Strategy)
 
     def aggregate(
         self, global_weights: Weights, results: Sequence[FitResult], round: int = 1
