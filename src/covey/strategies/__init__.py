@@ -5,6 +5,7 @@ FedProx, FedAdam, Krum, ...) are short functions that fill one in.
 """
 
 from covey.strategies._clients import ClientConfigFn, ClientInfo
+from covey.strategies._fedbuff import FedBuff
 from covey.strategies._fitround import FitOutcome, FitRound
 from covey.strategies._metrics import MetricsFn, weighted_metrics
 from covey.strategies._options import StrategyOptions
@@ -14,7 +15,6 @@ from covey.strategies._presets import (
     FedAdam,
     FedAvg,
     FedAvgM,
-    FedBuff,
     FedMedian,
     FedProx,
     FedRFA,
