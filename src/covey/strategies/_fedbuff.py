@@ -53,6 +53,12 @@ def FedBuff(
         weighted: Average the buffer weighted by examples (True) or equally (the paper).
         **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
 
+    Returns:
+        A :class:`~covey.Strategy` whose aggregator is
+            ``chain(staleness_weight(s), weighted_mean(), server_sgd(server_lr))``
+            (``mean()`` when not ``weighted``; no ``server_sgd`` when ``server_lr`` is 1),
+            with ``buffer_size`` and ``max_staleness`` set.
+
     References:
         Nguyen et al., "Federated Learning with Buffered Asynchronous
         Aggregation", AISTATS 2022.

@@ -75,6 +75,10 @@ def FedAvgM(
         server_momentum: The server momentum.
         **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
 
+    Returns:
+        A :class:`~covey.Strategy` whose aggregator is
+            ``chain(weighted_mean(), server_sgd(server_lr, server_momentum))``.
+
     References:
         Hsu, Qi and Brown, "Measuring the Effects of Non-Identical Data
         Distribution for Federated Visual Classification", 2019.
@@ -97,6 +101,10 @@ def FedProx(*, proximal_mu: float, **options: Unpack[StrategyOptions]) -> Strate
     Args:
         proximal_mu: The proximal term's weight ``mu >= 0``.
         **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
+
+    Returns:
+        A :class:`~covey.Strategy` whose aggregator is
+            ``chain(weighted_mean())``, sending ``proximal_mu`` in every fit config.
 
     References:
         Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020.
@@ -136,6 +144,10 @@ def FedAdam(
             to server SGD).
         **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
 
+    Returns:
+        A :class:`~covey.Strategy` whose aggregator is
+            ``chain(weighted_mean(), server_adam(eta, beta1, beta2, tau))``.
+
     References:
         Reddi et al., "Adaptive Federated Optimization", ICLR 2021.
     """
@@ -168,6 +180,10 @@ def FedYogi(
             to server SGD).
         **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
 
+    Returns:
+        A :class:`~covey.Strategy` whose aggregator is
+            ``chain(weighted_mean(), server_yogi(eta, beta1, beta2, tau))``.
+
     References:
         Reddi et al., "Adaptive Federated Optimization", ICLR 2021.
     """
@@ -196,6 +212,10 @@ def FedAdagrad(
         tau: Adaptivity: added to the root of the summed squares.
         **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
 
+    Returns:
+        A :class:`~covey.Strategy` whose aggregator is
+            ``chain(weighted_mean(), server_adagrad(eta, beta1, tau))``.
+
     References:
         Reddi et al., "Adaptive Federated Optimization", ICLR 2021.
     """
@@ -213,6 +233,10 @@ def FedMedian(**options: Unpack[StrategyOptions]) -> Strategy:
     Args:
         **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
 
+    Returns:
+        A :class:`~covey.Strategy` whose aggregator is
+            ``chain(median())``.
+
     References:
         Yin et al., "Byzantine-Robust Distributed Learning: Towards Optimal
         Statistical Rates", ICML 2018.
@@ -227,6 +251,10 @@ def FedTrimmedAvg(*, beta: float = 0.2, **options: Unpack[StrategyOptions]) -> S
         beta: Fraction of the updates cut from each end of every coordinate, in
             ``[0, 0.5)``; see :func:`covey.aggregate.trimmed_mean`.
         **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
+
+    Returns:
+        A :class:`~covey.Strategy` whose aggregator is
+            ``chain(trimmed_mean(beta))``.
 
     References:
         Yin et al., "Byzantine-Robust Distributed Learning: Towards Optimal
@@ -246,6 +274,10 @@ def Krum(*, f: int, **options: Unpack[StrategyOptions]) -> Strategy:
         **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`);
             ``min_available_clients`` defaults to ``2f + 3``, so that a round
             waits for the clients the rule needs.
+
+    Returns:
+        A :class:`~covey.Strategy` whose aggregator is
+            ``chain(krum(f))``.
 
     References:
         Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant
@@ -268,6 +300,10 @@ def MultiKrum(
         **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`);
             ``min_available_clients`` defaults to ``2f + 3``.
 
+    Returns:
+        A :class:`~covey.Strategy` whose aggregator is
+            ``chain(multi_krum(f, m, weighted=weighted))``.
+
     References:
         Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant
         Gradient Descent", NeurIPS 2017.
@@ -284,6 +320,10 @@ def Bulyan(*, f: int, **options: Unpack[StrategyOptions]) -> Strategy:
         f: The number of Byzantine clients to tolerate; see :func:`covey.aggregate.bulyan`.
         **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`);
             ``min_available_clients`` defaults to ``4f + 3``.
+
+    Returns:
+        A :class:`~covey.Strategy` whose aggregator is
+            ``chain(bulyan(f))``.
 
     References:
         El Mhamdi, Guerraoui and Rouault, "The Hidden Vulnerability of Distributed
@@ -319,6 +359,10 @@ def FedRFA(
             :func:`covey.aggregate.geometric_median`.
         **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
 
+    Returns:
+        A :class:`~covey.Strategy` whose aggregator is
+            ``chain(geometric_median(max_iter=max_iter, tol=tol, eps=eps))``.
+
     References:
         Pillutla, Kakade and Harchaoui, "Robust Aggregation for Federated
         Learning", IEEE Transactions on Signal Processing 70, 2022.
@@ -344,6 +388,11 @@ def QFedAvg(
             clients (``TorchClient``, ``SklearnClient``, ``LogisticClient``)
             report that loss, on their training data, under it.
         **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
+
+    Returns:
+        A :class:`~covey.Strategy` whose aggregator is
+            ``chain(qfedavg(q, client_lr, loss_key=loss_key))``, asking clients for
+            their loss before fitting in every fit config.
 
     References:
         Li, Sanjabi, Beirami and Smith, "Fair Resource Allocation in Federated
@@ -384,6 +433,11 @@ def Scaffold(
         num_clients: ``N``, the number of clients in the federation.
         server_lr: The global step size ``eta_g``.
         **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
+
+    Returns:
+        A :class:`~covey.Strategy` whose aggregator is
+            ``chain(scaffold(num_clients), mean(), server_sgd(server_lr))``
+            (without ``server_sgd`` when ``server_lr`` is 1).
 
     References:
         Karimireddy et al., "SCAFFOLD: Stochastic Controlled Averaging for

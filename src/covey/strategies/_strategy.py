@@ -253,11 +253,18 @@ class Strategy:
 
         ``floor(fraction_fit * available)`` in exact arithmetic (0.7 of 90 is 63),
         and at least ``min_fit_clients``.
+
+        Args:
+            available: The number of eligible clients connected.
         """
         return max(floor_fraction(self.fraction_fit, available), self.min_fit_clients)
 
     def num_evaluate(self, available: int) -> int:
-        """How many clients to sample for evaluation (0 if evaluation is off)."""
+        """How many clients to sample for evaluation (0 if evaluation is off).
+
+        Args:
+            available: The number of eligible clients connected.
+        """
         if self.fraction_evaluate == 0.0:
             return 0
         return max(floor_fraction(self.fraction_evaluate, available), self.min_evaluate_clients)
@@ -266,6 +273,15 @@ class Strategy:
         self, available: Sequence[int], count: int, round: int, seed: int, purpose: int
     ) -> list[int]:
         """Choose ``count`` client ids, reproducibly from ``(seed, round, purpose)``.
+
+        Args:
+            available: The eligible client ids to choose from.
+            count: How many to choose (:meth:`num_fit` or :meth:`num_evaluate`);
+                more than ``len(available)`` raises ``ValueError``.
+            round: The round the clients are chosen for.
+            seed: The run's seed.
+            purpose: 0 to choose clients to train, 1 to evaluate (a ``selector``
+                chooses evaluation clients only if it says it does).
 
         Returns:
             Sorted client ids.
@@ -329,11 +345,19 @@ class Strategy:
         return new
 
     def fit_config(self, round: int) -> Config:
-        """The config sent with fit tasks in ``round`` (the runtime adds ``"round"``)."""
+        """The config sent with fit tasks in ``round`` (the runtime adds ``"round"``).
+
+        Args:
+            round: The round number, from 1.
+        """
         return option_config(self, "on_fit_config", round)
 
     def evaluate_config(self, round: int) -> Config:
-        """The config sent with evaluate tasks in ``round``."""
+        """The config sent with evaluate tasks in ``round``.
+
+        Args:
+            round: The round number, from 1.
+        """
         return option_config(self, "on_evaluate_config", round)
 
     def fit_task_config(self, round: int) -> Config:
@@ -341,6 +365,9 @@ class Strategy:
 
         An override of :meth:`fit_config` in a subclass is called here, and what it
         returns is checked like ``on_fit_config``'s.
+
+        Args:
+            round: The round number, from 1.
         """
         what, fixed = self.source("fit_config", "on_fit_config"), self.fit_config_entries
         config = round_config(
@@ -350,7 +377,11 @@ class Strategy:
         return config
 
     def evaluate_task_config(self, round: int) -> Config:
-        """What the round loop sends with evaluate tasks: :meth:`evaluate_config`, checked."""
+        """What the round loop sends with evaluate tasks: :meth:`evaluate_config`, checked.
+
+        Args:
+            round: The round number, from 1.
+        """
         what = self.source("evaluate_config", "on_evaluate_config")
         made = made_config(self, "evaluate", round)
         return round_config(made, what, "evaluate", round, (), self._step)
@@ -362,17 +393,30 @@ class Strategy:
         subclass may override it; covey then calls it for every client sampled to
         train, in the order of their ids, and checks what it returns like
         ``on_client_fit_config``'s.
+
+        Args:
+            round: The round number, from 1.
+            client: The sampled client: its id, name and reported properties.
         """
         fn = self.on_client_fit_config
         return {} if fn is None else fn(round, client)
 
     def client_evaluate_config(self, round: int, client: ClientInfo) -> Config:
-        """Entries of ``client``'s own for its evaluate task, on top of :meth:`evaluate_config`."""
+        """Entries of ``client``'s own for its evaluate task, on top of :meth:`evaluate_config`.
+
+        Args:
+            round: The round number, from 1.
+            client: The sampled client: its id, name and reported properties.
+        """
         fn = self.on_client_evaluate_config
         return {} if fn is None else fn(round, client)
 
     def sends_client_configs(self, kind: str) -> bool:
-        """Whether tasks of ``kind`` (``"fit"`` or ``"evaluate"``) get per-client entries."""
+        """Whether tasks of ``kind`` get per-client entries.
+
+        Args:
+            kind: ``"fit"`` or ``"evaluate"``.
+        """
         method = f"client_{kind}_config"
         overridden = getattr(type(self), method) is not getattr(Strategy, method)
         return overridden or getattr(self, f"on_client_{kind}_config") is not None
@@ -433,6 +477,10 @@ class Strategy:
     def client_count(self, kind: str, available: int) -> int:
         """:meth:`num_fit` (``kind="fit"``) or :meth:`num_evaluate` of ``available``, checked.
 
+        Args:
+            kind: ``"fit"`` or ``"evaluate"``.
+            available: The number of eligible clients connected.
+
         Raises:
             TypeError: naming the method (a subclass's override), if it returns no int >= 0.
         """
@@ -440,7 +488,12 @@ class Strategy:
         return checked_count(count, self.source(f"num_{kind}", f"num_{kind}"))
 
     def source(self, method: str, option: str) -> str:
-        """Who does ``method``: a subclass's override of it, by name, or the option ``option``."""
+        """Who does ``method``: a subclass's override of it, by name, or the option ``option``.
+
+        Args:
+            method: The name of a :class:`Strategy` method (``"fit_config"``).
+            option: What to name when the method is not overridden (``"on_fit_config"``).
+        """
         if getattr(type(self), method) is not getattr(Strategy, method):
             return f"{type(self).__name__}.{method}()"
         return option
