@@ -125,7 +125,12 @@ class ClientLike(Protocol):
     """
 
     def fit(self, weights: Weights, config: Config) -> FitResult:
-        """Train on local data starting from ``weights``."""
+        """Train on local data starting from ``weights``.
+
+        Args:
+            weights: The global model of the round.
+            config: The round's fit config (with ``"round"``).
+        """
         ...
 
 
@@ -300,6 +305,12 @@ def run_task(client: Any, cid: int, task: Task) -> Reply:
     result covey's own check refuses, its message alone); one that Ctrl-C caused
     (as the client imported a compiled module, say) is raised as the
     ``KeyboardInterrupt`` it was: the run's, not the client's.
+
+    Args:
+        client: The client that performs it (a :class:`Client` or any object the
+            task kind's registered handler takes).
+        cid: The client's id, put in the reply.
+        task: The task; its ``kind`` picks the handler (an unknown kind is an error reply).
     """
     kind = task.kind
     handler = _HANDLERS.get(kind) or _handler(kind)  # no frame for a loaded kind

@@ -89,6 +89,12 @@ def proximal_term(weights: Weights, global_weights: Weights, mu: float) -> float
 
     Half-precision differences are squared in float32 and summed in float64: in float16 a sum
     of squares past 65504 overflows to inf.
+
+    Args:
+        weights: The client's current weights.
+        global_weights: The round's global weights, with every floating-point name
+            of ``weights`` (integer and bool arrays are left out).
+        mu: The proximal weight (the fit config's ``proximal_mu``).
     """
     total = 0.0
     for name, w in weights.items():
@@ -129,7 +135,11 @@ def proximal_grad(
 
 
 def torch_snapshot(module: Any) -> dict[str, Any]:
-    """Detached copies of a ``torch.nn.Module``'s parameters: the global model of the round."""
+    """Detached copies of a ``torch.nn.Module``'s parameters: the global model of the round.
+
+    Args:
+        module: The ``torch.nn.Module``, with the round's global weights loaded.
+    """
     return snapshot(module)
 
 

@@ -317,6 +317,11 @@ def torch_tensors(values: Mapping[str, Any], module: Any) -> dict[str, Any]:
 
     Convert once per round and pass the result to :func:`torch_add_correction` at
     every step, instead of copying NumPy arrays at every step.
+
+    Args:
+        values: NumPy arrays (or tensors) by parameter name, one for each of
+            ``module``'s named parameters (a missing one raises ``KeyError``).
+        module: The ``torch.nn.Module`` whose parameters give each tensor's device and dtype.
     """
     return as_tensors(values, named_parameters(module))
 
