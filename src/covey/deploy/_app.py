@@ -107,7 +107,14 @@ def main_problem(app: ServerApp) -> str | None:
 
 @dataclass
 class ServeResult:
-    """How a served run ended: final weights (read-only arrays), history, where its state lives."""
+    """How a served run ended: final weights (read-only arrays), history, where its state lives.
+
+    Attributes:
+        weights: The global model after the last round, by array name (read-only arrays).
+        history: The run's history (:class:`~covey.History`).
+        run_dir: The run folder holding its state (``serve(run_dir=...)``); None when
+            the run kept none.
+    """
 
     weights: dict[str, Array]
     history: History

@@ -43,6 +43,15 @@ def client_tls(
 
     A ``key`` file other users can read is warned of (``chmod 600`` fixes it).
 
+    Args:
+        ca: The federation's CA certificate (PEM), which the server's must be signed by.
+        cert: The client's certificate (PEM), for a server that requires one (mutual
+            TLS); None connects without a client certificate.
+        key: The private key of ``cert`` (PEM); given exactly when ``cert`` is.
+        server_name: The host name the server's certificate is checked against when
+            the address dialled is not one it names (an IP, a load balancer's
+            name); None checks the address's host.
+
     Raises:
         OSError: A file cannot be read (the error names it and what it holds).
         ValueError: ``cert`` is given without ``key`` or the other way round, a file
@@ -119,6 +128,13 @@ def tls_from_certs(
 
     ``server_name`` is the host the server's certificate is checked against when the
     address dialled is not one it names (an IP, a load balancer's name).
+
+    Args:
+        directory: The federation folder (``covey certs init``), holding ``ca.pem``
+            and ``clients/CLIENT_ID.pem`` and ``.key``.
+        client_id: The name the client's certificate was issued to.
+        server_name: The host the server's certificate is checked against (None: the
+            address's host).
 
     Raises:
         ValueError: ``client_id`` is no file name: empty, ``.`` or ``..``, or holding a

@@ -32,6 +32,10 @@ def tls_from_dir(directory: str | Path) -> ServerTLS:
     revocation list must be readable. A key file other users can read is
     warned of (``chmod 600`` fixes it).
 
+    Args:
+        directory: The federation folder, holding ``ca.pem``, ``server.pem`` and
+            ``server.key`` (and ``revoked.json``, the revoked client certificates, if any).
+
     Raises:
         FileNotFoundError: A file of the federation is missing.
         ValueError: A file is damaged, ``server.key`` is not the key of ``server.pem``,
