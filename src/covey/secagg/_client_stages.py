@@ -75,6 +75,9 @@ class Identity:
 def identities(names: list[str]) -> dict[str, Identity]:
     """Fresh identities for ``names``, each trusting all of them (for tests and local runs).
 
+    Args:
+        names: The clients' names; each gets a new signing key.
+
     Example:
         >>> ids = identities(["site-a", "site-b"])
         >>> sorted(ids["site-a"].peers)

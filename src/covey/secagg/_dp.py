@@ -120,7 +120,11 @@ class Noise:
         return math.ceil(TAIL_SIGMAS * self.sigma)
 
     def sample(self, size: int) -> np.ndarray:
-        """``size`` independent draws as int64."""
+        """``size`` independent draws as int64.
+
+        Args:
+            size: The number of draws (0 gives an empty array).
+        """
         rng = np.random.Generator(np.random.Philox(np.frombuffer(os.urandom(16), np.uint64)))
         if self.sigma == 0:
             return np.zeros(size, dtype=np.int64)

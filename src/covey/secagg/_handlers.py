@@ -73,7 +73,13 @@ def register_input(kind: str, fn: InputFn) -> None:
 
 
 def register_task_input(kind: str, fn: TaskInputFn) -> None:
-    """Like :func:`register_input`, for inputs that need the task (its weights and config)."""
+    """Like :func:`register_input`, for inputs that need the task (its weights and config).
+
+    Args:
+        kind: The name the server passes as ``input_kind``.
+        fn: ``(client, task, payload) -> np.ndarray``: as :func:`register_input`'s,
+            also given the :class:`~covey.core.Task` the client performs.
+    """
     _check_kind(kind)
     _INPUTS[kind] = fn
 
@@ -106,7 +112,11 @@ def _check_kind(kind: object) -> None:
 
 
 def forget(client: Any) -> None:
-    """Drop any protocol state kept for ``client`` (its secrets with it)."""
+    """Drop any protocol state kept for ``client`` (its secrets with it).
+
+    Args:
+        client: The client object the protocol's tasks ran on (nothing kept: no-op).
+    """
     with _LOCK:
         _STATES.pop(id(client), None)
 

@@ -198,6 +198,11 @@ def complete_threshold(n: int, threat: ThreatModel | None = None) -> int:
     plus the corrupt ones (semi-malicious server); this returns the least secure
     ``t`` and raises when it exceeds the survivors the threat model promises.
 
+    Args:
+        n: The number of clients in the round.
+        threat: The dropout and corruption rates and the adversary (None: the
+            default :class:`ThreatModel`).
+
     Example:
         >>> complete_threshold(20)
         2

@@ -27,6 +27,10 @@ class RangeError(ValueError):
 def ring_bits(n: int, bound: int) -> int:
     """The least ring width whose signed range holds a sum of ``n`` entries in ``[-bound, bound]``.
 
+    Args:
+        n: How many entries are summed, at least 1.
+        bound: The largest magnitude of an entry, at least 0.
+
     Raises:
         RangeError: If that needs more than :data:`MAX_BITS` bits.
 
