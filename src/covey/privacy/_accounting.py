@@ -55,7 +55,11 @@ _MAX_DEPTH = 16
 
 
 def event_to_json(event: dpa.DpEvent) -> dict[str, Any]:
-    """A ``dp_accounting`` event as a JSON-ready dict ``{"type": ..., field: value}``."""
+    """A ``dp_accounting`` event as a JSON-ready dict ``{"type": ..., field: value}``.
+
+    Args:
+        event: The event; a kind a ledger cannot record raises ``TypeError``.
+    """
     name = type(event).__name__
     if name not in _event_types():
         raise TypeError(f"cannot record a {name} in a privacy ledger")
@@ -75,7 +79,11 @@ def _number(value: Any) -> bool:
 
 
 def event_from_json(data: Any, _depth: int = 0) -> dpa.DpEvent:
-    """Rebuild an event from :func:`event_to_json` output, accepting known event types only."""
+    """Rebuild an event from :func:`event_to_json` output, accepting known event types only.
+
+    Args:
+        data: The dict; an unknown type or a malformed field raises ``ValueError``.
+    """
     if _depth > _MAX_DEPTH:
         raise ValueError("privacy ledger event nested too deeply")
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
@@ -337,6 +345,10 @@ class Ledger:
     def add(self, event: dpa.DpEvent, count: int = 1) -> Ledger:
         """A ledger with ``event`` appended ``count`` times.
 
+        Args:
+            event: A ``dp_accounting`` event of a kind a ledger records.
+            count: How many times the event happened (a positive int).
+
         Raises:
             ValueError: if ``count`` is not a positive int (a count of 0 or less would
                 make a ledger that reads back as damaged, or take spent budget away).
@@ -357,7 +369,11 @@ class Ledger:
         )
 
     def epsilon(self, delta: float) -> float:
-        """The epsilon spent so far at ``delta`` (0 for an empty ledger)."""
+        """The epsilon spent so far at ``delta`` (0 for an empty ledger).
+
+        Args:
+            delta: The delta of the ``(epsilon, delta)`` guarantee, in ``(0, 1)``.
+        """
         if not self.entries:
             return 0.0
         if self.accountant == "pld" and not _uses_tree(self.event()):
@@ -393,7 +409,11 @@ class Ledger:
 
     @classmethod
     def from_json(cls, data: Any) -> Ledger:
-        """Rebuild a ledger from :meth:`to_json` output, checking every entry."""
+        """Rebuild a ledger from :meth:`to_json` output, checking every entry.
+
+        Args:
+            data: The dict; a malformed one raises ``ValueError``.
+        """
         if not isinstance(data, dict) or data.get("accountant") not in ("rdp", "pld"):
             raise ValueError("a privacy ledger must be a dict with accountant 'rdp' or 'pld'")
         raw = data.get("entries")

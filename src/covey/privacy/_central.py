@@ -67,13 +67,23 @@ class PrivacyHook:
         self.printed: str | None = None
 
     def epsilon(self, rounds: int) -> float:
-        """The epsilon spent after ``rounds`` rounds (cached)."""
+        """The epsilon spent after ``rounds`` rounds (cached).
+
+        Args:
+            rounds: The number of rounds run (the epsilon is at the mechanism's ``delta``).
+        """
         if rounds not in self._cache:
             self._cache[rounds] = self.mech.ledger(rounds).epsilon(self.mech.delta)
         return self._cache[rounds]
 
     def start(self, state: Any, seed: int | None, history: History) -> Any:
-        """Fix the noise seed; on resume restore the accounted rounds and the clip."""
+        """Fix the noise seed; on resume restore the accounted rounds and the clip.
+
+        Args:
+            state: The aggregation chain's state (fresh, or restored on resume).
+            seed: The run's seed in simulation; None in a deployed run.
+            history: The history so far (empty unless the run resumes).
+        """
         self._refuse_repeated_noise(seed, history)
         self.shared.seed = self.noise_seed if self.noise_seed is not None else seed
         self.shared.started = True
@@ -158,7 +168,12 @@ class PrivacyHook:
         return unsaved_releases(history)
 
     def before_round(self, round: int, state: Any) -> str | None:
-        """Stop if this round would take epsilon past the target."""
+        """Stop if this round would take epsilon past the target.
+
+        Args:
+            round: The number of the round about to run.
+            state: The aggregation state, which counts the rounds accounted.
+        """
         target = self.mech.target_epsilon
         if target is None:
             return None
@@ -172,14 +187,24 @@ class PrivacyHook:
         )
 
     def after_round(self, record: RoundRecord, state: Any) -> None:
-        """Record the budget spent so far."""
+        """Record the budget spent so far.
+
+        Args:
+            record: The finished round's record; its ``privacy`` is set.
+            state: The aggregation state after the round.
+        """
         record.privacy = {
             "epsilon": self.epsilon(_dp_state(state).rounds),
             "delta": self.mech.delta,
         }
 
     def finish(self, history: History, state: Any) -> None:
-        """Print the privacy statement."""
+        """Print the privacy statement.
+
+        Args:
+            history: The run's history.
+            state: The aggregation state the run ended with.
+        """
         self.shared.release()
         rounds = _dp_state(state).rounds
         self.printed = statement(
@@ -216,6 +241,12 @@ def poisson_selector(
     picks who trains only: federated evaluation samples by ``fraction_evaluate``.
     ``check``, if given, is called with the number of candidates before the draw
     (to refuse a round its aggregation could not complete, before clients train).
+
+    Args:
+        rate: The probability that each candidate is taken, every round.
+        shared: The state the run's DP parts share (its noise seed, each round's
+            number of candidates).
+        check: Called with the number of candidates before the draw (None: no check).
 
     References:
         Zhu and Wang, "Poisson Subsampled Renyi Differential Privacy", ICML 2019.

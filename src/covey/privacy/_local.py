@@ -119,7 +119,12 @@ class ClipUpdates(Client):
         self.client = client
 
     def fit(self, weights: Weights, config: Config) -> FitResult:
-        """Fit, then clip the update to the clip the server sent."""
+        """Fit, then clip the update to the clip the server sent.
+
+        Args:
+            weights: The global model of the round.
+            config: The round's fit config; its ``dp_clip`` (a number > 0) is the clip.
+        """
         result = self.client.fit(lend(self.client, weights), config)  # weights used below
         clip = config.get("dp_clip")
         if not isinstance(clip, int | float) or not clip > 0:
@@ -131,7 +136,12 @@ class ClipUpdates(Client):
         return FitResult(delta=delta, num_examples=result.num_examples, metrics=result.metrics)
 
     def evaluate(self, weights: Weights, config: Config) -> EvaluateResult:
-        """The wrapped client's evaluation."""
+        """The wrapped client's evaluation.
+
+        Args:
+            weights: The model to evaluate.
+            config: The round's evaluate config.
+        """
         result: EvaluateResult = self.client.evaluate(dict(weights), config)
         return result
 
@@ -207,7 +217,12 @@ class LocalDP(ClipUpdates):
         return self.ledger.epsilon(self.delta)
 
     def fit(self, weights: Weights, config: Config) -> FitResult:
-        """Fit, clip, add the calibrated noise, account the release."""
+        """Fit, clip, add the calibrated noise, account the release.
+
+        Args:
+            weights: The global model of the round.
+            config: The round's fit config (its ``"round"`` seeds the noise stream).
+        """
         result = self.client.fit(lend(self.client, weights), config)  # weights used below
         update = _update(result, weights)
         _noise.check_float(update, "LocalDP")

@@ -94,6 +94,11 @@ class AdaptiveClipping:
     def next_clip(self, clip: float, noisy_fraction: float) -> float:
         """The clip after a round whose noisy fraction of unclipped updates was ``noisy_fraction``.
 
+        Args:
+            clip: The round's clip (an L2 norm).
+            noisy_fraction: The noised fraction of the round's updates whose norm was
+                at most ``clip``; the clip moves geometrically toward ``target_quantile``.
+
         Raises:
             ValueError: if the geometric step takes the clip past what a float holds
                 (to infinity, or to 0, where it would stay): a learning rate far too
@@ -111,7 +116,15 @@ class AdaptiveClipping:
         return new
 
     def split(self, noise_multiplier: float, expected: float) -> tuple[float, float]:
-        """``(update noise multiplier, count stddev)`` whose pair costs ``noise_multiplier``."""
+        """``(update noise multiplier, count stddev)`` whose pair costs ``noise_multiplier``.
+
+        Args:
+            noise_multiplier: The run's noise multiplier, shared by the update and the count.
+            expected: The clients expected a round; ``count_stddev`` defaults to 0.05 of it.
+
+        Raises:
+            ValueError: if ``noise_multiplier`` is not below twice the count's stddev.
+        """
         sigma_b = self.count_stddev if self.count_stddev is not None else 0.05 * expected
         if noise_multiplier >= 2.0 * sigma_b:
             given = (
