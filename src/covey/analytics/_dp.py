@@ -381,6 +381,10 @@ class Analyst(Budget):
     def charge_query(self, key: str, dp_event: dpa.DpEvent) -> float | None:
         """Charge a query's event once per ``key``; raise PermissionError over the budget.
 
+        Args:
+            key: The query's identity: a second charge under the same key is free.
+            dp_event: The ``dp_accounting`` event of the query's releases.
+
         Returns:
             The epsilon spent after the charge, or None for a repeat (not charged).
         """
@@ -397,6 +401,9 @@ class Analyst(Budget):
     @classmethod
     def from_json(cls, data: Any) -> Self:
         """Rebuild an analyst's budget from :meth:`to_json` output, to go on spending it.
+
+        Args:
+            data: The dict :meth:`to_json` made (its events, ``spent`` and queries).
 
         Raises:
             ValueError: The data is not an analyst's budget, its recorded ``spent`` is
@@ -425,5 +432,9 @@ class Analyst(Budget):
         return analyst
 
     def statement(self, unit: str = "one record of any site's tables") -> str:
-        """The privacy statement of this analyst's queries so far."""
+        """The privacy statement of this analyst's queries so far.
+
+        Args:
+            unit: What the guarantee protects, as the statement words it.
+        """
         return super().statement(unit)

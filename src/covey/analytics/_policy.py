@@ -193,6 +193,9 @@ class Policy:
         that bounds ``Age`` bounds ``age`` in ``AVG(age)``. Each name the query
         reads is added beside the policy's own spelling, so every check and
         lookup by the query's names finds it.
+
+        Args:
+            plan: The parsed query whose table and column names are added.
         """
         wanted: dict[str, list[str]] = {}
         for name in (plan.table, *sorted(plan.columns())):
@@ -240,7 +243,15 @@ class Policy:
         return self.max_epsilon if self.max_epsilon is not None else self.epsilon
 
     def check(self, plan: Plan, *, secure: bool, dp: bool) -> None:
-        """Raise :class:`PolicyError` with the reason if this site does not answer ``plan``."""
+        """Raise :class:`PolicyError` with the reason if this site does not answer ``plan``.
+
+        Args:
+            plan: The parsed query (its table, columns, groups and aggregates).
+            secure: Whether the query runs under secure aggregation (MIN and MAX are
+                then refused).
+            dp: Whether the query has differential privacy (a site with a budget
+                refuses one without).
+        """
         if self.tables is not None and plan.table not in self.tables:
             raise PolicyError(f"table {plan.table!r} is not open to queries at this site")
         if self.columns is not None:

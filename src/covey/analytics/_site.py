@@ -190,6 +190,14 @@ class Site(Client):
         A WHERE this site's DuckDB cannot run on its table (a literal of another
         type than the column here) is refused now, as a column of the wrong type
         in SELECT is, rather than failing the query's first stage for every site.
+
+        Args:
+            request: The server's request: the query's ``"sql"``, whether it is
+                ``"secure"``, its ``"dp"`` settings, and the ``"first"`` release and
+                ``"releases"`` the site checks against its budget.
+
+        Raises:
+            PolicyError: if the site does not answer the query (the reason in it).
         """
         policy, p = self._check(request)
         if p.conditions():  # the WHERE, and each aggregate's own FILTER
