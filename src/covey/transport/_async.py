@@ -53,11 +53,21 @@ class AsyncTransport(Protocol):
         ...
 
     def submit(self, cid: int, task: Task, *, timeout: float | None = None) -> None:
-        """Send ``task`` to client ``cid`` without waiting for its reply."""
+        """Send ``task`` to client ``cid`` without waiting for its reply.
+
+        Args:
+            cid: The client, which must have no task in flight.
+            task: The task to send.
+            timeout: Seconds the client has to reply, after which its reply is a
+                timeout error; None: no limit.
+        """
         ...
 
     def next_reply(self, timeout: float | None = None) -> Reply | None:
         """The next reply to arrive.
+
+        Args:
+            timeout: Seconds to wait; None waits for a task in flight to finish.
 
         Returns:
             The reply, or None if none arrives within ``timeout`` seconds or if no
@@ -66,7 +76,11 @@ class AsyncTransport(Protocol):
         ...
 
     def cancel(self, cid: int) -> None:
-        """Forget ``cid``'s task in flight: its reply, if any comes, is not delivered."""
+        """Forget ``cid``'s task in flight: its reply, if any comes, is not delivered.
+
+        Args:
+            cid: The client whose task to forget (one with none: nothing happens).
+        """
         ...
 
     def now(self) -> float:
@@ -185,7 +199,14 @@ class SimulatedAsyncTransport:
         return "from client_durations"
 
     def submit(self, cid: int, task: Task, *, timeout: float | None = None) -> None:
-        """Schedule ``task``'s completion on the virtual clock."""
+        """Schedule ``task``'s completion on the virtual clock.
+
+        Args:
+            cid: The client, which must have no task in flight (else ``ValueError``).
+            task: The task; a fit task takes the client's simulated duration.
+            timeout: Virtual seconds; a task that would take longer completes at
+                the timeout as a timeout error. None: no limit.
+        """
         if cid in self._pending:
             raise ValueError(f"client {cid} already has a task in flight")
         model = self._model
@@ -204,7 +225,12 @@ class SimulatedAsyncTransport:
         heapq.heappush(self._heap, (finish, seq, cid))
 
     def next_reply(self, timeout: float | None = None) -> Reply | None:
-        """Advance the virtual clock to the next completion and return its reply."""
+        """Advance the virtual clock to the next completion and return its reply.
+
+        Args:
+            timeout: Virtual seconds; when no task completes within it, the clock
+                advances by it and None is returned. None: wait for the next completion.
+        """
         while self._heap:
             finish, seq, cid = self._heap[0]
             pending = self._pending.get(cid)
@@ -279,7 +305,11 @@ class SimulatedAsyncTransport:
         return out
 
     def cancel(self, cid: int) -> None:
-        """Drop ``cid``'s task in flight."""
+        """Drop ``cid``'s task in flight.
+
+        Args:
+            cid: The client whose task to drop (one with none: nothing happens).
+        """
         self._pending.pop(cid, None)
 
     def close(self) -> None:

@@ -46,7 +46,13 @@ class Transport(Protocol):
     def exchange(
         self, tasks: Mapping[int, Task], *, timeout: float | None = None
     ) -> Iterator[Reply]:
-        """Send ``tasks[cid]`` to each client ``cid`` and yield replies as they arrive."""
+        """Send ``tasks[cid]`` to each client ``cid`` and yield replies as they arrive.
+
+        Args:
+            tasks: The task for each client, by client id.
+            timeout: Seconds to wait for the replies; None waits until every client
+                has answered.
+        """
         ...
 
     def close(self) -> None:

@@ -48,6 +48,10 @@ class MemoryTransport:
         reply arriving after the deadline over a network would be dropped. (A
         deadline for the whole round would let a slow client through and blame
         the clients after it, which never got to run.)
+
+        Args:
+            tasks: The task for each client, by client id.
+            timeout: Seconds each client's call may take; None: no limit.
         """
         handler, clock = self._handler, time.monotonic
         for cid in sorted(tasks):
