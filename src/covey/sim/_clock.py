@@ -108,7 +108,13 @@ class ClientClock:
         self.seed = int(seed)
 
     def duration(self, cid: int, rng: np.random.Generator) -> float:
-        """Simulated seconds client ``cid``'s next fit takes."""
+        """Simulated seconds client ``cid``'s next fit takes.
+
+        Args:
+            cid: The client's id.
+            rng: The generator a ``client_durations`` function draws from (1 second
+                when no durations are given).
+        """
         if self.durations is None:
             return 1.0
         if not callable(self.durations):
@@ -121,7 +127,12 @@ class ClientClock:
         return simulated_seconds(given, cid)
 
     def online(self, cids: np.ndarray, rnd: int) -> np.ndarray:
-        """Which of ``cids`` are online in round ``rnd``, as a boolean array."""
+        """Which of ``cids`` are online in round ``rnd``, as a boolean array.
+
+        Args:
+            cids: Client ids (an availability trace must cover each).
+            rnd: The round number, from 1 (a trace repeats past its last column).
+        """
         cids = np.asarray(cids, dtype=np.int64)
         avail = self.availability
         if avail is None:
@@ -138,7 +149,12 @@ class ClientClock:
         return uniform(self.seed, rnd, cids) < float(avail)
 
     def is_online(self, cid: int, rnd: int) -> bool:
-        """Whether client ``cid`` is online in round ``rnd``."""
+        """Whether client ``cid`` is online in round ``rnd``.
+
+        Args:
+            cid: The client's id.
+            rnd: The round number, from 1.
+        """
         return bool(self.online(np.array([cid]), rnd)[0])
 
 

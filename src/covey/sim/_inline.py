@@ -163,6 +163,11 @@ def inline_transport(
     in later rounds, as the process backend does; with ``client_cache`` set, only
     that many recently used clients stay built (0: a client is built per task).
     The weights of each exchange are checked after it (see :class:`InlineTransport`).
+
+    Args:
+        client_fn: ``cid -> client``: builds the client with id ``cid``.
+        num_clients: The clients, with ids ``0`` to ``num_clients - 1``.
+        client_cache: How many built clients to keep; None keeps every one.
     """
     built = _Built(client_fn, client_cache)
     return InlineTransport(range(num_clients), built.handle, built.fit_one)

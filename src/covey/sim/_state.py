@@ -44,13 +44,20 @@ class ClientState:
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def path(self, cid: int) -> Path:
-        """The file of client ``cid``."""
+        """The file of client ``cid``.
+
+        Args:
+            cid: The client's id, an int >= 0 (anything else raises ``ValueError``).
+        """
         if isinstance(cid, bool) or not isinstance(cid, int | np.integer) or cid < 0:
             raise ValueError(f"a client id is a non-negative int, got {cid!r}")
         return self.directory / f"{int(cid)}.covey"
 
     def load(self, cid: int) -> dict[str, Array] | None:
         """Client ``cid``'s arrays (writable copies), or None if it has saved nothing.
+
+        Args:
+            cid: The client's id, an int >= 0.
 
         Raises:
             covey.CodecError: if the file is corrupt or truncated.
@@ -74,6 +81,10 @@ class ClientState:
 
         A NumPy scalar (``np.int64(3)``, what ``state["n"] + 1`` gives for a 0-d
         array) is kept as the 0-d array holding it, as a client's weights take it.
+
+        Args:
+            cid: The client's id, an int >= 0.
+            arrays: The arrays to keep, by name (they replace all the saved ones).
 
         Raises:
             WeightsError: ``arrays`` is no mapping of names to arrays, named with the client.
