@@ -24,6 +24,11 @@ IntArray = NDArray[Any]
 def logistic_init(num_features: int, num_classes: int, dtype: Any = np.float64) -> dict[str, Array]:
     """Zero weights ``{"W": (features, classes), "b": (classes,)}``.
 
+    Args:
+        num_features: The input features, ``x``'s columns.
+        num_classes: The classes, one past the largest label.
+        dtype: The arrays' floating-point dtype.
+
     Raises:
         TypeError: ``num_features`` or ``num_classes`` is not an int (a string, a
             float, a bool), or ``dtype`` is no floating-point NumPy dtype.
@@ -121,6 +126,11 @@ def logistic_sgd_epoch(
 def logistic_grad(weights: Weights, x: FloatArray, y: IntArray) -> dict[str, Array]:
     """Gradient of the mean softmax cross-entropy of ``weights`` on the batch ``(x, y)``.
 
+    Args:
+        weights: ``{"W": (features, classes), "b": (classes,)}``.
+        x: The examples, one row of features each.
+        y: The labels, class indices in ``[0, classes)``.
+
     Raises:
         ValueError: ``weights`` are not ``{"W": (features, classes), "b": (classes,)}``
             for ``x``, ``x`` and ``y`` differ in length, or a label is not a class index.
@@ -142,6 +152,11 @@ def logistic_evaluate(weights: Weights, x: FloatArray, y: IntArray) -> tuple[flo
     Without examples (``x`` of 0 rows, an empty partition) both are NaN, the mean
     over nothing, as :class:`LogisticClient` reports no loss nor accuracy for no
     data (a made-up 0.0 would read as a model that is always right, or always wrong).
+
+    Args:
+        weights: ``{"W": (features, classes), "b": (classes,)}``.
+        x: The examples, one row of features each.
+        y: The labels, class indices in ``[0, classes)``.
 
     Raises:
         ValueError: ``weights`` are not ``{"W": (features, classes), "b": (classes,)}``
@@ -332,6 +347,11 @@ class LogisticClient(Client):
 
         When q-FedAvg asks (``config["loss_before_fit"]``), the loss of ``weights``
         on the training data is reported too, under the name it gives.
+
+        Args:
+            weights: The global model of the round.
+            config: The round's fit config; ``"lr"``, ``"epochs"`` and ``"batch_size"``
+                in it override the client's own.
         """
         lr, epochs, batch_size = _settings(
             config.get("lr", self.lr),
@@ -385,6 +405,10 @@ class LogisticClient(Client):
         its loss is NaN (the mean over nothing, which weighs nothing) and its
         metrics hold no ``"accuracy"``: a per-client metric function never sees a
         made-up 0.0.
+
+        Args:
+            weights: The model to evaluate.
+            config: The round's evaluate config (not read).
         """
         _check_layout(weights, self.x_val, self._val_bound, "y_val")
         if not len(self.y_val):
