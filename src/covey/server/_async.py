@@ -135,6 +135,10 @@ class AsyncLoop(_LoopBase):
 
         ``start`` is the first update to run: a resumed run passes the one after
         its last saved update (and has its model, history and state restored).
+
+        Args:
+            updates: The global updates the run makes in all (its ``rounds``).
+            start: The first update to run, from 1.
         """
         self.last_round = updates
         if start <= 1 and not self._round_zero_done():  # a resumed run may have it saved

@@ -23,6 +23,10 @@ def in_cid_order(replies: Iterable[Reply], cids: Sequence[int]) -> Iterator[Repl
     Replies for ids not in ``cids`` and repeated replies are dropped. Holds only
     the replies that arrived early, so with in-order arrival memory stays O(1)
     replies. Ids that never replied are simply absent from the output.
+
+    Args:
+        replies: The replies in the order they arrive.
+        cids: The clients asked, in the order their replies are to come out.
     """
     order = {cid: i for i, cid in enumerate(cids)}
     held: dict[int, Reply] = {}

@@ -94,6 +94,10 @@ class RoundLoop(_LoopBase):
 
         A run hook of the strategy may stop the run before a round: the rounds done
         are kept and ``history.stopped_reason`` says why.
+
+        Args:
+            rounds: The last round to run.
+            start: The first round to run (a resumed run: the one after its last saved).
         """
         hooks = run_hooks(self.strategy.hooks, self.strategy.aggregator)
         self.last_round = rounds
@@ -126,6 +130,10 @@ class RoundLoop(_LoopBase):
 
         ``retried`` says why earlier attempts at this round were given up (see
         :mod:`covey.server._retry`); the record keeps it in ``aggregate_info``.
+
+        Args:
+            rnd: The round number, from 1.
+            retried: Why each earlier attempt at this round was given up (none: empty).
         """
         record = RoundRecord(round=rnd)
         if retried:
