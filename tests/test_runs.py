@@ -475,6 +475,41 @@ def test_runs_show_last_prints_only_the_last_rounds_and_their_failures(tmp_path:
     assert "lost in round 20" in whole.output
 
 
+def test_runs_show_prints_a_long_runs_last_rounds_and_says_how_to_see_all(
+    tmp_path: Path,
+) -> None:
+    # A 10,000-round run printed 10,004 lines: now its last 100, and how many were left out.
+    records = [RoundRecord(0, central_loss=2.3)]
+    for rnd in range(1, 251):
+        failures = [Failure(1, "fit", f"lost in round {rnd}", name="b")] if rnd % 100 == 0 else []
+        records.append(
+            RoundRecord(rnd, fit_participants=[0, 1], fit_failures=failures, central_loss=1 / rnd)
+        )
+    History(records, config={"backend": "inline", "rounds": 250}).save(tmp_path / "history.json")
+    runner = CliRunner(env={"COLUMNS": "200"})
+    out = runner.invoke(app, ["runs", "show", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    rows = [line.split()[0] for line in out.output.splitlines() if line.strip()[:1].isdigit()]
+    assert rows[:100] == [str(rnd) for rnd in range(151, 251)], out.output
+    assert "Rounds (the last 100 of 251)" in out.output
+    assert "the first 151 rounds not shown (--all shows every round, --last N the last N)" in (
+        out.output
+    )
+    assert "lost in round 200" in out.output
+    assert "1 failure before round 151 not shown (--all shows every round and failure)" in (
+        out.output
+    )
+    every = runner.invoke(app, ["runs", "show", str(tmp_path), "--all"])
+    assert every.exit_code == 0, every.output
+    rows = [line.split()[0] for line in every.output.splitlines() if line.strip()[:1].isdigit()]
+    assert rows[:251] == [str(rnd) for rnd in range(251)]
+    assert "not shown" not in every.output
+    assert "lost in round 100" in every.output
+    both = runner.invoke(app, ["runs", "show", str(tmp_path), "--all", "--last", "5"])
+    assert both.exit_code == 2
+    assert "give --last N or --all, not both" in both.output
+
+
 def test_a_run_killed_during_set_up_is_listed_with_how_to_start_it_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

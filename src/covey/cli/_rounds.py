@@ -150,7 +150,23 @@ def round_table(
         for _, more in filter(None, groups):
             cells += more(r)
         table.add_row(*cells)
+    _fix_widths(table)
     return table
+
+
+def _fix_widths(table: Table) -> None:
+    """Give each column the width of its widest header line or cell.
+
+    The cells are plain numbers: measured here at once, rather than rendered cell by
+    cell by rich, twice (``print_table`` measures the table, then prints it), which
+    took most of the seconds a table of thousands of rounds needed.
+    """
+    from rich.cells import cell_len
+    from rich.text import Text
+
+    for column in table.columns:
+        header = Text.from_markup(str(column.header)).plain.split("\n")
+        column.width = max(cell_len(str(text)) for text in (*header, *column.cells))
 
 
 def _any_value(history: History, source: str, name: str) -> bool:

@@ -73,6 +73,9 @@ __all__ = [
 ]
 
 console = output_console()
+
+#: How many of a run's last rounds ``covey runs show`` shows without ``--last`` or ``--all``.
+SHOWN_ROUNDS = 100
 warnings_console = Console(stderr=True, highlight=False, emoji=False)
 
 runs_app = typer.Typer(
@@ -382,6 +385,22 @@ def _failures_table(history: History, failures: list[tuple[int, Any]]) -> Table:
     return table
 
 
+def _shown_failures(history: History, last: int | None) -> list[tuple[int, Any]]:
+    """The failures of the rounds shown (the last ``last``), and a line counting the rest."""
+    failures = history.failures()
+    if last is None or not history.rounds:
+        return failures
+    first, step = shown_rounds(history, last).rounds[0].round, step_of(history)
+    shown = [(rnd, failure) for rnd, failure in failures if rnd >= first]
+    if len(shown) < len(failures):
+        earlier = len(failures) - len(shown)
+        console.print(
+            f"{earlier} failure{'s' if earlier > 1 else ''} before {step} {first} not "
+            f"shown (--all shows every {step} and failure)"
+        )
+    return shown
+
+
 @runs_app.command("show", cls=HelpCommand)
 def show_run(
     run: Annotated[str, typer.Argument(help="A run folder, or a run's name under --dir.")],
@@ -393,12 +412,18 @@ def show_run(
             min=1,
             metavar="N",
             help="Show only the last N rounds, and the failures of those rounds "
-            "(default: every round).",
+            f"(default: the last {SHOWN_ROUNDS}).",
             show_default=False,
         ),
     ] = None,
+    every: Annotated[
+        bool, typer.Option("--all", help="Show every round and failure, however many.")
+    ] = False,
 ) -> None:
     """Show one run: its settings, a table of its rounds, its clients and failures."""
+    if every and last is not None:
+        fail("give --last N or --all, not both")
+    last = None if every else last or SHOWN_ROUNDS
     folder = find_run(run, runs_dir)
     notices: list[str] = []
     history = _shown_history(folder, notices)
@@ -416,6 +441,13 @@ def show_run(
     if facts:
         console.print(escape(", ".join(facts)))
     print_table(round_table(history, last=last, traffic=True))
+    left_out = len(history.rounds) - len(shown_rounds(history, last).rounds)
+    if left_out:
+        console.print(
+            f"the first {left_out:,} {step_of(history)}s not shown "
+            f"(--all shows every {step_of(history)}, --last N the last N)",
+            soft_wrap=True,
+        )
     for line in endings(history):
         console.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
     if history.clients:
@@ -425,17 +457,7 @@ def show_run(
         for cid, who in sorted(history.clients.items()):
             clients.add_row(str(cid), escape(who))
         print_table(clients)
-    failures = history.failures()
-    if last is not None and history.rounds:
-        first, step = shown_rounds(history, last).rounds[0].round, step_of(history)
-        shown = [(rnd, failure) for rnd, failure in failures if rnd >= first]
-        if len(shown) < len(failures):
-            earlier = len(failures) - len(shown)
-            console.print(
-                f"{earlier} failure{'s' if earlier > 1 else ''} before {step} {first} not "
-                f"shown (without --last: every {step} and failure)"
-            )
-        failures = shown
+    failures = _shown_failures(history, last)
     if failures:
         print_table(_failures_table(history, failures))
     for record in shown_rounds(history, last).rounds:
