@@ -623,3 +623,24 @@ def test_a_step_keeping_a_numpy_scalar_resumes_to_the_same_bits(tmp_path: Path) 
     resumed = simulate(tmp_path / "run", resume=True)
     whole = simulate(None)
     assert resumed.weights["w"].tobytes() == whole.weights["w"].tobytes()
+
+
+def test_runs_list_dates_a_resumed_run_by_its_last_write(tmp_path: Path) -> None:
+    # A resumed run was listed as modified when its history.json was last written, before
+    # the resume: the run.json, lock and store it had written since were not read.
+    _stopped(tmp_path / "run")
+    for path in (tmp_path / "run").rglob("*"):
+        os.utime(path, (1e9, 1e9))  # 2001, long before the resume
+    listed: list[str] = []
+
+    def client(cid: int) -> Half:
+        if not listed:  # the resume's first client: `covey runs list` lists the run meanwhile
+            shown = CliRunner().invoke(app, ["runs", "list", str(tmp_path)], env={"COLUMNS": "200"})
+            listed.append(shown.output)
+        return Half()
+
+    strategy = covey.FedAvg(fraction_evaluate=0.0)
+    covey.simulate(client, 4, 3, strategy, {"w": np.ones(3)}, run_dir=tmp_path / "run", resume=True)
+    row = next(line for line in listed[0].splitlines() if "simulated" in line)
+    assert "running" in row, listed[0]
+    assert "2001-" not in row, listed[0]  # run.json, run.lock and run.sqlite were written now

@@ -338,8 +338,13 @@ def _row(
 
 
 def _modified(folder: Path) -> str:
-    """When the newest of ``folder``'s run files changed (``-`` if none can be read)."""
-    names = ("history.json",) if (folder / "history.json").is_file() else (*SET_UP_FILES, STORE)
+    """When the newest of ``folder``'s run files changed (``-`` if none can be read).
+
+    Its history, a simulation's ``run.json``, the store and its write-ahead log, the
+    lock: as the dashboard watches them. A resumed run writes all but ``history.json``
+    before its first round (a long run's history takes a while to read).
+    """
+    names = ("history.json", "run.json", STORE, f"{STORE}-wal", *SET_UP_FILES)
     stamps = []
     for name in names:
         with contextlib.suppress(OSError):
