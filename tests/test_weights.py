@@ -58,7 +58,11 @@ def test_a_model_or_a_bare_array_given_as_weights_is_told_how_to_name_them() -> 
         WeightsSpec.of(SGDClassifier())
     with pytest.raises(WeightsError, match=r'got ndarray: name the array, e\.g\. \{"w": array\}'):
         WeightsSpec.of(np.zeros(3))  # type: ignore[arg-type]
-    with pytest.raises(WeightsError, match=r"got ABCMeta$"):  # a class is no estimator
+    with pytest.raises(  # a class is no estimator: name the instance to give
+        WeightsError,
+        match=r"got ABCMeta: the class SGDClassifier itself, not an estimator; build one, "
+        r"SGDClassifier\(\), and give the estimator's parameters, covey\.sklearn\.get_params",
+    ):
         WeightsSpec.of(SGDClassifier)
 
 

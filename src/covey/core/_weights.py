@@ -35,15 +35,16 @@ def unnamed_hint(weights: object) -> str:
             ": a safetensors.safe_open handle reads the file, it is not its arrays; read "
             "them with safetensors.numpy.load_file(path)"
         )
+    if lib := next((k for k in _MODEL_HINTS if _made_by(weights, k, cls=True)), ""):
+        name = cast(type, weights).__name__  # SGDClassifier for SGDClassifier()
+        kind, args = ("an estimator", "()") if lib == "sklearn" else ("a model", "(...)")
+        give = _MODEL_HINTS[lib][1:]
+        return f": the class {name} itself, not {kind}; build one, {name}{args}, and{give}"
     if _made_by(weights, "flwr"):
         return flower_hint(weights)
-    if _made_by(weights, "torch"):
-        return ": give the model's weights, covey.torch.to_weights(model, copy=True)"
-    if _made_by(weights, "sklearn"):
-        return (
-            ": give the estimator's parameters, covey.sklearn.get_params(model) (or "
-            "covey.sklearn.initial_params(model, num_features, classes) before it is fitted)"
-        )
+    for library, hint in _MODEL_HINTS.items():
+        if _made_by(weights, library):
+            return hint
     if isinstance(weights, np.ndarray):
         return ': name the array, e.g. {"w": array}'
     if not isinstance(weights, list | tuple):
@@ -54,11 +55,19 @@ def unnamed_hint(weights: object) -> str:
     )
 
 
-def _made_by(value: object, library: str) -> bool:
-    """Whether ``value`` is an object of a class built on ``library``'s (a torch module, say)."""
-    if isinstance(value, type):
+_MODEL_HINTS: Final = {
+    "torch": ": give the model's weights, covey.torch.to_weights(model, copy=True)",
+    "sklearn": ": give the estimator's parameters, covey.sklearn.get_params(model) (or "
+    "covey.sklearn.initial_params(model, num_features, classes) before it is fitted)",
+}
+
+
+def _made_by(value: object, library: str, *, cls: bool = False) -> bool:
+    """Whether ``value`` is an object (or with ``cls``, a class) built on ``library``'s."""
+    if isinstance(value, type) != cls:
         return False
-    return any(c.__module__.split(".")[0] == library for c in type(value).__mro__)
+    mro = cast(type, value if cls else type(value)).__mro__
+    return any(c.__module__.split(".")[0] == library for c in mro)
 
 
 _MADE_BY: Final = "raised by initial_weights "
