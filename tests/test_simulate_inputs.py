@@ -6,7 +6,9 @@ import dataclasses
 import decimal
 import fractions
 import re
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -645,6 +647,29 @@ def test_a_client_fn_returning_the_client_class_is_named(backend: str) -> None:
         assert [(f.cid, f.error) for f in record.fit_failures] == [(1, f"{said} (PlusOne(...))")]
 
 
+@pytest.mark.parametrize("backend", ["inline", "process"])
+def test_a_client_fn_yielding_its_client_is_told_to_return_it(backend: str) -> None:
+    # It was told "returned generator, not a client: it has no fit() method".
+    def make_client(cid: int) -> Any:
+        yield PlusOne()
+
+    said = (
+        "client_fn(0) returned a generator, not a client: make_client yields the client, "
+        "which makes it a generator function; return the client instead "
+        "(return MyClient(...), not yield)"
+    )
+    with pytest.raises(covey.FederationError, match=re.escape(said)):
+        covey.simulate(
+            make_client,
+            2,
+            1,
+            covey.FedAvg(fraction_evaluate=0.0),
+            {"w": np.zeros(2)},
+            backend=backend,  # type: ignore[arg-type]
+            num_workers=1,
+        )
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -935,3 +960,24 @@ def test_integer_initial_weights_that_clients_train_as_floats_are_named_as_the_c
             initial_weights={"w": np.array([0.0, 1.0], dtype=np.float32)},
         )
     assert str(caught.value).endswith("'w' has dtype float64, expected float32")
+
+
+def test_covey_client_app_yielding_its_client_is_told_to_return_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import typer
+
+    from covey.deploy._cli_client import _make_client
+
+    (tmp_path / "yielding_app.py").write_text(
+        "import covey\n\n\ndef client_fn(cid):\n    yield covey.Client()\n"
+    )
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    try:
+        with pytest.raises(typer.Exit):
+            _make_client("yielding_app:client_fn", 0)
+    finally:
+        sys.modules.pop("yielding_app", None)
+    said = " ".join(capsys.readouterr().err.split())
+    assert "returned a generator, not a covey client (no fit): client_fn yields the client" in said
+    assert "return the client instead (return MyClient(...), not yield)" in said

@@ -50,6 +50,16 @@ class ResultRefused(Exception):
     """
 
 
+def yielded(client: object) -> str:
+    """The hint for a ``client_fn`` that yields its client (a generator function) or ``""``."""
+    if not inspect.isgenerator(client):
+        return ""
+    return (
+        f": {client.gi_code.co_name} yields the client, which makes it a generator "
+        "function; return the client instead (return MyClient(...), not yield)"
+    )
+
+
 def check_signature(client: Any, method: str, exc: TypeError) -> None:
     """Raise a TypeError saying how covey calls ``method`` if its signature cannot take that.
 
