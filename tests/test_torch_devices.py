@@ -43,6 +43,20 @@ def test_central_evaluation_on_a_missing_cuda_device_is_refused_naming_it() -> N
         evaluate_model(nn.Linear(4, 3), nn.CrossEntropyLoss(), tiny_loader(), device="cuda")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
+@pytest.mark.parametrize("device", [0, 1])
+def test_a_device_index_on_a_machine_without_an_accelerator_is_refused(device: int) -> None:
+    # torch's own text was "Cannot access accelerator device when none is available."
+    with pytest.raises(
+        ValueError,
+        match=rf"device {device} is the index of an accelerator \(a CUDA device, "
+        rf"'cuda:{device}'\), and this machine has none.*"
+        r"covey trains on 'cpu', 'cuda:N' or 'mps'; give device='cpu'",
+    ):
+        _client(device)
+
+
 @pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
 def test_an_mps_device_on_a_machine_without_one_is_refused() -> None:
     with pytest.raises(ValueError, match=r"device 'mps' is not available.*device='cpu'"):

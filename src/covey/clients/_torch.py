@@ -37,6 +37,12 @@ def torch_device(device: Any) -> Any:
     try:
         out = torch.device(device)
     except RuntimeError as exc:
+        if isinstance(device, int) and device >= 0:  # torch's "Cannot access accelerator"
+            raise ValueError(
+                f"device {device!r} is the index of an accelerator (a CUDA device, 'cuda:"
+                f"{device}'), and this machine has none, or torch was built without one: "
+                "covey trains on 'cpu', 'cuda:N' or 'mps'; give device='cpu'"
+            ) from None
         raise ValueError(
             f"device {device!r} is not a torch device ({exc}): give e.g. 'cpu' or 'cuda:0'"
         ) from None
