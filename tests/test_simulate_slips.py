@@ -122,3 +122,25 @@ def test_a_client_fn_that_takes_no_client_id_is_refused_before_any_client_runs(
     with pytest.raises(TypeError, match=r"cannot be called as client_fn\(cid\)") as info:
         _simulate(client_fn, backend=backend, num_workers=1)
     assert "covey calls it with the client id" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ("random_seed", "random_seed is covey's seed (an int seeding the sampling of clients)"),
+        ("random_state", "random_state is covey's seed"),
+        ("n_rounds", "n_rounds is covey's rounds"),
+        ("num_round", "num_round is covey's rounds"),  # it was told "did you mean on_round?"
+        ("model", "model is covey's initial_weights (the model's weights, a dict of names"),
+        ("num_gpus", "num_gpus is given as client_resources={'num_gpus': ...} with backend='ray'"),
+        ("checkpoint_dir", "checkpoint_dir is covey's run_dir"),
+        ("fraction_fit", "fraction_fit is the strategy's option: strategy=covey.FedAvg("),
+        ("min_fit_clients", "min_fit_clients is the strategy's option"),  # not num_clients
+        ("lr", "lr is the clients' setting: send it to them each round with strategy="),
+    ],
+)
+def test_another_name_for_a_simulate_keyword_names_covey_s(given: str, said: str) -> None:
+    # Before, Python's "got an unexpected keyword argument 'random_seed'" alone.
+    expected = f"simulate() got unexpected keyword arguments: [{given!r}]; {said}"
+    with pytest.raises(TypeError, match=re.escape(expected)):
+        _simulate(**{given: 1})

@@ -23,12 +23,14 @@ from covey.strategies._checks import (
     refuse_other_federation,
     refuse_unmet_need,
 )
-from covey.strategies._names import a_strategy, unknown_options
+from covey.strategies._names import CLIENT_SETTINGS, a_strategy, unknown_options
+from covey.strategies._options import StrategyOptions
 from covey.strategies._presets import FedAvg
 from covey.strategies._strategy import Strategy
 
 __all__ = [
     "FLOWER_SIMULATE",
+    "SIMULATE_ELSEWHERE",
     "_check_availability",
     "_check_backend_options",
     "_check_durations",
@@ -65,12 +67,38 @@ FLOWER_SIMULATE = {
 }
 
 
+_SEED = "covey's seed (an int seeding the sampling of clients)"
+_WEIGHTS = "covey's initial_weights (the model's weights, a dict of names to NumPy arrays)"
+_RAY = "given as client_resources={{'{}': ...}} with backend='ray'"
+#: Other names people give simulate's keywords, and options that belong elsewhere.
+SIMULATE_ELSEWHERE = {
+    **dict.fromkeys(("random_seed", "random_state", "rng"), _SEED),
+    **dict.fromkeys(("n_rounds", "num_round", "rounds_count"), "covey's rounds"),
+    **dict.fromkeys(("model", "parameters", "params"), _WEIGHTS),
+    **{name: _RAY.format(name) for name in ("num_cpus", "num_gpus")},
+    "checkpoint_dir": "covey's run_dir (a folder each round is saved in)",
+    "callbacks": "covey's on_round (a function, or a list of them, called after each round)",
+    "verbose": "covey's progress (True draws a progress bar)",
+    **{
+        name: f"the strategy's option: strategy=covey.FedAvg({name}=...)"
+        for name in StrategyOptions.__annotations__
+    },
+    **{
+        name: "the clients' setting: send it to them each round with strategy=covey.FedAvg("
+        f"on_fit_config=lambda round: {{{name!r}: ...}}), and read it from their config"
+        for name in CLIENT_SETTINGS
+    },
+}
+
+
 def flower_keywords(fn: Callable[P, R]) -> Callable[P, R]:
     """Wrap ``fn`` so that Flower's simulation keywords get an error naming covey's.
 
-    Any other keyword ``fn`` does not take keeps Python's own error, with the
-    closest keyword ``fn`` takes when there is one (``evaluate_func``: did you
-    mean evaluate_fn?).
+    So do the other names of :data:`SIMULATE_ELSEWHERE` (``random_seed``, a
+    strategy's option, a client's setting), each with where it goes. Any other
+    keyword ``fn`` does not take keeps Python's own error, with the closest
+    keyword ``fn`` takes when there is one (``evaluate_func``: did you mean
+    evaluate_fn?).
 
     Args:
         fn: The function to wrap, :func:`covey.simulate`.
@@ -83,8 +111,8 @@ def flower_keywords(fn: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(fn)
     def call(*args: P.args, **kwargs: P.kwargs) -> R:
         unknown = [name for name in kwargs if name not in own]
-        if any(name in FLOWER_SIMULATE for name in unknown):  # each unknown one named at once
-            raise unknown_options(fn.__name__, unknown, own, flower=FLOWER_SIMULATE)
+        if any(n in FLOWER_SIMULATE or n in SIMULATE_ELSEWHERE for n in unknown):  # all named
+            raise unknown_options(fn.__name__, unknown, own, FLOWER_SIMULATE, SIMULATE_ELSEWHERE)
         for name in kwargs:
             if name not in own and (close := difflib.get_close_matches(name, sorted(own), n=1)):
                 raise TypeError(

@@ -127,6 +127,7 @@ def unknown_options(
     unknown: Iterable[str],
     known: Iterable[str] = (),
     flower: Mapping[str, str] = FLOWER_OPTIONS,
+    elsewhere: Mapping[str, str] = {},
 ) -> TypeError:
     """The error for keyword arguments ``name`` does not take, with covey's names for Flower's.
 
@@ -137,6 +138,8 @@ def unknown_options(
         unknown: The keyword arguments it does not take.
         known: The keyword arguments it takes.
         flower: Flower's names for what was called and covey's counterparts.
+        elsewhere: Other names people give (``random_seed``), each with what it is
+            (``"covey's seed"``), said as ``random_seed is covey's seed``.
 
     Returns:
         A TypeError to raise.
@@ -153,6 +156,8 @@ def unknown_options(
     for n in names:
         if n in flower:
             hints.append(flower_hint(n, flower[n]))
+        elif n in elsewhere:
+            hints.append(f"{n} is {elsewhere[n]}")
         elif hint := _strategy_hint(n, choices):
             hints.append(f"{n} {hint}")
         elif close := difflib.get_close_matches(n, choices, n=1):
