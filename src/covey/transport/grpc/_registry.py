@@ -167,6 +167,7 @@ class Connection:
         self.peer = ""
         self.stray = 0  # replies it sent to tasks that were not pending
         self.refusal = ""  # set when it is dropped for good: its stream ends refusing it
+        self.refusal_code = grpc.StatusCode.FAILED_PRECONDITION  # the status it ends with
         self.goodbye = ""  # the goodbye sent to it: a hang-up after it is no drop
         self.upload: Any = None  # the reply being received (``filled`` of ``size`` bytes)
         self.lanes: list[Any] = [None, None]  # its data connections, down and up (see _lane)

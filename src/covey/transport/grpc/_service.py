@@ -189,7 +189,7 @@ class FederationService(TaskStream):
             if data is not None:
                 data.forget(welcome.data_token)
         if conn.refusal:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, conn.refusal)
+            context.abort(conn.refusal_code, conn.refusal)
 
     def _read(self, conn: Connection, requests: Iterator[bytes]) -> None:
         """Read one client's frames until its stream ends, then drop it."""
@@ -220,6 +220,9 @@ class FederationService(TaskStream):
         except Refusal as exc:
             logger.warning("refused %s from %s: %s", conn.name, conn.peer, exc)
             self.registry.event(conn.name, "refused", f"{exc} (peer {conn.peer})")
+            # Its stream ends refusing it, as a new connection would be: not cancelled,
+            # which its client would take for a lost connection and retry.
+            conn.refusal, conn.refusal_code = str(exc), grpc.StatusCode.PERMISSION_DENIED
             self.registry.drop(conn, str(exc))
         except (grpc.RpcError, OSError) as exc:  # OSError: a data connection failed
             cut = upload or (conn.upload if isinstance(exc, OSError) else None)
