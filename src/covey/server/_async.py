@@ -35,7 +35,7 @@ from covey.server._configs import client_configs, fit_config
 from covey.server._idviews import Union, without
 from covey.server._lasteval import evaluate_saved_last
 from covey.server._passing import KeptWhere
-from covey.server._retry import timeout_hint
+from covey.server._retry import refused_note, timeout_hint
 from covey.server._roundmetrics import RoundMetrics
 from covey.strategies._checks import chose_none, name_of, not_among, picked_ids, selected
 from covey.strategies._clients import client_info
@@ -181,7 +181,8 @@ class AsyncLoop(_LoopBase):
         if wait is not None and not wait(wanted, self.idle_timeout):
             raise self._fail(
                 f"only {len(self.transport.clients())} of the {clients(wanted)} needed "
-                f"(min_available_clients) connected within {self.idle_timeout} s",
+                f"(min_available_clients) connected within {self.idle_timeout} s"
+                + refused_note(self.transport),
                 rnd,
             )
         if len(self.transport.clients()) < wanted:
@@ -218,7 +219,7 @@ class AsyncLoop(_LoopBase):
                 raise self._fail(
                     f"update {rnd}: {clients(len(self.transport.clients()))} connected, fewer "
                     f"than min_available_clients={wanted}, and no more came within "
-                    f"{self.idle_timeout} s",
+                    f"{self.idle_timeout} s{refused_note(self.transport)}",
                     rnd,
                 )
         if self._declined and self.strategy.selector is not None:

@@ -33,6 +33,7 @@ __all__ = [
     "SIMULATED_TIMEOUT",
     "RoundRetries",
     "failures_said",
+    "refused_note",
     "retry_hint",
     "run_retried",
     "shortfall",
@@ -143,6 +144,19 @@ DEPLOYED_TIMEOUT = "round_timeout / --round-timeout"
 """The round timeout's settings of a deployed server: ``serve(round_timeout=...)`` or the flag."""
 SIMULATED_TIMEOUT = "round_timeout"
 """The round timeout's setting of a simulation: ``simulate(round_timeout=...)``."""
+
+
+def refused_note(transport: object) -> str:
+    """``; N connections refused in the wait: ...`` from a transport's last wait, or "".
+
+    A wrapping transport (one counting bytes, compressing) is looked through to its ``inner``.
+    """
+    for _ in range(10):
+        if hasattr(transport, "refused_in_wait") or not hasattr(transport, "inner"):
+            break
+        transport = transport.inner
+    note = getattr(transport, "refused_in_wait", "")
+    return f"; {note}" if isinstance(note, str) and note else ""
 
 
 def timeout_hint(

@@ -30,7 +30,14 @@ from covey.server._firstline import first_line as _first_line
 from covey.server._lasteval import evaluate_saved_last
 from covey.server._means import weighted_loss
 from covey.server._passing import KeptWhere, wait_for_eligible
-from covey.server._retry import RoundRetries, deadline_hint, failures_said, run_retried, shortfall
+from covey.server._retry import (
+    RoundRetries,
+    deadline_hint,
+    failures_said,
+    refused_note,
+    run_retried,
+    shortfall,
+)
 from covey.server._roundmetrics import RoundMetrics
 from covey.strategies._checks import clients, clients_there, poisson_note, stop_reason
 from covey.strategies._clients import client_info
@@ -171,7 +178,8 @@ class RoundLoop(_LoopBase):
             raise self._fail(
                 f"round {rnd}: only {there} of the {clients(wanted)} "
                 f"needed (min_available_clients, min_fit_clients) connected within "
-                f"{self.wait_timeout} s" + poisson_note(self.strategy, there),
+                f"{self.wait_timeout} s{refused_note(self.transport)}"
+                + poisson_note(self.strategy, there),
                 rnd,
             )
         available = self.transport.clients()

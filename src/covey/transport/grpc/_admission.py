@@ -12,8 +12,11 @@ connected (TLS checks the validity dates only at the handshake).
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import datetime as _dt
 import logging
+import threading
 from typing import NoReturn
 
 import grpc
@@ -30,6 +33,9 @@ from covey.transport.grpc.proto import covey_pb2 as pb
 __all__ = ["Admission", "Refusal"]
 
 logger = logging.getLogger("covey")
+
+REFUSALS_KEPT = 100
+"""The latest refusals whose causes a server keeps, for the stop of a run short of clients."""
 
 
 class Refusal(Exception):
@@ -50,14 +56,52 @@ class Admission:
         self.tls = tls
         self.version = covey_version()
         self._not_after: dict[bytes, _dt.datetime] = {}
+        self.refused = 0  # the refusals so far (see :meth:`refused_since`)
+        self._causes: collections.deque[str] = collections.deque(maxlen=REFUSALS_KEPT)
+        self._lock = threading.Lock()
+
+    def note(self, why: str, name: str = "", certificate: bytes | None = None) -> None:
+        """Count a refusal of client ``name`` for ``why`` (its certificate's serial named)."""
+        said = [f"client {name}"] if name else []
+        if certificate is not None:
+            with contextlib.suppress(ValueError):
+                serial = x509.load_pem_x509_certificate(certificate).serial_number
+                digits = f"{serial:X}"  # as `covey certs list` and openssl print it
+                said.append(f"serial {digits.zfill(len(digits) + len(digits) % 2)}")
+        with self._lock:
+            self.refused += 1
+            self._causes.append(f"{why} ({', '.join(said)})" if said else why)
+
+    def refused_since(self, mark: int) -> str:
+        """The refusals since :attr:`refused` was ``mark``, counted by cause; "" if none.
+
+        Example: ``2 connections refused in the wait: certificate revoked (client a,
+        serial 0A1B); certificate revoked (client b, serial 0C)``.
+        """
+        with self._lock:
+            count = self.refused - mark
+            causes = list(self._causes)[-count:] if count > 0 else []
+        if not causes:
+            return ""
+        seen = collections.Counter(causes)
+        shown = [c if seen[c] == 1 else f"{c} x{seen[c]}" for c in dict.fromkeys(causes)]
+        more = f"; {len(shown) - 3} more" if len(shown) > 3 else ""
+        plural = "connection" if count == 1 else "connections"
+        return f"{count} {plural} refused in the wait: {'; '.join(shown[:3])}{more}"
 
     def refuse(
-        self, context: grpc.ServicerContext, name: str, code: grpc.StatusCode, why: str
+        self,
+        context: grpc.ServicerContext,
+        name: str,
+        code: grpc.StatusCode,
+        why: str,
+        certificate: bytes | None = None,
     ) -> NoReturn:
         """Log and record the refusal of ``name``, then end its stream with ``code``."""
         peer = peer_of(context)
         logger.warning("refused %s from %s: %s", name or "a client", peer, why)
         self.registry.event(name or peer, "refused", f"{why} (peer {peer})")
+        self.note(why, name, certificate)
         context.abort(code, why)
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
@@ -119,7 +163,7 @@ class Admission:
             )
         why = self.problem(certificate) or self.weak(certificate)
         if why is not None:
-            self.refuse(context, name, grpc.StatusCode.PERMISSION_DENIED, why)
+            self.refuse(context, name, grpc.StatusCode.PERMISSION_DENIED, why, certificate)
         return name, certificate
 
     @staticmethod

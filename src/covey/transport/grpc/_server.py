@@ -126,6 +126,7 @@ class GrpcServerTransport:
         self._broadcast: tuple[Weights | None, _codec.Encoded | None] = (None, None)
         self._extras: tuple[Any, _codec.Encoded | None] = (None, None)
         self._reply_limits: tuple[_codec.Encoded | None, ReplyLimits] = (None, NO_MODEL)
+        self.refused_in_wait = ""  # the connections the last wait for clients refused
         self._service = FederationService(self._registry, tls, heartbeat, max_inflight)
         self._server, self.port = start_server(address, tls, self._service, max_clients)
         self.data_port: int | None = None  # the data port listened on, if any
@@ -161,8 +162,14 @@ class GrpcServerTransport:
         return self._registry.clients()
 
     def wait_for_clients(self, count: int, timeout: float | None) -> bool:
-        """Block until ``count`` clients are connected or ``timeout`` passes."""
-        return self._registry.wait_for(count, timeout)
+        """Block until ``count`` clients are connected or ``timeout`` passes.
+
+        :attr:`refused_in_wait` then counts the connections refused meanwhile, by cause.
+        """
+        mark = self._service.admission.refused
+        came = self._registry.wait_for(count, timeout)
+        self.refused_in_wait = self._service.admission.refused_since(mark)
+        return came
 
     def joins(self, cid: int) -> int:
         """The session of client ``cid``'s connection: it changes each time the client connects.

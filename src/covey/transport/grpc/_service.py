@@ -220,6 +220,7 @@ class FederationService(TaskStream):
         except Refusal as exc:
             logger.warning("refused %s from %s: %s", conn.name, conn.peer, exc)
             self.registry.event(conn.name, "refused", f"{exc} (peer {conn.peer})")
+            self.admission.note(str(exc), conn.name, conn.certificate)
             # Its stream ends refusing it, as a new connection would be: not cancelled,
             # which its client would take for a lost connection and retry.
             conn.refusal, conn.refusal_code = str(exc), grpc.StatusCode.PERMISSION_DENIED
