@@ -10,7 +10,6 @@ library: it talks to clients only through a :class:`~covey.transport.Transport`.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 from covey.aggregate import Begin
 from covey.aggregate._base import broadcast_extras, min_contributions, run_hooks
 from covey.core._history import Failure, History, RoundRecord, lacks_evaluate
-from covey.core._messages import EvaluateResult, Reply, Task
+from covey.core._messages import Reply, Task
 from covey.core._recordvalues import settle, written
 from covey.core._weights import Weights
 from covey.server._applied import AppliedRounds
@@ -26,7 +25,7 @@ from covey.server._base import EvaluateFn, FederationError, RoundCallback, _Loop
 from covey.server._cidorder import in_cid_order as in_cid_order
 from covey.server._configs import client_configs, evaluate_config, fit_config
 from covey.server._direct import fit_directly
-from covey.server._firstline import first_line as _first_line
+from covey.server._evalreplies import take_evaluations
 from covey.server._lasteval import evaluate_saved_last
 from covey.server._means import weighted_loss
 from covey.server._passing import KeptWhere, wait_for_eligible
@@ -455,31 +454,9 @@ class RoundLoop(_LoopBase):
         tasks, _ = self._tasks(task, cids)
         results = RoundMetrics("evaluate")
         losses: list[tuple[int, float]] = []
-        answered: set[int] = set()
         replies = self.transport.exchange(tasks, timeout=self.round_timeout)
         del tasks
-        for reply in in_cid_order(replies, cids):
-            answered.add(reply.cid)
-            res = reply.result
-            if not reply.ok:
-                err = reply.error or ""
-                self._record_failure(
-                    record.evaluate_failures,
-                    Failure(reply.cid, "evaluate", _first_line(err), err),
-                    record,
-                )
-            elif (why := _unusable(res) or results.refusal(res.metrics)) is not None:
-                self._refuse(record.evaluate_failures, Failure(reply.cid, "evaluate", why), record)
-            else:
-                record.evaluate_participants.append(reply.cid)
-                record.evaluate_examples += res.num_examples
-                losses.append((res.num_examples, res.loss))
-                results.append((res.num_examples, res.metrics))
-        for cid in cids:
-            if cid not in answered:
-                self._record_failure(
-                    record.evaluate_failures, Failure(cid, "evaluate", "no reply in time"), record
-                )
+        take_evaluations(self, replies, cids, record, results, losses)
         got, least = len(record.evaluate_participants), strategy.min_evaluate_clients
         if got < min(least, len(cids)):
             if got or not all(map(lacks_evaluate, record.evaluate_failures)):  # said once
@@ -493,16 +470,3 @@ class RoundLoop(_LoopBase):
         if results:  # evaluate_metrics may weigh them otherwise (or count the clients)
             record.evaluate_metrics = strategy.combined_metrics("evaluate", results, rnd)
         return True
-
-
-def _unusable(result: Any) -> str | None:
-    """Why an evaluate reply's result cannot be counted, or None.
-
-    A loss that is no finite number is refused, unless the reply counts no
-    example: the mean over an empty test set is NaN, and it weighs nothing.
-    """
-    if not isinstance(result, EvaluateResult):
-        return f"reply is {type(result).__name__}, expected EvaluateResult"
-    if result.num_examples and not math.isfinite(result.loss):
-        return f"its loss is {result.loss}, not a finite number"
-    return None
