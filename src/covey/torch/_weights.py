@@ -9,7 +9,8 @@ import numpy as np
 
 from covey.clients._quiet import ignoring
 from covey.clients._torch import torch_module
-from covey.core._weights import Array, Weights, WeightsError, dtype_hint
+from covey.core._weighthints import dtype_hint
+from covey.core._weights import Array, Weights, WeightsError
 
 __all__ = ["load_weights", "to_state_dict", "to_weights"]
 
