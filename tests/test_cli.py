@@ -109,6 +109,23 @@ def test_demo_of_one_round_says_round_not_rounds(
     assert " after 1 round in " in final
 
 
+def test_demo_of_many_rounds_prints_their_last_100_and_how_to_see_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A finished run's table printed every round: 10,000 lines for 10,000 rounds.
+    monkeypatch.chdir(tmp_path)
+    code, said, err = _in_process(
+        *("demo", "--rounds", "103", "--clients", "2", "--no-plot", "--run-dir", "r")
+    )
+    assert code == 0, said + err
+    rows = [line.split()[0] for line in said.splitlines() if line.strip()[:1].isdigit()]
+    assert rows[:100] == [str(rnd) for rnd in range(4, 104)], said
+    assert "Rounds (the last 100 of 104)" in said
+    assert "the first 4 rounds not shown (covey runs show r --all shows every round)" in said
+    whole = covey.History.from_json((tmp_path / "r" / "history.json").read_text())
+    assert len(whole.rounds) == 104
+
+
 def test_demo_out_writes_the_final_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from safetensors import safe_open
 

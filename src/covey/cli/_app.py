@@ -118,7 +118,7 @@ def demo(
     """Train logistic regression on label-skewed digits across simulated clients with FedAvg."""
     from covey.cli._demo import DemoConfig, SplitError, demo_split, plot_history
     from covey.cli._model import not_saved, save_model
-    from covey.cli._runs import endings, print_table, round_table
+    from covey.cli._rounds import endings, print_rounds
     from covey.core._messages import MAX_ROUNDS
     from covey.data import load_digits
     from covey.deploy._cli_errors import fail, output_file
@@ -164,7 +164,7 @@ def demo(
         f"{_per_round(clients, fraction)} per round ({backend} backend)"
     )
     result = _run_demo(config, run_dir, out)
-    print_table(round_table(result.history), console)
+    print_rounds(result.history, console, folder=run_dir)
     for line in endings(result.history):
         console.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
     final = result.history.rounds[-1]

@@ -471,11 +471,11 @@ def _end_finished(name: str, run_dir: Path, rounds: int) -> bool:
 
 def _finished(name: str, run_dir: Path, result: Any) -> None:
     """Report a finished run and keep its model; exit with status 1 if it cannot be kept."""
-    from covey.cli._runs import endings, print_table, round_table
+    from covey.cli._rounds import endings, print_rounds
     from covey.server._outputs import plot_history
 
     plot_history(result.history, run_dir / "plot.png", title=name)
-    print_table(round_table(result.history), console)
+    print_rounds(result.history, console, folder=run_dir)
     for line in endings(result.history):
         console.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
     files = "history.json, plot.png"

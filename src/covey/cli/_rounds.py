@@ -10,6 +10,7 @@ whose aggregation failed.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -17,18 +18,29 @@ from rich import box
 from rich.table import Table
 
 from covey.core._runstep import STOPPED_IN, last_finished_step, step_of_settings
+from covey.deploy._cli_tables import print_table
 from covey.deploy._shown import escape
 
+#: How many of a run's last rounds ``covey runs show`` and a finished run's table show
+#: without ``--last`` or ``--all``.
+SHOWN_ROUNDS = 100
+
 if TYPE_CHECKING:  # imported where used: NumPy is slow to load for `covey --help`
+    from pathlib import Path
+
+    from rich.console import Console
+
     from covey.core._history import History, RoundRecord
     from covey.core._metricnames import Source
 
 __all__ = [
     "MAX_MORE_COLUMNS",
     "ROUND_COLUMNS",
+    "SHOWN_ROUNDS",
     "endings",
     "last_finished",
     "metric_columns",
+    "print_rounds",
     "round_table",
     "settings_facts",
     "shown_rounds",
@@ -292,3 +304,33 @@ def settings_facts(config: dict[str, Any], name: Any) -> list[str]:
     if config.get("covey_version"):  # the covey that started the run
         facts.append(f"started by covey {config['covey_version']}")
     return facts
+
+
+def print_rounds(
+    history: History,
+    out: Console,
+    *,
+    last: int | None = SHOWN_ROUNDS,
+    traffic: bool = False,
+    folder: Path | None = None,
+) -> None:
+    """Print a run's rounds table, then how many rounds it left out and how to see them.
+
+    Args:
+        history: The run's history.
+        out: The console to print on.
+        last: Show only the last ``last`` rounds; None shows every round.
+        traffic: Also the array bytes each round sent and received.
+        folder: The run's folder, named in the line on rounds left out (a finished
+            run's table); None names ``covey runs show``'s own flags.
+    """
+    print_table(round_table(history, last=last, traffic=traffic), out)
+    left_out = len(history.rounds) - len(shown_rounds(history, last).rounds)
+    if left_out:
+        step = step_of(history)
+        see = (
+            f"--all shows every {step}, --last N the last N"
+            if folder is None
+            else f"covey runs show {shlex.quote(str(folder))} --all shows every {step}"
+        )
+        out.print(escape(f"the first {left_out:,} {step}s not shown ({see})"), soft_wrap=True)

@@ -21,9 +21,11 @@ from rich.table import Table
 from covey.cli._rounds import (
     MAX_MORE_COLUMNS,
     ROUND_COLUMNS,
+    SHOWN_ROUNDS,
     endings,
     last_finished,
     metric_columns,
+    print_rounds,
     round_table,
     settings_facts,
     shown_rounds,
@@ -74,8 +76,6 @@ __all__ = [
 
 console = output_console()
 
-#: How many of a run's last rounds ``covey runs show`` shows without ``--last`` or ``--all``.
-SHOWN_ROUNDS = 100
 warnings_console = Console(stderr=True, highlight=False, emoji=False)
 
 runs_app = typer.Typer(
@@ -445,14 +445,7 @@ def show_run(
     facts = settings_facts(config, name)
     if facts:
         console.print(escape(", ".join(facts)))
-    print_table(round_table(history, last=last, traffic=True))
-    left_out = len(history.rounds) - len(shown_rounds(history, last).rounds)
-    if left_out:
-        console.print(
-            f"the first {left_out:,} {step_of(history)}s not shown "
-            f"(--all shows every {step_of(history)}, --last N the last N)",
-            soft_wrap=True,
-        )
+    print_rounds(history, console, last=last, traffic=True)
     for line in endings(history):
         console.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
     if history.clients:
