@@ -13,8 +13,9 @@ import importlib.util
 import inspect
 import pkgutil
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from types import ModuleType
+from types import FunctionType, ModuleType
 
 import pytest
 
@@ -217,6 +218,37 @@ def _arguments_problems(where: str, func: object, doc: str) -> list[str]:
     return problems
 
 
+def _constructor_doc(cls: type, doc: str) -> str:
+    """The class's docstring and its own ``__init__``'s: either may tell its arguments."""
+    init = vars(cls).get("__init__")
+    init_doc = inspect.getdoc(init) if inspect.isfunction(init) else None
+    return doc + "\n" + (init_doc or "")
+
+
+def _public_methods(cls: type, fields: Iterable[str] = ()) -> list[tuple[str, FunctionType]]:
+    """The public functions ``cls`` defines (a static or class method's own function).
+
+    A dataclass field's default is no method: ``fields`` are left out.
+    """
+    methods = []
+    for attr, member in vars(cls).items():
+        func = getattr(member, "__func__", member)
+        if not attr.startswith("_") and attr not in fields and inspect.isfunction(func):
+            methods.append((attr, func))
+    return methods
+
+
+def _unchecked(cls: type) -> bool:
+    """An exception or a protocol: its constructor is not its own to document."""
+    return issubclass(cls, BaseException) or getattr(cls, "_is_protocol", False)
+
+
+def _exports(module_name: str) -> list[tuple[str, object]]:
+    """The names ``module_name`` exports, with the dotted name each is known by."""
+    module = importlib.import_module(module_name)
+    return [(f"{module_name}.{n}", getattr(module, n)) for n in getattr(module, "__all__", [])]
+
+
 def _class_problems(where: str, cls: type) -> list[str]:
     doc = inspect.getdoc(cls) or ""
     fields = getattr(cls, "__dataclass_fields__", None)
@@ -227,28 +259,22 @@ def _class_problems(where: str, cls: type) -> list[str]:
             for n in _listed(doc, heading)
             if n not in fields and not hasattr(cls, n)
         ]
-    elif issubclass(cls, BaseException) or getattr(cls, "_is_protocol", False):
+    elif _unchecked(cls):
         problems = []
     else:
-        init = vars(cls).get("__init__")
-        init_doc = inspect.getdoc(init) if inspect.isfunction(init) else None
-        problems = _arguments_problems(where, cls, doc + "\n" + (init_doc or ""))
-    for attr, member in vars(cls).items():
-        func = getattr(member, "__func__", member)  # a staticmethod or classmethod's function
-        if not attr.startswith("_") and inspect.isfunction(func):
-            problems += _arguments_problems(f"{where}.{attr}", func, inspect.getdoc(func) or "")
+        problems = _arguments_problems(where, cls, _constructor_doc(cls, doc))
+    for attr, func in _public_methods(cls):
+        problems += _arguments_problems(f"{where}.{attr}", func, inspect.getdoc(func) or "")
     return problems
 
 
 def _stale_arguments(module_name: str) -> list[str]:
-    module = importlib.import_module(module_name)
     problems: list[str] = []
-    for name in getattr(module, "__all__", []):
-        obj = getattr(module, name)
+    for where, obj in _exports(module_name):
         if inspect.isclass(obj):
-            problems += _class_problems(f"{module_name}.{name}", obj)
+            problems += _class_problems(where, obj)
         elif inspect.isfunction(obj):
-            problems += _arguments_problems(f"{module_name}.{name}", obj, inspect.getdoc(obj) or "")
+            problems += _arguments_problems(where, obj, inspect.getdoc(obj) or "")
     return problems
 
 
@@ -300,18 +326,12 @@ def _class_unexplained(where: str, cls: type) -> list[str]:
     if taken is not None:  # each in Args or Attributes
         listed = {*_listed(doc, "Args"), *_listed(doc, "Attributes")}
         missing = [where] if any(n not in listed for n in taken if n[0] != "_") else []
-    elif issubclass(cls, BaseException) or getattr(cls, "_is_protocol", False):
+    elif _unchecked(cls):
         missing = []
     else:
-        init = vars(cls).get("__init__")
-        init_doc = inspect.getdoc(init) if inspect.isfunction(init) else None
-        missing = _unexplained(where, cls, doc + "\n" + (init_doc or ""))
-    for attr, member in vars(cls).items():
-        func = getattr(member, "__func__", member)  # a staticmethod or classmethod's function
-        if attr.startswith("_") or attr in (fields or {}):  # a field's default is no method
-            continue
-        if inspect.isfunction(func):
-            missing += _unexplained(f"{where}.{attr}", func, inspect.getdoc(func) or "")
+        missing = _unexplained(where, cls, _constructor_doc(cls, doc))
+    for attr, func in _public_methods(cls, fields or {}):
+        missing += _unexplained(f"{where}.{attr}", func, inspect.getdoc(func) or "")
     return missing
 
 
@@ -321,14 +341,12 @@ def _unexplained_arguments(module_name: str) -> list[str]:
     A dataclass counts when a field it is built with is in neither its ``Args:``
     nor its ``Attributes:`` section.
     """
-    module = importlib.import_module(module_name)
     missing: list[str] = []
-    for name in getattr(module, "__all__", []):
-        obj = getattr(module, name)
+    for where, obj in _exports(module_name):
         if inspect.isclass(obj):
-            missing += _class_unexplained(f"{module_name}.{name}", obj)
+            missing += _class_unexplained(where, obj)
         elif callable(obj) and not inspect.ismodule(obj):
-            missing += _unexplained(f"{module_name}.{name}", obj, inspect.getdoc(obj) or "")
+            missing += _unexplained(where, obj, inspect.getdoc(obj) or "")
     return missing
 
 
