@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,14 @@ def _table(source: CSV) -> tuple[dict[str, str], list[tuple[object, ...]]]:
     with site._con.cursor() as con:
         rows = con.execute("SELECT * FROM t").fetchall()
     return site._columns["t"], rows
+
+
+def _refusal(path: Path, text: str, read: Callable[[], object]) -> str:
+    """What reading table ``t`` from ``path``, holding ``text``, is refused with."""
+    path.write_text(text)
+    with pytest.raises(ValueError, match=r"table 't': ") as info:
+        read()
+    return str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -147,10 +156,7 @@ def test_a_semicolon_file_whose_numbers_do_not_tell_its_decimal_separator_is_ref
     tmp_path: Path, text: str, said: str
 ) -> None:
     path = tmp_path / "t.csv"
-    path.write_text(text)
-    with pytest.raises(ValueError, match=r"table 't': ") as info:
-        _table(CSV(path))
-    assert said.format(path=path) in str(info.value)
+    assert said.format(path=path) in _refusal(path, text, lambda: _table(CSV(path)))
     # said: read so (a column written the other way stays text)
     assert _table(CSV(path, decimal=","))[1][0][1] == (1234 if "7.250" in text else "1.234")
 
@@ -190,11 +196,9 @@ def test_a_bounded_column_of_grouped_numbers_it_cannot_read_is_refused_saying_wh
     tmp_path: Path, text: str, said: str
 ) -> None:
     path = tmp_path / "t.csv"
-    path.write_text(text)
     source = CSV(path, decimal=",") if ";" in text else CSV(path)
-    with pytest.raises(ValueError, match=r"table 't': ") as info:
-        Site({"t": source}, Policy(bounds={"cost": (0, 1e6)}, min_group_size=1))
-    assert said in str(info.value)
+    policy = Policy(bounds={"cost": (0, 1e6)}, min_group_size=1)
+    assert said in _refusal(path, text, lambda: Site({"t": source}, policy))
 
 
 def test_a_comma_grouping_thousands_reads_so_where_the_decimal_point_is_said(
