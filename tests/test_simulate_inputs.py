@@ -647,17 +647,32 @@ def test_a_client_fn_returning_the_client_class_is_named(backend: str) -> None:
         assert [(f.cid, f.error) for f in record.fit_failures] == [(1, f"{said} (PlusOne(...))")]
 
 
+@pytest.mark.parametrize("kind", ["generator", "coroutine"])
 @pytest.mark.parametrize("backend", ["inline", "process"])
-def test_a_client_fn_yielding_its_client_is_told_to_return_it(backend: str) -> None:
-    # It was told "returned generator, not a client: it has no fit() method".
-    def make_client(cid: int) -> Any:
-        yield PlusOne()
+def test_a_client_fn_yielding_its_client_or_async_is_told_to_return_it(
+    backend: str, kind: str
+) -> None:
+    # It was told "returned generator, not a client: it has no fit() method"; an
+    # async one "returned coroutine", and its coroutine then warned it was never awaited.
+    if kind == "generator":
 
-    said = (
-        "client_fn(0) returned a generator, not a client: make_client yields the client, "
-        "which makes it a generator function; return the client instead "
-        "(return MyClient(...), not yield)"
-    )
+        def make_client(cid: int) -> Any:
+            yield PlusOne()
+
+        hint = (
+            "make_client yields the client, which makes it a generator function; return the "
+            "client instead (return MyClient(...), not yield)"
+        )
+    else:
+
+        async def make_client(cid: int) -> Any:  # type: ignore[misc]
+            return PlusOne()
+
+        hint = (
+            "make_client is a coroutine function (async def), which returns a coroutine; "
+            "define it with def and return the client"
+        )
+    said = f"client_fn(0) returned a {kind}, not a client: {hint}"
     with pytest.raises(covey.FederationError, match=re.escape(said)):
         covey.simulate(
             make_client,
@@ -962,22 +977,38 @@ def test_integer_initial_weights_that_clients_train_as_floats_are_named_as_the_c
     assert str(caught.value).endswith("'w' has dtype float64, expected float32")
 
 
-def test_covey_client_app_yielding_its_client_is_told_to_return_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (
+            "def client_fn(cid):\n    yield covey.Client()\n",
+            "returned a generator, not a covey client (no fit): client_fn yields the client, "
+            "which makes it a generator function; return the client instead "
+            "(return MyClient(...), not yield)",
+        ),
+        (
+            "async def client_fn(cid):\n    return covey.Client()\n",
+            "returned a coroutine, not a covey client (no fit): client_fn is a coroutine "
+            "function (async def), which returns a coroutine; define it with def",
+        ),
+    ],
+)
+def test_covey_client_app_yielding_its_client_or_async_is_told_to_return_it(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    body: str,
+    said: str,
 ) -> None:
     import typer
 
     from covey.deploy._cli_client import _make_client
 
-    (tmp_path / "yielding_app.py").write_text(
-        "import covey\n\n\ndef client_fn(cid):\n    yield covey.Client()\n"
-    )
+    (tmp_path / "yielding_app.py").write_text(f"import covey\n\n\n{body}")
     monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
     try:
         with pytest.raises(typer.Exit):
             _make_client("yielding_app:client_fn", 0)
     finally:
         sys.modules.pop("yielding_app", None)
-    said = " ".join(capsys.readouterr().err.split())
-    assert "returned a generator, not a covey client (no fit): client_fn yields the client" in said
-    assert "return the client instead (return MyClient(...), not yield)" in said
+    assert said in " ".join(capsys.readouterr().err.split())

@@ -24,7 +24,7 @@ from covey.clients._mistakes import (
     check_signature,
     not_a_fit_result,
     not_a_result,
-    yielded,
+    not_built,
 )
 from covey.core._interrupt import as_interrupt, interrupt_in
 from covey.core._messages import Config, EvaluateResult, FitResult, Reply, Task
@@ -460,8 +460,8 @@ def _not_a_client(client: object, cid: int, method: str) -> str:
     kind = type(client).__name__
     if method == "evaluate" and callable(getattr(client, "fit", None)):
         return f"{kind} does not implement evaluate()"
-    if hint := yielded(client):
-        return f"client_fn({cid}) returned a generator, not a client{hint}"
+    if hint := not_built(client):
+        return f"client_fn({cid}) returned a {kind}, not a client{hint}"
     return (
         f"client_fn({cid}) returned {kind}, not a client: it has no {method}() method "
         "(expected a covey.Client)"

@@ -50,14 +50,26 @@ class ResultRefused(Exception):
     """
 
 
-def yielded(client: object) -> str:
-    """The hint for a ``client_fn`` that yields its client (a generator function) or ``""``."""
-    if not inspect.isgenerator(client):
-        return ""
-    return (
-        f": {client.gi_code.co_name} yields the client, which makes it a generator "
-        "function; return the client instead (return MyClient(...), not yield)"
-    )
+def not_built(client: object) -> str:
+    """The hint for a ``client_fn`` that did not return its client, or ``""``.
+
+    One that yields it is a generator function; one defined with ``async def``
+    returns a coroutine (closed here unrun, so that no "never awaited" warning
+    follows).
+    """
+    if inspect.isgenerator(client):
+        return (
+            f": {client.gi_code.co_name} yields the client, which makes it a generator "
+            "function; return the client instead (return MyClient(...), not yield)"
+        )
+    if inspect.iscoroutine(client):
+        client.close()
+        return (
+            f": {client.cr_code.co_name} is a coroutine function (async def), which returns "
+            "a coroutine; define it with def and return the client (run any asynchronous "
+            "set-up inside it with asyncio.run(...))"
+        )
+    return ""
 
 
 def check_signature(client: Any, method: str, exc: TypeError) -> None:

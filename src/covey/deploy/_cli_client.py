@@ -49,7 +49,7 @@ def _make_client(spec: str, cid: Any, flag: str = "--app") -> Any:
     ``flag``: where ``spec`` came from, named in errors (a ``--config`` file's key).
     """
     from covey.clients._build import build_client
-    from covey.clients._mistakes import yielded
+    from covey.clients._mistakes import not_built
 
     obj = load_object(spec, flag, example="myfed:client_fn")
     if hasattr(obj, "fit") and not isinstance(obj, type):
@@ -69,7 +69,7 @@ def _make_client(spec: str, cid: Any, flag: str = "--app") -> Any:
         fail(f"{flag} {spec}{given}: the client could not be made: {type(exc).__name__}: {exc}")
     if not hasattr(client, "fit"):
         kind = type(client).__name__
-        fail(f"{flag} {spec} returned a {kind}, not a covey client (no fit){yielded(client)}")
+        fail(f"{flag} {spec} returned a {kind}, not a covey client (no fit){not_built(client)}")
     return client
 
 
