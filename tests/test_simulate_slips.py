@@ -137,6 +137,13 @@ def test_a_client_fn_that_takes_no_client_id_is_refused_before_any_client_runs(
         ("fraction_fit", "fraction_fit is the strategy's option: strategy=covey.FedAvg("),
         ("min_fit_clients", "min_fit_clients is the strategy's option"),  # not num_clients
         ("lr", "lr is the clients' setting: send it to them each round with strategy="),
+        # an option of some presets alone: Python's plain error before
+        (
+            "proximal_mu",
+            "proximal_mu is an option of covey.FedProx: strategy=covey.FedProx(proximal_mu=...)",
+        ),
+        ("server_lr", "server_lr is an option of covey.FedAvgM, covey.Scaffold, covey.FedBuff"),
+        ("beta1", "beta1 is an option of covey.FedAdam, covey.FedYogi, covey.FedAdagrad"),
     ],
 )
 def test_another_name_for_a_simulate_keyword_names_covey_s(given: str, said: str) -> None:

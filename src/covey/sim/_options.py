@@ -25,7 +25,7 @@ from covey.strategies._checks import (
 )
 from covey.strategies._names import CLIENT_SETTINGS, a_strategy, unknown_options
 from covey.strategies._options import StrategyOptions
-from covey.strategies._presets import FedAvg
+from covey.strategies._presets import PRESETS, FedAvg
 from covey.strategies._strategy import Strategy
 
 __all__ = [
@@ -67,11 +67,26 @@ FLOWER_SIMULATE = {
 }
 
 
+def _preset_options() -> dict[str, str]:
+    """The options some presets take beyond every strategy's, each with where it goes."""
+    takers: dict[str, list[str]] = {}
+    for preset in PRESETS:
+        for name, param in inspect.signature(preset).parameters.items():
+            named = param.kind in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD)
+            if named and name not in StrategyOptions.__annotations__:
+                takers.setdefault(name, []).append(f"covey.{preset.__name__}")
+    return {
+        name: f"an option of {', '.join(who)}: strategy={who[0]}({name}=...)"
+        for name, who in takers.items()
+    }
+
+
 _SEED = "covey's seed (an int seeding the sampling of clients)"
 _WEIGHTS = "covey's initial_weights (the model's weights, a dict of names to NumPy arrays)"
 _RAY = "given as client_resources={{'{}': ...}} with backend='ray'"
 #: Other names people give simulate's keywords, and options that belong elsewhere.
 SIMULATE_ELSEWHERE = {
+    **_preset_options(),  # proximal_mu: covey.FedProx's
     **dict.fromkeys(("random_seed", "random_state", "rng"), _SEED),
     **dict.fromkeys(("n_rounds", "num_round", "rounds_count"), "covey's rounds"),
     **dict.fromkeys(("model", "parameters", "params"), _WEIGHTS),
