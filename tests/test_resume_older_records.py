@@ -48,10 +48,10 @@ def _prox(mu: Any) -> _Prox:
 
 
 def _older_run(run: Path, strategy: covey.Strategy, monkeypatch: pytest.MonkeyPatch) -> None:
-    from covey.strategies import _strategy
+    from covey.strategies import _describe
 
     with monkeypatch.context() as older:
-        older.setattr(_strategy, "subclass_options", _older_subclass_options)
+        older.setattr(_describe, "subclass_options", _older_subclass_options)
         covey.simulate(Shift, 3, 1, strategy, _init(), run_dir=run)
 
 

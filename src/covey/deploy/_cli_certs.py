@@ -266,7 +266,7 @@ def revoke(
         str | None,
         typer.Argument(
             callback=lambda value: None if value is None else _client_id(value),
-            metavar="[CLIENT_ID]",
+            metavar="CLIENT_ID",
             help="The client id to revoke (its certificate in clients/).",
             show_default=False,
         ),
