@@ -61,6 +61,18 @@ def _events(run_dir: Path) -> list[tuple[str, str, str]]:
         return [(client, event, detail) for _, client, event, detail in store.events()]
 
 
+def _stopped(served: Served, joined: list[Joined], gate: threading.Event) -> covey.FederationError:
+    """The error ``served``'s run stops with; then ``gate`` is opened and the clients joined."""
+    try:
+        with pytest.raises(covey.FederationError) as caught:
+            served.join(60)
+    finally:
+        gate.set()
+        for client in joined:
+            client.join(30)
+    return caught.value
+
+
 def test_a_late_reply_is_discarded_and_never_folded_into_a_later_round(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -119,22 +131,16 @@ def test_a_run_that_cannot_reach_its_minimum_stops_and_records_why(tmp_path: Pat
     )
     sites = {name: Site(name, gate if name == "slow" else None) for name in SIZES}
     joined = [Joined(served.port, site, name=name) for name, site in sites.items()]
-    try:
-        with pytest.raises(covey.FederationError) as caught:
-            served.join(60)
-    finally:
-        gate.set()
-        for client in joined:
-            client.join(30)
-    history = caught.value.history
-    assert "fewer than min_fit_clients=3" in str(caught.value)
+    error = _stopped(served, joined, gate)
+    history = error.history
+    assert "fewer than min_fit_clients=3" in str(error)
     # It sampled only min_fit_clients: the slow site alone stopped it, and it says what to set.
-    assert str(caught.value).endswith(
+    assert str(error).endswith(
         "fewer than min_fit_clients=3; a round sampling no more than min_fit_clients stops at "
         "one straggler: sample more clients (fraction_fit), lower min_fit_clients or allow more "
         "time (round_timeout / --round-timeout); failures: slow: no reply in time"
     )
-    assert history.stopped_reason == str(caught.value)
+    assert history.stopped_reason == str(error)
     assert sorted(history.clients.values()) == ["a", "b", "slow"]
     last = history.rounds[-1]
     assert last.round == 1
@@ -664,14 +670,7 @@ def test_a_fedbuff_run_whose_clients_all_miss_the_timeout_names_it() -> None:
     strategy = covey.FedBuff(buffer_size=2, concurrency=3, min_available_clients=3)
     served = Served(strategy, 1, round_timeout=0.2)
     joined = [Joined(served.port, Site(n, gate), name=n) for n in SIZES]
-    try:
-        with pytest.raises(covey.FederationError) as caught:
-            served.join(60)
-    finally:
-        gate.set()
-        for client in joined:
-            client.join(30)
-    said = str(caught.value)
+    said = str(_stopped(served, joined, gate))
     assert "replies in a row failed" in said
     assert said.endswith(
         "no client replied within the round timeout of 0.2 s: allow more time "
