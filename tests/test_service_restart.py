@@ -131,6 +131,10 @@ def test_resume_if_present_without_run_dir_is_refused_first_for_any_app(
     assert refused.returncode == 2, refused.stderr
     last = " ".join(undated(refused.stderr).strip().splitlines()[-1].split())
     assert last.startswith("error: --resume-if-present needs --run-dir PATH"), refused.stderr
+    # an app with main= would then refuse --run-dir: the message says so up front
+    assert last.endswith(
+        "(an --app whose ServerApp has main= keeps no run folder: leave the flag out for it)"
+    ), refused.stderr
 
 
 def test_resume_if_present_needs_run_dir_and_no_resume(tmp_path: Path) -> None:

@@ -214,7 +214,8 @@ def present_run(run_dir: Path | None, resume: Path | None) -> tuple[Path | None,
     if run_dir is None:
         fail(
             "--resume-if-present needs --run-dir PATH: the folder to start the run in, or "
-            "whose run to resume"
+            "whose run to resume (an --app whose ServerApp has main= keeps no run folder: "
+            "leave the flag out for it)"
         )
     from covey.server._readcopy import is_simulation
 
