@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import textwrap
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import BinaryIO, Final
 
@@ -39,7 +40,10 @@ class HistoryFile:
     every record into JSON again: seconds for 10,000 rounds). A record's text is
     final once the round after it was written, as the run's store keeps it. A
     file that is no longer the one it wrote (replaced or changed by another
-    program) is written from the records again.
+    program) is written from the records again. The first write of a resumed
+    run takes up the file its earlier servers left: the text of each of its
+    first records that holds the values of the run's record is copied, not made
+    again (a damaged or changed file's records are made anew).
 
     Writing the whole file still takes time growing with its size, and atomic
     writes cannot append. Up to :data:`SMALL_FILE` the file is written after
@@ -63,6 +67,7 @@ class HistoryFile:
         self._written: _Written | None = None  # the file as last written
         self._due = 0.0  # time.monotonic() from which a large file is written again
         self._said = ""  # the file's settings and stop reason, as last written
+        self._taken_up = False  # whether the first write looked for a file an earlier run left
 
     def write(self, history: History, *, final: bool = False) -> bool:
         """Write ``history`` to the file atomically, unless it is large and was just written.
@@ -87,6 +92,9 @@ class HistoryFile:
         head = json.dumps({**_head(history), "rounds": []}, indent=2).encode("utf-8")
         rounds = history.rounds
         before = self._written
+        if before is None and not self._taken_up:  # a resumed run: the file it left
+            self._taken_up = True
+            before = _left(rounds, self.path)
         kept = 0 if before is None else before.reusable(rounds, self.path)
         written = _Written(rounds)
         texts = [_text(record) for record in rounds[kept:]]
@@ -123,6 +131,71 @@ def _text(record: RoundRecord) -> bytes:
     """A record's text in ``history.json``, as :meth:`History.save` writes it."""
     text = json.dumps(jsonable(asdict(record)), indent=2)
     return textwrap.indent(text, "    ").encode("utf-8")
+
+
+ROUNDS_OPEN: Final = b'\n  "rounds": [\n'
+"""What opens the records in ``history.json``: its last key, the one at the top level."""
+ROUNDS_CLOSE: Final = b"\n  ]\n}"
+"""What closes the records and the file."""
+_LAID_OUT = re.compile(rb"\n *")
+"""A line break and the next line's indent (JSON's strings hold neither raw)."""
+RECORD_END: Final = b"\n    }"
+"""What ends a record's text: its top-level object's brace, the only one this deep."""
+
+
+def _left(rounds: list[RoundRecord], path: Path) -> _Written | None:
+    """The ``history.json`` an earlier writer of the run left, as if this writer wrote it.
+
+    Its first records are taken up while each holds what the run's record of that
+    place holds (the same JSON, keys in the same order), all but the newest of
+    ``rounds``: a record its round's callbacks changed since, a file cut short, damaged
+    or of another run is made anew from there on. None if no record is taken up.
+    """
+    if len(rounds) < 2:
+        return None
+    try:
+        with open(path, "rb") as old:
+            stamp, _ = _stamp(path, old.fileno())
+            text = old.read()
+    except OSError:
+        return None
+    opened = text.find(ROUNDS_OPEN)
+    if opened < 0 or not text.endswith(ROUNDS_CLOSE):
+        return None
+    body = start = opened + len(ROUNDS_OPEN)
+    stop = len(text) - len(ROUNDS_CLOSE)
+    taken, taken_end = 0, body
+    while taken < len(rounds) - 1 and start < stop:
+        end = text.find(RECORD_END + b",\n", start, stop)
+        end = stop if end < 0 else end + len(RECORD_END)
+        if not _holds(text[start:end], rounds[taken]):
+            break
+        taken, taken_end, start = taken + 1, end, end + 2  # past ",\n"
+    if not taken:
+        return None
+    written = _Written(rounds[: taken + 1])  # settled: the records taken up
+    written.span = (body, taken_end)
+    written.stamp, written.size = stamp, len(text)
+    return written
+
+
+def _holds(text: bytes, record: RoundRecord) -> bool:
+    """Whether a record's ``text`` in the file is the one :meth:`History.save` writes of it.
+
+    Compared as compact JSON (the C encoder's, no record turned into JSON by
+    Python): its text with the line breaks and indents taken out, against
+    ``record``'s values in that form. Keys, their order, values and the types
+    JSON tells apart must be the same; a record plain JSON cannot say as the file
+    does (NumPy values, NaN) is not taken up.
+    """
+    if not text.startswith(b"    {"):
+        return False
+    values = {f.name: getattr(record, f.name) for f in fields(record)}
+    try:
+        said = json.dumps(values, allow_nan=False, separators=(",", ": "))
+    except (ValueError, TypeError, RecursionError):
+        return False
+    return _LAID_OUT.sub(b"", text[4:]) == said.encode("ascii")
 
 
 def _stamp(path: Path, fd: int | None = None) -> tuple[tuple[int, ...], int]:
