@@ -28,11 +28,10 @@ Example:
 from __future__ import annotations
 
 import json
-import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -40,41 +39,30 @@ from typing import Any, Self
 import numpy as np
 from safetensors import SafetensorError
 
-from covey.core._history import History, RoundRecord
+from covey.core._history import RoundRecord
 from covey.core._version import covey_version
-from covey.core._weights import Array, Weights, WeightsSpec
-from covey.server._kept import check_keep_last, kept_rounds, prune, pruned_error
+from covey.core._weights import Weights, WeightsSpec
+from covey.server._kept import check_keep_last, prune
 from covey.server._newrun import NewRunFolder
 from covey.server._room import with_room_note
 from covey.server._roundfiles import (
     WEIGHTS_DIR,
-    check_finite,
-    damaged_record_error,
-    lost_rounds_error,
-    read_record,
-    read_weights,
     record_json,
     remove,
-    round_number,
-    round_of_file,
     save_error,
-    stored_file,
-    stored_state,
     sweep,
     weights_file_name,
     write_weights,
 )
-from covey.server._rundb import DB_NAME, NewerFormatError, RunDB, hold_run
+from covey.server._rundb import DB_NAME, RunDB, hold_run
 from covey.server._runlock import make_run_folder
-from covey.server._runrecords import RunRecords, Status, rewrite_of, settle_saved
+from covey.server._runrecords import Status, rewrite_of, settle_saved
+from covey.server._storedrounds import StoredRounds
 
 __all__ = ["RunStore", "Status"]
 
-logger = logging.getLogger("covey")
-SKIPS_SAID = 3  # damaged rounds named one by one when resuming; the older ones counted
 
-
-class RunStore(RunRecords):
+class RunStore(StoredRounds):
     """The durable state of one federated run: settings, rounds, clients, events.
 
     Make one with :meth:`create` (a new run) or :meth:`open` (resume an existing
@@ -89,6 +77,13 @@ class RunStore(RunRecords):
             round, weights, record, state = store.load_latest_valid()
             store.discard_after(round)  # drop newer rounds whose files were bad
             ...  # continue with round + 1
+
+    Args:
+        run_dir: The run directory.
+        db: The run's open database.
+        config_text: The run's settings as stored, JSON.
+        lock_fd: The descriptor of the run's ``run.lock`` this store holds until
+            :meth:`close`, or None.
     """
 
     def __init__(
@@ -316,126 +311,6 @@ class RunStore(RunRecords):
             if keep_last is not None:
                 prune(self._db, self._weights_dir, keep_last)
 
-    def last_round(self) -> int | None:
-        """The newest saved round, or None if no round was saved."""
-        with self._db.reading() as conn:
-            row = conn.execute("SELECT MAX(round) FROM rounds").fetchone()
-        return None if row[0] is None else int(row[0])
-
-    def rounds(self) -> list[int]:
-        """Every saved round, oldest first (including rounds whose weights were pruned)."""
-        with self._db.reading() as conn:
-            rows = conn.execute("SELECT round FROM rounds ORDER BY round").fetchall()
-        return [int(r[0]) for r in rows]
-
-    def kept_rounds(self) -> list[int]:
-        """The saved rounds whose weights file is still kept (see ``keep_last``), oldest first."""
-        return kept_rounds(self._db)
-
-    def load_round(
-        self, round: int
-    ) -> tuple[dict[str, Array], dict[str, Any] | None, bytes | None]:
-        """The weights, record and server state of a saved round.
-
-        The weights file is checked against the SHA-256 recorded when it was saved.
-
-        Returns:
-            ``(weights, record, server_state)``; the arrays are writable and the
-            names are in the order they were saved in.
-
-        Raises:
-            KeyError: ``round`` was never saved (None: no round was, as
-                :meth:`last_round` gives for such a run).
-            TypeError: ``round`` is not an int (a str, a float, a bool).
-            ValueError: the round's weights file is missing or corrupt, or was pruned
-                (the error names the rounds kept: :meth:`kept_rounds`).
-        """
-        step = self.step
-        round, row = round_number(round, self._run_dir, step), None
-        if round < 2**63:  # SQLite's largest integer: a larger round was never saved
-            with self._db.reading() as conn:
-                row = conn.execute(
-                    "SELECT weights_file, sha256, record, server_state FROM rounds WHERE round = ?",
-                    (round,),
-                ).fetchone()
-        if row is None:
-            raise KeyError(f"{step} {round} was never saved in the run at {self._run_dir}")
-        name, digest, record_text, state = row
-        if name is None:
-            raise pruned_error(self._run_dir, round, self.kept_rounds(), self.config, step)
-        name = stored_file(self._run_dir / DB_NAME, round, name, step)
-        weights = read_weights(round, self._weights_dir / name, digest, step)
-        record = None if record_text is None else self._record(round, record_text)
-        return weights, record, stored_state(self._run_dir / DB_NAME, round, state, step)
-
-    def load_latest_valid(
-        self, check_state: Callable[[bytes], None] | None = None
-    ) -> tuple[int, dict[str, Array], dict[str, Any] | None, bytes | None]:
-        """The newest round whose weights file (and server state) verify, to resume from.
-
-        Rounds whose file is missing, corrupt, pruned or holds NaN or Inf, or whose
-        server state ``check_state`` refuses, are skipped with a logged warning (the newest
-        :data:`SKIPS_SAID` each, the others counted). A resuming server should
-        then call :meth:`discard_after` with the returned round.
-
-        Args:
-            check_state: Raises ``ValueError`` for damaged server state bytes (e.g.
-                :func:`covey.server._state.check_state`); None takes them as they are.
-
-        Returns:
-            ``(round, weights, record, server_state)``.
-
-        Raises:
-            ValueError: no saved round has a valid weights file (or none was saved),
-                or ``weights/`` holds files of rounds the database lost.
-        """
-        self.check_lost_rounds()
-        rounds, step = self.rounds(), self.step
-        if not rounds:
-            raise ValueError(f"the run at {self._run_dir} has no saved {step}")
-        for skipped, round in enumerate(reversed(rounds)):
-            try:
-                weights, record, state = self.load_round(round)
-                check_finite(round, self._weights_dir / weights_file_name(round), weights, step)
-                if state is not None and check_state is not None:
-                    check_state(state)
-            except NewerFormatError as exc:  # never skipped: the redo would delete it
-                where = f"{step} {round} of the run in {self._run_dir}"
-                raise NewerFormatError(f"{where}: {exc}") from None
-            except ValueError as exc:  # the newest few said; a long run's others counted
-                if skipped < SKIPS_SAID:
-                    logger.warning("skipping %s %d of %s: %s", step, round, self._run_dir, exc)
-                continue
-            if skipped > SKIPS_SAID:
-                logger.warning("%d more %ss skipped likewise", skipped - SKIPS_SAID, step)
-            return round, weights, record, state
-        said = f" ({step}s {rounds[0]}-{rounds[-1]})" if len(rounds) > SKIPS_SAID else ""
-        raise ValueError(f"no saved {step} of the run at {self._run_dir} has valid weights{said}")
-
-    def check_lost_rounds(self) -> int | None:
-        """The last recorded round, after refusing files of rounds ``run.sqlite`` lost.
-
-        One file just past the last recorded round is a save that crashed
-        between the rename and the commit (swept and redone). Files further on
-        mean the database lost committed rounds: SQLite keeps the newest
-        commits in ``run.sqlite-wal`` until it copies them over, so a run
-        folder copied without that file, or with that file damaged, reads as
-        an older run. Resuming would redo those rounds and delete their files.
-
-        Raises:
-            ValueError: naming the files of the lost rounds.
-        """
-        last = self.last_round()
-        floor = -1 if last is None else last
-        ahead = sorted(
-            path.name
-            for path in (self._weights_dir.iterdir() if self._weights_dir.is_dir() else ())
-            if (m := round_of_file(path.name)) is not None and m > floor + 1
-        )
-        if not ahead:
-            return last
-        raise lost_rounds_error(self._run_dir / DB_NAME, self._weights_dir, last, ahead, self.step)
-
     def discard_after(self, round: int | None) -> list[int]:
         """Forget every round newer than ``round`` (all of them if None), files included.
 
@@ -444,6 +319,9 @@ class RunStore(RunRecords):
         weights are unnamed first (no resume loads them, nor takes their files for
         rounds the database lost), then their files and rows go; a resume after a
         crash goes on from ``round`` again and discards them again.
+
+        Args:
+            round: The newest round to keep; None keeps none.
 
         Returns:
             The rounds discarded.
@@ -461,24 +339,6 @@ class RunStore(RunRecords):
             with self._db.transaction() as conn:
                 conn.execute("DELETE FROM rounds WHERE round > ?", (floor,))
         return sorted(int(r) for (r,) in rows)
-
-    def history(self) -> History:
-        """The run's :class:`History`: the saved round records, its config and client names."""
-        with self._db.reading() as conn:
-            rows = conn.execute(
-                "SELECT round, record FROM rounds WHERE record IS NOT NULL ORDER BY round"
-            ).fetchall()
-        records = [self._record(r, text) for r, text in rows]
-        try:
-            names = {str(cid): name for name, cid in self.clients().items()}
-            return History.from_dict({"rounds": records, "config": self.config, "clients": names})
-        except (TypeError, KeyError, ValueError) as exc:
-            raise damaged_record_error(self._run_dir / DB_NAME, exc, self.step) from None
-
-    def _record(self, round: int, text: str) -> dict[str, Any]:
-        """The stored record of ``round``, or ValueError naming the round and the file."""
-        db = self._run_dir / DB_NAME
-        return read_record(db, round, text, lambda: self.info()["covey_version"], self.step)
 
     # -- internals -----------------------------------------------------------------
 
