@@ -179,6 +179,10 @@ def _left(rounds: list[RoundRecord], path: Path) -> _Written | None:
     return written
 
 
+_NAMES: dict[type, tuple[str, ...]] = {}
+"""The field names of each record class, in their order (``dataclasses.fields`` is slow)."""
+
+
 def _holds(text: bytes, record: RoundRecord) -> bool:
     """Whether a record's ``text`` in the file is the one :meth:`History.save` writes of it.
 
@@ -190,7 +194,10 @@ def _holds(text: bytes, record: RoundRecord) -> bool:
     """
     if not text.startswith(b"    {"):
         return False
-    values = {f.name: getattr(record, f.name) for f in fields(record)}
+    names = _NAMES.get(type(record))
+    if names is None:
+        names = _NAMES[type(record)] = tuple(f.name for f in fields(record))
+    values = {name: getattr(record, name) for name in names}
     try:
         said = json.dumps(values, allow_nan=False, separators=(",", ": "))
     except (ValueError, TypeError, RecursionError):

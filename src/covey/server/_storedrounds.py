@@ -7,11 +7,13 @@ writing (``save_round``, ``discard_after``) and the opening are its own.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from covey.core._history import History
+from covey.core._jsonvalues import from_jsonable
+from covey.core._roundrecord import round_from_json
 from covey.core._weights import Array
 from covey.server._kept import kept_rounds, pruned_error
 from covey.server._roundfiles import (
@@ -33,6 +35,11 @@ __all__ = ["SKIPS_SAID", "StoredRounds"]
 
 logger = logging.getLogger("covey")
 SKIPS_SAID = 3  # damaged rounds named one by one when resuming; the older ones counted
+
+
+def _untagged(text: str) -> bool:
+    """Whether a record's JSON ``text`` holds no value :func:`jsonable` tagged (NaN, bytes)."""
+    return "__float__" not in text and "__bytes__" not in text and "\\" not in text
 
 
 class StoredRounds(RunRecords):
@@ -121,10 +128,9 @@ class StoredRounds(RunRecords):
                 or ``weights/`` holds files of rounds the database lost.
         """
         self.check_lost_rounds()
-        rounds, step = self.rounds(), self.step
-        if not rounds:
-            raise ValueError(f"the run at {self._run_dir} has no saved {step}")
-        for skipped, round in enumerate(reversed(rounds)):
+        step, newest, oldest = self.step, None, None  # the rounds tried
+        for skipped, round in enumerate(self._newest_first()):
+            newest, oldest = round if newest is None else newest, round
             try:
                 weights, record, state = self.load_round(round)
                 check_finite(round, self._weights_dir / weights_file_name(round), weights, step)
@@ -140,8 +146,25 @@ class StoredRounds(RunRecords):
             if skipped > SKIPS_SAID:
                 logger.warning("%d more %ss skipped likewise", skipped - SKIPS_SAID, step)
             return round, weights, record, state
-        said = f" ({step}s {rounds[0]}-{rounds[-1]})" if len(rounds) > SKIPS_SAID else ""
+        if newest is None:
+            raise ValueError(f"the run at {self._run_dir} has no saved {step}")
+        said = f" ({step}s {oldest}-{newest})" if skipped + 1 > SKIPS_SAID else ""
         raise ValueError(f"no saved {step} of the run at {self._run_dir} has valid weights{said}")
+
+    def _newest_first(self, batch: int = 64) -> Iterator[int]:
+        """The saved rounds, newest first, read a few at a time (a resume takes the newest)."""
+        upto = 2**63 - 1  # SQLite's largest integer
+        while True:
+            with self._db.reading() as conn:
+                rows = conn.execute(
+                    "SELECT round FROM rounds WHERE round <= ? ORDER BY round DESC LIMIT ?",
+                    (upto, batch),
+                ).fetchall()
+            for (round,) in rows:
+                yield int(round)
+            if len(rows) < batch:
+                return
+            upto = int(rows[-1][0]) - 1
 
     def check_lost_rounds(self) -> int | None:
         """The last recorded round, after refusing files of rounds ``run.sqlite`` lost.
@@ -173,12 +196,26 @@ class StoredRounds(RunRecords):
             rows = conn.execute(
                 "SELECT round, record FROM rounds WHERE record IS NOT NULL ORDER BY round"
             ).fetchall()
-        records = [self._record(r, text) for r, text in rows]
+        db = self._run_dir / DB_NAME
+        step = self.step
+
+        def created_by() -> str:
+            return str(self.info()["covey_version"])
+
+        raws = [(read_record(db, r, text, created_by, step), text) for r, text in rows]
         try:
+            # as History.from_dict reads them; a text with no tag JSON cannot say otherwise
+            # (no "__float__", "__bytes__", nor a key spelt with escapes) holds none to undo
+            rounds = [
+                round_from_json(raw if _untagged(text) else from_jsonable(raw))
+                for raw, text in raws
+            ]
             names = {str(cid): name for name, cid in self.clients().items()}
-            return History.from_dict({"rounds": records, "config": self.config, "clients": names})
+            history = History.from_dict({"rounds": [], "config": self.config, "clients": names})
         except (TypeError, KeyError, ValueError) as exc:
-            raise damaged_record_error(self._run_dir / DB_NAME, exc, self.step) from None
+            raise damaged_record_error(db, exc, step) from None
+        history.rounds = rounds
+        return history
 
     def _record(self, round: int, text: str) -> dict[str, Any]:
         """The stored record of ``round``, or ValueError naming the round and the file."""
