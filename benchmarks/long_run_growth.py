@@ -17,6 +17,11 @@ Example::
 
     .venv/bin/python benchmarks/long_run_growth.py --backend inline --rounds 2000 --clients 20
     .venv/bin/python benchmarks/long_run_growth.py --backend process --run-dir /tmp/run-a
+    .venv/bin/python benchmarks/long_run_growth.py --rounds 10000 --clients 2 \
+        --run-dir /tmp/run-b --resume 3
+
+``--resume N`` then resumes the run in ``--run-dir`` for N more rounds and prints
+the seconds that took (reading the run back, its rounds, its end).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Any
 import numpy as np
 
 import covey
+from covey.sim import SimulationResult
 
 SHM = Path("/dev/shm")  # noqa: S108 - only listed: the segments the process backend made
 
@@ -73,6 +79,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--fraction-evaluate", type=float, default=0.0)
     parser.add_argument("--run-dir", type=Path, default=None, help="a folder that must not exist")
+    parser.add_argument(
+        "--resume", type=int, default=0, metavar="N", help="then resume it for N more rounds"
+    )
     args = parser.parse_args()
 
     shm = f"covey-{os.getpid()}-"  # the segments this driver's process backend names
@@ -100,17 +109,20 @@ def main() -> None:
             samples.append(sample(record.round))
             print(json.dumps(samples[-1]), flush=True)
 
-    result = covey.simulate(
-        lambda cid: Adder(),
-        args.clients,
-        args.rounds,
-        covey.FedAvg(fraction_fit=1.0, fraction_evaluate=args.fraction_evaluate),
-        {"w": np.zeros(100, np.float32)},
-        backend=args.backend,
-        num_workers=args.workers if args.backend == "process" else None,
-        run_dir=args.run_dir,
-        on_round=on_round,
-    )
+    def run(rounds: int, **more: Any) -> SimulationResult:
+        return covey.simulate(
+            lambda cid: Adder(),
+            args.clients,
+            rounds,
+            covey.FedAvg(fraction_fit=1.0, fraction_evaluate=args.fraction_evaluate),
+            {"w": np.zeros(100, np.float32)},
+            backend=args.backend,
+            num_workers=args.workers if args.backend == "process" else None,
+            run_dir=args.run_dir,
+            **more,
+        )
+
+    result = run(args.rounds, on_round=on_round)
     end = sample(args.rounds)
     print("after the run:", json.dumps(end))
     first = next((s for s in samples if s["round"] >= step), samples[0])
@@ -128,6 +140,12 @@ def main() -> None:
         late = (halves[-1] - halves[-2]) / step
         print(f"seconds per round: {early * 1e3:.2f} ms early, {late * 1e3:.2f} ms late")
     print(f"history: {len(result.history.rounds)} rounds, {len(pickle.dumps(result.history))} B")
+    if args.resume and args.run_dir is not None:
+        began = time.perf_counter()
+        resumed = run(args.rounds + args.resume, resume=True)
+        seconds = time.perf_counter() - began
+        print(f"resumed for {args.resume} rounds: {seconds:.2f} s", end=" ")
+        print(f"({len(resumed.history.rounds)} rounds in its history)")
 
 
 if __name__ == "__main__":
