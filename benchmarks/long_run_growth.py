@@ -104,7 +104,7 @@ def main() -> None:
 
     step = max(1, args.rounds // 10)
 
-    def on_round(record: covey.RoundRecord) -> None:
+    def on_round(record: covey.core.RoundRecord) -> None:
         if record.round % step == 0:
             samples.append(sample(record.round))
             print(json.dumps(samples[-1]), flush=True)
