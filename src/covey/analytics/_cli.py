@@ -448,6 +448,7 @@ def query_command(
             raise TimeoutError(
                 f"only {len(transport.clients())} of {sites} sites joined within "
                 f"{wait_timeout:g} s (--wait-timeout)"
+                + (f"; {transport.refused_in_wait}" if transport.refused_in_wait else "")
             )
         df = query(
             transport,

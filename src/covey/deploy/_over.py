@@ -15,6 +15,8 @@ import logging
 from collections.abc import Collection
 from typing import Protocol
 
+from covey.server._refusednote import refused_note
+
 logger = logging.getLogger("covey")
 
 TELL_FOR = 60.0
@@ -64,4 +66,5 @@ def tell_returning_clients(
     )
     with contextlib.suppress(KeyboardInterrupt):
         if not transport.wait_for_clients(count, timeout):
-            logger.info("not every client came back within %.0f s", timeout)
+            said = refused_note(transport)  # a client refused cannot be told
+            logger.info("not every client came back within %.0f s%s", timeout, said)

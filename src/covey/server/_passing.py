@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from covey.server._idviews import SortedIds
+from covey.server._refusednote import refusal_mark, refused_note
 from covey.server._said import note_unreported
 from covey.strategies._checks import clients_there
 from covey.strategies._filters import eligibility, too_few_to_fit
@@ -148,7 +149,8 @@ def wait_for_eligible(
 
     The seconds spent waiting here are added to ``record.durations["wait"]``, and
     the clients that did not report their properties are counted in
-    ``record.aggregate_info["unreported"]`` (left out of the round's sample).
+    ``record.aggregate_info["unreported"]`` (left out of the round's sample). A
+    wait that runs out names the connections refused meanwhile, by cause.
 
     Returns:
         The eligible clients.
@@ -162,6 +164,7 @@ def wait_for_eligible(
         note_unreported(record, loop._logged)
         return eligible
     start = time.perf_counter()
+    mark = refusal_mark(loop.transport)  # the connections refused in all of the waits below
     timeout = loop.wait_timeout
     deadline = None if timeout is None else since + timeout
     said = False
@@ -182,5 +185,6 @@ def wait_for_eligible(
     note_unreported(record, loop._logged)
     if wanted > len(eligible):  # the wait ran out
         error = loop.property_error
-        raise loop._fail(too_few_to_fit(strategy, rnd, wanted, len(eligible), error, timeout), rnd)
+        why = too_few_to_fit(strategy, rnd, wanted, len(eligible), error, timeout)
+        raise loop._fail(why + refused_note(loop.transport, mark), rnd)
     return eligible

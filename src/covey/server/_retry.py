@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from covey.core._history import Failure, RoundRecord
 from covey.server._base import FederationError
+from covey.server._refusednote import refusal_mark, refused_note
 
 if TYPE_CHECKING:
     from covey.server._sync import RoundLoop
@@ -33,6 +34,7 @@ __all__ = [
     "SIMULATED_TIMEOUT",
     "RoundRetries",
     "failures_said",
+    "refusal_mark",
     "refused_note",
     "retry_hint",
     "run_retried",
@@ -144,19 +146,6 @@ DEPLOYED_TIMEOUT = "round_timeout / --round-timeout"
 """The round timeout's settings of a deployed server: ``serve(round_timeout=...)`` or the flag."""
 SIMULATED_TIMEOUT = "round_timeout"
 """The round timeout's setting of a simulation: ``simulate(round_timeout=...)``."""
-
-
-def refused_note(transport: object) -> str:
-    """``; N connections refused in the wait: ...`` from a transport's last wait, or "".
-
-    A wrapping transport (one counting bytes, compressing) is looked through to its ``inner``.
-    """
-    for _ in range(10):
-        if hasattr(transport, "refused_in_wait") or not hasattr(transport, "inner"):
-            break
-        transport = transport.inner
-    note = getattr(transport, "refused_in_wait", "")
-    return f"; {note}" if isinstance(note, str) and note else ""
 
 
 def timeout_hint(

@@ -171,6 +171,14 @@ class GrpcServerTransport:
         self.refused_in_wait = self._service.admission.refused_since(mark)
         return came
 
+    def refusals(self) -> int:
+        """How many connections this server refused so far: a mark for :meth:`refused_since`."""
+        return self._service.admission.refused
+
+    def refused_since(self, mark: int) -> str:
+        """The connections refused since :meth:`refusals` was ``mark``, by cause ("" if none)."""
+        return self._service.admission.refused_since(mark)
+
     def joins(self, cid: int) -> int:
         """The session of client ``cid``'s connection: it changes each time the client connects.
 
