@@ -72,6 +72,17 @@ class Admission:
             self.refused += 1
             self._causes.append(f"{why} ({', '.join(said)})" if said else why)
 
+    def note_handshake(self, host: str) -> None:
+        """Count a connection from ``host`` whose TLS handshake failed (see ``_handshakes``)."""
+        self.note(
+            f"TLS handshake failed from {host} (a client certificate of another CA or expired, "
+            "or a host name the server's certificate does not list: see the server's log)"
+        )
+
+    def note_data(self, host: str, why: str) -> None:
+        """Count a data connection from ``host`` closed for ``why``."""
+        self.note(f"data connection from {host} closed: {why}")
+
     def refused_since(self, mark: int) -> str:
         """The refusals since :attr:`refused` was ``mark``, counted by cause; "" if none.
 

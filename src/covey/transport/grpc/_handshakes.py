@@ -11,7 +11,9 @@ it: *established* when a stream from the peer reaches the service or gRPC's
 channelz lists a socket from it, *failed* when its connection is gone without
 either. A failure is logged with the peer's address and recorded as a
 ``refused`` fleet event; past a host's first 8 failures only the 16th, 32nd,
-64th... are reported, with the count, so a scanner cannot fill the run's log.
+64th... are reported, with the count, so a scanner cannot fill the run's log;
+every failure is counted among the connections refused while the server waits
+for clients (named when a run stops short of them).
 
 gRPC does not say which end refused: a client that refuses this server's
 certificate (most often for a host name the certificate does not list) fails
@@ -177,11 +179,18 @@ class HandshakeWatch:
             reported failure.
         hosts: The host names and addresses the server's certificate lists, named when a
             client may have refused it.
+        count: ``(host)``, called for every failure, reported or not (to count it).
     """
 
-    def __init__(self, record: Callable[[str, str, str], None], hosts: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        record: Callable[[str, str, str], None],
+        hosts: Sequence[str] = (),
+        count: Callable[[str], None] | None = None,
+    ) -> None:
         """A watch that records through ``record``; :attr:`port` is set once the server listens."""
         self.record = record
+        self.count = count
         listed = f"; it lists {', '.join(hosts)}" if hosts else ""
         self._why = WHY.format(hosts=listed)
         self.port = 0
@@ -309,6 +318,11 @@ class HandshakeWatch:
 
     def _report(self, peer: Peer) -> None:
         host, port = peer
+        if self.count is not None:
+            try:
+                self.count(host)
+            except Exception:  # never stop the watch
+                logger.debug("handshake watch: counting failed", exc_info=True)
         name = f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
         if len(self._failures) > MAX_HOSTS:
             self._failures.clear()

@@ -192,6 +192,7 @@ class LaneListener:
             belongs to a connected client (which then owns it), else why not.
         refused: ``(host, detail)``, told of refused connections as they are logged
             (the 1st, 2nd, 4th, ...), to record them as the run's events.
+        count: ``(host, why)``, told of every refused connection, to count it.
     """
 
     def __init__(
@@ -201,11 +202,13 @@ class LaneListener:
         context: ssl.SSLContext | None,
         attach: Attach,
         refused: Refused | None = None,
+        count: Refused | None = None,
     ) -> None:
         """Listen on ``host:port``; raises OSError if it cannot."""
         self._context = context
         self._attach = attach
         self._told = refused
+        self._counted = count
         self._slots = threading.BoundedSemaphore(MAX_HANDSHAKES)
         if host in ("0.0.0.0", "::"):  # noqa: S104 - every address, as the stream's address says
             dual = host == "::" and socket.has_dualstack_ipv6()
@@ -275,12 +278,14 @@ class LaneListener:
         with self._count:
             self.refused += 1
             count = self.refused
+        host = peer[0] if isinstance(peer, tuple) and peer else str(peer)
+        if self._counted is not None:
+            self._counted(str(host), why)
         if count & (count - 1) == 0:  # the 1st, 2nd, 4th, ...: never a flood
             logger.warning(
                 "closed a data connection from %s: %s (%d so far)", _shown(peer), why, count
             )
             if self._told is not None:
-                host = peer[0] if isinstance(peer, tuple) and peer else str(peer)
                 self._told(
                     str(host),
                     f"data connection from {_shown(peer)} closed: {why} ({count} so far)",
@@ -309,6 +314,7 @@ class DataPort:
         tls: ``(ca, cert, key)`` PEMs when the streams have TLS; None without.
         timeout: Seconds a data connection may stay silent in the middle of a message.
         refused: ``(host, detail)`` for refused data connections (see :class:`LaneListener`).
+        count: ``(host, why)`` for every refused data connection (see :class:`LaneListener`).
     """
 
     def __init__(
@@ -318,13 +324,14 @@ class DataPort:
         tls: tuple[bytes, bytes, bytes] | None,
         timeout: float,
         refused: Refused | None = None,
+        count: Refused | None = None,
     ) -> None:
         """Listen on ``host:port``; raises OSError if it cannot."""
         self._tokens: dict[bytes, Any] = {}
         self._lock = threading.Lock()
         self.timeout = timeout
         context = None if tls is None else server_context(*tls)
-        self.listener = LaneListener(host, port, context, self._attach, refused)
+        self.listener = LaneListener(host, port, context, self._attach, refused, count)
         self.port = self.listener.port
 
     def offer(self, conn: Any) -> bytes:

@@ -148,7 +148,8 @@ def _bind(
         # Dynamic credentials only for their per-connection hook: the watch notes who
         # connects, so that failed handshakes are reported with the peer's address.
         hosts = certificate_hosts(tls.cert)
-        watch = service.handshakes = HandshakeWatch(service.registry.event, hosts)
+        watch = HandshakeWatch(service.registry.event, hosts, service.admission.note_handshake)
+        service.handshakes = watch
 
         def add(target: str) -> int:
             # Credentials of their own for each address: a second port given the same

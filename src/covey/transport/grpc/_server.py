@@ -137,8 +137,9 @@ class GrpcServerTransport:
         """Listen for data connections on ``port`` of the gRPC server's host."""
         host = check_address(address, listen=True)[0]
         pems = None if tls is None else (tls.ca, tls.cert, tls.key)
+        counted = self._service.admission.note_data  # each one, in the stop short of clients
         try:
-            self._service.data = DataPort(host, port, pems, quiet, self._data_refused)
+            self._service.data = DataPort(host, port, pems, quiet, self._data_refused, counted)
         except OSError as exc:  # ssl.SSLError too: a certificate or key it cannot load
             if self._service.handshakes is not None:
                 self._service.handshakes.close()
