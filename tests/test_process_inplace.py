@@ -114,11 +114,11 @@ def _count_reply_writes(monkeypatch: pytest.MonkeyPatch, log: Path) -> None:
     """Log each reply file the workers write with ``write_file`` (a copy of a result)."""
     real = _shm.write_file
 
-    def write_file(prefix: str, parts: list[Any]) -> Any:
+    def write_file(prefix: str, parts: list[Any], plans: Any = None) -> Any:
         if "-r" in os.path.basename(prefix):  # a worker's reply, not the broadcast
             with log.open("a") as out:
                 out.write(f"{os.getpid()}\n")
-        return real(prefix, parts)
+        return real(prefix, parts, plans)
 
     monkeypatch.setattr(_shm, "write_file", write_file)
 

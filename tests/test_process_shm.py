@@ -104,8 +104,8 @@ def test_replies_are_views_of_unlinked_shared_memory_and_never_unpickled(
 def _kill_while_writing(real: Any) -> Any:
     """A ``write_file`` that, in the worker of client 3, dies by SIGKILL halfway through."""
 
-    def write_file(prefix: str, parts: list[Any]) -> Any:
-        path, sizes = real(prefix, parts)
+    def write_file(prefix: str, parts: list[Any], plans: Any = None) -> Any:
+        path, sizes = real(prefix, parts, plans)
         if "-r" in os.path.basename(path) and parts[0]["b"][0, 0] == -3.0:
             os.kill(os.getpid(), signal.SIGKILL)  # the file is on disk, its message unsent
         return path, sizes

@@ -48,6 +48,10 @@ def _aligned(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
+#: The header's little-endian dtype string of each dtype met (a model has a few).
+_LITTLE: dict[np.dtype[Any], str] = {}
+
+
 class _Plan:
     """Where each array goes in the encoding; computed once per weights."""
 
@@ -58,12 +62,16 @@ class _Plan:
         entries: list[list[Any]] = []
         arrays: list[tuple[Array, int]] = []
         offset = 0
+        little = _LITTLE
         for name, shape, dtype in zip(spec.names, spec.shapes, spec.dtypes, strict=True):
             array = weights[name]
-            nbytes = int(array.nbytes)
-            entries.append([name, dtype.newbyteorder("<").str, list(shape), offset, nbytes])
+            nbytes = array.nbytes
+            text = little.get(dtype)
+            if text is None:
+                text = little[dtype] = dtype.newbyteorder("<").str
+            entries.append([name, text, shape, offset, nbytes])
             arrays.append((array, offset))
-            offset = _aligned(offset + nbytes)
+            offset = (offset + nbytes + _ALIGN - 1) // _ALIGN * _ALIGN
         self.header = json.dumps(entries, separators=(",", ":")).encode()
         self.payload_start = _aligned(_PREFIX.size + len(self.header))
         self.payload_len = offset
@@ -148,6 +156,9 @@ def _write_arrays(
     copied: Callable[[Array, int, int], None] | None,
 ) -> None:
     """The payload of :func:`encode_into`: each array at its offset, the padding zeroed."""
+    if claim is None and copied is None:
+        _copy_arrays(plan, dest)
+        return
     for array, offset in plan.arrays:
         src = np.ascontiguousarray(array)
         if src.dtype.byteorder == ">":
@@ -166,6 +177,24 @@ def _write_arrays(
         if end > offset + size:  # padding is deterministic: equal weights give equal bytes
             if claim is not None:
                 claim(base + offset + size, base + end)
+            dest[offset + size : end] = 0
+
+
+def _copy_arrays(plan: _Plan, dest: np.ndarray) -> None:
+    """:func:`_write_arrays` in one assignment per array (and its padding's).
+
+    Each array is assigned to a little-endian view of its place: strided or
+    big-endian, it is copied (and swapped) there, with no copy of its own.
+    """
+    for array, offset in plan.arrays:
+        size = array.nbytes
+        if size:
+            dtype = array.dtype
+            if dtype.byteorder == ">":
+                dtype = dtype.newbyteorder("<")
+            dest[offset : offset + size].view(dtype).reshape(array.shape)[...] = array
+        end = (offset + size + _ALIGN - 1) // _ALIGN * _ALIGN
+        if end > offset + size:  # padding is deterministic: equal weights give equal bytes
             dest[offset + size : end] = 0
 
 
@@ -361,41 +390,58 @@ def _brief(value: object, limit: int = 200) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
+def _dtype(text: object) -> np.dtype[Any]:
+    """``np.dtype(text)``, from :data:`_DTYPES` for a string seen before (a model's few)."""
+    dtype = _DTYPES.get(text) if type(text) is str else None
+    if dtype is None:
+        dtype = np.dtype(text)  # type: ignore[call-overload]
+        if type(text) is str and len(_DTYPES) < 64:
+            _DTYPES[text] = dtype
+    return dtype
+
+
+#: Dtypes by the header strings read so far (bounded: a peer's strings are its own).
+_DTYPES: dict[str, np.dtype[Any]] = {}
+
+
 def _arrays(entries: object, payload: memoryview) -> dict[str, Array]:
     if not isinstance(entries, list):
         raise CodecError("corrupt header: expected a list of arrays")
     out: dict[str, Array] = {}
+    # One read-only byte array over the payload; each array is a view of its slice
+    # (cheaper than a new buffer export per array for a model of hundreds).
+    whole = np.frombuffer(payload, dtype=np.uint8)
+    if whole.flags.writeable:
+        whole.flags.writeable = False
     for entry in entries:
         try:
             name, dtype_str, shape, offset, nbytes = entry
-            dtype = np.dtype(dtype_str)
-            if not isinstance(shape, list) or not all(
-                isinstance(d, int) and not isinstance(d, bool) for d in shape
-            ):
+            dtype = _dtype(dtype_str)
+            if not isinstance(shape, list) or not set(map(type, shape)) <= _INT:
                 raise TypeError(f"shape {shape!r} is not a list of integers")
             shape = tuple(shape)
         except (TypeError, ValueError) as exc:
             raise CodecError(f"corrupt header entry {_brief(entry)}: {_brief(exc)}") from None
         if not isinstance(name, str) or name in out:
             raise CodecError(f"corrupt header: bad or repeated array name {_brief(name)}")
-        if dtype.kind not in "biuf" or any(d < 0 for d in shape):
+        if dtype.kind not in "biuf" or (shape and min(shape) < 0):
             raise CodecError(
                 f"corrupt header: array {_brief(name)} has dtype {dtype} shape {_brief(shape)}"
             )
         count = math.prod(shape)  # exact: a huge shape must not wrap around
         if (
-            not isinstance(offset, int)
-            or not isinstance(nbytes, int)
+            type(offset) is not int
+            or type(nbytes) is not int
             or nbytes != count * dtype.itemsize
             or offset < 0
             or offset + nbytes > len(payload)
         ):
             raise CodecError(f"corrupt header: array {_brief(name)} lies outside the payload")
         try:
-            array = np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape)
+            out[name] = whole[offset : offset + nbytes].view(dtype).reshape(shape)
         except ValueError as exc:  # e.g. too many dimensions for NumPy
             raise CodecError(f"corrupt header: array {_brief(name)}: {_brief(exc)}") from None
-        if array.flags.writeable:
-            array.flags.writeable = False
-        out[name] = array
     return out
+
+
+_INT = {int}

@@ -65,6 +65,42 @@ class WeightsError(ValueError):
     """Weights that do not match the global model (names, shapes, dtypes, values)."""
 
 
+_KINDS: Final = ("b", "i", "u", "f")
+
+
+def _check_entry(name: object, value: object) -> None:
+    """Refuse a name that is no non-empty UTF-8 string, or a value that is no plain array."""
+    if not isinstance(name, str) or not name:
+        raise WeightsError(f"weight names must be non-empty strings, got {name!r}")
+    if not name.isascii() and not is_unicode_text(name):
+        raise WeightsError(
+            f"weight name {name!r} is not valid Unicode text (it holds a lone "
+            "surrogate): it cannot be encoded as UTF-8, as files and messages need"
+        )
+    if not isinstance(value, np.ndarray):
+        raise WeightsError(
+            f"weight {name!r} must be a NumPy array, got {type(value).__name__}"
+            + (_SCALAR if isinstance(value, np.generic) else tensor_hint(value))
+        )
+    if isinstance(value, np.ma.MaskedArray):
+        raise WeightsError(
+            f"weight {name!r} is a masked array; give its values (array.filled(...))"
+        )
+
+
+def _refuse_dtype(name: str, dtype: np.dtype[Any]) -> None:
+    """Refuse an array of ``dtype``: neither bool, integer nor float up to float64."""
+    if dtype.kind not in _KINDS:
+        raise WeightsError(
+            f"weight {name!r} has dtype {dtype}; only bool, integer and "
+            "floating-point arrays are supported" + dtype_hint(dtype)
+        )
+    raise WeightsError(
+        f"weight {name!r} has dtype {dtype} (long double), whose layout "
+        "depends on the machine; use float64, float32 or float16"
+    )
+
+
 def _do(what: str) -> str:
     """``"do"`` after weights (``"client 7's weights"``), ``"does"`` after a delta, an extra..."""
     return "do" if what.endswith("weights") else "does"
@@ -114,42 +150,28 @@ class WeightsSpec:
         shapes: list[tuple[int, ...]] = []
         dtypes: list[np.dtype[np.generic]] = []
         for name, value in weights.items():
-            if not isinstance(name, str) or not name:
-                raise WeightsError(f"weight names must be non-empty strings, got {name!r}")
-            if not name.isascii() and not is_unicode_text(name):
-                raise WeightsError(
-                    f"weight name {name!r} is not valid Unicode text (it holds a lone "
-                    "surrogate): it cannot be encoded as UTF-8, as files and messages need"
-                )
-            if not isinstance(value, np.ndarray):
-                raise WeightsError(
-                    f"weight {name!r} must be a NumPy array, got {type(value).__name__}"
-                    + (_SCALAR if isinstance(value, np.generic) else tensor_hint(value))
-                )
-            if isinstance(value, np.ma.MaskedArray):
-                raise WeightsError(
-                    f"weight {name!r} is a masked array; give its values (array.filled(...))"
-                )
-            if value.dtype.kind not in "biuf":
-                raise WeightsError(
-                    f"weight {name!r} has dtype {value.dtype}; only bool, integer and "
-                    "floating-point arrays are supported" + dtype_hint(value.dtype)
-                )
-            if value.dtype.kind == "f" and value.dtype.itemsize > 8:
-                raise WeightsError(
-                    f"weight {name!r} has dtype {value.dtype} (long double), whose layout "
-                    "depends on the machine; use float64, float32 or float16"
-                )
+            # One cheap test per array for the usual plain array under an ASCII
+            # name; anything else is checked in full (a model has hundreds).
+            if (
+                type(value) is not np.ndarray
+                or type(name) is not str
+                or not name
+                or not name.isascii()
+            ):
+                _check_entry(name, value)
+            dtype = value.dtype
+            if dtype.kind not in _KINDS or (dtype.kind == "f" and dtype.itemsize > 8):
+                _refuse_dtype(name, dtype)
             names.append(name)
-            shapes.append(tuple(int(d) for d in value.shape))
-            dtypes.append(value.dtype)
+            shapes.append(value.shape)
+            dtypes.append(dtype)
         return cls(tuple(names), tuple(shapes), tuple(dtypes))
 
     @property
     def nbytes(self) -> int:
         """Total size of the arrays in bytes."""
         return sum(
-            int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            math.prod(shape) * dtype.itemsize
             for shape, dtype in zip(self.shapes, self.dtypes, strict=True)
         )
 

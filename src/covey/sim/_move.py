@@ -31,6 +31,8 @@ from covey.sim import _shm
 
 __all__ = ["movable", "write_moving"]
 
+_PAGE = mmap.PAGESIZE
+
 
 def movable(reply: Any) -> frozenset[int]:
     """The ids of ``reply``'s arrays whose pages may be given back as they are copied.
@@ -59,6 +61,7 @@ def movable(reply: Any) -> frozenset[int]:
     for array in weights.values():  # the dict's entry, the loop's name, the argument
         if (
             type(array) is np.ndarray
+            and array.nbytes >= _PAGE  # a smaller array holds no whole page to give back
             and array.flags.owndata
             and count(array) <= 3
             and not weakref.getweakrefcount(array)  # a weak reference could reach it later
@@ -67,17 +70,25 @@ def movable(reply: Any) -> frozenset[int]:
     return frozenset(owned)
 
 
-def write_moving(prefix: str, weights: Weights, owned: frozenset[int]) -> tuple[str, list[int]]:
+def write_moving(
+    prefix: str, weights: Weights, owned: frozenset[int], plan: Any = None
+) -> tuple[str, list[int]]:
     """:func:`covey.sim._shm.write_file` of one part, giving back the pages of ``owned`` arrays.
 
-    The file's space is reserved a step at a time as it is written, so that the
-    system never holds a reserved page for a source page not yet given back.
+    The file's space is reserved a step at a time (:data:`covey.core._codec.STEP`
+    bytes, or an array's step) as it is written, so that the system holds at most
+    a step of reserved pages for source pages not yet given back; a model of many
+    small arrays takes one reservation per step, not one per array. ``plan``:
+    :func:`covey.core._codec.layout` of ``weights``, if the caller has it.
 
     Raises:
         OSError: There is no room in the shared-memory file system (the file is removed).
     """
-    size = _codec.encoded_size(weights)
+    if plan is None:
+        plan = _codec.layout(weights)
+    size = plan.total
     total = _shm.aligned(size)
+    payload = plan.payload_start
 
     def give_back(array: Array, start: int, stop: int) -> None:
         if id(array) in owned:
@@ -87,12 +98,19 @@ def write_moving(prefix: str, weights: Weights, owned: frozenset[int]) -> tuple[
         _shm.new_file(prefix, total, reserved=False) as (fd, path),
         mmap.mmap(fd, total, flags=mmap.MAP_SHARED) as mm,
     ):
+        ahead = [payload]  # the payload's bytes are claimed in order; reserved up to here
 
         def claim(start: int, stop: int) -> None:
-            _shm.reserve(fd, stop - start, path, offset=start, whole=total)
+            if start < payload:  # the prefix and header, claimed last
+                _shm.reserve(fd, stop - start, path, offset=start, whole=total)
+            elif stop > ahead[0]:
+                begin = max(start, ahead[0])
+                end = min(total, max(stop, begin + _codec.STEP))
+                _shm.reserve(fd, end - begin, path, offset=begin, whole=total)
+                ahead[0] = end
 
         try:
-            _codec.encode_into(weights, mm, claim=claim, copied=give_back)
+            _codec.encode_into(weights, mm, claim=claim, copied=give_back, plan=plan)
         except BaseException as exc:
             # The frames of its traceback, and of any error it was raised while handling,
             # view the mapping (a frame keeps its callers'), which then cannot close.

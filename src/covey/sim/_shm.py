@@ -89,20 +89,24 @@ def reserve(fd: int, size: int, path: str, *, offset: int = 0, whole: int = 0) -
         ) from None
 
 
-def write_file(prefix: str, parts: list[Weights]) -> tuple[str, list[int]]:
+def write_file(prefix: str, parts: list[Weights], plans: Any = None) -> tuple[str, list[int]]:
     """Encode ``parts`` one after another into a new shared-memory file.
+
+    ``plans``: each part's :func:`covey.core._codec.layout`, if the caller has them.
 
     Returns:
         The file's path and each part's encoded size (each part starts 64-byte aligned).
     """
-    sizes = [_codec.encoded_size(part) for part in parts]
+    if plans is None:
+        plans = [_codec.layout(part) for part in parts]
+    sizes = [plan.total for plan in plans]
     total = sum(aligned(s) for s in sizes)
     # Faulting every page in at once is cheaper than one fault per page while encoding.
     with (
         new_file(prefix, total) as (fd, path),
         mmap.mmap(fd, total, flags=mmap.MAP_SHARED | POPULATE) as mm,
     ):
-        _encode_parts(parts, sizes, mm)
+        _encode_parts(parts, sizes, mm, plans)
     return path, sizes
 
 
@@ -251,10 +255,10 @@ def send_reply(
                 elif moving and len(present) == 1:
                     from covey.sim._move import write_moving
 
-                    path, sizes = write_moving(prefix, present[0], moving)
+                    path, sizes = write_moving(prefix, present[0], moving, plans[0])
                     message["file"] = os.path.basename(path)
                 else:
-                    path, sizes = write_file(prefix, present)
+                    path, sizes = write_file(prefix, present, plans)
                     message["file"] = os.path.basename(path)
                 it = iter(sizes)
                 message["sizes"] = {k: next(it) if part else 0 for k, part in parts.items()}
