@@ -204,3 +204,71 @@ def test_arrays_smaller_than_a_page_are_not_moved() -> None:
         assert moving == frozenset()
     else:
         assert moving == frozenset({id(reply.result.weights["large"])})
+
+
+NAMES = [
+    "layer1.conv.weight",
+    "bn.num_batches_tracked",
+    'quote"inside',
+    'a", "b',
+    "back\\slash",
+    "tab\there",
+    "new\nline",
+    "del\x7f",
+    "accent\u00e9",
+    "emoji\U0001f600",
+    "nbsp\u00a0",
+    "x",
+    " ",
+]
+
+
+def test_encoded_updates_name_their_arrays_as_json_does() -> None:
+    from covey.compress._plain import _array_name, encoded_to_plain
+    from covey.compress._schemes import Encoded
+
+    array = np.zeros(1, np.float32)
+    parts = {name: {"codes": array, name: array} for name in NAMES}
+    extras = {name: {name: array} for name in NAMES}
+    plain = encoded_to_plain(Encoded("q8", parts, 1, {}, extras))
+    expected = [json.dumps(["part", n, k]) for n in NAMES for k in parts[n]]
+    expected += [json.dumps(["extra", n, n]) for n in NAMES]
+    assert list(plain)[3:] == expected
+    for key in expected:
+        assert list(_array_name(key, 100)) == json.loads(key), key
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        '["part", "a", "b", "c"]',
+        '["part", "a"b", "c"]',
+        '["part", "a", "b" ]',
+        '["part","a","b"]',
+        '["part", "a\nb", "c"]',
+        '["part", "a\x7f", "c"]',
+        '["other", "a", "b"]',
+        '["part", "a", 1]',
+        '["part", "a", "b"',
+        '["extra", "", ""]',
+    ],
+)
+def test_a_field_of_an_encoded_update_is_read_as_json_reads_it(key: str) -> None:
+    from covey.compress._plain import _array_name
+    from covey.core._weights import WeightsError
+
+    try:
+        parsed = json.loads(key)
+    except ValueError:
+        parsed = None
+    valid = (
+        isinstance(parsed, list)
+        and len(parsed) == 3
+        and parsed[0] in ("part", "extra")
+        and all(isinstance(p, str) for p in parsed)
+    )
+    if valid:
+        assert list(_array_name(key, 100)) == parsed
+    else:
+        with pytest.raises(WeightsError, match="unexpected field"):
+            _array_name(key, 100)

@@ -158,12 +158,27 @@ def encoded_to_plain(encoded: Encoded) -> dict[str, Any]:
         "metrics": dict(encoded.metrics),
     }
     for name, arrays in encoded.parts.items():
+        quoted = _quote(name)  # json.dumps(["part", name, key]), a model's hundreds cheaply
         for key, array in arrays.items():
-            out[json.dumps(["part", name, key])] = array
+            out[f'["part", {quoted}, {_quote(key)}]'] = array
     for extra, weights in encoded.extras.items():
+        quoted = _quote(extra)
         for name, array in weights.items():
-            out[json.dumps(["extra", extra, name])] = array
+            out[f'["extra", {quoted}, {_quote(name)}]'] = array
     return out
+
+
+def _quote(text: str) -> str:
+    """``json.dumps(text)`` of a str (a name's JSON string, escaped to ASCII)."""
+    if type(text) is not str:
+        return json.dumps(text)  # raises for what has no JSON key, as json.dumps does
+    quoted: str = _ascii_json(text)
+    return quoted
+
+
+_ascii_json: Any = getattr(json.encoder, "c_encode_basestring_ascii", None) or (
+    json.encoder.py_encode_basestring_ascii
+)
 
 
 def plain_nbytes(value: Any) -> int:
@@ -182,6 +197,9 @@ def _array_name(key: Any, longest: int) -> tuple[str, str, str]:
     # characters beyond the BMP, which are two UTF-16 units), plus the brackets.
     if not isinstance(key, str) or len(key) > 4096 + 12 * longest:
         raise WeightsError(f"encoded update: unexpected field {key!r:.80}")
+    plain = _plain_name(key)
+    if plain is not None:  # the usual unescaped name, read as json.loads reads it
+        return plain
     try:
         parsed = json.loads(key)
     except ValueError:
@@ -194,6 +212,25 @@ def _array_name(key: Any, longest: int) -> tuple[str, str, str]:
     ):
         raise WeightsError(f"encoded update: unexpected field {key!r:.80}")
     return parsed[0], parsed[1], parsed[2]
+
+
+def _plain_name(key: str) -> tuple[str, str, str] | None:
+    """``json.loads(key)`` of a key of printable ASCII without escapes, else None.
+
+    Without a backslash no quote inside a JSON string is escaped, so the key is
+    ``["kind", "outer", "inner"]`` exactly when its quotes are those around
+    the three strings (and JSON takes printable ASCII in a string as it is).
+    """
+    if "\\" in key or not key.isascii() or not key.isprintable() or key[-2:] != '"]':
+        return None
+    for kind in ("part", "extra"):
+        start = f'["{kind}", "'
+        if key.startswith(start):
+            pieces = key[len(start) : -2].split('", "')
+            if len(pieces) == 2 and '"' not in pieces[0] and '"' not in pieces[1]:
+                return kind, pieces[0], pieces[1]
+            return None
+    return None
 
 
 def _head(value: Any, scheme: Scheme) -> tuple[int, dict[str, Any]]:
