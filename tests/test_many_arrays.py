@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from zlib_ng.zlib_ng import crc32
 
+import covey
 from covey import FitResult
 from covey.core import _codec
 from covey.core._messages import Reply
@@ -272,3 +273,62 @@ def test_a_field_of_an_encoded_update_is_read_as_json_reads_it(key: str) -> None
     else:
         with pytest.raises(WeightsError, match="unexpected field"):
             _array_name(key, 100)
+
+
+class _Adds(covey.Client):
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: Any) -> FitResult:
+        out = {
+            k: v + np.asarray(0.25, v.dtype) if v.dtype.kind == "f" else v + 1
+            for k, v in weights.items()
+        }
+        return FitResult(weights=out, num_examples=1 + self.cid)
+
+
+def _secure(**options: Any) -> Any:
+    from covey.secagg import secure
+
+    fedavg = covey.FedAvg(fraction_fit=1.0, min_fit_clients=3, fraction_evaluate=0.0)
+    with pytest.warns(UserWarning, match="honest-but-curious"):
+        return secure(fedavg, **options)
+
+
+def test_a_secure_update_of_many_arrays_is_quantized_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from covey.secagg import _fit_input
+
+    calls: list[int] = []
+    real = _fit_input.quantize
+
+    def counting(values: np.ndarray, clip: float, bits: int) -> np.ndarray:
+        calls.append(values.size)
+        return real(values, clip, bits)
+
+    monkeypatch.setattr(_fit_input, "quantize", counting)
+    initial = _resnet_like(20)
+    strategy = _secure(clip_range=2.0, bits=24)
+    result = covey.simulate(_Adds, 3, 1, strategy, initial)
+    size = sum(a.size for a in initial.values())
+    assert calls == [size] * 3  # one per client, not one per array
+    for name, array in initial.items():
+        got = result.weights[name]
+        if array.dtype.kind == "f":
+            assert np.allclose(got, array + 0.25, atol=1e-5), name
+        else:
+            assert np.array_equal(got, array + 1), name
+
+
+def test_a_secure_update_out_of_range_names_its_array() -> None:
+    class Jumps(_Adds):
+        def fit(self, weights: Any, config: Any) -> FitResult:
+            out = dict(weights)
+            out["layer3.bn.bias"] = weights["layer3.bn.bias"] + 5.0
+            return FitResult(weights=out, num_examples=1)
+
+    strategy = _secure(clip_range=2.0, bits=24)
+    with pytest.raises(covey.FederationError) as info:
+        covey.simulate(Jumps, 3, 1, strategy, _resnet_like(5))
+    assert "'layer3.bn.bias'" in str(info.value)

@@ -86,15 +86,25 @@ def fit_input(client: Any, task: Task, spec: Any) -> np.ndarray:
         deltas.append(delta.ravel())
     if spec.get("l2_clip") is not None:
         deltas = clip_update(deltas, float(spec["l2_clip"]), clip, bits)
-    parts = []
-    for (name, _, _), delta in zip(layout(task.weights), deltas, strict=True):
-        try:
-            parts.append(quantize(delta, clip, bits) * weight)
-        except RangeError as exc:  # name the array: an index alone is ambiguous
-            raise out_of_range(name, task.weights[name], exc) from None
+    # One quantization of the whole update (one draw of randomness, not one per array
+    # of a model of hundreds); an array out of range is then found and named.
+    try:
+        quantized = quantize(np.concatenate(deltas), clip, bits)
+    except RangeError:
+        _name_out_of_range(task.weights, deltas, clip, bits)
+        raise
+    quantized *= weight
     tail = [n, *_metric_tail(result.metrics, spec["metrics"], n, bits)]
-    parts.append(np.asarray(tail, dtype=np.int64))
-    return np.concatenate(parts)
+    return np.concatenate([quantized, np.asarray(tail, dtype=np.int64)])
+
+
+def _name_out_of_range(model: Any, deltas: list[np.ndarray], clip: float, bits: int) -> None:
+    """Raise the :class:`RangeError` of the first array of ``deltas`` out of range, by name."""
+    for (name, _, _), delta in zip(layout(model), deltas, strict=True):
+        try:
+            quantize(delta, clip, bits)
+        except RangeError as exc:  # name the array: an index alone is ambiguous
+            raise out_of_range(name, model[name], exc) from None
 
 
 def _metric_tail(metrics: Any, bounds: Mapping[str, float], n: int, bits: int) -> list[int]:
