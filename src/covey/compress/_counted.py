@@ -12,16 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from covey.compress._plain import check_scheme, plain_nbytes
-from covey.compress._runtime import (
-    KIND,
-    CountingWrapper,
-    _result_nbytes,
-    _scheme_value,
-    _task_nbytes,
-    compressed_task,
-    decode_reply,
-)
+from covey.compress._runtime import KIND, _scheme_value, compressed_task, decode_reply
 from covey.compress._schemes import Scheme
+from covey.compress._wrapper import CountingWrapper, result_nbytes, task_nbytes
 from covey.core._messages import Reply, Task
 from covey.core._weights import WeightsSpec
 
@@ -84,7 +77,7 @@ class CountedAsyncTransport(CountingWrapper):
             sent = compressed_task(task, self._carried, self.seed, cid, self.run, who)
             self._specs[cid] = (spec, task.round)
         self.inner.submit(cid, sent, timeout=timeout)
-        size = self._sent[cid] = _task_nbytes(task)
+        size = self._sent[cid] = task_nbytes(task)
         self.bytes_sent += size
 
     def next_reply(self, timeout: float | None = None) -> Reply | None:
@@ -104,7 +97,7 @@ class CountedAsyncTransport(CountingWrapper):
                 self.refused(reply.cid, rnd, decoded.error, unit="update")  # its site is told
             return decoded
         if reply.error is None and reply.result is not None:
-            self.bytes_received += _result_nbytes(reply.result)
+            self.bytes_received += result_nbytes(reply.result)
         return reply
 
     def cancel(self, cid: int) -> None:

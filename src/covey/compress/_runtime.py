@@ -16,7 +16,7 @@ that a simulation can record bytes per round in its history.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ from covey.compress._plain import (
     scheme_spec,
 )
 from covey.compress._schemes import Encoded, Scheme, TopK, topk_with_feedback
+from covey.compress._wrapper import CountingWrapper, result_nbytes, task_nbytes
 from covey.core._messages import FitResult, Reply, Task, fit_nbytes
 from covey.core._replay import ByRound
 from covey.core._weights import Weights, WeightsError, WeightsSpec, subtract
@@ -229,67 +230,6 @@ def _check_update(
 register_builtin(KIND, _fit_compressed)
 
 
-def _nbytes(weights: Weights | None) -> int:
-    return 0 if weights is None else sum(int(a.nbytes) for a in weights.values())
-
-
-def _task_nbytes(task: Task) -> int:
-    """The bytes of a task's arrays: its weights, and a fit task's arrays sent besides them."""
-    extras = task.payload if task.kind == "fit" and task.payload else {}
-    return _nbytes(task.weights) + sum(_nbytes(w) for w in extras.values())
-
-
-def _result_nbytes(result: Any) -> int:
-    if isinstance(result, Encoded):
-        return result.nbytes
-    if isinstance(result, FitResult):
-        return fit_nbytes(result)
-    if isinstance(result, Mapping):  # a protocol's reply, e.g. secure aggregation's masked vector
-        return sum(int(v.nbytes) for v in result.values() if isinstance(v, np.ndarray))
-    return 0
-
-
-class CountingWrapper:
-    """A transport around ``inner`` that counts array bytes: what it hands on as it is.
-
-    Subclasses set ``inner``, ``bytes_sent`` and ``bytes_received``.
-    """
-
-    inner: Any
-    bytes_sent: int
-    bytes_received: int
-
-    def clients(self) -> Sequence[int]:
-        """The inner transport's clients."""
-        clients: Sequence[int] = self.inner.clients()
-        return clients
-
-    def wait_for_clients(self, count: int, timeout: float | None) -> bool:
-        """Wait for ``count`` clients, if the inner transport waits (a network's does)."""
-        wait = getattr(self.inner, "wait_for_clients", None)
-        return True if wait is None else bool(wait(count, timeout))
-
-    @property
-    def joins(self) -> Callable[[int], int] | None:
-        """The inner transport's ``joins(cid)``; None for simulated clients (they never rejoin)."""
-        joins: Callable[[int], int] | None = getattr(self.inner, "joins", None)
-        return joins
-
-    def refused(
-        self, cid: int, rnd: int, reason: str, *, stage: str = "fit", unit: str = ""
-    ) -> None:
-        """Tell client ``cid`` its reply of round ``rnd`` was refused, where the inner one can."""
-        tell = getattr(self.inner, "refused", None)
-        if tell is not None:  # a network's: a simulated client has no operator to tell
-            tell(cid, rnd, reason, stage=stage, unit=unit)
-
-    def take_counts(self) -> tuple[int, int]:
-        """``(bytes sent, bytes received)`` since the last call, and reset them."""
-        counts = (self.bytes_sent, self.bytes_received)
-        self.bytes_sent = self.bytes_received = 0
-        return counts
-
-
 def decode_reply(reply: Reply, scheme: Scheme | None, spec: WeightsSpec | None) -> Reply:
     """The reply to a compressed fit task as the plain fit reply a round loop expects.
 
@@ -421,7 +361,7 @@ class CompressedTransport(CountingWrapper):
                 key = (task.kind, id(task.weights), id(task.payload))
                 size = sizes.get(key, -1)
                 if size < 0:
-                    size = sizes[key] = _task_nbytes(task)
+                    size = sizes[key] = task_nbytes(task)
             sent += size
         self.bytes_sent += sent
 
@@ -438,9 +378,9 @@ class CompressedTransport(CountingWrapper):
         elif reply.error is not None:
             if reached is not None and not reached(reply.cid):
                 unsent = tasks.get(reply.cid)
-                self.bytes_sent -= 0 if unsent is None else _task_nbytes(unsent)
+                self.bytes_sent -= 0 if unsent is None else task_nbytes(unsent)
         elif result is not None:
-            self.bytes_received += _result_nbytes(result)
+            self.bytes_received += result_nbytes(result)
 
     def direct(self) -> Any:
         """The inner transport, when it can run one task at a time here and this one only counts.
@@ -468,7 +408,7 @@ class CompressedTransport(CountingWrapper):
             key = (task.kind, id(task.weights), id(task.payload))
             size = sizes.get(key)
             if size is None:
-                size = sizes[key] = _task_nbytes(task)
+                size = sizes[key] = task_nbytes(task)
             self._count(cid, size)
             task_bytes[cid] = size
             if task.kind == "fit" and self._carried is not None and task.weights is not None:
@@ -491,7 +431,7 @@ class CompressedTransport(CountingWrapper):
                     self.refused(reply.cid, sent.round, decoded.error)  # its site is told
                 yield decoded
             else:
-                self._count(reply.cid, None, _result_nbytes(reply.result))
+                self._count(reply.cid, None, result_nbytes(reply.result))
                 yield reply
             del reply  # not kept while the next client runs
 
