@@ -19,9 +19,8 @@ from covey.aggregate._base import (
     End,
     Event,
     Step,
-    chain,
-    run_round,
 )
+from covey.aggregate._chain import chain, run_round
 from covey.aggregate._clip import (
     clip_norm,
     polynomial_staleness,
