@@ -14,6 +14,7 @@ Example:
     ('q4', 'bfloat16')
 """
 
+from covey.compress._feedback import topk_with_feedback
 from covey.compress._plain import (
     check_applies,
     encoded_from_plain,
@@ -30,7 +31,6 @@ from covey.compress._schemes import (
     Quantize,
     Scheme,
     TopK,
-    topk_with_feedback,
 )
 
 __all__ = [

@@ -24,6 +24,7 @@ import numpy as np
 
 from covey.clients._client import lend, register_builtin
 from covey.clients._mistakes import ResultRefused, call_fit
+from covey.compress._feedback import topk_with_feedback
 from covey.compress._intwrap import refuse_wrapped
 from covey.compress._ownscheme import check_parts, decoded
 from covey.compress._plain import (
@@ -34,7 +35,7 @@ from covey.compress._plain import (
     scheme_named,
     scheme_spec,
 )
-from covey.compress._schemes import Encoded, Scheme, TopK, topk_with_feedback
+from covey.compress._schemes import Encoded, Scheme, TopK
 from covey.compress._wrapper import CountingWrapper, result_nbytes, task_nbytes
 from covey.core._messages import FitResult, Reply, Task, fit_nbytes
 from covey.core._replay import ByRound
