@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from covey.compress._kernels import (
+    _bf16_to_float16,
     _dequantize,
     _flat,
     _from_bf16,
@@ -33,11 +34,6 @@ from covey.compress._kernels import (
 from covey.core._weights import Array, Weights, WeightsError, WeightsSpec
 
 Parts = dict[str, dict[str, Array]]
-
-_BF16_65536 = 0x4780
-"""The bfloat16 bits of 65536, what float16's values from 65408 up round to."""
-_BF16_INF = 0x7F80
-"""The bfloat16 bits of Inf (magnitudes from here on are Inf and NaN)."""
 
 
 @dataclass(frozen=True)
@@ -205,27 +201,6 @@ class Cast:
                 else:
                     out[n] = _from_bf16(bits, d).reshape(s)
         return out
-
-
-def _bf16_to_float16(name: str, bits: Array) -> Array:
-    """bfloat16 ``bits`` of a float16 array as float16, within float16's range.
-
-    A float16 value of 65408 or more rounds to 65536 in bfloat16, beyond float16's
-    range: it is read back as 65504, float16's largest. A larger finite value,
-    which no float16 array encodes to, is refused (NaN and Inf decode as they
-    are, for the server's check of non-finite updates to refuse).
-    """
-    mag = bits & np.uint16(0x7FFF)
-    if bool(((mag > _BF16_65536) & (mag < _BF16_INF)).any()):
-        raise WeightsError(
-            f"encoded update: {name!r} has bfloat16 values beyond float16's range "
-            "(65504), which no float16 array encodes to"
-        )
-    with np.errstate(over="ignore"):  # 65536 overflows float16: set to 65504 below
-        out = _from_bf16(bits, np.dtype(np.float16))
-    top = mag == _BF16_65536
-    out[top] = np.copysign(np.float16(65504.0), out[top])
-    return out
 
 
 @dataclass(frozen=True)
