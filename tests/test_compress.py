@@ -448,3 +448,13 @@ def test_every_scheme_encodes_a_big_endian_delta_into_what_it_decodes(spec: str)
     assert decoded["w"].dtype == np.float64
     if spec in ("none", "float16"):
         assert decoded["w"].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_identity_takes_no_name() -> None:
+    # Its name travels as its spec: Identity("q8") would have clients encode with q8
+    # while the server decoded raw arrays, refusing every update.
+    with pytest.raises(TypeError):
+        Identity("q8")  # type: ignore[call-arg]
+    assert Identity().name == "none"
+    assert scheme_spec(Identity()) == "none"
+    assert scheme_named(scheme_spec(Identity()) or "") == Identity()

@@ -121,6 +121,11 @@ def _close_spec(lower: str) -> str | None:
 def scheme_spec(scheme: Scheme) -> str | None:
     """The spec :func:`scheme_named` rebuilds ``scheme`` from, or None for a scheme of one's own.
 
+    A subclass of a built-in scheme counts as one's own: it may encode differently.
+
+    Args:
+        scheme: Any scheme.
+
     Example:
         >>> scheme_spec(TopK(0.05)), scheme_spec(Quantize(4))
         ('topk:0.05', 'q4')
@@ -151,7 +156,16 @@ def _expected_keys(scheme: Scheme, dtype: np.dtype[Any]) -> set[str] | None:
 
 
 def encoded_to_plain(encoded: Encoded) -> dict[str, Any]:
-    """``encoded`` as one flat mapping of JSON values and named arrays (see the module)."""
+    """``encoded`` as one flat mapping of JSON values and named arrays (see the module).
+
+    Args:
+        encoded: An encoded update.
+
+    Returns:
+        ``"scheme"``, ``"num_examples"`` and ``"metrics"``, and each array under a
+        JSON key: ``["part", name, key]`` for the parts, ``["extra", extra, name]``
+        for the extras. The arrays are not copied.
+    """
     out: dict[str, Any] = {
         "scheme": encoded.scheme,
         "num_examples": encoded.num_examples,
@@ -341,6 +355,12 @@ def check_applies(scheme: Scheme | str | None, strategy: Strategy) -> None:
 
     Secure aggregation's clients send masked integers in rounds of their own:
     a scheme would neither compress them nor count their bytes.
+
+    Args:
+        scheme: The run's compression (a scheme or its spec), or None (no
+            compression: always accepted).
+        strategy: The run's strategy; it has a fit round of its own when its
+            ``fit_round`` is set.
 
     Raises:
         ValueError: ``scheme`` is set and ``strategy`` has its own fit round.

@@ -78,7 +78,16 @@ class CompressedFitPayload:
     name: str | None = None
 
     def task(self, fit: Task) -> Task:
-        """The ``"fit_compressed"`` task that asks for ``fit``'s work, compressed."""
+        """The ``"fit_compressed"`` task that asks for ``fit``'s work, compressed.
+
+        Args:
+            fit: The ``"fit"`` task: its round, weights and payload are kept, and
+                this payload's scheme, seed, client id, run and name join its
+                config under :data:`CONFIG_KEY`.
+
+        Returns:
+            The new task; ``fit`` is left as it is.
+        """
         scheme = _scheme_value(self.scheme)
         return compressed_task(fit, scheme, self.seed, self.cid, self.run, self.name)
 
@@ -86,9 +95,21 @@ class CompressedFitPayload:
     def of(cls, task: Task) -> tuple[CompressedFitPayload, dict[str, Any]]:
         """Read a ``"fit_compressed"`` task back: its payload and the fit's own config.
 
+        Args:
+            task: A ``"fit_compressed"`` task, as a client receives it. Its scheme
+                is a spec (``"q8"``) or, from an in-process transport, a scheme
+                object.
+
+        Returns:
+            The payload (its ``extras`` the task's payload) and a copy of the
+            task's config without the compression entry.
+
         Raises:
-            TypeError: if the task lacks weights or its compression entry.
-            ValueError: if the entry names an unknown scheme or bad seeds.
+            TypeError: if the task lacks weights or its compression entry, or the
+                entry names no scheme.
+            ValueError: if the entry names a scheme this covey does not know, its
+                ``seed`` or ``cid`` is not an integer >= 0, or its ``run`` or
+                ``name`` is not a string.
         """
         head = task.config.get(CONFIG_KEY) if isinstance(task.config, Mapping) else None
         if task.weights is None or not isinstance(head, Mapping):
@@ -305,12 +326,21 @@ class CompressedTransport(CountingWrapper):
         self._carried = None if scheme is None else _scheme_value(scheme)
 
     def client_name(self, cid: int) -> str | None:
-        """The inner transport's name for client ``cid``; None where it names none."""
+        """The inner transport's name for client ``cid``; None where it names none.
+
+        Args:
+            cid: The client's id.
+        """
         name = getattr(self.inner, "client_name", None)
         return name(cid) if callable(name) else None
 
     def deliver(self, cid: int) -> None:
-        """Count the bytes held for ``cid`` (with ``by_client``; a no-op otherwise)."""
+        """Count the bytes held for ``cid`` (with ``by_client``; a no-op otherwise).
+
+        Args:
+            cid: The client whose update the run took in: the bytes of its last
+                task and of the replies to it are counted, once.
+        """
         held = None if self._held is None else self._held.pop(cid, None)
         if held is not None:
             self.bytes_sent += held[0]
@@ -334,7 +364,22 @@ class CompressedTransport(CountingWrapper):
     def exchange(
         self, tasks: Mapping[int, Task], *, timeout: float | None = None
     ) -> Iterator[Reply]:
-        """Send ``tasks`` (fit tasks compressed) and yield decoded replies."""
+        """Send ``tasks`` (fit tasks compressed) and yield decoded replies.
+
+        With a scheme, each ``"fit"`` task that carries weights goes as a
+        ``"fit_compressed"`` one, and its encoded reply comes back as a plain
+        fit reply with a ``delta``; a reply that is no well-formed update in
+        the scheme becomes a failed reply, and its client is told (see
+        ``refused``). Other tasks and their replies pass as they are.
+
+        Args:
+            tasks: The task of each client, by client id.
+            timeout: Seconds to wait for the replies, handed on to the inner
+                transport's ``exchange`` as it is.
+
+        Returns:
+            The replies, in the order the inner transport yields them.
+        """
         if self._carried is None and self._held is None:
             return self._counted(tasks, timeout)
         return self._compressed(tasks, timeout)
@@ -352,7 +397,12 @@ class CompressedTransport(CountingWrapper):
             del reply  # not kept while the next client runs
 
     def count_sent(self, tasks: Mapping[int, Task]) -> None:
-        """Count the bytes of ``tasks`` as sent (with no scheme, not held by client)."""
+        """Count the bytes of ``tasks`` as sent (with no scheme, not held by client).
+
+        Args:
+            tasks: The tasks sent, by client id: each task's weights and (for a
+                fit task) payload arrays count once per client.
+        """
         sizes: dict[tuple[str, int, int], int] = {}
         sent = size = 0
         last = None
@@ -372,6 +422,14 @@ class CompressedTransport(CountingWrapper):
         A failed reply of a client that ``reached`` (the inner transport's
         ``reached(cid)``, if it has one) says its task never got to takes back
         the bytes of that task.
+
+        Args:
+            reply: A reply the inner transport gave: its result's arrays count
+                as received.
+            tasks: The tasks of the exchange, by client id, as given to
+                :meth:`count_sent`.
+            reached: The inner transport's ``reached(cid) -> bool``, or None
+                (every task reached its client).
         """
         result = reply.result
         if type(result) is FitResult:

@@ -70,11 +70,36 @@ class Scheme(Protocol):
         ...
 
     def encode(self, delta: Weights, rng: np.random.Generator) -> Parts:
-        """Encode ``delta`` (float arrays compressed, others raw)."""
+        """Encode ``delta`` (float arrays compressed, others raw).
+
+        Args:
+            delta: The client's update by weight name (local minus global weights).
+            rng: Random numbers for a stochastic encoding; the runtime seeds it
+                with the run's seed, the round and the client's id.
+
+        Returns:
+            For each weight name of ``delta``, the named flat arrays that travel.
+
+        Raises:
+            ValueError: an array cannot be encoded (e.g. it holds NaN or Inf),
+                naming it.
+        """
         ...
 
     def decode(self, parts: Parts, spec: WeightsSpec) -> dict[str, Array]:
-        """Rebuild the update from ``parts``, checked against the model's ``spec``."""
+        """Rebuild the update from ``parts``, checked against the model's ``spec``.
+
+        Args:
+            parts: An encoded update, as :meth:`encode` made it and a peer sent it.
+            spec: The names, shapes and dtypes of the model the task carried.
+
+        Returns:
+            The decoded update: an array of ``spec``'s shape and dtype per name.
+
+        Raises:
+            covey.WeightsError: ``parts`` does not fit ``spec`` (names, array
+                sizes, dtypes or values no encoding makes), naming the array.
+        """
         ...
 
 
@@ -120,14 +145,29 @@ def _decode_raw(parts: Parts, name: str, shape: tuple[int, ...], dtype: Any) -> 
 class Identity:
     """No compression: the update as it is (the baseline of byte counts)."""
 
-    name: str = "none"
+    # Not an argument: a scheme's name travels with each update and, for the
+    # built-in schemes, is the spec a client rebuilds it from.
+    name: str = field(default="none", init=False)
 
     def encode(self, delta: Weights, rng: np.random.Generator) -> Parts:
-        """Every array raw."""
+        """Every array raw: flattened, in its own dtype.
+
+        Args:
+            delta: The client's update by weight name.
+            rng: Unused: the encoding is deterministic (taken for :class:`Scheme`).
+        """
         return {n: _raw(x) for n, x in delta.items()}
 
     def decode(self, parts: Parts, spec: WeightsSpec) -> dict[str, Array]:
-        """Every array back in its shape."""
+        """Every array back in its shape (in native byte order).
+
+        Args:
+            parts: The encoded update, as a client sent it.
+            spec: The names, shapes and dtypes of the model the task carried.
+
+        Raises:
+            covey.WeightsError: ``parts`` does not fit ``spec``, naming the array.
+        """
         _decode_layout(parts, spec)
         return {
             n: _decode_raw(parts, n, s, d)
@@ -173,7 +213,18 @@ class Cast:
         return self.dtype
 
     def encode(self, delta: Weights, rng: np.random.Generator) -> Parts:
-        """Each float array to 16 bits."""
+        """Each float array to 16 bits; integer and boolean arrays raw.
+
+        bfloat16 rounds to nearest even once, from the array's own dtype.
+
+        Args:
+            delta: The client's update by weight name.
+            rng: Unused: the encoding is deterministic (taken for :class:`Scheme`).
+
+        Raises:
+            ValueError: a float array holds NaN or Inf, or (float16) a value
+                beyond 65504, or (bfloat16) one beyond float32's range, naming it.
+        """
         out: Parts = {}
         for n, x in delta.items():
             if x.dtype.kind != "f":
@@ -185,7 +236,15 @@ class Cast:
         return out
 
     def decode(self, parts: Parts, spec: WeightsSpec) -> dict[str, Array]:
-        """Each array back to its own dtype."""
+        """Each array back to its own dtype (a float16 array's 65536 as 65504).
+
+        Args:
+            parts: The encoded update, as a client sent it.
+            spec: The names, shapes and dtypes of the model the task carried.
+
+        Raises:
+            covey.WeightsError: ``parts`` does not fit ``spec``, naming the array.
+        """
         _decode_layout(parts, spec)
         out: dict[str, Array] = {}
         for n, s, d in zip(spec.names, spec.shapes, _native(spec), strict=True):
@@ -238,7 +297,16 @@ class Quantize:
         return f"q{self.bits}"
 
     def encode(self, delta: Weights, rng: np.random.Generator) -> Parts:
-        """Codes, minimum and step of each float array."""
+        """Codes, minimum and step of each float array; integer and boolean arrays raw.
+
+        Args:
+            delta: The client's update by weight name.
+            rng: Draws the stochastic rounding of each value, in order.
+
+        Raises:
+            ValueError: a float array holds NaN or Inf, or spans a range too
+                wide for float64, naming it.
+        """
         levels = (1 << self.bits) - 1
         out: Parts = {}
         for n, x in delta.items():
@@ -250,7 +318,16 @@ class Quantize:
         return out
 
     def decode(self, parts: Parts, spec: WeightsSpec) -> dict[str, Array]:
-        """``lo + code * step`` per value, in each array's dtype."""
+        """``lo + code * step`` per value, in each array's dtype.
+
+        Args:
+            parts: The encoded update, as a client sent it.
+            spec: The names, shapes and dtypes of the model the task carried.
+
+        Raises:
+            covey.WeightsError: ``parts`` does not fit ``spec``, or a scale is not
+                finite, is negative, or has levels beyond the array's dtype.
+        """
         _decode_layout(parts, spec)
         out: dict[str, Array] = {}
         f64 = np.dtype(np.float64)
@@ -338,6 +415,9 @@ class TopK:
     def k(self, size: int) -> int:
         """How many of ``size`` values are sent: ``ceil(fraction * size)``, at least 1.
 
+        Args:
+            size: The number of values of an array; 0 gives 0.
+
         Example:
             >>> TopK(0.07).k(100), TopK(0.07).k(101), TopK(0.01).k(10)
             (7, 8, 1)
@@ -348,7 +428,19 @@ class TopK:
         return min(size, max(1, -(-num * size // den)))  # exact: no float rounding
 
     def encode(self, delta: Weights, rng: np.random.Generator) -> Parts:
-        """Indices and values of the largest entries of each float array."""
+        """Indices and values of the largest entries of each float array.
+
+        Integer and boolean arrays travel raw. The indices are sorted; this
+        encodes ``delta`` alone, without error feedback (see
+        :func:`~covey.compress.topk_with_feedback`).
+
+        Args:
+            delta: The client's update by weight name.
+            rng: Unused: the encoding is deterministic (taken for :class:`Scheme`).
+
+        Raises:
+            ValueError: a float array holds NaN or Inf, naming it.
+        """
         out: Parts = {}
         for n, x in delta.items():
             if x.dtype.kind != "f":
@@ -360,7 +452,16 @@ class TopK:
         return out
 
     def decode(self, parts: Parts, spec: WeightsSpec) -> dict[str, Array]:
-        """A dense array, zero where nothing was sent."""
+        """A dense array, zero where nothing was sent.
+
+        Args:
+            parts: The encoded update, as a client sent it.
+            spec: The names, shapes and dtypes of the model the task carried.
+
+        Raises:
+            covey.WeightsError: ``parts`` does not fit ``spec``, or its indices are
+                out of range or not strictly increasing.
+        """
         _decode_layout(parts, spec)
         out: dict[str, Array] = {}
         for n, s, d in zip(spec.names, spec.shapes, _native(spec), strict=True):
