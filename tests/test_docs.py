@@ -354,14 +354,6 @@ def _unexplained_arguments(module_name: str) -> list[str]:
 #: a name documented must leave it (test_args_still_missing_is_up_to_date).
 ARGS_STILL_MISSING: frozenset[str] = frozenset(
     {
-        "covey.aggregate.Aggregate.apply",
-        "covey.aggregate.Aggregate.as_delta",
-        "covey.aggregate.Begin",
-        "covey.aggregate.Contribution.as_delta",
-        "covey.aggregate.Contribution.as_weights",
-        "covey.aggregate.Step",
-        "covey.aggregate.Step.feed",
-        "covey.aggregate.run_round",
         "covey.dashboard.DashboardServer.start",
         "covey.dashboard.render_report",
         "covey.privacy.ClippedSum",

@@ -49,7 +49,12 @@ class AggregationError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Begin:
-    """A round starts; ``params`` are the global weights the clients received."""
+    """A round starts; ``params`` are the global weights the clients received.
+
+    Args:
+        round: The round (an asynchronous run's update) that starts.
+        params: The global weights the round's clients received.
+    """
 
     round: int
     params: Weights
@@ -113,7 +118,14 @@ class Contribution:
         set_bounded(self, False)
 
     def as_delta(self, params: Weights) -> Weights:
-        """The update relative to ``params`` (computed if the client sent weights)."""
+        """The update relative to ``params`` (computed if the client sent weights).
+
+        Args:
+            params: The global weights the client trained from (``Begin.params``).
+
+        Returns:
+            ``delta`` as the client sent it, or ``weights - params``, a new dict.
+        """
         if self.delta is not None:
             return self.delta
         if self.weights is None:  # an invariant of this module, not an input check
@@ -121,7 +133,14 @@ class Contribution:
         return subtract(self.weights, params)
 
     def as_weights(self, params: Weights) -> Weights:
-        """The client's full weights (computed if the client sent a delta)."""
+        """The client's full weights (computed if the client sent a delta).
+
+        Args:
+            params: The global weights the client trained from (``Begin.params``).
+
+        Returns:
+            ``weights`` as the client sent them, or ``params + delta``, a new dict.
+        """
         if self.weights is not None:
             return self.weights
         if self.delta is None:  # an invariant of this module, not an input check
@@ -225,7 +244,14 @@ class Aggregate:
         check_info(self.info, "Aggregate", self.round)
 
     def as_delta(self, params: Weights) -> Weights:
-        """The update relative to ``params``."""
+        """The update relative to ``params``.
+
+        Args:
+            params: The round's global weights (``Begin.params``).
+
+        Returns:
+            ``delta``, or ``weights - params`` when the aggregate holds weights.
+        """
         if self.delta is not None:
             return self.delta
         if self.weights is None:  # an invariant of this module, not an input check
@@ -235,8 +261,10 @@ class Aggregate:
     def apply(self, params: Weights, step: str = "round") -> dict[str, Array]:
         """The new global weights: ``weights`` or ``params + delta``.
 
-        ``step`` says what ``round`` counts in an error (as :attr:`End.step`):
-        ``"round"``, or an asynchronous run's ``"update"``.
+        Args:
+            params: The round's global weights (``Begin.params``).
+            step: What ``round`` counts, in an error (as :attr:`End.step`):
+                ``"round"``, or an asynchronous run's ``"update"``.
 
         Raises:
             covey.WeightsError: if ``delta`` does not have the names and shapes of
@@ -293,6 +321,12 @@ class Step(NamedTuple):
 
     ``init`` runs once per federation with the initial global weights;
     ``update`` runs for every event of every round.
+
+    Args:
+        init: ``init(params) -> state``: the step's first state, from the run's
+            initial global weights.
+        update: ``update(state, event) -> (state, events)``: the new state and
+            the events passed on, in a tuple (a list is taken).
     """
 
     init: Init
@@ -300,6 +334,13 @@ class Step(NamedTuple):
 
     def feed(self, state: State, event: Event) -> tuple[State, tuple[Event, ...]]:
         """``update(state, event)``, its result checked: a mistake in it is named.
+
+        Args:
+            state: The state the last call returned (or ``init``'s).
+            event: The round's next event.
+
+        Returns:
+            ``(state, events)`` as ``update`` returned them.
 
         Raises:
             TypeError: naming the ``update`` function, if it does not return

@@ -77,6 +77,17 @@ def run_round(
 ) -> tuple[State, Aggregate | None]:
     """Feed one whole round through ``step``: a convenience for tests and notebooks.
 
+    The events are ``Begin(round, params)``, the contributions in order, then
+    ``End(round)``, each through :meth:`Step.feed`.
+
+    Args:
+        step: The step (e.g. a :func:`chain`).
+        state: The step's state: ``step.init(params)`` for a first round, else
+            the state the last call returned.
+        round: The round's number.
+        params: The round's global weights, which the clients trained from.
+        contributions: The clients' contributions.
+
     Returns:
         The new state and the round's aggregate (None if nothing was combined).
     """
