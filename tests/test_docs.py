@@ -354,23 +354,9 @@ def _unexplained_arguments(module_name: str) -> list[str]:
 #: a name documented must leave it (test_args_still_missing_is_up_to_date).
 ARGS_STILL_MISSING: frozenset[str] = frozenset(
     {
-        "covey.dashboard.DashboardServer.start",
-        "covey.dashboard.render_report",
         "covey.privacy.ClippedSum",
         "covey.privacy.PrivacyHook",
-        "covey.sim.ClockedTransport.exchange",
-        "covey.sim.ClockedTransport.reached",
-        "covey.sim.ProcessTransport.exchange",
         "covey.sim.RayTransport.exchange",
-        "covey.sklearn.is_mlp",
-        "covey.testing.ThreadedAsyncTransport.cancel",
-        "covey.testing.ThreadedAsyncTransport.next_reply",
-        "covey.testing.ThreadedAsyncTransport.submit",
-        "covey.testing.random_params",
-        "covey.trackers.MLflowLogger.close",
-        "covey.xgboost.from_weights",
-        "covey.xgboost.num_trees",
-        "covey.xgboost.round_robin",
     }
 )
 

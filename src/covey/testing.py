@@ -38,7 +38,13 @@ ContributionsFn = Callable[[Weights, int, np.random.Generator], list[Contributio
 
 
 def random_params(rng: np.random.Generator, *, with_int: bool = True) -> dict[str, Array]:
-    """A small model: a float64 matrix, a float32 vector and (optionally) an int64 counter."""
+    """A small model: a float64 matrix, a float32 vector and (optionally) an integer counter.
+
+    Args:
+        rng: Draws the values: ``"w"`` (3x4) and ``"b"`` (4) standard normal.
+        with_int: Add ``"count"``, two integers in [0, 100) of NumPy's default
+            integer dtype (int64 on most platforms).
+    """
     params: dict[str, Array] = {
         "w": rng.normal(size=(3, 4)),
         "b": rng.normal(size=4).astype(np.float32),
@@ -317,7 +323,18 @@ class ThreadedAsyncTransport:
         return time.monotonic() - self._start
 
     def submit(self, cid: int, task: Task, *, timeout: float | None = None) -> None:
-        """Start ``task`` on a worker thread."""
+        """Start ``task`` on a worker thread.
+
+        Args:
+            cid: The client the task is for: one task in flight per client.
+            task: The task, run through the wrapped transport's ``exchange``.
+            timeout: Seconds the wrapped transport's ``exchange`` is given (None:
+                no limit); a task that gets no reply in time fails with
+                ``"no reply in time"``.
+
+        Raises:
+            ValueError: ``cid`` already has a task in flight.
+        """
         if cid in self._inflight:
             raise ValueError(f"client {cid} already has a task in flight")
         token = next(self._tokens)
@@ -333,7 +350,13 @@ class ThreadedAsyncTransport:
         self._replies.put((cid, token, reply))
 
     def next_reply(self, timeout: float | None = None) -> Reply | None:
-        """Block until a reply arrives (None after ``timeout`` s or if nothing is in flight)."""
+        """Block until a reply arrives (None after ``timeout`` s or if nothing is in flight).
+
+        A reply to a task :meth:`cancel` dropped is skipped.
+
+        Args:
+            timeout: Seconds to wait at most; None waits while a task is in flight.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while self._inflight:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -347,7 +370,11 @@ class ThreadedAsyncTransport:
         return None
 
     def cancel(self, cid: int) -> None:
-        """Forget ``cid``'s task; its thread finishes but the reply is dropped."""
+        """Forget ``cid``'s task; its thread finishes but the reply is dropped.
+
+        Args:
+            cid: The client; one with no task in flight is ignored.
+        """
         self._inflight.pop(cid, None)
 
     def close(self) -> None:

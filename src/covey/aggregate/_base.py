@@ -322,7 +322,7 @@ class Step(NamedTuple):
     ``init`` runs once per federation with the initial global weights;
     ``update`` runs for every event of every round.
 
-    Args:
+    Attributes:
         init: ``init(params) -> state``: the step's first state, from the run's
             initial global weights.
         update: ``update(state, event) -> (state, events)``: the new state and

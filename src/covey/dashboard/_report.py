@@ -221,7 +221,16 @@ def _round_rows(run: Run) -> str:
 
 
 def render_report(run: Run) -> str:
-    """The HTML text of a run's report (plots, facts, one table row per round)."""
+    """The HTML text of a run's report (plots, facts, one table row per round).
+
+    The page is self-contained: the chart library is written into it.
+
+    Args:
+        run: The run, as :func:`~covey.dashboard.read_run` reads it from its folder.
+
+    Raises:
+        ImportError: the dashboard's extra (``plotly``) is not installed, naming it.
+    """
     figures = _figures(run)
     config = {"displaylogo": False, "responsive": True}
     html_parts = [

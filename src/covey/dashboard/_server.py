@@ -238,8 +238,16 @@ class DashboardServer:
     def start(self, timeout: float = 30.0) -> Self:
         """Start serving and wait until the socket listens.
 
+        Args:
+            timeout: Seconds to wait for the socket to listen.
+
+        Returns:
+            This server, started (so ``DashboardServer(...).start()`` reads as one).
+
         Raises:
-            RuntimeError: if the server did not start within ``timeout`` seconds.
+            RuntimeError: if the server did not start within ``timeout`` seconds,
+                or its thread ended first (e.g. the port is in use); the server
+                is stopped.
         """
         self._thread.start()
         deadline = time.monotonic() + timeout

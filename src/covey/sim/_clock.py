@@ -291,13 +291,27 @@ class ClockedTransport:
         """Whether the last exchange's task reached ``cid`` (not if it was offline).
 
         A straggler did receive its task: it fails for training too slowly.
+
+        Args:
+            cid: A client of the last exchange.
         """
         return cid not in self._offline
 
     def exchange(
         self, tasks: Mapping[int, Task], *, timeout: float | None = None
     ) -> Iterator[Reply]:
-        """Fail offline clients and stragglers, run the rest; yield every reply."""
+        """Fail offline clients and stragglers, run the rest; yield every reply.
+
+        Who is online, and how long each fit takes, is drawn from the clock for
+        the tasks' round; an exchange of training tasks (see :func:`trains`)
+        moves the simulated time on by its slowest client that met the deadline
+        (by the deadline, if a client missed it).
+        The failures are yielded first, then the wrapped transport's replies.
+
+        Args:
+            tasks: The task of each client, by client id.
+            timeout: Seconds of real time, handed on to the wrapped transport.
+        """
         cids = np.array(sorted(tasks), dtype=np.int64)
         rounds = {task.round for task in tasks.values()}
         rnd = rounds.pop() if len(rounds) == 1 else max(t.round for t in tasks.values())

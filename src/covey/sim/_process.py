@@ -328,6 +328,14 @@ class ProcessTransport:
     ) -> Iterator[Reply]:
         """Send each worker its clients' tasks, then yield replies as they arrive.
 
+        Args:
+            tasks: The task of each client, by client id; a client's worker is
+                fixed by its id. A task that cannot be sent to a worker fails
+                its client, yielded first.
+            timeout: Seconds for the whole exchange (None: no limit). A worker
+                still busy at the deadline is stopped and replaced, and each of
+                its clients not yet answered fails with ``"no reply in time"``.
+
         Raises:
             RuntimeError: the transport is closed (its workers would start again and
                 outlive it); the replies are read as the iterator is, so read them

@@ -16,7 +16,14 @@ __all__ = ["get_params", "initial_params", "is_mlp", "prime", "set_params"]
 
 
 def is_mlp(model: Any) -> bool:
-    """Whether ``model`` is a multi-layer perceptron (``coefs_`` and ``intercepts_`` lists)."""
+    """Whether ``model`` is a multi-layer perceptron (``coefs_`` and ``intercepts_`` lists).
+
+    Told by its ``hidden_layer_sizes`` (``MLPClassifier``, ``MLPRegressor``), which
+    an unfitted model has too.
+
+    Args:
+        model: A scikit-learn estimator, fitted or not.
+    """
     return hasattr(model, "hidden_layer_sizes")
 
 

@@ -425,7 +425,13 @@ class MLflowLogger:
         )
 
     def close(self, status: str = "FINISHED") -> None:
-        """End the MLflow run (``"FINISHED"``, ``"FAILED"`` or ``"KILLED"``)."""
+        """End the MLflow run (``"FINISHED"``, ``"FAILED"`` or ``"KILLED"``).
+
+        A second call does nothing.
+
+        Args:
+            status: The run's end status in MLflow, as MLflow names it.
+        """
         if not self._closed:
             self.client.set_terminated(self.run_id, status=status)
             self._closed = True

@@ -80,6 +80,13 @@ def to_weights(model: bytes | bytearray | memoryview, capacity: int) -> dict[str
 def from_weights(weights: Weights) -> bytes:
     """The model bytes inside ``weights``, checked against the buffer's capacity.
 
+    Args:
+        weights: XGBoost weights as :func:`to_weights` makes them: the model's
+            bytes in a 1-D uint8 buffer and its length, one integer.
+
+    Returns:
+        The first ``size`` bytes of the buffer, copied.
+
     Raises:
         WeightsError: The entries are missing, of the wrong kind, or ``size`` is
             out of range.
@@ -154,7 +161,14 @@ _AVERAGED = (
 
 
 def num_trees(model: bytes) -> int:
-    """How many trees a serialized booster holds."""
+    """How many trees a serialized booster holds.
+
+    Args:
+        model: The booster's JSON bytes (``Booster.save_raw("json")``).
+
+    Raises:
+        covey.WeightsError: ``model`` is no XGBoost JSON model of a tree booster.
+    """
     return len(parse(model)["learner"]["gradient_booster"]["model"]["trees"])
 
 

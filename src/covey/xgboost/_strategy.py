@@ -370,7 +370,13 @@ def cyclic(*, max_trees: int | None = None, local_rounds: int = 1) -> Step:
 
 
 def round_robin(candidates: Sequence[int], round: int, rng: np.random.Generator) -> list[int]:
-    """A selector that picks one client per round, in turn: round 1 the first, and so on."""
+    """A selector that picks one client per round, in turn: round 1 the first, and so on.
+
+    Args:
+        candidates: The client ids to pick from (none: none picked), in increasing order.
+        round: The round (1-based); after the last candidate the first comes again.
+        rng: Unused: the pick is deterministic.
+    """
     ordered = sorted(int(c) for c in candidates)
     if not ordered:
         return []
