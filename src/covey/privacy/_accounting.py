@@ -163,6 +163,14 @@ def epsilon_of(event: dpa.DpEvent, delta: float, accountant: Accountant = "rdp")
         return float(acc.get_epsilon(delta))
 
 
+@functools.lru_cache(maxsize=64)
+def _pld_epsilon(entries_json: str, delta: float) -> float:
+    # A PLD takes seconds to compose; clients (or rounds) holding equal ledgers
+    # (LocalDP sites that all took part in every round) compute it once.
+    ledger = Ledger(tuple((data, n) for data, n in json.loads(entries_json)), "pld")
+    return epsilon_of(ledger.event(), delta, "pld")
+
+
 def round_event(noise_multiplier: float, sampling_rate: float) -> dpa.DpEvent:
     """One round of the Poisson-subsampled Gaussian mechanism (no sampling when rate is 1)."""
     gaussian = dpa.GaussianDpEvent(noise_multiplier)
@@ -377,7 +385,7 @@ class Ledger:
         if not self.entries:
             return 0.0
         if self.accountant == "pld" and not _uses_tree(self.event()):
-            return epsilon_of(self.event(), delta, "pld")
+            return _pld_epsilon(json.dumps(self.entries, sort_keys=True), delta)
         # RDP composes by adding each event's RDP curve times its count, as the
         # accountant does for a SelfComposedDpEvent; each distinct event's curve
         # is computed by dp-accounting once and kept, so a run's per-round epsilon
