@@ -289,3 +289,18 @@ def test_the_dp_ftrl_statement_names_the_replace_special_relation_it_is_accounte
     (unit,) = [line for line in capsys.readouterr().out.splitlines() if "unit:" in line]
     assert "replace special" in unit
     assert "add or remove" not in unit
+
+
+def test_local_dp_refuses_extras_it_would_leave_out() -> None:
+    # A SCAFFOLD client's control-variate change was dropped unsaid, and the round
+    # then failed every client with "it sent no 'scaffold_delta_c' extra".
+    class WithExtras(covey.Client):
+        def fit(self, weights: covey.Weights, config: dict[str, Any]) -> covey.FitResult:
+            w = weights["w"]
+            return covey.FitResult(
+                delta={"w": w + 1.0}, num_examples=1, extras={"scaffold_delta_c": {"w": w}}
+            )
+
+    client = privacy.LocalDP(WithExtras(), epsilon=1.0, delta=1e-5, clip=1.0, seed=0)
+    with pytest.raises(ValueError, match=r"LocalDP sends only.*\['scaffold_delta_c'\].*SCAFFOLD"):
+        client.fit({"w": np.zeros(3)}, {"round": 1})

@@ -224,6 +224,12 @@ class LocalDP(ClipUpdates):
             config: The round's fit config (its ``"round"`` seeds the noise stream).
         """
         result = self.client.fit(lend(self.client, weights), config)  # weights used below
+        if result.extras:  # data-dependent arrays the noise would not cover
+            raise ValueError(
+                f"LocalDP sends only the noised update, and the wrapped client's result has "
+                f"extras {sorted(result.extras)} it would leave out (a strategy needing them, "
+                "such as SCAFFOLD's control variates, cannot run with LocalDP clients)"
+            )
         update = _update(result, weights)
         _noise.check_float(update, "LocalDP")
         if not all(np.isfinite(v).all() for v in update.values()):
