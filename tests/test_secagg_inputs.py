@@ -10,6 +10,7 @@ import pytest
 
 import covey
 from covey import FitResult
+from covey.compress import Identity, check_applies
 from covey.secagg import secure
 
 BAD = {
@@ -85,6 +86,18 @@ def test_compression_is_refused_for_a_secured_strategy() -> None:
             initial_weights={"a": np.zeros(3), "b": np.ones(2)},
             compression="q8",
         )
+
+
+@pytest.mark.parametrize("spec", ["none", "NONE"])
+def test_compression_none_is_no_compression_for_a_secured_strategy(spec: str) -> None:
+    """A sweep over schemes that includes "none" runs its secured combination, as with None."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        strategy = secure(covey.FedAvg(fraction_evaluate=0.0), clip_range=1.0)
+    check_applies(spec, strategy)  # refused as compression before
+    check_applies(Identity(), strategy)
+    with pytest.raises(ValueError, match="compression does not apply to SecureFedAvg"):
+        check_applies("float16", strategy)
 
 
 def test_serve_refuses_compression_for_a_secured_strategy() -> None:

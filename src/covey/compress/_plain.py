@@ -363,9 +363,12 @@ def check_applies(scheme: Scheme | str | None, strategy: Strategy) -> None:
             ``fit_round`` is set.
 
     Raises:
-        ValueError: ``scheme`` is set and ``strategy`` has its own fit round.
+        ValueError: ``scheme`` compresses (any but ``"none"``) and ``strategy`` has its
+            own fit round.
     """
-    if scheme is not None and strategy.fit_round is not None:
+    if isinstance(scheme, str):
+        scheme = scheme_named(scheme)
+    if scheme is not None and not isinstance(scheme, Identity) and strategy.fit_round is not None:
         raise ValueError(
             f"compression does not apply to {strategy.name}: its fit round is its own "
             "exchange (secure aggregation sends masked integers), which would go "
