@@ -218,3 +218,40 @@ def test_a_where_on_a_column_of_numbers_read_as_text_says_it_holds_text(tmp_path
     with pytest.raises(PolicyError) as info:
         query([site], "SELECT COUNT(*) FROM t WHERE n > 100", secure=False)
     assert "have the types of their columns (at this site, 'n' holds text)" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("where", "comparison"),
+    [
+        ("n > '100'", "n > '100'"),  # counted 9 and 7: '9' > '100' as texts
+        ("'100' <= n", "'100' <= n"),
+        ("n BETWEEN '5' AND '100'", "n BETWEEN '5' AND '100'"),
+    ],
+)
+def test_a_text_column_ordered_by_a_number_written_as_text_is_refused_naming_it(
+    tmp_path: Path, where: str, comparison: str
+) -> None:
+    # the site compared the texts and answered a count nobody could tell was wrong
+    path = tmp_path / "t.csv"
+    path.write_text("ward,n\nA,1 234\nB,9\nC,150\nD,7\n")
+    site = Site({"t": CSV(path)}, Policy(min_group_size=1), name="north")
+    for sql in (
+        f"SELECT COUNT(*) FROM t WHERE {where}",  # noqa: S608 - a test's query
+        f"SELECT COUNT(*) FILTER (WHERE {where}), COUNT(*) FROM t",  # noqa: S608
+    ):
+        with pytest.raises(PolicyError) as info:
+            query([site], sql, secure=False)
+        assert (
+            f"(north: {comparison} orders column 'n', which holds text (VARCHAR) at this site, "
+            "by a number written as text: it would compare the texts ('9' > '100')"
+        ) in str(info.value)
+
+
+def test_a_text_column_compared_for_equality_or_a_number_column_by_text_is_answered(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("ward,n,m\nA,1 234,1\nB,9,200\nC,150,150\nD,7,7\n")
+    site = Site({"t": CSV(path)}, Policy(min_group_size=1), name="north")
+    said = query([site], "SELECT COUNT(*) FROM t WHERE n = '9' OR m > '100'", secure=False)
+    assert said.iloc[0, 0] == 2  # B by its text, B and C by their numbers

@@ -32,6 +32,7 @@ from covey.analytics._sorted import Memo
 from covey.analytics._sql import Plan, plan
 from covey.analytics._sqltext import QueryError, fold
 from covey.analytics._tables import open_tables
+from covey.analytics._wheretext import refuse_text_orders
 from covey.analytics._withholding import noise_request, noise_suffices, withhold
 from covey.clients import Client
 from covey.clients._client import register_builtin
@@ -204,6 +205,7 @@ class Site(Client):
             kinds = self._kinds(p)
 
             def check(con: Any) -> None:
+                refuse_text_orders(p.number_orders, kinds)
                 for cond in p.conditions():
                     check_where(con, p.table, cond, kinds)
 
@@ -326,6 +328,7 @@ class Site(Client):
         kinds = self._kinds(p)
 
         def run(con: Any) -> Computed:
+            refuse_text_orders(p.number_orders, kinds)
             for cond in p.conditions():  # types first, on no row (see check_where)
                 check_where(con, p.table, cond, kinds)
             return compute(

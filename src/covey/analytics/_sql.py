@@ -27,6 +27,7 @@ from covey.analytics._formula import Formula
 from covey.analytics._select import Output, refuse_empty_names, select_list
 from covey.analytics._sqlaggregates import Aggregate, aggregate, function_name
 from covey.analytics._sqltext import DIALECT, QueryError, SqlText
+from covey.analytics._wheretext import number_orders
 
 MAX_WHERE_DEPTH = 500  # how deep a WHERE may nest: DuckDB at the sites reads at most 1000
 KEPT_PLANS = 128  # the plans a process keeps, of the texts it parsed last
@@ -48,6 +49,9 @@ class Plan:
             then the SELECT list's items (see :func:`~covey.analytics._select.select_list`).
         formulas: The SELECT list's arithmetic over aggregates (``SUM(a) / SUM(b)``),
             which the server evaluates over the answered aggregates.
+        number_orders: ``(column, comparison)`` of each column a condition orders
+            by a number written as text (``n > '100'``), which a site refuses where
+            the column holds text (see :mod:`~covey.analytics._wheretext`).
     """
 
     sql: str
@@ -58,6 +62,7 @@ class Plan:
     aggregates: tuple[Aggregate, ...]
     outputs: tuple[Output, ...]
     formulas: tuple[Formula, ...] = ()
+    number_orders: tuple[tuple[str, str], ...] = ()
 
     def conditions(self) -> list[str]:
         """The row conditions the sites run: the WHERE, and each aggregate's own FILTER."""
@@ -328,4 +333,6 @@ def _plan(sql: str) -> Plan:
         tree, loc, group_by, functools.partial(_filtered, loc=loc)
     )
     group = tuple(group_by)
-    return Plan(sql, table, where_sql, where_cols, group, tuple(aggregates), outputs, formulas)
+    orders = number_orders([tree])  # the WHERE's and each FILTER's
+    aggs = tuple(aggregates)
+    return Plan(sql, table, where_sql, where_cols, group, aggs, outputs, formulas, orders)
