@@ -256,11 +256,16 @@ def test_a_site_with_max_epsilon_and_no_budget_warns_that_repeats_are_unbounded(
         ({"multiplier": 100.0, "shares": "3"}, "shares '3', not a whole number"),
         ({"multiplier": True, "shares": 2}, "multiplier 'True', not a number"),
         ({"multiplier": "100", "shares": 2}, "multiplier '100', not a number"),
+        ({"multiplier": 100.0, "shares": 0}, "multiplier 100.0, 0 shares"),
+        ({"multiplier": 100.0, "shares": 10**9}, "multiplier 100.0, 1000000000 shares"),
+        ({"multiplier": 100.0}, "{'mechanism': 'laplace', 'multiplier': 100.0}"),
     ],
 )
+@pytest.mark.parametrize("masked", [True, False])
 def test_a_noise_request_of_the_wrong_types_is_refused_naming_the_field(
-    dp: dict[str, Any], reason: str, monkeypatch: pytest.MonkeyPatch
+    dp: dict[str, Any], reason: str, masked: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # an answer in the clear took a share count of 1.9 or 0 as 1, which the secure path refused
     site = Site({"t": _frame()}, _policy(epsilon=1.0))
 
     def nothing(*args: Any, **kwargs: Any) -> Any:
@@ -271,14 +276,14 @@ def test_a_noise_request_of_the_wrong_types_is_refused_naming_the_field(
     request = {
         "op": "answer",
         "sql": "SELECT COUNT(*) FROM t",
-        "secure": True,
+        "secure": masked,
         "bound": 1 << 40,
         "domains": {},
         "stats": [{"op": "count", "sensitivity": 1.0}],
         "dp": {"mechanism": "laplace", **dp},
     }
     with pytest.raises(PolicyError, match=f"^bad noise request: {re.escape(reason)}$"):
-        site.answer(request, masked=True)
+        site.answer(request, masked=masked)
     describe = {**request, "op": "describe", "first": request, "releases": 1}
     reply = run_task(site, 0, Task(TASK_KIND, 1, payload=describe))
     assert reply.error is None, reply.error

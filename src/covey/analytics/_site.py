@@ -272,6 +272,7 @@ class Site(Client):
         if not isinstance(request.get("domains", {}), Mapping):
             raise PolicyError("a request's domains must be a mapping {column: [values]}")
         if not masked and request.get("dp"):
+            noise_request(request["dp"])  # a bad share count is refused here too, not ignored
             request = {**request, "dp": {**request["dp"], "shares": 1}}
         key = self._key(request, masked)
         with self._lock:
