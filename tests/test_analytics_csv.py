@@ -625,3 +625,26 @@ def test_spaces_around_text_values_are_trimmed_so_the_domain_matches(tmp_path: P
     df = query([site], "SELECT ward, COUNT(*) AS n FROM t GROUP BY ward", secure=False)
     assert df["n"].tolist() == [2, 2]
     assert df.attrs["outside_domain"] == 0
+
+
+@pytest.mark.parametrize("decimal", [None, ",", "."])
+@pytest.mark.parametrize(("header", "sep"), [("ward;age;cost", ";"), ("ward\tage\tcost", "\t")])
+def test_a_header_split_by_another_delimiter_than_its_rows_is_refused_naming_both(
+    tmp_path: Path, decimal: str | None, header: str, sep: str
+) -> None:
+    # loaded with the columns 'A', '40' and '12.5' and row A lost; with a decimal
+    # comma said, refused as a file whose line 3 'reads as a header'
+    path = tmp_path / "t.csv"
+    path.write_text(f"{header}\nA,40,12.5\nB,50,13.5\nC,60,14\n")
+    said = _refused(CSV(path, decimal=decimal), Policy(min_group_size=1))
+    assert f"line 1 of {path} (" in said
+    assert f") is split by {sep!r} into 3 fields, and the rows" in said
+    assert "below it by ',' into as many: DuckDB's reader would skip it and take line 2" in said
+    assert "If line 1 is the header, write it with ',' between its names" in said
+
+
+def test_a_note_above_the_header_without_the_rows_delimiter_still_loads(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("Patients\nward,age\nA,40\nB,50\n")
+    site = Site({"t": path}, Policy(min_group_size=1), name="north")
+    assert list(site._columns["t"]) == ["ward", "age"]

@@ -33,6 +33,7 @@ from covey.analytics._csvhead import (
 )
 from covey.analytics._csvlines import check_skip, sniffed
 from covey.analytics._csvnumbers import read_grouped
+from covey.analytics._csvsep import check_header_delimiter
 from covey.analytics._csvspaces import read_space_grouped, trim_text
 from covey.analytics._csvtail import check_tail
 from covey.analytics._sqltext import fold
@@ -121,6 +122,7 @@ def load_csv(
             dialect = Dialect(con, text, dialect.skip, values)
         check_delimiter(path, dialect)  # a wrong delimiter first: the header's checks split by it
         if opts.skip is None:
+            check_header_delimiter(name, path, dialect)  # 'ward;age' above 'A,40'
             check_header(name, path, dialect, con, text, values)
         cells = header_cells(con, text, dialect)
         reader = f"read_csv({text}, header = true, skip = {dialect.skip}, {dialect.sql}, "
