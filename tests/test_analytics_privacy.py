@@ -379,7 +379,8 @@ def test_a_noisy_mean_variance_or_sum_stays_within_what_the_bounds_allow(secure:
             values = df[name].dropna().to_numpy()
             shown += values.size
             assert np.all((values >= 0) & (values <= top)), (name, values)
-    assert shown > 40  # the noisy counts showed most groups
+    # the noisy counts showed many groups (not a mean over a count the noise could give)
+    assert shown >= 10
 
 
 def test_a_variance_under_bounds_whose_range_squared_passes_a_float_is_answered() -> None:
@@ -476,3 +477,51 @@ def test_an_analysts_refusal_tells_the_epsilon_it_pays_at_the_querys_delta() -> 
     assert found is not None, str(info.value)
     query(sites, sql, secure=False, epsilon=float(found.group(1)), delta=1e-5, analyst=analyst)
     assert analyst.spent <= 1.5 * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_a_dp_mean_over_a_noisy_count_the_noise_alone_gives_is_not_available(
+    secure: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # group 'c' has no row: its noisy count of 6 (or 3) passed the minimum group
+    # size, and its AVG, a noisy sum over a noisy count, was shown as 1.0 (clipped
+    # into the bounds: 0.0 or 100.0 as often), a mean of no record
+    monkeypatch.setattr(_dp, "noise_share", lambda _m, _s, _n, size, _rng: np.full(size, 3.0))
+    frame = pd.DataFrame({"g": ["a"] * 500 + ["b"] * 60, "x": [40.0] * 500 + [60.0] * 60})
+    policy = Policy(
+        bounds={"x": (0, 100)},
+        domains={"g": ["a", "b", "c"]},
+        min_group_size=1,
+        max_epsilon=10.0,
+        epsilon=100.0,
+    )
+    sites = [Site({"t": frame}, policy, name=n) for n in "pq"]
+    sql = "SELECT g, AVG(x) AS m, AVG(x) FILTER (WHERE x > 0) AS f, COUNT(*) AS n FROM t GROUP BY g"
+    df = query(sites, sql, secure=secure, epsilon=1.0)
+    assert df.loc[2, "n"] > 1  # the group is shown: its count is over the minimum
+    assert np.isnan(df.loc[2, "m"])
+    assert np.isnan(df.loc[2, "f"])
+    assert df.loc[0, "m"] == pytest.approx(40.0, abs=0.5)  # 40 plus the noise: 6 over 1006
+    assert df.loc[1, "m"] == pytest.approx(60.0, abs=3.0)
+    for col in ("m", "f"):
+        said = df.attrs["unavailable"][col]
+        assert said["groups"] == [("c",)]
+        assert said["reason"].startswith("the noisy count of values of 'x' is under ")
+        assert said["reason"].endswith(
+            "passes 1 time in 40 (a group of no value), so the mean is noise"
+        )
+
+
+def test_a_mean_over_fewer_values_than_the_minimum_says_why_it_is_not_shown() -> None:
+    frame = pd.DataFrame({"g": ["a"] * 5 + ["b"] * 5, "x": [1.0] * 5 + [2.0] + [None] * 4})
+    policy = Policy(bounds={"x": (0, 10)}, domains={"g": ["a", "b"]}, min_group_size=3)
+    df = query(
+        [Site({"t": frame}, policy, name="p")], "SELECT g, AVG(x) FROM t GROUP BY g", secure=False
+    )
+    assert np.isnan(df.loc[1, "AVG(x)"])
+    assert df.attrs["unavailable"] == {
+        "AVG(x)": {
+            "groups": [("b",)],
+            "reason": "fewer values of 'x' than the minimum group size, 3",
+        }
+    }

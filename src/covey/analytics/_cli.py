@@ -319,6 +319,8 @@ def result_table(df: Any, title: str) -> Table:
         notes.append(f"suppressed (under {attrs['min_group_size']}): {attrs['suppressed']}")
     if attrs.get("refused"):
         notes.append(f"refused: {attrs['refused']}")
+    for col, why in (attrs.get("unavailable") or {}).items():  # means over too few values
+        notes.append(f"{col} not available for {why['groups']}: {why['reason']}")
     if attrs.get("privacy"):
         p = attrs["privacy"]
         notes.append(

@@ -79,6 +79,8 @@ class _Query:
         self.spent: dict[str, float] = {}
         self.repeat = False  # a query the analyst was already charged for
         self.withholding: list[str] = []  # sites whose policy finds the noise too weak
+        # {aggregate: (groups, reason)} of the means not shown (see _queryvalues.mean_level)
+        self.unavailable: dict[str, tuple[np.ndarray, str]] = {}
 
     # -- stages --------------------------------------------------------------------------
 
@@ -326,6 +328,7 @@ class _Query:
                 "sites": [self.fed.names[c] for c in self.fed.cids],
                 "refused": dict(self.fed.refused),
                 "suppressed": [k for k, s in zip(keys, suppressed, strict=True) if s],
+                "unavailable": self.not_shown(keys, suppressed),
                 "min_group_size": self.decl["min_group_size"],
                 "precision": precision,
                 "privacy": privacy,
@@ -335,6 +338,25 @@ class _Query:
             }
         )
         return df
+
+    def not_shown(self, keys: list[tuple[Any, ...]], suppressed: np.ndarray) -> dict[str, Any]:
+        """``{column: {"groups": [...], "reason": ...}}`` of the means not shown.
+
+        A suppressed group is listed as such, not here; a mean only a formula
+        reads is named by its SQL text.
+        """
+        shown = {
+            a.name: out.name
+            for out in self.plan.outputs
+            if out.kind == "aggregate"
+            for a in [self.plan.aggregates[out.index]]
+        }
+        found: dict[str, Any] = {}
+        for name, (low, why) in self.unavailable.items():
+            groups = [k for k, lo, s in zip(keys, low, suppressed, strict=True) if lo and not s]
+            if groups:
+                found[shown.get(name, name)] = {"groups": groups, "reason": why}
+        return found
 
 
 def query(
@@ -372,8 +394,9 @@ def query(
         its alias, a group column as SELECT spells it, an aggregate by its SQL
         text (a GROUP BY column not selected comes first); a suppressed group's
         values are NaN. ``df.attrs`` holds the sites
-        that answered, refusals, the suppressed groups, the precision of
-        approximate answers, clipped counts and the privacy cost.
+        that answered, refusals, the suppressed groups, the means not shown and
+        why (``unavailable``), the precision of approximate answers, clipped
+        counts and the privacy cost.
 
     Raises:
         QueryError: The SQL is refused, naming the clause.

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from covey.analytics._dp import noise_threshold
 from covey.analytics._exchange import StageResult
 from covey.analytics._moments import moment
 from covey.analytics._sqlaggregates import Aggregate
@@ -21,6 +22,9 @@ from covey.analytics._stats import Quantiles, TopK, survival
 
 if TYPE_CHECKING:
     from covey.analytics._query import _Query
+
+#: The chance that the noise alone lifts a count of no value to where a mean is shown
+MEAN_NOISE_CHANCE = 0.025
 
 
 def filtered_ops(a: Aggregate) -> tuple[str, ...]:
@@ -113,11 +117,45 @@ def value(
         return values
     n = v[index[("count_col", a.column)]]
     s = v[index[("sum", a.column)]]
+    if a.func != "sum":  # a mean over a noisy count the noise alone could give: noise
+        few = few | _unavailable(q, a, n)
     # fewer values than the minimum (a sum over one bonus among forty rows is that bonus)
     n = np.where(few, 0.0, n)
     col = str(a.column)
     bounds = q.decl["bounds"][col]
     return moment(a.func, n, s, bounds, centers.get(col), squares.get(col))
+
+
+def mean_level(q: _Query) -> float:
+    """The count of values a mean (or a variance) needs to be shown.
+
+    The minimum group size and, under DP, the level the count's noise alone
+    passes with probability :data:`MEAN_NOISE_CHANCE`: below it the noisy count
+    may be all noise (a group of no record), and a noisy sum over it gives a mean
+    anywhere in the bounds (post-processing: it costs no privacy).
+    """
+    level = float(max(1, int(q.decl["min_group_size"])))
+    if q.multiplier is None:
+        return level
+    terms = 1 if q.opt["secure"] else len(q.fed.cids)
+    noise = noise_threshold(q.opt["mechanism"], q.multiplier, terms, MEAN_NOISE_CHANCE)
+    return max(level, noise)
+
+
+def _unavailable(q: _Query, a: Aggregate, n: np.ndarray) -> np.ndarray:
+    """Where mean ``a`` over ``n`` values is not shown; each such group noted with the reason."""
+    level = mean_level(q)
+    low = ~(n >= level)  # a NaN count too
+    if np.any(low):
+        if q.multiplier is None:
+            why = f"fewer values of {a.column!r} than the minimum group size, {level:g}"
+        else:
+            why = (
+                f"the noisy count of values of {a.column!r} is under {level:.4g}, which the "
+                "noise alone passes 1 time in 40 (a group of no value), so the mean is noise"
+            )
+        q.unavailable[a.name] = (low, why)
+    return low
 
 
 def first_stat_low(q: _Query, a: Aggregate) -> float:
@@ -134,5 +172,7 @@ def _filtered(
     if a.func in ("count", "count_col"):
         return np.where(few, np.nan, n)
     s = v[index[stat_key("sum", a)]]
+    if a.func == "avg":
+        few = few | _unavailable(q, a, n)
     found = moment(a.func, np.where(few, 0.0, n), s, q.decl["bounds"][str(a.column)], None, None)
     return np.where(few, np.nan, found)
