@@ -255,3 +255,22 @@ def test_a_text_column_compared_for_equality_or_a_number_column_by_text_is_answe
     site = Site({"t": CSV(path)}, Policy(min_group_size=1), name="north")
     said = query([site], "SELECT COUNT(*) FROM t WHERE n = '9' OR m > '100'", secure=False)
     assert said.iloc[0, 0] == 2  # B by its text, B and C by their numbers
+
+
+def test_a_value_a_comma_may_group_beside_one_only_a_decimal_comma_writes_names_both(
+    tmp_path: Path,
+) -> None:
+    # said only that the comma of '1,234' may group thousands (--csv-decimal t=.),
+    # though '56,78' in the same column is no number with a decimal point said
+    path = tmp_path / "t.csv"
+    said = _refusal(
+        path,
+        'ward,cost\nA,"1,234"\nB,"56,78"\nC,12\n',
+        lambda: Site({"t": CSV(path)}, Policy(bounds={"cost": (0, 1e6)}, min_group_size=1)),
+    )
+    assert (
+        "the first '1,234' (its comma may group thousands, 1234, or be a decimal comma, "
+        "1.234; '56,78' in the same column can only be written with a decimal comma: read "
+        "the file with covey site --csv-decimal t=, or covey.analytics.CSV(path, "
+        "decimal=',') in Python, and write '1,234' without its comma if it stands for 1234)"
+    ) in said

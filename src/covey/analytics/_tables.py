@@ -315,10 +315,28 @@ def _decimal_hint(name: str, which: str) -> str:
     )
 
 
+def _only_decimal_comma(con: duckdb.DuckDBPyConnection, name: str, c: str) -> str | None:
+    """The first value of column ``c`` only a decimal comma writes (``56,78``), or None."""
+    found = con.execute(
+        f"SELECT {c} FROM {table_name(name)} WHERE regexp_full_match(trim({c}), "  # noqa: S608
+        f"'{_DECIMAL_COMMA}') AND NOT regexp_full_match(trim({c}), '{_ONE_GROUP}') "
+        "ORDER BY rowid LIMIT 1"
+    ).fetchone()
+    return None if found is None else str(found[0]).strip()
+
+
 def _why_text(con: duckdb.DuckDBPyConnection, name: str, c: str, value: str) -> str:
     """What makes ``value``, the first value of column ``c`` that is no number, text."""
     value = value.strip()
     if re.fullmatch(_ONE_GROUP, value):
+        decimal = _only_decimal_comma(con, name, c)
+        if decimal is not None:  # '56,78' beside '1,234': the file writes a decimal comma
+            return (
+                f" (its comma may group thousands, {value.replace(',', '')}, or be a decimal "
+                f"comma, {value.replace(',', '.')}; {decimal!r} in the same column can only "
+                f"be written with a decimal comma: {_decimal_hint(name, ',')}, and write "
+                f"{value!r} without its comma if it stands for {value.replace(',', '')})"
+            )
         return (
             f" (its comma may group thousands, {value.replace(',', '')}, or be a decimal "
             f"comma, {value.replace(',', '.')}: say which, covey site --csv-decimal {name}=. "
