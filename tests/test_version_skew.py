@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -398,3 +399,46 @@ def test_a_compression_scheme_this_client_does_not_know_names_its_version() -> N
     last = (reply.error or "").strip().splitlines()[-1]
     assert "'q2'" in last
     assert f"covey {covey.__version__}" in last
+
+
+# -- a step's state whose named tuple another covey gave more or fewer fields -----------------
+
+
+class _StepState(NamedTuple):
+    total: float
+    seen: int = 0
+
+
+def _stored_as(items: tuple[Any, ...]) -> bytes:
+    """State bytes a covey whose ``_StepState`` has ``len(items)`` fields would store."""
+    from covey.server._state import dump_state
+
+    fields = [(f"f{i}", type(v)) for i, v in enumerate(items)]
+    other = NamedTuple("_StepState", fields)  # type: ignore[misc]
+    other.__module__, other.__qualname__ = __name__, _StepState.__qualname__
+    return dump_state({"mean": other(*items)})
+
+
+def test_a_state_whose_named_tuple_a_newer_covey_extended_is_named_not_corrupt() -> None:
+    """A newer covey added a field to a step's state: refused as newer, never as damage."""
+    from covey.server._rundb import NewerFormatError
+    from covey.server._state import load_state
+
+    template = {"mean": _StepState(0.0)}
+    with pytest.raises(NewerFormatError, match="newer covey") as info:
+        load_state(_stored_as((1.5, 2, True)), template)
+    said = str(info.value)
+    assert "_StepState of 3 fields where this covey's has 2" in said
+    assert covey.__version__ in said
+    assert "corrupt" not in said
+    # An older covey's state of fewer fields is read, the missing ones at their defaults.
+    assert load_state(_stored_as((1.5,)), template) == {"mean": _StepState(1.5, 0)}
+    assert load_state(_stored_as((1.5, 2)), template) == {"mean": _StepState(1.5, 2)}
+
+
+def test_a_state_missing_a_field_this_covey_needs_names_the_version_skew() -> None:
+    from covey.server._state import StateError, load_state
+
+    with pytest.raises(StateError, match="of 0 fields where this covey's needs 1") as info:
+        load_state(_stored_as(()), {"mean": _StepState(0.0)})
+    assert "another covey version" in str(info.value)

@@ -265,6 +265,29 @@ def _non_finite(text: Any) -> float:
     return float(text)
 
 
+def _rebuild(cls: type, items: list[Any]) -> Any:
+    """The named tuple ``cls`` of the stored ``items``, naming a covey that stored more or fewer.
+
+    A covey that adds a field to a step's state stores one item more, and one that
+    lacks a field another has (without a default) stores one fewer: neither is damage.
+    """
+    fields: tuple[str, ...] = getattr(cls, "_fields", ())
+    needed = len(fields) - len(getattr(cls, "_field_defaults", {}))
+    if len(items) > len(fields):
+        raise NewerFormatError(
+            f"its aggregation state holds a {cls.__name__} of {len(items)} fields where "
+            f"this covey's has {len(fields)}: it was saved by a newer covey than this one "
+            f"(covey {covey_version()}); resume the run with the covey version that saved it"
+        )
+    if len(items) < needed:
+        raise StateError(
+            f"its aggregation state holds a {cls.__name__} of {len(items)} fields where "
+            f"this covey's needs {needed}: it was saved by another covey version; resume "
+            "the run with the covey version that saved it"
+        )
+    return cls(*items)
+
+
 class _Reader:
     def __init__(self, arrays: Mapping[str, np.ndarray[Any, Any]], types: dict[str, type]) -> None:
         self.arrays = arrays
@@ -297,7 +320,7 @@ class _Reader:
                     f"the stored state holds a {name} this strategy does not use (its init() "
                     "makes none): the run was started with another aggregation step"
                 )
-            return cls(*items)
+            return _rebuild(cls, items)
         raise StateError(f"unknown entry in a stored state: {sorted(value)[:3]}")
 
     def array(self, key: Any) -> np.ndarray[Any, Any]:
@@ -319,11 +342,13 @@ def load_state(data: bytes, template: Any) -> Any:
 
     Raises:
         StateError: if ``data`` is not a stored state or does not fit the strategy.
+        NewerFormatError: a newer covey stored it (another format, or a named tuple
+            with more fields than this covey's).
     """
     arrays, tree = _parse(data)
     try:
         return _Reader(arrays, _named_tuples(template, {})).tree(tree)
-    except StateError:
+    except (StateError, NewerFormatError):
         raise
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise StateError(f"corrupt stored aggregation state: {type(exc).__name__}: {exc}") from None
