@@ -421,3 +421,61 @@ def test_covey_server_resuming_a_run_that_fails_again_says_how_to_continue_it(
         f"--resume {run_dir} --app tiny_app:server_app --insecure --rounds 4 --no-plot "
         "--wait-timeout 1`"
     )
+
+
+def _grow_states(run_dir: Path) -> None:
+    """Store each round's FedAvg state as a newer covey whose ``_MeanState`` has a field more."""
+    import sqlite3
+
+    import safetensors.numpy
+
+    from covey.server import _state
+
+    def grow(node: Any) -> None:
+        if isinstance(node, dict):
+            if str(node.get("__tuple__")).endswith("._MeanState"):
+                node["items"].append(0)
+            for value in node.values():
+                grow(value)
+        elif isinstance(node, list):
+            for value in node:
+                grow(value)
+
+    conn = sqlite3.connect(run_dir / "run.sqlite")
+    with conn:
+        rows = conn.execute("SELECT round, server_state FROM rounds WHERE server_state NOT NULL")
+        for rnd, data in rows.fetchall():
+            arrays, tree = _state._parse(bytes(data))
+            grow(tree)
+            meta = {"format": 2, "tree": tree, "sha256": _state._digest(tree, arrays)}
+            grown = safetensors.numpy.save(dict(arrays), metadata={"covey-state": json.dumps(meta)})
+            conn.execute("UPDATE rounds SET server_state = ? WHERE round = ?", (grown, rnd))
+    conn.close()
+
+
+def test_covey_server_resuming_a_state_a_newer_covey_saved_says_so_and_not_to_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An older covey said "corrupt stored aggregation state: TypeError: _MeanState.__new__()
+    # takes from 1 to 13 positional arguments but 14 were given"; this one then said how to
+    # resume it with this covey, which would fail the same way, and exited 1 as for a retry.
+    _tiny_app(monkeypatch)
+    run_dir = tmp_path / "run"
+    _stopped_after_round_2(run_dir)
+    _grow_states(run_dir)
+    args = ["server", "--app", "tiny_app:server_app", "--insecure", "--address", "127.0.0.1:0"]
+    args += ["--no-plot", "--wait-timeout", "1", "--resume", str(run_dir), "--rounds", "4"]
+    out = CliRunner().invoke(app, args)
+    flat = " ".join(undated(out.output).split())
+    assert out.exit_code == 2, out.output  # no restart of this covey mends it
+    from covey.aggregate._mean import _MeanState
+
+    fields = len(_MeanState._fields)
+    assert f"_MeanState of {fields + 1} fields where this covey's has {fields}" in flat
+    assert "saved by a newer covey" in flat
+    assert "corrupt" not in flat
+    assert "continue the run" not in flat
+    model = run_dir / "weights" / "round-00002.safetensors"
+    assert f"run stopped: the model after round 2, the last complete one, is in {model}" in flat
+    with RunStore.open(run_dir) as store:  # its rounds kept for the covey that saved them
+        assert store.rounds() == [0, 1, 2]

@@ -169,10 +169,13 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         console.print(stamped(f"[red]error:[/] {escape(said)}", console), soft_wrap=True)
         if RETRY_HINT in getattr(exc, "__notes__", ()):
             console.print(stamped(escape(f"hint: {RETRY_HINT}"), console), soft_wrap=True)
+        from covey.server._rundb import NewerFormatError
+
+        newer = isinstance(exc, NewerFormatError)  # this covey cannot go on with the run
         if listened:  # refused before listening: the run did not start, nor stop
-            _show_model(run, flags)
+            _show_model(run, flags, resumable=not newer)
         # A setting (the run folder too) refused before listening: no restart mends it, 2.
-        mistake = isinstance(exc, ValueError | RunRefusedError) and not listened
+        mistake = newer or (isinstance(exc, ValueError | RunRefusedError) and not listened)
         raise typer.Exit(2 if mistake else 1) from None
     except KeyboardInterrupt as exc:
         _forget(run, flags)
@@ -228,11 +231,12 @@ def _rounds(server_app: Any, flags: dict[str, Any]) -> int:
     return int(server_app.rounds if recorded is None else recorded)
 
 
-def _show_model(run: Path, flags: dict[str, Any]) -> None:
+def _show_model(run: Path, flags: dict[str, Any], *, resumable: bool = True) -> None:
     """Say where a failed run's last complete model is, and how to continue the run."""
     from covey.deploy._cli_resume import show_stopped
 
-    show_stopped(run, flags.get("resume_hint") or resume_hint(run), console)
+    hint = (flags.get("resume_hint") or resume_hint(run)) if resumable else ""
+    show_stopped(run, hint, console)
 
 
 def _forget(run: Path, flags: dict[str, Any]) -> None:

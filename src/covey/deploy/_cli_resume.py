@@ -115,7 +115,8 @@ def show_stopped(run: Path, hint: str, console: Console) -> None:
 
     ``hint``: the command that continues the run (:func:`resume_hint`, or its project's
     ``covey run``), said as ``covey runs show`` says it: after the last complete round,
-    or from the start if none finished. Nothing if the run has no store to resume.
+    or from the start if none finished; "" when this covey cannot continue it (a newer
+    covey saved it). Nothing if the run has no store to resume.
     """
     from covey.deploy._shown import escape, stamped
     from covey.sim._rundir import resumed_from
@@ -125,7 +126,8 @@ def show_stopped(run: Path, hint: str, console: Console) -> None:
         return
     model = saved_model(run)
     said = [f"run stopped: {model}"] if model is not None else []
-    for line in [*said, f"continue the run {resumed_from(*saved)} with `{hint}`"]:
+    go_on = [f"continue the run {resumed_from(*saved)} with `{hint}`"] if hint else []
+    for line in [*said, *go_on]:
         console.print(stamped(escape(line), console), soft_wrap=True)
 
 

@@ -275,13 +275,13 @@ def _rebuild(cls: type, items: list[Any]) -> Any:
     needed = len(fields) - len(getattr(cls, "_field_defaults", {}))
     if len(items) > len(fields):
         raise NewerFormatError(
-            f"its aggregation state holds a {cls.__name__} of {len(items)} fields where "
+            f"the stored aggregation state holds a {cls.__name__} of {len(items)} fields where "
             f"this covey's has {len(fields)}: it was saved by a newer covey than this one "
             f"(covey {covey_version()}); resume the run with the covey version that saved it"
         )
     if len(items) < needed:
         raise StateError(
-            f"its aggregation state holds a {cls.__name__} of {len(items)} fields where "
+            f"the stored aggregation state holds a {cls.__name__} of {len(items)} fields where "
             f"this covey's needs {needed}: it was saved by another covey version; resume "
             "the run with the covey version that saved it"
         )
