@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # imported where used: NumPy is slow to load for `covey --hel
 
     from rich.console import Console
 
+    from covey.cli._runtail import WholeRun
     from covey.core._history import History, RoundRecord
     from covey.core._metricnames import Source
 
@@ -111,7 +112,12 @@ def step_of(history: History) -> str:
 
 
 def round_table(
-    history: History, title: str = "Rounds", last: int | None = None, *, traffic: bool = False
+    history: History,
+    title: str = "Rounds",
+    last: int | None = None,
+    *,
+    traffic: bool = False,
+    whole: WholeRun | None = None,
 ) -> Table:
     """A rich table of a run's rounds: participants, failures and metrics.
 
@@ -122,6 +128,8 @@ def round_table(
             many); None shows every round. The columns are those of the rounds shown.
         traffic: Also the array bytes each round sent and received (when counted),
             in kB or MB.
+        whole: What the table needs of the rounds ``history`` leaves out (it holds
+            the last of a long run's, read from its store); None: it holds them all.
 
     An asynchronous run's table counts global updates: its first column is
     ``update``, and its default title ``Updates``.
@@ -131,7 +139,7 @@ def round_table(
     step = step_of(history)
     if step == "update" and title == "Rounds":
         title = "Updates"
-    total, whole = len(history.rounds), history
+    total, every = len(history.rounds) if whole is None else whole.total, history
     history = shown_rounds(history, last)
     if len(history.rounds) < total:
         title = f"{title} (the last {len(history.rounds):,} of {total:,})"
@@ -141,7 +149,12 @@ def round_table(
     columns, left = metric_columns(history)
     # A usual column no round of the run has a value in (a run that never evaluates) is
     # left out; one with a value in any round stays, in the rows shown too.
-    columns = [c for c in columns if c not in ROUND_COLUMNS or _any_value(whole, *c)]
+    columns = [
+        c
+        for c in columns
+        if c not in ROUND_COLUMNS
+        or (_any_value(every, *c) if whole is None else c in whole.any_value)
+    ]
     if left:
         table.caption = escape(f"not shown: {', '.join(left)} (in history.json)")
     for source, name in columns:
@@ -276,11 +289,15 @@ def last_finished(history: History) -> int | None:
     return last_finished_step([r.round for r in history.rounds], history.stopped_reason)
 
 
-def endings(history: History) -> list[str]:
-    """What to say under a run's table: why it stopped early, rounds that did not aggregate."""
+def endings(history: History, whole: WholeRun | None = None) -> list[str]:
+    """What to say under a run's table: why it stopped early, rounds that did not aggregate.
+
+    ``whole``: what :func:`round_table` is told of the rounds ``history`` leaves out.
+    """
     from covey.server._outputs import not_aggregated  # not at import: NumPy is slow to load
 
-    return [line for line in (stopped_early(history), not_aggregated(history)) if line]
+    failed = not_aggregated(history) if whole is None else whole.not_aggregated
+    return [line for line in (stopped_early(history), failed) if line]
 
 
 def settings_facts(config: dict[str, Any], name: Any) -> list[str]:
@@ -313,6 +330,7 @@ def print_rounds(
     last: int | None = SHOWN_ROUNDS,
     traffic: bool = False,
     folder: Path | None = None,
+    whole: WholeRun | None = None,
 ) -> None:
     """Print a run's rounds table, then how many rounds it left out and how to see them.
 
@@ -323,9 +341,12 @@ def print_rounds(
         traffic: Also the array bytes each round sent and received.
         folder: The run's folder, named in the line on rounds left out (a finished
             run's table); None names ``covey runs show``'s own flags.
+        whole: What the table needs of the rounds ``history`` leaves out (see
+            :func:`round_table`).
     """
-    print_table(round_table(history, last=last, traffic=traffic), out)
-    left_out = len(history.rounds) - len(shown_rounds(history, last).rounds)
+    print_table(round_table(history, last=last, traffic=traffic, whole=whole), out)
+    total = len(history.rounds) if whole is None else whole.total
+    left_out = total - len(shown_rounds(history, last).rounds)
     if left_out:
         step = step_of(history)
         see = (

@@ -55,6 +55,7 @@ from covey.sim._rundir import (
 )
 
 if TYPE_CHECKING:  # imported where used: NumPy is slow to load for `covey --help`
+    from covey.cli._runtail import WholeRun
     from covey.core._history import History
 
 __all__ = [
@@ -364,17 +365,25 @@ def _shown_folder(folder: Path) -> str:
     return str(Path(*parts))
 
 
-def _shown_history(folder: Path, notices: list[str]) -> History:
+def _shown_history(
+    folder: Path, notices: list[str], last: int | None
+) -> tuple[History, WholeRun | None]:
     """The history ``covey runs show`` shows, read as ``covey runs report`` reads it.
 
     A ``run.json`` that cannot be opened (a named pipe, a folder) refuses the run:
-    its rounds, printed below one line, would read as a sound run's.
+    its rounds, printed below one line, would read as a sound run's. A long run
+    shown in part (``last``) with a store is read in part (:func:`tail_history`).
     """
+    from covey.cli._runtail import tail_history
+
     unopenable = unopenable_run_json(folder)
     if unopenable is not None:
         fail(f"{unopenable}; the run's status and settings cannot be read")
+    tail = None if last is None else tail_history(folder, last)
+    if tail is not None:
+        return tail
     try:
-        return load_history(folder, notices, folder)
+        return load_history(folder, notices, folder), None
     except (ValueError, OSError) as exc:
         fail(str(exc))
 
@@ -390,15 +399,20 @@ def _failures_table(history: History, failures: list[tuple[int, Any]]) -> Table:
     return table
 
 
-def _shown_failures(history: History, last: int | None) -> list[tuple[int, Any]]:
-    """The failures of the rounds shown (the last ``last``), and a line counting the rest."""
+def _shown_failures(
+    history: History, last: int | None, whole: WholeRun | None = None
+) -> list[tuple[int, Any]]:
+    """The failures of the rounds shown (the last ``last``), and a line counting the rest.
+
+    ``whole``: the rounds ``history`` leaves out, counted (:func:`tail_history`).
+    """
     failures = history.failures()
     if last is None or not history.rounds:
         return failures
     first, step = shown_rounds(history, last).rounds[0].round, step_of(history)
     shown = [(rnd, failure) for rnd, failure in failures if rnd >= first]
-    if len(shown) < len(failures):
-        earlier = len(failures) - len(shown)
+    earlier = len(failures) - len(shown) if whole is None else whole.failures_before
+    if earlier:
         console.print(
             f"{earlier} failure{'s' if earlier > 1 else ''} before {step} {first} not "
             f"shown (--all shows every {step} and failure)"
@@ -431,7 +445,7 @@ def show_run(
     last = None if every else last or SHOWN_ROUNDS
     folder = find_run(run, runs_dir)
     notices: list[str] = []
-    history = _shown_history(folder, notices)
+    history, whole = _shown_history(folder, notices, last)
     config = history.config
     strategy = config.get("strategy")
     name = strategy.get("name") if isinstance(strategy, dict) else strategy
@@ -445,8 +459,8 @@ def show_run(
     facts = settings_facts(config, name)
     if facts:
         console.print(escape(", ".join(facts)))
-    print_rounds(history, console, last=last, traffic=True)
-    for line in endings(history):
+    print_rounds(history, console, last=last, traffic=True, whole=whole)
+    for line in endings(history, whole):
         console.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
     if history.clients:
         clients = Table(title="Clients", box=box.SIMPLE_HEAD, header_style="bold")
@@ -455,7 +469,7 @@ def show_run(
         for cid, who in sorted(history.clients.items()):
             clients.add_row(str(cid), escape(who))
         print_table(clients)
-    failures = _shown_failures(history, last)
+    failures = _shown_failures(history, last, whole)
     if failures:
         print_table(_failures_table(history, failures))
     for record in shown_rounds(history, last).rounds:

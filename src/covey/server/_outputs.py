@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from covey.core._files import TMP_SUFFIX, atomic_write
 from covey.core._history import History, metric_points
@@ -21,6 +21,7 @@ __all__ = [
     "RunOutputs",
     "new_run_dir",
     "not_aggregated",
+    "not_aggregated_line",
     "plot_history",
     "write_outputs",
 ]
@@ -190,15 +191,26 @@ def not_aggregated(history: History) -> str | None:
     failed = [r for r in trained if not r.aggregated and "error" in r.aggregate_info]
     if not failed:
         return None
-    numbers = [str(r.round) for r in failed]
-    if len(numbers) > 5:
-        numbers = [*numbers[:5], f"{len(numbers) - 5:,} more"]
+    numbers = [r.round for r in failed[:5]]
+    return not_aggregated_line(
+        step, numbers, len(failed), len(trained), failed[-1].aggregate_info["error"]
+    )
+
+
+def not_aggregated_line(step: str, first: list[int], failed: int, trained: int, error: Any) -> str:
+    """:func:`not_aggregated`'s line: ``failed`` of ``trained`` rounds, the ``first`` five.
+
+    ``first``: the numbers of the first failed rounds; ``error``: the last one's.
+    """
+    numbers = [str(rnd) for rnd in first[:5]]
+    if failed > 5:
+        numbers.append(f"{failed - 5:,} more")
     which = numbers[0] if len(numbers) == 1 else ", ".join(numbers[:-1]) + " and " + numbers[-1]
-    error = str(failed[-1].aggregate_info["error"])
+    error = str(error)
     error = error if len(error) <= 300 else error[:299] + "…"
-    if len(failed) == len(trained):
+    if failed == trained:
         head = f"no {step} aggregated: the model is the one the run started with"
     else:
-        head = f"{len(failed):,} of {len(trained):,} {step}s did not aggregate"
+        head = f"{failed:,} of {trained:,} {step}s did not aggregate"
         head += " (the model was left as it was)"
-    return f"{head}; {step}{'s' if len(failed) > 1 else ''} {which}: {error}"
+    return f"{head}; {step}{'s' if failed > 1 else ''} {which}: {error}"
