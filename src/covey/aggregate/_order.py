@@ -32,6 +32,7 @@ __all__ = [
     "describe_step",
     "described",
     "of_kind",
+    "reducer_names",
 ]
 
 CLIENT, REDUCER, SERVER = "per-client step", "reducer", "server step"
@@ -169,6 +170,11 @@ def check_order(steps: tuple[Any, ...]) -> None:
             "do nothing: it acts on the round's aggregate, which only the reducer makes; put "
             f"it after the reducer, e.g. {_EXAMPLE}"
         )
+
+
+def reducer_names(step: Any) -> list[str]:
+    """The names of the built-in reducers in ``step``, e.g. ``["median()"]``."""
+    return [name for kind, name in _kinds(step) if kind == REDUCER]
 
 
 def _leaf_kinds(step: Any) -> list[tuple[str, str] | None]:

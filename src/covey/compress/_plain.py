@@ -16,11 +16,13 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from covey.aggregate._order import reducer_names
 from covey.compress._schemes import Cast, Encoded, Identity, Quantize, Scheme, TopK
 from covey.core._weights import WeightsError, WeightsSpec
 from covey.strategies import Strategy
@@ -356,6 +358,9 @@ def check_applies(scheme: Scheme | str | None, strategy: Strategy) -> None:
     Secure aggregation's clients send masked integers in rounds of their own:
     a scheme would neither compress them nor count their bytes.
 
+    Top-k with a reducer that ranks or picks updates (median, trimmed mean, Krum,
+    Bulyan) warns: their sparse updates leave such a rule mostly zeros.
+
     Args:
         scheme: The run's compression (a scheme or its spec), or None (no
             compression: always accepted).
@@ -365,6 +370,10 @@ def check_applies(scheme: Scheme | str | None, strategy: Strategy) -> None:
     Raises:
         ValueError: ``scheme`` compresses (any but ``"none"``) and ``strategy`` has its
             own fit round.
+
+    Warns:
+        UserWarning: ``scheme`` is top-k and ``strategy`` reduces with a median,
+            trimmed mean, Krum or Bulyan.
     """
     if isinstance(scheme, str):
         scheme = scheme_named(scheme)
@@ -374,6 +383,32 @@ def check_applies(scheme: Scheme | str | None, strategy: Strategy) -> None:
             "exchange (secure aggregation sends masked integers), which would go "
             "uncompressed and uncounted"
         )
+    if isinstance(scheme, TopK):
+        _warn_sparse_robust(scheme, strategy)
+
+
+_ROBUST = frozenset(("median()", "trimmed_mean()", "krum()", "bulyan()"))
+"""The reducers that rank or pick updates coordinate-wise or by distance, which top-k's
+sparse updates defeat. Multi-Krum (averaging ``n - f`` updates by default) and the
+geometric median average sparse updates, and learn about as FedAvg does.
+"""
+
+
+def _warn_sparse_robust(scheme: TopK, strategy: Strategy) -> None:
+    """Warn that a robust reducer over top-k's sparse updates loses what top-k delays."""
+    robust = [name for name in reducer_names(strategy.aggregator) if name in _ROBUST]
+    if not robust:
+        return
+    warnings.warn(
+        f"compression topk:{scheme.fraction} with {strategy.name} ({robust[0]}) may learn "
+        "little: each client sends only its largest values and zeros elsewhere, so a "
+        "coordinate-wise median or trim sees mostly zeros and a distance-based pick "
+        "(Krum, Bulyan) compares sparsity patterns; what error feedback holds back "
+        "rarely reaches the model, and accuracy stays far below an uncompressed run's. "
+        "Use a dense scheme (q8, float16) with a robust strategy, or top-k with FedAvg",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def run_scheme(compression: Scheme | str | None, stored: Mapping[str, Any] | None) -> Scheme | None:
