@@ -418,7 +418,6 @@ def test_bad_central_settings_are_refused_at_once(settings: dict[str, object], m
     ("make", "why"),
     [
         (lambda: covey.Krum(f=1, fraction_fit=0.5, min_fit_clients=0), r"needs at least 2f\+3 = 5"),
-        (lambda: covey.QFedAvg(fraction_fit=0.5, min_fit_clients=0), "no numeric 'loss'"),
     ],
 )
 def test_an_aggregator_that_cannot_take_the_private_mean_is_refused_before_training(
@@ -469,6 +468,20 @@ def test_a_rule_that_needs_several_updates_is_refused_when_the_dp_strategy_is_ma
         settings["tree_rounds"] = 2
     with pytest.raises(ValueError, match=f"cannot run on the one private mean.*{re.escape(why)}"):
         getattr(privacy, wrap)(strategy, **settings)
+
+
+@pytest.mark.parametrize("wrap", ["central", "dp_ftrl"])
+def test_qfedavg_under_central_dp_is_refused_naming_the_conflict_first(wrap: str) -> None:
+    # It used to be refused with "client 0 reported no numeric 'loss' metric", which
+    # sent users looking for a bug in their client's metrics.
+    settings: dict[str, Any] = {"noise_multiplier": 1.0, "clip": 1.0, "delta": 1e-5}
+    strategy = covey.QFedAvg(fraction_fit=0.5, min_fit_clients=0)
+    if wrap == "dp_ftrl":
+        settings["tree_rounds"] = 2
+    with pytest.raises(ValueError, match=r"^DP-[^:]+ cannot wrap q-FedAvg: q-FedAvg weighs") as e:
+        getattr(privacy, wrap)(strategy, **settings)
+    assert "numeric 'loss'" not in str(e.value)
+    assert "q-FedAvg without it" in str(e.value)
 
 
 def test_resume_restores_the_ledger_from_the_history() -> None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 import secrets
+from typing import Any
 
 import numpy as np
 
 from covey.aggregate._flat import sq_norm
+from covey.aggregate._order import reducer_names
 from covey.core._weights import Array, Weights
 
 # Purposes, mixed into the seed so that independent noises never share a stream.
@@ -141,3 +143,22 @@ def tree_noise(
             for name, value in noise.items():
                 total[name] += value
     return total
+
+
+def refuse_loss_weighted(inner: Any, name: str) -> None:
+    """Refuse q-FedAvg under a central DP step, naming why before anything is tried.
+
+    q-FedAvg weighs each client's update by that client's loss; the DP step hands
+    its aggregation one private mean a round, which carries no client's loss.
+
+    Raises:
+        ValueError: ``inner`` holds the ``qfedavg()`` reducer.
+    """
+    if "qfedavg()" in reducer_names(inner):
+        raise ValueError(
+            f"{name} cannot wrap q-FedAvg: q-FedAvg weighs each client's update by that "
+            "client's own loss, but central DP hands the aggregation one private mean a "
+            "round, which carries no client's loss; the strategy's aggregation cannot run "
+            "on the one private mean it receives. Use FedAvg, FedAdam or FedMedian with "
+            "central DP, or q-FedAvg without it"
+        )

@@ -486,6 +486,7 @@ def dp_step(inner: Step, mech: Mechanism, shared: Shared) -> Step:
             (Krum, Bulyan): it gets one, so it could never run. A rule that says
             nothing is tried on one mean when the run starts (``init``).
     """
+    _noise.refuse_loss_weighted(inner, mech.name)
     need = min_contributions(inner)
     if need is not None and need[0] > 1:
         raise ValueError(
