@@ -479,3 +479,39 @@ def test_covey_server_resuming_a_state_a_newer_covey_saved_says_so_and_not_to_re
     assert f"run stopped: the model after round 2, the last complete one, is in {model}" in flat
     with RunStore.open(run_dir) as store:  # its rounds kept for the covey that saved them
         assert store.rounds() == [0, 1, 2]
+
+
+def test_covey_server_refusing_a_state_it_cannot_load_never_listens_nor_says_it_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It used to listen, say it waited for clients and write its port file (clients
+    # could join) before it loaded the saved state, and only then refused the resume.
+    _tiny_app(monkeypatch)
+    run_dir = tmp_path / "run"
+    _stopped_after_round_2(run_dir)
+    _grow_states(run_dir)
+    port_file = tmp_path / "port"
+    args = ["server", "--app", "tiny_app:server_app", "--insecure", "--address", "127.0.0.1:0"]
+    args += ["--no-plot", "--wait-timeout", "1", "--resume", str(run_dir), "--rounds", "4"]
+    out = CliRunner().invoke(app, [*args, "--port-file", str(port_file)])
+    flat = " ".join(undated(out.output).split())
+    assert out.exit_code == 2, out.output
+    assert "saved by a newer covey" in flat
+    assert "waiting" not in flat.lower()
+    assert "listening" not in flat
+    assert not port_file.exists()  # no port bound for clients to dial
+
+
+def test_serve_refuses_a_state_it_cannot_load_before_it_listens(tmp_path: Path) -> None:
+    from covey.server._rundb import NewerFormatError
+
+    run_dir = tmp_path / "run"
+    _stopped_after_round_2(run_dir)
+    _grow_states(run_dir)
+    listened: list[int] = []
+    with pytest.raises(NewerFormatError, match="saved by a newer covey"):
+        _resume(run_dir, 4, on_listen=listened.append)
+    assert listened == []
+    with RunStore.open(run_dir) as store:  # left as it was, and its lock let go
+        assert store.rounds() == [0, 1, 2]
+        assert store.status == "failed"

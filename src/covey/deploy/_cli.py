@@ -170,9 +170,12 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         if RETRY_HINT in getattr(exc, "__notes__", ()):
             console.print(stamped(escape(f"hint: {RETRY_HINT}"), console), soft_wrap=True)
         from covey.server._rundb import NewerFormatError
+        from covey.server._state import StateError
 
         newer = isinstance(exc, NewerFormatError)  # this covey cannot go on with the run
-        if listened:  # refused before listening: the run did not start, nor stop
+        # Refused before listening: the run did not start, nor stop; but a saved state
+        # that does not load (read before listening) leaves a model to name.
+        if listened or newer or isinstance(exc, StateError):
             _show_model(run, flags, resumable=not newer)
         # A setting (the run folder too) refused before listening: no restart mends it, 2.
         mistake = newer or (isinstance(exc, ValueError | RunRefusedError) and not listened)

@@ -23,6 +23,7 @@ from covey.server._outputs import RunOutputs, write_outputs
 from covey.server._resume import resume_point
 from covey.server._roundfiles import check_storable
 from covey.server._saver import BackgroundSaver, call_pending, flushing, rewritten, written_beside
+from covey.server._state import load_state
 from covey.server._store import RunStore
 from covey.strategies._strategy import Strategy
 
@@ -42,6 +43,11 @@ class ServedRun:
     uncounted: int | None = None  # resumed: servers that died since its last saved round
     loop: Loop | None = None
     types: dict[str, type] | None = None
+    template: Any = None
+    """The aggregation state's template (``aggregator.init``) once the run is opened."""
+    agg_state: Any = None
+    """A resumed run's saved aggregation state, loaded as it is opened."""
+    loaded: bool = False
     background: BackgroundSaver | None = None
     outputs: RunOutputs | None = None
     new_rounds: int | None = None
@@ -180,6 +186,27 @@ class ServedRun:
         if self.store is not None and self.uncounted is not None:
             self.store.take_over(self.uncounted)
 
+    def load_state(self, strategy: Strategy) -> None:
+        """Build the aggregation state's template and load the saved state (if any).
+
+        Nothing is stored without a run folder; else the template names the named
+        tuples a resume rebuilds. Raises as :func:`~covey.server._state.load_state`.
+        """
+        self.loaded = True
+        if self.store is None or self.weights is None:
+            return
+        self.template = strategy.aggregator.init(self.weights)
+        if self.state is not None:
+            self.agg_state = load_state(self.state, self.template)
+
+    def take_state(self, strategy: Strategy) -> tuple[Any, Any]:
+        """The state's template and the loaded state, forgotten here (the loop owns them)."""
+        if not self.loaded:  # a new run: its template is built once it runs
+            self.load_state(strategy)
+        taken = (self.template, self.agg_state)
+        self.template = self.agg_state = None
+        return taken
+
     def take_weights(self) -> Weights:
         """The starting weights, forgotten here so only the loop holds them."""
         weights, self.weights = self.weights, None
@@ -195,10 +222,14 @@ def open_run(
     address: str,
     run_dir: str | Path | None,
     opened: RunStore | None,
-    seed: int,
-    scheme: Scheme | None,
+    seed: int = 0,
+    scheme: Scheme | None = None,
 ) -> ServedRun:
-    """Create the run's store, or take the reopened one to resume after its last round."""
+    """Create the run's store, or take the reopened one to resume after its last round.
+
+    A resumed run's aggregation state is loaded here: one that does not load (damaged,
+    or saved by a newer covey) refuses the resume before the server listens.
+    """
     if opened is not None:
         point = resume_point(opened, initial_weights, rounds)
         config = {**point.config, "rounds": rounds}  # a resumed run may go on for more rounds
@@ -207,6 +238,7 @@ def open_run(
         )
         if point.config.get("rounds") != rounds:  # recorded once a round is saved
             run.new_rounds = rounds
+        run.load_state(strategy)
         return run
     initial_weights = made(initial_weights)  # a function making them is called
     if initial_weights is None:

@@ -29,7 +29,7 @@ from covey.deploy._servechecks import (
     served_scheme,
     stored_address,
 )
-from covey.deploy._servedrun import open_run
+from covey.deploy._servedrun import ServedRun, open_run
 from covey.deploy._tls import server_tls
 from covey.server._base import (
     EvaluateFn,
@@ -39,7 +39,8 @@ from covey.server._base import (
 from covey.server._factory import Loop, open_loop
 from covey.server._resume import resumed_seed, same_settings, same_strategy
 from covey.server._retry import RoundRetries, retry_hint
-from covey.server._state import load_state, state_types
+from covey.server._state import state_types
+from covey.server._store import RunStore
 from covey.server._sync import RoundLoop
 from covey.strategies._names import FLOWER_SERVE, a_strategy, flower_keywords
 from covey.strategies._strategy import Strategy
@@ -173,6 +174,9 @@ def serve(
             address = "127.0.0.1:9092" if opened is None else stored_address(opened)
         check_address(address, listen=True)
         tls = server_tls(tls, certs, insecure, address)
+        # A resume whose model or aggregation state does not load is refused before it
+        # listens: no client joins, nor is told it waits for, a run that cannot go on.
+        resumed = _resumed(strategy, rounds, initial_weights, opened)
         late = LateStore(opened)
         names = ClientNames(late if run_dir is not None else None, client_names, on_event)
         if opened is not None:  # a resumed run knows its clients already
@@ -181,7 +185,9 @@ def serve(
         transport = _listen(address, tls, late, names, heartbeat, max_clients, data_port)
         try:
             bound = f"{address.rpartition(':')[0]}:{transport.port}"  # port 0: the one got
-            run = open_run(strategy, rounds, initial_weights, bound, run_dir, opened, seed, scheme)
+            run = resumed or open_run(
+                strategy, rounds, initial_weights, bound, run_dir, None, seed, scheme
+            )
             record_keep_last(run.store, run.config, keep_last)
             record_tls(opened, run, tls)
             transport.spill_to(run.folder)  # large replies wait there, not in TMPDIR
@@ -199,6 +205,7 @@ def serve(
         if on_listen is not None:
             on_listen(transport.port)
         logger.info("covey server listening on port %d", transport.port, extra=ON_CONSOLE)
+        template, agg_state = run.take_state(strategy)  # a resumed run's, loaded as it opened
         start_weights = run.take_weights()  # the loop owns the model now: keep no copy here
         sync = not strategy.asynchronous
         # The run's start time names it, the same after a resume: a client process that
@@ -209,8 +216,6 @@ def serve(
             if sync
             else CountedAsyncTransport(transport, scheme, seed=seed, run=token)
         )
-        # Nothing stored without a run folder; else the named tuples a resume rebuilds.
-        template = None if run.store is None else strategy.aggregator.init(start_weights)
         run.types = None if template is None else state_types(template)
         loop = open_loop(
             run.flushing(strategy),
@@ -222,7 +227,7 @@ def serve(
             wait_timeout=wait_timeout,
             on_round=run.saver(on_round, names, plot, counter, keep_last),
             history=run.history,
-            agg_state=None if run.state is None else load_state(run.state, template),
+            agg_state=agg_state,
         )
         run.loop = loop
         loop.client_names = names.names  # failures are logged and reported by name
@@ -250,6 +255,19 @@ def serve(
         if run.store is not None:
             run.store.close()
     return ServeResult(dict(loop.weights), loop.history, Path(run_dir) if run_dir else None)
+
+
+def _resumed(
+    strategy: Strategy,
+    rounds: int,
+    initial_weights: Weights | Callable[[], Weights] | None,
+    opened: RunStore | None,
+) -> ServedRun | None:
+    """The reopened run (None: a new one), its model and aggregation state loaded."""
+    if opened is None:
+        return None
+    # The address is only a new run's to record: a resumed run keeps the one it has.
+    return open_run(strategy, rounds, initial_weights, "", None, opened)
 
 
 def _run_loop(loop: Loop, rounds: int, start: int) -> None:
