@@ -21,6 +21,7 @@ from covey.analytics import (
     _dp,
     query,
 )
+from covey.analytics._cli import result_table
 from covey.analytics._fixedpoint import sensitivity
 from covey.clients import run_task
 from covey.core import Reply, Task
@@ -525,3 +526,50 @@ def test_a_mean_over_fewer_values_than_the_minimum_says_why_it_is_not_shown() ->
             "reason": "fewer values of 'x' than the minimum group size, 3",
         }
     }
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_a_dp_formula_over_a_noisy_count_the_noise_alone_gives_is_not_available(
+    secure: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # group 'c' has no row: its noisy COUNT(*) of 6 (or 3) passed the minimum group
+    # size, and SUM(x) / COUNT(*), a noisy sum over it, was shown as a bound (0.5 or
+    # 100.0 as often), a mean of no record
+    monkeypatch.setattr(_dp, "noise_share", lambda _m, _s, _n, size, _rng: np.full(size, 3.0))
+    frame = pd.DataFrame({"g": ["a"] * 500 + ["b"] * 60, "x": [40.0] * 500 + [60.0] * 60})
+    policy = Policy(
+        bounds={"x": (0, 100)},
+        domains={"g": ["a", "b", "c"]},
+        min_group_size=1,
+        max_epsilon=10.0,
+        epsilon=100.0,
+    )
+    sites = [Site({"t": frame}, policy, name=n) for n in "pq"]
+    sql = (
+        "SELECT g, SUM(x) / COUNT(*) AS r, 100 * SUM(x) / (2 * COUNT(x)) AS h, "
+        "SUM(x) + 1 AS s, COUNT(*) AS n FROM t GROUP BY g"
+    )
+    df = query(sites, sql, secure=secure, epsilon=1.0)
+    assert df.loc[2, "n"] > 1  # the group is shown: its count is over the minimum
+    assert np.isnan(df.loc[2, "r"])
+    assert np.isnan(df.loc[2, "h"])
+    assert not np.isnan(df.loc[2, "s"])  # no division: a noisy sum, shown
+    assert df.loc[0, "r"] == pytest.approx(40.0, abs=0.5)
+    assert df.loc[1, "h"] == pytest.approx(3000.0, abs=150.0)
+    assert set(df.attrs["unavailable"]) == {"r", "h"}
+    for col, count in (("r", "n"), ("h", "COUNT(x)")):  # a count named by its alias
+        said = df.attrs["unavailable"][col]
+        assert said["groups"] == [("c",)]
+        assert said["reason"].startswith(f"the noisy count it divides by, {count}, is under ")
+        assert said["reason"].endswith("passes 1 time in 40 (a group of no value), so it is noise")
+    caption = str(result_table(df, sql).caption)
+    assert "r not available for [('c',)]: the noisy count it divides by, n, is" in caption
+
+
+def test_a_formula_over_counts_without_dp_is_shown_as_computed() -> None:
+    frame = pd.DataFrame({"g": ["a"] * 3 + ["b"], "x": [1.0, 2.0, 3.0, 4.0]})
+    policy = Policy(bounds={"x": (0, 10)}, domains={"g": ["a", "b"]}, min_group_size=1)
+    sql = "SELECT g, SUM(x) / COUNT(*) AS r FROM t GROUP BY g"
+    df = query([Site({"t": frame}, policy, name="p")], sql, secure=False)
+    assert df["r"].tolist() == [2.0, 4.0]
+    assert df.attrs["unavailable"] == {}

@@ -148,3 +148,28 @@ def _within(
         values = [np.asarray(v, dtype=float) for v, _ in parts]
     with np.errstate(all="ignore"):
         return np.clip(evaluate(term, values), span[0], span[1]), span
+
+
+def _divisor(term: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A divisor without its sign and number factors: ``-2 * COUNT(*)`` is ``COUNT(*)``."""
+    while True:
+        if term[0] == "neg":
+            term = term[1]
+        elif term[0] == "*" and term[1][0] == "num":
+            term = term[2]
+        elif term[0] in ("*", "/") and term[2][0] == "num":
+            term = term[1]
+        else:
+            return term
+
+
+def count_divisors(term: tuple[Any, ...], aggregates: Sequence[Any]) -> list[int]:
+    """The counts (their aggregates' indices) that ``term`` divides by, times numbers alone."""
+    if term[0] in ("agg", "num"):
+        return []
+    found = [i for t in term[1:] for i in count_divisors(t, aggregates)]
+    if term[0] == "/":
+        bottom = _divisor(term[2])
+        if bottom[0] == "agg" and aggregates[bottom[1]].func in ("count", "count_col"):
+            found.append(bottom[1])
+    return found

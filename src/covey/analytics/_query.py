@@ -36,7 +36,7 @@ from covey.analytics._exchange import Federation, StageResult, transport_for
 from covey.analytics._fixedpoint import ROW_CAP, fixed_point_scale, secure_bound, sensitivity
 from covey.analytics._moments import centre
 from covey.analytics._options import DISTINCT_BUCKETS, check_query
-from covey.analytics._queryvalues import first_filtered, value
+from covey.analytics._queryvalues import first_filtered, noisy_divisions, value
 from covey.analytics._select import answer_columns
 from covey.analytics._site import Site
 from covey.analytics._sql import Plan
@@ -302,6 +302,8 @@ class _Query:
         p = self.plan
         noisy = None if self.multiplier is None else self.decl["bounds"]  # formulas kept in
         data = answer_columns(p.outputs, p.aggregates, keys, columns, suppressed, p.formulas, noisy)
+        for name, low in noisy_divisions(self, columns).items():  # a ratio of noise
+            data[name] = np.where(low, np.nan, data[name])
         df = pd.DataFrame(data, index=pd.RangeIndex(len(keys)))
         privacy = None
         if self.multiplier is not None:

@@ -16,6 +16,7 @@ import numpy as np
 
 from covey.analytics._dp import noise_threshold
 from covey.analytics._exchange import StageResult
+from covey.analytics._formula_range import count_divisors
 from covey.analytics._moments import moment
 from covey.analytics._sqlaggregates import Aggregate
 from covey.analytics._stats import Quantiles, TopK, survival
@@ -156,6 +157,37 @@ def _unavailable(q: _Query, a: Aggregate, n: np.ndarray) -> np.ndarray:
             )
         q.unavailable[a.name] = (low, why)
     return low
+
+
+def noisy_divisions(q: _Query, values: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Under DP, each formula's groups whose count divided by is one the noise alone could give.
+
+    ``SUM(x) / COUNT(*)`` over a group of no record is a noisy sum over a noisy
+    count, anywhere in the bounds; where a count a formula divides by is under
+    :func:`mean_level`, as a mean there, the formula is not shown (its groups
+    are noted in ``q.unavailable`` with the reason).
+    """
+    found: dict[str, np.ndarray] = {}
+    if q.multiplier is None:
+        return found
+    level = mean_level(q)
+    aggregates = q.plan.aggregates
+    for f in q.plan.formulas:
+        low = np.zeros(q.groups, dtype=bool)
+        why = ""
+        for i in count_divisors(f.term, aggregates):
+            few = ~(np.asarray(values[aggregates[i].name], dtype=float) >= level)
+            if np.any(few & ~low) and not why:
+                why = (
+                    f"the noisy count it divides by, {aggregates[i].name}, is under "
+                    f"{level:.4g}, which the noise alone passes 1 time in 40 (a group of no "
+                    "value), so it is noise"
+                )
+            low = low | few
+        if np.any(low):
+            q.unavailable[f.name] = (low, why)
+            found[f.name] = low
+    return found
 
 
 def first_stat_low(q: _Query, a: Aggregate) -> float:
