@@ -29,7 +29,8 @@ from covey.aggregate._base import Aggregate
 from covey.core import RoundRecord
 from covey.privacy import _noise
 from covey.privacy._central import PrivacyHook
-from covey.privacy._step import AdaptiveClipping, DPState, Mechanism, Shared, dp_step
+from covey.privacy._clipping import AdaptiveClipping
+from covey.privacy._step import DPState, Mechanism, Shared, dp_step
 from covey.sim import SimulationResult
 
 DIM = 4000

@@ -26,8 +26,9 @@ from covey.privacy._accounting import (
     round_event,
     statement,
 )
+from covey.privacy._clipping import AdaptiveClipping, Clipping
 from covey.privacy._pld import check_accountable
-from covey.privacy._step import AdaptiveClipping, Clipping, DPState, Mechanism, Shared, dp_step
+from covey.privacy._step import DPState, Mechanism, Shared, dp_step
 from covey.strategies._checks import fit_only
 from covey.strategies._names import FLOWER_DP_OPTIONS, a_strategy, flower_keywords
 from covey.strategies._strategy import Strategy
