@@ -9,11 +9,12 @@ See ``docs/privacy.md``.
 """
 
 from covey.privacy._accounting import Ledger, calibrate, epsilon, event_from_json, event_to_json
-from covey.privacy._central import PrivacyHook, central, poisson_selector
+from covey.privacy._central import PrivacyHook, central
 from covey.privacy._clipping import AdaptiveClipping
 from covey.privacy._dpsgd import DPSGD
 from covey.privacy._ftrl import dp_ftrl
 from covey.privacy._local import ClipUpdates, LocalDP, analytic_gaussian_sigma
+from covey.privacy._sampling import poisson_selector
 from covey.privacy._step import ClippedSum
 
 __all__ = [
