@@ -36,6 +36,7 @@ from covey.core import _codec
 from covey.core._messages import Task
 from covey.sim._ray import RayTransport
 from covey.sim._rayplan import check_fits, check_reachable, crowded, not_grpc, ray_service
+from covey.sim._rayreplies import take
 
 pytestmark = pytest.mark.slow
 
@@ -1160,7 +1161,12 @@ def test_an_actor_killed_for_memory_is_one_that_died_and_is_replaced(kind: str) 
     stream = _OneReply()
     tasks = {cid: Task("fit", 1, {}, None) for cid in (1, 5)}
     pending = {stream: ("", 0, [1, 5])}
-    replies = list(transport._take(stream, pending, {("", 0): [1, 5]}, tasks, 10.0))
+    held = {("", 0): [1, 5]}
+    replies = list(
+        take(
+            transport._ray, transport._actors, transport._where, stream, pending, held, tasks, 10.0
+        )
+    )
     assert [r.cid for r in replies] == [1, 5]
     for reply in replies:
         assert not reply.ok

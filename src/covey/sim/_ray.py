@@ -20,8 +20,7 @@ import contextlib
 import logging
 import subprocess
 import time
-from collections import deque
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,27 +28,23 @@ import numpy as np
 from covey.clients._client import ClientFn
 from covey.core import _codec
 from covey.core._messages import Reply, Task
-from covey.core._text import clients
 from covey.core._weights import Weights, fingerprint
 from covey.sim._rayhost import ClientHost, Item
 from covey.sim._rayplan import (
     Resources,
-    actor_gone,
     actors_for,
     check_fits,
     crowded,
-    death_cause,
-    died,
     ray_need,
     start_failed,
     unanswered,
     unpicklable,
     wait_all,
 )
+from covey.sim._rayreplies import abandon, collect
 from covey.sim._raystart import check_pickles, ray_module, shutdown, start_or_join, watch_local
 from covey.sim._raywatch import unwatch
 from covey.sim._sendable import Unsent
-from covey.transport._base import LONGEST_WAIT
 
 logger = logging.getLogger("covey")
 
@@ -346,7 +341,7 @@ class RayTransport:
         late = False
         try:
             yield from unsendable
-            yield from self._collect(pending, held, tasks, deadline)
+            yield from collect(self._ray, self._actors, self._where, pending, held, tasks, deadline)
             late = True  # _collect returns with calls pending only when the deadline passed
             for g, i, cids in list(pending.values()):
                 if not cids:  # answered in full, its end not yet seen
@@ -354,122 +349,7 @@ class RayTransport:
                 why = unanswered(f"{g}/{i}" if g else str(i), cids, timeout)
                 yield from (Reply(cid, tasks[cid].kind, error=why) for cid in cids)
         finally:
-            self._abandon(pending, late)
-
-    def _abandon(self, pending: Mapping[Any, tuple[str, int, list[int]]], late: bool) -> None:
-        """Stop the actors still busy with this exchange once it is over.
-
-        Over when its deadline passed (``late``) or when it was given up (Ctrl-C,
-        an error of the caller). A client stuck in ``fit`` must not hold up later
-        rounds: its actor is replaced at the next exchange and its clients are
-        rebuilt there.
-        """
-        busy = sorted({(g, i) for g, i, cids in pending.values() if cids})
-        for g, i in busy:
-            actor = self._actors[g][i]
-            if actor is None:
-                continue
-            self._actors[g][i] = None
-            with contextlib.suppress(Exception):
-                self._ray.kill(actor, no_restart=True)
-            if not late:
-                continue
-            unanswered = sorted(
-                c for gg, ii, cids in pending.values() if (gg, ii) == (g, i) for c in cids
-            )
-            listed = ", ".join(map(str, unanswered[:10])) + (" ..." if len(unanswered) > 10 else "")
-            why = f"{clients(len(unanswered))} unanswered ({listed})"
-            who = f"{g}/{i}" if g else str(i)
-            logger.warning(
-                "Ray actor %s missed the deadline with %s; stopping it (replaced)", who, why
-            )
-
-    def _collect(
-        self,
-        pending: dict[Any, tuple[str, int, list[int]]],
-        held: Mapping[tuple[str, int], list[int]],
-        tasks: Mapping[int, Task],
-        deadline: float | None,
-    ) -> Iterator[Reply]:
-        ray = self._ray
-        # An actor runs its calls in order: wait only on each actor's oldest call,
-        # so one wait costs O(actors), not O(calls in flight).
-        queues: dict[tuple[str, int], deque[Any]] = {}
-        for stream, (g, i, _) in pending.items():
-            queues.setdefault((g, i), deque()).append(stream)
-        while queues:
-            heads = {q[0]: key for key, q in queues.items()}
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            wait = remaining and min(remaining, LONGEST_WAIT)  # a wait of days: in turns
-            ready, _ = ray.wait(list(heads), num_returns=1, timeout=wait)
-            if not ready and (remaining is None or remaining <= LONGEST_WAIT):
-                return  # deadline: the loop records the missing clients
-            for stream in ready:
-                over = yield from self._take(stream, pending, held, tasks, remaining)
-                if over:
-                    key = heads[stream]
-                    queues[key].popleft()
-                    if not queues[key]:
-                        del queues[key]
-                    del pending[stream]
-
-    def _take(
-        self,
-        stream: Any,
-        pending: Mapping[Any, tuple[str, int, list[int]]],
-        held: Mapping[tuple[str, int], list[int]],
-        tasks: Mapping[int, Task],
-        remaining: float | None,
-    ) -> Generator[Reply, None, bool]:
-        """Yield the replies a call's stream has ready; return whether the call is over.
-
-        The call's clients still unanswered are left in ``pending``.
-        """
-        ray = self._ray
-        g, i, cids = pending[stream]
-        while stream.next_ready():
-            ref = next(stream, None)
-            if ref is None:  # the stream's end
-                return True
-            try:
-                replies = ray.get(ref, timeout=max(1.0, min(remaining or 60.0, LONGEST_WAIT)))
-            except actor_gone(ray) as exc:  # replaced at the next exchange
-                yield from self._dead(g, i, cids, held[(g, i)], tasks, exc)
-                return True
-            except ray.exceptions.RayError as exc:
-                for cid in cids:
-                    yield Reply(cid, tasks[cid].kind, error=f"Ray failed: {exc}")
-                return True
-            del cids[: len(replies)]
-            yield from replies
-        return bool(stream.is_finished())
-
-    def _dead(
-        self,
-        g: str,
-        i: int,
-        cids: list[int],
-        held: list[int],
-        tasks: Mapping[int, Task],
-        exc: Exception,
-    ) -> Iterator[Reply]:
-        pid, node = self._where.get((g, i), (-1, "?"))
-        first = self._actors[g][i] is not None  # the actor's oldest call: the one it died in
-        if first:
-            shown = ", ".join(map(str, held[:20])) + (" ..." if len(held) > 20 else "")
-            logger.error(
-                "Ray actor %s%d (pid %d on node %s) died; it held clients %s this round",
-                f"{g}/" if g else "",
-                i,
-                pid,
-                node[:12],
-                shown,
-            )
-            self._actors[g][i] = None
-        cause = death_cause(exc)
-        actor = f"Ray actor {g + '/' if g else ''}{i} (pid {pid})"
-        for cid in cids:
-            yield Reply(cid, tasks[cid].kind, error=died(actor, cid, cids, first, held, cause))
+            abandon(self._ray, self._actors, pending, late)
 
     def close(self) -> None:
         """Stop the actors; stop Ray too if this transport started it."""
