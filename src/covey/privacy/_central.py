@@ -44,6 +44,21 @@ class PrivacyHook:
     accounted and the clip from the history; before each round it stops the run
     if the round would take epsilon past ``target_epsilon``; after each round it
     records ``{"epsilon", "delta"}``; at the end it prints the privacy statement.
+
+    Args:
+        mech: The mechanism the strategy's DP step runs: its noise, clip, delta,
+            sampling, accountant and ``target_epsilon`` fix what each round costs.
+        shared: The state the hook shares with the strategy's DP step and selector;
+            the hook sets its noise seed when a run starts.
+        noise_seed: Seeds the noise and the sampling; None: the run's seed in
+            simulation, fresh CSPRNG seeds when deployed. Set, a round a resumed run
+            computes again repeats its noise (a warning says so).
+        unit: What the guarantee protects, as the privacy statement names it
+            (``"one client (all of its data)"``).
+        sampling: How clients were sampled, as the statement names it
+            (``"Poisson, q=0.1"``).
+        relation: The neighbouring datasets the guarantee is stated for: the
+            relation the mechanism is accounted under.
     """
 
     def __init__(

@@ -151,6 +151,21 @@ class ClippedSum(Contribution):
     DP step this one contribution in place of the individual updates; the step
     adds it to the round's sum as it is (it cannot clip what it cannot see), so
     it needs ``clipping="client"``. ``delta`` holds the sum.
+
+    Args:
+        clients: How many updates ``delta`` sums: each counts as one contribution,
+            unclipped, toward the round's count.
+
+    Attributes:
+        cid: Not a client's: -1 (secure aggregation's sum) or any id; the step ignores it.
+        num_examples: The examples of the ``clients`` summed, in total (the step, which
+            weighs every client once, does not read it).
+        weights: Unused: a sum has no full weights (leave None).
+        delta: The sum of the ``clients`` client-clipped updates (local minus global),
+            added to the round's sum as it is; the step refuses the sum without it.
+        metrics: Metrics of the sum (the step does not read them).
+        staleness: 0: a sum belongs to a synchronous round.
+        extras: Unused by the DP step (leave empty).
     """
 
     clients: int = 0

@@ -303,6 +303,25 @@ class RayTransport:
 
         A task whose config or payload a deployed server could not send fails its
         client instead (:func:`~covey.sim._sendable.unsent`), as on every backend.
+        Actors that died or were stopped are started anew first. Each model goes to
+        the object store once, however many tasks carry it.
+
+        Args:
+            tasks: The task for each client, by client id; each goes to the actor
+                that holds its client.
+            timeout: Seconds for the whole exchange; a client not answered by then
+                gets a failed reply, and its actor is stopped and replaced at the next
+                exchange. None waits until every client has answered.
+
+        Returns:
+            A generator of one reply per task, failed ones included (an actor that
+            died fails the clients it had not answered), in the order they come.
+            Closing it early stops the actors still busy with it.
+
+        Raises:
+            ValueError: if ``client_group`` names a group ``client_resources`` lacks.
+            RuntimeError: if an actor started anew cannot be placed and its group
+                is left without any actor.
         """
         self._revive()
         deadline = None if timeout is None else time.monotonic() + timeout
