@@ -31,7 +31,8 @@ from covey.compress import (
     scheme_named,
     scheme_spec,
 )
-from covey.compress._runtime import KIND, _fit_compressed
+from covey.compress._runtime import _fit_compressed
+from covey.compress._task import KIND
 from covey.core import WeightsSpec
 from covey.core._history import History, RoundRecord
 from covey.core._messages import Reply, Task

@@ -27,7 +27,8 @@ from sklearn.datasets import load_digits
 import covey
 from _live import Joined, Served
 from covey.clients._client import _HANDLERS
-from covey.compress._runtime import KIND, _fit_compressed
+from covey.compress._runtime import _fit_compressed
+from covey.compress._task import KIND
 from covey.core._messages import Task
 from covey.deploy import ServeResult
 from covey.server._store import RunStore

@@ -239,7 +239,8 @@ FORGED: dict[str, tuple[str, Any]] = {
 @pytest.mark.parametrize("case", sorted(FORGED))
 def test_a_forged_update_fails_its_client_alone(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from covey.clients._client import _HANDLERS
-    from covey.compress._runtime import KIND, _fit_compressed
+    from covey.compress._runtime import _fit_compressed
+    from covey.compress._task import KIND
 
     spec, forge = FORGED[case]
 

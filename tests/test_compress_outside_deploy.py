@@ -18,7 +18,8 @@ import pytest
 import covey
 from _live import Joined, Served
 from covey.clients._client import _HANDLERS
-from covey.compress._runtime import CONFIG_KEY, KIND, _fit_compressed
+from covey.compress._runtime import _fit_compressed
+from covey.compress._task import CONFIG_KEY, KIND
 from covey.core._messages import Task
 from covey.deploy import ServeResult
 

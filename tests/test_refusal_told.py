@@ -21,7 +21,7 @@ import covey
 from covey.clients._client import run_task
 from covey.compress import CompressedTransport, scheme_named
 from covey.compress._counted import CountedAsyncTransport
-from covey.compress._runtime import KIND
+from covey.compress._task import KIND
 from covey.core._messages import Reply, Task
 from covey.server import AsyncLoop
 from covey.server._sync import RoundLoop

@@ -18,7 +18,7 @@ import pytest
 import covey
 from covey.clients import ControlVariate
 from covey.clients._client import run_task
-from covey.compress._runtime import compressed_task
+from covey.compress._task import compressed_task
 from covey.core._messages import Task
 
 SERVER_C = "scaffold_c"

@@ -386,7 +386,7 @@ def test_a_client_stating_an_absurd_version_gets_a_readable_refusal() -> None:
 def test_a_compression_scheme_this_client_does_not_know_names_its_version() -> None:
     """A server of a covey with a scheme this one lacks: the failure says whose side is older."""
     from covey.clients._client import run_task
-    from covey.compress._runtime import CONFIG_KEY
+    from covey.compress._task import CONFIG_KEY
     from covey.core._messages import Task
 
     class Client(covey.Client):

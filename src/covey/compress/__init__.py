@@ -23,7 +23,7 @@ from covey.compress._plain import (
     scheme_named,
     scheme_spec,
 )
-from covey.compress._runtime import CompressedFitPayload, CompressedTransport
+from covey.compress._runtime import CompressedTransport
 from covey.compress._schemes import (
     Cast,
     Encoded,
@@ -32,6 +32,7 @@ from covey.compress._schemes import (
     Scheme,
     TopK,
 )
+from covey.compress._task import CompressedFitPayload
 
 __all__ = [
     "Cast",

@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from covey.compress._plain import check_scheme, plain_nbytes
-from covey.compress._runtime import KIND, _scheme_value, compressed_task, decode_reply
+from covey.compress._runtime import decode_reply
 from covey.compress._schemes import Scheme
+from covey.compress._task import KIND, compressed_task, scheme_value
 from covey.compress._wrapper import CountingWrapper, result_nbytes, task_nbytes
 from covey.core._messages import Reply, Task
 from covey.core._weights import WeightsSpec
@@ -56,7 +57,7 @@ class CountedAsyncTransport(CountingWrapper):
         self.scheme = scheme
         self.seed = seed
         self.run = run
-        self._carried = None if scheme is None else _scheme_value(scheme)
+        self._carried = None if scheme is None else scheme_value(scheme)
         # The layout of the model each client's compressed task carried and the task's
         # update, until it replies.
         self._specs: dict[int, tuple[WeightsSpec, int]] = {}

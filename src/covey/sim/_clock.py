@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from covey.compress._runtime import KIND as COMPRESSED_FIT
+from covey.compress._task import KIND as COMPRESSED_FIT
 from covey.core._messages import Reply, Task, real
 from covey.strategies._checks import name_of
 from covey.transport._async import Durations, simulated_seconds

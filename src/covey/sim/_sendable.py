@@ -32,8 +32,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from covey.compress._runtime import CONFIG_KEY as COMPRESSION
-from covey.compress._runtime import KIND as COMPRESSED_FIT
+from covey.compress._task import CONFIG_KEY as COMPRESSION
+from covey.compress._task import KIND as COMPRESSED_FIT
 from covey.core._messages import EvaluateResult, FitResult, Reply, Task
 from covey.core._weights import Weights
 from covey.transport.grpc._checks import check_no_nan

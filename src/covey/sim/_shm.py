@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from covey.compress._runtime import KIND as COMPRESSED_FIT
+from covey.compress._task import KIND as COMPRESSED_FIT
 from covey.core import _codec
 from covey.core._messages import Reply
 from covey.core._weights import Array, Weights
