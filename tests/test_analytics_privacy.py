@@ -480,13 +480,8 @@ def test_an_analysts_refusal_tells_the_epsilon_it_pays_at_the_querys_delta() -> 
     assert analyst.spent <= 1.5 * (1 + 1e-9)
 
 
-@pytest.mark.parametrize("secure", [False, True])
-def test_a_dp_mean_over_a_noisy_count_the_noise_alone_gives_is_not_available(
-    secure: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # group 'c' has no row: its noisy count of 6 (or 3) passed the minimum group
-    # size, and its AVG, a noisy sum over a noisy count, was shown as 1.0 (clipped
-    # into the bounds: 0.0 or 100.0 as often), a mean of no record
+def _sites_with_an_empty_group(monkeypatch: pytest.MonkeyPatch) -> list[Site]:
+    """Two sites whose group 'c' holds no row, every noise share fixed at 3.0."""
     monkeypatch.setattr(_dp, "noise_share", lambda _m, _s, _n, size, _rng: np.full(size, 3.0))
     frame = pd.DataFrame({"g": ["a"] * 500 + ["b"] * 60, "x": [40.0] * 500 + [60.0] * 60})
     policy = Policy(
@@ -496,7 +491,17 @@ def test_a_dp_mean_over_a_noisy_count_the_noise_alone_gives_is_not_available(
         max_epsilon=10.0,
         epsilon=100.0,
     )
-    sites = [Site({"t": frame}, policy, name=n) for n in "pq"]
+    return [Site({"t": frame}, policy, name=n) for n in "pq"]
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_a_dp_mean_over_a_noisy_count_the_noise_alone_gives_is_not_available(
+    secure: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # group 'c' has no row: its noisy count of 6 (or 3) passed the minimum group
+    # size, and its AVG, a noisy sum over a noisy count, was shown as 1.0 (clipped
+    # into the bounds: 0.0 or 100.0 as often), a mean of no record
+    sites = _sites_with_an_empty_group(monkeypatch)
     sql = "SELECT g, AVG(x) AS m, AVG(x) FILTER (WHERE x > 0) AS f, COUNT(*) AS n FROM t GROUP BY g"
     df = query(sites, sql, secure=secure, epsilon=1.0)
     assert df.loc[2, "n"] > 1  # the group is shown: its count is over the minimum
@@ -535,16 +540,7 @@ def test_a_dp_formula_over_a_noisy_count_the_noise_alone_gives_is_not_available(
     # group 'c' has no row: its noisy COUNT(*) of 6 (or 3) passed the minimum group
     # size, and SUM(x) / COUNT(*), a noisy sum over it, was shown as a bound (0.5 or
     # 100.0 as often), a mean of no record
-    monkeypatch.setattr(_dp, "noise_share", lambda _m, _s, _n, size, _rng: np.full(size, 3.0))
-    frame = pd.DataFrame({"g": ["a"] * 500 + ["b"] * 60, "x": [40.0] * 500 + [60.0] * 60})
-    policy = Policy(
-        bounds={"x": (0, 100)},
-        domains={"g": ["a", "b", "c"]},
-        min_group_size=1,
-        max_epsilon=10.0,
-        epsilon=100.0,
-    )
-    sites = [Site({"t": frame}, policy, name=n) for n in "pq"]
+    sites = _sites_with_an_empty_group(monkeypatch)
     sql = (
         "SELECT g, SUM(x) / COUNT(*) AS r, 100 * SUM(x) / (2 * COUNT(x)) AS h, "
         "SUM(x) + 1 AS s, COUNT(*) AS n FROM t GROUP BY g"

@@ -489,16 +489,10 @@ def test_fleet_scale_stops_at_once_when_its_server_cannot_start(tmp_path: Path) 
     assert "idle phase: the server exited (exit status 1) before it listened" in done.stderr
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(150)
 def test_tls_data_port_moves_a_small_message_both_ways_with_and_without_tls() -> None:
     flags = ["--mb", "1", "--clients", "2", "--rounds", "1"]
-    done = subprocess.run(
-        [sys.executable, str(BENCH / "tls_data_port.py"), *flags],
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
+    done = _run(str(BENCH / "tls_data_port.py"), *flags)
     assert done.returncode == 0, done.stderr
     plain, tls = done.stdout.splitlines()
     assert plain.startswith("plain: cipher None;")
@@ -508,12 +502,6 @@ def test_tls_data_port_moves_a_small_message_both_ways_with_and_without_tls() ->
 
 def test_tls_data_port_refuses_an_empty_message_and_unknown_modes() -> None:
     for flags, said in ((["--mb", "0"], "at least 1"), (["--modes", "ssl"], "unknown mode")):
-        done = subprocess.run(
-            [sys.executable, str(BENCH / "tls_data_port.py"), *flags],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = _run(str(BENCH / "tls_data_port.py"), *flags)
         assert done.returncode == 2
         assert said in done.stderr

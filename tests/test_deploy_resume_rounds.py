@@ -453,20 +453,30 @@ def _grow_states(run_dir: Path) -> None:
     conn.close()
 
 
+def _resume_grown_state(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch, *more: str
+) -> tuple[Any, str]:
+    """``covey server --resume`` of a run whose states a newer covey grew: (result, output).
+
+    The output is flattened to single spaces, undated.
+    """
+    _tiny_app(monkeypatch)
+    _stopped_after_round_2(run_dir)
+    _grow_states(run_dir)
+    args = ["server", "--app", "tiny_app:server_app", "--insecure", "--address", "127.0.0.1:0"]
+    args += ["--no-plot", "--wait-timeout", "1", "--resume", str(run_dir), "--rounds", "4"]
+    out = CliRunner().invoke(app, [*args, *more])
+    return out, " ".join(undated(out.output).split())
+
+
 def test_covey_server_resuming_a_state_a_newer_covey_saved_says_so_and_not_to_resume(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # An older covey said "corrupt stored aggregation state: TypeError: _MeanState.__new__()
     # takes from 1 to 13 positional arguments but 14 were given"; this one then said how to
     # resume it with this covey, which would fail the same way, and exited 1 as for a retry.
-    _tiny_app(monkeypatch)
     run_dir = tmp_path / "run"
-    _stopped_after_round_2(run_dir)
-    _grow_states(run_dir)
-    args = ["server", "--app", "tiny_app:server_app", "--insecure", "--address", "127.0.0.1:0"]
-    args += ["--no-plot", "--wait-timeout", "1", "--resume", str(run_dir), "--rounds", "4"]
-    out = CliRunner().invoke(app, args)
-    flat = " ".join(undated(out.output).split())
+    out, flat = _resume_grown_state(run_dir, monkeypatch)
     assert out.exit_code == 2, out.output  # no restart of this covey mends it
     from covey.aggregate._mean import _MeanState
 
@@ -486,15 +496,8 @@ def test_covey_server_refusing_a_state_it_cannot_load_never_listens_nor_says_it_
 ) -> None:
     # It used to listen, say it waited for clients and write its port file (clients
     # could join) before it loaded the saved state, and only then refused the resume.
-    _tiny_app(monkeypatch)
-    run_dir = tmp_path / "run"
-    _stopped_after_round_2(run_dir)
-    _grow_states(run_dir)
     port_file = tmp_path / "port"
-    args = ["server", "--app", "tiny_app:server_app", "--insecure", "--address", "127.0.0.1:0"]
-    args += ["--no-plot", "--wait-timeout", "1", "--resume", str(run_dir), "--rounds", "4"]
-    out = CliRunner().invoke(app, [*args, "--port-file", str(port_file)])
-    flat = " ".join(undated(out.output).split())
+    out, flat = _resume_grown_state(tmp_path / "run", monkeypatch, "--port-file", str(port_file))
     assert out.exit_code == 2, out.output
     assert "saved by a newer covey" in flat
     assert "waiting" not in flat.lower()

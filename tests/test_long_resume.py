@@ -12,6 +12,7 @@ import pytest
 import covey.core._history as history_module
 import covey.core._jsonvalues as jsonvalues_module
 import covey.server._storedrounds as storedrounds_module
+from _counting import count_calls
 from covey.core._history import RoundRecord
 from covey.server._store import RunStore
 from covey.server._storedrounds import StoredRounds
@@ -58,16 +59,9 @@ def test_no_round_that_verifies_names_the_rounds_tried(tmp_path: Path, saved: in
 
 def _undone(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count the values whose JSON tags are looked for (``from_jsonable``'s calls)."""
-    calls = [0]
-    undo = jsonvalues_module.from_jsonable
-
-    def counting(value: Any) -> Any:
-        calls[0] += 1
-        return undo(value)
-
-    for module in (jsonvalues_module, history_module, storedrounds_module):
-        monkeypatch.setattr(module, "from_jsonable", counting, raising=False)
-    return calls
+    return count_calls(
+        monkeypatch, "from_jsonable", jsonvalues_module, history_module, storedrounds_module
+    )
 
 
 def test_reading_a_longer_history_back_looks_for_tags_in_no_more_values(

@@ -14,6 +14,7 @@ import pytest
 import covey
 import covey.core._historyfile as historyfile_module
 import covey.core._recordvalues as recordvalues_module
+from _counting import count_calls
 from _live import Joined, Served
 from covey.core._history import History, RoundRecord
 from covey.core._historyfile import HistoryFile
@@ -326,15 +327,7 @@ def test_the_plot_of_a_longer_run_draws_no_more_points(
 
 def _count_texts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count the records the history writer turns into their text in the file."""
-    calls = [0]
-    text = historyfile_module._text
-
-    def counting(record: RoundRecord) -> bytes:
-        calls[0] += 1
-        return text(record)
-
-    monkeypatch.setattr(historyfile_module, "_text", counting)
-    return calls
+    return count_calls(monkeypatch, "_text", historyfile_module)
 
 
 def test_a_resumed_runs_first_history_write_takes_up_the_file_it_left(

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 import covey
 import covey.cli._runtail as runtail_module
 import covey.core._history as history_module
+from _counting import count_calls
 from covey.cli import app
 from covey.core._history import History, RoundRecord
 from covey.core._recordvalues import record_json
@@ -146,14 +147,7 @@ def test_showing_the_last_rounds_of_a_long_run_reads_only_those_records(
     simulated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = _copy(simulated, tmp_path / "run", _varied)
-    parsed = [0]
-    parse = history_module.round_from_json
-
-    def counting(raw: Any) -> RoundRecord:
-        parsed[0] += 1
-        return parse(raw)
-
-    monkeypatch.setattr(history_module, "round_from_json", counting)
+    parsed = count_calls(monkeypatch, "round_from_json", history_module)
     _show(run, "--last", "5")
     # the rounds shown, the one before (the last that finished) and the last that failed
     # to aggregate: not every round's (131 before)
