@@ -54,7 +54,8 @@ def test_a_server_started_ignoring_sigint_stops_on_it_as_on_ctrl_c(
     code, err, run = interrupt_tiny_server(tmp_path, sig, ignoring_sigint=True)
     assert code == 128 + sig, err
     how = "interrupted" if sig == signal.SIGINT else "interrupted (SIGTERM)"
-    assert undated(err).strip().splitlines()[-1].startswith(f"{how}: the run in {run} is kept")
+    last = undated(err).strip().splitlines()[-1]
+    assert last.startswith(f"{how}: the run in {run} is kept"), err
     with RunStore.open(run, exclusive=True) as store:
         assert store.events()[-1][2:] == ("stopped", f"interrupted ({sig.name})")
 
