@@ -442,3 +442,59 @@ def test_a_state_missing_a_field_this_covey_needs_names_the_version_skew() -> No
     with pytest.raises(StateError, match="of 0 fields where this covey's needs 1") as info:
         load_state(_stored_as(()), {"mean": _StepState(0.0)})
     assert "another covey version" in str(info.value)
+
+
+# -- a client of another patch release joining -------------------------------------------------
+
+
+def test_a_join_line_names_a_client_s_other_covey_version_and_only_that(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Patch releases roll out site by site: which site runs which shows as each joins.
+
+    The version is the peer's own string: shown bounded, one line, its markup escaped.
+    """
+    import logging
+
+    from covey.deploy._console import ServerConsole
+    from covey.transport.grpc._frames import PROTOCOL
+    from covey.transport.grpc._server import GrpcServerTransport
+    from covey.transport.grpc.proto import covey_pb2 as pb
+
+    ours = covey.__version__
+    release = ".".join(ours.split(".")[:2])
+    events: list[tuple[str, str, str]] = []
+    lines: list[str] = []
+    console = ServerConsole(lines.append, 3, {})
+
+    def record(name: str, event: str, detail: str) -> None:
+        events.append((name, event, detail))
+        console.on_event(name, event, detail)
+
+    hostile = f"{release}.7[bold]\n\x1b[31m" + "x" * 500
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=0.5, on_event=record)
+    raws: list[Raw] = []
+    try:
+        with caplog.at_level(logging.INFO, logger="covey"):
+            for name, version in (("same", ours), ("newer", f"{release}.99"), ("odd", hostile)):
+                hello = pb.Hello(version=version, name=name, protocol=PROTOCOL)
+                raws.append(Raw(transport.port, hello))
+                assert next(raws[-1].messages()).WhichOneof("body") == "welcome"  # joined by then
+    finally:
+        for raw in raws:
+            raw.close()
+        transport.close()
+    joined = [line.partition(" ")[2] for line in lines if " joined" in line]
+    assert joined[0] == "client same joined (1 of 3 connected)"  # as before: nothing to say
+    newer = f"(covey {release}.99; this server {ours})"
+    assert joined[1] == f"client newer joined {newer} (2 of 3 connected)"
+    odd = joined[2]
+    assert odd.startswith(f"client odd joined (covey {release}.7\\[bold]??[31m")
+    assert odd.endswith(f"...; this server {ours}) (3 of 3 connected)")
+    assert len(odd) < 150
+    said = [r.getMessage() for r in caplog.records if " joined as " in r.getMessage()]
+    assert said[0] == "client same joined as 0"
+    assert said[1] == f"client newer joined as 1 (covey {release}.99; this server {ours})"
+    assert "\n" not in said[2]
+    assert "\x1b" not in said[2]
+    assert len(said[2]) < 150

@@ -127,7 +127,11 @@ class ServerConsole:
         shown = _SHOWN_EVENTS.get(event)
         if shown is None:
             return
-        why = f": {escape(detail)}" if detail and event not in ("join", "rejoin") else ""
+        if event in ("join", "rejoin"):  # its peer, then a covey version not the server's
+            _, said, version = detail.partition(" (covey ")
+            why = f" {escape('(covey ' + version)}" if said else ""
+        else:
+            why = f": {escape(detail)}" if detail else ""
         # "9 of 2 connected" would read as a miscount once more clients come than the run needs.
         tally = (
             f"{count} connected"  # 0 needed: not known (an app's own loop waits for its own)

@@ -25,7 +25,7 @@ from cryptography import x509
 from covey.core._version import covey_version
 from covey.transport.grpc._checks import kinds_problem, name_problem
 from covey.transport.grpc._frames import PROTOCOL, protocol_refusal
-from covey.transport.grpc._refusal import RUN_OVER, compatible, version_refusal
+from covey.transport.grpc._refusal import RUN_OVER, compatible, stated_version, version_refusal
 from covey.transport.grpc._registry import Connection, Registry, peer_of
 from covey.transport.grpc._strength import weakness
 from covey.transport.grpc.proto import covey_pb2 as pb
@@ -137,6 +137,18 @@ class Admission:
                 protocol_refusal(hello.protocol, PROTOCOL, hello.version, self.version),
             )
         return name, certificate
+
+    def version_note(self, version: str) -> str:
+        """What a join line says of a client's covey ``version``: nothing if it is the server's.
+
+        The version is as the peer stated it, so it is shown as refusals quote it
+        (at most 40 characters, printable, one line).
+
+        Example: ``covey 0.1.1; this server 0.1.0``.
+        """
+        if version == self.version:
+            return ""
+        return f"covey {stated_version(version)}; this server {self.version}"
 
     def _identify(self, context: grpc.ServicerContext, hello: pb.Hello) -> tuple[str, bytes | None]:
         if self.tls is None:

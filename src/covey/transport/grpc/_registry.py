@@ -312,12 +312,14 @@ class Registry:
             self.changed.notify_all()
         return old
 
-    def join(self, conn: Connection, refusal: str) -> None:
+    def join(self, conn: Connection, refusal: str, note: str = "") -> None:
         """Register ``conn`` and report it joined; a connection it replaces is dropped first.
 
         Args:
             conn: The new connection.
             refusal: What the connection it replaces is told, if any.
+            note: Said of it after its peer in the event's detail, in parentheses
+                (its covey version when it is not the server's), if any.
 
         Raises:
             ShuttingDownError: The registry is closed.
@@ -327,7 +329,8 @@ class Registry:
             if old is not None:
                 old.refusal = refusal
                 self.drop(old, "replaced by a new connection")
-            self.event(conn.name, "join" if old is None else "rejoin", conn.peer)
+            detail = f"{conn.peer} ({note})" if note else conn.peer
+            self.event(conn.name, "join" if old is None else "rejoin", detail)
 
     def close(self) -> list[Connection] | None:
         """Mark the registry closed; return the connections then, or None if it was closed."""

@@ -162,11 +162,13 @@ class FederationService(TaskStream):
             f"another client connected as {name} (from {conn.peer}); "
             f"each client process needs its own {own}"
         )
+        note = self.admission.version_note(first.hello.version)  # patch releases roll out
         try:
-            self.registry.join(conn, refusal)
+            self.registry.join(conn, refusal, note)
         except ShuttingDownError:
             self.admission.run_over(context, name)
-        logger.info("client %s joined as %d", name, cid, extra=ON_CONSOLE)
+        said = f" ({note})" if note else ""
+        logger.info("client %s joined as %d%s", name, cid, said, extra=ON_CONSOLE)
         context.add_callback(lambda: self.registry.drop(conn, "disconnected"))
         reader = threading.Thread(
             target=self._read, args=(conn, requests), name=f"covey-read-{cid}", daemon=True
