@@ -569,3 +569,41 @@ def test_a_formula_over_counts_without_dp_is_shown_as_computed() -> None:
     df = query([Site({"t": frame}, policy, name="p")], sql, secure=False)
     assert df["r"].tolist() == [2.0, 4.0]
     assert df.attrs["unavailable"] == {}
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_a_dp_quantile_whose_rank_noise_can_pass_its_group_is_not_available(
+    secure: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # group 'b' has 60 rows all 60.0; its DP median came back anywhere (55.9, 12.7, 6.7)
+    # with a stated precision of 5e-5: the noise on its rank counts passes the group
+    sites = _sites_with_an_empty_group(monkeypatch)
+    sql = "SELECT g, MEDIAN(x) AS m, QUANTILE_DISC(x, 0.1) AS d FROM t GROUP BY g"
+    df = query(sites, sql, secure=secure, epsilon=1.0)
+    assert df.loc[0, "m"] == pytest.approx(40.0, abs=0.01)  # 1000 rows: shown
+    for col in ("m", "d"):
+        assert np.isnan(df.loc[1, col])
+        assert np.isnan(df.loc[2, col])
+        said = df.attrs["unavailable"][col]
+        assert said["groups"] == [("b",), ("c",)]
+        assert said["reason"].startswith("the noisy count of values of 'x' is under ")
+        assert said["reason"].endswith(
+            "the rows the noise on one rank count of the bisection passes 1 time in 40, "
+            "so the quantile is noise"
+        )
+    rows = df.attrs["privacy"]["quantile_rank_error"]
+    assert set(rows) == {"m", "d"}
+    assert 60 < rows["m"] < 1000
+    assert df.attrs["precision"]["m"] < 1e-3  # the bisection's, as before
+    caption = str(result_table(df, sql).caption)
+    assert "m not available for [('b',), ('c',)]: the noisy count of values of 'x'" in caption
+    assert f"m: rank within {rows['m']:.4g} rows (DP noise, 1 time in 40 past it)" in caption
+
+
+def test_a_quantile_without_dp_states_no_rank_error_and_nothing_unavailable() -> None:
+    frame = pd.DataFrame({"g": ["a"] * 5, "x": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    policy = Policy(bounds={"x": (0, 10)}, domains={"g": ["a"]}, min_group_size=1)
+    df = query([Site({"t": frame}, policy, name="p")], "SELECT MEDIAN(x) AS m FROM t", secure=False)
+    assert df.loc[0, "m"] == pytest.approx(3.0, abs=1e-3)
+    assert df.attrs["unavailable"] == {}
+    assert df.attrs["privacy"] is None

@@ -326,6 +326,8 @@ def result_table(df: Any, title: str) -> Table:
         notes.append(
             f"privacy: epsilon {p['epsilon']:.4g} (delta {p['delta']:g}, {p['mechanism']})"
         )
+        for col, rows in (p.get("quantile_rank_error") or {}).items():
+            notes.append(f"{col}: rank within {rows:.4g} rows (DP noise, 1 time in 40 past it)")
         if p.get("withholding"):
             notes.append(f"small groups withheld by: {', '.join(p['withholding'])}")
     table.caption = Text("; ".join(notes))

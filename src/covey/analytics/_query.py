@@ -81,6 +81,8 @@ class _Query:
         self.withholding: list[str] = []  # sites whose policy finds the noise too weak
         # {aggregate: (groups, reason)} of the means not shown (see _queryvalues.mean_level)
         self.unavailable: dict[str, tuple[np.ndarray, str]] = {}
+        # {aggregate: rows} under DP: a quantile's rank error (see _queryvalues.rank_level)
+        self.rank_error: dict[str, float] = {}
 
     # -- stages --------------------------------------------------------------------------
 
@@ -323,6 +325,9 @@ class _Query:
                 "releases": self.releases,
                 "withholding": list(self.withholding),
                 "site_spent": dict(self.spent),
+                "quantile_rank_error": {
+                    self.shown_names().get(n, n): r for n, r in self.rank_error.items()
+                },
                 "analyst_spent": None if self.opt["analyst"] is None else self.opt["analyst"].spent,
             }
         df.attrs.update(
@@ -341,18 +346,22 @@ class _Query:
         )
         return df
 
+    def shown_names(self) -> dict[str, str]:
+        """``{aggregate: output column}`` of the aggregates the answer shows."""
+        return {
+            a.name: out.name
+            for out in self.plan.outputs
+            if out.kind == "aggregate"
+            for a in [self.plan.aggregates[out.index]]
+        }
+
     def not_shown(self, keys: list[tuple[Any, ...]], suppressed: np.ndarray) -> dict[str, Any]:
         """``{column: {"groups": [...], "reason": ...}}`` of the means not shown.
 
         A suppressed group is listed as such, not here; a mean only a formula
         reads is named by its SQL text.
         """
-        shown = {
-            a.name: out.name
-            for out in self.plan.outputs
-            if out.kind == "aggregate"
-            for a in [self.plan.aggregates[out.index]]
-        }
+        shown = self.shown_names()
         found: dict[str, Any] = {}
         for name, (low, why) in self.unavailable.items():
             groups = [k for k, lo, s in zip(keys, low, suppressed, strict=True) if lo and not s]

@@ -111,7 +111,7 @@ def value(
         return [survival(row[0], row[1], k) for row in curve]
     if a.func.startswith("quantile"):
         precision[a.name] = quantiles.width(a) / 2
-        return quantiles.value(a)
+        return _quantile(q, a, quantiles)
     if a.func == "top_k":
         values, top_counts = topk.run(a)
         precision[a.name] = {"counts": top_counts}
@@ -157,6 +157,40 @@ def _unavailable(q: _Query, a: Aggregate, n: np.ndarray) -> np.ndarray:
             )
         q.unavailable[a.name] = (low, why)
     return low
+
+
+def rank_level(q: _Query, multiplier: float) -> float:
+    """The rows the DP noise on one rank count of a quantile's bisection passes 1 time in 40.
+
+    A rank count is the sum of up to ``q.bins + 1`` noisy bin counts (the bins
+    below the order statistic and the count below the interval), so its noise is
+    that of as many cells (post-processing: it costs no privacy).
+    """
+    terms = (q.bins + 1) * (1 if q.opt["secure"] else len(q.fed.cids))
+    return noise_threshold(q.opt["mechanism"], multiplier, terms, MEAN_NOISE_CHANCE)
+
+
+def _quantile(q: _Query, a: Aggregate, quantiles: Quantiles) -> np.ndarray:
+    """A quantile per group; under DP, NaN where its ranks' noise can pass the whole group.
+
+    There the bisection may follow the noise to bins no record is in: the answer
+    is noise, whatever the precision of the bisection (each such group is noted
+    in ``q.unavailable`` with the reason, and the rank error in ``q.rank_error``).
+    """
+    found = quantiles.value(a)
+    if q.multiplier is None:
+        return found
+    level = rank_level(q, q.multiplier)
+    q.rank_error[a.name] = level
+    low = ~(quantiles.counts[a.name] >= level)
+    if np.any(low):
+        q.unavailable[a.name] = (
+            low,
+            f"the noisy count of values of {a.column!r} is under {level:.4g}, the rows the "
+            "noise on one rank count of the bisection passes 1 time in 40, so the quantile "
+            "is noise",
+        )
+    return np.where(low, np.nan, found)
 
 
 def noisy_divisions(q: _Query, values: dict[str, Any]) -> dict[str, np.ndarray]:
