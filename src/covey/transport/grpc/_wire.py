@@ -244,12 +244,20 @@ def unflatten_extras(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for key, array in flat.items():
         try:
-            extra, name = json.loads(key)
-        except (ValueError, TypeError):
-            raise WireError(f"malformed extra array name {key!r}") from None
-        if not isinstance(extra, str) or not isinstance(name, str):
-            raise WireError(f"malformed extra array name {key!r}")
-        out.setdefault(extra, {})[name] = array
+            pair = json.loads(key)
+        except (ValueError, TypeError, RecursionError):  # RecursionError: nested too deep
+            raise WireError(f"malformed extra array name {key!r:.200}") from None
+        if (
+            type(pair) is not list
+            or len(pair) != 2
+            or not isinstance(pair[0], str)
+            or not isinstance(pair[1], str)
+        ):
+            raise WireError(f"malformed extra array name {key!r:.200}")
+        arrays = out.setdefault(pair[0], {})
+        if pair[1] in arrays:  # two spellings of one name's JSON
+            raise WireError(f"extra array {pair[1]!r:.100} of {pair[0]!r:.100} comes twice")
+        arrays[pair[1]] = array
     return out
 
 

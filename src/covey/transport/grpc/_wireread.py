@@ -118,9 +118,16 @@ class _Reader:
                 f"arrays of {self.elements} elements exceed the limit of {self.limits.max_elements}"
             )
         try:
-            return np.asarray(data, dtype=dtype)
+            with np.errstate(over="ignore"):  # a value beyond the dtype's range: refused below
+                array = np.asarray(data, dtype=dtype)
         except (TypeError, ValueError, OverflowError) as exc:
             raise WireError(f"malformed {dtype} array: {exc}") from None
+        if dtype.kind == "f" and np.isinf(array).any():  # what dumps never writes (NaN: named
+            raise WireError(  # with its path by the checks of a config or a result)
+                f"a {dtype} array holds a value that is not a finite {dtype} "
+                "(beyond its range, or infinite)"
+            )
+        return array
 
     def count(self, data: Any, depth: int) -> int:
         if depth > self.limits.max_depth:
