@@ -167,3 +167,28 @@ def test_a_field_this_covey_does_not_know_is_read_whole_and_warned_of(
     fast, whole = _both(run, monkeypatch)
     assert fast == whole
     assert "shiny" in fast
+
+
+def test_damage_before_the_rounds_shown_leaves_them_right_and_is_named_by_all(
+    simulated: Path, tmp_path: Path
+) -> None:
+    """Read in part, a history.json damaged before the rounds shown still shows them right.
+
+    Only ``--all`` reads the whole file: it warns of the damage. The help of
+    ``--last`` says that the part read leaves such damage unnoticed.
+    """
+    run = _copy(simulated, tmp_path / "run")
+    path = run / "history.json"
+    text = path.read_bytes()
+    at = text.index(b'"round": 3,')
+    path.write_bytes(text[:at] + b'"round": X,' + text[at + len(b'"round": 3,') :])
+    assert runtail_module.tail_history(run, 5) is not None
+    fast = _show(run, "--last", "5")
+    assert f"the last 5 of {ROUNDS + 1}" in " ".join(fast.split())
+    assert "not a covey history" not in fast
+    whole = _show(run, "--all")
+    assert "not a covey history" in whole
+    assert "read from" in whole
+    result = CliRunner().invoke(app, ["runs", "show", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "goes unnoticed" in " ".join(result.output.replace("│", " ").split())

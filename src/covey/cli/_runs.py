@@ -431,7 +431,9 @@ def show_run(
             min=1,
             metavar="N",
             help="Show only the last N rounds, and the failures of those rounds "
-            f"(default: the last {SHOWN_ROUNDS}).",
+            f"(default: the last {SHOWN_ROUNDS}). Of a run with a run.sqlite only those "
+            "rounds are read, from it: damage to its history.json before them goes "
+            "unnoticed (--all reads the whole file, and warns of it).",
             show_default=False,
         ),
     ] = None,
