@@ -458,3 +458,34 @@ def test_identity_takes_no_name() -> None:
     assert Identity().name == "none"
     assert scheme_spec(Identity()) == "none"
     assert scheme_named(scheme_spec(Identity()) or "") == Identity()
+
+
+class _Controlled(covey.Client):
+    """A SCAFFOLD client: its update, and its control variate's change as an extra."""
+
+    def __init__(self) -> None:
+        self.control = covey.clients.ControlVariate()
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> covey.FitResult:
+        correction = self.control.correction(weights, config)
+        new = {k: v - 0.1 * (1.0 + correction[k]) for k, v in weights.items()}
+        return self.control.fit_result(new, num_examples=1, steps=1, lr=0.1)
+
+
+def test_scaffold_s_control_variates_travel_uncompressed_and_are_counted() -> None:
+    # c goes out with each fit task and Delta c_i comes back as an extra, both model-sized
+    # and uncompressed: the bytes of each round count them beside the q8 update.
+    size, clients = 1000, 4
+    history = covey.simulate(
+        lambda cid: _Controlled(),
+        clients,
+        2,
+        covey.Scaffold(num_clients=clients, fraction_evaluate=0.0),
+        {"w": np.zeros(size)},
+        compression="q8",
+    ).history
+    model = 8 * size
+    q8 = size + 2 * 8  # a code per value, its min and step
+    for record in history.rounds[1:]:
+        assert record.bytes_sent == clients * (model + model)  # the weights and c
+        assert record.bytes_received == clients * (q8 + model)  # the codes and Delta c_i

@@ -429,6 +429,11 @@ def Scaffold(
     clients are the round's ``fit_failures``; ``accept_failures=False`` stops the
     run at the first (see "SCAFFOLD" in docs/strategies.md).
 
+    With update compression only the model update is compressed: ``c`` (sent
+    with each fit task) and each client's ``Delta c_i`` (a reply's extra) travel
+    uncompressed, model-sized, and count in the round's ``bytes_sent`` and
+    ``bytes_received``.
+
     Args:
         num_clients: ``N``, the number of clients in the federation.
         server_lr: The global step size ``eta_g``.
