@@ -169,13 +169,30 @@ def test_a_field_this_covey_does_not_know_is_read_whole_and_warned_of(
     assert "shiny" in fast
 
 
+def test_a_history_whose_rounds_before_those_shown_are_lost_is_read_whole_and_warned_of(
+    simulated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: its head and last round were as the store's, so the rounds shown were read
+    # from the store and the file's damage went unsaid.
+    run = _copy(simulated, tmp_path / "run")
+    path = run / "history.json"
+    text = path.read_bytes()
+    at = text.index(b'\n    {\n      "round": 3,')
+    path.write_bytes(text[:at] + bytes(4096) + text[at + 4096 :])  # a block of zeros
+    assert runtail_module.tail_history(run, 5) is None
+    fast, whole = _both(run, monkeypatch, "--last", "5")
+    assert fast == whole
+    assert "not a covey history" in fast
+    assert f"the last 5 of {ROUNDS + 1}" in " ".join(fast.split())
+
+
 def test_damage_before_the_rounds_shown_leaves_them_right_and_is_named_by_all(
     simulated: Path, tmp_path: Path
 ) -> None:
-    """Read in part, a history.json damaged before the rounds shown still shows them right.
+    """A change inside a round before those shown leaves them right, and is named by --all.
 
-    Only ``--all`` reads the whole file: it warns of the damage. The help of
-    ``--last`` says that the part read leaves such damage unnoticed.
+    Read in part, the file's rounds are only counted: ``--all`` reads it whole and
+    warns of the damage, and the help of ``--last`` says so.
     """
     run = _copy(simulated, tmp_path / "run")
     path = run / "history.json"
@@ -191,4 +208,4 @@ def test_damage_before_the_rounds_shown_leaves_them_right_and_is_named_by_all(
     assert "read from" in whole
     result = CliRunner().invoke(app, ["runs", "show", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert "goes unnoticed" in " ".join(result.output.replace("│", " ").split())
+    assert "before them goes unnoticed" in " ".join(result.output.replace("│", " ").split())

@@ -432,8 +432,9 @@ def show_run(
             metavar="N",
             help="Show only the last N rounds, and the failures of those rounds "
             f"(default: the last {SHOWN_ROUNDS}). Of a run with a run.sqlite only those "
-            "rounds are read, from it: damage to its history.json before them goes "
-            "unnoticed (--all reads the whole file, and warns of it).",
+            "rounds are read, from it, and history.json's rounds are only counted: a "
+            "change inside one before them goes unnoticed (--all reads the whole file, "
+            "and warns of damage).",
             show_default=False,
         ),
     ] = None,

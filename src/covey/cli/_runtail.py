@@ -10,10 +10,13 @@ command costs as much on a run of 10,000 rounds as on one of 200.
 
 The run's ``history.json`` stays what ``covey runs show`` reads: its settings,
 clients and reason for stopping come from its head, and its last round must be
-the store's last, as the store holds it, with every round from 0 there.
+the store's last, as the store holds it, with every round from 0 there, and
+the file must start as many rounds as the store holds (a pass over its bytes:
+a block of it lost is seen, a byte changed inside an earlier round is not).
 Anything else (a folder without a store, a file laid out otherwise, fields this
-covey does not know, a store that cannot be read) is left to the reading of
-the whole ``history.json`` (:func:`tail_history` returns None).
+covey does not know, a store that cannot be read, a file that lost rounds) is
+left to the reading of the whole ``history.json`` (:func:`tail_history`
+returns None).
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ def tail_history(folder: Path, last: int) -> tuple[History, WholeRun] | None:
         tail, facts = _from_store(folder / "run.sqlite", head, last)
         if tail is None or facts is None:
             return None
+        if _records_in(folder / "history.json") != facts.total:
+            return None  # rounds lost or run together before the last: read whole, and warned of
         return History.from_dict({**head, "rounds": tail}), facts
     except (ValueError, OSError, sqlite3.Error, RecursionError, TypeError, KeyError):
         return None
@@ -105,6 +110,24 @@ def _head(path: Path) -> dict[str, Any] | None:
     History.from_dict({**head, "rounds": []})  # a malformed head: ValueError
     record = json.loads(end[last_at : len(end) - len(_END)], parse_constant=tag_constant)
     return {**head, "rounds": [record]}
+
+
+def _records_in(path: Path) -> int:
+    """How many rounds ``history.json`` starts, counted by their first line, read in blocks.
+
+    Each round of the file covey writes starts with :data:`_RECORD_START` (JSON
+    writes a newline inside a string escaped, and nested objects are indented
+    further), so the count is the number of rounds unless the file is damaged.
+    A byte changed inside a round is not seen: that takes parsing every round.
+    """
+    count, carry = 0, b""
+    keep = len(_RECORD_START) - 1
+    with path.open("rb") as file:
+        while block := file.read(1 << 20):
+            data = carry + block
+            count += data.count(_RECORD_START)
+            carry = data[-keep:]  # too short to hold a whole start already counted
+    return count
 
 
 def _from_store(
