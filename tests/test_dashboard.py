@@ -769,3 +769,34 @@ def test_a_failed_simulation_says_how_to_continue_it_as_runs_show_does(tmp_path:
     assert f"run_dir={str(run_dir)!r}, resume=True" in note
     shown = CliRunner().invoke(app, ["runs", "show", str(run_dir)], env={"COLUMNS": "400"})
     assert f"failed: {note}" in " ".join(shown.output.split())
+
+
+def test_a_report_plots_only_the_epsilons_that_are_numbers() -> None:
+    """Text, a list or a NaN under a privacy key is left off the chart; the table shows it.
+
+    Before: every key with ``epsilon`` in its name had a trace, its values as they
+    were (an accountant's name, the tag of a NaN), and the table showed the tag.
+    """
+    from covey.dashboard._report import _figures, render_report
+    from covey.dashboard._runs import Run
+
+    spent = [0.0, {"__float__": "nan"}, 0.2, "n/a", [1, 2], None]
+    records = [
+        {
+            "round": k,
+            "central_loss": 1.0,
+            "fit_participants": [0] if k else [],
+            "privacy": {"epsilon": value, "epsilon_accountant": "rdp", "delta": 1e-5},
+        }
+        for k, value in enumerate(spent)
+    ]
+    run = Run("r", Path("r"), "simulated", rounds=records)
+    (budget,) = [f for f in _figures(run) if f.layout.title.text == "Privacy budget spent"]
+    assert [(t.name, list(t.x), list(t.y)) for t in budget.data] == [
+        ("epsilon", [0, 2], [0.0, 0.2])
+    ]
+    text = render_report(run)
+    row = re.search(r'<tr id="round-1">.*?</tr>', text, re.S)
+    assert row is not None
+    assert "epsilon=nan, epsilon_accountant=rdp" in row.group(0)
+    assert "__float__" not in text.split("<body>")[1]

@@ -310,6 +310,36 @@ def test_privacy_budget_is_plotted(browser: Any, tmp_path: Path) -> None:
         _screenshot(browser, tmp_path, "dashboard-privacy.png")
 
 
+def test_a_privacy_value_that_is_no_number_is_left_off_the_charts(
+    browser: Any, tmp_path: Path
+) -> None:
+    """Text, a list or a NaN under a privacy key: no point and no trace, in page and report.
+
+    The report drew a trace for every key with ``epsilon`` in its name, whatever its
+    values (an accountant's name among them), and showed a NaN as its file's tag.
+    """
+    run_demo(DemoConfig(clients=10, rounds=5), run_dir=tmp_path / "runs" / "dp", progress=False)
+    path = tmp_path / "runs" / "dp" / "history.json"
+    data = json.loads(path.read_text())
+    spent = [0.0, {"__float__": "nan"}, 0.2, "n/a", [1, 2], None]
+    for r, value in zip(data["rounds"], spent, strict=True):
+        r["privacy"] = {"epsilon": value, "epsilon_accountant": "rdp", "delta": 1e-5}
+    path.write_text(json.dumps(data))
+    with DashboardServer(tmp_path / "runs") as dashboard:
+        browser.get(dashboard.url + "#/run/dp")
+        _wait(browser).until(lambda d: _traces(d, "chart-privacy"))
+        assert _traces(browser, "chart-privacy") == {"epsilon": ([0, 2], [0.0, 0.2])}
+    report = write_report(tmp_path / "runs" / "dp", tmp_path / "report.html")
+    browser.get(report.as_uri())
+    _wait(browser).until(
+        lambda d: d.execute_script("return document.querySelectorAll('.main-svg').length > 0")
+    )
+    charts = browser.execute_script("return document.querySelectorAll('.plotly-graph-div').length")
+    assert _traces(browser, "", charts - 1) == {"epsilon": ([0, 2], [0.0, 0.2])}  # the last
+    row = browser.find_element(By.ID, "round-1").text
+    assert "epsilon=nan, epsilon_accountant=rdp" in row
+
+
 def test_a_round_run_again_shows_why_its_attempt_was_given_up(browser: Any, tmp_path: Path) -> None:
     """``serve(round_retries=...)`` keeps the attempts given up: the round's row lists them."""
     run_demo(DemoConfig(clients=10, rounds=3), run_dir=tmp_path / "runs" / "re", progress=False)

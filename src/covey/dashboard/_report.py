@@ -22,6 +22,7 @@ from covey.dashboard._runjson import tagged_float
 from covey.dashboard._runs import (
     Run,
     RunReadError,
+    as_number,
     best_metric,
     is_run,
     metric_value,
@@ -113,22 +114,34 @@ def _figures(run: Run) -> list[Any]:
     traffic = _bytes_figure(go, layout, fit, step)
     if traffic is not None:
         figures.append(traffic)
-    private = [r for r in rounds if isinstance(r.get("privacy"), dict)]
-    if private:
-        budget = go.Figure(layout={**layout, "title": {"text": "Privacy budget spent"}})
-        keys = sorted({k for r in private for k in r["privacy"] if "epsilon" in k})
-        for key in keys:
-            budget.add_trace(
-                _trace(
-                    go,
-                    len(private),
-                    x=[r["round"] for r in private],
-                    y=[r["privacy"].get(key) for r in private],
-                    name=_plain(key),
-                )
-            )
+    budget = _privacy_figure(go, layout, rounds)
+    if budget is not None:
         figures.append(budget)
     return figures
+
+
+def _privacy_figure(go: Any, layout: dict[str, Any], rounds: list[dict[str, Any]]) -> Any:
+    """The epsilons spent, as the page draws them; None if no round has a privacy record.
+
+    A value that is no number (text such as an accountant's name, a list, none) or
+    not finite has no point, and a key with no point has no trace: the table shows it.
+    """
+    private = [r for r in rounds if isinstance(r.get("privacy"), dict)]
+    if not private:
+        return None
+    budget = go.Figure(layout={**layout, "title": {"text": "Privacy budget spent"}})
+    keys = sorted({str(k) for r in private for k in r["privacy"] if "epsilon" in str(k)})
+    for key in keys:
+        pts = [
+            (r["round"], v)
+            for r in private
+            if (v := as_number(r["privacy"].get(key))) is not None and math.isfinite(v)
+        ]
+        if pts:
+            budget.add_trace(
+                _trace(go, len(pts), x=[p[0] for p in pts], y=[p[1] for p in pts], name=_plain(key))
+            )
+    return budget
 
 
 def _bytes_figure(go: Any, layout: dict[str, Any], fit: list[dict[str, Any]], step: str) -> Any:
@@ -187,6 +200,12 @@ def _cell(value: Any) -> str:
     return "–" if value is None else html.escape(str(value))
 
 
+def _text(value: Any) -> Any:
+    """A privacy value as the table shows it: a non-finite number as ``nan``, not its tag."""
+    number = tagged_float(value)
+    return value if number is None else number
+
+
 def _round_rows(run: Run) -> str:
     def name(cid: Any) -> str:
         return html.escape(
@@ -215,7 +234,8 @@ def _round_rows(run: Run) -> str:
             f'<td class="num">{_cell(metric_value(r, "evaluate", "accuracy"))}</td>'
             f"<td>{len(r.get('fit_participants') or [])}: {who}</td><td>{why or '–'}</td>"
             f'<td class="num">{_cell(durations.get("total"))}</td>'
-            f"<td>{html.escape(', '.join(f'{k}={v}' for k, v in privacy.items())) or '–'}</td></tr>"
+            f"<td>{html.escape(', '.join(f'{k}={_text(v)}' for k, v in privacy.items())) or '–'}"
+            "</td></tr>"
         )
     return "\n".join(rows)
 
