@@ -27,7 +27,10 @@ def index_dtype(size: int) -> np.dtype[Any]:
 
     uint32 indices of an array of more than 2**32 values would wrap around.
     """
-    return np.dtype(np.uint32 if size <= UINT32_INDEXED else np.uint64)
+    return _UINT32 if size <= UINT32_INDEXED else _UINT64
+
+
+_UINT32, _UINT64 = np.dtype(np.uint32), np.dtype(np.uint64)
 
 
 def _flat(x: Array) -> Array:
@@ -170,19 +173,7 @@ def _quantize(
     flat = _flat(x)
     lo = float(flat.min()) if flat.size else 0.0
     hi = float(flat.max()) if flat.size else 0.0
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise _non_finite(name, f"q{levels.bit_length()}")
-    if not math.isfinite(hi - lo):
-        raise ValueError(
-            f"{name!r} spans a range wider than float64's ({lo:g} to {hi:g}): "
-            "it cannot be quantized"
-        )
-    step = (hi - lo) / levels if hi > lo else 0.0
-    if not math.isfinite(lo + levels * step):  # the highest level, as the decoder makes it
-        raise ValueError(
-            f"{name!r} reaches {hi:g}, so close to float64's largest value that its highest "
-            "quantization level, rounded, overflows: it cannot be quantized"
-        )
+    step = _scale(name, lo, hi, levels)
     four = levels == 15
     codes = np.empty((flat.size + 1) // 2 if four else flat.size, dtype=np.uint8)
     for start in range(0, flat.size, CHUNK):
@@ -201,6 +192,24 @@ def _quantize(
         else:
             codes[start : start + seg.size] = t
     return lo, step, codes
+
+
+def _scale(name: str, lo: float, hi: float, levels: int) -> float:
+    """The step of ``levels`` levels from ``lo`` to ``hi``, refused if not finite."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise _non_finite(name, f"q{levels.bit_length()}")
+    if not math.isfinite(hi - lo):
+        raise ValueError(
+            f"{name!r} spans a range wider than float64's ({lo:g} to {hi:g}): "
+            "it cannot be quantized"
+        )
+    step = (hi - lo) / levels if hi > lo else 0.0
+    if not math.isfinite(lo + levels * step):  # the highest level, as the decoder makes it
+        raise ValueError(
+            f"{name!r} reaches {hi:g}, so close to float64's largest value that its highest "
+            "quantization level, rounded, overflows: it cannot be quantized"
+        )
+    return step
 
 
 def _pack4(q: Array) -> Array:
@@ -225,6 +234,13 @@ def _top_indices(name: str, flat: Array, k: int) -> Array:
     candidates are cut back to ``k`` whenever they outgrow ``2k``,
     so the temporaries are slices and candidates, not copies of ``flat``.
     """
+    if 0 < flat.size <= CHUNK:  # one slice: its k largest are the answer
+        seg = np.abs(flat, dtype=np.float64)
+        if not math.isfinite(np.maximum.reduce(seg)):  # NaN, or Inf, is the largest
+            raise _non_finite(name, "top-k")
+        found = _largest(seg, k)
+        found.sort()
+        return found.astype(index_dtype(flat.size))
     idx: list[Array] = []
     mag: list[Array] = []
     held = 0
@@ -257,5 +273,5 @@ def _largest(values: Array, k: int) -> Array:
     """Positions of the ``k`` largest of ``values`` (all of them if there are no more)."""
     if k >= values.size:
         return np.arange(values.size)
-    found: Array = np.argpartition(values, values.size - k)[values.size - k :]
+    found: Array = values.argpartition(values.size - k)[values.size - k :]
     return found

@@ -230,6 +230,10 @@ def _array_name(key: Any, longest: int) -> tuple[str, str, str]:
     return parsed[0], parsed[1], parsed[2]
 
 
+_STARTS = (("part", '["part", "'), ("extra", '["extra", "'))
+"""Each kind of array and how the JSON of its name starts."""
+
+
 def _plain_name(key: str) -> tuple[str, str, str] | None:
     """``json.loads(key)`` of a key of printable ASCII without escapes, else None.
 
@@ -239,8 +243,7 @@ def _plain_name(key: str) -> tuple[str, str, str] | None:
     """
     if "\\" in key or not key.isascii() or not key.isprintable() or key[-2:] != '"]':
         return None
-    for kind in ("part", "extra"):
-        start = f'["{kind}", "'
+    for kind, start in _STARTS:
         if key.startswith(start):
             pieces = key[len(start) : -2].split('", "')
             if len(pieces) == 2 and '"' not in pieces[0] and '"' not in pieces[1]:
@@ -318,8 +321,12 @@ def encoded_from_plain(value: Any, scheme: Scheme, spec: WeightsSpec) -> Encoded
             "encoded update: its names do not match the model "
             f"(missing {sorted(missing)[:5]}, unknown {sorted(unknown)[:5]!r:.200})"
         )
+    expect: dict[bool, set[str] | None] = {}  # by whether the dtype is a float
     for name, dtype in zip(spec.names, spec.dtypes, strict=True):
-        expected = _expected_keys(scheme, dtype)
+        floats = dtype.kind == "f"
+        if floats not in expect:
+            expect[floats] = _expected_keys(scheme, dtype)
+        expected = expect[floats]
         if expected is not None and set(parts[name]) != expected:
             raise WeightsError(
                 f"encoded update: {name!r} carries {sorted(parts[name])!r:.200}, "

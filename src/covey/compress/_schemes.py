@@ -20,12 +20,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from covey.compress._batch import SMALL, dequantize_all, fits, quantize_all
 from covey.compress._kernels import (
     _bf16_to_float16,
     _dequantize,
     _flat,
     _from_bf16,
-    _quantize,
     _to_bf16,
     _to_f16,
     _top_indices,
@@ -307,13 +307,13 @@ class Quantize:
             ValueError: a float array holds NaN or Inf, or spans a range too
                 wide for float64, naming it.
         """
-        levels = (1 << self.bits) - 1
+        scaled = quantize_all(delta, (1 << self.bits) - 1, rng)
         out: Parts = {}
         for n, x in delta.items():
             if x.dtype.kind != "f":
                 out[n] = _raw(x)
                 continue
-            lo, step, codes = _quantize(n, x, levels, rng)
+            lo, step, codes = scaled[n]
             out[n] = {"codes": codes, "lo": np.array([lo]), "step": np.array([step])}
         return out
 
@@ -332,6 +332,8 @@ class Quantize:
         out: dict[str, Array] = {}
         f64 = np.dtype(np.float64)
         levels = (1 << self.bits) - 1
+        small: list[tuple[Array, int, float, float, np.dtype[Any]]] = []  # decoded together
+        later: list[tuple[str, tuple[int, ...]]] = []
         for n, s, d in zip(spec.names, spec.shapes, _native(spec), strict=True):
             size = math.prod(s)
             if d.kind != "f":
@@ -349,21 +351,20 @@ class Quantize:
                     f"encoded update: {n!r} has a scale whose levels overflow float64 "
                     f"(minimum {lo:g}, step {step:g})"
                 )
-            if not _fits(d, lo, lo + top):  # and the lowest and highest levels a d
+            if not fits(d, lo, lo + top):  # and the lowest and highest levels a d
                 raise WeightsError(
                     f"encoded update: {n!r} has a scale whose levels go beyond {d}'s range "
                     f"(minimum {lo:g}, step {step:g})"
                 )
-            out[n] = _dequantize(codes, size, lo, step, d, four=self.bits == 4).reshape(s)
+            if size > SMALL:
+                out[n] = _dequantize(codes, size, lo, step, d, four=self.bits == 4).reshape(s)
+            else:
+                out[n] = codes  # holds its place among the others until decoded below
+                small.append((codes, size, lo, step, d))
+                later.append((n, s))
+        for (n, s), x in zip(later, dequantize_all(small, four=self.bits == 4), strict=True):
+            out[n] = x.reshape(s)
         return out
-
-
-def _fits(dtype: np.dtype[Any], *values: float) -> bool:
-    """Whether float64 ``values`` stay finite as ``dtype`` (rounded to nearest, as decoded)."""
-    if dtype.itemsize >= 8:
-        return True
-    with np.errstate(over="ignore"):
-        return bool(np.isfinite(np.array(values).astype(dtype)).all())
 
 
 @dataclass(frozen=True)
@@ -473,7 +474,7 @@ class TopK:
             idx = _part(parts, n, "index", k, index_dtype(size))
             if k and int(idx[-1]) >= size:
                 raise WeightsError(f"encoded update: {n!r} has an index out of range")
-            if k > 1 and not bool(np.all(idx[1:] > idx[:-1])):
+            if k > 1 and not (idx[1:] > idx[:-1]).all():
                 raise WeightsError(f"encoded update: {n!r} has indices not strictly increasing")
             dense = np.zeros(size, dtype=d)
             dense[idx] = _part(parts, n, "value", k, d)
