@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from covey.compress import Quantize, TopK
+from covey.compress._batch import fits
 from covey.compress._feedback import topk_with_feedback
 from covey.compress._plain import encoded_to_plain
 from covey.compress._schemes import Encoded
@@ -267,3 +268,15 @@ def test_the_model_has_what_it_should() -> None:
         np.dtype(">f4"),
     }
     assert all(math.isfinite(float(np.abs(x).max())) for x in model.values() if x.size)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_a_scale_fits_a_dtype_exactly_when_its_cast_is_finite(dtype: Any) -> None:
+    top = float(np.finfo(dtype).max)
+    edge = [top, math.nextafter(top, math.inf), 65519.99, 65520.0, 3.4028235677973366e38]
+    edge += [math.nextafter(3.4028235677973366e38, 0), 1.7976931348623157e308, 0.0, 1e-300]
+    edge += [math.nextafter(v, math.inf) for v in edge]
+    for value in [v for v in edge + [-v for v in edge] if math.isfinite(v)]:  # as checked
+        with np.errstate(over="ignore"):
+            cast = bool(np.isfinite(np.array([value]).astype(dtype)).all())
+        assert fits(np.dtype(dtype), value) == cast, value
