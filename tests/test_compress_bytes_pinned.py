@@ -22,7 +22,7 @@ from covey.compress._batch import fits
 from covey.compress._feedback import topk_with_feedback
 from covey.compress._plain import encoded_to_plain
 from covey.compress._schemes import Encoded
-from covey.core._weights import WeightsSpec
+from covey.core._weights import WeightsError, WeightsSpec
 
 CHUNK = 1 << 17
 
@@ -280,3 +280,35 @@ def test_a_scale_fits_a_dtype_exactly_when_its_cast_is_finite(dtype: Any) -> Non
         with np.errstate(over="ignore"):
             cast = bool(np.isfinite(np.array([value]).astype(dtype)).all())
         assert fits(np.dtype(dtype), value) == cast, value
+
+
+@pytest.mark.parametrize(
+    ("spoil", "named"),
+    [
+        ({"a": "index_order"}, "'a' has indices not strictly increasing"),
+        ({"a": "index_range", "b": "no_value"}, "'a' has an index out of range"),
+        ({"a": "index_order", "big": "index_range"}, "'a' has indices not strictly"),
+        ({"b": "no_value", "c": "index_order"}, "'b' has no 'value'"),
+        ({"big": "index_order", "c": "index_range"}, "'big' has indices not strictly"),
+        ({"c": "no_value"}, "'c' has no 'value'"),
+    ],
+)
+def test_topk_names_the_first_malformed_array(spoil: dict[str, str], named: str) -> None:
+    model = {
+        "a": np.arange(1.0, 101.0),
+        "b": np.arange(1.0, 51.0, dtype=np.float32),
+        "big": np.arange(1.0, 6001.0),
+        "c": np.arange(1.0, 31.0),
+    }
+    scheme = TopK(0.1)
+    parts = scheme.encode(model, np.random.default_rng(0))
+    for name, how in spoil.items():
+        index = parts[name]["index"]
+        if how == "index_order":
+            index[[0, 1]] = index[[1, 0]]
+        elif how == "index_range":
+            index[-1] = model[name].size
+        else:
+            del parts[name]["value"]
+    with pytest.raises(WeightsError, match=named):
+        scheme.decode(parts, WeightsSpec.of(model))

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from covey.compress._kernels import CHUNK, _pack4, _quantize, _scale, _unpack4
-from covey.core._weights import Array, Weights
+from covey.core._weights import Array, Weights, WeightsError
 
 SMALL = 1 << 12
 """Arrays of at most this many values are quantized together with their neighbours."""
@@ -140,3 +140,49 @@ def fits(dtype: np.dtype[Any], *values: float) -> bool:
         return True
     limit = _limit(dtype)
     return all(abs(v) < limit for v in values)  # False for NaN, as its cast is not finite
+
+
+def check_indices(name: str, idx: Array, size: int) -> None:
+    """Refuse top-k's indices ``idx`` into ``size`` values unless in range and increasing."""
+    if idx.size and int(idx[-1]) >= size:
+        raise WeightsError(f"encoded update: {name!r} has an index out of range")
+    if idx.size > 1 and not (idx[1:] > idx[:-1]).all():
+        raise WeightsError(f"encoded update: {name!r} has indices not strictly increasing")
+
+
+def all_increasing(items: Sequence[tuple[str, Array, int]]) -> bool:
+    """Whether :func:`check_indices` takes each ``(name, idx, size)``, the small arrays' at once."""
+    filled = [(idx, size) for _, idx, size in items if idx.size]
+    if not filled:
+        return True
+    if any(int(idx[-1]) >= size for idx, size in filled):
+        return False
+    every = np.concatenate([idx for idx, _ in filled]).astype(np.int64)
+    up = every[1:] > every[:-1]
+    up[np.cumsum([idx.size for idx, _ in filled])[:-1] - 1] = True  # from one array to the next
+    return bool(up.all())
+
+
+def densify(items: Sequence[tuple[Array, Array, int]]) -> list[Array]:
+    """``size`` zeros but ``value`` at the (checked) indices ``idx``, for each item.
+
+    Small arrays of one dtype are views of one zeroed array, filled at once.
+    """
+    out: list[Array | None] = [None] * len(items)
+    small = [i for i, (_, _, size) in enumerate(items) if size <= SMALL]
+    dtypes = {items[i][1].dtype for i in small}
+    if len(small) > 1 and len(dtypes) == 1:
+        sizes = [items[i][2] for i in small]
+        starts = np.cumsum([0, *sizes[:-1]])
+        whole = np.zeros(sum(sizes), dtype=dtypes.pop())
+        at = np.concatenate([items[i][0] for i in small]).astype(np.intp)
+        at += np.repeat(starts, [items[i][0].size for i in small])
+        whole[at] = np.concatenate([items[i][1] for i in small])
+        for i, start, size in zip(small, starts.tolist(), sizes, strict=True):
+            out[i] = whole[start : start + size]
+    for i, (idx, value, size) in enumerate(items):
+        if out[i] is None:
+            dense = np.zeros(size, dtype=value.dtype)
+            dense[idx] = value
+            out[i] = dense
+    return [x for x in out if x is not None]

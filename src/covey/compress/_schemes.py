@@ -20,7 +20,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from covey.compress._batch import SMALL, dequantize_all, fits, quantize_all
+from covey.compress._batch import (
+    SMALL,
+    all_increasing,
+    check_indices,
+    densify,
+    dequantize_all,
+    fits,
+    quantize_all,
+)
 from covey.compress._kernels import (
     _bf16_to_float16,
     _dequantize,
@@ -465,18 +473,27 @@ class TopK:
         """
         _decode_layout(parts, spec)
         out: dict[str, Array] = {}
-        for n, s, d in zip(spec.names, spec.shapes, _native(spec), strict=True):
-            size = math.prod(s)
-            if d.kind != "f":
-                out[n] = _decode_raw(parts, n, s, d)
-                continue
-            k = self.k(size)
-            idx = _part(parts, n, "index", k, index_dtype(size))
-            if k and int(idx[-1]) >= size:
-                raise WeightsError(f"encoded update: {n!r} has an index out of range")
-            if k > 1 and not (idx[1:] > idx[:-1]).all():
-                raise WeightsError(f"encoded update: {n!r} has indices not strictly increasing")
-            dense = np.zeros(size, dtype=d)
-            dense[idx] = _part(parts, n, "value", k, d)
-            out[n] = dense.reshape(s)
+        small: list[tuple[str, Array, int]] = []  # indices checked together, in order
+        later: list[tuple[str, Array, Array, tuple[int, ...]]] = []
+        try:
+            for n, s, d in zip(spec.names, spec.shapes, _native(spec), strict=True):
+                size = math.prod(s)
+                if d.kind != "f":
+                    out[n] = _decode_raw(parts, n, s, d)
+                    continue
+                k = self.k(size)
+                idx = _part(parts, n, "index", k, index_dtype(size))
+                small.append((n, idx, size)) if size <= SMALL else check_indices(n, idx, size)
+                out[n] = value = _part(parts, n, "value", k, d)  # in its place until decoded
+                later.append((n, idx, value, s))
+        except WeightsError:
+            for item in small:  # an earlier array's indices are named first
+                check_indices(*item)
+            raise
+        if not all_increasing(small):
+            for item in small:
+                check_indices(*item)
+        dense = densify([(idx, value, math.prod(s)) for _, idx, value, s in later])
+        for (n, _, _, s), x in zip(later, dense, strict=True):
+            out[n] = x.reshape(s)
         return out
