@@ -1,4 +1,4 @@
-"""Quantization of a model's many small arrays together, to the bytes each alone gives.
+"""A model's many small arrays worked on together, to the bytes each alone gives.
 
 A ResNet's or a transformer's hundreds of small arrays (biases, norms) would
 cost a dozen NumPy calls each to quantize or dequantize. Here consecutive
@@ -10,7 +10,8 @@ value goes through the same float64 operations as in
 random numbers come from one draw per run, the stream the per-array draws take
 in turn (an array larger than :data:`SMALL` is encoded alone, after the runs
 before it). So the codes, minimums and steps are bit for bit those of the
-per-array kernels, and so are the decoded values.
+per-array kernels, and so are the decoded values. Top-k's decoder checks the
+small arrays' indices in one pass and scatters their values into one array.
 """
 
 from __future__ import annotations
