@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +14,7 @@ __all__ = [
     "from_jsonable",
     "jsonable",
     "read_back",
+    "shared_name",
     "tag_in",
     "tagged",
 ]
@@ -170,13 +172,27 @@ def _same_kind(item: Any, value: Any) -> bool:
 
 
 def from_jsonable(value: Any) -> Any:
-    """Undo :func:`jsonable`'s tags."""
+    """Undo :func:`jsonable`'s tags.
+
+    The keys of the dicts it returns are interned: a run's history holds the
+    same metric names (and client ids as keys) in every round, and a string
+    made afresh each round (by a client, or read from its reply) would be kept
+    once per round, a long run's memory growing by its names alone.
+    """
     if isinstance(value, dict):
         if len(value) == 1 and "__bytes__" in value:  # see TAGS
             return bytes.fromhex(value["__bytes__"])
         if len(value) == 1 and "__float__" in value:
             return float(value["__float__"])
-        return {k: from_jsonable(v) for k, v in value.items()}
+        return {shared_name(k): from_jsonable(v) for k, v in value.items()}
     if isinstance(value, list):
         return [from_jsonable(v) for v in value]
     return value
+
+
+def shared_name(key: Any) -> Any:
+    """``key`` interned if it is a plain string: one copy of a name every round's record holds.
+
+    (See :func:`from_jsonable`.)
+    """
+    return sys.intern(key) if type(key) is str else key

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from covey.core._jsonvalues import TAGS, exact_scalar
+from covey.core._jsonvalues import TAGS, exact_scalar, shared_name
 from covey.core._messages import Scalar
 from covey.core._metricvalues import FLOAT_MAX, MAX_METRIC_NAME, MAX_METRICS, item_of
 from covey.core._weights import Weights, fingerprint, is_unicode_text
@@ -109,7 +109,8 @@ def _central_result(out: object) -> tuple[float, dict[str, Scalar]]:
                 f"evaluate_fn's metric {key!r} is a str holding a lone surrogate ({value!r:.60}): "
                 "it cannot be encoded as UTF-8, as logs, trackers and files need"
             )
-        checked[key] = exact_scalar(value)  # np.float64 and np.str_ are float and str
+        # np.float64 and np.str_ are float and str; the name kept once for every round
+        checked[shared_name(key)] = exact_scalar(value)
     return number, checked
 
 
