@@ -188,7 +188,7 @@ class AsyncLoop(_LoopBase):
         if len(self.transport.clients()) < wanted:
             raise self._fail(
                 f"{clients(len(self.transport.clients()))} available, fewer than "
-                f"min_available_clients={wanted}",
+                f"min_available_clients={wanted}" + refused_note(self.transport),
                 rnd,
             )
 
@@ -202,7 +202,7 @@ class AsyncLoop(_LoopBase):
         """
         wanted = self.strategy.min_available_clients
         wait = getattr(self.transport, "wait_for_clients", None)
-        connected = len(self.transport.clients())
+        connected, note = len(self.transport.clients()), ""
         if wait is not None and connected < wanted:
             # A transport whose clients cannot come back (a simulation's) returns at once.
             came = wait(wanted, self.idle_timeout)
@@ -222,13 +222,15 @@ class AsyncLoop(_LoopBase):
                     f"{self.idle_timeout} s{refused_note(self.transport)}",
                     rnd,
                 )
+            note = refused_note(self.transport)  # they came, and too few were left
         if self._declined and self.strategy.selector is not None:
             selector = self.strategy.selector
-            raise self._fail(chose_none(selector, self._declined, rnd, self.buffer_size), rnd)
+            why = chose_none(selector, self._declined, rnd, self.buffer_size)
+            raise self._fail(why + note, rnd)
         raise self._fail(
             f"update {rnd}: no client can be given a task: {self._eligible} eligible, "
             f"{len(self._buffered)} waiting in the buffer of buffer_size="
-            f"{self.buffer_size} (the buffer needs that many distinct clients)",
+            f"{self.buffer_size} (the buffer needs that many distinct clients){note}",
             rnd,
         )
 

@@ -186,6 +186,7 @@ class RoundLoop(_LoopBase):
             raise self._fail(
                 f"round {rnd}: {clients(len(available))} available, fewer than the {wanted} "
                 "needed (min_available_clients, min_fit_clients)"
+                + refused_note(self.transport)  # clients that came, then left: as above
                 + poisson_note(self.strategy, len(available)),
                 rnd,
             )
