@@ -34,6 +34,7 @@ from covey.deploy._cli_tables import output_console
 
 if TYPE_CHECKING:
     from covey.cli._demo import DemoConfig
+    from covey.cli._model import RoundModels
     from covey.sim import SimulationResult
 
 app = typer.Typer(
@@ -116,9 +117,63 @@ def demo(
     ] = None,
 ) -> None:
     """Train logistic regression on label-skewed digits across simulated clients with FedAvg."""
-    from covey.cli._demo import DemoConfig, SplitError, demo_split, plot_history
-    from covey.cli._model import not_saved, save_model
+    from covey.cli._demo import plot_history
+    from covey.cli._model import RoundModels, not_saved, save_model
     from covey.cli._rounds import endings, print_rounds
+
+    settings = (clients, rounds, fraction, alpha, lr, epochs, seed, backend, start_method)
+    # With --out: the model after the last complete round, whatever stops the run.
+    models = None if out is None else RoundModels(None)
+    folder: Path | None = None  # the run folder, once made
+    try:
+        # SIGTERM (`docker stop`, a batch scheduler) as Ctrl-C from the start, as the data
+        # loads too; and Ctrl-C that an import made an ImportError, say, as Ctrl-C
+        with stopping_on_sigterm(), interrupts_as_such():
+            config, run_dir = _demo_setup(*settings, run_dir=run_dir, out=out)
+            folder = run_dir
+            result = _run_demo(config, run_dir, models, out)
+    except KeyboardInterrupt as exc:
+        _demo_interrupted(exc, folder, models, out)
+    print_rounds(result.history, console, folder=run_dir)
+    for line in endings(result.history):
+        console.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
+    final = result.history.rounds[-1]
+    accuracy = float(final.central_metrics.get("accuracy", float("nan")))
+    if plot:
+        plot_history(result.history, run_dir / "plot.png", title=f"covey demo: {clients} clients")
+    console.print(
+        f"[bold green]final test accuracy: {accuracy:.4f}[/] after {_rounds(final.round)} "
+        f"in {result.seconds:.2f} s"
+    )
+    console.print(
+        f"run folder: {escape(str(run_dir))} (history.json{', plot.png' if plot else ''})",
+        soft_wrap=True,
+    )
+    if out is None:
+        return
+    if not save_model(run_dir, final.round, result.weights, console, out):
+        said = not_saved(run_dir, final.round, out)
+        console.print(f"[red]error:[/] {escape(said)}", soft_wrap=True)
+        raise typer.Exit(1)
+    console.print(escape(f"model: {out} (after round {final.round})"), soft_wrap=True)
+
+
+def _demo_setup(
+    clients: int,
+    rounds: int,
+    fraction: float,
+    alpha: float,
+    lr: float,
+    epochs: int,
+    seed: int,
+    backend: str,
+    start_method: str | None,
+    *,
+    run_dir: Path | None,
+    out: Path | None,
+) -> tuple[DemoConfig, Path]:
+    """The demo's settings checked (a mistake ends the command) and its run folder, made."""
+    from covey.cli._demo import DemoConfig, SplitError, demo_split
     from covey.core._messages import MAX_ROUNDS
     from covey.data import load_digits
     from covey.deploy._cli_errors import fail, output_file
@@ -163,29 +218,7 @@ def demo(
         f"NumPy logistic regression, {_rounds(rounds)} of FedAvg with "
         f"{_per_round(clients, fraction)} per round ({backend} backend)"
     )
-    result = _run_demo(config, run_dir, out)
-    print_rounds(result.history, console, folder=run_dir)
-    for line in endings(result.history):
-        console.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
-    final = result.history.rounds[-1]
-    accuracy = float(final.central_metrics.get("accuracy", float("nan")))
-    if plot:
-        plot_history(result.history, run_dir / "plot.png", title=f"covey demo: {clients} clients")
-    console.print(
-        f"[bold green]final test accuracy: {accuracy:.4f}[/] after {_rounds(final.round)} "
-        f"in {result.seconds:.2f} s"
-    )
-    console.print(
-        f"run folder: {escape(str(run_dir))} (history.json{', plot.png' if plot else ''})",
-        soft_wrap=True,
-    )
-    if out is None:
-        return
-    if not save_model(run_dir, final.round, result.weights, console, out):
-        said = not_saved(run_dir, final.round, out)
-        console.print(f"[red]error:[/] {escape(said)}", soft_wrap=True)
-        raise typer.Exit(1)
-    console.print(escape(f"model: {out} (after round {final.round})"), soft_wrap=True)
+    return config, run_dir
 
 
 def _rounds(count: int) -> str:
@@ -223,18 +256,15 @@ def _demo_run_dir(run_dir: Path | None) -> Path:
     return run_dir
 
 
-def _run_demo(config: DemoConfig, run_dir: Path, out: Path | None) -> SimulationResult:
-    """Run the demo; stopped (an error, Ctrl-C), say what it kept and exit."""
+def _run_demo(
+    config: DemoConfig, run_dir: Path, models: RoundModels | None, out: Path | None
+) -> SimulationResult:
+    """Run the demo; stopped by an error, say what it kept and exit."""
     from covey.cli._demo import run_demo
-    from covey.cli._model import RoundModels, keep_model
+    from covey.cli._model import keep_model
 
-    # With --out: the model after the last complete round, whatever stops the run.
-    models = None if out is None else RoundModels(None)
     try:
-        # SIGTERM (`docker stop`, a batch scheduler) as Ctrl-C; and Ctrl-C that an import
-        # made an ImportError, say, as Ctrl-C
-        with stopping_on_sigterm(), interrupts_as_such():
-            result = run_demo(config, run_dir=run_dir, progress=True, models=models)
+        return run_demo(config, run_dir=run_dir, progress=True, models=models)
     except covey.FederationError as exc:
         console.print(f"[red]run stopped:[/] {escape(str(exc))}")
         if models is not None:
@@ -242,18 +272,30 @@ def _run_demo(config: DemoConfig, run_dir: Path, out: Path | None) -> Simulation
             if kept is not None:
                 console.print(escape(kept), soft_wrap=True)
         raise typer.Exit(1) from None
-    except KeyboardInterrupt as exc:
-        kept = None if models is None else keep_model(run_dir, models, console, to=out)
-        console.print(
-            escape(
-                f"{interrupted_how(exc)}: the demo in {run_dir} stopped; its "
-                f"history.json keeps the rounds done: `covey runs show {shlex.quote(str(run_dir))}`"
-                + ("" if kept is None else f"; {kept}")
-            ),
-            soft_wrap=True,
-        )
+
+
+def _demo_interrupted(
+    exc: KeyboardInterrupt, run_dir: Path | None, models: RoundModels | None, out: Path | None
+) -> NoReturn:
+    """Say what the demo stopped by Ctrl-C (SIGTERM, SIGHUP) kept, and exit as the signal says.
+
+    ``run_dir``: None if it stopped before its run folder was made, as its data loaded.
+    """
+    from covey.cli._model import keep_model
+
+    if run_dir is None:
+        console.print(escape(f"{interrupted_how(exc)}: the demo stopped before its first round"))
         raise typer.Exit(exit_code(exc)) from None
-    return result
+    kept = None if models is None else keep_model(run_dir, models, console, to=out)
+    console.print(
+        escape(
+            f"{interrupted_how(exc)}: the demo in {run_dir} stopped; its "
+            f"history.json keeps the rounds done: `covey runs show {shlex.quote(str(run_dir))}`"
+            + ("" if kept is None else f"; {kept}")
+        ),
+        soft_wrap=True,
+    )
+    raise typer.Exit(exit_code(exc)) from None
 
 
 def _mount() -> None:
