@@ -6,9 +6,9 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 from cryptography import x509
 
@@ -18,6 +18,7 @@ from covey.deploy import tls_from_certs
 from covey.deploy._over import tell_returning_clients
 from covey.deploy.certs import init_federation, issue_client, revoke
 from covey.deploy.certs._revocation import serial_hex
+from covey.server import RoundLoop
 from covey.server._lasteval import _federated
 from covey.transport.grpc._refusal import Refused
 
@@ -130,25 +131,30 @@ def test_telling_returning_clients_names_the_connections_refused(
     ), caplog.messages
 
 
+class _NoneBack(_Waited):
+    """A server's transport none of whose clients came back for the final evaluation."""
+
+    def clients(self) -> list[int]:
+        return []
+
+    def exchange(self, tasks: Any, *, timeout: float | None = None) -> Any:
+        raise AssertionError("an evaluation with no client asks none")
+
+    def close(self) -> None:
+        pass
+
+
 def test_a_final_evaluation_short_of_clients_names_the_connections_refused(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    # Before: two lines, "round 3: the final evaluation waited 5.0 s for 2 client(s); 2
+    # connections refused ..." and then "round 3: skipping federated evaluation: ...".
     caplog.set_level(logging.INFO, logger="covey")
-    asked: list[int] = []
-
-    def evaluate(rnd: int, record: Any) -> bool:
-        asked.append(rnd)
-        return False
-
-    loop = SimpleNamespace(
-        strategy=covey.FedAvg(min_available_clients=2),
-        transport=_Waited(),
-        wait_timeout=5.0,
-        _federated_evaluate=evaluate,
-    )
+    strategy = covey.FedAvg(min_available_clients=2, min_evaluate_clients=2)
+    loop = RoundLoop(strategy, _NoneBack(), {"w": np.zeros(1)}, wait_timeout=5.0)
     assert not _federated(loop, 3, RoundRecord(round=3))
-    assert asked == [3]  # it says too few itself, and skips
-    assert (
-        "round 3: the final evaluation waited 5.0 s for 2 client(s); 2 connections refused "
-        "in the wait: certificate revoked (client a) x2" in caplog.messages
-    ), caplog.messages
+    assert [m for m in caplog.messages if m.startswith("round 3")] == [
+        "round 3: skipping federated evaluation: 2 clients wanted, only 0 clients are "
+        "available (the final evaluation waited 5.0 s for 2 clients); 2 connections "
+        "refused in the wait: certificate revoked (client a) x2"
+    ], caplog.messages

@@ -14,7 +14,6 @@ again; one after the record is written finds the round evaluated.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -24,13 +23,12 @@ from covey.server._refusednote import refused_note
 from covey.server._roundfiles import record_json
 from covey.server._runrecords import PENDING_KEY
 from covey.server._store import RunStore
+from covey.strategies._checks import clients
 
 if TYPE_CHECKING:
     from covey.server._base import _LoopBase
 
 __all__ = ["add_counts", "evaluate_saved_last", "lacks_final_evaluation", "save_evaluation"]
-
-logger = logging.getLogger("covey")
 
 
 def lacks_final_evaluation(record: RoundRecord, every: int) -> bool:
@@ -87,18 +85,12 @@ def _federated(loop: Any, rnd: int, record: RoundRecord) -> bool:
     strategy, wait = loop.strategy, getattr(loop.transport, "wait_for_clients", None)
     wanted = max(strategy.min_available_clients, 1)
     waits = strategy.client_count("evaluate", wanted) > 0
-    # deployed: clients reconnect (too few: said, skipped)
-    if (
-        wait
-        and waits
-        and not wait(wanted, loop.wait_timeout)
-        and (note := refused_note(loop.transport))
-    ):
-        logger.warning(
-            "round %d: the final evaluation waited %s s for %d client(s)%s",
-            *(rnd, loop.wait_timeout, wanted, note),
-        )
-    return bool(loop._federated_evaluate(rnd, record))
+    # deployed: clients reconnect (too few: said, skipped, in one line with the wait's note)
+    waited = ""
+    if wait and waits and not wait(wanted, loop.wait_timeout):
+        waited = f" (the final evaluation waited {loop.wait_timeout} s for {clients(wanted)})"
+        waited += refused_note(loop.transport)
+    return bool(loop._federated_evaluate(rnd, record, waited))
 
 
 def add_counts(record: RoundRecord, counts: tuple[int, int]) -> None:

@@ -420,8 +420,11 @@ class RoundLoop(_LoopBase):
 
     # -- evaluation ---------------------------------------------------------------------
 
-    def _evaluators(self, rnd: int) -> list[int] | None:
-        """The clients sampled to evaluate in round ``rnd``; None (said why) if none can."""
+    def _evaluators(self, rnd: int, waited: str = "") -> list[int] | None:
+        """The clients sampled to evaluate in round ``rnd``; None (said why) if none can.
+
+        ``waited``: how a wait for them ran out, said after why none can.
+        """
         strategy = self.strategy
         available = self._eligible(rnd, self.transport.clients())
         count = strategy.client_count("evaluate", len(available))
@@ -429,26 +432,25 @@ class RoundLoop(_LoopBase):
             if strategy.fraction_evaluate > 0.0 and not strategy.source("num_evaluate", ""):
                 logger.warning(
                     "round %d: skipping federated evaluation: fraction_evaluate=%s of %d "
-                    "available clients rounds down to 0 (min_evaluate_clients=0)",
-                    rnd,
-                    strategy.fraction_evaluate,
-                    len(available),
+                    "available clients rounds down to 0 (min_evaluate_clients=0)%s",
+                    *(rnd, strategy.fraction_evaluate, len(available), waited),
                 )
             return None
         if count > len(available):
             logger.warning(
-                "round %d: skipping federated evaluation: %d clients wanted, only %s",
-                rnd,
-                count,
-                clients_there(len(available), eligibility(strategy)),
+                "round %d: skipping federated evaluation: %d clients wanted, only %s%s",
+                *(rnd, count, clients_there(len(available), eligibility(strategy)), waited),
             )
             return None
         return strategy.sample(available, count, rnd, self.seed, purpose=1)
 
-    def _federated_evaluate(self, rnd: int, record: RoundRecord) -> bool:
-        """Evaluate the model on sampled clients; False if no client was asked (none ran)."""
+    def _federated_evaluate(self, rnd: int, record: RoundRecord, waited: str = "") -> bool:
+        """Evaluate the model on sampled clients; False if no client was asked (none ran).
+
+        ``waited``: how a wait for the clients ran out, said in the line that says too few.
+        """
         strategy = self.strategy
-        cids = self._evaluators(rnd) if self._evaluates(rnd) else None
+        cids = self._evaluators(rnd, waited) if self._evaluates(rnd) else None
         if cids is None:
             return False
         task = Task("evaluate", rnd, evaluate_config(self, rnd), self.weights)
@@ -462,8 +464,8 @@ class RoundLoop(_LoopBase):
         if got < min(least, len(cids)):
             if got or not all(map(lacks_evaluate, record.evaluate_failures)):  # said once
                 logger.warning(
-                    "round %d: only %d client(s) evaluated, fewer than min_evaluate_clients=%d",
-                    *(rnd, got, least),
+                    "round %d: only %d client(s) evaluated, fewer than min_evaluate_clients=%d%s",
+                    *(rnd, got, least, waited),
                 )
             return True
         if record.evaluate_examples > 0:  # else the weighted loss is 0 / 0: none
