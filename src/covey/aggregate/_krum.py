@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from covey.aggregate._base import AggregationError, Step, requiring
+from covey.aggregate._base import STEPS, AggregationError, Step, innermost, requiring
 from covey.aggregate._flat import Vector, check_count, check_switch
 from covey.aggregate._order import described
 from covey.aggregate._robust import Combined, Matrix, _in_range, buffered
@@ -193,7 +193,24 @@ def multi_krum(f: int, m: int | None = None, *, weighted: bool = False) -> Step:
 
     need = 2 * byzantine + 3
     why = f"Multi-Krum with f={f} needs at least 2f+3 = {need}"
-    return requiring(buffered("multi_krum()", combine), need, why)
+    step = requiring(buffered("multi_krum()", combine), need, why)
+    if keep is not None:  # a run that can never reach it is warned of as it starts
+        setattr(step.update, _KEEPS, (keep, byzantine))
+    return step
+
+
+_KEEPS = "_covey_multi_krum_keeps"
+
+
+def multi_krum_keeps(step: Step) -> tuple[int, int] | None:
+    """``(m, f)`` of the :func:`multi_krum` in ``step`` (a chain's too) given an ``m``; or None."""
+    update = innermost(step)
+    for part in getattr(update, STEPS, ()):
+        found = multi_krum_keeps(part)
+        if found is not None:
+            return found
+    keeps = getattr(update, _KEEPS, None)
+    return keeps if isinstance(keeps, tuple) else None
 
 
 @described

@@ -21,6 +21,7 @@ from covey.server._rundb import LOCK_NAME, is_held
 from covey.server._runlock import RunRefusedError
 from covey.server._store import RunStore
 from covey.strategies._checks import refuse_unmet_need, unmet_rule_need
+from covey.strategies._keeps import warn_of_an_unreached_m
 from covey.strategies._strategy import Strategy
 from covey.transport.grpc._checks import check_heartbeat
 
@@ -220,6 +221,7 @@ def check_capacity(strategy: Strategy, max_clients: int) -> None:
         )
     # First: a robust preset waits for its rule's need, and lowering that would not help.
     _refuse_unmet_need(strategy, max_clients)
+    warn_of_an_unreached_m(strategy, max_clients, "max_clients")
     wanted = {"min_available_clients": strategy.min_available_clients}
     if not strategy.asynchronous:  # a synchronous round waits for its fit clients too
         wanted["min_fit_clients"] = strategy.min_fit_clients

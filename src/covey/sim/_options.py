@@ -23,6 +23,7 @@ from covey.strategies._checks import (
     refuse_other_federation,
     refuse_unmet_need,
 )
+from covey.strategies._keeps import warn_of_an_unreached_m
 from covey.strategies._names import CLIENT_SETTINGS, a_strategy, unknown_options
 from covey.strategies._options import StrategyOptions
 from covey.strategies._presets import PRESETS, FedAvg
@@ -365,6 +366,7 @@ def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strate
     # Before min_available_clients: a robust preset waits for its rule's need, which
     # says more than "min_available_clients=5 exceeds num_clients=3".
     refuse_unmet_need(strategy, num_clients, limit="num_clients", samples="this run samples")
+    warn_of_an_unreached_m(strategy, num_clients, "num_clients")
     refuse_other_federation(strategy, num_clients)
     if strategy.min_available_clients > num_clients:
         raise ValueError(

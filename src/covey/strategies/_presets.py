@@ -294,7 +294,9 @@ def MultiKrum(
 
     Args:
         f: The number of Byzantine clients to tolerate (needs ``n >= 2f + 3``).
-        m: How many updates to average (None: ``n - f``; never more than ``n - f``).
+        m: How many updates to average (None: ``n - f``; never more than ``n - f``;
+            1 is Krum). A run none of whose rounds can hold ``m + f`` updates warns
+            as it starts: ``m`` is then never used.
         weighted: Average the chosen updates weighted by their number of examples
             (as Flower's ``Krum(num_clients_to_keep=m)`` does) instead of equally.
         **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`);
