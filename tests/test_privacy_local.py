@@ -304,3 +304,41 @@ def test_local_dp_refuses_extras_it_would_leave_out() -> None:
     client = privacy.LocalDP(WithExtras(), epsilon=1.0, delta=1e-5, clip=1.0, seed=0)
     with pytest.raises(ValueError, match=r"LocalDP sends only.*\['scaffold_delta_c'\].*SCAFFOLD"):
         client.fit({"w": np.zeros(3)}, {"round": 1})
+
+
+def test_clients_given_one_local_dp_seed_draw_noise_of_their_own() -> None:
+    # Every client built with seed=0 (a seeded experiment): the same noise in each
+    # upload would cancel in the difference of two clients' updates, which would
+    # then tell the server their clipped updates' difference, noise-free.
+    uploads: dict[tuple[int, int], np.ndarray] = {}
+
+    class Spy(privacy.LocalDP):
+        def fit(self, weights: covey.Weights, config: dict[str, Any]) -> covey.FitResult:
+            result = super().fit(weights, config)
+            assert result.delta is not None
+            uploads[(int(config["round"]), self.client.cid)] = np.array(result.delta["w"])
+            return result
+
+    class Shifted(covey.Client):
+        def __init__(self, cid: int) -> None:
+            self.cid = cid
+
+        def fit(self, weights: covey.Weights, config: dict[str, Any]) -> covey.FitResult:
+            return covey.FitResult(delta={"w": np.full(6, 0.01 * self.cid)}, num_examples=1)
+
+    def client_fn(cid: int) -> Spy:
+        return Spy(Shifted(cid), epsilon=2.0, delta=1e-5, clip=1.0, seed=0)
+
+    def run() -> dict[tuple[int, int], np.ndarray]:
+        uploads.clear()
+        covey.simulate(client_fn, 3, 2, covey.FedAvg(fraction_evaluate=0.0), {"w": np.zeros(6)})
+        return dict(uploads)
+
+    first = run()
+    for rnd in (1, 2):
+        gap = first[(rnd, 1)] - first[(rnd, 0)]
+        assert not np.allclose(gap, 0.01)  # the noise does not cancel
+    again = run()
+    assert first.keys() == again.keys()
+    for key, value in first.items():
+        np.testing.assert_array_equal(value, again[key])  # still reproducible

@@ -23,6 +23,7 @@ else:
     from covey.privacy._dpa import dpa
 
 from covey.clients._client import Client, lend
+from covey.clients._current import current_task
 from covey.core._files import MAX_SETTINGS_BYTES, atomic_write, read_regular
 from covey.core._messages import Config, EvaluateResult, FitResult, finite, real, shown
 from covey.core._weights import Array, Weights, subtract
@@ -168,8 +169,9 @@ class LocalDP(ClipUpdates):
         clip: The L2 bound on the update.
         accountant: ``"pld"`` (default: near exact for a Gaussian, so one upload
             reports its epsilon) or ``"rdp"`` for the composition over rounds.
-        seed: Seeds the noise (tests), with the round and the count of this object's
-            uploads; None draws from the operating system's CSPRNG.
+        seed: Seeds the noise (tests), with the round, the count of this object's
+            uploads and, in a covey task, the client's id (clients given one seed
+            draw noise of their own); None draws from the operating system's CSPRNG.
         ledger_path: A JSON file keeping the ledger across client objects: read when
             the client is built (if it exists), written before each upload leaves.
             Without it the ledger lives on this object only, so a client built
@@ -247,7 +249,13 @@ class LocalDP(ClipUpdates):
         # every round, and two uploads' difference would carry none.
         rnd = config.get("round")
         rnd = rnd if isinstance(rnd, int) and not isinstance(rnd, bool) and rnd >= 0 else 0
-        rng = _noise.generator(self.seed, _noise.LOCAL_NOISE, rnd, self._fits)
+        # So is the client's id: clients given one seed would otherwise add the same
+        # noise, which cancels in the difference of two uploads and in their mean.
+        task = current_task()
+        keys: tuple[int, ...] = (_noise.LOCAL_NOISE, rnd, self._fits)
+        if task is not None:
+            keys = (_noise.LOCAL_CLIENT_NOISE, rnd, self._fits, task.cid)
+        rng = _noise.generator(self.seed, *keys)
         noise = _noise.gaussian(rng, clipped, self.sigma)
         delta = {
             name: (value + noise[name]).astype(update[name].dtype)

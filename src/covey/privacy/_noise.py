@@ -23,6 +23,7 @@ UPDATE_NOISE = 1
 COUNT_NOISE = 2
 TREE_NOISE = 3
 LOCAL_NOISE = 4
+LOCAL_CLIENT_NOISE = 5
 
 
 def new_seed() -> int:
