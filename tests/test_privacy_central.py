@@ -609,3 +609,20 @@ def test_federated_evaluation_samples_by_fraction_evaluate_not_the_dp_selector(
         # half of the 20 clients, as fraction_evaluate says, not the round's trainers
         assert len(record.evaluate_participants) == 10
         assert record.evaluate_participants != record.fit_participants
+
+
+@pytest.mark.parametrize(
+    ("noise_seed", "run_seed", "warned"), [(7, None, 1), (7, 0, 0), (None, None, 0)]
+)
+def test_a_deployed_run_with_a_noise_seed_warns_that_its_noise_is_predictable(
+    caplog: pytest.LogCaptureFixture, noise_seed: int | None, run_seed: int | None, warned: int
+) -> None:
+    # A deployed run (no run seed) whose noise follows a seed protects no one who
+    # knows the seed; a simulation's seeded noise is its reproducibility.
+    dp = privacy.central(
+        _strategy(), noise_multiplier=1.0, clip=1.0, delta=1e-5, noise_seed=noise_seed
+    )
+    with caplog.at_level("WARNING", logger="covey"):
+        dp.hooks[-1].start(dp.aggregator.init(_params()), run_seed, covey.History())
+    said = [r for r in caplog.records if "noise_seed is set in a deployed run" in r.getMessage()]
+    assert len(said) == warned

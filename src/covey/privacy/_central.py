@@ -35,6 +35,14 @@ from covey.strategies._subclass import replace_strategy
 
 logger = logging.getLogger("covey")
 
+SEEDED_DEPLOYED = (
+    "noise_seed is set in a deployed run: its noise and sampling are drawn from that seed, "
+    "so whoever knows or guesses it can compute the noise and subtract it from the models "
+    "the run releases, which then protect no one; noise_seed is for tests and for "
+    "reproducing simulations: leave it out (None) for fresh noise from the operating "
+    "system's CSPRNG"
+)
+
 
 class PrivacyHook:
     """Accounts a DP strategy's budget in the round loop (a :class:`covey.core.RunHook`).
@@ -98,6 +106,8 @@ class PrivacyHook:
             history: The history so far (empty unless the run resumes).
         """
         self._refuse_repeated_noise(seed, history)
+        if seed is None and self.noise_seed is not None:
+            logger.warning("privacy: %s", SEEDED_DEPLOYED)
         self.shared.seed = self.noise_seed if self.noise_seed is not None else seed
         self.shared.started = True
         self.shared.claim()
