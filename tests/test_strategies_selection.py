@@ -382,3 +382,31 @@ def test_a_round_whose_fraction_of_the_eligible_rounds_down_to_none_says_so(
     assert history[1].aggregate_info["error"] == (
         "0 clients pass where={'battery': -1}: no client trains"
     )
+
+
+@pytest.mark.parametrize("purpose", [0, 1])
+def test_the_same_clients_are_sampled_whatever_order_a_transport_lists_them_in(
+    purpose: int,
+) -> None:
+    # A transport of one's own may list its clients in the order they connected:
+    # the run's seed picks the same clients from the same set all the same.
+    strategy = covey.FedAvg()
+    ids = [0, 1, 3, 5, 7, 9, 12, 20]
+    in_order = strategy.sample(ids, 3, 1, 0, purpose)
+    for order in ([20, 5, 1, 9, 3, 12, 7, 0], ids[::-1]):
+        assert strategy.sample(order, 3, 1, 0, purpose) == in_order
+    assert strategy.sample(range(10), 4, 2, 0, purpose) == strategy.sample(
+        list(range(10))[::-1], 4, 2, 0, purpose
+    )
+
+
+def test_a_selector_is_given_the_candidates_in_id_order() -> None:
+    given: list[list[int]] = []
+
+    def first_two(candidates: Sequence[int], round: int, rng: np.random.Generator) -> list[int]:
+        given.append(list(candidates))
+        return list(candidates[:2])
+
+    strategy = covey.FedAvg(selector=first_two)
+    assert strategy.sample([9, 4, 6, 1], 2, 1, 0, 0) == [1, 4]
+    assert given == [[1, 4, 6, 9]]

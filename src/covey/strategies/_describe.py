@@ -33,6 +33,10 @@ def sampled(
     if count > len(available):
         raise ValueError(too_few_to_sample(round, count, len(available), strategy.where))
     rng = np.random.default_rng([seed, round, purpose])
+    if not isinstance(available, range):  # a range is in order, and not copied
+        # The draw indexes the ids: in id order, the same clients are chosen however
+        # a transport happens to list them (the order they connected in, say).
+        available = sorted(available)
     if strategy.selector is not None and (purpose == 0 or selects_evaluation(strategy.selector)):
         picked = selected(strategy.selector, available, round, rng)
         chosen = sorted(picked_ids(strategy.selector, picked, round))

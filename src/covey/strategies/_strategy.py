@@ -275,7 +275,7 @@ class Strategy:
         """Choose ``count`` client ids, reproducibly from ``(seed, round, purpose)``.
 
         Args:
-            available: The eligible client ids to choose from.
+            available: The eligible client ids, in any order (drawn from in id order).
             count: How many to choose (:meth:`num_fit` or :meth:`num_evaluate`);
                 more than ``len(available)`` raises ``ValueError``.
             round: The round the clients are chosen for.
