@@ -43,6 +43,7 @@ from covey.cli._runstatus import (
 )
 from covey.dashboard._runjson import run_files_within
 from covey.dashboard._runs import discover_runs, has_history, later_rounds, run_id
+from covey.dashboard._runstore import foreign_history
 from covey.deploy._cli_errors import fail, folder_flag
 from covey.deploy._cli_help import HelpCommand
 from covey.deploy._cli_tables import TEXT_FLOOR, output_console, print_table
@@ -151,6 +152,9 @@ def load_history(folder: Path, notices: list[str], root: Path | None = None) -> 
             return _store_history(folder, notices, damaged=str(exc), root=root)
     notices.extend(str(w.message) for w in caught if str(w.message) not in notices)
     with contextlib.suppress(ValueError):  # a store it cannot read: the command says so
+        foreign = foreign_history(folder, {r.round: vars(r) for r in history.rounds})
+        if foreign is not None:  # another run's history.json: the store's is the run's
+            return _store_history(folder, notices, damaged=foreign, root=root)
         later = later_rounds(folder, history.rounds[-1].round if history.rounds else -1)
         history.rounds += History.from_dict({"rounds": later}).rounds  # history.json missed
     return history

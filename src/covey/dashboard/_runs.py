@@ -39,7 +39,7 @@ from covey.dashboard._runjson import (
     read_run_json,
     within,
 )
-from covey.dashboard._runstore import STORE, read_store_within
+from covey.dashboard._runstore import STORE, foreign_history, read_store_within
 from covey.dashboard._runstore import later_rounds as later_rounds
 from covey.dashboard._tally import Tally, tally_of
 from covey.dashboard._tally import as_number as as_number
@@ -227,6 +227,8 @@ def read_run(
     history = path / HISTORY
     if has_history(path) and damaged is None:  # no regular file: unreadable
         damaged = _read_history(run, within(history, top), db, histories)  # a link outside: refused
+        if damaged is None and db.is_file():  # another run's history.json: read the store's
+            damaged = foreign_history(path, {int(r["round"]): r for r in run.rounds})
     if damaged is not None:
         if not db.is_file():
             raise RunReadError(damaged)

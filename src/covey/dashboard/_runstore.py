@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -76,6 +76,47 @@ def later_rounds(path: Path, after: int) -> list[dict[str, Any]]:
         if newer is not None:
             raise RunReadError(newer)
         return _rounds_after(conn, db, after)
+
+
+def foreign_history(path: Path, rounds: Mapping[int, Mapping[str, Any]]) -> str | None:
+    """Why the ``history.json`` of the run in ``path`` is not its store's run, or None.
+
+    A history copied in from another run (a partial copy, files mixed up by
+    hand) would be shown as this run's, though a resume goes on from the
+    store. Its earliest round after round 0 that the store holds, and not as
+    its newest (whose record a last evaluation may still change), must have
+    the clients and durations the store records for it.
+
+    Args:
+        path: The run folder.
+        rounds: The records ``history.json`` holds, by round.
+
+    Raises:
+        RunReadError: if the store is there but cannot be read.
+    """
+    db = path / STORE
+    first = min((r for r in rounds if r > 0), default=None)
+    if first is None or not db.is_file():
+        return None
+    with _read_only(db) as conn:
+        row = conn.execute(
+            "SELECT record FROM rounds WHERE round = ? AND record IS NOT NULL"
+            " AND round < (SELECT MAX(round) FROM rounds)",
+            (first,),
+        ).fetchone()
+    try:
+        stored = None if row is None else json.loads(row[0], parse_constant=tag_constant)
+    except (TypeError, ValueError, RecursionError):
+        return None  # the store's own damage: its readers name it
+    if not isinstance(stored, dict):
+        return None
+    for key in ("fit_participants", "durations"):
+        if stored.get(key) != rounds[first].get(key):
+            return (
+                f"{path / 'history.json'} is not the history of the run {db} holds: its round "
+                f"{first} has other {key} (a file copied from another run, or edited)"
+            )
+    return None
 
 
 def read_store(run: Run, db: Path) -> None:
