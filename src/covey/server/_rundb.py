@@ -24,6 +24,7 @@ from typing import Final
 
 from covey.core._files import TMP_SUFFIX, fsync_dir
 from covey.core._version import covey_version
+from covey.server._dbdamage import empty_store_reason, not_a_run
 from covey.server._readcopy import LOCK_NAME, cannot_write, is_held, open_read_only
 from covey.server._runlock import hold_run
 
@@ -33,6 +34,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "NewerFormatError",
     "RunDB",
+    "empty_store_reason",
     "hold_run",
     "is_held",
     "open_read_only",
@@ -394,12 +396,12 @@ def _check_run_db(conn: sqlite3.Connection, db_path: Path, *, to: str = "write")
         row = conn.execute("SELECT config FROM run WHERE id = 1").fetchone()
     except sqlite3.OperationalError as exc:
         if not cannot_write(exc):
-            raise ValueError(_not_a_run(db_path, exc)) from exc
+            raise ValueError(not_a_run(db_path, exc)) from exc
         folder = db_path.parent  # it cannot be opened: not that it is no run's
         why = "" if os.access(folder, os.W_OK) else f" (this user cannot write to {folder})"
         raise OSError(f"cannot open {db_path} to {to} the run: {exc}{why}") from exc
     except sqlite3.DatabaseError as exc:
-        raise ValueError(_not_a_run(db_path, exc)) from exc
+        raise ValueError(not_a_run(db_path, exc)) from exc
     if meta.get("format") != _FORMAT or row is None:
         raise ValueError(f"{db_path} is not a covey run database")
     config_text: str = row[0]
@@ -410,27 +412,6 @@ def _check_run_db(conn: sqlite3.Connection, db_path: Path, *, to: str = "write")
     if not isinstance(settings, dict):
         raise ValueError(f"{db_path}: the run's settings are damaged ({settings})")
     return config_text
-
-
-def _not_a_run(db_path: Path, exc: sqlite3.Error) -> str:
-    """Why ``db_path`` is no run: an empty file (a run cut off as it began, say) is said so."""
-    return empty_store_reason(db_path) or f"{db_path} is not a covey run database: {exc}"
-
-
-def empty_store_reason(db_path: Path) -> str | None:
-    """Why ``db_path`` is no run if it is an empty file (0 bytes), else None.
-
-    SQLite reads an empty file as a database without tables, so its error (no
-    such table) would not say what is wrong; the dashboard and ``covey runs``
-    say this instead, as resuming the run does.
-    """
-    with suppress(OSError):
-        if db_path.stat().st_size == 0:
-            return (
-                f"{db_path} is empty (0 bytes), not a covey run database: remove it to "
-                "start a new run in its folder, or restore it from a copy"
-            )
-    return None
 
 
 def _release(version: str) -> tuple[int, int] | None:

@@ -1,0 +1,30 @@
+"""What is wrong with a ``run.sqlite`` that SQLite cannot read as a covey run's."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import suppress
+from pathlib import Path
+
+__all__ = ["empty_store_reason", "not_a_run"]
+
+
+def not_a_run(db_path: Path, exc: sqlite3.Error) -> str:
+    """Why ``db_path`` is no run: an empty file (a run cut off as it began, say) is said so."""
+    return empty_store_reason(db_path) or f"{db_path} is not a covey run database: {exc}"
+
+
+def empty_store_reason(db_path: Path) -> str | None:
+    """Why ``db_path`` is no run if it is an empty file (0 bytes), else None.
+
+    SQLite reads an empty file as a database without tables, so its error (no
+    such table) would not say what is wrong; the dashboard and ``covey runs``
+    say this instead, as resuming the run does.
+    """
+    with suppress(OSError):
+        if db_path.stat().st_size == 0:
+            return (
+                f"{db_path} is empty (0 bytes), not a covey run database: remove it to "
+                "start a new run in its folder, or restore it from a copy"
+            )
+    return None
