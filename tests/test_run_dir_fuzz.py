@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import sqlite3
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,7 @@ from covey.models import LogisticClient, logistic_init
 from covey.server import RunStore
 
 
-def _simulate(folder: Path, seed: int) -> None:
+def _simulate(folder: Path, seed: int, *, resume: bool = False) -> None:
     data = load_digits()
     parts = dirichlet(data.y_train, num_clients=6, alpha=0.5, seed=0)
 
@@ -35,7 +36,15 @@ def _simulate(folder: Path, seed: int) -> None:
 
     strategy = covey.FedAdam(eta=0.05, fraction_fit=0.5, fraction_evaluate=0.0)
     covey.simulate(
-        client_fn, 6, 3, strategy, logistic_init(64, 10), seed=seed, run_dir=folder, keep_last=None
+        client_fn,
+        6,
+        4 if resume else 3,
+        strategy,
+        logistic_init(64, 10),
+        seed=seed,
+        run_dir=folder,
+        keep_last=None,
+        resume=resume,
     )
 
 
@@ -158,3 +167,27 @@ def _loaded(run: Path, own: dict[int, dict[str, np.ndarray]]) -> list[str]:
     except (ValueError, OSError) as exc:
         errors.append(str(exc))
     return errors
+
+
+def test_a_corrupt_page_of_run_sqlite_is_named_and_no_round_is_discarded(
+    two_runs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run = _copy(two_runs[0], tmp_path)
+    db = run / "run.sqlite"
+    with sqlite3.connect(db) as conn:
+        (root,) = conn.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'rounds'"
+        ).fetchone()
+        (size,) = conn.execute("PRAGMA page_size").fetchone()
+    conn.close()
+    data = bytearray(db.read_bytes())
+    data[(root - 1) * size : root * size] = bytes(size)  # the rounds table's page, zeroed
+    db.write_bytes(bytes(data))
+    files = sorted((run / "weights").iterdir())
+    with RunStore.open(run) as store, pytest.raises(ValueError, match="is damaged") as caught:
+        store.rounds()
+    assert str(db) in str(caught.value)
+    with pytest.raises(ValueError, match="is damaged") as caught:
+        _simulate(run, 0, resume=True)
+    assert str(db) in str(caught.value)
+    assert sorted((run / "weights").iterdir()) == files

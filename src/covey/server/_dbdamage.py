@@ -6,7 +6,23 @@ import sqlite3
 from contextlib import suppress
 from pathlib import Path
 
-__all__ = ["empty_store_reason", "not_a_run"]
+__all__ = ["DamagedStoreError", "damaged_store", "empty_store_reason", "not_a_run"]
+
+
+class DamagedStoreError(ValueError):
+    """SQLite found a run's ``run.sqlite`` damaged (a corrupt page) as it read or wrote it.
+
+    Not the damage of one round: a resume never skips a round for it (it would
+    discard the rounds after), but stops, naming the file.
+    """
+
+
+def damaged_store(db_path: Path, exc: sqlite3.DatabaseError) -> DamagedStoreError:
+    """The error of a ``run.sqlite`` SQLite reads as damaged (``exc``), naming the file."""
+    return DamagedStoreError(
+        f"{db_path} is damaged ({exc}): its run cannot be read or resumed; restore it from "
+        f"a copy (SQLite's `sqlite3 {db_path.name} .recover` may save what it still holds)"
+    )
 
 
 def not_a_run(db_path: Path, exc: sqlite3.Error) -> str:

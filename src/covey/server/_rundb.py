@@ -24,7 +24,7 @@ from typing import Final
 
 from covey.core._files import TMP_SUFFIX, fsync_dir
 from covey.core._version import covey_version
-from covey.server._dbdamage import empty_store_reason, not_a_run
+from covey.server._dbdamage import damaged_store, empty_store_reason, not_a_run
 from covey.server._readcopy import LOCK_NAME, cannot_write, is_held, open_read_only
 from covey.server._runlock import hold_run
 
@@ -214,9 +214,18 @@ class RunDB:
 
     @contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
-        """Hold the connection for reading."""
+        """Hold the connection for reading.
+
+        Raises:
+            DamagedStoreError: SQLite found the file damaged, naming it.
+        """
         with self._lock:
-            yield self._db()
+            try:
+                yield self._db()
+            except sqlite3.OperationalError:
+                raise
+            except sqlite3.DatabaseError as exc:  # a corrupt page, not a lock or the disk
+                raise damaged_store(self._run_dir / DB_NAME, exc) from exc
 
     def for_writing(self) -> None:
         """Make sure the run can be written, before a write that starts beside the database.
@@ -264,6 +273,8 @@ class RunDB:
                         conn.execute("PRAGMA synchronous = FULL")
             except sqlite3.OperationalError as exc:
                 raise OSError(f"cannot write {self._run_dir / DB_NAME}: {exc}") from exc
+            except sqlite3.DatabaseError as exc:
+                raise damaged_store(self._run_dir / DB_NAME, exc) from exc
 
     def _db(self) -> sqlite3.Connection:
         """The open connection."""

@@ -15,6 +15,7 @@ from covey.core._history import History
 from covey.core._jsonvalues import from_jsonable
 from covey.core._roundrecord import round_from_json
 from covey.core._weights import Array
+from covey.server._dbdamage import DamagedStoreError
 from covey.server._kept import kept_rounds, pruned_error
 from covey.server._roundfiles import (
     check_finite,
@@ -136,6 +137,8 @@ class StoredRounds(RunRecords):
                 check_finite(round, self._weights_dir / weights_file_name(round), weights, step)
                 if state is not None and check_state is not None:
                     check_state(state)
+            except DamagedStoreError:  # the database's, not the round's: never skipped
+                raise
             except NewerFormatError as exc:  # never skipped: the redo would delete it
                 where = f"{step} {round} of the run in {self._run_dir}"
                 raise NewerFormatError(f"{where}: {exc}") from None
