@@ -266,6 +266,8 @@ def open_tables(
         _nan_to_null(con, name, schemas[name])
     for name in texts:
         check_bounded(con, name, schemas[name], bounded)
+    for name in tables:
+        _empty_as_numbers(con, name, schemas[name], bounded)
     # a TIMESTAMP WITH TIME ZONE is read in UTC at every site, whatever the machine's
     # time zone: else WHERE d < '2024-01-02' and each value's day differ by site
     con.execute("SET GLOBAL TimeZone = 'UTC'")  # the cursors' too
@@ -274,6 +276,30 @@ def open_tables(
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con, schemas
+
+
+def _empty_as_numbers(
+    con: duckdb.DuckDBPyConnection, name: str, kinds: dict[str, str], bounded: Collection[str]
+) -> None:
+    """Make a bounded column that holds no value at all a column of numbers (DOUBLE).
+
+    A column of missing values alone has no type to tell: DuckDB types a CSV's
+    empty column VARCHAR and a DataFrame's column of ``None`` ``"NULL"``. Where
+    the policy bounds it, it is a column of numbers with every value missing, as
+    a DataFrame's column of NaN is: the site counts its rows and sums none of its
+    values, rather than refusing every query that sums the column. ``kinds`` is
+    updated in place.
+    """
+    names = {fold(c) for c in bounded}
+    for col, kind in list(kinds.items()):
+        if fold(col) not in names or kind not in ("VARCHAR", '"NULL"'):
+            continue
+        c, table = quote(col), table_name(name)
+        held = con.execute(f"SELECT COUNT({c}) FROM {table}").fetchone()  # noqa: S608
+        if held is None or held[0]:
+            continue
+        con.execute(f"ALTER TABLE {table} ALTER COLUMN {c} SET DATA TYPE DOUBLE")
+        kinds[col] = "DOUBLE"
 
 
 def _file(con: duckdb.DuckDBPyConnection, name: str, source: Any, csv: Any, load: Any) -> bool:
