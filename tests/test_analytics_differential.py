@@ -2,7 +2,8 @@
 
 Tables of mixed types (integers with NULLs, floats, text with quotes and
 non-ASCII letters, dates, booleans) are split across sites of skewed sizes, one
-of them empty and one whose ``cost`` and ``sex`` hold no value at all. Each
+of them empty and one whose ``cost`` and ``sex`` hold no value at all; one
+site holds its days as DATE, the others as TIMESTAMP or as text. Each
 generated query is answered by the sites and by DuckDB over the pooled rows
 (the same SQL), and the two must agree up to the differences
 docs/analytics.md lists: every group of the domains is answered (an empty one
@@ -12,6 +13,7 @@ their precision, and a division by zero is NaN.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import random
 import sqlite3
@@ -73,7 +75,7 @@ def _literal(r: random.Random, col: str) -> str:
         return "'" + r.choice([*WARDS, "x"]).replace("'", "''") + "'"
     if col == "sex":
         return r.choice(["'F'", "'M'"])
-    return "'" + r.choice(DATES) + "'"
+    return "'" + r.choice([*DATES, "2024-01-02 08:00", "2024-01-02 00:00:00"]) + "'"
 
 
 def _condition(r: random.Random, depth: int = 0) -> str:
@@ -196,7 +198,8 @@ def federation(
     frames[3].to_parquet(folder / "s3.parquet")
     with sqlite3.connect(folder / "s2.db") as db:  # SQLite has no dates: text
         frames[2].assign(d=frames[2]["d"].dt.strftime("%Y-%m-%d")).to_sql("t", db, index=False)
-    sources: list[Any] = [frames[0], frames[1], f"sqlite:///{folder / 's2.db'}"]
+    days = frames[0].assign(d=frames[0]["d"].dt.date)  # DATE, where pandas' are TIMESTAMP
+    sources: list[Any] = [days, frames[1], f"sqlite:///{folder / 's2.db'}"]
     sources.append(str(Path(folder / "s3.parquet")))
     sites = [Site({"t": s}, _policy(), name=f"s{k}") for k, s in enumerate(sources)]
     pooled = duckdb.connect()
@@ -258,3 +261,40 @@ def test_a_bounded_column_of_no_value_at_a_site_leaves_its_rows_counted(
     assert df["COUNT(*)"].tolist() == [5.0]
     assert df["AVG(cost)"].tolist() == [2.0]
     assert df["COUNT(cost)"].tolist() == [1.0]
+
+
+@pytest.mark.parametrize(
+    ("where", "count"),
+    [
+        ("d = '2024-01-02 08:00'", 0),
+        ("d < '2024-01-02 00:00:01'", 4),
+        ("d IN ('2024-01-02 08:00', '2024-01-01')", 2),
+        ("d BETWEEN '2024-01-01 12:00' AND '2024-01-03'", 2),
+        ("'2024-01-01 12:00' < d", 2),
+        ("d >= '2024-01-02'", 2),
+    ],
+)
+def test_a_date_column_compares_a_literal_as_the_instant_it_names_at_every_site(
+    where: str, count: int
+) -> None:
+    """A site holding days as DATE counts the rows one holding them as TIMESTAMP does.
+
+    DuckDB cast ``'2024-01-02 08:00'`` to the DATE site's type, dropping the
+    time: ``d = '2024-01-02 08:00'`` counted that day there and not at the
+    TIMESTAMP site, so the answer was neither DuckDB's on the pooled rows.
+    """
+    policy = Policy(min_group_size=1)
+    days = [dt.date(2024, 1, 1), dt.date(2024, 1, 2)]
+    sites = [
+        Site({"t": pd.DataFrame({"d": days})}, policy, name="date"),
+        Site({"t": pd.DataFrame({"d": pd.to_datetime(days)})}, policy, name="timestamp"),
+    ]
+    pooled = duckdb.connect()
+    pooled.register("t", pd.DataFrame({"d": pd.to_datetime(days + days)}))
+    sql = f"SELECT COUNT(*) FROM t WHERE {where}"  # noqa: S608
+    assert pooled.execute(sql).fetchone() == (count,)
+    df = query(sites, sql, secure=False)
+    assert df.attrs["refused"] == {}
+    assert df["COUNT(*)"].fillna(0).tolist() == [count]
+    noted = f"SELECT COUNT(*) FILTER (WHERE {where}) AS n, COUNT(*) FROM t"  # noqa: S608
+    assert query(sites, noted, secure=True)["n"].fillna(0).tolist() == [count]

@@ -26,6 +26,7 @@ from covey.analytics._readers import clip_columns, readers_of, reads_columns, su
 from covey.analytics._sorted import Memo, SortedValues
 from covey.analytics._sqltext import fold
 from covey.analytics._tables import columns, quote, table_name
+from covey.analytics._wheretext import at_instants
 
 MAX_GROUPS = 100_000
 MAX_CELLS = 20_000_000
@@ -444,6 +445,8 @@ def compute(
     # an event column is read as 0 or 1 (a site's policy declares those bounds for it)
     bounds = {**{str(s["event"]): (0.0, 1.0) for s in stats if s["op"] == "km"}, **bounds}
     kinds = columns(con, table) if kinds is None else kinds
+    where = at_instants(where, kinds)  # a DATE column's literals name instants
+    stats = [{**s, "where": at_instants(s["where"], kinds)} if s.get("where") else s for s in stats]
     gexpr, params, groups = _group_index(group_by, domains, kinds)
     if groups > MAX_GROUPS:
         raise ValueError(f"the query has {groups} groups; the cap is {MAX_GROUPS}")

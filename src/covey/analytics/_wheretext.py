@@ -8,6 +8,9 @@ that reads as a number; a site where that column holds text refuses the query,
 naming the column and its type there, as it refuses ``n > 100`` (a number
 against text) for its types alone. A comparison of such a column with ``=``,
 ``<>`` or ``IN`` stays a comparison of texts (a code such as ``'02139'``).
+
+A DATE column compared with a quoted literal is compared as the instant it
+names (see :func:`at_instants`), as a TIMESTAMP column is.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from sqlglot import exp
 
 from covey.analytics._sqltext import DIALECT, QueryError, fold
 
-__all__ = ["number_orders", "refuse_text_orders"]
+__all__ = ["at_instants", "number_orders", "refuse_text_orders"]
 
 _ORDERS = (exp.GT, exp.GTE, exp.LT, exp.LTE)
+_EQUALS = (exp.EQ, exp.NEQ)
 
 
 def _number(node: Any) -> bool:
@@ -71,3 +75,43 @@ def refuse_text_orders(orders: Sequence[tuple[str, str]], kinds: Mapping[str, st
             f"the site must hold {column!r} as numbers (a CSV's column of numbers stays text "
             "where a value is no number, such as '1 234'), or compare it with = or IN"
         )
+
+
+def _compared(node: Any) -> list[tuple[Any, Any]]:
+    """The (side, other side) pairs any comparison ``node`` compares, ``IN`` too."""
+    if isinstance(node, _EQUALS):
+        return [(node.this, node.expression), (node.expression, node.this)]
+    if isinstance(node, exp.In):
+        return [(node.this, value) for value in node.expressions]
+    return _pairs(node)
+
+
+def at_instants(where: str | None, kinds: Mapping[str, str]) -> str | None:
+    """``where`` with each quoted literal a DATE column is compared with read as a TIMESTAMP.
+
+    DuckDB casts ``'2024-01-02 08:00'`` to a DATE column's type, dropping its
+    time: ``d = '2024-01-02 08:00'`` holds on that day and ``d < '2024-01-02
+    00:00:01'`` does not, where a TIMESTAMP column (pandas' ``datetime64``)
+    compares the instants. A site holding the column as DATE would count other
+    rows than one holding it as TIMESTAMP; read as a TIMESTAMP, the literal
+    names the same instant at both (a day alone, ``'2024-01-02'``, is its
+    midnight, as before). ``kinds``: the site's ``{column: DuckDB type}``.
+    """
+    dates = {fold(c) for c, kind in kinds.items() if kind.upper() == "DATE"}
+    if where is None or not dates:
+        return where
+    import sqlglot
+
+    tree = sqlglot.parse_one(where, read=DIALECT)
+    changed = False
+    for node in list(tree.walk()):
+        for side, other in _compared(node):
+            if (
+                isinstance(side, exp.Column)
+                and fold(str(side.name)) in dates
+                and isinstance(other, exp.Literal)
+                and other.is_string
+            ):
+                other.replace(exp.cast(other.copy(), "TIMESTAMP"))
+                changed = True
+    return tree.sql(DIALECT) if changed else where
