@@ -298,3 +298,17 @@ def test_a_date_column_compares_a_literal_as_the_instant_it_names_at_every_site(
     assert df["COUNT(*)"].fillna(0).tolist() == [count]
     noted = f"SELECT COUNT(*) FILTER (WHERE {where}) AS n, COUNT(*) FROM t"  # noqa: S608
     assert query(sites, noted, secure=True)["n"].fillna(0).tolist() == [count]
+
+
+def test_a_min_max_column_of_no_value_at_a_site_leaves_its_rows_counted(tmp_path: Path) -> None:
+    """A column whose MIN and MAX the policy reveals, unbounded, holds numbers too."""
+    policy = Policy(min_max=["cost"], min_group_size=1)
+    (tmp_path / "empty.csv").write_text("id,cost\n5,\n6,\n")
+    sites = [
+        Site({"t": pd.DataFrame({"id": [1, 2], "cost": [1.0, 2.0]})}, policy, name="a"),
+        Site({"t": pd.DataFrame({"id": [3, 4], "cost": [None, None]})}, policy, name="b"),
+        Site({"t": str(tmp_path / "empty.csv")}, policy, name="c"),
+    ]
+    df = query(sites, "SELECT COUNT(*), MIN(cost), MAX(cost) FROM t", secure=False)
+    assert df.attrs["refused"] == {}
+    assert df.iloc[0].tolist() == [6.0, 1.0, 2.0]

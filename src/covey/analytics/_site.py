@@ -139,7 +139,8 @@ class Site(Client):
         # described once, as loaded: the tables never change afterwards
         try:
             named = [*(policy.columns or ()), *policy.bounds, *policy.domains] if policy else []
-            self._con, self._columns = open_tables(tables, policy.bounds if policy else (), named)
+            bounded, ranked = (policy.bounds, policy.min_max) if policy else ((), ())
+            self._con, self._columns = open_tables(tables, bounded, named, ranked)
         except ValueError as exc:  # a table refused, named with its site among many
             raise ValueError(f"site {name!r}: {exc}") from None
         self._tables = set(tables)

@@ -222,7 +222,10 @@ def load_tables(tables: Mapping[str, Any]) -> duckdb.DuckDBPyConnection:
 
 
 def open_tables(
-    tables: Mapping[str, Any], bounded: Collection[str] = (), named: Collection[str] = ()
+    tables: Mapping[str, Any],
+    bounded: Collection[str] = (),
+    named: Collection[str] = (),
+    ranked: Collection[str] = (),
 ) -> tuple[duckdb.DuckDBPyConnection, dict[str, dict[str, str]]]:
     """:func:`load_tables`, and each table's ``{column: DuckDB type}`` (see :func:`columns`).
 
@@ -232,6 +235,8 @@ def open_tables(
     columns a site's policy bounds, which must hold numbers in a CSV file's table
     (see :func:`check_bounded`). ``named``: every column the policy names, which a
     CSV file's guessed header must not leave on the row below it (see ``load_csv``).
+    ``ranked``: the columns whose MIN and MAX the policy reveals; a bounded or
+    ranked column that holds no value is a column of numbers (see ``_empty_as_numbers``).
     """
     if not isinstance(tables, Mapping) or not tables:
         raise ValueError("a site needs at least one table: tables={name: source}")
@@ -267,7 +272,7 @@ def open_tables(
     for name in texts:
         check_bounded(con, name, schemas[name], bounded)
     for name in tables:
-        _empty_as_numbers(con, name, schemas[name], bounded)
+        _empty_as_numbers(con, name, schemas[name], [*bounded, *ranked])
     # a TIMESTAMP WITH TIME ZONE is read in UTC at every site, whatever the machine's
     # time zone: else WHERE d < '2024-01-02' and each value's day differ by site
     con.execute("SET GLOBAL TimeZone = 'UTC'")  # the cursors' too
@@ -279,18 +284,18 @@ def open_tables(
 
 
 def _empty_as_numbers(
-    con: duckdb.DuckDBPyConnection, name: str, kinds: dict[str, str], bounded: Collection[str]
+    con: duckdb.DuckDBPyConnection, name: str, kinds: dict[str, str], numbers: Collection[str]
 ) -> None:
-    """Make a bounded column that holds no value at all a column of numbers (DOUBLE).
+    """Make a column of ``numbers`` that holds no value at all a column of DOUBLE.
 
     A column of missing values alone has no type to tell: DuckDB types a CSV's
     empty column VARCHAR and a DataFrame's column of ``None`` ``"NULL"``. Where
-    the policy bounds it, it is a column of numbers with every value missing, as
-    a DataFrame's column of NaN is: the site counts its rows and sums none of its
-    values, rather than refusing every query that sums the column. ``kinds`` is
-    updated in place.
+    the policy bounds it or reveals its MIN and MAX (``numbers``), it is a column
+    of numbers with every value missing, as a DataFrame's column of NaN is: the
+    site counts its rows and sums none of its values, rather than refusing every
+    query that sums the column. ``kinds`` is updated in place.
     """
-    names = {fold(c) for c in bounded}
+    names = {fold(c) for c in numbers}
     for col, kind in list(kinds.items()):
         if fold(col) not in names or kind not in ("VARCHAR", '"NULL"'):
             continue
