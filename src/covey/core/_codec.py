@@ -57,8 +57,9 @@ class _Plan:
 
     __slots__ = ("arrays", "header", "payload_len", "payload_start", "total")
 
-    def __init__(self, weights: Weights) -> None:
-        spec = WeightsSpec.of(weights)
+    def __init__(self, weights: Weights, spec: WeightsSpec | None = None) -> None:
+        if spec is None:
+            spec = WeightsSpec.of(weights)
         entries: list[list[Any]] = []
         arrays: list[tuple[Array, int]] = []
         offset = 0
@@ -79,9 +80,27 @@ class _Plan:
         self.arrays = arrays
 
 
-def encoded_size(weights: Weights) -> int:
-    """Number of bytes :func:`encode` produces for ``weights``."""
-    return _Plan(weights).total
+def encoded_size(weights: Weights, spec: WeightsSpec | None = None) -> int:
+    """Number of bytes :func:`encode` produces for ``weights``.
+
+    ``spec`` is ``WeightsSpec.of(weights)`` if the caller has it (None: worked out here).
+    """
+    return _Plan(weights, spec).total
+
+
+def encoded_size_at_most(weights: Weights) -> int:
+    r"""An upper bound of :func:`encoded_size` for weights ``WeightsSpec.of`` accepts.
+
+    Without laying the header out: per array, its name's JSON takes at most 12
+    characters per character (a ``\uXXXX`` escape per UTF-16 unit) and the
+    quotes, its dtype 16 with the quotes, its shape 21 per dimension and the
+    brackets, its offset and size 20 digits each; its entry 6 more (brackets and
+    commas) and a comma after it; its buffer the padding to 64 bytes at most.
+    """
+    total = _PREFIX.size + 2 + _ALIGN - 1
+    for name, array in weights.items():
+        total += 12 * len(name) + 21 * array.ndim + array.nbytes + 67 + _ALIGN - 1
+    return total
 
 
 def layout(weights: Weights) -> _Plan:

@@ -101,6 +101,10 @@ def _to_json(value: Any, max_string: int | None = None, elements: _Elements | No
     if isinstance(value, Mapping):
         return _mapping_json(value, max_string, elements)
     if isinstance(value, list | tuple):
+        if all(type(v) is str for v in value) and (
+            max_string is None or not value or max(map(len, value)) <= max_string
+        ):  # the usual list of names: as the loop below gives them, at once
+            return list(value)
         items: list[Any] = []
         for i, v in enumerate(value):
             try:

@@ -79,11 +79,8 @@ def result_limits(model: Weights | None) -> WireLimits:
     """
     if not model:
         return WireLimits()
-    try:
-        spec = WeightsSpec.of(model)
-    except WeightsError:  # no model to size arrays by; the round loop refuses it anyway
-        return WireLimits()
-    return WireLimits.for_spec(spec)
+    sized = _sized(model)
+    return WireLimits() if sized is None else sized[1]
 
 
 def reply_limit(model_bytes: int, spec: WeightsSpec) -> int:
@@ -127,11 +124,45 @@ def reply_bytes_limit(model: Weights | None) -> int:
     """
     if not model:
         return NO_MODEL_REPLY_BYTES
+    sized = _sized(model)
+    return NO_MODEL_REPLY_BYTES if sized is None else sized[2]
+
+
+#: The layout of the model last sized by :func:`_sized`, with its limits.
+_last: tuple[WeightsSpec, WireLimits, int] | None = None
+
+
+def _sized(model: Weights) -> tuple[WeightsSpec, WireLimits, int] | None:
+    """``model``'s spec, :func:`result_limits` and :func:`reply_bytes_limit`; None if no model.
+
+    Both depend on the model's layout alone (names in order, shapes, dtypes), which
+    every reply of a round, and mostly of a run, shares: a model laid out as the
+    last one sized takes its limits, after a comparison cheaper than laying it out.
+    """
+    global _last
+    last = _last
+    if last is not None and _same_layout(model, last[0]):
+        return last
     try:
         spec = WeightsSpec.of(model)
     except WeightsError:  # no model to size arrays by; the round loop refuses it anyway
-        return NO_MODEL_REPLY_BYTES
-    return reply_limit(_codec.encoded_size(model), spec)
+        return None
+    last = _last = (
+        spec,
+        WireLimits.for_spec(spec),
+        reply_limit(_codec.encoded_size(model, spec), spec),
+    )
+    return last
+
+
+def _same_layout(model: Weights, spec: WeightsSpec) -> bool:
+    """Whether ``WeightsSpec.of(model)`` is ``spec``: plain arrays under its names, in order."""
+    return (
+        isinstance(model, Mapping)
+        and tuple(model) == spec.names
+        and all(type(k) is str and type(v) is np.ndarray for k, v in model.items())
+        and spec.conforms(model, finite=False)
+    )
 
 
 def reply_bytes_error(kind: str, size: int, most: int) -> str:
@@ -155,13 +186,16 @@ def check_reply_bytes(kind: str, result: Any, model: Weights | None) -> str | No
     arrays = result_head(result)[1]
     if not arrays:
         return None
+    most = reply_bytes_limit(model)
     try:
-        size = _codec.encoded_size(arrays)
-    except WeightsError as exc:  # what encoding it to send raises
+        spec = WeightsSpec.of(arrays)  # what encoding it to send raises first
+        if _codec.encoded_size_at_most(arrays) <= most:  # the usual reply: well within
+            return None
+        size = _codec.encoded_size(arrays, spec)
+    except WeightsError as exc:
         return f"cannot send the result: {exc}"
     except Exception:  # noqa: BLE001 - refused where it is encoded, with its own error
         return None
-    most = reply_bytes_limit(model)
     return reply_bytes_error(kind, size, most) if size > most else None
 
 
@@ -280,6 +314,10 @@ def _measure(value: Any, depth: int, limits: WireLimits, elements: list[int]) ->
             total += _text(len(str(key)), limits) + 2 + _measure(item, depth + 1, limits, elements)
         return total
     if isinstance(value, list | tuple):
+        if value and all(type(item) is str for item in value):  # a list of names, at once
+            if depth + 1 > limits.max_depth or max(map(len, value)) > limits.max_string:
+                raise _MayRefuse
+            return 2 + 12 * sum(map(len, value)) + 3 * len(value)
         return 2 + sum(_measure(item, depth + 1, limits, elements) + 1 for item in value)
     raise _MayRefuse  # no JSON value: the encoder names its type
 
