@@ -230,8 +230,8 @@ def _array_name(key: Any, longest: int) -> tuple[str, str, str]:
     return parsed[0], parsed[1], parsed[2]
 
 
-_STARTS = (("part", '["part", "'), ("extra", '["extra", "'))
-"""Each kind of array and how the JSON of its name starts."""
+#: An array's name of printable ASCII with neither a quote nor a backslash in its strings.
+_PLAIN_NAME = re.compile(r'\["(part|extra)", "([ !#-\[\]-~]*)", "([ !#-\[\]-~]*)"\]')
 
 
 def _plain_name(key: str) -> tuple[str, str, str] | None:
@@ -241,15 +241,11 @@ def _plain_name(key: str) -> tuple[str, str, str] | None:
     ``["kind", "outer", "inner"]`` exactly when its quotes are those around
     the three strings (and JSON takes printable ASCII in a string as it is).
     """
-    if "\\" in key or not key.isascii() or not key.isprintable() or key[-2:] != '"]':
+    match = _PLAIN_NAME.fullmatch(key)
+    if match is None:
         return None
-    for kind, start in _STARTS:
-        if key.startswith(start):
-            pieces = key[len(start) : -2].split('", "')
-            if len(pieces) == 2 and '"' not in pieces[0] and '"' not in pieces[1]:
-                return kind, pieces[0], pieces[1]
-            return None
-    return None
+    kind, outer, inner = match.groups()
+    return kind, outer, inner
 
 
 def _head(value: Any, scheme: Scheme) -> tuple[int, dict[str, Any]]:
@@ -306,14 +302,18 @@ def encoded_from_plain(value: Any, scheme: Scheme, spec: WeightsSpec) -> Encoded
     parts: dict[str, dict[str, Any]] = {}
     extras: dict[str, dict[str, Any]] = {}
     longest = max(map(len, spec.names))
+    plain, most = _PLAIN_NAME.fullmatch, 4096 + 12 * longest
     for key, array in value.items():
         if key in _FIELDS:
             continue
-        kind, outer, inner = _array_name(key, longest)
+        # The usual name read here (a model has hundreds), any other by _array_name.
+        found = plain(key) if type(key) is str and len(key) <= most else None
+        kind, outer, inner = _array_name(key, longest) if found is None else found.groups()
         if not isinstance(array, np.ndarray):
             raise WeightsError(f"encoded update: {key!r:.80} is not an array")
         arrays = (parts if kind == "part" else extras).setdefault(outer, {})
-        _refuse_twice(arrays, kind, outer, inner, key)
+        if inner in arrays:
+            _refuse_twice(arrays, kind, outer, inner, key)
         arrays[inner] = array
     if set(parts) != set(spec.names):
         missing, unknown = set(spec.names) - set(parts), set(parts) - set(spec.names)
@@ -327,7 +327,7 @@ def encoded_from_plain(value: Any, scheme: Scheme, spec: WeightsSpec) -> Encoded
         if floats not in expect:
             expect[floats] = _expected_keys(scheme, dtype)
         expected = expect[floats]
-        if expected is not None and set(parts[name]) != expected:
+        if expected is not None and parts[name].keys() != expected:
             raise WeightsError(
                 f"encoded update: {name!r} carries {sorted(parts[name])!r:.200}, "
                 f"expected {sorted(expected)} for {scheme.name}"
