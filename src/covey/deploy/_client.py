@@ -11,6 +11,7 @@ from covey.deploy._pem import (
     check_ca,
     check_common_name,
     check_dates,
+    check_issued,
     check_pair,
     check_purpose,
     read_pem,
@@ -56,8 +57,9 @@ def client_tls(
         OSError: A file cannot be read (the error names it and what it holds).
         ValueError: ``cert`` is given without ``key`` or the other way round, a file
             is not PEM of the right kind or is over 4 MiB, ``key`` is not the key of
-            ``cert``, ``cert`` names no client (no common name), or ``cert`` or ``ca``
-            has expired by this machine's clock.
+            ``cert``, ``cert`` names no client (no common name), ``cert`` was not
+            issued by a CA of ``ca`` (nor by an intermediate in its own file), or
+            ``cert`` or ``ca`` has expired by this machine's clock.
     """
     if (cert is None) != (key is None):
         raise ValueError(
@@ -90,6 +92,14 @@ def client_tls(
         fix = "give the certificate the federation issued to this client (`covey certs issue NAME`)"
         check_purpose(tls.cert, str(cert), "client", fix)
         check_common_name(tls.cert, str(cert), fix)
+        check_issued(
+            tls.cert,
+            tls.ca,
+            str(cert),
+            str(ca),
+            "give the client the certificate its federation issued to it, or that "
+            "federation's ca.pem (while a federation moves to a new CA, one holding both)",
+        )
     return tls
 
 
