@@ -94,6 +94,61 @@ def test_array_values_within_their_dtype_are_kept() -> None:
     assert _wire.loads(data)["h"].tolist() == [65504.0, -1.5]
 
 
+@pytest.mark.parametrize(
+    ("values", "dtype", "error"),
+    [
+        ([1.5], "<i8", "int64 cannot carry"),  # became 1
+        ([0, 2.0], "<i4", "int32 cannot carry"),  # a float where dumps writes integers
+        ([[1, 2], [3, 4.5]], "<u2", "uint16 cannot carry"),
+        ([300], "|i1", "int8 cannot carry"),
+        ([-1], "<u8", "uint64 cannot carry"),
+        ([-1, 2**64 - 1], "<i8", "int64 cannot carry"),  # JSON read as float64
+        ([2**70], "<i8", "int64 cannot carry"),
+        ([0, 2**64 - 1, 1.5], "<u8", "uint64 cannot carry"),  # JSON read as float64
+        ([0, 2**64], "<u8", "uint64 cannot carry"),
+        ([1, 0], "|b1", "bool array holds a number"),  # any integer became True
+        ([True, 2], "|b1", "bool array holds a number"),
+        ([0.5], "|b1", "bool array holds a number"),
+    ],
+)
+def test_array_values_not_of_their_integer_or_bool_dtype_are_refused(
+    values: list[Any], dtype: str, error: str
+) -> None:
+    data = json.dumps({"h": {"__array__": values, "dtype": dtype}}).encode()
+    with pytest.raises(_wire.WireError, match=rf"{error}.* \(at 'h'\)$"):
+        _wire.loads(data)
+
+
+def test_a_refused_array_is_named_by_its_path() -> None:
+    bad = {"__array__": [1, 2.5], "dtype": "<i8"}
+    data = json.dumps({"metrics": {"n": 1, "hist": [{"__array__": [1], "dtype": "<i8"}, bad]}})
+    with pytest.raises(_wire.WireError, match=r"\(at 'metrics'\.'hist'\[1\]\)$"):
+        _wire.loads(data.encode())
+    data = json.dumps([{"x": {"__array__": [1e40], "dtype": "<f4"}}])
+    with pytest.raises(_wire.WireError, match=r"not a finite float32 .*\(at \[0\]\.'x'\)$"):
+        _wire.loads(data.encode())
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.array([-(2**63), 2**63 - 1]),
+        np.array([0, 2**64 - 1], np.uint64),
+        np.array([[-128, 127], [0, 1]], np.int8),
+        np.array([65535], np.uint16),
+        np.array([True, False]),
+        np.array(3, np.int32),
+        np.zeros((2, 0), np.int16),
+        np.zeros(0, bool),
+    ],
+)
+def test_integer_and_bool_arrays_dumps_writes_are_kept(array: np.ndarray) -> None:
+    back = _wire.loads(_wire.dumps({"a": array}))["a"]
+    assert back.dtype == array.dtype
+    assert back.shape == array.shape
+    assert (back == array).all()
+
+
 # -- a bounded, seeded mutation fuzzer over valid replies --------------------------------------
 
 _ODD: list[Any] = [None, True, -1, 1.5, 2**64, "", [], {}, {"__float__": "nan"}, [1, 2]]

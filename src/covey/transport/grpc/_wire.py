@@ -21,6 +21,7 @@ from covey.core._weights import Weights
 from covey.transport.grpc._wireread import ARRAY_KINDS as ARRAY_KINDS
 from covey.transport.grpc._wireread import WireError as WireError
 from covey.transport.grpc._wireread import WireLimits as WireLimits
+from covey.transport.grpc._wireread import at as _at
 from covey.transport.grpc._wireread import loads as loads
 
 
@@ -126,15 +127,6 @@ def _mapping_json(value: Mapping[Any, Any], max_string: int | None, elements: An
         except WireError as exc:
             raise _at(exc, repr(str(k))) from None
     return out
-
-
-def _at(exc: WireError, step: str) -> WireError:
-    """``exc`` with ``step`` (a key or an index) put in front of the place it names."""
-    message, where = str(exc), ""
-    if message.endswith(")") and " (at " in message:
-        message, where = message[:-1].rsplit(" (at ", 1)
-    where = step + ("" if not where else where if where.startswith("[") else f".{where}")
-    return WireError(f"{message} (at {where})")
 
 
 def dumps(value: Any) -> bytes:

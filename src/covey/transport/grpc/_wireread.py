@@ -74,7 +74,13 @@ class _Reader:
         if isinstance(value, dict):
             return self.mapping(value, depth)
         if isinstance(value, list):
-            return [self.value(v, depth + 1) for v in value]
+            items = []
+            for index, item in enumerate(value):
+                try:
+                    items.append(self.value(item, depth + 1))
+                except WireError as exc:
+                    raise at(exc, f"[{index}]") from None
+            return items
         return value
 
     def string(self, text: str) -> None:
@@ -97,9 +103,14 @@ class _Reader:
             return float(text)
         if "__array__" in value and len(value) == 2 and "dtype" in value:
             return self.array(value["__array__"], value["dtype"], depth)
-        for key in value:
+        out = {}
+        for key, item in value.items():
             self.string(key)
-        return {k: self.value(v, depth + 1) for k, v in value.items()}
+            try:
+                out[key] = self.value(item, depth + 1)
+            except WireError as exc:
+                raise at(exc, f"{key!r:.60}") from None
+        return out
 
     def array(self, data: Any, dtype_text: Any, depth: int) -> np.ndarray[Any, Any]:
         if not isinstance(dtype_text, str) or len(dtype_text) > 32:
@@ -117,13 +128,15 @@ class _Reader:
             raise WireError(
                 f"arrays of {self.elements} elements exceed the limit of {self.limits.max_elements}"
             )
+        if dtype.kind != "f":
+            return _exact(data, dtype)
         try:
             with np.errstate(over="ignore"):  # a value beyond the dtype's range: refused below
                 array = np.asarray(data, dtype=dtype)
         except (TypeError, ValueError, OverflowError) as exc:
             raise WireError(f"malformed {dtype} array: {exc}") from None
-        if dtype.kind == "f" and np.isinf(array).any():  # what dumps never writes (NaN: named
-            raise WireError(  # with its path by the checks of a config or a result)
+        if np.isinf(array).any():  # what dumps never writes (NaN: named with its
+            raise WireError(  # path by the checks of a config or a result)
                 f"a {dtype} array holds a value that is not a finite {dtype} "
                 "(beyond its range, or infinite)"
             )
@@ -137,6 +150,52 @@ class _Reader:
         if isinstance(data, bool | int | float):
             return 1
         raise WireError(f"an array holds a {type(data).__name__}, not a number")
+
+
+def _exact(data: Any, dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
+    """``data`` as a bool or integer array of ``dtype``, refusing what it cannot hold as it is.
+
+    NumPy would make ``1.5`` the integer ``1`` and any number ``True``: ``data`` is
+    read as the array its JSON makes (bools, integers or floats) and only an
+    array of that kind is taken, converted if it keeps every value.
+    """
+    try:
+        found = np.asarray(data)
+    except (TypeError, ValueError) as exc:
+        raise WireError(f"malformed {dtype} array: {exc}") from None
+    if found.dtype == dtype:  # the usual int64 or bool array: taken as it is
+        return found
+    if found.size == 0:  # JSON's [] reads as float64
+        return found.astype(dtype)
+    if dtype.kind == "b":
+        raise WireError("a bool array holds a number, where only true and false belong")
+    if found.dtype.kind in "biu":
+        array = found.astype(dtype)
+        if (array == found).all():
+            return array
+    elif dtype.kind == "u" and found.dtype.kind == "f" and _no_floats(data):
+        try:  # integers on both sides of 2**63 read as float64: uint64's own, or beyond it
+            return np.asarray(data, dtype=dtype)
+        except OverflowError:
+            pass
+    raise WireError(
+        f"an integer array ({dtype}) holds a number {dtype} cannot carry: a float "
+        "(1.5, or 2.0), or an integer beyond its range"
+    )
+
+
+def _no_floats(data: Any) -> bool:
+    """Whether nested lists ``data`` hold no float (for the rare uint64 array read as float64)."""
+    return not any(type(v) is float for v in np.asarray(data, dtype=object).ravel().tolist())
+
+
+def at(exc: WireError, step: str) -> WireError:
+    """``exc`` with ``step`` (a key or an index) put in front of the place it names."""
+    message, where = str(exc), ""
+    if message.endswith(")") and " (at " in message:
+        message, where = message[:-1].rsplit(" (at ", 1)
+    where = step + ("" if not where else where if where.startswith("[") else f".{where}")
+    return WireError(f"{message} (at {where})")
 
 
 def loads(data: bytes, limits: WireLimits | None = None) -> Any:
