@@ -41,8 +41,8 @@ from covey.cli._runstatus import (
     unreadable_store,
     why_stopped,
 )
-from covey.dashboard._runjson import run_files_within
-from covey.dashboard._runs import discover_runs, has_history, later_rounds, run_id
+from covey.dashboard._runjson import lacks_rounds, run_files_within
+from covey.dashboard._runs import discover_runs, has_history, lacked_rounds, run_id
 from covey.dashboard._runstore import foreign_history
 from covey.deploy._cli_errors import fail, folder_flag
 from covey.deploy._cli_help import HelpCommand
@@ -125,7 +125,9 @@ def load_history(folder: Path, notices: list[str], root: Path | None = None) -> 
 
     A history a newer covey wrote (fields this covey does not know) warns; the
     command prints each such warning once, as a line of its own
-    (:func:`print_notices`), rather than in Python's warning format.
+    (:func:`print_notices`), rather than in Python's warning format. The rounds
+    the run's store holds that the file lacks (after its last, or lost from it,
+    which warns) are read from the store.
 
     Args:
         folder: The run folder.
@@ -155,8 +157,13 @@ def load_history(folder: Path, notices: list[str], root: Path | None = None) -> 
         foreign = foreign_history(folder, {r.round: vars(r) for r in history.rounds})
         if foreign is not None:  # another run's history.json: the store's is the run's
             return _store_history(folder, notices, damaged=foreign, root=root)
-        later = later_rounds(folder, history.rounds[-1].round if history.rounds else -1)
-        history.rounds += History.from_dict({"rounds": later}).rounds  # history.json missed
+        lacked, lost = lacked_rounds(folder, [record.round for record in history.rounds])
+        history.rounds += History.from_dict({"rounds": lacked}).rounds  # history.json missed
+        if lost:  # whole rounds gone from history.json: the store's, where they belong
+            history.rounds.sort(key=lambda record: record.round)
+            notices.append(
+                lacks_rounds(folder / History.FILE_NAME, folder / STORE, lost, step_of(history))
+            )
     return history
 
 

@@ -7,6 +7,7 @@ not waited on), and the fields of a round the page walks through are checked.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -66,6 +67,38 @@ def read_from_store(damaged: str, store: Path) -> str:
         'cannot read r/history.json: ...; its rounds were read from r/run.sqlite instead'
     """
     return f"{damaged}; its rounds were read from {store} instead"
+
+
+def lacks_rounds(history: Path, store: Path, lost: Sequence[int], step: str = "round") -> str:
+    """What a run whose ``history`` lacks the rounds ``lost`` that ``store`` holds says.
+
+    A ``history.json`` that lost whole rounds (written over, or edited) can still
+    be JSON: the dashboard, its reports and ``covey runs`` take those rounds from
+    the store, with this note. ``step``: what the run counts (``"update"``).
+
+    Example:
+        >>> lacks_rounds(Path("history.json"), Path("run.sqlite"), [3, 4, 5, 9]).split(";")[0]
+        'history.json lacks rounds 3-5 and 9 that run.sqlite holds'
+    """
+    spans: list[str] = []
+    start = end = lost[0]
+    for number in [*lost[1:], None]:
+        if number is not None and number == end + 1:
+            end = number
+            continue
+        spans.append(str(start) if start == end else f"{start}-{end}")
+        if number is not None:
+            start = end = number
+    shown = spans[:_SPANS]
+    if len(spans) > _SPANS:
+        shown.append(f"more ({len(lost)} in all)")
+    listed = shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} and {shown[-1]}"
+    steps, they = (f"{step}s", "they were") if len(lost) > 1 else (step, "it was")
+    return f"{history} lacks {steps} {listed} that {store} holds; {they} read from {store}"
+
+
+#: The most runs of rounds :func:`lacks_rounds` names.
+_SPANS = 8
 
 
 def tag_constant(name: str) -> dict[str, str]:

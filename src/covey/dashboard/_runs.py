@@ -40,7 +40,7 @@ from covey.dashboard._runjson import (
     within,
 )
 from covey.dashboard._runstore import STORE, foreign_history, read_store_within
-from covey.dashboard._runstore import later_rounds as later_rounds
+from covey.dashboard._runstore import lacked_rounds as lacked_rounds
 from covey.dashboard._tally import Tally, tally_of
 from covey.dashboard._tally import as_number as as_number
 from covey.dashboard._tally import best_metric as best_metric

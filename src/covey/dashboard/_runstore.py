@@ -9,11 +9,18 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from covey.dashboard._runjson import RunReadError, check_rounds, tag_constant, within
+from covey.core._runstep import step_of_settings
+from covey.dashboard._runjson import (
+    RunReadError,
+    check_rounds,
+    lacks_rounds,
+    tag_constant,
+    within,
+)
 from covey.server._rundb import empty_store_reason, open_read_only, schema_refusal
 
 if TYPE_CHECKING:
@@ -40,42 +47,70 @@ def _read_only(db: Path) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def _rounds_after(conn: sqlite3.Connection, db: Path, after: int) -> list[dict[str, Any]]:
-    """The round records a store holds after round ``after``, checked.
+def _rounds_lacked(
+    conn: sqlite3.Connection, db: Path, have: Sequence[int]
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """The round records a store holds that a history of the rounds ``have`` lacks, checked.
 
-    A long run of short rounds writes ``history.json`` less often than every
-    round (:class:`~covey.core._historyfile.HistoryFile`): killed, its store has
-    the rounds the file missed.
+    Those after its last round: a long run of short rounds writes
+    ``history.json`` less often than every round
+    (:class:`~covey.core._historyfile.HistoryFile`), and killed, its store has the
+    rounds the file missed. Those before it, whose numbers are returned too: a
+    file that lost whole rounds (written over, or edited) yet is still JSON.
+    Finding them reads the store's round numbers, not its records.
     """
-    records = conn.execute(
+    after = have[-1] if have else -1
+    lost: list[int] = []
+    if after > 0:
+        present = set(have)
+        held = conn.execute(
+            "SELECT round FROM rounds WHERE record IS NOT NULL AND round < ?", (after,)
+        )
+        lost = [rnd for (rnd,) in held if rnd not in present]
+    records = []
+    if lost:
+        records = conn.execute(
+            "SELECT record FROM rounds WHERE round IN (SELECT value FROM json_each(?))"
+            " ORDER BY round",
+            (json.dumps(lost),),
+        ).fetchall()
+    records += conn.execute(
         "SELECT record FROM rounds WHERE record IS NOT NULL AND round > ? ORDER BY round",
         (after,),
     ).fetchall()
     if not records:
-        return []
+        return [], lost
     try:
         rows = [json.loads(text, parse_constant=tag_constant) for (text,) in records]
     except ValueError as exc:  # JSONDecodeError is a ValueError
         raise RunReadError(f"{db} holds a malformed run: {exc}") from exc
     except RecursionError:
         raise RunReadError(f"{db} holds a malformed run: JSON nested too deeply") from None
-    return check_rounds(rows, str(db))
+    return check_rounds(rows, str(db)), lost
 
 
-def later_rounds(path: Path, after: int) -> list[dict[str, Any]]:
-    """The rounds after ``after`` that the store of the run in ``path`` holds, if any.
+def lacked_rounds(path: Path, have: Sequence[int]) -> tuple[list[dict[str, Any]], list[int]]:
+    """The round records the store of the run in ``path`` holds that its history lacks.
+
+    Args:
+        path: The run folder.
+        have: The rounds its ``history.json`` holds, in order.
+
+    Returns:
+        Those records, checked, in order (none without a store), and the numbers
+        of those before the last of ``have`` (see :func:`_rounds_lacked`).
 
     Raises:
         RunReadError: if the store is there but cannot be read as a covey run's.
     """
     db = path / STORE
     if not db.is_file():
-        return []
+        return [], []
     with _read_only(db) as conn:
         newer = schema_refusal(conn, db)
         if newer is not None:
             raise RunReadError(newer)
-        return _rounds_after(conn, db, after)
+        return _rounds_lacked(conn, db, have)
 
 
 def foreign_history(path: Path, rounds: Mapping[int, Mapping[str, Any]]) -> str | None:
@@ -131,7 +166,7 @@ def read_store(run: Run, db: Path) -> None:
         ).fetchone()
         if meta.get("format") != "covey-run" or row is None:
             raise RunReadError(f"{db} is not a covey run database")
-        later = _rounds_after(conn, db, run.rounds[-1]["round"] if run.rounds else -1)
+        lacked, lost = _rounds_lacked(conn, db, [r["round"] for r in run.rounds])
         clients = conn.execute("SELECT name, id FROM clients ORDER BY id").fetchall()
         events = conn.execute(
             "SELECT time, client, event, detail FROM events ORDER BY seq DESC LIMIT ?",
@@ -139,12 +174,17 @@ def read_store(run: Run, db: Path) -> None:
         ).fetchall()
     config_text, created, updated, status = row
     try:
-        run.rounds = run.rounds + later
+        run.rounds = run.rounds + lacked
+        if lost:  # a history.json that lost rounds: they go where they belong
+            run.rounds.sort(key=lambda r: r["round"])
         config = json.loads(config_text, parse_constant=tag_constant)
         run.clients = {int(cid): str(name) for name, cid in clients}
         run.events = [(float(t), str(c), str(e), str(d)) for t, c, e, d in reversed(events)]
         run.meta.update(config if isinstance(config, dict) else {})
         run.meta.update(status=str(status), created_at=float(created), updated_at=float(updated))
+        if lost and run.warning is None:
+            history = db.with_name("history.json")
+            run.warning = lacks_rounds(history, db, lost, step_of_settings(run.meta))
     except (TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise RunReadError(f"{db} holds a malformed run: {exc}") from exc
     except RecursionError:
