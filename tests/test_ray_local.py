@@ -846,6 +846,23 @@ def test_a_run_on_a_local_ray_leaves_breakpoint_to_pdb(monkeypatch: pytest.Monke
     assert "PYTHONBREAKPOINT" not in os.environ
 
 
+def test_a_run_on_a_local_ray_leaves_the_environment_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # ray.init set RAY_AUTH_MODE=token and RAY_USAGE_STATS_ENABLED in this process's
+    # environment and ray.shutdown left them: every process started after the run
+    # (a `ray start`, a script, a notebook's next run) inherited them.
+    import ray
+
+    assert not ray.is_initialized()
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # Ray's default: token, once a token exists
+    monkeypatch.delenv("RAY_USAGE_STATS_ENABLED", raising=False)
+    before = dict(os.environ)
+    for _ in range(2):  # the second run's Ray sees the first's token file
+        covey.simulate(Plus, 2, 1, None, {"w": np.zeros(2)}, backend="ray", num_workers=1)
+        assert dict(os.environ) == before
+
+
 def _running(process: psutil.Process) -> bool:
     """Whether ``process`` runs (a zombie, ended but not yet reaped, does not)."""
     try:

@@ -113,7 +113,7 @@ def start_or_join(
     ):
         for attempt in range(1, START_ATTEMPTS + 1):
             try:
-                _hook_before[:] = [os.environ.get(BREAKPOINT)]
+                _env_before[:] = [dict(os.environ)]
                 ray.init(**kwargs)
                 break
             except BaseException as exc:
@@ -127,6 +127,7 @@ def start_or_join(
                 if isinstance(exc, Exception):
                     exc.add_note(local_start_failed(wait))
                 raise
+    _env_before.append(dict(os.environ))
     try:
         for handler, signum in held:
             handler(signum, None)  # Ctrl-C's raises KeyboardInterrupt, now that Ray can stop
@@ -172,29 +173,35 @@ def kept_logging(init_args: Mapping[str, Any]) -> Iterator[None]:
                 handler.setFormatter(formatter)
 
 
-#: The variable that names the hook ``breakpoint()`` calls: ``ray.init`` sets it.
-BREAKPOINT = "PYTHONBREAKPOINT"
-#: Its value before this process's Ray was started or joined (Ray is one per process).
-_hook_before: list[str | None] = []
+#: This process's environment before, and after, its Ray was started or joined (one
+#: Ray per process): the variables ``ray.init`` set are put back by :func:`shutdown`.
+_env_before: list[dict[str, str]] = []
 
 
 def shutdown(ray: Any) -> None:
     """Stop the Ray that :func:`start_or_join` started or joined, as this process had it.
 
-    ``ray.init`` names Ray's own driver hook in ``PYTHONBREAKPOINT`` and
-    ``ray.shutdown`` leaves it: ``breakpoint()`` in the notebook or script that ran a
-    simulation then waited for a remote debugger (or, without debugpy, did nothing)
-    instead of starting pdb, and so did it in the processes started from it.
+    ``ray.init`` sets variables in this process's environment and ``ray.shutdown``
+    leaves them: ``PYTHONBREAKPOINT`` names Ray's driver hook (``breakpoint()`` in
+    the notebook or script that ran a simulation then waited for a remote debugger,
+    or did nothing, instead of starting pdb), ``RAY_AUTH_MODE=token`` and
+    ``RAY_USAGE_STATS_ENABLED``, all passed on to every process started from it
+    after the run. Each is put back as it was, unless changed since ``ray.init``.
     """
     try:
         ray.shutdown()
     finally:
-        while _hook_before:
-            hook = _hook_before.pop()
-            if hook is None:
-                os.environ.pop(BREAKPOINT, None)
-            else:
-                os.environ[BREAKPOINT] = hook
+        if _env_before:
+            before = _env_before[0]
+            after = _env_before[1] if len(_env_before) > 1 else dict(os.environ)
+            _env_before.clear()
+            for name in {*before, *after} - {WAIT_VARIABLE}:  # that one: local_start_wait's
+                if before.get(name) == after.get(name) or os.environ.get(name) != after.get(name):
+                    continue
+                if name in before:
+                    os.environ[name] = before[name]
+                else:
+                    os.environ.pop(name, None)
 
 
 def start_again(exc: BaseException, wait: str, deadline: float) -> bool:
