@@ -863,6 +863,28 @@ def test_a_run_on_a_local_ray_leaves_the_environment_as_it_was(
         assert dict(os.environ) == before
 
 
+def test_a_local_run_leaves_no_one_host_setting_to_the_processes_started_after_it() -> None:
+    # covey set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 for its local Ray and left it:
+    # a `ray start --address=...` run from that process afterwards refused to join
+    # a cluster ("not supported on Windows and OSX"), on Linux too.
+    script = (
+        "import os, numpy as np, covey\n"
+        "class C(covey.Client):\n"
+        "    def fit(self, weights, config):\n"
+        "        return covey.FitResult(weights=dict(weights), num_examples=1)\n"
+        "for _ in range(2):\n"
+        "    covey.simulate(lambda cid: C(), 2, 1, None, {'w': np.zeros(2)}, backend='ray',\n"
+        "                   num_workers=1)\n"
+        "    print('left:', os.environ.get('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=150, env=env
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("left: None") == 2, out.stdout
+
+
 def _running(process: psutil.Process) -> bool:
     """Whether ``process`` runs (a zombie, ended but not yet reaped, does not)."""
     try:

@@ -36,13 +36,24 @@ ENVIRONMENT_SET = "(set in the environment)"
 START_ATTEMPTS = 3
 
 
+#: What makes Ray keep to this machine; set by :func:`ray_module` for a local Ray.
+ONE_HOST = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+#: ``[ONE_HOST]`` once this process set it before importing Ray.
+_ours: list[str] = []
+
+
 def ray_module(local: bool = False) -> Any:
     """The ``ray`` module, or a clear error naming the extra that installs it."""
-    if local and "ray" not in sys.modules:
+    imported = sys.modules.get("ray")
+    again = bool(_ours) and imported is not None and not imported.is_initialized()
+    if local and (imported is None or again) and ONE_HOST not in os.environ:
         # A Ray started here serves only this machine: no multi-node cluster on
         # Windows or macOS, where Ray then binds to loopback (Ray reads this when
         # imported). On Linux Ray's servers listen on every interface regardless.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # Set for each local Ray's processes, taken back by shutdown(): a `ray start
+        # --address` run from this process afterwards refused to join, even on Linux.
+        os.environ[ONE_HOST] = "0"
+        _ours[:] = [ONE_HOST]
     try:
         import ray
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -191,6 +202,8 @@ def shutdown(ray: Any) -> None:
     try:
         ray.shutdown()
     finally:
+        if _ours and os.environ.get(ONE_HOST) == "0":
+            os.environ.pop(ONE_HOST)
         if _env_before:
             before = _env_before[0]
             after = _env_before[1] if len(_env_before) > 1 else dict(os.environ)
