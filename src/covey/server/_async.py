@@ -35,8 +35,10 @@ from covey.server._configs import client_configs, fit_config
 from covey.server._idviews import Union, without
 from covey.server._lasteval import evaluate_saved_last
 from covey.server._passing import KeptWhere
+from covey.server._refusednote import refusal_mark
 from covey.server._retry import refused_note, timeout_hint
 from covey.server._roundmetrics import RoundMetrics
+from covey.server._waitenough import wait_enough
 from covey.strategies._checks import chose_none, name_of, not_among, picked_ids, selected
 from covey.strategies._clients import client_info
 from covey.strategies._filters import eligibility
@@ -178,17 +180,18 @@ class AsyncLoop(_LoopBase):
         """Wait for enough clients before update ``rnd``, the run's first; else stop in it."""
         wanted = self.strategy.min_available_clients
         wait = getattr(self.transport, "wait_for_clients", None)
-        if wait is not None and not wait(wanted, self.idle_timeout):
+        mark = refusal_mark(self.transport)
+        if wait is not None and not wait_enough(self.transport, wait, wanted, self.idle_timeout):
             raise self._fail(
                 f"only {len(self.transport.clients())} of the {clients(wanted)} needed "
                 f"(min_available_clients) connected within {self.idle_timeout} s"
-                + refused_note(self.transport),
+                + refused_note(self.transport, mark),
                 rnd,
             )
         if len(self.transport.clients()) < wanted:
             raise self._fail(
                 f"{clients(len(self.transport.clients()))} available, fewer than "
-                f"min_available_clients={wanted}" + refused_note(self.transport),
+                f"min_available_clients={wanted}" + refused_note(self.transport, mark),
                 rnd,
             )
 
@@ -198,14 +201,16 @@ class AsyncLoop(_LoopBase):
         Clients gone (an outage, a pause of the server's process) leave fewer than
         ``min_available_clients`` connected: the run waits for them up to the idle
         time-out, as before its first update. With enough connected, every one is
-        training or in the buffer already, and the run stops.
+        training or in the buffer already, and the run stops. Clients that come and
+        leave again (phones) keep it waiting for the rest of the idle time-out in total.
         """
         wanted = self.strategy.min_available_clients
         wait = getattr(self.transport, "wait_for_clients", None)
         connected, note = len(self.transport.clients()), ""
         if wait is not None and connected < wanted:
             # A transport whose clients cannot come back (a simulation's) returns at once.
-            came = wait(wanted, self.idle_timeout)
+            mark = refusal_mark(self.transport)
+            came = wait_enough(self.transport, wait, wanted, self.idle_timeout)
             if came and len(self.transport.clients()) >= wanted:
                 logger.warning(
                     "update %d: %d of the %d clients needed were connected; went on once "
@@ -219,10 +224,10 @@ class AsyncLoop(_LoopBase):
                 raise self._fail(
                     f"update {rnd}: {clients(len(self.transport.clients()))} connected, fewer "
                     f"than min_available_clients={wanted}, and no more came within "
-                    f"{self.idle_timeout} s{refused_note(self.transport)}",
+                    f"{self.idle_timeout} s{refused_note(self.transport, mark)}",
                     rnd,
                 )
-            note = refused_note(self.transport)  # they came, and too few were left
+            note = refused_note(self.transport, mark)  # they came, and too few were left
         if self._declined and self.strategy.selector is not None:
             selector = self.strategy.selector
             why = chose_none(selector, self._declined, rnd, self.buffer_size)

@@ -29,6 +29,7 @@ from covey.server._evalreplies import take_evaluations
 from covey.server._lasteval import evaluate_saved_last
 from covey.server._means import weighted_loss
 from covey.server._passing import KeptWhere, wait_for_eligible
+from covey.server._refusednote import refusal_mark
 from covey.server._retry import (
     RoundRetries,
     deadline_hint,
@@ -38,6 +39,7 @@ from covey.server._retry import (
     shortfall,
 )
 from covey.server._roundmetrics import RoundMetrics
+from covey.server._waitenough import wait_enough
 from covey.strategies._checks import clients, clients_there, poisson_note, stop_reason
 from covey.strategies._clients import client_info
 from covey.strategies._filters import eligibility, too_few_to_fit, trains_none
@@ -172,12 +174,13 @@ class RoundLoop(_LoopBase):
 
     def _available(self, rnd: int, wanted: int) -> Sequence[int]:
         wait = getattr(self.transport, "wait_for_clients", None)
-        if wait is not None and not wait(wanted, self.wait_timeout):
+        mark = refusal_mark(self.transport)  # clients that flap: waited for in total
+        if wait is not None and not wait_enough(self.transport, wait, wanted, self.wait_timeout):
             there = len(self.transport.clients())
             raise self._fail(
                 f"round {rnd}: only {there} of the {clients(wanted)} "
                 f"needed (min_available_clients, min_fit_clients) connected within "
-                f"{self.wait_timeout} s{refused_note(self.transport)}"
+                f"{self.wait_timeout} s{refused_note(self.transport, mark)}"
                 + poisson_note(self.strategy, there),
                 rnd,
             )
@@ -186,7 +189,7 @@ class RoundLoop(_LoopBase):
             raise self._fail(
                 f"round {rnd}: {clients(len(available))} available, fewer than the {wanted} "
                 "needed (min_available_clients, min_fit_clients)"
-                + refused_note(self.transport)  # clients that came, then left: as above
+                + refused_note(self.transport, mark)  # clients that came, then left
                 + poisson_note(self.strategy, len(available)),
                 rnd,
             )
