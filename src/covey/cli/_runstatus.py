@@ -17,7 +17,7 @@ from covey.cli._rounds import last_finished, step_of
 from covey.core._interrupt import shown_status
 from covey.dashboard._runjson import RunReadError, read_run_json
 from covey.server._readcopy import is_simulation
-from covey.server._rundb import is_held, open_read_only, schema_refusal
+from covey.server._rundb import empty_store_reason, is_held, open_read_only, schema_refusal
 from covey.server._served import how_to_continue, killed_server_reason
 from covey.sim._rundir import how_to_resume, resumed_from, stopped_simulation_reason
 
@@ -100,7 +100,10 @@ def continue_command(folder: Path) -> str | None:
 
 
 def unreadable_store(db: Path) -> str:
-    """Why ``db`` cannot be read: another schema (naming the versions), or SQLite's error."""
+    """Why ``db`` cannot be read: empty, another schema (naming the versions), or SQLite's error."""
+    empty = empty_store_reason(db)  # SQLite would say "no such table", which says nothing
+    if empty is not None:
+        return empty
     try:
         with contextlib.closing(open_read_only(db)) as conn:
             newer = schema_refusal(conn, db)
