@@ -1,7 +1,8 @@
-"""`covey runs show` of an unreadable run says why as `covey runs report` does."""
+"""`covey runs show` of an unreadable run says why as `covey runs report` does, and exits 2."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,38 @@ def test_runs_show_says_an_empty_run_database_is_empty_as_report_does(
     assert "no such table" not in shown.output
     report = CliRunner().invoke(app, ["runs", "report", str(folder), "-o", str(tmp_path / "x")])
     assert said in "".join(report.output.split("\n")), report.output
+
+
+def _not_utf8(folder: Path) -> None:
+    (folder / "run.json").write_bytes(b'{"status": "\xff\xfe"}')
+
+
+def _cut(folder: Path) -> None:
+    (folder / "run.json").write_text('{"status": "fini')
+
+
+def _list(folder: Path) -> None:
+    (folder / "run.json").write_text("[1]")
+
+
+def _empty_store(folder: Path) -> None:
+    (folder / "run.sqlite").write_bytes(b"")
+
+
+def _garbage_store(folder: Path) -> None:
+    (folder / "run.sqlite").write_bytes(b"garbage" * 100)
+
+
+@pytest.mark.parametrize("damage", [_not_utf8, _cut, _list, _empty_store, _garbage_store])
+def test_runs_show_of_an_unreadable_run_exits_2_as_report_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: Callable[[Path], None]
+) -> None:
+    # Before: show printed the run as unreadable and exited 0; report exited 2.
+    monkeypatch.setenv("COLUMNS", "400")
+    folder = _good(tmp_path / "r")
+    damage(folder)
+    shown = CliRunner().invoke(app, ["runs", "show", str(folder)])
+    assert shown.exit_code == 2, shown.output
+    assert f"{folder}: unreadable" in shown.output
+    report = CliRunner().invoke(app, ["runs", "report", str(folder), "-o", str(tmp_path / "x")])
+    assert report.exit_code == 2, report.output

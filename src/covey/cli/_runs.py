@@ -44,7 +44,7 @@ from covey.cli._runstatus import (
 from covey.dashboard._runjson import lacks_rounds, run_files_within
 from covey.dashboard._runs import discover_runs, has_history, lacked_rounds, run_id
 from covey.dashboard._runstore import foreign_history
-from covey.deploy._cli_errors import fail, folder_flag
+from covey.deploy._cli_errors import USAGE_EXIT, fail, folder_flag
 from covey.deploy._cli_help import HelpCommand
 from covey.deploy._cli_tables import TEXT_FLOOR, output_console, print_table
 from covey.deploy._shown import escape
@@ -453,7 +453,11 @@ def show_run(
         bool, typer.Option("--all", help="Show every round and failure, however many.")
     ] = False,
 ) -> None:
-    """Show one run: its settings, a table of its rounds, its clients and failures."""
+    """Show one run: its settings, a table of its rounds, its clients and failures.
+
+    An unreadable run (a damaged ``run.json`` or ``run.sqlite``) is shown, saying
+    why, and ends with exit code 2, as ``covey runs report`` refuses it.
+    """
     if every and last is not None:
         fail("give --last N or --all, not both")
     last = None if every else last or SHOWN_ROUNDS
@@ -491,3 +495,5 @@ def show_run(
         for said in retried if isinstance(retried, list) else ():
             console.print(escape(f"round {record.round} was run again: {said}"), soft_wrap=True)
     print_notices(notices)
+    if status == "unreadable":  # a damaged file, as `covey runs report` refuses it: exit 2
+        raise typer.Exit(USAGE_EXIT)
