@@ -146,7 +146,8 @@ def foreign_history(path: Path, rounds: Mapping[int, Mapping[str, Any]]) -> str 
     if not isinstance(stored, dict):
         return None
     for key in ("fit_participants", "durations"):
-        if stored.get(key) != rounds[first].get(key):
+        # a record saved without the key (a custom loop's) is read back with it empty
+        if key in stored and (stored[key] or None) != (rounds[first].get(key) or None):
             return (
                 f"{path / 'history.json'} is not the history of the run {db} holds: its round "
                 f"{first} has other {key} (a file copied from another run, or edited)"
