@@ -70,14 +70,19 @@ class _AsyncCameThenLeft(SimulatedAsyncTransport):
         return True
 
 
-def test_an_asynchronous_run_whose_clients_left_after_the_wait_names_the_refused() -> None:
-    # Before: "update 1: 1 client available, fewer than min_available_clients=2".
+def _async_loop() -> AsyncLoop:
+    """A FedBuff loop wanting two clients, over a transport of one whose wait refused two."""
     clients = MemoryTransport([0], lambda cid, task: run_task(_Client(), cid, task))
-    loop = AsyncLoop(
+    return AsyncLoop(
         covey.FedBuff(buffer_size=1, min_available_clients=2),
         _AsyncCameThenLeft(clients),
         {"w": np.zeros(1)},
     )
+
+
+def test_an_asynchronous_run_whose_clients_left_after_the_wait_names_the_refused() -> None:
+    # Before: "update 1: 1 client available, fewer than min_available_clients=2".
+    loop = _async_loop()
     with pytest.raises(covey.FederationError) as stopped:
         loop.run(1)
     said = str(stopped.value)
@@ -89,12 +94,7 @@ def test_an_asynchronous_run_whose_clients_left_after_the_wait_names_the_refused
 def test_an_asynchronous_run_whose_clients_came_back_and_left_again_names_the_refused() -> None:
     # Mid-run, too few connected: the wait for them returns, yet too few are there when
     # it does. Before: "update 3: no client can be given a task: ...", and no more.
-    clients = MemoryTransport([0], lambda cid, task: run_task(_Client(), cid, task))
-    loop = AsyncLoop(
-        covey.FedBuff(buffer_size=1, min_available_clients=2),
-        _AsyncCameThenLeft(clients),
-        {"w": np.zeros(1)},
-    )
+    loop = _async_loop()
     with pytest.raises(covey.FederationError) as stopped:
         loop._wait_for_tasks(3)
     said = str(stopped.value)
