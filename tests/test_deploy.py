@@ -279,8 +279,11 @@ def test_clients_without_a_valid_certificate_are_refused(federation: Any, tmp_pa
         ),
     ]
     del other
-    for proc in stray:
-        assert fed.wait(proc, 60) == 1
+    assert fed.wait(stray[0], 60) == 1  # refused by the server, attempts spent
+    # Another CA's certificate is refused by the client itself, before dialling (the
+    # server's refusal of one is in test_handshake_events.py).
+    assert fed.wait(stray[1], 60) == 2, fed.log("othercert.log")
+    assert "was not issued by the CA in" in fed.log("othercert.log")
     good = [fed.client(k) for k in range(2)]
     assert fed.wait(server) == 0, fed.log("server.log")
     for proc in good:
@@ -303,7 +306,7 @@ def test_failed_handshakes_leave_no_grpc_log_lines(federation: Any, tmp_path: Pa
     common = ["client", "--app", "digits_app:client_fn", "--cid", "6", "--retry-for", "20"]
     common += ["--server", f"127.0.0.1:{fed.port}"]
     ca, cert, key = str(fed.certs / "ca.pem"), str(intruder.cert), str(intruder.key)
-    strays = {  # the client refuses the server's certificate; the server refuses the client's
+    strays = {  # the client refuses the server's certificate; then its own, another CA's
         "foreign-ca.log": ["--certs", str(tmp_path / "other"), "--name", "intruder"],
         "foreign-cert.log": ["--ca", ca, "--cert", cert, "--key", key],
     }
