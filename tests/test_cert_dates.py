@@ -17,6 +17,7 @@ from covey.deploy._tls import tls_from_dir
 from covey.deploy.certs import init_federation, issue_client
 from covey.deploy.certs._common import cert_to_pem, key_to_pem, load_ca, sign
 from covey.transport.grpc._admission import Admission, Refusal
+from covey.transport.grpc._handshakes import WHY
 from covey.transport.grpc._refusal import handshake_refusal, permanent_cause
 
 
@@ -101,6 +102,19 @@ def test_the_handshake_refusal_names_an_expired_own_certificate(fed: Path) -> No
     assert "another federation" not in said
     assert "not valid before" in handshake_refusal(3, (fed / "early.pem").read_bytes())
     assert "another federation" in handshake_refusal(3, None)
+
+
+def test_a_certificate_valid_here_but_refused_names_the_server_s_clock_as_a_cause(
+    fed: Path,
+) -> None:
+    # Valid by this machine's clock, closed by the server all the same: its clock may
+    # put the certificate outside its dates, which neither end can see from a closed
+    # handshake; both say so rather than blame only another federation's CA.
+    _dated(fed, "valid_here", -60, 3600)
+    said = handshake_refusal(3, (fed / "valid_here.pem").read_bytes())
+    assert "another federation" in said
+    assert "by the server's clock, expired or not valid yet" in said
+    assert "not valid by this server's clock" in WHY
 
 
 class _Failed(grpc.RpcError):

@@ -65,7 +65,8 @@ FAILED = "TLS handshake failed or no call was made"
 WHY = (
     "either the client refused this server's certificate (e.g. it dialled a host name the "
     "certificate does not list{hosts}), or this server refused the client: no client "
-    "certificate, one the federation's CA did not sign, or not a covey client"
+    "certificate, one the federation's CA did not sign, one not valid by this server's clock "
+    "(expired, or not valid yet: check the clocks), or not a covey client"
 )
 """Why, in both directions: gRPC does not tell which end refused (``{hosts}``: those listed)."""
 

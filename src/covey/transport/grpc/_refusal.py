@@ -286,7 +286,8 @@ def handshake_refusal(
             )
     return said + (
         "its CA does not accept this client's certificate (issued by another "
-        "federation?) or the client presented none"
+        "federation? or, by the server's clock, expired or not valid yet: check the "
+        "clocks of this machine and the server) or the client presented none"
     )
 
 
