@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 import covey
-from covey.compress import Cast, Quantize, TopK, topk_with_feedback
+from covey.compress import Cast, Quantize, TopK, _kernels, topk_with_feedback
+from covey.compress._kernels import index_dtype
 from covey.core import WeightsError, WeightsSpec
 
 SIZE = 1 << 22  # 4M float64 values: 32 MB
@@ -412,23 +413,37 @@ def test_bfloat16_carries_float16_s_largest_values_and_refuses_larger_ones() -> 
 
 
 @pytest.mark.slow
-def test_topk_indexes_an_array_of_more_than_2_to_the_32_values() -> None:
+def test_topk_indexes_an_array_of_more_than_2_to_the_32_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # Before: the indices were cast to uint32, so those past 2**32 wrapped around: the
     # client sent the values at the wrapped positions, and the server refused the update
     # as one whose indices were not strictly increasing.
     size = (1 << 32) + 8
+    assert (index_dtype(1 << 32), index_dtype(size)) == (np.uint32, np.uint64)
     try:
         x = np.zeros(size, dtype=np.float16)  # untouched pages: no memory taken
     except MemoryError:
         pytest.skip("no address space for an array of 2**32 float16 values")
-    x[7], x[size - 3] = 1.0, 5.0
     scheme = TopK(2 / size)
-    parts = scheme.encode({"w": x}, np.random.default_rng(0))["w"]
-    assert parts["index"].dtype == np.uint64
-    assert parts["index"].tolist() == [7, size - 3]
-    assert parts["value"].tolist() == [1.0, 5.0]
-    out = scheme.decode({"w": parts}, WeightsSpec.of({"w": x}))["w"]
+    # The server decodes indices past 2**32 at their place in the whole array.
+    sent: dict[str, np.ndarray] = {"index": np.array([7, size - 3], np.uint64)}
+    sent["value"] = np.array([1, 5], np.float16)
+    out = scheme.decode({"w": sent}, WeightsSpec.of({"w": x}))["w"]
     assert (out[7], out[size - 3], out[5]) == (1.0, 5.0, 0.0)
+    # The client encodes with the same index width: at the real size, scanning 2**32
+    # values would take half a minute, so the width's limit is lowered for an array past it.
+    monkeypatch.setattr(_kernels, "UINT32_INDEXED", 1 << 20)
+    small = (1 << 20) + 8
+    y = np.zeros(small, dtype=np.float16)
+    y[7], y[small - 3] = 1.0, 5.0
+    scheme = TopK(2 / small)
+    parts = scheme.encode({"w": y}, np.random.default_rng(0))["w"]
+    assert parts["index"].dtype == np.uint64
+    assert parts["index"].tolist() == [7, small - 3]
+    assert parts["value"].tolist() == [1.0, 5.0]
+    out = scheme.decode({"w": parts}, WeightsSpec.of({"w": y}))["w"]
+    assert (out[7], out[small - 3], out[5]) == (1.0, 5.0, 0.0)
 
 
 def _decoded_by_own_scheme(scheme: Any, model: dict[str, np.ndarray]) -> Any:
