@@ -83,6 +83,18 @@ def _ended(procs: list[subprocess.Popen[bytes]]) -> list[str]:
     return out
 
 
+_REPORTED: list[str] = []
+
+
+def _simulated_report(kmeans: ModuleType, capsys: pytest.CaptureFixture[str]) -> str:
+    """What the example's ``report`` prints of its simulated run: its scikit-learn fit, once."""
+    if not _REPORTED:
+        capsys.readouterr()
+        kmeans.report(kmeans.simulate())
+        _REPORTED.append(capsys.readouterr().out)
+    return _REPORTED[0]
+
+
 def test_the_simulated_k_means_is_near_sklearn_s_on_the_pooled_data(
     kmeans: ModuleType, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -139,8 +151,7 @@ def test_covey_client_processes_as_the_docstring_says_give_the_simulated_centroi
 def test_the_example_served_and_its_clients_print_the_simulated_inertia(
     kmeans: ModuleType, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    kmeans.report(kmeans.simulate())
-    simulated = capsys.readouterr().out
+    simulated = _simulated_report(kmeans, capsys)
     server = subprocess.Popen(
         [sys.executable, "federated_kmeans.py", "--serve", "127.0.0.1:0"],
         cwd=EXAMPLES,
@@ -188,8 +199,7 @@ def test_covey_server_running_the_example_s_app_gives_the_simulated_centroids(
     assert "covey server --app federated_kmeans:server --insecure" in (kmeans.__doc__ or "")
     assert kmeans.server().main is kmeans.main
     want = kmeans.simulate()
-    kmeans.report(want)
-    simulated = capsys.readouterr().out
+    simulated = _simulated_report(kmeans, capsys)
     # The example's app, whose centroids a module beside it saves for this test to compare.
     (tmp_path / "saving_kmeans.py").write_text(_SAVING_APP)
     env = _env()
