@@ -83,7 +83,7 @@ def _fit_compressed(client: Any, task: Task) -> dict[str, Any]:
     result = call_fit(client, lend(client, weights_in), config)  # weights_in used below
     # Checked as the server checks an uncompressed update: the encodings are flat, so
     # the server could not tell an update of another shape (or dtype) of the same size.
-    spec = WeightsSpec.of(weights_in)
+    spec = _spec_of(weights_in)
     delta = result.delta
     if delta is None:
         weights: Weights = result.weights  # type: ignore[assignment]
@@ -104,6 +104,21 @@ def _fit_compressed(client: Any, task: Task) -> dict[str, Any]:
             check_parts(scheme, parts)
     encoded = Encoded(scheme.name, parts, result.num_examples, dict(result.metrics), result.extras)
     return encoded_to_plain(encoded)
+
+
+#: The layout of the model the last compressed fit task carried: every client of a
+#: round, and mostly of a run, gets a model laid out alike.
+_last_spec: WeightsSpec | None = None
+
+
+def _spec_of(weights: Weights) -> WeightsSpec:
+    """``WeightsSpec.of(weights)``; the last one's if ``weights`` are laid out as it says."""
+    global _last_spec
+    last = _last_spec
+    if last is not None and last.describes(weights):
+        return last
+    last = _last_spec = WeightsSpec.of(weights)
+    return last
 
 
 def _check_update(

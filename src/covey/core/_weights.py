@@ -167,6 +167,33 @@ class WeightsSpec:
             dtypes.append(dtype)
         return cls(tuple(names), tuple(shapes), tuple(dtypes))
 
+    def describes(self, weights: object) -> bool:
+        """Whether ``WeightsSpec.of(weights)`` is this spec; never raises.
+
+        True for a mapping of plain arrays under this spec's names (str), in its
+        order, each of its shape and dtype: cheaper than laying ``weights`` out
+        anew, for a caller that keeps the spec of the last weights it met.
+
+        Args:
+            weights: The mapping to compare with this spec (any object).
+        """
+        layout = self._layout
+        try:
+            if not isinstance(weights, Mapping) or len(weights) != len(layout):
+                return False
+            for (key, value), (name, shape, dtype, _) in zip(weights.items(), layout, strict=True):
+                if (
+                    type(value) is not np.ndarray
+                    or type(key) is not str
+                    or key != name
+                    or value.shape != shape
+                    or (value.dtype is not dtype and value.dtype != dtype)
+                ):
+                    return False
+        except Exception:  # noqa: BLE001 - a mapping that cannot be read is none of this spec
+            return False
+        return True
+
     @property
     def nbytes(self) -> int:
         """Total size of the arrays in bytes."""

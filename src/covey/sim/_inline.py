@@ -21,7 +21,7 @@ from covey.clients._build import build_client
 from covey.clients._client import ClientFn, fit_result, not_an_exception, run_task
 from covey.core._messages import FitResult, Reply, Task
 from covey.core._weights import Weights, fingerprint
-from covey.sim._sendable import Unsent, as_received, as_sent, sendable, unsendable
+from covey.sim._sendable import Unsent, as_sent, received, unsendable
 from covey.transport._memory import Handler, MemoryTransport
 
 Lent = dict[int, tuple[Weights, tuple[int, ...]]]
@@ -221,7 +221,7 @@ class _Built:
         sent = as_sent(task.payload)
         if sent is not task.payload:
             task = replace(task, payload=sent)
-        return as_received(sendable(self.perform(run_task, cid, task), task.weights))
+        return received(self.perform(run_task, cid, task), task.weights)
 
     def fit_one(self, cid: int, task: Task) -> Any:
         """``perform(fit_result, cid, task)``; one frame less for a client built and kept.

@@ -61,6 +61,7 @@ __all__ = [
     "Unsent",
     "as_received",
     "as_sent",
+    "received",
     "sendable",
     "unsendable",
     "unsent",
@@ -75,14 +76,21 @@ LIMITS = WireLimits(max_bytes=MAX_MESSAGE_BYTES)
 _SENT = WireLimits()
 
 
-def unsendable(cid: int, kind: str, result: Any, model: Weights | None) -> Reply | None:
+def unsendable(
+    cid: int,
+    kind: str,
+    result: Any,
+    model: Weights | None,
+    head: tuple[Any, Weights | None] | None = None,
+) -> Reply | None:
     """Client ``cid``'s failed reply if its ``result`` cannot be sent, else None.
 
     ``model`` is the weights its task carried (None if none): arrays in the
     result's JSON may be no larger than the model, and the arrays of a task
     kind's result of one's own (a dict holding NumPy arrays) take at most the
     bytes a deployed server takes in a reply to that task (about four times the
-    model, 64 MiB without one), as for a deployed server.
+    model, 64 MiB without one), as for a deployed server. ``head`` is
+    ``result_head(result)`` if the caller has it (None: worked out where needed).
     """
     fit = type(result) is FitResult
     usual = fit or type(result) is EvaluateResult
@@ -91,12 +99,12 @@ def unsendable(cid: int, kind: str, result: Any, model: Weights | None) -> Reply
             return _fit_too_large(cid, kind, result, model)
         return None  # the usual case: nothing of a client's size to send
     try:
-        check_result(result, result_limits(model))
+        check_result(result, result_limits(model), head)
     except WireError as exc:
         return Reply(cid, kind, error=f"cannot send the result: {exc}")
     if fit:
         return _fit_too_large(cid, kind, result, model) if result.extras else None
-    too_large = None if usual else check_reply_bytes(kind, result, model)
+    too_large = None if usual else check_reply_bytes(kind, result, model, head)
     return None if too_large is None else Reply(cid, kind, error=too_large)
 
 
@@ -125,12 +133,30 @@ def as_received(reply: Reply) -> Reply:
     result = reply.result
     if reply.error is not None or result is None or isinstance(result, FitResult | EvaluateResult):
         return reply
-    head, arrays = result_head(result)
+    return _as_received(reply, result_head(result))
+
+
+def _as_received(reply: Reply, head: tuple[Any, Weights | None]) -> Reply:
+    """:func:`as_received` of a task kind's result of one's own; ``head`` its ``result_head``."""
     try:
-        received = result_from_wire(dumps(head), arrays, limits=LIMITS)
+        received = result_from_wire(dumps(head[0]), head[1], limits=LIMITS)
     except WireError:  # refused before (see sendable), where it is said why
         return reply
     return Reply(reply.cid, reply.kind, result=received)
+
+
+def received(reply: Reply, model: Weights | None) -> Reply:
+    """``as_received(sendable(reply, model))``, a result's head laid out once for both.
+
+    A task kind's result of one's own is split into its JSON head and its arrays
+    once per reply: measured, its arrays' bytes checked, and read back from that split.
+    """
+    result = reply.result
+    if reply.error is not None or result is None or isinstance(result, FitResult | EvaluateResult):
+        return as_received(sendable(reply, model))
+    head = result_head(result)
+    failed = unsendable(reply.cid, reply.kind, result, model, head)
+    return _as_received(reply, head) if failed is None else failed
 
 
 def as_sent(payload: Any) -> Any:

@@ -157,12 +157,7 @@ def _sized(model: Weights) -> tuple[WeightsSpec, WireLimits, int] | None:
 
 def _same_layout(model: Weights, spec: WeightsSpec) -> bool:
     """Whether ``WeightsSpec.of(model)`` is ``spec``: plain arrays under its names, in order."""
-    return (
-        isinstance(model, Mapping)
-        and tuple(model) == spec.names
-        and all(type(k) is str and type(v) is np.ndarray for k, v in model.items())
-        and spec.conforms(model, finite=False)
-    )
+    return spec.describes(model)
 
 
 def reply_bytes_error(kind: str, size: int, most: int) -> str:
@@ -174,7 +169,14 @@ def reply_bytes_error(kind: str, size: int, most: int) -> str:
     )
 
 
-def check_reply_bytes(kind: str, result: Any, model: Weights | None) -> str | None:
+#: The layout of the arrays of the last reply :func:`check_reply_bytes` measured, with
+#: :func:`~covey.core._codec.encoded_size_at_most` of them (it depends on the layout alone).
+_last_reply: tuple[WeightsSpec, int] | None = None
+
+
+def check_reply_bytes(
+    kind: str, result: Any, model: Weights | None, head: tuple[Any, Weights | None] | None = None
+) -> str | None:
     """:func:`reply_bytes_error` if the arrays of ``result`` (its own kind's) pass their cap.
 
     ``result`` is a task kind's of one's own: a mapping whose NumPy arrays travel
@@ -182,16 +184,22 @@ def check_reply_bytes(kind: str, result: Any, model: Weights | None) -> str | No
     loop refuses others), far below the cap. Arrays the codec cannot encode (a
     string or complex dtype, a name not a string) fail as a deployed client's
     do: ``cannot send the result: weight 'x' has dtype complex128; ...``.
+    ``head`` is ``result_head(result)`` if the caller has it. Arrays laid out as
+    the last reply's (every client of a round sends alike) are not laid out again.
     """
-    arrays = result_head(result)[1]
+    global _last_reply
+    arrays = (result_head(result) if head is None else head)[1]
     if not arrays:
         return None
     most = reply_bytes_limit(model)
     try:
-        spec = WeightsSpec.of(arrays)  # what encoding it to send raises first
-        if _codec.encoded_size_at_most(arrays) <= most:  # the usual reply: well within
+        last = _last_reply
+        if last is None or not last[0].describes(arrays):
+            spec = WeightsSpec.of(arrays)  # what encoding it to send raises first
+            last = _last_reply = (spec, _codec.encoded_size_at_most(arrays))
+        if last[1] <= most:  # the usual reply: well within
             return None
-        size = _codec.encoded_size(arrays, spec)
+        size = _codec.encoded_size(arrays, last[0])
     except WeightsError as exc:
         return f"cannot send the result: {exc}"
     except Exception:  # noqa: BLE001 - refused where it is encoded, with its own error
@@ -205,16 +213,24 @@ def check_fit_bytes(kind: str, result: FitResult, model: Weights | None) -> str 
     A deployed client sends the update and the extras as two encoded blobs, and
     the server takes at most :func:`reply_bytes_limit` bytes of both: an update
     matches the model, but a result may carry any number of model-sized extras.
-    Arrays the codec cannot encode are left to the check that sends them.
+    Arrays the codec cannot encode are left to the check that sends them. The
+    encodings are laid out only when their bound (no header written) passes the cap.
     """
     arrays = result.weights if result.delta is None else result.delta
+    most = reply_bytes_limit(model)
     try:
-        size = _codec.encoded_size(arrays or {})
-        if result.extras:
-            size += _codec.encoded_size(flatten_extras(result.extras))
+        update = arrays or {}
+        extras = flatten_extras(result.extras) if result.extras else None
+        at_most = _codec.encoded_size_at_most(update)
+        if extras is not None:
+            at_most += _codec.encoded_size_at_most(extras)
+        if at_most <= most:  # the usual result: well within (or not encodable: None too)
+            return None
+        size = _codec.encoded_size(update)
+        if extras is not None:
+            size += _codec.encoded_size(extras)
     except Exception:  # noqa: BLE001 - not encodable: refused where it is encoded
         return None
-    most = reply_bytes_limit(model)
     return reply_bytes_error(kind, size, most) if size > most else None
 
 
@@ -222,8 +238,12 @@ class _MayRefuse(Exception):
     """Raised by the measuring when the encoder might refuse the value."""
 
 
-def check_result(result: Any, limits: WireLimits) -> None:
+def check_result(
+    result: Any, limits: WireLimits, head: tuple[Any, Weights | None] | None = None
+) -> None:
     """Refuse ``result`` as :func:`~covey.transport.grpc._wire.result_to_wire` would.
+
+    ``head`` is ``result_head(result)`` if the caller has it (None: worked out here).
 
     Raises:
         WireError: the encoder's own error, naming the place, the size and the limit.
@@ -234,11 +254,13 @@ def check_result(result: Any, limits: WireLimits) -> None:
                 return
             size = _metrics(result.metrics, limits)
         else:
-            size = _HEAD + _measure(result_head(result)[0], 0, limits, [0])
+            if head is None:
+                head = result_head(result)
+            size = _HEAD + _measure(head[0], 0, limits, [0])
     except _MayRefuse:
         size = limits.max_bytes + 1
     if size > limits.max_bytes:
-        dumps_within(result_head(result)[0], limits)
+        dumps_within((result_head(result) if head is None else head)[0], limits)
 
 
 def check_config(config: Mapping[str, Any], limits: WireLimits) -> None:
