@@ -17,7 +17,9 @@ import pytest
 
 import covey
 from _counting import count_calls
-from covey.compress import _runtime
+from covey.compress import _plain, _runtime
+from covey.compress._plain import encoded_from_plain, encoded_to_plain
+from covey.compress._schemes import Encoded, Quantize
 from covey.core import _codec
 from covey.core._messages import FitResult
 from covey.core._weights import WeightsError, WeightsSpec
@@ -226,3 +228,57 @@ def test_a_fit_result_past_its_cap_gets_its_exact_size() -> None:
     assert check_fit_bytes("fit", result, model) == reply_bytes_error("fit", size, most)
     unencodable = FitResult(weights={"w": np.zeros(3, np.complex64)}, num_examples=1, extras=extras)
     assert check_fit_bytes("fit", unencodable, model) is None
+
+
+class _CountingPattern:
+    """A compiled pattern's ``fullmatch``, counted."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.calls = real, 0
+
+    def fullmatch(self, text: str) -> Any:
+        self.calls += 1
+        return self.real.fullmatch(text)
+
+
+def _plain_update(model: dict[str, np.ndarray]) -> dict[str, Any]:
+    parts = Quantize(8).encode(model, np.random.default_rng(0))
+    return encoded_to_plain(Encoded("q8", parts, 1, {}, {}))
+
+
+def test_a_q8_updates_names_are_read_once_for_all_clients(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_plain, "_read", {}, raising=False)
+    model = _model()
+    spec = WeightsSpec.of(model)
+    first = encoded_from_plain(_plain_update(model), Quantize(8), spec)
+    pattern = _CountingPattern(_plain._PLAIN_NAME)
+    monkeypatch.setattr(_plain, "_PLAIN_NAME", pattern)
+    again = encoded_from_plain(_plain_update(model), Quantize(8), spec)  # another client's
+    assert pattern.calls == 0
+    assert {n: sorted(p) for n, p in again.parts.items()} == {
+        n: sorted(p) for n, p in first.parts.items()
+    }
+    for name, parts in first.parts.items():
+        for key, array in parts.items():
+            assert again.parts[name][key].tobytes() == array.tobytes()
+
+
+def _refusal(update: dict[str, Any], spec: WeightsSpec) -> str:
+    with pytest.raises(WeightsError) as refused:
+        encoded_from_plain(update, Quantize(8), spec)
+    return str(refused.value)
+
+
+def test_a_name_read_before_is_refused_as_one_never_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_plain, "_read", {}, raising=False)
+    long = {"x" * 400: np.zeros(3, np.float32), "w": np.zeros(3, np.float32)}
+    update = _plain_update(long)
+    short = WeightsSpec.of({"w": np.zeros(3, np.float32)})
+    never_read = _refusal(update, short)
+    _plain._read.clear()
+    assert encoded_from_plain(update, Quantize(8), WeightsSpec.of(long)).parts
+    assert _refusal(update, short) == never_read

@@ -234,6 +234,35 @@ def _array_name(key: Any, longest: int) -> tuple[str, str, str]:
 _PLAIN_NAME = re.compile(r'\["(part|extra)", "([ !#-\[\]-~]*)", "([ !#-\[\]-~]*)"\]')
 
 
+#: The usual names read lately (of at most _KEPT_CHARS characters), as they read: a
+#: model's names come back from every client, each round. Emptied when _KEPT are held.
+_read: dict[str, tuple[str, str, str]] = {}
+_KEPT = 1 << 14
+_KEPT_CHARS = 512
+
+
+def _read_name(key: Any, longest: int, most: int) -> tuple[str, str, str]:
+    """``(kind, outer, inner)`` of an array's name no longer than ``most`` (see _array_name).
+
+    The usual unescaped name is read with one regular expression (a model has
+    hundreds), or taken as it read before; any other is read by :func:`_array_name`.
+    """
+    if type(key) is str and len(key) <= most:
+        found = _read.get(key)
+        if found is not None:
+            return found
+        match = _PLAIN_NAME.fullmatch(key)
+        if match is not None:
+            kind, outer, inner = match.groups()
+            found = (kind, outer, inner)
+            if len(key) <= _KEPT_CHARS:
+                if len(_read) >= _KEPT:
+                    _read.clear()
+                _read[key] = found
+            return found
+    return _array_name(key, longest)
+
+
 def _plain_name(key: str) -> tuple[str, str, str] | None:
     """``json.loads(key)`` of a key of printable ASCII without escapes, else None.
 
@@ -302,13 +331,11 @@ def encoded_from_plain(value: Any, scheme: Scheme, spec: WeightsSpec) -> Encoded
     parts: dict[str, dict[str, Any]] = {}
     extras: dict[str, dict[str, Any]] = {}
     longest = max(map(len, spec.names))
-    plain, most = _PLAIN_NAME.fullmatch, 4096 + 12 * longest
+    most = 4096 + 12 * longest
     for key, array in value.items():
         if key in _FIELDS:
             continue
-        # The usual name read here (a model has hundreds), any other by _array_name.
-        found = plain(key) if type(key) is str and len(key) <= most else None
-        kind, outer, inner = _array_name(key, longest) if found is None else found.groups()
+        kind, outer, inner = _read_name(key, longest, most)
         if not isinstance(array, np.ndarray):
             raise WeightsError(f"encoded update: {key!r:.80} is not an array")
         arrays = (parts if kind == "part" else extras).setdefault(outer, {})
