@@ -178,6 +178,39 @@ def _build(
     return x[train], y[train], x[test], y[test], num_classes, feature_names
 
 
+def _digits() -> Any:
+    """scikit-learn's digits, read from the file it bundles without importing scikit-learn.
+
+    Importing it (SciPy and pandas with it) takes a second or more of every process
+    that reads the digits: each client and server of a project made by ``covey new``.
+    The table is read as ``sklearn.datasets.load_digits`` reads it; without the file
+    (another layout, scikit-learn missing), that function is called.
+    """
+    import gzip
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    try:
+        spec = importlib.util.find_spec("sklearn")
+    except ValueError:  # sys.modules["sklearn"] is None: importing it is blocked
+        spec = None
+    found = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = Path(found[0], "datasets", "data", "digits.csv.gz") if found else None
+    if path is None or not path.is_file():
+        from sklearn import datasets
+
+        return datasets.load_digits()
+    with gzip.open(path, mode="rt", encoding="utf-8") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return SimpleNamespace(
+        data=data[:, :-1],
+        target=data[:, -1].astype(int, copy=False),
+        feature_names=[f"pixel_{row}_{col}" for row in range(8) for col in range(8)],
+        target_names=np.arange(10),
+    )
+
+
 def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """Load the 8x8 handwritten digits dataset bundled with scikit-learn (1797 images).
 
@@ -189,10 +222,8 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
         A :class:`Dataset` with 64 pixel features scaled to [0, 1] (divided by 16) and
         10 classes.
     """
-    from sklearn import datasets
-
     x_train, y_train, x_test, y_test, num_classes, names = _build(
-        datasets.load_digits(), test_fraction=test_fraction, seed=seed
+        _digits(), test_fraction=test_fraction, seed=seed
     )
     return Dataset(
         x_train=x_train / 16.0,
