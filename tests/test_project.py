@@ -36,6 +36,13 @@ def covey_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def new_project(where: Path, name: str) -> Path:
+    """``covey new NAME`` in ``where``, run in this process (the module's project runs it apart)."""
+    made = CliRunner().invoke(app, ["new", name, "--dir", str(where)])
+    assert made.exit_code == 0, made.output
+    return where / name
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     where = tmp_path_factory.mktemp("projects")
@@ -265,8 +272,7 @@ def test_an_app_setting_of_the_wrong_kind_is_refused_before_the_run(
 ) -> None:
     # Before, every client failed in round 1 ("could not convert string to float:
     # 'fast'"), or epochs = 2.5 trained 2 epochs.
-    assert covey_cli("new", "kinds", cwd=tmp_path).returncode == 0
-    root = tmp_path / "kinds"
+    root = new_project(tmp_path, "kinds")
     pyproject = root / "pyproject.toml"
     key = line.split(" ", 1)[0]
     text = pyproject.read_text()
@@ -379,9 +385,7 @@ def test_run_serves_the_project_and_names_its_clients(project: Path, tmp_path: P
 
 def _refusing_project(where: Path, name: str) -> Path:
     """A new project whose strategy refuses every round's updates (an AggregationError)."""
-    out = covey_cli("new", name, cwd=where)
-    assert out.returncode == 0, out.stdout + out.stderr
-    root = where / name
+    root = new_project(where, name)
     server = root / name.replace("-", "_") / "server_app.py"
     text = server.read_text()
     assert "strategy = covey.FedAvg(" in text
@@ -437,8 +441,7 @@ def test_a_served_run_none_of_whose_rounds_aggregated_fails_saying_why(tmp_path:
 
 def test_covey_runs_reads_the_runs_dir_the_project_names(tmp_path: Path) -> None:
     # It looked in runs/ and said "no runs in runs" in a project keeping them elsewhere.
-    assert covey_cli("new", "elsewhere", cwd=tmp_path).returncode == 0
-    root = tmp_path / "elsewhere"
+    root = new_project(tmp_path, "elsewhere")
     pyproject = root / "pyproject.toml"
     text = pyproject.read_text()
     assert 'runs-dir = "runs"' in text
