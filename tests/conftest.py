@@ -28,7 +28,12 @@ settings.load_profile("covey")
 # Files whose tests must not run beside each other's: both start Ray on this
 # machine, and a local Ray and a test cluster up at once refuse each other's
 # connections. They share one group, run in one worker, in file order.
-_SHARED_GROUPS = {"test_ray.py": "ray", "test_ray_local.py": "ray", "test_ray_nodes.py": "ray"}
+_SHARED_GROUPS = {
+    "test_ray.py": "ray",
+    "test_ray_actors.py": "ray",
+    "test_ray_local.py": "ray",
+    "test_ray_nodes.py": "ray",
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
