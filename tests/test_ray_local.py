@@ -649,7 +649,8 @@ def test_a_run_on_a_local_ray_leaves_the_environment_as_it_was(
 def test_a_local_run_leaves_no_one_host_setting_to_the_processes_started_after_it() -> None:
     # covey set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 for its local Ray and left it:
     # a `ray start --address=...` run from that process afterwards refused to join
-    # a cluster ("not supported on Windows and OSX"), on Linux too.
+    # a cluster ("not supported on Windows and OSX"), on Linux too. Nor does this
+    # process's Ray keep it (read at import): a cluster run next registered on 127.0.0.1.
     script = (
         "import os, numpy as np, covey\n"
         "class C(covey.Client):\n"
@@ -659,6 +660,8 @@ def test_a_local_run_leaves_no_one_host_setting_to_the_processes_started_after_i
         "    covey.simulate(lambda cid: C(), 2, 1, None, {'w': np.zeros(2)}, backend='ray',\n"
         "                   num_workers=1)\n"
         "    print('left:', os.environ.get('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'))\n"
+        "    from ray._private import ray_constants\n"
+        "    print('clusters:', ray_constants.ENABLE_RAY_CLUSTER)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
     out = subprocess.run(
@@ -666,6 +669,8 @@ def test_a_local_run_leaves_no_one_host_setting_to_the_processes_started_after_i
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("left: None") == 2, out.stdout
+    clusters = sys.platform not in ("darwin", "win32")  # Ray's default for this platform
+    assert out.stdout.count(f"clusters: {clusters}") == 2, out.stdout
 
 
 def _running(process: psutil.Process) -> bool:

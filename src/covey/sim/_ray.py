@@ -42,7 +42,14 @@ from covey.sim._rayplan import (
     wait_all,
 )
 from covey.sim._rayreplies import abandon, collect
-from covey.sim._raystart import check_pickles, ray_module, shutdown, start_or_join, watch_local
+from covey.sim._raystart import (
+    check_pickles,
+    ray_module,
+    release_one_host,
+    shutdown,
+    start_or_join,
+    watch_local,
+)
 from covey.sim._raywatch import unwatch
 from covey.sim._sendable import Unsent
 
@@ -98,12 +105,16 @@ class RayTransport:
     ) -> None:
         local = address in (None, "local")  # a Ray started for this run
         ray = ray_module(local=local)
-        groups = self._groups(client_resources, client_group)
-        if num_actors is not None and num_actors < 1:
-            raise ValueError(f"num_actors must be at least 1, got {num_actors}")
-        if client_cache is not None and client_cache < 0:
-            raise ValueError(f"client_cache must be >= 0 or None, got {client_cache}")
-        check_pickles(ray, client_fn)
+        try:  # refused before Ray starts: what ray_module set for it is taken back
+            groups = self._groups(client_resources, client_group)
+            if num_actors is not None and num_actors < 1:
+                raise ValueError(f"num_actors must be at least 1, got {num_actors}")
+            if client_cache is not None and client_cache < 0:
+                raise ValueError(f"client_cache must be >= 0 or None, got {client_cache}")
+            check_pickles(ray, client_fn)
+        except BaseException:
+            release_one_host(ray)
+            raise
         self._owns_ray = start_or_join(ray, address, init_args, start_timeout)
         self._ray = ray
         self._watchdog: subprocess.Popen[bytes] | None = None

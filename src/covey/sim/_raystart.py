@@ -58,7 +58,31 @@ def ray_module(local: bool = False) -> Any:
         import ray
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise MissingExtraError("backend='ray' needs Ray: pip install 'covey[ray]'") from exc
+    one_host_as_set(ray)
     return ray
+
+
+def one_host_as_set(ray: Any) -> None:
+    """Make this process's Ray follow :data:`ONE_HOST` as the environment has it now.
+
+    Ray reads it once, when imported: a cluster run after a local run in the same
+    process registered its driver on 127.0.0.1 (unreachable from the other nodes)
+    though :func:`shutdown` had taken the variable back.
+    """
+    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    if constants is None or not hasattr(constants, "ENABLE_RAY_CLUSTER"):
+        return  # another Ray's internals: left as that Ray has them
+    default = not (sys.platform == "darwin" or sys.platform == "win32")
+    value = os.environ.get(ONE_HOST)
+    on = default if value is None else value.lower() in ("1", "true")
+    constants.ENABLE_RAY_CLUSTER = on
+
+
+def release_one_host(ray: Any) -> None:
+    """Take back :data:`ONE_HOST` if this process set it and no Ray of its own runs."""
+    if _ours and os.environ.get(ONE_HOST) == "0" and not ray.is_initialized():
+        os.environ.pop(ONE_HOST)
+    one_host_as_set(ray)
 
 
 class _Discarded(io.RawIOBase):
@@ -202,8 +226,7 @@ def shutdown(ray: Any) -> None:
     try:
         ray.shutdown()
     finally:
-        if _ours and os.environ.get(ONE_HOST) == "0":
-            os.environ.pop(ONE_HOST)
+        release_one_host(ray)
         if _env_before:
             before = _env_before[0]
             after = _env_before[1] if len(_env_before) > 1 else dict(os.environ)
