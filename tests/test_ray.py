@@ -8,7 +8,6 @@ started (never ``ray stop``, which would stop every Ray of this user).
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import signal
 import sys
@@ -27,6 +26,7 @@ if importlib.util.find_spec("ray") is None:
 
 import _backends_outside
 import _nearlimits
+import _raylogged
 import covey
 from _backends_outside import (
     MISTAKES,
@@ -39,6 +39,7 @@ from _backends_outside import (
     same_bits,
 )
 from _raycluster import LocalRayCluster
+from _raylogged import Logged, most_at_once, read_log
 from covey import FitResult
 from covey.data import Dataset, iid, load_digits
 from covey.models import LogisticClient, logistic_evaluate, logistic_init
@@ -57,6 +58,7 @@ def ray_module() -> Any:
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.cloudpickle.register_pickle_by_value(_backends_outside)
     ray.cloudpickle.register_pickle_by_value(_nearlimits)
+    ray.cloudpickle.register_pickle_by_value(_raylogged)
     return ray
 
 
@@ -87,48 +89,6 @@ def identical(a: Arrays, b: Arrays) -> None:
     for k in a:
         assert a[k].dtype == b[k].dtype
         assert a[k].tobytes() == b[k].tobytes(), k
-
-
-class Logged(covey.Client):
-    """Wraps a client: records (cid, start, end, pid, node) of every fit in a shared folder."""
-
-    def __init__(self, inner: Any, cid: int, log_dir: str, sleep: float = 0.0) -> None:
-        self.inner = inner
-        self.cid = cid
-        self.log_dir = log_dir
-        self.sleep = sleep
-
-    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
-        start = time.time()
-        if self.sleep:
-            time.sleep(self.sleep)
-        result = self.inner.fit(weights, config)
-        import ray
-
-        node = ray.get_runtime_context().get_node_id()
-        row: dict[str, Any] = {"cid": self.cid, "start": start, "end": time.time()}
-        row["pid"] = os.getpid()
-        row["node"] = node
-        path = Path(self.log_dir) / f"{self.cid}-{config['round']}.json"
-        path.write_text(json.dumps(row))
-        return result
-
-    def evaluate(self, weights: Any, config: dict[str, Any]) -> Any:
-        return self.inner.evaluate(weights, config)
-
-
-def read_log(log_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted(log_dir.glob("*.json"))]
-
-
-def most_at_once(rows: list[dict[str, Any]]) -> int:
-    """The most intervals [start, end) that overlap at one instant."""
-    events = sorted([(r["start"], 1) for r in rows] + [(r["end"], -1) for r in rows])
-    now = best = 0
-    for _, step in events:
-        now += step
-        best = max(best, now)
-    return best
 
 
 def digits_run(data: Dataset, backend: str, log_dir: Path | None = None, **kw: Any) -> Any:
