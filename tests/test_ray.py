@@ -43,6 +43,7 @@ from _raylogged import Logged, most_at_once, read_log
 from covey import FitResult
 from covey.data import Dataset, iid, load_digits
 from covey.models import LogisticClient, logistic_evaluate, logistic_init
+from covey.sim._raystart import shutdown, start_or_join
 
 pytestmark = pytest.mark.slow
 
@@ -77,6 +78,21 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRayCluste
         if any(part.endswith(port) for part in proc.info["cmdline"] or [])
     ]
     assert not left, f"processes of the Ray cluster outlived it: {left}"
+
+
+@pytest.fixture
+def joined(cluster: LocalRayCluster) -> Iterator[LocalRayCluster]:
+    """The cluster, joined by this process for the test: its runs share that connection.
+
+    For tests of several runs whose subject is not joining (each run joined and left).
+    """
+    ray = ray_module()
+    assert start_or_join(ray, cluster.address, None)
+    try:
+        yield cluster
+    finally:
+        shutdown(ray)
+    assert not ray.is_initialized()
 
 
 @pytest.fixture(scope="module")
@@ -349,7 +365,8 @@ def on_ray(cluster: LocalRayCluster, client_fn: Any, **kw: Any) -> Any:
     return run(client_fn, "ray", ray_address=cluster.address, **kw)
 
 
-def test_per_client_state_gives_the_same_bits_as_inline(cluster: LocalRayCluster) -> None:
+def test_per_client_state_gives_the_same_bits_as_inline(joined: LocalRayCluster) -> None:
+    cluster = joined  # its runs use one connection to it
     same_bits(run(Stateful, "inline"), on_ray(cluster, Stateful))
     # Clients built for every task (client_cache=0) lose their state alike.
     same_bits(run(Stateful, "inline", client_cache=0), on_ray(cluster, Stateful, client_cache=0))
@@ -365,7 +382,8 @@ def test_per_client_state_gives_the_same_bits_as_inline(cluster: LocalRayCluster
     same_bits(inline, on_ray(cluster, ScaffoldClient, **scaffold))
 
 
-def test_mistakes_fail_the_client_as_on_the_other_backends(cluster: LocalRayCluster) -> None:
+def test_mistakes_fail_the_client_as_on_the_other_backends(joined: LocalRayCluster) -> None:
+    cluster = joined  # its runs use one connection to it
     strategy = covey.FedAvg(fraction_evaluate=0.0)
     # One actor holds all three clients (one actor to start per run, not two): client
     # 1's mistake must still fail client 1 alone, beside the others in its actor.
