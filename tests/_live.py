@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -147,6 +148,34 @@ class Served:
             raise self.error
         assert self.result is not None
         return self.result
+
+
+class WaitRunOut:
+    """Runs a served run's wait for clients out when the test says so, not after its seconds.
+
+    A test of what a run short of clients says waited out the whole ``wait_timeout``
+    once the connections it needed refused were made. The waits read a clock that
+    :meth:`now` moves an hour ahead; they look at it at least every 0.05 s. The
+    timeout itself can then be long, as a loaded machine needs.
+    """
+
+    def __init__(self, monkeypatch: Any) -> None:
+        from covey.server import _passing
+        from covey.transport.grpc import _registry
+
+        self.ahead = 0.0
+        clock = SimpleNamespace(
+            monotonic=lambda: time.monotonic() + self.ahead,
+            perf_counter=lambda: time.perf_counter() + self.ahead,
+            sleep=time.sleep,
+        )
+        monkeypatch.setattr(_registry, "time", clock)
+        monkeypatch.setattr(_registry, "LONGEST_WAIT", 0.05)
+        monkeypatch.setattr(_passing, "time", clock)
+
+    def now(self) -> None:
+        """The wait under way runs out within 0.05 s."""
+        self.ahead += 3600.0
 
 
 class Events:

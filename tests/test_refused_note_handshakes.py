@@ -18,12 +18,14 @@ from covey.transport.grpc import GrpcServerTransport
 from covey.transport.grpc._refusal import Refused
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _live import Joined, Served
+from _live import Joined, Served, WaitRunOut
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_a_run_short_of_clients_counts_the_tls_handshakes_that_failed(tmp_path: Path) -> None:
+def test_a_run_short_of_clients_counts_the_tls_handshakes_that_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Before: "only 0 of the 2 clients needed ... connected within 10.0 s", with no word
     # of the client whose certificate another federation's CA signed (its handshakes
     # failed: gRPC never hands such a connection to the service, which counted only
@@ -33,9 +35,11 @@ def test_a_run_short_of_clients_counts_the_tls_handshakes_that_failed(tmp_path: 
     issue_client(other, "stray")
     # Trusts this federation's server, but shows a certificate of the other CA.
     tls = replace(tls_from_certs(other, "stray"), ca=(fed / "ca.pem").read_bytes())
-    served = Served(covey.FedAvg(), 1, certs=fed, wait_timeout=10)
+    run_out = WaitRunOut(monkeypatch)
+    served = Served(covey.FedAvg(), 1, certs=fed, wait_timeout=60)
     site = Joined(served.port, tls=tls, retry_for=60)
     site.join(90)
+    run_out.now()
     assert isinstance(site.error, Refused), site.error  # after the handshakes it lost
     with pytest.raises(covey.FederationError) as stopped:
         served.join()

@@ -24,7 +24,7 @@ from covey.transport.grpc._refusal import Refused
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _killmatrix import wait_for
-from _live import Joined, Served
+from _live import Joined, Served, WaitRunOut
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,7 +54,7 @@ def _turned_away(port: int, fed: Path) -> None:
 
 
 def test_a_round_short_of_clients_that_pass_where_names_the_refused_connections(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Before: "round 1: the strategy wants 1 client to train but only 0 clients pass
     # where= ... within the 8 s wait", with no word of the connections refused meanwhile.
@@ -66,7 +66,8 @@ def test_a_round_short_of_clients_that_pass_where_names_the_refused_connections(
         fraction_evaluate=0.0,
         where=lambda props: bool(props.get("gpu")),
     )
-    served = Served(strategy, 1, certs=fed, wait_timeout=8)
+    run_out = WaitRunOut(monkeypatch)
+    served = Served(strategy, 1, certs=fed, wait_timeout=60)
     ok = Joined(served.port, tls=tls_from_certs(fed, "ok"))
     try:
         wait_for(
@@ -76,6 +77,7 @@ def test_a_round_short_of_clients_that_pass_where_names_the_refused_connections(
         )
         _turned_away(served.port, fed)  # refused in the wait's later polls, not its first
     finally:
+        run_out.now()
         with pytest.raises(covey.FederationError) as stopped:
             served.join()
         ok.join()

@@ -17,13 +17,13 @@ from covey.transport.grpc._refusal import Refused
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _killmatrix import wait_for
-from _live import Joined, Served
+from _live import Joined, Served, WaitRunOut
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def test_a_client_revoked_while_connected_is_refused_without_retrying(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Before: the server cancelled its stream, which the client logged as a lost
     # connection it would retry ("connection ... lost (CANCELLED); retrying"), then
@@ -31,7 +31,8 @@ def test_a_client_revoked_while_connected_is_refused_without_retrying(
     caplog.set_level(logging.INFO, logger="covey")
     fed = init_federation(tmp_path / "fed").directory
     issue_client(fed, "a")
-    served = Served(covey.FedAvg(), 1, certs=fed, wait_timeout=10)
+    run_out = WaitRunOut(monkeypatch)
+    served = Served(covey.FedAvg(), 1, certs=fed, wait_timeout=60)
     site = Joined(served.port, tls=tls_from_certs(fed, "a"))
     try:
         wait_for(
@@ -40,6 +41,7 @@ def test_a_client_revoked_while_connected_is_refused_without_retrying(
         revoke(fed, "a")  # noticed at its next heartbeat
         site.join()
     finally:
+        run_out.now()
         with pytest.raises(covey.FederationError) as stopped:  # it waits for 2 clients in vain
             served.join()
     assert isinstance(site.error, Refused), site.error
@@ -67,7 +69,7 @@ def _serial(fed: Path, name: str) -> str:
     ],
 )
 def test_a_run_short_of_clients_names_the_connections_it_refused_meanwhile(
-    tmp_path: Path, strategy: covey.Strategy, stop: str
+    tmp_path: Path, strategy: covey.Strategy, stop: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Before: "only 0 of the 2 clients needed ... connected within 8.0 s", with no
     # word of the clients turned away for a revoked certificate in that time.
@@ -75,11 +77,13 @@ def test_a_run_short_of_clients_names_the_connections_it_refused_meanwhile(
     for name in ("gone", "out"):
         issue_client(fed, name)
         revoke(fed, name)
-    served = Served(strategy, 1, certs=fed, wait_timeout=8)
+    run_out = WaitRunOut(monkeypatch)
+    served = Served(strategy, 1, certs=fed, wait_timeout=60)
     sites = [Joined(served.port, tls=tls_from_certs(fed, n)) for n in ("gone", "gone", "out")]
     for site in sites:
         site.join()
         assert isinstance(site.error, Refused), site.error
+    run_out.now()
     with pytest.raises(covey.FederationError) as stopped:
         served.join()
     said = str(stopped.value)
