@@ -56,7 +56,7 @@ def _signalled_in_round_2(
 
 
 def test_one_command_line_starts_the_run_and_resumes_it_after_a_kill(tmp_path: Path) -> None:
-    procs = CoveyProcesses(tmp_path, apps_env(COVEY_TINY_DELAY="2"))
+    procs = CoveyProcesses(tmp_path, apps_env(COVEY_TINY_DELAY="2", COVEY_TINY_DELAY_ROUND="2"))
     run, address = tmp_path / "run", f"127.0.0.1:{unused_port()}"
     try:
         first, clients = _signalled_in_round_2(procs, run, address, signal.SIGKILL)
@@ -149,7 +149,7 @@ def test_resume_if_present_needs_run_dir_and_no_resume(tmp_path: Path) -> None:
 
 
 def test_clients_outlive_a_server_stopped_and_started_again(tmp_path: Path) -> None:
-    procs = CoveyProcesses(tmp_path, apps_env(COVEY_TINY_DELAY="2"))
+    procs = CoveyProcesses(tmp_path, apps_env(COVEY_TINY_DELAY="2", COVEY_TINY_DELAY_ROUND="2"))
     run, address = tmp_path / "run", f"127.0.0.1:{unused_port()}"
     try:
         # systemctl restart: a graceful stop

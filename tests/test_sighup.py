@@ -52,7 +52,8 @@ def _clients(port: str, env: dict[str, str], tmp: Path, tag: str) -> list[subpro
 
 
 def test_sighup_stops_covey_server_as_sigterm_does(tmp_path: Path) -> None:
-    env = apps_env(COVEY_TINY_DELAY="3")  # a round lasts long enough to be stopped in
+    # round 2 lasts long enough to be stopped in
+    env = apps_env(COVEY_TINY_DELAY="3", COVEY_TINY_DELAY_ROUND="2")
     run, port_file = tmp_path / "run", tmp_path / "port"
     procs: list[subprocess.Popen[bytes]] = []
     try:

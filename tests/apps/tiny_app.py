@@ -13,13 +13,18 @@ from covey.deploy import ServerApp
 
 
 class TinyClient(covey.Client):
-    """Adds one to every weight (after ``COVEY_TINY_DELAY`` seconds), or sends nine, ``wrong``."""
+    """Adds one to every weight (after ``COVEY_TINY_DELAY`` seconds), or sends nine, ``wrong``.
+
+    ``COVEY_TINY_DELAY_ROUND`` names the one round the delay is for (else: every round).
+    """
 
     def __init__(self, wrong: bool = False) -> None:
         self.wrong = wrong
 
     def fit(self, weights: Any, config: Any) -> covey.FitResult:
-        time.sleep(float(os.environ.get("COVEY_TINY_DELAY", "0")))
+        slow = os.environ.get("COVEY_TINY_DELAY_ROUND")
+        if slow is None or slow == str(config.get("round")):
+            time.sleep(float(os.environ.get("COVEY_TINY_DELAY", "0")))
         if self.wrong:  # the server refuses it: the model has eight
             return covey.FitResult(weights={"w": np.zeros(9)}, num_examples=1)
         return covey.FitResult(weights={k: v + 1 for k, v in weights.items()}, num_examples=1)
