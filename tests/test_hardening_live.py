@@ -44,6 +44,19 @@ def _events(run_dir: Path) -> list[tuple[str, str, str]]:
 # -- 1. the hostile-dtype message against a live server ------------------------------------
 
 
+def _task_or_goodbye(raw: Raw) -> pb.TaskHeader | None:
+    """The next task the server sends ``raw``; None once it says goodbye.
+
+    A stream still open after the goodbye holds the server's end for its drain (5 s).
+    """
+    for message in raw.messages():
+        if message.WhichOneof("body") == "goodbye":
+            return None
+        if message.WhichOneof("body") == "task":
+            return message.task
+    raise AssertionError("the stream ended before a task came")
+
+
 def test_hostile_dtype_replies_leave_the_server_up_and_the_run_completes(tmp_path: Path) -> None:
     strategy = covey.FedAvg(min_available_clients=3, min_fit_clients=2, fraction_evaluate=0.0)
     served = Served(strategy, 3, run_dir=tmp_path / "run", round_timeout=20)
@@ -58,7 +71,9 @@ def test_hostile_dtype_replies_leave_the_server_up_and_the_run_completes(tmp_pat
                 served.port, pb.Hello(version=covey.__version__, name="evil", protocol=PROTOCOL)
             )
             try:
-                task = raw.next_task()
+                task = _task_or_goodbye(raw)
+                if task is None:  # the run is over: it hangs up, as a client does
+                    break
                 raw.send(reply=pb.ReplyHeader(task_id=task.task_id, kind="fit", result=HOSTILE))
                 sent += 1
                 raw.ended()
