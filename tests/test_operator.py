@@ -28,7 +28,7 @@ from covey.server import RunStore
 from covey.transport.grpc._refusal import Refused
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _live import Joined, Served
+from _live import Joined, Served, WaitRunOut
 
 APPS = Path(__file__).parent / "apps"
 
@@ -600,15 +600,19 @@ def test_the_dashboard_on_a_busy_port_or_with_damaged_certs_says_so(fed: Path) -
             assert "covey dashboard of" not in out  # it never listened
 
 
-def test_a_server_certificate_for_another_host_is_refused_at_once(tmp_path: Path) -> None:
+def test_a_server_certificate_for_another_host_is_refused_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from covey.deploy import tls_from_certs
 
     fed = tmp_path / "fed"
     init_federation(fed, hosts=("server.example.org",))  # not the 127.0.0.1 clients dial
     issue_client(fed, "a")
-    served = Served(covey.FedAvg(fraction_evaluate=0.0), 1, certs=fed, wait_timeout=3)
+    run_out = WaitRunOut(monkeypatch)
+    served = Served(covey.FedAvg(fraction_evaluate=0.0), 1, certs=fed, wait_timeout=30)
     client = Joined(served.port, tls=tls_from_certs(fed, "a"), retry_for=5)
     client.join(30)  # it used to retry for --retry-for (600 s by default), then say 'lost'
+    run_out.now()
     assert isinstance(client.error, Refused), client.error
     assert "not issued for the address dialled" in client.error.cause
     with pytest.raises(covey.FederationError):
