@@ -25,7 +25,9 @@ import pytest
 if importlib.util.find_spec("ray") is None:
     pytest.skip("the Ray backend needs ray (covey[ray])", allow_module_level=True)
 
+import _raykit
 import covey
+from _raykit import Plus, ray_children
 from covey import FitResult
 from covey.core import _codec
 from covey.core._messages import Task
@@ -38,34 +40,12 @@ pytestmark = pytest.mark.slow
 RELEASE_SECONDS = 60.0
 
 
-class Plus(covey.Client):
-    """Adds its id to the weights."""
-
-    def __init__(self, cid: int) -> None:
-        self.cid = cid
-
-    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
-        return FitResult(weights={"w": weights["w"] + self.cid}, num_examples=1)
-
-
-def ray_children() -> list[int]:
-    """PIDs of this process's descendants that belong to a Ray (raylet, GCS, workers, agents)."""
-    found = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            line = " ".join(child.cmdline())
-        except psutil.Error:
-            continue
-        if "ray" in line:
-            found.append(child.pid)
-    return found
-
-
 @pytest.fixture(scope="module")
 def shared_ray() -> Iterator[Any]:
     """A local Ray of 2 CPUs for the module, started and stopped as a run's own is."""
     ray = ray_module(local=True)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.cloudpickle.register_pickle_by_value(_raykit)
     assert not ray.is_initialized()
     assert start_or_join(ray, None, {"num_cpus": 2})
     try:

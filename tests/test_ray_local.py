@@ -29,9 +29,10 @@ import pytest
 if importlib.util.find_spec("ray") is None:
     pytest.skip("the Ray backend needs ray (covey[ray])", allow_module_level=True)
 
+import _raykit
 import covey
 from _ports import unused_port
-from covey import FitResult
+from _raykit import Plus, ray_children
 from covey.core._messages import Task
 from covey.sim._ray import RayTransport
 from covey.sim._rayplan import check_fits, check_reachable, crowded, not_grpc, ray_service
@@ -40,34 +41,13 @@ from covey.sim._rayreplies import take
 pytestmark = pytest.mark.slow
 
 
-class Plus(covey.Client):
-    """Adds its id to the weights."""
-
-    def __init__(self, cid: int) -> None:
-        self.cid = cid
-
-    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
-        return FitResult(weights={"w": weights["w"] + self.cid}, num_examples=1)
-
-
-def ray_children() -> list[int]:
-    """PIDs of this process's descendants that belong to a Ray (raylet, GCS, workers, agents)."""
-    found = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            line = " ".join(child.cmdline())
-        except psutil.Error:
-            continue
-        if "ray" in line:
-            found.append(child.pid)
-    return found
-
-
 @pytest.fixture(autouse=True)
 def no_ray_left() -> Iterator[None]:
     import ray
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+    ray.cloudpickle.register_pickle_by_value(_raykit)
     assert not ray.is_initialized()
     yield
     assert not ray.is_initialized()
@@ -561,6 +541,8 @@ def after_local_runs() -> dict[str, dict[str, Any]]:
     import ray
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+    ray.cloudpickle.register_pickle_by_value(_raykit)
     seen: dict[str, dict[str, Any]] = {}
     ray_logger = logging.getLogger("ray")
     with pytest.MonkeyPatch.context() as env:
